@@ -1,0 +1,15 @@
+//! `kbypass._core`: the thin PyO3 layer over `kbypass-core`.
+//!
+//! One file per area; nothing here does real work beyond converting arguments, releasing the
+//! GIL around blocking calls, and mapping errors (see `errors.rs`).
+
+use pyo3::prelude::*;
+
+mod errors;
+
+/// The extension module. Declared free-threading safe: every class guards its own state.
+#[pymodule(gil_used = false)]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
