@@ -3,3 +3,8 @@
 //! Each wrapper returns [`crate::Error`] with the errno and, where one is known, the fix.
 
 pub mod mm;
+pub mod bpf;
+pub mod netlink;
+#[cfg(test)]
+pub(crate) mod testutil;
+pub mod xdp;
