@@ -419,7 +419,8 @@ impl MapFd {
         self.update(&queue.to_ne_bytes(), &(xsk_fd as u32).to_ne_bytes(), BPF_ANY)
     }
 
-    /// Remove the socket at `queue` from an XSKMAP.
+    /// Remove the socket at `queue` from an XSKMAP (the kernel reports success for an empty slot
+    /// too, so the result is `true` unless the index is out of range).
     pub fn clear_xsk(&self, queue: u32) -> Result<bool> {
         self.delete(&queue.to_ne_bytes())
     }
@@ -849,6 +850,5 @@ int main(void) { printf("%d %d %d %d %d %d %d %d %u %u\n", BPF_MAP_TYPE_XSKMAP, 
         x.set_xsk(0, xsk.raw()).unwrap();
         assert!(x.set_xsk(4, xsk.raw()).is_err(), "index beyond max_entries must fail");
         assert!(x.clear_xsk(0).unwrap());
-        assert!(!x.clear_xsk(0).unwrap());
     }
 }
