@@ -2,5 +2,10 @@
 //!
 //! Each wrapper returns [`crate::Error`] with the errno and, where one is known, the fix.
 
+pub mod bpf;
 pub mod mm;
+pub mod netlink;
 pub mod netns;
+#[cfg(test)]
+pub(crate) mod testutil;
+pub mod xdp;
