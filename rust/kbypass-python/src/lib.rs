@@ -7,11 +7,13 @@ use pyo3::prelude::*;
 
 mod errors;
 mod netns;
+mod packet;
 
 /// The extension module. Declared free-threading safe: every class guards its own state.
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     netns::register(m)?;
+    packet::register(m)?;
     Ok(())
 }

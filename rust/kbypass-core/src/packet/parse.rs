@@ -79,6 +79,30 @@ pub struct PacketMeta {
 
 const _: () = assert!(std::mem::size_of::<PacketMeta>() == 64);
 
+impl PacketMeta {
+    /// The record as little-endian bytes in the layout of [`PACKET_META_FIELDS`].
+    pub fn to_bytes(&self) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        b[0..4].copy_from_slice(&self.len.to_le_bytes());
+        b[4..6].copy_from_slice(&self.ethertype.to_le_bytes());
+        b[6..8].copy_from_slice(&self.vlan.to_le_bytes());
+        b[8..10].copy_from_slice(&self.l3_off.to_le_bytes());
+        b[10..12].copy_from_slice(&self.l4_off.to_le_bytes());
+        b[12..14].copy_from_slice(&self.payload_off.to_le_bytes());
+        b[14..16].copy_from_slice(&self.payload_len.to_le_bytes());
+        b[16] = self.ip_version;
+        b[17] = self.proto;
+        b[18..20].copy_from_slice(&self.flags.to_le_bytes());
+        b[20..22].copy_from_slice(&self.src_port.to_le_bytes());
+        b[22..24].copy_from_slice(&self.dst_port.to_le_bytes());
+        b[24..28].copy_from_slice(&self.src_ip4.to_le_bytes());
+        b[28..32].copy_from_slice(&self.dst_ip4.to_le_bytes());
+        b[32..48].copy_from_slice(&self.src_ip6);
+        b[48..64].copy_from_slice(&self.dst_ip6);
+        b
+    }
+}
+
 /// The NumPy dtype description of [`PacketMeta`]: (name, numpy type string, byte offset).
 pub const PACKET_META_FIELDS: &[(&str, &str, usize)] = &[
     ("len", "<u4", std::mem::offset_of!(PacketMeta, len)),
@@ -358,6 +382,28 @@ pub(crate) mod tests {
         f[36..38].copy_from_slice(&dport.to_be_bytes());
         f[38..40].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
         f
+    }
+
+    #[test]
+    fn to_bytes_matches_the_field_table() {
+        let m = parse(&udp4(18, 0x1234, 0x5678));
+        let b = m.to_bytes();
+        let at = |name: &str| PACKET_META_FIELDS.iter().find(|f| f.0 == name).unwrap().2;
+        assert_eq!(
+            u16::from_le_bytes([b[at("src_port")], b[at("src_port") + 1]]),
+            0x1234
+        );
+        assert_eq!(
+            u16::from_le_bytes([b[at("dst_port")], b[at("dst_port") + 1]]),
+            0x5678
+        );
+        assert_eq!(b[at("proto")], IPPROTO_UDP);
+        let ip = u32::from_le_bytes(b[at("dst_ip4")..at("dst_ip4") + 4].try_into().unwrap());
+        assert_eq!(ip, m.dst_ip4);
+        assert_eq!(
+            u16::from_le_bytes([b[at("flags")], b[at("flags") + 1]]),
+            FLAG_L4
+        );
     }
 
     #[test]
