@@ -7,6 +7,7 @@
 pub mod error;
 pub mod packet;
 pub mod sys;
+pub mod traffic;
 pub mod xsk;
 
 pub use error::{Error, Result};

@@ -6,6 +6,7 @@ pub mod bpf;
 pub mod mm;
 pub mod netlink;
 pub mod netns;
+pub mod socket;
 #[cfg(test)]
 pub(crate) mod testutil;
 pub mod xdp;
