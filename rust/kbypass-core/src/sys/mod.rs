@@ -3,3 +3,4 @@
 //! Each wrapper returns [`crate::Error`] with the errno and, where one is known, the fix.
 
 pub mod mm;
+pub mod shm;
