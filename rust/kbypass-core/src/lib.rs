@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod packet;
+pub mod ring;
 pub mod sys;
 pub mod traffic;
 pub mod xsk;

@@ -10,3 +10,4 @@ pub mod socket;
 #[cfg(test)]
 pub(crate) mod testutil;
 pub mod xdp;
+pub mod shm;
