@@ -2,4 +2,7 @@
 //!
 //! Each wrapper returns [`crate::Error`] with the errno and, where one is known, the fix.
 
+pub mod affinity;
 pub mod mm;
+pub mod numa;
+pub mod pages;
