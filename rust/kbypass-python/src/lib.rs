@@ -5,11 +5,15 @@
 
 use pyo3::prelude::*;
 
+mod cpu;
 mod errors;
+mod mem;
 
 /// The extension module. Declared free-threading safe: every class guards its own state.
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    mem::register(m)?;
+    cpu::register(m)?;
     Ok(())
 }

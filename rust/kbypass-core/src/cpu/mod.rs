@@ -508,10 +508,10 @@ pub fn queue_irqs_at(roots: &Roots, ifname: &str) -> Result<Vec<QueueIrq>> {
 }
 
 /// Choose a CPU for the poll-mode worker of `ifname`'s queue `queue`: allowed, on the NIC's
-/// NUMA node when known, not the CPU that takes the queue's interrupt nor its SMT sibling,
-/// isolated CPUs first, CPU 0 (housekeeping) last. Falls back step by step (sibling allowed,
-/// then the IRQ CPU itself, then any node) rather than fail, because a machine with one CPU
-/// still has to run the worker somewhere.
+/// NUMA node when known, away from the CPUs that take the queue's interrupts and their SMT
+/// siblings, isolated CPUs first, CPU 0 (housekeeping) last. It gives up constraints one at a
+/// time rather than fail (TX interrupt, then siblings, then the RX interrupt CPU, then the
+/// node), because a machine with one CPU still has to run the worker somewhere.
 pub fn worker_cpu(ifname: &str, queue: usize) -> Result<usize> {
     let topo = topology()?;
     let node = nic_numa_node(ifname)?;
@@ -527,23 +527,29 @@ pub fn choose_worker_cpu(
     queue: usize,
 ) -> usize {
     let allowed: BTreeSet<usize> = topo.allowed.iter().copied().collect();
-    let irq_cpus: BTreeSet<usize> = irqs
-        .iter()
-        .filter(|q| q.queue.is_some_and(|(_, i)| i == queue))
-        .flat_map(|q| q.effective.iter().copied())
-        .collect();
-    // An IRQ allowed everywhere tells nothing about where it lands.
-    let irq_cpus: BTreeSet<usize> =
-        if !topo.online.is_empty() && irq_cpus.len() >= topo.online.len() {
-            BTreeSet::new()
-        } else {
-            irq_cpus
-        };
-    let siblings: BTreeSet<usize> = irq_cpus
-        .iter()
-        .filter_map(|&c| topo.cpu(c))
-        .flat_map(|c| c.siblings.iter().copied())
-        .collect();
+    let irq_cpus = |kinds: &[QueueKind]| -> BTreeSet<usize> {
+        irqs.iter()
+            .filter(|q| {
+                q.queue
+                    .is_some_and(|(k, i)| i == queue && kinds.contains(&k))
+            })
+            // An IRQ that may land anywhere tells nothing about where it lands.
+            .filter(|q| topo.online.is_empty() || q.effective.len() < topo.online.len())
+            .flat_map(|q| q.effective.iter().copied())
+            .collect()
+    };
+    let with_siblings = |set: &BTreeSet<usize>| -> BTreeSet<usize> {
+        let mut out = set.clone();
+        out.extend(
+            set.iter()
+                .filter_map(|&c| topo.cpu(c))
+                .flat_map(|c| c.siblings.iter().copied()),
+        );
+        out
+    };
+    let rx = irq_cpus(&[QueueKind::Rx, QueueKind::Combined]);
+    let all = irq_cpus(&[QueueKind::Rx, QueueKind::Tx, QueueKind::Combined]);
+    let avoid_sets = [with_siblings(&all), with_siblings(&rx), rx, BTreeSet::new()];
     let on_node: BTreeSet<usize> = match node {
         Some(n) => topo
             .node_cpus(n)
@@ -554,10 +560,8 @@ pub fn choose_worker_cpu(
         None => BTreeSet::new(),
     };
     let isolated: BTreeSet<usize> = topo.isolated.iter().copied().collect();
-    let near_irq: BTreeSet<usize> = siblings.union(&irq_cpus).copied().collect();
-    let nothing = BTreeSet::new();
     for pool in [&on_node, &allowed] {
-        for avoid in [&near_irq, &irq_cpus, &nothing] {
+        for avoid in &avoid_sets {
             let best = pool
                 .iter()
                 .copied()
@@ -719,6 +723,23 @@ mod tests {
             ..t
         };
         assert_eq!(choose_worker_cpu(&no_iso, None, &[], 0), 1);
+        // Two CPUs, RX interrupt on 1 and TX on 0 (this machine's virtio NIC): RX matters more.
+        let two = topology_at(&r, vec![0, 1]).unwrap();
+        let two = Topology {
+            online: vec![0, 1],
+            cpus: two.cpus[..2].to_vec(),
+            isolated: vec![],
+            ..two
+        };
+        let q = |name: &str, cpu: usize| QueueIrq {
+            irq: 1,
+            name: name.into(),
+            queue: parse_queue(name),
+            affinity: vec![0, 1],
+            effective: vec![cpu],
+        };
+        let virtio = [q("virtio2-input.0", 1), q("virtio2-output.0", 0)];
+        assert_eq!(choose_worker_cpu(&two, None, &virtio, 0), 0);
     }
 
     #[test]
