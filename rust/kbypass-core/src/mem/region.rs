@@ -273,6 +273,18 @@ impl HugeRegion {
         self.len
     }
 
+    /// Address of `[offset, offset + len)` inside the region, bounds-checked: how a Mempool or
+    /// an AF_XDP UMEM carves its part (`len` may be 0 only for `offset == self.len()`).
+    pub fn range(&self, offset: usize, len: usize) -> Result<*mut u8> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(self.as_ptr().wrapping_add(offset)),
+            _ => Err(Error::invalid(format!(
+                "range {offset}+{len} does not fit in the {}-byte region: carve smaller pieces or allocate a larger region",
+                self.len
+            ))),
+        }
+    }
+
     /// Always false: empty regions are refused.
     #[inline]
     pub fn is_empty(&self) -> bool {
@@ -645,6 +657,19 @@ mod tests {
         assert_eq!(r.huge_bytes(), 0);
         assert!(r.locked());
         assert_eq!(r.as_ptr() as usize % r.page_size(), 0);
+        assert_eq!(
+            r.range(4096, 4096).unwrap() as usize,
+            r.as_ptr() as usize + 4096
+        );
+        assert!(r.range(r.len(), 0).is_ok());
+        assert!(matches!(
+            r.range(r.len(), 1),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            r.range(usize::MAX, 2),
+            Err(Error::InvalidArgument(_))
+        ));
         reads_back_zero(&r);
     }
 
