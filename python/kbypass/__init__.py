@@ -6,8 +6,9 @@ the techniques DPDK, AF_XDP and RDMA use, behind small, typed classes.
 
 from __future__ import annotations
 
-from kbypass import _core
+from kbypass import _core, cpu
+from kbypass._core import HugeRegion
 
 __version__: str = _core.__version__
 
-__all__ = ["__version__"]
+__all__ = ["HugeRegion", "__version__", "cpu"]

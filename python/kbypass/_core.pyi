@@ -1,21 +1,29 @@
 """Type stubs for the ``kbypass._core`` extension (mirrors ``rust/kbypass-python/src``)."""
 
 from types import TracebackType
-from typing import final
+from typing import Any, Literal, final
 
 import numpy as np
 import numpy.typing as npt
 
 # PyO3 fills __all__ as classes and functions are registered; keep this list in step.
 __all__ = [
+    "HugeRegion",
     "NetnsEntry",
     "PcapWriter",
+    "_RegionMemory",
     "__version__",
     "checksums_ok",
+    "cpu_allowed",
+    "cpu_pin",
+    "cpu_topology",
     "edit_frames",
     "netns_inode",
+    "nic_numa_node",
     "packet_meta_fields",
     "parse_into",
+    "queue_irqs",
+    "worker_cpu",
 ]
 
 __version__: str
@@ -74,3 +82,70 @@ class PcapWriter:
         v: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+# --- mem.rs ---------------------------------------------------------------------------------
+
+@final
+class _RegionMemory:
+    """Keeps a region mapped while a NumPy view uses it (the array's ``base``)."""
+
+@final
+class HugeRegion:
+    """Anonymous memory on the largest pages available: 1 GiB, 2 MiB, THP, then 4 KiB.
+
+    Populated and locked; ``tier`` says what it got. NumPy views stay valid after ``close()``
+    or garbage collection of the region: the memory goes with the last view.
+
+    Example::
+
+        >>> with HugeRegion(64 << 20) as r:
+        ...     a = r.array            # zero-copy uint8 view
+        ...     a[:4] = 1
+        >>> int(a[:4].sum())           # still valid after the with block
+        4
+    """
+
+    def __new__(
+        cls,
+        size: int,
+        hugepages: Literal["auto", "require", "never", "1g", "2m", "thp", "4k"] | str = "auto",
+        numa_node: int | None = None,
+        *,
+        numa_policy: Literal["bind", "preferred"] | str = "bind",
+        lock: bool = True,
+    ) -> HugeRegion: ...
+    @property
+    def tier(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def page_size(self) -> int: ...
+    @property
+    def huge_bytes(self) -> int: ...
+    @property
+    def locked(self) -> bool: ...
+    @property
+    def numa_node(self) -> int | None: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def address(self) -> int: ...
+    @property
+    def array(self) -> npt.NDArray[np.uint8]: ...
+    def random_reads(self, count: int, seed: int = 0x2545F4914F6CDD1D) -> int: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> HugeRegion: ...
+    def __exit__(
+        self,
+        *_args: type[BaseException] | BaseException | TracebackType | None,
+    ) -> bool: ...
+    def __len__(self) -> int: ...
+
+# --- cpu.rs ---------------------------------------------------------------------------------
+
+def cpu_topology() -> dict[str, Any]: ...
+def cpu_allowed() -> list[int]: ...
+def cpu_pin(cpus: list[int]) -> None: ...
+def nic_numa_node(ifname: str) -> int | None: ...
+def queue_irqs(ifname: str) -> list[dict[str, Any]]: ...
+def worker_cpu(ifname: str, queue: int = 0) -> int: ...

@@ -5,7 +5,9 @@
 
 use pyo3::prelude::*;
 
+mod cpu;
 mod errors;
+mod mem;
 mod netns;
 mod packet;
 
@@ -15,5 +17,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     netns::register(m)?;
     packet::register(m)?;
+    mem::register(m)?;
+    cpu::register(m)?;
     Ok(())
 }
