@@ -1,8 +1,10 @@
 """Benchmark session helpers: a summary table of every benchmark's ``extra_info``.
 
 Each benchmark stores plain values in ``benchmark.extra_info``: ``rate`` and ``unit`` (what it
-measured), ``reference`` (what it was compared with in the same run) and ``ratio``. This file
-collects them and prints one table at the end of the session, also with ``--benchmark-disable``.
+measured), ``reference`` (what it was compared with in the same run), optionally
+``reference_rate`` (the reference's rate, same unit), and ``ratio`` (rate / reference_rate).
+This file collects them and prints one table at the end of the session, also with
+``--benchmark-disable``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def _fmt(v: Any) -> str:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not _rows:
         return
-    cols = ["benchmark", "rate", "unit", "reference", "ratio"]
+    cols = ["benchmark", "rate", "unit", "reference", "reference_rate", "ratio"]
     table = [[name, *(_fmt(info.get(c, "")) for c in cols[1:])] for name, info in _rows]
     widths = [max(len(r[i]) for r in [cols, *table]) for i in range(len(cols))]
     terminalreporter.write_sep("=", "kbypass benchmark summary (same-run ratios)")

@@ -32,6 +32,17 @@ impl RegionMemory {
 }
 
 /// Anonymous memory on the largest pages available (1 GiB → 2 MiB → THP → 4 KiB).
+///
+/// `hugepages`: "auto" (fall back), "require" (hugetlb pages or OSError with the fix),
+/// "never" (4 KiB pages), or one tier: "1g", "2m", "thp", "4k". Populated and, when
+/// swappable, mlocked. NumPy views keep the memory alive after `close()`.
+///
+/// Example:
+///     >>> with HugeRegion(64 << 20) as r:
+///     ...     a = r.array          # zero-copy uint8 view
+///     ...     a[:4] = 1
+///     >>> int(a[:4].sum())         # still valid after the with block
+///     4
 #[pyclass(name = "HugeRegion", module = "kbypass._core", frozen)]
 pub struct PyHugeRegion {
     region: Mutex<Option<Arc<HugeRegion>>>,
