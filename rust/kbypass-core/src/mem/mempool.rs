@@ -496,7 +496,7 @@ mod tests {
         let s = p.stats();
         assert_eq!(
             (s.available, s.in_use, s.gets, s.get_failures),
-            (0, 100, 100, 1)
+            (0, 100, 100, 2) // the refused bulk and the short burst
         );
         let mut all: Vec<u32> = a.iter().chain(&b[..36]).copied().collect();
         all.sort_unstable();
