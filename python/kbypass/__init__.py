@@ -6,9 +6,9 @@ the techniques DPDK, AF_XDP and RDMA use, behind small, typed classes.
 
 from __future__ import annotations
 
-from kbypass import _core, cpu
-from kbypass._core import HugeRegion
+from kbypass import _core, cpu, packet
+from kbypass._core import HugeRegion, Mempool, PcapWriter
 
 __version__: str = _core.__version__
 
-__all__ = ["HugeRegion", "__version__", "cpu"]
+__all__ = ["HugeRegion", "Mempool", "PcapWriter", "__version__", "cpu", "packet"]

@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 mod cpu;
 mod errors;
 mod mem;
+mod mempool;
 mod netns;
 mod packet;
 
@@ -18,6 +19,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     netns::register(m)?;
     packet::register(m)?;
     mem::register(m)?;
+    mempool::register(m)?;
     cpu::register(m)?;
     Ok(())
 }

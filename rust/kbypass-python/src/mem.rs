@@ -20,6 +20,13 @@ pub struct RegionMemory {
     region: Arc<HugeRegion>,
 }
 
+impl RegionMemory {
+    /// An owner object that keeps `region` mapped; set it as a NumPy array's base.
+    pub fn new(region: Arc<HugeRegion>) -> Self {
+        RegionMemory { region }
+    }
+}
+
 #[pymethods]
 impl RegionMemory {
     fn __repr__(&self) -> String {
@@ -84,6 +91,40 @@ fn parse_size(size: i128) -> PyResult<usize> {
     })
 }
 
+/// Region options from the Python keywords shared by `HugeRegion`, `Mempool` and `XdpSocket`.
+pub fn region_options(
+    hugepages: &str,
+    numa_node: Option<i64>,
+    numa_policy: &str,
+    lock: bool,
+) -> PyResult<RegionOptions> {
+    let hugepages: HugePages = hugepages.parse().py()?;
+    let numa_node = match numa_node {
+        None => None,
+        Some(n) if n >= 0 => Some(n as usize),
+        Some(n) => {
+            return Err(PyValueError::new_err(format!(
+                "numa_node must be a node number >= 0 or None, got {n}"
+            )))
+        }
+    };
+    let numa_policy = match numa_policy {
+        "bind" => NumaPolicy::Bind,
+        "preferred" => NumaPolicy::Preferred,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "numa_policy={other:?}: use \"bind\" (only that node) or \"preferred\" (that node first)"
+            )))
+        }
+    };
+    Ok(RegionOptions {
+        hugepages,
+        numa_node,
+        numa_policy,
+        lock,
+    })
+}
+
 #[pymethods]
 impl PyHugeRegion {
     #[new]
@@ -97,31 +138,7 @@ impl PyHugeRegion {
         lock: bool,
     ) -> PyResult<Self> {
         let size = parse_size(size)?;
-        let hugepages: HugePages = hugepages.parse().py()?;
-        let numa_node = match numa_node {
-            None => None,
-            Some(n) if n >= 0 => Some(n as usize),
-            Some(n) => {
-                return Err(PyValueError::new_err(format!(
-                    "numa_node must be a node number >= 0 or None, got {n}"
-                )))
-            }
-        };
-        let numa_policy = match numa_policy {
-            "bind" => NumaPolicy::Bind,
-            "preferred" => NumaPolicy::Preferred,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "numa_policy={other:?}: use \"bind\" (only that node) or \"preferred\" (that node first)"
-                )))
-            }
-        };
-        let opts = RegionOptions {
-            hugepages,
-            numa_node,
-            numa_policy,
-            lock,
-        };
+        let opts = region_options(hugepages, numa_node, numa_policy, lock)?;
         // Populating a large region takes a while; let other threads run.
         let region = py.detach(|| HugeRegion::new(size, &opts)).py()?;
         Ok(PyHugeRegion {
