@@ -18,22 +18,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use crate::error::{Error, Result};
 use crate::sys::mm::Mapping;
 
-/// Where, inside one ring's mapping, the kernel put the indices, the flags and the entries
-/// (the kernel's `struct xdp_ring_offset`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RingOffsets {
-    /// Byte offset of the producer index.
-    pub producer: u64,
-    /// Byte offset of the consumer index.
-    pub consumer: u64,
-    /// Byte offset of the entry array.
-    pub desc: u64,
-    /// Byte offset of the flags word.
-    pub flags: u64,
-}
-
-/// `XDP_RING_NEED_WAKEUP`: the kernel asks to be kicked (`sendto`/`recvfrom`/`poll`).
-pub const XDP_RING_NEED_WAKEUP: u32 = 1;
+/// Where, inside one ring's mapping, the kernel put the indices, the flags and the entries.
+pub use crate::sys::xdp::XdpRingOffset as RingOffsets;
+pub use crate::sys::xdp::XDP_RING_NEED_WAKEUP;
 
 /// One mapped ring: the mapping plus typed pointers into it.
 #[derive(Debug)]
