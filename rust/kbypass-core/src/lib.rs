@@ -6,5 +6,6 @@
 
 pub mod error;
 pub mod sys;
+pub mod xdp;
 
 pub use error::{Error, Result};

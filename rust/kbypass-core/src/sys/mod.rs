@@ -2,8 +2,8 @@
 //!
 //! Each wrapper returns [`crate::Error`] with the errno and, where one is known, the fix.
 
-pub mod mm;
 pub mod bpf;
+pub mod mm;
 pub mod netlink;
 #[cfg(test)]
 pub(crate) mod testutil;

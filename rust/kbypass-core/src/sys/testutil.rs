@@ -17,19 +17,39 @@ pub fn compile_and_run_c(name: &str, src: &str) -> Option<String> {
     let c = dir.join("probe.c");
     let exe = dir.join("probe");
     std::fs::write(&c, src).ok()?;
-    let ok = Command::new("cc").arg("-o").arg(&exe).arg(&c).output().ok()?.status.success();
-    let out = if ok { Command::new(&exe).output().ok() } else { None };
+    let ok = Command::new("cc")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&c)
+        .output()
+        .ok()?
+        .status
+        .success();
+    let out = if ok {
+        Command::new(&exe).output().ok()
+    } else {
+        None
+    };
     let _ = std::fs::remove_dir_all(&dir);
     let out = out?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)))
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
@@ -49,7 +69,9 @@ impl VethNs {
         ip(&["netns", "add", &name])?;
         let me = VethNs { name };
         let ns = me.name.as_str();
-        ip(&["-n", ns, "link", "add", "kbx0", "type", "veth", "peer", "name", "kbx1"])?;
+        ip(&[
+            "-n", ns, "link", "add", "kbx0", "type", "veth", "peer", "name", "kbx1",
+        ])?;
         let a = format!("198.18.{}.1/24", 100 + (n % 100));
         let b = format!("198.18.{}.2/24", 100 + (n % 100));
         ip(&["-n", ns, "addr", "add", &a, "dev", "kbx0"])?;

@@ -158,7 +158,14 @@ pub struct XdpUmemReg {
 impl XdpUmemReg {
     /// A registration with every field, including `tx_metadata_len`, initialised (to 0 for it).
     pub fn new(addr: u64, len: u64, chunk_size: u32, headroom: u32, flags: u32) -> Self {
-        XdpUmemReg { addr, len, chunk_size, headroom, flags, tx_metadata_len: 0 }
+        XdpUmemReg {
+            addr,
+            len,
+            chunk_size,
+            headroom,
+            flags,
+            tx_metadata_len: 0,
+        }
     }
 }
 
@@ -374,14 +381,17 @@ impl XskFd {
         if fd < 0 {
             let e = errno();
             let fix = match e {
-                libc::EAFNOSUPPORT => "the kernel has no AF_XDP (CONFIG_XDP_SOCKETS): use a kernel built with it",
+                libc::EAFNOSUPPORT => {
+                    "the kernel has no AF_XDP (CONFIG_XDP_SOCKETS): use a kernel built with it"
+                }
                 libc::EPERM | libc::EACCES => PERM_FIX,
                 _ => "",
             };
             return Err(Error::os("socket(AF_XDP)", e, fix));
         }
         // SAFETY: fd is a fresh descriptor we own.
-        Ok(XskFd { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(XskFd { fd })
     }
 
     /// The raw fd (for the XSKMAP, `XDP_SHARED_UMEM` and poll sets).
@@ -399,7 +409,10 @@ impl XskFd {
         let (v, len) = getsockopt_raw::<T>(self.raw(), SOL_XDP, opt, what)?;
         if len != core::mem::size_of::<T>() {
             return Err(Error::Unsupported {
-                what: format!("{what}: the kernel returned {len} bytes, expected {}", core::mem::size_of::<T>()),
+                what: format!(
+                    "{what}: the kernel returned {len} bytes, expected {}",
+                    core::mem::size_of::<T>()
+                ),
                 fix: "kbypass needs kernel ≥ 5.9 for AF_XDP; upgrade the kernel".into(),
             });
         }
@@ -426,7 +439,11 @@ impl XskFd {
                 ring.name()
             )));
         }
-        self.setsockopt(ring.size_sockopt(), &entries, &format!("setsockopt({} ring size)", ring.name()))
+        self.setsockopt(
+            ring.size_sockopt(),
+            &entries,
+            &format!("setsockopt({} ring size)", ring.name()),
+        )
     }
 
     /// `getsockopt(XDP_MMAP_OFFSETS)`.
@@ -447,18 +464,28 @@ impl XskFd {
     /// Raise the copy-mode TX budget per `sendto` (`XDP_MAX_TX_SKB_BUDGET`, kernel ≥ 6.17).
     /// Returns `Error::Unsupported` on older kernels (`ENOPROTOOPT`).
     pub fn set_max_tx_skb_budget(&self, budget: u32) -> Result<()> {
-        self.setsockopt(XDP_MAX_TX_SKB_BUDGET, &budget, "setsockopt(XDP_MAX_TX_SKB_BUDGET)")
-            .map_err(|e| match e.errno() {
-                Some(libc::ENOPROTOOPT) => Error::Unsupported {
-                    what: "XDP_MAX_TX_SKB_BUDGET".into(),
-                    fix: "needs kernel ≥ 6.17; the default budget of 32 frames per sendto applies".into(),
-                },
-                _ => e,
-            })
+        self.setsockopt(
+            XDP_MAX_TX_SKB_BUDGET,
+            &budget,
+            "setsockopt(XDP_MAX_TX_SKB_BUDGET)",
+        )
+        .map_err(|e| match e.errno() {
+            Some(libc::ENOPROTOOPT) => Error::Unsupported {
+                what: "XDP_MAX_TX_SKB_BUDGET".into(),
+                fix: "needs kernel ≥ 6.17; the default budget of 32 frames per sendto applies"
+                    .into(),
+            },
+            _ => e,
+        })
     }
 
     /// Map one ring: length `offsets.desc + entries * entry_size`, shared, populated.
-    pub fn map_ring(&self, ring: RingKind, offsets: &XdpMmapOffsets, entries: u32) -> Result<Mapping> {
+    pub fn map_ring(
+        &self,
+        ring: RingKind,
+        offsets: &XdpMmapOffsets,
+        entries: u32,
+    ) -> Result<Mapping> {
         let off = ring.offsets(offsets);
         let len = off.desc as usize + entries as usize * ring.entry_size();
         use std::os::fd::AsFd;
@@ -491,7 +518,10 @@ impl XskFd {
                 _ => "",
             };
             return Err(Error::os(
-                format!("bind(AF_XDP ifindex {} queue {})", addr.sxdp_ifindex, addr.sxdp_queue_id),
+                format!(
+                    "bind(AF_XDP ifindex {} queue {})",
+                    addr.sxdp_ifindex, addr.sxdp_queue_id
+                ),
                 e,
                 fix,
             ));
@@ -505,7 +535,16 @@ impl XskFd {
     /// `Ok(true)` means the kernel accepted the kick.
     pub fn wakeup_tx(&self) -> Result<bool> {
         // SAFETY: zero-length send with null buffer and address, as the AF_XDP ABI documents.
-        let r = unsafe { libc::sendto(self.raw(), core::ptr::null(), 0, libc::MSG_DONTWAIT, core::ptr::null(), 0) };
+        let r = unsafe {
+            libc::sendto(
+                self.raw(),
+                core::ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                core::ptr::null(),
+                0,
+            )
+        };
         if r >= 0 {
             return Ok(true);
         }
@@ -576,14 +615,34 @@ impl AsRawFd for XskFd {
 }
 
 /// Typed `setsockopt` on any fd.
-pub fn setsockopt_raw<T: Pod>(fd: RawFd, level: i32, opt: i32, value: &T, what: &str) -> Result<()> {
+pub fn setsockopt_raw<T: Pod>(
+    fd: RawFd,
+    level: i32,
+    opt: i32,
+    value: &T,
+    what: &str,
+) -> Result<()> {
     // SAFETY: value is a valid, fully initialised Pod of the size passed.
     let r = unsafe {
-        libc::setsockopt(fd, level, opt, (value as *const T).cast(), core::mem::size_of::<T>() as libc::socklen_t)
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (value as *const T).cast(),
+            core::mem::size_of::<T>() as libc::socklen_t,
+        )
     };
     if r < 0 {
         let e = errno();
-        return Err(Error::os(what, e, if matches!(e, libc::EPERM | libc::EACCES) { PERM_FIX } else { "" }));
+        return Err(Error::os(
+            what,
+            e,
+            if matches!(e, libc::EPERM | libc::EACCES) {
+                PERM_FIX
+            } else {
+                ""
+            },
+        ));
     }
     Ok(())
 }
@@ -688,7 +747,9 @@ int main(void) {
   return 0;
 }"#,
         ) else {
-            eprintln!("optional: no C compiler or linux UAPI headers; compile-time asserts still hold");
+            eprintln!(
+                "optional: no C compiler or linux UAPI headers; compile-time asserts still hold"
+            );
             return;
         };
         let v: Vec<u64> = out.split_whitespace().map(|s| s.parse().unwrap()).collect();
@@ -722,18 +783,28 @@ int main(void) {
         s.set_ring_size(RingKind::Fill, 64).unwrap();
         s.set_ring_size(RingKind::Completion, 64).unwrap();
         s.set_ring_size(RingKind::Rx, 64).unwrap();
-        assert!(matches!(s.set_ring_size(RingKind::Tx, 63), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            s.set_ring_size(RingKind::Tx, 63),
+            Err(Error::InvalidArgument(_))
+        ));
         s.set_ring_size(RingKind::Tx, 64).unwrap();
         let off = s.mmap_offsets().unwrap();
         assert!(off.rx.desc > off.rx.consumer);
-        for k in [RingKind::Rx, RingKind::Tx, RingKind::Fill, RingKind::Completion] {
+        for k in [
+            RingKind::Rx,
+            RingKind::Tx,
+            RingKind::Fill,
+            RingKind::Completion,
+        ] {
             let m = s.map_ring(k, &off, 64).unwrap();
             assert!(m.len() >= 64 * k.entry_size());
         }
         let st = s.statistics().unwrap();
         assert_eq!(st, XdpStatistics::default());
         // Binding to a missing ifindex fails with a typed error, never a crash.
-        let e = s.bind(&SockaddrXdp::new(0x7fff_fff0, 0, XDP_COPY, None)).unwrap_err();
+        let e = s
+            .bind(&SockaddrXdp::new(0x7fff_fff0, 0, XDP_COPY, None))
+            .unwrap_err();
         assert!(e.errno().is_some(), "{e}");
     }
 }
