@@ -591,3 +591,76 @@ fn probe_reports_everything_here() {
     assert!(r.live_frames.ok, "{:?}", r.live_frames);
     assert!(!r.kernel.is_empty());
 }
+
+/// Child role of `link_detaches_when_owner_is_killed`: attach in the given namespace, say so,
+/// and wait to be killed.
+#[test]
+#[ignore = "helper process started by link_detaches_when_owner_is_killed"]
+fn link_owner_child() {
+    let Ok(path) = std::env::var("KBX_CHILD_NETNS") else {
+        return;
+    };
+    crate::sys::testutil::enter_netns(&path);
+    let p = prog("");
+    let _att = attach(&p, "kbx0", AttachMode::Native, false).unwrap();
+    println!("KBX-READY {}", p.info().id);
+    std::thread::sleep(std::time::Duration::from_secs(60));
+}
+
+#[test]
+fn link_detaches_when_owner_is_killed() {
+    need_root!();
+    use std::io::BufRead;
+    let ns = VethNs::new().expect("create netns + veth");
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "xdp::tests::link_owner_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("KBX_CHILD_NETNS", format!("/var/run/netns/{}", ns.name))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut child = KillOnDrop(child);
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let id: u32 = loop {
+        let line = lines
+            .next()
+            .expect("child exited before attaching")
+            .unwrap();
+        // libtest prints the test name on the same line, before our output.
+        if let Some(at) = line.find("KBX-READY ") {
+            break line[at + 10..].trim().parse().unwrap();
+        }
+    };
+    let attached = ns.run(move || xdp_query(if_nametoindex("kbx0").unwrap()).unwrap());
+    assert_eq!(attached.first().map(|a| a.prog_id), Some(id));
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
+    let gone = ns.run(|| {
+        let idx = if_nametoindex("kbx0").unwrap();
+        // The link is released with the dead process's files; allow the kernel a moment.
+        for _ in 0..100 {
+            if xdp_query(idx).unwrap().programs.is_empty() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
+    });
+    assert!(
+        gone,
+        "the interface still has an XDP program after its owner was SIGKILLed"
+    );
+}
