@@ -7,7 +7,25 @@ the techniques DPDK, AF_XDP and RDMA use, behind small, typed classes.
 from __future__ import annotations
 
 from kbypass import _core
+from kbypass.xdp import (
+    Rule,
+    Verdict,
+    XdpAttachment,
+    XdpProgram,
+    parse_filter,
+    probe_xdp,
+    xdp_query,
+)
 
 __version__: str = _core.__version__
 
-__all__ = ["__version__"]
+__all__ = [
+    "Rule",
+    "Verdict",
+    "XdpAttachment",
+    "XdpProgram",
+    "__version__",
+    "parse_filter",
+    "probe_xdp",
+    "xdp_query",
+]
