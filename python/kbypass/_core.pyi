@@ -3,7 +3,17 @@
 __version__: str
 
 # --- xdp (rust/kbypass-python/src/xdp.rs) ---
-from typing import Any
+from typing import Any, final
+
+__all__ = [
+    "XdpAttachment",
+    "XdpProgram",
+    "__version__",
+    "parse_filter",
+    "probe_xdp",
+    "rule_text",
+    "xdp_query",
+]
 
 def parse_filter(text: str) -> list[dict[str, Any]]: ...
 def rule_text(
@@ -20,8 +30,11 @@ def rule_text(
 def xdp_query(ifname: str) -> list[dict[str, Any]]: ...
 def probe_xdp() -> dict[str, Any]: ...
 
+@final
 class XdpProgram:
-    def __new__(cls, filter: str | None = None, frags: bool = False, queues: int = 64) -> XdpProgram: ...
+    def __new__(
+        cls, filter: str | None = None, frags: bool = False, queues: int = 64
+    ) -> XdpProgram: ...
     @property
     def id(self) -> int: ...
     @property
@@ -45,6 +58,7 @@ class XdpProgram:
     def test_run(self, frame: bytes, repeat: int = 1) -> tuple[int, int]: ...
     def attach(self, ifname: str, mode: str = "auto", force: bool = False) -> XdpAttachment: ...
 
+@final
 class XdpAttachment:
     @property
     def mode(self) -> str: ...

@@ -132,7 +132,9 @@ class Rule:
         else:
             raise ValueError(f"vlan={self.vlan!r} must be a VLAN id 0..4095, True or None")
         et = self.ethertype
-        if et is not None and (isinstance(et, bool) or not isinstance(et, int) or not 0 <= et <= 0xFFFF):
+        if et is not None and (
+            isinstance(et, bool) or not isinstance(et, int) or not 0 <= et <= 0xFFFF
+        ):
             raise ValueError(f"ethertype={et!r} must be 0..0xffff")
         text = _core.rule_text(
             ip=ip,
@@ -144,10 +146,11 @@ class Rule:
             ethertype=et,
             vlan=vlan,
         )
+        object.__setattr__(self, "ip", ip)  # icmp/icmp6 imply the IP version
         object.__setattr__(self, "_text", text)
 
     def __str__(self) -> str:
-        """The rule in filter syntax."""
+        """Return the rule in filter syntax."""
         return self._text
 
     @classmethod
@@ -204,7 +207,9 @@ def _filter_text(spec: FilterSpec) -> str | None:
         if not parts:
             raise ValueError("the filter list is empty: pass filter=None to redirect every frame")
         return " or ".join(parts)
-    raise TypeError(f"filter must be a str, a Rule, a list of them, or None; got {type(spec).__name__}")
+    raise TypeError(
+        f"filter must be a str, a Rule, a list of them, or None; got {type(spec).__name__}"
+    )
 
 
 class XdpProgram:
@@ -307,7 +312,7 @@ class XdpProgram:
 
 
 def probe_xdp() -> dict[str, Any]:
-    """What this kernel supports: AF_XDP sockets, program load, frags, bpf_link, live frames.
+    """Report what this kernel supports: AF_XDP sockets, program load, frags, links, live frames.
 
     Each entry is ``{"ok": bool, "detail": str}`` (the detail carries the fix when not ok),
     plus ``kernel`` and ``redirect_form``.
@@ -316,8 +321,16 @@ def probe_xdp() -> dict[str, Any]:
 
 
 def xdp_query(ifname: str) -> list[dict[str, Any]]:
-    """The XDP programs attached to ``ifname`` (prog_id, mode, name, tag, link_id, ours)."""
+    """List the XDP programs attached to ``ifname`` (prog_id, mode, name, tag, link_id, ours)."""
     return _core.xdp_query(ifname)
 
 
-__all__ = ["Rule", "Verdict", "XdpAttachment", "XdpProgram", "parse_filter", "probe_xdp", "xdp_query"]
+__all__ = [
+    "Rule",
+    "Verdict",
+    "XdpAttachment",
+    "XdpProgram",
+    "parse_filter",
+    "probe_xdp",
+    "xdp_query",
+]
