@@ -561,9 +561,13 @@ pub struct TestRun<'a> {
     pub batch_size: u32,
 }
 
-/// Build an XDP test-run context (`struct xdp_md`, 24 bytes) for `ingress_ifindex`/`rx_queue`.
-pub fn xdp_md_ctx(ingress_ifindex: u32, rx_queue_index: u32) -> [u8; 24] {
+/// Build an XDP test-run context (`struct xdp_md`, 24 bytes) for a frame of `data_len` bytes
+/// arriving on `ingress_ifindex`/`rx_queue_index`. The kernel requires `data_end == data_len`,
+/// and the queue's XDP rxq info to be registered (for veth: the interface has an XDP program
+/// or GRO on).
+pub fn xdp_md_ctx(data_len: u32, ingress_ifindex: u32, rx_queue_index: u32) -> [u8; 24] {
     let mut c = [0u8; 24];
+    c[4..8].copy_from_slice(&data_len.to_ne_bytes());
     c[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
     c[16..20].copy_from_slice(&rx_queue_index.to_ne_bytes());
     c
@@ -709,6 +713,31 @@ impl ProgFd {
             retval: a.retval,
             duration_ns: a.duration,
             data_size_out: a.data_size_out,
+        })
+    }
+
+    /// Run this XDP program `repeat` times on `frame` with live frames
+    /// ([`BPF_F_TEST_XDP_LIVE_FRAMES`], kernel ≥ 5.18): `XDP_TX` and `XDP_REDIRECT` really
+    /// transmit, which makes this a traffic generator. `ingress` = `(ifindex, rx_queue)` the
+    /// frames appear to arrive on (`XDP_TX` sends them out of that interface; on veth the
+    /// interface needs an XDP program or GRO so its queue is registered); `None` uses the
+    /// loopback of the calling thread's network namespace. `batch_size` 0 is the kernel default
+    /// (64). Each call pays fixed RCU costs, so use large `repeat` counts (millions).
+    pub fn run_live(
+        &self,
+        frame: &[u8],
+        repeat: u32,
+        batch_size: u32,
+        ingress: Option<(u32, u32)>,
+    ) -> Result<TestRunResult> {
+        let ctx = ingress.map(|(ifindex, queue)| xdp_md_ctx(frame.len() as u32, ifindex, queue));
+        self.test_run(TestRun {
+            data: frame,
+            ctx_in: ctx.as_ref().map(|c| &c[..]),
+            repeat: repeat.max(1),
+            flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+            batch_size,
+            ..Default::default()
         })
     }
 }

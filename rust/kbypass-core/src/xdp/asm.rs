@@ -45,6 +45,7 @@ const BPF_ALU64: u8 = 0x07;
 // Modes and sources.
 const BPF_IMM: u8 = 0x00;
 const BPF_MEM: u8 = 0x60;
+const BPF_ATOMIC: u8 = 0xc0;
 const BPF_K: u8 = 0x00;
 const BPF_X: u8 = 0x08;
 const BPF_TO_BE: u8 = 0x08;
@@ -221,6 +222,12 @@ impl Asm {
     /// `*(size *)(dst + off) = imm`.
     pub fn st_imm(&mut self, size: Size, dst: Reg, off: i16, imm: i32) -> &mut Self {
         self.emit(BPF_ST | BPF_MEM | size as u8, dst, Reg(0), off, imm)
+    }
+
+    /// `lock *(u64 *)(dst + off) += src` (`BPF_ATOMIC | BPF_ADD`, kernel ≥ 5.12; the same
+    /// encoding as the older `BPF_XADD`).
+    pub fn atomic_add64(&mut self, dst: Reg, src: Reg, off: i16) -> &mut Self {
+        self.emit(BPF_STX | BPF_ATOMIC | Size::DW as u8, dst, src, off, 0)
     }
 
     /// `dst = map` (two instruction slots; the kernel swaps the fd for the map pointer).
