@@ -236,6 +236,21 @@ def test_rule_objects_and_lists() -> None:
 
 
 @needs_root
+def test_close_and_context_manager() -> None:
+    with XdpProgram(filter="udp") as p:
+        assert not p.closed
+        assert p.test_run(udp4(1)) is Verdict.REDIRECT
+        assert p.map_fd >= 0
+    assert p.closed
+    p.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        p.test_run(udp4(1))
+    with pytest.raises(RuntimeError, match="closed"):
+        p.attach("lo")
+    assert p.name == "kbypass_filter"  # metadata stays readable
+
+
+@needs_root
 def test_frags_variant() -> None:
     p = XdpProgram(filter=Rule(proto="udp", dport=9000), frags=True, queues=8)
     assert p.frags and p.queues == 8

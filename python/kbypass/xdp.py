@@ -217,10 +217,10 @@ class XdpProgram:
 
     Example::
 
-        prog = XdpProgram(filter="udp dst port 9000-9010")
-        assert prog.test_run(frame) is Verdict.REDIRECT
-        with prog.attach("veth0", mode="auto") as att:
-            print(att.mode)       # "native" or "generic"
+        with XdpProgram(filter="udp dst port 9000-9010") as prog:
+            assert prog.test_run(frame) is Verdict.REDIRECT
+            with prog.attach("veth0", mode="auto") as att:
+                print(att.mode)   # "native" or "generic"
 
     ``filter`` is filter text, a :class:`Rule`, or a list of them (ORed); None redirects every
     frame. ``frags=True`` loads the multi-buffer capable variant (for sockets bound with
@@ -305,6 +305,23 @@ class XdpProgram:
         replaced unless ``force=True`` (``FileExistsError`` / ``OSError(EBUSY)`` naming it).
         """
         return self._prog.attach(ifname, mode, force)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._prog.closed
+
+    def close(self) -> None:
+        """Release the program and map fds (attachments keep working until detached)."""
+        self._prog.close()
+
+    def __enter__(self) -> XdpProgram:
+        """Use as a context manager: closes on exit."""
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        """Close the program."""
+        self.close()
 
     def __repr__(self) -> str:
         """Short description with id, name and filter."""

@@ -1,6 +1,6 @@
 //! XDP programs: rule parsing, loading, attaching, test runs, capability probe.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use kbypass_core::xdp::{self, AttachMode, IpVersion, Prefix, ProgramOptions, Rule, Vlan};
 use kbypass_core::Error;
@@ -132,8 +132,29 @@ impl ErrIntoPy for Error {
 /// A loaded XDP program and its XSKMAP.
 #[pyclass(module = "kbypass._core", frozen)]
 pub struct XdpProgram {
-    inner: xdp::XdpProgram,
+    inner: RwLock<Option<xdp::XdpProgram>>,
     filter: Option<String>,
+    info: kbypass_core::sys::bpf::ProgInfo,
+    frags: bool,
+    queues: u32,
+    insn_count: usize,
+    form: &'static str,
+}
+
+impl XdpProgram {
+    /// Run `f` on the open program, or raise `RuntimeError` after `close()`.
+    fn with<T>(&self, f: impl FnOnce(&xdp::XdpProgram) -> kbypass_core::Result<T>) -> PyResult<T> {
+        let g = self
+            .inner
+            .read()
+            .map_err(|_| PyRuntimeError::new_err("XdpProgram lock poisoned"))?;
+        match g.as_ref() {
+            Some(p) => f(p).py(),
+            None => Err(PyRuntimeError::new_err(
+                "the XdpProgram is closed: create a new one",
+            )),
+        }
+    }
 }
 
 #[pymethods]
@@ -150,27 +171,32 @@ impl XdpProgram {
             .detach(|| xdp::XdpProgram::new(&rules, ProgramOptions { frags, queues }))
             .py()?;
         Ok(XdpProgram {
-            inner,
             filter: canonical,
+            info: inner.info().clone(),
+            frags: inner.frags(),
+            queues: inner.queues(),
+            insn_count: inner.insn_count(),
+            form: inner.form().as_str(),
+            inner: RwLock::new(Some(inner)),
         })
     }
 
     /// Kernel program id.
     #[getter]
     fn id(&self) -> u32 {
-        self.inner.info().id
+        self.info.id
     }
 
     /// Program name ("kbypass_xsk", "kbypass_filter", ...).
     #[getter]
     fn name(&self) -> String {
-        self.inner.info().name.clone()
+        self.info.name.clone()
     }
 
     /// The kernel's tag of the program (16 hex digits).
     #[getter]
     fn tag(&self) -> String {
-        self.inner.info().tag.clone()
+        self.info.tag.clone()
     }
 
     /// Canonical text of the filter, or None for "redirect everything".
@@ -182,48 +208,48 @@ impl XdpProgram {
     /// Whether the program is frags-capable (multi-buffer).
     #[getter]
     fn frags(&self) -> bool {
-        self.inner.frags()
+        self.frags
     }
 
     /// XSKMAP slots.
     #[getter]
     fn queues(&self) -> u32 {
-        self.inner.queues()
+        self.queues
     }
 
     /// Number of BPF instructions.
     #[getter]
     fn insn_count(&self) -> usize {
-        self.inner.insn_count()
+        self.insn_count
     }
 
     /// "flags-default" (kernel ≥ 5.3) or "lookup-first".
     #[getter]
     fn redirect_form(&self) -> &'static str {
-        self.inner.form().as_str()
+        self.form
     }
 
     /// The XSKMAP fd (for sockets registering themselves).
     #[getter]
-    fn map_fd(&self) -> i32 {
-        self.inner.map().raw()
+    fn map_fd(&self) -> PyResult<i32> {
+        self.with(|p| Ok(p.map().raw()))
     }
 
     /// Route RX queue `queue` to the AF_XDP socket fd `fd`.
     fn set_socket(&self, queue: u32, fd: i32) -> PyResult<()> {
-        self.inner.set_socket(queue, fd).py()
+        self.with(|p| p.set_socket(queue, fd))
     }
 
     /// Stop routing `queue` to a socket.
     fn clear_socket(&self, queue: u32) -> PyResult<()> {
-        self.inner.clear_socket(queue).py()
+        self.with(|p| p.clear_socket(queue))
     }
 
     /// Run the program on `frame` (queue 0, a socket present): returns (verdict, ns per run).
     #[pyo3(signature = (frame, repeat=1))]
     fn test_run(&self, py: Python<'_>, frame: &[u8], repeat: u32) -> PyResult<(u32, u32)> {
         let frame = frame.to_vec();
-        let r = py.detach(|| self.inner.test_run(&frame, repeat)).py()?;
+        let r = py.detach(|| self.with(|p| p.test_run(&frame, repeat)))?;
         Ok((r.retval, r.duration_ns))
     }
 
@@ -237,19 +263,48 @@ impl XdpProgram {
         force: bool,
     ) -> PyResult<XdpAttachment> {
         let mode: AttachMode = mode.parse().py()?;
-        let a = py
-            .detach(|| xdp::attach(&self.inner, ifname, mode, force))
-            .py()?;
+        let a = py.detach(|| self.with(|p| xdp::attach(p, ifname, mode, force)))?;
         Ok(XdpAttachment::wrap(a))
+    }
+
+    /// Whether `close()` was called.
+    #[getter]
+    fn closed(&self) -> PyResult<bool> {
+        let g = self
+            .inner
+            .read()
+            .map_err(|_| PyRuntimeError::new_err("XdpProgram lock poisoned"))?;
+        Ok(g.is_none())
+    }
+
+    /// Close the program and its XSKMAP fds (idempotent). Attachments keep the kernel program
+    /// alive until they detach.
+    fn close(&self) -> PyResult<()> {
+        let mut g = self
+            .inner
+            .write()
+            .map_err(|_| PyRuntimeError::new_err("XdpProgram lock poisoned"))?;
+        g.take();
+        Ok(())
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.close()?;
+        Ok(false)
     }
 
     fn __repr__(&self) -> String {
         format!(
             "XdpProgram(id={}, name={:?}, filter={:?}, frags={})",
-            self.inner.info().id,
-            self.inner.info().name,
+            self.info.id,
+            self.info.name,
             self.filter.as_deref().unwrap_or("<all>"),
-            if self.inner.frags() { "True" } else { "False" }
+            if self.frags { "True" } else { "False" }
         )
     }
 }

@@ -614,6 +614,21 @@ impl AsRawFd for XskFd {
     }
 }
 
+/// `poll(2)` over several fds (e.g. one AF_XDP socket per queue); returns how many have events.
+/// `EINTR` returns 0.
+pub fn poll_fds(fds: &mut [libc::pollfd], timeout_ms: i32) -> Result<usize> {
+    // SAFETY: fds is a valid, writable array of fds.len() pollfd structs.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if r < 0 {
+        let e = errno();
+        if e == libc::EINTR {
+            return Ok(0);
+        }
+        return Err(Error::os("poll", e, ""));
+    }
+    Ok(r as usize)
+}
+
 /// Typed `setsockopt` on any fd.
 pub fn setsockopt_raw<T: Pod>(
     fd: RawFd,
@@ -801,6 +816,21 @@ int main(void) {
         }
         let st = s.statistics().unwrap();
         assert_eq!(st, XdpStatistics::default());
+        assert_eq!(s.options().unwrap().flags & XDP_OPTIONS_ZEROCOPY, 0);
+        // Unbound: no events yet, and the wake-ups are harmless.
+        let ev = s.poll(true, 0).unwrap();
+        assert!(!ev.readable);
+        let mut fds = [libc::pollfd {
+            fd: s.raw(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        assert_eq!(poll_fds(&mut fds, 0).unwrap(), 0);
+        // XDP_MAX_TX_SKB_BUDGET exists from 6.17; older kernels report Unsupported.
+        match s.set_max_tx_skb_budget(64) {
+            Ok(()) | Err(Error::Unsupported { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
         // Binding to a missing ifindex fails with a typed error, never a crash.
         let e = s
             .bind(&SockaddrXdp::new(0x7fff_fff0, 0, XDP_COPY, None))

@@ -114,6 +114,19 @@ impl XdpAttachment {
                     Err(e) if matches!(e.errno(), Some(libc::ENODEV) | Some(libc::EEXIST)) => {
                         Ok(())
                     }
+                    // Kernels before 5.7 have no XDP_FLAGS_REPLACE: detach unconditionally, but
+                    // only if the program there is still ours.
+                    Err(e) if e.errno() == Some(libc::EINVAL) => {
+                        let ours = xdp_query(self.ifindex)?
+                            .programs
+                            .iter()
+                            .any(|a| a.prog_id == self.prog_id);
+                        if ours {
+                            xdp_set(self.ifindex, -1, flags, None)
+                        } else {
+                            Ok(())
+                        }
+                    }
                     Err(e) => Err(e),
                 }
             }
