@@ -8,7 +8,30 @@ from __future__ import annotations
 
 from kbypass import _core, cpu, packet
 from kbypass._core import HugeRegion, Mempool, PcapWriter
+from kbypass.xdp import (
+    Rule,
+    Verdict,
+    XdpAttachment,
+    XdpProgram,
+    parse_filter,
+    probe_xdp,
+    xdp_query,
+)
 
 __version__: str = _core.__version__
 
-__all__ = ["HugeRegion", "Mempool", "PcapWriter", "__version__", "cpu", "packet"]
+__all__ = [
+    "HugeRegion",
+    "Mempool",
+    "PcapWriter",
+    "Rule",
+    "Verdict",
+    "XdpAttachment",
+    "XdpProgram",
+    "__version__",
+    "cpu",
+    "packet",
+    "parse_filter",
+    "probe_xdp",
+    "xdp_query",
+]

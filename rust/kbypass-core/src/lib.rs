@@ -12,5 +12,6 @@ pub mod ring;
 pub mod sys;
 pub mod traffic;
 pub mod xsk;
+pub mod xdp;
 
 pub use error::{Error, Result};

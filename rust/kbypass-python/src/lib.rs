@@ -11,6 +11,7 @@ mod mem;
 mod mempool;
 mod netns;
 mod packet;
+mod xdp;
 
 /// The extension module. Declared free-threading safe: every class guards its own state.
 #[pymodule(gil_used = false)]
@@ -21,5 +22,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     mem::register(m)?;
     mempool::register(m)?;
     cpu::register(m)?;
+    xdp::register(m)?;
     Ok(())
 }

@@ -20,6 +20,8 @@ const BPF_PROG_TEST_RUN: i32 = 10;
 const BPF_PROG_GET_FD_BY_ID: i32 = 13;
 const BPF_OBJ_GET_INFO_BY_FD: i32 = 15;
 const BPF_LINK_CREATE: i32 = 28;
+const BPF_LINK_GET_FD_BY_ID: i32 = 30;
+const BPF_LINK_GET_NEXT_ID: i32 = 31;
 const BPF_LINK_DETACH: i32 = 34;
 
 /// `BPF_MAP_TYPE_HASH`.
@@ -260,7 +262,14 @@ const _: () = {
 fn sys_bpf<T>(cmd: i32, attr: &mut T) -> std::result::Result<i64, i32> {
     // SAFETY: attr is a valid, fully initialised repr(C) attribute struct of the size passed;
     // the kernel reads/writes at most that many bytes.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, core::mem::size_of::<T>() as u32) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T,
+            core::mem::size_of::<T>() as u32,
+        )
+    };
     if r < 0 {
         Err(errno())
     } else {
@@ -284,7 +293,11 @@ fn owned(fd: i64) -> OwnedFd {
 }
 
 fn name_bytes(name: &str) -> Result<[u8; BPF_OBJ_NAME_LEN]> {
-    if name.len() >= BPF_OBJ_NAME_LEN || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.') {
+    if name.len() >= BPF_OBJ_NAME_LEN
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+    {
         return Err(Error::invalid(format!(
             "BPF object name {name:?} is invalid: at most 15 characters of [A-Za-z0-9_.]"
         )));
@@ -326,7 +339,14 @@ pub struct MapInfo {
 
 impl MapFd {
     /// `BPF_MAP_CREATE`.
-    pub fn create(map_type: u32, key_size: u32, value_size: u32, max_entries: u32, flags: u32, name: &str) -> Result<Self> {
+    pub fn create(
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        flags: u32,
+        name: &str,
+    ) -> Result<Self> {
         let mut a = MapCreateAttr {
             map_type,
             key_size,
@@ -347,7 +367,11 @@ impl MapFd {
                 bpf_err(&format!("bpf(BPF_MAP_CREATE {name}, type {map_type})"), e)
             }
         })?;
-        Ok(MapFd { fd: owned(fd), key_size, value_size })
+        Ok(MapFd {
+            fd: owned(fd),
+            key_size,
+            value_size,
+        })
     }
 
     /// An XSKMAP with `entries` slots (one per queue).
@@ -362,11 +386,18 @@ impl MapFd {
 
     fn check(&self, key: &[u8], value: Option<usize>) -> Result<()> {
         if key.len() != self.key_size as usize {
-            return Err(Error::invalid(format!("map key has {} bytes, the map wants {}", key.len(), self.key_size)));
+            return Err(Error::invalid(format!(
+                "map key has {} bytes, the map wants {}",
+                key.len(),
+                self.key_size
+            )));
         }
         if let Some(v) = value {
             if v != self.value_size as usize {
-                return Err(Error::invalid(format!("map value has {v} bytes, the map wants {}", self.value_size)));
+                return Err(Error::invalid(format!(
+                    "map value has {v} bytes, the map wants {}",
+                    self.value_size
+                )));
             }
         }
         Ok(())
@@ -389,7 +420,11 @@ impl MapFd {
     /// `BPF_MAP_DELETE_ELEM`; returns false if the key was absent.
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
         self.check(key, None)?;
-        let mut a = MapElemAttr { map_fd: self.raw() as u32, key: key.as_ptr() as u64, ..Default::default() };
+        let mut a = MapElemAttr {
+            map_fd: self.raw() as u32,
+            key: key.as_ptr() as u64,
+            ..Default::default()
+        };
         match sys_bpf(BPF_MAP_DELETE_ELEM, &mut a) {
             Ok(_) => Ok(true),
             Err(libc::ENOENT) => Ok(false),
@@ -416,7 +451,11 @@ impl MapFd {
 
     /// Put an AF_XDP socket fd into an XSKMAP at `queue`.
     pub fn set_xsk(&self, queue: u32, xsk_fd: RawFd) -> Result<()> {
-        self.update(&queue.to_ne_bytes(), &(xsk_fd as u32).to_ne_bytes(), BPF_ANY)
+        self.update(
+            &queue.to_ne_bytes(),
+            &(xsk_fd as u32).to_ne_bytes(),
+            BPF_ANY,
+        )
     }
 
     /// Remove the socket at `queue` from an XSKMAP (the kernel reports success for an empty slot
@@ -446,7 +485,8 @@ fn obj_info<T>(fd: RawFd, out: &mut T, kind: &str) -> Result<()> {
         info_len: core::mem::size_of::<T>() as u32,
         info: out as *mut T as u64,
     };
-    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a).map_err(|e| bpf_err(&format!("bpf(BPF_OBJ_GET_INFO_BY_FD {kind})"), e))?;
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a)
+        .map_err(|e| bpf_err(&format!("bpf(BPF_OBJ_GET_INFO_BY_FD {kind})"), e))?;
     Ok(())
 }
 
@@ -521,9 +561,13 @@ pub struct TestRun<'a> {
     pub batch_size: u32,
 }
 
-/// Build an XDP test-run context (`struct xdp_md`, 24 bytes) for `ingress_ifindex`/`rx_queue`.
-pub fn xdp_md_ctx(ingress_ifindex: u32, rx_queue_index: u32) -> [u8; 24] {
+/// Build an XDP test-run context (`struct xdp_md`, 24 bytes) for a frame of `data_len` bytes
+/// arriving on `ingress_ifindex`/`rx_queue_index`. The kernel requires `data_end == data_len`,
+/// and the queue's XDP rxq info to be registered (for veth: the interface has an XDP program
+/// or GRO on).
+pub fn xdp_md_ctx(data_len: u32, ingress_ifindex: u32, rx_queue_index: u32) -> [u8; 24] {
     let mut c = [0u8; 24];
+    c[4..8].copy_from_slice(&data_len.to_ne_bytes());
     c[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
     c[16..20].copy_from_slice(&rx_queue_index.to_ne_bytes());
     c
@@ -543,7 +587,9 @@ impl ProgFd {
     /// the error message.
     pub fn load(p: &ProgLoad<'_>) -> Result<Self> {
         if p.insns.is_empty() || p.insns.len() > 1_000_000 {
-            return Err(Error::invalid("a BPF program needs 1..=1,000,000 instructions"));
+            return Err(Error::invalid(
+                "a BPF program needs 1..=1,000,000 instructions",
+            ));
         }
         let name = name_bytes(p.name)?;
         let license = std::ffi::CString::new(p.license).map_err(Error::invalid)?;
@@ -583,12 +629,24 @@ impl ProgFd {
                     return Err(Error::Os {
                         what,
                         errno: e2,
-                        fix: format!("the verifier rejected the program; log tail:\n{}", log_tail(&text, 25)),
+                        fix: format!(
+                            "the verifier rejected the program; log tail:\n{}",
+                            log_tail(&text, 25)
+                        ),
                     });
                 }
             }
         }
         Err(bpf_err(&what, e))
+    }
+
+    /// A second fd for the same program (`dup`).
+    pub fn try_clone(&self) -> Result<Self> {
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| Error::os("dup(prog fd)", e.raw_os_error().unwrap_or(0), ""))?;
+        Ok(ProgFd { fd })
     }
 
     /// Adopt an fd (e.g. from [`prog_get_fd_by_id`]).
@@ -622,7 +680,9 @@ impl ProgFd {
             Some(o) => (o.as_mut_ptr() as u64, o.len() as u32),
             None => (0, 0),
         };
-        let (ctx_ptr, ctx_len) = t.ctx_in.map_or((0, 0), |c| (c.as_ptr() as u64, c.len() as u32));
+        let (ctx_ptr, ctx_len) = t
+            .ctx_in
+            .map_or((0, 0), |c| (c.as_ptr() as u64, c.len() as u32));
         let mut a = TestRunAttr {
             prog_fd: self.raw() as u32,
             data_size_in: t.data.len() as u32,
@@ -649,7 +709,36 @@ impl ProgFd {
             };
             Error::os("bpf(BPF_PROG_TEST_RUN)", e, fix)
         })?;
-        Ok(TestRunResult { retval: a.retval, duration_ns: a.duration, data_size_out: a.data_size_out })
+        Ok(TestRunResult {
+            retval: a.retval,
+            duration_ns: a.duration,
+            data_size_out: a.data_size_out,
+        })
+    }
+
+    /// Run this XDP program `repeat` times on `frame` with live frames
+    /// ([`BPF_F_TEST_XDP_LIVE_FRAMES`], kernel ≥ 5.18): `XDP_TX` and `XDP_REDIRECT` really
+    /// transmit, which makes this a traffic generator. `ingress` = `(ifindex, rx_queue)` the
+    /// frames appear to arrive on (`XDP_TX` sends them out of that interface; on veth the
+    /// interface needs an XDP program or GRO so its queue is registered); `None` uses the
+    /// loopback of the calling thread's network namespace. `batch_size` 0 is the kernel default
+    /// (64). Each call pays fixed RCU costs, so use large `repeat` counts (millions).
+    pub fn run_live(
+        &self,
+        frame: &[u8],
+        repeat: u32,
+        batch_size: u32,
+        ingress: Option<(u32, u32)>,
+    ) -> Result<TestRunResult> {
+        let ctx = ingress.map(|(ifindex, queue)| xdp_md_ctx(frame.len() as u32, ifindex, queue));
+        self.test_run(TestRun {
+            data: frame,
+            ctx_in: ctx.as_ref().map(|c| &c[..]),
+            repeat: repeat.max(1),
+            flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+            batch_size,
+            ..Default::default()
+        })
     }
 }
 
@@ -660,10 +749,15 @@ fn log_tail(text: &str, lines: usize) -> String {
 
 /// `BPF_PROG_GET_FD_BY_ID`: a new fd for the program with kernel id `id`.
 pub fn prog_get_fd_by_id(id: u32) -> Result<ProgFd> {
-    let mut a = GetIdAttr { id, ..Default::default() };
+    let mut a = GetIdAttr {
+        id,
+        ..Default::default()
+    };
     match sys_bpf(BPF_PROG_GET_FD_BY_ID, &mut a) {
         Ok(fd) => Ok(ProgFd { fd: owned(fd) }),
-        Err(libc::ENOENT) => Err(Error::NotFound(format!("no BPF program with id {id} (it was unloaded)"))),
+        Err(libc::ENOENT) => Err(Error::NotFound(format!(
+            "no BPF program with id {id} (it was unloaded)"
+        ))),
         Err(e) => Err(bpf_err(&format!("bpf(BPF_PROG_GET_FD_BY_ID {id})"), e)),
     }
 }
@@ -695,7 +789,12 @@ pub struct LinkInfo {
 impl LinkFd {
     /// `BPF_LINK_CREATE` attach type `BPF_XDP` on `ifindex` with `XDP_FLAGS_*` mode flags.
     pub fn create_xdp(prog: &ProgFd, ifindex: u32, flags: u32) -> Result<Self> {
-        let mut a = LinkCreateAttr { prog_fd: prog.raw() as u32, target_ifindex: ifindex, attach_type: BPF_XDP, flags };
+        let mut a = LinkCreateAttr {
+            prog_fd: prog.raw() as u32,
+            target_ifindex: ifindex,
+            attach_type: BPF_XDP,
+            flags,
+        };
         let fd = sys_bpf(BPF_LINK_CREATE, &mut a).map_err(|e| {
             let fix = match e {
                 libc::EBUSY => "the interface already has an XDP program attached: detach it first, or use force",
@@ -710,6 +809,22 @@ impl LinkFd {
         Ok(LinkFd { fd: owned(fd) })
     }
 
+    /// `BPF_LINK_GET_FD_BY_ID`: a new fd for the link with kernel id `id` (lets a forced attach
+    /// detach a link another process owns).
+    pub fn from_id(id: u32) -> Result<Self> {
+        let mut a = GetIdAttr {
+            id,
+            ..Default::default()
+        };
+        match sys_bpf(BPF_LINK_GET_FD_BY_ID, &mut a) {
+            Ok(fd) => Ok(LinkFd { fd: owned(fd) }),
+            Err(libc::ENOENT) => Err(Error::NotFound(format!(
+                "no BPF link with id {id} (it was released)"
+            ))),
+            Err(e) => Err(bpf_err(&format!("bpf(BPF_LINK_GET_FD_BY_ID {id})"), e)),
+        }
+    }
+
     /// The raw fd.
     pub fn raw(&self) -> RawFd {
         self.fd.as_raw_fd()
@@ -719,15 +834,55 @@ impl LinkFd {
     pub fn info(&self) -> Result<LinkInfo> {
         let mut raw = RawLinkInfo::default();
         obj_info(self.raw(), &mut raw, "link")?;
-        Ok(LinkInfo { link_type: raw.link_type, id: raw.id, prog_id: raw.prog_id, ifindex: raw.xdp_ifindex })
+        Ok(LinkInfo {
+            link_type: raw.link_type,
+            id: raw.id,
+            prog_id: raw.prog_id,
+            ifindex: raw.xdp_ifindex,
+        })
     }
 
     /// `BPF_LINK_DETACH`: detach now, even if other fds of this link exist (kernel ≥ 5.9).
     pub fn detach(&self) -> Result<()> {
-        let mut a = LinkDetachAttr { link_fd: self.raw() as u32 };
+        let mut a = LinkDetachAttr {
+            link_fd: self.raw() as u32,
+        };
         sys_bpf(BPF_LINK_DETACH, &mut a).map_err(|e| bpf_err("bpf(BPF_LINK_DETACH)", e))?;
         Ok(())
     }
+}
+
+/// Ids of all BPF links in the system (`BPF_LINK_GET_NEXT_ID`), in increasing order.
+pub fn link_ids() -> Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    let mut a = GetIdAttr::default();
+    loop {
+        match sys_bpf(BPF_LINK_GET_NEXT_ID, &mut a) {
+            Ok(_) => {
+                ids.push(a.next_id);
+                a = GetIdAttr {
+                    id: a.next_id,
+                    ..Default::default()
+                };
+            }
+            Err(libc::ENOENT) => return Ok(ids),
+            Err(e) => return Err(bpf_err("bpf(BPF_LINK_GET_NEXT_ID)", e)),
+        }
+    }
+}
+
+/// The XDP link (if any) whose program is attached to `ifindex` in the calling thread's network
+/// namespace.
+pub fn find_xdp_link(ifindex: u32, prog_id: u32) -> Result<Option<LinkInfo>> {
+    for id in link_ids()? {
+        let Ok(l) = LinkFd::from_id(id) else { continue };
+        let Ok(info) = l.info() else { continue };
+        if info.link_type == BPF_LINK_TYPE_XDP && info.ifindex == ifindex && info.prog_id == prog_id
+        {
+            return Ok(Some(info));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -737,8 +892,18 @@ mod tests {
 
     // r0 = 2 (XDP_PASS); exit
     const PASS: [BpfInsn; 2] = [
-        BpfInsn { code: 0xb7, regs: 0, off: 0, imm: 2 },
-        BpfInsn { code: 0x95, regs: 0, off: 0, imm: 0 },
+        BpfInsn {
+            code: 0xb7,
+            regs: 0,
+            off: 0,
+            imm: 2,
+        },
+        BpfInsn {
+            code: 0x95,
+            regs: 0,
+            off: 0,
+            imm: 0,
+        },
     ];
 
     #[test]
@@ -801,7 +966,14 @@ int main(void) { printf("%d %d %d %d %d %d %d %d %u %u\n", BPF_MAP_TYPE_XSKMAP, 
         assert_eq!(prog_info_by_id(info.id).unwrap().tag, info.tag);
         let frame = [0u8; 64];
         let mut out = [0u8; 128];
-        let r = p.test_run(TestRun { data: &frame, data_out: Some(&mut out), repeat: 10, ..Default::default() }).unwrap();
+        let r = p
+            .test_run(TestRun {
+                data: &frame,
+                data_out: Some(&mut out),
+                repeat: 10,
+                ..Default::default()
+            })
+            .unwrap();
         assert_eq!(r.retval, XDP_PASS);
         assert_eq!(r.data_size_out, 64);
     }
@@ -813,7 +985,12 @@ int main(void) { printf("%d %d %d %d %d %d %d %d %u %u\n", BPF_MAP_TYPE_XSKMAP, 
             return;
         }
         // exit without setting r0: the verifier says "R0 !read_ok".
-        let bad = [BpfInsn { code: 0x95, regs: 0, off: 0, imm: 0 }];
+        let bad = [BpfInsn {
+            code: 0x95,
+            regs: 0,
+            off: 0,
+            imm: 0,
+        }];
         let e = ProgFd::load(&ProgLoad {
             prog_type: BPF_PROG_TYPE_XDP,
             insns: &bad,
@@ -834,21 +1011,29 @@ int main(void) { printf("%d %d %d %d %d %d %d %d %u %u\n", BPF_MAP_TYPE_XSKMAP, 
             return;
         }
         let m = MapFd::create(BPF_MAP_TYPE_ARRAY, 4, 8, 4, 0, "kbx_arr").unwrap();
-        m.update(&1u32.to_ne_bytes(), &77u64.to_ne_bytes(), BPF_ANY).unwrap();
+        m.update(&1u32.to_ne_bytes(), &77u64.to_ne_bytes(), BPF_ANY)
+            .unwrap();
         let mut v = [0u8; 8];
         assert!(m.lookup(&1u32.to_ne_bytes(), &mut v).unwrap());
         assert_eq!(u64::from_ne_bytes(v), 77);
         assert!(m.update(&1u32.to_ne_bytes(), &[0u8; 4], BPF_ANY).is_err());
         let h = MapFd::create(BPF_MAP_TYPE_HASH, 4, 4, 8, 0, "kbx_hash").unwrap();
-        h.update(&5u32.to_ne_bytes(), &6u32.to_ne_bytes(), BPF_NOEXIST).unwrap();
+        h.update(&5u32.to_ne_bytes(), &6u32.to_ne_bytes(), BPF_NOEXIST)
+            .unwrap();
         assert!(h.delete(&5u32.to_ne_bytes()).unwrap());
         assert!(!h.delete(&5u32.to_ne_bytes()).unwrap());
         let x = MapFd::xskmap(4, "kbx_xsks").unwrap();
         let info = x.info().unwrap();
-        assert_eq!((info.map_type, info.max_entries, info.name.as_str()), (BPF_MAP_TYPE_XSKMAP, 4, "kbx_xsks"));
+        assert_eq!(
+            (info.map_type, info.max_entries, info.name.as_str()),
+            (BPF_MAP_TYPE_XSKMAP, 4, "kbx_xsks")
+        );
         let xsk = crate::sys::xdp::XskFd::new().unwrap();
         x.set_xsk(0, xsk.raw()).unwrap();
-        assert!(x.set_xsk(4, xsk.raw()).is_err(), "index beyond max_entries must fail");
+        assert!(
+            x.set_xsk(4, xsk.raw()).is_err(),
+            "index beyond max_entries must fail"
+        );
         assert!(x.clear_xsk(0).unwrap());
     }
 }

@@ -119,7 +119,8 @@ fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
 }
 
 fn u32_of(p: &[u8]) -> Option<u32> {
-    p.get(..4).map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
+    p.get(..4)
+        .map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 /// An rtnetlink socket.
@@ -131,7 +132,13 @@ struct Rtnl {
 impl Rtnl {
     fn open() -> Result<Self> {
         // SAFETY: plain syscall; the result is checked.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
         if fd < 0 {
             return Err(Error::last_os("socket(AF_NETLINK, NETLINK_ROUTE)", ""));
         }
@@ -184,7 +191,8 @@ impl Rtnl {
         let mut buf = vec![0u8; 64 << 10];
         loop {
             // SAFETY: buf is writable for its length.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
                 let e = errno();
                 if e == libc::EINTR {
@@ -208,7 +216,9 @@ impl Rtnl {
                 }
                 match mty as i32 {
                     libc::NLMSG_ERROR => {
-                        let code = payload.get(..4).map_or(0, |s| i32::from_ne_bytes([s[0], s[1], s[2], s[3]]));
+                        let code = payload
+                            .get(..4)
+                            .map_or(0, |s| i32::from_ne_bytes([s[0], s[1], s[2], s[3]]));
                         if code == 0 {
                             return Ok(out);
                         }
@@ -217,7 +227,9 @@ impl Rtnl {
                     libc::NLMSG_DONE => return Ok(out),
                     _ => {
                         out.push(payload.to_vec());
-                        if mflags & libc::NLM_F_MULTI as u16 == 0 && flags & libc::NLM_F_ACK as u16 == 0 {
+                        if mflags & libc::NLM_F_MULTI as u16 == 0
+                            && flags & libc::NLM_F_ACK as u16 == 0
+                        {
                             return Ok(out);
                         }
                     }
@@ -231,12 +243,19 @@ fn netlink_error(what: &str, e: i32, flags: u16, payload: &[u8]) -> Error {
     // payload: int error; struct nlmsghdr of the request (+ its payload unless CAPPED); TLVs.
     let mut ext = String::new();
     if flags & NLM_F_ACK_TLVS != 0 && payload.len() >= 20 {
-        let orig_len = u32::from_ne_bytes([payload[4], payload[5], payload[6], payload[7]]) as usize;
-        let skip = 4 + if flags & NLM_F_CAPPED != 0 { 16 } else { align4(orig_len) };
+        let orig_len =
+            u32::from_ne_bytes([payload[4], payload[5], payload[6], payload[7]]) as usize;
+        let skip = 4 + if flags & NLM_F_CAPPED != 0 {
+            16
+        } else {
+            align4(orig_len)
+        };
         if let Some(tlvs) = payload.get(skip..) {
             for (ty, p) in attrs(tlvs) {
                 if ty == NLMSGERR_ATTR_MSG {
-                    ext = String::from_utf8_lossy(p).trim_end_matches('\0').to_string();
+                    ext = String::from_utf8_lossy(p)
+                        .trim_end_matches('\0')
+                        .to_string();
                 }
             }
         }
@@ -294,10 +313,12 @@ pub fn xdp_set(ifindex: u32, prog_fd: i32, flags: u32, expected_fd: Option<i32>)
 pub fn xdp_query(ifindex: u32) -> Result<XdpQuery> {
     let body = ifinfomsg(ifindex);
     let what = format!("netlink RTM_GETLINK ifindex {ifindex}");
-    let replies = Rtnl::open()?.request(libc::RTM_GETLINK, 0, &body, &what).map_err(|e| match e.errno() {
-        Some(libc::ENODEV) => Error::NotFound(format!("no such interface index: {ifindex}")),
-        _ => e,
-    })?;
+    let replies = Rtnl::open()?
+        .request(libc::RTM_GETLINK, 0, &body, &what)
+        .map_err(|e| match e.errno() {
+            Some(libc::ENODEV) => Error::NotFound(format!("no such interface index: {ifindex}")),
+            _ => e,
+        })?;
     let mut q = XdpQuery::default();
     for msg in replies {
         let Some(rest) = msg.get(16..) else { continue };
@@ -318,11 +339,24 @@ pub fn xdp_query(ifindex: u32) -> Result<XdpQuery> {
             }
             // XDP_ATTACHED_{NONE, DRV, SKB, HW, MULTI} = 0..4.
             match attached {
-                1 => q.programs.push(XdpAttached { prog_id: prog, mode: XdpMode::Native }),
-                2 => q.programs.push(XdpAttached { prog_id: prog, mode: XdpMode::Generic }),
-                3 => q.programs.push(XdpAttached { prog_id: prog, mode: XdpMode::Hardware }),
+                1 => q.programs.push(XdpAttached {
+                    prog_id: prog,
+                    mode: XdpMode::Native,
+                }),
+                2 => q.programs.push(XdpAttached {
+                    prog_id: prog,
+                    mode: XdpMode::Generic,
+                }),
+                3 => q.programs.push(XdpAttached {
+                    prog_id: prog,
+                    mode: XdpMode::Hardware,
+                }),
                 4 => {
-                    for (id, mode) in [(drv, XdpMode::Native), (skb, XdpMode::Generic), (hw, XdpMode::Hardware)] {
+                    for (id, mode) in [
+                        (drv, XdpMode::Native),
+                        (skb, XdpMode::Generic),
+                        (hw, XdpMode::Hardware),
+                    ] {
                         if id != 0 {
                             q.programs.push(XdpAttached { prog_id: id, mode });
                         }
@@ -333,6 +367,29 @@ pub fn xdp_query(ifindex: u32) -> Result<XdpQuery> {
         }
     }
     Ok(q)
+}
+
+/// Run `f` on a new thread inside a fresh, private network namespace (only a down loopback in
+/// it); the namespace disappears when the thread ends. Used by probes that must not touch real
+/// interfaces. Needs CAP_SYS_ADMIN.
+pub fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    std::thread::Builder::new()
+        .name("kbx-netns-probe".into())
+        .spawn(move || {
+            // SAFETY: unshare(CLONE_NEWNET) only changes this thread's network namespace; the
+            // thread never returns to a pool, so nothing else runs in it afterwards.
+            let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            if r != 0 {
+                return Err(Error::last_os(
+                    "unshare(CLONE_NEWNET)",
+                    "needs CAP_SYS_ADMIN to create a throwaway network namespace: run as root",
+                ));
+            }
+            Ok(f())
+        })
+        .map_err(|e| Error::State(format!("cannot spawn the probe thread: {e}")))?
+        .join()
+        .map_err(|_| Error::State("the probe thread panicked".into()))?
 }
 
 #[cfg(test)]

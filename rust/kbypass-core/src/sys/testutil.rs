@@ -17,27 +17,49 @@ pub fn compile_and_run_c(name: &str, src: &str) -> Option<String> {
     let c = dir.join("probe.c");
     let exe = dir.join("probe");
     std::fs::write(&c, src).ok()?;
-    let ok = Command::new("cc").arg("-o").arg(&exe).arg(&c).output().ok()?.status.success();
-    let out = if ok { Command::new(&exe).output().ok() } else { None };
+    let ok = Command::new("cc")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&c)
+        .output()
+        .ok()?
+        .status
+        .success();
+    let out = if ok {
+        Command::new(&exe).output().ok()
+    } else {
+        None
+    };
     let _ = std::fs::remove_dir_all(&dir);
     let out = out?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)))
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
-/// A network namespace `kbx-<pid>-<n>` holding a veth pair `kbx0`/`kbx1` (198.18.x.1/.2), removed
-/// on drop even when the test panics.
+/// A network namespace `kbx-<pid>-<n>` holding a veth pair `kbx0`/`kbx1` (198.18.x.1/.2, MACs
+/// 02:00:00:00:00:01/02), removed on drop even when the test panics.
 pub struct VethNs {
     /// Namespace name.
     pub name: String,
+    /// Third octet of the /24 in 198.18.0.0/15 (kbx0 = .1, kbx1 = .2).
+    pub net: u8,
 }
 
 impl VethNs {
@@ -47,9 +69,32 @@ impl VethNs {
         let n = N.fetch_add(1, Ordering::Relaxed);
         let name = format!("kbx-{}-{n}", std::process::id());
         ip(&["netns", "add", &name])?;
-        let me = VethNs { name };
+        let me = VethNs {
+            name,
+            net: 100 + (n % 100) as u8,
+        };
         let ns = me.name.as_str();
-        ip(&["-n", ns, "link", "add", "kbx0", "type", "veth", "peer", "name", "kbx1"])?;
+        ip(&[
+            "-n", ns, "link", "add", "kbx0", "type", "veth", "peer", "name", "kbx1",
+        ])?;
+        ip(&[
+            "-n",
+            ns,
+            "link",
+            "set",
+            "kbx0",
+            "address",
+            "02:00:00:00:00:01",
+        ])?;
+        ip(&[
+            "-n",
+            ns,
+            "link",
+            "set",
+            "kbx1",
+            "address",
+            "02:00:00:00:00:02",
+        ])?;
         let a = format!("198.18.{}.1/24", 100 + (n % 100));
         let b = format!("198.18.{}.2/24", 100 + (n % 100));
         ip(&["-n", ns, "addr", "add", &a, "dev", "kbx0"])?;
