@@ -8,6 +8,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use crate::error::{errno, Error, Result};
 use crate::sys::mm::Mapping;
 
+/// `SO_BUSY_POLL` (asm-generic/socket.h): microseconds to busy-poll in blocking calls.
+pub const SO_BUSY_POLL: i32 = 46;
+/// `SO_PREFER_BUSY_POLL`: prefer busy polling over softirq processing.
+pub const SO_PREFER_BUSY_POLL: i32 = 69;
+/// `SO_BUSY_POLL_BUDGET`: packets per busy-poll round.
+pub const SO_BUSY_POLL_BUDGET: i32 = 70;
+
 /// Most messages one `sendmmsg`/`recvmmsg` call moves here.
 pub const MAX_BATCH: usize = 1024;
 

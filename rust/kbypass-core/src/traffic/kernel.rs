@@ -73,7 +73,8 @@ impl StopWhen<'_> {
         Ok(())
     }
 
-    fn done(&self, packets: u64, start: Instant, last: Option<Instant>) -> bool {
+    /// Whether the loop should stop now.
+    pub fn done(&self, packets: u64, start: Instant, last: Option<Instant>) -> bool {
         self.count.is_some_and(|c| packets >= c)
             || self.duration.is_some_and(|d| start.elapsed() >= d)
             || self.stop.is_some_and(|s| s.load(Ordering::Relaxed))

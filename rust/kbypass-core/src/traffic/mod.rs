@@ -3,6 +3,7 @@
 
 pub mod kernel;
 pub mod template;
+pub mod xsk;
 
 pub use kernel::{StopWhen, Throughput};
 pub use template::UdpTemplate;
