@@ -350,6 +350,17 @@ fn lookup_first_form_behaves_like_flags_default() {
 }
 
 #[test]
+fn match_all_rule_makes_later_rules_moot() {
+    need_root!();
+    // Regression: code after an unconditional rule is unreachable and was rejected.
+    let p = prog("all or udp dst port 9000");
+    assert_eq!(verdict(&p, &eth(0x0806, None, &[0; 28])), XDP_REDIRECT);
+    let p = prog("udp dst port 9000 or all");
+    assert_eq!(verdict(&p, &eth(0x0806, None, &[0; 28])), XDP_REDIRECT);
+    assert_eq!(verdict(&p, &[0u8; 14]), XDP_REDIRECT);
+}
+
+#[test]
 fn many_rules_still_verify() {
     need_root!();
     let text: Vec<String> = (0..64)
