@@ -993,10 +993,19 @@ fn random_frame(g: &mut Rng) -> Vec<u8> {
 #[test]
 fn compiled_programs_agree_with_the_reference_matcher() {
     need_root!();
-    let mut g = Rng(0x5eed_1234_abcd_ef01);
+    // KBX_DIFF_SEED / KBX_DIFF_ROUNDS explore further than the default run.
+    let seed = std::env::var("KBX_DIFF_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed_1234_abcd_ef01u64);
+    let mut g = Rng(seed | 1);
     let mut checked = 0;
     let mut hits = 0;
-    for _ in 0..80 {
+    for _ in 0..std::env::var("KBX_DIFF_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(80)
+    {
         let rules: Vec<Rule> = (0..1 + g.next() % 3).map(|_| random_rule(&mut g)).collect();
         let p = XdpProgram::new(&rules, ProgramOptions::default()).unwrap();
         for _ in 0..60 {
