@@ -104,6 +104,33 @@ pub const XDP_PKT_CONTD: u32 = 1 << 0;
 /// TX descriptor carries TX metadata in front of the frame (kernel ≥ 6.8).
 pub const XDP_TX_METADATA: u32 = 1 << 1;
 
+// `xsk_tx_metadata.flags` (TX metadata, kernel ≥ 6.8; needs `tx_metadata_len` in the UMEM).
+/// Request a TX timestamp (written back to `launch_time_or_timestamp` on completion).
+pub const XDP_TXMD_FLAGS_TIMESTAMP: u64 = 1 << 0;
+/// Request checksum offload from `csum_start`/`csum_offset`.
+pub const XDP_TXMD_FLAGS_CHECKSUM: u64 = 1 << 1;
+/// Request launch-time offload (kernel ≥ 6.14).
+pub const XDP_TXMD_FLAGS_LAUNCH_TIME: u64 = 1 << 2;
+
+/// `struct xsk_tx_metadata`, placed `tx_metadata_len` bytes before a TX frame's data when the
+/// descriptor has [`XDP_TX_METADATA`]. The kernel's union of `request` (csum + launch time)
+/// and `completion` (timestamp) is flattened: the last field is the launch time on request
+/// and the TX timestamp on completion.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XskTxMetadata {
+    /// `XDP_TXMD_FLAGS_*`.
+    pub flags: u64,
+    /// Offset from the frame start where checksumming starts.
+    pub csum_start: u16,
+    /// Offset from `csum_start` where the checksum is stored.
+    pub csum_offset: u16,
+    /// Padding of the kernel's request struct (keep zero).
+    pub _pad: u32,
+    /// Launch time (request) or TX timestamp (completion), in ns of the PTP clock.
+    pub launch_time_or_timestamp: u64,
+}
+
 /// `struct sockaddr_xdp`: the address an XDP socket binds to.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -267,6 +294,10 @@ const _: () = {
     assert!(offset_of!(XdpStatistics, rx_fill_ring_empty_descs) == 32);
     assert!(offset_of!(XdpStatistics, tx_ring_empty_descs) == 40);
     assert!(size_of::<XdpOptions>() == 4);
+    assert!(size_of::<XskTxMetadata>() == 24);
+    assert!(offset_of!(XskTxMetadata, csum_start) == 8);
+    assert!(offset_of!(XskTxMetadata, csum_offset) == 10);
+    assert!(offset_of!(XskTxMetadata, launch_time_or_timestamp) == 16);
 };
 
 /// Plain-old-data types that may be passed to and filled by the kernel byte for byte.
