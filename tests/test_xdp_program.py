@@ -218,6 +218,7 @@ def test_filter_verdicts() -> None:
         p.test_run("frame")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         p.test_run(full, repeat=0)
+    assert p.run_time_ns(full, repeat=1000) > 0
 
 
 @needs_root
