@@ -488,6 +488,28 @@ fn attach_detach_on_veth_in_netns() {
 }
 
 #[test]
+fn auto_falls_back_to_generic_where_native_is_missing() {
+    need_root!();
+    let ns = VethNs::new().expect("create netns + veth");
+    ns.run(|| {
+        // Loopback has no native XDP.
+        let p = prog("");
+        let e = attach(&p, "lo", AttachMode::Native, false).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EOPNOTSUPP), "{e}");
+        assert!(e.to_string().contains("mode='generic' or 'auto'"), "{e}");
+        let att = attach(&p, "lo", AttachMode::Auto, false).unwrap();
+        assert_eq!(att.mode(), XdpMode::Generic);
+        assert!(
+            att.notes().iter().any(|n| n.contains("native mode failed")),
+            "{:?}",
+            att.notes()
+        );
+        drop(att);
+        assert!(xdp_query(1).unwrap().programs.is_empty());
+    });
+}
+
+#[test]
 fn refuse_foreign_program_unless_forced() {
     need_root!();
     let ns = VethNs::new().expect("create netns + veth");
