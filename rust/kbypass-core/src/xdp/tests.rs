@@ -510,6 +510,37 @@ fn auto_falls_back_to_generic_where_native_is_missing() {
 }
 
 #[test]
+fn jumbo_mtu_on_veth_needs_the_frags_program() {
+    need_root!();
+    let ns = VethNs::new().expect("create netns + veth");
+    for dev in ["kbx0", "kbx1"] {
+        let ok = std::process::Command::new("ip")
+            .args(["-n", &ns.name, "link", "set", dev, "mtu", "9000"])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "set mtu 9000 on {dev}");
+    }
+    ns.run(|| {
+        let plain = prog("udp");
+        let e = attach(&plain, "kbx1", AttachMode::Native, false).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::ERANGE), "{e}");
+        assert!(e.to_string().contains("frags-capable"), "{e}");
+        let rules = parse_filter("udp").unwrap();
+        let mb = XdpProgram::new(
+            &rules,
+            ProgramOptions {
+                frags: true,
+                queues: 4,
+            },
+        )
+        .unwrap();
+        let att = attach(&mb, "kbx1", AttachMode::Native, false).unwrap();
+        assert_eq!(att.mode(), XdpMode::Native);
+    });
+}
+
+#[test]
 fn refuse_foreign_program_unless_forced() {
     need_root!();
     let ns = VethNs::new().expect("create netns + veth");
