@@ -297,6 +297,15 @@ class XdpProgram:
         verdict, _ns = self._prog.test_run(bytes(frame), repeat)
         return Verdict(verdict)
 
+    def run_time_ns(self, frame: bytes, repeat: int = 100_000) -> float:
+        """Return the kernel-measured average time of one run of the program on ``frame`` (ns)."""
+        if not isinstance(frame, (bytes, bytearray, memoryview)):
+            raise TypeError(f"frame must be bytes, got {type(frame).__name__}")
+        if isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat < 2**32:
+            raise ValueError(f"repeat={repeat!r} must be 1..2**32-1")
+        _verdict, ns = self._prog.test_run(bytes(frame), repeat)
+        return float(ns)
+
     def attach(self, ifname: str, mode: str = "auto", force: bool = False) -> XdpAttachment:
         """Attach to ``ifname`` (``mode``: "native", "generic" or "auto").
 

@@ -156,6 +156,21 @@ impl Rtnl {
                 4,
             )
         };
+        // A reply that never comes must not hang the caller.
+        let tv = libc::timeval {
+            tv_sec: 5,
+            tv_usec: 0,
+        };
+        // SAFETY: valid pointer to a timeval of the size passed.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                core::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
         Ok(Rtnl { fd, seq: 1 })
     }
 
@@ -197,6 +212,11 @@ impl Rtnl {
                 let e = errno();
                 if e == libc::EINTR {
                     continue;
+                }
+                if e == libc::EAGAIN {
+                    return Err(Error::Timeout(format!(
+                        "{what}: no netlink reply within 5 s"
+                    )));
                 }
                 return Err(Error::os(format!("{what}: recv(netlink)"), e, ""));
             }

@@ -274,6 +274,12 @@ pub fn filter_program(rules: &[Rule], map_fd: RawFd, form: RedirectForm) -> Resu
     a.bind(l3);
     for r in rules {
         let vers = r.versions();
+        if vers.is_empty() && r.vlan == Vlan::Any && r.ethertype.is_none() {
+            // Matches every frame: later rules would be unreachable code, which the verifier
+            // rejects.
+            a.ja(hit);
+            break;
+        }
         if vers.is_empty() {
             emit_rule(&mut a, r, None, hit);
         }

@@ -350,6 +350,17 @@ fn lookup_first_form_behaves_like_flags_default() {
 }
 
 #[test]
+fn match_all_rule_makes_later_rules_moot() {
+    need_root!();
+    // Regression: code after an unconditional rule is unreachable and was rejected.
+    let p = prog("all or udp dst port 9000");
+    assert_eq!(verdict(&p, &eth(0x0806, None, &[0; 28])), XDP_REDIRECT);
+    let p = prog("udp dst port 9000 or all");
+    assert_eq!(verdict(&p, &eth(0x0806, None, &[0; 28])), XDP_REDIRECT);
+    assert_eq!(verdict(&p, &[0u8; 14]), XDP_REDIRECT);
+}
+
+#[test]
 fn many_rules_still_verify() {
     need_root!();
     let text: Vec<String> = (0..64)
@@ -473,6 +484,59 @@ fn attach_detach_on_veth_in_netns() {
             attach(&p, "kbx-none", AttachMode::Auto, false),
             Err(Error::NotFound(_))
         ));
+    });
+}
+
+#[test]
+fn auto_falls_back_to_generic_where_native_is_missing() {
+    need_root!();
+    let ns = VethNs::new().expect("create netns + veth");
+    ns.run(|| {
+        // Loopback has no native XDP.
+        let p = prog("");
+        let e = attach(&p, "lo", AttachMode::Native, false).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EOPNOTSUPP), "{e}");
+        assert!(e.to_string().contains("mode='generic' or 'auto'"), "{e}");
+        let att = attach(&p, "lo", AttachMode::Auto, false).unwrap();
+        assert_eq!(att.mode(), XdpMode::Generic);
+        assert!(
+            att.notes().iter().any(|n| n.contains("native mode failed")),
+            "{:?}",
+            att.notes()
+        );
+        drop(att);
+        assert!(xdp_query(1).unwrap().programs.is_empty());
+    });
+}
+
+#[test]
+fn jumbo_mtu_on_veth_needs_the_frags_program() {
+    need_root!();
+    let ns = VethNs::new().expect("create netns + veth");
+    for dev in ["kbx0", "kbx1"] {
+        let ok = std::process::Command::new("ip")
+            .args(["-n", &ns.name, "link", "set", dev, "mtu", "9000"])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "set mtu 9000 on {dev}");
+    }
+    ns.run(|| {
+        let plain = prog("udp");
+        let e = attach(&plain, "kbx1", AttachMode::Native, false).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::ERANGE), "{e}");
+        assert!(e.to_string().contains("frags-capable"), "{e}");
+        let rules = parse_filter("udp").unwrap();
+        let mb = XdpProgram::new(
+            &rules,
+            ProgramOptions {
+                frags: true,
+                queues: 4,
+            },
+        )
+        .unwrap();
+        let att = attach(&mb, "kbx1", AttachMode::Native, false).unwrap();
+        assert_eq!(att.mode(), XdpMode::Native);
     });
 }
 
@@ -982,10 +1046,19 @@ fn random_frame(g: &mut Rng) -> Vec<u8> {
 #[test]
 fn compiled_programs_agree_with_the_reference_matcher() {
     need_root!();
-    let mut g = Rng(0x5eed_1234_abcd_ef01);
+    // KBX_DIFF_SEED / KBX_DIFF_ROUNDS explore further than the default run.
+    let seed = std::env::var("KBX_DIFF_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed_1234_abcd_ef01u64);
+    let mut g = Rng(seed | 1);
     let mut checked = 0;
     let mut hits = 0;
-    for _ in 0..80 {
+    for _ in 0..std::env::var("KBX_DIFF_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(80)
+    {
         let rules: Vec<Rule> = (0..1 + g.next() % 3).map(|_| random_rule(&mut g)).collect();
         let p = XdpProgram::new(&rules, ProgramOptions::default()).unwrap();
         for _ in 0..60 {
