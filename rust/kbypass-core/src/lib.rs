@@ -11,7 +11,7 @@ pub mod packet;
 pub mod ring;
 pub mod sys;
 pub mod traffic;
-pub mod xsk;
 pub mod xdp;
+pub mod xsk;
 
 pub use error::{Error, Result};

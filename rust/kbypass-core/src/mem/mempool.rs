@@ -470,6 +470,29 @@ impl Drop for PoolCache {
     }
 }
 
+/// Time `rounds` get+put cycles of `bulk` objects through a fresh cache of `cache_size`;
+/// returns elapsed nanoseconds. Used by the benchmarks (the work is real: every object is
+/// state-checked on put).
+pub fn bench_cycle(
+    pool: &Arc<Mempool>,
+    rounds: u64,
+    bulk: usize,
+    cache_size: usize,
+) -> Result<u64> {
+    let mut cache = pool.cache(cache_size.min(pool.count() as usize))?;
+    let mut objs = vec![0u32; bulk];
+    let start = std::time::Instant::now();
+    for _ in 0..rounds {
+        if !cache.get_bulk(&mut objs) {
+            return Err(Error::State(
+                "pool ran dry during the benchmark: use a larger pool".into(),
+            ));
+        }
+        cache.put_bulk(std::hint::black_box(&objs))?;
+    }
+    Ok(start.elapsed().as_nanos() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,27 +630,4 @@ mod tests {
         assert!(p.cache(9).is_err());
         assert!(p.obj_ptr(8).is_none());
     }
-}
-
-/// Time `rounds` get+put cycles of `bulk` objects through a fresh cache of `cache_size`;
-/// returns elapsed nanoseconds. Used by the benchmarks (the work is real: every object is
-/// state-checked on put).
-pub fn bench_cycle(
-    pool: &Arc<Mempool>,
-    rounds: u64,
-    bulk: usize,
-    cache_size: usize,
-) -> Result<u64> {
-    let mut cache = pool.cache(cache_size.min(pool.count() as usize))?;
-    let mut objs = vec![0u32; bulk];
-    let start = std::time::Instant::now();
-    for _ in 0..rounds {
-        if !cache.get_bulk(&mut objs) {
-            return Err(Error::State(
-                "pool ran dry during the benchmark: use a larger pool".into(),
-            ));
-        }
-        cache.put_bulk(std::hint::black_box(&objs))?;
-    }
-    Ok(start.elapsed().as_nanos() as u64)
 }

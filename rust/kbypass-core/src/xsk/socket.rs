@@ -462,10 +462,10 @@ impl XskSocket {
         }
         let (idx, n) = self.rx.peek(out.len() as u32);
         if n == 0 {
-            if self.busy_poll || self.fill.needs_wakeup() {
-                if self.fd().wakeup_rx().unwrap_or(false) {
-                    self.counters.rx_wakeups += 1;
-                }
+            if (self.busy_poll || self.fill.needs_wakeup())
+                && self.fd().wakeup_rx().unwrap_or(false)
+            {
+                self.counters.rx_wakeups += 1;
             }
             return 0;
         }
