@@ -32,18 +32,28 @@ fn measurement() -> Duration {
     Duration::from_millis(ms)
 }
 
-fn pin(cpu: usize) {
+/// Pin the calling thread to `cpus` (new threads inherit it).
+fn pin_to(cpus: impl IntoIterator<Item = usize>) {
     // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET and sched_setaffinity only touch
     // the set we own and the calling thread's affinity.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
+        for cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
+fn pin(cpu: usize) {
+    pin_to([cpu]);
+}
+
+/// Online CPUs (not `available_parallelism`, which shrinks once this thread is pinned).
 fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    n.max(1) as usize
 }
 
 /// One-thread round trip: enqueue n, dequeue n.
@@ -135,6 +145,9 @@ where
 {
     use std::sync::atomic::{AtomicU32, Ordering};
     let ready = AtomicU32::new(0);
+    // Spawn from an unpinned thread: a producer inheriting the consumer's CPU would wait behind
+    // the spinning consumer for a whole time slice before it could move itself.
+    pin_to(0..cpus());
     std::thread::scope(|s| {
         let ready = &ready;
         s.spawn(move || {
@@ -154,11 +167,11 @@ where
                 }
             }
         });
-        pin(1 % cpus());
         let mut buf = vec![0u64; n];
         while ready.load(Ordering::Acquire) < 1 {
-            std::hint::spin_loop();
+            std::thread::yield_now();
         }
+        pin(1 % cpus());
         let t0 = Instant::now();
         ready.store(2, Ordering::Release);
         let mut got = 0u64;
