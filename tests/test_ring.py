@@ -67,6 +67,26 @@ def test_burst_takes_what_fits() -> None:
     assert r.enqueue_bulk(np.empty(0, dtype=U64)) == 0
 
 
+def test_dequeue_into_preallocated_array() -> None:
+    r = Ring(16)
+    r.enqueue_bulk(np.arange(5, dtype=U64))
+    out = np.zeros(8, dtype=U64)
+    assert r.dequeue_into(out[:2]) == 2
+    assert r.dequeue_into(out, bulk=True) == 0, "8 asked, 3 there: bulk takes none"
+    assert r.dequeue_into(out) == 3
+    np.testing.assert_array_equal(out[:3], np.arange(2, 5, dtype=U64))
+    with pytest.raises(TypeError, match="uint64"):
+        r.dequeue_into(np.zeros(4, dtype=np.int64))
+    with pytest.raises(ValueError, match="contiguous"):
+        r.dequeue_into(np.zeros(8, dtype=U64)[::2])
+    ro = np.zeros(4, dtype=U64)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        r.dequeue_into(ro)
+    with pytest.raises(ValueError, match="capacity 16"):
+        r.dequeue_into(np.zeros(17, dtype=U64), bulk=True)
+
+
 def test_non_contiguous_arrays_are_accepted() -> None:
     r = Ring(16)
     a = np.arange(10, dtype=U64)

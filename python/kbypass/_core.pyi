@@ -47,6 +47,8 @@ class Ring:
         """Dequeue exactly ``n`` items, or an empty array if fewer are there."""
     def dequeue_burst(self, n: int) -> npt.NDArray[np.uint64]:
         """Dequeue up to ``n`` items (possibly none)."""
+    def dequeue_into(self, out: npt.NDArray[np.uint64], bulk: bool = False) -> int:
+        """Dequeue into a preallocated uint64 array (no allocation); returns how many."""
     def put(self, x: int, timeout: float | None = None) -> None:
         """Enqueue one item, waiting (GIL released) for room; TimeoutError after ``timeout`` s."""
     def get(self, timeout: float | None = None) -> int:

@@ -127,8 +127,9 @@ fn items_arg<'py>(arr: &Bound<'py, PyAny>) -> PyResult<Items<'py>> {
 /// Non-blocking: ``enqueue(x) -> bool``, ``dequeue() -> int | None``; NumPy uint64 arrays with
 /// ``enqueue_bulk`` (all or nothing) / ``enqueue_burst`` (as many as fit) returning the count,
 /// and ``dequeue_bulk(n)`` / ``dequeue_burst(n)`` returning an array (empty when nothing was
-/// taken). Blocking, with the GIL released while waiting and ``TimeoutError`` at ``timeout``
-/// seconds (None waits forever): ``put``, ``get``, ``put_bulk``, ``get_bulk``, ``get_burst``.
+/// taken), or ``dequeue_into(out)`` into a preallocated array. Blocking, with the GIL released
+/// while waiting and ``TimeoutError`` at ``timeout`` seconds (None waits forever): ``put``,
+/// ``get``, ``put_bulk``, ``get_bulk``, ``get_burst``.
 ///
 /// Example::
 ///
@@ -321,6 +322,29 @@ impl PyRing {
         let got = self.with_rx(|rx| rx.dequeue_burst(&mut out))?;
         out.truncate(got);
         Ok(PyArray1::from_vec(py, out))
+    }
+
+    /// Dequeue into the preallocated uint64 array ``out`` without allocating: up to
+    /// ``len(out)`` items (burst), or exactly ``len(out)`` or none with ``bulk=True``.
+    /// Returns how many were written to the front of ``out``.
+    #[pyo3(signature = (out, bulk = false))]
+    fn dequeue_into(&self, out: &Bound<'_, PyAny>, bulk: bool) -> PyResult<usize> {
+        let fix = "pass a writable, C-contiguous 1-D numpy array of dtype uint64, e.g. numpy.empty(n, dtype=numpy.uint64)";
+        let typed = out
+            .cast::<PyArray1<u64>>()
+            .map_err(|_| PyTypeError::new_err(format!("out must be a 1-D uint64 array: {fix}")))?;
+        let mut rw = typed
+            .try_readwrite()
+            .map_err(|e| PyValueError::new_err(format!("out is not writable ({e}): {fix}")))?;
+        let slice = rw
+            .as_slice_mut()
+            .map_err(|_| PyValueError::new_err(format!("out is not contiguous: {fix}")))?;
+        if bulk {
+            self.bulk_len(slice.len(), "dequeue")?;
+            self.with_rx(|rx| rx.dequeue_bulk(slice))
+        } else {
+            self.with_rx(|rx| rx.dequeue_burst(slice))
+        }
     }
 
     /// Enqueue one item, waiting (GIL released) for room up to ``timeout`` seconds.
