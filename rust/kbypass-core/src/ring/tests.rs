@@ -585,8 +585,8 @@ proptest::proptest! {
                 Op::PeekRelease(n, k) if !multi => {
                     let p = rx.peek_up_to(n);
                     proptest::prop_assert_eq!(p.len(), n.min(model.len()));
-                    for i in 0..p.len() {
-                        proptest::prop_assert_eq!(p.get(i), model[i]);
+                    for (i, &want) in model.iter().take(p.len()).enumerate() {
+                        proptest::prop_assert_eq!(p.get(i), want);
                     }
                     let k = k.min(p.len());
                     p.release(k);
