@@ -6,9 +6,33 @@ the techniques DPDK, AF_XDP and RDMA use, behind small, typed classes.
 
 from __future__ import annotations
 
-from kbypass import _core
-from kbypass._core import Ring
+from kbypass import _core, cpu, packet
+from kbypass._core import HugeRegion, Mempool, PcapWriter, Ring
+from kbypass.xdp import (
+    Rule,
+    Verdict,
+    XdpAttachment,
+    XdpProgram,
+    parse_filter,
+    probe_xdp,
+    xdp_query,
+)
 
 __version__: str = _core.__version__
 
-__all__ = ["Ring", "__version__"]
+__all__ = [
+    "HugeRegion",
+    "Mempool",
+    "PcapWriter",
+    "Ring",
+    "Rule",
+    "Verdict",
+    "XdpAttachment",
+    "XdpProgram",
+    "__version__",
+    "cpu",
+    "packet",
+    "parse_filter",
+    "probe_xdp",
+    "xdp_query",
+]

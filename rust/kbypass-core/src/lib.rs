@@ -4,8 +4,14 @@
 //! calls), `mem` (HugeRegion, Mempool), `ring` (lock-free rings), `cpu` (topology and pinning),
 //! `xdp`/`xsk` (AF_XDP), `engine` (poll-mode workers), `rdma` (verbs provider).
 
+pub mod cpu;
 pub mod error;
+pub mod mem;
+pub mod packet;
 pub mod ring;
 pub mod sys;
+pub mod traffic;
+pub mod xdp;
+pub mod xsk;
 
 pub use error::{Error, Result};

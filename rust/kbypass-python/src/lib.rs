@@ -5,13 +5,25 @@
 
 use pyo3::prelude::*;
 
+mod cpu;
 mod errors;
+mod mem;
+mod mempool;
+mod netns;
+mod packet;
 mod ring;
+mod xdp;
 
 /// The extension module. Declared free-threading safe: every class guards its own state.
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    netns::register(m)?;
+    packet::register(m)?;
+    mem::register(m)?;
+    mempool::register(m)?;
     ring::register(m)?;
+    cpu::register(m)?;
+    xdp::register(m)?;
     Ok(())
 }

@@ -2,5 +2,15 @@
 //!
 //! Each wrapper returns [`crate::Error`] with the errno and, where one is known, the fix.
 
+pub mod affinity;
+pub mod bpf;
 pub mod mm;
+pub mod netlink;
+pub mod netns;
+pub mod numa;
+pub mod pages;
 pub mod shm;
+pub mod socket;
+#[cfg(test)]
+pub(crate) mod testutil;
+pub mod xdp;

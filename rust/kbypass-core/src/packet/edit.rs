@@ -1,0 +1,211 @@
+//! In-place frame edits that are slow in Python: address/port swaps and checksums.
+//!
+//! Each function takes the frame and its [`PacketMeta`] (from [`super::parse`]) and returns
+//! whether it could apply the edit; a frame without the needed headers is left untouched.
+//! Swapping source and destination never changes a one's-complement checksum (the sum is
+//! commutative), so `swap_*` keep valid checksums valid.
+
+use super::parse::{PacketMeta, FLAG_FRAGMENT, FLAG_L4, FLAG_TRUNCATED, IPPROTO_TCP, IPPROTO_UDP};
+
+/// Swap the Ethernet source and destination MAC addresses.
+pub fn swap_macs(frame: &mut [u8]) -> bool {
+    if frame.len() < 12 {
+        return false;
+    }
+    let (dst, rest) = frame.split_at_mut(6);
+    dst.swap_with_slice(&mut rest[..6]);
+    true
+}
+
+/// Swap IPv4 or IPv6 source and destination addresses.
+pub fn swap_ips(frame: &mut [u8], m: &PacketMeta) -> bool {
+    let l3 = m.l3_off as usize;
+    let (src, len) = match m.ip_version {
+        4 => (l3 + 12, 4),
+        6 => (l3 + 8, 16),
+        _ => return false,
+    };
+    if frame.len() < src + 2 * len {
+        return false;
+    }
+    let (a, b) = frame[src..src + 2 * len].split_at_mut(len);
+    a.swap_with_slice(b);
+    true
+}
+
+/// Swap UDP/TCP source and destination ports.
+pub fn swap_ports(frame: &mut [u8], m: &PacketMeta) -> bool {
+    if m.flags & FLAG_L4 == 0 {
+        return false;
+    }
+    let at = m.l4_off as usize;
+    if frame.len() < at + 4 {
+        return false;
+    }
+    let (a, b) = frame[at..at + 4].split_at_mut(2);
+    a.swap_with_slice(b);
+    true
+}
+
+/// Add `data` to a running one's-complement sum (RFC 1071), 16 bits at a time.
+pub fn sum16(data: &[u8], mut acc: u64) -> u64 {
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        // Four 16-bit words at once; carries are folded at the end.
+        acc += u16::from_be_bytes([c[0], c[1]]) as u64
+            + u16::from_be_bytes([c[2], c[3]]) as u64
+            + u16::from_be_bytes([c[4], c[5]]) as u64
+            + u16::from_be_bytes([c[6], c[7]]) as u64;
+    }
+    let mut rest = chunks.remainder().chunks_exact(2);
+    for c in &mut rest {
+        acc += u16::from_be_bytes([c[0], c[1]]) as u64;
+    }
+    if let [b] = rest.remainder() {
+        acc += (*b as u64) << 8;
+    }
+    acc
+}
+
+/// Fold a running sum to the 16-bit one's-complement checksum.
+pub fn fold(mut acc: u64) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+/// Recompute the IPv4 header checksum. Returns false for non-IPv4 or truncated headers.
+pub fn fix_ipv4_checksum(frame: &mut [u8], m: &PacketMeta) -> bool {
+    if m.ip_version != 4 {
+        return false;
+    }
+    let l3 = m.l3_off as usize;
+    let Some(&vihl) = frame.get(l3) else {
+        return false;
+    };
+    let ihl = (vihl & 0x0f) as usize * 4;
+    if ihl < 20 || frame.len() < l3 + ihl {
+        return false;
+    }
+    frame[l3 + 10] = 0;
+    frame[l3 + 11] = 0;
+    let c = fold(sum16(&frame[l3..l3 + ihl], 0));
+    frame[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+    true
+}
+
+/// Recompute the UDP or TCP checksum (with the IPv4/IPv6 pseudo-header). Returns false when the
+/// frame has no complete, unfragmented UDP/TCP segment.
+pub fn fix_l4_checksum(frame: &mut [u8], m: &PacketMeta) -> bool {
+    if m.flags & (FLAG_TRUNCATED | FLAG_FRAGMENT) != 0 || m.flags & FLAG_L4 == 0 {
+        return false;
+    }
+    let l3 = m.l3_off as usize;
+    let l4 = m.l4_off as usize;
+    let end = m.payload_off as usize + m.payload_len as usize;
+    if end > frame.len() || l4 >= end {
+        return false;
+    }
+    let seg_len = end - l4;
+    let csum_at = match m.proto {
+        IPPROTO_UDP => l4 + 6,
+        IPPROTO_TCP => l4 + 16,
+        _ => return false,
+    };
+    if csum_at + 2 > end {
+        return false;
+    }
+    let mut acc = match m.ip_version {
+        4 => sum16(&frame[l3 + 12..l3 + 20], 0),
+        6 => sum16(&frame[l3 + 8..l3 + 40], 0),
+        _ => return false,
+    };
+    acc += m.proto as u64 + seg_len as u64;
+    frame[csum_at] = 0;
+    frame[csum_at + 1] = 0;
+    let mut c = fold(sum16(&frame[l4..end], acc));
+    if m.proto == IPPROTO_UDP && c == 0 {
+        c = 0xffff; // RFC 768: a computed zero is sent as all ones
+    }
+    frame[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+    true
+}
+
+/// Whether the IPv4 header checksum and the UDP/TCP checksum verify (UDP checksum 0 over IPv4
+/// means "none" and verifies).
+pub fn checksums_ok(frame: &[u8], m: &PacketMeta) -> bool {
+    let l3 = m.l3_off as usize;
+    if m.ip_version == 4 {
+        let ihl = (frame.get(l3).copied().unwrap_or(0) & 0x0f) as usize * 4;
+        if ihl < 20 || frame.len() < l3 + ihl || fold(sum16(&frame[l3..l3 + ihl], 0)) != 0 {
+            return false;
+        }
+    }
+    if m.flags & FLAG_L4 == 0 || m.flags & (FLAG_TRUNCATED | FLAG_FRAGMENT) != 0 {
+        return m.ip_version == 4 || m.ip_version == 6;
+    }
+    let l4 = m.l4_off as usize;
+    let end = m.payload_off as usize + m.payload_len as usize;
+    if end > frame.len() {
+        return false;
+    }
+    if m.proto == IPPROTO_UDP && m.ip_version == 4 && frame[l4 + 6] == 0 && frame[l4 + 7] == 0 {
+        return true;
+    }
+    let mut acc = match m.ip_version {
+        4 => sum16(&frame[l3 + 12..l3 + 20], 0),
+        6 => sum16(&frame[l3 + 8..l3 + 40], 0),
+        _ => return false,
+    };
+    acc += m.proto as u64 + (end - l4) as u64;
+    fold(sum16(&frame[l4..end], acc)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse::{parse, tests::udp4};
+    use super::*;
+
+    #[test]
+    fn checksums_computed_then_verify_and_survive_swaps() {
+        let mut f = udp4(23, 4000, 9000);
+        for (i, b) in f[42..].iter_mut().enumerate() {
+            *b = i as u8 * 7;
+        }
+        let m = parse(&f);
+        assert!(fix_ipv4_checksum(&mut f, &m));
+        assert!(fix_l4_checksum(&mut f, &m));
+        assert!(checksums_ok(&f, &m));
+        assert!(swap_macs(&mut f) && swap_ips(&mut f, &m) && swap_ports(&mut f, &m));
+        let m2 = parse(&f);
+        assert_eq!((m2.src_port, m2.dst_port), (9000, 4000));
+        assert_eq!(m2.src_ip4, m.dst_ip4);
+        assert_eq!(f[0..6], [2, 0, 0, 0, 0, 1]);
+        assert!(checksums_ok(&f, &m2));
+        // a flipped payload bit is caught
+        f[50] ^= 1;
+        assert!(!checksums_ok(&f, &m2));
+    }
+
+    #[test]
+    fn known_ipv4_header_checksum() {
+        // Example header from RFC 1071 discussions / Wikipedia: checksum 0xb861.
+        let hdr = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        assert_eq!(fold(sum16(&hdr, 0)), 0xb861);
+    }
+
+    #[test]
+    fn edits_refuse_frames_without_the_headers() {
+        let mut short = vec![0u8; 10];
+        assert!(!swap_macs(&mut short));
+        let mut f = udp4(0, 1, 2);
+        f.truncate(36);
+        let m = parse(&f);
+        assert!(!swap_ports(&mut f, &m));
+        assert!(!fix_l4_checksum(&mut f, &m));
+    }
+}

@@ -1,0 +1,124 @@
+//! AF_XDP loops for benches: receive-and-drop, and a TX flood of a template frame.
+
+use std::time::Instant;
+
+use super::kernel::{StopWhen, Throughput};
+use crate::error::{Error, Result};
+use crate::sys::xdp::XdpDesc;
+use crate::xsk::XskSocket;
+
+/// Receive and immediately give every frame back to the FILL ring until `when`
+/// (the classic `xdpsock rxdrop`). Returns packets and bytes received.
+pub fn rx_drop(sock: &mut XskSocket, batch: usize, when: StopWhen<'_>) -> Result<Throughput> {
+    let batch = batch.clamp(1, 1024);
+    let mut descs = vec![XdpDesc::default(); batch];
+    let mut addrs = vec![0u64; batch];
+    let (mut packets, mut bytes) = (0u64, 0u64);
+    let start = Instant::now();
+    let (mut first, mut last) = (None, None);
+    let mut idle_polls = 0u32;
+    loop {
+        let n = sock.recv(&mut descs);
+        if n > 0 {
+            idle_polls = 0;
+            let now = Instant::now();
+            first.get_or_insert(now);
+            last = Some(now);
+            for (a, d) in addrs.iter_mut().zip(&descs[..n]) {
+                *a = d.addr;
+                bytes += d.len as u64;
+            }
+            packets += n as u64;
+            sock.release(&addrs[..n]);
+        } else {
+            idle_polls += 1;
+            // Check the clock only when idle or every so often: Instant::now costs ~20 ns.
+            if idle_polls % 64 == 0 && when.done(packets, start, last) {
+                break;
+            }
+            continue;
+        }
+        if packets % 4096 < n as u64 && when.done(packets, start, last) {
+            break;
+        }
+    }
+    Ok(Throughput {
+        packets,
+        bytes,
+        elapsed: span(start, first, last),
+    })
+}
+
+/// Send `count` copies of `frame` as fast as the TX ring and completions allow. Frames are
+/// written once (every free frame gets the template) and recycled through the completion ring.
+pub fn tx_flood(
+    sock: &mut XskSocket,
+    frame: &[u8],
+    count: u64,
+    batch: usize,
+) -> Result<Throughput> {
+    let umem = std::sync::Arc::clone(sock.umem());
+    if frame.is_empty() || frame.len() as u32 > umem.tx_capacity() {
+        return Err(Error::invalid(format!(
+            "a {}-byte frame does not fit the {}-byte TX room of a frame: use a larger frame_size",
+            frame.len(),
+            umem.tx_capacity()
+        )));
+    }
+    let batch = batch.clamp(1, 1024);
+    // Stamp the template into every free frame once.
+    let mut addrs = vec![0u64; umem.frames() as usize];
+    let n = sock.alloc(&mut addrs);
+    for &a in &addrs[..n] {
+        let p = sock
+            .app_ptr(a, frame.len() as u32)
+            .ok_or_else(|| Error::State("allocated frame not held".into()))?;
+        // SAFETY: app_ptr checked that `len` bytes at `a` lie inside a frame the application
+        // holds (so neither the kernel nor another socket writes it now).
+        unsafe { std::ptr::copy_nonoverlapping(frame.as_ptr(), p, frame.len()) };
+    }
+    sock.release(&addrs[..n]);
+    let mut descs = vec![XdpDesc::default(); batch];
+    let mut out = vec![0u64; batch];
+    let mut sent = 0u64;
+    let start = Instant::now();
+    while sent < count {
+        sock.complete();
+        let want = batch.min((count - sent) as usize);
+        let got = sock.alloc(&mut out[..want]);
+        if got == 0 {
+            std::hint::spin_loop();
+            continue;
+        }
+        for (d, &a) in descs.iter_mut().zip(&out[..got]) {
+            *d = XdpDesc {
+                addr: a,
+                len: frame.len() as u32,
+                options: 0,
+            };
+        }
+        let q = sock.send(&descs[..got]);
+        if q < got {
+            // Ring full: the frames we could not queue go back to the pool.
+            sock.release(&out[q..got]);
+        }
+        sent += q as u64;
+    }
+    // Wait (bounded) for the last completions so the frames are back.
+    let deadline = Instant::now() + std::time::Duration::from_millis(500);
+    while sock.account().tx_side > 0 && Instant::now() < deadline {
+        sock.complete();
+    }
+    Ok(Throughput {
+        packets: sent,
+        bytes: sent * frame.len() as u64,
+        elapsed: start.elapsed(),
+    })
+}
+
+fn span(start: Instant, first: Option<Instant>, last: Option<Instant>) -> std::time::Duration {
+    match (first, last) {
+        (Some(f), Some(l)) if l > f => l - f,
+        _ => start.elapsed(),
+    }
+}

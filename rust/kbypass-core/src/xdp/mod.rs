@@ -1,0 +1,27 @@
+//! XDP programs built in Rust: a small eBPF assembler ([`asm`]), the default redirect program and
+//! match rules compiled to bytecode ([`program`], [`rules`]), attaching with bpf_link or netlink
+//! ([`attach`]), and a capability probe ([`probe`]). No libbpf/libxdp at build or run time.
+//!
+//! ```no_run
+//! use kbypass_core::xdp::{attach, parse_filter, AttachMode, ProgramOptions, XdpProgram};
+//! let rules = parse_filter("udp dst port 9000-9010")?;
+//! let prog = XdpProgram::new(&rules, ProgramOptions::default())?;
+//! let att = attach(&prog, "eth0", AttachMode::Auto, false)?;
+//! println!("attached in {} mode via {}", att.mode().as_str(), att.via());
+//! # Ok::<(), kbypass_core::Error>(())
+//! ```
+
+pub mod asm;
+pub mod attach;
+pub mod probe;
+pub mod program;
+pub mod rules;
+#[cfg(test)]
+mod tests;
+
+pub use attach::{attach, query, AttachMode, AttachedProgram, XdpAttachment};
+pub use probe::{probe, Check, XdpProbe};
+pub use program::{
+    default_program, filter_program, redirect_form, ProgramOptions, RedirectForm, XdpProgram,
+};
+pub use rules::{format_filter, parse_filter, IpVersion, Prefix, Rule, Vlan};

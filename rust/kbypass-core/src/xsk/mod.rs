@@ -1,0 +1,9 @@
+//! AF_XDP: the UMEM (frames from a [`crate::mem::Mempool`]), the four rings, and sockets.
+
+pub mod ring;
+pub mod socket;
+pub mod umem;
+
+pub use ring::{ConsRing, ProdRing, RingOffsets};
+pub use socket::{BindMode, BusyPoll, FrameAccount, SocketConfig, XskCounters, XskSocket};
+pub use umem::{FrameState, Umem, UmemConfig, XDP_PACKET_HEADROOM};

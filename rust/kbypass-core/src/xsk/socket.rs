@@ -1,0 +1,712 @@
+//! `XskSocket`: one AF_XDP socket bound to an interface queue, with its four rings.
+//!
+//! Frames flow pool → FILL → (kernel) → RX → application → TX → (kernel) → COMPLETION → pool;
+//! the application may also give received frames straight back to FILL (`release`, the DROP
+//! verdict) or take fresh frames from the pool to send (`alloc`). Every hot-path call is a
+//! burst over a caller-provided slice: no allocation, no lock, no syscall unless the kernel
+//! asked for a wake-up (need_wakeup) or busy polling drives the queue.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::ring::{ConsRing, ProdRing};
+use super::umem::{FrameState, Umem};
+use crate::error::{Error, Result};
+use crate::mem::PoolCache;
+use crate::sys::socket::{SO_BUSY_POLL, SO_BUSY_POLL_BUDGET, SO_PREFER_BUSY_POLL};
+use crate::sys::xdp::{
+    if_nametoindex, RingKind, SockaddrXdp, XdpDesc, XdpStatistics, XskFd, XDP_COPY,
+    XDP_OPTIONS_ZEROCOPY, XDP_PKT_CONTD, XDP_SHARED_UMEM, XDP_USE_NEED_WAKEUP, XDP_USE_SG,
+    XDP_ZEROCOPY,
+};
+
+/// Copy or zero-copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindMode {
+    /// Zero-copy when the driver supports it, else copy (the socket reports which).
+    Auto,
+    /// Copy mode (works on every driver, including veth).
+    Copy,
+    /// Zero-copy or an error.
+    ZeroCopy,
+}
+
+impl std::str::FromStr for BindMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(BindMode::Auto),
+            "copy" => Ok(BindMode::Copy),
+            "zerocopy" | "zero-copy" | "zc" => Ok(BindMode::ZeroCopy),
+            o => Err(Error::invalid(format!(
+                "mode={o:?}: use \"auto\", \"copy\" or \"zerocopy\""
+            ))),
+        }
+    }
+}
+
+/// Busy-polling settings (`SO_PREFER_BUSY_POLL`, `SO_BUSY_POLL`, `SO_BUSY_POLL_BUDGET`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BusyPoll {
+    /// Microseconds to busy-poll per syscall.
+    pub usecs: u32,
+    /// Packets per busy-poll round.
+    pub budget: u32,
+}
+
+impl Default for BusyPoll {
+    fn default() -> Self {
+        BusyPoll {
+            usecs: 20,
+            budget: 64,
+        }
+    }
+}
+
+/// How to build an [`XskSocket`].
+#[derive(Debug, Clone)]
+pub struct SocketConfig {
+    /// RX ring entries (power of two).
+    pub rx_size: u32,
+    /// TX ring entries (power of two).
+    pub tx_size: u32,
+    /// FILL ring entries (power of two).
+    pub fill_size: u32,
+    /// COMPLETION ring entries (power of two).
+    pub comp_size: u32,
+    /// Copy / zero-copy.
+    pub mode: BindMode,
+    /// Use `XDP_USE_NEED_WAKEUP` (syscalls only when the kernel asks).
+    pub need_wakeup: bool,
+    /// Busy polling.
+    pub busy_poll: Option<BusyPoll>,
+    /// Multi-buffer (`XDP_USE_SG`): packets larger than a frame arrive as several descriptors.
+    pub multi_buffer: bool,
+    /// `XDP_MAX_TX_SKB_BUDGET` for copy-mode TX (kernel ≥ 6.17; ignored where unsupported).
+    pub tx_budget: Option<u32>,
+    /// Keep retrying `bind` on `EBUSY` this long (a queue just released stays busy ~100 ms).
+    pub bind_retry: Duration,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        SocketConfig {
+            rx_size: 2048,
+            tx_size: 2048,
+            fill_size: 2048,
+            comp_size: 2048,
+            mode: BindMode::Auto,
+            need_wakeup: true,
+            busy_poll: None,
+            multi_buffer: false,
+            tx_budget: None,
+            bind_retry: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Our own counters (the kernel's are in [`XdpStatistics`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XskCounters {
+    /// Packets received (descriptors without `XDP_PKT_CONTD`).
+    pub rx_packets: u64,
+    /// Descriptors received (one per frame; > packets with multi-buffer).
+    pub rx_descs: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Packets sent (descriptors put on the TX ring without `XDP_PKT_CONTD`).
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Frames whose transmission the kernel completed.
+    pub tx_completions: u64,
+    /// Times the pool had fewer frames than the fill ring had room for.
+    pub fill_empty: u64,
+    /// Descriptors refused: outside the UMEM, too long for a frame, or naming a frame the
+    /// application does not hold (double release, send of a foreign frame).
+    pub invalid_descs: u64,
+    /// Sends cut short because the TX ring was full.
+    pub tx_ring_full: u64,
+    /// `recvfrom`/`poll` wake-ups for RX.
+    pub rx_wakeups: u64,
+    /// `sendto` wake-ups for TX.
+    pub tx_wakeups: u64,
+}
+
+/// Where each of the UMEM's frames is, for the accounting check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrameAccount {
+    /// Free in the pool (shared ring and per-thread caches).
+    pub free: u32,
+    /// In the fill ring, the kernel's receive path, or the RX ring.
+    pub rx_side: u32,
+    /// Held by the application.
+    pub app: u32,
+    /// In the TX ring, the kernel's send path, or the completion ring.
+    pub tx_side: u32,
+    /// Frames in the UMEM.
+    pub total: u32,
+}
+
+impl FrameAccount {
+    /// Whether every frame is in exactly one place.
+    pub fn balanced(&self) -> bool {
+        self.free + self.rx_side + self.app + self.tx_side == self.total
+    }
+}
+
+/// An AF_XDP socket (see the [module docs](self)).
+#[derive(Debug)]
+pub struct XskSocket {
+    rx: ConsRing<XdpDesc>,
+    tx: ProdRing<XdpDesc>,
+    fill: ProdRing<u64>,
+    comp: ConsRing<u64>,
+    cache: PoolCache,
+    scratch: Vec<u32>,
+    own_fd: Option<XskFd>,
+    umem: Arc<Umem>,
+    ifname: String,
+    ifindex: u32,
+    queue: u32,
+    zerocopy: bool,
+    need_wakeup: bool,
+    busy_poll: bool,
+    multi_buffer: bool,
+    counters: XskCounters,
+    notes: Vec<String>,
+}
+
+const BATCH: usize = 64;
+
+impl XskSocket {
+    /// Create a socket on `umem`, bind it to `ifname` queue `queue`, and fill its FILL ring.
+    ///
+    /// The first socket of a UMEM binds the UMEM's own registration socket and chooses the
+    /// copy/zero-copy, need_wakeup and multi-buffer flags; later ones share the UMEM
+    /// (`XDP_SHARED_UMEM`, each with its own fill/completion pair) and inherit those flags.
+    pub fn bind(umem: &Arc<Umem>, ifname: &str, queue: u32, cfg: &SocketConfig) -> Result<Self> {
+        for (name, v) in [
+            ("rx_size", cfg.rx_size),
+            ("tx_size", cfg.tx_size),
+            ("fill_size", cfg.fill_size),
+            ("comp_size", cfg.comp_size),
+        ] {
+            if v == 0 || !v.is_power_of_two() || v > 1 << 20 {
+                return Err(Error::invalid(format!(
+                    "{name}={v} must be a power of two in 1..=1048576"
+                )));
+            }
+        }
+        let ifindex = if_nametoindex(ifname)?;
+        let first = umem.take_fd();
+        let own_fd = if first { None } else { Some(XskFd::new()?) };
+        let fd = own_fd.as_ref().unwrap_or(umem.fd());
+        let result = Self::setup(umem, fd, first, ifname, ifindex, queue, cfg);
+        match result {
+            Ok((rx, tx, fill, comp, zerocopy, notes)) => {
+                let cache = umem
+                    .pool()
+                    .cache((cfg.fill_size as usize).min(umem.frames() as usize / 2))?;
+                let mut s = XskSocket {
+                    rx,
+                    tx,
+                    fill,
+                    comp,
+                    cache,
+                    scratch: vec![0; cfg.fill_size.max(cfg.comp_size) as usize],
+                    own_fd,
+                    umem: Arc::clone(umem),
+                    ifname: ifname.to_string(),
+                    ifindex,
+                    queue,
+                    zerocopy,
+                    need_wakeup: cfg.need_wakeup,
+                    busy_poll: cfg.busy_poll.is_some(),
+                    multi_buffer: cfg.multi_buffer,
+                    counters: XskCounters::default(),
+                    notes,
+                };
+                s.refill();
+                Ok(s)
+            }
+            Err(e) => {
+                if first {
+                    // A failed first bind leaves the registration socket free for a retry.
+                    umem.release_fd_claim();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn setup(
+        umem: &Arc<Umem>,
+        fd: &XskFd,
+        first: bool,
+        ifname: &str,
+        ifindex: u32,
+        queue: u32,
+        cfg: &SocketConfig,
+    ) -> Result<(
+        ConsRing<XdpDesc>,
+        ProdRing<XdpDesc>,
+        ProdRing<u64>,
+        ConsRing<u64>,
+        bool,
+        Vec<String>,
+    )> {
+        let mut notes = Vec::new();
+        fd.set_ring_size(RingKind::Fill, cfg.fill_size)?;
+        fd.set_ring_size(RingKind::Completion, cfg.comp_size)?;
+        fd.set_ring_size(RingKind::Rx, cfg.rx_size)?;
+        fd.set_ring_size(RingKind::Tx, cfg.tx_size)?;
+        let off = fd.mmap_offsets()?;
+        let rx = ConsRing::new(
+            fd.map_ring(RingKind::Rx, &off, cfg.rx_size)?,
+            off.rx,
+            cfg.rx_size,
+        )?;
+        let tx = ProdRing::new(
+            fd.map_ring(RingKind::Tx, &off, cfg.tx_size)?,
+            off.tx,
+            cfg.tx_size,
+        )?;
+        let fill = ProdRing::new(
+            fd.map_ring(RingKind::Fill, &off, cfg.fill_size)?,
+            off.fr,
+            cfg.fill_size,
+        )?;
+        let comp = ConsRing::new(
+            fd.map_ring(RingKind::Completion, &off, cfg.comp_size)?,
+            off.cr,
+            cfg.comp_size,
+        )?;
+        if let Some(bp) = cfg.busy_poll {
+            fd.set_socket_option(SO_PREFER_BUSY_POLL, &1i32, "SO_PREFER_BUSY_POLL")?;
+            fd.set_socket_option(SO_BUSY_POLL, &(bp.usecs as i32), "SO_BUSY_POLL")?;
+            fd.set_socket_option(
+                SO_BUSY_POLL_BUDGET,
+                &(bp.budget as i32),
+                "SO_BUSY_POLL_BUDGET",
+            )?;
+        }
+        let zerocopy = if first {
+            let mut base = 0u16;
+            if cfg.need_wakeup {
+                base |= XDP_USE_NEED_WAKEUP;
+            }
+            if cfg.multi_buffer {
+                base |= XDP_USE_SG;
+            }
+            match cfg.mode {
+                BindMode::Copy => {
+                    bind_retry(fd, ifindex, queue, base | XDP_COPY, None, cfg.bind_retry)?;
+                    false
+                }
+                BindMode::ZeroCopy => {
+                    bind_retry(
+                        fd,
+                        ifindex,
+                        queue,
+                        base | XDP_ZEROCOPY,
+                        None,
+                        cfg.bind_retry,
+                    )
+                    .map_err(|e| {
+                        if e.errno() == Some(libc::EOPNOTSUPP) {
+                            Error::Unsupported {
+                                what: format!("zero-copy AF_XDP on {ifname}"),
+                                fix: "the driver has no zero-copy: use mode='copy' (or 'auto')"
+                                    .into(),
+                            }
+                        } else {
+                            e
+                        }
+                    })?;
+                    true
+                }
+                BindMode::Auto => match bind_retry(
+                    fd,
+                    ifindex,
+                    queue,
+                    base | XDP_ZEROCOPY,
+                    None,
+                    cfg.bind_retry,
+                ) {
+                    Ok(()) => true,
+                    Err(e) if matches!(e.errno(), Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)) => {
+                        notes.push(format!(
+                            "zero-copy refused on {ifname} ({e}); using copy mode"
+                        ));
+                        bind_retry(fd, ifindex, queue, base | XDP_COPY, None, cfg.bind_retry)?;
+                        false
+                    }
+                    Err(e) => return Err(e),
+                },
+            }
+        } else {
+            // Sockets sharing a UMEM inherit the owner's flags; the kernel refuses any here.
+            if cfg.mode == BindMode::ZeroCopy {
+                notes.push(
+                    "shared-UMEM socket: copy/zero-copy follows the UMEM's first socket".into(),
+                );
+            }
+            bind_retry(
+                fd,
+                ifindex,
+                queue,
+                XDP_SHARED_UMEM,
+                Some(umem.fd()),
+                cfg.bind_retry,
+            )?;
+            fd.options()
+                .map(|o| o.flags & XDP_OPTIONS_ZEROCOPY != 0)
+                .unwrap_or(false)
+        };
+        if let Some(b) = cfg.tx_budget {
+            if let Err(e) = fd.set_max_tx_skb_budget(b) {
+                notes.push(format!("XDP_MAX_TX_SKB_BUDGET not applied: {e}"));
+            }
+        }
+        Ok((rx, tx, fill, comp, zerocopy, notes))
+    }
+
+    fn fd(&self) -> &XskFd {
+        self.own_fd.as_ref().unwrap_or(self.umem.fd())
+    }
+
+    /// The raw socket fd (for the XSKMAP and for `poll`).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd().raw()
+    }
+
+    /// The UMEM.
+    pub fn umem(&self) -> &Arc<Umem> {
+        &self.umem
+    }
+
+    /// Interface name.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// Interface index.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Queue id.
+    pub fn queue(&self) -> u32 {
+        self.queue
+    }
+
+    /// Whether the bind got zero-copy.
+    pub fn zerocopy(&self) -> bool {
+        self.zerocopy
+    }
+
+    /// Whether multi-buffer was requested.
+    pub fn multi_buffer(&self) -> bool {
+        self.multi_buffer
+    }
+
+    /// What the bind had to fall back to, in words.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// Our counters.
+    pub fn counters(&self) -> XskCounters {
+        self.counters
+    }
+
+    /// The kernel's counters (`XDP_STATISTICS`).
+    pub fn kernel_stats(&self) -> Result<XdpStatistics> {
+        self.fd().statistics()
+    }
+
+    /// Put as many free frames on the FILL ring as it and the pool allow; returns how many.
+    pub fn refill(&mut self) -> u32 {
+        let room = self.fill.free(self.fill.size()) as usize;
+        if room == 0 {
+            return 0;
+        }
+        let want = room.min(self.scratch.len());
+        let got = self.cache.get_burst(&mut self.scratch[..want]);
+        if got < want {
+            self.counters.fill_empty += 1;
+        }
+        if got == 0 {
+            return 0;
+        }
+        let idx = self
+            .fill
+            .reserve(got as u32)
+            .expect("fill ring had room for `got` entries");
+        for (i, &f) in self.scratch[..got].iter().enumerate() {
+            self.umem.set_state(f, FrameState::Rx);
+            self.fill
+                .write(idx.wrapping_add(i as u32), self.umem.frame_addr(f));
+        }
+        self.fill.submit(got as u32);
+        got as u32
+    }
+
+    /// Receive up to `out.len()` descriptors (addresses are UMEM offsets of packet data).
+    /// The frames are the application's until it releases or sends them.
+    pub fn recv(&mut self, out: &mut [XdpDesc]) -> usize {
+        if self.fill.free(BATCH as u32) as usize >= BATCH {
+            self.refill();
+        }
+        let (idx, n) = self.rx.peek(out.len() as u32);
+        if n == 0 {
+            if (self.busy_poll || self.fill.needs_wakeup())
+                && self.fd().wakeup_rx().unwrap_or(false)
+            {
+                self.counters.rx_wakeups += 1;
+            }
+            return 0;
+        }
+        let mut k = 0;
+        for i in 0..n {
+            let d = self.rx.read(idx.wrapping_add(i));
+            let frame = self.umem.frame_of(d.addr);
+            match frame {
+                Some(f)
+                    if self.umem.in_frame(d.addr, d.len)
+                        && self.umem.transition(f, FrameState::Rx, FrameState::App) =>
+                {
+                    out[k] = d;
+                    k += 1;
+                    self.counters.rx_descs += 1;
+                    self.counters.rx_bytes += d.len as u64;
+                    if d.options & XDP_PKT_CONTD == 0 {
+                        self.counters.rx_packets += 1;
+                    }
+                }
+                _ => self.counters.invalid_descs += 1,
+            }
+        }
+        self.rx.release(n);
+        k
+    }
+
+    /// Block in `poll(2)` until RX has descriptors or `timeout` passes (the GIL-free wait of a
+    /// non-busy-polling loop). Returns whether RX is readable.
+    pub fn wait_rx(&mut self, timeout: Duration) -> Result<bool> {
+        self.refill();
+        let ev = self
+            .fd()
+            .poll(false, timeout.as_millis().min(i32::MAX as u128) as i32)?;
+        self.counters.rx_wakeups += 1;
+        Ok(ev.readable)
+    }
+
+    /// Give frames the application holds back to the kernel for receiving (FILL ring), the
+    /// rest to the pool. `addrs` may point anywhere inside the frames. Returns how many were
+    /// taken; frames the application does not hold are refused and counted as invalid.
+    pub fn release(&mut self, addrs: &[u64]) -> usize {
+        let room = self.fill.free(addrs.len() as u32) as usize;
+        let (idx, _) = self.fill.reserve_burst(room.min(addrs.len()) as u32);
+        let mut to_fill = 0u32;
+        let mut to_pool = 0usize;
+        let mut taken = 0;
+        for &a in addrs {
+            let Some(f) = self.umem.frame_of(a) else {
+                self.counters.invalid_descs += 1;
+                continue;
+            };
+            if (to_fill as usize) < room {
+                if !self.umem.transition(f, FrameState::App, FrameState::Rx) {
+                    self.counters.invalid_descs += 1;
+                    continue;
+                }
+                self.fill
+                    .write(idx.wrapping_add(to_fill), self.umem.frame_addr(f));
+                to_fill += 1;
+            } else {
+                if !self.umem.transition(f, FrameState::App, FrameState::Free) {
+                    self.counters.invalid_descs += 1;
+                    continue;
+                }
+                self.scratch[to_pool] = f;
+                to_pool += 1;
+                if to_pool == self.scratch.len() {
+                    self.flush_scratch_to_pool(to_pool);
+                    to_pool = 0;
+                }
+            }
+            taken += 1;
+        }
+        // Give back reserved FILL slots we did not use (refused frames), then publish.
+        let reserved = room.min(addrs.len()) as u32;
+        self.fill.cancel(reserved - to_fill);
+        self.fill.submit(to_fill);
+        self.flush_scratch_to_pool(to_pool);
+        taken
+    }
+
+    fn flush_scratch_to_pool(&mut self, n: usize) {
+        if n > 0 {
+            // The frames were in use (App → Free just now), so the pool accepts them.
+            let r = self.cache.put_bulk(&self.scratch[..n]);
+            debug_assert!(r.is_ok(), "{r:?}");
+        }
+    }
+
+    /// Take up to `out.len()` free frames for the application to fill and send; writes the TX
+    /// address of each (packet data start) and returns how many.
+    pub fn alloc(&mut self, out: &mut [u64]) -> usize {
+        let n = out.len().min(self.scratch.len());
+        let got = self.cache.get_burst(&mut self.scratch[..n]);
+        for (o, &f) in out.iter_mut().zip(&self.scratch[..got]) {
+            self.umem.set_state(f, FrameState::App);
+            *o = self.umem.tx_addr(f);
+        }
+        got
+    }
+
+    /// Put descriptors of frames the application holds on the TX ring and kick the kernel if
+    /// it asked. Returns how many were queued (the rest stay with the application: the ring
+    /// was full). Descriptors that name frames the application does not hold, or whose data
+    /// runs past their frame, are refused and counted; they are not retried.
+    pub fn send(&mut self, descs: &[XdpDesc]) -> usize {
+        let (idx, room) = self.tx.reserve_burst(descs.len() as u32);
+        if (room as usize) < descs.len() {
+            self.counters.tx_ring_full += 1;
+        }
+        let mut queued = 0u32;
+        for d in descs {
+            if queued == room {
+                break;
+            }
+            let ok = match self.umem.frame_of(d.addr) {
+                Some(f) if d.len > 0 && self.umem.in_frame(d.addr, d.len) => {
+                    self.umem.transition(f, FrameState::App, FrameState::Tx)
+                }
+                _ => false,
+            };
+            if !ok {
+                self.counters.invalid_descs += 1;
+                continue;
+            }
+            self.tx.write(idx.wrapping_add(queued), *d);
+            queued += 1;
+            self.counters.tx_bytes += d.len as u64;
+            if d.options & XDP_PKT_CONTD == 0 {
+                self.counters.tx_packets += 1;
+            }
+        }
+        self.tx.cancel(room - queued);
+        self.tx.submit(queued);
+        if queued > 0 {
+            self.kick_tx();
+        }
+        queued as usize
+    }
+
+    /// Ask the kernel to process the TX ring when it needs (or, without need_wakeup, always).
+    pub fn kick_tx(&mut self) {
+        if (!self.need_wakeup || self.tx.needs_wakeup() || self.busy_poll)
+            && self.fd().wakeup_tx().unwrap_or(false)
+        {
+            self.counters.tx_wakeups += 1;
+        }
+    }
+
+    /// Reap transmitted frames from the COMPLETION ring back to the pool; returns how many.
+    pub fn complete(&mut self) -> usize {
+        let (idx, n) = self.comp.peek(self.scratch.len() as u32);
+        let mut k = 0;
+        for i in 0..n {
+            let addr = self.comp.read(idx.wrapping_add(i));
+            match self.umem.frame_of(addr) {
+                Some(f) if self.umem.transition(f, FrameState::Tx, FrameState::Free) => {
+                    self.scratch[k] = f;
+                    k += 1;
+                }
+                _ => self.counters.invalid_descs += 1,
+            }
+        }
+        self.comp.release(n);
+        self.flush_scratch_to_pool(k);
+        self.counters.tx_completions += k as u64;
+        // In copy mode the kernel sends only when kicked; keep it going while frames wait.
+        if self.tx.pending() > 0 {
+            self.kick_tx();
+        }
+        k
+    }
+
+    /// Frames the application holds.
+    pub fn app_frames(&self) -> u32 {
+        self.umem.census()[FrameState::App as usize]
+    }
+
+    /// Where the UMEM's frames are (over all sockets sharing it).
+    pub fn account(&self) -> FrameAccount {
+        let c = self.umem.census();
+        let s = self.umem.pool().stats();
+        FrameAccount {
+            free: s.available + s.cached,
+            rx_side: c[FrameState::Rx as usize],
+            app: c[FrameState::App as usize],
+            tx_side: c[FrameState::Tx as usize],
+            total: self.umem.frames(),
+        }
+    }
+
+    /// Check that every frame is in exactly one place (the census of frame states agrees with
+    /// the pool's free count and the totals); an error says where the counts differ.
+    pub fn check_accounting(&self) -> Result<FrameAccount> {
+        let a = self.account();
+        let census_free = self.umem.census()[FrameState::Free as usize];
+        if !a.balanced() || census_free != a.free {
+            return Err(Error::State(format!(
+                "frame accounting is off: {a:?}, {census_free} frames marked free"
+            )));
+        }
+        Ok(a)
+    }
+
+    /// Pointer and bounds check for application access to `len` bytes at UMEM address `addr`
+    /// of a frame the application holds.
+    pub fn app_ptr(&self, addr: u64, len: u32) -> Option<*mut u8> {
+        let f = self.umem.frame_of(addr)?;
+        (self.umem.state(f) == FrameState::App)
+            .then(|| self.umem.ptr(addr, len))
+            .flatten()
+    }
+}
+
+impl Drop for XskSocket {
+    fn drop(&mut self) {
+        // Reap what the kernel already sent. Frames still on this socket's kernel side (FILL,
+        // RX, TX, COMPLETION) stay marked there: the kernel may still touch them until the
+        // UMEM's registration socket closes, so they are never reused, and go with the UMEM.
+        // The per-thread cache is flushed back to the pool by its own Drop.
+        let _ = self.complete();
+    }
+}
+
+fn bind_retry(
+    fd: &XskFd,
+    ifindex: u32,
+    queue: u32,
+    flags: u16,
+    shared: Option<&XskFd>,
+    retry: Duration,
+) -> Result<()> {
+    let addr = SockaddrXdp::new(ifindex, queue, flags, shared.map(|s| s.raw()));
+    let deadline = Instant::now() + retry;
+    loop {
+        match fd.bind(&addr) {
+            Err(e) if e.errno() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! XDP programs: rule parsing, loading, attaching, test runs, capability probe.
+
+use std::sync::{Mutex, RwLock};
+
+use kbypass_core::xdp::{self, AttachMode, IpVersion, Prefix, ProgramOptions, Rule, Vlan};
+use kbypass_core::Error;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::errors::IntoPyResult;
+
+fn rule_to_dict<'py>(py: Python<'py>, r: &Rule) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item(
+        "ip",
+        r.ip.map(|v| match v {
+            IpVersion::V4 => 4,
+            IpVersion::V6 => 6,
+        }),
+    )?;
+    d.set_item("proto", r.proto)?;
+    d.set_item("src", r.src.map(|p| p.to_string()))?;
+    d.set_item("dst", r.dst.map(|p| p.to_string()))?;
+    d.set_item("sport", r.sport)?;
+    d.set_item("dport", r.dport)?;
+    d.set_item("ethertype", r.ethertype)?;
+    let vlan: Option<i64> = match r.vlan {
+        Vlan::Any => None,
+        Vlan::Tagged => Some(-1),
+        Vlan::Id(v) => Some(i64::from(v)),
+    };
+    d.set_item("vlan", vlan)?;
+    d.set_item("text", r.to_string())?;
+    Ok(d)
+}
+
+fn parse_prefix(s: &str, what: &str) -> kbypass_core::Result<Prefix> {
+    let (a, l) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let addr: std::net::IpAddr = a.trim().parse().map_err(|_| {
+        Error::invalid(format!(
+            "{what}={s:?} is not an IPv4/IPv6 address or prefix"
+        ))
+    })?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match l {
+        None => max,
+        Some(l) => l
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|&v| v <= max)
+            .ok_or_else(|| {
+                Error::invalid(format!("{what}={s:?}: prefix length must be 0..{max}"))
+            })?,
+    };
+    Prefix::new(addr, len)
+}
+
+/// Parse a filter into rule dictionaries (keys: ip, proto, src, dst, sport, dport, ethertype,
+/// vlan, text).
+#[pyfunction]
+pub fn parse_filter<'py>(py: Python<'py>, text: &str) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let rules = xdp::parse_filter(text).py()?;
+    rules.iter().map(|r| rule_to_dict(py, r)).collect()
+}
+
+/// Validate one rule given by fields and return its canonical filter text.
+#[pyfunction]
+#[pyo3(signature = (*, ip=None, proto=None, src=None, dst=None, sport=None, dport=None, ethertype=None, vlan=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn rule_text(
+    ip: Option<u8>,
+    proto: Option<u8>,
+    src: Option<&str>,
+    dst: Option<&str>,
+    sport: Option<(u16, u16)>,
+    dport: Option<(u16, u16)>,
+    ethertype: Option<u16>,
+    vlan: Option<i32>,
+) -> PyResult<String> {
+    let r = Rule {
+        ip: match ip {
+            None => None,
+            Some(4) => Some(IpVersion::V4),
+            Some(6) => Some(IpVersion::V6),
+            Some(v) => return Err(Error::invalid(format!("ip={v} must be 4, 6 or None")).into_py()),
+        },
+        proto,
+        src: src.map(|s| parse_prefix(s, "src")).transpose().py()?,
+        dst: dst.map(|s| parse_prefix(s, "dst")).transpose().py()?,
+        sport,
+        dport,
+        ethertype,
+        vlan: match vlan {
+            None => Vlan::Any,
+            Some(-1) => Vlan::Tagged,
+            Some(v) if (0..=4095).contains(&v) => Vlan::Id(v as u16),
+            Some(v) => {
+                return Err(Error::invalid(format!(
+                    "vlan={v} must be 0..4095, -1 (any tag) or None"
+                ))
+                .into_py())
+            }
+        },
+    };
+    if r.ethertype
+        .is_some_and(|e| [0x0800, 0x86dd, 0x8100, 0x88a8].contains(&e))
+    {
+        return Err(Error::invalid(
+            "ethertype 0x0800/0x86dd: use ip=4/6; VLAN EtherTypes: use vlan=",
+        )
+        .into_py());
+    }
+    r.validate().py()?;
+    Ok(r.to_string())
+}
+
+trait ErrIntoPy {
+    fn into_py(self) -> PyErr;
+}
+
+impl ErrIntoPy for Error {
+    fn into_py(self) -> PyErr {
+        crate::errors::to_py(self)
+    }
+}
+
+/// A loaded XDP program and its XSKMAP.
+#[pyclass(module = "kbypass._core", frozen)]
+pub struct XdpProgram {
+    inner: RwLock<Option<xdp::XdpProgram>>,
+    filter: Option<String>,
+    info: kbypass_core::sys::bpf::ProgInfo,
+    frags: bool,
+    queues: u32,
+    insn_count: usize,
+    form: &'static str,
+}
+
+impl XdpProgram {
+    /// Run `f` on the open program, or raise `RuntimeError` after `close()`.
+    fn with<T>(&self, f: impl FnOnce(&xdp::XdpProgram) -> kbypass_core::Result<T>) -> PyResult<T> {
+        let g = self
+            .inner
+            .read()
+            .map_err(|_| PyRuntimeError::new_err("XdpProgram lock poisoned"))?;
+        match g.as_ref() {
+            Some(p) => f(p).py(),
+            None => Err(PyRuntimeError::new_err(
+                "the XdpProgram is closed: create a new one",
+            )),
+        }
+    }
+}
+
+#[pymethods]
+impl XdpProgram {
+    #[new]
+    #[pyo3(signature = (filter=None, frags=false, queues=64))]
+    fn new(py: Python<'_>, filter: Option<String>, frags: bool, queues: u32) -> PyResult<Self> {
+        let rules = match &filter {
+            None => vec![],
+            Some(t) => xdp::parse_filter(t).py()?,
+        };
+        let canonical = (!rules.is_empty()).then(|| xdp::format_filter(&rules));
+        let inner = py
+            .detach(|| xdp::XdpProgram::new(&rules, ProgramOptions { frags, queues }))
+            .py()?;
+        Ok(XdpProgram {
+            filter: canonical,
+            info: inner.info().clone(),
+            frags: inner.frags(),
+            queues: inner.queues(),
+            insn_count: inner.insn_count(),
+            form: inner.form().as_str(),
+            inner: RwLock::new(Some(inner)),
+        })
+    }
+
+    /// Kernel program id.
+    #[getter]
+    fn id(&self) -> u32 {
+        self.info.id
+    }
+
+    /// Program name ("kbypass_xsk", "kbypass_filter", ...).
+    #[getter]
+    fn name(&self) -> String {
+        self.info.name.clone()
+    }
+
+    /// The kernel's tag of the program (16 hex digits).
+    #[getter]
+    fn tag(&self) -> String {
+        self.info.tag.clone()
+    }
+
+    /// Canonical text of the filter, or None for "redirect everything".
+    #[getter]
+    fn filter(&self) -> Option<String> {
+        self.filter.clone()
+    }
+
+    /// Whether the program is frags-capable (multi-buffer).
+    #[getter]
+    fn frags(&self) -> bool {
+        self.frags
+    }
+
+    /// XSKMAP slots.
+    #[getter]
+    fn queues(&self) -> u32 {
+        self.queues
+    }
+
+    /// Number of BPF instructions.
+    #[getter]
+    fn insn_count(&self) -> usize {
+        self.insn_count
+    }
+
+    /// "flags-default" (kernel ≥ 5.3) or "lookup-first".
+    #[getter]
+    fn redirect_form(&self) -> &'static str {
+        self.form
+    }
+
+    /// The XSKMAP fd (for sockets registering themselves).
+    #[getter]
+    fn map_fd(&self) -> PyResult<i32> {
+        self.with(|p| Ok(p.map().raw()))
+    }
+
+    /// Route RX queue `queue` to the AF_XDP socket fd `fd`.
+    fn set_socket(&self, queue: u32, fd: i32) -> PyResult<()> {
+        self.with(|p| p.set_socket(queue, fd))
+    }
+
+    /// Stop routing `queue` to a socket.
+    fn clear_socket(&self, queue: u32) -> PyResult<()> {
+        self.with(|p| p.clear_socket(queue))
+    }
+
+    /// Run the program on `frame` (queue 0, a socket present): returns (verdict, ns per run).
+    #[pyo3(signature = (frame, repeat=1))]
+    fn test_run(&self, py: Python<'_>, frame: &[u8], repeat: u32) -> PyResult<(u32, u32)> {
+        let frame = frame.to_vec();
+        let r = py.detach(|| self.with(|p| p.test_run(&frame, repeat)))?;
+        Ok((r.retval, r.duration_ns))
+    }
+
+    /// Attach to `ifname`; see `XdpAttachment`.
+    #[pyo3(signature = (ifname, mode="auto", force=false))]
+    fn attach(
+        &self,
+        py: Python<'_>,
+        ifname: &str,
+        mode: &str,
+        force: bool,
+    ) -> PyResult<XdpAttachment> {
+        let mode: AttachMode = mode.parse().py()?;
+        let a = py.detach(|| self.with(|p| xdp::attach(p, ifname, mode, force)))?;
+        Ok(XdpAttachment::wrap(a))
+    }
+
+    /// Whether `close()` was called.
+    #[getter]
+    fn closed(&self) -> PyResult<bool> {
+        let g = self
+            .inner
+            .read()
+            .map_err(|_| PyRuntimeError::new_err("XdpProgram lock poisoned"))?;
+        Ok(g.is_none())
+    }
+
+    /// Close the program and its XSKMAP fds (idempotent). Attachments keep the kernel program
+    /// alive until they detach.
+    fn close(&self) -> PyResult<()> {
+        let mut g = self
+            .inner
+            .write()
+            .map_err(|_| PyRuntimeError::new_err("XdpProgram lock poisoned"))?;
+        g.take();
+        Ok(())
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.close()?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "XdpProgram(id={}, name={:?}, filter={:?}, frags={})",
+            self.info.id,
+            self.info.name,
+            self.filter.as_deref().unwrap_or("<all>"),
+            if self.frags { "True" } else { "False" }
+        )
+    }
+}
+
+/// An attached program; detaches on `detach()`, on exit of a `with` block, or when collected.
+#[pyclass(module = "kbypass._core", frozen)]
+pub struct XdpAttachment {
+    inner: Mutex<xdp::XdpAttachment>,
+    mode: &'static str,
+    via: &'static str,
+    ifname: String,
+    ifindex: u32,
+    prog_id: u32,
+    notes: Vec<String>,
+}
+
+impl XdpAttachment {
+    fn wrap(a: xdp::XdpAttachment) -> Self {
+        XdpAttachment {
+            mode: a.mode().as_str(),
+            via: a.via(),
+            ifname: a.ifname().to_string(),
+            ifindex: a.ifindex(),
+            prog_id: a.prog_id(),
+            notes: a.notes().to_vec(),
+            inner: Mutex::new(a),
+        }
+    }
+
+    fn lock(&self) -> PyResult<std::sync::MutexGuard<'_, xdp::XdpAttachment>> {
+        self.inner
+            .lock()
+            .map_err(|_| PyRuntimeError::new_err("XdpAttachment lock poisoned"))
+    }
+}
+
+#[pymethods]
+impl XdpAttachment {
+    /// "native", "generic" or "hw": what the kernel reports.
+    #[getter]
+    fn mode(&self) -> &'static str {
+        self.mode
+    }
+
+    /// "bpf_link" or "netlink".
+    #[getter]
+    fn via(&self) -> &'static str {
+        self.via
+    }
+
+    /// Interface name.
+    #[getter]
+    fn ifname(&self) -> String {
+        self.ifname.clone()
+    }
+
+    /// Interface index.
+    #[getter]
+    fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Attached program id.
+    #[getter]
+    fn prog_id(&self) -> u32 {
+        self.prog_id
+    }
+
+    /// Why auto did not get native mode, what was replaced, and similar.
+    #[getter]
+    fn notes(&self) -> Vec<String> {
+        self.notes.clone()
+    }
+
+    /// Whether it is still attached.
+    #[getter]
+    fn attached(&self) -> PyResult<bool> {
+        Ok(self.lock()?.is_attached())
+    }
+
+    /// Detach now (idempotent).
+    fn detach(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| match self.inner.lock() {
+            Ok(mut g) => g.detach(),
+            Err(_) => Err(Error::State("XdpAttachment lock poisoned".into())),
+        })
+        .py()
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.detach(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> PyResult<String> {
+        Ok(format!(
+            "XdpAttachment(ifname={:?}, mode={:?}, via={:?}, prog_id={}, attached={})",
+            self.ifname,
+            self.mode,
+            self.via,
+            self.prog_id,
+            if self.lock()?.is_attached() {
+                "True"
+            } else {
+                "False"
+            }
+        ))
+    }
+}
+
+/// The XDP programs attached to `ifname`: list of dicts (prog_id, mode, name, tag, link_id, ours).
+#[pyfunction]
+pub fn xdp_query<'py>(py: Python<'py>, ifname: &str) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let progs = py.detach(|| xdp::query(ifname)).py()?;
+    progs
+        .iter()
+        .map(|p| {
+            let d = PyDict::new(py);
+            d.set_item("prog_id", p.attached.prog_id)?;
+            d.set_item("mode", p.attached.mode.as_str())?;
+            d.set_item("name", p.info.as_ref().map(|i| i.name.clone()))?;
+            d.set_item("tag", p.info.as_ref().map(|i| i.tag.clone()))?;
+            d.set_item("link_id", p.link_id)?;
+            d.set_item("ours", p.is_ours())?;
+            Ok(d)
+        })
+        .collect()
+}
+
+/// What this kernel supports for XDP/AF_XDP (for `kbypass info`).
+#[pyfunction]
+pub fn probe_xdp<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    let r = py.detach(xdp::probe);
+    let d = PyDict::new(py);
+    d.set_item("kernel", &r.kernel)?;
+    for (k, c) in [
+        ("af_xdp_socket", &r.af_xdp_socket),
+        ("prog_load", &r.prog_load),
+        ("frags", &r.frags),
+        ("xdp_link", &r.xdp_link),
+        ("live_frames", &r.live_frames),
+    ] {
+        let e = PyDict::new(py);
+        e.set_item("ok", c.ok)?;
+        e.set_item("detail", &c.detail)?;
+        d.set_item(k, e)?;
+    }
+    d.set_item("redirect_form", r.redirect_form.map(|f| f.as_str()))?;
+    Ok(d)
+}
+
+/// Register this area's names.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<XdpProgram>()?;
+    m.add_class::<XdpAttachment>()?;
+    m.add_function(wrap_pyfunction!(parse_filter, m)?)?;
+    m.add_function(wrap_pyfunction!(rule_text, m)?)?;
+    m.add_function(wrap_pyfunction!(xdp_query, m)?)?;
+    m.add_function(wrap_pyfunction!(probe_xdp, m)?)?;
+    Ok(())
+}
