@@ -11,6 +11,7 @@ mod mem;
 mod mempool;
 mod netns;
 mod packet;
+mod ring;
 mod xdp;
 
 /// The extension module. Declared free-threading safe: every class guards its own state.
@@ -21,6 +22,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     packet::register(m)?;
     mem::register(m)?;
     mempool::register(m)?;
+    ring::register(m)?;
     cpu::register(m)?;
     xdp::register(m)?;
     Ok(())
