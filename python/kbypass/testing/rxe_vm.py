@@ -462,7 +462,15 @@ def _prepare_kernel(cache: Path, log: Callable[[str], None]) -> tuple[str, Path]
         debs = sorted(cache.glob(f"{pkg}_*.deb"))
         if not debs:
             log(f"downloading {pkg} with apt-get download")
-            _run(["apt-get", "download", "-q", pkg], cwd=cache)
+            try:
+                _run(["apt-get", "download", "-q", pkg], cwd=cache)
+            except RxeVmError:
+                if os.geteuid() != 0:
+                    raise
+                # Stale package lists name a version the archive no longer has: refresh once.
+                log("apt-get download failed; running apt-get update and trying again")
+                _run(["apt-get", "update", "-qq"])
+                _run(["apt-get", "download", "-q", resolve_kernel_package()], cwd=cache)
             debs = sorted(cache.glob(f"{pkg}_*.deb"))
             if not debs:
                 raise RxeVmError(f"apt-get download {pkg} left no .deb in {cache}")
