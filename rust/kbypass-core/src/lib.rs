@@ -5,6 +5,7 @@
 //! `xdp`/`xsk` (AF_XDP), `engine` (poll-mode workers), `rdma` (verbs provider).
 
 pub mod error;
+pub mod rdma;
 pub mod sys;
 
 pub use error::{Error, Result};
