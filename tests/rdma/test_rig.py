@@ -153,3 +153,18 @@ def test_extract_vmlinux_from_a_synthetic_bzimage() -> None:
     assert extract_vmlinux(bytes(image)) == elf
     with pytest.raises(RuntimeError, match="no compressed ELF kernel"):
         extract_vmlinux(b"MZ" + b"\0" * 4096)
+
+
+def test_python_package_sees_rxe0_in_the_vm(rxe_vm: RxeVm) -> None:
+    import sys
+
+    code = (
+        "from kbypass import rdma\n"
+        "d = rdma.devices()\n"
+        "try:\n"
+        "    d[0].name = 'x'\n"
+        "except AttributeError:\n"
+        "    print([(x.name, x.uverbs, x.ibdev_path) for x in d])\n"
+    )
+    r = ok(rxe_vm.run([sys.executable, "-c", code], cwd=REPO, timeout=120))
+    assert r.stdout.strip() == "[('rxe0', 'uverbs0', '/sys/class/infiniband/rxe0')]", r.stdout

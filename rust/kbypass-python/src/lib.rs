@@ -6,10 +6,12 @@
 use pyo3::prelude::*;
 
 mod errors;
+mod rdma;
 
 /// The extension module. Declared free-threading safe: every class guards its own state.
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    rdma::register(m)?;
     Ok(())
 }
