@@ -811,6 +811,11 @@ class RxeVm:
     def _boot_with(self, accel: str, art: Artifacts) -> None:
         runs = self.cache_dir / "runs"
         runs.mkdir(parents=True, exist_ok=True)
+        # Control folders of runs that died without close() (killed test sessions).
+        for old in runs.glob("run-*"):
+            with contextlib.suppress(OSError):
+                if time.time() - old.stat().st_mtime > 86400:
+                    shutil.rmtree(old, ignore_errors=True)
         ctl = Path(tempfile.mkdtemp(prefix="run-", dir=runs))
         self._ctl = ctl
         (ctl / "jobs").mkdir()
