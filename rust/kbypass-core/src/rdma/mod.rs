@@ -15,6 +15,7 @@
 //! ```
 
 pub mod ffi;
+pub mod oob;
 mod verbs;
 
 pub use verbs::{

@@ -514,3 +514,154 @@ fn rdma_many_outstanding_and_flush_on_error() {
         "{flushed:?}"
     );
 }
+
+// --- interop with rdma-core's ibv_rc_pingpong ----------------------------------------------
+
+const PP_ITERS: usize = 50;
+const PP_SIZE: usize = 4096;
+
+struct PingpongSide {
+    cq: CompletionQueue,
+    qp: QueuePair,
+    mr: MemoryRegion,
+    params: PathParams,
+    local: Endpoint,
+}
+
+fn pingpong_side(psn: u32) -> PingpongSide {
+    let ctx = Context::open(device_name().as_deref()).unwrap();
+    // ibv_rc_pingpong is run with `-g 1`; use the same GID index.
+    let params = PathParams {
+        sgid_index: 1,
+        ..Default::default()
+    };
+    let gid = ctx.query_gid(1, 1).unwrap();
+    let pd = ctx.alloc_pd().unwrap();
+    let cq = ctx.create_cq(256, None).unwrap();
+    let qp = QueuePair::create(&pd, QpType::Rc, &cq, &cq, QpCaps::default()).unwrap();
+    qp.to_init(&params, Access::LOCAL_WRITE).unwrap();
+    let mr = pd
+        .register(
+            Mapping::anonymous(2 * PP_SIZE, 0).unwrap(),
+            Access::LOCAL_WRITE,
+        )
+        .unwrap();
+    for i in 0..16 {
+        qp.post_recv(100 + i, &[mr.sge(0, PP_SIZE).unwrap()])
+            .unwrap();
+    }
+    let local = Endpoint {
+        qpn: qp.qp_num(),
+        psn,
+        gid,
+        lid: ctx.query_port(1).unwrap().lid,
+    };
+    PingpongSide {
+        cq,
+        qp,
+        mr,
+        params,
+        local,
+    }
+}
+
+/// Wait for one completion of `kind` (128 = receive, 0 = send), checking its status.
+fn wait_for(cq: &CompletionQueue, pending: &mut Vec<WorkCompletion>, kind: i32) {
+    let t = Instant::now();
+    loop {
+        if let Some(i) = pending.iter().position(|w| w.opcode == kind) {
+            let w = pending.remove(i);
+            assert!(w.is_success(), "{w:?} ({})", w.status_name());
+            return;
+        }
+        let mut buf = [WorkCompletion::default(); 8];
+        let n = cq.poll(&mut buf).unwrap();
+        pending.extend_from_slice(&buf[..n]);
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no completion of kind {kind}"
+        );
+    }
+}
+
+fn run_pingpong(args: &[&str]) -> std::process::Child {
+    std::process::Command::new("ibv_rc_pingpong")
+        .args([
+            "-d",
+            device_name().as_deref().unwrap_or("rxe0"),
+            "-g",
+            "1",
+            "-s",
+            "4096",
+        ])
+        .args(["-n", &PP_ITERS.to_string()])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run ibv_rc_pingpong (apt-get install ibverbs-utils)")
+}
+
+fn finish(child: std::process::Child) {
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ibv_rc_pingpong failed: {text}");
+    assert!(text.contains(&format!("{PP_ITERS} iters in")), "{text}");
+}
+
+#[test]
+#[ignore = "needs an RDMA device: run through tests/rdma (soft-RoCE VM)"]
+fn rdma_kbypass_server_with_ibv_rc_pingpong_client() {
+    let s = pingpong_side(0x1234);
+    let listener = std::net::TcpListener::bind(("0.0.0.0", 18600)).unwrap();
+    let child = run_pingpong(&["-p", "18600", "127.0.0.1"]);
+    let remote = oob::pingpong_accept(&listener, &s.local, Duration::from_secs(30), |r| {
+        s.qp.connect(&s.params, r, s.local.psn)
+    })
+    .unwrap();
+    assert_eq!(
+        remote.gid, s.local.gid,
+        "loopback: both ends share the one rxe GID"
+    );
+    let mut pending = Vec::new();
+    for i in 0..PP_ITERS as u64 {
+        wait_for(&s.cq, &mut pending, 128);
+        s.qp.post_recv(100 + i, &[s.mr.sge(0, PP_SIZE).unwrap()])
+            .unwrap();
+        s.qp.post_send(
+            i,
+            SendOp::Send,
+            &[s.mr.sge(PP_SIZE, PP_SIZE).unwrap()],
+            SendFlags::SIGNALED,
+        )
+        .unwrap();
+        wait_for(&s.cq, &mut pending, 0);
+    }
+    finish(child);
+}
+
+#[test]
+#[ignore = "needs an RDMA device: run through tests/rdma (soft-RoCE VM)"]
+fn rdma_kbypass_client_with_ibv_rc_pingpong_server() {
+    let s = pingpong_side(0x4321);
+    let child = run_pingpong(&["-p", "18601"]);
+    let remote =
+        oob::pingpong_connect(("127.0.0.1", 18601), &s.local, Duration::from_secs(30)).unwrap();
+    s.qp.connect(&s.params, &remote, s.local.psn).unwrap();
+    let mut pending = Vec::new();
+    for i in 0..PP_ITERS as u64 {
+        s.qp.post_send(
+            i,
+            SendOp::Send,
+            &[s.mr.sge(PP_SIZE, PP_SIZE).unwrap()],
+            SendFlags::SIGNALED,
+        )
+        .unwrap();
+        wait_for(&s.cq, &mut pending, 0);
+        wait_for(&s.cq, &mut pending, 128);
+        s.qp.post_recv(100 + i, &[s.mr.sge(0, PP_SIZE).unwrap()])
+            .unwrap();
+    }
+    finish(child);
+}
