@@ -40,6 +40,9 @@ pub type ReqNotifyCqFn = unsafe extern "C" fn(*mut ibv_cq, c_int) -> c_int;
 /// `int (*post_send)(struct ibv_qp *, struct ibv_send_wr *, struct ibv_send_wr **bad)`.
 pub type PostSendFn =
     unsafe extern "C" fn(*mut ibv_qp, *mut ibv_send_wr, *mut *mut ibv_send_wr) -> c_int;
+/// `int (*post_srq_recv)(struct ibv_srq *, struct ibv_recv_wr *, struct ibv_recv_wr **bad)`.
+pub type PostSrqRecvFn =
+    unsafe extern "C" fn(*mut ibv_srq, *mut ibv_recv_wr, *mut *mut ibv_recv_wr) -> c_int;
 /// `int (*post_recv)(struct ibv_qp *, struct ibv_recv_wr *, struct ibv_recv_wr **bad)`.
 pub type PostRecvFn =
     unsafe extern "C" fn(*mut ibv_qp, *mut ibv_recv_wr, *mut *mut ibv_recv_wr) -> c_int;
@@ -51,7 +54,7 @@ pub struct ibv_context_ops {
     pub poll_cq: Option<PollCqFn>,
     pub req_notify_cq: Option<ReqNotifyCqFn>,
     pub _compat_mid: [*mut c_void; 7],
-    pub post_srq_recv: *mut c_void,
+    pub post_srq_recv: Option<PostSrqRecvFn>,
     pub _compat_qp: [*mut c_void; 4],
     pub post_send: Option<PostSendFn>,
     pub post_recv: Option<PostRecvFn>,
@@ -361,6 +364,34 @@ pub struct ibv_wc {
     pub dlid_path_bits: u8,
 }
 
+/// `struct ibv_srq_attr`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct ibv_srq_attr {
+    pub max_wr: u32,
+    pub max_sge: u32,
+    pub srq_limit: u32,
+}
+
+/// `struct ibv_srq_init_attr`.
+#[repr(C)]
+pub struct ibv_srq_init_attr {
+    pub srq_context: *mut c_void,
+    pub attr: ibv_srq_attr,
+}
+
+/// `struct ibv_srq`.
+#[repr(C)]
+pub struct ibv_srq {
+    pub context: *mut ibv_context,
+    pub srq_context: *mut c_void,
+    pub pd: *mut ibv_pd,
+    pub handle: u32,
+    pub mutex: [u64; 5],
+    pub cond: [u64; 6],
+    pub events_completed: u32,
+}
+
 /// `struct ibv_ah`.
 #[repr(C)]
 pub struct ibv_ah {
@@ -493,6 +524,8 @@ pub struct Verbs {
         unsafe extern "C" fn(*mut ibv_qp, *mut ibv_qp_attr, c_int, *mut ibv_qp_init_attr) -> c_int,
     pub destroy_qp: unsafe extern "C" fn(*mut ibv_qp) -> c_int,
     pub create_ah: unsafe extern "C" fn(*mut ibv_pd, *mut ibv_ah_attr) -> *mut ibv_ah,
+    pub create_srq: unsafe extern "C" fn(*mut ibv_pd, *mut ibv_srq_init_attr) -> *mut ibv_srq,
+    pub destroy_srq: unsafe extern "C" fn(*mut ibv_srq) -> c_int,
     pub destroy_ah: unsafe extern "C" fn(*mut ibv_ah) -> c_int,
 }
 
@@ -539,6 +572,8 @@ impl Verbs {
             destroy_qp: sym!("ibv_destroy_qp"),
             create_ah: sym!("ibv_create_ah"),
             destroy_ah: sym!("ibv_destroy_ah"),
+            create_srq: sym!("ibv_create_srq"),
+            destroy_srq: sym!("ibv_destroy_srq"),
             _lib: lib,
         })
     }
@@ -633,6 +668,11 @@ mod tests {
         assert_eq!(offset_of!(ibv_qp, cond), 104);
         assert_eq!(offset_of!(ibv_qp, events_completed), 152);
         assert_eq!(size_of::<ibv_ah>(), 24);
+        assert_eq!(size_of::<ibv_srq>(), 128);
+        assert_eq!(offset_of!(ibv_srq, handle), 24);
+        assert_eq!(size_of::<ibv_srq_attr>(), 12);
+        assert_eq!(size_of::<ibv_srq_init_attr>(), 24);
+        assert_eq!(offset_of!(ibv_srq_init_attr, attr), 8);
     }
 
     #[test]

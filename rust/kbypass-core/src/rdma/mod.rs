@@ -21,7 +21,7 @@ mod verbs;
 pub use verbs::{
     devices, mtu_bytes, Access, AddressHandle, CompletionChannel, CompletionQueue, Context,
     DeviceAttr, DeviceInfo, Endpoint, Gid, MemoryRegion, PathParams, PortAttr, ProtectionDomain,
-    QpCaps, QpType, QueuePair, SendFlags, SendOp, Sge, WorkCompletion,
+    QpCaps, QpType, QueuePair, SendFlags, SendOp, Sge, SharedReceiveQueue, WorkCompletion,
 };
 
 #[cfg(test)]

@@ -290,6 +290,11 @@ fn rdma_wrong_rkey_is_a_remote_access_error() {
     t.a.post_send(9, op, &sg, SendFlags::SIGNALED).unwrap();
     let wc = completions(&t.cq, 1);
     assert_eq!(wc[0].status_name(), "REM_ACCESS_ERR", "{wc:?}");
+    let err = wc[0].check().unwrap_err().to_string();
+    assert!(
+        err.contains("work request 9 completed with REM_ACCESS_ERR") && err.contains("remote key"),
+        "{err}"
+    );
     assert_eq!(t.a.state().unwrap(), ffi::QPS_ERR);
     // Recovery: RESET → INIT → RTR → RTS again, and a write goes through.
     let p = PathParams {
@@ -664,4 +669,78 @@ fn rdma_kbypass_client_with_ibv_rc_pingpong_server() {
             .unwrap();
     }
     finish(child);
+}
+
+#[test]
+#[ignore = "needs an RDMA device: run through tests/rdma (soft-RoCE VM)"]
+fn rdma_shared_receive_queue_and_inline_send() {
+    let ctx = Context::open(device_name().as_deref()).unwrap();
+    let p = PathParams {
+        sgid_index: ctx.default_gid_index(1).unwrap() as u8,
+        ..Default::default()
+    };
+    let gid = ctx.query_gid(1, i32::from(p.sgid_index)).unwrap();
+    let pd = ctx.alloc_pd().unwrap();
+    let cq = ctx.create_cq(64, None).unwrap();
+    let srq = pd.create_srq(32, 1).unwrap();
+    let a = QueuePair::create(&pd, QpType::Rc, &cq, &cq, QpCaps::default()).unwrap();
+    let b = QueuePair::create_with_srq(&pd, QpType::Rc, &cq, &cq, QpCaps::default(), Some(&srq))
+        .unwrap();
+    for qp in [&a, &b] {
+        qp.to_init(&p, Access::ALL).unwrap();
+    }
+    a.connect(
+        &p,
+        &Endpoint {
+            qpn: b.qp_num(),
+            psn: 3,
+            gid,
+            lid: 0,
+        },
+        4,
+    )
+    .unwrap();
+    b.connect(
+        &p,
+        &Endpoint {
+            qpn: a.qp_num(),
+            psn: 4,
+            gid,
+            lid: 0,
+        },
+        3,
+    )
+    .unwrap();
+    let mr = pd
+        .register(Mapping::anonymous(4096, 0).unwrap(), Access::LOCAL_WRITE)
+        .unwrap();
+    for i in 0..4 {
+        srq.post_recv(50 + i, &[mr.sge(i as usize * 64, 64).unwrap()])
+            .unwrap();
+    }
+    // Inline: the payload is copied into the work request, so any memory will do (no lkey).
+    let payload = *b"inline!!";
+    let sge = Sge(ffi::ibv_sge {
+        addr: payload.as_ptr() as u64,
+        length: 8,
+        lkey: 0,
+    });
+    a.post_send(
+        1,
+        SendOp::Send,
+        &[sge],
+        SendFlags::SIGNALED | SendFlags::INLINE,
+    )
+    .unwrap();
+    let wcs = completions(&cq, 2);
+    assert!(wcs.iter().all(|w| w.check().is_ok()), "{wcs:?}");
+    let recv = wcs.iter().find(|w| w.opcode == 128).unwrap();
+    assert_eq!(
+        (recv.wr_id, recv.qp_num, recv.byte_len),
+        (50, b.qp_num(), 8)
+    );
+    let mut got = [0u8; 8];
+    mr.read(0, &mut got).unwrap();
+    assert_eq!(&got, b"inline!!");
+    drop(srq); // b still holds it
 }

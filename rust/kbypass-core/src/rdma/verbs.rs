@@ -514,6 +514,35 @@ impl ProtectionDomain {
         })
     }
 
+    /// Create a shared receive queue of `max_wr` receives with up to `max_sge` SGEs each.
+    pub fn create_srq(&self, max_wr: u32, max_sge: u32) -> Result<Arc<SharedReceiveQueue>> {
+        let ctx = &self.inner.ctx;
+        // SAFETY: the ops table lives as long as the context.
+        let Some(post) = (unsafe { (*ctx.ptr.as_ptr()).ops.post_srq_recv }) else {
+            return Err(Error::Unsupported {
+                what: format!("{}: the provider has no post_srq_recv", ctx.name),
+                fix: "post receives on each QP instead of a shared receive queue".into(),
+            });
+        };
+        let mut attr = ffi::ibv_srq_init_attr {
+            srq_context: ptr::null_mut(),
+            attr: ffi::ibv_srq_attr {
+                max_wr,
+                max_sge,
+                srq_limit: 0,
+            },
+        };
+        // SAFETY: valid PD and attributes.
+        let srq = unsafe { (ctx.v.create_srq)(self.inner.ptr.as_ptr(), &mut attr) };
+        let ptr = NonNull::new(srq)
+            .ok_or_else(|| Error::last_os(format!("ibv_create_srq({max_wr})"), ""))?;
+        Ok(Arc::new(SharedReceiveQueue {
+            ptr,
+            post,
+            pd: self.inner.clone(),
+        }))
+    }
+
     /// Create an address handle for UD sends to `dest`.
     pub fn create_ah(&self, dest: &Endpoint, sgid_index: u8, port: u8) -> Result<AddressHandle> {
         let mut attr = ffi::ibv_ah_attr {
@@ -536,6 +565,46 @@ impl ProtectionDomain {
             ptr,
             pd: self.inner.clone(),
         })
+    }
+}
+
+/// A shared receive queue (`ibv_srq`): one pool of receives for many QPs.
+pub struct SharedReceiveQueue {
+    ptr: NonNull<ffi::ibv_srq>,
+    post: ffi::PostSrqRecvFn,
+    pd: Arc<PdInner>,
+}
+// SAFETY: see ContextInner.
+unsafe impl Send for SharedReceiveQueue {}
+// SAFETY: see ContextInner.
+unsafe impl Sync for SharedReceiveQueue {}
+impl Drop for SharedReceiveQueue {
+    fn drop(&mut self) {
+        // SAFETY: created by ibv_create_srq; QPs using it hold an Arc, so none remain.
+        unsafe { (self.pd.ctx.v.destroy_srq)(self.ptr.as_ptr()) };
+    }
+}
+
+impl SharedReceiveQueue {
+    /// Post one receive work request to the shared pool.
+    pub fn post_recv(&self, wr_id: u64, sg: &[Sge]) -> Result<()> {
+        let mut wr = ffi::ibv_recv_wr {
+            wr_id,
+            next: ptr::null_mut(),
+            sg_list: sg.as_ptr() as *mut ffi::ibv_sge,
+            num_sge: c_int::try_from(sg.len()).map_err(|_| Error::invalid("too many SGEs"))?,
+        };
+        let mut bad: *mut ffi::ibv_recv_wr = ptr::null_mut();
+        // SAFETY: the provider's post_srq_recv for this SRQ; `wr` and its SGEs outlive the call.
+        let rc = unsafe { (self.post)(self.ptr.as_ptr(), &mut wr, &mut bad) };
+        if rc != 0 {
+            return Err(Error::os(
+                "post_srq_recv",
+                rc,
+                "the shared receive queue is full",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -709,6 +778,28 @@ impl ffi::ibv_wc {
             .and_then(|i| ffi::WC_STATUS_NAMES.get(i).copied())
             .unwrap_or("UNKNOWN")
     }
+    /// `Ok` for a successful completion, else an error naming the status and the work request.
+    pub fn check(&self) -> Result<()> {
+        if self.is_success() {
+            return Ok(());
+        }
+        Err(Error::Os {
+            what: format!(
+                "work request {} completed with {} (vendor error {:#x})",
+                self.wr_id,
+                self.status_name(),
+                self.vendor_err
+            ),
+            errno: libc::EIO,
+            fix: match self.status {
+                10 => "the remote key, address or access rights are wrong".into(),
+                12 | 13 => "the peer is gone or has no receive posted (RNR)".into(),
+                5 => "the QP went to the error state; reset and reconnect it".into(),
+                _ => String::new(),
+            },
+        })
+    }
+
     /// The immediate data in host order, if the completion carries it.
     pub fn imm(&self) -> Option<u32> {
         (self.wc_flags & ffi::WC_WITH_IMM != 0).then(|| u32::from_be(self.imm_data))
@@ -995,6 +1086,7 @@ pub struct QueuePair {
     pd: Arc<PdInner>,
     _send_cq: Arc<CqInner>,
     _recv_cq: Arc<CqInner>,
+    _srq: Option<Arc<SharedReceiveQueue>>,
 }
 // SAFETY: see ContextInner.
 unsafe impl Send for QueuePair {}
@@ -1016,6 +1108,18 @@ impl QueuePair {
         recv_cq: &CompletionQueue,
         caps: QpCaps,
     ) -> Result<Self> {
+        Self::create_with_srq(pd, qp_type, send_cq, recv_cq, caps, None)
+    }
+
+    /// Create a QP whose receives come from `srq` (when given) instead of its own queue.
+    pub fn create_with_srq(
+        pd: &ProtectionDomain,
+        qp_type: QpType,
+        send_cq: &CompletionQueue,
+        recv_cq: &CompletionQueue,
+        caps: QpCaps,
+        srq: Option<&Arc<SharedReceiveQueue>>,
+    ) -> Result<Self> {
         let ctx = &pd.inner.ctx;
         // SAFETY: the ops table lives as long as the context.
         let ops = unsafe { &(*ctx.ptr.as_ptr()).ops };
@@ -1029,7 +1133,7 @@ impl QueuePair {
             qp_context: ptr::null_mut(),
             send_cq: send_cq.inner.ptr.as_ptr(),
             recv_cq: recv_cq.inner.ptr.as_ptr(),
-            srq: ptr::null_mut(),
+            srq: srq.map_or(ptr::null_mut(), |s| s.ptr.as_ptr().cast()),
             cap: ffi::ibv_qp_cap {
                 max_send_wr: caps.max_send_wr,
                 max_recv_wr: caps.max_recv_wr,
@@ -1056,6 +1160,7 @@ impl QueuePair {
             pd: pd.inner.clone(),
             _send_cq: send_cq.inner.clone(),
             _recv_cq: recv_cq.inner.clone(),
+            _srq: srq.cloned(),
         })
     }
 
