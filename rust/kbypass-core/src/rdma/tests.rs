@@ -744,3 +744,28 @@ fn rdma_shared_receive_queue_and_inline_send() {
     assert_eq!(&got, b"inline!!");
     drop(srq); // b still holds it
 }
+
+#[test]
+#[ignore = "needs an RDMA device: run through tests/rdma (soft-RoCE VM)"]
+fn rdma_rnr_retry_exhausted_without_a_receive() {
+    // rnr_retry 1 (7 would retry forever) and the shortest RNR timer: a SEND to a QP with no
+    // receive posted fails with RNR_RETRY_EXC_ERR instead of hanging.
+    let t = rc_pair(QpCaps::default(), |p| {
+        p.rnr_retry = 1;
+        p.min_rnr_timer = 1;
+    });
+    t.a.post_send(
+        1,
+        SendOp::Send,
+        &[t.mr_a.sge(0, 8).unwrap()],
+        SendFlags::SIGNALED,
+    )
+    .unwrap();
+    let wc = completions(&t.cq, 1);
+    assert_eq!(wc[0].status_name(), "RNR_RETRY_EXC_ERR", "{wc:?}");
+    assert!(wc[0]
+        .check()
+        .unwrap_err()
+        .to_string()
+        .contains("no receive posted"));
+}
