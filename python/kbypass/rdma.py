@@ -1,21 +1,153 @@
 """RDMA through the verbs API, with libibverbs loaded at run time.
 
 kbypass needs no rdma-core to build or import; on a machine without libibverbs,
-:func:`devices` raises :class:`FileNotFoundError` naming the packages to install, and on one
-without RDMA hardware or soft-RoCE it returns an empty list.
+:func:`devices` and :class:`Context` raise :class:`FileNotFoundError` naming the packages to
+install, and on one without RDMA hardware or soft-RoCE :func:`devices` returns an empty list.
 
-Example::
+The objects follow verbs (and pyverbs): ``Context`` → ``alloc_pd()`` → ``register(buffer)``,
+``create_cq()`` → ``create_qp()``. Each is a context manager; ``close()`` releases the Python
+object's hold, and a parent's kernel object lives until its last child is closed too, so any
+close or drop order is safe.
 
-    >>> from kbypass import rdma
-    >>> [d.name for d in rdma.devices()]  # doctest: +SKIP
-    ['rxe0']
+Example (RC loopback on one device, as in the soft-RoCE VM)::
+
+    import numpy as np
+    from kbypass import rdma
+
+    with rdma.Context("rxe0") as ctx:
+        pd, cq = ctx.alloc_pd(), ctx.create_cq(64)
+        src, dst = np.arange(16, dtype=np.uint8), np.zeros(16, dtype=np.uint8)
+        a, b = pd.create_qp("RC", cq), pd.create_qp("RC", cq)
+        a.connect(b.endpoint(psn=2), psn=1)
+        b.connect(a.endpoint(psn=1), psn=2)
+        mr_src, mr_dst = pd.register(src), pd.register(dst)
+        a.write(mr_src, mr_dst.addr, mr_dst.rkey)
+        while not (wc := cq.poll()):
+            pass
+        assert wc[0].status_name == "SUCCESS" and (dst == src).all()
 """
 
 from __future__ import annotations
 
-from kbypass._core import RdmaDevice, rdma_devices
+import enum
 
-__all__ = ["RdmaDevice", "devices"]
+import numpy as np
+import numpy.typing as npt
+
+from kbypass._core import (
+    RdmaCompletion,
+    RdmaContext,
+    RdmaCq,
+    RdmaDevice,
+    RdmaEndpoint,
+    RdmaMr,
+    RdmaPd,
+    RdmaPort,
+    RdmaQp,
+    rdma_devices,
+)
+
+__all__ = [
+    "WC_DTYPE",
+    "Access",
+    "CompletionQueue",
+    "Context",
+    "Endpoint",
+    "MemoryRegion",
+    "Opcode",
+    "Port",
+    "ProtectionDomain",
+    "QueuePair",
+    "RdmaDevice",
+    "WorkCompletion",
+    "completion_array",
+    "devices",
+]
+
+Context = RdmaContext
+ProtectionDomain = RdmaPd
+MemoryRegion = RdmaMr
+CompletionQueue = RdmaCq
+QueuePair = RdmaQp
+Endpoint = RdmaEndpoint
+WorkCompletion = RdmaCompletion
+Port = RdmaPort
+
+
+class Access(enum.IntFlag):
+    """Memory and QP access rights (``enum ibv_access_flags``)."""
+
+    LOCAL_WRITE = 1
+    REMOTE_WRITE = 2
+    REMOTE_READ = 4
+    REMOTE_ATOMIC = 8
+    ALL = 15
+
+
+class Opcode(enum.IntEnum):
+    """Work completion opcodes (``enum ibv_wc_opcode``)."""
+
+    SEND = 0
+    RDMA_WRITE = 1
+    RDMA_READ = 2
+    COMP_SWAP = 3
+    FETCH_ADD = 4
+    RECV = 128
+    RECV_RDMA_WITH_IMM = 129
+
+
+#: One ``struct ibv_wc`` (48 bytes), for bulk polling with :meth:`CompletionQueue.poll_into`.
+#: ``imm_data`` is in network byte order, as the wire carries it.
+WC_DTYPE = np.dtype(
+    {
+        "names": [
+            "wr_id",
+            "status",
+            "opcode",
+            "vendor_err",
+            "byte_len",
+            "imm_data",
+            "qp_num",
+            "src_qp",
+            "wc_flags",
+            "pkey_index",
+            "slid",
+            "sl",
+            "dlid_path_bits",
+        ],
+        "formats": [
+            "<u8",
+            "<i4",
+            "<i4",
+            "<u4",
+            "<u4",
+            ">u4",
+            "<u4",
+            "<u4",
+            "<u4",
+            "<u2",
+            "<u2",
+            "u1",
+            "u1",
+        ],
+        "offsets": [0, 8, 12, 16, 20, 24, 28, 32, 36, 40, 42, 44, 45],
+        "itemsize": 48,
+    }
+)
+
+
+def completion_array(n: int) -> npt.NDArray[np.void]:
+    """Return a zeroed array of ``n`` work completions to pass to ``CompletionQueue.poll_into``.
+
+    Example::
+
+        wcs = completion_array(64)
+        got = cq.poll_into(wcs)
+        ok = wcs[:got]["status"] == 0
+    """
+    if n < 1:
+        raise ValueError(f"need at least one completion slot, got {n}")
+    return np.zeros(n, dtype=WC_DTYPE)
 
 
 def devices() -> list[RdmaDevice]:

@@ -830,6 +830,24 @@ impl CompletionQueue {
         Ok(got as usize)
     }
 
+    /// Poll into raw memory: up to `n` completions written at `out`, returning how many.
+    ///
+    /// # Safety
+    /// `out` must be valid for writes of `n` [`WorkCompletion`]s and 8-byte aligned.
+    pub unsafe fn poll_raw(&self, out: *mut WorkCompletion, n: usize) -> Result<usize> {
+        let n = c_int::try_from(n).unwrap_or(c_int::MAX);
+        // SAFETY: the provider's poll_cq for this CQ; the caller vouches for `out`.
+        let got = unsafe { (self.inner.poll)(self.inner.ptr.as_ptr(), n, out) };
+        if got < 0 {
+            return Err(Error::os(
+                "poll_cq",
+                -got,
+                "the CQ overran or the device failed",
+            ));
+        }
+        Ok(got as usize)
+    }
+
     /// Ask for an event on the completion channel at the next (solicited) completion.
     pub fn req_notify(&self, solicited_only: bool) -> Result<()> {
         // SAFETY: the provider's req_notify_cq for this CQ.
