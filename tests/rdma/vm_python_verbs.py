@@ -128,11 +128,13 @@ def scenario_completion_channel_wait() -> None:
         pd, a, b = rc_pair(ctx, cq)
         mr = pd.register(bytearray(256))
         t = time.monotonic()
-        assert cq.wait(0.05) is False and time.monotonic() - t < 5
+        assert cq.wait(0.05) == [] and time.monotonic() - t < 5
         b.post_recv(mr, length=64, wr_id=1)
         a.send(mr, offset=128, length=8, wr_id=2)
-        assert cq.wait(10.0) is True
-        assert {w.wr_id for w in wait_wcs(cq, 2)} == {1, 2}
+        got = cq.wait(10.0)
+        if len(got) < 2:
+            got += cq.wait(10.0)
+        assert {w.wr_id for w in got} == {1, 2}, got
         no_channel = ctx.create_cq(4)
         try:
             no_channel.wait(0.01)

@@ -455,10 +455,15 @@ impl RdmaCq {
         unsafe { self.get()?.poll_raw(ptr.cast(), n) }.py()
     }
 
-    /// Arm the completion channel and wait up to `timeout` seconds (GIL released); True if an
-    /// event came. Poll afterwards.
-    #[pyo3(signature = (timeout = None))]
-    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+    /// Return up to `max` completions, sleeping on the completion channel (GIL released)
+    /// until one arrives or `timeout` seconds pass (then an empty list).
+    #[pyo3(signature = (timeout = None, max = 16))]
+    fn wait(
+        &self,
+        py: Python<'_>,
+        timeout: Option<f64>,
+        max: usize,
+    ) -> PyResult<Vec<RdmaCompletion>> {
         let cq = self.get()?.clone();
         let t = match timeout {
             Some(s) if !(s >= 0.0 && s.is_finite()) => {
@@ -469,11 +474,9 @@ impl RdmaCq {
             Some(s) => Some(Duration::from_secs_f64(s)),
             None => None,
         };
-        py.detach(move || {
-            cq.req_notify(false)?;
-            cq.wait(t)
-        })
-        .py()
+        let mut buf = vec![WorkCompletion::default(); max.clamp(1, 4096)];
+        let n = py.detach(|| cq.poll_blocking(&mut buf, t)).py()?;
+        Ok(buf[..n].iter().map(completion).collect())
     }
 
     fn close(&mut self) {

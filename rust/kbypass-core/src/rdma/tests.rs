@@ -403,6 +403,35 @@ fn rdma_completion_channel_wait() {
     );
     let wcs = completions(&cq, 2);
     assert!(wcs.iter().all(|w| w.is_success()), "{wcs:?}");
+    // poll_blocking: times out empty, then returns completions that arrive while it sleeps.
+    let mut buf = [WorkCompletion::default(); 4];
+    assert_eq!(
+        cq.poll_blocking(&mut buf, Some(Duration::from_millis(50)))
+            .unwrap(),
+        0
+    );
+    b.post_recv(3, &[mr.sge(0, 64).unwrap()]).unwrap();
+    a.post_send(
+        4,
+        SendOp::Send,
+        &[mr.sge(1024, 16).unwrap()],
+        SendFlags::SIGNALED,
+    )
+    .unwrap();
+    let mut got = 0;
+    while got < 2 {
+        let n = cq
+            .poll_blocking(&mut buf[got..], Some(Duration::from_secs(10)))
+            .unwrap();
+        assert!(n > 0, "poll_blocking timed out with work outstanding");
+        got += n;
+    }
+    assert!(
+        buf[..2]
+            .iter()
+            .all(|w| w.is_success() && (w.wr_id == 3 || w.wr_id == 4)),
+        "{buf:?}"
+    );
     // Drop the parents first: children keep them alive, and release in the right order.
     drop(ctx);
     drop(pd);

@@ -907,6 +907,34 @@ impl CompletionQueue {
     }
 }
 
+impl CompletionQueue {
+    /// Poll, and if nothing is there, sleep on the completion channel until a completion
+    /// arrives or `timeout` passes (then 0). Race-free: the CQ is armed and polled again
+    /// before sleeping, so a completion that lands in between is not missed.
+    pub fn poll_blocking(
+        &self,
+        out: &mut [WorkCompletion],
+        timeout: Option<Duration>,
+    ) -> Result<usize> {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            let n = self.poll(out)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            self.req_notify(false)?;
+            let n = self.poll(out)?;
+            if n > 0 {
+                return Ok(n);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            if left == Some(Duration::ZERO) || !self.wait(left)? {
+                return self.poll(out);
+            }
+        }
+    }
+}
+
 /// Transport of a queue pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QpType {
