@@ -5,6 +5,7 @@ from typing import final
 from typing_extensions import Buffer
 
 __all__ = [
+    "RdmaAh",
     "RdmaCompletion",
     "RdmaContext",
     "RdmaCq",
@@ -104,6 +105,9 @@ class RdmaContext:
 @final
 class RdmaPd:
     def register(self, buffer: Buffer, access: int = 15) -> RdmaMr: ...
+    def create_ah(
+        self, remote: RdmaEndpoint, port: int = 1, gid_index: int | None = None
+    ) -> RdmaAh: ...
     def create_qp(
         self,
         qp_type: str,
@@ -116,6 +120,12 @@ class RdmaPd:
     ) -> RdmaQp: ...
     def close(self) -> None: ...
     def __enter__(self) -> RdmaPd: ...
+    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
+
+@final
+class RdmaAh:
+    def close(self) -> None: ...
+    def __enter__(self) -> RdmaAh: ...
     def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
 
 @final
@@ -152,7 +162,7 @@ class RdmaQp:
     ) -> RdmaEndpoint: ...
     def connect(
         self,
-        remote: RdmaEndpoint,
+        remote: RdmaEndpoint | None = None,
         psn: int = 0,
         port: int = 1,
         gid_index: int | None = None,
@@ -172,6 +182,9 @@ class RdmaQp:
         imm: int | None = None,
         signaled: bool = True,
         inline: bool = False,
+        ah: RdmaAh | None = None,
+        remote_qpn: int | None = None,
+        remote_qkey: int = 286331153,
     ) -> None: ...
     def write(
         self,

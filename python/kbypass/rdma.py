@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kbypass._core import (
+    RdmaAh,
     RdmaCompletion,
     RdmaContext,
     RdmaCq,
@@ -48,8 +49,10 @@ from kbypass._core import (
 )
 
 __all__ = [
+    "DEFAULT_QKEY",
     "WC_DTYPE",
     "Access",
+    "AddressHandle",
     "CompletionQueue",
     "Context",
     "Endpoint",
@@ -72,6 +75,10 @@ QueuePair = RdmaQp
 Endpoint = RdmaEndpoint
 WorkCompletion = RdmaCompletion
 Port = RdmaPort
+AddressHandle = RdmaAh
+
+#: The Q_Key UD queue pairs get from ``connect()`` and UD sends use by default.
+DEFAULT_QKEY = 0x11111111
 
 
 class Access(enum.IntFlag):

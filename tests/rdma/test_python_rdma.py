@@ -16,6 +16,7 @@ SCENARIOS = [
     "wrong_rkey_and_recovery",
     "completion_channel_wait",
     "any_close_order",
+    "ud_send_with_address_handle",
     "bad_input_is_an_exception",
 ]
 

@@ -167,6 +167,31 @@ def scenario_any_close_order() -> None:
             raise AssertionError("a closed object still answered")
 
 
+def scenario_ud_send_with_address_handle() -> None:
+    with rdma.Context("rxe0") as ctx:
+        cq = ctx.create_cq(16)
+        pd = ctx.alloc_pd()
+        a, b = pd.create_qp("UD", cq), pd.create_qp("UD", cq)
+        a.connect()
+        b.connect()
+        buf = np.zeros(1024, dtype=np.uint8)
+        mr = pd.register(buf)
+        b.post_recv(mr, offset=0, length=40 + 256, wr_id=1)  # UD receives start with a GRH
+        buf[512:520] = np.frombuffer(b"datagram", dtype=np.uint8)
+        ah = pd.create_ah(b.endpoint())
+        a.send(mr, offset=512, length=8, wr_id=2, imm=77, ah=ah, remote_qpn=b.qp_num)
+        wcs = {w.wr_id: w for w in wait_wcs(cq, 2)}
+        assert wcs[1].status_name == "SUCCESS" and wcs[1].byte_len == 48, wcs
+        assert wcs[1].imm == 77 and wcs[1].src_qp == a.qp_num, wcs
+        assert bytes(buf[40:48]) == b"datagram"
+        try:
+            a.send(mr, length=8, ah=ah)
+        except ValueError as e:
+            assert "remote_qpn" in str(e)
+        else:
+            raise AssertionError("a UD send without remote_qpn was accepted")
+
+
 def scenario_bad_input_is_an_exception() -> None:
     with rdma.Context("rxe0") as ctx:
         cq = ctx.create_cq(4)

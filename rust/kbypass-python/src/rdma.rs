@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use kbypass_core::rdma::{
-    self, Access, CompletionQueue, Context, Endpoint, Gid, MemoryRegion, PathParams,
+    self, Access, AddressHandle, CompletionQueue, Context, Endpoint, Gid, MemoryRegion, PathParams,
     ProtectionDomain, QpCaps, QpType, QueuePair, SendFlags, SendOp, WorkCompletion,
 };
 use pyo3::buffer::PyUntypedBuffer;
@@ -311,6 +311,24 @@ impl RdmaPd {
         Ok(RdmaMr { inner: Some(mr) })
     }
 
+    /// An address handle for UD sends to `remote`'s port.
+    #[pyo3(signature = (remote, port = 1, gid_index = None))]
+    fn create_ah(
+        &self,
+        remote: &RdmaEndpoint,
+        port: u8,
+        gid_index: Option<i32>,
+    ) -> PyResult<RdmaAh> {
+        let idx = match gid_index {
+            Some(i) => i,
+            None => self.ctx.default_gid_index(port).py()?,
+        };
+        let sgid =
+            u8::try_from(idx).map_err(|_| PyValueError::new_err(format!("bad GID index {idx}")))?;
+        let ah = self.get()?.create_ah(&remote.core()?, sgid, port).py()?;
+        Ok(RdmaAh { inner: Some(ah) })
+    }
+
     #[pyo3(signature = (qp_type, send_cq, recv_cq = None, max_send_wr = 128, max_recv_wr = 128, max_sge = 4, max_inline_data = 64))]
     #[allow(clippy::too_many_arguments)]
     fn create_qp(
@@ -349,6 +367,32 @@ impl RdmaPd {
         })
     }
 
+    fn close(&mut self) {
+        self.inner = None;
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __exit__(
+        &mut self,
+        _t: Option<Bound<'_, PyAny>>,
+        _v: Option<Bound<'_, PyAny>>,
+        _tb: Option<Bound<'_, PyAny>>,
+    ) {
+        self.close();
+    }
+}
+
+/// An address handle: the route to a UD peer's port.
+#[pyclass(module = "kbypass._core", name = "RdmaAh")]
+pub struct RdmaAh {
+    inner: Option<AddressHandle>,
+}
+
+#[pymethods]
+impl RdmaAh {
     fn close(&mut self) {
         self.inner = None;
     }
@@ -569,11 +613,12 @@ impl RdmaQp {
         }))
     }
 
-    /// RESET→INIT→RTR→RTS towards `remote` (MTU 1024, timeout 14, retry 7, rnr_retry 7).
-    #[pyo3(signature = (remote, psn = 0, port = 1, gid_index = None, access = 15))]
+    /// RESET→INIT→RTR→RTS towards `remote` (MTU 1024, timeout 14, retry 7, rnr_retry 7);
+    /// a UD QP needs no `remote` (it uses the Q_Key 0x11111111).
+    #[pyo3(signature = (remote = None, psn = 0, port = 1, gid_index = None, access = 15))]
     fn connect(
         &self,
-        remote: &RdmaEndpoint,
+        remote: Option<&RdmaEndpoint>,
         psn: u32,
         port: u8,
         gid_index: Option<i32>,
@@ -581,8 +626,22 @@ impl RdmaQp {
     ) -> PyResult<()> {
         let p = self.params(port, gid_index)?;
         let qp = self.get()?;
+        let remote = match (remote, qp.qp_type()) {
+            (Some(r), _) => r.core()?,
+            (None, QpType::Ud) => Endpoint {
+                qpn: 0,
+                psn: 0,
+                gid: Gid::default(),
+                lid: 0,
+            },
+            (None, t) => {
+                return Err(PyValueError::new_err(format!(
+                    "a {t:?} QP connects to a peer: pass its endpoint"
+                )))
+            }
+        };
         qp.to_init(&p, Access(access)).py()?;
-        qp.connect(&p, &remote.core()?, psn).py()
+        qp.connect(&p, &remote, psn).py()
     }
 
     /// Current state: 0 RESET, 1 INIT, 2 RTR, 3 RTS, 6 ERROR.
@@ -614,7 +673,8 @@ impl RdmaQp {
             .py()
     }
 
-    #[pyo3(signature = (mr, offset = 0, length = None, wr_id = 0, imm = None, signaled = true, inline = false))]
+    /// SEND (with immediate data if `imm` is given); on a UD QP pass `ah` and `remote_qpn`.
+    #[pyo3(signature = (mr, offset = 0, length = None, wr_id = 0, imm = None, signaled = true, inline = false, ah = None, remote_qpn = None, remote_qkey = 0x1111_1111))]
     #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
@@ -625,8 +685,24 @@ impl RdmaQp {
         imm: Option<u32>,
         signaled: bool,
         inline: bool,
+        ah: Option<&RdmaAh>,
+        remote_qpn: Option<u32>,
+        remote_qkey: u32,
     ) -> PyResult<()> {
-        let op = imm.map_or(SendOp::Send, SendOp::SendImm);
+        let op = match (ah, remote_qpn) {
+            (Some(ah), Some(remote_qpn)) => SendOp::UdSend {
+                ah: ah.inner.as_ref().ok_or_else(|| closed("AddressHandle"))?,
+                remote_qpn,
+                remote_qkey,
+                imm,
+            },
+            (None, None) => imm.map_or(SendOp::Send, SendOp::SendImm),
+            _ => {
+                return Err(PyValueError::new_err(
+                    "a UD send needs both ah and remote_qpn",
+                ))
+            }
+        };
         self.post(mr, offset, length, wr_id, op, signaled, inline)
     }
 
@@ -751,6 +827,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RdmaContext>()?;
     m.add_class::<RdmaPd>()?;
     m.add_class::<RdmaMr>()?;
+    m.add_class::<RdmaAh>()?;
     m.add_class::<RdmaCq>()?;
     m.add_class::<RdmaQp>()?;
     m.add_function(wrap_pyfunction!(rdma_devices, m)?)?;
