@@ -16,6 +16,7 @@
 
 pub mod ffi;
 pub mod oob;
+pub mod perf;
 mod verbs;
 
 pub use verbs::{

@@ -798,3 +798,34 @@ fn rdma_rnr_retry_exhausted_without_a_receive() {
         .to_string()
         .contains("no receive posted"));
 }
+
+#[test]
+#[ignore = "needs an RDMA device: run through tests/rdma (soft-RoCE VM)"]
+fn rdma_perf_loops_measure_real_transfers() {
+    let t = rc_pair(QpCaps::default(), |_| ());
+    t.mr_a.write(0, &[0xab; 4096]).unwrap();
+    let bw = perf::write_bandwidth(
+        &t.a,
+        &t.cq,
+        &t.mr_a,
+        t.mr_b.addr(),
+        t.mr_b.rkey(),
+        4096,
+        300,
+        64,
+        16,
+    )
+    .unwrap();
+    assert_eq!(bw.bytes, 300 * 4096);
+    assert!(bw.seconds > 0.0 && bw.mb_per_s() > 0.0, "{bw:?}");
+    let mut got = [0u8; 4096];
+    t.mr_b.read(0, &mut got).unwrap();
+    assert!(got.iter().all(|&b| b == 0xab), "the writes did not land");
+    let lat = perf::write_latency(&t.a, &t.b, &t.cq, &t.mr_a, &t.mr_b, 8, 50).unwrap();
+    assert_eq!(lat.len(), 50);
+    assert!(lat.iter().all(|&us| us > 0.0), "{lat:?}");
+    assert!(
+        perf::write_bandwidth(&t.a, &t.cq, &t.mr_a, 0, 0, 8, 10, 4, 8).is_err(),
+        "signal_every > depth"
+    );
+}

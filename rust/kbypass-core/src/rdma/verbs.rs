@@ -685,6 +685,13 @@ impl MemoryRegion {
         Ok(())
     }
 
+    /// Read one byte with a volatile load (the device may change it at any time).
+    pub fn read_volatile(&self, offset: usize) -> Result<u8> {
+        self.check(offset, 1)?;
+        // SAFETY: bounds checked; a volatile byte load from valid memory.
+        Ok(unsafe { ptr::read_volatile(self.addr.add(offset)) })
+    }
+
     /// Copy bytes into the region.
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
         self.check(offset, data.len())?;
