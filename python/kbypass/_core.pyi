@@ -17,6 +17,8 @@ __all__ = [
     "RdmaQp",
     "__version__",
     "rdma_devices",
+    "rdma_write_bandwidth",
+    "rdma_write_latency",
 ]
 
 __version__: str
@@ -37,6 +39,27 @@ class RdmaDevice:
     def ibdev_path(self) -> str: ...
 
 def rdma_devices() -> list[RdmaDevice]: ...
+def rdma_write_bandwidth(
+    qp: RdmaQp,
+    cq: RdmaCq,
+    mr: RdmaMr,
+    remote_addr: int,
+    rkey: int,
+    size: int,
+    iterations: int,
+    depth: int = 128,
+    signal_every: int = 100,
+) -> tuple[int, float]: ...
+def rdma_write_latency(
+    a: RdmaQp,
+    b: RdmaQp,
+    cq_a: RdmaCq,
+    cq_b: RdmaCq,
+    mr_a: RdmaMr,
+    mr_b: RdmaMr,
+    size: int = 2,
+    iterations: int = 1000,
+) -> list[float]: ...
 
 @final
 class RdmaPort:

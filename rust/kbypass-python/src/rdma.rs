@@ -819,6 +819,62 @@ impl RdmaQp {
     }
 }
 
+/// perftest-style RDMA write bandwidth (GIL released): returns (bytes, seconds).
+#[pyfunction]
+#[pyo3(signature = (qp, cq, mr, remote_addr, rkey, size, iterations, depth = 128, signal_every = 100))]
+#[allow(clippy::too_many_arguments)]
+fn rdma_write_bandwidth(
+    py: Python<'_>,
+    qp: PyRef<'_, RdmaQp>,
+    cq: PyRef<'_, RdmaCq>,
+    mr: PyRef<'_, RdmaMr>,
+    remote_addr: u64,
+    rkey: u32,
+    size: usize,
+    iterations: u64,
+    depth: u64,
+    signal_every: u64,
+) -> PyResult<(u64, f64)> {
+    let (q, c, m) = (qp.get()?, cq.get()?, mr.get()?);
+    let bw = py
+        .detach(|| {
+            rdma::perf::write_bandwidth(
+                q,
+                c,
+                m,
+                remote_addr,
+                rkey,
+                size,
+                iterations,
+                depth,
+                signal_every,
+            )
+        })
+        .py()?;
+    Ok((bw.bytes, bw.seconds))
+}
+
+/// perftest-style RDMA write latency (two threads, GIL released): one-way microseconds.
+#[pyfunction]
+#[pyo3(signature = (a, b, cq_a, cq_b, mr_a, mr_b, size = 2, iterations = 1000))]
+#[allow(clippy::too_many_arguments)]
+fn rdma_write_latency(
+    py: Python<'_>,
+    a: PyRef<'_, RdmaQp>,
+    b: PyRef<'_, RdmaQp>,
+    cq_a: PyRef<'_, RdmaCq>,
+    cq_b: PyRef<'_, RdmaCq>,
+    mr_a: PyRef<'_, RdmaMr>,
+    mr_b: PyRef<'_, RdmaMr>,
+    size: usize,
+    iterations: usize,
+) -> PyResult<Vec<f64>> {
+    let (qa, qb, ca, cb) = (a.get()?, b.get()?, cq_a.get()?, cq_b.get()?);
+    let (ma, mb) = (mr_a.get()?, mr_b.get()?);
+    py.detach(|| rdma::perf::write_latency(qa, qb, ca, cb, ma, mb, size, iterations))
+        .py()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RdmaDevice>()?;
     m.add_class::<RdmaPort>()?;
@@ -831,5 +887,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RdmaCq>()?;
     m.add_class::<RdmaQp>()?;
     m.add_function(wrap_pyfunction!(rdma_devices, m)?)?;
+    m.add_function(wrap_pyfunction!(rdma_write_bandwidth, m)?)?;
+    m.add_function(wrap_pyfunction!(rdma_write_latency, m)?)?;
     Ok(())
 }

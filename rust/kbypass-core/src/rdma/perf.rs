@@ -71,14 +71,19 @@ pub fn write_bandwidth(
     })
 }
 
-/// One-way latency of `size`-byte RDMA writes, measured like `ib_write_lat`: `a` writes into
-/// `b`'s region, the receiver spins on the last byte, answers with a write back; half of
-/// each round trip is one sample (microseconds). The QPs must be connected to each other;
-/// `mr_a`/`mr_b` are their regions (remote-writable), at least `size` bytes each.
+/// One-way latency of `size`-byte RDMA writes, measured like `ib_write_lat`: two threads, one
+/// per QP (as perftest's two processes); `a` writes into `b`'s region, `b`'s thread spins on
+/// the last byte and writes back; half of each round trip is one sample (microseconds).
+/// The QPs must be connected to each other, each with its own send CQ (`cq_a`, `cq_b`);
+/// `mr_a`/`mr_b` are their regions (remote-writable), at least `2 * size` bytes each: the
+/// first `size` bytes are sent from, the peer's writes land in the next `size` (one buffer
+/// for both would let a side see its own tag and stop waiting).
+#[allow(clippy::too_many_arguments)]
 pub fn write_latency(
     a: &QueuePair,
     b: &QueuePair,
-    cq: &CompletionQueue,
+    cq_a: &CompletionQueue,
+    cq_b: &CompletionQueue,
     mr_a: &MemoryRegion,
     mr_b: &MemoryRegion,
     size: usize,
@@ -87,46 +92,91 @@ pub fn write_latency(
     if size == 0 || iterations == 0 {
         return Err(Error::invalid("size and iterations must be positive"));
     }
-    let last = size - 1;
-    let mut samples = Vec::with_capacity(iterations);
-    let mut wcs = [WorkCompletion::default(); 16];
-    for i in 0..iterations {
-        let tag = (i % 255) as u8 + 1;
-        let t = Instant::now();
-        for (from, src, dst) in [(a, mr_a, mr_b), (b, mr_b, mr_a)] {
-            src.write(last, &[tag])?;
-            let flags = SendFlags::SIGNALED
-                | if size <= 64 {
-                    SendFlags::INLINE
-                } else {
-                    SendFlags::default()
-                };
-            from.post_send(
-                i as u64,
-                SendOp::Write {
-                    remote_addr: dst.addr(),
-                    rkey: dst.rkey(),
-                },
-                &[src.sge(0, size)?],
-                flags,
-            )?;
-            let spin = Instant::now();
-            while dst.read_volatile(last)? != tag {
-                if spin.elapsed().as_secs() > 10 {
-                    return Err(Error::Timeout(format!("write {i} never landed")));
-                }
-                std::hint::spin_loop();
-            }
-            // Reap the send completion so the send queue never fills.
-            loop {
-                let n = cq.poll(&mut wcs)?;
-                if let Some(wc) = wcs[..n].first() {
-                    wc.check()?;
-                    break;
-                }
-            }
-        }
-        samples.push(t.elapsed().as_secs_f64() * 1e6 / 2.0);
+    if mr_a.len() < 2 * size || mr_b.len() < 2 * size {
+        return Err(Error::invalid(format!(
+            "write_latency needs regions of at least {} bytes",
+            2 * size
+        )));
     }
-    Ok(samples)
+    let landed = 2 * size - 1;
+    std::thread::scope(|s| {
+        let echo = s.spawn(|| -> Result<()> {
+            for i in 0..iterations {
+                let tag = tag_of(i);
+                spin_until(mr_b, landed, tag, i)?;
+                ping(b, cq_b, mr_b, mr_a, size, tag, i)?;
+            }
+            Ok(())
+        });
+        let mut samples = Vec::with_capacity(iterations);
+        let mut run = || -> Result<()> {
+            for i in 0..iterations {
+                let tag = tag_of(i);
+                let t = Instant::now();
+                ping(a, cq_a, mr_a, mr_b, size, tag, i)?;
+                spin_until(mr_a, landed, tag, i)?;
+                samples.push(t.elapsed().as_secs_f64() * 1e6 / 2.0);
+            }
+            Ok(())
+        };
+        let mine = run();
+        let theirs = echo
+            .join()
+            .map_err(|_| Error::State("the echo thread panicked".into()))?;
+        mine.and(theirs).map(|()| samples)
+    })
+}
+
+fn tag_of(i: usize) -> u8 {
+    (i % 255) as u8 + 1
+}
+
+/// Write `src[..size]` (last byte = `tag`) into `dst[size..2 * size]`; reap the completion.
+fn ping(
+    qp: &QueuePair,
+    cq: &CompletionQueue,
+    src: &MemoryRegion,
+    dst: &MemoryRegion,
+    size: usize,
+    tag: u8,
+    i: usize,
+) -> Result<()> {
+    src.write(size - 1, &[tag])?;
+    let inline = if size <= 64 {
+        SendFlags::INLINE
+    } else {
+        SendFlags::default()
+    };
+    let op = SendOp::Write {
+        remote_addr: dst.addr() + size as u64,
+        rkey: dst.rkey(),
+    };
+    qp.post_send(
+        i as u64,
+        op,
+        &[src.sge(0, size)?],
+        SendFlags::SIGNALED | inline,
+    )?;
+    let mut wcs = [WorkCompletion::default(); 4];
+    let start = Instant::now();
+    loop {
+        let n = cq.poll(&mut wcs)?;
+        if let Some(wc) = wcs[..n].first() {
+            return wc.check();
+        }
+        if start.elapsed().as_secs() > 10 {
+            return Err(Error::Timeout(format!("write {i} never completed")));
+        }
+    }
+}
+
+fn spin_until(mr: &MemoryRegion, offset: usize, tag: u8, i: usize) -> Result<()> {
+    let start = Instant::now();
+    while mr.read_volatile(offset)? != tag {
+        if start.elapsed().as_secs() > 10 {
+            return Err(Error::Timeout(format!("write {i} never landed")));
+        }
+        std::hint::spin_loop();
+    }
+    Ok(())
 }

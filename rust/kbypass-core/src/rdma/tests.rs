@@ -821,7 +821,51 @@ fn rdma_perf_loops_measure_real_transfers() {
     let mut got = [0u8; 4096];
     t.mr_b.read(0, &mut got).unwrap();
     assert!(got.iter().all(|&b| b == 0xab), "the writes did not land");
-    let lat = perf::write_latency(&t.a, &t.b, &t.cq, &t.mr_a, &t.mr_b, 8, 50).unwrap();
+    // Latency needs one CQ per side: a second pair with separate CQs.
+    let pd = t.ctx.alloc_pd().unwrap();
+    let (cq_a, cq_b) = (
+        t.ctx.create_cq(16, None).unwrap(),
+        t.ctx.create_cq(16, None).unwrap(),
+    );
+    let p = PathParams {
+        sgid_index: t.ctx.default_gid_index(1).unwrap() as u8,
+        ..Default::default()
+    };
+    let gid = t.ctx.query_gid(1, i32::from(p.sgid_index)).unwrap();
+    let a = QueuePair::create(&pd, QpType::Rc, &cq_a, &cq_a, QpCaps::default()).unwrap();
+    let b = QueuePair::create(&pd, QpType::Rc, &cq_b, &cq_b, QpCaps::default()).unwrap();
+    for qp in [&a, &b] {
+        qp.to_init(&p, Access::ALL).unwrap();
+    }
+    a.connect(
+        &p,
+        &Endpoint {
+            qpn: b.qp_num(),
+            psn: 1,
+            gid,
+            lid: 0,
+        },
+        2,
+    )
+    .unwrap();
+    b.connect(
+        &p,
+        &Endpoint {
+            qpn: a.qp_num(),
+            psn: 2,
+            gid,
+            lid: 0,
+        },
+        1,
+    )
+    .unwrap();
+    let mr_a = pd
+        .register(Mapping::anonymous(4096, 0).unwrap(), Access::ALL)
+        .unwrap();
+    let mr_b = pd
+        .register(Mapping::anonymous(4096, 0).unwrap(), Access::ALL)
+        .unwrap();
+    let lat = perf::write_latency(&a, &b, &cq_a, &cq_b, &mr_a, &mr_b, 8, 50).unwrap();
     assert_eq!(lat.len(), 50);
     assert!(lat.iter().all(|&us| us > 0.0), "{lat:?}");
     assert!(
