@@ -19,6 +19,7 @@ from kbypass.testing.rxe_vm import RxeVm
 SCRIPT = Path(__file__).with_name("vm_rdma_bench.py")
 
 
+@pytest.mark.rdma
 @pytest.mark.benchmark(group="rdma")
 def test_rdma_write_vs_perftest(benchmark: Any, rxe_vm: RxeVm) -> None:
     def run() -> dict[str, float]:
