@@ -35,28 +35,12 @@ impl Mapping {
 
     /// A shared mapping of `len` bytes of the file `fd` from offset 0.
     pub fn shared(fd: BorrowedFd<'_>, len: usize, extra_flags: libc::c_int) -> Result<Self> {
-        Self::map(
-            len,
-            libc::MAP_SHARED | extra_flags,
-            Some(fd),
-            "mmap(shared)",
-        )
+        Self::map(len, libc::MAP_SHARED | extra_flags, Some(fd), "mmap(shared)")
     }
 
     /// A shared mapping of `len` bytes of `fd` at `offset` (AF_XDP rings use page offsets).
-    pub fn shared_at(
-        fd: BorrowedFd<'_>,
-        len: usize,
-        offset: i64,
-        extra_flags: libc::c_int,
-    ) -> Result<Self> {
-        Self::map_at(
-            len,
-            libc::MAP_SHARED | extra_flags,
-            Some(fd),
-            offset,
-            "mmap(shared)",
-        )
+    pub fn shared_at(fd: BorrowedFd<'_>, len: usize, offset: i64, extra_flags: libc::c_int) -> Result<Self> {
+        Self::map_at(len, libc::MAP_SHARED | extra_flags, Some(fd), offset, "mmap(shared)")
     }
 
     fn map(len: usize, flags: libc::c_int, fd: Option<BorrowedFd<'_>>, what: &str) -> Result<Self> {
@@ -71,9 +55,7 @@ impl Mapping {
         what: &str,
     ) -> Result<Self> {
         if len == 0 {
-            return Err(Error::invalid(
-                "cannot map 0 bytes: give a size greater than zero",
-            ));
+            return Err(Error::invalid("cannot map 0 bytes: give a size greater than zero"));
         }
         let raw_fd = fd.map_or(-1, |f| f.as_raw_fd());
         // SAFETY: mmap with a null hint creates a new mapping and touches no existing memory;
@@ -91,8 +73,7 @@ impl Mapping {
         if p == libc::MAP_FAILED {
             return Err(Error::last_os(format!("{what} of {len} bytes"), ""));
         }
-        let ptr =
-            NonNull::new(p.cast::<u8>()).ok_or_else(|| Error::invalid("mmap returned NULL"))?;
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| Error::invalid("mmap returned NULL"))?;
         Ok(Mapping { ptr, len })
     }
 
@@ -129,11 +110,7 @@ impl Mapping {
             } else {
                 String::new()
             };
-            return Err(Error::Os {
-                what: "mlock".into(),
-                errno: e,
-                fix,
-            });
+            return Err(Error::Os { what: "mlock".into(), errno: e, fix });
         }
         Ok(())
     }
@@ -160,10 +137,7 @@ impl Drop for Mapping {
 
 /// The current RLIMIT_MEMLOCK soft limit in bytes (`None` = unlimited).
 pub fn memlock_limit() -> Option<u64> {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the struct we own.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) };
     if rc != 0 || r.rlim_cur == libc::RLIM_INFINITY {
@@ -183,10 +157,7 @@ fn memlock_limit_text() -> String {
 /// Raise RLIMIT_MEMLOCK to unlimited if the process may (root / CAP_SYS_RESOURCE).
 /// Returns whether the limit is now unlimited.
 pub fn raise_memlock_limit() -> bool {
-    let r = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
+    let r = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: setrlimit reads the struct we own.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &r) == 0 }
 }
@@ -232,10 +203,7 @@ mod tests {
 
     #[test]
     fn zero_length_is_refused() {
-        assert!(matches!(
-            Mapping::anonymous(0, 0),
-            Err(Error::InvalidArgument(_))
-        ));
+        assert!(matches!(Mapping::anonymous(0, 0), Err(Error::InvalidArgument(_))));
     }
 
     #[test]
