@@ -5,6 +5,7 @@ from typing import Any, Literal, final
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Buffer
 
 # PyO3 fills __all__ as classes and functions are registered; keep this list in step.
 __all__ = [
@@ -12,6 +13,16 @@ __all__ = [
     "Mempool",
     "NetnsEntry",
     "PcapWriter",
+    "RdmaAh",
+    "RdmaCompletion",
+    "RdmaContext",
+    "RdmaCq",
+    "RdmaDevice",
+    "RdmaEndpoint",
+    "RdmaMr",
+    "RdmaPd",
+    "RdmaPort",
+    "RdmaQp",
     "Ring",
     "XdpAttachment",
     "XdpProgram",
@@ -29,6 +40,9 @@ __all__ = [
     "parse_into",
     "probe_xdp",
     "queue_irqs",
+    "rdma_devices",
+    "rdma_write_bandwidth",
+    "rdma_write_latency",
     "rule_text",
     "worker_cpu",
     "xdp_query",
@@ -349,3 +363,227 @@ class Ring:
         self,
         *_args: type[BaseException] | BaseException | TracebackType | None,
     ) -> bool: ...
+
+# --- rdma.rs -----------------------------------------------------------------------------------
+
+@final
+class RdmaDevice:
+    @property
+    def name(self) -> str: ...
+    @property
+    def uverbs(self) -> str: ...
+    @property
+    def node_type(self) -> int: ...
+    @property
+    def transport_type(self) -> int: ...
+    @property
+    def ibdev_path(self) -> str: ...
+
+def rdma_devices() -> list[RdmaDevice]: ...
+def rdma_write_bandwidth(
+    qp: RdmaQp,
+    cq: RdmaCq,
+    mr: RdmaMr,
+    remote_addr: int,
+    rkey: int,
+    size: int,
+    iterations: int,
+    depth: int = 128,
+    signal_every: int = 100,
+) -> tuple[int, float]: ...
+def rdma_write_latency(
+    a: RdmaQp,
+    b: RdmaQp,
+    cq_a: RdmaCq,
+    cq_b: RdmaCq,
+    mr_a: RdmaMr,
+    mr_b: RdmaMr,
+    size: int = 2,
+    iterations: int = 1000,
+) -> list[float]: ...
+
+@final
+class RdmaPort:
+    @property
+    def state(self) -> int: ...
+    @property
+    def active_mtu(self) -> int: ...
+    @property
+    def max_mtu(self) -> int: ...
+    @property
+    def gid_tbl_len(self) -> int: ...
+    @property
+    def lid(self) -> int: ...
+    @property
+    def link_layer(self) -> str: ...
+
+@final
+class RdmaEndpoint:
+    def __new__(cls, qpn: int, psn: int, gid: str, lid: int = 0) -> RdmaEndpoint: ...
+    @property
+    def qpn(self) -> int: ...
+    @property
+    def psn(self) -> int: ...
+    @property
+    def gid(self) -> str: ...
+    @property
+    def lid(self) -> int: ...
+    def to_pingpong(self) -> bytes: ...
+    @staticmethod
+    def from_pingpong(data: bytes) -> RdmaEndpoint: ...
+    def __eq__(self, value: object, /) -> bool: ...
+
+@final
+class RdmaCompletion:
+    @property
+    def wr_id(self) -> int: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def status_name(self) -> str: ...
+    @property
+    def opcode(self) -> int: ...
+    @property
+    def byte_len(self) -> int: ...
+    @property
+    def imm(self) -> int | None: ...
+    @property
+    def qp_num(self) -> int: ...
+    @property
+    def src_qp(self) -> int: ...
+
+@final
+class RdmaContext:
+    def __new__(cls, name: str | None = None) -> RdmaContext: ...
+    @property
+    def name(self) -> str: ...
+    def query_port(self, port: int = 1) -> RdmaPort: ...
+    def default_gid_index(self, port: int = 1) -> int: ...
+    def gid(self, port: int = 1, index: int | None = None) -> str: ...
+    def alloc_pd(self) -> RdmaPd: ...
+    def create_cq(self, entries: int = 256, channel: bool = False) -> RdmaCq: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> RdmaContext: ...
+    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
+
+@final
+class RdmaPd:
+    def register(self, buffer: Buffer, access: int = 15) -> RdmaMr: ...
+    def create_ah(
+        self, remote: RdmaEndpoint, port: int = 1, gid_index: int | None = None
+    ) -> RdmaAh: ...
+    def create_qp(
+        self,
+        qp_type: str,
+        send_cq: RdmaCq,
+        recv_cq: RdmaCq | None = None,
+        max_send_wr: int = 128,
+        max_recv_wr: int = 128,
+        max_sge: int = 4,
+        max_inline_data: int = 64,
+    ) -> RdmaQp: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> RdmaPd: ...
+    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
+
+@final
+class RdmaAh:
+    def close(self) -> None: ...
+    def __enter__(self) -> RdmaAh: ...
+    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
+
+@final
+class RdmaMr:
+    @property
+    def addr(self) -> int: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def lkey(self) -> int: ...
+    @property
+    def rkey(self) -> int: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> RdmaMr: ...
+    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
+
+@final
+class RdmaCq:
+    def poll(self, max: int = 16) -> list[RdmaCompletion]: ...
+    def poll_into(self, out: Buffer) -> int: ...
+    def wait(self, timeout: float | None = None, max: int = 16) -> list[RdmaCompletion]: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> RdmaCq: ...
+    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
+
+@final
+class RdmaQp:
+    @property
+    def qp_num(self) -> int: ...
+    @property
+    def state(self) -> int: ...
+    def endpoint(
+        self, psn: int = 0, port: int = 1, gid_index: int | None = None
+    ) -> RdmaEndpoint: ...
+    def connect(
+        self,
+        remote: RdmaEndpoint | None = None,
+        psn: int = 0,
+        port: int = 1,
+        gid_index: int | None = None,
+        access: int = 15,
+    ) -> None: ...
+    def to_error(self) -> None: ...
+    def to_reset(self) -> None: ...
+    def post_recv(
+        self, mr: RdmaMr, offset: int = 0, length: int | None = None, wr_id: int = 0
+    ) -> None: ...
+    def send(
+        self,
+        mr: RdmaMr,
+        offset: int = 0,
+        length: int | None = None,
+        wr_id: int = 0,
+        imm: int | None = None,
+        signaled: bool = True,
+        inline: bool = False,
+        ah: RdmaAh | None = None,
+        remote_qpn: int | None = None,
+        remote_qkey: int = 286331153,
+    ) -> None: ...
+    def write(
+        self,
+        mr: RdmaMr,
+        remote_addr: int,
+        rkey: int,
+        offset: int = 0,
+        length: int | None = None,
+        wr_id: int = 0,
+        imm: int | None = None,
+        signaled: bool = True,
+    ) -> None: ...
+    def read(
+        self,
+        mr: RdmaMr,
+        remote_addr: int,
+        rkey: int,
+        offset: int = 0,
+        length: int | None = None,
+        wr_id: int = 0,
+        signaled: bool = True,
+    ) -> None: ...
+    def compare_swap(
+        self,
+        mr: RdmaMr,
+        remote_addr: int,
+        rkey: int,
+        compare: int,
+        swap: int,
+        offset: int = 0,
+        wr_id: int = 0,
+    ) -> None: ...
+    def fetch_add(
+        self, mr: RdmaMr, remote_addr: int, rkey: int, add: int, offset: int = 0, wr_id: int = 0
+    ) -> None: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> RdmaQp: ...
+    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...

@@ -11,6 +11,7 @@ mod mem;
 mod mempool;
 mod netns;
 mod packet;
+mod rdma;
 mod ring;
 mod xdp;
 
@@ -25,5 +26,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ring::register(m)?;
     cpu::register(m)?;
     xdp::register(m)?;
+    rdma::register(m)?;
     Ok(())
 }

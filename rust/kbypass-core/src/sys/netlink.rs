@@ -460,7 +460,10 @@ mod tests {
     #[test]
     fn link_info_of_loopback() {
         let i = link_info(1).unwrap();
-        assert!(i.mtu >= 1500 && i.rx_queues >= 1 && i.tx_queues >= 1, "{i:?}");
+        assert!(
+            i.mtu >= 1500 && i.rx_queues >= 1 && i.tx_queues >= 1,
+            "{i:?}"
+        );
     }
 
     #[test]
