@@ -14,6 +14,7 @@ mod packet;
 mod rdma;
 mod ring;
 mod xdp;
+mod xsk;
 
 /// The extension module. Declared free-threading safe: every class guards its own state.
 #[pymodule(gil_used = false)]
@@ -26,6 +27,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ring::register(m)?;
     cpu::register(m)?;
     xdp::register(m)?;
+    xsk::register(m)?;
     rdma::register(m)?;
     Ok(())
 }
