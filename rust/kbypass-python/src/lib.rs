@@ -11,6 +11,7 @@ mod mem;
 mod mempool;
 mod netns;
 mod packet;
+mod traffic;
 mod xdp;
 
 /// The extension module. Declared free-threading safe: every class guards its own state.
@@ -23,5 +24,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     mempool::register(m)?;
     cpu::register(m)?;
     xdp::register(m)?;
+    traffic::register(m)?;
     Ok(())
 }

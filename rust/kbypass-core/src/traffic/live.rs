@@ -97,6 +97,9 @@ pub struct LiveRun<'a> {
     pub cpu: Option<usize>,
     /// RX queue of the ingress interface the frames appear on (and leave from).
     pub queue: u32,
+    /// Set to true once the set-up (namespace, pinning, interface checks) succeeded and sending
+    /// begins, so a thread that started the run in the background can report set-up errors.
+    pub ready: Option<&'a AtomicBool>,
 }
 
 /// What a run did.
@@ -291,6 +294,9 @@ impl LiveGenerator {
             )));
         }
         self.reset_flows()?;
+        if let Some(r) = run.ready {
+            r.store(true, Ordering::Release);
+        }
         self.send_loop(ifindex, ifname, run)
     }
 
