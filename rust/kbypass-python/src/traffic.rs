@@ -222,6 +222,12 @@ impl LiveGenerator {
         self.inner.options().flows
     }
 
+    /// Why the program is not kept in the XDP dispatcher between calls (None normally).
+    #[getter]
+    fn keeper_note(&self) -> Option<String> {
+        self.inner.keeper_note().map(str::to_string)
+    }
+
     /// Whether the frame carries a UDP checksum (false when flows vary).
     #[getter]
     fn udp_checksum(&self) -> bool {

@@ -153,6 +153,11 @@ fn exactly_n_frames_reach_a_dropping_peer_as_root() {
             ..Default::default()
         })
         .unwrap();
+        assert_eq!(
+            gen.keeper_note(),
+            None,
+            "as root the dispatcher keeper works"
+        );
         let r = gen
             .run(
                 "veth0",
@@ -411,4 +416,34 @@ fn drop_counter_detaches_on_drop_as_root() {
     assert!(progs().is_empty());
     let e = DropCounter::attach("nope0", Some(&p.b), AttachMode::Native, false).unwrap_err();
     assert!(matches!(e, Error::NotFound(_)), "{e}");
+}
+
+#[test]
+fn dropping_the_generator_releases_program_and_keeper_as_root() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let gen = LiveGenerator::new(&LiveOptions::default()).unwrap();
+    assert_eq!(gen.keeper_note(), None);
+    let id = gen.prog().info().unwrap().id;
+    // The keeper's link holds the program while the generator lives.
+    let link = crate::sys::bpf::link_ids()
+        .unwrap()
+        .into_iter()
+        .filter_map(|l| crate::sys::bpf::LinkFd::from_id(l).ok()?.info().ok())
+        .find(|i| i.prog_id == id)
+        .expect("keeper link");
+    assert_eq!(link.link_type, crate::sys::bpf::BPF_LINK_TYPE_XDP);
+    assert_eq!(link.ifindex, 1, "attached to a loopback");
+    drop(gen);
+    // Links and programs are freed asynchronously after the last reference goes.
+    let t0 = Instant::now();
+    while crate::sys::bpf::prog_info_by_id(id).is_ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "program {id} still loaded"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
