@@ -7,7 +7,7 @@ the techniques DPDK, AF_XDP and RDMA use, behind small, typed classes.
 from __future__ import annotations
 
 from kbypass import _core, cpu, packet
-from kbypass._core import HugeRegion, Mempool, PcapWriter
+from kbypass._core import HugeRegion, Mempool, PcapWriter, Ring
 from kbypass.xdp import (
     Rule,
     Verdict,
@@ -24,6 +24,7 @@ __all__ = [
     "HugeRegion",
     "Mempool",
     "PcapWriter",
+    "Ring",
     "Rule",
     "Verdict",
     "XdpAttachment",

@@ -5,6 +5,7 @@ from typing import Any, Literal, final
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Buffer
 
 # PyO3 fills __all__ as classes and functions are registered; keep this list in step.
 __all__ = [
@@ -14,6 +15,17 @@ __all__ = [
     "Mempool",
     "NetnsEntry",
     "PcapWriter",
+    "RdmaAh",
+    "RdmaCompletion",
+    "RdmaContext",
+    "RdmaCq",
+    "RdmaDevice",
+    "RdmaEndpoint",
+    "RdmaMr",
+    "RdmaPd",
+    "RdmaPort",
+    "RdmaQp",
+    "Ring",
     "XdpAttachment",
     "XdpProgram",
     "_RegionMemory",
@@ -31,6 +43,9 @@ __all__ = [
     "parse_into",
     "probe_xdp",
     "queue_irqs",
+    "rdma_devices",
+    "rdma_write_bandwidth",
+    "rdma_write_latency",
     "rule_text",
     "udp_recv",
     "udp_send",
@@ -388,3 +403,302 @@ def af_packet_recv(
     netns: str | None = None,
     cpu: int | None = None,
 ) -> dict[str, Any]: ...
+# --- ring.rs ---------------------------------------------------------------------------------
+
+@final
+class Ring:
+    """A lock-free ring of uint64 items (DPDK rte_ring style), private or shared between processes.
+
+    Example::
+
+        import numpy as np
+        from kbypass import Ring
+        with Ring(1024) as r:
+            r.enqueue_bulk(np.arange(3, dtype=np.uint64))  # -> 3
+            r.dequeue_burst(8)                              # -> array([0, 1, 2], dtype=uint64)
+            r.dequeue()                                     # -> None (empty)
+    """
+
+    def __new__(cls, capacity: int, mode: str = "spsc") -> Ring: ...
+    @staticmethod
+    def create_shared(name: str, capacity: int, mode: str = "spsc", replace: bool = False) -> Ring:
+        """Create a ring named ``name`` in /dev/shm for other processes to ``attach``."""
+    @staticmethod
+    def attach(name: str) -> Ring:
+        """Attach to the shared ring ``name``; FileNotFoundError if there is none."""
+    @staticmethod
+    def unlink(name: str) -> bool:
+        """Remove a shared ring's name (e.g. left by a crashed process); False if absent."""
+    def enqueue(self, x: int) -> bool:
+        """Enqueue one item; False if the ring is full."""
+    def dequeue(self) -> int | None:
+        """Dequeue one item; None if the ring is empty."""
+    def enqueue_bulk(self, items: npt.NDArray[np.uint64]) -> int:
+        """Enqueue all of ``items`` or none; returns ``len(items)`` or 0."""
+    def enqueue_burst(self, items: npt.NDArray[np.uint64]) -> int:
+        """Enqueue as many of ``items`` as fit (a prefix); returns how many."""
+    def dequeue_bulk(self, n: int) -> npt.NDArray[np.uint64]:
+        """Dequeue exactly ``n`` items, or an empty array if fewer are there."""
+    def dequeue_burst(self, n: int) -> npt.NDArray[np.uint64]:
+        """Dequeue up to ``n`` items (possibly none)."""
+    def dequeue_into(self, out: npt.NDArray[np.uint64], bulk: bool = False) -> int:
+        """Dequeue into a preallocated uint64 array (no allocation); returns how many."""
+    def put(self, x: int, timeout: float | None = None) -> None:
+        """Enqueue one item, waiting (GIL released) for room; TimeoutError after ``timeout`` s."""
+    def get(self, timeout: float | None = None) -> int:
+        """Dequeue one item, waiting (GIL released); TimeoutError after ``timeout`` s."""
+    def put_bulk(self, items: npt.NDArray[np.uint64], timeout: float | None = None) -> None:
+        """Enqueue all of ``items`` at once, waiting (GIL released) for room."""
+    def get_bulk(self, n: int, timeout: float | None = None) -> npt.NDArray[np.uint64]:
+        """Dequeue exactly ``n`` items, waiting (GIL released) for all of them."""
+    def get_burst(self, n: int, timeout: float | None = None) -> npt.NDArray[np.uint64]:
+        """Dequeue 1 to ``n`` items, waiting (GIL released) for the first."""
+    def __len__(self) -> int: ...
+    @property
+    def free(self) -> int:
+        """Free slots now (a snapshot)."""
+    @property
+    def capacity(self) -> int:
+        """Number of slots (a power of two)."""
+    @property
+    def mode(self) -> str:
+        """``"spsc"``, ``"mpsc"``, ``"spmc"`` or ``"mpmc"``."""
+    @property
+    def name(self) -> str | None:
+        """The shared-memory name, or None for a private ring."""
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` has been called."""
+    def stats(self) -> dict[str, int]:
+        """Counters: full, empty, len, attached."""
+    def close(self) -> None:
+        """Release the ring; the last user of a shared ring removes its name. Idempotent."""
+    def __enter__(self) -> Ring: ...
+    def __exit__(
+        self,
+        *_args: type[BaseException] | BaseException | TracebackType | None,
+    ) -> bool: ...
+
+# --- rdma.rs -----------------------------------------------------------------------------------
+
+@final
+class RdmaDevice:
+    @property
+    def name(self) -> str: ...
+    @property
+    def uverbs(self) -> str: ...
+    @property
+    def node_type(self) -> int: ...
+    @property
+    def transport_type(self) -> int: ...
+    @property
+    def ibdev_path(self) -> str: ...
+
+def rdma_devices() -> list[RdmaDevice]: ...
+def rdma_write_bandwidth(
+    qp: RdmaQp,
+    cq: RdmaCq,
+    mr: RdmaMr,
+    remote_addr: int,
+    rkey: int,
+    size: int,
+    iterations: int,
+    depth: int = 128,
+    signal_every: int = 100,
+) -> tuple[int, float]: ...
+def rdma_write_latency(
+    a: RdmaQp,
+    b: RdmaQp,
+    cq_a: RdmaCq,
+    cq_b: RdmaCq,
+    mr_a: RdmaMr,
+    mr_b: RdmaMr,
+    size: int = 2,
+    iterations: int = 1000,
+) -> list[float]: ...
+
+@final
+class RdmaPort:
+    @property
+    def state(self) -> int: ...
+    @property
+    def active_mtu(self) -> int: ...
+    @property
+    def max_mtu(self) -> int: ...
+    @property
+    def gid_tbl_len(self) -> int: ...
+    @property
+    def lid(self) -> int: ...
+    @property
+    def link_layer(self) -> str: ...
+
+@final
+class RdmaEndpoint:
+    def __new__(cls, qpn: int, psn: int, gid: str, lid: int = 0) -> RdmaEndpoint: ...
+    @property
+    def qpn(self) -> int: ...
+    @property
+    def psn(self) -> int: ...
+    @property
+    def gid(self) -> str: ...
+    @property
+    def lid(self) -> int: ...
+    def to_pingpong(self) -> bytes: ...
+    @staticmethod
+    def from_pingpong(data: bytes) -> RdmaEndpoint: ...
+    def __eq__(self, value: object, /) -> bool: ...
+
+@final
+class RdmaCompletion:
+    @property
+    def wr_id(self) -> int: ...
+    @property
+    def status(self) -> int: ...
+    @property
+    def status_name(self) -> str: ...
+    @property
+    def opcode(self) -> int: ...
+    @property
+    def byte_len(self) -> int: ...
+    @property
+    def imm(self) -> int | None: ...
+    @property
+    def qp_num(self) -> int: ...
+    @property
+    def src_qp(self) -> int: ...
+
+@final
+class RdmaContext:
+    def __new__(cls, name: str | None = None) -> RdmaContext: ...
+    @property
+    def name(self) -> str: ...
+    def query_port(self, port: int = 1) -> RdmaPort: ...
+    def default_gid_index(self, port: int = 1) -> int: ...
+    def gid(self, port: int = 1, index: int | None = None) -> str: ...
+    def alloc_pd(self) -> RdmaPd: ...
+    def create_cq(self, entries: int = 256, channel: bool = False) -> RdmaCq: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> RdmaContext: ...
+    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
+
+@final
+class RdmaPd:
+    def register(self, buffer: Buffer, access: int = 15) -> RdmaMr: ...
+    def create_ah(
+        self, remote: RdmaEndpoint, port: int = 1, gid_index: int | None = None
+    ) -> RdmaAh: ...
+    def create_qp(
+        self,
+        qp_type: str,
+        send_cq: RdmaCq,
+        recv_cq: RdmaCq | None = None,
+        max_send_wr: int = 128,
+        max_recv_wr: int = 128,
+        max_sge: int = 4,
+        max_inline_data: int = 64,
+    ) -> RdmaQp: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> RdmaPd: ...
+    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
+
+@final
+class RdmaAh:
+    def close(self) -> None: ...
+    def __enter__(self) -> RdmaAh: ...
+    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
+
+@final
+class RdmaMr:
+    @property
+    def addr(self) -> int: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def lkey(self) -> int: ...
+    @property
+    def rkey(self) -> int: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> RdmaMr: ...
+    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
+
+@final
+class RdmaCq:
+    def poll(self, max: int = 16) -> list[RdmaCompletion]: ...
+    def poll_into(self, out: Buffer) -> int: ...
+    def wait(self, timeout: float | None = None, max: int = 16) -> list[RdmaCompletion]: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> RdmaCq: ...
+    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
+
+@final
+class RdmaQp:
+    @property
+    def qp_num(self) -> int: ...
+    @property
+    def state(self) -> int: ...
+    def endpoint(
+        self, psn: int = 0, port: int = 1, gid_index: int | None = None
+    ) -> RdmaEndpoint: ...
+    def connect(
+        self,
+        remote: RdmaEndpoint | None = None,
+        psn: int = 0,
+        port: int = 1,
+        gid_index: int | None = None,
+        access: int = 15,
+    ) -> None: ...
+    def to_error(self) -> None: ...
+    def to_reset(self) -> None: ...
+    def post_recv(
+        self, mr: RdmaMr, offset: int = 0, length: int | None = None, wr_id: int = 0
+    ) -> None: ...
+    def send(
+        self,
+        mr: RdmaMr,
+        offset: int = 0,
+        length: int | None = None,
+        wr_id: int = 0,
+        imm: int | None = None,
+        signaled: bool = True,
+        inline: bool = False,
+        ah: RdmaAh | None = None,
+        remote_qpn: int | None = None,
+        remote_qkey: int = 286331153,
+    ) -> None: ...
+    def write(
+        self,
+        mr: RdmaMr,
+        remote_addr: int,
+        rkey: int,
+        offset: int = 0,
+        length: int | None = None,
+        wr_id: int = 0,
+        imm: int | None = None,
+        signaled: bool = True,
+    ) -> None: ...
+    def read(
+        self,
+        mr: RdmaMr,
+        remote_addr: int,
+        rkey: int,
+        offset: int = 0,
+        length: int | None = None,
+        wr_id: int = 0,
+        signaled: bool = True,
+    ) -> None: ...
+    def compare_swap(
+        self,
+        mr: RdmaMr,
+        remote_addr: int,
+        rkey: int,
+        compare: int,
+        swap: int,
+        offset: int = 0,
+        wr_id: int = 0,
+    ) -> None: ...
+    def fetch_add(
+        self, mr: RdmaMr, remote_addr: int, rkey: int, add: int, offset: int = 0, wr_id: int = 0
+    ) -> None: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> RdmaQp: ...
+    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...

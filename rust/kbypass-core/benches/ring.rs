@@ -9,12 +9,12 @@
 //!
 //! Cases: `1thread/bulkN` enqueues N then dequeues N on one thread (the ring stays hot in L1:
 //! this is the per-operation cost); `2threads/bulkN` moves items from a producer pinned to one
-//! CPU to a consumer pinned to another. crossbeam's ArrayQueue has no bulk API, so its "bulk"
-//! is N single pushes/pops. At the end a summary prints cycles per element (TSC ticks) for
-//! single-thread bulk 32, measured with rdtsc in the same run.
+//! CPU to a consumer pinned to another, 64 Ki items per iteration (burst calls of N). crossbeam's
+//! ArrayQueue has no bulk API, so its "bulk" is N single pushes/pops. At the end a summary
+//! prints cycles per element (TSC ticks) for single-thread bulk 32, measured with rdtsc in the
+//! same run.
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
@@ -32,18 +32,28 @@ fn measurement() -> Duration {
     Duration::from_millis(ms)
 }
 
-fn pin(cpu: usize) {
+/// Pin the calling thread to `cpus` (new threads inherit it).
+fn pin_to(cpus: impl IntoIterator<Item = usize>) {
     // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET and sched_setaffinity only touch
     // the set we own and the calling thread's affinity.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
+        for cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
+fn pin(cpu: usize) {
+    pin_to([cpu]);
+}
+
+/// Online CPUs (not `available_parallelism`, which shrinks once this thread is pinned).
 fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    n.max(1) as usize
 }
 
 /// One-thread round trip: enqueue n, dequeue n.
@@ -122,20 +132,31 @@ fn one_thread(c: &mut Criterion) {
     }
 }
 
+/// Items moved per criterion iteration in the two-thread cases: large enough that thread
+/// start-up and the start signal are noise.
+const XFER: u64 = 1 << 16;
+
 /// Move `total` items from a producer thread (pinned to CPU 0) to this thread (CPU 1) in
-/// batches of `n`; returns the elapsed time.
+/// batches of `n`; returns the elapsed time. Both threads spin (no futex wake-up) at the start.
 fn transfer<P, C>(total: u64, n: usize, mut produce: P, mut consume: C) -> Duration
 where
     P: FnMut(&[u64]) -> usize + Send,
     C: FnMut(&mut [u64]) -> usize,
 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let ready = AtomicU32::new(0);
+    // Spawn from an unpinned thread: a producer inheriting the consumer's CPU would wait behind
+    // the spinning consumer for a whole time slice before it could move itself.
+    pin_to(0..cpus());
     std::thread::scope(|s| {
-        let start = Arc::new(std::sync::Barrier::new(2));
-        let st = Arc::clone(&start);
+        let ready = &ready;
         s.spawn(move || {
             pin(0);
             let batch: Vec<u64> = (0..n as u64).collect();
-            st.wait();
+            ready.fetch_add(1, Ordering::AcqRel);
+            while ready.load(Ordering::Acquire) < 2 {
+                std::hint::spin_loop();
+            }
             let mut sent = 0u64;
             while sent < total {
                 let k = ((total - sent) as usize).min(n);
@@ -146,10 +167,13 @@ where
                 }
             }
         });
-        pin(1 % cpus());
         let mut buf = vec![0u64; n];
-        start.wait();
+        while ready.load(Ordering::Acquire) < 1 {
+            std::thread::yield_now();
+        }
+        pin(1 % cpus());
         let t0 = Instant::now();
+        ready.store(2, Ordering::Release);
         let mut got = 0u64;
         while got < total {
             let m = consume(&mut buf);
@@ -167,14 +191,15 @@ fn two_threads(c: &mut Criterion) {
     }
     for n in SIZES {
         let mut g = c.benchmark_group(format!("ring/2threads/bulk{n}"));
-        g.throughput(Throughput::Elements(n as u64));
+        g.throughput(Throughput::Elements(XFER));
+        g.sample_size(10);
         for mode in [Mode::Spsc, Mode::Mpmc] {
             g.bench_function(format!("kbypass-{mode}"), |b| {
                 b.iter_custom(|iters| {
                     let r = Ring::<u64>::new(CAP, mode).unwrap();
                     let (mut tx, mut rx) = (r.producer().unwrap(), r.consumer().unwrap());
                     transfer(
-                        iters * n as u64,
+                        iters * XFER,
                         n,
                         move |s| tx.enqueue_burst(s),
                         move |d| rx.dequeue_burst(d),
@@ -186,7 +211,7 @@ fn two_threads(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let (mut p, mut q) = rtrb::RingBuffer::<u64>::new(CAP);
                 transfer(
-                    iters * n as u64,
+                    iters * XFER,
                     n,
                     move |s| p.push_partial_slice(s).0.len(),
                     move |d| q.pop_partial_slice(d).0.len(),
@@ -198,7 +223,7 @@ fn two_threads(c: &mut Criterion) {
                 let q = ArrayQueue::<u64>::new(CAP);
                 let q = &q;
                 transfer(
-                    iters * n as u64,
+                    iters * XFER,
                     n,
                     move |s| s.iter().take_while(|&&v| q.push(v).is_ok()).count(),
                     move |d| {

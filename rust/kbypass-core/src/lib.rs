@@ -8,6 +8,7 @@ pub mod cpu;
 pub mod error;
 pub mod mem;
 pub mod packet;
+pub mod rdma;
 pub mod ring;
 pub mod sys;
 pub mod traffic;

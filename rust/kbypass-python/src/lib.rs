@@ -11,6 +11,8 @@ mod mem;
 mod mempool;
 mod netns;
 mod packet;
+mod rdma;
+mod ring;
 mod traffic;
 mod xdp;
 
@@ -22,8 +24,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     packet::register(m)?;
     mem::register(m)?;
     mempool::register(m)?;
+    ring::register(m)?;
     cpu::register(m)?;
     xdp::register(m)?;
     traffic::register(m)?;
+    rdma::register(m)?;
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::layout::Side;
-use super::ops::Amount;
+use super::ops::{Amount, Cursor};
 use super::raw::RawRing;
 use super::wait::Backoff;
 use super::Ring;
@@ -58,12 +58,20 @@ fn request(len: usize, capacity: u32, amount: Amount) -> Option<u32> {
 }
 
 /// The producer side of a [`Ring`]. `Send`, not `Sync`: one thread uses it at a time.
-#[derive(Debug)]
 pub struct Producer<T: Copy> {
-    ring: Arc<Ring<T>>,
+    raw: RawRing<T>,
+    cur: Cursor,
     single: bool,
-    /// Single producer: last seen consumer tail.
-    cached: u32,
+    ring: Arc<Ring<T>>,
+}
+
+impl<T: Copy> std::fmt::Debug for Producer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer")
+            .field("ring", &self.ring)
+            .field("single", &self.single)
+            .finish()
+    }
 }
 
 impl<T: Copy> Producer<T> {
@@ -72,11 +80,16 @@ impl<T: Copy> Producer<T> {
         if single {
             claim(&ring.raw().hdr().prod, ring.mode().as_str(), "producer")?;
         }
-        let cached = ring.raw().hdr().cons.tail.load(Acquire);
+        let h = ring.raw().hdr();
+        let cur = Cursor {
+            head: h.prod.tail.load(Acquire),
+            other: h.cons.tail.load(Acquire),
+        };
         Ok(Producer {
-            ring,
+            raw: ring.raw().alias(),
+            cur,
             single,
-            cached,
+            ring,
         })
     }
 
@@ -87,13 +100,13 @@ impl<T: Copy> Producer<T> {
 
     #[inline(always)]
     fn enqueue(&mut self, items: &[T], amount: Amount) -> usize {
-        let raw: &RawRing<T> = self.ring.raw();
+        let raw = &self.raw;
         let Some(n) = request(items.len(), raw.capacity(), amount) else {
             raw.hdr().prod.short.fetch_add(1, Relaxed);
             return 0;
         };
         let (head, m) = if self.single {
-            raw.sp_claim(n, amount, &mut self.cached)
+            raw.sp_claim(n, amount, &mut self.cur)
         } else {
             raw.mp_claim(n, amount)
         };
@@ -107,7 +120,7 @@ impl<T: Copy> Producer<T> {
         // the owner claim plus room computed from the consumer tail, on a multi side by the CAS.
         unsafe { raw.write(head, &items[..m as usize]) };
         if self.single {
-            RawRing::<T>::single_publish(&raw.hdr().prod, head, m);
+            RawRing::<T>::single_publish(&raw.hdr().prod, &mut self.cur, m);
         } else {
             RawRing::<T>::multi_publish(&raw.hdr().prod, head, m);
         }
@@ -169,9 +182,9 @@ impl<T: Copy> Producer<T> {
             self.single,
             "reserve/commit needs a single-producer ring (Mode::Spsc or Mode::Spmc)"
         );
-        let raw = self.ring.raw();
+        let raw = &self.raw;
         let (head, m) = match request(n, raw.capacity(), amount) {
-            Some(n) => raw.sp_claim(n, amount, &mut self.cached),
+            Some(n) => raw.sp_claim(n, amount, &mut self.cur),
             None => (0, 0),
         };
         if (m as usize) < n {
@@ -181,9 +194,10 @@ impl<T: Copy> Producer<T> {
         // [head, head + m) free; the slices borrow `self` mutably, so no other enqueue can run
         // until they are gone.
         let (first, second) = unsafe { raw.slots_mut(head, m as usize) };
+        debug_assert_eq!(head, self.cur.head);
         WriteSlots {
-            ring: &self.ring,
-            head,
+            side: &raw.hdr().prod,
+            cur: &mut self.cur,
             first,
             second,
         }
@@ -201,8 +215,8 @@ impl<T: Copy> Drop for Producer<T> {
 /// Slots reserved by [`Producer::reserve`]: write them, then [`commit`](WriteSlots::commit).
 /// Dropping without committing publishes nothing.
 pub struct WriteSlots<'a, T: Copy> {
-    ring: &'a Ring<T>,
-    head: u32,
+    side: &'a Side,
+    cur: &'a mut Cursor,
     /// Slots up to the end of the ring.
     pub first: &'a mut [MaybeUninit<T>],
     /// Slots from the start of the ring, when the reservation wraps.
@@ -240,17 +254,25 @@ impl<T: Copy> WriteSlots<'_, T> {
             "commit({n}) exceeds the {} reserved slots",
             self.len()
         );
-        RawRing::<T>::single_publish(&self.ring.raw().hdr().prod, self.head, n as u32);
+        RawRing::<T>::single_publish(self.side, self.cur, n as u32);
     }
 }
 
 /// The consumer side of a [`Ring`]. `Send`, not `Sync`: one thread uses it at a time.
-#[derive(Debug)]
 pub struct Consumer<T: Copy> {
-    ring: Arc<Ring<T>>,
+    raw: RawRing<T>,
+    cur: Cursor,
     single: bool,
-    /// Single consumer: last seen producer tail.
-    cached: u32,
+    ring: Arc<Ring<T>>,
+}
+
+impl<T: Copy> std::fmt::Debug for Consumer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("ring", &self.ring)
+            .field("single", &self.single)
+            .finish()
+    }
 }
 
 impl<T: Copy> Consumer<T> {
@@ -259,11 +281,16 @@ impl<T: Copy> Consumer<T> {
         if single {
             claim(&ring.raw().hdr().cons, ring.mode().as_str(), "consumer")?;
         }
-        let cached = ring.raw().hdr().prod.tail.load(Acquire);
+        let h = ring.raw().hdr();
+        let cur = Cursor {
+            head: h.cons.tail.load(Acquire),
+            other: h.prod.tail.load(Acquire),
+        };
         Ok(Consumer {
-            ring,
+            raw: ring.raw().alias(),
+            cur,
             single,
-            cached,
+            ring,
         })
     }
 
@@ -274,13 +301,13 @@ impl<T: Copy> Consumer<T> {
 
     #[inline(always)]
     fn claim(&mut self, n: usize, amount: Amount) -> (u32, u32) {
-        let raw = self.ring.raw();
+        let raw = &self.raw;
         let Some(k) = request(n, raw.capacity(), amount) else {
             raw.hdr().cons.short.fetch_add(1, Relaxed);
             return (0, 0);
         };
         let (head, m) = if self.single {
-            raw.sc_claim(k, amount, &mut self.cached)
+            raw.sc_claim(k, amount, &mut self.cur)
         } else {
             raw.mc_claim(k, amount)
         };
@@ -296,11 +323,11 @@ impl<T: Copy> Consumer<T> {
         if m == 0 {
             return 0;
         }
-        let raw = self.ring.raw();
+        let raw = &self.raw;
         // SAFETY: the claim gave this handle the published slots [head, head + m).
         unsafe { raw.read(head, &mut out[..m as usize]) };
         if self.single {
-            RawRing::<T>::single_publish(&raw.hdr().cons, head, m);
+            RawRing::<T>::single_publish(&raw.hdr().cons, &mut self.cur, m);
         } else {
             RawRing::<T>::multi_publish(&raw.hdr().cons, head, m);
         }
@@ -326,12 +353,12 @@ impl<T: Copy> Consumer<T> {
         if m == 0 {
             return None;
         }
-        let raw = self.ring.raw();
+        let raw = &self.raw;
         // SAFETY: the claim gave this handle the published slot `head`.
         let (first, _) = unsafe { raw.slots(head, 1) };
         let item = first[0];
         if self.single {
-            RawRing::<T>::single_publish(&raw.hdr().cons, head, 1);
+            RawRing::<T>::single_publish(&raw.hdr().cons, &mut self.cur, 1);
         } else {
             RawRing::<T>::multi_publish(&raw.hdr().cons, head, 1);
         }
@@ -398,10 +425,11 @@ impl<T: Copy> Consumer<T> {
         // SAFETY: this handle is the only consumer (owner claim) and [head, head + m) is
         // published; the slices borrow `self` mutably, so no dequeue runs until they are gone,
         // and the producer cannot reuse the slots before `release` moves the tail.
-        let (first, second) = unsafe { self.ring.raw().slots(head, m as usize) };
+        let (first, second) = unsafe { self.raw.slots(head, m as usize) };
+        debug_assert_eq!(head, self.cur.head);
         ReadSlots {
-            ring: &self.ring,
-            head,
+            side: &self.raw.hdr().cons,
+            cur: &mut self.cur,
             first,
             second,
         }
@@ -419,8 +447,8 @@ impl<T: Copy> Drop for Consumer<T> {
 /// Items seen by [`Consumer::peek`]: read them, then [`release`](ReadSlots::release) the slots.
 /// Dropping without releasing leaves them in the ring.
 pub struct ReadSlots<'a, T: Copy> {
-    ring: &'a Ring<T>,
-    head: u32,
+    side: &'a Side,
+    cur: &'a mut Cursor,
     /// Items up to the end of the ring.
     pub first: &'a [T],
     /// Items from the start of the ring, when the range wraps.
@@ -456,6 +484,6 @@ impl<T: Copy> ReadSlots<'_, T> {
             "release({n}) exceeds the {} peeked items",
             self.len()
         );
-        RawRing::<T>::single_publish(&self.ring.raw().hdr().cons, self.head, n as u32);
+        RawRing::<T>::single_publish(self.side, self.cur, n as u32);
     }
 }

@@ -41,7 +41,8 @@ pub struct Meta {
 /// One side (producer or consumer) of the ring.
 #[repr(C, align(128))]
 pub struct Side {
-    /// Next index to claim (MP/MC: moved by CAS before the slots are touched).
+    /// Next index to claim (multi sides: moved by CAS before the slots are touched; single
+    /// sides keep their head in the handle and leave this at 0).
     pub head: AtomicU32,
     /// Index up to which this side has finished; the other side reads it with Acquire.
     pub tail: AtomicU32,

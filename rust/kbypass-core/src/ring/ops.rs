@@ -9,14 +9,22 @@
 //! ours is published), and Release-store `tail = old + n`. The other side sees our slots once
 //! it Acquire-loads that tail.
 //!
-//! *Single* side (SP/SC): nobody else moves our head, so there is no CAS and head == tail; the
-//! handle also caches the other side's tail and reloads it only when the cached value says
+//! *Single* side (SP/SC): nobody else moves our head, so there is no CAS; the handle keeps its
+//! head privately (the shared `head` field is unused, `tail` is published) and also caches the other side's tail and reloads it only when the cached value says
 //! there is not enough room, which keeps the other side's cache line out of the fast path.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use super::layout::Side;
 use super::raw::RawRing;
+
+/// A single side's private view: its own head (== its tail, which only it writes) and the last
+/// tail it saw of the other side.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Cursor {
+    pub head: u32,
+    pub other: u32,
+}
 
 /// Bulk (all or nothing) or burst (as many as fit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,48 +119,33 @@ impl<T> RawRing<T> {
         side.tail.store(old.wrapping_add(n), Release);
     }
 
-    /// SP: how many of `n` slots are free from our tail, refreshing `cached_cons_tail` if needed.
+    /// SP: how many of `n` slots are free from our head, refreshing the cached consumer tail if needed.
     #[inline(always)]
-    pub(crate) fn sp_claim(
-        &self,
-        n: u32,
-        amount: Amount,
-        cached_cons_tail: &mut u32,
-    ) -> (u32, u32) {
-        let h = self.hdr();
-        let head = h.prod.tail.load(Relaxed);
-        let mut room = self.room(head, *cached_cons_tail);
+    pub(crate) fn sp_claim(&self, n: u32, amount: Amount, cur: &mut Cursor) -> (u32, u32) {
+        let mut room = self.room(cur.head, cur.other);
         if room < n {
-            *cached_cons_tail = h.cons.tail.load(Acquire);
-            room = self.room(head, *cached_cons_tail);
+            cur.other = self.hdr().cons.tail.load(Acquire);
+            room = self.room(cur.head, cur.other);
         }
-        (head, fit(n, room, amount))
+        (cur.head, fit(n, room, amount))
     }
 
-    /// SC: how many of `n` items are published beyond our tail, refreshing `cached_prod_tail`.
+    /// SC: how many of `n` items are published beyond our head, refreshing the cached producer tail.
     #[inline(always)]
-    pub(crate) fn sc_claim(
-        &self,
-        n: u32,
-        amount: Amount,
-        cached_prod_tail: &mut u32,
-    ) -> (u32, u32) {
-        let h = self.hdr();
-        let head = h.cons.tail.load(Relaxed);
-        let mut avail = cached_prod_tail.wrapping_sub(head);
+    pub(crate) fn sc_claim(&self, n: u32, amount: Amount, cur: &mut Cursor) -> (u32, u32) {
+        let mut avail = cur.other.wrapping_sub(cur.head);
         if avail < n {
-            *cached_prod_tail = h.prod.tail.load(Acquire);
-            avail = cached_prod_tail.wrapping_sub(head);
+            cur.other = self.hdr().prod.tail.load(Acquire);
+            avail = cur.other.wrapping_sub(cur.head);
         }
-        (head, fit(n, avail, amount))
+        (cur.head, fit(n, avail, amount))
     }
 
     /// SP/SC: publish `n` items (producer) or free `n` slots (consumer) from `head`.
     #[inline(always)]
-    pub(crate) fn single_publish(side: &Side, head: u32, n: u32) {
-        let new = head.wrapping_add(n);
-        side.head.store(new, Relaxed);
-        side.tail.store(new, Release);
+    pub(crate) fn single_publish(side: &Side, cur: &mut Cursor, n: u32) {
+        cur.head = cur.head.wrapping_add(n);
+        side.tail.store(cur.head, Release);
     }
 
     /// Items in the ring now (a snapshot; exact when both sides are idle).

@@ -52,6 +52,16 @@ impl<T> RawRing<T> {
         }
     }
 
+    /// A second set of the same pointers, for a handle that also holds the owning `Ring` (so
+    /// the memory outlives the copy); saves the hot path the hop through the `Arc`.
+    pub(crate) fn alias(&self) -> Self {
+        RawRing {
+            hdr: self.hdr,
+            slots: self.slots,
+            mask: self.mask,
+        }
+    }
+
     /// The shared header.
     #[inline(always)]
     pub(crate) fn hdr(&self) -> &Header {

@@ -494,3 +494,108 @@ fn stress_single_items_mpmc() {
     let n = 3 * PER;
     assert_eq!(sum, n * (n - 1) / 2);
 }
+
+// ---- property test: any sequence of operations behaves like a bounded VecDeque ----
+
+#[derive(Clone, Debug)]
+enum Op {
+    EnqBulk(usize),
+    EnqBurst(usize),
+    DeqBulk(usize),
+    DeqBurst(usize),
+    Push,
+    Pop,
+    ReserveCommit(usize, usize),
+    PeekRelease(usize, usize),
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (0usize..40).prop_map(Op::EnqBulk),
+        (0usize..40).prop_map(Op::EnqBurst),
+        (0usize..40).prop_map(Op::DeqBulk),
+        (0usize..40).prop_map(Op::DeqBurst),
+        Just(Op::Push),
+        Just(Op::Pop),
+        (0usize..20, 0usize..20).prop_map(|(a, b)| Op::ReserveCommit(a, b)),
+        (0usize..20, 0usize..20).prop_map(|(a, b)| Op::PeekRelease(a, b)),
+    ]
+}
+
+proptest::proptest! {
+    #[test]
+    fn behaves_like_a_bounded_deque(
+        cap_log in 0u32..6,
+        multi in proptest::bool::ANY,
+        ops in proptest::collection::vec(op(), 1..200),
+    ) {
+        use std::collections::VecDeque;
+        let cap = 1usize << cap_log;
+        let mode = if multi { Mode::Mpmc } else { Mode::Spsc };
+        let r = Ring::<u64>::new(cap, mode).unwrap();
+        let (mut tx, mut rx) = (r.producer().unwrap(), r.consumer().unwrap());
+        let mut model: VecDeque<u64> = VecDeque::new();
+        let mut next = 0u64;
+        let mut buf = vec![0u64; 64];
+        for op in ops {
+            match op {
+                Op::EnqBulk(n) | Op::EnqBurst(n) => {
+                    let items: Vec<u64> = (next..next + n as u64).collect();
+                    let free = cap - model.len();
+                    let (got, want) = if matches!(op, Op::EnqBulk(_)) {
+                        (tx.enqueue_bulk(&items), if n <= free { n } else { 0 })
+                    } else {
+                        (tx.enqueue_burst(&items), n.min(free))
+                    };
+                    proptest::prop_assert_eq!(got, want);
+                    model.extend(&items[..got]);
+                    next += got as u64;
+                }
+                Op::DeqBulk(n) | Op::DeqBurst(n) => {
+                    let (got, want) = if matches!(op, Op::DeqBulk(_)) {
+                        (rx.dequeue_bulk(&mut buf[..n]), if n <= model.len() { n } else { 0 })
+                    } else {
+                        (rx.dequeue_burst(&mut buf[..n]), n.min(model.len()))
+                    };
+                    proptest::prop_assert_eq!(got, want);
+                    let expect: Vec<u64> = model.drain(..got).collect();
+                    proptest::prop_assert_eq!(&buf[..got], &expect[..]);
+                }
+                Op::Push => {
+                    let ok = tx.push(next);
+                    proptest::prop_assert_eq!(ok, model.len() < cap);
+                    if ok {
+                        model.push_back(next);
+                        next += 1;
+                    }
+                }
+                Op::Pop => proptest::prop_assert_eq!(rx.pop(), model.pop_front()),
+                Op::ReserveCommit(n, k) if !multi => {
+                    let mut w = tx.reserve_up_to(n);
+                    proptest::prop_assert_eq!(w.len(), n.min(cap - model.len()));
+                    let k = k.min(w.len());
+                    for i in 0..k {
+                        w.write(i, next + i as u64);
+                    }
+                    w.commit(k);
+                    model.extend(next..next + k as u64);
+                    next += k as u64;
+                }
+                Op::PeekRelease(n, k) if !multi => {
+                    let p = rx.peek_up_to(n);
+                    proptest::prop_assert_eq!(p.len(), n.min(model.len()));
+                    for (i, &want) in model.iter().take(p.len()).enumerate() {
+                        proptest::prop_assert_eq!(p.get(i), want);
+                    }
+                    let k = k.min(p.len());
+                    p.release(k);
+                    model.drain(..k);
+                }
+                Op::ReserveCommit(..) | Op::PeekRelease(..) => {}
+            }
+            proptest::prop_assert_eq!(r.len(), model.len());
+            proptest::prop_assert_eq!(r.free(), cap - model.len());
+        }
+    }
+}

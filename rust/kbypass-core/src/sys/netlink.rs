@@ -389,6 +389,47 @@ pub fn xdp_query(ifindex: u32) -> Result<XdpQuery> {
     Ok(q)
 }
 
+const IFLA_MTU: u16 = 4;
+const IFLA_NUM_TX_QUEUES: u16 = 31;
+const IFLA_NUM_RX_QUEUES: u16 = 32;
+
+/// MTU and queue counts of a link, read with `RTM_GETLINK` in the calling thread's network
+/// namespace (unlike /sys, which shows the namespace it was mounted in).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// MTU in bytes.
+    pub mtu: u32,
+    /// RX queues.
+    pub rx_queues: u32,
+    /// TX queues.
+    pub tx_queues: u32,
+}
+
+/// [`LinkInfo`] of `ifindex`.
+pub fn link_info(ifindex: u32) -> Result<LinkInfo> {
+    let body = ifinfomsg(ifindex);
+    let what = format!("netlink RTM_GETLINK ifindex {ifindex}");
+    let replies = Rtnl::open()?
+        .request(libc::RTM_GETLINK, 0, &body, &what)
+        .map_err(|e| match e.errno() {
+            Some(libc::ENODEV) => Error::NotFound(format!("no such interface index: {ifindex}")),
+            _ => e,
+        })?;
+    let mut info = LinkInfo::default();
+    for msg in replies {
+        let Some(rest) = msg.get(16..) else { continue };
+        for (ty, v) in attrs(rest) {
+            match ty {
+                IFLA_MTU => info.mtu = u32_of(v).unwrap_or(0),
+                IFLA_NUM_RX_QUEUES => info.rx_queues = u32_of(v).unwrap_or(0),
+                IFLA_NUM_TX_QUEUES => info.tx_queues = u32_of(v).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    Ok(info)
+}
+
 /// Run `f` on a new thread inside a fresh, private network namespace (only a down loopback in
 /// it); the namespace disappears when the thread ends. Used by probes that must not touch real
 /// interfaces. Needs CAP_SYS_ADMIN.
@@ -415,6 +456,15 @@ pub fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'stati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_info_of_loopback() {
+        let i = link_info(1).unwrap();
+        assert!(
+            i.mtu >= 1500 && i.rx_queues >= 1 && i.tx_queues >= 1,
+            "{i:?}"
+        );
+    }
 
     #[test]
     fn attrs_roundtrip() {

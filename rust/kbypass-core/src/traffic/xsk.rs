@@ -82,14 +82,26 @@ pub fn tx_flood(
     let mut out = vec![0u64; batch];
     let mut sent = 0u64;
     let start = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut spins = 0u32;
     while sent < count {
-        sock.complete();
+        if sock.complete() > 0 {
+            last_progress = Instant::now();
+        }
         let want = batch.min((count - sent) as usize);
         let got = sock.alloc(&mut out[..want]);
         if got == 0 {
+            spins += 1;
+            if spins % 1024 == 0 && last_progress.elapsed() > std::time::Duration::from_secs(1) {
+                return Err(Error::State(format!(
+                    "TX stalled after {sent} frames: no free frames and no completions for 1 s (is the interface up? frames in use: {:?})",
+                    sock.account()
+                )));
+            }
             std::hint::spin_loop();
             continue;
         }
+        last_progress = Instant::now();
         for (d, &a) in descs.iter_mut().zip(&out[..got]) {
             *d = XdpDesc {
                 addr: a,

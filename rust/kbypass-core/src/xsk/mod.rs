@@ -1,9 +1,13 @@
 //! AF_XDP: the UMEM (frames from a [`crate::mem::Mempool`]), the four rings, and sockets.
 
+pub mod port;
 pub mod ring;
 pub mod socket;
+#[cfg(test)]
+mod tests;
 pub mod umem;
 
+pub use port::{PortConfig, Queues, XskPort};
 pub use ring::{ConsRing, ProdRing, RingOffsets};
 pub use socket::{BindMode, BusyPoll, FrameAccount, SocketConfig, XskCounters, XskSocket};
 pub use umem::{FrameState, Umem, UmemConfig, XDP_PACKET_HEADROOM};

@@ -175,6 +175,10 @@ pub struct XskSocket {
     multi_buffer: bool,
     counters: XskCounters,
     notes: Vec<String>,
+    /// Frames this socket has on its receive side (fill ring, kernel, RX ring).
+    rx_outstanding: u32,
+    /// At most this many: the rest of the UMEM stays free for sending and other sockets.
+    fill_target: u32,
 }
 
 const BATCH: usize = 64;
@@ -226,6 +230,8 @@ impl XskSocket {
                     multi_buffer: cfg.multi_buffer,
                     counters: XskCounters::default(),
                     notes,
+                    rx_outstanding: 0,
+                    fill_target: cfg.fill_size.min(umem.frames() / 2),
                 };
                 s.refill();
                 Ok(s)
@@ -427,9 +433,11 @@ impl XskSocket {
         self.fd().statistics()
     }
 
-    /// Put as many free frames on the FILL ring as it and the pool allow; returns how many.
+    /// Put free frames on the FILL ring, up to the ring's room and this socket's share of the
+    /// UMEM (half of it, so that sending and other sockets always have frames); returns how many.
     pub fn refill(&mut self) -> u32 {
-        let room = self.fill.free(self.fill.size()) as usize;
+        let share = self.fill_target.saturating_sub(self.rx_outstanding);
+        let room = self.fill.free(self.fill.size()).min(share) as usize;
         if room == 0 {
             return 0;
         }
@@ -451,13 +459,14 @@ impl XskSocket {
                 .write(idx.wrapping_add(i as u32), self.umem.frame_addr(f));
         }
         self.fill.submit(got as u32);
+        self.rx_outstanding += got as u32;
         got as u32
     }
 
     /// Receive up to `out.len()` descriptors (addresses are UMEM offsets of packet data).
     /// The frames are the application's until it releases or sends them.
     pub fn recv(&mut self, out: &mut [XdpDesc]) -> usize {
-        if self.fill.free(BATCH as u32) as usize >= BATCH {
+        if self.fill_target.saturating_sub(self.rx_outstanding) as usize >= BATCH {
             self.refill();
         }
         let (idx, n) = self.rx.peek(out.len() as u32);
@@ -490,6 +499,7 @@ impl XskSocket {
             }
         }
         self.rx.release(n);
+        self.rx_outstanding = self.rx_outstanding.saturating_sub(n);
         k
     }
 
@@ -508,7 +518,8 @@ impl XskSocket {
     /// rest to the pool. `addrs` may point anywhere inside the frames. Returns how many were
     /// taken; frames the application does not hold are refused and counted as invalid.
     pub fn release(&mut self, addrs: &[u64]) -> usize {
-        let room = self.fill.free(addrs.len() as u32) as usize;
+        let share = self.fill_target.saturating_sub(self.rx_outstanding);
+        let room = self.fill.free(addrs.len() as u32).min(share) as usize;
         let (idx, _) = self.fill.reserve_burst(room.min(addrs.len()) as u32);
         let mut to_fill = 0u32;
         let mut to_pool = 0usize;
@@ -544,6 +555,7 @@ impl XskSocket {
         let reserved = room.min(addrs.len()) as u32;
         self.fill.cancel(reserved - to_fill);
         self.fill.submit(to_fill);
+        self.rx_outstanding += to_fill;
         self.flush_scratch_to_pool(to_pool);
         taken
     }

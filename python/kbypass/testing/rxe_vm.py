@@ -1,0 +1,996 @@
+"""A soft-RoCE virtual machine: real verbs devices (``rdma_rxe``) for tests, on any Linux host.
+
+The host kernel may have no RDMA stack and may not be allowed to load modules, so this module
+boots Debian's stock kernel under qemu (TCG, or KVM where it really works), loads ``rdma_rxe``
+there and runs commands inside. The VM sees the host's root file system read-only over 9p
+(with a throw-away tmpfs overlay on top), so the host's rdma-core, perftest, Python and
+virtualenvs run as they are; extra host folders (a checkout, a results folder) can be shared
+writable at the same path.
+
+Everything it downloads or builds lives in a cache folder (``~/.cache/kbypass/rxe-vm``, or
+``$KBYPASS_RXE_CACHE``): Debian's current ``linux-image-6.1.*-amd64`` package fetched with
+``apt-get download`` and unpacked with ``dpkg -x`` (never installed), the uncompressed
+``vmlinux`` for qemu's fast PVH entry, and an initramfs made of ``busybox-static``, the kernel
+modules in dependency order and an init script. Both are rebuilt only when their inputs change.
+
+One boot serves many commands: the VM runs a small loop that picks up jobs from a shared
+control folder, so a pytest session fixture boots once and runs every RDMA test inside.
+
+Example::
+
+    from kbypass.testing.rxe_vm import RxeVm
+
+    with RxeVm() as vm:                      # boots (about 10 s under TCG)
+        print(vm.run("rdma link").stdout)    # link rxe0/1 state ACTIVE ...
+        print(vm.run(["ibv_devinfo", "-d", "rxe0"]).stdout)
+
+Command line::
+
+    python -m kbypass.testing.rxe_vm prepare            # download and build, no boot
+    python -m kbypass.testing.rxe_vm run -- ibv_devinfo  # boot, run, power off
+    python -m kbypass.testing.rxe_vm run --share "$PWD" -- sh -c 'cd "$PWD" && pytest -m rdma'
+    python -m kbypass.testing.rxe_vm info               # what is cached, which accelerator
+
+Host packages (Debian): ``qemu-system-x86 busybox-static rdma-core ibverbs-providers
+ibverbs-utils perftest rdmacm-utils iproute2`` (see ``.ci/install-system-deps``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import itertools
+import lzma
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Callable
+
+__all__ = [
+    "CommandResult",
+    "Job",
+    "RxeVm",
+    "RxeVmError",
+    "default_cache_dir",
+    "extract_vmlinux",
+    "missing_host_tools",
+    "prepare",
+]
+
+#: Kernel modules the VM loads, in an order that already satisfies their symbol dependencies;
+#: ``modules.dep`` adds whatever else they need (virtio_ring, failover, configfs, ...).
+#: crc32_generic is requested through the crypto API, not a symbol, so nothing else pulls it in.
+VM_MODULES: tuple[str, ...] = (
+    "virtio",
+    "virtio_ring",
+    "virtio_pci",
+    "virtio_net",
+    "9pnet",
+    "9pnet_virtio",
+    "netfs",
+    "fscache",
+    "9p",
+    "overlay",
+    "crc32_generic",
+    "ip6_udp_tunnel",
+    "udp_tunnel",
+    "ib_core",
+    "ib_uverbs",
+    "rdma_rxe",
+    "ib_cm",
+    "iw_cm",
+    "rdma_cm",
+    "rdma_ucm",
+)
+
+#: Debian packages the host needs for the rig (the VM uses the host's root as its own).
+HOST_PACKAGES: tuple[str, ...] = (
+    "qemu-system-x86",
+    "busybox-static",
+    "rdma-core",
+    "ibverbs-providers",
+    "ibverbs-utils",
+    "perftest",
+    "rdmacm-utils",
+    "iproute2",
+)
+
+#: The guest's eth0 address; qemu's user-mode network is moved into 198.18.0.0/24 to match.
+GUEST_ADDRESS = "198.18.0.15/24"
+_USER_NET = "198.18.0.0/24"
+#: Where the control folder appears inside the VM's root.
+GUEST_CONTROL_DIR = "/run/kbypass-rxe"
+#: Bump when the initramfs layout or init script changes in a way hashing would not see.
+_FORMAT = 1
+_QEMU = "qemu-system-x86_64"
+_BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
+
+
+class RxeVmError(RuntimeError):
+    """The rig could not be prepared or booted; the message says what to install or check."""
+
+
+def default_cache_dir() -> Path:
+    """Return the cache folder: ``$KBYPASS_RXE_CACHE`` or ``~/.cache/kbypass/rxe-vm``."""
+    env = os.environ.get("KBYPASS_RXE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kbypass" / "rxe-vm"
+
+
+def _busybox() -> str | None:
+    for p in _BUSYBOX_CANDIDATES:
+        if os.access(p, os.X_OK):
+            return p
+    return None
+
+
+def missing_host_tools() -> list[str]:
+    """Host programs the rig needs that are missing, each with the Debian package that has it.
+
+    An empty list means the rig can be prepared and booted.
+
+    Example::
+
+        >>> missing_host_tools()
+        []
+    """
+    need = {
+        _QEMU: "qemu-system-x86",
+        "apt-get": "apt",
+        "apt-cache": "apt",
+        "dpkg": "dpkg",
+        "rdma": "iproute2",
+        "ibv_devinfo": "ibverbs-utils",
+    }
+    missing = [
+        f"{tool} (apt-get install {pkg})" for tool, pkg in need.items() if not shutil.which(tool)
+    ]
+    if _busybox() is None:
+        missing.append("busybox (apt-get install busybox-static)")
+    return missing
+
+
+# --- kernel image -------------------------------------------------------------------------
+
+_MAGICS: tuple[tuple[bytes, str], ...] = (
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x1f\x8b\x08", "gzip"),
+    (b"BZh", "bzip2"),
+    (b"\x5d\x00\x00", "lzma"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+)
+
+
+def _decompress(data: bytes, kind: str) -> bytes:
+    """Decompress one stream, ignoring whatever follows it (bzImage appends a size field)."""
+    if kind == "xz":
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data)
+    if kind == "lzma":
+        return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(data)
+    if kind == "gzip":
+        import zlib
+
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data)
+    if kind == "bzip2":
+        return bz2.BZ2Decompressor().decompress(data)
+    if kind == "zstd":
+        zstd = shutil.which("zstd")
+        if zstd is None:
+            raise RxeVmError("the kernel is zstd-compressed: apt-get install zstd")
+        out: bytes = subprocess.run(
+            [zstd, "-dc"], input=data, capture_output=True, check=True
+        ).stdout
+        return out
+    raise RxeVmError(f"unknown kernel compression {kind!r}")
+
+
+def extract_vmlinux(bzimage: bytes) -> bytes:
+    """Return the uncompressed ELF ``vmlinux`` inside an x86 ``bzImage``.
+
+    The boot protocol header (``HdrS``, version 2.08+) says where the compressed payload
+    starts; kernels whose header cannot be read are searched for a known compression magic.
+    qemu boots the result through its PVH entry point, skipping the firmware and the
+    in-kernel decompressor.
+
+    Example::
+
+        vmlinux = extract_vmlinux(Path("/boot/vmlinuz-6.1.0-56-amd64").read_bytes())
+        assert vmlinux[:4] == b"\\x7fELF"
+    """
+    candidates: list[int] = []
+    if len(bzimage) > 0x250 and bzimage[0x202:0x206] == b"HdrS":
+        setup_sects = bzimage[0x1F1] or 4
+        version = int.from_bytes(bzimage[0x206:0x208], "little")
+        if version >= 0x208:
+            payload_offset = int.from_bytes(bzimage[0x248:0x24C], "little")
+            candidates.append((setup_sects + 1) * 512 + payload_offset)
+    for magic, _ in _MAGICS:
+        pos = bzimage.find(magic)
+        while pos >= 0 and len(candidates) < 64:
+            candidates.append(pos)
+            pos = bzimage.find(magic, pos + 1)
+    errors: list[str] = []
+    for start in candidates:
+        for magic, kind in _MAGICS:
+            if bzimage.startswith(magic, start):
+                try:
+                    out = _decompress(bzimage[start:], kind)
+                except (lzma.LZMAError, OSError, EOFError, ValueError) as e:
+                    errors.append(f"{kind} at {start:#x}: {e}")
+                    continue
+                if out[:4] == b"\x7fELF":
+                    return out
+                errors.append(f"{kind} at {start:#x}: not an ELF image")
+    raise RxeVmError(
+        "no compressed ELF kernel found in the bzImage"
+        + (f" ({'; '.join(errors[:3])})" if errors else "")
+        + "; is it an x86 bzImage?"
+    )
+
+
+# --- cpio (newc) --------------------------------------------------------------------------
+
+
+class _Cpio:
+    """Writes a ``newc`` cpio archive, the format the kernel unpacks as an initramfs."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._ino = itertools.count(1)
+
+    @staticmethod
+    def _pad(n: int) -> bytes:
+        return b"\0" * (-n % 4)
+
+    def _entry(
+        self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)
+    ) -> None:
+        raw = name.encode() + b"\0"
+        fields = (next(self._ino), mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(raw), 0)
+        header = b"070701" + b"".join(b"%08x" % f for f in fields)
+        self._parts += [header, raw, self._pad(len(header) + len(raw)), data, self._pad(len(data))]
+
+    def directory(self, name: str) -> None:
+        self._entry(name, 0o040755)
+
+    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        self._entry(name, 0o100000 | mode, data)
+
+    def symlink(self, name: str, target: str) -> None:
+        self._entry(name, 0o120777, target.encode())
+
+    def chardev(self, name: str, major: int, minor: int) -> None:
+        self._entry(name, 0o020600, rdev=(major, minor))
+
+    def finish(self) -> bytes:
+        self._entry("TRAILER!!!", 0)
+        return b"".join(self._parts)
+
+
+# --- the guest's init ---------------------------------------------------------------------
+
+_INIT = r"""#!/bin/busybox sh
+# init of the kbypass soft-RoCE VM (generated by kbypass.testing.rxe_vm; do not edit)
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+LOG=/setup.log
+log() { echo "$*" >> $LOG; echo "rxe-vm: $*" > /dev/console; }
+die() { log "FATAL: $*"; [ -d /ctl/jobs ] && cp $LOG /ctl/setup.log; poweroff -f; }
+up() { cut -d' ' -f1 /proc/uptime; }
+while read m; do
+  insmod /lib/modules/$m.ko 2>> $LOG || log "insmod $m failed"
+done < /etc/kbypass-modules
+log "modules loaded at $(up)s"
+O=trans=virtio,version=9p2000.L,msize=262144
+mount -t 9p -o $O kbctl /ctl || die "cannot mount the control share"
+. /ctl/config
+mount -t 9p -o $O,ro,cache=loose hostroot /lower || die "cannot mount the host root"
+R=/newroot
+mount -t tmpfs -o mode=0755 tmpfs /rw && mkdir -p /rw/upper /rw/work
+if ! mount -t overlay overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work $R 2>> $LOG
+then
+  log "overlay failed; the root stays read-only"
+  mount -o bind /lower $R
+fi
+mount -t proc proc $R/proc
+mount -t sysfs sysfs $R/sys
+mount -t devtmpfs devtmpfs $R/dev
+mkdir -p $R/dev/pts $R/dev/shm
+mount -t devpts devpts $R/dev/pts
+mount -t tmpfs -o mode=1777 tmpfs $R/dev/shm
+for d in tmp var/tmp; do mount -t tmpfs -o mode=1777 tmpfs $R/$d; done
+mount -t tmpfs -o mode=0755 tmpfs $R/run
+mkdir -p $R/run/kbypass-rxe $R/run/lock && mount -o bind /ctl $R/run/kbypass-rxe
+i=0
+while [ $i -lt $KB_NSHARES ]; do
+  eval p=\$KB_SHARE_$i
+  mkdir -p "$R$p" 2>> $LOG
+  mount -t 9p -o $O kbshare$i "$R$p" || die "cannot mount share $i at $p"
+  i=$((i+1))
+done
+CLEAN="PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root"
+CLEAN="$CLEAN LANG=C.UTF-8 TERM=dumb KBYPASS_RXE_VM=1"
+inroot() { env -i $CLEAN chroot $R "$@"; }
+ip link set lo up
+ip link set eth0 up || die "no eth0"
+ip addr add $KB_ADDRESS dev eth0
+inroot rdma link add rxe0 type rxe netdev eth0 >> $LOG 2>&1 || die "rdma link add rxe0 failed"
+n=0
+until grep -q ACTIVE /sys/class/infiniband/rxe0/ports/1/state 2> /dev/null; do
+  n=$((n+1)); [ $n -gt 200 ] && die "rxe0 did not become ACTIVE"
+  sleep 0.05
+done
+log "rxe0 ACTIVE at $(up)s"
+cp $LOG /ctl/setup.log
+up > /ctl/ready.tmp && mv /ctl/ready.tmp /ctl/ready
+run_job() {
+  d=/ctl/jobs/$1
+  read t < $d/timeout
+  inroot /bin/sh -c "exec timeout -s KILL $t /bin/sh $GUEST_CTL/jobs/$1/cmd.sh" \
+    < /dev/null > $d/stdout 2> $d/stderr
+  echo $? > $d/rc.tmp && mv $d/rc.tmp $d/rc
+}
+GUEST_CTL=/run/kbypass-rxe
+cd /
+while [ ! -e /ctl/stop ]; do
+  for q in /ctl/queue/*; do
+    [ -e "$q" ] || continue
+    id=${q##*/}
+    rm -f "$q"
+    run_job "$id" &
+  done
+  sleep 0.05
+done
+log "stopping at $(up)s"
+sync
+poweroff -f
+"""
+
+
+# --- preparing the cache ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifacts:
+    """What :func:`prepare` made: the kernel to boot and the initramfs to boot it with."""
+
+    kernel_version: str
+    vmlinux: Path
+    bzimage: Path
+    initramfs: Path
+
+
+def _run(cmd: Sequence[str], cwd: Path | None = None) -> str:
+    try:
+        p = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True)
+    except FileNotFoundError as e:
+        raise RxeVmError(f"{cmd[0]} not found: {e}") from e
+    if p.returncode != 0:
+        raise RxeVmError(f"`{shlex.join(cmd)}` failed ({p.returncode}): {p.stderr.strip()[-800:]}")
+    return p.stdout
+
+
+def resolve_kernel_package() -> str:
+    """Return the kernel package Debian's ``linux-image-amd64`` currently depends on."""
+    out = _run(["apt-cache", "depends", "linux-image-amd64"])
+    found = re.findall(r"Depends:\s*(linux-image-[0-9][^\s]*-amd64)\b", out)
+    if not found:
+        raise RxeVmError(
+            "apt-cache knows no linux-image-amd64 dependency: run `apt-get update` first "
+            "(a Debian host with the main archive is needed)"
+        )
+    name: str = found[0]
+    return name
+
+
+@contextlib.contextmanager
+def _locked(cache: Path) -> Iterator[None]:
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _module_order(moddir: Path, wanted: Sequence[str]) -> list[tuple[str, Path]]:
+    """Dependency-ordered (name, path) for ``wanted`` and everything they need, from modules.dep."""
+    deps: dict[str, list[str]] = {}
+    for line in (moddir / "modules.dep").read_text().splitlines():
+        if ":" in line:
+            mod, rest = line.split(":", 1)
+            deps[mod.strip()] = rest.split()
+    by_name = {_modname(p): p for p in deps}
+    builtin = set()
+    if (moddir / "modules.builtin").exists():
+        builtin = {_modname(p) for p in (moddir / "modules.builtin").read_text().split()}
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(path: str) -> None:
+        if path in seen:
+            return
+        seen.add(path)
+        for dep in deps.get(path, []):
+            visit(dep)
+        order.append(path)
+
+    for name in wanted:
+        if name in builtin:
+            continue
+        if name not in by_name:
+            raise RxeVmError(f"kernel module {name} is neither in modules.dep nor built in")
+        visit(by_name[name])
+    return [(_modname(p), moddir / p) for p in order]
+
+
+def _modname(path: str) -> str:
+    base = path.rsplit("/", 1)[-1]
+    for ext in (".ko.xz", ".ko.zst", ".ko.gz", ".ko"):
+        if base.endswith(ext):
+            base = base[: -len(ext)]
+            break
+    return base.replace("-", "_")
+
+
+def _prepare_kernel(cache: Path, log: Callable[[str], None]) -> tuple[str, Path]:
+    """Download and unpack the kernel package once; returns (version, prepared folder)."""
+    deb_override = os.environ.get("KBYPASS_RXE_KERNEL_DEB")
+    if deb_override:
+        deb = Path(deb_override)
+        pkg = deb.name.split("_", 1)[0]
+    else:
+        pkg = resolve_kernel_package()
+        debs = sorted(cache.glob(f"{pkg}_*.deb"))
+        if not debs:
+            log(f"downloading {pkg} with apt-get download")
+            try:
+                _run(["apt-get", "download", "-q", pkg], cwd=cache)
+            except RxeVmError:
+                if os.geteuid() != 0:
+                    raise
+                # Stale package lists name a version the archive no longer has: refresh once.
+                log("apt-get download failed; running apt-get update and trying again")
+                _run(["apt-get", "update", "-qq"])
+                _run(["apt-get", "download", "-q", resolve_kernel_package()], cwd=cache)
+            debs = sorted(cache.glob(f"{pkg}_*.deb"))
+            if not debs:
+                raise RxeVmError(f"apt-get download {pkg} left no .deb in {cache}")
+        deb = debs[-1]
+    version = pkg.removeprefix("linux-image-")
+    kdir = cache / f"kernel-{deb.stem}"
+    if (kdir / ".complete").exists():
+        return version, kdir
+    log(f"unpacking {deb.name}")
+    tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=cache))
+    try:
+        _run(["dpkg", "-x", str(deb), str(tmp)])
+        moddir = next(
+            (
+                tmp / d / "modules" / version
+                for d in ("lib", "usr/lib")
+                if (tmp / d / "modules" / version).is_dir()
+            ),
+            None,
+        )
+        if moddir is None:
+            raise RxeVmError(f"{deb.name} has no lib/modules/{version}")
+        busybox = _busybox()
+        if busybox is None:
+            raise RxeVmError("busybox is missing: apt-get install busybox-static")
+        _run([busybox, "depmod", "-b", str(moddir.parents[2]), version])
+        mods = _module_order(moddir, VM_MODULES)
+        staging = Path(tempfile.mkdtemp(prefix=".kernel-", dir=cache))
+        (staging / "modules").mkdir()
+        for name, path in mods:
+            shutil.copyfile(path, staging / "modules" / f"{name}.ko")
+        (staging / "modules.order").write_text("".join(f"{n}\n" for n, _ in mods))
+        bz = tmp / "boot" / f"vmlinuz-{version}"
+        shutil.copyfile(bz, staging / "bzImage")
+        (staging / "vmlinux").write_bytes(extract_vmlinux(bz.read_bytes()))
+        (staging / ".complete").write_text(f"{deb.name}\n")
+        if kdir.exists():
+            shutil.rmtree(kdir)
+        staging.rename(kdir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in cache.glob("kernel-*"):
+        if old != kdir and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+    for old_deb in cache.glob("linux-image-*.deb"):
+        if old_deb != deb and not deb_override:
+            old_deb.unlink()
+    return version, kdir
+
+
+def _build_initramfs(cache: Path, kdir: Path, log: Callable[[str], None]) -> Path:
+    busybox = _busybox()
+    if busybox is None:
+        raise RxeVmError("busybox is missing: apt-get install busybox-static")
+    names = (kdir / "modules.order").read_text().split()
+    h = hashlib.sha256(f"{_FORMAT}\n{_INIT}\n{kdir.name}\n{names}\n".encode())
+    st = os.stat(busybox)
+    h.update(f"{busybox}:{st.st_size}:{st.st_mtime_ns}".encode())
+    out = cache / f"initramfs-{h.hexdigest()[:16]}.cpio"
+    if out.exists():
+        return out
+    log(f"building {out.name}")
+    bb = Path(busybox).read_bytes()
+    if b"GLIBC_" in bb[:4096] or b"ld-linux" in bb[:8192]:
+        raise RxeVmError(f"{busybox} is dynamically linked: apt-get install busybox-static")
+    c = _Cpio()
+    for d in (
+        "bin",
+        "dev",
+        "etc",
+        "proc",
+        "sys",
+        "lib",
+        "lib/modules",
+        "ctl",
+        "lower",
+        "rw",
+        "newroot",
+        "tmp",
+        "root",
+    ):
+        c.directory(d)
+    c.chardev("dev/console", 5, 1)
+    c.chardev("dev/null", 1, 3)
+    c.file("bin/busybox", bb, 0o755)
+    c.file("init", _INIT.encode(), 0o755)
+    c.file("etc/kbypass-modules", "".join(f"{n}\n" for n in names).encode())
+    for n in names:
+        c.file(f"lib/modules/{n}.ko", (kdir / "modules" / f"{n}.ko").read_bytes())
+    tmp = out.with_suffix(".tmp")
+    tmp.write_bytes(c.finish())
+    tmp.rename(out)
+    for old in cache.glob("initramfs-*.cpio"):
+        if old != out:
+            old.unlink()
+    return out
+
+
+def prepare(cache_dir: Path | None = None, log: Callable[[str], None] | None = None) -> Artifacts:
+    """Download the kernel and build the initramfs if the cache lacks them; never boots.
+
+    Example::
+
+        art = prepare()
+        print(art.kernel_version, art.vmlinux, art.initramfs)
+    """
+    cache = cache_dir or default_cache_dir()
+    say = log or (lambda _msg: None)
+    with _locked(cache):
+        version, kdir = _prepare_kernel(cache, say)
+        initramfs = _build_initramfs(cache, kdir, say)
+    return Artifacts(version, kdir / "vmlinux", kdir / "bzImage", initramfs)
+
+
+# --- running ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandResult:
+    """The outcome of one command run inside the VM."""
+
+    command: str
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def check(self) -> CommandResult:
+        """Return self, or raise :class:`subprocess.CalledProcessError` if the command failed."""
+        if self.returncode != 0:
+            raise subprocess.CalledProcessError(
+                self.returncode, self.command, self.stdout, self.stderr
+            )
+        return self
+
+
+class Job:
+    """A command started in the VM with :meth:`RxeVm.start`; :meth:`wait` collects it."""
+
+    def __init__(self, vm: RxeVm, jid: str, command: str, timeout: float) -> None:
+        self._vm = vm
+        self.id = jid
+        self.command = command
+        self._timeout = timeout
+        self._t0 = time.monotonic()
+        self._result: CommandResult | None = None
+
+    def done(self) -> bool:
+        """Tell whether the command has finished."""
+        return self._result is not None or (self._vm._jobs / self.id / "rc").exists()
+
+    def wait(self, timeout: float | None = None) -> CommandResult:
+        """Wait for the command and return its result.
+
+        Raises :class:`TimeoutError` after ``timeout`` seconds (default: the job's own timeout
+        plus a margin); the VM kills the command itself when its own timeout passes.
+        """
+        if self._result is not None:
+            return self._result
+        limit = self._t0 + (timeout if timeout is not None else self._timeout + 30.0)
+        d = self._vm._jobs / self.id
+        while not (d / "rc").exists():
+            self._vm._check_alive()
+            if time.monotonic() > limit:
+                raise TimeoutError(
+                    f"command {self.command!r} did not finish in the VM in time; "
+                    f"see {d} and {self._vm.console_log}"
+                )
+            time.sleep(0.02)
+        rc = int((d / "rc").read_text().strip() or "255")
+        self._result = CommandResult(
+            self.command,
+            rc,
+            (d / "stdout").read_text(errors="replace"),
+            (d / "stderr").read_text(errors="replace"),
+            time.monotonic() - self._t0,
+        )
+        return self._result
+
+
+def _cpu_has_virt() -> bool:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set(re.findall(r"^flags\s*:(.*)$", text, re.M)[0].split()) if "flags" in text else set()
+    return bool(flags & {"vmx", "svm"})
+
+
+def choose_accelerators(cache: Path) -> list[str]:
+    """List the accelerators to try, in order.
+
+    ``kvm`` comes first only if the CPU has vmx/svm, /dev/kvm opens, and no earlier boot in
+    this cache found it broken; ``tcg`` always follows. ``$KBYPASS_RXE_ACCEL`` overrides.
+    """
+    forced = os.environ.get("KBYPASS_RXE_ACCEL")
+    if forced:
+        return [forced]
+    if (
+        _cpu_has_virt()
+        and os.access("/dev/kvm", os.R_OK | os.W_OK)
+        and not (cache / "kvm-broken").exists()
+    ):
+        return ["kvm", "tcg"]
+    return ["tcg"]
+
+
+class RxeVm:
+    """A booted soft-RoCE VM that runs commands; boot once, run many.
+
+    ``shares`` are host folders mounted writable at the same path inside the VM (the rest of
+    the host root is visible read-only, with a discarded tmpfs overlay; /tmp, /run and /var/tmp
+    are fresh). Inside, ``rxe0`` on ``eth0`` (198.18.0.15) is ACTIVE before the first command
+    runs; GID index 1 is its IPv4-mapped RoCEv2 GID, and its active MTU is 1024.
+
+    Example::
+
+        with RxeVm(shares=[Path.cwd()]) as vm:
+            r = vm.run("ibv_devices")
+            assert "rxe0" in r.stdout
+            server = vm.start("ibv_rc_pingpong -d rxe0 -g 1")
+            client = vm.run("sleep 1; ibv_rc_pingpong -d rxe0 -g 1 127.0.0.1")
+            assert client.returncode == 0 and server.wait().returncode == 0
+    """
+
+    def __init__(
+        self,
+        *,
+        shares: Sequence[str | os.PathLike[str]] = (),
+        cache_dir: str | os.PathLike[str] | None = None,
+        memory: str = "2G",
+        cpus: int = 2,
+        boot_timeout: float = 300.0,
+        boot_image: str | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.shares = [Path(s).resolve() for s in shares]
+        for s in self.shares:
+            if not s.is_dir():
+                raise FileNotFoundError(f"share {s} is not a folder: create it or drop it")
+        self.memory = memory
+        self.cpus = cpus
+        self.boot_timeout = boot_timeout
+        self.boot_image = boot_image or os.environ.get("KBYPASS_RXE_BOOT", "vmlinux")
+        if self.boot_image not in ("vmlinux", "bzimage"):
+            raise ValueError(
+                f"boot_image must be 'vmlinux' (PVH) or 'bzimage', not {self.boot_image!r}"
+            )
+        self._log = log or (lambda _msg: None)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ctl: Path | None = None
+        self._counter = itertools.count(1)
+        self._lock = threading.Lock()
+        self._console: IO[bytes] | None = None
+        self.accel: str | None = None
+        self.boot_seconds: float | None = None
+        self.guest_boot_seconds: float | None = None
+        self.artifacts: Artifacts | None = None
+
+    # paths inside the control folder
+    @property
+    def _jobs(self) -> Path:
+        assert self._ctl is not None, "the VM is not booted"
+        return self._ctl / "jobs"
+
+    @property
+    def console_log(self) -> Path:
+        """The VM's serial console, for diagnosing a failed boot."""
+        assert self._ctl is not None, "the VM is not booted"
+        return self._ctl / "console.log"
+
+    @property
+    def setup_log(self) -> str:
+        """What the VM's init did (modules, mounts, rxe0), written once it is ready."""
+        assert self._ctl is not None, "the VM is not booted"
+        p = self._ctl / "setup.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+    def __enter__(self) -> RxeVm:
+        self.boot()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _qemu_cmd(self, accel: str, art: Artifacts, ctl: Path) -> list[str]:
+        cmdline = (
+            "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init mitigations=off "
+            "8250.nr_uarts=1 tsc=reliable"
+        )
+        cmd = [
+            _QEMU,
+            "-machine", f"pc,accel={accel}",
+            "-cpu", "max" if accel == "tcg" else "host",
+            "-m", self.memory,
+            "-smp", str(self.cpus),
+            "-nographic", "-nodefaults", "-no-reboot", "-no-user-config",
+            "-serial", "stdio",
+            "-kernel", str(art.vmlinux if self.boot_image == "vmlinux" else art.bzimage),
+            "-initrd", str(art.initramfs),
+            "-append", cmdline,
+            "-netdev", f"user,id=n0,net={_USER_NET},restrict=on",
+            "-device", "virtio-net-pci,netdev=n0",
+            "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,"
+            "multidevs=remap",
+            "-virtfs", f"local,path={ctl},mount_tag=kbctl,security_model=none",
+        ]  # fmt: skip
+        for i, s in enumerate(self.shares):
+            cmd += [
+                "-virtfs",
+                f"local,path={s},mount_tag=kbshare{i},security_model=none,multidevs=remap",
+            ]
+        return cmd
+
+    def boot(self) -> None:
+        """Prepare the cache if needed, start qemu and wait until rxe0 is ACTIVE."""
+        if self._proc is not None:
+            raise RuntimeError("the VM is already booted; close() it first")
+        missing = missing_host_tools()
+        if missing:
+            raise RxeVmError("the soft-RoCE VM needs: " + ", ".join(missing))
+        self.artifacts = prepare(self.cache_dir, self._log)
+        last_error: Exception | None = None
+        for accel in choose_accelerators(self.cache_dir):
+            try:
+                self._boot_with(accel, self.artifacts)
+                return
+            except RxeVmError as e:
+                last_error = e
+                self._teardown(keep=True)
+                if accel == "kvm":
+                    (self.cache_dir / "kvm-broken").write_text(f"{e}\n")
+                    self._log(f"KVM boot failed, falling back to TCG: {e}")
+        assert last_error is not None
+        raise last_error
+
+    def _boot_with(self, accel: str, art: Artifacts) -> None:
+        runs = self.cache_dir / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        # Control folders of runs that died without close() (killed test sessions).
+        for old in runs.glob("run-*"):
+            with contextlib.suppress(OSError):
+                if time.time() - old.stat().st_mtime > 86400:
+                    shutil.rmtree(old, ignore_errors=True)
+        ctl = Path(tempfile.mkdtemp(prefix="run-", dir=runs))
+        self._ctl = ctl
+        (ctl / "jobs").mkdir()
+        (ctl / "queue").mkdir()
+        lines = [f"KB_ADDRESS={GUEST_ADDRESS}", f"KB_NSHARES={len(self.shares)}"]
+        lines += [f"KB_SHARE_{i}={shlex.quote(str(s))}" for i, s in enumerate(self.shares)]
+        (ctl / "config").write_text("\n".join(lines) + "\n")
+        self._console = open(ctl / "console.log", "wb")
+        t0 = time.monotonic()
+        self.accel = accel
+        self._log(f"booting {art.kernel_version} with {accel}")
+        self._proc = subprocess.Popen(
+            self._qemu_cmd(accel, art, ctl),
+            stdin=subprocess.DEVNULL,
+            stdout=self._console,
+            stderr=subprocess.STDOUT,
+        )
+        limit = t0 + (60.0 if accel == "kvm" else self.boot_timeout)
+        while not (ctl / "ready").exists():
+            if self._proc.poll() is not None:
+                raise RxeVmError(
+                    f"qemu exited ({self._proc.returncode}) before the VM was ready:\n"
+                    + self._console_tail()
+                )
+            if time.monotonic() > limit:
+                raise RxeVmError(
+                    f"the VM was not ready after {limit - t0:.0f} s ({accel}):\n"
+                    + self._console_tail()
+                )
+            time.sleep(0.02)
+        self.boot_seconds = time.monotonic() - t0
+        with contextlib.suppress(ValueError):
+            self.guest_boot_seconds = float((ctl / "ready").read_text().strip())
+
+    def _console_tail(self, n: int = 40) -> str:
+        if self._ctl is None:
+            return ""
+        p = self._ctl / "console.log"
+        lines = p.read_text(errors="replace").splitlines() if p.exists() else []
+        setup = self._ctl / "setup.log"
+        extra = f"\n(setup log: {setup})" if setup.exists() else ""
+        return "\n".join(lines[-n:]) + f"\n(console log: {p}){extra}"
+
+    def _check_alive(self) -> None:
+        if self._proc is None:
+            raise RuntimeError("the VM is not booted: call boot() or use `with RxeVm() as vm`")
+        if self._proc.poll() is not None:
+            raise RxeVmError(
+                f"the VM stopped (qemu exit {self._proc.returncode}):\n" + self._console_tail()
+            )
+
+    def start(
+        self,
+        command: str | Sequence[str],
+        *,
+        timeout: float = 120.0,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Job:
+        """Start ``command`` (a shell string or an argv list) in the VM and return at once.
+
+        It runs as root in the host's root file system with a clean environment plus ``env``,
+        in ``cwd`` (default ``/``), and is killed after ``timeout`` seconds.
+        """
+        self._check_alive()
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        text = command if isinstance(command, str) else shlex.join(command)
+        script = ["set -e", f"cd {shlex.quote(str(cwd) if cwd is not None else '/')}"]
+        for k, v in (env or {}).items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+                raise ValueError(f"environment variable name {k!r} is not valid in a shell")
+            script.append(f"export {k}={shlex.quote(v)}")
+        script += ["set +e", text]
+        with self._lock:
+            jid = f"{next(self._counter):06d}"
+        d = self._jobs / jid
+        d.mkdir()
+        (d / "cmd.sh").write_text("\n".join(script) + "\n")
+        (d / "timeout").write_text(f"{max(1, int(timeout + 0.999))}\n")
+        q = self._jobs.parent / "queue"
+        (q / f".{jid}").write_text("")
+        os.rename(q / f".{jid}", q / jid)
+        return Job(self, jid, text, timeout)
+
+    def run(
+        self,
+        command: str | Sequence[str],
+        *,
+        timeout: float = 120.0,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        check: bool = False,
+    ) -> CommandResult:
+        """Run ``command`` in the VM and wait for it; see :meth:`start`.
+
+        With ``check=True`` a non-zero exit raises :class:`subprocess.CalledProcessError`.
+        """
+        r = self.start(command, timeout=timeout, cwd=cwd, env=env).wait()
+        return r.check() if check else r
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Ask the VM to power off, wait for qemu (kill it after ``timeout``), clean up."""
+        if self._proc is None:
+            return
+        if self._ctl is not None and self._proc.poll() is None:
+            (self._ctl / "stop").write_text("")
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._teardown(keep=False)
+
+    def _teardown(self, keep: bool) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+        if self._console is not None:
+            self._console.close()
+            self._console = None
+        if not keep and self._ctl is not None:
+            shutil.rmtree(self._ctl, ignore_errors=True)
+            self._ctl = None
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m kbypass.testing.rxe_vm",
+        description="Boot Debian's kernel with soft-RoCE (rdma_rxe) in qemu, run commands there.",
+    )
+    sub = ap.add_subparsers(dest="action", required=True)
+    sub.add_parser("prepare", help="download the kernel and build the initramfs (no boot)")
+    sub.add_parser("info", help="show the cache, the kernel and the accelerator that would be used")
+    run = sub.add_parser("run", help="boot, run one command, power off; exits with its status")
+    run.add_argument("--share", action="append", default=[], help="host folder to mount writable")
+    run.add_argument("--cwd", default=None, help="working folder inside the VM (default /)")
+    run.add_argument("--timeout", type=float, default=600.0, help="command timeout in seconds")
+    run.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
+    args = ap.parse_args(argv)
+
+    def say(msg: str) -> None:
+        print(f"rxe-vm: {msg}", file=sys.stderr, flush=True)
+
+    if args.action == "prepare":
+        t = time.monotonic()
+        art = prepare(log=say)
+        say(f"ready in {time.monotonic() - t:.1f} s: {art.vmlinux} {art.initramfs}")
+        return 0
+    if args.action == "info":
+        cache = default_cache_dir()
+        print(f"cache: {cache}")
+        print(f"accelerators: {', '.join(choose_accelerators(cache))}")
+        print(f"missing host tools: {', '.join(missing_host_tools()) or 'none'}")
+        for p in sorted(cache.glob("kernel-*")) + sorted(cache.glob("initramfs-*")):
+            print(f"cached: {p.name}")
+        return 0
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        ap.error("run needs a command after --")
+    text = command[0] if len(command) == 1 else shlex.join(command)
+    with RxeVm(shares=args.share, log=say) as vm:
+        say(f"booted in {vm.boot_seconds:.1f} s ({vm.accel})")
+        r = vm.run(text, timeout=args.timeout, cwd=args.cwd)
+    sys.stdout.write(r.stdout)
+    sys.stderr.write(r.stderr)
+    say(f"exit {r.returncode} after {r.seconds:.1f} s")
+    return r.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

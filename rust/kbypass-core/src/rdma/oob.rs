@@ -1,0 +1,181 @@
+//! Out-of-band connection setup over TCP, compatible with rdma-core's `ibv_rc_pingpong`
+//! (and `ibv_uc_pingpong`): the client sends `"LLLL:QQQQQQ:PPPPPP:GGGG…"` (LID, QPN and PSN in
+//! hex, then the GID as 32 hex digits, NUL-terminated, 52 bytes), the server connects its QP,
+//! answers with its own message, and the client ends with `"done\0"`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use super::verbs::{Endpoint, Gid};
+use crate::error::{Error, Result};
+
+/// The port `ibv_rc_pingpong` and perftest listen on by default.
+pub const PINGPONG_PORT: u16 = 18515;
+/// Bytes of one endpoint message, NUL included.
+pub const PINGPONG_MESSAGE_LEN: usize = 52;
+const DONE: &[u8; 5] = b"done\0";
+
+/// Encode `e` the way `ibv_rc_pingpong` does.
+pub fn pingpong_message(e: &Endpoint) -> [u8; PINGPONG_MESSAGE_LEN] {
+    let text = format!(
+        "{:04x}:{:06x}:{:06x}:{}",
+        e.lid,
+        e.qpn & 0xff_ffff,
+        e.psn & 0xff_ffff,
+        e.gid.to_hex()
+    );
+    let mut out = [0u8; PINGPONG_MESSAGE_LEN];
+    out[..text.len()].copy_from_slice(text.as_bytes());
+    out
+}
+
+/// Decode an `ibv_rc_pingpong` endpoint message.
+pub fn parse_pingpong_message(raw: &[u8]) -> Result<Endpoint> {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    let text = std::str::from_utf8(&raw[..end])
+        .map_err(|_| Error::invalid("pingpong message is not ASCII"))?;
+    let bad = || Error::invalid(format!("not a pingpong endpoint message: {text:?}"));
+    let parts: Vec<&str> = text.split(':').collect();
+    let [lid, qpn, psn, gid] = parts.as_slice() else {
+        return Err(bad());
+    };
+    let hex = |s: &str, digits: usize| {
+        if s.len() == digits {
+            u32::from_str_radix(s, 16).map_err(|_| bad())
+        } else {
+            Err(bad())
+        }
+    };
+    Ok(Endpoint {
+        lid: u16::try_from(hex(lid, 4)?).map_err(|_| bad())?,
+        qpn: hex(qpn, 6)?,
+        psn: hex(psn, 6)?,
+        gid: Gid::from_hex(gid)?,
+    })
+}
+
+fn io_err(what: &str, e: std::io::Error) -> Error {
+    Error::os(what, e.raw_os_error().unwrap_or(libc::EIO), "")
+}
+
+/// Server side: accept one peer on `listener`, read its endpoint, call `connect` with it
+/// (bring the local QP to RTS before answering, as rdma-core does), answer with `local`, and
+/// wait for the peer's "done". Returns the peer's endpoint.
+pub fn pingpong_accept(
+    listener: &TcpListener,
+    local: &Endpoint,
+    timeout: Duration,
+    connect: impl FnOnce(&Endpoint) -> Result<()>,
+) -> Result<Endpoint> {
+    let (mut s, _) = listener.accept().map_err(|e| io_err("accept", e))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| io_err("setsockopt", e))?;
+    let mut msg = [0u8; PINGPONG_MESSAGE_LEN];
+    s.read_exact(&mut msg)
+        .map_err(|e| io_err("read the peer's endpoint", e))?;
+    let remote = parse_pingpong_message(&msg)?;
+    connect(&remote)?;
+    s.write_all(&pingpong_message(local))
+        .map_err(|e| io_err("send our endpoint", e))?;
+    let mut done = [0u8; 5];
+    s.read_exact(&mut done)
+        .map_err(|e| io_err("read \"done\"", e))?;
+    if &done != DONE {
+        return Err(Error::invalid(format!(
+            "expected \"done\" from the peer, got {done:?}"
+        )));
+    }
+    Ok(remote)
+}
+
+/// Client side: connect to `addr` (retrying until `timeout`, since the server may not listen
+/// yet), send `local`, read the server's endpoint, say "done". Returns the server's endpoint.
+pub fn pingpong_connect(
+    addr: impl ToSocketAddrs,
+    local: &Endpoint,
+    timeout: Duration,
+) -> Result<Endpoint> {
+    let deadline = Instant::now() + timeout;
+    let addrs: Vec<_> = addr
+        .to_socket_addrs()
+        .map_err(|e| io_err("resolve", e))?
+        .collect();
+    let mut s = loop {
+        match addrs.iter().find_map(|a| TcpStream::connect(a).ok()) {
+            Some(s) => break s,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            None => {
+                return Err(Error::Timeout(format!(
+                    "no pingpong server at {addrs:?} within {timeout:?}: is it listening?"
+                )))
+            }
+        }
+    };
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| io_err("setsockopt", e))?;
+    s.write_all(&pingpong_message(local))
+        .map_err(|e| io_err("send our endpoint", e))?;
+    let mut msg = [0u8; PINGPONG_MESSAGE_LEN];
+    s.read_exact(&mut msg)
+        .map_err(|e| io_err("read the server's endpoint", e))?;
+    let remote = parse_pingpong_message(&msg)?;
+    s.write_all(DONE).map_err(|e| io_err("send \"done\"", e))?;
+    Ok(remote)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_round_trip_matches_rdma_core_format() {
+        let e = Endpoint {
+            lid: 0,
+            qpn: 0x11,
+            psn: 0x58967a,
+            gid: Gid::from_hex("00000000000000000000ffffc612000f").unwrap(),
+        };
+        let m = pingpong_message(&e);
+        assert_eq!(
+            &m[..51],
+            b"0000:000011:58967a:00000000000000000000ffffc612000f"
+        );
+        assert_eq!(m[51], 0);
+        assert_eq!(parse_pingpong_message(&m).unwrap(), e);
+        assert!(parse_pingpong_message(b"0000:11:58967a:00").is_err());
+        assert!(parse_pingpong_message(b"garbage").is_err());
+    }
+
+    #[test]
+    fn exchange_over_loopback_tcp() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let gid = Gid::from_hex("fe800000000000000000000000000001").unwrap();
+        let server_ep = Endpoint {
+            lid: 1,
+            qpn: 0x123,
+            psn: 0x456,
+            gid,
+        };
+        let client_ep = Endpoint {
+            lid: 2,
+            qpn: 0xabc,
+            psn: 0xdef,
+            gid,
+        };
+        let t = std::thread::spawn(move || {
+            let mut seen = None;
+            let r = pingpong_accept(&l, &server_ep, Duration::from_secs(5), |e| {
+                seen = Some(*e);
+                Ok(())
+            });
+            (r.unwrap(), seen.unwrap())
+        });
+        let got =
+            pingpong_connect(("127.0.0.1", port), &client_ep, Duration::from_secs(5)).unwrap();
+        assert_eq!(got, server_ep);
+        let (remote, seen) = t.join().unwrap();
+        assert_eq!((remote, seen), (client_ep, client_ep));
+    }
+}

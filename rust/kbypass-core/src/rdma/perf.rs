@@ -1,0 +1,182 @@
+//! Measurement loops for the RDMA benchmarks, run like perftest runs them (`ib_write_bw`,
+//! `ib_write_lat`), so the numbers can be put side by side with rdma-core's tools.
+
+use std::time::Instant;
+
+use super::verbs::{CompletionQueue, MemoryRegion, QueuePair, SendFlags, SendOp, WorkCompletion};
+use crate::error::{Error, Result};
+
+/// What [`write_bandwidth`] measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bandwidth {
+    /// Payload bytes written.
+    pub bytes: u64,
+    /// Wall time from the first post to the last completion.
+    pub seconds: f64,
+}
+
+impl Bandwidth {
+    /// Megabytes (10^6) per second, perftest's unit.
+    pub fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / self.seconds / 1e6
+    }
+}
+
+/// RDMA-write `iterations` messages of `size` bytes from `local` (offset 0) to
+/// `remote_addr`/`rkey`, keeping up to `depth` in flight and asking for a completion every
+/// `signal_every` writes (perftest's defaults: depth 128, CQ moderation 100).
+#[allow(clippy::too_many_arguments)]
+pub fn write_bandwidth(
+    qp: &QueuePair,
+    cq: &CompletionQueue,
+    local: &MemoryRegion,
+    remote_addr: u64,
+    rkey: u32,
+    size: usize,
+    iterations: u64,
+    depth: u64,
+    signal_every: u64,
+) -> Result<Bandwidth> {
+    if iterations == 0 || depth == 0 || signal_every == 0 || signal_every > depth {
+        return Err(Error::invalid(
+            "need iterations, depth > 0 and 0 < signal_every <= depth",
+        ));
+    }
+    let sge = [local.sge(0, size)?];
+    let op = SendOp::Write { remote_addr, rkey };
+    let mut wcs = [WorkCompletion::default(); 16];
+    let (mut posted, mut completed) = (0u64, 0u64);
+    let start = Instant::now();
+    while completed < iterations {
+        while posted < iterations && posted - completed < depth {
+            let last = posted + 1 == iterations || (posted + 1) % signal_every == 0;
+            let flags = if last {
+                SendFlags::SIGNALED
+            } else {
+                SendFlags::default()
+            };
+            qp.post_send(posted, op, &sge, flags)?;
+            posted += 1;
+        }
+        let n = cq.poll(&mut wcs)?;
+        for wc in &wcs[..n] {
+            wc.check()?;
+            // A signaled write completes every unsignaled one posted before it.
+            completed = completed.max(wc.wr_id + 1);
+        }
+    }
+    Ok(Bandwidth {
+        bytes: iterations * size as u64,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// One-way latency of `size`-byte RDMA writes, measured like `ib_write_lat`: two threads, one
+/// per QP (as perftest's two processes); `a` writes into `b`'s region, `b`'s thread spins on
+/// the last byte and writes back; half of each round trip is one sample (microseconds).
+/// The QPs must be connected to each other, each with its own send CQ (`cq_a`, `cq_b`);
+/// `mr_a`/`mr_b` are their regions (remote-writable), at least `2 * size` bytes each: the
+/// first `size` bytes are sent from, the peer's writes land in the next `size` (one buffer
+/// for both would let a side see its own tag and stop waiting).
+#[allow(clippy::too_many_arguments)]
+pub fn write_latency(
+    a: &QueuePair,
+    b: &QueuePair,
+    cq_a: &CompletionQueue,
+    cq_b: &CompletionQueue,
+    mr_a: &MemoryRegion,
+    mr_b: &MemoryRegion,
+    size: usize,
+    iterations: usize,
+) -> Result<Vec<f64>> {
+    if size == 0 || iterations == 0 {
+        return Err(Error::invalid("size and iterations must be positive"));
+    }
+    if mr_a.len() < 2 * size || mr_b.len() < 2 * size {
+        return Err(Error::invalid(format!(
+            "write_latency needs regions of at least {} bytes",
+            2 * size
+        )));
+    }
+    let landed = 2 * size - 1;
+    std::thread::scope(|s| {
+        let echo = s.spawn(|| -> Result<()> {
+            for i in 0..iterations {
+                let tag = tag_of(i);
+                spin_until(mr_b, landed, tag, i)?;
+                ping(b, cq_b, mr_b, mr_a, size, tag, i)?;
+            }
+            Ok(())
+        });
+        let mut samples = Vec::with_capacity(iterations);
+        let mut run = || -> Result<()> {
+            for i in 0..iterations {
+                let tag = tag_of(i);
+                let t = Instant::now();
+                ping(a, cq_a, mr_a, mr_b, size, tag, i)?;
+                spin_until(mr_a, landed, tag, i)?;
+                samples.push(t.elapsed().as_secs_f64() * 1e6 / 2.0);
+            }
+            Ok(())
+        };
+        let mine = run();
+        let theirs = echo
+            .join()
+            .map_err(|_| Error::State("the echo thread panicked".into()))?;
+        mine.and(theirs).map(|()| samples)
+    })
+}
+
+fn tag_of(i: usize) -> u8 {
+    (i % 255) as u8 + 1
+}
+
+/// Write `src[..size]` (last byte = `tag`) into `dst[size..2 * size]`; reap the completion.
+fn ping(
+    qp: &QueuePair,
+    cq: &CompletionQueue,
+    src: &MemoryRegion,
+    dst: &MemoryRegion,
+    size: usize,
+    tag: u8,
+    i: usize,
+) -> Result<()> {
+    src.write(size - 1, &[tag])?;
+    let inline = if size <= 64 {
+        SendFlags::INLINE
+    } else {
+        SendFlags::default()
+    };
+    let op = SendOp::Write {
+        remote_addr: dst.addr() + size as u64,
+        rkey: dst.rkey(),
+    };
+    qp.post_send(
+        i as u64,
+        op,
+        &[src.sge(0, size)?],
+        SendFlags::SIGNALED | inline,
+    )?;
+    let mut wcs = [WorkCompletion::default(); 4];
+    let start = Instant::now();
+    loop {
+        let n = cq.poll(&mut wcs)?;
+        if let Some(wc) = wcs[..n].first() {
+            return wc.check();
+        }
+        if start.elapsed().as_secs() > 10 {
+            return Err(Error::Timeout(format!("write {i} never completed")));
+        }
+    }
+}
+
+fn spin_until(mr: &MemoryRegion, offset: usize, tag: u8, i: usize) -> Result<()> {
+    let start = Instant::now();
+    while mr.read_volatile(offset)? != tag {
+        if start.elapsed().as_secs() > 10 {
+            return Err(Error::Timeout(format!("write {i} never landed")));
+        }
+        std::hint::spin_loop();
+    }
+    Ok(())
+}

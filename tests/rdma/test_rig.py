@@ -1,0 +1,170 @@
+"""The soft-RoCE rig itself: the VM boots, rxe0 is a working verbs device, tools interoperate."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from kbypass.testing.rxe_vm import (
+    GUEST_ADDRESS,
+    CommandResult,
+    RxeVm,
+    _Cpio,
+    extract_vmlinux,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def retry(cmd: str, tries: int = 50, pause: float = 0.2) -> str:
+    """Shell loop running a client until its server listens (clients do not wait by themselves)."""
+    return f"for i in $(seq {tries}); do {cmd} && exit 0; sleep {pause}; done; exit 1"
+
+
+def ok(r: CommandResult) -> CommandResult:
+    assert r.returncode == 0, f"{r.command!r} exited {r.returncode}\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+# --- the VM ---------------------------------------------------------------------------------
+
+
+def test_rxe0_link_is_active(rxe_vm: RxeVm) -> None:
+    out = ok(rxe_vm.run("rdma link show")).stdout
+    assert re.search(r"link rxe0/1 state ACTIVE physical_state LINK_UP netdev eth0", out), out
+
+
+def test_ibv_devices_and_devinfo_list_rxe0(rxe_vm: RxeVm) -> None:
+    assert re.search(r"^\s+rxe0\s+[0-9a-f]{16}$", ok(rxe_vm.run("ibv_devices")).stdout, re.M)
+    info = ok(rxe_vm.run("ibv_devinfo -d rxe0")).stdout
+    assert "transport:\t\t\tInfiniBand" in info
+    assert re.search(r"state:\s+PORT_ACTIVE", info), info
+    assert re.search(r"active_mtu:\s+1024", info), info
+    assert re.search(r"link_layer:\s+Ethernet", info), info
+
+
+def test_gid_index_1_is_the_ipv4_mapped_rocev2_gid(rxe_vm: RxeVm) -> None:
+    port = "/sys/class/infiniband/rxe0/ports/1"
+    r = ok(rxe_vm.run(f"cat {port}/gids/1 {port}/gid_attrs/types/1"))
+    gid, kind = r.stdout.splitlines()
+    a, b, c, d = (int(x) for x in GUEST_ADDRESS.split("/")[0].split("."))
+    assert gid == f"0000:0000:0000:0000:0000:ffff:{a:02x}{b:02x}:{c:02x}{d:02x}"
+    assert kind == "RoCE v2"
+
+
+def test_rc_pingpong_loopback(rxe_vm: RxeVm) -> None:
+    pp = "timeout 60 ibv_rc_pingpong -d rxe0 -g 1 -n 200"
+    server = rxe_vm.start(pp, timeout=90)
+    client = ok(rxe_vm.run(retry(f"{pp} 127.0.0.1"), timeout=90))
+    srv = ok(server.wait())
+    for out in (client.stdout, srv.stdout):
+        assert "200 iters in" in out, out
+        assert "GID ::ffff:198.18.0.15" in out, out
+
+
+def test_ib_write_bw_loopback(rxe_vm: RxeVm) -> None:
+    bw = "timeout 60 ib_write_bw -d rxe0 -F -x 1 -D 1"
+    server = rxe_vm.start(bw, timeout=90)
+    client = ok(rxe_vm.run(retry(f"{bw} 127.0.0.1", pause=0.5), timeout=90))
+    ok(server.wait())
+    row = re.search(r"^\s*65536\s+(\d+)\s+[\d.]+\s+([\d.]+)", client.stdout, re.M)
+    assert row is not None, client.stdout
+    assert int(row.group(1)) > 0 and float(row.group(2)) > 0, row.group(0)
+
+
+# --- the rig's own contract -------------------------------------------------------------------
+
+
+def test_exit_status_output_env_and_cwd(rxe_vm: RxeVm) -> None:
+    r = rxe_vm.run(
+        'echo "$GREETING from $(pwd)"; echo oops >&2; exit 7', env={"GREETING": "hi"}, cwd="/usr"
+    )
+    assert (r.returncode, r.stdout, r.stderr) == (7, "hi from /usr\n", "oops\n")
+    assert rxe_vm.run(["printf", "%s|", "a b", "c"]).stdout == "a b|c|"
+    with pytest.raises(subprocess.CalledProcessError):
+        rxe_vm.run("false", check=True)
+    with pytest.raises(ValueError, match="not valid"):
+        rxe_vm.start("true", env={"BAD-NAME": "x"})
+
+
+def test_command_timeout_kills_it(rxe_vm: RxeVm) -> None:
+    r = rxe_vm.run("sleep 30", timeout=1)
+    assert r.returncode == 137 and r.seconds < 20, r
+
+
+def test_checkout_is_shared_writable_and_tmp_is_fresh(rxe_vm: RxeVm) -> None:
+    name = f".rxe-vm-probe-{uuid.uuid4().hex}"
+    try:
+        ok(rxe_vm.run(f"echo from-vm > {name}; test ! -e /tmp/{name}", cwd=REPO))
+        assert (REPO / name).read_text() == "from-vm\n"
+    finally:
+        (REPO / name).unlink(missing_ok=True)
+    # The rest of the host root is read-only underneath; writes land in a discarded overlay.
+    ok(rxe_vm.run("touch /etc/kbypass-rxe-probe && test -e /etc/kbypass-rxe-probe"))
+    assert not Path("/etc/kbypass-rxe-probe").exists()
+
+
+def test_concurrent_jobs(rxe_vm: RxeVm) -> None:
+    jobs = [rxe_vm.start(f"sleep 1; echo {i}") for i in range(4)]
+    results = [j.wait() for j in jobs]
+    assert [r.stdout for r in results] == [f"{i}\n" for i in range(4)]
+
+
+# --- host-side pieces, no VM ------------------------------------------------------------------
+
+
+def test_cpio_is_readable_by_gnu_cpio(tmp_path: Path) -> None:
+    cpio = shutil.which("cpio")
+    if cpio is None:
+        pytest.skip("cpio is missing: apt-get install cpio")
+    c = _Cpio()
+    c.directory("d")
+    c.file("d/f", b"hello", 0o600)
+    c.symlink("l", "d/f")
+    c.chardev("console", 5, 1)
+    listing = subprocess.run(
+        [cpio, "-itv", "--quiet"], input=c.finish(), capture_output=True, check=True
+    ).stdout.decode()
+    lines = listing.splitlines()
+    assert len(lines) == 4, listing
+    assert lines[0].startswith("drwxr-xr-x") and lines[0].endswith(" d")
+    assert lines[1].startswith("-rw-------") and " 5 " in lines[1] and lines[1].endswith(" d/f")
+    assert lines[2].startswith("lrwxrwxrwx") and lines[2].endswith("l -> d/f")
+    assert lines[3].startswith("crw-------") and re.search(r" 5,\s+1 ", lines[3])
+
+
+def test_extract_vmlinux_from_a_synthetic_bzimage() -> None:
+    import lzma
+
+    elf = b"\x7fELF" + bytes(range(256)) * 64
+    payload = lzma.compress(elf, format=lzma.FORMAT_XZ)
+    setup_sects = 3
+    image = bytearray((setup_sects + 1) * 512)
+    image[0x1F1] = setup_sects
+    image[0x202:0x206] = b"HdrS"
+    image[0x206:0x208] = (0x20F).to_bytes(2, "little")
+    image[0x248:0x24C] = (0x40).to_bytes(4, "little")
+    image += b"\0" * 0x40 + payload + len(elf).to_bytes(4, "little")
+    assert extract_vmlinux(bytes(image)) == elf
+    with pytest.raises(RuntimeError, match="no compressed ELF kernel"):
+        extract_vmlinux(b"MZ" + b"\0" * 4096)
+
+
+def test_python_package_sees_rxe0_in_the_vm(rxe_vm: RxeVm) -> None:
+    import sys
+
+    code = (
+        "from kbypass import rdma\n"
+        "d = rdma.devices()\n"
+        "try:\n"
+        "    d[0].name = 'x'\n"
+        "except AttributeError:\n"
+        "    print([(x.name, x.uverbs, x.ibdev_path) for x in d])\n"
+    )
+    r = ok(rxe_vm.run([sys.executable, "-c", code], cwd=REPO, timeout=120))
+    assert r.stdout.strip() == "[('rxe0', 'uverbs0', '/sys/class/infiniband/rxe0')]", r.stdout
