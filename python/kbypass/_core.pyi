@@ -10,7 +10,9 @@ from typing_extensions import Buffer
 
 # PyO3 fills __all__ as classes and functions are registered; keep this list in step.
 __all__ = [
+    "DropCounter",
     "HugeRegion",
+    "LiveGenerator",
     "Mempool",
     "NetnsEntry",
     "PcapWriter",
@@ -32,6 +34,7 @@ __all__ = [
     "XdpSocket",
     "_RegionMemory",
     "__version__",
+    "af_packet_recv",
     "checksums_ok",
     "cpu_allowed",
     "cpu_pin",
@@ -48,6 +51,8 @@ __all__ = [
     "rdma_write_bandwidth",
     "rdma_write_latency",
     "rule_text",
+    "udp_recv",
+    "udp_send",
     "worker_cpu",
     "xdp_query",
 ]
@@ -292,6 +297,116 @@ class XdpAttachment:
     def __enter__(self) -> XdpAttachment: ...
     def __exit__(self, *_args: object) -> bool: ...
 
+# --- traffic.rs -----------------------------------------------------------------------------
+
+@final
+class LiveGenerator:
+    """XDP live-frames traffic generator (a loaded XDP_TX program and its frame)."""
+
+    def __new__(
+        cls,
+        *,
+        size: int = 60,
+        flows: int = 1,
+        src_ip: str = "198.18.0.1",
+        dst_ip: str = "198.18.0.2",
+        src_port: int = 10000,
+        dst_port: int = 9000,
+        src_mac: str = "02:00:c6:12:00:01",
+        dst_mac: str = "02:00:c6:12:00:02",
+        udp_checksum: bool = True,
+        batch_size: int = 0,
+    ) -> LiveGenerator: ...
+    @property
+    def frame(self) -> bytes: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def flows(self) -> int: ...
+    @property
+    def udp_checksum(self) -> bool: ...
+    @property
+    def keeper_note(self) -> str | None: ...
+    @property
+    def running(self) -> bool: ...
+    def run(
+        self,
+        ifname: str,
+        netns: str | None = None,
+        *,
+        count: int | None = None,
+        duration: float | None = None,
+        rate: float | None = None,
+        cpu: int | None = None,
+        queue: int = 0,
+    ) -> dict[str, Any]: ...
+    def start(
+        self,
+        ifname: str,
+        netns: str | None = None,
+        *,
+        count: int | None = None,
+        duration: float | None = None,
+        rate: float | None = None,
+        cpu: int | None = None,
+        queue: int = 0,
+    ) -> None: ...
+    def stop(self) -> dict[str, Any]: ...
+    def wait(self, timeout: float | None = None) -> dict[str, Any]: ...
+    def __enter__(self) -> LiveGenerator: ...
+    def __exit__(self, *_args: object) -> bool: ...
+
+@final
+class DropCounter:
+    """Counting XDP_DROP program attached to an interface."""
+
+    def __new__(
+        cls, ifname: str, netns: str | None = None, mode: str = "native", force: bool = False
+    ) -> DropCounter: ...
+    @property
+    def mode(self) -> str: ...
+    @property
+    def ifname(self) -> str: ...
+    @property
+    def attached(self) -> bool: ...
+    def read(self) -> dict[str, int]: ...
+    def reset(self) -> None: ...
+    def measure(self, duration: float) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> DropCounter: ...
+    def __exit__(self, *_args: object) -> bool: ...
+
+def udp_send(
+    src_ip: str,
+    dst_ip: str,
+    dst_port: int,
+    payload: bytes,
+    count: int,
+    *,
+    batch: int = 64,
+    netns: str | None = None,
+    cpu: int | None = None,
+) -> dict[str, Any]: ...
+def udp_recv(
+    ip: str,
+    port: int,
+    *,
+    count: int | None = None,
+    duration: float | None = None,
+    batch: int = 64,
+    idle: float = 0.3,
+    netns: str | None = None,
+    cpu: int | None = None,
+) -> dict[str, Any]: ...
+def af_packet_recv(
+    ifname: str,
+    *,
+    count: int | None = None,
+    duration: float | None = None,
+    idle: float = 0.3,
+    netns: str | None = None,
+    cpu: int | None = None,
+) -> dict[str, Any]: ...
 # --- ring.rs ---------------------------------------------------------------------------------
 
 @final

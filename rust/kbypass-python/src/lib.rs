@@ -13,6 +13,7 @@ mod netns;
 mod packet;
 mod rdma;
 mod ring;
+mod traffic;
 mod xdp;
 mod xsk;
 
@@ -28,6 +29,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     cpu::register(m)?;
     xdp::register(m)?;
     xsk::register(m)?;
+    traffic::register(m)?;
     rdma::register(m)?;
     Ok(())
 }

@@ -28,8 +28,12 @@ const BPF_LINK_DETACH: i32 = 34;
 pub const BPF_MAP_TYPE_HASH: u32 = 1;
 /// `BPF_MAP_TYPE_ARRAY`.
 pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
+/// `BPF_MAP_TYPE_PERCPU_HASH`.
+pub const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
 /// `BPF_MAP_TYPE_PERCPU_ARRAY`.
 pub const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+/// `BPF_MAP_TYPE_LRU_PERCPU_HASH`.
+pub const BPF_MAP_TYPE_LRU_PERCPU_HASH: u32 = 10;
 /// `BPF_MAP_TYPE_XSKMAP`: queue index → AF_XDP socket.
 pub const BPF_MAP_TYPE_XSKMAP: u32 = 17;
 
@@ -318,6 +322,30 @@ pub struct MapFd {
     fd: OwnedFd,
     key_size: u32,
     value_size: u32,
+    /// Bytes a lookup/update value buffer has: `value_size`, or for per-CPU maps one 8-byte
+    /// aligned slot per possible CPU.
+    value_len: usize,
+}
+
+/// Whether `map_type` keeps one value per CPU (lookups return all of them side by side).
+pub fn is_percpu(map_type: u32) -> bool {
+    matches!(
+        map_type,
+        BPF_MAP_TYPE_PERCPU_HASH | BPF_MAP_TYPE_PERCPU_ARRAY | BPF_MAP_TYPE_LRU_PERCPU_HASH
+    )
+}
+
+/// Number of possible CPUs (the kernel's per-CPU map values have one slot each), from
+/// `/sys/devices/system/cpu/possible`.
+pub fn possible_cpus() -> Result<usize> {
+    let path = "/sys/devices/system/cpu/possible";
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::os(format!("read {path}"), e.raw_os_error().unwrap_or(0), ""))?;
+    let cpus = crate::cpu::parse_cpu_list(&text)?;
+    // Slots are indexed by CPU number, so a sparse list still needs max + 1 of them.
+    cpus.last()
+        .map(|&m| m + 1)
+        .ok_or_else(|| Error::invalid(format!("{path} lists no CPU")))
 }
 
 /// What a map is, from `BPF_OBJ_GET_INFO_BY_FD`.
@@ -367,10 +395,16 @@ impl MapFd {
                 bpf_err(&format!("bpf(BPF_MAP_CREATE {name}, type {map_type})"), e)
             }
         })?;
+        let value_len = if is_percpu(map_type) {
+            (value_size as usize).next_multiple_of(8) * possible_cpus()?
+        } else {
+            value_size as usize
+        };
         Ok(MapFd {
             fd: owned(fd),
             key_size,
             value_size,
+            value_len,
         })
     }
 
@@ -393,14 +427,26 @@ impl MapFd {
             )));
         }
         if let Some(v) = value {
-            if v != self.value_size as usize {
+            if v != self.value_len {
                 return Err(Error::invalid(format!(
-                    "map value has {v} bytes, the map wants {}",
-                    self.value_size
+                    "map value has {v} bytes, the map wants {} (value size {}{})",
+                    self.value_len,
+                    self.value_size,
+                    if self.value_len != self.value_size as usize {
+                        ", one 8-byte aligned slot per possible CPU"
+                    } else {
+                        ""
+                    }
                 )));
             }
         }
         Ok(())
+    }
+
+    /// Bytes of a value buffer for [`MapFd::lookup`]/[`MapFd::update`]: the value size, or for
+    /// per-CPU maps one 8-byte aligned slot per possible CPU.
+    pub fn value_len(&self) -> usize {
+        self.value_len
     }
 
     /// `BPF_MAP_UPDATE_ELEM` with [`BPF_ANY`]/[`BPF_NOEXIST`]/[`BPF_EXIST`].
@@ -1017,6 +1063,21 @@ int main(void) { printf("%d %d %d %d %d %d %d %d %u %u\n", BPF_MAP_TYPE_XSKMAP, 
         assert!(m.lookup(&1u32.to_ne_bytes(), &mut v).unwrap());
         assert_eq!(u64::from_ne_bytes(v), 77);
         assert!(m.update(&1u32.to_ne_bytes(), &[0u8; 4], BPF_ANY).is_err());
+        // Per-CPU maps: one 8-byte aligned slot per possible CPU.
+        let pc = MapFd::create(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 4, 1, 0, "kbx_pcpu").unwrap();
+        let ncpu = possible_cpus().unwrap();
+        assert_eq!(pc.value_len(), 8 * ncpu);
+        let vals: Vec<u8> = (0..ncpu)
+            .flat_map(|c| (c as u64 + 10).to_ne_bytes())
+            .collect();
+        pc.update(&0u32.to_ne_bytes(), &vals, BPF_ANY).unwrap();
+        let mut back = vec![0u8; pc.value_len()];
+        assert!(pc.lookup(&0u32.to_ne_bytes(), &mut back).unwrap());
+        assert_eq!(back, vals);
+        let e = pc
+            .update(&0u32.to_ne_bytes(), &[0u8; 4], BPF_ANY)
+            .unwrap_err();
+        assert!(e.to_string().contains("per possible CPU"), "{e}");
         let h = MapFd::create(BPF_MAP_TYPE_HASH, 4, 4, 8, 0, "kbx_hash").unwrap();
         h.update(&5u32.to_ne_bytes(), &6u32.to_ne_bytes(), BPF_NOEXIST)
             .unwrap();

@@ -221,6 +221,19 @@ pub fn attach(
     mode: AttachMode,
     force: bool,
 ) -> Result<XdpAttachment> {
+    attach_fd(prog.prog(), prog.info().id, ifname, mode, force)
+}
+
+/// [`attach`] for any loaded XDP program (e.g. the traffic module's counting drop program):
+/// `prog_id` is its kernel id ([`ProgFd::info`]). Name the program with the `kbypass` prefix so
+/// later attaches recognise it as ours.
+pub fn attach_fd(
+    prog: &ProgFd,
+    prog_id: u32,
+    ifname: &str,
+    mode: AttachMode,
+    force: bool,
+) -> Result<XdpAttachment> {
     let ifindex = if_nametoindex(ifname)?;
     let mut notes = Vec::new();
     for p in query_index(ifindex)? {
@@ -255,19 +268,18 @@ pub fn attach(
         AttachMode::Generic => &[XdpMode::Generic],
         AttachMode::Auto => &[XdpMode::Native, XdpMode::Generic],
     };
-    let prog_id = prog.info().id;
     let mut last_err = None;
     for &m in modes {
-        let holder = match LinkFd::create_xdp(prog.prog(), ifindex, m.flag()) {
+        let holder = match LinkFd::create_xdp(prog, ifindex, m.flag()) {
             Ok(l) => Holder::Link(l),
             Err(e) if e.errno() == Some(libc::EINVAL) => {
                 // Kernels without XDP links (< 5.9) answer EINVAL: fall back to netlink.
                 let flags = m.flag() | XDP_FLAGS_UPDATE_IF_NOEXIST;
-                match xdp_set(ifindex, prog.prog().raw(), flags, None) {
+                match xdp_set(ifindex, prog.raw(), flags, None) {
                     Ok(()) => {
                         notes.push(format!("bpf_link unavailable ({e}); attached via netlink"));
                         Holder::Netlink {
-                            prog: prog.prog().try_clone()?,
+                            prog: prog.try_clone()?,
                             flags: m.flag(),
                         }
                     }

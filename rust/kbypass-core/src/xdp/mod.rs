@@ -19,7 +19,7 @@ pub mod rules;
 #[cfg(test)]
 mod tests;
 
-pub use attach::{attach, query, AttachMode, AttachedProgram, XdpAttachment};
+pub use attach::{attach, attach_fd, query, AttachMode, AttachedProgram, XdpAttachment};
 pub use probe::{probe, Check, XdpProbe};
 pub use program::{
     default_program, filter_program, redirect_form, ProgramOptions, RedirectForm, XdpProgram,

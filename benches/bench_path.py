@@ -1,0 +1,283 @@
+"""The receive and transmit paths on a veth pair, with same-run ratios to their references.
+
+Bench: a :class:`~kbypass.testing.VethPair` (GRO on, IPv6 off), UDP frames of 60 bytes (a 64-byte
+wire frame) and 1514 bytes. The generator is the XDP live-frames test run in namespace ``a``,
+pinned to the first allowed CPU; receivers run in namespace ``b`` pinned to the last one (on veth
+the kernel's receive work runs on the sender's CPU). Each benchmark measures its reference in the
+same run, side by side:
+
+* generator into an XDP_DROP peer (goal ≥ 20 Mpps) vs ``sendmmsg`` into the same peer;
+* kernel ``recvmmsg`` (batch 64) and AF_PACKET TPACKET_V3 vs the XDP_DROP ceiling;
+* the C libxdp AF_XDP rx-drop reference (benches/c/xsk_ref.c, copy mode) vs the XDP_DROP ceiling;
+* kbypass rx-drop (``XdpSocket.rx_drop``) vs the C reference (goal ≥ 1.0) and vs ``recvmmsg``
+  (goal ≥ 6 at 60 B);
+* kbypass AF_XDP TX (``XdpSocket.tx_flood``) vs the C reference (goal ≥ 1.0) and vs ``sendmmsg``
+  (goal ≥ 1.7).
+
+Each measurement lasts ``KBYPASS_BENCH_SECONDS`` (default 1.0) seconds, so the whole file runs in
+well under a minute once, as CI does with ``--benchmark-disable``. For the numbers in
+docs/performance.md run e.g. ``KBYPASS_BENCH_SECONDS=3 python -m pytest benches/bench_path.py
+--benchmark-enable``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
+
+import kbypass
+from kbypass import cpu
+from kbypass.testing import (
+    DropCounter,
+    TrafficGenerator,
+    VethPair,
+    af_packet_recv,
+    udp_recv,
+    udp_send,
+)
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root to create network namespaces and load XDP programs"
+)
+
+SECONDS = float(os.environ.get("KBYPASS_BENCH_SECONDS", "1.0"))
+SIZES = [60, 1514]
+_ALLOWED = cpu.allowed()
+GEN_CPU, RX_CPU = _ALLOWED[0], _ALLOWED[-1]
+C_SOURCE = Path(__file__).parent / "c" / "xsk_ref.c"
+GOAL_GENERATOR_PPS = 20e6
+
+
+def _info(
+    benchmark: BenchmarkFixture, rate: float, reference: str, ratio: float, **extra: Any
+) -> None:
+    benchmark.extra_info.update(
+        rate=rate, unit="packets/s", reference=reference, ratio=ratio, seconds=SECONDS, **extra
+    )
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[VethPair]:
+    with VethPair() as p:
+        for side in ("a", "b"):
+            # No IPv6 chatter in the counts.
+            p.run(side, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+        yield p
+
+
+@pytest.fixture(scope="module")
+def xsk_ref(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The C reference, compiled with gcc against libxdp/libbpf into a temporary directory."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("optional: no C compiler for the libxdp reference (apt-get install gcc)")
+    missing = [h for h in ("xdp/xsk.h", "bpf/bpf.h") if not Path("/usr/include", h).exists()]
+    if missing:
+        pytest.skip(
+            f"optional: {', '.join(missing)} missing: apt-get install libxdp-dev libbpf-dev"
+        )
+    exe = tmp_path_factory.mktemp("xsk_ref") / "xsk_ref"
+    r = subprocess.run(
+        [cc, "-O2", "-Wall", "-o", str(exe), str(C_SOURCE), "-lxdp", "-lbpf"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if r.returncode != 0:
+        if "cannot find -lxdp" in r.stderr or "cannot find -lbpf" in r.stderr:
+            pytest.skip("optional: libxdp/libbpf missing: apt-get install libxdp-dev libbpf-dev")
+        pytest.fail(f"compiling {C_SOURCE.name} failed:\n{r.stderr}")
+    return exe
+
+
+def _xdp_socket_class() -> Any:
+    cls = getattr(kbypass, "XdpSocket", None)
+    if cls is None:
+        pytest.skip("kbypass.XdpSocket is not in this build yet (the AF_XDP Python binding)")
+    return cls
+
+
+def run_c(pair: VethPair, side: str, exe: Path, *args: str) -> dict[str, float]:
+    """Run the C reference in ``side``'s namespace pinned to RX_CPU; parse its result line."""
+    r = pair.run(side, "taskset", "-c", str(RX_CPU), str(exe), *args, timeout=SECONDS + 30)
+    fields = dict(re.findall(r"(\w+)=([0-9.]+)", r.stdout))
+    if "pps" not in fields:
+        raise AssertionError(f"unexpected output from xsk_ref: {r.stdout!r} {r.stderr!r}")
+    return {k: float(v) for k, v in fields.items()}
+
+
+def rx_drop_c(pair: VethPair, exe: Path) -> dict[str, float]:
+    """The C libxdp rx-drop on ``b``'s queue 0 for SECONDS."""
+    return run_c(pair, "b", exe, "rxdrop", "-i", pair.b.ifname, "-d", str(SECONDS))
+
+
+def xdp_drop_ceiling(pair: VethPair, size: int) -> tuple[float, float]:
+    """(frames/s counted by an XDP_DROP peer, frames/s the generator sent) for SECONDS."""
+    with DropCounter(pair, side="b") as sink:
+        sink.reset()
+        sent = TrafficGenerator(pair, size=size, cpu=GEN_CPU).run(duration=SECONDS)
+        got = sink.settle()
+    assert got.packets >= sent.packets * 0.99, (got, sent)
+    return got.packets / sent.elapsed, sent.pps
+
+
+@pytest.mark.benchmark(group="path-generator")
+@pytest.mark.parametrize("size", SIZES)
+def test_generator_into_xdp_drop(benchmark: BenchmarkFixture, pair: VethPair, size: int) -> None:
+    # Reference first: sendmmsg into the same dropping peer.
+    with DropCounter(pair, side="b") as sink:
+        sink.reset()
+        ref = udp_send(pair, count=int(1e6 * SECONDS), size=size, cpu=GEN_CPU)
+        ref_got = sink.settle()
+    ref_rate = ref_got.packets / ref.elapsed
+
+    result: dict[str, float] = {}
+
+    def measure() -> None:
+        result["rate"], result["sent"] = xdp_drop_ceiling(pair, size)
+
+    benchmark.pedantic(measure, rounds=1, iterations=1)
+    rate = result["rate"]
+    _info(
+        benchmark,
+        rate,
+        f"sendmmsg into the same XDP_DROP peer {ref_rate / 1e6:.2f} Mpps",
+        rate / ref_rate,
+        goal=GOAL_GENERATOR_PPS,
+        goal_ratio=rate / GOAL_GENERATOR_PPS,
+        generator_sent_pps=result["sent"],
+        size=size,
+    )
+    assert rate > 0
+
+
+@pytest.mark.benchmark(group="path-rx-kernel")
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("path", ["recvmmsg", "af_packet"])
+def test_rx_kernel(benchmark: BenchmarkFixture, pair: VethPair, size: int, path: str) -> None:
+    ceiling, _ = xdp_drop_ceiling(pair, size)
+    result: dict[str, Any] = {}
+    with TrafficGenerator(pair, size=size, cpu=GEN_CPU) as gen:
+        gen.start()
+
+        def measure() -> None:
+            if path == "recvmmsg":
+                result["r"] = udp_recv(pair, duration=SECONDS, batch=64, cpu=RX_CPU)
+            else:
+                result["r"] = af_packet_recv(pair, duration=SECONDS, cpu=RX_CPU)
+
+        benchmark.pedantic(measure, rounds=1, iterations=1)
+        offered = gen.stop()
+    rate = result["r"].pps
+    _info(
+        benchmark,
+        rate,
+        f"XDP_DROP ceiling {ceiling / 1e6:.2f} Mpps",
+        rate / ceiling,
+        generator_pps=offered.pps,
+        size=size,
+    )
+    assert result["r"].packets > 0
+
+
+@pytest.mark.benchmark(group="path-rx-afxdp")
+@pytest.mark.parametrize("size", SIZES)
+def test_rx_c_libxdp(benchmark: BenchmarkFixture, pair: VethPair, xsk_ref: Path, size: int) -> None:
+    ceiling, _ = xdp_drop_ceiling(pair, size)
+    result: dict[str, Any] = {}
+    with TrafficGenerator(pair, size=size, cpu=GEN_CPU) as gen:
+        gen.start()
+
+        def measure() -> None:
+            result["c"] = rx_drop_c(pair, xsk_ref)
+
+        benchmark.pedantic(measure, rounds=1, iterations=1)
+        gen.stop()
+    c = result["c"]
+    _info(
+        benchmark,
+        c["pps"],
+        f"XDP_DROP ceiling {ceiling / 1e6:.2f} Mpps",
+        c["pps"] / ceiling,
+        rx_dropped=c["rx_dropped"],
+        fill_ring_empty=c["fill_ring_empty"],
+        size=size,
+    )
+    assert c["packets"] > 0
+
+
+@pytest.mark.benchmark(group="path-rx-afxdp")
+@pytest.mark.parametrize("size", SIZES)
+def test_rx_kbypass(benchmark: BenchmarkFixture, pair: VethPair, xsk_ref: Path, size: int) -> None:
+    xdp_socket = _xdp_socket_class()
+    result: dict[str, Any] = {}
+    with TrafficGenerator(pair, size=size, cpu=GEN_CPU) as gen:
+        gen.start()
+        c = rx_drop_c(pair, xsk_ref)
+        kernel = udp_recv(pair, duration=SECONDS, batch=64, cpu=RX_CPU)
+
+        def measure() -> None:
+            with pair.enter("b"), cpu.pinned(RX_CPU):
+                with xdp_socket(pair.b.ifname, queue=0, mode="copy") as sock:
+                    result["r"] = sock.rx_drop(duration=SECONDS, batch=64)
+
+        benchmark.pedantic(measure, rounds=1, iterations=1)
+        gen.stop()
+    rate = float(result["r"]["pps"])
+    _info(
+        benchmark,
+        rate,
+        f"C libxdp rx-drop {c['pps'] / 1e6:.2f} Mpps (recvmmsg {kernel.pps / 1e6:.2f} Mpps)",
+        rate / c["pps"],
+        ratio_recvmmsg=rate / kernel.pps,
+        c_pps=c["pps"],
+        recvmmsg_pps=kernel.pps,
+        size=size,
+    )
+    assert result["r"]["packets"] > 0
+
+
+@pytest.mark.benchmark(group="path-tx")
+@pytest.mark.parametrize("size", SIZES)
+def test_tx_kbypass(benchmark: BenchmarkFixture, pair: VethPair, xsk_ref: Path, size: int) -> None:
+    xdp_socket = _xdp_socket_class()
+    frame = TrafficGenerator(pair, size=size).frame
+    frame_file = xsk_ref.parent / f"frame{size}.bin"
+    frame_file.write_bytes(frame)
+    result: dict[str, Any] = {}
+    with DropCounter(pair, side="b") as sink:
+        c = run_c(pair, "a", xsk_ref, "txflood", "-i", pair.a.ifname, "-f", str(frame_file),
+                  "-d", str(SECONDS))  # fmt: skip
+        kernel = udp_send(pair, count=int(1e6 * SECONDS), size=size, cpu=RX_CPU)
+        count = max(10_000, int(c["pps"] * SECONDS))
+        sink.reset()
+
+        def measure() -> None:
+            with pair.enter("a"), cpu.pinned(RX_CPU):
+                with xdp_socket(pair.a.ifname, queue=0, mode="copy") as sock:
+                    result["r"] = sock.tx_flood(frame, count, batch=64)
+
+        benchmark.pedantic(measure, rounds=1, iterations=1)
+        arrived = sink.settle()
+    rate = float(result["r"]["pps"])
+    _info(
+        benchmark,
+        rate,
+        f"C libxdp TX {c['pps'] / 1e6:.2f} Mpps (sendmmsg {kernel.pps / 1e6:.2f} Mpps)",
+        rate / c["pps"],
+        ratio_sendmmsg=rate / kernel.pps,
+        c_pps=c["pps"],
+        sendmmsg_pps=kernel.pps,
+        arrived=arrived.packets,
+        size=size,
+    )
+    assert int(result["r"]["packets"]) == count
+    assert arrived.packets >= count * 0.99
