@@ -5,6 +5,7 @@
 //! `xdp`/`xsk` (AF_XDP), `engine` (poll-mode workers), `rdma` (verbs provider).
 
 pub mod cpu;
+pub mod engine;
 pub mod error;
 pub mod mem;
 pub mod packet;

@@ -6,6 +6,7 @@
 use pyo3::prelude::*;
 
 mod cpu;
+mod engine;
 mod errors;
 mod mem;
 mod mempool;
@@ -30,6 +31,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     xdp::register(m)?;
     xsk::register(m)?;
     traffic::register(m)?;
+    engine::register(m)?;
     rdma::register(m)?;
     Ok(())
 }

@@ -27,10 +27,10 @@ use crate::mem::{region_options, RegionMemory};
 
 /// State shared by the sockets of one port.
 pub struct PortHandle {
-    port: Mutex<Option<XskPort>>,
-    region: Arc<HugeRegion>,
-    ifname: String,
-    queues: Vec<u32>,
+    pub(crate) port: Mutex<Option<XskPort>>,
+    pub(crate) region: Arc<HugeRegion>,
+    pub(crate) ifname: String,
+    pub(crate) queues: Vec<u32>,
     zerocopy: Vec<bool>,
     xdp_mode: String,
     notes: Vec<String>,
@@ -42,7 +42,7 @@ pub struct PortHandle {
 }
 
 impl PortHandle {
-    fn lock(&self) -> MutexGuard<'_, Option<XskPort>> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Option<XskPort>> {
         self.port.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -587,7 +587,7 @@ impl PyXdpSocket {
 ///     ...         batch.release()
 #[pyclass(name = "XdpPort", module = "kbypass._core", frozen)]
 pub struct PyXdpPort {
-    handle: Arc<PortHandle>,
+    pub(crate) handle: Arc<PortHandle>,
 }
 
 #[pymethods]
