@@ -264,9 +264,11 @@ class Pipeline:
     # results ------------------------------------------------------------------------------
 
     def stats(self) -> list[dict[str, Any]]:
-        """Per-worker counters: rx, tx, forwarded, dropped, kept, released, handler_errors,
-        bad_verdicts, tx_failed, batches, mean_batch, batch_latency_ns, handler_ns, pps,
-        batch_sizes (histogram), queues, cpu.
+        """Return per-worker counters.
+
+        Keys: rx, tx, forwarded, dropped, kept, released, handler_errors, bad_verdicts,
+        tx_failed, batches, mean_batch, batch_latency_ns, handler_ns, pps, batch_sizes
+        (histogram), queues, cpu.
         """
         return list(self._engine.stats())
 
@@ -280,7 +282,7 @@ class Pipeline:
         return t
 
     def kept(self) -> list[Kept]:
-        """Return handles of frames kept (KEEP) since the last call; ``release()`` each when done."""
+        """Return handles of frames kept (KEEP) since the last call; release() each."""
         return list(self._engine.kept())
 
     def check_accounting(self) -> dict[str, Any]:
