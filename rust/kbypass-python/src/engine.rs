@@ -269,12 +269,59 @@ impl Common {
     }
 }
 
+/// A Python thread state kept for the worker thread's whole life.
+///
+/// Without it every `Python::attach` on a non-Python thread creates and destroys a thread
+/// state (PyGILState_Ensure/Release at count zero): ~15 µs per batch measured here. Holding one
+/// outer ensure makes each per-batch attach a plain GIL take/release.
+#[derive(Default)]
+struct ThreadState {
+    held: Option<(pyo3::ffi::PyGILState_STATE, usize)>,
+}
+
+impl ThreadState {
+    fn start(&mut self) {
+        if self.held.is_some() {
+            return;
+        }
+        // SAFETY: called on the worker thread, which does not hold the GIL. Ensure creates this
+        // thread's state and takes the GIL; SaveThread releases the GIL but keeps the state,
+        // whose pointer we keep to restore it in `end` on the same thread.
+        let held = unsafe {
+            let g = pyo3::ffi::PyGILState_Ensure();
+            let ts = pyo3::ffi::PyEval_SaveThread();
+            (g, ts as usize)
+        };
+        self.held = Some(held);
+    }
+
+    fn end(&mut self) {
+        if let Some((g, ts)) = self.held.take() {
+            // SAFETY: same thread as `start`, GIL not held (every per-batch attach released
+            // it); restore the saved state, then undo the outer Ensure.
+            unsafe {
+                pyo3::ffi::PyEval_RestoreThread(ts as *mut pyo3::ffi::PyThreadState);
+                pyo3::ffi::PyGILState_Release(g);
+            }
+        }
+    }
+}
+
 struct PyBatchHandler {
     common: Arc<Common>,
     bufs: Arc<Buffers>,
+    ts: ThreadState,
 }
 
 impl BatchHandler for PyBatchHandler {
+    fn thread_start(&mut self) {
+        self.ts.start();
+    }
+
+    fn thread_end(&mut self) {
+        self.ts.end();
+    }
+
     fn handle(&mut self, ctx: &mut BatchCtx<'_>) -> Result<(), HandlerError> {
         Python::attach(|py| {
             let c = &self.common;
@@ -347,9 +394,18 @@ fn verdict_of(v: &Bound<'_, PyAny>) -> Option<u8> {
 struct PyPacketHandler {
     common: Arc<Common>,
     packet: Py<PyPacket>,
+    ts: ThreadState,
 }
 
 impl BatchHandler for PyPacketHandler {
+    fn thread_start(&mut self) {
+        self.ts.start();
+    }
+
+    fn thread_end(&mut self) {
+        self.ts.end();
+    }
+
     fn handle(&mut self, ctx: &mut BatchCtx<'_>) -> Result<(), HandlerError> {
         Python::attach(|py| {
             let c = &self.common;
@@ -1298,11 +1354,13 @@ impl PyEngine {
                 Box::new(PyPacketHandler {
                     common: Arc::clone(&self.common),
                     packet,
+                    ts: ThreadState::default(),
                 })
             } else {
                 Box::new(PyBatchHandler {
                     common: Arc::clone(&self.common),
                     bufs: Arc::new(Buffers::new(py, self.batch, &self.common.frames)?),
+                    ts: ThreadState::default(),
                 })
             };
             handlers.push(h);

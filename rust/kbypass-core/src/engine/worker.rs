@@ -73,6 +73,13 @@ pub struct BatchCtx<'a> {
 pub trait BatchHandler: Send {
     /// Look at the batch, write verdicts (and edit frames). An `Err` applies [`OnError`].
     fn handle(&mut self, batch: &mut BatchCtx<'_>) -> std::result::Result<(), HandlerError>;
+
+    /// Called once on the worker thread before the first batch (e.g. to set up per-thread
+    /// interpreter state once instead of per batch).
+    fn thread_start(&mut self) {}
+
+    /// Called once on the worker thread after the last batch.
+    fn thread_end(&mut self) {}
 }
 
 /// Upper bounds (inclusive) of the batch-size histogram buckets; the last bucket is open.
@@ -255,8 +262,10 @@ pub fn spawn(
         .name(format!("kbx-worker-{id}"))
         .spawn(move || {
             let mut w = Worker::new(id, sockets, handler, cfg, stats, consumer);
+            w.handler.thread_start();
             let error = w.run().err();
             w.finish();
+            w.handler.thread_end();
             WorkerExit {
                 sockets: w.sockets,
                 error,
