@@ -30,6 +30,8 @@ use crate::mem::{region_options, RegionMemory};
 pub struct PortHandle {
     port: Mutex<Option<XskPort>>,
     region: Arc<HugeRegion>,
+    /// Offset of the UMEM's frame 0 inside `region` (fixed for the port's life).
+    pool_off: usize,
     ifname: String,
     queues: Vec<u32>,
     zerocopy: Vec<bool>,
@@ -166,6 +168,7 @@ fn open_port(
     let umem = Arc::clone(port.umem());
     Ok(Arc::new(PortHandle {
         region: Arc::clone(umem.pool().region()),
+        pool_off: umem.pool().base() as usize - umem.pool().region().as_ptr() as usize,
         ifname: ifname.to_string(),
         queues: port.queues().to_vec(),
         zerocopy: (0..port.len())
