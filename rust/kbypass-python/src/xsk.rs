@@ -730,14 +730,7 @@ impl PyRxBatch {
 
     fn view<'py>(&self, py: Python<'py>, d: &XdpDesc) -> PyResult<Bound<'py, PyArray1<u8>>> {
         let base = self.handle.region.as_ptr();
-        let pool_off = {
-            let g = self.handle.lock();
-            let port = g
-                .as_ref()
-                .ok_or_else(|| PyRuntimeError::new_err("the socket is closed"))?;
-            port.umem().pool().base() as usize - base as usize
-        };
-        let start = pool_off + d.addr as usize;
+        let start = self.handle.pool_off + d.addr as usize;
         if start + d.len as usize > self.handle.region.len() {
             return Err(PyRuntimeError::new_err("descriptor outside the UMEM"));
         }
