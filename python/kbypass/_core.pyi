@@ -407,6 +407,7 @@ def af_packet_recv(
     netns: str | None = None,
     cpu: int | None = None,
 ) -> dict[str, Any]: ...
+
 # --- ring.rs ---------------------------------------------------------------------------------
 
 @final
