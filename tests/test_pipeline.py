@@ -386,3 +386,32 @@ def test_ctrl_c_stops_cleanly_and_detaches(pair: VethPair) -> None:
     assert proc.returncode == 0, err
     assert "clean True 0" in out
     assert "xdp" not in pair.run("b", "ip", "-d", "link", "show", pair.b.ifname).stdout
+
+
+def test_processes_mode_one_worker_process_per_queue(pair2: VethPair) -> None:
+    # The handler runs in forked children (no pickling); its return value is all they report.
+    def reflect(batch: kbypass.Batch) -> None:
+        _reflect(batch)
+
+    peer = _peer(pair2, 9491)
+    with pair2.enter("b"):
+        p = Pipeline(
+            pair2.b.ifname,
+            reflect,
+            filter="udp dst port 9490",
+            processes=2,
+            mode="copy",
+            cpus=False,
+        )
+    with p:
+        assert "xdp" in pair2.run("b", "ip", "-d", "link", "show", pair2.b.ifname).stdout
+        p.start()
+        for i in range(10):
+            peer.sendto(b"proc-%d" % i, (pair2.b.ip, 9490))
+        got = sorted(peer.recvfrom(64)[0] for _ in range(10))
+        acc = p.stop()
+        ws = p.stats()
+    assert got == sorted(b"proc-%d" % i for i in range(10))
+    assert len(ws) == 2 and sum(w["tx"] for w in ws) == 10
+    assert acc["balanced"] and acc["app"] == 0
+    assert "xdp" not in pair2.run("b", "ip", "-d", "link", "show", pair2.b.ifname).stdout

@@ -815,6 +815,7 @@ class XdpPort:
         multi_buffer: bool = False,
         ring_size: int = 2048,
         headroom: int = 0,
+        program: bool = True,
     ) -> XdpPort: ...
     @property
     def sockets(self) -> list[XdpSocket]: ...

@@ -126,6 +126,7 @@ fn open_port(
     multi_buffer: bool,
     ring_size: u32,
     headroom: u32,
+    program: bool,
 ) -> PyResult<Arc<PortHandle>> {
     let rules = filter_rules(filter)?;
     let attach = match xdp_mode {
@@ -160,6 +161,7 @@ fn open_port(
         rules,
         attach,
         force,
+        program,
     };
     let name = ifname.to_string();
     let port = py
@@ -255,6 +257,7 @@ impl PyXdpSocket {
             multi_buffer,
             ring_size,
             headroom,
+            true,
         )?;
         Ok(PyXdpSocket { handle, index: 0 })
     }
@@ -599,7 +602,7 @@ impl PyXdpPort {
     #[new]
     #[pyo3(signature = (ifname, queues=None, mode="auto", filter=None, frames=None, frame_size=2048,
         hugepages="auto", busy_poll=false, *, xdp_mode="auto", force=false, need_wakeup=true,
-        multi_buffer=false, ring_size=2048, headroom=0))]
+        multi_buffer=false, ring_size=2048, headroom=0, program=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -617,6 +620,7 @@ impl PyXdpPort {
         multi_buffer: bool,
         ring_size: u32,
         headroom: u32,
+        program: bool,
     ) -> PyResult<Self> {
         let q = match queues {
             None => Queues::All,
@@ -646,6 +650,7 @@ impl PyXdpPort {
             multi_buffer,
             ring_size,
             headroom,
+            program,
         )?;
         Ok(PyXdpPort { handle })
     }
