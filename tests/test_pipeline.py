@@ -415,3 +415,44 @@ def test_processes_mode_one_worker_process_per_queue(pair2: VethPair) -> None:
     assert len(ws) == 2 and sum(w["tx"] for w in ws) == 10
     assert acc["balanced"] and acc["app"] == 0
     assert "xdp" not in pair2.run("b", "ip", "-d", "link", "show", pair2.b.ifname).stdout
+
+
+def test_set_field_views_and_pcap(pair: VethPair, tmp_path: Any) -> None:
+    dpkt = pytest.importorskip("dpkt", reason="optional: dpkt (pip install kbypass[test])")
+    pcap = tmp_path / "batch.pcap"
+    writer = packet.PcapWriter(str(pcap))
+    checks: list[bool] = []
+
+    def handler(batch: kbypass.Batch) -> None:
+        addrs = batch.addrs
+        fs = batch.frame_size
+        # Byte 0 of every packet through the 2-D UMEM view equals the per-frame view.
+        row0 = batch.umem[addrs // fs, addrs % fs]
+        checks.append(
+            bool((row0 == np.array([batch.frame(i)[0] for i in range(len(batch))])).all())
+        )
+        assert batch.to_pcap(writer) == len(batch)
+        assert batch.set_field(0, b"PONG", base="payload") == len(batch)
+        assert batch.set_field(10_000, b"x", base="payload") == 0  # past the end: skipped
+        _reflect(batch)
+
+    peer = _peer(pair, 9501)
+    with _pipeline(pair, handler, filter="udp dst port 9500") as p:
+        p.start()
+        for i in range(3):
+            peer.sendto(b"ping-%d" % i, (pair.b.ip, 9500))
+        got = sorted(peer.recvfrom(64)[0] for _ in range(3))
+        p.stop()
+    writer.close()
+    assert got == sorted(b"PONG-%d" % i for i in range(3))  # checksums fixed after the edit
+    assert checks and all(checks)
+    with open(pcap, "rb") as f:
+        frames = [bytes(buf) for _ts, buf in dpkt.pcap.Reader(f)]
+    assert sorted(fr[42:] for fr in frames) == sorted(b"ping-%d" % i for i in range(3))
+
+
+def test_progress_display_renders_with_rich(pair: VethPair, capsys: Any) -> None:
+    pytest.importorskip("rich", reason="optional: rich (pip install kbypass[progress])")
+    with _pipeline(pair, lambda b: None, filter="udp", progress=True) as p:
+        p.run(duration=0.3)
+    assert "kbypass pipeline on veth1" in capsys.readouterr().out
