@@ -144,6 +144,18 @@ def _capture_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    from kbypass import demo
+
+    demo.add_arguments(p)
+
+
+def _demo_run(args: argparse.Namespace) -> int:
+    from kbypass import demo
+
+    return demo.run(args)
+
+
 COMMANDS: dict[str, Command] = {
     "info": Command(
         "show what this machine can do, and how to fix what it can't", _info_arguments, _info_run
@@ -152,6 +164,11 @@ COMMANDS: dict[str, Command] = {
         "capture frames with AF_XDP into a pcap file (a Rust loop, no Python per packet)",
         _capture_arguments,
         _capture_run,
+    ),
+    "demo": Command(
+        "a Python packet processor on AF_XDP vs the kernel's UDP socket, on a veth bench",
+        _demo_arguments,
+        _demo_run,
     ),
 }
 

@@ -286,9 +286,7 @@ _BPF_CHECKS = ("prog_load", "xdp_link", "frags", "live_frames")
 def _bpf_summary(r: Report) -> str:
     checks = " ".join(f"{k}={_yes(r[k]['ok'])}" for k in _BPF_CHECKS)
     mounts = ",".join(r["bpffs_mounts"]) or "none"
-    return (
-        f"{checks} redirect={r['redirect_form'] or '-'} jit={r['jit_enabled']} bpffs={mounts}"
-    )
+    return f"{checks} redirect={r['redirect_form'] or '-'} jit={r['jit_enabled']} bpffs={mounts}"
 
 
 @section("bpf", "BPF", _bpf_summary)
