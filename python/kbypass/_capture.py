@@ -26,7 +26,7 @@ def _positive(name: str, value: object, kind: type) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
         raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
-    if not value > 0:  # type: ignore[operator]
+    if not value > 0:
         raise ValueError(f"{name}={value!r} must be > 0")
 
 

@@ -5,8 +5,8 @@ use std::io::BufWriter;
 use std::time::Duration;
 
 use kbypass_core::capture::{
-    capture as core_capture, CaptureConfig, CaptureLimits, CaptureSink, CaptureSummary,
-    PcapSink, TextSink,
+    capture as core_capture, CaptureConfig, CaptureLimits, CaptureSink, CaptureSummary, PcapSink,
+    TextSink,
 };
 use kbypass_core::xdp::{parse_filter, AttachMode};
 use kbypass_core::xsk::{BindMode, Queues};
@@ -48,7 +48,10 @@ fn summary_dict<'py>(py: Python<'py>, s: &CaptureSummary) -> PyResult<Bound<'py,
     k.set_item("rx_dropped", s.kernel.rx_dropped)?;
     k.set_item("rx_invalid_descs", s.kernel.rx_invalid_descs)?;
     k.set_item("rx_ring_full", s.kernel.rx_ring_full)?;
-    k.set_item("rx_fill_ring_empty_descs", s.kernel.rx_fill_ring_empty_descs)?;
+    k.set_item(
+        "rx_fill_ring_empty_descs",
+        s.kernel.rx_fill_ring_empty_descs,
+    )?;
     d.set_item("kernel", k)?;
     d.set_item("invalid_descs", s.invalid_descs)?;
     d.set_item("queues", s.queues.clone())?;
