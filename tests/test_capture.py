@@ -7,6 +7,7 @@ kernel UDP socket on side a.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -86,6 +87,30 @@ def test_pcap_has_exactly_count_frames_with_ns_timestamps(
     ip = dpkt.ethernet.Ethernet(frames[0][1]).data
     assert socket.inet_ntoa(ip.src) == veth_pair.a.ip and ip.data.dport == 9000
     assert "prog/xdp" not in _programs(veth_pair), "the program is detached after the capture"
+
+
+@pytest.mark.traffic(size=100)
+def test_tshark_reads_the_file(
+    veth_pair: VethPair, traffic: TrafficGenerator, tmp_path: Path
+) -> None:
+    tshark = shutil.which("tshark")
+    if tshark is None:
+        pytest.skip("optional: tshark is not installed (apt-get install tshark)")
+    out = tmp_path / "ts.pcap"
+    traffic.start(rate=50_000, duration=20)
+    kbypass.capture(veth_pair.b.ifname, netns=veth_pair.b.netns, count=50, write=out)
+    traffic.stop()
+    r = subprocess.run(
+        [tshark, "-r", str(out), "-T", "fields", "-e", "frame.time_epoch", "-e", "ip.src",
+         "-e", "udp.dstport", "-e", "frame.len"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = [line.split("\t") for line in r.stdout.splitlines()]
+    assert len(rows) == 50
+    for epoch, src, dport, length in rows:
+        assert (src, dport, length) == (veth_pair.a.ip, "9000", "100")
+        assert len(epoch.split(".")[1]) == 9, epoch  # nanosecond resolution
 
 
 def test_snaplen_and_queues_all(veth_pair: VethPair, tmp_path: Path) -> None:
