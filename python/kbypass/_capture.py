@@ -4,6 +4,9 @@ The loop runs without the GIL and without Python per packet: it receives frames 
 writes them to a pcap file with nanosecond timestamps (readable by tshark, Wireshark, scapy and
 dpkt) and gives them straight back to the kernel. Frames that do not match ``filter`` keep going
 to the kernel's stack. Without ``write`` it prints one line per frame instead.
+
+Timestamps are the wall clock (CLOCK_REALTIME) read once per burst of frames taken off the RX
+ring, so frames of one burst share a timestamp: AF_XDP delivers no per-frame receive time.
 """
 
 from __future__ import annotations
@@ -67,7 +70,9 @@ def capture(
         batch: frames taken per burst (1..1024).
         force: replace an XDP program on the interface that is not kbypass's.
         interrupt: on Ctrl-C, ``"raise"`` KeyboardInterrupt (after flushing the file and
-            detaching) or ``"stop"`` and return the summary.
+            detaching) or ``"stop"`` and return the summary. Signals are seen within ~50 ms
+            when called from the main thread; from another thread (where Python runs no
+            signal handlers) the loop never takes the GIL and ends by count or duration.
 
     Returns:
         The summary: ``packets``, ``bytes`` (on the wire), ``elapsed``, ``pps``, ``stopped``

@@ -171,6 +171,11 @@ fn capture<'py>(
         netns: netns.map(str::to_string),
         force,
     };
+    // Signal handlers run only on the main thread: elsewhere the loop never takes the GIL.
+    let threading = py.import("threading")?;
+    let on_main = threading
+        .call_method0("main_thread")?
+        .is(&threading.call_method0("current_thread")?);
     let mut out = open_output(write, snaplen).py()?;
     let ifname = ifname.to_string();
     let mut pending: Option<PyErr> = None;
@@ -181,13 +186,14 @@ fn capture<'py>(
             stop: None,
         };
         let mut interrupted = || {
-            Python::attach(|py| match py.check_signals() {
-                Ok(()) => false,
-                Err(e) => {
-                    pending = Some(e);
-                    true
-                }
-            })
+            on_main
+                && Python::attach(|py| match py.check_signals() {
+                    Ok(()) => false,
+                    Err(e) => {
+                        pending = Some(e);
+                        true
+                    }
+                })
         };
         core_capture(&ifname, &cfg, &limits, &mut out, &mut interrupted)
     });
