@@ -236,6 +236,8 @@ def test_bad_input_raises_typed_errors(veth_pair: VethPair, tmp_path: Path) -> N
         kbypass.capture(b.ifname, netns=b.netns, queues="some", count=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="queue 3 does not exist"):
         kbypass.capture(b.ifname, netns=b.netns, queue=3, count=1)
+    with pytest.raises(ValueError, match="frames=64 is too few"):
+        kbypass.capture(b.ifname, netns=b.netns, count=1, frames=64)
     with pytest.raises(ValueError, match="interrupt"):
         kbypass.capture(b.ifname, netns=b.netns, count=1, interrupt="ignore")  # type: ignore[arg-type]
     with pytest.raises(FileNotFoundError):

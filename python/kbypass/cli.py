@@ -86,6 +86,14 @@ def _capture_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--xdp-mode", choices=["auto", "native", "generic"], default="auto", help="XDP attach"
     )
+    p.add_argument(
+        "--frames",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="UMEM frames (default 4096); up to half wait on the receive rings, so more frames "
+        "mean fewer drops when the loop falls behind",
+    )
     p.add_argument("--netns", metavar="NAME", help="capture inside this network namespace")
     p.add_argument("--force", action="store_true", help="replace a foreign XDP program")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (to stderr)")
@@ -123,6 +131,7 @@ def _capture_run(args: argparse.Namespace) -> int:
             mode=args.mode,
             xdp_mode=args.xdp_mode,
             netns=args.netns,
+            frames=args.frames,
             force=args.force,
             interrupt="stop",
         )

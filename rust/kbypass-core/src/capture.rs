@@ -215,7 +215,8 @@ pub struct CaptureConfig {
     pub mode: BindMode,
     /// Native, generic or auto XDP attach.
     pub attach: AttachMode,
-    /// UMEM frames shared by the sockets; half of them per socket sit on the FILL ring.
+    /// UMEM frames shared by the sockets; up to half of them wait on one socket's FILL/RX rings
+    /// (more frames: fewer drops when the loop is descheduled).
     pub frames: u32,
     /// Frames taken off the RX ring per burst.
     pub batch: usize,
@@ -360,6 +361,13 @@ pub fn capture<S: CaptureSink + ?Sized>(
             cfg.batch
         )));
     }
+    if cfg.frames < 128 {
+        return Err(Error::invalid(format!(
+            "frames={} is too few: give at least 128 (default 4096)",
+            cfg.frames
+        )));
+    }
+    let rx_ring = (cfg.frames / 2).next_power_of_two().min(1 << 16);
     let _ns = cfg.netns.as_deref().map(NetnsGuard::enter).transpose()?;
     let mtu = if_mtu(ifname)?;
     let port_cfg = PortConfig {
@@ -370,6 +378,10 @@ pub fn capture<S: CaptureSink + ?Sized>(
         },
         socket: SocketConfig {
             mode: cfg.mode,
+            // Deep receive rings: a socket may keep half the UMEM on its receive side, and a
+            // capture that is briefly descheduled should lose nothing while the rings hold.
+            rx_size: rx_ring,
+            fill_size: rx_ring,
             ..SocketConfig::default()
         },
         rules: cfg.rules.clone(),
