@@ -18,6 +18,7 @@ __all__ = [
     "PcapWriter",
     "RdmaAh",
     "RdmaCompletion",
+    "RdmaCompletionError",
     "RdmaContext",
     "RdmaCq",
     "RdmaDevice",
@@ -26,6 +27,7 @@ __all__ = [
     "RdmaPd",
     "RdmaPort",
     "RdmaQp",
+    "RdmaSrq",
     "Ring",
     "RxBatch",
     "XdpAttachment",
@@ -538,7 +540,16 @@ class RdmaPort:
 
 @final
 class RdmaEndpoint:
-    def __new__(cls, qpn: int, psn: int, gid: str, lid: int = 0) -> RdmaEndpoint: ...
+    def __new__(
+        cls,
+        qpn: int,
+        psn: int,
+        gid: str,
+        lid: int = 0,
+        rkey: int = 0,
+        addr: int = 0,
+        length: int = 0,
+    ) -> RdmaEndpoint: ...
     @property
     def qpn(self) -> int: ...
     @property
@@ -547,6 +558,16 @@ class RdmaEndpoint:
     def gid(self) -> str: ...
     @property
     def lid(self) -> int: ...
+    @property
+    def rkey(self) -> int: ...
+    @property
+    def addr(self) -> int: ...
+    @property
+    def length(self) -> int: ...
+    def to_bytes(self) -> bytes: ...
+    @staticmethod
+    def from_bytes(data: bytes) -> RdmaEndpoint: ...
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]: ...
     def to_pingpong(self) -> bytes: ...
     @staticmethod
     def from_pingpong(data: bytes) -> RdmaEndpoint: ...
@@ -570,6 +591,11 @@ class RdmaCompletion:
     def qp_num(self) -> int: ...
     @property
     def src_qp(self) -> int: ...
+    @property
+    def vendor_err(self) -> int: ...
+    def check(self) -> RdmaCompletion: ...
+
+class RdmaCompletionError(OSError): ...
 
 @final
 class RdmaContext:
@@ -587,7 +613,8 @@ class RdmaContext:
 
 @final
 class RdmaPd:
-    def register(self, buffer: Buffer, access: int = 15) -> RdmaMr: ...
+    def register(self, buffer: Buffer | HugeRegion | Mempool, access: int = 15) -> RdmaMr: ...
+    def create_srq(self, max_wr: int = 128, max_sge: int = 1) -> RdmaSrq: ...
     def create_ah(
         self, remote: RdmaEndpoint, port: int = 1, gid_index: int | None = None
     ) -> RdmaAh: ...
@@ -600,9 +627,19 @@ class RdmaPd:
         max_recv_wr: int = 128,
         max_sge: int = 4,
         max_inline_data: int = 64,
+        srq: RdmaSrq | None = None,
     ) -> RdmaQp: ...
     def close(self) -> None: ...
     def __enter__(self) -> RdmaPd: ...
+    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
+
+@final
+class RdmaSrq:
+    def post_recv(
+        self, mr: RdmaMr, offset: int = 0, length: int | None = None, wr_id: int = 0
+    ) -> None: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> RdmaSrq: ...
     def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
 
 @final
@@ -641,7 +678,28 @@ class RdmaQp:
     @property
     def state(self) -> int: ...
     def endpoint(
-        self, psn: int = 0, port: int = 1, gid_index: int | None = None
+        self,
+        psn: int = 0,
+        port: int = 1,
+        gid_index: int | None = None,
+        mr: RdmaMr | None = None,
+    ) -> RdmaEndpoint: ...
+    def init(self, port: int = 1, access: int = 15) -> None: ...
+    def pingpong_accept(
+        self,
+        port: int = 18515,
+        psn: int = 0,
+        timeout: float = 30.0,
+        gid_index: int | None = None,
+        bind: str = "0.0.0.0",
+    ) -> RdmaEndpoint: ...
+    def pingpong_connect(
+        self,
+        host: str,
+        port: int = 18515,
+        psn: int = 0,
+        timeout: float = 30.0,
+        gid_index: int | None = None,
     ) -> RdmaEndpoint: ...
     def connect(
         self,

@@ -18,6 +18,12 @@ SCENARIOS = [
     "any_close_order",
     "ud_send_with_address_handle",
     "bad_input_is_an_exception",
+    "kbypass_memory",
+    "dropped_in_any_order",
+    "srq_from_python",
+    "error_state_flush_and_exceptions",
+    "endpoint_serialization",
+    "pingpong_interop_from_python",
 ]
 
 
