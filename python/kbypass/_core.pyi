@@ -636,7 +636,12 @@ class RdmaPd:
 @final
 class RdmaSrq:
     def post_recv(
-        self, mr: RdmaMr, offset: int = 0, length: int | None = None, wr_id: int = 0
+        self,
+        mr: RdmaMr,
+        offset: int = 0,
+        length: int | None = None,
+        wr_id: int = 0,
+        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
     ) -> None: ...
     def close(self) -> None: ...
     def __enter__(self) -> RdmaSrq: ...
@@ -701,6 +706,27 @@ class RdmaQp:
         timeout: float = 30.0,
         gid_index: int | None = None,
     ) -> RdmaEndpoint: ...
+    def perftest_serve(
+        self,
+        mr: RdmaMr,
+        port: int = 18515,
+        psn: int = 0,
+        timeout: float = 60.0,
+        gid_index: int | None = None,
+        bind: str = "0.0.0.0",
+    ) -> dict[str, float]: ...
+    def perftest_write_bw(
+        self,
+        cq: RdmaCq,
+        mr: RdmaMr,
+        host: str,
+        port: int = 18515,
+        size: int = 65536,
+        iterations: int = 1000,
+        psn: int = 0,
+        timeout: float = 60.0,
+        gid_index: int | None = None,
+    ) -> dict[str, float]: ...
     def connect(
         self,
         remote: RdmaEndpoint | None = None,
@@ -712,7 +738,12 @@ class RdmaQp:
     def to_error(self) -> None: ...
     def to_reset(self) -> None: ...
     def post_recv(
-        self, mr: RdmaMr, offset: int = 0, length: int | None = None, wr_id: int = 0
+        self,
+        mr: RdmaMr,
+        offset: int = 0,
+        length: int | None = None,
+        wr_id: int = 0,
+        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
     ) -> None: ...
     def send(
         self,
@@ -726,6 +757,7 @@ class RdmaQp:
         ah: RdmaAh | None = None,
         remote_qpn: int | None = None,
         remote_qkey: int = 286331153,
+        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
     ) -> None: ...
     def write(
         self,
@@ -737,6 +769,7 @@ class RdmaQp:
         wr_id: int = 0,
         imm: int | None = None,
         signaled: bool = True,
+        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
     ) -> None: ...
     def read(
         self,
@@ -747,6 +780,7 @@ class RdmaQp:
         length: int | None = None,
         wr_id: int = 0,
         signaled: bool = True,
+        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
     ) -> None: ...
     def compare_swap(
         self,

@@ -24,6 +24,8 @@ SCENARIOS = [
     "error_state_flush_and_exceptions",
     "endpoint_serialization",
     "pingpong_interop_from_python",
+    "perftest_interop_from_python",
+    "uc_sg_lists_and_write_with_imm",
 ]
 
 

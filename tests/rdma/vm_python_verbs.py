@@ -510,6 +510,70 @@ def scenario_pingpong_interop_from_python() -> None:
         assert tool.returncode == 0 and f"{PP_ITERS} iters in" in out, out
 
 
+def scenario_perftest_interop_from_python() -> None:
+    import re
+
+    bw = "ib_write_bw -d rxe0 -x 1 -F -s 4096"
+    with rdma.Context("rxe0") as ctx:
+        # kbypass server, ib_write_bw client: it writes into our buffer and sends its report
+        cq, pd = ctx.create_cq(256), ctx.alloc_pd()
+        qp = pd.create_qp("RC", cq)
+        buf = np.full(1 << 20, 0xAA, dtype=np.uint8)
+        mr = pd.register(buf)
+        script = (
+            f"for i in $(seq 100); do {bw} -n 300 -p 18620 127.0.0.1 && exit 0; sleep 0.3; done"
+        )
+        tool = subprocess.Popen(
+            ["sh", "-c", script + "; exit 1"], stdout=subprocess.PIPE, text=True
+        )
+        rep = qp.perftest_serve(mr, port=18620, psn=0x99, gid_index=1)
+        out, _ = tool.communicate(timeout=120)
+        assert tool.returncode == 0, out
+        assert (rep["size"], rep["iters"]) == (4096, 300) and rep["bw_avg"] > 0, rep
+        assert (buf[:4096] != 0xAA).any(), "the tool's writes did not land in our buffer"
+        assert re.search(r"^\s*4096\s+300\s+[\d.]+\s+[\d.]+", out, re.M), out
+        # ib_write_bw server, kbypass client: we write into its buffer; it prints our report
+        cq, pd = ctx.create_cq(256), ctx.alloc_pd()
+        qp = pd.create_qp("RC", cq)
+        mr = pd.register(np.arange(4096, dtype=np.uint8))
+        tool = subprocess.Popen(["sh", "-c", f"{bw} -p 18621"], stdout=subprocess.PIPE, text=True)
+        rep = qp.perftest_write_bw(cq, mr, "127.0.0.1", port=18621, size=4096, iterations=250)
+        out, _ = tool.communicate(timeout=120)
+        assert tool.returncode == 0, out
+        assert (rep["size"], rep["iters"]) == (4096, 250) and rep["bw_avg"] > 0, rep
+        row = re.search(r"^\s*4096\s+250\s+([\d.]+)\s+([\d.]+)", out, re.M)
+        assert row is not None, out
+        assert abs(float(row.group(2)) - rep["bw_avg"]) < 0.01 + rep["bw_avg"] * 0.01, (row, rep)
+        print(f"perftest interop: {rep}")
+
+
+def scenario_uc_sg_lists_and_write_with_imm() -> None:
+    with rdma.Context("rxe0") as ctx:
+        cq = ctx.create_cq(32)
+        pd = ctx.alloc_pd()
+        a, b = pd.create_qp("UC", cq), pd.create_qp("UC", cq)
+        a.connect(b.endpoint(psn=1), psn=2)
+        b.connect(a.endpoint(psn=2), psn=1)
+        head = np.frombuffer(b"head-", dtype=np.uint8).copy()
+        body = np.frombuffer(b"and-body", dtype=np.uint8).copy()
+        mh, mb = pd.register(head), pd.register(body)
+        dst = np.zeros(64, dtype=np.uint8)
+        md = pd.register(dst)
+        # a gathered UC write with immediate: the receiver consumes a receive for the imm
+        b.post_recv(md, offset=0, length=1, wr_id=10)
+        a.write(mh, md.addr + 8, md.rkey, wr_id=11, imm=0xABCD, sg=[(mb, 0, 8)])
+        wcs = {w.wr_id: w.check() for w in wait_wcs(cq, 2)}
+        assert wcs[10].opcode == rdma.Opcode.RECV_RDMA_WITH_IMM and wcs[10].imm == 0xABCD, wcs
+        assert bytes(dst[8:21]) == b"head-and-body", bytes(dst)
+        # a UC send scattered over two receive buffers
+        dst[:] = 0
+        b.post_recv(md, offset=40, length=4, wr_id=20, sg=[(md, 50, 9)])
+        a.send(mh, wr_id=21, sg=[(mb, 0, 8)])
+        wcs = {w.wr_id: w.check() for w in wait_wcs(cq, 2)}
+        assert wcs[20].byte_len == 13, wcs
+        assert bytes(dst[40:44]) + bytes(dst[50:59]) == b"head-and-body", bytes(dst)
+
+
 SCENARIOS: dict[str, Callable[[], None]] = {
     name.removeprefix("scenario_"): fn
     for name, fn in globals().items()

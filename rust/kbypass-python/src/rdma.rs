@@ -16,7 +16,7 @@ use kbypass_core::rdma::{
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyDict};
 
 pyo3::create_exception!(
     kbypass._core,
@@ -519,19 +519,17 @@ impl RdmaSrq {
 #[pymethods]
 impl RdmaSrq {
     /// Post one receive into `mr[offset:offset+length]` (the rest of the region by default).
-    #[pyo3(signature = (mr, offset = 0, length = None, wr_id = 0))]
+    #[pyo3(signature = (mr, offset = 0, length = None, wr_id = 0, sg = None))]
     fn post_recv(
         &self,
         mr: &RdmaMr,
         offset: usize,
         length: Option<usize>,
         wr_id: u64,
+        sg: Option<Vec<SgItem<'_>>>,
     ) -> PyResult<()> {
-        let m = mr.get()?;
-        let len = length.unwrap_or(m.len().saturating_sub(offset));
-        self.get()?
-            .post_recv(wr_id, &[m.sge(offset, len).py()?])
-            .py()
+        let sges = gather(mr, offset, length, sg)?;
+        self.get()?.post_recv(wr_id, &sges).py()
     }
 
     fn close(&mut self) {
@@ -700,6 +698,35 @@ impl RdmaCq {
     }
 }
 
+/// One more scatter/gather element from Python: `(mr, offset, length)`.
+type SgItem<'py> = (PyRef<'py, RdmaMr>, usize, usize);
+
+/// The SGE list: `mr[offset:offset+length]` (the rest of the region by default), then `sg`.
+fn gather(
+    mr: &RdmaMr,
+    offset: usize,
+    length: Option<usize>,
+    sg: Option<Vec<SgItem<'_>>>,
+) -> PyResult<Vec<rdma::Sge>> {
+    let m = mr.get()?;
+    let len = length.unwrap_or(m.len().saturating_sub(offset));
+    let mut sges = vec![m.sge(offset, len).py()?];
+    for (more, off, len) in sg.unwrap_or_default() {
+        sges.push(more.get()?.sge(off, len).py()?);
+    }
+    Ok(sges)
+}
+
+fn report<'py>(py: Python<'py>, r: &rdma::perftest::BwReport) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("size", r.size)?;
+    d.set_item("iters", r.iters)?;
+    d.set_item("bw_peak", r.bw_peak)?;
+    d.set_item("bw_avg", r.bw_avg)?;
+    d.set_item("msg_rate", r.msg_rate)?;
+    Ok(d)
+}
+
 fn seconds(s: f64) -> PyResult<Duration> {
     if s >= 0.0 && s.is_finite() {
         Ok(Duration::from_secs_f64(s))
@@ -764,10 +791,9 @@ impl RdmaQp {
         op: SendOp<'_>,
         signaled: bool,
         inline: bool,
+        sg: Option<Vec<SgItem<'_>>>,
     ) -> PyResult<()> {
-        let m = mr.get()?;
-        let len = length.unwrap_or(m.len().saturating_sub(offset));
-        let sge = m.sge(offset, len).py()?;
+        let sges = gather(mr, offset, length, sg)?;
         let mut flags = SendFlags::default();
         if signaled {
             flags = flags | SendFlags::SIGNALED;
@@ -775,7 +801,7 @@ impl RdmaQp {
         if inline {
             flags = flags | SendFlags::INLINE;
         }
-        self.get()?.post_send(wr_id, op, &[sge], flags).py()
+        self.get()?.post_send(wr_id, op, &sges, flags).py()
     }
 }
 
@@ -853,6 +879,82 @@ impl RdmaQp {
         Ok(endpoint(&remote))
     }
 
+    /// Be the server of an ``ib_write_bw`` client (perftest's TCP exchange on `port`): expose
+    /// `mr` (remote-writable; the client's message size plus a page at least) for its RDMA
+    /// writes, connect this QP to it, and return the report it sends at the end: a dict of
+    /// ``size``, ``iters``, ``bw_peak``, ``bw_avg`` (MB/s of 2**20 bytes) and ``msg_rate``
+    /// (millions of messages per second). The GIL is released while waiting.
+    #[pyo3(signature = (mr, port = 18515, psn = 0, timeout = 60.0, gid_index = None, bind = "0.0.0.0"))]
+    #[allow(clippy::too_many_arguments)]
+    fn perftest_serve<'py>(
+        &self,
+        py: Python<'py>,
+        mr: &RdmaMr,
+        port: u16,
+        psn: u32,
+        timeout: f64,
+        gid_index: Option<i32>,
+        bind: &str,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let t = seconds(timeout)?;
+        let p = self.params(1, gid_index)?;
+        let local = self.local(&p, psn)?;
+        self.init_if_reset(&p, Access::ALL)?;
+        let (qp, m) = (self.get()?, mr.get()?);
+        let listener = std::net::TcpListener::bind((bind, port)).map_err(|e| {
+            pyo3::exceptions::PyOSError::new_err((
+                e.raw_os_error().unwrap_or(libc::EIO),
+                format!("listen on {bind}:{port}: {e}: pick a free port"),
+            ))
+        })?;
+        let r = py
+            .detach(|| rdma::perftest::serve_write_bw(&listener, qp, m, &p, &local, t))
+            .py()?;
+        report(py, &r)
+    }
+
+    /// Be the client of an ``ib_write_bw`` server at `host`:`port` (retried until `timeout`):
+    /// connect this QP, RDMA-write `iterations` messages of `size` bytes from `mr` into the
+    /// server's buffer (GIL released), send the report, and return it (the dict of
+    /// ``perftest_serve``).
+    #[pyo3(signature = (cq, mr, host, port = 18515, size = 65536, iterations = 1000, psn = 0, timeout = 60.0, gid_index = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn perftest_write_bw<'py>(
+        &self,
+        py: Python<'py>,
+        cq: &RdmaCq,
+        mr: &RdmaMr,
+        host: &str,
+        port: u16,
+        size: usize,
+        iterations: u64,
+        psn: u32,
+        timeout: f64,
+        gid_index: Option<i32>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let t = seconds(timeout)?;
+        let p = self.params(1, gid_index)?;
+        let local = self.local(&p, psn)?;
+        self.init_if_reset(&p, Access::ALL)?;
+        let (qp, c, m) = (self.get()?, cq.get()?, mr.get()?);
+        let r = py
+            .detach(|| {
+                rdma::perftest::client_write_bw(
+                    (host, port),
+                    qp,
+                    c,
+                    m,
+                    &p,
+                    &local,
+                    size,
+                    iterations,
+                    t,
+                )
+            })
+            .py()?;
+        report(py, &r)
+    }
+
     /// Client side of ``ibv_rc_pingpong``'s TCP exchange with a server at `host`:`port`
     /// (retried until `timeout`); brings this QP to RTS towards it and returns its endpoint.
     #[pyo3(signature = (host, port = 18515, psn = 0, timeout = 30.0, gid_index = None))]
@@ -921,23 +1023,21 @@ impl RdmaQp {
         self.get()?.to_reset().py()
     }
 
-    #[pyo3(signature = (mr, offset = 0, length = None, wr_id = 0))]
+    #[pyo3(signature = (mr, offset = 0, length = None, wr_id = 0, sg = None))]
     fn post_recv(
         &self,
         mr: &RdmaMr,
         offset: usize,
         length: Option<usize>,
         wr_id: u64,
+        sg: Option<Vec<SgItem<'_>>>,
     ) -> PyResult<()> {
-        let m = mr.get()?;
-        let len = length.unwrap_or(m.len().saturating_sub(offset));
-        self.get()?
-            .post_recv(wr_id, &[m.sge(offset, len).py()?])
-            .py()
+        let sges = gather(mr, offset, length, sg)?;
+        self.get()?.post_recv(wr_id, &sges).py()
     }
 
     /// SEND (with immediate data if `imm` is given); on a UD QP pass `ah` and `remote_qpn`.
-    #[pyo3(signature = (mr, offset = 0, length = None, wr_id = 0, imm = None, signaled = true, inline = false, ah = None, remote_qpn = None, remote_qkey = 0x1111_1111))]
+    #[pyo3(signature = (mr, offset = 0, length = None, wr_id = 0, imm = None, signaled = true, inline = false, ah = None, remote_qpn = None, remote_qkey = 0x1111_1111, sg = None))]
     #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
@@ -951,6 +1051,7 @@ impl RdmaQp {
         ah: Option<&RdmaAh>,
         remote_qpn: Option<u32>,
         remote_qkey: u32,
+        sg: Option<Vec<SgItem<'_>>>,
     ) -> PyResult<()> {
         let op = match (ah, remote_qpn) {
             (Some(ah), Some(remote_qpn)) => SendOp::UdSend {
@@ -966,10 +1067,10 @@ impl RdmaQp {
                 ))
             }
         };
-        self.post(mr, offset, length, wr_id, op, signaled, inline)
+        self.post(mr, offset, length, wr_id, op, signaled, inline, sg)
     }
 
-    #[pyo3(signature = (mr, remote_addr, rkey, offset = 0, length = None, wr_id = 0, imm = None, signaled = true))]
+    #[pyo3(signature = (mr, remote_addr, rkey, offset = 0, length = None, wr_id = 0, imm = None, signaled = true, sg = None))]
     #[allow(clippy::too_many_arguments)]
     fn write(
         &self,
@@ -981,6 +1082,7 @@ impl RdmaQp {
         wr_id: u64,
         imm: Option<u32>,
         signaled: bool,
+        sg: Option<Vec<SgItem<'_>>>,
     ) -> PyResult<()> {
         let op = match imm {
             Some(imm) => SendOp::WriteImm {
@@ -990,10 +1092,10 @@ impl RdmaQp {
             },
             None => SendOp::Write { remote_addr, rkey },
         };
-        self.post(mr, offset, length, wr_id, op, signaled, false)
+        self.post(mr, offset, length, wr_id, op, signaled, false, sg)
     }
 
-    #[pyo3(signature = (mr, remote_addr, rkey, offset = 0, length = None, wr_id = 0, signaled = true))]
+    #[pyo3(signature = (mr, remote_addr, rkey, offset = 0, length = None, wr_id = 0, signaled = true, sg = None))]
     #[allow(clippy::too_many_arguments)]
     fn read(
         &self,
@@ -1004,6 +1106,7 @@ impl RdmaQp {
         length: Option<usize>,
         wr_id: u64,
         signaled: bool,
+        sg: Option<Vec<SgItem<'_>>>,
     ) -> PyResult<()> {
         self.post(
             mr,
@@ -1013,6 +1116,7 @@ impl RdmaQp {
             SendOp::Read { remote_addr, rkey },
             signaled,
             false,
+            sg,
         )
     }
 
@@ -1035,7 +1139,7 @@ impl RdmaQp {
             compare,
             swap,
         };
-        self.post(mr, offset, Some(8), wr_id, op, true, false)
+        self.post(mr, offset, Some(8), wr_id, op, true, false, None)
     }
 
     /// 64-bit fetch-and-add; the old value lands in `mr[offset:offset+8]`.
@@ -1061,6 +1165,7 @@ impl RdmaQp {
             },
             true,
             false,
+            None,
         )
     }
 

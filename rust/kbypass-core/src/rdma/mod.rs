@@ -17,6 +17,7 @@
 pub mod ffi;
 pub mod oob;
 pub mod perf;
+pub mod perftest;
 mod verbs;
 
 pub use verbs::{
