@@ -17,6 +17,7 @@ __all__ = [
     "NetnsEntry",
     "PcapWriter",
     "RdmaAh",
+    "RdmaCmConnection",
     "RdmaCompletion",
     "RdmaCompletionError",
     "RdmaContext",
@@ -635,6 +636,14 @@ class RdmaPd:
     def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
 
 @final
+class RdmaCmConnection:
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> RdmaCmConnection: ...
+    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
+
+@final
 class RdmaSrq:
     def post_recv(
         self,
@@ -707,6 +716,12 @@ class RdmaQp:
         timeout: float = 30.0,
         gid_index: int | None = None,
     ) -> RdmaEndpoint: ...
+    def cm_connect(
+        self, host: str, port: int = 7471, timeout: float = 30.0, access: int = 15
+    ) -> RdmaCmConnection: ...
+    def cm_accept(
+        self, bind: str, port: int = 7471, timeout: float = 30.0, access: int = 15
+    ) -> RdmaCmConnection: ...
     def perftest_serve(
         self,
         mr: RdmaMr,

@@ -36,6 +36,7 @@ import numpy.typing as npt
 
 from kbypass._core import (
     RdmaAh,
+    RdmaCmConnection,
     RdmaCompletion,
     RdmaCompletionError,
     RdmaContext,
@@ -57,6 +58,7 @@ __all__ = [
     "WC_DTYPE",
     "Access",
     "AddressHandle",
+    "CmConnection",
     "CompletionError",
     "CompletionQueue",
     "Context",
@@ -86,6 +88,7 @@ WorkCompletion = RdmaCompletion
 Port = RdmaPort
 AddressHandle = RdmaAh
 SharedReceiveQueue = RdmaSrq
+CmConnection = RdmaCmConnection
 #: Raised by ``WorkCompletion.check()`` for a failed completion (an OSError, errno EIO).
 CompletionError = RdmaCompletionError
 

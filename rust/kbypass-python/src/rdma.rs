@@ -717,6 +717,47 @@ fn gather(
     Ok(sges)
 }
 
+fn socket_addr(host: &str, port: u16) -> PyResult<std::net::SocketAddr> {
+    let ip: std::net::IpAddr = host.parse().map_err(|_| {
+        PyValueError::new_err(format!(
+            "{host:?} is not an IP address: give the RDMA device's IPv4 or IPv6 address"
+        ))
+    })?;
+    Ok(std::net::SocketAddr::new(ip, port))
+}
+
+/// A connection made by the RDMA connection manager; closing it disconnects.
+#[pyclass(module = "kbypass._core", name = "RdmaCmConnection")]
+pub struct RdmaCmConnection {
+    inner: Option<rdma::cm::CmConnection>,
+}
+
+#[pymethods]
+impl RdmaCmConnection {
+    /// Whether ``close()`` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.is_none()
+    }
+
+    fn close(&mut self) {
+        self.inner = None;
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __exit__(
+        &mut self,
+        _t: Option<Bound<'_, PyAny>>,
+        _v: Option<Bound<'_, PyAny>>,
+        _tb: Option<Bound<'_, PyAny>>,
+    ) {
+        self.close();
+    }
+}
+
 fn report<'py>(py: Python<'py>, r: &rdma::perftest::BwReport) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("size", r.size)?;
@@ -953,6 +994,49 @@ impl RdmaQp {
             })
             .py()?;
         report(py, &r)
+    }
+
+    /// Connect this QP (in RESET) through the RDMA connection manager to a listener at
+    /// `host`:`port` (an IP address of an RDMA device's netdev); returns when the QP is in RTS.
+    /// Keep the returned connection open while the QP is used; closing it disconnects. The
+    /// GIL is released while waiting. Needs librdmacm (``apt-get install librdmacm1``).
+    #[pyo3(signature = (host, port = 7471, timeout = 30.0, access = 15))]
+    fn cm_connect(
+        &self,
+        py: Python<'_>,
+        host: &str,
+        port: u16,
+        timeout: f64,
+        access: i32,
+    ) -> PyResult<RdmaCmConnection> {
+        let t = seconds(timeout)?;
+        let addr = socket_addr(host, port)?;
+        let qp = self.get()?;
+        let c = py
+            .detach(|| rdma::cm::CmConnection::connect(qp, addr, Access(access), t))
+            .py()?;
+        Ok(RdmaCmConnection { inner: Some(c) })
+    }
+
+    /// Listen on `bind`:`port` through the RDMA connection manager and accept the first
+    /// connection request for this QP (in RESET); returns when the connection is established
+    /// (see ``cm_connect``).
+    #[pyo3(signature = (bind, port = 7471, timeout = 30.0, access = 15))]
+    fn cm_accept(
+        &self,
+        py: Python<'_>,
+        bind: &str,
+        port: u16,
+        timeout: f64,
+        access: i32,
+    ) -> PyResult<RdmaCmConnection> {
+        let t = seconds(timeout)?;
+        let addr = socket_addr(bind, port)?;
+        let qp = self.get()?;
+        let c = py
+            .detach(|| rdma::cm::CmConnection::accept(qp, addr, Access(access), t))
+            .py()?;
+        Ok(RdmaCmConnection { inner: Some(c) })
     }
 
     /// Client side of ``ibv_rc_pingpong``'s TCP exchange with a server at `host`:`port`
@@ -1253,6 +1337,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RdmaMr>()?;
     m.add_class::<RdmaAh>()?;
     m.add_class::<RdmaSrq>()?;
+    m.add_class::<RdmaCmConnection>()?;
     m.add(
         "RdmaCompletionError",
         m.py().get_type::<RdmaCompletionError>(),

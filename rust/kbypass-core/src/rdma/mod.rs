@@ -14,6 +14,7 @@
 //! # Ok::<(), kbypass_core::Error>(())
 //! ```
 
+pub mod cm;
 pub mod ffi;
 pub mod oob;
 pub mod perf;
