@@ -625,6 +625,60 @@ def scenario_rdma_cm_connect_accept() -> None:
             raise AssertionError("cm_connect accepted a host name")
 
 
+def scenario_rping_client_against_kbypass_cm_server() -> None:
+    """rdma-core's ``rping -c -V`` against a kbypass server connected through rdma_cm.
+
+    rping's loop: the client SENDs its source buffer (BE64 address, BE32 rkey, BE32 size),
+    the server RDMA-READs it and SENDs "go ahead"; the client SENDs its sink buffer, the server
+    RDMA-WRITEs what it read there and SENDs "go ahead"; the client checks (-V) the data.
+    """
+    import struct
+
+    count, size = 5, 100
+    script = (
+        f"for i in $(seq 50); do rping -c -a 198.18.0.15 -p 7481 -C {count} -S {size} -V -v"
+        " && exit 0; sleep 0.3; done; exit 1"
+    )
+    with rdma.Context("rxe0") as ctx:
+        cq = ctx.create_cq(32)
+        pd = ctx.alloc_pd()
+        qp = pd.create_qp("RC", cq)
+        inbox, outbox = np.zeros(16, dtype=np.uint8), np.zeros(16, dtype=np.uint8)
+        data = np.zeros(size, dtype=np.uint8)
+        m_in, m_out, m_data = pd.register(inbox), pd.register(outbox), pd.register(data)
+        tool = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, text=True)
+        conn = qp.cm_accept("198.18.0.15", port=7481, timeout=60)
+        qp.post_recv(m_in, wr_id=1)
+        pending: list[rdma.WorkCompletion] = []
+
+        def receive() -> tuple[int, int, int]:
+            next_of(cq, pending, recv=True)
+            addr, rkey, n = struct.unpack(">QII", inbox.tobytes())
+            qp.post_recv(m_in, wr_id=1)
+            return addr, rkey, n
+
+        def complete() -> None:
+            next_of(cq, pending, recv=False)
+
+        for _ in range(count):
+            addr, rkey, n = receive()
+            assert n == size, n
+            qp.read(m_data, addr, rkey, length=n, wr_id=2)
+            complete()
+            qp.send(m_out, wr_id=3)
+            complete()
+            addr, rkey, n = receive()
+            qp.write(m_data, addr, rkey, length=n, wr_id=4)
+            complete()
+            qp.send(m_out, wr_id=5)
+            complete()
+        out, _ = tool.communicate(timeout=60)
+        conn.close()
+        assert tool.returncode == 0, out
+        assert bytes(data[:12]) == f"rdma-ping-{count - 1}:".encode()[:12], bytes(data)
+        assert out.count("ping data: rdma-ping-") == count, out
+
+
 SCENARIOS: dict[str, Callable[[], None]] = {
     name.removeprefix("scenario_"): fn
     for name, fn in globals().items()
