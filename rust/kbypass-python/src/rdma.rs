@@ -892,7 +892,7 @@ impl RdmaQp {
     /// Server side of ``ibv_rc_pingpong``'s TCP exchange: listen on `port`, read the client's
     /// endpoint, bring this QP to RTS towards it, answer with ours, wait for "done". Returns
     /// the client's endpoint. Post receives first (after ``init()``): the client may send at
-    /// once. The GIL is released while waiting.
+    /// once. The GIL is released while waiting; TimeoutError when no client comes in `timeout`.
     #[pyo3(signature = (port = 18515, psn = 0, timeout = 30.0, gid_index = None, bind = "0.0.0.0"))]
     fn pingpong_accept(
         &self,
@@ -924,7 +924,8 @@ impl RdmaQp {
     /// `mr` (remote-writable; the client's message size plus a page at least) for its RDMA
     /// writes, connect this QP to it, and return the report it sends at the end: a dict of
     /// ``size``, ``iters``, ``bw_peak``, ``bw_avg`` (MB/s of 2**20 bytes) and ``msg_rate``
-    /// (millions of messages per second). The GIL is released while waiting.
+    /// (millions of messages per second). The GIL is released while waiting; TimeoutError
+    /// when no client comes (or a step stalls) within `timeout`.
     #[pyo3(signature = (mr, port = 18515, psn = 0, timeout = 60.0, gid_index = None, bind = "0.0.0.0"))]
     #[allow(clippy::too_many_arguments)]
     fn perftest_serve<'py>(

@@ -117,6 +117,37 @@ fn io_err(what: &str, e: std::io::Error) -> Error {
     Error::os(what, e.raw_os_error().unwrap_or(libc::EIO), "")
 }
 
+/// Accept one connection on `listener` within `timeout` (a blocking accept would wait forever
+/// for a peer that never comes); the stream is returned in blocking mode.
+pub fn accept_within(listener: &TcpListener, timeout: Duration) -> Result<TcpStream> {
+    let deadline = Instant::now() + timeout;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| io_err("set_nonblocking", e))?;
+    let got = loop {
+        match listener.accept() {
+            Ok((s, _)) => break Ok(s),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    break Err(Error::Timeout(format!(
+                        "no peer connected to {:?} within {timeout:?}: start the client",
+                        listener.local_addr().ok()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => break Err(io_err("accept", e)),
+        }
+    };
+    listener
+        .set_nonblocking(false)
+        .map_err(|e| io_err("set_nonblocking", e))?;
+    let s = got?;
+    s.set_nonblocking(false)
+        .map_err(|e| io_err("set_nonblocking", e))?;
+    Ok(s)
+}
+
 /// Server side: accept one peer on `listener`, read its endpoint, call `connect` with it
 /// (bring the local QP to RTS before answering, as rdma-core does), answer with `local`, and
 /// wait for the peer's "done". Returns the peer's endpoint.
@@ -126,7 +157,7 @@ pub fn pingpong_accept(
     timeout: Duration,
     connect: impl FnOnce(&Endpoint) -> Result<()>,
 ) -> Result<Endpoint> {
-    let (mut s, _) = listener.accept().map_err(|e| io_err("accept", e))?;
+    let mut s = accept_within(listener, timeout)?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| io_err("setsockopt", e))?;
     let mut msg = [0u8; PINGPONG_MESSAGE_LEN];
@@ -226,6 +257,15 @@ mod tests {
         let mut bad = raw;
         bad[0] = b'X';
         assert!(parse_endpoint_bytes(&bad).is_err());
+    }
+
+    #[test]
+    fn accept_times_out_without_a_peer() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let t = Instant::now();
+        let e = accept_within(&l, Duration::from_millis(100)).unwrap_err();
+        assert!(matches!(e, Error::Timeout(_)), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

@@ -177,7 +177,7 @@ impl Session {
 
     /// Server: accept one perftest client on `listener` and negotiate.
     pub fn accept(listener: &TcpListener, mtu: i32, timeout: Duration) -> Result<Self> {
-        let (stream, _) = listener.accept().map_err(|e| io_err("accept", e))?;
+        let stream = super::oob::accept_within(listener, timeout)?;
         Self::negotiate(stream, false, mtu, timeout)
     }
 
