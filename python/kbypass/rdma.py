@@ -9,6 +9,16 @@ The objects follow verbs (and pyverbs): ``Context`` → ``alloc_pd()`` → ``reg
 object's hold, and a parent's kernel object lives until its last child is closed too, so any
 close or drop order is safe.
 
+``register`` takes any writable C-contiguous buffer, a ``kbypass.HugeRegion`` (whole) or a
+``kbypass.Mempool`` (its objects; object ``i`` at offset ``i * pool.stride``), and keeps that
+memory alive while the region is registered. Failed completions have a named
+:class:`Status`; ``wc.check()`` raises :data:`CompletionError` (an OSError) when asked.
+Connections: ``qp.connect(endpoint)`` with an :class:`Endpoint` exchanged any way you like
+(``to_bytes``/``from_bytes``, pickle, or ``ibv_rc_pingpong``'s text form), the tools' own TCP
+exchanges (``qp.pingpong_accept``/``pingpong_connect`` for ``ibv_rc_pingpong``,
+``qp.perftest_serve``/``perftest_write_bw`` for ``ib_write_bw``), or the RDMA connection
+manager (``qp.cm_accept``/``cm_connect``, librdmacm loaded at run time).
+
 Example (RC loopback on one device, as in the soft-RoCE VM)::
 
     import numpy as np
