@@ -17,7 +17,9 @@ __all__ = [
     "NetnsEntry",
     "PcapWriter",
     "RdmaAh",
+    "RdmaCmConnection",
     "RdmaCompletion",
+    "RdmaCompletionError",
     "RdmaContext",
     "RdmaCq",
     "RdmaDevice",
@@ -26,6 +28,7 @@ __all__ = [
     "RdmaPd",
     "RdmaPort",
     "RdmaQp",
+    "RdmaSrq",
     "Ring",
     "RxBatch",
     "XdpAttachment",
@@ -540,7 +543,16 @@ class RdmaPort:
 
 @final
 class RdmaEndpoint:
-    def __new__(cls, qpn: int, psn: int, gid: str, lid: int = 0) -> RdmaEndpoint: ...
+    def __new__(
+        cls,
+        qpn: int,
+        psn: int,
+        gid: str,
+        lid: int = 0,
+        rkey: int = 0,
+        addr: int = 0,
+        length: int = 0,
+    ) -> RdmaEndpoint: ...
     @property
     def qpn(self) -> int: ...
     @property
@@ -549,6 +561,16 @@ class RdmaEndpoint:
     def gid(self) -> str: ...
     @property
     def lid(self) -> int: ...
+    @property
+    def rkey(self) -> int: ...
+    @property
+    def addr(self) -> int: ...
+    @property
+    def length(self) -> int: ...
+    def to_bytes(self) -> bytes: ...
+    @staticmethod
+    def from_bytes(data: bytes) -> RdmaEndpoint: ...
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]: ...
     def to_pingpong(self) -> bytes: ...
     @staticmethod
     def from_pingpong(data: bytes) -> RdmaEndpoint: ...
@@ -572,6 +594,11 @@ class RdmaCompletion:
     def qp_num(self) -> int: ...
     @property
     def src_qp(self) -> int: ...
+    @property
+    def vendor_err(self) -> int: ...
+    def check(self) -> RdmaCompletion: ...
+
+class RdmaCompletionError(OSError): ...
 
 @final
 class RdmaContext:
@@ -589,7 +616,8 @@ class RdmaContext:
 
 @final
 class RdmaPd:
-    def register(self, buffer: Buffer, access: int = 15) -> RdmaMr: ...
+    def register(self, buffer: Buffer | HugeRegion | Mempool, access: int = 15) -> RdmaMr: ...
+    def create_srq(self, max_wr: int = 128, max_sge: int = 1) -> RdmaSrq: ...
     def create_ah(
         self, remote: RdmaEndpoint, port: int = 1, gid_index: int | None = None
     ) -> RdmaAh: ...
@@ -602,9 +630,32 @@ class RdmaPd:
         max_recv_wr: int = 128,
         max_sge: int = 4,
         max_inline_data: int = 64,
+        srq: RdmaSrq | None = None,
     ) -> RdmaQp: ...
     def close(self) -> None: ...
     def __enter__(self) -> RdmaPd: ...
+    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
+
+@final
+class RdmaCmConnection:
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> RdmaCmConnection: ...
+    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
+
+@final
+class RdmaSrq:
+    def post_recv(
+        self,
+        mr: RdmaMr,
+        offset: int = 0,
+        length: int | None = None,
+        wr_id: int = 0,
+        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
+    ) -> None: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> RdmaSrq: ...
     def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
 
 @final
@@ -643,8 +694,56 @@ class RdmaQp:
     @property
     def state(self) -> int: ...
     def endpoint(
-        self, psn: int = 0, port: int = 1, gid_index: int | None = None
+        self,
+        psn: int = 0,
+        port: int = 1,
+        gid_index: int | None = None,
+        mr: RdmaMr | None = None,
     ) -> RdmaEndpoint: ...
+    def init(self, port: int = 1, access: int = 15) -> None: ...
+    def pingpong_accept(
+        self,
+        port: int = 18515,
+        psn: int = 0,
+        timeout: float = 30.0,
+        gid_index: int | None = None,
+        bind: str = "0.0.0.0",
+    ) -> RdmaEndpoint: ...
+    def pingpong_connect(
+        self,
+        host: str,
+        port: int = 18515,
+        psn: int = 0,
+        timeout: float = 30.0,
+        gid_index: int | None = None,
+    ) -> RdmaEndpoint: ...
+    def cm_connect(
+        self, host: str, port: int = 7471, timeout: float = 30.0, access: int = 15
+    ) -> RdmaCmConnection: ...
+    def cm_accept(
+        self, bind: str, port: int = 7471, timeout: float = 30.0, access: int = 15
+    ) -> RdmaCmConnection: ...
+    def perftest_serve(
+        self,
+        mr: RdmaMr,
+        port: int = 18515,
+        psn: int = 0,
+        timeout: float = 60.0,
+        gid_index: int | None = None,
+        bind: str = "0.0.0.0",
+    ) -> dict[str, float]: ...
+    def perftest_write_bw(
+        self,
+        cq: RdmaCq,
+        mr: RdmaMr,
+        host: str,
+        port: int = 18515,
+        size: int = 65536,
+        iterations: int = 1000,
+        psn: int = 0,
+        timeout: float = 60.0,
+        gid_index: int | None = None,
+    ) -> dict[str, float]: ...
     def connect(
         self,
         remote: RdmaEndpoint | None = None,
@@ -656,7 +755,12 @@ class RdmaQp:
     def to_error(self) -> None: ...
     def to_reset(self) -> None: ...
     def post_recv(
-        self, mr: RdmaMr, offset: int = 0, length: int | None = None, wr_id: int = 0
+        self,
+        mr: RdmaMr,
+        offset: int = 0,
+        length: int | None = None,
+        wr_id: int = 0,
+        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
     ) -> None: ...
     def send(
         self,
@@ -670,6 +774,7 @@ class RdmaQp:
         ah: RdmaAh | None = None,
         remote_qpn: int | None = None,
         remote_qkey: int = 286331153,
+        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
     ) -> None: ...
     def write(
         self,
@@ -681,6 +786,7 @@ class RdmaQp:
         wr_id: int = 0,
         imm: int | None = None,
         signaled: bool = True,
+        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
     ) -> None: ...
     def read(
         self,
@@ -691,6 +797,7 @@ class RdmaQp:
         length: int | None = None,
         wr_id: int = 0,
         signaled: bool = True,
+        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
     ) -> None: ...
     def compare_swap(
         self,
