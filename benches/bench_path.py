@@ -1,6 +1,7 @@
 """The receive and transmit paths on a veth pair, with same-run ratios to their references.
 
-Bench: a :class:`~kbypass.testing.VethPair` (GRO on, IPv6 off), UDP frames of 60 bytes (a 64-byte
+Bench: the pytest plugin's ``veth_pair`` (a :class:`~kbypass.testing.VethPair`, GRO on, IPv6
+off) and ``traffic`` fixtures (kbypass.testing.pytest_plugin), UDP frames of 60 bytes (a 64-byte
 wire frame) and 1514 bytes. The generator is the XDP live-frames test run in namespace ``a``,
 pinned to the first allowed CPU; receivers run in namespace ``b`` pinned to the last one (on veth
 the kernel's receive work runs on the sender's CPU). Each benchmark measures its reference in the
@@ -26,7 +27,6 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,8 @@ _ALLOWED = cpu.allowed()
 GEN_CPU, RX_CPU = _ALLOWED[0], _ALLOWED[-1]
 C_SOURCE = Path(__file__).parent / "c" / "xsk_ref.c"
 GOAL_GENERATOR_PPS = 20e6
+# The plugin's `traffic` fixture (kbypass.testing.pytest_plugin), one generator per frame size.
+TRAFFIC = [pytest.param({"size": s, "cpu": GEN_CPU}, id=str(s)) for s in SIZES]
 
 
 def _info(
@@ -62,15 +64,6 @@ def _info(
     benchmark.extra_info.update(
         rate=rate, unit="packets/s", reference=reference, ratio=ratio, seconds=SECONDS, **extra
     )
-
-
-@pytest.fixture(scope="module")
-def pair() -> Iterator[VethPair]:
-    with VethPair() as p:
-        for side in ("a", "b"):
-            # No IPv6 chatter in the counts.
-            p.run(side, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
-        yield p
 
 
 @pytest.fixture(scope="module")
@@ -131,18 +124,20 @@ def xdp_drop_ceiling(pair: VethPair, size: int) -> tuple[float, float]:
 
 @pytest.mark.benchmark(group="path-generator")
 @pytest.mark.parametrize("size", SIZES)
-def test_generator_into_xdp_drop(benchmark: BenchmarkFixture, pair: VethPair, size: int) -> None:
+def test_generator_into_xdp_drop(
+    benchmark: BenchmarkFixture, veth_pair: VethPair, size: int
+) -> None:
     # Reference first: sendmmsg into the same dropping peer.
-    with DropCounter(pair, side="b") as sink:
+    with DropCounter(veth_pair, side="b") as sink:
         sink.reset()
-        ref = udp_send(pair, count=int(1e6 * SECONDS), size=size, cpu=GEN_CPU)
+        ref = udp_send(veth_pair, count=int(1e6 * SECONDS), size=size, cpu=GEN_CPU)
         ref_got = sink.settle()
     ref_rate = ref_got.packets / ref.elapsed
 
     result: dict[str, float] = {}
 
     def measure() -> None:
-        result["rate"], result["sent"] = xdp_drop_ceiling(pair, size)
+        result["rate"], result["sent"] = xdp_drop_ceiling(veth_pair, size)
 
     benchmark.pedantic(measure, rounds=1, iterations=1)
     rate = result["rate"]
@@ -160,19 +155,22 @@ def test_generator_into_xdp_drop(benchmark: BenchmarkFixture, pair: VethPair, si
 
 
 @pytest.mark.benchmark(group="path-rx-kernel")
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("traffic", TRAFFIC, indirect=True)
 @pytest.mark.parametrize("path", ["recvmmsg", "af_packet"])
-def test_rx_kernel(benchmark: BenchmarkFixture, pair: VethPair, size: int, path: str) -> None:
-    ceiling, _ = xdp_drop_ceiling(pair, size)
+def test_rx_kernel(
+    benchmark: BenchmarkFixture, veth_pair: VethPair, traffic: TrafficGenerator, path: str
+) -> None:
+    size = traffic.size
+    ceiling, _ = xdp_drop_ceiling(veth_pair, size)
     result: dict[str, Any] = {}
-    with TrafficGenerator(pair, size=size, cpu=GEN_CPU) as gen:
+    with traffic as gen:
         gen.start()
 
         def measure() -> None:
             if path == "recvmmsg":
-                result["r"] = udp_recv(pair, duration=SECONDS, batch=64, cpu=RX_CPU)
+                result["r"] = udp_recv(veth_pair, duration=SECONDS, batch=64, cpu=RX_CPU)
             else:
-                result["r"] = af_packet_recv(pair, duration=SECONDS, cpu=RX_CPU)
+                result["r"] = af_packet_recv(veth_pair, duration=SECONDS, cpu=RX_CPU)
 
         benchmark.pedantic(measure, rounds=1, iterations=1)
         offered = gen.stop()
@@ -189,15 +187,18 @@ def test_rx_kernel(benchmark: BenchmarkFixture, pair: VethPair, size: int, path:
 
 
 @pytest.mark.benchmark(group="path-rx-afxdp")
-@pytest.mark.parametrize("size", SIZES)
-def test_rx_c_libxdp(benchmark: BenchmarkFixture, pair: VethPair, xsk_ref: Path, size: int) -> None:
-    ceiling, _ = xdp_drop_ceiling(pair, size)
+@pytest.mark.parametrize("traffic", TRAFFIC, indirect=True)
+def test_rx_c_libxdp(
+    benchmark: BenchmarkFixture, veth_pair: VethPair, xsk_ref: Path, traffic: TrafficGenerator
+) -> None:
+    size = traffic.size
+    ceiling, _ = xdp_drop_ceiling(veth_pair, size)
     result: dict[str, Any] = {}
-    with TrafficGenerator(pair, size=size, cpu=GEN_CPU) as gen:
+    with traffic as gen:
         gen.start()
 
         def measure() -> None:
-            result["c"] = rx_drop_c(pair, xsk_ref)
+            result["c"] = rx_drop_c(veth_pair, xsk_ref)
 
         benchmark.pedantic(measure, rounds=1, iterations=1)
         gen.stop()
@@ -215,18 +216,21 @@ def test_rx_c_libxdp(benchmark: BenchmarkFixture, pair: VethPair, xsk_ref: Path,
 
 
 @pytest.mark.benchmark(group="path-rx-afxdp")
-@pytest.mark.parametrize("size", SIZES)
-def test_rx_kbypass(benchmark: BenchmarkFixture, pair: VethPair, xsk_ref: Path, size: int) -> None:
+@pytest.mark.parametrize("traffic", TRAFFIC, indirect=True)
+def test_rx_kbypass(
+    benchmark: BenchmarkFixture, veth_pair: VethPair, xsk_ref: Path, traffic: TrafficGenerator
+) -> None:
+    size = traffic.size
     xdp_socket = _xdp_socket_class()
     result: dict[str, Any] = {}
-    with TrafficGenerator(pair, size=size, cpu=GEN_CPU) as gen:
+    with traffic as gen:
         gen.start()
-        c = rx_drop_c(pair, xsk_ref)
-        kernel = udp_recv(pair, duration=SECONDS, batch=64, cpu=RX_CPU)
+        c = rx_drop_c(veth_pair, xsk_ref)
+        kernel = udp_recv(veth_pair, duration=SECONDS, batch=64, cpu=RX_CPU)
 
         def measure() -> None:
-            with pair.enter("b"), cpu.pinned(RX_CPU):
-                with xdp_socket(pair.b.ifname, queue=0, mode="copy") as sock:
+            with veth_pair.enter("b"), cpu.pinned(RX_CPU):
+                with xdp_socket(veth_pair.b.ifname, queue=0, mode="copy") as sock:
                     result["r"] = sock.rx_drop(duration=SECONDS, batch=64)
 
         benchmark.pedantic(measure, rounds=1, iterations=1)
@@ -247,22 +251,24 @@ def test_rx_kbypass(benchmark: BenchmarkFixture, pair: VethPair, xsk_ref: Path, 
 
 @pytest.mark.benchmark(group="path-tx")
 @pytest.mark.parametrize("size", SIZES)
-def test_tx_kbypass(benchmark: BenchmarkFixture, pair: VethPair, xsk_ref: Path, size: int) -> None:
+def test_tx_kbypass(
+    benchmark: BenchmarkFixture, veth_pair: VethPair, xsk_ref: Path, size: int
+) -> None:
     xdp_socket = _xdp_socket_class()
-    frame = TrafficGenerator(pair, size=size).frame
+    frame = TrafficGenerator(veth_pair, size=size).frame
     frame_file = xsk_ref.parent / f"frame{size}.bin"
     frame_file.write_bytes(frame)
     result: dict[str, Any] = {}
-    with DropCounter(pair, side="b") as sink:
-        c = run_c(pair, "a", xsk_ref, "txflood", "-i", pair.a.ifname, "-f", str(frame_file),
-                  "-d", str(SECONDS))  # fmt: skip
-        kernel = udp_send(pair, count=int(1e6 * SECONDS), size=size, cpu=RX_CPU)
+    with DropCounter(veth_pair, side="b") as sink:
+        c = run_c(veth_pair, "a", xsk_ref, "txflood", "-i", veth_pair.a.ifname,
+                  "-f", str(frame_file), "-d", str(SECONDS))  # fmt: skip
+        kernel = udp_send(veth_pair, count=int(1e6 * SECONDS), size=size, cpu=RX_CPU)
         count = max(10_000, int(c["pps"] * SECONDS))
         sink.reset()
 
         def measure() -> None:
-            with pair.enter("a"), cpu.pinned(RX_CPU):
-                with xdp_socket(pair.a.ifname, queue=0, mode="copy") as sock:
+            with veth_pair.enter("a"), cpu.pinned(RX_CPU):
+                with xdp_socket(veth_pair.a.ifname, queue=0, mode="copy") as sock:
                     result["r"] = sock.tx_flood(frame, count, batch=64)
 
         benchmark.pedantic(measure, rounds=1, iterations=1)

@@ -29,7 +29,9 @@ __all__ = [
     "Packet",
     "PcapWriter",
     "RdmaAh",
+    "RdmaCmConnection",
     "RdmaCompletion",
+    "RdmaCompletionError",
     "RdmaContext",
     "RdmaCq",
     "RdmaDevice",
@@ -38,6 +40,7 @@ __all__ = [
     "RdmaPd",
     "RdmaPort",
     "RdmaQp",
+    "RdmaSrq",
     "Ring",
     "RxBatch",
     "XdpAttachment",
@@ -47,6 +50,7 @@ __all__ = [
     "_RegionMemory",
     "__version__",
     "af_packet_recv",
+    "capture",
     "checksums_ok",
     "cpu_allowed",
     "cpu_pin",
@@ -551,7 +555,16 @@ class RdmaPort:
 
 @final
 class RdmaEndpoint:
-    def __new__(cls, qpn: int, psn: int, gid: str, lid: int = 0) -> RdmaEndpoint: ...
+    def __new__(
+        cls,
+        qpn: int,
+        psn: int,
+        gid: str,
+        lid: int = 0,
+        rkey: int = 0,
+        addr: int = 0,
+        length: int = 0,
+    ) -> RdmaEndpoint: ...
     @property
     def qpn(self) -> int: ...
     @property
@@ -560,6 +573,16 @@ class RdmaEndpoint:
     def gid(self) -> str: ...
     @property
     def lid(self) -> int: ...
+    @property
+    def rkey(self) -> int: ...
+    @property
+    def addr(self) -> int: ...
+    @property
+    def length(self) -> int: ...
+    def to_bytes(self) -> bytes: ...
+    @staticmethod
+    def from_bytes(data: bytes) -> RdmaEndpoint: ...
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]: ...
     def to_pingpong(self) -> bytes: ...
     @staticmethod
     def from_pingpong(data: bytes) -> RdmaEndpoint: ...
@@ -583,6 +606,11 @@ class RdmaCompletion:
     def qp_num(self) -> int: ...
     @property
     def src_qp(self) -> int: ...
+    @property
+    def vendor_err(self) -> int: ...
+    def check(self) -> RdmaCompletion: ...
+
+class RdmaCompletionError(OSError): ...
 
 @final
 class RdmaContext:
@@ -600,7 +628,8 @@ class RdmaContext:
 
 @final
 class RdmaPd:
-    def register(self, buffer: Buffer, access: int = 15) -> RdmaMr: ...
+    def register(self, buffer: Buffer | HugeRegion | Mempool, access: int = 15) -> RdmaMr: ...
+    def create_srq(self, max_wr: int = 128, max_sge: int = 1) -> RdmaSrq: ...
     def create_ah(
         self, remote: RdmaEndpoint, port: int = 1, gid_index: int | None = None
     ) -> RdmaAh: ...
@@ -613,9 +642,32 @@ class RdmaPd:
         max_recv_wr: int = 128,
         max_sge: int = 4,
         max_inline_data: int = 64,
+        srq: RdmaSrq | None = None,
     ) -> RdmaQp: ...
     def close(self) -> None: ...
     def __enter__(self) -> RdmaPd: ...
+    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
+
+@final
+class RdmaCmConnection:
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> RdmaCmConnection: ...
+    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
+
+@final
+class RdmaSrq:
+    def post_recv(
+        self,
+        mr: RdmaMr,
+        offset: int = 0,
+        length: int | None = None,
+        wr_id: int = 0,
+        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
+    ) -> None: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> RdmaSrq: ...
     def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
 
 @final
@@ -654,8 +706,56 @@ class RdmaQp:
     @property
     def state(self) -> int: ...
     def endpoint(
-        self, psn: int = 0, port: int = 1, gid_index: int | None = None
+        self,
+        psn: int = 0,
+        port: int = 1,
+        gid_index: int | None = None,
+        mr: RdmaMr | None = None,
     ) -> RdmaEndpoint: ...
+    def init(self, port: int = 1, access: int = 15) -> None: ...
+    def pingpong_accept(
+        self,
+        port: int = 18515,
+        psn: int = 0,
+        timeout: float = 30.0,
+        gid_index: int | None = None,
+        bind: str = "0.0.0.0",
+    ) -> RdmaEndpoint: ...
+    def pingpong_connect(
+        self,
+        host: str,
+        port: int = 18515,
+        psn: int = 0,
+        timeout: float = 30.0,
+        gid_index: int | None = None,
+    ) -> RdmaEndpoint: ...
+    def cm_connect(
+        self, host: str, port: int = 7471, timeout: float = 30.0, access: int = 15
+    ) -> RdmaCmConnection: ...
+    def cm_accept(
+        self, bind: str, port: int = 7471, timeout: float = 30.0, access: int = 15
+    ) -> RdmaCmConnection: ...
+    def perftest_serve(
+        self,
+        mr: RdmaMr,
+        port: int = 18515,
+        psn: int = 0,
+        timeout: float = 60.0,
+        gid_index: int | None = None,
+        bind: str = "0.0.0.0",
+    ) -> dict[str, float]: ...
+    def perftest_write_bw(
+        self,
+        cq: RdmaCq,
+        mr: RdmaMr,
+        host: str,
+        port: int = 18515,
+        size: int = 65536,
+        iterations: int = 1000,
+        psn: int = 0,
+        timeout: float = 60.0,
+        gid_index: int | None = None,
+    ) -> dict[str, float]: ...
     def connect(
         self,
         remote: RdmaEndpoint | None = None,
@@ -667,7 +767,12 @@ class RdmaQp:
     def to_error(self) -> None: ...
     def to_reset(self) -> None: ...
     def post_recv(
-        self, mr: RdmaMr, offset: int = 0, length: int | None = None, wr_id: int = 0
+        self,
+        mr: RdmaMr,
+        offset: int = 0,
+        length: int | None = None,
+        wr_id: int = 0,
+        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
     ) -> None: ...
     def send(
         self,
@@ -681,6 +786,7 @@ class RdmaQp:
         ah: RdmaAh | None = None,
         remote_qpn: int | None = None,
         remote_qkey: int = 286331153,
+        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
     ) -> None: ...
     def write(
         self,
@@ -692,6 +798,7 @@ class RdmaQp:
         wr_id: int = 0,
         imm: int | None = None,
         signaled: bool = True,
+        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
     ) -> None: ...
     def read(
         self,
@@ -702,6 +809,7 @@ class RdmaQp:
         length: int | None = None,
         wr_id: int = 0,
         signaled: bool = True,
+        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
     ) -> None: ...
     def compare_swap(
         self,
@@ -1015,3 +1123,23 @@ class Engine:
     def elapsed(self) -> float: ...
     @property
     def workers(self) -> list[list[int]]: ...
+
+# --- capture.rs -----------------------------------------------------------------------------
+
+def capture(
+    ifname: str,
+    *,
+    queues: int | Sequence[int] | str | None = None,
+    filter: str | None = None,
+    count: int | None = None,
+    duration: float | None = None,
+    write: str | None = None,
+    snaplen: int = 0,
+    mode: str = "auto",
+    xdp_mode: str = "auto",
+    netns: str | None = None,
+    frames: int = 4096,
+    batch: int = 64,
+    force: bool = False,
+    interrupt: str = "raise",
+) -> dict[str, Any]: ...

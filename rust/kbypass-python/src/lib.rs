@@ -5,6 +5,7 @@
 
 use pyo3::prelude::*;
 
+mod capture;
 mod cpu;
 mod engine;
 mod errors;
@@ -33,5 +34,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     traffic::register(m)?;
     engine::register(m)?;
     rdma::register(m)?;
+    capture::register(m)?;
     Ok(())
 }
