@@ -165,6 +165,18 @@ def _demo_run(args: argparse.Namespace) -> int:
     return demo.run(args)
 
 
+def _bench_arguments(p: argparse.ArgumentParser) -> None:
+    from kbypass import bench
+
+    bench.add_arguments(p)
+
+
+def _bench_run(args: argparse.Namespace) -> int:
+    from kbypass import bench
+
+    return bench.run(args)
+
+
 COMMANDS: dict[str, Command] = {
     "info": Command(
         "show what this machine can do, and how to fix what it can't", _info_arguments, _info_run
@@ -173,6 +185,11 @@ COMMANDS: dict[str, Command] = {
         "capture frames with AF_XDP into a pcap file (a Rust loop, no Python per packet)",
         _capture_arguments,
         _capture_run,
+    ),
+    "bench": Command(
+        "processor throughput by batch size vs the kernel's UDP socket (--plot out.png)",
+        _bench_arguments,
+        _bench_run,
     ),
     "demo": Command(
         "a Python packet processor on AF_XDP vs the kernel's UDP socket, on a veth bench",
