@@ -7,7 +7,7 @@ the techniques DPDK, AF_XDP and RDMA use, behind small, typed classes.
 from __future__ import annotations
 
 from kbypass import _core, cpu, packet
-from kbypass._core import HugeRegion, Mempool, PcapWriter, Ring
+from kbypass._core import HugeRegion, Mempool, PcapWriter, Ring, RxBatch, XdpPort, XdpSocket
 from kbypass.xdp import (
     Rule,
     Verdict,
@@ -26,9 +26,12 @@ __all__ = [
     "PcapWriter",
     "Ring",
     "Rule",
+    "RxBatch",
     "Verdict",
     "XdpAttachment",
+    "XdpPort",
     "XdpProgram",
+    "XdpSocket",
     "__version__",
     "cpu",
     "packet",

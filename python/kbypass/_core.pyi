@@ -1,5 +1,6 @@
 """Type stubs for the ``kbypass._core`` extension (mirrors ``rust/kbypass-python/src``)."""
 
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Literal, final
 
@@ -26,8 +27,11 @@ __all__ = [
     "RdmaPort",
     "RdmaQp",
     "Ring",
+    "RxBatch",
     "XdpAttachment",
+    "XdpPort",
     "XdpProgram",
+    "XdpSocket",
     "_RegionMemory",
     "__version__",
     "af_packet_recv",
@@ -702,3 +706,134 @@ class RdmaQp:
     def close(self) -> None: ...
     def __enter__(self) -> RdmaQp: ...
     def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
+
+# --- xsk.rs ---------------------------------------------------------------------------------
+
+_Filter = str | Sequence[object] | None
+
+@final
+class XdpSocket:
+    """An AF_XDP socket on one interface queue, with its own UMEM and XDP program.
+
+    Example::
+
+        >>> with XdpSocket("eth0", queue=0, filter="udp dst port 9000") as sock:
+        ...     with sock.recv(max=64, timeout=1.0) as batch:
+        ...         for i in range(len(batch)):
+        ...             print(bytes(batch[i][:14]).hex())
+    """
+
+    def __new__(
+        cls,
+        ifname: str,
+        queue: int = 0,
+        mode: Literal["auto", "copy", "zerocopy"] | str = "auto",
+        filter: _Filter = None,
+        frames: int = 4096,
+        frame_size: int = 2048,
+        hugepages: Literal["auto", "require", "never", "1g", "2m", "thp", "4k"] | str = "auto",
+        busy_poll: bool = False,
+        *,
+        xdp_mode: Literal["auto", "native", "generic"] | str = "auto",
+        force: bool = False,
+        need_wakeup: bool = True,
+        multi_buffer: bool = False,
+        ring_size: int = 2048,
+        headroom: int = 0,
+    ) -> XdpSocket: ...
+    def recv(self, max: int = 64, timeout: float | None = None) -> RxBatch: ...
+    def send(
+        self,
+        packets: bytes | Sequence[Buffer] | npt.NDArray[np.uint8],
+        lengths: npt.NDArray[np.uint32] | None = None,
+    ) -> int: ...
+    def complete(self) -> int: ...
+    def rx_drop(
+        self,
+        duration: float | None = None,
+        count: int | None = None,
+        batch: int = 64,
+        idle: float | None = None,
+    ) -> dict[str, float]: ...
+    def tx_flood(self, frame: bytes, count: int, batch: int = 64) -> dict[str, float]: ...
+    def stats(self) -> dict[str, int]: ...
+    def check_accounting(self) -> dict[str, int]: ...
+    def fileno(self) -> int: ...
+    @property
+    def ifname(self) -> str: ...
+    @property
+    def queue(self) -> int: ...
+    @property
+    def mode(self) -> str: ...
+    @property
+    def xdp_mode(self) -> str: ...
+    @property
+    def notes(self) -> list[str]: ...
+    @property
+    def frame_size(self) -> int: ...
+    @property
+    def frames(self) -> int: ...
+    @property
+    def tier(self) -> str: ...
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> XdpSocket: ...
+    def __exit__(self, *_args: object) -> bool: ...
+
+@final
+class XdpPort:
+    """One AF_XDP socket per queue of an interface, sharing one UMEM and one XDP program."""
+
+    def __new__(
+        cls,
+        ifname: str,
+        queues: Literal["all"] | Sequence[int] | None = None,
+        mode: Literal["auto", "copy", "zerocopy"] | str = "auto",
+        filter: _Filter = None,
+        frames: int | None = None,
+        frame_size: int = 2048,
+        hugepages: Literal["auto", "require", "never", "1g", "2m", "thp", "4k"] | str = "auto",
+        busy_poll: bool = False,
+        *,
+        xdp_mode: Literal["auto", "native", "generic"] | str = "auto",
+        force: bool = False,
+        need_wakeup: bool = True,
+        multi_buffer: bool = False,
+        ring_size: int = 2048,
+        headroom: int = 0,
+    ) -> XdpPort: ...
+    @property
+    def sockets(self) -> list[XdpSocket]: ...
+    @property
+    def queues(self) -> list[int]: ...
+    @property
+    def xdp_mode(self) -> str: ...
+    @property
+    def ifname(self) -> str: ...
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None: ...
+    def __len__(self) -> int: ...
+    def __enter__(self) -> XdpPort: ...
+    def __exit__(self, *_args: object) -> bool: ...
+
+@final
+class RxBatch:
+    """Frames received by one ``recv()``: zero-copy views owned by you until ``release()``."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, key: int, /) -> npt.NDArray[np.uint8]: ...
+    def frames(self) -> list[npt.NDArray[np.uint8]]: ...
+    @property
+    def addrs(self) -> npt.NDArray[np.uint64]: ...
+    @property
+    def lengths(self) -> npt.NDArray[np.uint32]: ...
+    @property
+    def continued(self) -> npt.NDArray[np.bool_]: ...
+    @property
+    def released(self) -> bool: ...
+    def release(self) -> int: ...
+    def send(self, mask: npt.NDArray[np.bool_] | None = None) -> int: ...
+    def __enter__(self) -> RxBatch: ...
+    def __exit__(self, *_args: object) -> bool: ...

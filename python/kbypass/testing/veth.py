@@ -79,6 +79,8 @@ class VethPair:
         gro: turn GRO on at both ends. Frames that XDP sends into a veth are dropped unless the
             receiving end has GRO on or a native XDP program, so this is on by default.
         subnet: the /24 in 198.18.0.0/15 to use; ``a`` gets ``.1`` and ``b`` gets ``.2``.
+        ipv6: keep IPv6 on. Off by default so the pair carries only the traffic a test sends
+            (no router solicitations or multicast listener reports).
 
     The namespaces are named ``kbx-<pid>-<n>-a`` / ``-b`` and are deleted by :meth:`close`, on
     context-manager exit, at interpreter exit, and by :meth:`cleanup_stale` if the creating
@@ -93,6 +95,7 @@ class VethPair:
         queues: int = 1,
         gro: bool = True,
         subnet: str = "198.18.0",
+        ipv6: bool = False,
     ) -> None:
         if not 68 <= mtu <= 65535:
             raise ValueError(f"mtu {mtu} is out of range: give 68..65535")
@@ -112,6 +115,7 @@ class VethPair:
         _require_root_tools()
         self.mtu = mtu
         self.queues = queues
+        self.ipv6 = ipv6
         tag = f"{_PREFIX}-{os.getpid()}-{next(_counter)}"
         self.a = VethEnd(f"{tag}-a", "veth0", f"{subnet}.1", "02:00:c6:12:00:01")
         self.b = VethEnd(f"{tag}-b", "veth1", f"{subnet}.2", "02:00:c6:12:00:02")
@@ -127,6 +131,10 @@ class VethPair:
         q = str(self.queues)
         _ip("netns", "add", a.netns)
         _ip("netns", "add", b.netns)
+        if not self.ipv6:
+            for end in (a, b):
+                for scope in ("all", "default"):
+                    self.run(end, "sysctl", "-qw", f"net.ipv6.conf.{scope}.disable_ipv6=1")
         _ip(
             "-n", a.netns, "link", "add", a.ifname,
             "numrxqueues", q, "numtxqueues", q, "address", a.mac, "mtu", str(self.mtu),

@@ -15,6 +15,7 @@ mod rdma;
 mod ring;
 mod traffic;
 mod xdp;
+mod xsk;
 
 /// The extension module. Declared free-threading safe: every class guards its own state.
 #[pymodule(gil_used = false)]
@@ -27,6 +28,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ring::register(m)?;
     cpu::register(m)?;
     xdp::register(m)?;
+    xsk::register(m)?;
     traffic::register(m)?;
     rdma::register(m)?;
     Ok(())

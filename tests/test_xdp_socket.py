@@ -1,0 +1,350 @@
+"""AF_XDP sockets end to end on a veth pair between two namespaces (issue 3, section 6)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import kbypass
+from kbypass import XdpPort, XdpSocket, packet
+from kbypass.testing import VethPair
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for AF_XDP and namespaces")
+
+
+def _udp_sender(pair: VethPair) -> socket.socket:
+    with pair.enter("a"):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((pair.a.ip, 0))
+    return s
+
+
+def _udp_receiver(pair: VethPair, port: int) -> socket.socket:
+    with pair.enter("b"):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((pair.b.ip, port))
+        s.settimeout(3)
+    return s
+
+
+def _recv_n(sock: XdpSocket, n: int, timeout: float = 5.0) -> list[bytes]:
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        with sock.recv(max=64, timeout=0.2) as batch:
+            got.extend(bytes(batch[i]) for i in range(len(batch)))
+    return got
+
+
+def _programs(pair: VethPair, side: str) -> str:
+    end = pair.a if side == "a" else pair.b
+    return pair.run(side, "ip", "-d", "link", "show", end.ifname).stdout
+
+
+@pytest.fixture
+def pair() -> VethPair:
+    with VethPair() as p:
+        yield p
+
+
+def test_receives_exactly_the_frames_the_peer_kernel_sends(pair: VethPair) -> None:
+    with pair.enter("b"):
+        sock = XdpSocket(pair.b.ifname, queue=0, mode="copy", frames=1024, filter="udp")
+    assert sock.mode == "copy" and sock.xdp_mode in ("native", "generic")
+    tx = _udp_sender(pair)
+    frames: list[bytes] = []
+    for chunk in range(10):  # 100 at a time: well within the 512 frames on the fill ring
+        for i in range(chunk * 100, chunk * 100 + 100):
+            tx.sendto(i.to_bytes(4, "big") * 8, (pair.b.ip, 9000))
+        frames += _recv_n(sock, 100)
+    assert len(frames) == 1000
+    assert not _recv_n(sock, 1, timeout=0.3), "exactly N: nothing extra arrives"
+    hdr = packet.parse(*packet.frames_from_bytes(frames))
+    assert set(hdr["dst_port"].tolist()) == {9000}
+    seqs = sorted(int.from_bytes(f[42:46], "big") for f in frames)
+    assert seqs == list(range(1000))
+    st = sock.stats()
+    assert st["rx_packets"] == 1000 and st["invalid_descs"] == 0
+    assert st["kernel_rx_dropped"] == 0 and st["kernel_rx_fill_ring_empty"] == 0
+    acc = sock.check_accounting()
+    assert acc["app"] == 0 and acc["total"] == 1024
+    sock.close()
+    tx.close()
+
+
+def test_filter_bifurcates_and_kernel_keeps_ping_and_other_ports(pair: VethPair) -> None:
+    with pair.enter("b"):
+        sock = XdpSocket(pair.b.ifname, filter="udp dst port 9000-9010", mode="copy")
+    kernel_rx = _udp_receiver(pair, 9100)
+    tx = _udp_sender(pair)
+    for _ in range(50):
+        tx.sendto(b"to-kernel", (pair.b.ip, 9100))
+        tx.sendto(b"to-xdp", (pair.b.ip, 9005))
+    assert all(kernel_rx.recv(64) == b"to-kernel" for _ in range(50))
+    frames = _recv_n(sock, 50)
+    assert len(frames) == 50 and all(f.endswith(b"to-xdp") for f in frames)
+    pair.run("a", "ping", "-c2", "-i0.2", "-W2", pair.b.ip)  # ICMP still reaches the kernel
+    sock.close()
+    kernel_rx.close()
+    tx.close()
+
+
+def test_filter_given_as_rules(pair: VethPair) -> None:
+    rules = [kbypass.Rule(proto="udp", dport=9000), kbypass.Rule(proto="udp", dport=9001)]
+    with pair.enter("b"):
+        sock = XdpSocket(pair.b.ifname, filter=rules, mode="copy")
+    tx = _udp_sender(pair)
+    tx.sendto(b"x", (pair.b.ip, 9001))
+    assert len(_recv_n(sock, 1)) == 1
+    sock.close()
+
+
+def test_tx_arrives_at_peer_kernel_socket_with_valid_checksums(pair: VethPair) -> None:
+    rx = _udp_receiver(pair, 9200)
+    frames = []
+    for i in range(20):
+        f = bytearray(42 + 16)
+        f[0:6] = bytes.fromhex(pair.b.mac.replace(":", ""))
+        f[6:12] = bytes.fromhex(pair.a.mac.replace(":", ""))
+        f[12:14] = b"\x08\x00"
+        f[14] = 0x45
+        f[16:18] = (20 + 8 + 16).to_bytes(2, "big")
+        f[22], f[23] = 64, 17
+        f[26:30] = socket.inet_aton(pair.a.ip)
+        f[30:34] = socket.inet_aton(pair.b.ip)
+        f[34:36] = (40000 + i).to_bytes(2, "big")
+        f[36:38] = (9200).to_bytes(2, "big")
+        f[38:40] = (8 + 16).to_bytes(2, "big")
+        f[42:] = i.to_bytes(16, "big")
+        frames.append(bytes(f))
+    arr, lens = packet.frames_from_bytes(frames)
+    assert packet.edit(arr, lens, fix_checksums=True) == 20
+    with pair.enter("a"):
+        sock = XdpSocket(pair.a.ifname, mode="copy", frames=256)
+    assert sock.send(arr, lens) == 20
+    got = sorted(int.from_bytes(rx.recv(64), "big") for _ in range(20))
+    assert got == list(range(20))  # the kernel dropped none: checksums were valid
+    deadline = time.monotonic() + 2
+    while sock.stats()["tx_completions"] < 20 and time.monotonic() < deadline:
+        sock.complete()
+    st = sock.stats()
+    assert st["tx_packets"] == 20 and st["tx_completions"] == 20
+    assert sock.check_accounting()["tx_side"] == 0
+    sock.close()
+
+
+def test_reflect_batch_back_with_send(pair: VethPair) -> None:
+    with pair.enter("b"):
+        sock = XdpSocket(pair.b.ifname, filter="udp dst port 9300", mode="copy")
+    with pair.enter("a"):
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind((pair.a.ip, 9301))
+        peer.settimeout(3)
+    peer.sendto(b"ping-1", (pair.b.ip, 9300))
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        batch = sock.recv(timeout=0.2)
+        if len(batch):
+            break
+    assert len(batch) == 1
+    # swap addresses and ports in place (zero-copy view into the UMEM), then send it back.
+    # The peer's kernel left a partial UDP checksum (veth checksum offload), so recompute it.
+    view = batch[0]
+    frame = view.reshape(1, -1)
+    packet.edit(frame, swap_macs=True, swap_ips=True, swap_ports=True, fix_checksums=True)
+    assert batch.send() == 1
+    data, addr = peer.recvfrom(64)
+    assert data == b"ping-1" and addr == (pair.b.ip, 9300)
+    with pytest.raises(RuntimeError, match="released"):
+        batch[0]
+    sock.close()
+
+
+def test_shared_umem_port_over_two_queues(pair: VethPair) -> None:
+    with VethPair(queues=2, subnet="198.18.1") as p2:
+        with p2.enter("b"):
+            port = XdpPort(p2.b.ifname, queues="all", mode="copy")
+        assert port.queues == [0, 1] and len(port) == 2
+        tx = _udp_sender(p2)
+        for i in range(400):
+            tx.sendto(b"q", (p2.b.ip, 10000 + i))  # different flows spread over the queues
+        total = 0  # 400 fits the fill rings (2 x 2048), so none is dropped before we poll
+        deadline = time.monotonic() + 5
+        while total < 400 and time.monotonic() < deadline:
+            for s in port.sockets:
+                with s.recv(max=64, timeout=0.05) as b:
+                    total += len(b)
+        assert total == 400
+        a0 = port.sockets[0].check_accounting()
+        assert a0["app"] == 0
+        port.close()
+        assert port.closed
+
+
+def test_busy_poll_socket_receives(pair: VethPair) -> None:
+    with pair.enter("b"):
+        sock = XdpSocket(pair.b.ifname, mode="copy", busy_poll=True, filter="udp")
+    tx = _udp_sender(pair)
+    for _ in range(100):
+        tx.sendto(b"bp", (pair.b.ip, 9000))
+    assert len(_recv_n(sock, 100)) == 100
+    before = sock.stats()["rx_wakeups"]
+    assert len(sock.recv()) == 0
+    # with busy polling an empty poll drives the queue with a syscall, and it is counted
+    assert sock.stats()["rx_wakeups"] == before + 1
+    sock.close()
+
+
+def test_multi_buffer_with_jumbo_mtu() -> None:
+    with VethPair(mtu=9000, subnet="198.18.2") as p:
+        with p.enter("b"):
+            sock = XdpSocket(p.b.ifname, mode="copy", multi_buffer=True, frame_size=4096)
+        tx = _udp_sender(p)
+        payload = bytes(range(256)) * 31  # 7936 bytes: one packet over several frames
+        tx.sendto(payload, (p.b.ip, 9000))
+        descs: list[bytes] = []
+        cont: list[bool] = []
+        deadline = time.monotonic() + 5
+        while (not cont or cont[-1]) and time.monotonic() < deadline:
+            with sock.recv(max=16, timeout=0.2) as b:
+                descs.extend(bytes(b[i]) for i in range(len(b)))
+                cont.extend(b.continued.tolist())
+        assert len(descs) >= 2 and cont[-1] is False and all(cont[:-1])
+        whole = b"".join(descs)
+        assert len(whole) == 42 + len(payload) and whole[42:] == payload
+        sock.close()
+
+
+def test_close_leaves_no_program_behind(pair: VethPair) -> None:
+    with pair.enter("b"):
+        sock = XdpSocket(pair.b.ifname, mode="copy")
+    assert "prog/xdp" in _programs(pair, "b")
+    sock.close()
+    sock.close()  # idempotent
+    assert "prog/xdp" not in _programs(pair, "b")
+    with pytest.raises(RuntimeError, match="closed"):
+        sock.recv()
+
+
+def test_sigkilled_owner_leaves_no_program_behind(pair: VethPair) -> None:
+    code = textwrap.dedent(
+        f"""
+        import sys, time
+        from kbypass import _core, XdpSocket
+        e = _core.NetnsEntry({pair.b.netns!r})
+        s = XdpSocket({pair.b.ifname!r}, mode="copy")
+        print("ready", flush=True)
+        time.sleep(60)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+    assert "prog/xdp" in _programs(pair, "b")
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    deadline = time.monotonic() + 3
+    while "prog/xdp" in _programs(pair, "b") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "prog/xdp" not in _programs(pair, "b")
+
+
+def test_bad_input_raises_typed_errors_and_leaks_nothing(pair: VethPair) -> None:
+    with pair.enter("b"):
+        with pytest.raises(FileNotFoundError, match="no such interface"):
+            XdpSocket("kbx-nope0")
+        with pytest.raises(ValueError, match="queue 3 does not exist"):
+            XdpSocket(pair.b.ifname, queue=3)
+        with pytest.raises(ValueError, match="mode"):
+            XdpSocket(pair.b.ifname, mode="fast")
+        with pytest.raises(ValueError, match="2048 or 4096"):
+            XdpSocket(pair.b.ifname, frame_size=3000)
+        with pytest.raises(ValueError):
+            XdpSocket(pair.b.ifname, filter="udp dst port banana")
+        with pytest.raises(OSError, match="zero-copy"):
+            XdpSocket(pair.b.ifname, mode="zerocopy")
+        assert "prog/xdp" not in _programs(pair, "b"), "failed opens leave no program"
+        sock = XdpSocket(pair.b.ifname, mode="copy", frames=256)
+    with pytest.raises(ValueError, match="max"):
+        sock.recv(max=0)
+    with pytest.raises(TypeError):
+        sock.send(12345)  # type: ignore[arg-type]
+    assert sock.send([b"\0" * 5000]) == 0
+    assert sock.stats()["tx_oversize"] == 1
+    tx = _udp_sender(pair)
+    tx.sendto(b"once", (pair.b.ip, 9000))
+    batch = None
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        batch = sock.recv(timeout=0.2)
+        if len(batch):
+            break
+    assert batch is not None and len(batch) == 1
+    assert batch.release() == 1
+    assert batch.release() == 0  # idempotent, no double free
+    assert sock.check_accounting()["app"] == 0
+    # a batch dropped without release gives its frames back, counted
+    tx.sendto(b"dropme", (pair.b.ip, 9000))
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        b2 = sock.recv(timeout=0.2)
+        if len(b2):
+            break
+    del b2
+    assert sock.stats()["auto_released"] == 1
+    assert sock.check_accounting()["app"] == 0
+    sock.close()
+
+
+def test_unprivileged_open_says_run_as_root(pair: VethPair) -> None:
+    sys.path.insert(0, os.path.dirname(__file__))
+    from _privileges import as_nobody
+
+    name, ns = pair.b.ifname, pair.b.netns
+
+    def attempt() -> str:
+        try:
+            from kbypass import _core
+
+            e = _core.NetnsEntry(ns)
+            e.exit()
+        except PermissionError as err:
+            return str(err)
+        try:
+            XdpSocket(name)
+        except PermissionError as err:
+            return str(err)
+        except OSError as err:
+            return f"OSError: {err}"
+        return "opened"
+
+    msg = as_nobody(attempt)
+    assert "run as root" in msg, msg
+
+
+def test_batch_views_are_zero_copy_numpy(pair: VethPair) -> None:
+    with pair.enter("b"):
+        sock = XdpSocket(pair.b.ifname, mode="copy", filter="udp")
+    tx = _udp_sender(pair)
+    tx.sendto(b"abc", (pair.b.ip, 9000))
+    frames = []
+    deadline = time.monotonic() + 3
+    while not frames and time.monotonic() < deadline:
+        batch = sock.recv(timeout=0.2)
+        frames = batch.frames()
+    assert len(frames) == 1
+    v = frames[0]
+    assert isinstance(v, np.ndarray) and v.dtype == np.uint8 and len(v) == 45
+    assert bytes(v[-3:]) == b"abc"
+    assert batch.lengths.tolist() == [45] and batch.addrs.dtype == np.uint64
+    batch.release()
+    sock.close()
+    _ = v[0]  # the view stays readable memory after release and close
