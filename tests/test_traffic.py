@@ -75,6 +75,7 @@ def test_exactly_n_frames_reach_the_drop_counter(pair: VethPair, size: int) -> N
         sink.reset()
         gen = TrafficGenerator(pair, side="a", size=size)
         assert gen.size == size and len(gen.frame) == size
+        assert gen.keeper_note is None, "as root the program stays in the XDP dispatcher"
         r = gen.run(count=n)
         assert isinstance(r, TrafficResult)
         assert (r.packets, r.bytes) == (n, n * size)
