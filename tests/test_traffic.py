@@ -127,8 +127,10 @@ def test_rate_limit_is_respected(pair: VethPair) -> None:
     with DropCounter(pair) as sink:
         sink.reset()
         r = TrafficGenerator(pair).run(duration=1.0, rate=100_000)
-        assert 0.95 <= r.elapsed <= 1.3, r
-        assert 85_000 <= r.pps <= 105_000, r
+        # Never above the limit; below it (or late) only when the machine is busy.
+        assert 0.95 <= r.elapsed <= 1.6, r
+        assert 70_000 <= r.pps <= 102_000, r
+        assert r.packets <= 100_000, r
         assert sink.settle().packets == r.packets
 
 
@@ -137,7 +139,7 @@ def test_duration_at_full_speed(pair: VethPair) -> None:
     with DropCounter(pair) as sink:
         sink.reset()
         r = TrafficGenerator(pair, cpu=0).run(duration=0.5)
-        assert 0.45 <= r.elapsed <= 0.9, r
+        assert 0.45 <= r.elapsed <= 1.5, r
         assert r.calls >= 1 and not r.interrupted
         assert sink.settle().packets == r.packets > 0
 

@@ -268,7 +268,8 @@ fn duration_rate_and_stop_limits_as_root() {
         )
         .unwrap();
     let secs = r.throughput.elapsed.as_secs_f64();
-    assert!((0.5..1.0).contains(&secs), "ran {secs:.3} s for 0.6 s");
+    // Generous upper bound: the machine may be busy; a run never ends early.
+    assert!((0.55..1.5).contains(&secs), "ran {secs:.3} s for 0.6 s");
     assert_eq!(settled(&sink).packets, r.throughput.packets);
 
     // Rate limit: 200 kpps for 0.5 s ≈ 100k frames.
@@ -285,13 +286,14 @@ fn duration_rate_and_stop_limits_as_root() {
         )
         .unwrap();
     let pps = r.throughput.pps();
+    // Never above the limit (plus rounding); below it only when the machine is busy.
     assert!(
-        (170_000.0..=210_000.0).contains(&pps),
+        (140_000.0..=205_000.0).contains(&pps),
         "rate 200k, got {pps:.0} pps ({:?})",
         r.throughput
     );
     assert!(
-        (80_000..=100_000).contains(&r.throughput.packets),
+        (70_000..=100_000).contains(&r.throughput.packets),
         "{:?}",
         r.throughput
     );
