@@ -53,9 +53,26 @@ def _info_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    from kbypass import demo
+
+    demo.add_arguments(p)
+
+
+def _demo_run(args: argparse.Namespace) -> int:
+    from kbypass import demo
+
+    return demo.run(args)
+
+
 COMMANDS: dict[str, Command] = {
     "info": Command(
         "show what this machine can do, and how to fix what it can't", _info_arguments, _info_run
+    ),
+    "demo": Command(
+        "a Python packet processor on AF_XDP vs the kernel's UDP socket, on a veth bench",
+        _demo_arguments,
+        _demo_run,
     ),
 }
 

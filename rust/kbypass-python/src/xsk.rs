@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use kbypass_core::mem::HugeRegion;
+use kbypass_core::packet::parse;
 use kbypass_core::sys::xdp::{XdpDesc, XDP_PKT_CONTD};
 use kbypass_core::traffic::xsk::{rx_drop, tx_flood};
 use kbypass_core::traffic::{StopWhen, Throughput};
@@ -29,6 +30,8 @@ use crate::mem::{region_options, RegionMemory};
 pub struct PortHandle {
     port: Mutex<Option<XskPort>>,
     region: Arc<HugeRegion>,
+    /// Offset of the UMEM's frame 0 inside `region` (fixed for the port's life).
+    pool_off: usize,
     ifname: String,
     queues: Vec<u32>,
     zerocopy: Vec<bool>,
@@ -165,6 +168,7 @@ fn open_port(
     let umem = Arc::clone(port.umem());
     Ok(Arc::new(PortHandle {
         region: Arc::clone(umem.pool().region()),
+        pool_off: umem.pool().base() as usize - umem.pool().region().as_ptr() as usize,
         ifname: ifname.to_string(),
         queues: port.queues().to_vec(),
         zerocopy: (0..port.len())
@@ -726,14 +730,7 @@ impl PyRxBatch {
 
     fn view<'py>(&self, py: Python<'py>, d: &XdpDesc) -> PyResult<Bound<'py, PyArray1<u8>>> {
         let base = self.handle.region.as_ptr();
-        let pool_off = {
-            let g = self.handle.lock();
-            let port = g
-                .as_ref()
-                .ok_or_else(|| PyRuntimeError::new_err("the socket is closed"))?;
-            port.umem().pool().base() as usize - base as usize
-        };
-        let start = pool_off + d.addr as usize;
+        let start = self.handle.pool_off + d.addr as usize;
         if start + d.len as usize > self.handle.region.len() {
             return Err(PyRuntimeError::new_err("descriptor outside the UMEM"));
         }
@@ -786,6 +783,36 @@ impl PyRxBatch {
             .map(|d| self.view(py, d))
             .collect::<PyResult<Vec<_>>>()?;
         PyList::new(py, views)
+    }
+
+    /// Parsed header columns, one record per frame (NumPy structured array with
+    /// `kbypass.packet.META_DTYPE`), computed in Rust without copying the frames.
+    fn headers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.check()?;
+        let descs = self.descs.clone();
+        let bytes = py
+            .detach(|| {
+                let g = self.handle.lock();
+                let port = g.as_ref().ok_or_else(closed)?;
+                let s = port.socket(self.index).ok_or_else(|| {
+                    kbypass_core::Error::State("this socket is in use by a running Pipeline".into())
+                })?;
+                let mut out = vec![0u8; descs.len() * 64];
+                for (d, rec) in descs.iter().zip(out.chunks_exact_mut(64)) {
+                    let m = match s.app_ptr(d.addr, d.len) {
+                        // SAFETY: app_ptr checked that the range lies in a frame the application
+                        // holds; nobody writes it while we read.
+                        Some(p) => parse(unsafe { std::slice::from_raw_parts(p, d.len as usize) }),
+                        None => Default::default(),
+                    };
+                    rec.copy_from_slice(&m.to_bytes());
+                }
+                Ok::<_, kbypass_core::Error>(out)
+            })
+            .py()?;
+        let raw = PyArray1::from_vec(py, bytes);
+        let dtype = py.import("kbypass.packet")?.getattr("META_DTYPE")?;
+        raw.call_method1("view", (dtype,))
     }
 
     /// UMEM addresses of the frames (uint64).

@@ -329,16 +329,21 @@ pub fn xdp_set(ifindex: u32, prog_fd: i32, flags: u32, expected_fd: Option<i32>)
     Ok(())
 }
 
-/// Which XDP programs `ifindex` has (`RTM_GETLINK`).
-pub fn xdp_query(ifindex: u32) -> Result<XdpQuery> {
+/// The `RTM_GETLINK` replies for `ifindex` (in the calling thread's network namespace).
+fn getlink(ifindex: u32) -> Result<Vec<Vec<u8>>> {
     let body = ifinfomsg(ifindex);
     let what = format!("netlink RTM_GETLINK ifindex {ifindex}");
-    let replies = Rtnl::open()?
+    Rtnl::open()?
         .request(libc::RTM_GETLINK, 0, &body, &what)
         .map_err(|e| match e.errno() {
             Some(libc::ENODEV) => Error::NotFound(format!("no such interface index: {ifindex}")),
             _ => e,
-        })?;
+        })
+}
+
+/// Which XDP programs `ifindex` has (`RTM_GETLINK`).
+pub fn xdp_query(ifindex: u32) -> Result<XdpQuery> {
+    let replies = getlink(ifindex)?;
     let mut q = XdpQuery::default();
     for msg in replies {
         let Some(rest) = msg.get(16..) else { continue };
@@ -407,14 +412,7 @@ pub struct LinkInfo {
 
 /// [`LinkInfo`] of `ifindex`.
 pub fn link_info(ifindex: u32) -> Result<LinkInfo> {
-    let body = ifinfomsg(ifindex);
-    let what = format!("netlink RTM_GETLINK ifindex {ifindex}");
-    let replies = Rtnl::open()?
-        .request(libc::RTM_GETLINK, 0, &body, &what)
-        .map_err(|e| match e.errno() {
-            Some(libc::ENODEV) => Error::NotFound(format!("no such interface index: {ifindex}")),
-            _ => e,
-        })?;
+    let replies = getlink(ifindex)?;
     let mut info = LinkInfo::default();
     for msg in replies {
         let Some(rest) = msg.get(16..) else { continue };

@@ -1,0 +1,50 @@
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root: the demo creates namespaces and AF_XDP sockets"
+)
+def test_demo_runs_both_paths_and_cleans_up() -> None:
+    before = set(os.listdir("/var/run/netns")) if os.path.isdir("/var/run/netns") else set()
+    r = subprocess.run(
+        [sys.executable, "-m", "kbypass.cli", "demo", "--seconds", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    rows = {
+        m.group(1): int(m.group(2).replace(",", ""))
+        for m in re.finditer(r"^(kbypass AF_XDP|kernel UDP socket)\s+([\d,]+)", r.stdout, re.M)
+    }
+    assert set(rows) == {"kbypass AF_XDP", "kernel UDP socket"}, r.stdout
+    assert rows["kbypass AF_XDP"] > 0 and rows["kernel UDP socket"] > 0, r.stdout
+    assert "x the kernel socket's rate" in r.stdout
+    after = set(os.listdir("/var/run/netns")) if os.path.isdir("/var/run/netns") else set()
+    assert not {n for n in after - before if n.startswith("kbx-")}, "the demo left namespaces"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges to nobody")
+def test_demo_refuses_without_root_with_the_fix() -> None:
+    from _privileges import as_nobody
+
+    def attempt() -> tuple[int, str]:
+        import contextlib
+        import io
+
+        from kbypass.cli import main
+
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main(["demo"])
+        return code, err.getvalue()
+
+    code, err = as_nobody(attempt)
+    assert code == 1
+    assert "run it as root" in err
