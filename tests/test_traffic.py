@@ -217,9 +217,8 @@ def test_bad_input_raises_typed_errors(pair: VethPair) -> None:
     with pytest.raises(FileNotFoundError, match="no such interface"):
         raw.start("kbxnope0", pair.a.netns)
     assert not raw.running
-    with pytest.raises(OSError, match="queue") as ei:
+    with pytest.raises(ValueError, match="1 RX queue"):
         raw.run(pair.a.ifname, pair.a.netns, count=10, queue=7)
-    assert ei.value.errno == 22
     with pytest.raises(ValueError, match="not online"):
         raw.run(pair.a.ifname, pair.a.netns, count=10, cpu=4000)
     with pytest.raises(FileNotFoundError):
