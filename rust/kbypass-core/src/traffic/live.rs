@@ -332,10 +332,10 @@ impl LiveGenerator {
     /// Send frames out of `ifname` (inside network namespace `netns` when given: the calling
     /// thread enters it for the run) until a limit of `run` is reached.
     ///
-    /// Errors: unknown interface or namespace ([`Error::NotFound`]), a queue the interface lacks, a frame larger than the
-    /// interface's MTU allows, no limit, a bad rate ([`Error::InvalidArgument`]), an interface
-    /// whose XDP queue is not registered (`EINVAL`: turn GRO on or attach an XDP program), no
-    /// privileges ([`Error::Permission`]).
+    /// Errors: unknown interface or namespace ([`Error::NotFound`]); a queue the interface
+    /// lacks, a frame larger than the interface's MTU allows, no limit, a bad rate
+    /// ([`Error::InvalidArgument`]); an interface whose XDP queue is not registered (`EINVAL`:
+    /// turn GRO on or attach an XDP program); no privileges ([`Error::Permission`]).
     pub fn run(&self, ifname: &str, netns: Option<&str>, run: &LiveRun<'_>) -> Result<LiveResult> {
         if run.count.is_none() && run.duration.is_none() && run.stop.is_none() {
             return Err(Error::invalid(
