@@ -1,6 +1,7 @@
 """The receive and transmit paths on a veth pair, with same-run ratios to their references.
 
-Bench: a :class:`~kbypass.testing.VethPair` (GRO on, IPv6 off), UDP frames of 60 bytes (a 64-byte
+Bench: the pytest plugin's ``veth_pair`` (a :class:`~kbypass.testing.VethPair`, GRO on, IPv6
+off) and ``traffic`` fixtures (kbypass.testing.pytest_plugin), UDP frames of 60 bytes (a 64-byte
 wire frame) and 1514 bytes. The generator is the XDP live-frames test run in namespace ``a``,
 pinned to the first allowed CPU; receivers run in namespace ``b`` pinned to the last one (on veth
 the kernel's receive work runs on the sender's CPU). Each benchmark measures its reference in the
@@ -28,7 +29,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,8 @@ _ALLOWED = cpu.allowed()
 GEN_CPU, RX_CPU = _ALLOWED[0], _ALLOWED[-1]
 C_SOURCE = Path(__file__).parent / "c" / "xsk_ref.c"
 GOAL_GENERATOR_PPS = 20e6
+# The plugin's `traffic` fixture (kbypass.testing.pytest_plugin), one generator per frame size.
+TRAFFIC = [pytest.param({"size": s, "cpu": GEN_CPU}, id=str(s)) for s in SIZES]
 
 
 Measured = dict[str, float]  # at least "pps"
@@ -91,12 +94,6 @@ def side_by_side(
     refs.append(reference())
     benchmark.pedantic(lambda: subs.append(subject()), rounds=1, iterations=1)
     return max(refs, key=lambda m: m["pps"]), max(subs, key=lambda m: m["pps"])
-
-
-@pytest.fixture(scope="module")
-def pair() -> Iterator[VethPair]:
-    with VethPair() as p:  # IPv6 off: no neighbour-discovery chatter in the counts
-        yield p
 
 
 @pytest.fixture(scope="module")
@@ -145,11 +142,11 @@ def rx_drop_c(pair: VethPair, exe: Path) -> dict[str, float]:
     return run_c(pair, "b", exe, "rxdrop", "-i", pair.b.ifname, "-d", str(SECONDS))
 
 
-def xdp_drop_ceiling(pair: VethPair, size: int) -> Measured:
+def xdp_drop_ceiling(pair: VethPair, gen: TrafficGenerator) -> Measured:
     """The generator into an XDP_DROP peer for SECONDS: what the peer counted per second."""
     with DropCounter(pair, side="b") as sink:
         sink.reset()
-        sent = TrafficGenerator(pair, size=size, cpu=GEN_CPU).run(duration=SECONDS)
+        sent = gen.run(duration=SECONDS)
         got = sink.settle()
     assert got.packets >= sent.packets * 0.99, (got, sent)
     return {"pps": got.packets / sent.elapsed, "sent_pps": sent.pps}
@@ -164,24 +161,26 @@ def sendmmsg_into_xdp_drop(pair: VethPair, size: int, cpu_: int) -> Measured:
     return {"pps": got.packets / sent.elapsed, "sent_pps": sent.pps}
 
 
-def under_load(pair: VethPair, size: int, receive: Callable[[], Measured]) -> Measured:
+def under_load(gen: TrafficGenerator, receive: Callable[[], Measured]) -> Measured:
     """Run ``receive`` while the generator floods ``b`` from ``a`` in the background."""
-    with TrafficGenerator(pair, size=size, cpu=GEN_CPU) as gen:
-        gen.start()
-        try:
-            m = receive()
-        finally:
-            offered = gen.stop()
+    gen.start()
+    try:
+        m = receive()
+    finally:
+        offered = gen.stop()
     return {**m, "generator_pps": offered.pps}
 
 
 @pytest.mark.benchmark(group="path-generator")
-@pytest.mark.parametrize("size", SIZES)
-def test_generator_into_xdp_drop(benchmark: BenchmarkFixture, pair: VethPair, size: int) -> None:
+@pytest.mark.parametrize("traffic", TRAFFIC, indirect=True)
+def test_generator_into_xdp_drop(
+    benchmark: BenchmarkFixture, veth_pair: VethPair, traffic: TrafficGenerator
+) -> None:
+    size = traffic.size
     ref, got = side_by_side(
         benchmark,
-        lambda: sendmmsg_into_xdp_drop(pair, size, GEN_CPU),
-        lambda: xdp_drop_ceiling(pair, size),
+        lambda: sendmmsg_into_xdp_drop(veth_pair, size, GEN_CPU),
+        lambda: xdp_drop_ceiling(veth_pair, traffic),
     )
     _info(
         benchmark,
@@ -197,9 +196,13 @@ def test_generator_into_xdp_drop(benchmark: BenchmarkFixture, pair: VethPair, si
 
 
 @pytest.mark.benchmark(group="path-rx-kernel")
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("traffic", TRAFFIC, indirect=True)
 @pytest.mark.parametrize("path", ["recvmmsg", "af_packet"])
-def test_rx_kernel(benchmark: BenchmarkFixture, pair: VethPair, size: int, path: str) -> None:
+def test_rx_kernel(
+    benchmark: BenchmarkFixture, veth_pair: VethPair, traffic: TrafficGenerator, path: str
+) -> None:
+    pair, size = veth_pair, traffic.size
+
     def receive() -> Measured:
         if path == "recvmmsg":
             r = udp_recv(pair, duration=SECONDS, batch=64, cpu=RX_CPU)
@@ -208,7 +211,7 @@ def test_rx_kernel(benchmark: BenchmarkFixture, pair: VethPair, size: int, path:
         return {"pps": r.pps, "packets": r.packets}
 
     ceiling, got = side_by_side(
-        benchmark, lambda: xdp_drop_ceiling(pair, size), lambda: under_load(pair, size, receive)
+        benchmark, lambda: xdp_drop_ceiling(pair, traffic), lambda: under_load(traffic, receive)
     )
     _info(
         benchmark,
@@ -222,12 +225,15 @@ def test_rx_kernel(benchmark: BenchmarkFixture, pair: VethPair, size: int, path:
 
 
 @pytest.mark.benchmark(group="path-rx-afxdp")
-@pytest.mark.parametrize("size", SIZES)
-def test_rx_c_libxdp(benchmark: BenchmarkFixture, pair: VethPair, xsk_ref: Path, size: int) -> None:
+@pytest.mark.parametrize("traffic", TRAFFIC, indirect=True)
+def test_rx_c_libxdp(
+    benchmark: BenchmarkFixture, veth_pair: VethPair, xsk_ref: Path, traffic: TrafficGenerator
+) -> None:
+    pair, size = veth_pair, traffic.size
     ceiling, c = side_by_side(
         benchmark,
-        lambda: xdp_drop_ceiling(pair, size),
-        lambda: under_load(pair, size, lambda: rx_drop_c(pair, xsk_ref)),
+        lambda: xdp_drop_ceiling(pair, traffic),
+        lambda: under_load(traffic, lambda: rx_drop_c(pair, xsk_ref)),
     )
     _info(
         benchmark,
@@ -243,9 +249,12 @@ def test_rx_c_libxdp(benchmark: BenchmarkFixture, pair: VethPair, xsk_ref: Path,
 
 
 @pytest.mark.benchmark(group="path-rx-afxdp")
-@pytest.mark.parametrize("size", SIZES)
-def test_rx_kbypass(benchmark: BenchmarkFixture, pair: VethPair, xsk_ref: Path, size: int) -> None:
+@pytest.mark.parametrize("traffic", TRAFFIC, indirect=True)
+def test_rx_kbypass(
+    benchmark: BenchmarkFixture, veth_pair: VethPair, xsk_ref: Path, traffic: TrafficGenerator
+) -> None:
     xdp_socket = _xdp_socket_class()
+    pair, size = veth_pair, traffic.size
 
     def references() -> Measured:
         c = rx_drop_c(pair, xsk_ref)
@@ -258,7 +267,7 @@ def test_rx_kbypass(benchmark: BenchmarkFixture, pair: VethPair, xsk_ref: Path, 
                 r = sock.rx_drop(duration=SECONDS, batch=64)
         return {"pps": float(r["pps"]), "packets": float(r["packets"])}
 
-    with TrafficGenerator(pair, size=size, cpu=GEN_CPU) as gen:
+    with traffic as gen:
         gen.start()
         ref, got = side_by_side(benchmark, references, kbypass_rx_drop)
         gen.stop()
@@ -278,10 +287,13 @@ def test_rx_kbypass(benchmark: BenchmarkFixture, pair: VethPair, xsk_ref: Path, 
 
 
 @pytest.mark.benchmark(group="path-tx")
-@pytest.mark.parametrize("size", SIZES)
-def test_tx_kbypass(benchmark: BenchmarkFixture, pair: VethPair, xsk_ref: Path, size: int) -> None:
+@pytest.mark.parametrize("traffic", TRAFFIC, indirect=True)
+def test_tx_kbypass(
+    benchmark: BenchmarkFixture, veth_pair: VethPair, xsk_ref: Path, traffic: TrafficGenerator
+) -> None:
     xdp_socket = _xdp_socket_class()
-    frame = TrafficGenerator(pair, size=size).frame
+    pair, size = veth_pair, traffic.size
+    frame = traffic.frame  # the same frame kbypass, the C reference and the generator send
     frame_file = xsk_ref.parent / f"frame{size}.bin"
     frame_file.write_bytes(frame)
     counts: list[tuple[int, int]] = []  # (sent by kbypass, counted by the peer)

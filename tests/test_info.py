@@ -46,7 +46,9 @@ def test_report_has_every_section_with_the_right_types() -> None:
     assert p["memlock_limit"] is None or isinstance(p["memlock_limit"], int)
     assert isinstance(r["af_xdp"]["socket"], bool)
     b = r["bpf"]
-    assert b["check"] == "capability" and isinstance(b["may_load"], bool)
+    assert b["check"] == "load" and isinstance(b["may_load"], bool)
+    for k in ("prog_load", "xdp_link", "frags", "live_frames"):
+        assert isinstance(b[k]["ok"], bool) and isinstance(b[k]["detail"], str)
     assert _is_str_list(b["bpffs_mounts"])
     for size in r["hugepages"]["sizes"].values():
         for k in ("total", "free", "reserved", "page_size"):
@@ -105,8 +107,40 @@ def test_without_root_the_report_says_what_to_do() -> None:
     assert any("ulimit -l" in f for f in p["fixes"])
     assert r["af_xdp"]["socket"] is False
     assert r["af_xdp"]["fixes"] == ["AF_XDP sockets need CAP_NET_RAW: run as root"]
-    assert r["bpf"]["may_load"] is False
+    assert r["af_xdp"]["error"]
+    assert r["bpf"]["may_load"] is False and r["bpf"]["prog_load"]["ok"] is False
     assert any("run as root" in f for f in r["bpf"]["fixes"])
+
+
+@root
+def test_as_root_the_probes_load_attach_and_run_programs() -> None:
+    r = info.collect(["af_xdp", "bpf"])
+    assert r["af_xdp"]["socket"] is True and r["af_xdp"]["fixes"] == []
+    b = r["bpf"]
+    # Kernel 5.18+ (CI and this machine run 6.x): every probe works.
+    assert all(b[k]["ok"] for k in ("prog_load", "xdp_link", "frags", "live_frames")), b
+    assert b["may_load"] is True and b["redirect_form"]
+    assert not [f for f in b["fixes"] if "kernel" in f or "root" in f]
+
+
+def test_rdma_section_reports_devices_or_the_install_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kbypass import rdma
+
+    r = info.collect(["rdma"])["rdma"]
+    assert r["devices"] == [d["name"] for d in r["device_details"]]
+    if r["loadable"] and not r["devices"]:
+        assert any("rdma_rxe" in f or "ibverbs-providers" in f for f in r["fixes"])
+
+    def missing() -> list[Any]:
+        raise FileNotFoundError("no libibverbs: apt-get install rdma-core ibverbs-providers")
+
+    monkeypatch.setattr(rdma, "devices", missing)
+    r = info.collect(["rdma"])["rdma"]
+    assert r["loadable"] is False and "no libibverbs" in r["error"]
+    assert r["fixes"] == ["apt-get install rdma-core ibverbs-providers"]
+    assert "loadable=no" in info.render_text({"rdma": r})
 
 
 def test_sections_are_a_registry() -> None:

@@ -1,4 +1,4 @@
-"""The live-frames generator, the drop counter and the kernel baselines on a veth pair."""
+"""The live-frames generator, drop counter and kernel baselines on the plugin's veth_pair."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,13 +24,6 @@ from kbypass.testing import (
 )
 
 root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces")
-
-
-@pytest.fixture
-def pair() -> Iterator[VethPair]:
-    # VethPair turns IPv6 off, so no router solicitation or MLD report adds to exact counts.
-    with VethPair() as p:
-        yield p
 
 
 class Thread(threading.Thread):
@@ -57,8 +49,8 @@ class Thread(threading.Thread):
         return self.result
 
 
-def udp_socket_in(pair: VethPair, side: str, port: int) -> socket.socket:
-    with pair.enter(side) as end:
+def udp_socket_in(veth_pair: VethPair, side: str, port: int) -> socket.socket:
+    with veth_pair.enter(side) as end:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
         s.bind((end.ip, port))
@@ -68,12 +60,12 @@ def udp_socket_in(pair: VethPair, side: str, port: int) -> socket.socket:
 
 @root
 @pytest.mark.parametrize("size", [60, 1514])
-def test_exactly_n_frames_reach_the_drop_counter(pair: VethPair, size: int) -> None:
+def test_exactly_n_frames_reach_the_drop_counter(veth_pair: VethPair, size: int) -> None:
     n = 300_000
-    with DropCounter(pair, side="b") as sink:
+    with DropCounter(veth_pair, side="b") as sink:
         assert sink.mode == "native" and sink.attached
         sink.reset()
-        gen = TrafficGenerator(pair, side="a", size=size)
+        gen = TrafficGenerator(veth_pair, side="a", size=size)
         assert gen.size == size and len(gen.frame) == size
         assert gen.keeper_note is None, "as root the program stays in the XDP dispatcher"
         r = gen.run(count=n)
@@ -82,19 +74,19 @@ def test_exactly_n_frames_reach_the_drop_counter(pair: VethPair, size: int) -> N
         assert r.elapsed > 0 and r.pps == pytest.approx(n / r.elapsed)
         assert sink.wait_for(n) == Counts(n, n * size)
     assert not sink.attached
-    with pair.enter("b"):
-        assert xdp_query(pair.b.ifname) == []
+    with veth_pair.enter("b"):
+        assert xdp_query(veth_pair.b.ifname) == []
 
 
 @root
-def test_exactly_n_frames_seen_by_af_packet(pair: VethPair) -> None:
+def test_exactly_n_frames_seen_by_af_packet(veth_pair: VethPair) -> None:
     n = 20_000
     # A listener, so the kernel does not answer with ICMP (AF_PACKET sees outgoing frames too).
-    sink = udp_socket_in(pair, "b", 9000)
-    rx = Thread(af_packet_recv, pair=pair, side="b", duration=20.0, idle=0.5)
+    sink = udp_socket_in(veth_pair, "b", 9000)
+    rx = Thread(af_packet_recv, pair=veth_pair, side="b", duration=20.0, idle=0.5)
     rx.start()
     time.sleep(0.3)
-    sent = TrafficGenerator(pair, size=60).run(count=n, rate=200_000)
+    sent = TrafficGenerator(veth_pair, size=60).run(count=n, rate=200_000)
     got = rx.get()
     sink.close()
     assert sent.packets == n
@@ -102,10 +94,10 @@ def test_exactly_n_frames_seen_by_af_packet(pair: VethPair) -> None:
 
 
 @root
-def test_flows_cycle_the_udp_source_port(pair: VethPair) -> None:
+def test_flows_cycle_the_udp_source_port(veth_pair: VethPair) -> None:
     flows, each = 4, 250
-    rx = udp_socket_in(pair, "b", 9000)
-    gen = TrafficGenerator(pair, size=100, flows=flows, src_port=30000)
+    rx = udp_socket_in(veth_pair, "b", 9000)
+    gen = TrafficGenerator(veth_pair, size=100, flows=flows, src_port=30000)
     assert gen.flows == flows
     frame = gen.frame
     assert frame[40:42] == b"\x00\x00", "UDP checksum 0 when flows vary"
@@ -114,7 +106,7 @@ def test_flows_cycle_the_udp_source_port(pair: VethPair) -> None:
     try:
         while True:
             data, (ip, port) = rx.recvfrom(2048)
-            assert ip == pair.a.ip and len(data) == 100 - 42
+            assert ip == veth_pair.a.ip and len(data) == 100 - 42
             ports[port] += 1
     except socket.timeout:
         pass
@@ -123,10 +115,10 @@ def test_flows_cycle_the_udp_source_port(pair: VethPair) -> None:
 
 
 @root
-def test_rate_limit_is_respected(pair: VethPair) -> None:
-    with DropCounter(pair) as sink:
+def test_rate_limit_is_respected(veth_pair: VethPair) -> None:
+    with DropCounter(veth_pair) as sink:
         sink.reset()
-        r = TrafficGenerator(pair).run(duration=1.0, rate=100_000)
+        r = TrafficGenerator(veth_pair).run(duration=1.0, rate=100_000)
         # Never above the limit; below it (or late) only when the machine is busy.
         assert 0.95 <= r.elapsed <= 1.6, r
         assert 70_000 <= r.pps <= 102_000, r
@@ -135,18 +127,18 @@ def test_rate_limit_is_respected(pair: VethPair) -> None:
 
 
 @root
-def test_duration_at_full_speed(pair: VethPair) -> None:
-    with DropCounter(pair) as sink:
+def test_duration_at_full_speed(veth_pair: VethPair) -> None:
+    with DropCounter(veth_pair) as sink:
         sink.reset()
-        r = TrafficGenerator(pair, cpu=0).run(duration=0.5)
+        r = TrafficGenerator(veth_pair, cpu=0).run(duration=0.5)
         assert 0.45 <= r.elapsed <= 1.5, r
         assert r.calls >= 1 and not r.interrupted
         assert sink.settle().packets == r.packets > 0
 
 
 @root
-def test_background_start_stop_and_wait(pair: VethPair) -> None:
-    with DropCounter(pair) as sink, TrafficGenerator(pair) as gen:
+def test_background_start_stop_and_wait(veth_pair: VethPair) -> None:
+    with DropCounter(veth_pair) as sink, TrafficGenerator(veth_pair) as gen:
         sink.reset()
         gen.start(rate=50_000)
         assert gen.running
@@ -170,39 +162,39 @@ def test_background_start_stop_and_wait(pair: VethPair) -> None:
 
 
 @root
-def test_kernel_udp_send_recv_counts(pair: VethPair) -> None:
+def test_kernel_udp_send_recv_counts(veth_pair: VethPair) -> None:
     n = 20_000
-    rx = Thread(udp_recv, pair=pair, side="b", port=9000, count=n, duration=20.0)
+    rx = Thread(udp_recv, pair=veth_pair, side="b", port=9000, count=n, duration=20.0)
     rx.start()
     time.sleep(0.3)
-    tx = udp_send(pair, side="a", count=n, size=100, batch=64)
+    tx = udp_send(veth_pair, side="a", count=n, size=100, batch=64)
     got = rx.get()
     assert tx.packets == n and tx.bytes == n * 58
     assert got.packets == n and got.bytes == n * 58
 
 
 @root
-def test_bad_input_raises_typed_errors(pair: VethPair) -> None:
+def test_bad_input_raises_typed_errors(veth_pair: VethPair) -> None:
     with pytest.raises(ValueError, match="out of range"):
-        TrafficGenerator(pair, size=30)
+        TrafficGenerator(veth_pair, size=30)
     with pytest.raises(ValueError, match="flows"):
-        TrafficGenerator(pair, flows=0)
+        TrafficGenerator(veth_pair, flows=0)
     with pytest.raises(ValueError, match="65535"):
-        TrafficGenerator(pair, flows=100, src_port=65500)
+        TrafficGenerator(veth_pair, flows=100, src_port=65500)
     with pytest.raises(ValueError, match="batch_size"):
-        TrafficGenerator(pair, batch_size=1000)
+        TrafficGenerator(veth_pair, batch_size=1000)
     with pytest.raises(ValueError, match="side"):
-        TrafficGenerator(pair, side="c")
+        TrafficGenerator(veth_pair, side="c")
     with pytest.raises(TypeError, match="VethPair"):
         TrafficGenerator("veth0")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="MAC"):
         _core.LiveGenerator(dst_mac="02:00")
     with pytest.raises(ValueError, match="IPv4"):
         _core.LiveGenerator(src_ip="198.18.0.300")
-    gen = TrafficGenerator(pair, size=1600)
+    gen = TrafficGenerator(veth_pair, size=1600)
     with pytest.raises(ValueError, match="MTU 1500"):
         gen.run(count=10)
-    gen = TrafficGenerator(pair)
+    gen = TrafficGenerator(veth_pair)
     with pytest.raises(ValueError, match="never stops"):
         gen.run()
     with pytest.raises(ValueError, match="rate"):
@@ -211,28 +203,28 @@ def test_bad_input_raises_typed_errors(pair: VethPair) -> None:
         gen.run(duration=-1)
     raw = _core.LiveGenerator()
     with pytest.raises(FileNotFoundError, match="no such interface"):
-        raw.run("kbxnope0", pair.a.netns, count=10)
+        raw.run("kbxnope0", veth_pair.a.netns, count=10)
     with pytest.raises(FileNotFoundError, match="ip netns add"):
         raw.run("veth0", "kbx-no-such-namespace", count=10)
     with pytest.raises(FileNotFoundError, match="no such interface"):
-        raw.start("kbxnope0", pair.a.netns)
+        raw.start("kbxnope0", veth_pair.a.netns)
     assert not raw.running
     with pytest.raises(ValueError, match="1 RX queue"):
-        raw.run(pair.a.ifname, pair.a.netns, count=10, queue=7)
+        raw.run(veth_pair.a.ifname, veth_pair.a.netns, count=10, queue=7)
     with pytest.raises(ValueError, match="not online"):
-        raw.run(pair.a.ifname, pair.a.netns, count=10, cpu=4000)
+        raw.run(veth_pair.a.ifname, veth_pair.a.netns, count=10, cpu=4000)
     with pytest.raises(FileNotFoundError):
-        _core.DropCounter("kbxnope0", pair.b.netns)
+        _core.DropCounter("kbxnope0", veth_pair.b.netns)
     with pytest.raises(ValueError, match="mode"):
-        DropCounter(pair, mode="fast")
+        DropCounter(veth_pair, mode="fast")
     with pytest.raises(ValueError, match="never stops"):
-        udp_recv(pair)
+        udp_recv(veth_pair)
     with pytest.raises(ValueError, match="headers"):
-        udp_send(pair, count=1, size=20)
-    with DropCounter(pair) as sink, pytest.raises(OSError) as busy:
-        DropCounter(pair)
+        udp_send(veth_pair, count=1, size=20)
+    with DropCounter(veth_pair) as sink, pytest.raises(OSError) as busy:
+        DropCounter(veth_pair)
     assert busy.value.errno == 16 and "force" in str(busy.value)
     assert not sink.attached
-    pair.close()
+    veth_pair.close()
     with pytest.raises(RuntimeError, match="closed"):
-        TrafficGenerator(pair)
+        TrafficGenerator(veth_pair)

@@ -1,4 +1,4 @@
-"""AF_XDP sockets end to end on a veth pair between two namespaces (issue 3, section 6)."""
+"""AF_XDP sockets end to end on the plugin's veth_pair (two namespaces; issue 3, section 6)."""
 
 from __future__ import annotations
 
@@ -20,17 +20,17 @@ from kbypass.testing import VethPair
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for AF_XDP and namespaces")
 
 
-def _udp_sender(pair: VethPair) -> socket.socket:
-    with pair.enter("a"):
+def _udp_sender(veth_pair: VethPair) -> socket.socket:
+    with veth_pair.enter("a"):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind((pair.a.ip, 0))
+        s.bind((veth_pair.a.ip, 0))
     return s
 
 
-def _udp_receiver(pair: VethPair, port: int) -> socket.socket:
-    with pair.enter("b"):
+def _udp_receiver(veth_pair: VethPair, port: int) -> socket.socket:
+    with veth_pair.enter("b"):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind((pair.b.ip, port))
+        s.bind((veth_pair.b.ip, port))
         s.settimeout(3)
     return s
 
@@ -44,26 +44,20 @@ def _recv_n(sock: XdpSocket, n: int, timeout: float = 5.0) -> list[bytes]:
     return got
 
 
-def _programs(pair: VethPair, side: str) -> str:
-    end = pair.a if side == "a" else pair.b
-    return pair.run(side, "ip", "-d", "link", "show", end.ifname).stdout
+def _programs(veth_pair: VethPair, side: str) -> str:
+    end = veth_pair.a if side == "a" else veth_pair.b
+    return veth_pair.run(side, "ip", "-d", "link", "show", end.ifname).stdout
 
 
-@pytest.fixture
-def pair() -> VethPair:
-    with VethPair() as p:
-        yield p
-
-
-def test_receives_exactly_the_frames_the_peer_kernel_sends(pair: VethPair) -> None:
-    with pair.enter("b"):
-        sock = XdpSocket(pair.b.ifname, queue=0, mode="copy", frames=1024, filter="udp")
+def test_receives_exactly_the_frames_the_peer_kernel_sends(veth_pair: VethPair) -> None:
+    with veth_pair.enter("b"):
+        sock = XdpSocket(veth_pair.b.ifname, queue=0, mode="copy", frames=1024, filter="udp")
     assert sock.mode == "copy" and sock.xdp_mode in ("native", "generic")
-    tx = _udp_sender(pair)
+    tx = _udp_sender(veth_pair)
     frames: list[bytes] = []
     for chunk in range(10):  # 100 at a time: well within the 512 frames on the fill ring
         for i in range(chunk * 100, chunk * 100 + 100):
-            tx.sendto(i.to_bytes(4, "big") * 8, (pair.b.ip, 9000))
+            tx.sendto(i.to_bytes(4, "big") * 8, (veth_pair.b.ip, 9000))
         frames += _recv_n(sock, 100)
     assert len(frames) == 1000
     assert not _recv_n(sock, 1, timeout=0.3), "exactly N: nothing extra arrives"
@@ -80,46 +74,48 @@ def test_receives_exactly_the_frames_the_peer_kernel_sends(pair: VethPair) -> No
     tx.close()
 
 
-def test_filter_bifurcates_and_kernel_keeps_ping_and_other_ports(pair: VethPair) -> None:
-    with pair.enter("b"):
-        sock = XdpSocket(pair.b.ifname, filter="udp dst port 9000-9010", mode="copy")
-    kernel_rx = _udp_receiver(pair, 9100)
-    tx = _udp_sender(pair)
+def test_filter_bifurcates_and_kernel_keeps_ping_and_other_ports(veth_pair: VethPair) -> None:
+    with veth_pair.enter("b"):
+        sock = XdpSocket(veth_pair.b.ifname, filter="udp dst port 9000-9010", mode="copy")
+    kernel_rx = _udp_receiver(veth_pair, 9100)
+    tx = _udp_sender(veth_pair)
     for _ in range(50):
-        tx.sendto(b"to-kernel", (pair.b.ip, 9100))
-        tx.sendto(b"to-xdp", (pair.b.ip, 9005))
+        tx.sendto(b"to-kernel", (veth_pair.b.ip, 9100))
+        tx.sendto(b"to-xdp", (veth_pair.b.ip, 9005))
     assert all(kernel_rx.recv(64) == b"to-kernel" for _ in range(50))
     frames = _recv_n(sock, 50)
     assert len(frames) == 50 and all(f.endswith(b"to-xdp") for f in frames)
-    pair.run("a", "ping", "-c2", "-i0.2", "-W2", pair.b.ip)  # ICMP still reaches the kernel
+    veth_pair.run(
+        "a", "ping", "-c2", "-i0.2", "-W2", veth_pair.b.ip
+    )  # ICMP still reaches the kernel
     sock.close()
     kernel_rx.close()
     tx.close()
 
 
-def test_filter_given_as_rules(pair: VethPair) -> None:
+def test_filter_given_as_rules(veth_pair: VethPair) -> None:
     rules = [kbypass.Rule(proto="udp", dport=9000), kbypass.Rule(proto="udp", dport=9001)]
-    with pair.enter("b"):
-        sock = XdpSocket(pair.b.ifname, filter=rules, mode="copy")
-    tx = _udp_sender(pair)
-    tx.sendto(b"x", (pair.b.ip, 9001))
+    with veth_pair.enter("b"):
+        sock = XdpSocket(veth_pair.b.ifname, filter=rules, mode="copy")
+    tx = _udp_sender(veth_pair)
+    tx.sendto(b"x", (veth_pair.b.ip, 9001))
     assert len(_recv_n(sock, 1)) == 1
     sock.close()
 
 
-def test_tx_arrives_at_peer_kernel_socket_with_valid_checksums(pair: VethPair) -> None:
-    rx = _udp_receiver(pair, 9200)
+def test_tx_arrives_at_peer_kernel_socket_with_valid_checksums(veth_pair: VethPair) -> None:
+    rx = _udp_receiver(veth_pair, 9200)
     frames = []
     for i in range(20):
         f = bytearray(42 + 16)
-        f[0:6] = bytes.fromhex(pair.b.mac.replace(":", ""))
-        f[6:12] = bytes.fromhex(pair.a.mac.replace(":", ""))
+        f[0:6] = bytes.fromhex(veth_pair.b.mac.replace(":", ""))
+        f[6:12] = bytes.fromhex(veth_pair.a.mac.replace(":", ""))
         f[12:14] = b"\x08\x00"
         f[14] = 0x45
         f[16:18] = (20 + 8 + 16).to_bytes(2, "big")
         f[22], f[23] = 64, 17
-        f[26:30] = socket.inet_aton(pair.a.ip)
-        f[30:34] = socket.inet_aton(pair.b.ip)
+        f[26:30] = socket.inet_aton(veth_pair.a.ip)
+        f[30:34] = socket.inet_aton(veth_pair.b.ip)
         f[34:36] = (40000 + i).to_bytes(2, "big")
         f[36:38] = (9200).to_bytes(2, "big")
         f[38:40] = (8 + 16).to_bytes(2, "big")
@@ -127,8 +123,8 @@ def test_tx_arrives_at_peer_kernel_socket_with_valid_checksums(pair: VethPair) -
         frames.append(bytes(f))
     arr, lens = packet.frames_from_bytes(frames)
     assert packet.edit(arr, lens, fix_checksums=True) == 20
-    with pair.enter("a"):
-        sock = XdpSocket(pair.a.ifname, mode="copy", frames=256)
+    with veth_pair.enter("a"):
+        sock = XdpSocket(veth_pair.a.ifname, mode="copy", frames=256)
     assert sock.send(arr, lens) == 20
     got = sorted(int.from_bytes(rx.recv(64), "big") for _ in range(20))
     assert got == list(range(20))  # the kernel dropped none: checksums were valid
@@ -141,14 +137,14 @@ def test_tx_arrives_at_peer_kernel_socket_with_valid_checksums(pair: VethPair) -
     sock.close()
 
 
-def test_reflect_batch_back_with_send(pair: VethPair) -> None:
-    with pair.enter("b"):
-        sock = XdpSocket(pair.b.ifname, filter="udp dst port 9300", mode="copy")
-    with pair.enter("a"):
+def test_reflect_batch_back_with_send(veth_pair: VethPair) -> None:
+    with veth_pair.enter("b"):
+        sock = XdpSocket(veth_pair.b.ifname, filter="udp dst port 9300", mode="copy")
+    with veth_pair.enter("a"):
         peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        peer.bind((pair.a.ip, 9301))
+        peer.bind((veth_pair.a.ip, 9301))
         peer.settimeout(3)
-    peer.sendto(b"ping-1", (pair.b.ip, 9300))
+    peer.sendto(b"ping-1", (veth_pair.b.ip, 9300))
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
         batch = sock.recv(timeout=0.2)
@@ -162,13 +158,13 @@ def test_reflect_batch_back_with_send(pair: VethPair) -> None:
     packet.edit(frame, swap_macs=True, swap_ips=True, swap_ports=True, fix_checksums=True)
     assert batch.send() == 1
     data, addr = peer.recvfrom(64)
-    assert data == b"ping-1" and addr == (pair.b.ip, 9300)
+    assert data == b"ping-1" and addr == (veth_pair.b.ip, 9300)
     with pytest.raises(RuntimeError, match="released"):
         batch[0]
     sock.close()
 
 
-def test_shared_umem_port_over_two_queues(pair: VethPair) -> None:
+def test_shared_umem_port_over_two_queues(veth_pair: VethPair) -> None:
     with VethPair(queues=2, subnet="198.18.1") as p2:
         with p2.enter("b"):
             port = XdpPort(p2.b.ifname, queues="all", mode="copy")
@@ -189,12 +185,12 @@ def test_shared_umem_port_over_two_queues(pair: VethPair) -> None:
         assert port.closed
 
 
-def test_busy_poll_socket_receives(pair: VethPair) -> None:
-    with pair.enter("b"):
-        sock = XdpSocket(pair.b.ifname, mode="copy", busy_poll=True, filter="udp")
-    tx = _udp_sender(pair)
+def test_busy_poll_socket_receives(veth_pair: VethPair) -> None:
+    with veth_pair.enter("b"):
+        sock = XdpSocket(veth_pair.b.ifname, mode="copy", busy_poll=True, filter="udp")
+    tx = _udp_sender(veth_pair)
     for _ in range(100):
-        tx.sendto(b"bp", (pair.b.ip, 9000))
+        tx.sendto(b"bp", (veth_pair.b.ip, 9000))
     assert len(_recv_n(sock, 100)) == 100
     before = sock.stats()["rx_wakeups"]
     assert len(sock.recv()) == 0
@@ -223,24 +219,24 @@ def test_multi_buffer_with_jumbo_mtu() -> None:
         sock.close()
 
 
-def test_close_leaves_no_program_behind(pair: VethPair) -> None:
-    with pair.enter("b"):
-        sock = XdpSocket(pair.b.ifname, mode="copy")
-    assert "prog/xdp" in _programs(pair, "b")
+def test_close_leaves_no_program_behind(veth_pair: VethPair) -> None:
+    with veth_pair.enter("b"):
+        sock = XdpSocket(veth_pair.b.ifname, mode="copy")
+    assert "prog/xdp" in _programs(veth_pair, "b")
     sock.close()
     sock.close()  # idempotent
-    assert "prog/xdp" not in _programs(pair, "b")
+    assert "prog/xdp" not in _programs(veth_pair, "b")
     with pytest.raises(RuntimeError, match="closed"):
         sock.recv()
 
 
-def test_sigkilled_owner_leaves_no_program_behind(pair: VethPair) -> None:
+def test_sigkilled_owner_leaves_no_program_behind(veth_pair: VethPair) -> None:
     code = textwrap.dedent(
         f"""
         import sys, time
         from kbypass import _core, XdpSocket
-        e = _core.NetnsEntry({pair.b.netns!r})
-        s = XdpSocket({pair.b.ifname!r}, mode="copy")
+        e = _core.NetnsEntry({veth_pair.b.netns!r})
+        s = XdpSocket({veth_pair.b.ifname!r}, mode="copy")
         print("ready", flush=True)
         time.sleep(60)
         """
@@ -248,39 +244,39 @@ def test_sigkilled_owner_leaves_no_program_behind(pair: VethPair) -> None:
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "ready"
-    assert "prog/xdp" in _programs(pair, "b")
+    assert "prog/xdp" in _programs(veth_pair, "b")
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     deadline = time.monotonic() + 3
-    while "prog/xdp" in _programs(pair, "b") and time.monotonic() < deadline:
+    while "prog/xdp" in _programs(veth_pair, "b") and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert "prog/xdp" not in _programs(pair, "b")
+    assert "prog/xdp" not in _programs(veth_pair, "b")
 
 
-def test_bad_input_raises_typed_errors_and_leaks_nothing(pair: VethPair) -> None:
-    with pair.enter("b"):
+def test_bad_input_raises_typed_errors_and_leaks_nothing(veth_pair: VethPair) -> None:
+    with veth_pair.enter("b"):
         with pytest.raises(FileNotFoundError, match="no such interface"):
             XdpSocket("kbx-nope0")
         with pytest.raises(ValueError, match="queue 3 does not exist"):
-            XdpSocket(pair.b.ifname, queue=3)
+            XdpSocket(veth_pair.b.ifname, queue=3)
         with pytest.raises(ValueError, match="mode"):
-            XdpSocket(pair.b.ifname, mode="fast")
+            XdpSocket(veth_pair.b.ifname, mode="fast")
         with pytest.raises(ValueError, match="2048 or 4096"):
-            XdpSocket(pair.b.ifname, frame_size=3000)
+            XdpSocket(veth_pair.b.ifname, frame_size=3000)
         with pytest.raises(ValueError):
-            XdpSocket(pair.b.ifname, filter="udp dst port banana")
+            XdpSocket(veth_pair.b.ifname, filter="udp dst port banana")
         with pytest.raises(OSError, match="zero-copy"):
-            XdpSocket(pair.b.ifname, mode="zerocopy")
-        assert "prog/xdp" not in _programs(pair, "b"), "failed opens leave no program"
-        sock = XdpSocket(pair.b.ifname, mode="copy", frames=256)
+            XdpSocket(veth_pair.b.ifname, mode="zerocopy")
+        assert "prog/xdp" not in _programs(veth_pair, "b"), "failed opens leave no program"
+        sock = XdpSocket(veth_pair.b.ifname, mode="copy", frames=256)
     with pytest.raises(ValueError, match="max"):
         sock.recv(max=0)
     with pytest.raises(TypeError):
         sock.send(12345)  # type: ignore[arg-type]
     assert sock.send([b"\0" * 5000]) == 0
     assert sock.stats()["tx_oversize"] == 1
-    tx = _udp_sender(pair)
-    tx.sendto(b"once", (pair.b.ip, 9000))
+    tx = _udp_sender(veth_pair)
+    tx.sendto(b"once", (veth_pair.b.ip, 9000))
     batch = None
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
@@ -292,7 +288,7 @@ def test_bad_input_raises_typed_errors_and_leaks_nothing(pair: VethPair) -> None
     assert batch.release() == 0  # idempotent, no double free
     assert sock.check_accounting()["app"] == 0
     # a batch dropped without release gives its frames back, counted
-    tx.sendto(b"dropme", (pair.b.ip, 9000))
+    tx.sendto(b"dropme", (veth_pair.b.ip, 9000))
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
         b2 = sock.recv(timeout=0.2)
@@ -304,11 +300,11 @@ def test_bad_input_raises_typed_errors_and_leaks_nothing(pair: VethPair) -> None
     sock.close()
 
 
-def test_unprivileged_open_says_run_as_root(pair: VethPair) -> None:
+def test_unprivileged_open_says_run_as_root(veth_pair: VethPair) -> None:
     sys.path.insert(0, os.path.dirname(__file__))
     from _privileges import as_nobody
 
-    name, ns = pair.b.ifname, pair.b.netns
+    name, ns = veth_pair.b.ifname, veth_pair.b.netns
 
     def attempt() -> str:
         try:
@@ -330,11 +326,11 @@ def test_unprivileged_open_says_run_as_root(pair: VethPair) -> None:
     assert "run as root" in msg, msg
 
 
-def test_batch_views_are_zero_copy_numpy(pair: VethPair) -> None:
-    with pair.enter("b"):
-        sock = XdpSocket(pair.b.ifname, mode="copy", filter="udp")
-    tx = _udp_sender(pair)
-    tx.sendto(b"abc", (pair.b.ip, 9000))
+def test_batch_views_are_zero_copy_numpy(veth_pair: VethPair) -> None:
+    with veth_pair.enter("b"):
+        sock = XdpSocket(veth_pair.b.ifname, mode="copy", filter="udp")
+    tx = _udp_sender(veth_pair)
+    tx.sendto(b"abc", (veth_pair.b.ip, 9000))
     frames = []
     deadline = time.monotonic() + 3
     while not frames and time.monotonic() < deadline:

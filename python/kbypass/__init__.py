@@ -7,6 +7,7 @@ the techniques DPDK, AF_XDP and RDMA use, behind small, typed classes.
 from __future__ import annotations
 
 from kbypass import _core, cpu, packet
+from kbypass._capture import capture
 from kbypass._core import HugeRegion, Mempool, PcapWriter, Ring, RxBatch, XdpPort, XdpSocket
 from kbypass.xdp import (
     Rule,
@@ -33,6 +34,7 @@ __all__ = [
     "XdpProgram",
     "XdpSocket",
     "__version__",
+    "capture",
     "cpu",
     "packet",
     "parse_filter",

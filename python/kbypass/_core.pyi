@@ -35,6 +35,7 @@ __all__ = [
     "_RegionMemory",
     "__version__",
     "af_packet_recv",
+    "capture",
     "checksums_ok",
     "cpu_allowed",
     "cpu_pin",
@@ -839,3 +840,23 @@ class RxBatch:
     def send(self, mask: npt.NDArray[np.bool_] | None = None) -> int: ...
     def __enter__(self) -> RxBatch: ...
     def __exit__(self, *_args: object) -> bool: ...
+
+# --- capture.rs -----------------------------------------------------------------------------
+
+def capture(
+    ifname: str,
+    *,
+    queues: int | Sequence[int] | str | None = None,
+    filter: str | None = None,
+    count: int | None = None,
+    duration: float | None = None,
+    write: str | None = None,
+    snaplen: int = 0,
+    mode: str = "auto",
+    xdp_mode: str = "auto",
+    netns: str | None = None,
+    frames: int = 4096,
+    batch: int = 64,
+    force: bool = False,
+    interrupt: str = "raise",
+) -> dict[str, Any]: ...

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import errno
 import fcntl
 import os
 import socket
@@ -47,7 +46,6 @@ CAPS = {
     "CAP_BPF": 39,
 }
 
-AF_XDP = 44
 
 # Drivers with native (driver-mode) XDP in mainline Linux. Everything has generic (skb) XDP.
 NATIVE_XDP_DRIVERS = frozenset(
@@ -229,68 +227,117 @@ def privileges() -> Report:
     }
 
 
+_probe_cache: dict[tuple[int, int], tuple[float, Report]] = {}
+
+
+def _xdp_probe() -> Report:
+    """``kbypass.probe_xdp()``, shared by the af_xdp and bpf sections of one report.
+
+    Cached for a few seconds per (uid, capabilities), so a forked child that dropped root
+    probes again.
+    """
+    import time
+
+    from kbypass import probe_xdp
+
+    key = (os.geteuid(), _cap_eff())
+    hit = _probe_cache.get(key)
+    if hit is not None and time.monotonic() - hit[0] < 5.0:
+        return hit[1]
+    r = probe_xdp()
+    _probe_cache.clear()
+    _probe_cache[key] = (time.monotonic(), r)
+    return r
+
+
 def _af_xdp_summary(r: Report) -> str:
-    return "socket: yes" if r["socket"] else f"socket: no ({r['error']})"
+    if r["socket"]:
+        return "socket: yes (socket(AF_XDP) created)"
+    return f"socket: no ({r['error']})"
 
 
 @section("af_xdp", "AF_XDP", _af_xdp_summary)
 def af_xdp() -> Report:
-    """Whether an AF_XDP socket can be created (socket(AF_XDP, SOCK_RAW); no bind)."""
-    try:
-        s = socket.socket(AF_XDP, socket.SOCK_RAW, 0)
-    except OSError as e:
-        fixes = {
-            errno.EPERM: "AF_XDP sockets need CAP_NET_RAW: run as root",
-            errno.EACCES: "AF_XDP sockets need CAP_NET_RAW: run as root",
-            errno.EAFNOSUPPORT: "the kernel lacks AF_XDP: "
-            "use a kernel built with CONFIG_XDP_SOCKETS=y (4.18+)",
-        }
-        return {
-            "socket": False,
-            "error": f"{errno.errorcode.get(e.errno or 0, e.errno)}: {e.strerror}",
-            "check": "socket(AF_XDP, SOCK_RAW) only; binding to a queue is not tried",
-            "fixes": [fixes.get(e.errno or 0, f"socket(AF_XDP) failed: {e}")],
-        }
-    s.close()
+    """Whether an AF_XDP socket can be created (``kbypass.probe_xdp()``; no queue is bound)."""
+    p = _xdp_probe()
+    sock = p["af_xdp_socket"]
+    fixes = []
+    if not sock["ok"]:
+        if not _has_cap("CAP_NET_RAW"):
+            fixes.append("AF_XDP sockets need CAP_NET_RAW: run as root")
+        elif "EAFNOSUPPORT" in sock["detail"] or "not supported" in sock["detail"]:
+            fixes.append(
+                "the kernel lacks AF_XDP: use a kernel built with CONFIG_XDP_SOCKETS=y (4.18+)"
+            )
+        else:
+            fixes.append(f"socket(AF_XDP) failed: {sock['detail']}")
     return {
-        "socket": True,
-        "error": None,
-        "check": "socket(AF_XDP, SOCK_RAW) only; binding to a queue is not tried",
-        "fixes": [],
+        "socket": sock["ok"],
+        "error": None if sock["ok"] else sock["detail"],
+        "detail": sock["detail"],
+        "check": "socket(AF_XDP, SOCK_RAW) by kbypass.probe_xdp(); binding a queue is not tried",
+        "fixes": fixes,
     }
 
 
+_BPF_CHECKS = ("prog_load", "xdp_link", "frags", "live_frames")
+
+
 def _bpf_summary(r: Report) -> str:
+    checks = " ".join(f"{k}={_yes(r[k]['ok'])}" for k in _BPF_CHECKS)
     mounts = ",".join(r["bpffs_mounts"]) or "none"
-    return (
-        f"CAP_BPF={_yes(r['cap_bpf'])} unprivileged_bpf_disabled={r['unprivileged_bpf_disabled']} "
-        f"bpffs={mounts} jit={r['jit_enabled']} (capability check, not a load test)"
-    )
+    return f"{checks} redirect={r['redirect_form'] or '-'} jit={r['jit_enabled']} bpffs={mounts}"
 
 
 @section("bpf", "BPF", _bpf_summary)
 def bpf() -> Report:
-    """Whether this process may load BPF programs: a capability and configuration check only.
+    """Probe loading and attaching XDP programs here (``kbypass.probe_xdp()``).
 
-    It does not load a program or create a bpf_link; the XDP module's probe does that.
+    It loads a two-instruction XDP program, attaches it with a bpf_link to the loopback of a
+    throwaway network namespace, and runs it with live frames there; nothing on the machine's
+    interfaces is touched.
     """
+    p = _xdp_probe()
     cap_bpf = _has_cap("CAP_BPF") or _has_cap("CAP_SYS_ADMIN")
-    unpriv = _int("/proc/sys/kernel/unprivileged_bpf_disabled")
+    privileged = cap_bpf and _has_cap("CAP_NET_ADMIN")
     mounts = [m for m, _ in _mounts("bpf")]
+    jit = _int("/proc/sys/net/core/bpf_jit_enable")
     fixes = []
-    if not cap_bpf:
-        fixes.append("loading XDP programs needs CAP_BPF and CAP_NET_ADMIN: run as root")
+    if not p["prog_load"]["ok"]:
+        if not privileged:
+            fixes.append("loading XDP programs needs CAP_BPF and CAP_NET_ADMIN: run as root")
+        else:
+            fixes.append(
+                f"XDP programs do not load ({p['prog_load']['detail']}): use a kernel with "
+                "CONFIG_BPF_SYSCALL=y and CONFIG_BPF_JIT=y"
+            )
+    elif privileged:
+        if not p["xdp_link"]["ok"]:
+            fixes.append(
+                "no bpf_link for XDP (kernel < 5.9): kbypass attaches with netlink instead, "
+                "which a killed process leaves attached; upgrade to kernel ≥ 5.9"
+            )
+        if not p["frags"]["ok"]:
+            fixes.append(
+                "no multi-buffer XDP (kernel < 5.18): MTUs above a page need kernel ≥ 5.18"
+            )
+        if not p["live_frames"]["ok"]:
+            fixes.append(
+                "no XDP live-frames test runs (kernel < 5.18): kbypass.testing.TrafficGenerator "
+                "needs kernel ≥ 5.18"
+            )
     if not mounts:
         fixes.append("bpffs is not mounted (only needed to pin maps): mount -t bpf bpf /sys/fs/bpf")
-    jit = _int("/proc/sys/net/core/bpf_jit_enable")
     if jit == 0:
         fixes.append("the BPF JIT is off: echo 1 > /proc/sys/net/core/bpf_jit_enable")
     return {
-        "check": "capability",
-        "may_load": cap_bpf,
+        "check": "load",
+        "may_load": p["prog_load"]["ok"],
+        **{k: p[k] for k in _BPF_CHECKS},
+        "redirect_form": p["redirect_form"],
         "cap_bpf": _has_cap("CAP_BPF"),
         "cap_net_admin": _has_cap("CAP_NET_ADMIN"),
-        "unprivileged_bpf_disabled": unpriv,
+        "unprivileged_bpf_disabled": _int("/proc/sys/kernel/unprivileged_bpf_disabled"),
         "bpffs_mounts": mounts,
         "jit_enabled": jit,
         "fixes": fixes,
@@ -490,25 +537,46 @@ def interfaces() -> Report:
 
 def _rdma_summary(r: Report) -> str:
     lib = r["libibverbs"] or "not found"
-    return f"libibverbs={lib} loadable={_yes(r['loadable'])} devices={r['devices'] or 'none'}"
+    names = ", ".join(r["devices"]) or "none"
+    return f"libibverbs={lib} loadable={_yes(r['loadable'])} devices={names}"
 
 
 @section("rdma", "RDMA", _rdma_summary)
 def rdma() -> Report:
-    """Whether libibverbs can be loaded and which RDMA devices sysfs lists (no device opened)."""
+    """Report libibverbs and the RDMA devices it lists (``kbypass.rdma.devices()``)."""
+    from kbypass import rdma as rdma_mod
+
     path = ctypes.util.find_library("ibverbs")
-    loadable, error = False, None
+    loadable, error = True, None
+    details: list[Report] = []
     try:
-        ctypes.CDLL("libibverbs.so.1")
-        loadable = True
+        for d in rdma_mod.devices():
+            details.append(
+                {
+                    "name": d.name,
+                    "uverbs": d.uverbs,
+                    "node_type": d.node_type,
+                    "transport_type": d.transport_type,
+                    "ibdev_path": d.ibdev_path,
+                }
+            )
+    except FileNotFoundError as e:
+        loadable, error = False, str(e)
     except OSError as e:
         error = str(e)
     ib = Path("/sys/class/infiniband")
-    devices = sorted(p.name for p in ib.iterdir()) if ib.is_dir() else []
+    sysfs = sorted(p.name for p in ib.iterdir()) if ib.is_dir() else []
     fixes = []
     if not loadable:
         fixes.append("apt-get install rdma-core ibverbs-providers")
-    if not devices:
+    elif error:
+        fixes.append(f"listing RDMA devices failed ({error}): check `ibv_devices`")
+    elif sysfs and not details:
+        fixes.append(
+            f"the kernel has {', '.join(sysfs)} but libibverbs lists none: "
+            "apt-get install ibverbs-providers"
+        )
+    if loadable and not sysfs and not details:
         fixes.append(
             "no RDMA devices: for soft-RoCE, "
             "modprobe rdma_rxe && rdma link add rxe0 type rxe netdev <if>"
@@ -517,7 +585,9 @@ def rdma() -> Report:
         "libibverbs": path,
         "loadable": loadable,
         "error": error,
-        "devices": devices,
+        "devices": [d["name"] for d in details],
+        "device_details": details,
+        "sysfs_devices": sysfs,
         "fixes": fixes,
     }
 

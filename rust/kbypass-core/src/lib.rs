@@ -4,6 +4,7 @@
 //! calls), `mem` (HugeRegion, Mempool), `ring` (lock-free rings), `cpu` (topology and pinning),
 //! `xdp`/`xsk` (AF_XDP), `engine` (poll-mode workers), `rdma` (verbs provider).
 
+pub mod capture;
 pub mod cpu;
 pub mod error;
 pub mod mem;

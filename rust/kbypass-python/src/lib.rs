@@ -5,6 +5,7 @@
 
 use pyo3::prelude::*;
 
+mod capture;
 mod cpu;
 mod errors;
 mod mem;
@@ -31,5 +32,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     xsk::register(m)?;
     traffic::register(m)?;
     rdma::register(m)?;
+    capture::register(m)?;
     Ok(())
 }

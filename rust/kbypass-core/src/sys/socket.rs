@@ -148,6 +148,38 @@ pub fn udp_bind(addr: SocketAddrV4, timeout_ms: u64) -> Result<UdpSocket> {
     Ok(s)
 }
 
+/// The MTU of interface `ifname` in the calling thread's network namespace (`SIOCGIFMTU` on a
+/// throwaway socket, which lives in the namespace the thread is in; `/sys/class/net` would show
+/// the namespace sysfs was mounted in instead).
+pub fn if_mtu(ifname: &str) -> Result<u32> {
+    if ifname.is_empty() || ifname.len() >= libc::IFNAMSIZ || ifname.contains('\0') {
+        return Err(Error::invalid(format!(
+            "interface name {ifname:?} is invalid: it must be 1..15 bytes without NUL"
+        )));
+    }
+    let sock = UdpSocket::bind("0.0.0.0:0")
+        .map_err(|e| Error::os("socket(AF_INET)", e.raw_os_error().unwrap_or(0), ""))?;
+    // SAFETY: ifreq is plain old data; all-zero is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: req is a live ifreq with a NUL-terminated name; SIOCGIFMTU writes ifru_mtu only.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) };
+    if rc != 0 {
+        let e = errno();
+        if e == libc::ENODEV {
+            return Err(Error::NotFound(format!(
+                "no such interface: {ifname:?} (list them with `ip link`; inside a network namespace run in it)"
+            )));
+        }
+        return Err(Error::os(format!("ioctl(SIOCGIFMTU {ifname})"), e, ""));
+    }
+    // SAFETY: the kernel filled the ifru_mtu member of the union.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    Ok(mtu.max(0) as u32)
+}
+
 // ---- AF_PACKET TPACKET_V3 --------------------------------------------------------------------
 
 const TPACKET_V3: i32 = 2;
@@ -357,6 +389,13 @@ mod tests {
             }
         }
         assert_eq!(got, 100);
+    }
+
+    #[test]
+    fn loopback_mtu_and_missing_interface() {
+        assert!(if_mtu("lo").unwrap() >= 1500);
+        assert!(matches!(if_mtu("kbxnope0"), Err(Error::NotFound(_))));
+        assert!(if_mtu("").is_err());
     }
 
     #[test]

@@ -286,14 +286,15 @@ fn duration_rate_and_stop_limits_as_root() {
         )
         .unwrap();
     let pps = r.throughput.pps();
-    // Never above the limit (plus rounding); below it only when the machine is busy.
+    // Never above the limit (plus rounding); below it only when the machine is busy (the
+    // whole test suite runs in parallel).
     assert!(
-        (140_000.0..=205_000.0).contains(&pps),
+        (100_000.0..=205_000.0).contains(&pps),
         "rate 200k, got {pps:.0} pps ({:?})",
         r.throughput
     );
     assert!(
-        (70_000..=100_000).contains(&r.throughput.packets),
+        (50_000..=100_000).contains(&r.throughput.packets),
         "{:?}",
         r.throughput
     );

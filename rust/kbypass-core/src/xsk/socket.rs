@@ -690,6 +690,18 @@ impl XskSocket {
             .then(|| self.umem.ptr(addr, len))
             .flatten()
     }
+
+    /// The `len` bytes at UMEM address `addr` of a frame the application holds, read-only
+    /// (e.g. to write a received frame to a file). None when the range leaves its frame or the
+    /// frame is not the application's.
+    pub fn app_bytes(&self, addr: u64, len: u32) -> Option<&[u8]> {
+        let p = self.app_ptr(addr, len)?;
+        // SAFETY: app_ptr checked that `len` bytes at `addr` lie inside one UMEM frame in the
+        // application state, which the kernel does not write; the frame leaves that state only
+        // through `release`/`send`, which take `&mut self` and so end this borrow first, and the
+        // UMEM (held by `self.umem`) outlives it.
+        Some(unsafe { std::slice::from_raw_parts(p, len as usize) })
+    }
 }
 
 impl Drop for XskSocket {

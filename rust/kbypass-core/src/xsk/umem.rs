@@ -61,6 +61,7 @@ pub struct Umem {
     fd: XskFd,
     fd_taken: AtomicBool,
     frame_size: u32,
+    frame_shift: u32,
     headroom: u32,
     states: Box<[AtomicU8]>,
 }
@@ -118,6 +119,7 @@ impl Umem {
             fd,
             fd_taken: AtomicBool::new(false),
             frame_size,
+            frame_shift: frame_size.trailing_zeros(),
             headroom,
             states,
         }))
@@ -185,14 +187,14 @@ impl Umem {
     /// The frame index of a UMEM address (any address inside the frame).
     #[inline]
     pub fn frame_of(&self, addr: u64) -> Option<u32> {
-        let i = addr / self.frame_size as u64;
+        let i = addr >> self.frame_shift;
         (i < self.frames() as u64).then_some(i as u32)
     }
 
     /// The UMEM address of frame `idx`'s start.
     #[inline]
     pub fn frame_addr(&self, idx: u32) -> u64 {
-        idx as u64 * self.frame_size as u64
+        (idx as u64) << self.frame_shift
     }
 
     /// Where packet data for TX starts in frame `idx` (after the headrooms).
@@ -218,17 +220,25 @@ impl Umem {
     }
 
     /// Move frame `idx` from `from` to `to`; false (and no change) if it was not in `from`.
+    ///
+    /// A frame has one owner at a time (one socket's thread, or the application), and only the
+    /// owner moves it, so a plain load and store suffice: no locked instruction on the hot path.
+    /// Two threads racing to release the *same* frame (a bug either way) could both pass; the
+    /// single-threaded mistakes (double release, sending a frame not held) are always caught.
     #[inline]
     pub(crate) fn transition(&self, idx: u32, from: FrameState, to: FrameState) -> bool {
-        self.states[idx as usize]
-            .compare_exchange(from as u8, to as u8, Relaxed, Relaxed)
-            .is_ok()
+        let s = &self.states[idx as usize];
+        if s.load(Relaxed) != from as u8 {
+            return false;
+        }
+        s.store(to as u8, Relaxed);
+        true
     }
 
     /// Whether `addr..addr+len` lies inside one frame.
     #[inline]
     pub fn in_frame(&self, addr: u64, len: u32) -> bool {
-        let off = addr % self.frame_size as u64;
+        let off = addr & (self.frame_size as u64 - 1);
         self.frame_of(addr).is_some() && off + len as u64 <= self.frame_size as u64
     }
 
