@@ -236,9 +236,74 @@ static void txflood(struct ctx *c, int fd, const unsigned char *frame, unsigned 
     report(fd, sent - outstanding, (sent - outstanding) * len, now_s() - start);
 }
 
+// l2fwd (as xdpsock -l): receive a batch, swap the MAC addresses, send it back out of the same
+// socket; completed TX frames go straight back to the FILL ring.
+static void l2fwd(struct ctx *c, int fd, double duration, unsigned batch) {
+    uint32_t idx;
+    unsigned n = xsk_ring_prod__reserve(&c->fill, RING_SIZE, &idx);
+    for (unsigned i = 0; i < n; i++)
+        *xsk_ring_prod__fill_addr(&c->fill, idx + i) = (uint64_t)i * FRAME_SIZE;
+    xsk_ring_prod__submit(&c->fill, n);
+    unsigned long long packets = 0, bytes = 0, sent = 0;
+    double start = now_s(), first = 0, last = 0;
+    unsigned idle = 0;
+    while (!stop_requested) {
+        uint32_t idx_cq, idx_fq, idx_rx, idx_tx;
+        // Completions back to FILL.
+        unsigned done = xsk_ring_cons__peek(&c->comp, RING_SIZE, &idx_cq);
+        if (done) {
+            while (xsk_ring_prod__reserve(&c->fill, done, &idx_fq) != done) {
+                if (xsk_ring_prod__needs_wakeup(&c->fill))
+                    recvfrom(fd, NULL, 0, MSG_DONTWAIT, NULL, NULL);
+            }
+            for (unsigned i = 0; i < done; i++)
+                *xsk_ring_prod__fill_addr(&c->fill, idx_fq + i) =
+                    *xsk_ring_cons__comp_addr(&c->comp, idx_cq + i);
+            xsk_ring_prod__submit(&c->fill, done);
+            xsk_ring_cons__release(&c->comp, done);
+        }
+        unsigned got = xsk_ring_cons__peek(&c->rx, batch, &idx_rx);
+        if (!got) {
+            if (xsk_ring_prod__needs_wakeup(&c->fill))
+                recvfrom(fd, NULL, 0, MSG_DONTWAIT, NULL, NULL);
+            if (xsk_ring_prod__needs_wakeup(&c->tx)) sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+            if ((++idle & 63) == 0 && now_s() - start >= duration) break;
+            continue;
+        }
+        idle = 0;
+        while (xsk_ring_prod__reserve(&c->tx, got, &idx_tx) != got) {
+            if (xsk_ring_prod__needs_wakeup(&c->tx)) sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+        }
+        for (unsigned i = 0; i < got; i++) {
+            const struct xdp_desc *d = xsk_ring_cons__rx_desc(&c->rx, idx_rx + i);
+            uint64_t addr = xsk_umem__add_offset_to_addr(d->addr);
+            unsigned char *p = xsk_umem__get_data(c->area, addr), tmp[6];
+            memcpy(tmp, p, 6);
+            memcpy(p, p + 6, 6);
+            memcpy(p + 6, tmp, 6);
+            struct xdp_desc *t = xsk_ring_prod__tx_desc(&c->tx, idx_tx + i);
+            t->addr = d->addr;
+            t->len = d->len;
+            t->options = 0;
+            bytes += d->len;
+        }
+        xsk_ring_prod__submit(&c->tx, got);
+        xsk_ring_cons__release(&c->rx, got);
+        if (xsk_ring_prod__needs_wakeup(&c->tx)) sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+        packets += got;
+        sent += got;
+        double t = now_s();
+        if (!first) first = t;
+        last = t;
+        if (t - start >= duration) break;
+    }
+    report(fd, packets, bytes, packets > 1 && last > first ? last - first : now_s() - start);
+}
+
 static void usage(void) {
     fprintf(stderr,
             "usage: xsk_ref rxdrop  -i IF [-q QUEUE] [-d SECONDS] [-b BATCH] [-g]\n"
+            "       xsk_ref l2fwd   -i IF [-q QUEUE] [-d SECONDS] [-b BATCH] [-g]\n"
             "       xsk_ref txflood -i IF -f FRAME_FILE [-q QUEUE] [-n COUNT] [-d SECONDS] "
             "[-b BATCH]\n");
     exit(2);
@@ -247,7 +312,8 @@ static void usage(void) {
 int main(int argc, char **argv) {
     if (argc < 2) usage();
     const char *mode = argv[1];
-    int is_rx = strcmp(mode, "rxdrop") == 0, is_tx = strcmp(mode, "txflood") == 0;
+    int is_fwd = strcmp(mode, "l2fwd") == 0;
+    int is_rx = strcmp(mode, "rxdrop") == 0 || is_fwd, is_tx = strcmp(mode, "txflood") == 0;
     if (!is_rx && !is_tx) usage();
     const char *ifname = NULL, *frame_file = NULL;
     int queue = 0, generic = 0, opt;
@@ -290,12 +356,15 @@ int main(int argc, char **argv) {
         load_program(&c);
         attach_program(&c, ifindex, generic);
     }
-    create_socket(&c, ifname, queue, is_rx, is_tx);
+    create_socket(&c, ifname, queue, is_rx, is_tx || is_fwd);
     int fd = xsk_socket__fd(c.xsk);
     if (is_rx) {
         int r = xsk_socket__update_xskmap(c.xsk, c.map_fd);
         if (r) die("xsk_socket__update_xskmap", -r);
-        rxdrop(&c, fd, duration, batch);
+        if (is_fwd)
+            l2fwd(&c, fd, duration, batch);
+        else
+            rxdrop(&c, fd, duration, batch);
     } else {
         txflood(&c, fd, frame, len, count, duration, batch);
     }

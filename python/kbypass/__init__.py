@@ -8,7 +8,19 @@ from __future__ import annotations
 
 from kbypass import _core, cpu, packet
 from kbypass._capture import capture
-from kbypass._core import HugeRegion, Mempool, PcapWriter, Ring, RxBatch, XdpPort, XdpSocket
+from kbypass._core import (
+    Batch,
+    HugeRegion,
+    Kept,
+    Mempool,
+    Packet,
+    PcapWriter,
+    Ring,
+    RxBatch,
+    XdpPort,
+    XdpSocket,
+)
+from kbypass.pipeline import DROP, FORWARD, KEEP, TX, Action, Pipeline, processor
 from kbypass.xdp import (
     Rule,
     Verdict,
@@ -22,7 +34,16 @@ from kbypass.xdp import (
 __version__: str = _core.__version__
 
 __all__ = [
+    "DROP",
+    "FORWARD",
+    "KEEP",
+    "TX",
+    "Action",
+    "Batch",
     "HugeRegion",
+    "Kept",
+    "Packet",
+    "Pipeline",
     "Mempool",
     "PcapWriter",
     "Ring",
@@ -39,5 +60,6 @@ __all__ = [
     "packet",
     "parse_filter",
     "probe_xdp",
+    "processor",
     "xdp_query",
 ]

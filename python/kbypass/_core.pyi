@@ -1,6 +1,7 @@
 """Type stubs for the ``kbypass._core`` extension (mirrors ``rust/kbypass-python/src``)."""
 
-from collections.abc import Sequence
+import builtins
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Literal, final
 
@@ -10,14 +11,27 @@ from typing_extensions import Buffer
 
 # PyO3 fills __all__ as classes and functions are registered; keep this list in step.
 __all__ = [
+    "DROP",
+    "FORWARD",
+    "KEEP",
+    "TX",
+    "Batch",
     "DropCounter",
+    "Engine",
+    "EthHeader",
     "HugeRegion",
+    "IpHeader",
+    "Kept",
+    "L4Header",
     "LiveGenerator",
     "Mempool",
     "NetnsEntry",
+    "Packet",
     "PcapWriter",
     "RdmaAh",
+    "RdmaCmConnection",
     "RdmaCompletion",
+    "RdmaCompletionError",
     "RdmaContext",
     "RdmaCq",
     "RdmaDevice",
@@ -26,6 +40,7 @@ __all__ = [
     "RdmaPd",
     "RdmaPort",
     "RdmaQp",
+    "RdmaSrq",
     "Ring",
     "RxBatch",
     "XdpAttachment",
@@ -540,7 +555,16 @@ class RdmaPort:
 
 @final
 class RdmaEndpoint:
-    def __new__(cls, qpn: int, psn: int, gid: str, lid: int = 0) -> RdmaEndpoint: ...
+    def __new__(
+        cls,
+        qpn: int,
+        psn: int,
+        gid: str,
+        lid: int = 0,
+        rkey: int = 0,
+        addr: int = 0,
+        length: int = 0,
+    ) -> RdmaEndpoint: ...
     @property
     def qpn(self) -> int: ...
     @property
@@ -549,6 +573,16 @@ class RdmaEndpoint:
     def gid(self) -> str: ...
     @property
     def lid(self) -> int: ...
+    @property
+    def rkey(self) -> int: ...
+    @property
+    def addr(self) -> int: ...
+    @property
+    def length(self) -> int: ...
+    def to_bytes(self) -> bytes: ...
+    @staticmethod
+    def from_bytes(data: bytes) -> RdmaEndpoint: ...
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]: ...
     def to_pingpong(self) -> bytes: ...
     @staticmethod
     def from_pingpong(data: bytes) -> RdmaEndpoint: ...
@@ -572,6 +606,11 @@ class RdmaCompletion:
     def qp_num(self) -> int: ...
     @property
     def src_qp(self) -> int: ...
+    @property
+    def vendor_err(self) -> int: ...
+    def check(self) -> RdmaCompletion: ...
+
+class RdmaCompletionError(OSError): ...
 
 @final
 class RdmaContext:
@@ -589,7 +628,8 @@ class RdmaContext:
 
 @final
 class RdmaPd:
-    def register(self, buffer: Buffer, access: int = 15) -> RdmaMr: ...
+    def register(self, buffer: Buffer | HugeRegion | Mempool, access: int = 15) -> RdmaMr: ...
+    def create_srq(self, max_wr: int = 128, max_sge: int = 1) -> RdmaSrq: ...
     def create_ah(
         self, remote: RdmaEndpoint, port: int = 1, gid_index: int | None = None
     ) -> RdmaAh: ...
@@ -602,9 +642,32 @@ class RdmaPd:
         max_recv_wr: int = 128,
         max_sge: int = 4,
         max_inline_data: int = 64,
+        srq: RdmaSrq | None = None,
     ) -> RdmaQp: ...
     def close(self) -> None: ...
     def __enter__(self) -> RdmaPd: ...
+    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
+
+@final
+class RdmaCmConnection:
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> RdmaCmConnection: ...
+    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
+
+@final
+class RdmaSrq:
+    def post_recv(
+        self,
+        mr: RdmaMr,
+        offset: int = 0,
+        length: int | None = None,
+        wr_id: int = 0,
+        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
+    ) -> None: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> RdmaSrq: ...
     def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
 
 @final
@@ -643,8 +706,56 @@ class RdmaQp:
     @property
     def state(self) -> int: ...
     def endpoint(
-        self, psn: int = 0, port: int = 1, gid_index: int | None = None
+        self,
+        psn: int = 0,
+        port: int = 1,
+        gid_index: int | None = None,
+        mr: RdmaMr | None = None,
     ) -> RdmaEndpoint: ...
+    def init(self, port: int = 1, access: int = 15) -> None: ...
+    def pingpong_accept(
+        self,
+        port: int = 18515,
+        psn: int = 0,
+        timeout: float = 30.0,
+        gid_index: int | None = None,
+        bind: str = "0.0.0.0",
+    ) -> RdmaEndpoint: ...
+    def pingpong_connect(
+        self,
+        host: str,
+        port: int = 18515,
+        psn: int = 0,
+        timeout: float = 30.0,
+        gid_index: int | None = None,
+    ) -> RdmaEndpoint: ...
+    def cm_connect(
+        self, host: str, port: int = 7471, timeout: float = 30.0, access: int = 15
+    ) -> RdmaCmConnection: ...
+    def cm_accept(
+        self, bind: str, port: int = 7471, timeout: float = 30.0, access: int = 15
+    ) -> RdmaCmConnection: ...
+    def perftest_serve(
+        self,
+        mr: RdmaMr,
+        port: int = 18515,
+        psn: int = 0,
+        timeout: float = 60.0,
+        gid_index: int | None = None,
+        bind: str = "0.0.0.0",
+    ) -> dict[str, float]: ...
+    def perftest_write_bw(
+        self,
+        cq: RdmaCq,
+        mr: RdmaMr,
+        host: str,
+        port: int = 18515,
+        size: int = 65536,
+        iterations: int = 1000,
+        psn: int = 0,
+        timeout: float = 60.0,
+        gid_index: int | None = None,
+    ) -> dict[str, float]: ...
     def connect(
         self,
         remote: RdmaEndpoint | None = None,
@@ -656,7 +767,12 @@ class RdmaQp:
     def to_error(self) -> None: ...
     def to_reset(self) -> None: ...
     def post_recv(
-        self, mr: RdmaMr, offset: int = 0, length: int | None = None, wr_id: int = 0
+        self,
+        mr: RdmaMr,
+        offset: int = 0,
+        length: int | None = None,
+        wr_id: int = 0,
+        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
     ) -> None: ...
     def send(
         self,
@@ -670,6 +786,7 @@ class RdmaQp:
         ah: RdmaAh | None = None,
         remote_qpn: int | None = None,
         remote_qkey: int = 286331153,
+        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
     ) -> None: ...
     def write(
         self,
@@ -681,6 +798,7 @@ class RdmaQp:
         wr_id: int = 0,
         imm: int | None = None,
         signaled: bool = True,
+        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
     ) -> None: ...
     def read(
         self,
@@ -691,6 +809,7 @@ class RdmaQp:
         length: int | None = None,
         wr_id: int = 0,
         signaled: bool = True,
+        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
     ) -> None: ...
     def compare_swap(
         self,
@@ -804,6 +923,7 @@ class XdpPort:
         multi_buffer: bool = False,
         ring_size: int = 2048,
         headroom: int = 0,
+        program: bool = True,
     ) -> XdpPort: ...
     @property
     def sockets(self) -> list[XdpSocket]: ...
@@ -840,6 +960,169 @@ class RxBatch:
     def send(self, mask: npt.NDArray[np.bool_] | None = None) -> int: ...
     def __enter__(self) -> RxBatch: ...
     def __exit__(self, *_args: object) -> bool: ...
+
+# --- engine (rust/kbypass-python/src/engine.rs) ---------------------------------------------
+
+DROP: int
+TX: int
+FORWARD: int
+KEEP: int
+
+@final
+class Batch:
+    """One batch of received frames, valid only while the handler runs."""
+
+    def __len__(self) -> int: ...
+    @property
+    def socket(self) -> int: ...
+    @property
+    def worker(self) -> int: ...
+    @property
+    def valid(self) -> bool: ...
+    @property
+    def lengths(self) -> npt.NDArray[np.uint32]: ...
+    @property
+    def addrs(self) -> npt.NDArray[np.uint64]: ...
+    @property
+    def headers(self) -> npt.NDArray[np.void]: ...
+    @property
+    def verdicts(self) -> npt.NDArray[np.uint8]: ...
+    @property
+    def forward_to(self) -> npt.NDArray[np.uint16]: ...
+    @property
+    def umem(self) -> npt.NDArray[np.uint8]: ...
+    @property
+    def frame_size(self) -> int: ...
+    def frame(self, i: int) -> npt.NDArray[np.uint8]: ...
+    @property
+    def frames(self) -> list[npt.NDArray[np.uint8]]: ...
+    def swap_macs(self, mask: npt.NDArray[np.bool_] | None = None) -> int: ...
+    def swap_ips(self, mask: npt.NDArray[np.bool_] | None = None) -> int: ...
+    def swap_ports(self, mask: npt.NDArray[np.bool_] | None = None) -> int: ...
+    def fix_checksums(self, mask: npt.NDArray[np.bool_] | None = None) -> int: ...
+    def set_field(
+        self,
+        offset: int,
+        value: bytes,
+        mask: npt.NDArray[np.bool_] | None = None,
+        base: str = "l2",
+    ) -> int: ...
+    def to_pcap(self, writer: PcapWriter, mask: npt.NDArray[np.bool_] | None = None) -> int: ...
+
+@final
+class EthHeader:
+    """Ethernet header fields of a ``Packet`` (a copy)."""
+
+    @property
+    def dst(self) -> list[int]: ...
+    @property
+    def src(self) -> list[int]: ...
+    @property
+    def ethertype(self) -> int: ...
+    @property
+    def vlan(self) -> int: ...
+    @property
+    def dst_mac(self) -> str: ...
+    @property
+    def src_mac(self) -> str: ...
+
+@final
+class IpHeader:
+    """IP header fields of a ``Packet`` (a copy)."""
+
+    @property
+    def version(self) -> int: ...
+    @property
+    def proto(self) -> int: ...
+    @property
+    def src(self) -> str: ...
+    @property
+    def dst(self) -> str: ...
+    @property
+    def src_int(self) -> int: ...
+    @property
+    def dst_int(self) -> int: ...
+
+@final
+class L4Header:
+    """UDP/TCP header fields of a ``Packet`` (a copy)."""
+
+    @property
+    def src_port(self) -> int: ...
+    @property
+    def dst_port(self) -> int: ...
+    @property
+    def payload_len(self) -> int: ...
+
+@final
+class Packet:
+    """One packet for per-packet handlers; valid only during the call."""
+
+    def __len__(self) -> int: ...
+    @property
+    def flags(self) -> int: ...
+    @property
+    def eth(self) -> EthHeader: ...
+    @property
+    def ip(self) -> IpHeader | None: ...
+    @property
+    def udp(self) -> L4Header | None: ...
+    @property
+    def tcp(self) -> L4Header | None: ...
+    @property
+    def data(self) -> npt.NDArray[np.uint8]: ...
+    def bytes(self) -> builtins.bytes: ...
+    def swap_macs(self) -> bool: ...
+    def swap_ips(self) -> bool: ...
+    def swap_ports(self) -> bool: ...
+    def fix_checksums(self) -> bool: ...
+
+@final
+class Kept:
+    """Frames a handler kept (KEEP verdict): zero-copy views until ``release()``."""
+
+    def __len__(self) -> int: ...
+    @property
+    def frames(self) -> list[npt.NDArray[np.uint8]]: ...
+    @property
+    def lengths(self) -> npt.NDArray[np.uint32]: ...
+    @property
+    def released(self) -> bool: ...
+    def release(self) -> int: ...
+    def __enter__(self) -> Kept: ...
+    def __exit__(self, *_args: object) -> bool: ...
+
+@final
+class Engine:
+    """The workers of one pipeline over an ``XdpPort`` (used by ``kbypass.Pipeline``)."""
+
+    def __new__(
+        cls,
+        port: XdpPort,
+        handler: Callable[..., Any],
+        *,
+        per_packet: bool = False,
+        batch: int = 64,
+        workers: Sequence[Sequence[int]] | None = None,
+        cpus: Sequence[int | None] | None = None,
+        default: int | None = None,
+        on_error: str = "drop",
+        idle_wait: float = 0.001,
+    ) -> Engine: ...
+    def start(self, packets: int | None = None) -> None: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+    def stop(self) -> dict[str, Any]: ...
+    def check_accounting(self) -> dict[str, Any]: ...
+    @property
+    def running(self) -> bool: ...
+    def stats(self) -> list[dict[str, Any]]: ...
+    def kept(self) -> list[Kept]: ...
+    @property
+    def last_error(self) -> str | None: ...
+    @property
+    def elapsed(self) -> float: ...
+    @property
+    def workers(self) -> list[list[int]]: ...
 
 # --- capture.rs -----------------------------------------------------------------------------
 

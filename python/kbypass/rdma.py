@@ -9,6 +9,16 @@ The objects follow verbs (and pyverbs): ``Context`` → ``alloc_pd()`` → ``reg
 object's hold, and a parent's kernel object lives until its last child is closed too, so any
 close or drop order is safe.
 
+``register`` takes any writable C-contiguous buffer, a ``kbypass.HugeRegion`` (whole) or a
+``kbypass.Mempool`` (its objects; object ``i`` at offset ``i * pool.stride``), and keeps that
+memory alive while the region is registered. Failed completions have a named
+:class:`Status`; ``wc.check()`` raises :data:`CompletionError` (an OSError) when asked.
+Connections: ``qp.connect(endpoint)`` with an :class:`Endpoint` exchanged any way you like
+(``to_bytes``/``from_bytes``, pickle, or ``ibv_rc_pingpong``'s text form), the tools' own TCP
+exchanges (``qp.pingpong_accept``/``pingpong_connect`` for ``ibv_rc_pingpong``,
+``qp.perftest_serve``/``perftest_write_bw`` for ``ib_write_bw``), or the RDMA connection
+manager (``qp.cm_accept``/``cm_connect``, librdmacm loaded at run time).
+
 Example (RC loopback on one device, as in the soft-RoCE VM)::
 
     import numpy as np
@@ -36,7 +46,9 @@ import numpy.typing as npt
 
 from kbypass._core import (
     RdmaAh,
+    RdmaCmConnection,
     RdmaCompletion,
+    RdmaCompletionError,
     RdmaContext,
     RdmaCq,
     RdmaDevice,
@@ -45,6 +57,7 @@ from kbypass._core import (
     RdmaPd,
     RdmaPort,
     RdmaQp,
+    RdmaSrq,
     rdma_devices,
     rdma_write_bandwidth,
     rdma_write_latency,
@@ -55,6 +68,8 @@ __all__ = [
     "WC_DTYPE",
     "Access",
     "AddressHandle",
+    "CmConnection",
+    "CompletionError",
     "CompletionQueue",
     "Context",
     "Endpoint",
@@ -64,6 +79,8 @@ __all__ = [
     "ProtectionDomain",
     "QueuePair",
     "RdmaDevice",
+    "SharedReceiveQueue",
+    "Status",
     "WorkCompletion",
     "completion_array",
     "devices",
@@ -80,6 +97,10 @@ Endpoint = RdmaEndpoint
 WorkCompletion = RdmaCompletion
 Port = RdmaPort
 AddressHandle = RdmaAh
+SharedReceiveQueue = RdmaSrq
+CmConnection = RdmaCmConnection
+#: Raised by ``WorkCompletion.check()`` for a failed completion (an OSError, errno EIO).
+CompletionError = RdmaCompletionError
 
 #: The Q_Key UD queue pairs get from ``connect()`` and UD sends use by default.
 DEFAULT_QKEY = 0x11111111
@@ -93,6 +114,44 @@ class Access(enum.IntFlag):
     REMOTE_READ = 4
     REMOTE_ATOMIC = 8
     ALL = 15
+
+
+class Status(enum.IntEnum):
+    """Work completion statuses (``enum ibv_wc_status``).
+
+    ``WorkCompletion.status_name`` is the member's name; ``WorkCompletion.check()`` raises
+    :data:`CompletionError` for anything but SUCCESS.
+
+    Example::
+
+        if Status(wc.status) is Status.REM_ACCESS_ERR:
+            print("the peer refused our rkey")
+    """
+
+    SUCCESS = 0
+    LOC_LEN_ERR = 1
+    LOC_QP_OP_ERR = 2
+    LOC_EEC_OP_ERR = 3
+    LOC_PROT_ERR = 4
+    WR_FLUSH_ERR = 5
+    MW_BIND_ERR = 6
+    BAD_RESP_ERR = 7
+    LOC_ACCESS_ERR = 8
+    REM_INV_REQ_ERR = 9
+    REM_ACCESS_ERR = 10
+    REM_OP_ERR = 11
+    RETRY_EXC_ERR = 12
+    RNR_RETRY_EXC_ERR = 13
+    LOC_RDD_VIOL_ERR = 14
+    REM_INV_RD_REQ_ERR = 15
+    REM_ABORT_ERR = 16
+    INV_EECN_ERR = 17
+    INV_EEC_STATE_ERR = 18
+    FATAL_ERR = 19
+    RESP_TIMEOUT_ERR = 20
+    GENERAL_ERR = 21
+    TM_ERR = 22
+    TM_RNDV_INCOMPLETE = 23
 
 
 class Opcode(enum.IntEnum):

@@ -18,6 +18,16 @@ SCENARIOS = [
     "any_close_order",
     "ud_send_with_address_handle",
     "bad_input_is_an_exception",
+    "kbypass_memory",
+    "dropped_in_any_order",
+    "srq_from_python",
+    "error_state_flush_and_exceptions",
+    "endpoint_serialization",
+    "pingpong_interop_from_python",
+    "perftest_interop_from_python",
+    "uc_sg_lists_and_write_with_imm",
+    "rdma_cm_connect_accept",
+    "rping_client_against_kbypass_cm_server",
 ]
 
 

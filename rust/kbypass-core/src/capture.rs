@@ -387,6 +387,7 @@ pub fn capture<S: CaptureSink + ?Sized>(
         rules: cfg.rules.clone(),
         attach: cfg.attach,
         force: cfg.force,
+        ..PortConfig::default()
     };
     let mut port = XskPort::open(ifname, &cfg.queues, &port_cfg)?;
     let run = capture_port(&mut port, cfg.batch, limits, sink, interrupted);

@@ -6,6 +6,7 @@
 
 pub mod capture;
 pub mod cpu;
+pub mod engine;
 pub mod error;
 pub mod mem;
 pub mod packet;

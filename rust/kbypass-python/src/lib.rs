@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 
 mod capture;
 mod cpu;
+mod engine;
 mod errors;
 mod mem;
 mod mempool;
@@ -31,6 +32,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     xdp::register(m)?;
     xsk::register(m)?;
     traffic::register(m)?;
+    engine::register(m)?;
     rdma::register(m)?;
     capture::register(m)?;
     Ok(())

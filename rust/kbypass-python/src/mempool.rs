@@ -41,6 +41,11 @@ impl PyMempool {
             .clone()
             .ok_or_else(|| PyRuntimeError::new_err("Mempool is closed: create a new one"))
     }
+
+    /// The shared pool, for other binding classes (RDMA registration) that use its memory.
+    pub fn shared(&self) -> PyResult<Arc<Mempool>> {
+        self.get_pool()
+    }
 }
 
 fn check_n(n: i64, count: u32) -> PyResult<usize> {

@@ -170,12 +170,12 @@ pub struct PcapWriter {
     path: String,
 }
 
-fn io_err(what: &str, e: std::io::Error) -> PyErr {
+pub(crate) fn io_err(what: &str, e: std::io::Error) -> PyErr {
     PyOSError::new_err((e.raw_os_error().unwrap_or(0), format!("{what}: {e}")))
 }
 
 impl PcapWriter {
-    fn writer(&mut self) -> PyResult<&mut pcap::PcapWriter<BufWriter<File>>> {
+    pub(crate) fn writer(&mut self) -> PyResult<&mut pcap::PcapWriter<BufWriter<File>>> {
         self.inner.as_mut().ok_or_else(|| {
             pyo3::exceptions::PyRuntimeError::new_err(format!(
                 "pcap file {} is closed: open a new PcapWriter",

@@ -5,15 +5,29 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use kbypass_core::rdma::oob::{self, RemoteBuffer};
 use kbypass_core::rdma::{
     self, Access, AddressHandle, CompletionQueue, Context, Endpoint, Gid, MemoryRegion, PathParams,
-    ProtectionDomain, QpCaps, QpType, QueuePair, SendFlags, SendOp, WorkCompletion,
+    ProtectionDomain, QpCaps, QpType, QueuePair, SendFlags, SendOp, SharedReceiveQueue,
+    WorkCompletion,
 };
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+pyo3::create_exception!(
+    kbypass._core,
+    RdmaCompletionError,
+    pyo3::exceptions::PyOSError,
+    "A work completion with a failed status, raised by ``WorkCompletion.check()``."
+);
 
 use crate::errors::IntoPyResult;
+use crate::mem::PyHugeRegion;
+use crate::mempool::PyMempool;
 
 fn closed(what: &str) -> PyErr {
     PyRuntimeError::new_err(format!("this {what} is closed"))
@@ -78,6 +92,9 @@ pub struct RdmaEndpoint {
     psn: u32,
     gid: String,
     lid: u16,
+    rkey: u32,
+    addr: u64,
+    length: u64,
 }
 
 impl RdmaEndpoint {
@@ -95,16 +112,62 @@ impl RdmaEndpoint {
             lid: self.lid,
         })
     }
+
+    fn buffer(&self) -> RemoteBuffer {
+        RemoteBuffer {
+            addr: self.addr,
+            rkey: self.rkey,
+            length: self.length,
+        }
+    }
 }
 
 #[pymethods]
 impl RdmaEndpoint {
     #[new]
-    #[pyo3(signature = (qpn, psn, gid, lid = 0))]
-    fn new(qpn: u32, psn: u32, gid: String, lid: u16) -> PyResult<Self> {
-        let e = RdmaEndpoint { qpn, psn, gid, lid };
+    #[pyo3(signature = (qpn, psn, gid, lid = 0, rkey = 0, addr = 0, length = 0))]
+    fn new(
+        qpn: u32,
+        psn: u32,
+        gid: String,
+        lid: u16,
+        rkey: u32,
+        addr: u64,
+        length: u64,
+    ) -> PyResult<Self> {
+        let e = RdmaEndpoint {
+            qpn,
+            psn,
+            gid,
+            lid,
+            rkey,
+            addr,
+            length,
+        };
         e.core()?;
         Ok(e)
+    }
+
+    /// kbypass's 52-byte record of every field (big-endian; see ``from_bytes``).
+    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        Ok(PyBytes::new(
+            py,
+            &oob::endpoint_bytes(&self.core()?, &self.buffer()),
+        ))
+    }
+
+    /// Parse a ``to_bytes`` record (ValueError for anything else).
+    #[staticmethod]
+    fn from_bytes(data: &[u8]) -> PyResult<Self> {
+        let (e, b) = oob::parse_endpoint_bytes(data).py()?;
+        Ok(endpoint_with(&e, &b))
+    }
+
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
+        let from_bytes = slf.get_type().getattr("from_bytes")?;
+        Ok((from_bytes, (slf.get().to_bytes(slf.py())?,)))
     }
 
     /// The 52-byte message ``ibv_rc_pingpong`` exchanges (``LID:QPN:PSN:GID`` in hex).
@@ -120,18 +183,25 @@ impl RdmaEndpoint {
 
     fn __repr__(&self) -> String {
         format!(
-            "RdmaEndpoint(qpn={:#x}, psn={:#x}, gid={:?}, lid={})",
-            self.qpn, self.psn, self.gid, self.lid
+            "RdmaEndpoint(qpn={:#x}, psn={:#x}, gid={:?}, lid={}, rkey={:#x}, addr={:#x}, length={})",
+            self.qpn, self.psn, self.gid, self.lid, self.rkey, self.addr, self.length
         )
     }
 }
 
 fn endpoint(e: &Endpoint) -> RdmaEndpoint {
+    endpoint_with(e, &RemoteBuffer::default())
+}
+
+fn endpoint_with(e: &Endpoint, b: &RemoteBuffer) -> RdmaEndpoint {
     RdmaEndpoint {
         qpn: e.qpn,
         psn: e.psn,
         gid: e.gid.to_string(),
         lid: e.lid,
+        rkey: b.rkey,
+        addr: b.addr,
+        length: b.length,
     }
 }
 
@@ -146,10 +216,27 @@ pub struct RdmaCompletion {
     imm: Option<u32>,
     qp_num: u32,
     src_qp: u32,
+    vendor_err: u32,
 }
 
 #[pymethods]
 impl RdmaCompletion {
+    /// Return ``self`` when the status is SUCCESS, else raise ``RdmaCompletionError`` (an
+    /// OSError with errno EIO) naming the status, the work request and the likely fix.
+    fn check(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
+        let c = slf.get();
+        let wc = WorkCompletion {
+            wr_id: c.wr_id,
+            status: c.status,
+            vendor_err: c.vendor_err,
+            ..Default::default()
+        };
+        match wc.check() {
+            Ok(()) => Ok(slf),
+            Err(e) => Err(RdmaCompletionError::new_err((libc::EIO, e.to_string()))),
+        }
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "RdmaCompletion(wr_id={}, status={}, opcode={}, byte_len={})",
@@ -168,6 +255,7 @@ fn completion(w: &WorkCompletion) -> RdmaCompletion {
         imm: w.imm(),
         qp_num: w.qp_num,
         src_qp: w.src_qp,
+        vendor_err: w.vendor_err,
     }
 }
 
@@ -287,8 +375,26 @@ impl RdmaPd {
 impl RdmaPd {
     /// Register a C-contiguous buffer (bytearray, NumPy array, memoryview, mmap); the region
     /// holds the buffer export, so the object cannot be resized while registered.
+    ///
+    /// A `HugeRegion` registers whole and a `Mempool` registers its objects (object `i` at
+    /// offset `i * pool.stride`); the region holds the memory, so it stays mapped and
+    /// registered after the HugeRegion or Mempool is closed, until the region is.
     #[pyo3(signature = (buffer, access = 15))]
     fn register(&self, buffer: &Bound<'_, PyAny>, access: i32) -> PyResult<RdmaMr> {
+        if let Ok(region) = buffer.cast::<PyHugeRegion>() {
+            let mr = self
+                .get()?
+                .register_region(region.get().shared()?, Access(access))
+                .py()?;
+            return Ok(RdmaMr { inner: Some(mr) });
+        }
+        if let Ok(pool) = buffer.cast::<PyMempool>() {
+            let mr = self
+                .get()?
+                .register_mempool(pool.get().shared()?, Access(access))
+                .py()?;
+            return Ok(RdmaMr { inner: Some(mr) });
+        }
         let buf = PyUntypedBuffer::get(buffer)?;
         if !buf.is_c_contiguous() {
             return Err(PyTypeError::new_err(
@@ -329,7 +435,16 @@ impl RdmaPd {
         Ok(RdmaAh { inner: Some(ah) })
     }
 
-    #[pyo3(signature = (qp_type, send_cq, recv_cq = None, max_send_wr = 128, max_recv_wr = 128, max_sge = 4, max_inline_data = 64))]
+    /// A shared receive queue of `max_wr` receives (`max_sge` SGEs each) for QPs created with
+    /// ``srq=``.
+    #[pyo3(signature = (max_wr = 128, max_sge = 1))]
+    fn create_srq(&self, max_wr: u32, max_sge: u32) -> PyResult<RdmaSrq> {
+        Ok(RdmaSrq {
+            inner: Some(self.get()?.create_srq(max_wr, max_sge).py()?),
+        })
+    }
+
+    #[pyo3(signature = (qp_type, send_cq, recv_cq = None, max_send_wr = 128, max_recv_wr = 128, max_sge = 4, max_inline_data = 64, srq = None))]
     #[allow(clippy::too_many_arguments)]
     fn create_qp(
         &self,
@@ -340,6 +455,7 @@ impl RdmaPd {
         max_recv_wr: u32,
         max_sge: u32,
         max_inline_data: u32,
+        srq: Option<&RdmaSrq>,
     ) -> PyResult<RdmaQp> {
         let t = match qp_type.to_ascii_uppercase().as_str() {
             "RC" => QpType::Rc,
@@ -360,11 +476,60 @@ impl RdmaPd {
             max_recv_sge: max_sge,
             max_inline_data,
         };
-        let qp = QueuePair::create(self.get()?, t, scq, rcq, caps).py()?;
+        let srq = srq.map(|s| s.get()).transpose()?;
+        let qp = QueuePair::create_with_srq(self.get()?, t, scq, rcq, caps, srq).py()?;
         Ok(RdmaQp {
             inner: Some(qp),
             ctx: self.ctx.clone(),
         })
+    }
+
+    fn close(&mut self) {
+        self.inner = None;
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __exit__(
+        &mut self,
+        _t: Option<Bound<'_, PyAny>>,
+        _v: Option<Bound<'_, PyAny>>,
+        _tb: Option<Bound<'_, PyAny>>,
+    ) {
+        self.close();
+    }
+}
+
+/// A shared receive queue: one pool of receives for every QP created with it.
+#[pyclass(module = "kbypass._core", name = "RdmaSrq")]
+pub struct RdmaSrq {
+    inner: Option<Arc<SharedReceiveQueue>>,
+}
+
+impl RdmaSrq {
+    fn get(&self) -> PyResult<&Arc<SharedReceiveQueue>> {
+        self.inner
+            .as_ref()
+            .ok_or_else(|| closed("SharedReceiveQueue"))
+    }
+}
+
+#[pymethods]
+impl RdmaSrq {
+    /// Post one receive into `mr[offset:offset+length]` (the rest of the region by default).
+    #[pyo3(signature = (mr, offset = 0, length = None, wr_id = 0, sg = None))]
+    fn post_recv(
+        &self,
+        mr: &RdmaMr,
+        offset: usize,
+        length: Option<usize>,
+        wr_id: u64,
+        sg: Option<Vec<SgItem<'_>>>,
+    ) -> PyResult<()> {
+        let sges = gather(mr, offset, length, sg)?;
+        self.get()?.post_recv(wr_id, &sges).py()
     }
 
     fn close(&mut self) {
@@ -509,15 +674,7 @@ impl RdmaCq {
         max: usize,
     ) -> PyResult<Vec<RdmaCompletion>> {
         let cq = self.get()?.clone();
-        let t = match timeout {
-            Some(s) if !(s >= 0.0 && s.is_finite()) => {
-                return Err(PyValueError::new_err(format!(
-                    "timeout must be >= 0 seconds, got {s}"
-                )))
-            }
-            Some(s) => Some(Duration::from_secs_f64(s)),
-            None => None,
-        };
+        let t = timeout.map(seconds).transpose()?;
         let mut buf = vec![WorkCompletion::default(); max.clamp(1, 4096)];
         let n = py.detach(|| cq.poll_blocking(&mut buf, t)).py()?;
         Ok(buf[..n].iter().map(completion).collect())
@@ -538,6 +695,86 @@ impl RdmaCq {
         _tb: Option<Bound<'_, PyAny>>,
     ) {
         self.close();
+    }
+}
+
+/// One more scatter/gather element from Python: `(mr, offset, length)`.
+type SgItem<'py> = (PyRef<'py, RdmaMr>, usize, usize);
+
+/// The SGE list: `mr[offset:offset+length]` (the rest of the region by default), then `sg`.
+fn gather(
+    mr: &RdmaMr,
+    offset: usize,
+    length: Option<usize>,
+    sg: Option<Vec<SgItem<'_>>>,
+) -> PyResult<Vec<rdma::Sge>> {
+    let m = mr.get()?;
+    let len = length.unwrap_or(m.len().saturating_sub(offset));
+    let mut sges = vec![m.sge(offset, len).py()?];
+    for (more, off, len) in sg.unwrap_or_default() {
+        sges.push(more.get()?.sge(off, len).py()?);
+    }
+    Ok(sges)
+}
+
+fn socket_addr(host: &str, port: u16) -> PyResult<std::net::SocketAddr> {
+    let ip: std::net::IpAddr = host.parse().map_err(|_| {
+        PyValueError::new_err(format!(
+            "{host:?} is not an IP address: give the RDMA device's IPv4 or IPv6 address"
+        ))
+    })?;
+    Ok(std::net::SocketAddr::new(ip, port))
+}
+
+/// A connection made by the RDMA connection manager; closing it disconnects.
+#[pyclass(module = "kbypass._core", name = "RdmaCmConnection")]
+pub struct RdmaCmConnection {
+    inner: Option<rdma::cm::CmConnection>,
+}
+
+#[pymethods]
+impl RdmaCmConnection {
+    /// Whether ``close()`` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.is_none()
+    }
+
+    fn close(&mut self) {
+        self.inner = None;
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __exit__(
+        &mut self,
+        _t: Option<Bound<'_, PyAny>>,
+        _v: Option<Bound<'_, PyAny>>,
+        _tb: Option<Bound<'_, PyAny>>,
+    ) {
+        self.close();
+    }
+}
+
+fn report<'py>(py: Python<'py>, r: &rdma::perftest::BwReport) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("size", r.size)?;
+    d.set_item("iters", r.iters)?;
+    d.set_item("bw_peak", r.bw_peak)?;
+    d.set_item("bw_avg", r.bw_avg)?;
+    d.set_item("msg_rate", r.msg_rate)?;
+    Ok(d)
+}
+
+fn seconds(s: f64) -> PyResult<Duration> {
+    if s >= 0.0 && s.is_finite() {
+        Ok(Duration::from_secs_f64(s))
+    } else {
+        Err(PyValueError::new_err(format!(
+            "timeout must be >= 0 seconds, got {s}"
+        )))
     }
 }
 
@@ -567,6 +804,24 @@ impl RdmaQp {
         })
     }
 
+    fn local(&self, p: &PathParams, psn: u32) -> PyResult<Endpoint> {
+        let port = p.port;
+        Ok(Endpoint {
+            qpn: self.get()?.qp_num(),
+            psn: psn & 0xff_ffff,
+            gid: self.ctx.query_gid(port, i32::from(p.sgid_index)).py()?,
+            lid: self.ctx.query_port(port).py()?.lid,
+        })
+    }
+
+    fn init_if_reset(&self, p: &PathParams, access: Access) -> PyResult<()> {
+        let qp = self.get()?;
+        if qp.state().py()? == 0 {
+            qp.to_init(p, access).py()?;
+        }
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn post(
         &self,
@@ -577,10 +832,9 @@ impl RdmaQp {
         op: SendOp<'_>,
         signaled: bool,
         inline: bool,
+        sg: Option<Vec<SgItem<'_>>>,
     ) -> PyResult<()> {
-        let m = mr.get()?;
-        let len = length.unwrap_or(m.len().saturating_sub(offset));
-        let sge = m.sge(offset, len).py()?;
+        let sges = gather(mr, offset, length, sg)?;
         let mut flags = SendFlags::default();
         if signaled {
             flags = flags | SendFlags::SIGNALED;
@@ -588,7 +842,7 @@ impl RdmaQp {
         if inline {
             flags = flags | SendFlags::INLINE;
         }
-        self.get()?.post_send(wr_id, op, &[sge], flags).py()
+        self.get()?.post_send(wr_id, op, &sges, flags).py()
     }
 }
 
@@ -599,22 +853,218 @@ impl RdmaQp {
         Ok(self.get()?.qp_num())
     }
 
-    /// This QP's endpoint for the peer (GID of the default or given index).
-    #[pyo3(signature = (psn = 0, port = 1, gid_index = None))]
-    fn endpoint(&self, psn: u32, port: u8, gid_index: Option<i32>) -> PyResult<RdmaEndpoint> {
+    /// This QP's endpoint for the peer (GID of the default or given index); with `mr`, it
+    /// also carries that region's rkey, address and length for the peer's RDMA operations.
+    #[pyo3(signature = (psn = 0, port = 1, gid_index = None, mr = None))]
+    fn endpoint(
+        &self,
+        psn: u32,
+        port: u8,
+        gid_index: Option<i32>,
+        mr: Option<&RdmaMr>,
+    ) -> PyResult<RdmaEndpoint> {
         let p = self.params(port, gid_index)?;
-        let gid = self.ctx.query_gid(port, i32::from(p.sgid_index)).py()?;
-        let lid = self.ctx.query_port(port).py()?.lid;
-        Ok(endpoint(&Endpoint {
-            qpn: self.get()?.qp_num(),
-            psn: psn & 0xff_ffff,
-            gid,
-            lid,
-        }))
+        let local = self.local(&p, psn)?;
+        let buf = match mr {
+            Some(m) => {
+                let m = m.get()?;
+                RemoteBuffer {
+                    addr: m.addr(),
+                    rkey: m.rkey(),
+                    length: m.len() as u64,
+                }
+            }
+            None => RemoteBuffer::default(),
+        };
+        Ok(endpoint_with(&local, &buf))
     }
 
-    /// RESET→INIT→RTR→RTS towards `remote` (MTU 1024, timeout 14, retry 7, rnr_retry 7);
-    /// a UD QP needs no `remote` (it uses the Q_Key 0x11111111).
+    /// RESET→INIT (port, access rights), so receives can be posted before connecting.
+    #[pyo3(signature = (port = 1, access = 15))]
+    fn init(&self, port: u8, access: i32) -> PyResult<()> {
+        let p = PathParams {
+            port,
+            ..Default::default()
+        };
+        self.get()?.to_init(&p, Access(access)).py()
+    }
+
+    /// Server side of ``ibv_rc_pingpong``'s TCP exchange: listen on `port`, read the client's
+    /// endpoint, bring this QP to RTS towards it, answer with ours, wait for "done". Returns
+    /// the client's endpoint. Post receives first (after ``init()``): the client may send at
+    /// once. The GIL is released while waiting; TimeoutError when no client comes in `timeout`.
+    #[pyo3(signature = (port = 18515, psn = 0, timeout = 30.0, gid_index = None, bind = "0.0.0.0"))]
+    fn pingpong_accept(
+        &self,
+        py: Python<'_>,
+        port: u16,
+        psn: u32,
+        timeout: f64,
+        gid_index: Option<i32>,
+        bind: &str,
+    ) -> PyResult<RdmaEndpoint> {
+        let t = seconds(timeout)?;
+        let p = self.params(1, gid_index)?;
+        let local = self.local(&p, psn)?;
+        self.init_if_reset(&p, Access::ALL)?;
+        let qp = self.get()?;
+        let listener = std::net::TcpListener::bind((bind, port)).map_err(|e| {
+            pyo3::exceptions::PyOSError::new_err((
+                e.raw_os_error().unwrap_or(libc::EIO),
+                format!("listen on {bind}:{port}: {e}: pick a free port"),
+            ))
+        })?;
+        let remote = py
+            .detach(|| oob::pingpong_accept(&listener, &local, t, |r| qp.connect(&p, r, local.psn)))
+            .py()?;
+        Ok(endpoint(&remote))
+    }
+
+    /// Be the server of an ``ib_write_bw`` client (perftest's TCP exchange on `port`): expose
+    /// `mr` (remote-writable; the client's message size plus a page at least) for its RDMA
+    /// writes, connect this QP to it, and return the report it sends at the end: a dict of
+    /// ``size``, ``iters``, ``bw_peak``, ``bw_avg`` (MB/s of 2**20 bytes) and ``msg_rate``
+    /// (millions of messages per second). The GIL is released while waiting; TimeoutError
+    /// when no client comes (or a step stalls) within `timeout`.
+    #[pyo3(signature = (mr, port = 18515, psn = 0, timeout = 60.0, gid_index = None, bind = "0.0.0.0"))]
+    #[allow(clippy::too_many_arguments)]
+    fn perftest_serve<'py>(
+        &self,
+        py: Python<'py>,
+        mr: &RdmaMr,
+        port: u16,
+        psn: u32,
+        timeout: f64,
+        gid_index: Option<i32>,
+        bind: &str,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let t = seconds(timeout)?;
+        let p = self.params(1, gid_index)?;
+        let local = self.local(&p, psn)?;
+        self.init_if_reset(&p, Access::ALL)?;
+        let (qp, m) = (self.get()?, mr.get()?);
+        let listener = std::net::TcpListener::bind((bind, port)).map_err(|e| {
+            pyo3::exceptions::PyOSError::new_err((
+                e.raw_os_error().unwrap_or(libc::EIO),
+                format!("listen on {bind}:{port}: {e}: pick a free port"),
+            ))
+        })?;
+        let r = py
+            .detach(|| rdma::perftest::serve_write_bw(&listener, qp, m, &p, &local, t))
+            .py()?;
+        report(py, &r)
+    }
+
+    /// Be the client of an ``ib_write_bw`` server at `host`:`port` (retried until `timeout`):
+    /// connect this QP, RDMA-write `iterations` messages of `size` bytes from `mr` into the
+    /// server's buffer (GIL released), send the report, and return it (the dict of
+    /// ``perftest_serve``).
+    #[pyo3(signature = (cq, mr, host, port = 18515, size = 65536, iterations = 1000, psn = 0, timeout = 60.0, gid_index = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn perftest_write_bw<'py>(
+        &self,
+        py: Python<'py>,
+        cq: &RdmaCq,
+        mr: &RdmaMr,
+        host: &str,
+        port: u16,
+        size: usize,
+        iterations: u64,
+        psn: u32,
+        timeout: f64,
+        gid_index: Option<i32>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let t = seconds(timeout)?;
+        let p = self.params(1, gid_index)?;
+        let local = self.local(&p, psn)?;
+        self.init_if_reset(&p, Access::ALL)?;
+        let (qp, c, m) = (self.get()?, cq.get()?, mr.get()?);
+        let r = py
+            .detach(|| {
+                rdma::perftest::client_write_bw(
+                    (host, port),
+                    qp,
+                    c,
+                    m,
+                    &p,
+                    &local,
+                    size,
+                    iterations,
+                    t,
+                )
+            })
+            .py()?;
+        report(py, &r)
+    }
+
+    /// Connect this QP (in RESET) through the RDMA connection manager to a listener at
+    /// `host`:`port` (an IP address of an RDMA device's netdev); returns when the QP is in RTS.
+    /// Keep the returned connection open while the QP is used; closing it disconnects. The
+    /// GIL is released while waiting. Needs librdmacm (``apt-get install librdmacm1``).
+    #[pyo3(signature = (host, port = 7471, timeout = 30.0, access = 15))]
+    fn cm_connect(
+        &self,
+        py: Python<'_>,
+        host: &str,
+        port: u16,
+        timeout: f64,
+        access: i32,
+    ) -> PyResult<RdmaCmConnection> {
+        let t = seconds(timeout)?;
+        let addr = socket_addr(host, port)?;
+        let qp = self.get()?;
+        let c = py
+            .detach(|| rdma::cm::CmConnection::connect(qp, addr, Access(access), t))
+            .py()?;
+        Ok(RdmaCmConnection { inner: Some(c) })
+    }
+
+    /// Listen on `bind`:`port` through the RDMA connection manager and accept the first
+    /// connection request for this QP (in RESET); returns when the connection is established
+    /// (see ``cm_connect``).
+    #[pyo3(signature = (bind, port = 7471, timeout = 30.0, access = 15))]
+    fn cm_accept(
+        &self,
+        py: Python<'_>,
+        bind: &str,
+        port: u16,
+        timeout: f64,
+        access: i32,
+    ) -> PyResult<RdmaCmConnection> {
+        let t = seconds(timeout)?;
+        let addr = socket_addr(bind, port)?;
+        let qp = self.get()?;
+        let c = py
+            .detach(|| rdma::cm::CmConnection::accept(qp, addr, Access(access), t))
+            .py()?;
+        Ok(RdmaCmConnection { inner: Some(c) })
+    }
+
+    /// Client side of ``ibv_rc_pingpong``'s TCP exchange with a server at `host`:`port`
+    /// (retried until `timeout`); brings this QP to RTS towards it and returns its endpoint.
+    #[pyo3(signature = (host, port = 18515, psn = 0, timeout = 30.0, gid_index = None))]
+    fn pingpong_connect(
+        &self,
+        py: Python<'_>,
+        host: &str,
+        port: u16,
+        psn: u32,
+        timeout: f64,
+        gid_index: Option<i32>,
+    ) -> PyResult<RdmaEndpoint> {
+        let t = seconds(timeout)?;
+        let p = self.params(1, gid_index)?;
+        let local = self.local(&p, psn)?;
+        self.init_if_reset(&p, Access::ALL)?;
+        let remote = py
+            .detach(|| oob::pingpong_connect((host, port), &local, t))
+            .py()?;
+        self.get()?.connect(&p, &remote, local.psn).py()?;
+        Ok(endpoint(&remote))
+    }
+
+    /// (RESET→INIT unless ``init()`` was called)→RTR→RTS towards `remote` (MTU 1024,
+    /// timeout 14, retry 7, rnr_retry 7); a UD QP needs no `remote` (Q_Key 0x11111111).
     #[pyo3(signature = (remote = None, psn = 0, port = 1, gid_index = None, access = 15))]
     fn connect(
         &self,
@@ -640,7 +1090,7 @@ impl RdmaQp {
                 )))
             }
         };
-        qp.to_init(&p, Access(access)).py()?;
+        self.init_if_reset(&p, Access(access))?;
         qp.connect(&p, &remote, psn).py()
     }
 
@@ -658,23 +1108,21 @@ impl RdmaQp {
         self.get()?.to_reset().py()
     }
 
-    #[pyo3(signature = (mr, offset = 0, length = None, wr_id = 0))]
+    #[pyo3(signature = (mr, offset = 0, length = None, wr_id = 0, sg = None))]
     fn post_recv(
         &self,
         mr: &RdmaMr,
         offset: usize,
         length: Option<usize>,
         wr_id: u64,
+        sg: Option<Vec<SgItem<'_>>>,
     ) -> PyResult<()> {
-        let m = mr.get()?;
-        let len = length.unwrap_or(m.len().saturating_sub(offset));
-        self.get()?
-            .post_recv(wr_id, &[m.sge(offset, len).py()?])
-            .py()
+        let sges = gather(mr, offset, length, sg)?;
+        self.get()?.post_recv(wr_id, &sges).py()
     }
 
     /// SEND (with immediate data if `imm` is given); on a UD QP pass `ah` and `remote_qpn`.
-    #[pyo3(signature = (mr, offset = 0, length = None, wr_id = 0, imm = None, signaled = true, inline = false, ah = None, remote_qpn = None, remote_qkey = 0x1111_1111))]
+    #[pyo3(signature = (mr, offset = 0, length = None, wr_id = 0, imm = None, signaled = true, inline = false, ah = None, remote_qpn = None, remote_qkey = 0x1111_1111, sg = None))]
     #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
@@ -688,6 +1136,7 @@ impl RdmaQp {
         ah: Option<&RdmaAh>,
         remote_qpn: Option<u32>,
         remote_qkey: u32,
+        sg: Option<Vec<SgItem<'_>>>,
     ) -> PyResult<()> {
         let op = match (ah, remote_qpn) {
             (Some(ah), Some(remote_qpn)) => SendOp::UdSend {
@@ -703,10 +1152,10 @@ impl RdmaQp {
                 ))
             }
         };
-        self.post(mr, offset, length, wr_id, op, signaled, inline)
+        self.post(mr, offset, length, wr_id, op, signaled, inline, sg)
     }
 
-    #[pyo3(signature = (mr, remote_addr, rkey, offset = 0, length = None, wr_id = 0, imm = None, signaled = true))]
+    #[pyo3(signature = (mr, remote_addr, rkey, offset = 0, length = None, wr_id = 0, imm = None, signaled = true, sg = None))]
     #[allow(clippy::too_many_arguments)]
     fn write(
         &self,
@@ -718,6 +1167,7 @@ impl RdmaQp {
         wr_id: u64,
         imm: Option<u32>,
         signaled: bool,
+        sg: Option<Vec<SgItem<'_>>>,
     ) -> PyResult<()> {
         let op = match imm {
             Some(imm) => SendOp::WriteImm {
@@ -727,10 +1177,10 @@ impl RdmaQp {
             },
             None => SendOp::Write { remote_addr, rkey },
         };
-        self.post(mr, offset, length, wr_id, op, signaled, false)
+        self.post(mr, offset, length, wr_id, op, signaled, false, sg)
     }
 
-    #[pyo3(signature = (mr, remote_addr, rkey, offset = 0, length = None, wr_id = 0, signaled = true))]
+    #[pyo3(signature = (mr, remote_addr, rkey, offset = 0, length = None, wr_id = 0, signaled = true, sg = None))]
     #[allow(clippy::too_many_arguments)]
     fn read(
         &self,
@@ -741,6 +1191,7 @@ impl RdmaQp {
         length: Option<usize>,
         wr_id: u64,
         signaled: bool,
+        sg: Option<Vec<SgItem<'_>>>,
     ) -> PyResult<()> {
         self.post(
             mr,
@@ -750,6 +1201,7 @@ impl RdmaQp {
             SendOp::Read { remote_addr, rkey },
             signaled,
             false,
+            sg,
         )
     }
 
@@ -772,7 +1224,7 @@ impl RdmaQp {
             compare,
             swap,
         };
-        self.post(mr, offset, Some(8), wr_id, op, true, false)
+        self.post(mr, offset, Some(8), wr_id, op, true, false, None)
     }
 
     /// 64-bit fetch-and-add; the old value lands in `mr[offset:offset+8]`.
@@ -798,6 +1250,7 @@ impl RdmaQp {
             },
             true,
             false,
+            None,
         )
     }
 
@@ -884,6 +1337,12 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RdmaPd>()?;
     m.add_class::<RdmaMr>()?;
     m.add_class::<RdmaAh>()?;
+    m.add_class::<RdmaSrq>()?;
+    m.add_class::<RdmaCmConnection>()?;
+    m.add(
+        "RdmaCompletionError",
+        m.py().get_type::<RdmaCompletionError>(),
+    )?;
     m.add_class::<RdmaCq>()?;
     m.add_class::<RdmaQp>()?;
     m.add_function(wrap_pyfunction!(rdma_devices, m)?)?;

@@ -28,12 +28,12 @@ use crate::mem::{region_options, RegionMemory};
 
 /// State shared by the sockets of one port.
 pub struct PortHandle {
-    port: Mutex<Option<XskPort>>,
-    region: Arc<HugeRegion>,
+    pub(crate) port: Mutex<Option<XskPort>>,
+    pub(crate) region: Arc<HugeRegion>,
     /// Offset of the UMEM's frame 0 inside `region` (fixed for the port's life).
-    pool_off: usize,
-    ifname: String,
-    queues: Vec<u32>,
+    pub(crate) pool_off: usize,
+    pub(crate) ifname: String,
+    pub(crate) queues: Vec<u32>,
     zerocopy: Vec<bool>,
     xdp_mode: String,
     notes: Vec<String>,
@@ -45,7 +45,7 @@ pub struct PortHandle {
 }
 
 impl PortHandle {
-    fn lock(&self) -> MutexGuard<'_, Option<XskPort>> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Option<XskPort>> {
         self.port.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -126,6 +126,7 @@ fn open_port(
     multi_buffer: bool,
     ring_size: u32,
     headroom: u32,
+    program: bool,
 ) -> PyResult<Arc<PortHandle>> {
     let rules = filter_rules(filter)?;
     let attach = match xdp_mode {
@@ -160,6 +161,7 @@ fn open_port(
         rules,
         attach,
         force,
+        program,
     };
     let name = ifname.to_string();
     let port = py
@@ -255,6 +257,7 @@ impl PyXdpSocket {
             multi_buffer,
             ring_size,
             headroom,
+            true,
         )?;
         Ok(PyXdpSocket { handle, index: 0 })
     }
@@ -591,7 +594,7 @@ impl PyXdpSocket {
 ///     ...         batch.release()
 #[pyclass(name = "XdpPort", module = "kbypass._core", frozen)]
 pub struct PyXdpPort {
-    handle: Arc<PortHandle>,
+    pub(crate) handle: Arc<PortHandle>,
 }
 
 #[pymethods]
@@ -599,7 +602,7 @@ impl PyXdpPort {
     #[new]
     #[pyo3(signature = (ifname, queues=None, mode="auto", filter=None, frames=None, frame_size=2048,
         hugepages="auto", busy_poll=false, *, xdp_mode="auto", force=false, need_wakeup=true,
-        multi_buffer=false, ring_size=2048, headroom=0))]
+        multi_buffer=false, ring_size=2048, headroom=0, program=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -617,6 +620,7 @@ impl PyXdpPort {
         multi_buffer: bool,
         ring_size: u32,
         headroom: u32,
+        program: bool,
     ) -> PyResult<Self> {
         let q = match queues {
             None => Queues::All,
@@ -646,6 +650,7 @@ impl PyXdpPort {
             multi_buffer,
             ring_size,
             headroom,
+            program,
         )?;
         Ok(PyXdpPort { handle })
     }

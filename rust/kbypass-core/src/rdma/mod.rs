@@ -14,9 +14,11 @@
 //! # Ok::<(), kbypass_core::Error>(())
 //! ```
 
+pub mod cm;
 pub mod ffi;
 pub mod oob;
 pub mod perf;
+pub mod perftest;
 mod verbs;
 
 pub use verbs::{

@@ -55,8 +55,97 @@ pub fn parse_pingpong_message(raw: &[u8]) -> Result<Endpoint> {
     })
 }
 
+/// A registered buffer a peer may access remotely (the `rkey`, address and length of an MR).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RemoteBuffer {
+    /// Virtual address of the first byte, as the peer registered it.
+    pub addr: u64,
+    /// Remote key of the memory region.
+    pub rkey: u32,
+    /// Bytes the peer may access from `addr`.
+    pub length: u64,
+}
+
+/// Bytes of kbypass's own endpoint record ([`endpoint_bytes`]).
+pub const ENDPOINT_BYTES: usize = 52;
+const ENDPOINT_MAGIC: &[u8; 4] = b"KBE1";
+
+/// A fixed 52-byte, big-endian record of an endpoint and the buffer it exposes, for any
+/// out-of-band channel (a file, a socket, a key-value store): `"KBE1"`, QPN, PSN, LID, 2 zero
+/// bytes, the 16-byte GID, rkey, address, length.
+pub fn endpoint_bytes(e: &Endpoint, buf: &RemoteBuffer) -> [u8; ENDPOINT_BYTES] {
+    let mut out = [0u8; ENDPOINT_BYTES];
+    out[0..4].copy_from_slice(ENDPOINT_MAGIC);
+    out[4..8].copy_from_slice(&e.qpn.to_be_bytes());
+    out[8..12].copy_from_slice(&e.psn.to_be_bytes());
+    out[12..14].copy_from_slice(&e.lid.to_be_bytes());
+    out[16..32].copy_from_slice(&e.gid.0);
+    out[32..36].copy_from_slice(&buf.rkey.to_be_bytes());
+    out[36..44].copy_from_slice(&buf.addr.to_be_bytes());
+    out[44..52].copy_from_slice(&buf.length.to_be_bytes());
+    out
+}
+
+/// Decode an [`endpoint_bytes`] record.
+pub fn parse_endpoint_bytes(raw: &[u8]) -> Result<(Endpoint, RemoteBuffer)> {
+    if raw.len() != ENDPOINT_BYTES || &raw[0..4] != ENDPOINT_MAGIC {
+        return Err(Error::invalid(format!(
+            "not a kbypass endpoint record ({} bytes): pass exactly what to_bytes() returned",
+            raw.len()
+        )));
+    }
+    let u32_at = |i: usize| u32::from_be_bytes([raw[i], raw[i + 1], raw[i + 2], raw[i + 3]]);
+    let u64_at = |i: usize| (u64::from(u32_at(i)) << 32) | u64::from(u32_at(i + 4));
+    let mut gid = [0u8; 16];
+    gid.copy_from_slice(&raw[16..32]);
+    Ok((
+        Endpoint {
+            qpn: u32_at(4),
+            psn: u32_at(8),
+            lid: u16::from_be_bytes([raw[12], raw[13]]),
+            gid: Gid(gid),
+        },
+        RemoteBuffer {
+            rkey: u32_at(32),
+            addr: u64_at(36),
+            length: u64_at(44),
+        },
+    ))
+}
+
 fn io_err(what: &str, e: std::io::Error) -> Error {
     Error::os(what, e.raw_os_error().unwrap_or(libc::EIO), "")
+}
+
+/// Accept one connection on `listener` within `timeout` (a blocking accept would wait forever
+/// for a peer that never comes); the stream is returned in blocking mode.
+pub fn accept_within(listener: &TcpListener, timeout: Duration) -> Result<TcpStream> {
+    let deadline = Instant::now() + timeout;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| io_err("set_nonblocking", e))?;
+    let got = loop {
+        match listener.accept() {
+            Ok((s, _)) => break Ok(s),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    break Err(Error::Timeout(format!(
+                        "no peer connected to {:?} within {timeout:?}: start the client",
+                        listener.local_addr().ok()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => break Err(io_err("accept", e)),
+        }
+    };
+    listener
+        .set_nonblocking(false)
+        .map_err(|e| io_err("set_nonblocking", e))?;
+    let s = got?;
+    s.set_nonblocking(false)
+        .map_err(|e| io_err("set_nonblocking", e))?;
+    Ok(s)
 }
 
 /// Server side: accept one peer on `listener`, read its endpoint, call `connect` with it
@@ -68,7 +157,7 @@ pub fn pingpong_accept(
     timeout: Duration,
     connect: impl FnOnce(&Endpoint) -> Result<()>,
 ) -> Result<Endpoint> {
-    let (mut s, _) = listener.accept().map_err(|e| io_err("accept", e))?;
+    let mut s = accept_within(listener, timeout)?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| io_err("setsockopt", e))?;
     let mut msg = [0u8; PINGPONG_MESSAGE_LEN];
@@ -145,6 +234,38 @@ mod tests {
         assert_eq!(parse_pingpong_message(&m).unwrap(), e);
         assert!(parse_pingpong_message(b"0000:11:58967a:00").is_err());
         assert!(parse_pingpong_message(b"garbage").is_err());
+    }
+
+    #[test]
+    fn endpoint_record_round_trip() {
+        let e = Endpoint {
+            lid: 0x1234,
+            qpn: 0xab_cdef,
+            psn: 0x12_3456,
+            gid: Gid::from_hex("00000000000000000000ffffc612000f").unwrap(),
+        };
+        let b = RemoteBuffer {
+            addr: 0x7f00_1234_5678,
+            rkey: 0xdead_beef,
+            length: 1 << 33,
+        };
+        let raw = endpoint_bytes(&e, &b);
+        assert_eq!(&raw[..4], b"KBE1");
+        assert_eq!(&raw[4..8], &[0, 0xab, 0xcd, 0xef]);
+        assert_eq!(parse_endpoint_bytes(&raw).unwrap(), (e, b));
+        assert!(parse_endpoint_bytes(&raw[..51]).is_err());
+        let mut bad = raw;
+        bad[0] = b'X';
+        assert!(parse_endpoint_bytes(&bad).is_err());
+    }
+
+    #[test]
+    fn accept_times_out_without_a_peer() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let t = Instant::now();
+        let e = accept_within(&l, Duration::from_millis(100)).unwrap_err();
+        assert!(matches!(e, Error::Timeout(_)), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

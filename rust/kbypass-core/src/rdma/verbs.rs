@@ -482,6 +482,32 @@ impl ProtectionDomain {
         unsafe { self.register_raw(addr, len, access, Box::new(mem)) }
     }
 
+    /// Register a whole [`HugeRegion`](crate::mem::HugeRegion); the memory region holds
+    /// an `Arc` of it, so the pages stay mapped (and pinned) while the registration lives.
+    pub fn register_region(
+        &self,
+        region: Arc<crate::mem::HugeRegion>,
+        access: Access,
+    ) -> Result<MemoryRegion> {
+        let (addr, len) = (region.as_ptr(), region.len());
+        // SAFETY: the region's mapping is fixed for its lifetime, and the `Arc` moved into the
+        // memory region keeps it alive at least as long as the registration.
+        unsafe { self.register_raw(addr, len, access, Box::new(region)) }
+    }
+
+    /// Register the objects of a [`Mempool`](crate::mem::Mempool): `count * stride` bytes
+    /// from object 0, so object `i` is at offset `i * stride` of the memory region.
+    pub fn register_mempool(
+        &self,
+        pool: Arc<crate::mem::Mempool>,
+        access: Access,
+    ) -> Result<MemoryRegion> {
+        let (addr, len) = (pool.base(), pool.len());
+        // SAFETY: the objects lie inside the pool's region, which the pool keeps mapped; the
+        // `Arc` moved into the memory region keeps the pool alive with the registration.
+        unsafe { self.register_raw(addr, len, access, Box::new(pool)) }
+    }
+
     /// Register `len` bytes at `addr`, keeping `owner` alive as long as the region.
     ///
     /// # Safety

@@ -35,6 +35,9 @@ pub struct PortConfig {
     pub attach: AttachMode,
     /// Replace a program that is not ours.
     pub force: bool,
+    /// Load and attach our own program (false: the sockets only; another owner's XSKMAP
+    /// routes to them, e.g. a parent process that forked one worker process per queue).
+    pub program: bool,
 }
 
 impl Default for PortConfig {
@@ -45,6 +48,7 @@ impl Default for PortConfig {
             rules: Vec::new(),
             attach: AttachMode::Auto,
             force: false,
+            program: true,
         }
     }
 }
@@ -55,7 +59,7 @@ pub struct XskPort {
     attachment: Option<XdpAttachment>,
     sockets: Vec<Option<XskSocket>>,
     queues: Vec<u32>,
-    prog: XdpProgram,
+    prog: Option<XdpProgram>,
     umem: Arc<Umem>,
     ifname: String,
     mtu: u32,
@@ -103,22 +107,31 @@ impl XskPort {
         }
         let umem = Umem::new(&cfg.umem)?;
         let max_q = *sorted.last().unwrap_or(&0);
-        let prog = XdpProgram::new(
-            &cfg.rules,
-            ProgramOptions {
-                frags,
-                queues: max_q + 1,
-            },
-        )?;
+        let prog = if cfg.program {
+            Some(XdpProgram::new(
+                &cfg.rules,
+                ProgramOptions {
+                    frags,
+                    queues: max_q + 1,
+                },
+            )?)
+        } else {
+            None
+        };
         let mut sockets = Vec::with_capacity(queues.len());
         for &q in &queues {
             let s = XskSocket::bind(&umem, ifname, q, &cfg.socket)?;
-            prog.set_socket(q, s.raw_fd())?;
+            if let Some(p) = &prog {
+                p.set_socket(q, s.raw_fd())?;
+            }
             sockets.push(Some(s));
         }
-        let attachment = attach(&prog, ifname, cfg.attach, cfg.force)?;
+        let attachment = match &prog {
+            Some(p) => Some(attach(p, ifname, cfg.attach, cfg.force)?),
+            None => None,
+        };
         Ok(XskPort {
-            attachment: Some(attachment),
+            attachment,
             sockets,
             queues,
             prog,
@@ -148,9 +161,9 @@ impl XskPort {
         &self.umem
     }
 
-    /// The XDP program.
-    pub fn program(&self) -> &XdpProgram {
-        &self.prog
+    /// The XDP program (None when opened with `program: false`).
+    pub fn program(&self) -> Option<&XdpProgram> {
+        self.prog.as_ref()
     }
 
     /// How the program is attached (native/generic), or None after [`XskPort::detach`].
@@ -222,8 +235,10 @@ impl XskPort {
 impl Drop for XskPort {
     fn drop(&mut self) {
         let _ = self.detach();
-        for &q in &self.queues {
-            let _ = self.prog.clear_socket(q);
+        if let Some(p) = &self.prog {
+            for &q in &self.queues {
+                let _ = p.clear_socket(q);
+            }
         }
         // Sockets close before the UMEM (fields drop in order: attachment, sockets, …, umem).
     }

@@ -1,0 +1,555 @@
+//! The worker thread: poll, parse, call, apply (see the [module docs](super)).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{DROP, FORWARD, KEEP, TX};
+use crate::error::{Error, Result};
+use crate::packet::{parse, PacketMeta};
+use crate::ring::{Consumer, Ring};
+use crate::sys::xdp::XdpDesc;
+use crate::xsk::{Umem, XskSocket};
+
+/// Frames the application kept (KEEP) and now gives back: UMEM addresses pushed by any thread,
+/// drained by the workers into their FILL rings.
+pub type ReleaseQueue = Arc<Ring<u64>>;
+
+/// What to do with a batch whose handler failed (raised, returned the wrong type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Every frame of the batch goes back to the FILL ring.
+    Drop,
+    /// Every frame gets the pipeline's default verdict, as if the handler had accepted the
+    /// batch untouched (AF_XDP cannot hand a frame back to the kernel's stack, so this is the
+    /// nearest thing to "let it through").
+    Pass,
+    /// Drop the batch and stop all workers of the pipeline.
+    Stop,
+}
+
+impl std::str::FromStr for OnError {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "drop" => Ok(OnError::Drop),
+            "pass" => Ok(OnError::Pass),
+            "stop" => Ok(OnError::Stop),
+            o => Err(Error::invalid(format!(
+                "on_error={o:?}: use \"drop\", \"pass\" or \"stop\""
+            ))),
+        }
+    }
+}
+
+/// The handler failed on a batch; the worker counts it and applies [`OnError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandlerError;
+
+/// One batch as the handler sees it. Slices are `n` long (the frames received).
+pub struct BatchCtx<'a> {
+    /// Pipeline-wide index of the socket the frames arrived on.
+    pub socket: usize,
+    /// Index of the worker.
+    pub worker: usize,
+    /// The descriptors (UMEM address of packet data, length).
+    pub descs: &'a [XdpDesc],
+    /// Parsed headers, one per frame.
+    pub metas: &'a [PacketMeta],
+    /// Verdicts, pre-filled with the default; the handler overwrites them.
+    pub verdicts: &'a mut [u8],
+    /// Target socket (pipeline-wide index) of FORWARD verdicts.
+    pub forward_to: &'a mut [u16],
+    /// The UMEM, for frame access ([`super::frame_mut`]).
+    pub umem: &'a Umem,
+    /// Errors the handler absorbed itself (a per-packet layer counts per packet here).
+    pub errors: u64,
+    /// Set by the handler to stop the pipeline after this batch.
+    pub stop: bool,
+}
+
+/// A batch callback. Called on the worker thread; must not block for long.
+pub trait BatchHandler: Send {
+    /// Look at the batch, write verdicts (and edit frames). An `Err` applies [`OnError`].
+    fn handle(&mut self, batch: &mut BatchCtx<'_>) -> std::result::Result<(), HandlerError>;
+
+    /// Called once on the worker thread before the first batch (e.g. to set up per-thread
+    /// interpreter state once instead of per batch).
+    fn thread_start(&mut self) {}
+
+    /// Called once on the worker thread after the last batch.
+    fn thread_end(&mut self) {}
+}
+
+/// Upper bounds (inclusive) of the batch-size histogram buckets; the last bucket is open.
+pub const BATCH_HISTOGRAM_BOUNDS: [u32; 7] = [1, 4, 16, 32, 64, 128, 256];
+
+/// Live counters of one worker, readable from any thread.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    rx: AtomicU64,
+    rx_bytes: AtomicU64,
+    tx: AtomicU64,
+    forwarded: AtomicU64,
+    dropped: AtomicU64,
+    kept: AtomicU64,
+    released: AtomicU64,
+    handler_errors: AtomicU64,
+    bad_verdicts: AtomicU64,
+    tx_failed: AtomicU64,
+    batches: AtomicU64,
+    batch_ns: AtomicU64,
+    handler_ns: AtomicU64,
+    idle_waits: AtomicU64,
+    first_ns: AtomicU64,
+    last_ns: AtomicU64,
+    histogram: [AtomicU64; 8],
+}
+
+/// A copy of [`WorkerStats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerStatsSnapshot {
+    /// Packets received.
+    pub rx: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Packets sent back out of their own socket (TX).
+    pub tx: u64,
+    /// Packets sent out of another socket (FORWARD).
+    pub forwarded: u64,
+    /// Packets returned to the FILL ring: DROP, bad verdicts, failed batches, failed sends.
+    pub dropped: u64,
+    /// Packets kept by the application (KEEP).
+    pub kept: u64,
+    /// Kept packets the application released later (through the release queue).
+    pub released: u64,
+    /// Batches (or packets, in per-packet mode) whose handler failed.
+    pub handler_errors: u64,
+    /// Verdict values that are not a verdict, or FORWARD to a socket this worker does not own.
+    pub bad_verdicts: u64,
+    /// TX/FORWARD frames the TX ring had no room for (dropped, counted in `dropped` too).
+    pub tx_failed: u64,
+    /// Batches handled.
+    pub batches: u64,
+    /// Nanoseconds from receive to verdicts applied, summed over batches.
+    pub batch_ns: u64,
+    /// Nanoseconds spent in the handler, summed over batches.
+    pub handler_ns: u64,
+    /// Times the worker slept in poll(2) because every socket was idle.
+    pub idle_waits: u64,
+    /// Nanoseconds since the worker started at its first and latest packet (0: none yet).
+    pub first_ns: u64,
+    /// See `first_ns`.
+    pub last_ns: u64,
+    /// Batches per size bucket ([`BATCH_HISTOGRAM_BOUNDS`], then "more").
+    pub histogram: [u64; 8],
+}
+
+impl WorkerStatsSnapshot {
+    /// Packets per second between the first and the latest packet.
+    pub fn pps(&self) -> f64 {
+        let span = self.last_ns.saturating_sub(self.first_ns);
+        if span == 0 || self.rx < 2 {
+            return 0.0;
+        }
+        (self.rx - 1) as f64 * 1e9 / span as f64
+    }
+}
+
+impl WorkerStats {
+    /// Read every counter.
+    pub fn snapshot(&self) -> WorkerStatsSnapshot {
+        let mut h = [0u64; 8];
+        for (o, a) in h.iter_mut().zip(&self.histogram) {
+            *o = a.load(Relaxed);
+        }
+        WorkerStatsSnapshot {
+            rx: self.rx.load(Relaxed),
+            rx_bytes: self.rx_bytes.load(Relaxed),
+            tx: self.tx.load(Relaxed),
+            forwarded: self.forwarded.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+            kept: self.kept.load(Relaxed),
+            released: self.released.load(Relaxed),
+            handler_errors: self.handler_errors.load(Relaxed),
+            bad_verdicts: self.bad_verdicts.load(Relaxed),
+            tx_failed: self.tx_failed.load(Relaxed),
+            batches: self.batches.load(Relaxed),
+            batch_ns: self.batch_ns.load(Relaxed),
+            handler_ns: self.handler_ns.load(Relaxed),
+            idle_waits: self.idle_waits.load(Relaxed),
+            first_ns: self.first_ns.load(Relaxed),
+            last_ns: self.last_ns.load(Relaxed),
+            histogram: h,
+        }
+    }
+
+    /// Count kept frames given back from outside the worker (e.g. after it stopped).
+    pub fn add_released(&self, n: u64) {
+        self.released.fetch_add(n, Relaxed);
+    }
+}
+
+fn bucket(n: usize) -> usize {
+    BATCH_HISTOGRAM_BOUNDS
+        .iter()
+        .position(|&b| n as u32 <= b)
+        .unwrap_or(BATCH_HISTOGRAM_BOUNDS.len())
+}
+
+/// How a worker runs.
+#[derive(Clone)]
+pub struct WorkerConfig {
+    /// Descriptors per batch (1..=4096).
+    pub batch: usize,
+    /// CPU to pin the thread to (None: not pinned).
+    pub cpu: Option<usize>,
+    /// Verdict every frame starts with.
+    pub default_verdict: u8,
+    /// What a failed handler means for its batch.
+    pub on_error: OnError,
+    /// Empty polls (over all sockets) before the worker sleeps in poll(2) for `idle_wait`.
+    pub idle_spins: u32,
+    /// How long one idle sleep lasts (bounds the stop latency too).
+    pub idle_wait: Duration,
+    /// Stop flag shared by the workers of a pipeline.
+    pub stop: Arc<AtomicBool>,
+    /// Packets received over all workers (for `limit`).
+    pub total: Arc<AtomicU64>,
+    /// Stop every worker once `total` reaches this (u64::MAX: no limit).
+    pub limit: u64,
+    /// Kept frames to give back to the FILL ring.
+    pub release: Option<ReleaseQueue>,
+}
+
+/// What a worker gives back when it ends: its sockets, and the error that ended it, if any.
+pub struct WorkerExit {
+    /// (pipeline-wide index, socket), to put back into the port.
+    pub sockets: Vec<(usize, XskSocket)>,
+    /// Why the worker ended early (pinning failed, handler asked to stop is not an error).
+    pub error: Option<Error>,
+}
+
+/// Start a worker thread named `kbx-worker-<id>` on `sockets`.
+pub fn spawn(
+    id: usize,
+    sockets: Vec<(usize, XskSocket)>,
+    handler: Box<dyn BatchHandler>,
+    cfg: WorkerConfig,
+    stats: Arc<WorkerStats>,
+) -> Result<JoinHandle<WorkerExit>> {
+    if sockets.is_empty() {
+        return Err(Error::invalid("a worker needs at least one socket"));
+    }
+    if cfg.batch == 0 || cfg.batch > 4096 {
+        return Err(Error::invalid(format!(
+            "batch={} must be 1..=4096",
+            cfg.batch
+        )));
+    }
+    if !super::valid_verdict(cfg.default_verdict) {
+        return Err(Error::invalid(format!(
+            "default verdict {} is not DROP, TX, FORWARD or KEEP",
+            cfg.default_verdict
+        )));
+    }
+    let consumer = match &cfg.release {
+        Some(r) => Some(r.consumer()?),
+        None => None,
+    };
+    std::thread::Builder::new()
+        .name(format!("kbx-worker-{id}"))
+        .spawn(move || {
+            let mut w = Worker::new(id, sockets, handler, cfg, stats, consumer);
+            w.handler.thread_start();
+            let error = w.run().err();
+            w.finish();
+            w.handler.thread_end();
+            WorkerExit {
+                sockets: w.sockets,
+                error,
+            }
+        })
+        .map_err(|e| {
+            Error::os(
+                "spawn a worker thread",
+                e.raw_os_error().unwrap_or(0),
+                "lower the number of workers",
+            )
+        })
+}
+
+struct Worker {
+    id: usize,
+    sockets: Vec<(usize, XskSocket)>,
+    handler: Box<dyn BatchHandler>,
+    cfg: WorkerConfig,
+    stats: Arc<WorkerStats>,
+    release: Option<Consumer<u64>>,
+    umem: Arc<Umem>,
+    descs: Vec<XdpDesc>,
+    metas: Vec<PacketMeta>,
+    verdicts: Vec<u8>,
+    forward_to: Vec<u16>,
+    drops: Vec<u64>,
+    outs: Vec<Vec<XdpDesc>>,
+    released: Vec<u64>,
+    epoch: Instant,
+}
+
+impl Worker {
+    fn new(
+        id: usize,
+        sockets: Vec<(usize, XskSocket)>,
+        handler: Box<dyn BatchHandler>,
+        cfg: WorkerConfig,
+        stats: Arc<WorkerStats>,
+        release: Option<Consumer<u64>>,
+    ) -> Self {
+        let b = cfg.batch;
+        let umem = Arc::clone(sockets[0].1.umem());
+        let outs = (0..sockets.len()).map(|_| Vec::with_capacity(b)).collect();
+        Worker {
+            id,
+            handler,
+            stats,
+            release,
+            umem,
+            descs: vec![XdpDesc::default(); b],
+            metas: vec![PacketMeta::default(); b],
+            verdicts: vec![0; b],
+            forward_to: vec![0; b],
+            drops: Vec::with_capacity(b),
+            outs,
+            released: vec![0; 64],
+            epoch: Instant::now(),
+            sockets,
+            cfg,
+        }
+    }
+
+    fn run(&mut self) -> Result<()> {
+        if let Some(c) = self.cfg.cpu {
+            crate::cpu::pin(&[c])?;
+        }
+        let mut idle = 0u32;
+        while !self.cfg.stop.load(Relaxed) {
+            self.drain_releases();
+            let mut got_any = false;
+            for j in 0..self.sockets.len() {
+                self.sockets[j].1.complete();
+                let want = self.want();
+                if want == 0 {
+                    self.cfg.stop.store(true, Relaxed);
+                    break;
+                }
+                let n = self.sockets[j].1.recv(&mut self.descs[..want]);
+                if n > 0 {
+                    got_any = true;
+                    self.batch(j, n);
+                }
+            }
+            if got_any {
+                idle = 0;
+            } else {
+                idle += 1;
+                if idle >= self.cfg.idle_spins {
+                    idle = 0;
+                    self.stats.idle_waits.fetch_add(1, Relaxed);
+                    if self.sockets.len() == 1 {
+                        self.sockets[0].1.wait_rx(self.cfg.idle_wait)?;
+                    } else {
+                        std::thread::sleep(self.cfg.idle_wait.min(Duration::from_micros(200)));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How many descriptors the next receive may take (the packet limit caps it).
+    fn want(&self) -> usize {
+        if self.cfg.limit == u64::MAX {
+            return self.cfg.batch;
+        }
+        let left = self.cfg.limit.saturating_sub(self.cfg.total.load(Relaxed));
+        (left.min(self.cfg.batch as u64)) as usize
+    }
+
+    fn batch(&mut self, j: usize, n: usize) {
+        let t0 = Instant::now();
+        let now_ns = (t0 - self.epoch).as_nanos() as u64;
+        let s = &self.stats;
+        if s.first_ns.load(Relaxed) == 0 {
+            s.first_ns.store(now_ns.max(1), Relaxed);
+        }
+        s.last_ns.store(now_ns.max(1), Relaxed);
+        let total = self.cfg.total.fetch_add(n as u64, Relaxed) + n as u64;
+        if total >= self.cfg.limit {
+            self.cfg.stop.store(true, Relaxed);
+        }
+        let mut bytes = 0u64;
+        for i in 0..n {
+            let d = self.descs[i];
+            bytes += d.len as u64;
+            // SAFETY: the worker just received this frame and holds no other view of it.
+            self.metas[i] = match unsafe { super::frame_mut(&self.umem, d.addr, d.len) } {
+                Some(f) => parse(f),
+                // A descriptor outside its frame never reaches `recv`'s caller; be safe anyway.
+                None => PacketMeta {
+                    len: d.len,
+                    flags: crate::packet::parse::FLAG_TRUNCATED,
+                    ..PacketMeta::default()
+                },
+            };
+        }
+        self.verdicts[..n].fill(self.cfg.default_verdict);
+        self.forward_to[..n].fill(self.sockets[j].0 as u16);
+        let socket = self.sockets[j].0;
+        let mut ctx = BatchCtx {
+            socket,
+            worker: self.id,
+            descs: &self.descs[..n],
+            metas: &self.metas[..n],
+            verdicts: &mut self.verdicts[..n],
+            forward_to: &mut self.forward_to[..n],
+            umem: &self.umem,
+            errors: 0,
+            stop: false,
+        };
+        let th = Instant::now();
+        let r = self.handler.handle(&mut ctx);
+        let (errors, stop) = (ctx.errors, ctx.stop);
+        let handler_ns = th.elapsed().as_nanos() as u64;
+        if stop {
+            self.cfg.stop.store(true, Relaxed);
+        }
+        if errors > 0 {
+            s.handler_errors.fetch_add(errors, Relaxed);
+        }
+        if r.is_err() {
+            s.handler_errors.fetch_add(1, Relaxed);
+            let v = match self.cfg.on_error {
+                OnError::Pass => self.cfg.default_verdict,
+                OnError::Drop => DROP,
+                OnError::Stop => {
+                    self.cfg.stop.store(true, Relaxed);
+                    DROP
+                }
+            };
+            self.verdicts[..n].fill(v);
+            self.forward_to[..n].fill(socket as u16);
+        }
+        self.apply(j, n);
+        let s = &self.stats;
+        s.rx.fetch_add(n as u64, Relaxed);
+        s.rx_bytes.fetch_add(bytes, Relaxed);
+        s.batches.fetch_add(1, Relaxed);
+        s.histogram[bucket(n)].fetch_add(1, Relaxed);
+        s.handler_ns.fetch_add(handler_ns, Relaxed);
+        s.batch_ns
+            .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
+    }
+
+    fn local_index(&self, global: u16) -> Option<usize> {
+        self.sockets.iter().position(|(g, _)| *g == global as usize)
+    }
+
+    fn apply(&mut self, j: usize, n: usize) {
+        self.drops.clear();
+        for o in &mut self.outs {
+            o.clear();
+        }
+        let (mut kept, mut bad, mut fwd, mut tx) = (0u64, 0u64, 0u64, 0u64);
+        for i in 0..n {
+            let d = self.descs[i];
+            match self.verdicts[i] {
+                DROP => self.drops.push(d.addr),
+                TX => {
+                    self.outs[j].push(d);
+                    tx += 1;
+                }
+                FORWARD => match self.local_index(self.forward_to[i]) {
+                    Some(k) => {
+                        self.outs[k].push(d);
+                        if k == j {
+                            tx += 1;
+                        } else {
+                            fwd += 1;
+                        }
+                    }
+                    None => {
+                        bad += 1;
+                        self.drops.push(d.addr);
+                    }
+                },
+                KEEP => kept += 1,
+                _ => {
+                    bad += 1;
+                    self.drops.push(d.addr);
+                }
+            }
+        }
+        let mut dropped = self.drops.len() as u64;
+        if !self.drops.is_empty() {
+            self.sockets[j].1.release(&self.drops);
+        }
+        let mut failed = 0u64;
+        for k in 0..self.outs.len() {
+            if self.outs[k].is_empty() {
+                continue;
+            }
+            let q = self.sockets[k].1.send(&self.outs[k]);
+            if q < self.outs[k].len() {
+                // TX ring full: the rest go back to FILL, counted.
+                self.drops.clear();
+                self.drops.extend(self.outs[k][q..].iter().map(|d| d.addr));
+                self.sockets[j].1.release(&self.drops);
+                failed += self.drops.len() as u64;
+            }
+        }
+        dropped += failed;
+        let s = &self.stats;
+        // Failed sends are split between tx and forwarded in proportion is not knowable
+        // cheaply; count them out of tx first (the common case is TX on one socket).
+        let tx_fail = failed.min(tx);
+        s.tx.fetch_add(tx - tx_fail, Relaxed);
+        s.forwarded
+            .fetch_add(fwd - (failed - tx_fail).min(fwd), Relaxed);
+        s.dropped.fetch_add(dropped, Relaxed);
+        s.kept.fetch_add(kept, Relaxed);
+        s.bad_verdicts.fetch_add(bad, Relaxed);
+        s.tx_failed.fetch_add(failed, Relaxed);
+    }
+
+    fn drain_releases(&mut self) {
+        let Some(c) = self.release.as_mut() else {
+            return;
+        };
+        let n = c.dequeue_burst(&mut self.released);
+        if n > 0 {
+            let k = self.sockets[0].1.release(&self.released[..n]);
+            self.stats.released.fetch_add(k as u64, Relaxed);
+        }
+    }
+
+    /// Reap the last completions (bounded) so frames sent just before stop are back.
+    fn finish(&mut self) {
+        self.drain_releases();
+        let deadline = Instant::now() + Duration::from_millis(300);
+        loop {
+            for (_, s) in &mut self.sockets {
+                s.complete();
+            }
+            if self.umem_tx_side() == 0 || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    fn umem_tx_side(&self) -> u32 {
+        self.umem.census()[crate::xsk::FrameState::Tx as usize]
+    }
+}
