@@ -67,6 +67,7 @@ def test_exactly_n_frames_reach_the_drop_counter(veth_pair: VethPair, size: int)
         sink.reset()
         gen = TrafficGenerator(veth_pair, side="a", size=size)
         assert gen.size == size and len(gen.frame) == size
+        assert gen.keeper_note is None, "as root the program stays in the XDP dispatcher"
         r = gen.run(count=n)
         assert isinstance(r, TrafficResult)
         assert (r.packets, r.bytes) == (n, n * size)
@@ -118,8 +119,10 @@ def test_rate_limit_is_respected(veth_pair: VethPair) -> None:
     with DropCounter(veth_pair) as sink:
         sink.reset()
         r = TrafficGenerator(veth_pair).run(duration=1.0, rate=100_000)
-        assert 0.95 <= r.elapsed <= 1.3, r
-        assert 85_000 <= r.pps <= 105_000, r
+        # Never above the limit; below it (or late) only when the machine is busy.
+        assert 0.95 <= r.elapsed <= 1.6, r
+        assert 70_000 <= r.pps <= 102_000, r
+        assert r.packets <= 100_000, r
         assert sink.settle().packets == r.packets
 
 
@@ -128,7 +131,7 @@ def test_duration_at_full_speed(veth_pair: VethPair) -> None:
     with DropCounter(veth_pair) as sink:
         sink.reset()
         r = TrafficGenerator(veth_pair, cpu=0).run(duration=0.5)
-        assert 0.45 <= r.elapsed <= 0.9, r
+        assert 0.45 <= r.elapsed <= 1.5, r
         assert r.calls >= 1 and not r.interrupted
         assert sink.settle().packets == r.packets > 0
 
@@ -206,9 +209,8 @@ def test_bad_input_raises_typed_errors(veth_pair: VethPair) -> None:
     with pytest.raises(FileNotFoundError, match="no such interface"):
         raw.start("kbxnope0", veth_pair.a.netns)
     assert not raw.running
-    with pytest.raises(OSError, match="queue") as ei:
+    with pytest.raises(ValueError, match="1 RX queue"):
         raw.run(veth_pair.a.ifname, veth_pair.a.netns, count=10, queue=7)
-    assert ei.value.errno == 22
     with pytest.raises(ValueError, match="not online"):
         raw.run(veth_pair.a.ifname, veth_pair.a.netns, count=10, cpu=4000)
     with pytest.raises(FileNotFoundError):

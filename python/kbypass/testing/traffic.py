@@ -170,6 +170,11 @@ class TrafficGenerator:
         return self._gen.flows
 
     @property
+    def keeper_note(self) -> str | None:
+        """Why calls pay ~20 ms of RCU waits each (None normally; see docs/performance.md)."""
+        return self._gen.keeper_note
+
+    @property
     def running(self) -> bool:
         """Whether a background run started by :meth:`start` is still sending."""
         return self._gen.running

@@ -42,9 +42,8 @@ use crate::sys::bpf::{
     BpfInsn, LinkFd, MapFd, ProgFd, ProgLoad, BPF_ANY, BPF_MAP_TYPE_PERCPU_ARRAY,
     BPF_PROG_TYPE_XDP, XDP_PASS, XDP_TX,
 };
-use crate::sys::netlink::{in_private_netns, XDP_FLAGS_SKB_MODE};
+use crate::sys::netlink::{in_private_netns, link_info, XDP_FLAGS_SKB_MODE};
 use crate::sys::netns::NetnsGuard;
-use crate::sys::socket::if_mtu;
 use crate::sys::xdp::if_nametoindex;
 use crate::xdp::asm::{helper, Alu, Asm, Cond, Size, R0, R1, R10, R2, R3, R6, R7, R8};
 
@@ -333,10 +332,10 @@ impl LiveGenerator {
     /// Send frames out of `ifname` (inside network namespace `netns` when given: the calling
     /// thread enters it for the run) until a limit of `run` is reached.
     ///
-    /// Errors: unknown interface or namespace ([`Error::NotFound`]), a frame larger than the
-    /// interface's MTU allows, no limit, a bad rate ([`Error::InvalidArgument`]), an interface
-    /// whose XDP queue is not registered (`EINVAL`: turn GRO on or attach an XDP program), no
-    /// privileges ([`Error::Permission`]).
+    /// Errors: unknown interface or namespace ([`Error::NotFound`]); a queue the interface
+    /// lacks, a frame larger than the interface's MTU allows, no limit, a bad rate
+    /// ([`Error::InvalidArgument`]); an interface whose XDP queue is not registered (`EINVAL`:
+    /// turn GRO on or attach an XDP program); no privileges ([`Error::Permission`]).
     pub fn run(&self, ifname: &str, netns: Option<&str>, run: &LiveRun<'_>) -> Result<LiveResult> {
         if run.count.is_none() && run.duration.is_none() && run.stop.is_none() {
             return Err(Error::invalid(
@@ -353,7 +352,16 @@ impl LiveGenerator {
         let _ns = netns.map(NetnsGuard::enter).transpose()?;
         let _pin = run.cpu.map(|c| Pinned::new(&[c])).transpose()?;
         let ifindex = if_nametoindex(ifname)?;
-        let mtu = if_mtu(ifname)? as usize;
+        let link = link_info(ifindex)?;
+        if link.rx_queues > 0 && run.queue >= link.rx_queues {
+            return Err(Error::invalid(format!(
+                "queue {} does not exist: {ifname} has {} RX queue(s) (0..{})",
+                run.queue,
+                link.rx_queues,
+                link.rx_queues - 1
+            )));
+        }
+        let mtu = link.mtu as usize;
         if self.frame.len() > mtu + 14 {
             return Err(Error::invalid(format!(
                 "a {}-byte frame does not fit {ifname}'s MTU {mtu} (at most {} bytes with the Ethernet header): the peer would drop it; raise the MTU or lower the size",
