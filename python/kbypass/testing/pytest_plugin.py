@@ -18,7 +18,7 @@ Installed with kbypass (entry point ``pytest11``), so any test suite can ask for
   ``@pytest.mark.traffic(size=1514, flows=8, ...)`` or, per parameter,
   ``@pytest.mark.parametrize("traffic", [{"size": 60}, {"size": 1514}], indirect=True)``.
 
-Both skip with the reason when the test does not run as root or ``ip``/``ethtool`` is missing.
+Both skip with the reason when the test does not run as root or ``ip`` is missing.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def missing_requirements() -> str | None:
             "kbypass veth_pair/traffic need root (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF) to "
             "create network namespaces and load XDP programs: run pytest as root"
         )
-    for tool, package in (("ip", "iproute2"), ("ethtool", "ethtool")):
+    for tool, package in (("ip", "iproute2"),):
         if shutil.which(tool) is None:
             return f"kbypass veth_pair needs the `{tool}` command: apt-get install {package}"
     return None

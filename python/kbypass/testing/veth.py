@@ -16,9 +16,13 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
 import itertools
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import weakref
 from collections.abc import Iterator, Sequence
@@ -45,6 +49,23 @@ class VethEnd:
     def cidr(self) -> str:
         """The address with its prefix length, e.g. ``198.18.0.1/24``."""
         return f"{self.ip}/{self.prefixlen}"
+
+
+_SIOCETHTOOL = 0x8946
+_ETHTOOL_GGRO = 0x2B
+_ETHTOOL_SGRO = 0x2C
+
+
+def _ethtool_value(ifname: str, cmd: int, data: int = 0) -> int:
+    """Run one ``struct ethtool_value`` SIOCETHTOOL command on ``ifname``; returns ``data``."""
+    buf = ctypes.create_string_buffer(struct.pack("II", cmd, data), 8)
+    ifreq = struct.pack("16sP", ifname.encode()[:15], ctypes.addressof(buf))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            fcntl.ioctl(s.fileno(), _SIOCETHTOOL, ifreq)
+        except OSError as e:
+            raise OSError(e.errno, f"SIOCETHTOOL {cmd:#x} on {ifname}: {e.strerror}") from e
+    return int(struct.unpack("II", buf.raw)[1])
 
 
 def _ip(*args: str) -> None:
@@ -153,10 +174,19 @@ class VethPair:
                 self.set_gro(end, True)
 
     def set_gro(self, end: VethEnd, on: bool) -> None:
-        """Turn GRO on or off on one end (``ethtool -K IF gro on|off`` inside its namespace)."""
-        if shutil.which("ethtool") is None:
-            raise FileNotFoundError("the `ethtool` command is missing: apt-get install ethtool")
-        self.run(end, "ethtool", "-K", end.ifname, "gro", "on" if on else "off")
+        """Turn GRO on or off on one end (what ``ethtool -K IF gro on|off`` does).
+
+        Done in-process with the ``SIOCETHTOOL`` ioctl from a thread inside the end's namespace,
+        so no ``ethtool`` binary is needed.
+        """
+        with self.enter(end):
+            _ethtool_value(end.ifname, _ETHTOOL_SGRO, 1 if on else 0)
+
+    def gro(self, side: str | VethEnd) -> bool:
+        """Whether GRO is on at one end."""
+        end = self._end(side)
+        with self.enter(end):
+            return _ethtool_value(end.ifname, _ETHTOOL_GGRO) != 0
 
     def _end(self, side: str | VethEnd) -> VethEnd:
         if isinstance(side, VethEnd):
