@@ -10,6 +10,7 @@ pub mod netns;
 pub mod numa;
 pub mod pages;
 pub mod shm;
+pub mod signal;
 pub mod socket;
 #[cfg(test)]
 pub(crate) mod testutil;

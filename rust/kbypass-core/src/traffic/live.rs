@@ -377,6 +377,9 @@ impl LiveGenerator {
     }
 
     fn call(&self, ifindex: u32, ifname: &str, queue: u32, n: u32) -> Result<bool> {
+        // A signal pending for this thread would end the run with EINTR after an unknown part
+        // of the frames; block signals for this short call so every count stays exact.
+        let _blocked = crate::sys::signal::SignalsBlocked::new();
         match self
             .prog
             .run_live(&self.frame, n, self.opts.batch_size, Some((ifindex, queue)))

@@ -108,7 +108,14 @@ pub fn probe() -> XdpProbe {
                     let attached = xdp_query(1)?.first().map(|a| a.prog_id);
                     let id = prog.info()?.id;
                     drop(l);
-                    let gone = xdp_query(1)?.programs.is_empty();
+                    // The kernel frees a closed link from a workqueue (bpf_link_put defers),
+                    // so the detach shows up shortly after close, not at once.
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                    let mut gone = xdp_query(1)?.programs.is_empty();
+                    while !gone && std::time::Instant::now() < deadline {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        gone = xdp_query(1)?.programs.is_empty();
+                    }
                     Ok((attached == Some(id), gone))
                 });
                 let link = match link {
