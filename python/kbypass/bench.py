@@ -1,7 +1,7 @@
 """``kbypass bench``: processor throughput by batch size, against the kernel's UDP socket.
 
 On a veth bench of its own (as ``kbypass demo``), with the live-frames generator on one core and
-the receiver pinned to the other, it runs one NumPy handler (count packets to a port) through a
+the receiver pinned to the other, it runs the demo's NumPy handler (packets per flow) through a
 :class:`kbypass.Pipeline` at several batch sizes, and the same handler fed by a kernel UDP socket,
 each for the same time, and prints packets/s, the mean batch and the time per batch and per
 packet. ``--plot out.png`` draws the comparison (needs matplotlib: ``pip install 'kbypass[plot]'``).
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-DST_PORT = 9000
+from kbypass.demo import DST_PORT, count_flows, kernel_udp_batches
 
 
 @dataclass
@@ -40,10 +40,10 @@ class Row:
 def _pipeline_row(ifname: str, batch: int, seconds: float, cpu: int) -> Row:
     from kbypass import DROP, Pipeline
 
-    hits = [0]
+    counts = np.zeros(256, dtype=np.int64)
 
     def handler(b: Any) -> None:
-        hits[0] += int(np.count_nonzero(b.headers["dst_port"] == DST_PORT))
+        count_flows(b.headers["src_port"], counts)
         b.verdicts[:] = DROP
 
     with Pipeline(ifname, handler, queues=[0], batch=batch, cpus=[cpu], progress=False) as p:
@@ -57,34 +57,8 @@ def _pipeline_row(ifname: str, batch: int, seconds: float, cpu: int) -> Row:
 
 
 def _kernel_row(ip: str, seconds: float) -> Row:
-    import socket
-
-    hits = 0
-    ports = np.zeros(64, dtype=np.uint16)
-    buf = bytearray(2048)
-    packets = k = 0
-    t_handler = 0.0
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
-        s.bind((ip, DST_PORT))
-        s.settimeout(0.05)
-        t0 = time.monotonic()
-        deadline = t0 + seconds
-        while time.monotonic() < deadline:
-            try:
-                s.recv_into(buf)
-            except TimeoutError:
-                continue
-            ports[k] = DST_PORT
-            k += 1
-            if k == 64:
-                h0 = time.perf_counter()
-                hits += int(np.count_nonzero(ports == DST_PORT))
-                t_handler += time.perf_counter() - h0
-                packets += k
-                k = 0
-        took = time.monotonic() - t0
-    packets += k
+    counts = np.zeros(256, dtype=np.int64)
+    packets, took = kernel_udp_batches(ip, seconds, 64, lambda ports: count_flows(ports, counts))
     pps = packets / took if took else 0.0
     per_pkt = 1e9 / pps if pps else 0.0
     return Row("kernel UDP socket", 64, packets, took, pps, 64.0, per_pkt * 64 / 1e3, per_pkt, 0.0)

@@ -79,19 +79,22 @@ def _af_xdp_path(
     return int(totals["rx"]), counts
 
 
-def _kernel_path(
-    ip: str, seconds: float, handler: Handler, batch: int
-) -> tuple[int, npt.NDArray[np.int64]]:
-    counts = np.zeros(256, dtype=np.int64)
+def kernel_udp_batches(
+    ip: str, seconds: float, batch: int, on_batch: Callable[[npt.NDArray[np.uint16]], None]
+) -> tuple[int, float]:
+    """Receive UDP on ``ip:DST_PORT`` with a kernel socket for ``seconds``.
+
+    The source ports go to ``on_batch`` every ``batch`` packets; returns (packets, seconds).
+    """
     ports = np.zeros(batch, dtype=np.uint16)
     buf = bytearray(2048)
-    packets = 0
+    packets = k = 0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
         s.bind((ip, DST_PORT))
         s.settimeout(0.05)
-        k = 0
-        deadline = time.monotonic() + seconds
+        t0 = time.monotonic()
+        deadline = t0 + seconds
         while time.monotonic() < deadline:
             try:
                 _, addr = s.recvfrom_into(buf)
@@ -100,12 +103,21 @@ def _kernel_path(
             ports[k] = addr[1]
             k += 1
             if k == batch:
-                handler(ports, counts)
+                on_batch(ports)
                 packets += k
                 k = 0
         if k:
-            handler(ports[:k], counts)
+            on_batch(ports[:k])
             packets += k
+        took = time.monotonic() - t0
+    return packets, took
+
+
+def _kernel_path(
+    ip: str, seconds: float, handler: Handler, batch: int
+) -> tuple[int, npt.NDArray[np.int64]]:
+    counts = np.zeros(256, dtype=np.int64)
+    packets, _ = kernel_udp_batches(ip, seconds, batch, lambda ports: handler(ports, counts))
     return packets, counts
 
 
