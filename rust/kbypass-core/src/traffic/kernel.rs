@@ -177,7 +177,8 @@ pub fn af_packet_recv(netns: Option<&str>, ifname: &str, when: StopWhen<'_>) -> 
     })
 }
 
-fn span(start: Instant, first: Option<Instant>, last: Option<Instant>) -> Duration {
+/// Time from the first to the last packet, or since `start` when fewer than two instants differ.
+pub(crate) fn span(start: Instant, first: Option<Instant>, last: Option<Instant>) -> Duration {
     match (first, last) {
         (Some(f), Some(l)) if l > f => l - f,
         _ => start.elapsed(),

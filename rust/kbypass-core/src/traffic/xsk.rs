@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use super::kernel::{StopWhen, Throughput};
+use super::kernel::{span, StopWhen, Throughput};
 use crate::error::{Error, Result};
 use crate::sys::xdp::XdpDesc;
 use crate::xsk::XskSocket;
@@ -126,11 +126,4 @@ pub fn tx_flood(
         bytes: sent * frame.len() as u64,
         elapsed: start.elapsed(),
     })
-}
-
-fn span(start: Instant, first: Option<Instant>, last: Option<Instant>) -> std::time::Duration {
-    match (first, last) {
-        (Some(f), Some(l)) if l > f => l - f,
-        _ => start.elapsed(),
-    }
 }
