@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -14,8 +17,12 @@ from kbypass.testing.rxe_vm import (
     GUEST_ADDRESS,
     CommandResult,
     RxeVm,
+    RxeVmError,
     _Cpio,
     extract_vmlinux,
+    guest_shares,
+    hidden_in_guest,
+    python_paths,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,7 +122,78 @@ def test_concurrent_jobs(rxe_vm: RxeVm) -> None:
     assert [r.stdout for r in results] == [f"{i}\n" for i in range(4)]
 
 
+def test_a_virtual_environment_and_checkout_in_tmp_run_in_the_vm(tmp_path: Path) -> None:
+    """CI layouts put the venv in /tmp, which the guest replaces with a fresh tmpfs.
+
+    A venv made in /tmp (seeing kbypass and numpy through a .pth file, wherever they are)
+    runs ``python -m kbypass.testing.rxe_vm run`` from a working folder in /tmp: the VM gets
+    both shared read-only and runs that same interpreter on a script in that folder.
+    """
+    from kbypass.testing.rxe_vm import missing_host_tools
+
+    if missing_host_tools():
+        pytest.skip("the soft-RoCE VM needs: " + ", ".join(missing_host_tools()))
+    import kbypass
+
+    with tempfile.TemporaryDirectory(prefix="kbx-venv-", dir="/tmp") as venv, \
+            tempfile.TemporaryDirectory(prefix="kbx-ckout-", dir="/tmp") as ckout:  # fmt: skip
+        base = getattr(sys, "_base_executable", sys.executable)
+        subprocess.run([base, "-m", "venv", "--without-pip", venv], check=True)
+        py = Path(venv) / "bin" / "python"
+        site = subprocess.run(
+            [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        # kbypass and numpy as this interpreter sees them (site-packages or a checkout).
+        seen = [str(Path(kbypass.__file__).resolve().parents[1])]
+        seen += [p for p in sys.path if p and os.path.isdir(p)]
+        Path(site, "kbypass-under-test.pth").write_text("\n".join(seen) + "\n")
+        Path(ckout, "probe.py").write_text(
+            "import sys, kbypass.rdma\n"
+            "print(sys.prefix, [d.name for d in kbypass.rdma.devices()])\n"
+        )
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        r = subprocess.run(
+            [py, "-m", "kbypass.testing.rxe_vm", "run", "--", str(py), "probe.py"],
+            cwd=ckout, capture_output=True, text=True, timeout=400, env=env,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.split() == [venv, "['rxe0']"], r.stdout + r.stderr
+        assert f"sharing {venv} read-only" in r.stderr and f"sharing {ckout}" in r.stderr, r.stderr
+
+
 # --- host-side pieces, no VM ------------------------------------------------------------------
+
+
+def test_guest_shares_cover_what_the_guest_would_not_see(tmp_path: Path) -> None:
+    assert hidden_in_guest("/tmp/x") and hidden_in_guest("/run/y") and hidden_in_guest("/dev/shm")
+    assert hidden_in_guest("/var/tmp") and not hidden_in_guest("/usr/lib")
+    assert not hidden_in_guest("/tmpfoo") and not hidden_in_guest("/runner")
+    venv = tmp_path / "venv"
+    (venv / "lib" / "site").mkdir(parents=True)
+    (venv / "bin").mkdir()
+    (venv / "bin" / "python").write_text("")
+    shares = guest_shares(["/usr/bin", venv / "lib" / "site", venv / "bin" / "python", venv])
+    assert shares == [Path(os.path.realpath(venv))]
+    with pytest.raises(RxeVmError, match="cannot see /proc/.*move it"):
+        guest_shares(["/proc/self"])
+    # The running interpreter's own folders are all in the list (prefix, executable, kbypass).
+    paths = python_paths()
+    assert Path(sys.prefix).resolve() in paths and Path(sys.base_prefix).resolve() in paths
+    import kbypass
+
+    assert Path(kbypass.__file__).resolve().parents[1] in paths
+
+
+def test_rxe_vm_shares_hidden_paths_read_only_outer_first(tmp_path: Path) -> None:
+    t = tmp_path.resolve()
+    assert hidden_in_guest(t), "pytest's tmp_path is below /tmp"
+    (t / "a" / "b").mkdir(parents=True)
+    vm = RxeVm(share_python=False, shares=[t / "a"], visible=["/usr/share", t / "a" / "b", t])
+    assert vm.auto_shares == [t]
+    assert vm._mounts() == [(t, True), (t / "a", False)]
+    assert RxeVm(share_python=False).auto_shares == []
+    assert RxeVm().auto_shares == guest_shares(python_paths())
 
 
 def test_cpio_is_readable_by_gnu_cpio(tmp_path: Path) -> None:
@@ -156,8 +234,6 @@ def test_extract_vmlinux_from_a_synthetic_bzimage() -> None:
 
 
 def test_python_package_sees_rxe0_in_the_vm(rxe_vm: RxeVm) -> None:
-    import sys
-
     code = (
         "from kbypass import rdma\n"
         "d = rdma.devices()\n"

@@ -5,7 +5,9 @@ boots Debian's stock kernel under qemu (TCG, or KVM where it really works), load
 there and runs commands inside. The VM sees the host's root file system read-only over 9p
 (with a throw-away tmpfs overlay on top), so the host's rdma-core, perftest, Python and
 virtualenvs run as they are; extra host folders (a checkout, a results folder) can be shared
-writable at the same path.
+writable at the same path. The guest mounts fresh tmpfs on /tmp, /var/tmp, /run and /dev/shm,
+so a virtual environment or checkout below them is shared read-only by itself (the folders the
+running interpreter needs are found with :func:`python_paths`).
 
 Everything it downloads or builds lives in a cache folder (``~/.cache/kbypass/rxe-vm``, or
 ``$KBYPASS_RXE_CACHE``): Debian's current ``linux-image-6.1.*-amd64`` package fetched with
@@ -28,7 +30,7 @@ Command line::
 
     python -m kbypass.testing.rxe_vm prepare            # download and build, no boot
     python -m kbypass.testing.rxe_vm run -- ibv_devinfo  # boot, run, power off
-    python -m kbypass.testing.rxe_vm run --share "$PWD" -- sh -c 'cd "$PWD" && pytest -m rdma'
+    python -m kbypass.testing.rxe_vm run --share "$PWD" -- pytest -m rdma   # in $PWD, writable
     python -m kbypass.testing.rxe_vm info               # what is cached, which accelerator
 
 Host packages (Debian): ``qemu-system-x86 busybox-static rdma-core ibverbs-providers
@@ -59,14 +61,18 @@ from pathlib import Path
 from typing import IO, Callable
 
 __all__ = [
+    "GUEST_FRESH_DIRS",
     "CommandResult",
     "Job",
     "RxeVm",
     "RxeVmError",
     "default_cache_dir",
     "extract_vmlinux",
+    "guest_shares",
+    "hidden_in_guest",
     "missing_host_tools",
     "prepare",
+    "python_paths",
 ]
 
 #: Kernel modules the VM loads, in an order that already satisfies their symbol dependencies;
@@ -112,8 +118,13 @@ GUEST_ADDRESS = "198.18.0.15/24"
 _USER_NET = "198.18.0.0/24"
 #: Where the control folder appears inside the VM's root.
 GUEST_CONTROL_DIR = "/run/kbypass-rxe"
+#: Host folders the guest replaces with an empty tmpfs: what lives below them (a virtual
+#: environment in /tmp, a checkout in /run/...) must be shared into the VM to be seen there.
+GUEST_FRESH_DIRS: tuple[str, ...] = ("/tmp", "/var/tmp", "/run", "/dev/shm")
+#: Host folders whose contents the guest has its own of, and which cannot be shared over 9p.
+_GUEST_OWN_DIRS: tuple[str, ...] = ("/proc", "/sys", "/dev")
 #: Bump when the initramfs layout or init script changes in a way hashing would not see.
-_FORMAT = 1
+_FORMAT = 2
 _QEMU = "qemu-system-x86_64"
 _BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
@@ -321,8 +332,10 @@ mkdir -p $R/run/kbypass-rxe $R/run/lock && mount -o bind /ctl $R/run/kbypass-rxe
 i=0
 while [ $i -lt $KB_NSHARES ]; do
   eval p=\$KB_SHARE_$i
+  eval ro=\$KB_SHARE_RO_$i
   mkdir -p "$R$p" 2>> $LOG
-  mount -t 9p -o $O kbshare$i "$R$p" || die "cannot mount share $i at $p"
+  mount -t 9p -o $O$ro kbshare$i "$R$p" || die "cannot mount share $i at $p"
+  log "shared $p${ro:+ (read-only)}"
   i=$((i+1))
 done
 CLEAN="PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root"
@@ -678,13 +691,87 @@ def choose_accelerators(cache: Path) -> list[str]:
     return ["tcg"]
 
 
+def _under(path: Path, top: str) -> bool:
+    return path == Path(top) or Path(top) in path.parents
+
+
+def hidden_in_guest(path: str | os.PathLike[str]) -> bool:
+    """Whether the VM would not see host ``path`` at the same place without a share.
+
+    The guest sees the host's root read-only, except below :data:`GUEST_FRESH_DIRS` (fresh
+    tmpfs mounts) and the kernel's own ``/proc``, ``/sys`` and ``/dev``.
+    """
+    p = Path(os.path.realpath(path))
+    return any(_under(p, d) for d in GUEST_FRESH_DIRS + _GUEST_OWN_DIRS)
+
+
+def python_paths() -> list[Path]:
+    """Host folders the running interpreter needs to start and import kbypass in the VM.
+
+    Its prefixes (a virtual environment's and the base installation's), the folder of the
+    executable it resolves to, the folders on ``sys.path`` and the folder kbypass is imported
+    from (a checkout, for an editable install).
+    """
+    import kbypass
+
+    found = [
+        sys.prefix,
+        sys.exec_prefix,
+        sys.base_prefix,
+        sys.base_exec_prefix,
+        str(Path(sys.executable).parent),
+        os.path.dirname(os.path.realpath(sys.executable)),
+        str(Path(kbypass.__file__).resolve().parent.parent),
+    ]
+    found += [p for p in sys.path if p and os.path.isdir(p)]
+    out: list[Path] = []
+    for f in found:
+        p = Path(os.path.realpath(f))
+        if p not in out:
+            out.append(p)
+    return out
+
+
+def guest_shares(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Return the folders to share so that the VM sees each of ``paths`` at the same place.
+
+    Paths the guest sees anyway are left out; nested ones are folded into the outermost. A
+    path the guest cannot be given (below ``/proc``, ``/sys`` or ``/dev`` other than
+    ``/dev/shm``) raises :class:`RxeVmError` saying what to move where.
+    """
+    need: list[Path] = []
+    for raw in paths:
+        p = Path(os.path.realpath(raw))
+        if not hidden_in_guest(p):
+            continue
+        if not any(_under(p, d) for d in GUEST_FRESH_DIRS):
+            raise RxeVmError(
+                f"the soft-RoCE VM cannot see {p}: the guest kernel has its own "
+                f"{', '.join(_GUEST_OWN_DIRS)} and 9p cannot share them; move it (a virtual "
+                "environment, a checkout) to a folder below / that is not one of those"
+            )
+        if not p.is_dir():
+            p = p.parent
+        need.append(p)
+    out: list[Path] = []
+    for p in sorted(set(need), key=lambda q: len(q.parts)):
+        if not any(_under(p, str(o)) for o in out):
+            out.append(p)
+    return out
+
+
 class RxeVm:
     """A booted soft-RoCE VM that runs commands; boot once, run many.
 
     ``shares`` are host folders mounted writable at the same path inside the VM (the rest of
-    the host root is visible read-only, with a discarded tmpfs overlay; /tmp, /run and /var/tmp
-    are fresh). Inside, ``rxe0`` on ``eth0`` (198.18.0.15) is ACTIVE before the first command
-    runs; GID index 1 is its IPv4-mapped RoCEv2 GID, and its active MTU is 1024.
+    the host root is visible read-only, with a discarded tmpfs overlay; /tmp, /run, /var/tmp
+    and /dev/shm are fresh). With ``share_python`` (the default), whatever the running
+    interpreter needs that the guest would not see (a virtual environment in /tmp, say; see
+    :func:`python_paths`) is shared read-only at its own path too, so ``sys.executable`` runs
+    in the VM as it does on the host; so are the ``visible`` paths the guest would not see.
+    :attr:`auto_shares` lists those folders. Inside, ``rxe0`` on ``eth0`` (198.18.0.15) is
+    ACTIVE before the first command runs; GID index 1 is its IPv4-mapped RoCEv2 GID, and its
+    active MTU is 1024.
 
     Example::
 
@@ -700,6 +787,8 @@ class RxeVm:
         self,
         *,
         shares: Sequence[str | os.PathLike[str]] = (),
+        share_python: bool = True,
+        visible: Sequence[str | os.PathLike[str]] = (),
         cache_dir: str | os.PathLike[str] | None = None,
         memory: str = "2G",
         cpus: int = 2,
@@ -712,6 +801,11 @@ class RxeVm:
         for s in self.shares:
             if not s.is_dir():
                 raise FileNotFoundError(f"share {s} is not a folder: create it or drop it")
+        #: Read-only shares added so that the interpreter (and kbypass) run in the VM.
+        wanted = [*(python_paths() if share_python else []), *visible]
+        self.auto_shares = [
+            p for p in guest_shares(wanted) if not any(_under(p, str(s)) for s in self.shares)
+        ]
         self.memory = memory
         self.cpus = cpus
         self.boot_timeout = boot_timeout
@@ -779,12 +873,18 @@ class RxeVm:
             "multidevs=remap",
             "-virtfs", f"local,path={ctl},mount_tag=kbctl,security_model=none",
         ]  # fmt: skip
-        for i, s in enumerate(self.shares):
+        for i, (s, ro) in enumerate(self._mounts()):
             cmd += [
                 "-virtfs",
-                f"local,path={s},mount_tag=kbshare{i},security_model=none,multidevs=remap",
+                f"local,path={s},mount_tag=kbshare{i},security_model=none,multidevs=remap"
+                + (",readonly=on" if ro else ""),
             ]
         return cmd
+
+    def _mounts(self) -> list[tuple[Path, bool]]:
+        """(folder, read-only) of every share, outer folders before the ones inside them."""
+        both = [(s, False) for s in self.shares] + [(s, True) for s in self.auto_shares]
+        return sorted(both, key=lambda m: len(m[0].parts))
 
     def boot(self) -> None:
         """Prepare the cache if needed, start qemu and wait until rxe0 is ACTIVE."""
@@ -820,9 +920,16 @@ class RxeVm:
         self._ctl = ctl
         (ctl / "jobs").mkdir()
         (ctl / "queue").mkdir()
-        lines = [f"KB_ADDRESS={GUEST_ADDRESS}", f"KB_NSHARES={len(self.shares)}"]
-        lines += [f"KB_SHARE_{i}={shlex.quote(str(s))}" for i, s in enumerate(self.shares)]
+        mounts = self._mounts()
+        lines = [f"KB_ADDRESS={GUEST_ADDRESS}", f"KB_NSHARES={len(mounts)}"]
+        for i, (s, ro) in enumerate(mounts):
+            lines += [
+                f"KB_SHARE_{i}={shlex.quote(str(s))}",
+                f"KB_SHARE_RO_{i}={',ro' if ro else ''}",
+            ]
         (ctl / "config").write_text("\n".join(lines) + "\n")
+        for s in self.auto_shares:
+            self._log(f"sharing {s} read-only: needed in the VM, which would not see it")
         self._console = open(ctl / "console.log", "wb")
         t0 = time.monotonic()
         self.accel = accel
@@ -956,7 +1063,12 @@ def _main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("info", help="show the cache, the kernel and the accelerator that would be used")
     run = sub.add_parser("run", help="boot, run one command, power off; exits with its status")
     run.add_argument("--share", action="append", default=[], help="host folder to mount writable")
-    run.add_argument("--cwd", default=None, help="working folder inside the VM (default /)")
+    run.add_argument(
+        "--cwd",
+        default=None,
+        help="working folder inside the VM (default: the current folder, shared read-only "
+        "when the VM would not see it)",
+    )
     run.add_argument("--timeout", type=float, default=600.0, help="command timeout in seconds")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
     args = ap.parse_args(argv)
@@ -983,9 +1095,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if not command:
         ap.error("run needs a command after --")
     text = command[0] if len(command) == 1 else shlex.join(command)
-    with RxeVm(shares=args.share, log=say) as vm:
+    cwd = args.cwd if args.cwd is not None else os.getcwd()
+    with RxeVm(shares=args.share, visible=[cwd], log=say) as vm:
         say(f"booted in {vm.boot_seconds:.1f} s ({vm.accel})")
-        r = vm.run(text, timeout=args.timeout, cwd=args.cwd)
+        r = vm.run(text, timeout=args.timeout, cwd=cwd)
     sys.stdout.write(r.stdout)
     sys.stderr.write(r.stderr)
     say(f"exit {r.returncode} after {r.seconds:.1f} s")

@@ -1,12 +1,10 @@
 //! Capture tests: line format and frame sizing everywhere; end to end on a veth pair as root.
 
-use std::net::Ipv4Addr;
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::*;
-use crate::sys::testutil::is_root;
+use crate::sys::testutil::{is_root, VethOptions, VethPair};
 use crate::traffic::{LiveGenerator, LiveOptions, LiveRun, UdpTemplate};
 
 fn line(frame: &[u8]) -> String {
@@ -56,80 +54,23 @@ fn frame_size_follows_the_mtu() {
     assert!(frame_size_for_mtu(9000).is_err());
 }
 
-/// Namespaces `kbx-<pid>-c<n>-a/-b`, veth0 (198.18.<net>.1) <-> veth1 (.2), GRO on, no IPv6.
-struct Pair {
-    a: String,
-    b: String,
-    net: u8,
+/// The shared veth bench with GRO on and no IPv6 (only the generator's frames on the link).
+fn pair() -> VethPair {
+    VethPair::with(VethOptions {
+        gro: true,
+        ipv6: false,
+        ..Default::default()
+    })
+    .expect("create veth pair")
 }
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Pair {
-    fn new() -> Pair {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let tag = format!("kbx-{}-c{n}", std::process::id());
-        let p = Pair {
-            a: format!("{tag}-a"),
-            b: format!("{tag}-b"),
-            net: 150 + (n % 50) as u8,
-        };
-        sh(&["ip", "netns", "add", &p.a]);
-        sh(&["ip", "netns", "add", &p.b]);
-        sh(&[
-            "ip",
-            "-n",
-            &p.a,
-            "link",
-            "add",
-            "veth0",
-            "address",
-            "02:00:c6:12:00:01",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "veth1",
-            "netns",
-            &p.b,
-            "address",
-            "02:00:c6:12:00:02",
-        ]);
-        for (ns, ifname, me) in [(&p.a, "veth0", 1), (&p.b, "veth1", 2)] {
-            let addr = format!("198.18.{}.{me}/24", p.net);
-            let v6 = "net.ipv6.conf.all.disable_ipv6=1";
-            sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", v6]);
-            sh(&["ip", "-n", ns, "addr", "add", &addr, "dev", ifname]);
-            sh(&["ip", "-n", ns, "link", "set", ifname, "up"]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            sh(&[
-                "ip", "netns", "exec", ns, "ethtool", "-K", ifname, "gro", "on",
-            ]);
-        }
-        p
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.a]).output();
-        let _ = Command::new("ip").args(["netns", "del", &self.b]).output();
-    }
-}
-
-fn generator(p: &Pair, dst_port: u16) -> LiveGenerator {
+fn generator(p: &VethPair, dst_port: u16) -> LiveGenerator {
     LiveGenerator::new(&LiveOptions {
         template: UdpTemplate {
-            src_ip: Ipv4Addr::new(198, 18, p.net, 1),
-            dst_ip: Ipv4Addr::new(198, 18, p.net, 2),
+            src_mac: p.mac(1),
+            dst_mac: p.mac(2),
+            src_ip: p.ip(1),
+            dst_ip: p.ip(2),
             dst_port,
             size: 100,
             ..Default::default()
@@ -145,7 +86,7 @@ fn captures_exactly_count_frames_into_a_pcap_and_detaches() {
         eprintln!("skipped: needs root");
         return;
     }
-    let p = Pair::new();
+    let p = pair();
     let gen = generator(&p, 9000);
     let stop = AtomicBool::new(false);
     let mut sink = PcapSink::new(Vec::new(), 64, false).unwrap();
@@ -204,7 +145,7 @@ fn interrupt_check_and_duration_end_an_idle_capture() {
         eprintln!("skipped: needs root");
         return;
     }
-    let p = Pair::new();
+    let p = pair();
     let cfg = CaptureConfig {
         netns: Some(p.b.clone()),
         rules: crate::xdp::parse_filter("udp dst port 9").unwrap(),

@@ -148,36 +148,97 @@ pub fn udp_bind(addr: SocketAddrV4, timeout_ms: u64) -> Result<UdpSocket> {
     Ok(s)
 }
 
-/// The MTU of interface `ifname` in the calling thread's network namespace (`SIOCGIFMTU` on a
-/// throwaway socket, which lives in the namespace the thread is in; `/sys/class/net` would show
-/// the namespace sysfs was mounted in instead).
-pub fn if_mtu(ifname: &str) -> Result<u32> {
+/// An `ifreq` naming `ifname`, or `InvalidArgument` for a name the kernel would not accept.
+fn ifreq_for(ifname: &str) -> Result<libc::ifreq> {
     if ifname.is_empty() || ifname.len() >= libc::IFNAMSIZ || ifname.contains('\0') {
         return Err(Error::invalid(format!(
             "interface name {ifname:?} is invalid: it must be 1..15 bytes without NUL"
         )));
     }
-    let sock = UdpSocket::bind("0.0.0.0:0")
-        .map_err(|e| Error::os("socket(AF_INET)", e.raw_os_error().unwrap_or(0), ""))?;
     // SAFETY: ifreq is plain old data; all-zero is valid.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (d, s) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
         *d = s as libc::c_char;
     }
+    Ok(req)
+}
+
+/// A throwaway socket for interface ioctls: it lives in the calling thread's network namespace
+/// (`/sys/class/net` would show the namespace sysfs was mounted in instead).
+fn ioctl_socket() -> Result<UdpSocket> {
+    UdpSocket::bind("0.0.0.0:0")
+        .map_err(|e| Error::os("socket(AF_INET)", e.raw_os_error().unwrap_or(0), ""))
+}
+
+fn ifreq_error(what: &str, ifname: &str, e: i32) -> Error {
+    if e == libc::ENODEV {
+        return Error::NotFound(format!(
+            "no such interface: {ifname:?} (list them with `ip link`; inside a network namespace run in it)"
+        ));
+    }
+    Error::os(format!("ioctl({what} {ifname})"), e, "")
+}
+
+/// The MTU of interface `ifname` in the calling thread's network namespace (`SIOCGIFMTU`).
+pub fn if_mtu(ifname: &str) -> Result<u32> {
+    let mut req = ifreq_for(ifname)?;
+    let sock = ioctl_socket()?;
     // SAFETY: req is a live ifreq with a NUL-terminated name; SIOCGIFMTU writes ifru_mtu only.
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) };
     if rc != 0 {
-        let e = errno();
-        if e == libc::ENODEV {
-            return Err(Error::NotFound(format!(
-                "no such interface: {ifname:?} (list them with `ip link`; inside a network namespace run in it)"
-            )));
-        }
-        return Err(Error::os(format!("ioctl(SIOCGIFMTU {ifname})"), e, ""));
+        return Err(ifreq_error("SIOCGIFMTU", ifname, errno()));
     }
     // SAFETY: the kernel filled the ifru_mtu member of the union.
     let mtu = unsafe { req.ifr_ifru.ifru_mtu };
     Ok(mtu.max(0) as u32)
+}
+
+const ETHTOOL_GGRO: u32 = 0x2b;
+const ETHTOOL_SGRO: u32 = 0x2c;
+
+/// `struct ethtool_value` of `<linux/ethtool.h>`.
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+/// One `SIOCETHTOOL` command carrying a `struct ethtool_value`; returns its `data`.
+fn ethtool_value(ifname: &str, cmd: u32, data: u32) -> Result<u32> {
+    let mut req = ifreq_for(ifname)?;
+    let mut value = EthtoolValue { cmd, data };
+    req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+    let sock = ioctl_socket()?;
+    // SAFETY: req names the interface and points ifru_data at `value`, a live ethtool_value that
+    // outlives the call; the kernel reads and writes only that struct for GGRO/SGRO.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) };
+    if rc != 0 {
+        let e = errno();
+        let what = format!("SIOCETHTOOL {cmd:#x}");
+        return Err(if e == libc::EPERM {
+            Error::os(
+                format!("{what} on {ifname}"),
+                e,
+                "needs CAP_NET_ADMIN: run as root",
+            )
+        } else {
+            ifreq_error(&what, ifname, e)
+        });
+    }
+    Ok(value.data)
+}
+
+/// Whether generic receive offload is on for `ifname` (as `ethtool -k IF | grep gro`), in the
+/// calling thread's network namespace.
+pub fn gro(ifname: &str) -> Result<bool> {
+    Ok(ethtool_value(ifname, ETHTOOL_GGRO, 0)? != 0)
+}
+
+/// Turn generic receive offload on or off for `ifname` (as `ethtool -K IF gro on|off`), in the
+/// calling thread's network namespace. On veth, GRO on is what lets frames sent by XDP reach a
+/// receiver without an XDP program of its own.
+pub fn set_gro(ifname: &str, on: bool) -> Result<()> {
+    ethtool_value(ifname, ETHTOOL_SGRO, u32::from(on)).map(|_| ())
 }
 
 // ---- AF_PACKET TPACKET_V3 --------------------------------------------------------------------

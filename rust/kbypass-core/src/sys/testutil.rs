@@ -1,7 +1,11 @@
-//! Test helpers: root check, C layout probes, throwaway network namespaces with veth pairs.
+//! Test helpers: root check, C layout probes, and the one veth bench of the core's tests
+//! ([`VethPair`]: throwaway network namespaces joined by a veth pair).
 
+use std::net::Ipv4Addr;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::sys::netns::{NetnsGuard, NETNS_RUN_DIR};
 
 /// Whether the tests run as root (they then must exercise the kernel paths).
 pub fn is_root() -> bool {
@@ -41,7 +45,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
     let out = Command::new("ip")
         .args(args)
         .output()
-        .map_err(|e| format!("ip: {e}"))?;
+        .map_err(|e| format!("ip (from iproute2: bash .ci/install-system-deps): {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -53,68 +57,201 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// A network namespace `kbx-<pid>-<n>` holding a veth pair `kbx0`/`kbx1` (198.18.x.1/.2, MACs
-/// 02:00:00:00:00:01/02), removed on drop even when the test panics.
-pub struct VethNs {
-    /// Namespace name.
-    pub name: String,
-    /// Third octet of the /24 in 198.18.0.0/15 (kbx0 = .1, kbx1 = .2).
+/// How to build a [`VethPair`].
+#[derive(Clone, Copy, Debug)]
+pub struct VethOptions {
+    /// RX and TX queues of each end.
+    pub queues: u32,
+    /// Generic receive offload on both ends: frames that XDP sends into a veth are dropped
+    /// unless the receiving end has GRO on or a native XDP program of its own.
+    pub gro: bool,
+    /// Leave IPv6 on; off, the link carries no router solicitations or MLD reports that would
+    /// be counted as traffic.
+    pub ipv6: bool,
+    /// Both ends in namespace `a` (`b` is then the same name as `a`).
+    pub one_namespace: bool,
+}
+
+impl Default for VethOptions {
+    fn default() -> Self {
+        VethOptions {
+            queues: 1,
+            gro: false,
+            ipv6: true,
+            one_namespace: false,
+        }
+    }
+}
+
+/// The one veth test bench of the core's tests: namespaces `kbx-<pid>-<n>-a` and `-b` (the name
+/// pattern `kbypass.testing.VethPair.cleanup_stale()` removes once this process is gone) joined by
+/// `veth0` in `a` (198.18.`net`.1, 02:00:c6:12:`net`:01) and `veth1` in `b` (198.18.`net`.2,
+/// 02:00:c6:12:`net`:02), both up with loopback, static neighbour entries both ways (an XDP
+/// program that redirects everything also swallows ARP), GRO and IPv6 as asked. Everything is
+/// done with `ip` (iproute2) and in-process calls from a thread inside the namespace (sysctl
+/// through /proc, GRO through the `SIOCETHTOOL` ioctl): no `ip netns exec`, no ethtool binary.
+/// Both namespaces are removed on drop, even when the test panics.
+pub struct VethPair {
+    /// Namespace of `veth0`.
+    pub a: String,
+    /// Namespace of `veth1` (equal to `a` with [`VethOptions::one_namespace`]).
+    pub b: String,
+    /// Third octet of the /24 in 198.18.0.0/15 and fifth byte of both MACs.
     pub net: u8,
 }
 
-impl VethNs {
-    /// Create the namespace and the veth pair, both ends up.
-    pub fn new() -> Result<Self, String> {
+impl VethPair {
+    /// Interface name of the end in namespace `a`.
+    pub const IF_A: &'static str = "veth0";
+    /// Interface name of the end in namespace `b`.
+    pub const IF_B: &'static str = "veth1";
+
+    /// Build a bench as `opts` says.
+    pub fn with(opts: VethOptions) -> Result<Self, String> {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let name = format!("kbx-{}-{n}", std::process::id());
-        ip(&["netns", "add", &name])?;
-        let me = VethNs {
-            name,
-            net: 100 + (n % 100) as u8,
+        let tag = format!("kbx-{}-{n}", std::process::id());
+        let a = format!("{tag}-a");
+        let b = if opts.one_namespace {
+            a.clone()
+        } else {
+            format!("{tag}-b")
         };
-        let ns = me.name.as_str();
-        ip(&[
-            "-n", ns, "link", "add", "kbx0", "type", "veth", "peer", "name", "kbx1",
-        ])?;
+        ip(&["netns", "add", &a])?;
+        // From here on, Drop removes what was made even if a later step fails.
+        let me = VethPair {
+            a,
+            b,
+            net: 1 + (n % 250) as u8,
+        };
+        if !opts.one_namespace {
+            ip(&["netns", "add", &me.b])?;
+        }
+        let q = opts.queues.max(1).to_string();
+        let (mac_a, mac_b) = (me.mac_text(1), me.mac_text(2));
         ip(&[
             "-n",
-            ns,
+            &me.a,
             "link",
-            "set",
-            "kbx0",
+            "add",
+            Self::IF_A,
+            "numrxqueues",
+            &q,
+            "numtxqueues",
+            &q,
             "address",
-            "02:00:00:00:00:01",
-        ])?;
-        ip(&[
-            "-n",
-            ns,
-            "link",
-            "set",
-            "kbx1",
+            &mac_a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            Self::IF_B,
+            "netns",
+            &me.b,
+            "numrxqueues",
+            &q,
+            "numtxqueues",
+            &q,
             "address",
-            "02:00:00:00:00:02",
+            &mac_b,
         ])?;
-        let a = format!("198.18.{}.1/24", 100 + (n % 100));
-        let b = format!("198.18.{}.2/24", 100 + (n % 100));
-        ip(&["-n", ns, "addr", "add", &a, "dev", "kbx0"])?;
-        ip(&["-n", ns, "addr", "add", &b, "dev", "kbx1"])?;
-        ip(&["-n", ns, "link", "set", "kbx0", "up"])?;
-        ip(&["-n", ns, "link", "set", "kbx1", "up"])?;
-        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        for (ns, dev, me_host, peer_host) in [(&me.a, Self::IF_A, 1, 2), (&me.b, Self::IF_B, 2, 1)]
+        {
+            let addr = format!("{}/24", me.ip(me_host));
+            let peer = me.ip(peer_host).to_string();
+            let peer_mac = me.mac_text(peer_host);
+            if !opts.ipv6 {
+                in_netns(ns, || {
+                    for k in ["all", "default"] {
+                        let p = format!("/proc/sys/net/ipv6/conf/{k}/disable_ipv6");
+                        std::fs::write(&p, "1").map_err(|e| format!("write {p}: {e}"))?;
+                    }
+                    Ok(())
+                })?;
+            }
+            ip(&["-n", ns, "addr", "add", &addr, "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            ip(&[
+                "-n",
+                ns,
+                "neigh",
+                "replace",
+                &peer,
+                "lladdr",
+                &peer_mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ])?;
+            if opts.gro {
+                in_netns(ns, || {
+                    crate::sys::socket::set_gro(dev, true).map_err(|e| e.to_string())
+                })?;
+            }
+        }
         Ok(me)
     }
 
-    /// Run `f` on a fresh thread that has entered this namespace (setns affects only the thread).
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            enter_netns(&path);
+    /// Address of host `host` (1 = `veth0`, 2 = `veth1`) in this bench's /24.
+    pub fn ip(&self, host: u8) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, self.net, host)
+    }
+
+    /// MAC of host `host` (1 = `veth0`, 2 = `veth1`).
+    pub fn mac(&self, host: u8) -> [u8; 6] {
+        [2, 0, 0xc6, 0x12, self.net, host]
+    }
+
+    fn mac_text(&self, host: u8) -> String {
+        let m = self.mac(host);
+        format!(
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+
+    /// Run `f` on a fresh thread inside namespace `a` (setns affects only the thread).
+    pub fn in_a<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        run_in(&self.a, f)
+    }
+
+    /// Run `f` on a fresh thread inside namespace `b`.
+    pub fn in_b<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        run_in(&self.b, f)
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.a]);
+        if self.b != self.a {
+            let _ = ip(&["netns", "del", &self.b]);
+        }
+    }
+}
+
+/// Run `f` on a fresh thread inside the named namespace; a failure to enter it is an `Err`.
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T, String> + Send) -> Result<T, String> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _guard = NetnsGuard::enter(ns).map_err(|e| e.to_string())?;
             f()
         })
         .join()
         .unwrap_or_else(|e| std::panic::resume_unwind(e))
-    }
+    })
+}
+
+fn run_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("{NETNS_RUN_DIR}/{ns}");
+    std::thread::spawn(move || {
+        enter_netns(&path);
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
 /// Move the calling thread into the network namespace at `path` (panics on failure: test helper).
@@ -126,8 +263,53 @@ pub fn enter_netns(path: &str) {
     assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
 }
 
-impl Drop for VethNs {
-    fn drop(&mut self) {
-        let _ = ip(&["netns", "del", &self.name]);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_pair_sets_gro_ipv6_and_neighbours_without_external_tools() {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        for gro in [false, true] {
+            let p = VethPair::with(VethOptions {
+                gro,
+                ipv6: false,
+                queues: 2,
+                ..Default::default()
+            })
+            .unwrap();
+            let (got, v6) = p.in_b(|| {
+                (
+                    crate::sys::socket::gro(VethPair::IF_B).unwrap(),
+                    std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6").unwrap(),
+                )
+            });
+            assert_eq!(got, gro);
+            assert_eq!(v6.trim(), "1");
+            // Switching it back and forth through the ioctl is seen by the query.
+            p.in_a(|| {
+                crate::sys::socket::set_gro(VethPair::IF_A, true).unwrap();
+                assert!(crate::sys::socket::gro(VethPair::IF_A).unwrap());
+                crate::sys::socket::set_gro(VethPair::IF_A, false).unwrap();
+                assert!(!crate::sys::socket::gro(VethPair::IF_A).unwrap());
+                assert!(matches!(
+                    crate::sys::socket::gro("kbx-none0"),
+                    Err(crate::Error::NotFound(_))
+                ));
+            });
+        }
+        let one = VethPair::with(VethOptions {
+            one_namespace: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(one.a, one.b);
+        let both = one.in_a(|| {
+            [VethPair::IF_A, VethPair::IF_B].map(|i| crate::sys::socket::if_mtu(i).is_ok())
+        });
+        assert_eq!(both, [true, true]);
     }
 }

@@ -935,8 +935,10 @@ int main(void) {
         );
     }
 
-    fn udp_frame(src: [u8; 4], dst: [u8; 4], dport: u16) -> Vec<u8> {
-        let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+    fn udp_frame(macs: ([u8; 6], [u8; 6]), src: [u8; 4], dst: [u8; 4], dport: u16) -> Vec<u8> {
+        let mut f = macs.1.to_vec();
+        f.extend_from_slice(&macs.0);
+        f.extend_from_slice(&[0x08, 0x00]);
         let mut ip = vec![0x45, 0, 0, 28 + 4, 0, 1, 0x40, 0, 64, 17, 0, 0];
         ip.extend_from_slice(&src);
         ip.extend_from_slice(&dst);
@@ -965,18 +967,23 @@ int main(void) {
             eprintln!("skipped: needs root");
             return;
         }
-        let ns = crate::sys::testutil::VethNs::new().expect("netns");
+        let ns = crate::sys::testutil::VethPair::with(crate::sys::testutil::VethOptions {
+            one_namespace: true,
+            ..Default::default()
+        })
+        .expect("netns");
         let net = ns.net;
-        ns.run(move || {
+        let macs = (ns.mac(1), ns.mac(2)); // (source, destination)
+        ns.in_a(move || {
             use crate::xdp::{attach, parse_filter, AttachMode, ProgramOptions, XdpProgram};
-            let rx_if = if_nametoindex("kbx1").unwrap();
-            let tx_if = if_nametoindex("kbx0").unwrap();
+            let rx_if = if_nametoindex("veth1").unwrap();
+            let tx_if = if_nametoindex("veth0").unwrap();
             let prog = XdpProgram::new(
                 &parse_filter("udp dst port 9000").unwrap(),
                 ProgramOptions::default(),
             )
             .unwrap();
-            let _att = attach(&prog, "kbx1", AttachMode::Native, false).unwrap();
+            let _att = attach(&prog, "veth1", AttachMode::Native, false).unwrap();
 
             const N: u32 = 64;
             const FRAME: u32 = 2048;
@@ -1039,9 +1046,9 @@ int main(void) {
                 .unwrap();
             let src = [198, 18, net, 77];
             for _ in 0..5 {
-                send_raw(tx_if, &udp_frame(src, dst, 9000));
+                send_raw(tx_if, &udp_frame(macs, src, dst, 9000));
             }
-            send_raw(tx_if, &udp_frame(src, dst, 9001));
+            send_raw(tx_if, &udp_frame(macs, src, dst, 9001));
 
             let mut got = Vec::new();
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);

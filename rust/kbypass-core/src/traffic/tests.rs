@@ -1,9 +1,8 @@
 //! Root tests of the live-frames generator and the drop counter on a veth pair between two
 //! network namespaces the test creates (198.18.0.0/15 only).
 
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,118 +11,38 @@ use super::sink::{Counts, DropCounter};
 use super::template::UdpTemplate;
 use crate::error::Error;
 use crate::sys::netns::NetnsGuard;
-use crate::sys::testutil::is_root;
+use crate::sys::testutil::{is_root, VethOptions, VethPair};
 use crate::xdp::AttachMode;
 
-/// Two namespaces `kbx-<pid>-t<n>-a/-b`, veth0 (198.18.<net>.1) <-> veth1 (.2), GRO on both
-/// ends, static neighbours; deleted on drop.
-struct Pair {
-    a: String,
-    b: String,
-    net: u8,
+/// The shared veth bench with GRO on both ends and no IPv6 (its router solicitations and MLD
+/// reports would be counted).
+fn pair() -> VethPair {
+    VethPair::with(VethOptions {
+        gro: true,
+        ipv6: false,
+        ..Default::default()
+    })
+    .expect("create veth pair")
 }
 
-const MAC_A: &str = "02:00:c6:12:00:01";
-const MAC_B: &str = "02:00:c6:12:00:02";
-
-fn sh(args: &[&str]) -> Result<(), String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{}: {e}", args[0]))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        ))
+/// A UDP frame template from veth0 to veth1 of `p`.
+fn template(p: &VethPair, size: usize) -> UdpTemplate {
+    UdpTemplate {
+        src_mac: p.mac(1),
+        dst_mac: p.mac(2),
+        src_ip: p.ip(1),
+        dst_ip: p.ip(2),
+        size,
+        ..Default::default()
     }
 }
 
-impl Pair {
-    fn new() -> Result<Self, String> {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let tag = format!("kbx-{}-t{n}", std::process::id());
-        let p = Pair {
-            a: format!("{tag}-a"),
-            b: format!("{tag}-b"),
-            net: 200 + (n % 50) as u8,
-        };
-        sh(&["ip", "netns", "add", &p.a])?;
-        sh(&["ip", "netns", "add", &p.b])?;
-        sh(&[
-            "ip", "-n", &p.a, "link", "add", "veth0", "address", MAC_A, "type", "veth", "peer",
-            "name", "veth1", "netns", &p.b, "address", MAC_B,
-        ])?;
-        for (ns, ifname, me, peer, peer_mac) in
-            [(&p.a, "veth0", 1, 2, MAC_B), (&p.b, "veth1", 2, 1, MAC_A)]
-        {
-            let addr = format!("198.18.{}.{me}/24", p.net);
-            let peer_ip = format!("198.18.{}.{peer}", p.net);
-            // No IPv6 on the link: its router solicitations and MLD reports would be counted.
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-            ])?;
-            sh(&["ip", "-n", ns, "addr", "add", &addr, "dev", ifname])?;
-            sh(&["ip", "-n", ns, "link", "set", ifname, "up"])?;
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
-            sh(&[
-                "ip",
-                "-n",
-                ns,
-                "neigh",
-                "replace",
-                &peer_ip,
-                "lladdr",
-                peer_mac,
-                "dev",
-                ifname,
-                "nud",
-                "permanent",
-            ])?;
-            sh(&[
-                "ip", "netns", "exec", ns, "ethtool", "-K", ifname, "gro", "on",
-            ])?;
-        }
-        Ok(p)
-    }
-
-    fn ip(&self, host: u8) -> Ipv4Addr {
-        Ipv4Addr::new(198, 18, self.net, host)
-    }
-
-    fn template(&self, size: usize) -> UdpTemplate {
-        UdpTemplate {
-            src_ip: self.ip(1),
-            dst_ip: self.ip(2),
-            size,
-            ..Default::default()
-        }
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        let _ = sh(&["ip", "netns", "del", &self.a]);
-        let _ = sh(&["ip", "netns", "del", &self.b]);
-    }
-}
-
-fn pair_or_skip(what: &str) -> Option<Pair> {
+fn pair_or_skip(what: &str) -> Option<VethPair> {
     if !is_root() {
         eprintln!("skipped {what}: needs root");
         return None;
     }
-    Some(Pair::new().expect("create veth pair"))
+    Some(pair())
 }
 
 /// Read the counter until it stops changing (frames still in flight on the other core).
@@ -149,7 +68,7 @@ fn exactly_n_frames_reach_a_dropping_peer_as_root() {
     for (size, n) in [(60usize, 1_000_000u64), (1514, 200_000)] {
         sink.reset().unwrap();
         let gen = LiveGenerator::new(&LiveOptions {
-            template: p.template(size),
+            template: template(&p, size),
             ..Default::default()
         })
         .unwrap();
@@ -220,7 +139,7 @@ fn flows_cycle_the_source_port_as_root() {
         template: UdpTemplate {
             src_port: 20000,
             udp_checksum: true,
-            ..p.template(60)
+            ..template(&p, 60)
         },
         flows: u32::from(FLOWS),
         ..Default::default()
@@ -252,7 +171,7 @@ fn duration_rate_and_stop_limits_as_root() {
     };
     let sink = DropCounter::attach("veth1", Some(&p.b), AttachMode::Native, false).unwrap();
     let gen = LiveGenerator::new(&LiveOptions {
-        template: p.template(60),
+        template: template(&p, 60),
         ..Default::default()
     })
     .unwrap();
@@ -333,7 +252,7 @@ fn bad_input_is_a_typed_error_as_root() {
         return;
     };
     let gen = LiveGenerator::new(&LiveOptions {
-        template: p.template(1600),
+        template: template(&p, 1600),
         ..Default::default()
     })
     .unwrap();
@@ -372,7 +291,7 @@ fn bad_input_is_a_typed_error_as_root() {
     assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
     // A queue the interface does not have.
     let small = LiveGenerator::new(&LiveOptions {
-        template: p.template(60),
+        template: template(&p, 60),
         ..Default::default()
     })
     .unwrap();

@@ -12,7 +12,7 @@ use crate::sys::bpf::{
     MapFd, ProgFd, ProgLoad, TestRun, BPF_PROG_TYPE_XDP, XDP_PASS, XDP_REDIRECT,
 };
 use crate::sys::netlink::{xdp_query, xdp_set, XdpMode, XDP_FLAGS_SKB_MODE};
-use crate::sys::testutil::{is_root, VethNs};
+use crate::sys::testutil::{is_root, VethOptions, VethPair};
 use crate::sys::xdp::{if_nametoindex, XskFd};
 
 macro_rules! need_root {
@@ -432,19 +432,23 @@ fn foreign_prog(name: &str) -> ProgFd {
 #[test]
 fn attach_detach_on_veth_in_netns() {
     need_root!();
-    let ns = VethNs::new().expect("create netns + veth");
-    ns.run(|| {
+    let ns = VethPair::with(VethOptions {
+        one_namespace: true,
+        ..Default::default()
+    })
+    .expect("create netns + veth");
+    ns.in_a(|| {
         let p = prog("udp dst port 9000");
-        let idx = if_nametoindex("kbx0").unwrap();
+        let idx = if_nametoindex("veth0").unwrap();
         for (mode, want) in [
             (AttachMode::Native, XdpMode::Native),
             (AttachMode::Generic, XdpMode::Generic),
             (AttachMode::Auto, XdpMode::Native),
         ] {
-            let att = attach(&p, "kbx0", mode, false).unwrap();
+            let att = attach(&p, "veth0", mode, false).unwrap();
             assert_eq!(att.mode(), want, "{mode:?}");
             assert_eq!(att.via(), "bpf_link");
-            let q = query("kbx0").unwrap();
+            let q = query("veth0").unwrap();
             assert_eq!(q.len(), 1);
             assert_eq!(q[0].attached.prog_id, p.info().id);
             assert!(q[0].is_ours() && q[0].link_id.is_some());
@@ -455,9 +459,9 @@ fn attach_detach_on_veth_in_netns() {
             );
         }
         // A second kbypass program while a live link holds the first: refused, naming it.
-        let att = attach(&p, "kbx0", AttachMode::Native, false).unwrap();
+        let att = attach(&p, "veth0", AttachMode::Native, false).unwrap();
         let other = prog("");
-        let e = attach(&other, "kbx0", AttachMode::Native, false).unwrap_err();
+        let e = attach(&other, "veth0", AttachMode::Native, false).unwrap_err();
         let s = e.to_string();
         assert_eq!(e.errno(), Some(libc::EBUSY), "{s}");
         assert!(
@@ -465,7 +469,7 @@ fn attach_detach_on_veth_in_netns() {
             "{s}"
         );
         // force takes it over; the first attachment's Drop is then harmless.
-        let mut att2 = attach(&other, "kbx0", AttachMode::Native, true).unwrap();
+        let mut att2 = attach(&other, "veth0", AttachMode::Native, true).unwrap();
         assert!(att2.notes().iter().any(|n| n.contains("replaced")));
         assert_eq!(
             xdp_query(idx).unwrap().first().unwrap().prog_id,
@@ -490,8 +494,12 @@ fn attach_detach_on_veth_in_netns() {
 #[test]
 fn auto_falls_back_to_generic_where_native_is_missing() {
     need_root!();
-    let ns = VethNs::new().expect("create netns + veth");
-    ns.run(|| {
+    let ns = VethPair::with(VethOptions {
+        one_namespace: true,
+        ..Default::default()
+    })
+    .expect("create netns + veth");
+    ns.in_a(|| {
         // Loopback has no native XDP.
         let p = prog("");
         let e = attach(&p, "lo", AttachMode::Native, false).unwrap_err();
@@ -512,18 +520,22 @@ fn auto_falls_back_to_generic_where_native_is_missing() {
 #[test]
 fn jumbo_mtu_on_veth_needs_the_frags_program() {
     need_root!();
-    let ns = VethNs::new().expect("create netns + veth");
-    for dev in ["kbx0", "kbx1"] {
+    let ns = VethPair::with(VethOptions {
+        one_namespace: true,
+        ..Default::default()
+    })
+    .expect("create netns + veth");
+    for dev in ["veth0", "veth1"] {
         let ok = std::process::Command::new("ip")
-            .args(["-n", &ns.name, "link", "set", dev, "mtu", "9000"])
+            .args(["-n", &ns.a, "link", "set", dev, "mtu", "9000"])
             .status()
             .unwrap()
             .success();
         assert!(ok, "set mtu 9000 on {dev}");
     }
-    ns.run(|| {
+    ns.in_a(|| {
         let plain = prog("udp");
-        let e = attach(&plain, "kbx1", AttachMode::Native, false).unwrap_err();
+        let e = attach(&plain, "veth1", AttachMode::Native, false).unwrap_err();
         assert_eq!(e.errno(), Some(libc::ERANGE), "{e}");
         assert!(e.to_string().contains("frags-capable"), "{e}");
         let rules = parse_filter("udp").unwrap();
@@ -535,7 +547,7 @@ fn jumbo_mtu_on_veth_needs_the_frags_program() {
             },
         )
         .unwrap();
-        let att = attach(&mb, "kbx1", AttachMode::Native, false).unwrap();
+        let att = attach(&mb, "veth1", AttachMode::Native, false).unwrap();
         assert_eq!(att.mode(), XdpMode::Native);
     });
 }
@@ -543,9 +555,13 @@ fn jumbo_mtu_on_veth_needs_the_frags_program() {
 #[test]
 fn refuse_foreign_program_unless_forced() {
     need_root!();
-    let ns = VethNs::new().expect("create netns + veth");
-    ns.run(|| {
-        let idx = if_nametoindex("kbx1").unwrap();
+    let ns = VethPair::with(VethOptions {
+        one_namespace: true,
+        ..Default::default()
+    })
+    .expect("create netns + veth");
+    ns.in_a(|| {
+        let idx = if_nametoindex("veth1").unwrap();
         let foreign = foreign_prog("not_ours");
         let finfo = foreign.info().unwrap();
         xdp_set(idx, foreign.raw(), XDP_FLAGS_SKB_MODE, None).unwrap();
@@ -554,7 +570,7 @@ fn refuse_foreign_program_unless_forced() {
             XdpMode::Generic
         );
         let p = prog("");
-        let e = attach(&p, "kbx1", AttachMode::Auto, false).unwrap_err();
+        let e = attach(&p, "veth1", AttachMode::Auto, false).unwrap_err();
         let s = e.to_string();
         assert_eq!(e.errno(), Some(libc::EEXIST), "{s}");
         assert!(
@@ -566,7 +582,7 @@ fn refuse_foreign_program_unless_forced() {
         assert!(s.contains("force=True"), "{s}");
         // Still there, untouched.
         assert_eq!(xdp_query(idx).unwrap().first().unwrap().prog_id, finfo.id);
-        let att = attach(&p, "kbx1", AttachMode::Auto, true).unwrap();
+        let att = attach(&p, "veth1", AttachMode::Auto, true).unwrap();
         assert_eq!(att.mode(), XdpMode::Native);
         drop(att);
         assert!(xdp_query(idx).unwrap().programs.is_empty());
@@ -576,9 +592,13 @@ fn refuse_foreign_program_unless_forced() {
 #[test]
 fn stale_kbypass_program_is_replaced_without_force() {
     need_root!();
-    let ns = VethNs::new().expect("create netns + veth");
-    ns.run(|| {
-        let idx = if_nametoindex("kbx0").unwrap();
+    let ns = VethPair::with(VethOptions {
+        one_namespace: true,
+        ..Default::default()
+    })
+    .expect("create netns + veth");
+    ns.in_a(|| {
+        let idx = if_nametoindex("veth0").unwrap();
         // A kbypass program left attached via netlink by a process that is gone.
         {
             let stale = foreign_prog("kbypass_xsk");
@@ -592,7 +612,7 @@ fn stale_kbypass_program_is_replaced_without_force() {
         }
         assert_eq!(xdp_query(idx).unwrap().programs.len(), 1);
         let p = prog("");
-        let att = attach(&p, "kbx0", AttachMode::Native, false).unwrap();
+        let att = attach(&p, "veth0", AttachMode::Native, false).unwrap();
         assert!(
             att.notes().iter().any(|n| n.contains("replaced")),
             "{:?}",
@@ -606,9 +626,13 @@ fn stale_kbypass_program_is_replaced_without_force() {
 #[test]
 fn netlink_attach_query_detach() {
     need_root!();
-    let ns = VethNs::new().expect("create netns + veth");
-    ns.run(|| {
-        let idx = if_nametoindex("kbx0").unwrap();
+    let ns = VethPair::with(VethOptions {
+        one_namespace: true,
+        ..Default::default()
+    })
+    .expect("create netns + veth");
+    ns.in_a(|| {
+        let idx = if_nametoindex("veth0").unwrap();
         let a = foreign_prog("kbx_nl_a");
         let b = foreign_prog("kbx_nl_b");
         let flags = crate::sys::netlink::XDP_FLAGS_DRV_MODE;
@@ -666,7 +690,7 @@ fn link_owner_child() {
     };
     crate::sys::testutil::enter_netns(&path);
     let p = prog("");
-    let _att = attach(&p, "kbx0", AttachMode::Native, false).unwrap();
+    let _att = attach(&p, "veth0", AttachMode::Native, false).unwrap();
     println!("KBX-READY {}", p.info().id);
     std::thread::sleep(std::time::Duration::from_secs(60));
 }
@@ -675,7 +699,11 @@ fn link_owner_child() {
 fn link_detaches_when_owner_is_killed() {
     need_root!();
     use std::io::BufRead;
-    let ns = VethNs::new().expect("create netns + veth");
+    let ns = VethPair::with(VethOptions {
+        one_namespace: true,
+        ..Default::default()
+    })
+    .expect("create netns + veth");
     struct KillOnDrop(std::process::Child);
     impl Drop for KillOnDrop {
         fn drop(&mut self) {
@@ -691,7 +719,7 @@ fn link_detaches_when_owner_is_killed() {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env("KBX_CHILD_NETNS", format!("/var/run/netns/{}", ns.name))
+        .env("KBX_CHILD_NETNS", format!("/var/run/netns/{}", ns.a))
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -708,12 +736,12 @@ fn link_detaches_when_owner_is_killed() {
             break line[at + 10..].trim().parse().unwrap();
         }
     };
-    let attached = ns.run(move || xdp_query(if_nametoindex("kbx0").unwrap()).unwrap());
+    let attached = ns.in_a(move || xdp_query(if_nametoindex("veth0").unwrap()).unwrap());
     assert_eq!(attached.first().map(|a| a.prog_id), Some(id));
     child.0.kill().unwrap(); // SIGKILL
     child.0.wait().unwrap();
-    let gone = ns.run(|| {
-        let idx = if_nametoindex("kbx0").unwrap();
+    let gone = ns.in_a(|| {
+        let idx = if_nametoindex("veth0").unwrap();
         // The link is released with the dead process's files; allow the kernel a moment.
         for _ in 0..100 {
             if xdp_query(idx).unwrap().programs.is_empty() {
@@ -760,13 +788,17 @@ fn counting_drop_prog(map: &MapFd) -> ProgFd {
 #[test]
 fn live_frames_generator_reaches_the_peer() {
     need_root!();
-    let ns = VethNs::new().expect("create netns + veth");
-    let (sent, got, secs) = ns.run(|| {
+    let ns = VethPair::with(VethOptions {
+        one_namespace: true,
+        ..Default::default()
+    })
+    .expect("create netns + veth");
+    let (sent, got, secs) = ns.in_a(|| {
         let counter =
             MapFd::create(crate::sys::bpf::BPF_MAP_TYPE_ARRAY, 4, 8, 1, 0, "kbx_cnt").unwrap();
         let sink = counting_drop_prog(&counter);
-        let rx = if_nametoindex("kbx1").unwrap();
-        let tx = if_nametoindex("kbx0").unwrap();
+        let rx = if_nametoindex("veth1").unwrap();
+        let tx = if_nametoindex("veth0").unwrap();
         // Native XDP on the receiving veth end (veth drops XDP-sent frames otherwise).
         let _link =
             crate::sys::bpf::LinkFd::create_xdp(&sink, rx, crate::sys::netlink::XDP_FLAGS_DRV_MODE)

@@ -1,110 +1,21 @@
 //! End-to-end tests of UMEM, sockets and ports on a veth pair between two namespaces (root).
 
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 use super::*;
 use crate::sys::netns::NetnsGuard;
+use crate::sys::testutil::{VethOptions, VethPair};
 use crate::sys::xdp::XdpDesc;
 use crate::traffic::kernel::{udp_recv, udp_send, StopWhen};
 
-/// Two namespaces `kbx-xt-<pid>-<n>-{a,b}` joined by veth0 (198.18.7.1) / veth1 (198.18.7.2),
-/// removed on drop.
-struct Pair {
-    a: String,
-    b: String,
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Pair {
-    fn new(queues: u32) -> Pair {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let p = Pair {
-            a: format!("kbx-xt-{}-{n}-a", std::process::id()),
-            b: format!("kbx-xt-{}-{n}-b", std::process::id()),
-        };
-        let q = queues.to_string();
-        ip(&["netns", "add", &p.a]);
-        ip(&["netns", "add", &p.b]);
-        ip(&[
-            "-n",
-            &p.a,
-            "link",
-            "add",
-            "veth0",
-            "numrxqueues",
-            &q,
-            "numtxqueues",
-            &q,
-            "address",
-            "02:00:c6:12:07:01",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "veth1",
-            "netns",
-            &p.b,
-            "numrxqueues",
-            &q,
-            "numtxqueues",
-            &q,
-            "address",
-            "02:00:c6:12:07:02",
-        ]);
-        for (ns, dev, me, peer, mac) in [
-            (
-                &p.a,
-                "veth0",
-                "198.18.7.1/24",
-                "198.18.7.2",
-                "02:00:c6:12:07:02",
-            ),
-            (
-                &p.b,
-                "veth1",
-                "198.18.7.2/24",
-                "198.18.7.1",
-                "02:00:c6:12:07:01",
-            ),
-        ] {
-            ip(&["-n", ns, "addr", "add", me, "dev", dev]);
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-            ip(&[
-                "-n",
-                ns,
-                "neigh",
-                "replace",
-                peer,
-                "lladdr",
-                mac,
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ]);
-        }
-        p
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.a]).output();
-        let _ = Command::new("ip").args(["netns", "del", &self.b]).output();
-    }
+/// The shared veth bench with `queues` queues (veth0 198.18.net.1 in `a`, veth1 .2 in `b`).
+fn pair(queues: u32) -> VethPair {
+    VethPair::with(VethOptions {
+        queues,
+        ..Default::default()
+    })
+    .expect("create veth pair")
 }
 
 fn root() -> bool {
@@ -131,7 +42,7 @@ fn port_receives_exactly_what_the_peer_sends_and_accounts_every_frame() {
         eprintln!("skipped: needs root");
         return;
     }
-    let pair = Pair::new(1);
+    let pair = pair(1);
     let _ns = NetnsGuard::enter(&pair.b).unwrap();
     let cfg = PortConfig {
         rules: crate::xdp::parse_filter("udp dst port 9000").unwrap(),
@@ -147,12 +58,12 @@ fn port_receives_exactly_what_the_peer_sends_and_accounts_every_frame() {
     };
     let mut port = XskPort::open("veth1", &Queues::All, &cfg).unwrap();
     assert_eq!(port.queues(), &[0]);
-    let a = pair.a.clone();
+    let (a, src, dst) = (pair.a.clone(), pair.ip(1), pair.ip(2));
     let sent = std::thread::spawn(move || {
         udp_send(
             Some(&a),
-            Ipv4Addr::new(198, 18, 7, 1),
-            SocketAddrV4::new(Ipv4Addr::new(198, 18, 7, 2), 9000),
+            src,
+            SocketAddrV4::new(dst, 9000),
             &[0x5a; 32],
             500,
             50,
@@ -194,7 +105,7 @@ fn filter_leaves_other_traffic_to_the_kernel() {
         eprintln!("skipped: needs root");
         return;
     }
-    let pair = Pair::new(1);
+    let pair = pair(1);
     let _ns = NetnsGuard::enter(&pair.b).unwrap();
     let cfg = PortConfig {
         rules: crate::xdp::parse_filter("udp dst port 9000").unwrap(),
@@ -209,11 +120,11 @@ fn filter_leaves_other_traffic_to_the_kernel() {
         ..Default::default()
     };
     let mut port = XskPort::open("veth1", &Queues::List(vec![0]), &cfg).unwrap();
-    let b = pair.b.clone();
+    let (b, dst) = (pair.b.clone(), pair.ip(2));
     let rx = std::thread::spawn(move || {
         udp_recv(
             Some(&b),
-            SocketAddrV4::new(Ipv4Addr::new(198, 18, 7, 2), 9001),
+            SocketAddrV4::new(dst, 9001),
             16,
             StopWhen {
                 count: Some(100),
@@ -224,13 +135,12 @@ fn filter_leaves_other_traffic_to_the_kernel() {
         .unwrap()
     });
     std::thread::sleep(Duration::from_millis(200));
-    let a = pair.a.clone();
+    let (a, src) = (pair.a.clone(), pair.ip(1));
     std::thread::spawn(move || {
-        let src = Ipv4Addr::new(198, 18, 7, 1);
         udp_send(
             Some(&a),
             src,
-            SocketAddrV4::new(Ipv4Addr::new(198, 18, 7, 2), 9001),
+            SocketAddrV4::new(dst, 9001),
             b"kernel",
             100,
             10,
@@ -239,7 +149,7 @@ fn filter_leaves_other_traffic_to_the_kernel() {
         udp_send(
             Some(&a),
             src,
-            SocketAddrV4::new(Ipv4Addr::new(198, 18, 7, 2), 9000),
+            SocketAddrV4::new(dst, 9000),
             b"bypass",
             100,
             10,
@@ -260,12 +170,12 @@ fn tx_reaches_the_peer_kernel_socket_and_completions_return_frames() {
         eprintln!("skipped: needs root");
         return;
     }
-    let pair = Pair::new(1);
-    let b = pair.b.clone();
+    let pair = pair(1);
+    let (b, dst) = (pair.b.clone(), pair.ip(2));
     let rx = std::thread::spawn(move || {
         udp_recv(
             Some(&b),
-            SocketAddrV4::new(Ipv4Addr::new(198, 18, 7, 2), 9100),
+            SocketAddrV4::new(dst, 9100),
             16,
             StopWhen {
                 count: Some(300),
@@ -290,10 +200,10 @@ fn tx_reaches_the_peer_kernel_socket_and_completions_return_frames() {
     };
     let mut port = XskPort::open("veth0", &Queues::All, &cfg).unwrap();
     let t = crate::traffic::UdpTemplate {
-        dst_mac: [2, 0, 0xc6, 0x12, 7, 2],
-        src_mac: [2, 0, 0xc6, 0x12, 7, 1],
-        src_ip: Ipv4Addr::new(198, 18, 7, 1),
-        dst_ip: Ipv4Addr::new(198, 18, 7, 2),
+        dst_mac: pair.mac(2),
+        src_mac: pair.mac(1),
+        src_ip: pair.ip(1),
+        dst_ip: pair.ip(2),
         dst_port: 9100,
         size: 100,
         ..Default::default()
@@ -319,7 +229,7 @@ fn shared_umem_port_over_two_queues() {
         eprintln!("skipped: needs root");
         return;
     }
-    let pair = Pair::new(2);
+    let pair = pair(2);
     let _ns = NetnsGuard::enter(&pair.b).unwrap();
     let cfg = PortConfig {
         umem: UmemConfig {
