@@ -21,6 +21,7 @@ import dpkt
 import pytest
 
 import kbypass
+from _signals import sigint_default
 from kbypass.testing import TrafficGenerator, VethPair
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for AF_XDP and namespaces")
@@ -202,7 +203,7 @@ def test_cli_signal_flushes_a_valid_file_and_detaches(
     proc = subprocess.Popen(
         [sys.executable, "-m", "kbypass.cli", "capture", veth_pair.b.ifname,
          "--netns", veth_pair.b.netns, "-w", str(out), "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 20

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import kbypass
+from _signals import sigint_default
 from kbypass import Pipeline, packet
 from kbypass.testing import TrafficGenerator, VethPair
 
@@ -379,7 +380,11 @@ def test_ctrl_c_stops_cleanly_and_detaches(pair: VethPair) -> None:
         """
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=sigint_default,
     )
     try:
         assert proc.stdout is not None

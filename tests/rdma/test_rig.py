@@ -175,7 +175,7 @@ def test_guest_shares_cover_what_the_guest_would_not_see(tmp_path: Path) -> None
     (venv / "bin" / "python").write_text("")
     shares = guest_shares(["/usr/bin", venv / "lib" / "site", venv / "bin" / "python", venv])
     assert shares == [Path(os.path.realpath(venv))]
-    with pytest.raises(RxeVmError, match="cannot see /proc/.*move it"):
+    with pytest.raises(RxeVmError, match=r"cannot see /proc/.*move it"):
         guest_shares(["/proc/self"])
     # The running interpreter's own folders are all in the list (prefix, executable, kbypass).
     paths = python_paths()
