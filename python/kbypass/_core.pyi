@@ -451,9 +451,9 @@ class Ring:
     def unlink(name: str) -> bool:
         """Remove a shared ring's name (e.g. left by a crashed process); False if absent."""
     def enqueue(self, x: int) -> bool:
-        """Enqueue one item; False if the ring is full."""
+        """Enqueue one item; False if the ring is full (or another process's call is stuck)."""
     def dequeue(self) -> int | None:
-        """Dequeue one item; None if the ring is empty."""
+        """Dequeue one item; None if the ring is empty (or another process's call is stuck)."""
     def enqueue_bulk(self, items: npt.NDArray[np.uint64]) -> int:
         """Enqueue all of ``items`` or none; returns ``len(items)`` or 0."""
     def enqueue_burst(self, items: npt.NDArray[np.uint64]) -> int:
@@ -490,8 +490,12 @@ class Ring:
     @property
     def closed(self) -> bool:
         """Whether ``close()`` has been called."""
-    def stats(self) -> dict[str, int]:
-        """Counters: full, empty, len, attached."""
+    def stats(self) -> dict[str, int | None]:
+        """Counters: full, empty, len, attached; producer/consumer busy, recovered, rolled_back.
+
+        ``producer_claim``/``consumer_claim`` are the pid of the process whose call is in flight
+        (None when idle).
+        """
     def close(self) -> None:
         """Release the ring; the last user of a shared ring removes its name. Idempotent."""
     def __enter__(self) -> Ring: ...

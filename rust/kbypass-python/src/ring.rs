@@ -122,7 +122,11 @@ fn items_arg<'py>(arr: &Bound<'py, PyAny>) -> PyResult<Items<'py>> {
 /// puts one in ``/dev/shm`` that other processes open with ``Ring.attach(name)``; the last user
 /// to close removes the name, and ``Ring.unlink(name)`` removes one left by a crashed process.
 /// ``capacity`` is a power of two; ``mode`` is "spsc", "mpsc", "spmc" or "mpmc" (a single side
-/// allows one producer/consumer object at a time, across all processes).
+/// allows one producer/consumer object at a time, across all processes). A process that dies in
+/// the middle of a call (SIGKILL) does not block the others: its call is resolved and counted
+/// (``stats()``); a stopped one makes their non-blocking calls give up (counted as busy) and
+/// their blocking calls time out. A shared Ring inherited across ``fork()`` raises
+/// RuntimeError: attach by name in the child.
 ///
 /// Non-blocking: ``enqueue(x) -> bool``, ``dequeue() -> int | None``; NumPy uint64 arrays with
 /// ``enqueue_bulk`` (all or nothing) / ``enqueue_burst`` (as many as fit) returning the count,
@@ -161,22 +165,31 @@ impl PyRing {
         }
     }
 
+    /// The ring, or RuntimeError when closed or inherited across fork() (see `Ring::check`).
     fn ring(&self) -> PyResult<Arc<Ring<u64>>> {
-        lock(&self.ring).clone().ok_or_else(closed_err)
+        let r = lock(&self.ring).clone().ok_or_else(closed_err)?;
+        r.check().py()?;
+        Ok(r)
     }
 
+    /// Run `f` with the producer handle (taken at first use). Every call is bounded: on a
+    /// shared multi-producer ring a claim of another process that stays in flight makes it
+    /// give up (counted as busy) instead of waiting.
     fn with_tx<R>(&self, f: impl FnOnce(&mut Producer<u64>) -> R) -> PyResult<R> {
+        let ring = self.ring()?;
         let mut g = lock(&self.tx);
         if g.is_none() {
-            *g = Some(self.ring()?.producer().py()?);
+            *g = Some(ring.producer().py()?);
         }
         Ok(f(g.as_mut().expect("just set")))
     }
 
+    /// Run `f` with the consumer handle (taken at first use); bounded like `with_tx`.
     fn with_rx<R>(&self, f: impl FnOnce(&mut Consumer<u64>) -> R) -> PyResult<R> {
+        let ring = self.ring()?;
         let mut g = lock(&self.rx);
         if g.is_none() {
-            *g = Some(self.ring()?.consumer().py()?);
+            *g = Some(ring.consumer().py()?);
         }
         Ok(f(g.as_mut().expect("just set")))
     }
@@ -470,7 +483,13 @@ impl PyRing {
     }
 
     /// Counters: ``full`` (enqueues that found too little room), ``empty`` (dequeues that found
-    /// too few items), ``len``, ``attached`` (Ring objects on this ring, over all processes).
+    /// too few items), ``len``, ``attached`` (Ring objects on this ring, over all live
+    /// processes); ``producer_busy``/``consumer_busy`` (calls that gave up because another
+    /// process's call stayed in flight); ``producer_recovered``/``consumer_recovered`` (calls of
+    /// processes that died mid-call, resolved by the others) and ``producer_rolled_back``
+    /// (items such dead producers never finished enqueuing) / ``consumer_rolled_back`` (items
+    /// dead consumers had taken but not finished, left in the ring for the others);
+    /// ``producer_claim``/``consumer_claim``: pid of the process whose call is in flight, or None.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.ring()?.stats();
         let d = PyDict::new(py);
@@ -478,6 +497,14 @@ impl PyRing {
         d.set_item("empty", s.empty)?;
         d.set_item("len", s.len)?;
         d.set_item("attached", s.attached)?;
+        d.set_item("producer_busy", s.producer_busy)?;
+        d.set_item("consumer_busy", s.consumer_busy)?;
+        d.set_item("producer_recovered", s.producer_recovered)?;
+        d.set_item("producer_rolled_back", s.producer_rolled_back)?;
+        d.set_item("consumer_recovered", s.consumer_recovered)?;
+        d.set_item("consumer_rolled_back", s.consumer_rolled_back)?;
+        d.set_item("producer_claim", s.producer_claim)?;
+        d.set_item("consumer_claim", s.consumer_claim)?;
         Ok(d)
     }
 

@@ -1,30 +1,31 @@
 //! Producer and consumer handles: where items go in and out.
 
-use std::mem::MaybeUninit;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::layout::Side;
-use super::ops::{Amount, Cursor};
+use super::protocol::{self, Amount, Claim, Cursor, Peers, SideRef};
 use super::raw::RawRing;
 use super::wait::Backoff;
-use super::Ring;
+use super::{Pod, Ring};
 use crate::error::{Error, Result};
-use crate::sys::shm::{getpid, pid_alive};
 
-/// Take the single `owner` slot of a side, or explain who holds it. A holder whose process is
-/// gone (crashed) is replaced: single sides never leave a claimed-but-unpublished range behind,
-/// because they move head and tail together at publish time.
-fn claim(side: &Side, ring_mode: &str, what: &str) -> Result<()> {
-    let me = getpid();
+/// Take the single `owner` slot of a side, or explain who holds it. A holder that is gone (its
+/// process died: its participant lock was released) is replaced: single sides never leave a
+/// claimed-but-unpublished range behind, because they move their position and tail together
+/// at publish time.
+fn take_single<T: Pod>(ring: &Ring<T>, side: &Side, what: &str) -> Result<()> {
+    let peers = ring.peers();
+    let me = peers.token();
     loop {
-        match side.owner.compare_exchange(0, me, Acquire, Acquire) {
+        match side.owner.compare_exchange(0, me, AcqRel, Acquire) {
             Ok(_) => return Ok(()),
-            Err(holder) if holder != me && !pid_alive(holder) => {
+            Err(holder) if holder != me && peers.dead(holder) => {
+                peers.fence();
                 if side
                     .owner
-                    .compare_exchange(holder, me, Acquire, Acquire)
+                    .compare_exchange(holder, me, AcqRel, Acquire)
                     .is_ok()
                 {
                     return Ok(());
@@ -32,16 +33,27 @@ fn claim(side: &Side, ring_mode: &str, what: &str) -> Result<()> {
             }
             Err(holder) => {
                 let who = if holder == me {
-                    "this process".to_string()
+                    "another handle of this Ring object".to_string()
                 } else {
-                    format!("process {holder}")
+                    peers.describe(holder)
                 };
                 return Err(Error::State(format!(
-                    "this {ring_mode} ring allows one {what} at a time and {who} already holds it: \
-                     close/drop that handle first, or create the ring with mode \"mpmc\" for several"
+                    "this {} ring allows one {what} at a time and {who} already holds it: \
+                     close/drop that handle first, or create the ring with mode \"mpmc\" for several",
+                    ring.mode().as_str()
                 )));
             }
         }
+    }
+}
+
+/// Give the single `owner` slot back (unless this value was inherited by a forked child: the
+/// slot belongs to the parent).
+fn drop_single<T: Pod>(ring: &Ring<T>, side: &Side) {
+    if ring.check().is_ok() {
+        let _ = side
+            .owner
+            .compare_exchange(ring.peers().token(), 0, AcqRel, Relaxed);
     }
 }
 
@@ -58,14 +70,17 @@ fn request(len: usize, capacity: u32, amount: Amount) -> Option<u32> {
 }
 
 /// The producer side of a [`Ring`]. `Send`, not `Sync`: one thread uses it at a time.
-pub struct Producer<T: Copy> {
+///
+/// Every operation panics if the handle was inherited across `fork()` (attach by name in the
+/// child instead; [`Ring::check`] tells before you call).
+pub struct Producer<T: Pod> {
     raw: RawRing<T>,
     cur: Cursor,
     single: bool,
     ring: Arc<Ring<T>>,
 }
 
-impl<T: Copy> std::fmt::Debug for Producer<T> {
+impl<T: Pod> std::fmt::Debug for Producer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Producer")
             .field("ring", &self.ring)
@@ -74,11 +89,12 @@ impl<T: Copy> std::fmt::Debug for Producer<T> {
     }
 }
 
-impl<T: Copy> Producer<T> {
+impl<T: Pod> Producer<T> {
     pub(super) fn new(ring: Arc<Ring<T>>) -> Result<Self> {
+        ring.check()?;
         let single = ring.mode().single_producer();
         if single {
-            claim(&ring.raw().hdr().prod, ring.mode().as_str(), "producer")?;
+            take_single(&ring, &ring.raw().hdr().prod, "producer")?;
         }
         let h = ring.raw().hdr();
         let cur = Cursor {
@@ -98,32 +114,59 @@ impl<T: Copy> Producer<T> {
         &self.ring
     }
 
+    /// Claim up to `n` slots: (first index, count); a count of 0 claims nothing.
+    #[inline(always)]
+    fn claim(&mut self, n: u32, amount: Amount) -> (u32, u32) {
+        self.ring.assert_usable();
+        let raw = &self.raw;
+        let h = raw.hdr();
+        if self.single {
+            protocol::sp_claim(&h.cons.tail, raw.capacity(), n, amount, &mut self.cur)
+        } else {
+            match protocol::multi_claim(
+                &SideRef::of(&h.prod),
+                &h.cons.tail,
+                raw.capacity(),
+                n,
+                amount,
+                true,
+                &self.ring.peers(),
+            ) {
+                Claim::Got { start, n } => (start, n),
+                Claim::Short | Claim::Busy => (0, 0),
+            }
+        }
+    }
+
+    /// Publish the first `k` slots of a claim that began at `start`.
+    #[inline(always)]
+    fn publish(&mut self, start: u32, k: u32) {
+        let h = self.raw.hdr();
+        if self.single {
+            protocol::single_publish(&h.prod.tail, &mut self.cur, k);
+        } else {
+            protocol::multi_publish(&SideRef::of(&h.prod), start, k);
+        }
+    }
+
     #[inline(always)]
     fn enqueue(&mut self, items: &[T], amount: Amount) -> usize {
-        let raw = &self.raw;
-        let Some(n) = request(items.len(), raw.capacity(), amount) else {
-            raw.hdr().prod.short.fetch_add(1, Relaxed);
+        let Some(n) = request(items.len(), self.raw.capacity(), amount) else {
+            self.raw.hdr().prod.short.fetch_add(1, Relaxed);
             return 0;
         };
-        let (head, m) = if self.single {
-            raw.sp_claim(n, amount, &mut self.cur)
-        } else {
-            raw.mp_claim(n, amount)
-        };
+        let (start, m) = self.claim(n, amount);
         if (m as usize) < items.len() {
-            raw.hdr().prod.short.fetch_add(1, Relaxed);
+            self.raw.hdr().prod.short.fetch_add(1, Relaxed);
         }
         if m == 0 {
             return 0;
         }
-        // SAFETY: the claim above gave this handle slots [head, head + m): on a single side by
-        // the owner claim plus room computed from the consumer tail, on a multi side by the CAS.
-        unsafe { raw.write(head, &items[..m as usize]) };
-        if self.single {
-            RawRing::<T>::single_publish(&raw.hdr().prod, &mut self.cur, m);
-        } else {
-            RawRing::<T>::multi_publish(&raw.hdr().prod, head, m);
-        }
+        // SAFETY: the claim gave this handle slots [start, start + m): on a single side by the
+        // owner claim plus room computed from the consumer tail, on a multi side by the CAS of
+        // the claim word; m <= items.len() <= capacity.
+        unsafe { self.raw.write(start, &items[..m as usize]) };
+        self.publish(start, m);
         m as usize
     }
 
@@ -139,7 +182,8 @@ impl<T: Copy> Producer<T> {
         self.enqueue(items, Amount::UpTo)
     }
 
-    /// Enqueue one item; `false` if the ring is full.
+    /// Enqueue one item; `false` if the ring is full (or, on a shared multi-producer ring,
+    /// another process's enqueue stayed in flight: counted as `busy`).
     #[inline]
     pub fn push(&mut self, item: T) -> bool {
         self.enqueue(std::slice::from_ref(&item), Amount::Exactly) == 1
@@ -162,15 +206,17 @@ impl<T: Copy> Producer<T> {
         Ok(())
     }
 
-    /// Zero-copy: reserve exactly `n` free slots to write in place, or `None` if fewer are free.
-    /// Single-producer rings only (panics otherwise: a multi-producer claim cannot be undone).
+    /// Zero-copy: reserve exactly `n` free slots to fill in place, or `None` if fewer are free.
+    ///
+    /// On a multi-producer ring the reservation is the side's one claim in flight: other
+    /// producers wait until it is committed or dropped, so fill it and commit promptly.
     #[inline]
     pub fn reserve(&mut self, n: usize) -> Option<WriteSlots<'_, T>> {
         let w = self.reserve_amount(n, Amount::Exactly);
         (w.len() == n && n > 0).then_some(w)
     }
 
-    /// Zero-copy: reserve up to `max` free slots (possibly none). Single-producer rings only.
+    /// Zero-copy: reserve up to `max` free slots (possibly none).
     #[inline]
     pub fn reserve_up_to(&mut self, max: usize) -> WriteSlots<'_, T> {
         self.reserve_amount(max, Amount::UpTo)
@@ -178,95 +224,122 @@ impl<T: Copy> Producer<T> {
 
     #[inline(always)]
     fn reserve_amount(&mut self, n: usize, amount: Amount) -> WriteSlots<'_, T> {
-        assert!(
-            self.single,
-            "reserve/commit needs a single-producer ring (Mode::Spsc or Mode::Spmc)"
-        );
-        let raw = &self.raw;
-        let (head, m) = match request(n, raw.capacity(), amount) {
-            Some(n) => raw.sp_claim(n, amount, &mut self.cur),
+        let (start, m) = match request(n, self.raw.capacity(), amount) {
+            Some(k) => self.claim(k, amount),
             None => (0, 0),
         };
         if (m as usize) < n {
-            raw.hdr().prod.short.fetch_add(1, Relaxed);
+            self.raw.hdr().prod.short.fetch_add(1, Relaxed);
         }
-        // SAFETY: this handle is the only producer (owner claim) and the consumer tail shows
-        // [head, head + m) free; the slices borrow `self` mutably, so no other enqueue can run
-        // until they are gone.
-        let (first, second) = unsafe { raw.slots_mut(head, m as usize) };
-        debug_assert_eq!(head, self.cur.head);
         WriteSlots {
-            side: &raw.hdr().prod,
-            cur: &mut self.cur,
-            first,
-            second,
+            producer: self,
+            start,
+            len: m,
+            written: 0,
         }
     }
 }
 
-impl<T: Copy> Drop for Producer<T> {
+impl<T: Pod> Drop for Producer<T> {
     fn drop(&mut self) {
         if self.single {
-            self.ring.raw().hdr().prod.owner.store(0, Release);
+            drop_single(&self.ring, &self.ring.raw().hdr().prod);
         }
     }
 }
 
-/// Slots reserved by [`Producer::reserve`]: write them, then [`commit`](WriteSlots::commit).
-/// Dropping without committing publishes nothing.
-pub struct WriteSlots<'a, T: Copy> {
-    side: &'a Side,
-    cur: &'a mut Cursor,
-    /// Slots up to the end of the ring.
-    pub first: &'a mut [MaybeUninit<T>],
-    /// Slots from the start of the ring, when the reservation wraps.
-    pub second: &'a mut [MaybeUninit<T>],
+/// Slots reserved by [`Producer::reserve`]: fill them in order with [`push`](WriteSlots::push)
+/// or [`extend_from_slice`](WriteSlots::extend_from_slice), then [`commit`](WriteSlots::commit),
+/// which publishes exactly the slots written (never one that was not). Dropping without
+/// committing publishes nothing and gives the reservation back.
+pub struct WriteSlots<'a, T: Pod> {
+    producer: &'a mut Producer<T>,
+    start: u32,
+    len: u32,
+    written: u32,
 }
 
-impl<T: Copy> WriteSlots<'_, T> {
+impl<T: Pod> std::fmt::Debug for WriteSlots<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteSlots")
+            .field("len", &self.len)
+            .field("written", &self.written)
+            .finish()
+    }
+}
+
+impl<T: Pod> WriteSlots<'_, T> {
     /// Number of reserved slots.
     pub fn len(&self) -> usize {
-        self.first.len() + self.second.len()
+        self.len as usize
     }
 
     /// Whether nothing was reserved.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
-    /// Write slot `i` (0-based within the reservation).
+    /// Slots written so far (what [`commit`](WriteSlots::commit) will publish).
+    pub fn written(&self) -> usize {
+        self.written as usize
+    }
+
+    /// Write the next slot; `false` (and nothing written) when all reserved slots are written.
     #[inline]
-    pub fn write(&mut self, i: usize, value: T) {
-        if i < self.first.len() {
-            self.first[i] = MaybeUninit::new(value);
-        } else {
-            self.second[i - self.first.len()] = MaybeUninit::new(value);
+    pub fn push(&mut self, value: T) -> bool {
+        self.extend_from_slice(std::slice::from_ref(&value)) == 1
+    }
+
+    /// Write the next slots from `values`; returns how many fit (a prefix of `values`).
+    #[inline]
+    pub fn extend_from_slice(&mut self, values: &[T]) -> usize {
+        let k = values.len().min((self.len - self.written) as usize);
+        // SAFETY: [start, start + len) was claimed by this reservation (see `Producer::claim`)
+        // and [written, written + k) lies inside it.
+        unsafe {
+            self.producer
+                .raw
+                .write(self.start.wrapping_add(self.written), &values[..k])
+        };
+        self.written += k as u32;
+        k
+    }
+
+    /// Publish the slots written; returns how many.
+    #[inline]
+    pub fn commit(mut self) -> usize {
+        let k = self.written;
+        self.finish(k);
+        k as usize
+    }
+
+    fn finish(&mut self, k: u32) {
+        if self.len > 0 {
+            self.producer.publish(self.start, k);
+            self.len = 0;
         }
     }
+}
 
-    /// Publish the first `n` reserved slots, which must all have been written.
-    ///
-    /// Panics if `n` exceeds the reservation.
-    #[inline]
-    pub fn commit(self, n: usize) {
-        assert!(
-            n <= self.len(),
-            "commit({n}) exceeds the {} reserved slots",
-            self.len()
-        );
-        RawRing::<T>::single_publish(self.side, self.cur, n as u32);
+impl<T: Pod> Drop for WriteSlots<'_, T> {
+    fn drop(&mut self) {
+        // An uncommitted reservation publishes nothing; on a multi side its claim is released.
+        self.finish(0);
     }
 }
 
 /// The consumer side of a [`Ring`]. `Send`, not `Sync`: one thread uses it at a time.
-pub struct Consumer<T: Copy> {
+///
+/// Every operation panics if the handle was inherited across `fork()` (attach by name in the
+/// child instead; [`Ring::check`] tells before you call).
+pub struct Consumer<T: Pod> {
     raw: RawRing<T>,
     cur: Cursor,
     single: bool,
     ring: Arc<Ring<T>>,
 }
 
-impl<T: Copy> std::fmt::Debug for Consumer<T> {
+impl<T: Pod> std::fmt::Debug for Consumer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
             .field("ring", &self.ring)
@@ -275,11 +348,12 @@ impl<T: Copy> std::fmt::Debug for Consumer<T> {
     }
 }
 
-impl<T: Copy> Consumer<T> {
+impl<T: Pod> Consumer<T> {
     pub(super) fn new(ring: Arc<Ring<T>>) -> Result<Self> {
+        ring.check()?;
         let single = ring.mode().single_consumer();
         if single {
-            claim(&ring.raw().hdr().cons, ring.mode().as_str(), "consumer")?;
+            take_single(&ring, &ring.raw().hdr().cons, "consumer")?;
         }
         let h = ring.raw().hdr();
         let cur = Cursor {
@@ -299,38 +373,58 @@ impl<T: Copy> Consumer<T> {
         &self.ring
     }
 
+    /// Claim up to `n` items, counting a short claim: (first index, count).
     #[inline(always)]
     fn claim(&mut self, n: usize, amount: Amount) -> (u32, u32) {
+        self.ring.assert_usable();
         let raw = &self.raw;
+        let h = raw.hdr();
         let Some(k) = request(n, raw.capacity(), amount) else {
-            raw.hdr().cons.short.fetch_add(1, Relaxed);
+            h.cons.short.fetch_add(1, Relaxed);
             return (0, 0);
         };
-        let (head, m) = if self.single {
-            raw.sc_claim(k, amount, &mut self.cur)
+        let (start, m) = if self.single {
+            protocol::sc_claim(&h.prod.tail, raw.capacity(), k, amount, &mut self.cur)
         } else {
-            raw.mc_claim(k, amount)
+            match protocol::multi_claim(
+                &SideRef::of(&h.cons),
+                &h.prod.tail,
+                raw.capacity(),
+                k,
+                amount,
+                false,
+                &self.ring.peers(),
+            ) {
+                Claim::Got { start, n } => (start, n),
+                Claim::Short | Claim::Busy => (0, 0),
+            }
         };
         if (m as usize) < n {
-            raw.hdr().cons.short.fetch_add(1, Relaxed);
+            h.cons.short.fetch_add(1, Relaxed);
         }
-        (head, m)
+        (start, m)
+    }
+
+    /// Release the first `k` items of a claim that began at `start` to the producers.
+    #[inline(always)]
+    fn publish(&mut self, start: u32, k: u32) {
+        let h = self.raw.hdr();
+        if self.single {
+            protocol::single_publish(&h.cons.tail, &mut self.cur, k);
+        } else {
+            protocol::multi_publish(&SideRef::of(&h.cons), start, k);
+        }
     }
 
     #[inline(always)]
     fn dequeue(&mut self, out: &mut [T], amount: Amount) -> usize {
-        let (head, m) = self.claim(out.len(), amount);
+        let (start, m) = self.claim(out.len(), amount);
         if m == 0 {
             return 0;
         }
-        let raw = &self.raw;
-        // SAFETY: the claim gave this handle the published slots [head, head + m).
-        unsafe { raw.read(head, &mut out[..m as usize]) };
-        if self.single {
-            RawRing::<T>::single_publish(&raw.hdr().cons, &mut self.cur, m);
-        } else {
-            RawRing::<T>::multi_publish(&raw.hdr().cons, head, m);
-        }
+        // SAFETY: the claim gave this handle the published slots [start, start + m).
+        unsafe { self.raw.read(start, &mut out[..m as usize]) };
+        self.publish(start, m);
         m as usize
     }
 
@@ -346,22 +440,17 @@ impl<T: Copy> Consumer<T> {
         self.dequeue(out, Amount::UpTo)
     }
 
-    /// Take one item, `None` if the ring is empty.
+    /// Take one item, `None` if the ring is empty (or, on a shared multi-consumer ring, another
+    /// process's dequeue stayed in flight: counted as `busy`).
     #[inline]
     pub fn pop(&mut self) -> Option<T> {
-        let (head, m) = self.claim(1, Amount::Exactly);
+        let (start, m) = self.claim(1, Amount::Exactly);
         if m == 0 {
             return None;
         }
-        let raw = &self.raw;
-        // SAFETY: the claim gave this handle the published slot `head`.
-        let (first, _) = unsafe { raw.slots(head, 1) };
-        let item = first[0];
-        if self.single {
-            RawRing::<T>::single_publish(&raw.hdr().cons, &mut self.cur, 1);
-        } else {
-            RawRing::<T>::multi_publish(&raw.hdr().cons, head, 1);
-        }
+        // SAFETY: the claim gave this handle the published slot `start`.
+        let item = unsafe { self.raw.read_one(start) };
+        self.publish(start, 1);
         Some(item)
     }
 
@@ -402,14 +491,16 @@ impl<T: Copy> Consumer<T> {
     }
 
     /// Zero-copy: look at exactly `n` items in place, or `None` if fewer are there.
-    /// Single-consumer rings only (panics otherwise).
+    ///
+    /// On a multi-consumer ring the items are the side's one claim in flight: other consumers
+    /// wait until they are released or the view is dropped, so release promptly.
     #[inline]
     pub fn peek(&mut self, n: usize) -> Option<ReadSlots<'_, T>> {
         let r = self.peek_amount(n, Amount::Exactly);
         (r.len() == n && n > 0).then_some(r)
     }
 
-    /// Zero-copy: look at up to `max` items in place (possibly none). Single-consumer only.
+    /// Zero-copy: look at up to `max` items in place (possibly none).
     #[inline]
     pub fn peek_up_to(&mut self, max: usize) -> ReadSlots<'_, T> {
         self.peek_amount(max, Amount::UpTo)
@@ -417,73 +508,90 @@ impl<T: Copy> Consumer<T> {
 
     #[inline(always)]
     fn peek_amount(&mut self, n: usize, amount: Amount) -> ReadSlots<'_, T> {
-        assert!(
-            self.single,
-            "peek/release needs a single-consumer ring (Mode::Spsc or Mode::Mpsc)"
-        );
-        let (head, m) = self.claim(n, amount);
-        // SAFETY: this handle is the only consumer (owner claim) and [head, head + m) is
-        // published; the slices borrow `self` mutably, so no dequeue runs until they are gone,
-        // and the producer cannot reuse the slots before `release` moves the tail.
-        let (first, second) = unsafe { self.raw.slots(head, m as usize) };
-        debug_assert_eq!(head, self.cur.head);
+        let (start, m) = self.claim(n, amount);
         ReadSlots {
-            side: &self.raw.hdr().cons,
-            cur: &mut self.cur,
-            first,
-            second,
+            consumer: self,
+            start,
+            len: m,
         }
     }
 }
 
-impl<T: Copy> Drop for Consumer<T> {
+impl<T: Pod> Drop for Consumer<T> {
     fn drop(&mut self) {
         if self.single {
-            self.ring.raw().hdr().cons.owner.store(0, Release);
+            drop_single(&self.ring, &self.ring.raw().hdr().cons);
         }
     }
 }
 
-/// Items seen by [`Consumer::peek`]: read them, then [`release`](ReadSlots::release) the slots.
-/// Dropping without releasing leaves them in the ring.
-pub struct ReadSlots<'a, T: Copy> {
-    side: &'a Side,
-    cur: &'a mut Cursor,
-    /// Items up to the end of the ring.
-    pub first: &'a [T],
-    /// Items from the start of the ring, when the range wraps.
-    pub second: &'a [T],
+/// Items seen by [`Consumer::peek`]: read them, then [`release`](ReadSlots::release) some or all
+/// of them to the producers. Dropping without releasing leaves them all in the ring.
+pub struct ReadSlots<'a, T: Pod> {
+    consumer: &'a mut Consumer<T>,
+    start: u32,
+    len: u32,
 }
 
-impl<T: Copy> ReadSlots<'_, T> {
+impl<T: Pod> std::fmt::Debug for ReadSlots<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadSlots").field("len", &self.len).finish()
+    }
+}
+
+impl<T: Pod> ReadSlots<'_, T> {
     /// Number of items.
     pub fn len(&self) -> usize {
-        self.first.len() + self.second.len()
+        self.len as usize
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
     }
 
-    /// Item `i` (0-based).
+    /// The items in place, as the part up to the end of the ring and the part from its start.
+    #[inline]
+    pub fn as_slices(&self) -> (&[T], &[T]) {
+        // SAFETY: [start, start + len) was claimed by this view (see `Consumer::claim`) and holds
+        // published items; no producer writes them until `release` moves the consumer tail past
+        // them, and the slices borrow `self`.
+        unsafe { self.consumer.raw.slots(self.start, self.len as usize) }
+    }
+
+    /// Item `i` (0-based). Panics if `i >= len()`.
     #[inline]
     pub fn get(&self, i: usize) -> T {
-        if i < self.first.len() {
-            self.first[i]
+        let (a, b) = self.as_slices();
+        if i < a.len() {
+            a[i]
         } else {
-            self.second[i - self.first.len()]
+            b[i - a.len()]
         }
     }
 
-    /// Give the first `n` slots back to the producer. Panics if `n` exceeds what was peeked.
+    /// Give the first `n` items back to the producers (the rest stay in the ring). Panics if `n`
+    /// exceeds what was peeked.
     #[inline]
-    pub fn release(self, n: usize) {
+    pub fn release(mut self, n: usize) {
         assert!(
             n <= self.len(),
             "release({n}) exceeds the {} peeked items",
             self.len()
         );
-        RawRing::<T>::single_publish(self.side, self.cur, n as u32);
+        self.finish(n as u32);
+    }
+
+    fn finish(&mut self, k: u32) {
+        if self.len > 0 {
+            self.consumer.publish(self.start, k);
+            self.len = 0;
+        }
+    }
+}
+
+impl<T: Pod> Drop for ReadSlots<'_, T> {
+    fn drop(&mut self) {
+        self.finish(0);
     }
 }

@@ -1,9 +1,11 @@
 //! Lock-free rings in the style of DPDK's `rte_ring`.
 //!
-//! A [`Ring<T>`] is a fixed, power-of-two number of slots of a `Copy` type (mempool object
-//! indices, AF_XDP descriptors, …) with a producer side and a consumer side, each either
+//! A [`Ring<T>`] is a fixed, power-of-two number of slots of a plain-data type ([`Pod`]: mempool
+//! object indices, descriptors, …) with a producer side and a consumer side, each either
 //! *single* (one handle at a time, no atomic read-modify-write on the fast path) or *multi*
-//! (any number of handles, a CAS on the head). The [`Mode`] is chosen once, at creation.
+//! (any number of handles; DPDK's HTS mode: one claim in flight per side, made by a CAS on a
+//! word that also names the claimant, so a claim left by a process that died is found and
+//! resolved by the others — see `protocol.rs`). The [`Mode`] is chosen once, at creation.
 //!
 //! Items move through handles: [`Ring::producer`] gives a [`Producer`], [`Ring::consumer`] a
 //! [`Consumer`]. On a single side only one handle may exist at a time (across processes, for
@@ -12,8 +14,14 @@
 //!
 //! Every operation comes as *bulk* (all or nothing: `enqueue_bulk`, `dequeue_bulk`) and *burst*
 //! (as many as fit: `enqueue_burst`, `dequeue_burst`), as in DPDK, plus single-item helpers
-//! and, on single sides, zero-copy [`Producer::reserve`]/[`WriteSlots::commit`] and
-//! [`Consumer::peek`]/[`ReadSlots::release`].
+//! and zero-copy [`Producer::reserve`]/[`WriteSlots::commit`] (publishes exactly the slots
+//! written) and [`Consumer::peek`]/[`ReadSlots::release`].
+//!
+//! Shared rings survive their users: a process that dies holding a claim, or a single side, is
+//! noticed through a lock it held on the ring file (released by the kernel when it dies, and
+//! valid across PID namespaces) and its claim is resolved and counted ([`RingStats`]); a live
+//! but stalled process makes the others' calls report busy rather than wait without bound. A
+//! `Ring` inherited across `fork()` refuses to work ([`Ring::check`]); attach by name instead.
 //!
 //! Memory: header and slots live in one mapping — private ([`Ring::new`], or a mapping you
 //! supply with [`Ring::in_mapping`], e.g. hugepages) or a named file in `/dev/shm` that other
@@ -32,7 +40,7 @@
 
 mod handle;
 mod layout;
-mod ops;
+mod protocol;
 mod raw;
 mod shared;
 mod wait;
@@ -118,8 +126,19 @@ impl fmt::Display for Mode {
     }
 }
 
-/// Plain old data: a `Copy` type with no pointers and no invalid bit patterns, which is what
-/// may be placed in memory that another process reads.
+/// Plain old data: a `Copy` type with no pointers, references or invalid bit patterns — what may
+/// be placed in ring slots, which another process (or a crashed writer) may have filled.
+///
+/// A ring of references, pointers or types with invalid bit patterns does not compile:
+///
+/// ```compile_fail
+/// use kbypass_core::ring::{Mode, Ring};
+/// let r = Ring::<&u64>::new(8, Mode::Spsc); // &u64 is not Pod
+/// ```
+/// ```compile_fail
+/// use kbypass_core::ring::{Mode, Ring};
+/// let r = Ring::<bool>::new(8, Mode::Spsc); // a byte of 2 is not a bool
+/// ```
 ///
 /// # Safety
 /// Implement only for types whose every bit pattern is a valid value and that contain no
@@ -145,8 +164,26 @@ pub struct RingStats {
     pub empty: u64,
     /// Items in the ring at the time of the call.
     pub len: u32,
-    /// `Ring` values attached to a shared ring, over all processes (1 for a private ring).
+    /// `Ring` values attached to a shared ring, over all live processes (1 for a private ring).
     pub attached: u32,
+    /// Enqueue calls that gave up because another live process's enqueue stayed in flight.
+    pub producer_busy: u64,
+    /// Dequeue calls that gave up because another live process's dequeue stayed in flight.
+    pub consumer_busy: u64,
+    /// Enqueues of dead processes resolved by the others.
+    pub producer_recovered: u64,
+    /// Slots those dead producers had claimed but not published (their items were never
+    /// enqueued: the call that claimed them never returned).
+    pub producer_rolled_back: u64,
+    /// Dequeues of dead processes resolved by the others.
+    pub consumer_recovered: u64,
+    /// Items those dead consumers had claimed but not released: left in the ring and delivered
+    /// to the others.
+    pub consumer_rolled_back: u64,
+    /// Pid (as the claimant saw itself) of the process whose enqueue is in flight, if any.
+    pub producer_claim: Option<u32>,
+    /// Pid of the process whose dequeue is in flight, if any.
+    pub consumer_claim: Option<u32>,
 }
 
 enum Backing {
@@ -154,8 +191,50 @@ enum Backing {
     Shared(shared::Attachment),
 }
 
+/// The token of every handle of a private ring: its claims are made by threads of this process,
+/// which cannot die without it.
+const PRIVATE_TOKEN: u32 = 1;
+
+/// The participants of one ring as the claim protocol sees them.
+pub(crate) struct RingPeers<'a> {
+    backing: &'a Backing,
+    hdr: &'a layout::Header,
+}
+
+impl protocol::Peers for RingPeers<'_> {
+    #[inline(always)]
+    fn token(&self) -> u32 {
+        match self.backing {
+            Backing::Private => PRIVATE_TOKEN,
+            Backing::Shared(a) => a.token(),
+        }
+    }
+
+    fn dead(&self, token: u32) -> bool {
+        match self.backing {
+            Backing::Private => false,
+            Backing::Shared(a) => a.dead(self.hdr, token),
+        }
+    }
+
+    #[inline(always)]
+    fn patient(&self) -> bool {
+        matches!(self.backing, Backing::Private)
+    }
+}
+
+impl RingPeers<'_> {
+    /// "process PID" for the participant holding `token`.
+    fn describe(&self, token: u32) -> String {
+        match shared::pid_of(self.hdr, token) {
+            Some(pid) => format!("process {pid}"),
+            None => "another participant".into(),
+        }
+    }
+}
+
 /// A lock-free ring of `T` (see the [module docs](self)).
-pub struct Ring<T: Copy> {
+pub struct Ring<T: Pod> {
     raw: RawRing<T>,
     mode: Mode,
     backing: Backing,
@@ -163,7 +242,7 @@ pub struct Ring<T: Copy> {
     mapping: Mapping,
 }
 
-impl<T: Copy> fmt::Debug for Ring<T> {
+impl<T: Pod> fmt::Debug for Ring<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ring")
             .field("capacity", &self.capacity())
@@ -196,7 +275,7 @@ pub fn check_capacity(capacity: usize) -> Result<u32> {
     Ok(capacity as u32)
 }
 
-impl<T: Copy> Ring<T> {
+impl<T: Pod> Ring<T> {
     /// Bytes of memory (header + slots, rounded to the page size) a ring of `capacity` needs.
     pub fn memory_size(capacity: usize) -> Result<usize> {
         let cap = check_capacity(capacity)?;
@@ -231,7 +310,6 @@ impl<T: Copy> Ring<T> {
             )));
         }
         let ring = Self::init(mapping, capacity as u32, mode, Backing::Private);
-        ring.raw.hdr().meta.refcount.store(1, Relaxed);
         ring.raw.hdr().meta.ready.store(1, Release);
         Ok(Arc::new(ring))
     }
@@ -258,7 +336,13 @@ impl<T: Copy> Ring<T> {
             side.head.store(0, Relaxed);
             side.tail.store(0, Relaxed);
             side.owner.store(0, Relaxed);
-            side.short.store(0, Relaxed);
+            for c in [&side.short, &side.busy, &side.recovered, &side.rolled_back] {
+                c.store(0, Relaxed);
+            }
+        }
+        for p in &h.peers {
+            p.generation.store(0, Relaxed);
+            p.pid.store(0, Relaxed);
         }
         let m = &h.meta;
         m.version.store(VERSION, Relaxed);
@@ -323,26 +407,80 @@ impl<T: Copy> Ring<T> {
     /// Counters and a length snapshot.
     pub fn stats(&self) -> RingStats {
         let h = self.raw.hdr();
+        let claim = |side: &layout::Side| {
+            let (_, token) = protocol::split(side.head.load(Relaxed));
+            match (&self.backing, token) {
+                (_, 0) => None,
+                (Backing::Private, _) => Some(std::process::id()),
+                (Backing::Shared(_), t) => shared::pid_of(h, t),
+            }
+        };
         RingStats {
             full: h.prod.short.load(Relaxed),
             empty: h.cons.short.load(Relaxed),
             len: self.raw.count(),
-            attached: h.meta.refcount.load(Relaxed),
+            attached: match &self.backing {
+                Backing::Private => 1,
+                Backing::Shared(a) => a.count_attached(h),
+            },
+            producer_busy: h.prod.busy.load(Relaxed),
+            consumer_busy: h.cons.busy.load(Relaxed),
+            producer_recovered: h.prod.recovered.load(Relaxed),
+            producer_rolled_back: h.prod.rolled_back.load(Relaxed),
+            consumer_recovered: h.cons.recovered.load(Relaxed),
+            consumer_rolled_back: h.cons.rolled_back.load(Relaxed),
+            producer_claim: claim(&h.prod),
+            consumer_claim: claim(&h.cons),
+        }
+    }
+
+    /// `Err(State)` when this value was inherited across `fork()`: a shared ring's attachment
+    /// (its place among the participants, its single-side handles) belongs to the process that
+    /// made it. In the child, attach by name. A private ring is copied into a child like the
+    /// rest of its memory (not shared with the parent) and stays usable there.
+    pub fn check(&self) -> Result<()> {
+        match &self.backing {
+            Backing::Shared(a) if a.forked() => Err(Error::State(format!(
+                "this Ring {:?} was inherited across fork(): it belongs to the parent process;                  attach to the ring by name in this process (Ring.attach({:?}))",
+                a.name(),
+                a.name()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Panic on a handle used in a forked child (one relaxed load on the hot path).
+    #[inline(always)]
+    pub(crate) fn assert_usable(&self) {
+        if let Backing::Shared(a) = &self.backing {
+            if a.forked() {
+                panic!("{}", self.check().unwrap_err());
+            }
         }
     }
 
     pub(crate) fn raw(&self) -> &RawRing<T> {
         &self.raw
     }
-}
 
-impl<T: Copy> Drop for Ring<T> {
-    fn drop(&mut self) {
-        if let Backing::Shared(a) = &self.backing {
-            a.detach(&self.raw.hdr().meta);
+    #[inline(always)]
+    pub(crate) fn peers(&self) -> RingPeers<'_> {
+        RingPeers {
+            backing: &self.backing,
+            hdr: self.raw.hdr(),
         }
     }
 }
 
+impl<T: Pod> Drop for Ring<T> {
+    fn drop(&mut self) {
+        if let Backing::Shared(a) = &self.backing {
+            a.detach(self.raw.hdr());
+        }
+    }
+}
+
+#[cfg(test)]
+mod loom_tests;
 #[cfg(test)]
 mod tests;

@@ -3,9 +3,8 @@
 //! [`RawRing`] is a header pointer, a slot pointer and a mask. Creating one is `unsafe` (the
 //! caller promises the memory is a valid, initialised ring that outlives the value); copying
 //! slots is `unsafe` (the caller promises it owns the index range by the head/tail protocol in
-//! `ops.rs`). Everything else in `ring/` is safe code on top of these few functions.
+//! `protocol.rs`). Everything else in `ring/` is safe code on top of these few functions.
 
-use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 
 use super::layout::{Header, SLOTS_OFFSET};
@@ -70,6 +69,14 @@ impl<T> RawRing<T> {
         unsafe { self.hdr.as_ref() }
     }
 
+    /// Items in the ring now (a snapshot; exact when both sides are idle).
+    pub(crate) fn count(&self) -> u32 {
+        let h = self.hdr();
+        let cons = h.cons.tail.load(std::sync::atomic::Ordering::Acquire);
+        let prod = h.prod.tail.load(std::sync::atomic::Ordering::Acquire);
+        prod.wrapping_sub(cons).min(self.capacity())
+    }
+
     /// Slot capacity.
     #[inline(always)]
     pub(crate) fn capacity(&self) -> u32 {
@@ -124,25 +131,18 @@ impl<T> RawRing<T> {
         }
     }
 
-    /// Slots `[idx, idx + len)` as two writable pieces (for zero-copy reserve/commit).
+    /// The item in slot `idx`.
     ///
     /// # Safety
-    /// As for [`RawRing::write`], for the lifetime `'a` of the returned slices.
+    /// As for [`RawRing::read`], for the one slot `idx`.
     #[inline(always)]
-    pub(crate) unsafe fn slots_mut<'a>(
-        &self,
-        idx: u32,
-        len: usize,
-    ) -> (&'a mut [MaybeUninit<T>], &'a mut [MaybeUninit<T>]) {
-        let (start, first, second) = self.split(idx, len);
-        let p = self.slots.as_ptr().cast::<MaybeUninit<T>>();
-        // SAFETY: the pieces are disjoint, inside the slot array, and owned by the caller.
-        unsafe {
-            (
-                std::slice::from_raw_parts_mut(p.add(start), first),
-                std::slice::from_raw_parts_mut(p, second),
-            )
-        }
+    pub(crate) unsafe fn read_one(&self, idx: u32) -> T
+    where
+        T: Copy,
+    {
+        // SAFETY: the slot lies inside the slot array (masked) and holds a published item the
+        // caller owns.
+        unsafe { self.slots.as_ptr().add((idx & self.mask) as usize).read() }
     }
 
     /// Slots `[idx, idx + len)` as two readable pieces (for zero-copy peek/release).

@@ -4,6 +4,7 @@
 
 pub mod affinity;
 pub mod bpf;
+pub mod fork;
 pub mod mm;
 pub mod netlink;
 pub mod netns;

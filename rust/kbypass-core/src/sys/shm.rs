@@ -146,19 +146,114 @@ pub fn identity_of_name(file_name: &str) -> Option<(u64, u64)> {
     Some((st.st_dev, st.st_ino))
 }
 
-/// This process's id.
+/// This process's id (in its own PID namespace: for messages, never for liveness).
 pub fn getpid() -> u32 {
     std::process::id()
 }
 
-/// Whether a process with this id exists (a zombie or another user's process counts as alive).
-pub fn pid_alive(pid: u32) -> bool {
-    if pid == 0 || pid > i32::MAX as u32 {
-        return false;
+/// Check that the object behind `fd` is a regular file owned by this process's effective user
+/// and open to nobody else (mode 0600 or stricter), as `create_exclusive` makes them: a file
+/// another user planted under the name could otherwise feed this process a forged header.
+pub fn check_private(fd: &OwnedFd, file_name: &str) -> Result<()> {
+    // SAFETY: an all-zero `stat` is a valid value of the plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes into the struct we own; fd is open.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(Error::last_os("fstat", ""));
     }
-    // SAFETY: kill with signal 0 only checks for existence and permission; it sends nothing.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    rc == 0 || errno() == libc::EPERM
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let path = format!("{SHM_DIR}/{file_name}");
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(Error::invalid(format!(
+            "{path} is not a regular file: remove it (it is not a kbypass object)"
+        )));
+    }
+    if st.st_uid != me {
+        return Err(Error::Permission {
+            what: format!(
+                "{path} belongs to uid {}, not to this process (uid {me})",
+                st.st_uid
+            ),
+            fix: "attach as the user that created it, or remove it and create it again".into(),
+        });
+    }
+    if st.st_mode & 0o077 != 0 {
+        return Err(Error::Permission {
+            what: format!(
+                "{path} is open to other users (mode {:o})",
+                st.st_mode & 0o7777
+            ),
+            fix: format!("restrict it (`chmod 600 {path}`) or remove it and create it again"),
+        });
+    }
+    Ok(())
+}
+
+/// Byte ranges of a file locked with open-file-description locks (`F_OFD_SETLK`): a lock belongs
+/// to the open file description, so it holds across PID namespaces, is released by the kernel
+/// when the last descriptor of that description closes (a killed process included), and is not
+/// taken over by a forked child (see `sys::fork`).
+fn ofd(
+    fd: &OwnedFd,
+    cmd: libc::c_int,
+    kind: libc::c_short,
+    start: u64,
+    len: u64,
+) -> Result<libc::flock> {
+    // SAFETY: an all-zero flock is a valid value of the plain C struct.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start as libc::off_t;
+    fl.l_len = len as libc::off_t;
+    fl.l_pid = 0; // required by the OFD commands
+                  // SAFETY: fcntl with an OFD lock command reads (and for GETLK writes) the flock we own.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), cmd, &mut fl) } != 0 {
+        return Err(Error::last_os(format!("fcntl(OFD lock at {start})"), ""));
+    }
+    Ok(fl)
+}
+
+/// Take a write lock on `[start, start + len)` without waiting; `Ok(false)` when another open
+/// file description holds a lock there.
+pub fn try_lock(fd: &OwnedFd, start: u64, len: u64) -> Result<bool> {
+    match ofd(
+        fd,
+        libc::F_OFD_SETLK,
+        libc::F_WRLCK as libc::c_short,
+        start,
+        len,
+    ) {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(e.errno(), Some(libc::EAGAIN) | Some(libc::EPERM)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Release what this description holds on `[start, start + len)`.
+pub fn unlock(fd: &OwnedFd, start: u64, len: u64) -> Result<()> {
+    ofd(
+        fd,
+        libc::F_OFD_SETLK,
+        libc::F_UNLCK as libc::c_short,
+        start,
+        len,
+    )
+    .map(|_| ())
+}
+
+/// Whether another open file description (of any process, this one included) holds a lock that
+/// overlaps `[start, start + len)`. Locks of `fd`'s own description are not seen.
+pub fn locked_by_other(fd: &OwnedFd, start: u64, len: u64) -> Result<bool> {
+    let fl = ofd(
+        fd,
+        libc::F_OFD_GETLK,
+        libc::F_WRLCK as libc::c_short,
+        start,
+        len,
+    )?;
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
 }
 
 #[cfg(test)]
@@ -205,9 +300,45 @@ mod tests {
     }
 
     #[test]
-    fn liveness() {
-        assert!(pid_alive(getpid()));
-        assert!(!pid_alive(0));
-        assert!(!pid_alive(u32::MAX));
+    fn ofd_locks_conflict_between_descriptions_and_go_with_the_last_close() {
+        let name = format!("kbypass-test-lock-{}", getpid());
+        let _ = unlink(&name);
+        let a = create_exclusive(&name, 4096).unwrap();
+        let b = open_existing(&name, "").unwrap();
+        check_private(&a, &name).unwrap();
+        assert!(try_lock(&a, 1 << 32, 1).unwrap());
+        assert!(
+            !try_lock(&b, 1 << 32, 1).unwrap(),
+            "another description conflicts"
+        );
+        assert!(locked_by_other(&b, 1 << 32, 1).unwrap());
+        assert!(
+            locked_by_other(&b, 1 << 31, 1 << 32).unwrap(),
+            "a range covering it"
+        );
+        assert!(
+            !locked_by_other(&a, 1 << 32, 1).unwrap(),
+            "its own lock is not seen"
+        );
+        assert!(
+            try_lock(&b, (1 << 32) + 1, 1).unwrap(),
+            "a different byte is free"
+        );
+        // A duplicate shares the description: closing it keeps the lock, closing all drops it.
+        let dup = a.try_clone().unwrap();
+        drop(a);
+        assert!(locked_by_other(&b, 1 << 32, 1).unwrap());
+        drop(dup);
+        assert!(!locked_by_other(&b, 1 << 32, 1).unwrap());
+        unlock(&b, (1 << 32) + 1, 1).unwrap();
+        // Another user's file, or one open to others, is refused.
+        std::fs::set_permissions(
+            path_of(&name).unwrap(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        )
+        .unwrap();
+        let e = check_private(&b, &name).unwrap_err();
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        assert!(unlink(&name).unwrap());
     }
 }
