@@ -226,7 +226,7 @@ def test_shared_lifetime(shm_name: str) -> None:
     path = f"/dev/shm/kbypass.ring.{shm_name}"
     a = Ring.create_shared(shm_name, 16, mode="mpmc")
     assert a.name == shm_name and os.path.exists(path)
-    with pytest.raises(FileExistsError, match="unlink"):
+    with pytest.raises(FileExistsError, match="attach"):
         Ring.create_shared(shm_name, 16)
     b = Ring.attach(shm_name)
     assert (b.capacity, b.mode, b.stats()["attached"]) == (16, "mpmc", 2)
@@ -247,7 +247,7 @@ def test_stale_ring_replace_and_unlink(shm_name: str) -> None:
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     assert os.path.exists(f"/dev/shm/kbypass.ring.{shm_name}")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="crashed: remove it with unlink"):
         Ring.create_shared(shm_name, 8)
     r = Ring.create_shared(shm_name, 32, replace=True)
     assert Ring.attach(shm_name).capacity == 32
@@ -332,3 +332,168 @@ def test_two_processes_move_a_million_items_in_order(shm_name: str) -> None:
     assert len(ring) == 0 and ring.stats()["attached"] == 1, "the child detached on exit"
     ring.close()
     assert not os.path.exists(f"/dev/shm/kbypass.ring.{shm_name}")
+
+
+# ---------------------------------------------------------------- crashed, stopped, forked peers
+
+# Moves big bulks through a shared MPMC ring forever, so that most of its time is spent between
+# a claim and its publish (a 256 KiB copy each way): where a SIGKILL or SIGSTOP does harm.
+CHURN = """
+import sys, numpy as np
+from kbypass import Ring
+r = Ring.attach(sys.argv[1])
+a = np.arange(1 << 15, dtype=np.uint64)
+print("ready", flush=True)
+while True:
+    r.put_bulk(a, timeout=None)
+    r.get_bulk(len(a), timeout=None)
+"""
+
+# Checks from a separate process that the ring still works: an unrecoverable ring makes it
+# hang (with the GIL held, in the old code), which the parent sees as a timeout.
+CHECK = """
+import sys
+from kbypass import Ring
+r = Ring.attach(sys.argv[1])
+r.put(1 << 40, timeout=5.0)  # not a value the churners move
+while r.get(timeout=5.0) != 1 << 40:
+    pass
+print("ok", flush=True)
+"""
+
+
+def _churner(name: str) -> subprocess.Popen[str]:
+    p = subprocess.Popen([sys.executable, "-c", CHURN, name], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    return p
+
+
+def _stop_mid_claim(ring: Ring, p: subprocess.Popen[str], side: str, tries: int = 400) -> bool:
+    """SIGSTOP `p` at random moments until it is stopped inside a claim on `side`."""
+    import random
+    import signal
+
+    for _ in range(tries):
+        time.sleep(random.uniform(0, 0.003))
+        os.kill(p.pid, signal.SIGSTOP)
+        # Wait until it really is stopped before looking at the ring.
+        for _ in range(1000):
+            with open(f"/proc/{p.pid}/stat") as f:
+                if f.read().split(") ", 1)[1].startswith("T"):
+                    break
+            time.sleep(0.0005)
+        if ring.stats().get(f"{side}_claim") == p.pid:
+            return True
+        os.kill(p.pid, signal.SIGCONT)
+    return False
+
+
+@pytest.mark.parametrize("side", ["producer", "consumer"])
+def test_a_peer_killed_mid_call_blocks_nobody_and_is_counted(shm_name: str, side: str) -> None:
+    ring = Ring.create_shared(shm_name, 1 << 16, mode="mpmc")
+    kills = 0
+    for _ in range(3):
+        p = _churner(shm_name)
+        try:
+            assert _stop_mid_claim(ring, p, side), f"never caught the child inside a {side} claim"
+            p.kill()  # SIGKILL between its claim and its publish
+            p.wait()
+            kills += 1
+            check = subprocess.run(
+                [sys.executable, "-c", CHECK, shm_name],
+                capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            assert check.stdout.strip() == "ok", check.stderr
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    s = ring.stats()
+    assert s[f"{side}_recovered"] == kills, s
+    assert s[f"{side}_claim"] is None and s["attached"] == 1, s
+    # Every dead producer's claim was one whole bulk (never published); every dead consumer's
+    # items went back to the ring, so the ring holds exactly what live calls left in it.
+    if side == "producer":
+        assert s["producer_rolled_back"] == kills * (1 << 15), s
+    else:
+        assert s["consumer_rolled_back"] == kills * (1 << 15), s
+
+
+# Runs, with the GIL, the calls a stopped peer must not hang: a non-blocking enqueue, a put with
+# a timeout, and a put without one interrupted by Ctrl-C. Prints what happened and how long.
+STALLED = """
+import os, signal, sys, threading, time
+from kbypass import Ring
+r = Ring.attach(sys.argv[1])
+t = time.monotonic(); ok = r.enqueue(1); print("enqueue", ok, round(time.monotonic() - t, 3))
+t = time.monotonic()
+try:
+    r.put(1, timeout=0.5)
+    print("put returned")
+except TimeoutError:
+    print("put timeout", round(time.monotonic() - t, 3))
+threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+t = time.monotonic()
+try:
+    r.put(1)
+    print("put returned")
+except KeyboardInterrupt:
+    print("put interrupted", round(time.monotonic() - t, 3))
+print("busy", r.stats()["producer_busy"] > 0, flush=True)
+"""
+
+
+def test_a_stopped_peer_never_hangs_a_call_and_ctrl_c_works(shm_name: str) -> None:
+    from _signals import sigint_default
+
+    ring = Ring.create_shared(shm_name, 1 << 16, mode="mpmc")
+    p = _churner(shm_name)
+    try:
+        assert _stop_mid_claim(ring, p, "producer"), "never caught the child inside an enqueue"
+        r = subprocess.run(
+            [sys.executable, "-c", STALLED, shm_name],
+            capture_output=True, text=True, timeout=30, preexec_fn=sigint_default,
+        )  # fmt: skip
+        lines = r.stdout.split("\n")
+        enqueue, timeout, interrupted, busy = lines[0], lines[1], lines[2], lines[3]
+        assert enqueue.startswith("enqueue False") and float(enqueue.split()[2]) < 0.5, r.stdout
+        assert timeout.startswith("put timeout") and 0.45 < float(timeout.split()[2]) < 3, r.stdout
+        assert interrupted.startswith("put interrupted"), r.stdout + r.stderr
+        assert 0.25 < float(interrupted.split()[2]) < 1.5, r.stdout
+        assert busy == "busy True", r.stdout
+        assert ring.stats()["producer_recovered"] == 0, "a stopped process is alive"
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_a_shared_ring_inherited_across_fork_refuses_and_loses_nothing(shm_name: str) -> None:
+    r = Ring.create_shared(shm_name, 8, mode="spsc")
+    assert r.enqueue(100)
+    pid = os.fork()
+    if pid == 0:  # the child: refused, then closes its copy
+        code = 1
+        try:
+            r.enqueue(999)
+        except RuntimeError as e:
+            code = 0 if "fork" in str(e) and "attach" in str(e) else 2
+        r.close()
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert r.enqueue(200) and r.enqueue(300)
+    other = Ring.attach(shm_name)  # the child's close did not remove the name
+    assert [other.dequeue() for _ in range(4)] == [100, 200, 300, None]
+    assert r.stats()["attached"] == 2
+    other.close()
+    r.close()
+
+
+def test_attach_refuses_a_file_others_could_have_written(shm_name: str) -> None:
+    path = f"/dev/shm/kbypass.ring.{shm_name}"
+    Ring.create_shared(shm_name, 8).close()  # removed again by its last user
+    with open(path, "wb") as f:
+        f.write(b"\0" * 16384)
+    os.chmod(path, 0o644)
+    with pytest.raises(PermissionError, match="chmod 600"):
+        Ring.attach(shm_name)
