@@ -1,11 +1,13 @@
-"""Test helpers: run code as an unprivileged user, and borrow hugetlb pages for a while."""
+"""Test helpers: run code as an unprivileged user or without some capabilities, and borrow
+hugetlb pages for a while."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pickle
 import resource
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,20 +17,33 @@ T = TypeVar("T")
 NOBODY = 65534
 
 
-def as_nobody(fn: Callable[[], T], memlock: int = 8 << 20) -> T:
-    """Run ``fn`` in a forked child that dropped root (uid/gid nobody, RLIMIT_MEMLOCK capped).
+def in_child(
+    fn: Callable[[], T],
+    *,
+    memlock: tuple[int, int] | None = None,
+    drop_caps: Sequence[int] = (),
+    uid: int | None = None,
+) -> T:
+    """Run ``fn`` in a forked child and return what it returned (re-raise what it raised).
 
-    Returns what ``fn`` returned; re-raises what it raised. Needs root to drop from.
+    Before ``fn`` the child sets RLIMIT_MEMLOCK to ``memlock`` (soft, hard), drops the
+    capabilities ``drop_caps`` (numbers from linux/capability.h) from its effective, permitted
+    and inheritable sets, and switches to user and group ``uid``, in that order. Needs root for
+    anything but the first.
     """
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
         try:
             os.close(r)
-            resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock, memlock))
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
+            if memlock is not None:
+                resource.setrlimit(resource.RLIMIT_MEMLOCK, memlock)
+            if drop_caps:
+                _drop_capabilities(drop_caps)
+            if uid is not None:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
             try:
                 out: tuple[bool, Any] = (True, fn())
             except BaseException as e:
@@ -45,6 +60,65 @@ def as_nobody(fn: Callable[[], T], memlock: int = 8 << 20) -> T:
     if not ok:
         raise value
     return value  # type: ignore[no-any-return]
+
+
+def as_nobody(fn: Callable[[], T], memlock: int = 8 << 20, memlock_hard: int | None = None) -> T:
+    """Run ``fn`` in a forked child that dropped root (uid/gid nobody, RLIMIT_MEMLOCK capped).
+
+    The soft limit is ``memlock``, the hard one ``memlock_hard`` (the same by default).
+    Returns what ``fn`` returned; re-raises what it raised. Needs root to drop from.
+    """
+    hard = memlock if memlock_hard is None else memlock_hard
+    return in_child(fn, memlock=(memlock, hard), uid=NOBODY)
+
+
+CAP_IPC_LOCK = 14
+CAP_SYS_RESOURCE = 24
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def _drop_capabilities(caps: Sequence[int]) -> None:
+    """Remove ``caps`` from this thread's capability sets (capget/capset, version 3)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    for cap in caps:
+        word, bit = divmod(cap, 32)
+        keep = ~(1 << bit) & 0xFFFFFFFF
+        data[word].effective &= keep
+        data[word].permitted &= keep
+        data[word].inheritable &= keep
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+def has_capability(cap: int) -> bool:
+    """Whether ``cap`` is in this process's effective set (CapEff of /proc/self/status)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> cap & 1)
+    return False
+
+
+def locked_bytes() -> int:
+    """Bytes this process has mlocked (VmLck of /proc/self/status)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmLck:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("/proc/self/status has no VmLck line")
 
 
 def _pool(page_kb: int) -> Path:

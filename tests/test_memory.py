@@ -1,13 +1,23 @@
 import gc
 import os
+import resource
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import kbypass
-from _privileges import as_nobody, available, hugepages
-from kbypass import HugeRegion
+from _privileges import (
+    CAP_IPC_LOCK,
+    CAP_SYS_RESOURCE,
+    as_nobody,
+    available,
+    has_capability,
+    hugepages,
+    in_child,
+    locked_bytes,
+)
+from kbypass import HugeRegion, info
 
 MIB = 1 << 20
 root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to reserve hugepages")
@@ -165,12 +175,18 @@ def test_without_root_small_regions_work_and_large_locks_say_the_fix() -> None:
 
     assert as_nobody(small) == ("4k", True)
 
-    def large_locked() -> None:
-        HugeRegion(64 * MIB, hugepages="never")
+    def large_locked() -> tuple[str, tuple[int, int]]:
+        try:
+            HugeRegion(64 * MIB, hugepages="never")
+        except OSError as e:
+            return str(e), resource.getrlimit(resource.RLIMIT_MEMLOCK)
+        raise AssertionError("locking 64 MiB under an 8 MiB hard limit succeeded")
 
-    with pytest.raises(OSError, match="ulimit -l") as e:
-        as_nobody(large_locked)
-    assert "lock=False" in str(e.value)
+    message, limits = as_nobody(large_locked)
+    assert "ulimit -l" in message
+    assert "lock=False" in message
+    assert "hard limit" in message  # what is in the way, and that only it is
+    assert limits == (8 * MIB, 8 * MIB)  # nothing was changed for the failed attempt
 
     def large_unlocked() -> bool:
         return HugeRegion(64 * MIB, hugepages="never", lock=False).locked
@@ -180,3 +196,102 @@ def test_without_root_small_regions_work_and_large_locks_say_the_fix() -> None:
 
 def test_exported_from_package() -> None:
     assert kbypass.HugeRegion is HugeRegion
+
+
+def _can_set_memlock_hard(hard: int) -> bool:
+    """Whether a child of this process may set its hard RLIMIT_MEMLOCK to ``hard``."""
+    parent_hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+    if has_capability(CAP_SYS_RESOURCE) or parent_hard == resource.RLIM_INFINITY:
+        return True
+    return hard != resource.RLIM_INFINITY and hard <= parent_hard
+
+
+@root
+@pytest.mark.parametrize(
+    ("soft", "hard", "size"),
+    [(MIB, 8 * MIB, 4 * MIB), (8 * MIB, resource.RLIM_INFINITY, 16 * MIB)],
+    ids=["hard-8MiB", "hard-unlimited"],
+)
+def test_locking_past_the_soft_limit_raises_it_by_what_is_needed(
+    soft: int, hard: int, size: int
+) -> None:
+    """The soft limit goes to what the process had locked plus the region: never unlimited."""
+    if not _can_set_memlock_hard(hard):
+        pytest.skip(
+            "optional: this root has no CAP_SYS_RESOURCE and a lower hard RLIMIT_MEMLOCK, "
+            "so it cannot give a child this hard limit"
+        )
+
+    def lock() -> tuple[int, int, tuple[int, int]]:
+        before = locked_bytes()
+        r = HugeRegion(size, hugepages="never")
+        assert r.locked
+        return before, r.size, resource.getrlimit(resource.RLIMIT_MEMLOCK)
+
+    before, got, (soft_after, hard_after) = as_nobody(lock, memlock=soft, memlock_hard=hard)
+    assert got == size
+    assert soft_after != resource.RLIM_INFINITY
+    assert soft_after == before + size
+    assert hard_after == hard  # not raised: the soft limit fitted under it
+
+
+@root
+def test_a_raised_memlock_limit_is_reported_on_the_region_and_the_process() -> None:
+    def lock_small_then_big() -> tuple[list[str], list[str], list[dict[str, int | None]], int]:
+        small = HugeRegion(MIB // 2, hugepages="never")  # fits under 1 MiB: nothing to raise
+        before = locked_bytes()
+        big = HugeRegion(4 * MIB, hugepages="never")
+        report = info.collect(["privileges"])["privileges"]
+        assert report["memlock_raises"] == kbypass.memlock_raises()
+        assert report["memlock_limit"] == before + 4 * MIB
+        assert "(raised by kbypass 1x)" in info.SECTIONS["privileges"].summary(report)
+        return small.notes, big.notes, kbypass.memlock_raises(), before
+
+    small, big, raises, before = as_nobody(lock_small_then_big, memlock=MIB, memlock_hard=8 * MIB)
+    assert small == []
+    assert raises == [
+        {
+            "locked": before,
+            "needed": 4 * MIB,
+            "soft_before": MIB,
+            "hard_before": 8 * MIB,
+            "soft": before + 4 * MIB,
+            "hard": 8 * MIB,
+        }
+    ]
+    assert len(big) == 1
+    assert big[0].startswith("RLIMIT_MEMLOCK raised from 1 MiB to ")
+    assert "to lock 4 MiB" in big[0]
+
+
+@root
+def test_without_cap_ipc_lock_or_cap_sys_resource_the_hard_limit_stops_it_with_the_fix() -> None:
+    def lock_4_mib() -> tuple[str, tuple[int, int]]:
+        try:
+            HugeRegion(4 * MIB, hugepages="never")
+        except OSError as e:
+            return str(e), resource.getrlimit(resource.RLIMIT_MEMLOCK)
+        raise AssertionError("locking 4 MiB under a 1 MiB hard limit succeeded")
+
+    # Root without CAP_IPC_LOCK is held to RLIMIT_MEMLOCK like anyone else.
+    message, limits = in_child(
+        lock_4_mib, memlock=(MIB, MIB), drop_caps=[CAP_IPC_LOCK, CAP_SYS_RESOURCE]
+    )
+    assert limits == (MIB, MIB)
+    assert "hard limit 1 MiB" in message
+    assert "CAP_SYS_RESOURCE" in message
+    assert "lock=False" in message
+
+
+@root
+def test_with_cap_sys_resource_the_hard_limit_is_raised_to_what_is_needed_not_unlimited() -> None:
+    if not has_capability(CAP_SYS_RESOURCE):
+        pytest.skip("optional: this root has no CAP_SYS_RESOURCE (a container?)")
+
+    def lock_4_mib() -> tuple[int, int, tuple[int, int]]:
+        before = locked_bytes()
+        r = HugeRegion(4 * MIB, hugepages="never")
+        return before, r.size, resource.getrlimit(resource.RLIMIT_MEMLOCK)
+
+    before, size, limits = in_child(lock_4_mib, memlock=(MIB, MIB), drop_caps=[CAP_IPC_LOCK])
+    assert limits == (before + size, before + size)

@@ -19,6 +19,7 @@ from kbypass._core import (
     RxBatch,
     XdpPort,
     XdpSocket,
+    memlock_raises,
 )
 from kbypass.pipeline import DROP, FORWARD, KEEP, TX, Action, Pipeline, processor
 from kbypass.xdp import (
@@ -57,6 +58,7 @@ __all__ = [
     "__version__",
     "capture",
     "cpu",
+    "memlock_raises",
     "packet",
     "parse_filter",
     "probe_xdp",

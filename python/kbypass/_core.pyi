@@ -56,6 +56,7 @@ __all__ = [
     "cpu_pin",
     "cpu_topology",
     "edit_frames",
+    "memlock_raises",
     "netns_inode",
     "nic_numa_node",
     "packet_meta_fields",
@@ -140,8 +141,10 @@ class _RegionMemory:
 class HugeRegion:
     """Anonymous memory on the largest pages available: 1 GiB, 2 MiB, THP, then 4 KiB.
 
-    Populated and locked; ``tier`` says what it got. NumPy views stay valid after ``close()``
-    or garbage collection of the region: the memory goes with the last view.
+    Populated and locked; ``tier`` says what it got. When RLIMIT_MEMLOCK is too low for the
+    lock, its soft limit is raised by what the region needs (never to unlimited) and ``notes``
+    says so (see :func:`memlock_raises`). NumPy views stay valid after ``close()`` or garbage
+    collection of the region: the memory goes with the last view.
 
     Example::
 
@@ -174,6 +177,8 @@ class HugeRegion:
     @property
     def numa_node(self) -> int | None: ...
     @property
+    def notes(self) -> list[str]: ...
+    @property
     def closed(self) -> bool: ...
     @property
     def address(self) -> int: ...
@@ -187,6 +192,13 @@ class HugeRegion:
         *_args: type[BaseException] | BaseException | TracebackType | None,
     ) -> bool: ...
     def __len__(self) -> int: ...
+
+def memlock_raises() -> list[dict[str, int | None]]:
+    """Return the raises of RLIMIT_MEMLOCK kbypass made in this process, oldest first.
+
+    Keys: ``locked``, ``needed``, ``soft_before``, ``hard_before``, ``soft``, ``hard`` (bytes;
+    None for unlimited).
+    """
 
 # --- cpu.rs ---------------------------------------------------------------------------------
 
@@ -232,6 +244,8 @@ class Mempool:
     def stride(self) -> int: ...
     @property
     def tier(self) -> str: ...
+    @property
+    def notes(self) -> list[str]: ...
     @property
     def available(self) -> int: ...
     @property

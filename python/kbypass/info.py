@@ -180,11 +180,15 @@ def _has_cap(name: str) -> bool:
     return bool(_cap_eff() >> CAPS[name] & 1)
 
 
-def _memlock_limit() -> int | None:
+def _memlock_limits() -> tuple[int | None, int | None]:
+    """RLIMIT_MEMLOCK (soft, hard) in bytes, None for unlimited."""
     import resource
 
-    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    return None if soft == resource.RLIM_INFINITY else soft
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    return (
+        None if soft == resource.RLIM_INFINITY else soft,
+        None if hard == resource.RLIM_INFINITY else hard,
+    )
 
 
 # --- sections -----------------------------------------------------------------------------
@@ -199,15 +203,23 @@ def kernel() -> Report:
 
 def _privileges_summary(r: Report) -> str:
     caps = " ".join(f"{k}={_yes(v)}" for k, v in r["capabilities"].items())
-    return f"root={_yes(r['root'])} {caps} memlock={r['memlock_limit_text']}"
+    raised = len(r["memlock_raises"])
+    by_us = f" (raised by kbypass {raised}x)" if raised else ""
+    return f"root={_yes(r['root'])} {caps} memlock={r['memlock_limit_text']}{by_us}"
 
 
 @section("privileges", "privileges", _privileges_summary)
 def privileges() -> Report:
-    """Effective uid, the capabilities kernel bypass needs, and RLIMIT_MEMLOCK."""
+    """Effective uid, the capabilities kernel bypass needs, and RLIMIT_MEMLOCK.
+
+    ``memlock_raises`` lists the raises of the limit kbypass made in this process to lock
+    memory (:func:`kbypass.memlock_raises`).
+    """
+    from kbypass._core import memlock_raises
+
     caps = {name: _has_cap(name) for name in ("CAP_NET_ADMIN", "CAP_BPF", "CAP_IPC_LOCK")}
     caps["CAP_NET_RAW"] = _has_cap("CAP_NET_RAW")
-    limit = _memlock_limit()
+    limit, hard = _memlock_limits()
     fixes = []
     missing = [k for k, v in caps.items() if not v]
     if missing:
@@ -223,6 +235,8 @@ def privileges() -> Report:
         "capabilities": caps,
         "memlock_limit": limit,
         "memlock_limit_text": _size_text(limit),
+        "memlock_hard_limit": hard,
+        "memlock_raises": memlock_raises(),
         "fixes": fixes,
     }
 

@@ -21,6 +21,7 @@ SCENARIOS = [
     "kbypass_memory",
     "dropped_in_any_order",
     "srq_from_python",
+    "inline_send_from_a_region",
     "error_state_flush_and_exceptions",
     "endpoint_serialization",
     "pingpong_interop_from_python",

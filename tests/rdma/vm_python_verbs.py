@@ -370,6 +370,27 @@ def scenario_srq_from_python() -> None:
             raise AssertionError("post_recv on a QP with an SRQ was accepted")
 
 
+def scenario_inline_send_from_a_region() -> None:
+    with rdma.Context("rxe0") as ctx:
+        cq = ctx.create_cq(16)
+        pd, a, b = rc_pair(ctx, cq)
+        buf = np.zeros(1024, dtype=np.uint8)
+        mr = pd.register(buf)
+        buf[:8] = np.frombuffer(b"inline!!", dtype=np.uint8)
+        b.post_recv(mr, offset=512, length=64, wr_id=1)
+        a.send(mr, offset=0, length=8, wr_id=2, inline=True)
+        wcs = {w.wr_id: w.check() for w in wait_wcs(cq, 2)}
+        assert wcs[1].byte_len == 8 and bytes(buf[512:520]) == b"inline!!", wcs
+        # The payload is a slice of a registered region, bounds-checked, and fits the WQE.
+        for length, words in ((600, "outside"), (512, "max_inline_data")):
+            try:
+                a.send(mr, offset=512, length=length, inline=True)
+            except ValueError as e:
+                assert words in str(e), e
+            else:
+                raise AssertionError(f"an inline send of {length} bytes was accepted")
+
+
 def scenario_error_state_flush_and_exceptions() -> None:
     with rdma.Context("rxe0") as ctx:
         cq = ctx.create_cq(32)

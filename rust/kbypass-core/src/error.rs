@@ -108,6 +108,26 @@ impl Error {
         Self::os(what, errno(), fix)
     }
 
+    /// The same error with `fix` as its fix (variants without one are returned unchanged).
+    pub fn with_fix(self, fix: impl Into<String>) -> Self {
+        match self {
+            Error::Os { what, errno, .. } => Error::Os {
+                what,
+                errno,
+                fix: fix.into(),
+            },
+            Error::Permission { what, .. } => Error::Permission {
+                what,
+                fix: fix.into(),
+            },
+            Error::Unsupported { what, .. } => Error::Unsupported {
+                what,
+                fix: fix.into(),
+            },
+            other => other,
+        }
+    }
+
     /// The errno carried by this error, if it came from a system call.
     pub fn errno(&self) -> Option<i32> {
         match self {

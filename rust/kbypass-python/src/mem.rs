@@ -11,6 +11,7 @@ use numpy::ndarray::ArrayView1;
 use numpy::PyArray1;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 use crate::errors::IntoPyResult;
 
@@ -59,6 +60,7 @@ pub struct PyHugeRegion {
     huge_bytes: usize,
     locked: bool,
     numa_node: Option<usize>,
+    notes: Vec<String>,
 }
 
 impl PyHugeRegion {
@@ -148,6 +150,7 @@ impl PyHugeRegion {
             huge_bytes: region.huge_bytes(),
             locked: region.locked(),
             numa_node: region.numa_node(),
+            notes: region.notes(),
             region: Mutex::new(Some(Arc::new(region))),
         })
     }
@@ -186,6 +189,14 @@ impl PyHugeRegion {
     #[getter]
     fn numa_node(&self) -> Option<usize> {
         self.numa_node
+    }
+
+    /// What was changed to get the region, one sentence each: today a raised RLIMIT_MEMLOCK
+    /// ("RLIMIT_MEMLOCK raised from 8 MiB to 24 MiB (hard limit unlimited) to lock 16 MiB
+    /// (8 MiB already locked)"); empty when nothing was.
+    #[getter]
+    fn notes(&self) -> Vec<String> {
+        self.notes.clone()
     }
 
     /// Whether close() was called.
@@ -257,8 +268,38 @@ impl PyHugeRegion {
     }
 }
 
+/// Return the raises of RLIMIT_MEMLOCK kbypass made in this process, oldest first.
+///
+/// A region is locked (when swappable) so that the kernel never pages it out under a NIC or
+/// an RDMA device. When RLIMIT_MEMLOCK is too low for that, kbypass raises the soft limit to
+/// what the process had locked plus what the region needs (never to unlimited; the hard
+/// limit only when it is lower and the process has CAP_SYS_RESOURCE) and records it here and
+/// in the region's ``notes``. Each entry: ``locked`` and ``needed`` (bytes), ``soft_before``,
+/// ``hard_before``, ``soft``, ``hard`` (bytes, None for unlimited).
+///
+/// Example:
+///     >>> kbypass.memlock_raises()   # root (CAP_IPC_LOCK) never needs one
+///     []
+#[pyfunction]
+fn memlock_raises(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    kbypass_core::sys::mm::memlock_raises()
+        .iter()
+        .map(|r| {
+            let d = PyDict::new(py);
+            d.set_item("locked", r.locked)?;
+            d.set_item("needed", r.needed)?;
+            d.set_item("soft_before", r.before.soft)?;
+            d.set_item("hard_before", r.before.hard)?;
+            d.set_item("soft", r.after.soft)?;
+            d.set_item("hard", r.after.hard)?;
+            Ok(d)
+        })
+        .collect()
+}
+
 /// Register the memory classes.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(memlock_raises, m)?)?;
     m.add_class::<PyHugeRegion>()?;
     m.add_class::<RegionMemory>()?;
     Ok(())

@@ -31,6 +31,7 @@ pub struct PyMempool {
     size: usize,
     stride: usize,
     tier: &'static str,
+    notes: Vec<String>,
 }
 
 impl PyMempool {
@@ -120,6 +121,7 @@ impl PyMempool {
             size: pool.size(),
             stride: pool.stride(),
             tier: pool.tier().name(),
+            notes: pool.region().notes(),
             pool: Mutex::new(Some(pool)),
         })
     }
@@ -207,6 +209,13 @@ impl PyMempool {
     #[getter]
     fn tier(&self) -> &'static str {
         self.tier
+    }
+
+    /// What was changed to get the memory (a raised RLIMIT_MEMLOCK, see
+    /// ``kbypass.memlock_raises()``); empty when nothing was.
+    #[getter]
+    fn notes(&self) -> Vec<String> {
+        self.notes.clone()
     }
 
     /// Free objects right now.

@@ -528,7 +528,8 @@ impl RdmaSrq {
         wr_id: u64,
         sg: Option<Vec<SgItem<'_>>>,
     ) -> PyResult<()> {
-        let sges = gather(mr, offset, length, sg)?;
+        let more = sg.unwrap_or_default();
+        let sges = gather(mr, offset, length, &more)?;
         self.get()?.post_recv(wr_id, &sges).py()
     }
 
@@ -701,18 +702,20 @@ impl RdmaCq {
 /// One more scatter/gather element from Python: `(mr, offset, length)`.
 type SgItem<'py> = (PyRef<'py, RdmaMr>, usize, usize);
 
-/// The SGE list: `mr[offset:offset+length]` (the rest of the region by default), then `sg`.
-fn gather(
-    mr: &RdmaMr,
+/// The SGE list: `mr[offset:offset+length]` (the rest of the region by default), then `more`.
+/// Every element comes from a registered region, bounds-checked, and borrows it: the regions
+/// stay open (Python cannot close a region it is passing) until the post returns.
+fn gather<'a>(
+    mr: &'a RdmaMr,
     offset: usize,
     length: Option<usize>,
-    sg: Option<Vec<SgItem<'_>>>,
-) -> PyResult<Vec<rdma::Sge>> {
+    more: &'a [SgItem<'_>],
+) -> PyResult<Vec<rdma::Sge<'a>>> {
     let m = mr.get()?;
     let len = length.unwrap_or(m.len().saturating_sub(offset));
     let mut sges = vec![m.sge(offset, len).py()?];
-    for (more, off, len) in sg.unwrap_or_default() {
-        sges.push(more.get()?.sge(off, len).py()?);
+    for (other, off, len) in more {
+        sges.push(other.get()?.sge(*off, *len).py()?);
     }
     Ok(sges)
 }
@@ -834,7 +837,8 @@ impl RdmaQp {
         inline: bool,
         sg: Option<Vec<SgItem<'_>>>,
     ) -> PyResult<()> {
-        let sges = gather(mr, offset, length, sg)?;
+        let more = sg.unwrap_or_default();
+        let sges = gather(mr, offset, length, &more)?;
         let mut flags = SendFlags::default();
         if signaled {
             flags = flags | SendFlags::SIGNALED;
@@ -1117,11 +1121,14 @@ impl RdmaQp {
         wr_id: u64,
         sg: Option<Vec<SgItem<'_>>>,
     ) -> PyResult<()> {
-        let sges = gather(mr, offset, length, sg)?;
+        let more = sg.unwrap_or_default();
+        let sges = gather(mr, offset, length, &more)?;
         self.get()?.post_recv(wr_id, &sges).py()
     }
 
     /// SEND (with immediate data if `imm` is given); on a UD QP pass `ah` and `remote_qpn`.
+    /// `inline=True` has the provider copy the payload (`mr[offset:offset+length]`, at most the
+    /// QP's `max_inline_data` bytes, else ValueError) into the work request during the call.
     #[pyo3(signature = (mr, offset = 0, length = None, wr_id = 0, imm = None, signaled = true, inline = false, ah = None, remote_qpn = None, remote_qkey = 0x1111_1111, sg = None))]
     #[allow(clippy::too_many_arguments)]
     fn send(

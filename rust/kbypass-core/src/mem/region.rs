@@ -4,7 +4,8 @@
 //! (a 2 MiB-aligned range with `MADV_HUGEPAGE`), 4 KiB pages. The region is populated up front
 //! (`MADV_POPULATE_WRITE`, so a missing hugepage is an error rather than a SIGBUS later),
 //! optionally bound to a NUMA node (`mbind` before the first fault), and locked (`mlock`) when
-//! it is swappable. A Mempool or an AF_XDP UMEM is carved from it by offset: the base pointer,
+//! it is swappable. When RLIMIT_MEMLOCK is too low for the lock, its soft limit is raised by
+//! what the region needs, never to unlimited, and [`HugeRegion::notes`] says so. A Mempool or an AF_XDP UMEM is carved from it by offset: the base pointer,
 //! length, page size and tier never change for the life of the value. Share it with `Arc`.
 
 use std::fmt;
@@ -146,6 +147,7 @@ pub struct HugeRegion {
     huge_bytes: usize,
     locked: bool,
     numa_node: Option<usize>,
+    memlock_raise: Option<mm::MemlockRaise>,
 }
 
 impl HugeRegion {
@@ -235,8 +237,9 @@ impl HugeRegion {
             }
         })?;
         let mut locked = tier.is_hugetlb();
+        let mut memlock_raise = None;
         if opts.lock && !tier.is_hugetlb() {
-            lock(&map, offset, len).map_err(Attempt::Fatal)?;
+            memlock_raise = lock(&map, offset, len).map_err(Attempt::Fatal)?;
             locked = true;
         }
         let huge_bytes = match tier {
@@ -258,6 +261,7 @@ impl HugeRegion {
             huge_bytes,
             locked,
             numa_node: opts.numa_node,
+            memlock_raise,
         })
     }
 
@@ -320,6 +324,18 @@ impl HugeRegion {
     #[inline]
     pub fn numa_node(&self) -> Option<usize> {
         self.numa_node
+    }
+
+    /// The raise of RLIMIT_MEMLOCK that locking this region took, if it took one.
+    #[inline]
+    pub fn memlock_raise(&self) -> Option<&mm::MemlockRaise> {
+        self.memlock_raise.as_ref()
+    }
+
+    /// What was changed to get this region, one sentence each (today: a raised
+    /// RLIMIT_MEMLOCK).
+    pub fn notes(&self) -> Vec<String> {
+        self.memlock_raise.iter().map(|r| r.to_string()).collect()
     }
 
     /// `count` dependent random 8-byte reads over the region (fixed-seed xorshift); returns
@@ -441,19 +457,17 @@ fn populate(map: &Mapping, offset: usize, len: usize, tier: Tier) -> Result<()> 
     }
 }
 
-fn lock(map: &Mapping, offset: usize, len: usize) -> Result<()> {
-    match pages::lock(map, offset, len) {
-        Ok(()) => Ok(()),
-        Err(e) if matches!(e.errno(), Some(libc::ENOMEM | libc::EPERM | libc::EAGAIN)) => {
-            // Root may lift its own limit; anyone else keeps the error, which carries the fix.
-            if mm::raise_memlock_limit() {
-                pages::lock(map, offset, len)
-            } else {
-                Err(e)
-            }
-        }
-        Err(e) => Err(e),
+/// `mlock` the range; when RLIMIT_MEMLOCK is in the way, raise it by what the range needs
+/// (never to unlimited) and say so in the returned raise.
+fn lock(map: &Mapping, offset: usize, len: usize) -> Result<Option<mm::MemlockRaise>> {
+    let failed = match pages::lock(map, offset, len) {
+        Ok(()) => return Ok(None),
+        Err(e) => e,
+    };
+    if !matches!(failed.errno(), Some(libc::ENOMEM | libc::EPERM)) {
+        return Err(failed);
     }
+    mm::raise_memlock_and_retry(len as u64, failed, || pages::lock(map, offset, len)).map(Some)
 }
 
 /// Sum of `AnonHugePages` over the smaps entries overlapping `[start, start + len)`.

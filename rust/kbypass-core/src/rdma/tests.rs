@@ -747,17 +747,33 @@ fn rdma_shared_receive_queue_and_inline_send() {
         srq.post_recv(50 + i, &[mr.sge(i as usize * 64, 64).unwrap()])
             .unwrap();
     }
-    // Inline: the payload is copied into the work request, so any memory will do (no lkey).
-    let payload = *b"inline!!";
-    let sge = Sge(ffi::ibv_sge {
-        addr: payload.as_ptr() as u64,
-        length: 8,
-        lkey: 0,
-    });
+    // Inline: the provider copies the payload into the work request during post_send; it
+    // comes from a memory region (the lkey is not checked, the memory is still ours).
+    let src = pd
+        .register(Mapping::anonymous(4096, 0).unwrap(), Access::LOCAL_READ)
+        .unwrap();
+    src.write(0, b"inline!!").unwrap();
+    assert!(a.max_inline_data() >= QpCaps::default().max_inline_data);
+    let too_long = src.sge(0, a.max_inline_data() as usize + 1).unwrap();
+    let e = a
+        .post_send(9, SendOp::Send, &[too_long], SendFlags::INLINE)
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidArgument(_)) && e.to_string().contains("max_inline_data"),
+        "{e}"
+    );
+    let read = SendOp::Read {
+        remote_addr: mr.addr(),
+        rkey: mr.rkey(),
+    };
+    let e = a
+        .post_send(9, read, &[src.sge(0, 8).unwrap()], SendFlags::INLINE)
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
     a.post_send(
         1,
         SendOp::Send,
-        &[sge],
+        &[src.sge(0, 8).unwrap()],
         SendFlags::SIGNALED | SendFlags::INLINE,
     )
     .unwrap();

@@ -8,6 +8,7 @@
 use std::any::Any;
 use std::ffi::{c_int, c_void};
 use std::fmt;
+use std::marker::PhantomData;
 use std::ptr::{self, NonNull};
 use std::sync::Arc;
 use std::time::Duration;
@@ -613,7 +614,7 @@ impl Drop for SharedReceiveQueue {
 
 impl SharedReceiveQueue {
     /// Post one receive work request to the shared pool.
-    pub fn post_recv(&self, wr_id: u64, sg: &[Sge]) -> Result<()> {
+    pub fn post_recv(&self, wr_id: u64, sg: &[Sge<'_>]) -> Result<()> {
         let mut wr = ffi::ibv_recv_wr {
             wr_id,
             next: ptr::null_mut(),
@@ -681,26 +682,17 @@ impl MemoryRegion {
     }
 
     fn check(&self, offset: usize, len: usize) -> Result<()> {
-        if offset.checked_add(len).is_none_or(|end| end > self.len) {
-            return Err(Error::invalid(format!(
-                "bytes {offset}..{} are outside the {}-byte region",
-                offset.saturating_add(len),
-                self.len
-            )));
-        }
-        Ok(())
+        check_range(offset, len, self.len)
     }
 
-    /// A scatter/gather element for `len` bytes at `offset`.
-    pub fn sge(&self, offset: usize, len: usize) -> Result<Sge> {
-        self.check(offset, len)?;
-        let length =
-            u32::try_from(len).map_err(|_| Error::invalid("an SGE holds at most 4 GiB"))?;
-        Ok(Sge(ffi::ibv_sge {
-            addr: self.addr() + offset as u64,
-            length,
-            lkey: self.lkey(),
-        }))
+    /// A scatter/gather element for `len` bytes at `offset`, bounds-checked against the
+    /// region. It borrows the region, so the memory stays registered and mapped while the
+    /// element can be posted.
+    pub fn sge(&self, offset: usize, len: usize) -> Result<Sge<'_>> {
+        Ok(Sge {
+            raw: sge_in(self.addr(), self.len, self.lkey(), offset, len)?,
+            _mr: PhantomData,
+        })
     }
 
     /// Copy bytes out of the region.
@@ -728,9 +720,115 @@ impl MemoryRegion {
 }
 
 /// A scatter/gather element (`ibv_sge`): address, length and lkey of registered memory.
+///
+/// Safe code gets one only from [`MemoryRegion::sge`], bounds-checked, and it borrows the
+/// region: an [`SendFlags::INLINE`] send, which the provider copies from the address with the
+/// CPU and no lkey check, reads only memory this process registered and still holds. Memory
+/// registered elsewhere needs the `unsafe` [`Sge::from_raw`].
+///
+/// ```no_run
+/// use kbypass_core::rdma::{Access, QueuePair, ProtectionDomain, SendFlags, SendOp};
+/// use kbypass_core::sys::mm::Mapping;
+/// fn send_hello(pd: &ProtectionDomain, qp: &QueuePair) -> kbypass_core::Result<()> {
+///     let mr = pd.register(Mapping::anonymous(4096, 0)?, Access::LOCAL_WRITE)?;
+///     mr.write(0, b"hello")?;
+///     let flags = SendFlags::SIGNALED | SendFlags::INLINE;
+///     qp.post_send(1, SendOp::Send, &[mr.sge(0, 5)?], flags)
+/// }
+/// ```
+///
+/// Safe code cannot build one from a raw address:
+///
+/// ```compile_fail,E0423
+/// use kbypass_core::rdma::{ffi, Sge};
+/// let payload = *b"anything";
+/// let sge = Sge(ffi::ibv_sge { addr: payload.as_ptr() as u64, length: 8, lkey: 0 });
+/// ```
+///
+/// and one taken from a memory region cannot outlive it:
+///
+/// ```compile_fail,E0597
+/// use kbypass_core::rdma::{Access, ProtectionDomain};
+/// use kbypass_core::sys::mm::Mapping;
+/// fn dangling(pd: &ProtectionDomain) -> kbypass_core::Result<()> {
+///     let sge = {
+///         let mr = pd.register(Mapping::anonymous(4096, 0)?, Access::LOCAL_WRITE)?;
+///         mr.sge(0, 64)?
+///     }; // `mr` is deregistered and unmapped here
+///     let _still_used = sge;
+///     Ok(())
+/// }
+/// ```
 #[repr(transparent)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sge(pub ffi::ibv_sge);
+pub struct Sge<'a> {
+    raw: ffi::ibv_sge,
+    _mr: PhantomData<&'a MemoryRegion>,
+}
+
+impl Sge<'_> {
+    /// An element over memory that is not a [`MemoryRegion`] of this crate (e.g. one
+    /// registered by other code).
+    ///
+    /// # Safety
+    /// For as long as the element is passed to `post_send`, `post_recv` or an SRQ's
+    /// `post_recv`, `addr..addr + length` must be memory the process may read (an
+    /// [`SendFlags::INLINE`] send copies it with the CPU, lkey unchecked) and, for the device,
+    /// lie inside a registration whose local key is `lkey` in the queue pair's protection
+    /// domain; memory the device writes (receives, READ and atomic results) must stay mapped
+    /// until the work request completes.
+    pub unsafe fn from_raw(addr: u64, length: u32, lkey: u32) -> Self {
+        Sge {
+            raw: ffi::ibv_sge { addr, length, lkey },
+            _mr: PhantomData,
+        }
+    }
+
+    /// Start address.
+    pub fn addr(&self) -> u64 {
+        self.raw.addr
+    }
+    /// Length in bytes.
+    pub fn length(&self) -> u32 {
+        self.raw.length
+    }
+    /// Local key of the region it lies in.
+    pub fn lkey(&self) -> u32 {
+        self.raw.lkey
+    }
+}
+
+/// `offset..offset + len` must lie inside a region of `region_len` bytes.
+fn check_range(offset: usize, len: usize, region_len: usize) -> Result<()> {
+    if offset.checked_add(len).is_none_or(|end| end > region_len) {
+        return Err(Error::invalid(format!(
+            "bytes {offset}..{} are outside the {region_len}-byte region",
+            offset.saturating_add(len),
+        )));
+    }
+    Ok(())
+}
+
+/// The `ibv_sge` for `len` bytes at `offset` of a region of `region_len` bytes at `base`.
+fn sge_in(
+    base: u64,
+    region_len: usize,
+    lkey: u32,
+    offset: usize,
+    len: usize,
+) -> Result<ffi::ibv_sge> {
+    check_range(offset, len, region_len)?;
+    let length = u32::try_from(len).map_err(|_| {
+        Error::invalid(format!(
+            "an SGE holds at most 4 GiB - 1, got {len} bytes: split it into several SGEs"
+        ))
+    })?;
+    Ok(ffi::ibv_sge {
+        addr: base + offset as u64,
+        length,
+        lkey,
+    })
+}
 
 /// An address handle for UD (`ibv_ah`).
 pub struct AddressHandle {
@@ -1160,6 +1258,7 @@ impl std::ops::BitOr for SendFlags {
 pub struct QueuePair {
     ptr: NonNull<ffi::ibv_qp>,
     qp_type: QpType,
+    max_inline: u32,
     post_send: ffi::PostSendFn,
     post_recv: ffi::PostRecvFn,
     pd: Arc<PdInner>,
@@ -1234,6 +1333,8 @@ impl QueuePair {
         Ok(QueuePair {
             ptr,
             qp_type,
+            // ibv_create_qp writes the sizes it granted back into `attr.cap`.
+            max_inline: attr.cap.max_inline_data,
             post_send,
             post_recv,
             pd: pd.inner.clone(),
@@ -1252,6 +1353,32 @@ impl QueuePair {
     /// The transport.
     pub fn qp_type(&self) -> QpType {
         self.qp_type
+    }
+
+    /// The largest [`SendFlags::INLINE`] payload the provider granted at creation.
+    pub fn max_inline_data(&self) -> u32 {
+        self.max_inline
+    }
+
+    /// Refuse inline sends the provider would read past (too long) or that verbs does not
+    /// define (anything but SEND and RDMA WRITE).
+    fn check_inline(&self, op: &SendOp<'_>, sg: &[Sge<'_>]) -> Result<()> {
+        if matches!(
+            op,
+            SendOp::Read { .. } | SendOp::CompareSwap { .. } | SendOp::FetchAdd { .. }
+        ) {
+            return Err(Error::invalid(
+                "INLINE is only for SEND and RDMA WRITE: post READ and atomics without it",
+            ));
+        }
+        let total: u64 = sg.iter().map(|s| u64::from(s.length())).sum();
+        if total > u64::from(self.max_inline) {
+            return Err(Error::invalid(format!(
+                "an inline send of {total} bytes exceeds this QP's max_inline_data ({}): send it without INLINE or create the QP with a larger max_inline_data",
+                self.max_inline
+            )));
+        }
+        Ok(())
     }
 
     /// The current state (`enum ibv_qp_state`: 0 RESET, 1 INIT, 2 RTR, 3 RTS, 6 ERR), queried.
@@ -1379,15 +1506,22 @@ impl QueuePair {
         self.modify(&mut a, ffi::QP_STATE)
     }
 
-    /// Post one send work request. Does not allocate; `sg` must describe registered memory
-    /// (or any memory with [`SendFlags::INLINE`]).
+    /// Post one send work request. Does not allocate.
+    ///
+    /// With [`SendFlags::INLINE`] the provider copies the SGEs' bytes into the work request
+    /// during this call (verbs does not check the lkey then): they come from memory regions
+    /// the elements borrow, at most [`max_inline_data`](Self::max_inline_data) bytes in all,
+    /// and only for SEND and RDMA WRITE (verbs defines inline for nothing else).
     pub fn post_send(
         &self,
         wr_id: u64,
         op: SendOp<'_>,
-        sg: &[Sge],
+        sg: &[Sge<'_>],
         flags: SendFlags,
     ) -> Result<()> {
+        if flags.0 & SendFlags::INLINE.0 != 0 {
+            self.check_inline(&op, sg)?;
+        }
         let mut wr = ffi::ibv_send_wr {
             wr_id,
             next: ptr::null_mut(),
@@ -1486,7 +1620,7 @@ impl QueuePair {
     }
 
     /// Post one receive work request.
-    pub fn post_recv(&self, wr_id: u64, sg: &[Sge]) -> Result<()> {
+    pub fn post_recv(&self, wr_id: u64, sg: &[Sge<'_>]) -> Result<()> {
         let mut wr = ffi::ibv_recv_wr {
             wr_id,
             next: ptr::null_mut(),
@@ -1504,5 +1638,49 @@ impl QueuePair {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod sge_tests {
+    use super::*;
+
+    #[test]
+    fn sge_bounds_are_checked_against_the_region() {
+        let base = 0x7000_0000_0000u64;
+        let whole = sge_in(base, 4096, 7, 0, 4096).unwrap();
+        assert_eq!((whole.addr, whole.length, whole.lkey), (base, 4096, 7));
+        let tail = sge_in(base, 4096, 7, 4032, 64).unwrap();
+        assert_eq!((tail.addr, tail.length), (base + 4032, 64));
+        assert!(sge_in(base, 4096, 7, 4096, 0).is_ok());
+        for (offset, len) in [(4033, 64), (0, 4097), (4097, 0), (usize::MAX, 2)] {
+            let e = sge_in(base, 4096, 7, offset, len).unwrap_err();
+            assert!(
+                matches!(e, Error::InvalidArgument(_)),
+                "{offset}+{len}: {e}"
+            );
+            assert!(
+                e.to_string().contains("outside the 4096-byte region"),
+                "{e}"
+            );
+        }
+        let huge = 1usize << 33;
+        let e = sge_in(base, huge, 7, 0, 1 << 32).unwrap_err();
+        assert!(e.to_string().contains("at most 4 GiB"), "{e}");
+    }
+
+    #[test]
+    fn an_sge_has_the_layout_of_ibv_sge() {
+        assert_eq!(
+            std::mem::size_of::<Sge<'_>>(),
+            std::mem::size_of::<ffi::ibv_sge>()
+        );
+        assert_eq!(
+            std::mem::align_of::<Sge<'_>>(),
+            std::mem::align_of::<ffi::ibv_sge>()
+        );
+        // SAFETY: never posted; only the accessors read it.
+        let s = unsafe { Sge::from_raw(0x1000, 64, 9) };
+        assert_eq!((s.addr(), s.length(), s.lkey()), (0x1000, 64, 9));
     }
 }

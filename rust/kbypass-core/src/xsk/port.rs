@@ -171,13 +171,15 @@ impl XskPort {
         self.attachment.as_ref().map(|a| a.mode())
     }
 
-    /// Notes from attaching (fallbacks) and binding (copy instead of zero-copy).
+    /// Notes from allocating the UMEM (a raised RLIMIT_MEMLOCK), attaching (fallbacks) and
+    /// binding (copy instead of zero-copy).
     pub fn notes(&self) -> Vec<String> {
-        let mut n: Vec<String> = self
-            .attachment
-            .iter()
-            .flat_map(|a| a.notes().iter().cloned())
-            .collect();
+        let mut n = self.umem.pool().region().notes();
+        n.extend(
+            self.attachment
+                .iter()
+                .flat_map(|a| a.notes().iter().cloned()),
+        );
         for s in self.sockets.iter().flatten() {
             n.extend(s.notes().iter().cloned());
         }
