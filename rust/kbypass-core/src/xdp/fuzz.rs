@@ -7,7 +7,7 @@
 //! port numbers, flipped bytes — and every frame must get:
 //!
 //! 1. the same verdict from the kernel (`BPF_PROG_TEST_RUN` of the compiled program: redirect
-//!    or pass) as [`super::rules::matches`] on [`crate::packet::parse`];
+//!    or pass) as [`super::rules::matches()`] on [`crate::packet::parse()`];
 //! 2. the same fields from the program's header walk (a probe program: the walk of
 //!    [`super::program::emit_headers`] followed by a dump of its registers into a map) as the
 //!    parser: EtherType, outer VLAN, IP version, protocol, whether the ports exist, the ports,
@@ -29,7 +29,10 @@ use super::asm::{helper, Alu, Asm, Cond, Size, R0, R1, R10, R2, R3};
 use super::program::{emit_headers, hdr, HeaderWalk, L4_OK, UNTAGGED};
 use super::rules::{format_filter, matches, parse_filter, IpVersion, Rule, Vlan};
 use super::{ProgramOptions, XdpProgram};
-use crate::packet::parse::{parse, PacketMeta, FLAG_L4, FLAG_VLAN};
+use crate::packet::parse::{
+    parse, PacketMeta, FLAG_FRAGMENT, FLAG_IP_OPTIONS, FLAG_L4, FLAG_MALFORMED, FLAG_TRUNCATED,
+    FLAG_VLAN,
+};
 use crate::sys::bpf::{
     MapFd, ProgFd, ProgLoad, TestRun, BPF_MAP_TYPE_ARRAY, BPF_PROG_TYPE_XDP, XDP_PASS, XDP_REDIRECT,
 };
@@ -242,30 +245,24 @@ struct Built {
 }
 
 fn l4_header(g: &mut Rng, proto: u8, sport: u16, dport: u16) -> Vec<u8> {
-    let mut h = match proto {
-        17 => vec![0u8; 8],
-        132 => vec![0u8; 12],
-        6 => {
-            let doff = match g.below(10) {
-                0 => g.below(5) as u8,          // malformed: < 5
-                1..=2 => 6 + g.below(10) as u8, // options
-                _ => 5,
-            };
-            let mut h = vec![0u8; usize::from(doff.max(5)) * 4];
-            h[12] = doff << 4;
-            h
-        }
-        _ => vec![0u8; 8],
+    // TCP data offset: mostly 5, sometimes with options, sometimes malformed (< 5).
+    let doff: u8 = match g.below(10) {
+        0 => g.below(5) as u8,
+        1..=2 => 6 + g.below(10) as u8,
+        _ => 5,
     };
-    for b in h.iter_mut().skip(4) {
-        *b = g.byte();
-    }
-    if proto == 6 {
-        let doff = h[12] >> 4;
-        h[12] = doff << 4;
-    }
+    let len = match proto {
+        17 => 8,
+        132 => 12,
+        6 => usize::from(doff.max(5)) * 4,
+        _ => 8,
+    };
+    let mut h: Vec<u8> = (0..len).map(|_| g.byte()).collect();
     h[0..2].copy_from_slice(&sport.to_be_bytes());
     h[2..4].copy_from_slice(&dport.to_be_bytes());
+    if proto == 6 {
+        h[12] = (doff << 4) | (h[12] & 0x0f);
+    }
     h
 }
 
@@ -741,7 +738,8 @@ fn kernel_matcher_and_parser_agree() {
     let probe = Probe::new();
     let t0 = Instant::now();
     let (mut done, mut hits, mut rule_sets) = (0u64, 0u64, 0u64);
-    let mut l4_frames = 0u64;
+    // What the frames exercised, as the parser saw them.
+    let mut seen = Coverage::default();
     while done < cases {
         let (text, rules) = rule_set(&mut g);
         let frags = g.chance(20);
@@ -769,20 +767,70 @@ fn kernel_matcher_and_parser_agree() {
                     );
                 }
             }
-            l4_frames += u64::from(parse(&b.frame).flags & FLAG_L4 != 0);
+            seen.add(&parse(&b.frame));
             done += 1;
         }
     }
     let secs = t0.elapsed().as_secs_f64();
     eprintln!(
-        "xdp::fuzz: {done} frames over {rule_sets} rule sets agree (seed {seed:#x}): \
-         {hits} redirected, {l4_frames} with ports; {secs:.1} s ({:.0} frames/s)",
+        "xdp::fuzz: {done} frames over {rule_sets} rule sets agree (seed {seed:#x}) in {secs:.1} s \
+         ({:.0} frames/s); {hits} redirected; {seen}",
         done as f64 / secs
     );
-    // The generator must exercise both verdicts and the port paths substantially.
+    // The generator must exercise both verdicts and every kind of frame substantially.
     assert!(
         hits > done / 10 && hits < done * 9 / 10,
         "{hits} of {done} redirected"
     );
-    assert!(l4_frames > done / 4, "{l4_frames} of {done} had ports");
+    for (what, n) in seen.counts() {
+        assert!(n > done / 100, "only {n} of {done} frames had {what}");
+    }
+}
+
+/// How many frames had each feature (as parsed).
+#[derive(Debug, Default)]
+struct Coverage {
+    ports: u64,
+    qinq: u64,
+    ipv4_options: u64,
+    ipv6_ext: u64,
+    fragments: u64,
+    truncated: u64,
+    malformed: u64,
+}
+
+impl Coverage {
+    fn add(&mut self, m: &PacketMeta) {
+        let f = |flag: u16| u64::from(m.flags & flag != 0);
+        self.ports += f(FLAG_L4);
+        self.qinq += u64::from(m.flags & FLAG_VLAN != 0 && m.l3_off == 22);
+        self.ipv4_options += u64::from(m.ip_version == 4) * f(FLAG_IP_OPTIONS);
+        self.ipv6_ext += u64::from(m.ip_version == 6) * f(FLAG_IP_OPTIONS);
+        self.fragments += f(FLAG_FRAGMENT);
+        self.truncated += f(FLAG_TRUNCATED);
+        self.malformed += f(FLAG_MALFORMED);
+    }
+
+    fn counts(&self) -> [(&'static str, u64); 7] {
+        [
+            ("ports", self.ports),
+            ("two VLAN tags", self.qinq),
+            ("IPv4 options", self.ipv4_options),
+            ("IPv6 extension headers", self.ipv6_ext),
+            ("fragments", self.fragments),
+            ("truncation", self.truncated),
+            ("malformed headers", self.malformed),
+        ]
+    }
+}
+
+impl std::fmt::Display for Coverage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .counts()
+            .iter()
+            .map(|(what, n)| format!("{n} with {what}"))
+            .collect();
+        f.write_str(&parts.join(", "))
+    }
 }

@@ -93,7 +93,7 @@ fn bounds(a: &mut Asm, base: Reg, n: i32, tmp: Reg, fail: Label) {
         .jmp_reg(Cond::Gt, tmp, hdr::END, fail);
 }
 
-/// Added to the protocol in [`hdr::PROTO`] when the ports can be read at [`hdr::L4`].
+/// Added to the protocol in [`hdr::PROTO`] when the ports are in [`hdr::SPORT`] and [`hdr::DPORT`].
 pub(crate) const L4_OK: i32 = 0x100;
 
 /// Where [`emit_headers`] leaves what it found; the rules only read these.
@@ -511,7 +511,7 @@ fn emit_rule(a: &mut Asm, r: &Rule, ver: Option<IpVersion>, hit: Label) {
 
 /// A program that redirects frames matching any of `rules` to the queue's socket and passes
 /// everything else (including short or malformed frames) to the kernel. It decides exactly as
-/// [`super::rules::matches`] does on the frame's [`crate::packet::parse`].
+/// [`super::rules::matches()`] does on the frame's [`crate::packet::parse()`].
 pub fn filter_program(rules: &[Rule], map_fd: RawFd, form: RedirectForm) -> Result<Vec<BpfInsn>> {
     if rules.is_empty() {
         return default_program(map_fd, form);

@@ -31,7 +31,7 @@
 //!
 //! # What a frame is made of
 //!
-//! The XDP program, [`matches`] and [`crate::packet::parse`] read frames the same way (checked
+//! The XDP program, [`matches()`] and [`crate::packet::parse()`] read frames the same way (checked
 //! against each other by the differential fuzz in `xdp::fuzz`):
 //!
 //! - **Ethernet and VLAN tags.** Up to two tags (TPID 0x8100 or 0x88a8, in any order: 802.1Q,
@@ -254,7 +254,7 @@ impl Rule {
 }
 
 impl Rule {
-    /// Whether this rule matches the frame `m` was parsed from ([`crate::packet::parse`]):
+    /// Whether this rule matches the frame `m` was parsed from ([`crate::packet::parse()`]):
     /// exactly what the compiled XDP program decides for it (see the module docs).
     pub fn matches(&self, m: &PacketMeta) -> bool {
         if m.l3_off == 0 {
