@@ -18,7 +18,7 @@
 //! fixed-seed number of cases; longer runs:
 //!
 //! ```text
-//! KBYPASS_FUZZ_CASES=1000000 cargo test -p kbypass-core --release -- xdp::fuzz --nocapture
+//! KBYPASS_FUZZ_CASES=1000000 cargo test -p kbypass-core --release --lib -- xdp::fuzz --nocapture
 //! KBYPASS_FUZZ_SEED=12345 ...   # another sequence (the seed of a failure is in its report)
 //! ```
 
