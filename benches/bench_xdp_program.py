@@ -69,3 +69,41 @@ def test_filter_program_cost(benchmark: BenchmarkFixture, name: str) -> None:
         insns=prog.insn_count,
     )
     assert ns > 0 and ref_ns > 0
+
+
+def udp6_frame_behind_extension_headers(dport: int, headers: int) -> bytes:
+    """IPv6/UDP behind `headers` destination-options headers (8 bytes each)."""
+    chain = b"".join(bytes([60 if i + 1 < headers else 17, 0]) + bytes(6) for i in range(headers))
+    udp = struct.pack("!HHHH", 40000, dport, 16, 0) + bytes(8)
+    first = 60 if headers else 17
+    ip6 = struct.pack("!IHBB", 0x6000_0000, len(chain) + len(udp), first, 64)
+    ip6 += bytes.fromhex("20010db8000000000000000000000001")
+    ip6 += bytes.fromhex("20010db8000000000000000000000002")
+    eth = bytes.fromhex("020000000002020000000001") + b"\x86\xdd"
+    return eth + ip6 + chain + udp
+
+
+@pytest.mark.benchmark(group="xdp-program")
+@pytest.mark.parametrize("headers", [0, 3, 8])
+def test_filter_program_cost_ipv6_extension_headers(
+    benchmark: BenchmarkFixture, headers: int
+) -> None:
+    """One port rule on IPv6 frames behind 0, 3 and 8 extension headers: the walk's cost."""
+    reference = XdpProgram()
+    prog = XdpProgram(filter=FILTERS["one_rule"])
+    frame = udp6_frame_behind_extension_headers(9005, headers)
+    assert prog.test_run(frame).name == "REDIRECT"
+    ref_ns = ns_per_frame(reference, frame)
+    ns = benchmark(ns_per_frame, prog, frame)
+    rate = 1e9 / ns
+    ref_rate = 1e9 / ref_ns
+    benchmark.extra_info.update(
+        rate=rate,
+        unit="frames/s",
+        reference=f"default 6-insn program {ref_rate / 1e6:.1f} M/s",
+        ratio=rate / ref_rate,
+        ns_per_frame=ns,
+        reference_ns_per_frame=ref_ns,
+        insns=prog.insn_count,
+    )
+    assert ns > 0 and ref_ns > 0

@@ -70,6 +70,52 @@ def test_truncated_and_garbage_frames_are_flagged_never_crash() -> None:
     assert np.all(end <= np.maximum(lens, h["payload_off"]))
 
 
+def test_ports_exist_only_inside_the_ip_datagram() -> None:
+    # Issue 8: total length 20 (no UDP header) and `04d2 2328` in the Ethernet trailer used
+    # to parse as dst_port 9000 (flagged truncated).
+    full = udp4("198.18.0.1", "198.18.0.2", 1234, 9000, b"")
+    cut = full[:16] + struct.pack("!H", 20) + full[18:34]
+    rows = [
+        (cut + bytes.fromhex("04d22328")).ljust(60, b"\0"),  # trailer, not ports
+        full,  # the same bytes inside the datagram are ports
+        full[:41],  # UDP header cut by the frame end
+    ]
+    h = packet.parse(*packet.frames_from_bytes(rows))
+    assert h["dst_port"].tolist() == [0, 9000, 0]
+    assert (h["flags"] & packet.FLAG_L4).astype(bool).tolist() == [False, True, False]
+    assert h["flags"][0] & packet.FLAG_MALFORMED and not h["flags"][0] & packet.FLAG_TRUNCATED
+    assert h["flags"][2] & packet.FLAG_TRUNCATED
+    assert h["proto"].tolist() == [17, 17, 17]  # the protocol is known either way
+
+
+def test_ipv6_extension_headers_sctp_and_qinq() -> None:
+    def ext(nxt: int, units: int) -> bytes:
+        return bytes([nxt, units]) + bytes(6 + 8 * units)
+
+    def ip6(first: int, rest: bytes) -> bytes:
+        src = socket.inet_pton(socket.AF_INET6, "2001:2::1")
+        dst = socket.inet_pton(socket.AF_INET6, "2001:2::2")
+        hdr = struct.pack("!IHBB", 0x6000_0000, len(rest), first, 64) + src + dst
+        return bytes(12) + b"\x86\xdd" + hdr + rest
+
+    udp = struct.pack("!HHHH", 1234, 9000, 8, 0)
+    chain = ext(43, 0) + ext(44, 1) + struct.pack("!BBHI", 17, 0, 1, 9)  # HBH, routing, 1st frag
+    sctp = struct.pack("!HHII", 5000, 6000, 0, 0)
+    qinq = bytes(12) + struct.pack("!HHHH", 0x88A8, 100, 0x8100, 7) + b"\x08\x00"
+    ip4 = bytes.fromhex("4500001c000000004011000001020304050607080001000200080000")
+    rows = [
+        ip6(0, chain + udp),
+        ip6(60, b"".join(ext(60, 0) for _ in range(8)) + ext(17, 0) + udp),  # nine: too deep
+        ip6(132, sctp),
+        qinq + ip4,
+    ]
+    h = packet.parse(*packet.frames_from_bytes(rows, width=256))
+    assert h["proto"].tolist() == [17, 60, 132, 17]
+    assert h["dst_port"].tolist() == [9000, 0, 6000, 2]
+    assert h["l4_off"][0] == 14 + 40 + len(chain)
+    assert h["vlan"][3] == 100 and h["l3_off"][3] == 22
+
+
 def test_edit_swaps_and_keeps_checksums_valid_with_mask() -> None:
     raw = [udp4("198.18.0.1", "198.18.0.2", 4000, 9000 + i, bytes([i]) * 40) for i in range(4)]
     frames, lens = packet.frames_from_bytes(raw)

@@ -14,10 +14,11 @@ import textwrap
 import uuid
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 
 import kbypass
-from kbypass import Rule, Verdict, XdpProgram, parse_filter
+from kbypass import Rule, Verdict, XdpProgram, packet, parse_filter
 
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (CAP_BPF, CAP_NET_ADMIN)")
@@ -207,11 +208,12 @@ def test_filter_verdicts() -> None:
     assert p.test_run(tcp) is Verdict.PASS  # SSH too
     v6 = eth(0x86DD, ipv6(17, "2001:db8::1", "2001:db8::2", l4(1, 9005)))
     assert p.test_run(v6) is Verdict.REDIRECT
-    # Truncated frames never match (and never read out of bounds).
+    # Truncated frames never match (and never read out of bounds): ports need the whole UDP
+    # header in the frame.
     full = udp4(9005)
-    for n in (14, 20, 33, 37):
+    for n in (14, 20, 33, 37, 38, 41):
         assert p.test_run(full[:n]) is Verdict.PASS, n
-    assert p.test_run(full[:38]) is Verdict.REDIRECT
+    assert p.test_run(full[:42]) is Verdict.REDIRECT
     with pytest.raises(ValueError, match="Ethernet header"):
         p.test_run(b"\x00" * 10)
     with pytest.raises(TypeError):
@@ -219,6 +221,84 @@ def test_filter_verdicts() -> None:
     with pytest.raises(ValueError):
         p.test_run(full, repeat=0)
     assert p.run_time_ns(full, repeat=1000) > 0
+
+
+def parsed(frame: bytes) -> np.void:
+    """The parser's record for one frame."""
+    frames, lens = packet.frames_from_bytes([frame])
+    row: np.void = packet.parse(frames, lens)[0]
+    return row
+
+
+@needs_root
+def test_ports_are_never_read_past_the_ip_datagram() -> None:
+    # Issue 8: IPv4 total length 20 (no UDP header) and `04d2 2328` in the Ethernet trailer
+    # was redirected by `udp dst port 9000`, and parsed as dst_port 9000.
+    p = XdpProgram(filter="udp dst port 9000")
+    frame = eth(0x0800, ipv4(17, "198.18.0.1", "198.18.0.2", b"")) + bytes.fromhex("04d22328")
+    frame = frame.ljust(60, b"\0")  # Ethernet padding
+    assert struct.unpack_from("!H", frame, 16)[0] == 20
+    assert p.test_run(frame) is Verdict.PASS
+    h = parsed(frame)
+    assert (h["src_port"], h["dst_port"], h["flags"] & packet.FLAG_L4) == (0, 0, 0)
+    assert h["flags"] & packet.FLAG_MALFORMED
+    # Inside a datagram long enough for the whole header, the same bytes are the ports.
+    longer = frame[:16] + struct.pack("!H", 28) + frame[18:]
+    assert p.test_run(longer) is Verdict.REDIRECT
+    assert parsed(longer)["dst_port"] == 9000
+    # IPv6 payload length 0: the same.
+    trailer = bytes.fromhex("04d2232800080000")
+    v6 = eth(0x86DD, ipv6(17, "2001:db8::1", "2001:db8::2", b"")) + trailer
+    assert p.test_run(v6) is Verdict.PASS
+    assert parsed(v6)["dst_port"] == 0
+
+
+@needs_root
+def test_qinq_frames_match_on_their_inner_ethertype() -> None:
+    # Issue 8: the parser read two tags, the program stepped over one and saw no IP.
+    def tagged(*tags: tuple[int, int]) -> bytes:
+        head = bytes.fromhex("020000000001020000000002")
+        head += b"".join(struct.pack("!HH", tpid, tci) for tpid, tci in tags)
+        return head + b"\x08\x00" + ipv4(17, "198.18.0.1", "198.18.0.2", l4(1234, 9000))
+
+    qinq = tagged((0x88A8, 100), (0x8100, 7))
+    for text in ("udp dst port 9000", "vlan 100 and udp", "vlan and ip src 198.18.0.1"):
+        assert XdpProgram(filter=text).test_run(qinq) is Verdict.REDIRECT, text
+    assert XdpProgram(filter="vlan 7").test_run(qinq) is Verdict.PASS  # the outer id counts
+    h = parsed(qinq)
+    assert (h["ethertype"], h["vlan"], h["dst_port"]) == (0x0800, 100, 9000)
+    # A third tag is not descended into: tagged, but not IP.
+    three = tagged((0x88A8, 100), (0x8100, 7), (0x8100, 8))
+    assert XdpProgram(filter="udp").test_run(three) is Verdict.PASS
+    assert XdpProgram(filter="vlan 100").test_run(three) is Verdict.REDIRECT
+    assert parsed(three)["ip_version"] == 0
+
+
+def ext(nxt: int, units: int) -> bytes:
+    """An IPv6 hop-by-hop/routing/destination options header of (units + 1) * 8 bytes."""
+    return bytes([nxt, units]) + bytes(6 + 8 * units)
+
+
+@needs_root
+def test_ipv6_udp_behind_extension_headers() -> None:
+    # Issue 8: the program did not walk IPv6 extension headers; the parser did.
+    chain = ext(43, 0) + ext(44, 2) + struct.pack("!BBHI", 60, 0, 1, 7) + ext(17, 1)
+    frame = eth(0x86DD, ipv6(0, "2001:db8::1", "2001:db8::2", chain + l4(1234, 9000)))
+    p = XdpProgram(filter="udp dst port 9000")
+    assert p.test_run(frame) is Verdict.REDIRECT
+    h = parsed(frame)
+    assert (h["proto"], h["dst_port"], h["l4_off"]) == (17, 9000, 14 + 40 + len(chain))
+    assert h["flags"] & packet.FLAG_FRAGMENT
+    # A later fragment names UDP but has no ports; nine extension headers are one too many.
+    frag = struct.pack("!BBHI", 17, 0, 8, 7)  # offset 1 (8 bytes), no M
+    later = eth(0x86DD, ipv6(44, "2001:db8::1", "2001:db8::2", frag + l4(1234, 9000)))
+    assert p.test_run(later) is Verdict.PASS
+    assert XdpProgram(filter="udp").test_run(later) is Verdict.REDIRECT
+    deep = b"".join(ext(60, 0) for _ in range(8)) + ext(17, 0)
+    too_deep = eth(0x86DD, ipv6(60, "2001:db8::1", "2001:db8::2", deep + l4(1234, 9000)))
+    assert p.test_run(too_deep) is Verdict.PASS
+    assert XdpProgram(filter="proto 60").test_run(too_deep) is Verdict.REDIRECT
+    assert parsed(too_deep)["proto"] == 60
 
 
 @needs_root

@@ -53,15 +53,16 @@ __all__ = [
 FLAG_VLAN = 1 << 0
 """The frame had an 802.1Q/802.1ad tag; ``vlan`` holds the outer id."""
 FLAG_TRUNCATED = 1 << 1
-"""The frame ends before a header it announces."""
+"""The frame ends before a header it announces (IP, extension header, the whole L4 header)."""
 FLAG_MALFORMED = 1 << 2
-"""A header is inconsistent (IPv4 IHL < 5, IP length < header, TCP offset < 5)."""
+"""A header is inconsistent: IPv4 IHL < 5, IP length < header, TCP offset < 5, or an IP
+length too short for the extension or L4 header it announces."""
 FLAG_FRAGMENT = 1 << 3
 """An IP fragment; ports are parsed only for the first fragment."""
 FLAG_IP_OPTIONS = 1 << 4
 """IPv4 options or IPv6 extension headers are present."""
 FLAG_L4 = 1 << 5
-"""UDP/TCP ports were parsed."""
+"""UDP/TCP/SCTP ports were parsed: the whole L4 header lies inside the IP datagram and frame."""
 
 IPPROTO_ICMP = 1
 IPPROTO_TCP = 6

@@ -23,6 +23,16 @@ Filter grammar (EBNF; keywords are case-insensitive)::
 
 Examples: ``udp dst port 9000-9010``, ``ip6 tcp src port 22``,
 ``ip src 198.18.0.0/15 and udp``, ``ether proto 0x88b5``, ``udp port 53 or tcp dst port 80``.
+
+The program reads a frame exactly as :func:`kbypass.packet.parse` does, so a rule matches when
+the parsed fields say it should: up to two VLAN tags (QinQ) are stepped over and ``vlan N`` is
+the outer tag (a third tag makes the frame non-IP); an IP header counts when its fixed part is
+in the frame and valid; up to 8 IPv6 extension headers (hop-by-hop, routing, fragment,
+destination options) are walked, each only if it lies inside the payload length and the frame,
+and where the walk stops that header's number is the protocol; ports exist only in a first
+fragment whose whole UDP (8 bytes), SCTP (12) or TCP (data offset x 4) header lies inside the
+IP datagram (IPv4 total length, IPv6 payload length) and the frame, so Ethernet padding is
+never read as ports.
 """
 
 from __future__ import annotations

@@ -33,9 +33,15 @@ pub fn swap_ips(frame: &mut [u8], m: &PacketMeta) -> bool {
     true
 }
 
+/// Whether `m` has a UDP or TCP header (SCTP has ports too, but its CRC32c checksum is not a
+/// one's-complement sum: swapping its ports would break it, and it is not verified here).
+fn udp_or_tcp(m: &PacketMeta) -> bool {
+    m.flags & FLAG_L4 != 0 && (m.proto == IPPROTO_UDP || m.proto == IPPROTO_TCP)
+}
+
 /// Swap UDP/TCP source and destination ports.
 pub fn swap_ports(frame: &mut [u8], m: &PacketMeta) -> bool {
-    if m.flags & FLAG_L4 == 0 {
+    if !udp_or_tcp(m) {
         return false;
     }
     let at = m.l4_off as usize;
@@ -142,7 +148,7 @@ pub fn checksums_ok(frame: &[u8], m: &PacketMeta) -> bool {
             return false;
         }
     }
-    if m.flags & FLAG_L4 == 0 || m.flags & (FLAG_TRUNCATED | FLAG_FRAGMENT) != 0 {
+    if !udp_or_tcp(m) || m.flags & (FLAG_TRUNCATED | FLAG_FRAGMENT) != 0 {
         return m.ip_version == 4 || m.ip_version == 6;
     }
     let l4 = m.l4_off as usize;
@@ -207,5 +213,14 @@ mod tests {
         let m = parse(&f);
         assert!(!swap_ports(&mut f, &m));
         assert!(!fix_l4_checksum(&mut f, &m));
+        // SCTP has ports, but a CRC32c checksum: its ports are not swapped, its checksum not
+        // judged.
+        let mut f = udp4(8, 1, 2);
+        f[23] = crate::packet::parse::IPPROTO_SCTP;
+        let m = parse(&f);
+        assert!(m.flags & FLAG_L4 != 0);
+        assert!(fix_ipv4_checksum(&mut f, &m));
+        assert!(!swap_ports(&mut f, &m) && !fix_l4_checksum(&mut f, &m));
+        assert!(checksums_ok(&f, &m));
     }
 }

@@ -686,6 +686,34 @@ impl ProgFd {
         Err(bpf_err(&what, e))
     }
 
+    /// Load `p` with the verifier's statistics log (`BPF_LOG_STATS`) and return it with the
+    /// program, e.g. "processed 1234 insns (limit 1000000) max_states_per_insn 2 ...": how
+    /// hard the verifier worked, to keep generated programs far from its limits.
+    pub fn load_with_stats(p: &ProgLoad<'_>) -> Result<(Self, String)> {
+        const BPF_LOG_STATS: u32 = 4;
+        let name = name_bytes(p.name)?;
+        let license = std::ffi::CString::new(p.license).map_err(Error::invalid)?;
+        let mut log = vec![0u8; 64 << 10];
+        let mut attr = ProgLoadAttr {
+            prog_type: p.prog_type,
+            insn_cnt: p.insns.len() as u32,
+            insns: p.insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            log_level: BPF_LOG_STATS,
+            log_size: log.len() as u32,
+            log_buf: log.as_mut_ptr() as u64,
+            prog_flags: p.flags,
+            prog_name: name,
+            expected_attach_type: p.expected_attach_type,
+            ..Default::default()
+        };
+        match sys_bpf(BPF_PROG_LOAD, &mut attr) {
+            Ok(fd) => Ok((ProgFd { fd: owned(fd) }, cstr_name(&log))),
+            // Rejected: load again the ordinary way for the error with the log tail.
+            Err(_) => Self::load(p).map(|prog| (prog, cstr_name(&log))),
+        }
+    }
+
     /// A second fd for the same program (`dup`).
     pub fn try_clone(&self) -> Result<Self> {
         let fd = self

@@ -242,6 +242,18 @@ impl Asm {
         self.emit(0, Reg(0), Reg(0), 0, 0)
     }
 
+    /// `dst = imm` for a full 64-bit constant (two instruction slots, `BPF_LD | BPF_DW | BPF_IMM`).
+    pub fn ld_imm64(&mut self, dst: Reg, imm: u64) -> &mut Self {
+        self.emit(
+            BPF_LD | Size::DW as u8 | BPF_IMM,
+            dst,
+            Reg(0),
+            0,
+            imm as u32 as i32,
+        );
+        self.emit(0, Reg(0), Reg(0), 0, (imm >> 32) as u32 as i32)
+    }
+
     /// `if dst <cond> imm goto target` (imm sign-extended; use small non-negative values or
     /// [`Asm::jmp_reg`] with [`Asm::mov32_imm`] for full 32-bit constants).
     pub fn jmp_imm(&mut self, cond: Cond, dst: Reg, imm: i32, target: Label) -> &mut Self {
@@ -470,6 +482,30 @@ mod tests {
             }
         );
         assert_eq!(v[1], BpfInsn::default());
+    }
+
+    #[test]
+    fn imm64_load_is_two_slots_low_word_first() {
+        let mut a = Asm::new();
+        a.ld_imm64(R1, 0x1000_1800_0000_0801);
+        let v = a.finish().unwrap();
+        assert_eq!(
+            v,
+            vec![
+                BpfInsn {
+                    code: 0x18,
+                    regs: 0x01,
+                    off: 0,
+                    imm: 0x0000_0801
+                },
+                BpfInsn {
+                    code: 0,
+                    regs: 0,
+                    off: 0,
+                    imm: 0x1000_1800
+                }
+            ]
+        );
     }
 
     #[test]

@@ -7,8 +7,13 @@ use std::sync::{Mutex, OnceLock};
 use super::asm::{
     helper, Alu, Asm, Cond, Label, Reg, Size, R0, R1, R10, R2, R3, R4, R5, R6, R7, R8, R9,
 };
-use super::rules::{IpVersion, Prefix, Rule, Vlan, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
+use super::rules::{IpVersion, Prefix, Rule, Vlan};
 use crate::error::{Error, Result};
+use crate::packet::parse::{
+    ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT,
+    IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, IPV6_EXT_HEADERS,
+    VLAN_TAGS,
+};
 use crate::sys::bpf::{
     BpfInsn, MapFd, ProgFd, ProgInfo, ProgLoad, TestRun, TestRunResult, BPF_F_XDP_HAS_FRAGS,
     BPF_PROG_TYPE_XDP, XDP_PASS,
@@ -20,7 +25,7 @@ const XDP_MD_RX_QUEUE_INDEX: i16 = 16;
 /// Names of our programs start with this, so we can recognise them on an interface.
 pub const NAME_PREFIX: &str = "kbypass";
 /// Marker in r5 for "no VLAN tag" (outside the 12-bit VLAN id range).
-const UNTAGGED: i32 = 0x10000;
+pub(crate) const UNTAGGED: i32 = 0x10000;
 
 /// How the program tells the kernel "redirect if a socket is there, else pass".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +90,318 @@ pub fn default_program(map_fd: RawFd, form: RedirectForm) -> Result<Vec<BpfInsn>
 fn bounds(a: &mut Asm, base: Reg, n: i32, tmp: Reg, fail: Label) {
     a.mov64_reg(tmp, base)
         .alu64_imm(Alu::Add, tmp, n)
-        .jmp_reg(Cond::Gt, tmp, R8, fail);
+        .jmp_reg(Cond::Gt, tmp, hdr::END, fail);
+}
+
+/// Added to the protocol in [`hdr::PROTO`] when the ports are in [`hdr::SPORT`] and [`hdr::DPORT`].
+pub(crate) const L4_OK: i32 = 0x100;
+
+/// Where [`emit_headers`] leaves what it found; the rules only read these.
+pub(crate) mod hdr {
+    use super::super::asm::{Reg, R0, R1, R3, R4, R5, R6, R7, R8, R9};
+    /// The XDP context (for the redirect's queue index).
+    pub const CTX: Reg = R6;
+    /// `data_end` while the headers are walked (then the destination port).
+    pub const END: Reg = R8;
+    /// EtherType after up to two VLAN tags.
+    pub const ETHERTYPE: Reg = R4;
+    /// Outer VLAN id, or [`super::UNTAGGED`].
+    pub const VLAN: Reg = R5;
+    /// 4 or 6 when the fixed IP header is in the frame and valid, else 0.
+    pub const IP: Reg = R1;
+    /// IP protocol (IPv6: after the extension headers walked), plus [`super::L4_OK`] when the
+    /// whole UDP/TCP/SCTP header lies inside the datagram and the frame.
+    pub const PROTO: Reg = R0;
+    /// The L3 header (at least 20 bytes readable when IP is 4, 40 when 6).
+    pub const L3: Reg = R9;
+    /// Source port when PROTO ≥ L4_OK, else 0 (on IP paths).
+    pub const SPORT: Reg = R7;
+    /// Destination port when PROTO ≥ L4_OK, else 0 (on IP paths).
+    pub const DPORT: Reg = R8;
+    /// Offset of the L4 header from the L3 header when PROTO ≥ L4_OK (scratch for the rules).
+    pub const L4_OFF: Reg = R3;
+}
+
+/// IPv6 extension headers the walk goes through, as a bit mask over next-header values < 64
+/// (hop-by-hop 0, routing 43, fragment 44, destination options 60).
+const IPV6_EXT_MASK: u64 = (1 << IPPROTO_HOPOPTS)
+    | (1 << IPPROTO_ROUTING)
+    | (1 << IPPROTO_FRAGMENT)
+    | (1 << IPPROTO_DSTOPTS);
+
+/// How deep the rules need the headers parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Depth {
+    /// Ethernet and VLAN tags.
+    L2,
+    /// Plus the IP header and IPv6 extension headers.
+    L3,
+    /// Plus whether the L4 header (ports) is there.
+    L4,
+}
+
+/// What [`emit_headers`] emits: the depth, and which IP versions any rule looks at (the other
+/// version's code is left out; its frames then look like non-IP ones, which no IP rule of
+/// the program matches anyway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeaderWalk {
+    /// How deep.
+    pub depth: Depth,
+    /// Parse IPv4 headers.
+    pub ipv4: bool,
+    /// Parse IPv6 headers and walk their extension headers.
+    pub ipv6: bool,
+}
+
+impl HeaderWalk {
+    /// Everything: what the parser does (the fuzz's probe program uses it).
+    #[cfg(test)]
+    pub const FULL: HeaderWalk = HeaderWalk {
+        depth: Depth::L4,
+        ipv4: true,
+        ipv6: true,
+    };
+
+    /// What `rules` need.
+    pub fn for_rules(rules: &[Rule]) -> Self {
+        let mut w = HeaderWalk {
+            depth: Depth::L2,
+            ipv4: false,
+            ipv6: false,
+        };
+        for r in rules {
+            let vers = r.versions();
+            w.ipv4 |= vers.contains(&IpVersion::V4);
+            w.ipv6 |= vers.contains(&IpVersion::V6);
+            let d = if r.sport.is_some() || r.dport.is_some() {
+                Depth::L4
+            } else if vers.is_empty() {
+                Depth::L2
+            } else {
+                Depth::L3
+            };
+            w.depth = w.depth.max(d);
+        }
+        w
+    }
+}
+
+/// `if r0 is not an IPv6 extension header walked goto not_ext` (clobbers r1).
+fn jmp_not_ext(a: &mut Asm, not_ext: Label) {
+    a.jmp_imm(Cond::Gt, R0, 63, not_ext)
+        .ld_imm64(R1, IPV6_EXT_MASK)
+        .alu64_reg(Alu::Rsh, R1, R0)
+        .alu64_imm(Alu::And, R1, 1)
+        .jmp_imm(Cond::Eq, R1, 0, not_ext);
+}
+
+/// The header walk shared by every filter program (and mirrored by `packet::parse`): leaves
+/// its findings in the [`hdr`] registers and falls through; frames without a complete
+/// Ethernet header and VLAN tags go to `short`.
+///
+/// Up to two VLAN tags (0x8100/0x88a8, any order); the outer id is kept. An IP header counts
+/// when its fixed part is in the frame and valid (IPv4: version 4, IHL ≥ 5; IPv6: version 6).
+/// IPv6 extension headers (hop-by-hop, routing, fragment, destination options) are walked up
+/// to [`IPV6_EXT_HEADERS`] deep, each only if it lies entirely inside the payload length and
+/// the frame; where the walk stops, that header's number is the protocol. Ports are readable
+/// only in a first fragment whose whole L4 header (UDP 8, SCTP 12, TCP data offset × 4 ≥ 20)
+/// lies inside the IP datagram (IPv4 total length, IPv6 40 + payload length) and the frame.
+///
+/// Written for the verifier: the ports leave as scalars in r7/r8 (zero without L4), never as a
+/// pointer whose offset differs with the path, and the extension-header walk has no branch
+/// per header type (the type decides the length arithmetically), so the number of distinct
+/// states the verifier carries into the rules stays small whatever the depth.
+pub(crate) fn emit_headers(a: &mut Asm, walk: HeaderWalk, short: Label) {
+    let depth = walk.depth;
+    let l3 = a.label();
+    let done = a.label();
+    a.mov64_reg(R6, R1)
+        .ldx(Size::W, R7, R6, 0)
+        .ldx(Size::W, R8, R6, 4);
+    bounds(a, R7, 14, R2, short);
+    a.ldx(Size::H, R4, R7, 12)
+        .to_be(R4, 16)
+        .mov64_reg(R9, R7)
+        .alu64_imm(Alu::Add, R9, 14)
+        .mov64_imm(R5, UNTAGGED);
+    for tag in 0..VLAN_TAGS {
+        let tagged = a.label();
+        a.jmp_imm(Cond::Eq, R4, i32::from(ETH_P_8021Q), tagged)
+            .jmp_imm(Cond::Ne, R4, i32::from(ETH_P_8021AD), l3)
+            .bind(tagged);
+        bounds(a, R9, 4, R2, short);
+        if tag == 0 {
+            a.ldx(Size::H, R5, R9, 0)
+                .to_be(R5, 16)
+                .alu64_imm(Alu::And, R5, 0x0fff);
+        }
+        a.ldx(Size::H, R4, R9, 2)
+            .to_be(R4, 16)
+            .alu64_imm(Alu::Add, R9, 4);
+    }
+    a.bind(l3);
+    if depth == Depth::L2 {
+        a.bind(done);
+        return;
+    }
+    let (v4, v6) = (a.label(), a.label());
+    a.mov64_imm(R0, 0).mov64_imm(R1, 0).mov64_reg(R7, R9);
+    if walk.ipv4 {
+        a.jmp_imm(Cond::Eq, R4, i32::from(ETH_P_IP), v4);
+    }
+    if walk.ipv6 {
+        a.jmp_imm(Cond::Eq, R4, i32::from(ETH_P_IPV6), v6);
+    }
+    a.ja(done);
+    if walk.ipv4 {
+        emit_ipv4(a, depth, v4, done);
+    }
+    if walk.ipv6 {
+        emit_ipv6(a, depth, v6, done);
+    }
+    a.bind(done);
+}
+
+/// IPv4 (at `v4`, leaving through `done`): r3 = L4 offset from L3 (IHL × 4), r2 = datagram
+/// end from L3 (total length).
+fn emit_ipv4(a: &mut Asm, depth: Depth, v4: Label, done: Label) {
+    let v4_none = a.label();
+    a.bind(v4);
+    bounds(a, R9, 20, R2, done);
+    a.ldx(Size::B, R3, R9, 0)
+        .mov64_reg(R2, R3)
+        .alu64_imm(Alu::Rsh, R2, 4)
+        .jmp_imm(Cond::Ne, R2, 4, done)
+        .alu64_imm(Alu::And, R3, 0x0f)
+        .jmp_imm(Cond::Lt, R3, 5, done)
+        .ldx(Size::B, R0, R9, 9);
+    if depth == Depth::L4 {
+        // Only the first fragment carries the L4 header.
+        a.ldx(Size::H, R2, R9, 6)
+            .to_be(R2, 16)
+            .alu64_imm(Alu::And, R2, 0x1fff)
+            .jmp_imm(Cond::Ne, R2, 0, v4_none)
+            .alu64_imm(Alu::Lsh, R3, 2)
+            .ldx(Size::H, R2, R9, 2)
+            .to_be(R2, 16);
+        emit_l4(a, v4_none);
+        a.mov64_imm(R1, 4).ja(done);
+    }
+    a.bind(v4_none)
+        .mov64_imm(R7, 0)
+        .mov64_imm(R8, 0)
+        .mov64_imm(R1, 4)
+        .ja(done);
+}
+
+/// IPv6 (at `v6`, leaving through `done`): r0 = next header, r3 = its offset from L3, r2 =
+/// datagram end from L3; r1, r4 and r7 are scratch until v6_stop or the L4 success path set
+/// r1 and restore r4 (and set r7, r8).
+fn emit_ipv6(a: &mut Asm, depth: Depth, v6: Label, done: Label) {
+    let (v6_stop, nonfirst, upper) = (a.label(), a.label(), a.label());
+    a.bind(v6);
+    bounds(a, R9, 40, R2, done);
+    a.ldx(Size::B, R2, R9, 0)
+        .alu64_imm(Alu::Rsh, R2, 4)
+        .jmp_imm(Cond::Ne, R2, 6, done)
+        .ldx(Size::B, R0, R9, 6)
+        .ldx(Size::H, R2, R9, 4)
+        .to_be(R2, 16)
+        .alu64_imm(Alu::Add, R2, 40)
+        .mov64_imm(R3, 40);
+    for _ in 0..IPV6_EXT_HEADERS {
+        jmp_not_ext(a, upper);
+        // Its first 8 bytes (next header, length, fragment offset) inside the datagram and
+        // the frame, else the walk stops at it.
+        a.mov64_reg(R1, R3)
+            .alu64_imm(Alu::Add, R1, 8)
+            .jmp_reg(Cond::Gt, R1, R2, v6_stop)
+            .mov64_reg(R7, R9)
+            .alu64_reg(Alu::Add, R7, R3);
+        bounds(a, R7, 8, R1, v6_stop);
+        // r4 = 1 for a fragment header, else 0, without a branch: ((r0 ^ 44) - 1) >> 63.
+        a.mov64_reg(R4, R0)
+            .alu64_imm(Alu::Xor, R4, i32::from(IPPROTO_FRAGMENT))
+            .alu64_imm(Alu::Sub, R4, 1)
+            .alu64_imm(Alu::Rsh, R4, 63);
+        // A non-first fragment names the protocol but carries no L4 header.
+        a.ldx(Size::H, R1, R7, 2)
+            .to_be(R1, 16)
+            .alu64_imm(Alu::And, R1, 0xfff8)
+            .alu64_reg(Alu::Mul, R1, R4)
+            .jmp_imm(Cond::Ne, R1, 0, nonfirst);
+        // Length: 8 for a fragment header, (hdr ext len + 1) × 8 for the others; all of it
+        // inside the datagram and the frame.
+        a.alu64_imm(Alu::Sub, R4, 1)
+            .ldx(Size::B, R1, R7, 1)
+            .alu64_reg(Alu::And, R1, R4)
+            .alu64_imm(Alu::Add, R1, 1)
+            .alu64_imm(Alu::Lsh, R1, 3)
+            .alu64_reg(Alu::Add, R1, R3)
+            .jmp_reg(Cond::Gt, R1, R2, v6_stop)
+            .mov64_reg(R4, R9)
+            .alu64_reg(Alu::Add, R4, R1)
+            .jmp_reg(Cond::Gt, R4, R8, v6_stop)
+            .ldx(Size::B, R0, R7, 0)
+            .mov64_reg(R3, R1);
+    }
+    // Deeper than IPV6_EXT_HEADERS: the first header not walked is the protocol.
+    jmp_not_ext(a, upper);
+    a.ja(v6_stop);
+    a.bind(upper);
+    if depth == Depth::L4 {
+        emit_l4(a, v6_stop);
+        a.mov64_imm(R1, 6)
+            .mov64_imm(R4, i32::from(ETH_P_IPV6))
+            .ja(done);
+    } else {
+        a.ja(v6_stop);
+    }
+    a.bind(nonfirst).ldx(Size::B, R0, R7, 0);
+    a.bind(v6_stop)
+        .mov64_imm(R7, 0)
+        .mov64_imm(R8, 0)
+        .mov64_imm(R1, 6)
+        .mov64_imm(R4, i32::from(ETH_P_IPV6))
+        .ja(done);
+}
+
+/// With r0 = protocol, r3 = L4 offset and r2 = datagram end (both from the L3 header in r9):
+/// when the whole UDP/TCP/SCTP header lies inside the datagram and the frame, load the source
+/// port into r7 and the destination port into r8 (data_end is not needed after this) and add
+/// [`L4_OK`] to r0; otherwise go to `out` with r0 unchanged. Clobbers r1, r2, r7.
+/// (r3 is at most 40 + 8 × 2048 by construction, so the pointer arithmetic stays inside the
+/// verifier's 64 KiB packet offset bound without capping the IP length.)
+fn emit_l4(a: &mut Asm, out: Label) {
+    let have = a.label();
+    a.mov64_reg(R7, R9)
+        .alu64_reg(Alu::Add, R7, hdr::L4_OFF)
+        .mov64_imm(R1, 8)
+        .jmp_imm(Cond::Eq, R0, i32::from(IPPROTO_UDP), have)
+        .mov64_imm(R1, 12)
+        .jmp_imm(Cond::Eq, R0, i32::from(IPPROTO_SCTP), have)
+        .jmp_imm(Cond::Ne, R0, i32::from(IPPROTO_TCP), out);
+    // TCP: the header length is the data offset, read from the 20-byte fixed part.
+    bounds(a, R7, 20, R1, out);
+    a.ldx(Size::B, R1, R7, 12)
+        .alu64_imm(Alu::Rsh, R1, 4)
+        .alu64_imm(Alu::Lsh, R1, 2)
+        .jmp_imm(Cond::Lt, R1, 20, out);
+    // r1 = header length: it must end inside the datagram and inside the frame.
+    a.bind(have)
+        .alu64_reg(Alu::Add, R1, hdr::L4_OFF)
+        .jmp_reg(Cond::Gt, R1, R2, out)
+        .mov64_reg(R2, R9)
+        .alu64_reg(Alu::Add, R2, R1)
+        .jmp_reg(Cond::Gt, R2, R8, out);
+    // Implied by the check above; tells the verifier the ports are readable through r7.
+    bounds(a, R7, 4, R2, out);
+    a.ldx(Size::H, R1, R7, 0)
+        .to_be(R1, 16)
+        .ldx(Size::H, R8, R7, 2)
+        .to_be(R8, 16)
+        .mov64_reg(R7, R1)
+        .alu64_imm(Alu::Add, R0, L4_OK);
 }
 
 /// Compare the `bits` high bits of the 32-bit big-endian word at `base + off` with `value`.
@@ -120,116 +436,73 @@ fn match_prefix(a: &mut Asm, base: Reg, off: i16, p: &Prefix, fail: Label) {
     }
 }
 
-/// Compare the big-endian u16 at `base + off` with an inclusive range (clobbers r3).
-fn match_port(a: &mut Asm, base: Reg, off: i16, (lo, hi): (u16, u16), fail: Label) {
+/// Compare the port in `reg` with an inclusive range.
+fn match_port(a: &mut Asm, reg: Reg, (lo, hi): (u16, u16), fail: Label) {
     if lo == 0 && hi == u16::MAX {
         return;
     }
-    a.ldx(Size::H, R3, base, off).to_be(R3, 16);
     if lo == hi {
-        a.jmp_imm(Cond::Ne, R3, i32::from(lo), fail);
+        a.jmp_imm(Cond::Ne, reg, i32::from(lo), fail);
     } else {
-        a.jmp_imm(Cond::Lt, R3, i32::from(lo), fail)
-            .jmp_imm(Cond::Gt, R3, i32::from(hi), fail);
+        a.jmp_imm(Cond::Lt, reg, i32::from(lo), fail)
+            .jmp_imm(Cond::Gt, reg, i32::from(hi), fail);
     }
 }
 
+/// The protocol and "ports readable" conditions of a rule, on [`hdr::PROTO`].
 fn match_proto(a: &mut Asm, r: &Rule, fail: Label) {
-    // r2 holds the protocol byte.
-    match r.proto {
-        Some(p) => {
-            a.jmp_imm(Cond::Ne, R2, i32::from(p), fail);
+    let ports = r.sport.is_some() || r.dport.is_some();
+    match (r.proto, ports) {
+        (Some(p), true) => {
+            a.jmp_imm(Cond::Ne, hdr::PROTO, L4_OK + i32::from(p), fail);
         }
-        None if r.sport.is_some() || r.dport.is_some() => {
+        // Only UDP, TCP and SCTP get L4_OK.
+        (None, true) => {
+            a.jmp_imm(Cond::Lt, hdr::PROTO, L4_OK, fail);
+        }
+        (Some(p), false) => {
             let ok = a.label();
-            a.jmp_imm(Cond::Eq, R2, i32::from(IPPROTO_UDP), ok)
-                .jmp_imm(Cond::Eq, R2, i32::from(IPPROTO_TCP), ok)
-                .jmp_imm(Cond::Ne, R2, i32::from(IPPROTO_SCTP), fail)
+            a.jmp_imm(Cond::Eq, hdr::PROTO, i32::from(p), ok)
+                .jmp_imm(Cond::Ne, hdr::PROTO, L4_OK + i32::from(p), fail)
                 .bind(ok);
         }
-        None => {}
+        (None, false) => {}
     }
 }
 
-/// One rule for one IP version (or none); falls to `fail` if it does not match, else jumps
-/// to `hit`. Registers: r6 ctx, r7 data, r8 data_end, r9 L3 header, r4 EtherType (host order),
-/// r5 VLAN id or [`UNTAGGED`].
+/// One rule for one IP version (or none): jumps to `hit` if it matches, else falls through.
 fn emit_rule(a: &mut Asm, r: &Rule, ver: Option<IpVersion>, hit: Label) {
     let fail = a.label();
     match r.vlan {
         Vlan::Any => {}
         Vlan::Tagged => {
-            a.jmp_imm(Cond::Eq, R5, UNTAGGED, fail);
+            a.jmp_imm(Cond::Eq, hdr::VLAN, UNTAGGED, fail);
         }
         Vlan::Id(v) => {
-            a.jmp_imm(Cond::Ne, R5, i32::from(v), fail);
+            a.jmp_imm(Cond::Ne, hdr::VLAN, i32::from(v), fail);
         }
     }
     if let Some(et) = r.ethertype {
-        a.jmp_imm(Cond::Ne, R4, i32::from(et), fail);
+        a.jmp_imm(Cond::Ne, hdr::ETHERTYPE, i32::from(et), fail);
     }
-    let has_ports = r.sport.is_some() || r.dport.is_some();
-    match ver {
-        None => {}
-        Some(IpVersion::V4) => {
-            a.jmp_imm(Cond::Ne, R4, 0x0800, fail);
-            bounds(a, R9, 20, R2, fail);
-            // Version 4 and IHL ≥ 5, else malformed.
-            a.ldx(Size::B, R3, R9, 0)
-                .mov64_reg(R2, R3)
-                .alu64_imm(Alu::Rsh, R2, 4)
-                .jmp_imm(Cond::Ne, R2, 4, fail)
-                .alu64_imm(Alu::And, R3, 0x0f)
-                .jmp_imm(Cond::Lt, R3, 5, fail);
-            a.ldx(Size::B, R2, R9, 9);
-            match_proto(a, r, fail);
-            if let Some(p) = &r.src {
-                match_prefix(a, R9, 12, p, fail);
-            }
-            if let Some(p) = &r.dst {
-                match_prefix(a, R9, 16, p, fail);
-            }
-            if has_ports {
-                // Only the first fragment carries the L4 header.
-                a.ldx(Size::H, R2, R9, 6)
-                    .to_be(R2, 16)
-                    .alu64_imm(Alu::And, R2, 0x1fff)
-                    .jmp_imm(Cond::Ne, R2, 0, fail);
-                // L4 header at r9 + IHL*4 (20..60 bytes): a bounded variable offset.
-                a.ldx(Size::B, R3, R9, 0)
-                    .alu64_imm(Alu::And, R3, 0x0f)
-                    .alu64_imm(Alu::Lsh, R3, 2)
-                    .mov64_reg(R2, R9)
-                    .alu64_reg(Alu::Add, R2, R3);
-                bounds(a, R2, 4, R3, fail);
-                if let Some(pr) = r.sport {
-                    match_port(a, R2, 0, pr, fail);
-                }
-                if let Some(pr) = r.dport {
-                    match_port(a, R2, 2, pr, fail);
-                }
-            }
+    if let Some(v) = ver {
+        let (n, src, dst) = match v {
+            IpVersion::V4 => (4, 12, 16),
+            IpVersion::V6 => (6, 8, 24),
+        };
+        a.jmp_imm(Cond::Ne, hdr::IP, n, fail);
+        match_proto(a, r, fail);
+        if let Some(p) = &r.src {
+            match_prefix(a, hdr::L3, src, p, fail);
         }
-        Some(IpVersion::V6) => {
-            a.jmp_imm(Cond::Ne, R4, 0x86dd, fail);
-            bounds(a, R9, if has_ports { 44 } else { 40 }, R2, fail);
-            a.ldx(Size::B, R2, R9, 0)
-                .alu64_imm(Alu::Rsh, R2, 4)
-                .jmp_imm(Cond::Ne, R2, 6, fail);
-            a.ldx(Size::B, R2, R9, 6);
-            match_proto(a, r, fail);
-            if let Some(p) = &r.src {
-                match_prefix(a, R9, 8, p, fail);
-            }
-            if let Some(p) = &r.dst {
-                match_prefix(a, R9, 24, p, fail);
-            }
-            if let Some(pr) = r.sport {
-                match_port(a, R9, 40, pr, fail);
-            }
-            if let Some(pr) = r.dport {
-                match_port(a, R9, 42, pr, fail);
-            }
+        if let Some(p) = &r.dst {
+            match_prefix(a, hdr::L3, dst, p, fail);
+        }
+        if let Some(pr) = r.sport {
+            match_port(a, hdr::SPORT, pr, fail);
+        }
+        if let Some(pr) = r.dport {
+            match_port(a, hdr::DPORT, pr, fail);
         }
     }
     a.ja(hit);
@@ -237,7 +510,8 @@ fn emit_rule(a: &mut Asm, r: &Rule, ver: Option<IpVersion>, hit: Label) {
 }
 
 /// A program that redirects frames matching any of `rules` to the queue's socket and passes
-/// everything else (including short or malformed frames) to the kernel.
+/// everything else (including short or malformed frames) to the kernel. It decides exactly as
+/// [`super::rules::matches()`] does on the frame's [`crate::packet::parse()`].
 pub fn filter_program(rules: &[Rule], map_fd: RawFd, form: RedirectForm) -> Result<Vec<BpfInsn>> {
     if rules.is_empty() {
         return default_program(map_fd, form);
@@ -248,30 +522,7 @@ pub fn filter_program(rules: &[Rule], map_fd: RawFd, form: RedirectForm) -> Resu
     let mut a = Asm::new();
     let pass = a.label();
     let hit = a.label();
-    let l3 = a.label();
-    a.mov64_reg(R6, R1)
-        .ldx(Size::W, R7, R6, 0)
-        .ldx(Size::W, R8, R6, 4);
-    bounds(&mut a, R7, 14, R2, pass);
-    a.ldx(Size::H, R4, R7, 12)
-        .to_be(R4, 16)
-        .mov64_reg(R9, R7)
-        .alu64_imm(Alu::Add, R9, 14)
-        .mov64_imm(R5, UNTAGGED);
-    let tagged = a.label();
-    a.jmp_imm(Cond::Eq, R4, 0x8100, tagged)
-        .jmp_imm(Cond::Eq, R4, 0x88a8, tagged)
-        .ja(l3);
-    a.bind(tagged);
-    bounds(&mut a, R7, 18, R2, pass);
-    a.ldx(Size::H, R5, R7, 14)
-        .to_be(R5, 16)
-        .alu64_imm(Alu::And, R5, 0x0fff)
-        .ldx(Size::H, R4, R7, 16)
-        .to_be(R4, 16)
-        .mov64_reg(R9, R7)
-        .alu64_imm(Alu::Add, R9, 18);
-    a.bind(l3);
+    emit_headers(&mut a, HeaderWalk::for_rules(rules), pass);
     for r in rules {
         let vers = r.versions();
         if vers.is_empty() && r.vlan == Vlan::Any && r.ethertype.is_none() {
@@ -289,7 +540,7 @@ pub fn filter_program(rules: &[Rule], map_fd: RawFd, form: RedirectForm) -> Resu
     }
     a.bind(pass).mov64_imm(R0, XDP_PASS as i32).exit();
     a.bind(hit);
-    emit_redirect(&mut a, form, map_fd, R6);
+    emit_redirect(&mut a, form, map_fd, hdr::CTX);
     a.finish()
 }
 

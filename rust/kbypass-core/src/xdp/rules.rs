@@ -27,15 +27,44 @@
 //! `ether proto 0x88b5`, `udp port 53 or tcp dst port 80`, `vlan 100 and udp`.
 //!
 //! Semantics: a rule with ports or a protocol but no IP version matches IPv4 and IPv6. A rule
-//! with ports but no protocol matches UDP, TCP and SCTP. IPv4 fragments other than the first
-//! never match a port rule (they carry no L4 header). IPv6 extension headers are not walked: a
-//! packet whose first next-header is an extension header has that as its protocol. Without a
-//! `vlan` term, untagged frames and frames with one VLAN tag both match.
+//! with ports but no protocol matches UDP, TCP and SCTP.
+//!
+//! # What a frame is made of
+//!
+//! The XDP program, [`matches()`] and [`crate::packet::parse()`] read frames the same way (checked
+//! against each other by the differential fuzz in `xdp::fuzz`):
+//!
+//! - **Ethernet and VLAN tags.** Up to two tags (TPID 0x8100 or 0x88a8, in any order: 802.1Q,
+//!   or QinQ's 802.1ad outer tag and 802.1Q inner tag) are stepped over; the EtherType is the
+//!   one after them. `vlan` requires a tag and `vlan N` compares the *outer* (first) tag's id.
+//!   A third tag is not descended into: its TPID is then the EtherType, so the frame is not IP
+//!   and only `all`, `vlan` and `vlan N` rules can match it. A frame that ends inside the
+//!   Ethernet header or a tag matches no rule, not even `all`.
+//! - **IP header.** `ip`/`ip6` (and everything implying them) need the fixed header in the
+//!   frame and valid: IPv4 with EtherType 0x0800, 20 bytes, version 4 and IHL ≥ 5; IPv6 with
+//!   EtherType 0x86dd, 40 bytes and version 6. Addresses and the protocol are then read from it
+//!   even when the IP length fields are inconsistent (the parser flags that as malformed).
+//! - **IPv6 extension headers.** Hop-by-hop (0), routing (43), fragment (44) and destination
+//!   options (60) are walked, up to [`crate::packet::parse::IPV6_EXT_HEADERS`] (8) of them, the
+//!   program unrolling the walk for the verifier. Each counts only if it lies entirely inside
+//!   the payload length and the frame; where the walk stops (a header cut short, or a ninth
+//!   extension header) that header's number is the protocol, so `proto 60` can match but no
+//!   port rule does. Other headers (AH 51, ESP 50, mobility 135, ...) end the walk: they are
+//!   the protocol.
+//! - **Fragments.** The protocol of any fragment is known (`udp` matches all fragments of a UDP
+//!   datagram); only the first fragment (IPv4 fragment offset 0, IPv6 fragment header offset
+//!   0) can have ports.
+//! - **Ports.** `port`, `src port` and `dst port` match only when the whole L4 header (UDP 8
+//!   bytes, SCTP 12, TCP its data offset × 4, at least 20) lies inside the IP datagram — the
+//!   IPv4 total length counted from the IP header, the IPv6 payload length counted from the
+//!   end of the fixed header — and inside the frame. Bytes after the datagram (Ethernet padding
+//!   or trailers) are never read as ports.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::error::{Error, Result};
+use crate::packet::parse::{PacketMeta, FLAG_L4, FLAG_VLAN};
 
 /// IP protocol numbers with names in the syntax.
 pub const IPPROTO_ICMP: u8 = 1;
@@ -222,6 +251,83 @@ impl Rule {
         }
         vec![]
     }
+}
+
+impl Rule {
+    /// Whether this rule matches the frame `m` was parsed from ([`crate::packet::parse()`]):
+    /// exactly what the compiled XDP program decides for it (see the module docs).
+    pub fn matches(&self, m: &PacketMeta) -> bool {
+        if m.l3_off == 0 {
+            return false; // the Ethernet header or a VLAN tag is cut short
+        }
+        let tagged = m.flags & FLAG_VLAN != 0;
+        match self.vlan {
+            Vlan::Any => {}
+            Vlan::Tagged if !tagged => return false,
+            Vlan::Id(v) if !tagged || m.vlan != v => return false,
+            Vlan::Tagged | Vlan::Id(_) => {}
+        }
+        if self.ethertype.is_some_and(|e| e != m.ethertype) {
+            return false;
+        }
+        let vers = self.versions();
+        if vers.is_empty() {
+            return true;
+        }
+        let v = match m.ip_version {
+            4 => IpVersion::V4,
+            6 => IpVersion::V6,
+            _ => return false,
+        };
+        if !vers.contains(&v) || self.proto.is_some_and(|p| p != m.proto) {
+            return false;
+        }
+        let ports = self.sport.is_some() || self.dport.is_some();
+        // FLAG_L4 is set for UDP, TCP and SCTP only.
+        if ports && m.flags & FLAG_L4 == 0 {
+            return false;
+        }
+        let in_prefix = |p: &Prefix, v4: u32, v6: &[u8; 16]| match p.addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(p.len)).unwrap_or(0);
+                v4 & mask == u32::from(a) & mask
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(p.len)).unwrap_or(0);
+                u128::from_be_bytes(*v6) & mask == u128::from(a) & mask
+            }
+        };
+        if self
+            .src
+            .is_some_and(|p| !in_prefix(&p, m.src_ip4, &m.src_ip6))
+        {
+            return false;
+        }
+        if self
+            .dst
+            .is_some_and(|p| !in_prefix(&p, m.dst_ip4, &m.dst_ip6))
+        {
+            return false;
+        }
+        let in_range = |r: Option<(u16, u16)>, v: u16| r.is_none_or(|(lo, hi)| lo <= v && v <= hi);
+        in_range(self.sport, m.src_port) && in_range(self.dport, m.dst_port)
+    }
+}
+
+/// The decision of the XDP program built from `rules` for the frame `m` was parsed from: true
+/// means redirected to the AF_XDP socket. An empty list is the default program, which
+/// redirects every frame.
+///
+/// ```
+/// use kbypass_core::packet::parse;
+/// use kbypass_core::xdp::{matches, parse_filter};
+/// let rules = parse_filter("udp dst port 9000")?;
+/// let frame = [0u8; 60]; // EtherType 0: not IP
+/// assert!(!matches(&rules, &parse(&frame)));
+/// # Ok::<(), kbypass_core::Error>(())
+/// ```
+pub fn matches(rules: &[Rule], m: &PacketMeta) -> bool {
+    rules.is_empty() || rules.iter().any(|r| r.matches(m))
 }
 
 fn proto_name(p: u8) -> Option<&'static str> {
@@ -739,6 +845,54 @@ mod tests {
         assert_eq!(one("ether proto arp").ethertype, Some(0x0806));
         assert_eq!(one("ip proto 47").proto, Some(47));
         assert_eq!(one("UDP DST PORT 0x2328").dport, Some((9000, 9000)));
+    }
+
+    fn udp4_frame(tags: &[u16], src: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        for (i, id) in tags.iter().enumerate() {
+            let tpid: u16 = if i == 0 { 0x88a8 } else { 0x8100 };
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&id.to_be_bytes());
+        }
+        f.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0]);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&[198, 18, 0, 2]);
+        f.extend_from_slice(&sport.to_be_bytes());
+        f.extend_from_slice(&dport.to_be_bytes());
+        f.extend_from_slice(&[0, 8, 0, 0]);
+        f
+    }
+
+    fn hit(filter: &str, f: &[u8]) -> bool {
+        matches(
+            &parse_filter(filter).unwrap(),
+            &crate::packet::parse::parse(f),
+        )
+    }
+
+    #[test]
+    fn matcher_follows_the_documented_semantics() {
+        let f = udp4_frame(&[], [198, 18, 0, 1], 1234, 9000);
+        assert!(hit("udp dst port 9000", &f));
+        assert!(hit("port 1234", &f));
+        assert!(hit("ip src 198.18.0.0/15 and udp", &f));
+        assert!(hit("src 0.0.0.0/0", &f));
+        assert!(!hit("tcp dst port 9000", &f));
+        assert!(!hit("ip6", &f));
+        assert!(!hit("vlan", &f));
+        assert!(!hit("src 198.20.0.0/15", &f));
+        assert!(matches(&[], &crate::packet::parse::parse(&[0u8; 3])));
+        assert!(!hit("all", &[0u8; 13]));
+        // QinQ: the inner EtherType, the outer id.
+        let q = udp4_frame(&[100, 7], [198, 18, 0, 1], 1234, 9000);
+        assert!(hit("vlan 100 and udp dst port 9000", &q));
+        assert!(!hit("vlan 7", &q));
+        // Total length 20: the UDP header lies outside the datagram.
+        let mut short = f.clone();
+        short[17] = 20;
+        assert!(hit("udp", &short));
+        assert!(!hit("udp dst port 9000", &short));
+        assert!(!hit("port 1234", &short));
     }
 
     #[test]
