@@ -188,7 +188,7 @@ fn duration_rate_and_stop_limits_as_root() {
         .unwrap();
     let secs = r.throughput.elapsed.as_secs_f64();
     // Generous upper bound: the machine may be busy; a run never ends early.
-    assert!((0.55..1.5).contains(&secs), "ran {secs:.3} s for 0.6 s");
+    assert!((0.55..5.0).contains(&secs), "ran {secs:.3} s for 0.6 s");
     assert_eq!(settled(&sink).packets, r.throughput.packets);
 
     // Rate limit: 200 kpps for 0.5 s ≈ 100k frames.
