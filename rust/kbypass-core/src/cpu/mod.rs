@@ -100,32 +100,7 @@ impl Topology {
     }
 }
 
-/// Parse a kernel CPU list such as `0-3,8,10-11` (empty string → empty list).
-pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>> {
-    let mut out = BTreeSet::new();
-    for part in s.trim().split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let bad = || Error::invalid(format!("bad CPU list {s:?}: expected e.g. \"0-3,8\""));
-        let (range, stride) = match part.split_once(':') {
-            Some((r, st)) => (r, st.parse::<usize>().map_err(|_| bad())?.max(1)),
-            None => (part, 1),
-        };
-        let (lo, hi) = match range.split_once('-') {
-            Some((a, b)) => (
-                a.parse::<usize>().map_err(|_| bad())?,
-                b.parse::<usize>().map_err(|_| bad())?,
-            ),
-            None => {
-                let v = range.parse::<usize>().map_err(|_| bad())?;
-                (v, v)
-            }
-        };
-        if lo > hi || hi >= affinity::MAX_CPUS {
-            return Err(bad());
-        }
-        out.extend((lo..=hi).step_by(stride));
-    }
-    Ok(out.into_iter().collect())
-}
+pub use crate::sys::affinity::parse_cpu_list;
 
 fn read_trim(p: &Path) -> Option<String> {
     fs::read_to_string(p).ok().map(|s| s.trim().to_string())

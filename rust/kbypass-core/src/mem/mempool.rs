@@ -86,27 +86,6 @@ impl Mempool {
         Self::build(region, 0, count32, size, stride)
     }
 
-    /// A pool carved from `region` starting at `offset` (a multiple of the stride's alignment).
-    pub fn in_region(
-        region: Arc<HugeRegion>,
-        offset: usize,
-        count: usize,
-        size: usize,
-    ) -> Result<Arc<Self>> {
-        let (count32, stride) = check_geometry(count, size)?;
-        let bytes = (count32 as usize)
-            .checked_mul(stride)
-            .ok_or_else(|| too_large(count, size))?;
-        region.range(offset, bytes)?;
-        if offset % stride.min(4096) != 0 {
-            return Err(Error::invalid(format!(
-                "pool offset {offset} is not aligned to {}: carve at a multiple of the object stride",
-                stride.min(4096)
-            )));
-        }
-        Self::build(region, offset, count32, size, stride)
-    }
-
     fn build(
         region: Arc<HugeRegion>,
         offset: usize,

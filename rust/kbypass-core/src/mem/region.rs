@@ -432,7 +432,7 @@ fn check_node(node: usize) -> Result<()> {
     }
     let with_mem = std::fs::read_to_string(base.join("has_memory"))
         .ok()
-        .and_then(|s| crate::cpu::parse_cpu_list(s.trim()).ok())
+        .and_then(|s| crate::sys::affinity::parse_cpu_list(s.trim()).ok())
         .unwrap_or_else(|| vec![0]);
     if !with_mem.contains(&node) {
         return Err(Error::invalid(format!(

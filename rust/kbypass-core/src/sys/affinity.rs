@@ -1,9 +1,39 @@
-//! Thread CPU affinity: `sched_getaffinity(2)` / `sched_setaffinity(2)` for the calling thread.
+//! Thread CPU affinity: `sched_getaffinity(2)` / `sched_setaffinity(2)` for the calling thread,
+//! and the kernel's CPU-list format (`0-3,8`) that sysfs and procfs use for CPU sets.
+
+use std::collections::BTreeSet;
 
 use crate::error::{Error, Result};
 
 /// The largest CPU number a `cpu_set_t` can hold, plus one.
 pub const MAX_CPUS: usize = libc::CPU_SETSIZE as usize;
+
+/// Parse a kernel CPU list such as `0-3,8,10-11` (empty string → empty list).
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>> {
+    let mut out = BTreeSet::new();
+    for part in s.trim().split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || Error::invalid(format!("bad CPU list {s:?}: expected e.g. \"0-3,8\""));
+        let (range, stride) = match part.split_once(':') {
+            Some((r, st)) => (r, st.parse::<usize>().map_err(|_| bad())?.max(1)),
+            None => (part, 1),
+        };
+        let (lo, hi) = match range.split_once('-') {
+            Some((a, b)) => (
+                a.parse::<usize>().map_err(|_| bad())?,
+                b.parse::<usize>().map_err(|_| bad())?,
+            ),
+            None => {
+                let v = range.parse::<usize>().map_err(|_| bad())?;
+                (v, v)
+            }
+        };
+        if lo > hi || hi >= MAX_CPUS {
+            return Err(bad());
+        }
+        out.extend((lo..=hi).step_by(stride));
+    }
+    Ok(out.into_iter().collect())
+}
 
 /// The CPUs the calling thread may run on, ascending.
 pub fn get_current() -> Result<Vec<usize>> {

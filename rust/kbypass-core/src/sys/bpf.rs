@@ -341,7 +341,7 @@ pub fn possible_cpus() -> Result<usize> {
     let path = "/sys/devices/system/cpu/possible";
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::os(format!("read {path}"), e.raw_os_error().unwrap_or(0), ""))?;
-    let cpus = crate::cpu::parse_cpu_list(&text)?;
+    let cpus = crate::sys::affinity::parse_cpu_list(&text)?;
     // Slots are indexed by CPU number, so a sparse list still needs max + 1 of them.
     cpus.last()
         .map(|&m| m + 1)
@@ -721,11 +721,6 @@ impl ProgFd {
             .try_clone()
             .map_err(|e| Error::os("dup(prog fd)", e.raw_os_error().unwrap_or(0), ""))?;
         Ok(ProgFd { fd })
-    }
-
-    /// Adopt an fd (e.g. from [`prog_get_fd_by_id`]).
-    pub fn from_owned(fd: OwnedFd) -> Self {
-        ProgFd { fd }
     }
 
     /// The raw fd.
