@@ -2,7 +2,7 @@
 
 use std::sync::{Mutex, RwLock};
 
-use kbypass_core::xdp::{self, AttachMode, IpVersion, Prefix, ProgramOptions, Rule, Vlan};
+use kbypass_core::xdp::{self, AttachMode, IpVersion, ProgramOptions, Rule, Vlan};
 use kbypass_core::Error;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -35,31 +35,6 @@ fn rule_to_dict<'py>(py: Python<'py>, r: &Rule) -> PyResult<Bound<'py, PyDict>> 
     Ok(d)
 }
 
-fn parse_prefix(s: &str, what: &str) -> kbypass_core::Result<Prefix> {
-    let (a, l) = match s.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (s, None),
-    };
-    let addr: std::net::IpAddr = a.trim().parse().map_err(|_| {
-        Error::invalid(format!(
-            "{what}={s:?} is not an IPv4/IPv6 address or prefix"
-        ))
-    })?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let len = match l {
-        None => max,
-        Some(l) => l
-            .trim()
-            .parse::<u8>()
-            .ok()
-            .filter(|&v| v <= max)
-            .ok_or_else(|| {
-                Error::invalid(format!("{what}={s:?}: prefix length must be 0..{max}"))
-            })?,
-    };
-    Prefix::new(addr, len)
-}
-
 /// Parse a filter into rule dictionaries (keys: ip, proto, src, dst, sport, dport, ethertype,
 /// vlan, text).
 #[pyfunction]
@@ -82,51 +57,19 @@ pub fn rule_text(
     ethertype: Option<u16>,
     vlan: Option<i32>,
 ) -> PyResult<String> {
-    let r = Rule {
-        ip: match ip {
-            None => None,
-            Some(4) => Some(IpVersion::V4),
-            Some(6) => Some(IpVersion::V6),
-            Some(v) => return Err(Error::invalid(format!("ip={v} must be 4, 6 or None")).into_py()),
-        },
+    let r = xdp::RuleFields {
+        ip,
         proto,
-        src: src.map(|s| parse_prefix(s, "src")).transpose().py()?,
-        dst: dst.map(|s| parse_prefix(s, "dst")).transpose().py()?,
+        src,
+        dst,
         sport,
         dport,
         ethertype,
-        vlan: match vlan {
-            None => Vlan::Any,
-            Some(-1) => Vlan::Tagged,
-            Some(v) if (0..=4095).contains(&v) => Vlan::Id(v as u16),
-            Some(v) => {
-                return Err(Error::invalid(format!(
-                    "vlan={v} must be 0..4095, -1 (any tag) or None"
-                ))
-                .into_py())
-            }
-        },
-    };
-    if r.ethertype
-        .is_some_and(|e| [0x0800, 0x86dd, 0x8100, 0x88a8].contains(&e))
-    {
-        return Err(Error::invalid(
-            "ethertype 0x0800/0x86dd: use ip=4/6; VLAN EtherTypes: use vlan=",
-        )
-        .into_py());
+        vlan,
     }
-    r.validate().py()?;
+    .build()
+    .py()?;
     Ok(r.to_string())
-}
-
-trait ErrIntoPy {
-    fn into_py(self) -> PyErr;
-}
-
-impl ErrIntoPy for Error {
-    fn into_py(self) -> PyErr {
-        crate::errors::to_py(self)
-    }
 }
 
 /// A loaded XDP program and its XSKMAP.

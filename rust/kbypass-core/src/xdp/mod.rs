@@ -26,4 +26,4 @@ pub use probe::{probe, Check, XdpProbe};
 pub use program::{
     default_program, filter_program, redirect_form, ProgramOptions, RedirectForm, XdpProgram,
 };
-pub use rules::{format_filter, matches, parse_filter, IpVersion, Prefix, Rule, Vlan};
+pub use rules::{format_filter, matches, parse_filter, IpVersion, Prefix, Rule, RuleFields, Vlan};

@@ -96,6 +96,30 @@ pub struct Prefix {
 }
 
 impl Prefix {
+    /// Parse `198.18.0.0/15`, `2001:db8::/32` or a bare address (a full-length prefix); the error
+    /// says which part is wrong, without naming the input (callers add their context).
+    pub fn parse(s: &str) -> std::result::Result<Self, &'static str> {
+        let (a, l) = match s.trim().split_once('/') {
+            Some((a, l)) => (a.trim(), Some(l.trim())),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = a.parse().map_err(|_| "expected an IPv4 or IPv6 address")?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match l {
+            Some(l) => l
+                .parse::<u8>()
+                .ok()
+                .filter(|&v| v <= max)
+                .ok_or(if max == 32 {
+                    "prefix length must be 0..32"
+                } else {
+                    "prefix length must be 0..128"
+                })?,
+            None => max,
+        };
+        Prefix::new(addr, len).map_err(|_| "prefix length is too long")
+    }
+
     /// A prefix with host bits cleared; errors if `len` is too long for the address family.
     pub fn new(addr: IpAddr, len: u8) -> Result<Self> {
         let max = if addr.is_ipv4() { 32 } else { 128 };
@@ -174,6 +198,67 @@ pub struct Rule {
     pub dport: Option<(u16, u16)>,
     /// VLAN condition.
     pub vlan: Vlan,
+}
+
+/// One rule given field by field, as the Python `Rule` holds it: `ip` 4/6, `vlan` -1 for "any
+/// tag", prefixes as text. [`RuleFields::build`] checks everything and returns the [`Rule`].
+#[derive(Clone, Debug, Default)]
+pub struct RuleFields<'a> {
+    pub ip: Option<u8>,
+    pub proto: Option<u8>,
+    pub src: Option<&'a str>,
+    pub dst: Option<&'a str>,
+    pub sport: Option<(u16, u16)>,
+    pub dport: Option<(u16, u16)>,
+    pub ethertype: Option<u16>,
+    pub vlan: Option<i32>,
+}
+
+impl RuleFields<'_> {
+    /// The rule, or `InvalidArgument` naming the field and what to give instead.
+    pub fn build(&self) -> Result<Rule> {
+        let prefix = |what: &str, s: Option<&str>| -> Result<Option<Prefix>> {
+            s.map(|s| {
+                Prefix::parse(s).map_err(|why| {
+                    Error::invalid(format!("{what}={s:?}: {why} (e.g. 198.18.0.0/15)"))
+                })
+            })
+            .transpose()
+        };
+        let r = Rule {
+            ip: match self.ip {
+                None => None,
+                Some(4) => Some(IpVersion::V4),
+                Some(6) => Some(IpVersion::V6),
+                Some(v) => return Err(Error::invalid(format!("ip={v} must be 4, 6 or None"))),
+            },
+            proto: self.proto,
+            src: prefix("src", self.src)?,
+            dst: prefix("dst", self.dst)?,
+            sport: self.sport,
+            dport: self.dport,
+            ethertype: self.ethertype,
+            vlan: match self.vlan {
+                None => Vlan::Any,
+                Some(-1) => Vlan::Tagged,
+                Some(v) if (0..=4095).contains(&v) => Vlan::Id(v as u16),
+                Some(v) => {
+                    return Err(Error::invalid(format!(
+                        "vlan={v} must be 0..4095, -1 (any tag) or None"
+                    )))
+                }
+            },
+        };
+        if r.ethertype
+            .is_some_and(|e| [0x0800, 0x86dd, 0x8100, 0x88a8].contains(&e))
+        {
+            return Err(Error::invalid(
+                "ethertype 0x0800/0x86dd: use ip=4/6; VLAN EtherTypes: use vlan=",
+            ));
+        }
+        r.validate()?;
+        Ok(r)
+    }
 }
 
 impl Rule {
@@ -500,23 +585,8 @@ impl<'a> Parser<'a> {
 
     fn prefix(&mut self) -> Result<(Prefix, Tok<'a>)> {
         let t = self.next("an address or prefix like 198.18.0.0/15")?;
-        let (a, l) = match t.text.split_once('/') {
-            Some((a, l)) => (a, Some(l)),
-            None => (t.text, None),
-        };
-        let addr: IpAddr = a
-            .parse()
-            .map_err(|_| self.err_tok(t, "expected an IPv4 or IPv6 address"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let len = match l {
-            Some(l) => l
-                .parse::<u8>()
-                .ok()
-                .filter(|&v| v <= max)
-                .ok_or_else(|| self.err_tok(t, format!("prefix length must be 0..{max}")))?,
-            None => max,
-        };
-        Ok((Prefix::new(addr, len)?, t))
+        let p = Prefix::parse(t.text).map_err(|why| self.err_tok(t, why))?;
+        Ok((p, t))
     }
 
     /// Parse one rule; returns one or two rules (`port` without a direction expands to src/dst).
@@ -775,6 +845,65 @@ mod tests {
         assert_eq!(v[1].dport, Some((53, 53)));
         assert_eq!(v[3].ip, Some(IpVersion::V4));
         assert_eq!(v[4].vlan, Vlan::Id(100));
+    }
+
+    #[test]
+    fn rules_from_fields_are_checked_like_parsed_ones() {
+        let r = RuleFields {
+            ip: Some(4),
+            proto: Some(17),
+            dst: Some(" 198.18.0.9/15 "),
+            dport: Some((9000, 9000)),
+            ..Default::default()
+        }
+        .build()
+        .unwrap();
+        assert_eq!(r, parse_filter(&r.to_string()).unwrap()[0]);
+        assert_eq!(r.dst, Some(Prefix::parse("198.18.0.0/15").unwrap()));
+        for (f, want) in [
+            (
+                RuleFields {
+                    ip: Some(5),
+                    ..Default::default()
+                },
+                "ip=5",
+            ),
+            (
+                RuleFields {
+                    src: Some("1.2.3.4/33"),
+                    ..Default::default()
+                },
+                "0..32",
+            ),
+            (
+                RuleFields {
+                    dst: Some("nope"),
+                    ..Default::default()
+                },
+                "IPv4 or IPv6",
+            ),
+            (
+                RuleFields {
+                    vlan: Some(5000),
+                    ..Default::default()
+                },
+                "vlan=5000",
+            ),
+            (
+                RuleFields {
+                    ethertype: Some(0x0800),
+                    ..Default::default()
+                },
+                "ip=4/6",
+            ),
+        ] {
+            let e = f.build().unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        assert_eq!(
+            Prefix::parse("2001:db8::1/129"),
+            Err("prefix length must be 0..128")
+        );
     }
 
     #[test]
