@@ -148,15 +148,17 @@ def test_keep_holds_frames_until_released(pair: VethPair) -> None:
         assert sum(len(k) for k in kept) == 5
         payloads = sorted(bytes(f[42:]) for k in kept for f in k.frames)
         assert payloads == sorted(b"keep-%d" % i for i in range(5))
-        # Release one handle while running (through the workers' release ring) ...
+        # Release one handle while running ...
         assert kept[0].release() == len(kept[0])
         assert _until(lambda: p.totals()["released"] == len(kept[0]))
         acc = p.stop()
-        assert acc["app"] == 5 - len(kept[0])
-        # ... and the rest after stop (straight to the port's socket).
+        assert acc is not None
+        assert acc["held"] == 5 - len(kept[0]) and acc["app"] == 0
+        # ... and the rest after stop (back to the pool, no worker needed).
         for k in kept[1:]:
             k.release()
-        assert p.check_accounting()["app"] == 0
+        acc = p.check_accounting()
+        assert acc["held"] == 0 and acc["app"] == 0
         with pytest.raises(RuntimeError, match="released"):
             kept[0].frames  # noqa: B018
     assert p.totals()["released"] == 5
@@ -503,8 +505,8 @@ def test_views_kept_after_the_handler_never_change(pair: VethPair) -> None:
         while len(frames) < 30:  # small batches at this rate: many handler calls
             gen.run(count=100, rate=20_000)
         # Then other sizes, ports and sources: a recycled frame would show different bytes.
-        TrafficGenerator(pair, size=300, flows=64, dst_port=9100).run(count=20_000, rate=200_000)
-        _until(lambda: p.totals()["rx"] >= 20_000, timeout=3.0)
+        TrafficGenerator(pair, size=300, flows=64, dst_port=9100).run(count=5000, rate=50_000)
+        _until(lambda: p.totals()["rx"] >= 5000, timeout=3.0)
         t = p.totals()
         acc = p.stop()
         assert acc is not None
@@ -513,7 +515,7 @@ def test_views_kept_after_the_handler_never_change(pair: VethPair) -> None:
         assert all(c.tobytes() == b for c, b in cols)
         assert t["escaped"] == len(held) and acc["held"] == len(held) and acc["balanced"]
         assert p.totals()["held"] == len(held)
-        assert t["rx"] > 5_000  # traffic went on, from the frames nobody holds
+        assert t["rx"] > 2_000  # traffic went on, in the frames nobody holds
         frames.clear()
         acc = p.check_accounting()
         assert acc["held"] == 0 and acc["app"] == 0 and acc["balanced"]
@@ -615,15 +617,15 @@ def test_per_packet_data_kept_never_changes(pair: VethPair) -> None:
 
 
 def test_kept_frame_views_outlive_release(pair: VethPair) -> None:
-    n = {"kept": 0}
+    n = {"kept": 0, "limit": 5}
 
-    def keep_first_five(batch: kbypass.Batch) -> None:
-        k = min(5 - n["kept"], len(batch))
+    def keep_first(batch: kbypass.Batch) -> None:
+        k = max(0, min(n["limit"] - n["kept"], len(batch)))
         batch.verdicts[:k] = kbypass.KEEP
         n["kept"] += k
 
     peer = _peer(pair, 9531)
-    with _pipeline(pair, keep_first_five, filter="udp dst port 9530", frames=256) as p:
+    with _pipeline(pair, keep_first, filter="udp dst port 9530", frames=256) as p:
         p.start()
         for i in range(5):
             peer.sendto(b"keep-%d" % i, (pair.b.ip, 9530))
@@ -631,17 +633,22 @@ def test_kept_frame_views_outlive_release(pair: VethPair) -> None:
         handles = p.kept()
         views = [(f, bytes(f)) for k in handles for f in k.frames]
         assert sum(k.release() for k in handles) == 5
-        assert p._engine.held == 5  # released, but the views still hold them
-        for i in range(2000):
-            peer.sendto(b"other-traffic-%06d" % i, (pair.b.ip, 9530))
-        _until(lambda: p.totals()["rx"] >= 2005, timeout=3.0)
+        # Keep 200 more (beyond the fill ring's 128): refills draw on every free frame.
+        n["limit"] = 205
+        for r in range(2):
+            for i in range(100):
+                peer.sendto(b"other-traffic-%06d" % i, (pair.b.ip, 9530))
+            assert _until(lambda r=r: p.totals()["kept"] == 105 + 100 * r)
         assert all(bytes(v) == b for v, b in views)
         assert sorted(b[42:] for _, b in views) == [b"keep-%d" % i for i in range(5)]
+        assert p._engine.held == 205  # the 5 released are still held by their views
+        for k in p.kept():
+            k.release()
         del views
         assert p._engine.held == 0
         acc = p.stop()
     assert acc is not None and acc["held"] == 0 and acc["app"] == 0
-    assert p.totals()["released"] == 5
+    assert p.totals()["released"] == 205
 
 
 # --- issue 8: signals, shutdown, re-entry -------------------------------------------------------

@@ -251,8 +251,10 @@ class Pipeline:
         return None if acc is None else dict(acc)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the workers to end by themselves (packet limit, ``on_error="stop"``, a
-        handler's ``stop()``); Ctrl-C interrupts it. Returns whether they ended.
+        """Wait for the workers to end by themselves; returns whether they did.
+
+        They end on the packet limit, ``on_error="stop"`` or a handler's ``stop()``. Ctrl-C
+        interrupts the wait (within 50 ms).
         """
         return bool(self._engine.wait(timeout))
 

@@ -1432,6 +1432,10 @@ thread_local! {
 /// Engines that started workers, for the interpreter-exit hook.
 static LIVES: Mutex<Vec<Weak<Life>>> = Mutex::new(Vec::new());
 
+/// Set by the interpreter-exit hook: workers started after it would still run when the
+/// interpreter finalizes, so `start` refuses.
+static EXITING: AtomicBool = AtomicBool::new(false);
+
 impl Life {
     /// Never held across a GIL release or a wait: every holder only reads or swaps it.
     fn state(&self) -> MutexGuard<'_, Option<Running>> {
@@ -1494,6 +1498,7 @@ impl Life {
 /// inside our frames. Returns how many engines had workers to stop.
 #[pyfunction]
 fn stop_all_engines(py: Python<'_>) -> usize {
+    EXITING.store(true, Ordering::Release);
     let lives: Vec<Arc<Life>> = LIVES
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -1646,6 +1651,11 @@ impl PyEngine {
         }
         if packets == Some(0) {
             return Err(PyValueError::new_err("packets must be at least 1"));
+        }
+        if EXITING.load(Ordering::Acquire) {
+            return Err(PyRuntimeError::new_err(
+                "the interpreter is exiting (kbypass's exit hook already stopped every pipeline): start pipelines before exit, not from atexit handlers",
+            ));
         }
         life.stop_flag.store(false, Ordering::Release);
         self.total.store(0, Ordering::Release);

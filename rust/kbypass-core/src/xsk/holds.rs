@@ -148,7 +148,7 @@ impl FrameHold {
     /// NumPy view, which must keep the UMEM's memory mapped and this hold alive).
     pub fn ptr(&self, addr: u64, len: u32) -> Option<*mut u8> {
         let off = addr.checked_sub(self.addr())?;
-        if off + len as u64 > self.table.frame_size as u64 {
+        if off.checked_add(len as u64)? > self.table.frame_size as u64 {
             return None;
         }
         Some(self.table.pool.base().wrapping_add(addr as usize))
@@ -222,5 +222,129 @@ impl Drop for FrameHold {
         } else {
             t.lost.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::{HugePages, RegionOptions};
+
+    /// A table over a small pool (no UMEM registration, no root), and `n` frames taken from
+    /// the pool into the `App` state as a received batch would be.
+    fn table_with_app_frames(n: usize) -> (Arc<FrameTable>, Vec<u32>) {
+        let pool = Mempool::new(
+            64,
+            2048,
+            &RegionOptions {
+                hugepages: HugePages::Never,
+                lock: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut got = vec![0u32; n];
+        assert!(pool.get_bulk(&mut got));
+        let t = Arc::new(FrameTable::new(pool, 2048));
+        for &f in &got {
+            t.set_state(f, FrameState::App);
+        }
+        (t, got)
+    }
+
+    #[test]
+    fn first_hold_only_from_app_more_only_while_one_lives() {
+        let (t, f) = table_with_app_frames(2);
+        let h = FrameTable::hold_app(&t, f[0]).unwrap();
+        assert_eq!(t.state(f[0]), FrameState::Held);
+        assert!(FrameTable::hold_app(&t, f[0]).is_none(), "Held is not App");
+        assert!(
+            FrameTable::hold_again(&t, f[1]).is_none(),
+            "nothing holds it"
+        );
+        assert!(FrameTable::hold_app(&t, 1_000).is_none(), "out of range");
+        let h2 = FrameTable::hold_again(&t, f[0]).unwrap();
+        let h3 = h2.clone();
+        assert_eq!(h.holders(), 3);
+        drop(h);
+        drop(h2);
+        assert_eq!(t.state(f[0]), FrameState::Held, "h3 still holds it");
+        let before = t.pool.available();
+        drop(h3);
+        assert_eq!(t.state(f[0]), FrameState::Free);
+        assert_eq!(t.pool.available(), before + 1, "back in the pool");
+        assert_eq!((t.returned(), t.lost()), (1, 0));
+        assert!(
+            FrameTable::hold_again(&t, f[0]).is_none(),
+            "no reviving a returned frame"
+        );
+    }
+
+    #[test]
+    fn into_app_only_for_the_only_hold() {
+        let (t, f) = table_with_app_frames(1);
+        let h = FrameTable::hold_app(&t, f[0]).unwrap();
+        let other = h.clone();
+        let h = h.into_app().unwrap_err();
+        drop(other);
+        assert_eq!(h.into_app().unwrap(), f[0]);
+        assert_eq!(
+            t.state(f[0]),
+            FrameState::App,
+            "the caller's again, not the pool's"
+        );
+        assert_eq!(t.returned(), 0);
+    }
+
+    #[test]
+    fn bytes_stay_inside_the_frame() {
+        let (t, f) = table_with_app_frames(1);
+        let h = FrameTable::hold_app(&t, f[0]).unwrap();
+        let a = h.addr();
+        assert_eq!(h.bytes(a + 256, 100).unwrap().len(), 100);
+        assert!(h.bytes(a + 2000, 100).is_none());
+        assert!(h.bytes(a + 2048, 1).is_none(), "the next frame is not ours");
+        assert!(h.bytes(a.wrapping_sub(1), 1).is_none());
+    }
+
+    #[test]
+    fn holds_dropped_on_many_threads_return_each_frame_exactly_once() {
+        let (t, frames) = table_with_app_frames(32);
+        let before = t.pool.available();
+        for _ in 0..50 {
+            let holds: Vec<FrameHold> = frames
+                .iter()
+                .map(|&f| FrameTable::hold_app(&t, f).unwrap())
+                .collect();
+            std::thread::scope(|s| {
+                for k in 0..8 {
+                    let mine: Vec<FrameHold> = holds.iter().cloned().collect();
+                    s.spawn(move || {
+                        for (i, h) in mine.into_iter().enumerate() {
+                            if (i + k) % 3 == 0 {
+                                let again = h.clone();
+                                drop(h);
+                                drop(again);
+                            }
+                        }
+                    });
+                }
+                drop(holds);
+            });
+            assert!(frames.iter().all(|&f| t.state(f) == FrameState::Free));
+            assert_eq!(t.pool.available(), before + 32);
+            // Everything free, taken out: each of our frames is there exactly once.
+            let mut all = vec![0u32; before + 32];
+            assert!(t.pool.get_bulk(&mut all));
+            for f in &frames {
+                assert_eq!(all.iter().filter(|&&x| x == *f).count(), 1, "frame {f}");
+            }
+            let others: Vec<u32> = all.into_iter().filter(|x| !frames.contains(x)).collect();
+            t.pool.put_bulk(&others).unwrap();
+            for &f in &frames {
+                t.set_state(f, FrameState::App);
+            }
+        }
+        assert_eq!((t.returned(), t.lost()), (50 * 32, 0));
     }
 }

@@ -704,8 +704,12 @@ impl XskSocket {
         let mut out = HeldSend::default();
         let mut descs = Vec::with_capacity(items.len());
         for (h, d) in items {
-            let (frame, off) = (h.frame(), d.addr.wrapping_sub(h.addr()));
-            if d.len == 0 || off + d.len as u64 > self.umem.frame_size() as u64 {
+            let frame = h.frame();
+            let end = d
+                .addr
+                .checked_sub(h.addr())
+                .and_then(|off| off.checked_add(d.len as u64));
+            if d.len == 0 || end.is_none_or(|e| e > self.umem.frame_size() as u64) {
                 self.counters.invalid_descs += 1;
                 out.failed += 1;
                 continue;
