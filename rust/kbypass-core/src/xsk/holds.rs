@@ -318,7 +318,7 @@ mod tests {
                 .collect();
             std::thread::scope(|s| {
                 for k in 0..8 {
-                    let mine: Vec<FrameHold> = holds.iter().cloned().collect();
+                    let mine: Vec<FrameHold> = holds.to_vec();
                     s.spawn(move || {
                         for (i, h) in mine.into_iter().enumerate() {
                             if (i + k) % 3 == 0 {
