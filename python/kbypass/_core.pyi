@@ -945,7 +945,7 @@ class XdpPort:
 
 @final
 class RxBatch:
-    """Frames received by one ``recv()``: zero-copy views owned by you until ``release()``."""
+    """Frames received by one ``recv()``: held until ``release()`` and their views are gone."""
 
     def __len__(self) -> int: ...
     def __getitem__(self, key: int, /) -> npt.NDArray[np.uint8]: ...
@@ -1098,7 +1098,7 @@ class Packet:
 
 @final
 class Kept:
-    """Frames a handler kept (KEEP verdict): zero-copy views until ``release()``."""
+    """Frames a handler kept (KEEP verdict), held until ``release()`` and their views are gone."""
 
     def __len__(self) -> int: ...
     @property

@@ -330,14 +330,19 @@ class Pipeline:
     def stats(self) -> list[dict[str, Any]]:
         """Return per-worker counters.
 
-        Keys: rx, tx, forwarded, dropped, kept, released, handler_errors, bad_verdicts,
-        tx_failed, batches, mean_batch, batch_latency_ns, handler_ns, pps, batch_sizes
-        (histogram), queues, cpu.
+        Keys: rx, tx, forwarded, dropped, kept, released, escaped (frames whose views outlived
+        their batch: held until the views are gone), copied (of those, TX/FORWARD sent as a
+        copy), handler_errors, bad_verdicts, tx_failed, batches, mean_batch, batch_latency_ns,
+        handler_ns, pps, batch_sizes (histogram), queues, cpu.
         """
         return list(self._engine.stats())
 
     def totals(self) -> dict[str, Any]:
-        """Counters summed over workers, plus pps (sum of worker rates) and elapsed seconds."""
+        """Counters summed over workers, plus pps, elapsed seconds and frames held now.
+
+        pps is the sum of the worker rates; held counts frames kept, or with views that
+        outlived their batch, right now.
+        """
         ws = self.stats()
         t: dict[str, Any] = {k: sum(int(w[k]) for w in ws) for k in _TOTAL_KEYS}
         t["pps"] = sum(float(w["pps"]) for w in ws)

@@ -628,6 +628,9 @@ impl PyBatch {
                 // Allocate without the lock held: a GC run here may run arbitrary Python.
                 let o = Bound::new(py, self.frames.owner(None))?;
                 let mut v = self.lock_views();
+                // Under the lock the worker takes the owners with: an owner added after it
+                // took them would never be checked.
+                self.check()?;
                 if v.len() < self.n {
                     v.resize_with(self.n, || None);
                 }
@@ -1782,12 +1785,12 @@ impl PyEngine {
                 "wait() inside the handler would wait for its own worker: return from the handler (call stop() there to end the pipeline after this batch) and wait() outside",
             ));
         }
-        if timeout.is_some_and(|t| !(0.0..=1e9).contains(&t)) {
+        if timeout.is_some_and(|t| t.is_nan() || t > 1e9) {
             return Err(PyValueError::new_err(
-                "timeout must be between 0 and 1e9 seconds, or None",
+                "timeout must be a number of seconds up to 1e9, or None to wait until they end",
             ));
         }
-        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t));
+        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
         loop {
             let slice_end = match deadline {
                 Some(d) => d.min(Instant::now() + SIGNAL_CHECK),
@@ -1837,12 +1840,16 @@ impl PyEngine {
     /// released, frames whose views outlived their batch), `tx_side`, `total`.
     fn check_accounting<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let life = &self.life;
-        let stopped = life.state().is_none();
-        let a = py
+        let (a, idle) = py
             .detach(|| {
                 let g = life.port.lock();
-                match g.as_ref().and_then(|p| (0..p.len()).find_map(|i| p.socket(i))) {
-                    Some(s) => s.check_accounting().map(Some),
+                let Some(p) = g.as_ref() else {
+                    return Ok(None);
+                };
+                // Every socket in the port: no worker (of any engine) runs on it.
+                let idle = (0..p.len()).all(|i| p.socket(i).is_some());
+                match (0..p.len()).find_map(|i| p.socket(i)) {
+                    Some(s) => s.check_accounting().map(|a| Some((a, idle))),
                     None => Ok(None),
                 }
             })
@@ -1852,7 +1859,7 @@ impl PyEngine {
                     "no socket of the port is available (closed, or the pipeline runs): stop() first",
                 )
             })?;
-        if stopped && a.app != 0 {
+        if idle && a.app != 0 {
             // With no worker running, a frame with the application has a hold, or is lost.
             return Err(PyRuntimeError::new_err(format!(
                 "frame accounting is off: {} frames are with the application without a hold ({a:?})",
