@@ -111,10 +111,11 @@ impl BatchCtx<'_> {
 
     /// Hold frame `i` because something that reads or writes it (a NumPy view) outlives the
     /// batch. The worker will not recycle it; if its verdict sends it (TX/FORWARD), a copy of
-    /// the packet in a free frame is sent instead (made now, so call this after the verdicts
-    /// are final and while nothing else writes the frame), or, with no free frame, nothing is
-    /// sent and it counts as a failed TX. Counted in the worker's `escaped` statistic once per
-    /// frame.
+    /// the packet in a free frame is sent instead, or, with no free frame, nothing is sent and
+    /// it counts as a failed TX. The copy is made now: call this once the verdicts are final,
+    /// from the thread that owns whatever writes the frame outside Rust (the binding calls it
+    /// attached to the interpreter, before any Python code can use the view again). Counted in
+    /// the worker's `escaped` statistic once per frame.
     pub fn hold_view(&mut self, i: usize) -> Option<FrameHold> {
         let first = self.slots.get(i) == Some(&Slot::Own);
         let h = self.hold(i)?;
@@ -158,10 +159,11 @@ impl BatchCtx<'_> {
             self.copy_failed += 1;
             return;
         };
-        // SAFETY: `src` is `d.len` bytes inside frame `orig` (checked by `ptr`), which a hold
-        // keeps: no kernel ring and no Rust writer has it, and the caller makes sure nothing
-        // else writes it meanwhile (see `hold_view`). `dst` is inside a frame just allocated,
-        // which only this worker has. Different frames, so the ranges do not overlap.
+        // SAFETY: `src` is `d.len` bytes inside frame `orig` (checked by `ptr`), held: no kernel
+        // ring has it and no Rust API writes a held frame; the only other writers are views
+        // outside Rust, which the caller does not run meanwhile (see `hold_view`). `dst` is
+        // inside a frame just allocated, which only this worker has. Different frames, so the
+        // ranges do not overlap.
         unsafe { std::ptr::copy_nonoverlapping(src.cast_const(), dst, d.len as usize) };
         self.descs[i] = XdpDesc {
             addr: a[0],
