@@ -10,7 +10,13 @@ in ``b`` pinned to the last one. Each test measures its references first, then k
 * a per-packet handler reading ``pkt.udp.dst_port`` vs a Python ``socket.recv_into`` loop
   (goal ≥ 4x);
 * batch sizes 1/16/64/256 with the NumPy filter: packets/s and mean batch latency (receive to
-  verdicts applied), ratio to batch 64.
+  verdicts applied), ratio to batch 64;
+* what the once-per-batch check for views that outlive the handler costs: the NumPy filter
+  keeping a frame view or a column array from every batch, vs the same handler keeping
+  nothing (the common path, where the check finds nothing). The common path's own cost is the
+  difference between this branch's and the previous release's ``test_batch_numpy_filter`` and
+  ``test_batch_size_sweep[1]`` (batch 1: the per-batch cost is all there is), measured on one
+  quiet machine.
 
 ``KBYPASS_BENCH_SECONDS`` (default 1.0) sets each measurement's length. For docs/performance.md
 run e.g. ``KBYPASS_BENCH_SECONDS=3 python -m pytest benches/bench_processors.py
@@ -35,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_path
 import kbypass
-from bench_path import GEN_CPU, RX_CPU, SECONDS, _info, run_c, rx_drop_c
+from bench_path import GEN_CPU, RX_CPU, SECONDS, _info, run_c, rx_drop_c, side_by_side
 from kbypass.testing import TrafficGenerator, VethPair, udp_recv
 
 pytestmark = pytest.mark.skipif(
@@ -242,4 +248,51 @@ def test_batch_size_sweep(benchmark: BenchmarkFixture, pair: VethPair, batch: in
         mean_batch=t["mean_batch"],
         batch_latency_us=t["batch_latency_ns"] / 1e3,
         per_packet_ns=t["batch_latency_ns"] / max(t["mean_batch"], 1.0),
+    )
+
+
+@pytest.mark.benchmark(group="processors-escape-check")
+@pytest.mark.parametrize("keeps", ["a-view", "a-column"])
+def test_escape_check_cost(benchmark: BenchmarkFixture, pair: VethPair, keeps: str) -> None:
+    """The NumPy filter keeping, from every batch, frame 0's view (held until the next batch
+    replaces it) or its lengths column (fresh buffers every batch), vs keeping nothing."""
+    handler, _ = _filter_handler()
+    box: dict[str, Any] = {}
+
+    def keep_view(batch: kbypass.Batch) -> None:
+        handler(batch)
+        box["kept"] = batch.frame(0)
+
+    def keep_column(batch: kbypass.Batch) -> None:
+        handler(batch)
+        box["kept"] = batch.lengths
+
+    subject = keep_view if keeps == "a-view" else keep_column
+    gen = TrafficGenerator(pair, size=60, cpu=GEN_CPU)
+    try:
+        gen.start()
+        ref, t = side_by_side(
+            benchmark,
+            lambda: _run_pipeline(pair, handler),
+            lambda: _run_pipeline(pair, subject),
+        )
+    finally:
+        gen.stop()
+    box.clear()
+    rate = float(t["pps"])
+    assert t["rx"] > 0 and t["handler_errors"] == 0
+    if keeps == "a-view":
+        assert t["escaped"] == t["batches"]  # one held frame per batch
+    else:
+        assert t["escaped"] == 0
+    _info(
+        benchmark,
+        rate,
+        "same handler keeping nothing",
+        rate / float(ref["pps"]),
+        keeps=keeps,
+        escaped=t["escaped"],
+        batch_latency_ns=t["batch_latency_ns"],
+        reference_batch_latency_ns=ref["batch_latency_ns"],
+        extra_ns_per_batch=t["batch_latency_ns"] - ref["batch_latency_ns"],
     )

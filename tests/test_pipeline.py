@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import socket
@@ -147,15 +148,17 @@ def test_keep_holds_frames_until_released(pair: VethPair) -> None:
         assert sum(len(k) for k in kept) == 5
         payloads = sorted(bytes(f[42:]) for k in kept for f in k.frames)
         assert payloads == sorted(b"keep-%d" % i for i in range(5))
-        # Release one handle while running (through the workers' release ring) ...
+        # Release one handle while running ...
         assert kept[0].release() == len(kept[0])
         assert _until(lambda: p.totals()["released"] == len(kept[0]))
         acc = p.stop()
-        assert acc["app"] == 5 - len(kept[0])
-        # ... and the rest after stop (straight to the port's socket).
+        assert acc is not None
+        assert acc["held"] == 5 - len(kept[0]) and acc["app"] == 0
+        # ... and the rest after stop (back to the pool, no worker needed).
         for k in kept[1:]:
             k.release()
-        assert p.check_accounting()["app"] == 0
+        acc = p.check_accounting()
+        assert acc["held"] == 0 and acc["app"] == 0
         with pytest.raises(RuntimeError, match="released"):
             kept[0].frames  # noqa: B018
     assert p.totals()["released"] == 5
@@ -469,3 +472,325 @@ def test_progress_display_renders_with_rich(pair: VethPair, capsys: Any) -> None
     with _pipeline(pair, lambda b: None, filter="udp", progress=True) as p:
         p.run(duration=0.3)
     assert "kbypass pipeline on veth1" in capsys.readouterr().out
+
+
+# --- issue 8: what Python can still see is never recycled ------------------------------------
+
+
+def test_views_kept_after_the_handler_never_change(pair: VethPair) -> None:
+    # Frame views, column arrays and umem rows a handler keeps must show, forever, what the
+    # handler saw: the frames are held (not recycled) while a view lives, the columns are the
+    # handler's own (the next batch gets fresh buffers), and umem hands out copies.
+    frames: list[tuple[np.ndarray, bytes]] = []
+    cols: list[tuple[np.ndarray, bytes]] = []
+    rows: list[tuple[np.ndarray, bytes]] = []
+    held: set[int] = set()
+
+    def keep_some(batch: kbypass.Batch) -> None:
+        if len(frames) >= 30:
+            return
+        v = batch.frame(0)
+        frames.append((v, bytes(v)))
+        frames.extend((f, bytes(f)) for f in batch.frames[1:3])
+        a, fs = int(batch.addrs[0]), batch.frame_size
+        held.update(int(x) // fs for x in batch.addrs[:3])
+        r = batch.umem[a // fs]
+        rows.append((r, r.tobytes()))
+        for c in (batch.headers, batch.lengths, batch.addrs, batch.verdicts[:2]):
+            cols.append((c, c.tobytes()))
+
+    with _pipeline(pair, keep_some, filter="udp", frames=512) as p:
+        p.start()
+        gen = TrafficGenerator(pair, size=60, flows=16, dst_port=9000)
+        while len(frames) < 30:  # small batches at this rate: many handler calls
+            gen.run(count=100, rate=20_000)
+        # Then other sizes, ports and sources: a recycled frame would show different bytes.
+        TrafficGenerator(pair, size=300, flows=64, dst_port=9100).run(count=5000, rate=50_000)
+        _until(lambda: p.totals()["rx"] >= 5000, timeout=3.0)
+        acc = p.stop()
+        t = p.totals()
+        assert acc is not None
+        assert all(bytes(v) == b for v, b in frames)
+        assert all(r.tobytes() == b for r, b in rows)
+        assert all(c.tobytes() == b for c, b in cols)
+        assert t["escaped"] == len(held) and acc["held"] == len(held) and acc["balanced"]
+        assert p.totals()["held"] == len(held)
+        assert t["rx"] > 2_000  # traffic went on, in the frames nobody holds
+        frames.clear()
+        acc = p.check_accounting()
+        assert acc["held"] == 0 and acc["app"] == 0 and acc["balanced"]
+        assert p.totals()["held"] == 0
+
+
+def test_umem_window_indexes_like_the_umem_and_returns_copies(pair: VethPair) -> None:
+    out: dict[str, Any] = {}
+
+    def look(batch: kbypass.Batch) -> None:
+        u, fs, a = batch.umem, batch.frame_size, batch.addrs
+        out["shape"] = u.shape
+        out["first"] = u[a // fs, a % fs]  # byte 0 of every packet (fancy indexing)
+        out["same"] = bool((out["first"] == [batch.frame(i)[0] for i in range(len(batch))]).all())
+        out["row"] = u[int(a[0]) // fs]  # basic indexing: a copy, not a view into the UMEM
+        out["row_is_copy"] = out["row"].base is None or out["row"].flags.owndata
+        try:
+            u[0, 0] = 1
+        except TypeError as e:
+            out["write"] = str(e)
+        out["u"] = u
+
+    with _pipeline(pair, look, filter="udp dst port 9540", frames=256) as p:
+        p.start()
+        _peer(pair, 9541).sendto(b"window", (pair.b.ip, 9540))
+        assert _until(lambda: p.totals()["rx"] == 1)
+        p.stop()
+    assert out["shape"] == (256, 2048) and out["same"] and out["row_is_copy"]
+    assert "read-only" in out["write"]
+    with pytest.raises(RuntimeError, match="ended when the handler returned"):
+        out["u"][0, 0]
+
+
+def test_writes_through_kept_views_never_reach_the_wire(pair: VethPair) -> None:
+    # Every frame's view outlives the handler (the last 100 are kept), and after each reply
+    # the test writes a marker through the view of that packet's frame. The TX verdict sent a
+    # copy, so every reply is intact, and the frame stays held: no later packet lands in it
+    # (which would overwrite the marker) and no marker lands in a packet. A 32-entry fill ring
+    # brings a recycled frame back within ~32 packets, well inside the 100 kept.
+    kept: collections.deque[np.ndarray] = collections.deque(maxlen=100)
+
+    def reflect_and_keep(batch: kbypass.Batch) -> None:
+        _reflect(batch)
+        kept.extend(batch.frames)
+
+    peer = _peer(pair, 9521)
+    peer.settimeout(1)
+    n = 300
+    with pair.enter("b"):
+        port = kbypass.XdpPort(
+            pair.b.ifname, mode="copy", frames=256, ring_size=32, filter="udp dst port 9520"
+        )
+    with port, Pipeline(port, reflect_and_keep, cpus=False) as p:
+        p.start()
+        got = []
+        for i in range(n):
+            peer.sendto(b"ping-%06d" % i, (pair.b.ip, 9520))
+            try:
+                got.append(peer.recvfrom(64)[0])
+            except TimeoutError:
+                got.append(b"lost")
+            v = kept[-1]
+            v[:] = np.resize(np.frombuffer(b"%06d" % i, dtype=np.uint8), len(v))
+            del v
+        markers = [bytes(v[:6]) for v in kept]
+        acc = p.stop()  # then the counters: a reply can arrive before its batch is counted
+        t = p.totals()
+        assert got == [b"ping-%06d" % i for i in range(n)]
+        assert markers == [b"%06d" % i for i in range(n - 100, n)]
+        assert acc is not None and acc["held"] == len(kept) == 100
+        kept.clear()
+        assert p.check_accounting()["held"] == 0
+    assert t["tx"] == n and t["escaped"] == n and t["copied"] == n and t["tx_failed"] == 0
+
+
+def test_per_packet_data_kept_never_changes(pair: VethPair) -> None:
+    kept: list[tuple[np.ndarray, bytes]] = []
+
+    def handle(pkt: kbypass.Packet) -> kbypass.Action:
+        if len(kept) < 10:
+            d = pkt.data
+            kept.append((d, bytes(d)))
+        return kbypass.DROP
+
+    with pair.enter("b"):
+        p = Pipeline(
+            pair.b.ifname, per_packet=handle, filter="udp", mode="copy", frames=256, cpus=False
+        )
+    with p:
+        p.start()
+        TrafficGenerator(pair, size=60, dst_port=9000).run(count=100, rate=10_000)
+        assert _until(lambda: len(kept) == 10)
+        TrafficGenerator(pair, size=400, flows=64, dst_port=9100).run(count=5000, rate=100_000)
+        _until(lambda: p.totals()["rx"] >= 5000, timeout=3.0)
+        acc = p.stop()
+        t = p.totals()
+        assert all(bytes(d) == b for d, b in kept)
+        assert t["escaped"] == 10 and acc is not None and acc["held"] == 10
+        kept.clear()
+        assert p.check_accounting()["held"] == 0
+
+
+def test_kept_frame_views_outlive_release(pair: VethPair) -> None:
+    n = {"kept": 0, "limit": 5}
+
+    def keep_first(batch: kbypass.Batch) -> None:
+        k = max(0, min(n["limit"] - n["kept"], len(batch)))
+        batch.verdicts[:k] = kbypass.KEEP
+        n["kept"] += k
+
+    peer = _peer(pair, 9531)
+    with _pipeline(pair, keep_first, filter="udp dst port 9530", frames=256) as p:
+        p.start()
+        for i in range(5):
+            peer.sendto(b"keep-%d" % i, (pair.b.ip, 9530))
+        assert _until(lambda: p.totals()["kept"] == 5)
+        handles = p.kept()
+        views = [(f, bytes(f)) for k in handles for f in k.frames]
+        assert sum(k.release() for k in handles) == 5
+        # Keep 200 more (beyond the fill ring's 128): refills draw on every free frame.
+        n["limit"] = 205
+        for r in range(2):
+            for i in range(100):
+                peer.sendto(b"other-traffic-%06d" % i, (pair.b.ip, 9530))
+            assert _until(lambda r=r: p.totals()["kept"] == 105 + 100 * r)
+        assert all(bytes(v) == b for v, b in views)
+        assert sorted(b[42:] for _, b in views) == [b"keep-%d" % i for i in range(5)]
+        assert p._engine.held == 205  # the 5 released are still held by their views
+        for k in p.kept():
+            k.release()
+        del views
+        assert p._engine.held == 0
+        acc = p.stop()
+    assert acc is not None and acc["held"] == 0 and acc["app"] == 0
+    assert p.totals()["released"] == 205
+
+
+# --- issue 8: signals, shutdown, re-entry -------------------------------------------------------
+
+
+def test_stop_inside_the_handler_ends_after_that_batch(pair: VethPair) -> None:
+    seen: list[int] = []
+    box: dict[str, Any] = {}
+
+    def stop_now(batch: kbypass.Batch) -> None:
+        seen.append(len(batch))
+        box["stop"] = box["p"].stop()
+        for name in ("wait", "close"):
+            try:
+                getattr(box["p"], name)()
+            except RuntimeError as e:
+                box[name] = str(e)
+
+    with _pipeline(pair, stop_now, filter="udp", frames=256) as p:
+        box["p"] = p
+        p.start()
+        TrafficGenerator(pair, size=60).run(count=2000, rate=100_000)
+        assert p.wait(3.0)
+        assert not p.running
+        acc = p.stop()
+        t = p.totals()
+    assert box["stop"] is None  # inside a handler: asked, not joined
+    assert len(seen) == 1 and t["batches"] == 1 and t["rx"] == seen[0]
+    assert t["handler_errors"] == 0 and p.last_error is None
+    assert acc is not None and acc["balanced"] and acc["app"] == 0
+    assert "inside the handler" in box["wait"] and "inside a handler" in box["close"]
+
+
+def test_wait_without_timeout_answers_ctrl_c(pair: VethPair) -> None:
+    code = textwrap.dedent(
+        f"""
+        import sys, time, kbypass, kbypass._core as c
+        entry = c.NetnsEntry({pair.b.netns!r})
+        p = kbypass.Pipeline({pair.b.ifname!r}, lambda b: None, mode="copy",
+                             frames=256, cpus=False, progress=False)
+        entry.exit()
+        p.start()
+        print("ready", flush=True)
+        t0 = time.monotonic()
+        try:
+            p.wait()
+        except KeyboardInterrupt:
+            print("interrupted after", time.monotonic() - t0, flush=True)
+            p.close()
+            sys.exit(0)
+        sys.exit(3)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=sigint_default,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "interrupted after" in out and took < 2.0
+
+
+_EXIT_CHILD = """
+import atexit, sys, time, weakref
+import numpy as np
+
+state = {{}}
+
+
+def after_kbypass_hooks():
+    # Registered before kbypass is imported, so it runs after kbypass's own exit hooks.
+    box = state["ref"]()
+    obj = box.obj if box is not None else None
+    print("after-hooks", obj is not None and obj.running, getattr(obj, "_closed", None),
+          flush=True)
+
+
+atexit.register(after_kbypass_hooks)
+import kbypass, kbypass._core as c
+
+
+class Box:
+    pass
+
+
+def handler(batch):
+    np.asarray(batch.lengths).sum()
+    time.sleep(0.0005)  # a worker is likely inside a batch when the interpreter exits
+
+
+entry = c.NetnsEntry({netns!r})
+if {variant!r} == "engine":
+    port = kbypass.XdpPort({ifname!r}, mode="copy", frames=1024)
+    obj = c.Engine(port, handler)
+else:
+    obj = kbypass.Pipeline({ifname!r}, handler, mode="copy", frames=1024, cpus=False,
+                           progress=False)
+entry.exit()
+obj.start()
+box = Box()
+box.obj = obj
+state["ref"] = weakref.ref(box)
+if {variant!r} != "plain":
+    box.me = box  # a cycle: only the garbage collector frees it, during finalization
+    del box, obj
+print("ready", flush=True)
+time.sleep(0.3)
+"""
+
+
+@pytest.mark.parametrize("variant", ["plain", "cycle", "engine"])
+def test_interpreter_exit_with_a_running_pipeline(pair: VethPair, variant: str) -> None:
+    # The exit hooks stop the workers while the interpreter is intact (a worker that takes the
+    # GIL during finalization is ended by CPython inside Rust frames: hang or crash), return
+    # the sockets and detach the program; the child exits 0, promptly, and leaves nothing.
+    code = _EXIT_CHILD.format(netns=pair.b.netns, ifname=pair.b.ifname, variant=variant)
+    gen = TrafficGenerator(pair, size=60)
+    gen.start(rate=100_000)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
+        )
+    finally:
+        gen.stop()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ready" in proc.stdout
+    closed = "True" if variant != "engine" else "None"
+    assert f"after-hooks False {closed}" in proc.stdout, proc.stdout
+    assert "xdp" not in pair.run("b", "ip", "-d", "link", "show", pair.b.ifname).stdout

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -344,3 +347,140 @@ def test_batch_views_are_zero_copy_numpy(veth_pair: VethPair) -> None:
     batch.release()
     sock.close()
     _ = v[0]  # the view stays readable memory after release and close
+
+
+# --- issue 8: views never see a recycled frame; waits answer Ctrl-C and share the port -------
+
+
+def _recv_one(sock: XdpSocket, timeout: float = 3.0) -> kbypass.RxBatch:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        b = sock.recv(max=1, timeout=0.2)
+        if len(b):
+            return b
+    raise AssertionError("nothing arrived")
+
+
+def test_rxbatch_views_never_change_after_release(veth_pair: VethPair) -> None:
+    with veth_pair.enter("b"):
+        sock = XdpSocket(veth_pair.b.ifname, mode="copy", frames=256, filter="udp")
+    tx = _udp_sender(veth_pair)
+    tx.sendto(b"first packet", (veth_pair.b.ip, 9000))
+    batch = _recv_one(sock)
+    view, whole = batch[0], batch.frames()[0]
+    snap = bytes(view)
+    assert batch.release() == 1
+    with pytest.raises(RuntimeError, match="released"):
+        batch[0]
+    for i in range(1000):  # every other frame of the UMEM is recycled several times over
+        tx.sendto(b"later-%04d" % i + bytes(200), (veth_pair.b.ip, 9000))
+        if i % 100 == 99:
+            assert len(_recv_n(sock, 100)) == 100
+    assert bytes(view) == bytes(whole) == snap and snap.endswith(b"first packet")
+    assert sock.stats()["frames_held"] == 1  # the views hold it
+    del view, whole
+    st = sock.stats()
+    assert st["frames_held"] == 0 and st["invalid_descs"] == 0
+    acc = sock.check_accounting()
+    assert acc["app"] == 0 and acc["held"] == 0
+    sock.close()
+
+
+def test_send_with_a_live_view_sends_a_copy(veth_pair: VethPair) -> None:
+    with veth_pair.enter("b"):
+        sock = XdpSocket(veth_pair.b.ifname, filter="udp dst port 9310", mode="copy", frames=256)
+    with veth_pair.enter("a"):
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind((veth_pair.a.ip, 9311))
+        peer.settimeout(3)
+    peer.sendto(b"ping-copy", (veth_pair.b.ip, 9310))
+    batch = _recv_one(sock)
+    view = batch[0]
+    packet.edit(
+        view.reshape(1, -1), swap_macs=True, swap_ips=True, swap_ports=True, fix_checksums=True
+    )
+    snap = bytes(view)
+    assert batch.send() == 1
+    assert peer.recvfrom(64) == (b"ping-copy", (veth_pair.b.ip, 9310))
+    view[:] = 0xEE  # ours alone: the copy went out, the kernel never sees this frame
+    sock.complete()  # the sent frame (the copy) is back in the pool
+    # Hold ~160 frames unreleased: with the fill ring's 128 that is more than the UMEM has,
+    # so refills draw on every free frame (the kernel drops what finds the ring empty).
+    pending: list[kbypass.RxBatch] = []
+    for _ in range(2):
+        for _ in range(80):
+            peer.sendto(b"more", (veth_pair.b.ip, 9310))
+        got = 0
+        deadline = time.monotonic() + 1
+        while got < 80 and time.monotonic() < deadline:
+            b = sock.recv(max=64, timeout=0.1)
+            got += len(b)
+            pending.append(b)
+        assert got >= 40
+    assert all(bytes(b[i]).endswith(b"more") for b in pending for i in range(len(b)))
+    for b in pending:
+        b.release()
+    for _ in range(4):  # and round the fill ring, whose frames come from the whole pool now
+        for _ in range(100):
+            peer.sendto(b"more", (veth_pair.b.ip, 9310))
+        got = _recv_n(sock, 100)
+        assert len(got) >= 90 and all(f.endswith(b"more") for f in got)
+    assert bytes(view) == b"\xee" * len(snap)
+    assert sock.stats()["frames_held"] == 1
+    del view
+    assert sock.check_accounting()["held"] == 0
+    sock.close()
+
+
+@contextlib.contextmanager
+def _sigint_after(delay: float) -> Iterator[None]:
+    """Deliver SIGINT to this process after `delay` s (with Python's handler installed)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        timer.join()
+        signal.signal(signal.SIGINT, old)
+
+
+def test_recv_with_timeout_answers_ctrl_c(veth_pair: VethPair) -> None:
+    with veth_pair.enter("b"):
+        sock = XdpSocket(veth_pair.b.ifname, mode="copy", frames=256, filter="udp port 9999")
+    t0 = time.monotonic()
+    with _sigint_after(0.3), pytest.raises(KeyboardInterrupt):
+        sock.recv(timeout=5.0)
+    assert time.monotonic() - t0 < 1.5  # not the 5 s timeout
+    t0 = time.monotonic()
+    with _sigint_after(0.3), pytest.raises(KeyboardInterrupt):
+        sock.rx_drop(duration=5.0)
+    assert time.monotonic() - t0 < 1.5
+    assert sock.check_accounting()["app"] == 0  # the loops gave everything back
+    sock.close()
+
+
+def test_a_waiting_recv_never_stalls_other_threads(veth_pair: VethPair) -> None:
+    # One thread waits in recv(timeout=3) on the socket; meanwhile the others use the same
+    # socket and drop a batch unreleased: neither waits for the receiver's timeout, and the
+    # drop (which runs with the GIL held) takes no lock at all.
+    with veth_pair.enter("b"):
+        sock = XdpSocket(veth_pair.b.ifname, mode="copy", frames=256, filter="udp dst port 9000")
+    tx = _udp_sender(veth_pair)
+    tx.sendto(b"to-drop", (veth_pair.b.ip, 9000))
+    batch = _recv_one(sock)
+    waiter = threading.Thread(target=lambda: sock.recv(timeout=3.0))
+    waiter.start()
+    time.sleep(0.2)  # the waiter is in its poll now
+    t0 = time.monotonic()
+    del batch  # dropped unreleased: frames back, counted
+    dropped_in = time.monotonic() - t0
+    t0 = time.monotonic()
+    st = sock.stats()
+    stats_in = time.monotonic() - t0
+    waiter.join()
+    assert dropped_in < 0.2, dropped_in  # no lock: not the waiter's 3 s, nor a 50 ms slice
+    assert stats_in < 1.0, stats_in  # one 50 ms slice, not the waiter's 3 s
+    assert st["auto_released"] == 1 and st["frames_held"] == 0
+    sock.close()

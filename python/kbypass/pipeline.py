@@ -12,6 +12,16 @@ applies the verdicts without the GIL:
 * ``KEEP``: the frame stays with Python; ``Pipeline.kept()`` returns :class:`~kbypass.Kept`
   handles whose ``release()`` gives the frames back.
 
+Nothing Python can still see is recycled: a frame whose view (``batch.frame(i)``,
+``batch.frames``, ``Packet.data``) outlives the handler is held until the last view is gone
+(``stats()["escaped"]``; a TX/FORWARD verdict then sends a copy), and column arrays a handler
+keeps are its own (the next batch gets fresh ones).
+
+Stopping: ``stop()`` from inside a handler ends the workers after the current batch (and
+returns None); ``wait()`` and ``run()`` answer Ctrl-C within 50 ms; a Pipeline still running
+when the interpreter exits is closed by an ``atexit`` hook (workers stopped, sockets returned,
+program detached) before the interpreter starts tearing down.
+
 The per-packet mode (``per_packet=`` or :func:`processor`) calls a function once per packet
 with a :class:`~kbypass.Packet`: convenient, and several times slower than a batch handler
 working on NumPy columns.
@@ -35,9 +45,11 @@ Example::
 
 from __future__ import annotations
 
+import atexit
 import enum
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
@@ -81,6 +93,8 @@ _TOTAL_KEYS = (
     "dropped",
     "kept",
     "released",
+    "escaped",
+    "copied",
     "handler_errors",
     "bad_verdicts",
     "tx_failed",
@@ -178,6 +192,7 @@ class Pipeline:
             )
             self.port: Any = group
             self._engine: Any = group
+            _LIVE.add(self)
             return
         if isinstance(port, str):
             q: Any = queues if queues == "all" else list(queues)
@@ -216,6 +231,7 @@ class Pipeline:
             if self._own_port:
                 self.port.close()
             raise
+        _LIVE.add(self)
 
     # lifecycle -----------------------------------------------------------------------------
 
@@ -224,12 +240,22 @@ class Pipeline:
         self._check_open()
         self._engine.start(packets)
 
-    def stop(self) -> dict[str, Any]:
-        """Stop the workers; returns the frame accounting (raises if a frame is unaccounted)."""
-        return dict(self._engine.stop())
+    def stop(self) -> dict[str, Any] | None:
+        """Stop the workers; returns the frame accounting (raises if a frame is unaccounted).
+
+        From inside a handler it only asks the workers to stop after the current batch and
+        returns None: a worker cannot join itself. ``wait()`` or ``stop()`` from outside then
+        joins them.
+        """
+        acc = self._engine.stop()
+        return None if acc is None else dict(acc)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the workers to end by themselves (packet limit, ``on_error="stop"``)."""
+        """Wait for the workers to end by themselves; returns whether they did.
+
+        They end on the packet limit, ``on_error="stop"`` or a handler's ``stop()``. Ctrl-C
+        interrupts the wait (within 50 ms).
+        """
         return bool(self._engine.wait(timeout))
 
     @property
@@ -266,15 +292,27 @@ class Pipeline:
         return self.totals()
 
     def close(self) -> None:
-        """Stop, and close the port when the pipeline opened it. Idempotent."""
+        """Stop, and close the port when the pipeline opened it. Idempotent.
+
+        Raises RuntimeError inside a handler (the workers still run there): call ``stop()``
+        in the handler and ``close()`` outside.
+        """
         if self._closed:
             return
+        stopped = False
         try:
-            self._engine.stop()
+            stopped = self._engine.stop() is not None
         finally:
-            self._closed = True
-            if self._own_port:
-                self.port.close()
+            if stopped or not self.running:
+                self._closed = True
+                _LIVE.discard(self)
+                if self._own_port:
+                    self.port.close()
+        if not stopped:
+            raise RuntimeError(
+                "close() inside a handler: the workers stop after this batch; close the "
+                "Pipeline from outside the handler (after wait())"
+            )
 
     def __enter__(self) -> Pipeline:
         return self
@@ -292,17 +330,23 @@ class Pipeline:
     def stats(self) -> list[dict[str, Any]]:
         """Return per-worker counters.
 
-        Keys: rx, tx, forwarded, dropped, kept, released, handler_errors, bad_verdicts,
-        tx_failed, batches, mean_batch, batch_latency_ns, handler_ns, pps, batch_sizes
-        (histogram), queues, cpu.
+        Keys: rx, tx, forwarded, dropped, kept, released, escaped (frames whose views outlived
+        their batch: held until the views are gone), copied (of those, TX/FORWARD sent as a
+        copy), handler_errors, bad_verdicts, tx_failed, batches, mean_batch, batch_latency_ns,
+        handler_ns, pps, batch_sizes (histogram), queues, cpu.
         """
         return list(self._engine.stats())
 
     def totals(self) -> dict[str, Any]:
-        """Counters summed over workers, plus pps (sum of worker rates) and elapsed seconds."""
+        """Counters summed over workers, plus pps, elapsed seconds and frames held now.
+
+        pps is the sum of the worker rates; held counts frames kept, or with views that
+        outlived their batch, right now.
+        """
         ws = self.stats()
         t: dict[str, Any] = {k: sum(int(w[k]) for w in ws) for k in _TOTAL_KEYS}
         t["pps"] = sum(float(w["pps"]) for w in ws)
+        t["held"] = int(getattr(self._engine, "held", 0))
         t["elapsed"] = float(self._engine.elapsed)
         t["last_error"] = self._engine.last_error
         return t
@@ -363,6 +407,26 @@ class Pipeline:
             f"Pipeline({self.port.ifname!r}, workers={self._engine.workers}, "
             f"{'running' if self.running else 'stopped'})"
         )
+
+
+# Pipelines not yet closed, for the exit hook below.
+_LIVE: weakref.WeakSet[Pipeline] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Close every Pipeline still open at interpreter exit.
+
+    atexit hooks run while the interpreter is intact, so workers can finish the batch they are
+    in (they need the GIL for it); once finalization starts a thread that takes the GIL is
+    ended by CPython in the middle of the worker. Closing stops and joins the workers, returns
+    the sockets, and detaches the program of ports the pipelines opened.
+    """
+    for p in list(_LIVE):
+        try:
+            p.close()
+        except Exception as e:  # exiting anyway: report, and close the others
+            print(f"kbypass: closing {p!r} at exit: {e}", file=sys.stderr)
 
 
 def _groups(workers: int | Sequence[Sequence[int]] | None, n: int) -> list[list[int]]:

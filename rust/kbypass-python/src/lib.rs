@@ -16,6 +16,7 @@ mod packet;
 mod rdma;
 mod ring;
 mod traffic;
+mod views;
 mod xdp;
 mod xsk;
 
@@ -30,6 +31,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ring::register(m)?;
     cpu::register(m)?;
     xdp::register(m)?;
+    views::register(m)?;
     xsk::register(m)?;
     traffic::register(m)?;
     engine::register(m)?;

@@ -1,12 +1,15 @@
 //! `kbypass.XdpSocket`, `kbypass.XdpPort`, `kbypass.RxBatch`: AF_XDP for Python.
 //!
 //! A Python socket is a handle on one socket of a core `XskPort` (UMEM + sockets + program +
-//! attachment). Every call takes the port's mutex *inside* `py.detach`, so a thread blocked in
-//! `recv(timeout=…)` never holds the GIL and never deadlocks another thread.
+//! attachment). Every call takes the port's mutex *inside* `py.detach`, never with the GIL,
+//! and holds it for at most one slice of a wait (`SIGNAL_CHECK`), so a thread blocked in
+//! `recv(timeout=…)` neither stalls other Python threads nor delays Ctrl-C. Received frames
+//! are held (`FrameHold`) by their `RxBatch` and by every view taken from it, so releasing a
+//! batch or dropping it needs no lock and never lets a view see a recycled frame.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kbypass_core::mem::HugeRegion;
 use kbypass_core::packet::parse;
@@ -15,16 +18,20 @@ use kbypass_core::traffic::xsk::{rx_drop, tx_flood};
 use kbypass_core::traffic::{StopWhen, Throughput};
 use kbypass_core::xdp::{parse_filter, AttachMode, Rule};
 use kbypass_core::xsk::{
-    BindMode, BusyPoll, PortConfig, Queues, SocketConfig, UmemConfig, XskPort, XskSocket,
+    BindMode, BusyPoll, FrameHold, PortConfig, Queues, SocketConfig, UmemConfig, XskPort, XskSocket,
 };
-use numpy::ndarray::ArrayView1;
 use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::errors::IntoPyResult;
-use crate::mem::{region_options, RegionMemory};
+use crate::mem::region_options;
+use crate::views::FrameView;
+
+/// How long a wait with the GIL released (and the port's mutex held) lasts before it comes
+/// back to check for signals (Ctrl-C) and let other threads at the port.
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
 /// State shared by the sockets of one port.
 pub struct PortHandle {
@@ -42,6 +49,8 @@ pub struct PortHandle {
     tier: &'static str,
     tx_oversize: AtomicU64,
     auto_released: AtomicU64,
+    /// Set by `close`: read without the mutex (with the GIL held) by `closed`.
+    closed: AtomicBool,
 }
 
 impl PortHandle {
@@ -59,9 +68,7 @@ impl PortHandle {
         py.detach(|| {
             let mut g = self.lock();
             let port = g.as_mut().ok_or_else(closed)?;
-            let s = port.socket_mut(i).ok_or_else(|| {
-                kbypass_core::Error::State("this socket is in use by a running Pipeline".into())
-            })?;
+            let s = port.socket_mut(i).ok_or_else(in_use)?;
             f(s)
         })
         .py()
@@ -70,8 +77,63 @@ impl PortHandle {
     fn close(&self) {
         // Dropping the port detaches the program, clears the XSKMAP, closes sockets and UMEM.
         let port = self.lock().take();
+        self.closed.store(true, Ordering::Release);
         drop(port);
     }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Run `f` on socket `i` on a helper thread while this one waits without the GIL and
+    /// checks signals every `SIGNAL_CHECK`: on Ctrl-C `f`'s stop flag is set, `f` winds down,
+    /// and the signal's exception is raised. For loops that hold the socket for long.
+    fn with_socket_interruptible<T: Send>(
+        self: &Arc<Self>,
+        py: Python<'_>,
+        i: usize,
+        f: impl FnOnce(&mut XskSocket, &AtomicBool) -> kbypass_core::Result<T> + Send,
+    ) -> PyResult<T> {
+        let stop = AtomicBool::new(false);
+        let mut pending: Option<PyErr> = None;
+        let joined = std::thread::scope(|sc| {
+            let h = sc.spawn(|| {
+                let mut g = self.lock();
+                let port = g.as_mut().ok_or_else(closed)?;
+                let s = port.socket_mut(i).ok_or_else(in_use)?;
+                f(s, &stop)
+            });
+            loop {
+                let done = py.detach(|| {
+                    let end = Instant::now() + SIGNAL_CHECK;
+                    while !h.is_finished() && Instant::now() < end {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    h.is_finished()
+                });
+                if done {
+                    break;
+                }
+                if pending.is_none() {
+                    if let Err(e) = py.check_signals() {
+                        pending = Some(e);
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+            h.join()
+        });
+        if let Some(e) = pending {
+            return Err(e);
+        }
+        joined
+            .map_err(|_| PyRuntimeError::new_err("the socket loop's thread panicked"))?
+            .py()
+    }
+}
+
+fn in_use() -> kbypass_core::Error {
+    kbypass_core::Error::State("this socket is in use by a running Pipeline".into())
 }
 
 fn closed() -> kbypass_core::Error {
@@ -187,6 +249,7 @@ fn open_port(
         tier: umem.tier().name(),
         tx_oversize: AtomicU64::new(0),
         auto_released: AtomicU64::new(0),
+        closed: AtomicBool::new(false),
         port: Mutex::new(Some(port)),
     }))
 }
@@ -263,7 +326,7 @@ impl PyXdpSocket {
     }
 
     /// Receive up to `max` frames. With `timeout` (seconds), wait for the first one without
-    /// holding the GIL; returns an empty batch on timeout.
+    /// holding the GIL (Ctrl-C interrupts the wait); returns an empty batch on timeout.
     #[pyo3(signature = (max=64, timeout=None))]
     fn recv(&self, py: Python<'_>, max: usize, timeout: Option<f64>) -> PyResult<PyRxBatch> {
         if max == 0 || max > 4096 {
@@ -278,31 +341,47 @@ impl PyXdpSocket {
             Some(t) => Some(Duration::from_secs_f64(t)),
             None => None,
         };
-        let descs = self.handle.with_socket(py, self.index, |s| {
-            let mut d = vec![XdpDesc::default(); max];
-            let mut n = s.recv(&mut d);
-            if n == 0 {
-                if let Some(w) = wait {
-                    let deadline = std::time::Instant::now() + w;
-                    while n == 0 {
-                        let left = deadline.saturating_duration_since(std::time::Instant::now());
-                        if left.is_zero() {
-                            break;
-                        }
-                        s.wait_rx(left.min(Duration::from_millis(100)))?;
+        let deadline = wait.map(|w| Instant::now() + w);
+        loop {
+            // One slice: receive, else wait up to SIGNAL_CHECK and receive again. The port's
+            // mutex is held for the slice only, the GIL not at all.
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let got = self.handle.with_socket(py, self.index, |s| {
+                let mut d = vec![XdpDesc::default(); max];
+                let mut n = s.recv(&mut d);
+                if n == 0 {
+                    if let Some(l) = left.filter(|l| !l.is_zero()) {
+                        s.wait_rx(l.min(SIGNAL_CHECK))?;
                         n = s.recv(&mut d);
                     }
                 }
+                d.truncate(n);
+                // Every frame of the batch is held from now on: no lock is needed to give it
+                // back, and no view of it can outlive its hold.
+                let mut holds = Vec::with_capacity(n);
+                let mut descs = Vec::with_capacity(n);
+                for x in d {
+                    match s.hold(x.addr) {
+                        Some(h) => {
+                            holds.push(h);
+                            descs.push(x);
+                        }
+                        None => debug_assert!(false, "a received frame could not be held"),
+                    }
+                }
+                Ok((descs, holds))
+            })?;
+            let expired = deadline.is_none_or(|d| Instant::now() >= d);
+            if !got.0.is_empty() || expired {
+                return Ok(PyRxBatch {
+                    handle: Arc::clone(&self.handle),
+                    index: self.index,
+                    descs: got.0,
+                    holds: Mutex::new(Some(got.1)),
+                });
             }
-            d.truncate(n);
-            Ok(d)
-        })?;
-        Ok(PyRxBatch {
-            handle: Arc::clone(&self.handle),
-            index: self.index,
-            descs,
-            released: AtomicBool::new(false),
-        })
+            py.check_signals()?;
+        }
     }
 
     /// Send packets (a list of bytes-like objects, or a 2-D uint8 array with `lengths`), each
@@ -417,7 +496,16 @@ impl PyXdpSocket {
         };
         let t = self
             .handle
-            .with_socket(py, self.index, |s| rx_drop(s, batch, when))?;
+            .with_socket_interruptible(py, self.index, move |s, stop| {
+                rx_drop(
+                    s,
+                    batch,
+                    StopWhen {
+                        stop: Some(stop),
+                        ..when
+                    },
+                )
+            })?;
         throughput_dict(py, &t)
     }
 
@@ -434,7 +522,9 @@ impl PyXdpSocket {
         let frame = frame.to_vec();
         let t = self
             .handle
-            .with_socket(py, self.index, move |s| tx_flood(s, &frame, count, batch))?;
+            .with_socket_interruptible(py, self.index, move |s, stop| {
+                tx_flood(s, &frame, count, batch, Some(stop))
+            })?;
         throughput_dict(py, &t)
     }
 
@@ -473,6 +563,7 @@ impl PyXdpSocket {
         d.set_item("frames_free", a.free)?;
         d.set_item("frames_rx_side", a.rx_side)?;
         d.set_item("frames_app", a.app)?;
+        d.set_item("frames_held", a.held)?;
         d.set_item("frames_tx_side", a.tx_side)?;
         d.set_item("frames_total", a.total)?;
         Ok(d)
@@ -488,6 +579,7 @@ impl PyXdpSocket {
         d.set_item("free", a.free)?;
         d.set_item("rx_side", a.rx_side)?;
         d.set_item("app", a.app)?;
+        d.set_item("held", a.held)?;
         d.set_item("tx_side", a.tx_side)?;
         d.set_item("total", a.total)?;
         Ok(d)
@@ -553,7 +645,7 @@ impl PyXdpSocket {
     /// Whether the socket (its port) is closed.
     #[getter]
     fn closed(&self) -> bool {
-        self.handle.lock().is_none()
+        self.handle.is_closed()
     }
 
     /// Detach the program, close the socket(s) and free the UMEM. Idempotent. Views of frames
@@ -687,7 +779,7 @@ impl PyXdpPort {
     /// Whether the port is closed.
     #[getter]
     fn closed(&self) -> bool {
-        self.handle.lock().is_none()
+        self.handle.is_closed()
     }
 
     /// Close every socket, detach the program, free the UMEM. Idempotent.
@@ -711,52 +803,57 @@ impl PyXdpPort {
 }
 
 /// Frames received by one `recv()`: zero-copy views, owned by you until `release()` (or
-/// `send()`), after which the frames are recycled and indexing raises.
+/// `send()`), after which indexing raises.
 ///
-/// Views you took stay readable memory after release (they keep the UMEM mapped) but the
-/// kernel may overwrite their contents: copy what you keep (`bytes(batch[i])`).
+/// The batch holds its frames, and so does every view taken from it: a frame goes back to the
+/// pool when the batch is released *and* its last view is gone, so a view you keep never shows
+/// another packet. `send()` transmits a frame as it is, or, if a view of it is still alive, a
+/// copy (the view keeps the original). A batch dropped unreleased gives its frames back
+/// (counted in `stats()["auto_released"]`); none of this takes a lock.
 #[pyclass(name = "RxBatch", module = "kbypass._core", frozen)]
 pub struct PyRxBatch {
     handle: Arc<PortHandle>,
     index: usize,
     descs: Vec<XdpDesc>,
-    released: AtomicBool,
+    /// One hold per frame; None once released or sent.
+    holds: Mutex<Option<Vec<FrameHold>>>,
 }
 
 impl PyRxBatch {
-    fn check(&self) -> PyResult<()> {
-        if self.released.load(Ordering::Acquire) {
-            return Err(PyRuntimeError::new_err(
-                "this batch was released: its frames are recycled; copy data you need before release()",
-            ));
-        }
-        Ok(())
+    fn lock(&self) -> MutexGuard<'_, Option<Vec<FrameHold>>> {
+        self.holds.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn view<'py>(&self, py: Python<'py>, d: &XdpDesc) -> PyResult<Bound<'py, PyArray1<u8>>> {
-        let base = self.handle.region.as_ptr();
-        let start = self.handle.pool_off + d.addr as usize;
-        if start + d.len as usize > self.handle.region.len() {
-            return Err(PyRuntimeError::new_err("descriptor outside the UMEM"));
-        }
-        let owner = Bound::new(py, RegionMemory::new(Arc::clone(&self.handle.region)))?;
-        // SAFETY: start..start+len lies inside the region (checked above), which `owner` (the
-        // array's base) keeps mapped; the frame belongs to the application until release.
-        let v = unsafe { ArrayView1::from_shape_ptr(d.len as usize, base.add(start).cast_const()) };
-        // SAFETY: as above.
-        Ok(unsafe { PyArray1::borrow_from_array(&v, owner.into_any()) })
+    /// The holds, cloned (None once released).
+    fn holds(&self) -> PyResult<Vec<FrameHold>> {
+        self.lock().clone().ok_or_else(|| {
+            PyRuntimeError::new_err(
+                "this batch was released: its frames are recycled; copy data you need before release() (views taken before stay valid)",
+            )
+        })
     }
 
+    fn view<'py>(
+        &self,
+        py: Python<'py>,
+        d: &XdpDesc,
+        hold: FrameHold,
+    ) -> PyResult<Bound<'py, PyArray1<u8>>> {
+        let owner = Bound::new(
+            py,
+            FrameView::new(
+                Arc::clone(&self.handle.region),
+                self.handle.pool_off,
+                Some(hold),
+            ),
+        )?;
+        FrameView::array(&owner, d.addr, d.len)
+    }
+
+    /// Drop the holds: each frame goes back to the pool as soon as no view of it is left. No
+    /// lock, no GIL needed (a few atomic operations per frame).
     fn do_release(&self) -> usize {
-        if self.released.swap(true, Ordering::AcqRel) {
-            return 0;
-        }
-        let addrs: Vec<u64> = self.descs.iter().map(|d| d.addr).collect();
-        let mut g = self.handle.lock();
-        match g.as_mut().and_then(|p| p.socket_mut(self.index)) {
-            Some(s) => s.release(&addrs),
-            None => 0,
-        }
+        self.lock().take().map_or(0, |h| h.len())
     }
 }
 
@@ -766,26 +863,36 @@ impl PyRxBatch {
         self.descs.len()
     }
 
-    /// A zero-copy uint8 view of frame `i`'s packet bytes.
+    /// A zero-copy uint8 view of frame `i`'s packet bytes (holds the frame while it lives).
     fn __getitem__<'py>(&self, py: Python<'py>, i: isize) -> PyResult<Bound<'py, PyArray1<u8>>> {
-        self.check()?;
         let n = self.descs.len() as isize;
         let j = if i < 0 { i + n } else { i };
-        if !(0..n).contains(&j) {
-            return Err(pyo3::exceptions::PyIndexError::new_err(format!(
-                "frame {i} out of range for a batch of {n}"
-            )));
-        }
-        self.view(py, &self.descs[j as usize])
+        let hold = {
+            let g = self.lock();
+            let Some(holds) = g.as_ref() else {
+                drop(g);
+                return Err(self
+                    .holds()
+                    .err()
+                    .unwrap_or_else(|| PyRuntimeError::new_err("this batch was released")));
+            };
+            if !(0..n).contains(&j) {
+                return Err(pyo3::exceptions::PyIndexError::new_err(format!(
+                    "frame {i} out of range for a batch of {n}"
+                )));
+            }
+            holds[j as usize].clone()
+        };
+        self.view(py, &self.descs[j as usize], hold)
     }
 
     /// Zero-copy views of every frame.
     fn frames<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        self.check()?;
         let views = self
-            .descs
-            .iter()
-            .map(|d| self.view(py, d))
+            .holds()?
+            .into_iter()
+            .zip(&self.descs)
+            .map(|(h, d)| self.view(py, d, h))
             .collect::<PyResult<Vec<_>>>()?;
         PyList::new(py, views)
     }
@@ -793,29 +900,13 @@ impl PyRxBatch {
     /// Parsed header columns, one record per frame (NumPy structured array with
     /// `kbypass.packet.META_DTYPE`), computed in Rust without copying the frames.
     fn headers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.check()?;
-        let descs = self.descs.clone();
-        let bytes = py
-            .detach(|| {
-                let g = self.handle.lock();
-                let port = g.as_ref().ok_or_else(closed)?;
-                let s = port.socket(self.index).ok_or_else(|| {
-                    kbypass_core::Error::State("this socket is in use by a running Pipeline".into())
-                })?;
-                let mut out = vec![0u8; descs.len() * 64];
-                for (d, rec) in descs.iter().zip(out.chunks_exact_mut(64)) {
-                    let m = match s.app_ptr(d.addr, d.len) {
-                        // SAFETY: app_ptr checked that the range lies in a frame the application
-                        // holds; nobody writes it while we read.
-                        Some(p) => parse(unsafe { std::slice::from_raw_parts(p, d.len as usize) }),
-                        None => Default::default(),
-                    };
-                    rec.copy_from_slice(&m.to_bytes());
-                }
-                Ok::<_, kbypass_core::Error>(out)
-            })
-            .py()?;
-        let raw = PyArray1::from_vec(py, bytes);
+        let holds = self.holds()?;
+        let mut out = vec![0u8; self.descs.len() * 64];
+        for ((d, h), rec) in self.descs.iter().zip(&holds).zip(out.chunks_exact_mut(64)) {
+            let m = h.bytes(d.addr, d.len).map(parse).unwrap_or_default();
+            rec.copy_from_slice(&m.to_bytes());
+        }
+        let raw = PyArray1::from_vec(py, out);
         let dtype = py.import("kbypass.packet")?.getattr("META_DTYPE")?;
         raw.call_method1("view", (dtype,))
     }
@@ -844,19 +935,36 @@ impl PyRxBatch {
     /// Whether the frames were released.
     #[getter]
     fn released(&self) -> bool {
-        self.released.load(Ordering::Acquire)
+        self.lock().is_none()
     }
 
-    /// Give the frames back for receiving. Idempotent; returns how many were released.
+    /// Give the frames back for receiving (each as soon as no view of it is left): straight
+    /// to the socket's FILL ring, so it stays topped up. Idempotent; returns how many were
+    /// released.
     fn release(&self, py: Python<'_>) -> usize {
-        py.detach(|| self.do_release())
+        let Some(holds) = self.lock().take() else {
+            return 0;
+        };
+        let index = self.index;
+        py.detach(|| {
+            match self
+                .handle
+                .lock()
+                .as_mut()
+                .and_then(|p| p.socket_mut(index))
+            {
+                Some(s) => s.release_holds(holds),
+                // Closed, or a Pipeline has the socket: the frames go back to the pool.
+                None => holds.len(),
+            }
+        })
     }
 
     /// Transmit the frames (as they are now, e.g. after editing them in place) out of the same
-    /// socket; frames where `mask` is False are released instead. Returns how many were queued.
+    /// socket; frames where `mask` is False are released instead. A frame a view still holds
+    /// is sent as a copy (the view keeps the original). Returns how many were queued.
     #[pyo3(signature = (mask=None))]
     fn send(&self, py: Python<'_>, mask: Option<PyReadonlyArray1<'_, bool>>) -> PyResult<usize> {
-        self.check()?;
         let m = match &mask {
             Some(m) => {
                 let s = m.as_slice()?.to_vec();
@@ -867,26 +975,22 @@ impl PyRxBatch {
             }
             None => None,
         };
-        if self.released.swap(true, Ordering::AcqRel) {
-            return Err(PyRuntimeError::new_err("this batch was already released"));
-        }
-        let descs = self.descs.clone();
+        let Some(holds) = self.lock().take() else {
+            return Err(PyRuntimeError::new_err(
+                "this batch was already released or sent",
+            ));
+        };
+        let items: Vec<(FrameHold, XdpDesc)> = holds
+            .into_iter()
+            .zip(self.descs.iter().copied())
+            .enumerate()
+            .filter(|(i, _)| m.as_ref().is_none_or(|m| m[*i]))
+            .map(|(_, x)| x)
+            .collect();
         self.handle.with_socket(py, self.index, move |s| {
-            let mut tx = Vec::with_capacity(descs.len());
-            let mut keep = Vec::new();
-            for (i, d) in descs.iter().enumerate() {
-                if m.as_ref().is_none_or(|m| m[i]) {
-                    tx.push(*d);
-                } else {
-                    keep.push(d.addr);
-                }
-            }
-            let q = s.send(&tx);
-            let mut back: Vec<u64> = tx[q..].iter().map(|d| d.addr).collect();
-            back.extend(keep);
-            s.release(&back);
+            let r = s.send_holds(items);
             s.complete();
-            Ok(q)
+            Ok(r.queued)
         })
     }
 
@@ -911,9 +1015,10 @@ impl PyRxBatch {
 
 impl Drop for PyRxBatch {
     fn drop(&mut self) {
-        // A batch dropped without release gives its frames back, counted, so none is lost.
-        if !self.released.load(Ordering::Acquire) && !self.descs.is_empty() {
-            let n = self.do_release();
+        // A batch dropped without release gives its frames back, counted, so none is lost. No
+        // lock and no GIL needed: dropping holds is a few atomic operations.
+        let n = self.do_release();
+        if n > 0 {
             self.handle
                 .auto_released
                 .fetch_add(n as u64, Ordering::Relaxed);

@@ -7,9 +7,12 @@
 //! handler once, then apply the verdicts: DROP returns the frame to the FILL ring at once, TX
 //! sends it out of the socket it came from, FORWARD out of another socket of the same worker
 //! (zero-copy: the sockets share the UMEM, so only the descriptor moves), KEEP leaves it with
-//! the application until it is released through the [`ReleaseQueue`]. Nothing on this path
-//! allocates or locks: the scratch vectors are sized once when the worker starts, counters are
-//! per-worker atomics.
+//! the application, held by a [`crate::xsk::FrameHold`] the handler took with
+//! [`BatchCtx::keep`], until the last hold is dropped. A frame whose Python view outlived the
+//! handler is held the same way ([`BatchCtx::hold_view`]), so nothing the application can still
+//! see is ever recycled under it. Nothing on this path allocates or locks: the scratch vectors
+//! are sized once when the worker starts, counters are per-worker atomics, and a batch where
+//! nothing was held costs one branch per frame more than before.
 //!
 //! On stop a worker reaps its outstanding TX completions (bounded wait) and returns its
 //! sockets, so the port can check the frame accounting and detach.
@@ -17,8 +20,8 @@
 mod worker;
 
 pub use worker::{
-    spawn, BatchCtx, BatchHandler, HandlerError, OnError, ReleaseQueue, WorkerConfig, WorkerExit,
-    WorkerStats, WorkerStatsSnapshot, BATCH_HISTOGRAM_BOUNDS,
+    spawn, BatchCtx, BatchHandler, HandlerError, OnError, WorkerConfig, WorkerExit, WorkerStats,
+    WorkerStatsSnapshot, BATCH_HISTOGRAM_BOUNDS,
 };
 
 #[cfg(test)]
@@ -30,7 +33,8 @@ pub const DROP: u8 = 0;
 pub const TX: u8 = 1;
 /// Verdict: send the frame out of the socket named in `forward_to`.
 pub const FORWARD: u8 = 2;
-/// Verdict: the application keeps the frame until it releases it.
+/// Verdict: the application keeps the frame until it releases it (the handler takes it with
+/// [`BatchCtx::keep`]; a KEEP frame nobody took is counted as a bad verdict and dropped).
 pub const KEEP: u8 = 3;
 
 /// Whether `v` is a verdict value.

@@ -8,13 +8,8 @@ use std::time::{Duration, Instant};
 use super::{DROP, FORWARD, KEEP, TX};
 use crate::error::{Error, Result};
 use crate::packet::{parse, PacketMeta};
-use crate::ring::{Consumer, Ring};
 use crate::sys::xdp::XdpDesc;
-use crate::xsk::{Umem, XskSocket};
-
-/// Frames the application kept (KEEP) and now gives back: UMEM addresses pushed by any thread,
-/// drained by the workers into their FILL rings.
-pub type ReleaseQueue = Arc<Ring<u64>>;
+use crate::xsk::{FrameHold, Umem, XskSocket};
 
 /// What to do with a batch whose handler failed (raised, returned the wrong type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,14 +42,29 @@ impl std::str::FromStr for OnError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HandlerError;
 
+/// What became of a frame of the batch beyond its verdict.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Slot {
+    /// The batch's own: the verdict applies to it.
+    #[default]
+    Own,
+    /// Held by a [`FrameHold`] the handler took: the worker leaves it alone.
+    Held,
+    /// Held, and a copy (now in the descriptor) takes its place for the TX/FORWARD verdict.
+    Copied(u32),
+}
+
 /// One batch as the handler sees it. Slices are `n` long (the frames received).
+///
+/// Built only by the worker: it lends the handler the batch's frames, which are the worker's
+/// until the verdicts are applied. A frame the handler needs beyond that (a KEEP handle, a view
+/// that outlived the call) is taken with [`BatchCtx::keep`] or [`BatchCtx::hold_view`]; the
+/// worker then never recycles it, and it returns to the pool when its last hold is dropped.
 pub struct BatchCtx<'a> {
     /// Pipeline-wide index of the socket the frames arrived on.
     pub socket: usize,
     /// Index of the worker.
     pub worker: usize,
-    /// The descriptors (UMEM address of packet data, length).
-    pub descs: &'a [XdpDesc],
     /// Parsed headers, one per frame.
     pub metas: &'a [PacketMeta],
     /// Verdicts, pre-filled with the default; the handler overwrites them.
@@ -67,6 +77,103 @@ pub struct BatchCtx<'a> {
     pub errors: u64,
     /// Set by the handler to stop the pipeline after this batch.
     pub stop: bool,
+    descs: &'a mut [XdpDesc],
+    slots: &'a mut [Slot],
+    sock: &'a mut XskSocket,
+    held: usize,
+    escaped: u64,
+    copied: u64,
+    copy_failed: u64,
+}
+
+impl BatchCtx<'_> {
+    /// Frames in the batch.
+    pub fn len(&self) -> usize {
+        self.descs.len()
+    }
+
+    /// Whether the batch is empty (never, for a batch a worker hands out).
+    pub fn is_empty(&self) -> bool {
+        self.descs.is_empty()
+    }
+
+    /// The descriptors (UMEM address of packet data, length).
+    pub fn descs(&self) -> &[XdpDesc] {
+        self.descs
+    }
+
+    /// Hold frame `i` for a KEEP handle (its verdict must be KEEP: a KEEP frame nobody holds
+    /// is counted as a bad verdict and dropped). None if `i` is out of range, or the frame was
+    /// held before and every hold on it is gone.
+    pub fn keep(&mut self, i: usize) -> Option<FrameHold> {
+        self.hold(i)
+    }
+
+    /// Hold frame `i` because something that reads or writes it (a NumPy view) outlives the
+    /// batch. The worker will not recycle it; if its verdict sends it (TX/FORWARD), a copy of
+    /// the packet in a free frame is sent instead, or, with no free frame, nothing is sent and
+    /// it counts as a failed TX. The copy is made now: call this once the verdicts are final,
+    /// from the thread that owns whatever writes the frame outside Rust (the binding calls it
+    /// attached to the interpreter, before any Python code can use the view again). Counted in
+    /// the worker's `escaped` statistic once per frame.
+    pub fn hold_view(&mut self, i: usize) -> Option<FrameHold> {
+        let first = self.slots.get(i) == Some(&Slot::Own);
+        let h = self.hold(i)?;
+        if first {
+            self.escaped += 1;
+            if matches!(self.verdicts[i], TX | FORWARD) {
+                self.copy_out(i, h.frame());
+            }
+        }
+        Some(h)
+    }
+
+    fn hold(&mut self, i: usize) -> Option<FrameHold> {
+        match *self.slots.get(i)? {
+            Slot::Own => {
+                let h = self
+                    .umem
+                    .hold_app(self.umem.frame_of(self.descs[i].addr)?)?;
+                self.slots[i] = Slot::Held;
+                self.held += 1;
+                Some(h)
+            }
+            Slot::Held => self
+                .umem
+                .hold_again(self.umem.frame_of(self.descs[i].addr)?),
+            Slot::Copied(f) => self.umem.hold_again(f),
+        }
+    }
+
+    /// Put a copy of held frame `i` (frame index `orig`) in its place for sending.
+    fn copy_out(&mut self, i: usize, orig: u32) {
+        let d = self.descs[i];
+        let mut a = [0u64];
+        if self.sock.alloc(&mut a) == 0 {
+            self.copy_failed += 1;
+            return;
+        }
+        let (Some(src), Some(dst)) = (self.umem.ptr(d.addr, d.len), self.sock.app_ptr(a[0], d.len))
+        else {
+            self.sock.release(&a);
+            self.copy_failed += 1;
+            return;
+        };
+        // SAFETY: `src` is `d.len` bytes inside frame `orig` (checked by `ptr`), held: no kernel
+        // ring has it and no Rust API writes a held frame; the only other writers are views
+        // outside Rust, which the caller does not run meanwhile (see `hold_view`). `dst` is
+        // inside a frame just allocated, which only this worker has. Different frames, so the
+        // ranges do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(src.cast_const(), dst, d.len as usize) };
+        self.descs[i] = XdpDesc {
+            addr: a[0],
+            len: d.len,
+            options: d.options,
+        };
+        self.slots[i] = Slot::Copied(orig);
+        self.held -= 1;
+        self.copied += 1;
+    }
 }
 
 /// A batch callback. Called on the worker thread; must not block for long.
@@ -98,6 +205,8 @@ pub struct WorkerStats {
     handler_errors: AtomicU64,
     bad_verdicts: AtomicU64,
     tx_failed: AtomicU64,
+    escaped: AtomicU64,
+    copied: AtomicU64,
     batches: AtomicU64,
     batch_ns: AtomicU64,
     handler_ns: AtomicU64,
@@ -122,14 +231,19 @@ pub struct WorkerStatsSnapshot {
     pub dropped: u64,
     /// Packets kept by the application (KEEP).
     pub kept: u64,
-    /// Kept packets the application released later (through the release queue).
+    /// Kept packets whose handles the application released later.
     pub released: u64,
     /// Batches (or packets, in per-packet mode) whose handler failed.
     pub handler_errors: u64,
     /// Verdict values that are not a verdict, or FORWARD to a socket this worker does not own.
     pub bad_verdicts: u64,
-    /// TX/FORWARD frames the TX ring had no room for (dropped, counted in `dropped` too).
+    /// TX/FORWARD frames not sent: the TX ring had no room (those are dropped, and counted
+    /// in `dropped` too), or a held frame had no free frame for its copy.
     pub tx_failed: u64,
+    /// Frames whose views outlived their batch: held (not recycled) until the views are gone.
+    pub escaped: u64,
+    /// Of those, TX/FORWARD frames sent as a copy (the original stays with the views).
+    pub copied: u64,
     /// Batches handled.
     pub batches: u64,
     /// Nanoseconds from receive to verdicts applied, summed over batches.
@@ -175,6 +289,8 @@ impl WorkerStats {
             handler_errors: self.handler_errors.load(Relaxed),
             bad_verdicts: self.bad_verdicts.load(Relaxed),
             tx_failed: self.tx_failed.load(Relaxed),
+            escaped: self.escaped.load(Relaxed),
+            copied: self.copied.load(Relaxed),
             batches: self.batches.load(Relaxed),
             batch_ns: self.batch_ns.load(Relaxed),
             handler_ns: self.handler_ns.load(Relaxed),
@@ -219,8 +335,6 @@ pub struct WorkerConfig {
     pub total: Arc<AtomicU64>,
     /// Stop every worker once `total` reaches this (u64::MAX: no limit).
     pub limit: u64,
-    /// Kept frames to give back to the FILL ring.
-    pub release: Option<ReleaseQueue>,
 }
 
 /// What a worker gives back when it ends: its sockets, and the error that ended it, if any.
@@ -254,14 +368,10 @@ pub fn spawn(
             cfg.default_verdict
         )));
     }
-    let consumer = match &cfg.release {
-        Some(r) => Some(r.consumer()?),
-        None => None,
-    };
     std::thread::Builder::new()
         .name(format!("kbx-worker-{id}"))
         .spawn(move || {
-            let mut w = Worker::new(id, sockets, handler, cfg, stats, consumer);
+            let mut w = Worker::new(id, sockets, handler, cfg, stats);
             w.handler.thread_start();
             let error = w.run().err();
             w.finish();
@@ -286,15 +396,14 @@ struct Worker {
     handler: Box<dyn BatchHandler>,
     cfg: WorkerConfig,
     stats: Arc<WorkerStats>,
-    release: Option<Consumer<u64>>,
     umem: Arc<Umem>,
     descs: Vec<XdpDesc>,
+    slots: Vec<Slot>,
     metas: Vec<PacketMeta>,
     verdicts: Vec<u8>,
     forward_to: Vec<u16>,
     drops: Vec<u64>,
     outs: Vec<Vec<XdpDesc>>,
-    released: Vec<u64>,
     epoch: Instant,
 }
 
@@ -305,7 +414,6 @@ impl Worker {
         handler: Box<dyn BatchHandler>,
         cfg: WorkerConfig,
         stats: Arc<WorkerStats>,
-        release: Option<Consumer<u64>>,
     ) -> Self {
         let b = cfg.batch;
         let umem = Arc::clone(sockets[0].1.umem());
@@ -314,15 +422,14 @@ impl Worker {
             id,
             handler,
             stats,
-            release,
             umem,
             descs: vec![XdpDesc::default(); b],
+            slots: vec![Slot::Own; b],
             metas: vec![PacketMeta::default(); b],
             verdicts: vec![0; b],
             forward_to: vec![0; b],
             drops: Vec::with_capacity(b),
             outs,
-            released: vec![0; 64],
             epoch: Instant::now(),
             sockets,
             cfg,
@@ -335,7 +442,6 @@ impl Worker {
         }
         let mut idle = 0u32;
         while !self.cfg.stop.load(Relaxed) {
-            self.drain_releases();
             let mut got_any = false;
             for j in 0..self.sockets.len() {
                 self.sockets[j].1.complete();
@@ -348,6 +454,11 @@ impl Worker {
                 if n > 0 {
                     got_any = true;
                     self.batch(j, n);
+                    // A stop asked during this batch (by its handler, an error policy, the
+                    // packet limit or another thread) ends the worker before the next one.
+                    if self.cfg.stop.load(Relaxed) {
+                        break;
+                    }
                 }
             }
             if got_any {
@@ -410,17 +521,25 @@ impl Worker {
         let mut ctx = BatchCtx {
             socket,
             worker: self.id,
-            descs: &self.descs[..n],
             metas: &self.metas[..n],
             verdicts: &mut self.verdicts[..n],
             forward_to: &mut self.forward_to[..n],
             umem: &self.umem,
             errors: 0,
             stop: false,
+            descs: &mut self.descs[..n],
+            slots: &mut self.slots[..n],
+            sock: &mut self.sockets[j].1,
+            held: 0,
+            escaped: 0,
+            copied: 0,
+            copy_failed: 0,
         };
         let th = Instant::now();
         let r = self.handler.handle(&mut ctx);
-        let (errors, stop) = (ctx.errors, ctx.stop);
+        let (errors, stop, held) = (ctx.errors, ctx.stop, ctx.held);
+        let (escaped, copied, copy_failed) = (ctx.escaped, ctx.copied, ctx.copy_failed);
+        let touched = held > 0 || copied > 0;
         let handler_ns = th.elapsed().as_nanos() as u64;
         if stop {
             self.cfg.stop.store(true, Relaxed);
@@ -441,8 +560,18 @@ impl Worker {
             self.verdicts[..n].fill(v);
             self.forward_to[..n].fill(socket as u16);
         }
-        self.apply(j, n);
+        self.apply(j, n, held > 0);
+        if touched {
+            self.slots[..n].fill(Slot::Own);
+        }
         let s = &self.stats;
+        if escaped > 0 {
+            s.escaped.fetch_add(escaped, Relaxed);
+            s.copied.fetch_add(copied, Relaxed);
+        }
+        if copy_failed > 0 {
+            s.tx_failed.fetch_add(copy_failed, Relaxed);
+        }
         s.rx.fetch_add(n as u64, Relaxed);
         s.rx_bytes.fetch_add(bytes, Relaxed);
         s.batches.fetch_add(1, Relaxed);
@@ -456,7 +585,10 @@ impl Worker {
         self.sockets.iter().position(|(g, _)| *g == global as usize)
     }
 
-    fn apply(&mut self, j: usize, n: usize) {
+    /// Apply the verdicts. With `any_held`, frames the handler held are left alone (a KEEP
+    /// among them is counted as kept; a TX/FORWARD among them had no copy and was counted as
+    /// failed when the copy failed).
+    fn apply(&mut self, j: usize, n: usize, any_held: bool) {
         self.drops.clear();
         for o in &mut self.outs {
             o.clear();
@@ -464,6 +596,14 @@ impl Worker {
         let (mut kept, mut bad, mut fwd, mut tx) = (0u64, 0u64, 0u64, 0u64);
         for i in 0..n {
             let d = self.descs[i];
+            if any_held && self.slots[i] == Slot::Held {
+                match self.verdicts[i] {
+                    KEEP => kept += 1,
+                    DROP | TX | FORWARD => {}
+                    _ => bad += 1,
+                }
+                continue;
+            }
             match self.verdicts[i] {
                 DROP => self.drops.push(d.addr),
                 TX => {
@@ -484,7 +624,7 @@ impl Worker {
                         self.drops.push(d.addr);
                     }
                 },
-                KEEP => kept += 1,
+                // KEEP without a hold: nobody could ever give the frame back.
                 _ => {
                     bad += 1;
                     self.drops.push(d.addr);
@@ -523,20 +663,8 @@ impl Worker {
         s.tx_failed.fetch_add(failed, Relaxed);
     }
 
-    fn drain_releases(&mut self) {
-        let Some(c) = self.release.as_mut() else {
-            return;
-        };
-        let n = c.dequeue_burst(&mut self.released);
-        if n > 0 {
-            let k = self.sockets[0].1.release(&self.released[..n]);
-            self.stats.released.fetch_add(k as u64, Relaxed);
-        }
-    }
-
     /// Reap the last completions (bounded) so frames sent just before stop are back.
     fn finish(&mut self) {
-        self.drain_releases();
         let deadline = Instant::now() + Duration::from_millis(300);
         loop {
             for (_, s) in &mut self.sockets {

@@ -1,5 +1,6 @@
 //! AF_XDP loops for benches: receive-and-drop, and a TX flood of a template frame.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use super::kernel::{span, StopWhen, Throughput};
@@ -51,11 +52,13 @@ pub fn rx_drop(sock: &mut XskSocket, batch: usize, when: StopWhen<'_>) -> Result
 
 /// Send `count` copies of `frame` as fast as the TX ring and completions allow. Frames are
 /// written once (every free frame gets the template) and recycled through the completion ring.
+/// `stop` (set from another thread) ends it early.
 pub fn tx_flood(
     sock: &mut XskSocket,
     frame: &[u8],
     count: u64,
     batch: usize,
+    stop: Option<&AtomicBool>,
 ) -> Result<Throughput> {
     let umem = std::sync::Arc::clone(sock.umem());
     if frame.is_empty() || frame.len() as u32 > umem.tx_capacity() {
@@ -84,7 +87,7 @@ pub fn tx_flood(
     let start = Instant::now();
     let mut last_progress = Instant::now();
     let mut spins = 0u32;
-    while sent < count {
+    while sent < count && !stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
         if sock.complete() > 0 {
             last_progress = Instant::now();
         }

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::holds::FrameHold;
 use super::ring::{ConsRing, ProdRing};
 use super::umem::{FrameState, Umem};
 use crate::error::{Error, Result};
@@ -140,8 +141,11 @@ pub struct FrameAccount {
     pub free: u32,
     /// In the fill ring, the kernel's receive path, or the RX ring.
     pub rx_side: u32,
-    /// Held by the application.
+    /// With the application for the current call (a worker's batch, a send).
     pub app: u32,
+    /// Held by the application beyond that: kept frames, received batches not yet released,
+    /// frames whose views outlived their batch ([`FrameHold`]).
+    pub held: u32,
     /// In the TX ring, the kernel's send path, or the completion ring.
     pub tx_side: u32,
     /// Frames in the UMEM.
@@ -151,8 +155,19 @@ pub struct FrameAccount {
 impl FrameAccount {
     /// Whether every frame is in exactly one place.
     pub fn balanced(&self) -> bool {
-        self.free + self.rx_side + self.app + self.tx_side == self.total
+        self.free + self.rx_side + self.app + self.held + self.tx_side == self.total
     }
+}
+
+/// What [`XskSocket::send_holds`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeldSend {
+    /// Packets queued on the TX ring (frames and copies).
+    pub queued: usize,
+    /// Copies made of frames that other holds still keep (sent in their place).
+    pub copied: usize,
+    /// Packets not sent: TX ring full or no free frame for a copy.
+    pub failed: usize,
 }
 
 /// An AF_XDP socket (see the [module docs](self)).
@@ -651,9 +666,94 @@ impl XskSocket {
         k
     }
 
-    /// Frames the application holds.
+    /// Frames the application has (for the current call, or held).
     pub fn app_frames(&self) -> u32 {
-        self.umem.census()[FrameState::App as usize]
+        let c = self.umem.census();
+        c[FrameState::App as usize] + c[FrameState::Held as usize]
+    }
+
+    /// Hold frame `addr` (any address inside it), which the application has from
+    /// [`XskSocket::recv`] or [`XskSocket::alloc`], beyond the current call: it leaves the
+    /// `App` state for `Held` until the last [`FrameHold`] on it is dropped, then goes back to
+    /// the pool by itself. None when the frame is not the application's (or already held).
+    pub fn hold(&mut self, addr: u64) -> Option<FrameHold> {
+        self.umem.hold_app(self.umem.frame_of(addr)?)
+    }
+
+    /// Give held frames back (e.g. an `RxBatch` released): a frame whose hold is its only one
+    /// goes straight to the FILL ring, as [`XskSocket::release`] does; one that other holds
+    /// still keep (a view of it is alive) stays with them and goes back to the pool when the
+    /// last of them is dropped. Returns how many holds it took.
+    pub fn release_holds(&mut self, holds: Vec<FrameHold>) -> usize {
+        let n = holds.len();
+        let addrs: Vec<u64> = holds
+            .into_iter()
+            .filter_map(|h| h.into_app().ok())
+            .map(|f| self.umem.frame_addr(f))
+            .collect();
+        self.release(&addrs);
+        n
+    }
+
+    /// Send held frames (one [`FrameHold`] and descriptor each, e.g. an `RxBatch` being sent
+    /// back). A frame whose hold is its only one is sent as it is; a frame that other holds
+    /// still keep (a view of it is alive) stays with them and a copy of its packet, in a free
+    /// frame, is sent instead, so nothing the holders see ever changes or leaves. Holds of
+    /// packets that could not be sent are dropped.
+    pub fn send_holds(&mut self, items: Vec<(FrameHold, XdpDesc)>) -> HeldSend {
+        let mut out = HeldSend::default();
+        let mut descs = Vec::with_capacity(items.len());
+        for (h, d) in items {
+            let frame = h.frame();
+            let end = d
+                .addr
+                .checked_sub(h.addr())
+                .and_then(|off| off.checked_add(d.len as u64));
+            if d.len == 0 || end.is_none_or(|e| e > self.umem.frame_size() as u64) {
+                self.counters.invalid_descs += 1;
+                out.failed += 1;
+                continue;
+            }
+            match h.into_app() {
+                Ok(f) => {
+                    debug_assert_eq!(f, frame);
+                    descs.push(d);
+                }
+                Err(h) => {
+                    let mut a = [0u64];
+                    if self.alloc(&mut a) == 0 {
+                        out.failed += 1;
+                        continue;
+                    }
+                    let (Some(src), Some(dst)) =
+                        (h.bytes(d.addr, d.len), self.app_ptr(a[0], d.len))
+                    else {
+                        self.release(&a);
+                        out.failed += 1;
+                        continue;
+                    };
+                    // SAFETY: `dst` is `d.len` bytes inside a frame just allocated (App: neither
+                    // the kernel nor any hold has it); `src` is in another frame, held, so the
+                    // two ranges do not overlap.
+                    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+                    descs.push(XdpDesc {
+                        addr: a[0],
+                        len: d.len,
+                        options: d.options,
+                    });
+                    out.copied += 1;
+                    // `h` goes here: the other holds keep the original.
+                }
+            }
+        }
+        let q = self.send(&descs);
+        if q < descs.len() {
+            let back: Vec<u64> = descs[q..].iter().map(|d| d.addr).collect();
+            self.release(&back);
+            out.failed += descs.len() - q;
+        }
+        out.queued = q;
+        out
     }
 
     /// Where the UMEM's frames are (over all sockets sharing it).
@@ -664,6 +764,7 @@ impl XskSocket {
             free: s.available + s.cached,
             rx_side: c[FrameState::Rx as usize],
             app: c[FrameState::App as usize],
+            held: c[FrameState::Held as usize],
             tx_side: c[FrameState::Tx as usize],
             total: self.umem.frames(),
         }

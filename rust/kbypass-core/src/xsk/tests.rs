@@ -209,7 +209,8 @@ fn tx_reaches_the_peer_kernel_socket_and_completions_return_frames() {
         ..Default::default()
     };
     let frame = t.build().unwrap();
-    let r = crate::traffic::xsk::tx_flood(port.socket_mut(0).unwrap(), &frame, 300, 32).unwrap();
+    let r =
+        crate::traffic::xsk::tx_flood(port.socket_mut(0).unwrap(), &frame, 300, 32, None).unwrap();
     assert_eq!(r.packets, 300);
     let got = rx.join().unwrap();
     assert_eq!(
@@ -270,4 +271,130 @@ fn bad_configuration_is_refused_with_a_fix() {
     assert!(e.to_string().contains("frames=10"), "{e}");
     let e = XskPort::open("kbx-no-such-if", &Queues::All, &PortConfig::default()).unwrap_err();
     assert!(matches!(e, crate::Error::NotFound(_)), "{e}");
+}
+
+/// A port on `veth1` (namespace `b`) taking UDP to port 9000, copy mode, `frames` frames.
+fn udp_port(frames: u32) -> XskPort {
+    let cfg = PortConfig {
+        rules: crate::xdp::parse_filter("udp dst port 9000").unwrap(),
+        umem: UmemConfig {
+            frames,
+            ..Default::default()
+        },
+        socket: SocketConfig {
+            mode: BindMode::Copy,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    XskPort::open("veth1", &Queues::All, &cfg).unwrap()
+}
+
+fn send_from_a(pair: &VethPair, payload: &[u8], count: u64) {
+    let (a, src, dst, payload) = (pair.a.clone(), pair.ip(1), pair.ip(2), payload.to_vec());
+    let sent = std::thread::spawn(move || {
+        udp_send(
+            Some(&a),
+            src,
+            SocketAddrV4::new(dst, 9000),
+            &payload,
+            count,
+            16,
+        )
+        .unwrap()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(sent.packets, count);
+}
+
+#[test]
+fn held_frames_are_never_recycled_and_return_when_the_last_hold_goes() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let pair = pair(1);
+    let _ns = NetnsGuard::enter(&pair.b).unwrap();
+    let mut port = udp_port(256);
+    send_from_a(&pair, b"held-frame", 10);
+    let sock = port.socket_mut(0).unwrap();
+    let got = recv_until(sock, 10, Duration::from_secs(5));
+    assert_eq!(got.len(), 10);
+    let holds: Vec<FrameHold> = got.iter().map(|d| sock.hold(d.addr).unwrap()).collect();
+    assert!(
+        sock.hold(got[0].addr).is_none(),
+        "a held frame is not the App's to hold"
+    );
+    let acc = sock.check_accounting().unwrap();
+    assert_eq!((acc.app, acc.held), (0, 10), "{acc:?}");
+    // Nothing that would hand a held frame to the kernel accepts it; refusals are counted.
+    assert_eq!(sock.release(&[got[0].addr]), 0);
+    assert_eq!(sock.send(&got[..1]), 0);
+    assert_eq!(sock.counters().invalid_descs, 2);
+    let snap = holds[3].bytes(got[3].addr, got[3].len).unwrap().to_vec();
+    assert!(snap.ends_with(b"held-frame"));
+    let extra = holds[3].clone();
+    assert_eq!(extra.holders(), 2);
+    drop(holds);
+    assert_eq!(sock.check_accounting().unwrap().held, 1);
+    // Every other frame of the UMEM goes round the rings several times meanwhile.
+    for _ in 0..4 {
+        send_from_a(&pair, &[0xA5; 300], 100);
+        let more = recv_until(sock, 100, Duration::from_secs(5));
+        assert_eq!(more.len(), 100);
+        let addrs: Vec<u64> = more.iter().map(|d| d.addr).collect();
+        assert_eq!(sock.release(&addrs), 100);
+    }
+    assert_eq!(extra.bytes(got[3].addr, got[3].len).unwrap(), &snap[..]);
+    assert!(
+        extra.bytes(got[3].addr, 4096).is_none(),
+        "bounded to its frame"
+    );
+    drop(extra);
+    let acc = sock.check_accounting().unwrap();
+    assert_eq!((acc.app, acc.held), (0, 0), "{acc:?}");
+    assert_eq!(sock.umem().holds_returned(), 10);
+    assert_eq!(sock.umem().holds_lost(), 0);
+}
+
+#[test]
+fn release_holds_refills_and_send_holds_copies_what_other_holds_keep() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let pair = pair(1);
+    let _ns = NetnsGuard::enter(&pair.b).unwrap();
+    let mut port = udp_port(256);
+    send_from_a(&pair, b"copy-me", 4);
+    let sock = port.socket_mut(0).unwrap();
+    let got = recv_until(sock, 4, Duration::from_secs(5));
+    assert_eq!(got.len(), 4);
+    let holds: Vec<FrameHold> = got.iter().map(|d| sock.hold(d.addr).unwrap()).collect();
+    let view = holds[0].clone(); // as a Python view of frame 0 would
+    let rx_before = sock.account().rx_side;
+    // Frames 2 and 3: released, the only hold each straight to FILL.
+    let mut holds = holds;
+    let last_two = holds.split_off(2);
+    assert_eq!(sock.release_holds(last_two), 2);
+    assert_eq!(sock.account().rx_side, rx_before + 2);
+    // Frames 0 and 1 sent: 1 as it is, 0 as a copy (the view keeps the original).
+    let items = holds.into_iter().zip(got[..2].iter().copied()).collect();
+    let r = sock.send_holds(items);
+    assert_eq!((r.queued, r.copied, r.failed), (2, 1, 0));
+    assert_eq!(sock.counters().tx_packets, 2);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while sock.account().tx_side > 0 && Instant::now() < deadline {
+        sock.complete();
+    }
+    let acc = sock.check_accounting().unwrap();
+    assert_eq!((acc.app, acc.held, acc.tx_side), (0, 1, 0), "{acc:?}");
+    assert!(view
+        .bytes(got[0].addr, got[0].len)
+        .unwrap()
+        .ends_with(b"copy-me"));
+    drop(view);
+    assert_eq!(sock.check_accounting().unwrap().held, 0);
+    assert_eq!(sock.counters().invalid_descs, 0);
 }

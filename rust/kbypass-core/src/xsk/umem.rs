@@ -6,9 +6,10 @@
 //! frame so that bad input (releasing a frame twice, sending a frame the application does not
 //! hold) is refused and counted instead of corrupting the rings.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
+use super::holds::{FrameHold, FrameTable};
 use crate::error::{Error, Result};
 use crate::mem::{Mempool, RegionOptions, Tier};
 use crate::sys::xdp::{XdpUmemReg, XskFd};
@@ -25,6 +26,23 @@ pub enum FrameState {
     App = 2,
     /// Given to the kernel for sending: TX ring, kernel, or completion ring.
     Tx = 3,
+    /// Held by the application through [`FrameHold`]s (a kept frame, a received batch, a
+    /// frame whose Python view outlived its batch): never sent, released or refilled; it goes
+    /// back to the pool when the last hold is dropped.
+    Held = 4,
+}
+
+impl FrameState {
+    #[inline]
+    pub(crate) fn from_u8(v: u8) -> FrameState {
+        match v {
+            1 => FrameState::Rx,
+            2 => FrameState::App,
+            3 => FrameState::Tx,
+            4 => FrameState::Held,
+            _ => FrameState::Free,
+        }
+    }
 }
 
 /// How to build a [`Umem`].
@@ -63,7 +81,7 @@ pub struct Umem {
     frame_size: u32,
     frame_shift: u32,
     headroom: u32,
-    states: Box<[AtomicU8]>,
+    table: Arc<FrameTable>,
 }
 
 impl Umem {
@@ -111,9 +129,7 @@ impl Umem {
             },
             _ => e,
         })?;
-        let states = (0..pool.count())
-            .map(|_| AtomicU8::new(FrameState::Free as u8))
-            .collect();
+        let table = Arc::new(FrameTable::new(Arc::clone(&pool), frame_size));
         Ok(Arc::new(Umem {
             pool,
             fd,
@@ -121,7 +137,7 @@ impl Umem {
             frame_size,
             frame_shift: frame_size.trailing_zeros(),
             headroom,
-            states,
+            table,
         }))
     }
 
@@ -206,17 +222,12 @@ impl Umem {
     /// The state of frame `idx`.
     #[inline]
     pub fn state(&self, idx: u32) -> FrameState {
-        match self.states[idx as usize].load(Relaxed) {
-            1 => FrameState::Rx,
-            2 => FrameState::App,
-            3 => FrameState::Tx,
-            _ => FrameState::Free,
-        }
+        self.table.state(idx)
     }
 
     #[inline]
     pub(crate) fn set_state(&self, idx: u32, s: FrameState) {
-        self.states[idx as usize].store(s as u8, Relaxed);
+        self.table.set_state(idx, s);
     }
 
     /// Move frame `idx` from `from` to `to`; false (and no change) if it was not in `from`.
@@ -227,12 +238,19 @@ impl Umem {
     /// single-threaded mistakes (double release, sending a frame not held) are always caught.
     #[inline]
     pub(crate) fn transition(&self, idx: u32, from: FrameState, to: FrameState) -> bool {
-        let s = &self.states[idx as usize];
-        if s.load(Relaxed) != from as u8 {
-            return false;
-        }
-        s.store(to as u8, Relaxed);
-        true
+        self.table.transition(idx, from, to)
+    }
+
+    /// Put the first hold on frame `idx`, which the caller owns in the application state
+    /// (`App` → `Held`); None if it is not in that state.
+    pub(crate) fn hold_app(&self, idx: u32) -> Option<FrameHold> {
+        FrameTable::hold_app(&self.table, idx)
+    }
+
+    /// Another hold on frame `idx` while at least one other hold keeps it (None if none does:
+    /// a frame whose last hold went may already be back in the pool).
+    pub(crate) fn hold_again(&self, idx: u32) -> Option<FrameHold> {
+        FrameTable::hold_again(&self.table, idx)
     }
 
     /// Whether `addr..addr+len` lies inside one frame.
@@ -249,13 +267,25 @@ impl Umem {
             .then(|| self.pool.base().wrapping_add(addr as usize))
     }
 
-    /// Count frames in each state: (free, rx side, application, tx side).
-    pub fn census(&self) -> [u32; 4] {
-        let mut c = [0u32; 4];
-        for s in self.states.iter() {
-            c[s.load(Relaxed).min(3) as usize] += 1;
-        }
-        c
+    /// Count frames in each state, indexed by [`FrameState`] (free, rx side, application, tx
+    /// side, held).
+    pub fn census(&self) -> [u32; 5] {
+        self.table.census()
+    }
+
+    /// Frames the application holds through [`FrameHold`]s (state `Held`).
+    pub fn held(&self) -> u32 {
+        self.census()[FrameState::Held as usize]
+    }
+
+    /// Frames given back to the pool by their last [`FrameHold`], ever.
+    pub fn holds_returned(&self) -> u64 {
+        self.table.returned()
+    }
+
+    /// Frames the pool refused when their last hold went (a bookkeeping bug: always 0).
+    pub fn holds_lost(&self) -> u64 {
+        self.table.lost()
     }
 }
 
