@@ -7,7 +7,9 @@
 //! fields go into `_ex` structs and the `verbs_context` that precedes `ibv_context`).
 //!
 //! The data path (`post_send`, `post_recv`, `poll_cq`, `req_notify_cq`) is not exported: the
-//! header's inline functions call through `ibv_context.ops`, and so does [`super::verbs`].
+//! header's inline functions call through `ibv_context.ops`, and so do
+//! [`QueuePair`](super::QueuePair), [`CompletionQueue`](super::CompletionQueue) and
+//! [`SharedReceiveQueue`](super::SharedReceiveQueue).
 
 #![allow(non_camel_case_types)]
 
