@@ -20,6 +20,7 @@ __all__ = [
     "ProtectionDomain",
     "QueuePair",
     "RdmaDevice",
+    "ReceiveQueue",
     "Resource",
     "SharedReceiveQueue",
     "WorkCompletion",
@@ -35,6 +36,18 @@ class Resource:
     def close(self) -> None: ...
     def __enter__(self) -> Self: ...
     def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
+
+# --- recv.rs ---------------------------------------------------------------------------------
+
+class ReceiveQueue(Resource):
+    def post_recv(
+        self,
+        mr: MemoryRegion,
+        offset: int = 0,
+        length: int | None = None,
+        wr_id: int = 0,
+        sg: Sequence[tuple[MemoryRegion, int, int]] | None = None,
+    ) -> None: ...
 
 # --- device.rs ---------------------------------------------------------------------------------
 
@@ -192,7 +205,7 @@ class CompletionQueue(Resource):
 # --- qp.rs -------------------------------------------------------------------------------------
 
 @final
-class QueuePair(Resource):
+class QueuePair(ReceiveQueue):
     @property
     def qp_num(self) -> int: ...
     @property
@@ -258,14 +271,6 @@ class QueuePair(Resource):
     ) -> None: ...
     def to_error(self) -> None: ...
     def to_reset(self) -> None: ...
-    def post_recv(
-        self,
-        mr: MemoryRegion,
-        offset: int = 0,
-        length: int | None = None,
-        wr_id: int = 0,
-        sg: Sequence[tuple[MemoryRegion, int, int]] | None = None,
-    ) -> None: ...
     def send(
         self,
         mr: MemoryRegion,
@@ -326,15 +331,7 @@ class QueuePair(Resource):
 # --- srq.rs ------------------------------------------------------------------------------------
 
 @final
-class SharedReceiveQueue(Resource):
-    def post_recv(
-        self,
-        mr: MemoryRegion,
-        offset: int = 0,
-        length: int | None = None,
-        wr_id: int = 0,
-        sg: Sequence[tuple[MemoryRegion, int, int]] | None = None,
-    ) -> None: ...
+class SharedReceiveQueue(ReceiveQueue): ...
 
 # --- ah.rs -------------------------------------------------------------------------------------
 

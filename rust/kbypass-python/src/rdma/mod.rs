@@ -15,6 +15,7 @@ mod mr;
 mod pd;
 mod perf;
 mod qp;
+mod recv;
 mod resource;
 mod srq;
 
@@ -29,6 +30,7 @@ pub fn register(parent: &Bound<'_, PyModule>) -> PyResult<()> {
     let m = PyModule::new(py, NAME)?;
     m.gil_used(false)?;
     m.add_class::<resource::Resource>()?;
+    m.add_class::<recv::ReceiveQueue>()?;
     m.add_class::<device::RdmaDevice>()?;
     m.add_class::<device::Port>()?;
     m.add_class::<endpoint::Endpoint>()?;

@@ -1,6 +1,9 @@
 //! `QueuePair`: state changes, connection set-up (by endpoint, the tools' TCP exchanges or the
 //! connection manager) and posting.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use kbypass_core::rdma::oob::{self, RemoteBuffer};
 use kbypass_core::rdma::{
     self, Access, Endpoint as CoreEndpoint, Gid, PathParams, QpType, SendFlags, SendOp,
@@ -15,11 +18,20 @@ use super::cq::CompletionQueue;
 use super::endpoint::{endpoint, endpoint_with, CmConnection, Endpoint};
 use super::mr::{gather, MemoryRegion, SgItem};
 use super::perf::report;
-use super::resource::{self, owner, Owner, Resource};
+use super::recv::{self, ReceiveQueue};
+use super::resource::{owner, Owner};
 use crate::errors::IntoPyResult;
 
+/// `rdma::cm::CmConnection::connect` or `accept`.
+type CmExchange = fn(
+    &rdma::QueuePair,
+    SocketAddr,
+    Access,
+    Duration,
+) -> kbypass_core::Result<rdma::cm::CmConnection>;
+
 /// A queue pair.
-#[pyclass(module = "kbypass._core.rdma", extends = Resource)]
+#[pyclass(module = "kbypass._core.rdma", extends = ReceiveQueue)]
 pub struct QueuePair {
     inner: Option<rdma::QueuePair>,
     ctx: rdma::Context,
@@ -28,12 +40,12 @@ owner!(QueuePair, rdma::QueuePair);
 
 impl QueuePair {
     pub fn new(py: Python<'_>, qp: rdma::QueuePair, ctx: rdma::Context) -> PyResult<Py<Self>> {
-        resource::new(
+        Py::new(
             py,
-            QueuePair {
+            recv::initializer(QueuePair {
                 inner: Some(qp),
                 ctx,
-            },
+            }),
         )
     }
 
@@ -57,6 +69,36 @@ impl QueuePair {
             qp.to_init(p, access).py()?;
         }
         Ok(())
+    }
+
+    /// What the tools' TCP exchanges start from (port 1): the timeout, the path, this QP's
+    /// endpoint; the QP is brought to INIT (all access rights) unless it left RESET already.
+    fn tool_exchange(
+        &self,
+        psn: u32,
+        timeout: f64,
+        gid_index: Option<i32>,
+    ) -> PyResult<(Duration, PathParams, CoreEndpoint)> {
+        let t = seconds(timeout)?;
+        let p = self.params(1, gid_index)?;
+        let local = self.local(&p, psn)?;
+        self.init_if_reset(&p, Access::ALL)?;
+        Ok((t, p, local))
+    }
+
+    /// ``cm_connect``/``cm_accept``: one connection-manager exchange, GIL released.
+    fn cm(
+        &self,
+        py: Python<'_>,
+        exchange: CmExchange,
+        host: &str,
+        port: u16,
+        timeout: f64,
+        access: i32,
+    ) -> PyResult<Py<CmConnection>> {
+        let (t, addr, qp) = (seconds(timeout)?, socket_addr(host, port)?, self.get()?);
+        let c = py.detach(|| exchange(qp, addr, Access(access), t)).py()?;
+        CmConnection::new(py, c)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -141,10 +183,7 @@ impl QueuePair {
         gid_index: Option<i32>,
         bind: &str,
     ) -> PyResult<Endpoint> {
-        let t = seconds(timeout)?;
-        let p = self.params(1, gid_index)?;
-        let local = self.local(&p, psn)?;
-        self.init_if_reset(&p, Access::ALL)?;
+        let (t, p, local) = self.tool_exchange(psn, timeout, gid_index)?;
         let qp = self.get()?;
         let listener = args::listen(bind, port)?;
         let remote = py
@@ -171,10 +210,7 @@ impl QueuePair {
         gid_index: Option<i32>,
         bind: &str,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let t = seconds(timeout)?;
-        let p = self.params(1, gid_index)?;
-        let local = self.local(&p, psn)?;
-        self.init_if_reset(&p, Access::ALL)?;
+        let (t, p, local) = self.tool_exchange(psn, timeout, gid_index)?;
         let (qp, m) = (self.get()?, mr.get()?);
         let listener = args::listen(bind, port)?;
         let r = py
@@ -202,10 +238,7 @@ impl QueuePair {
         timeout: f64,
         gid_index: Option<i32>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let t = seconds(timeout)?;
-        let p = self.params(1, gid_index)?;
-        let local = self.local(&p, psn)?;
-        self.init_if_reset(&p, Access::ALL)?;
+        let (t, p, local) = self.tool_exchange(psn, timeout, gid_index)?;
         let (qp, c, m) = (self.get()?, cq.get()?, mr.get()?);
         let r = py
             .detach(|| {
@@ -238,13 +271,14 @@ impl QueuePair {
         timeout: f64,
         access: i32,
     ) -> PyResult<Py<CmConnection>> {
-        let t = seconds(timeout)?;
-        let addr = socket_addr(host, port)?;
-        let qp = self.get()?;
-        let c = py
-            .detach(|| rdma::cm::CmConnection::connect(qp, addr, Access(access), t))
-            .py()?;
-        CmConnection::new(py, c)
+        self.cm(
+            py,
+            rdma::cm::CmConnection::connect,
+            host,
+            port,
+            timeout,
+            access,
+        )
     }
 
     /// Listen on `bind`:`port` through the RDMA connection manager and accept the first
@@ -259,13 +293,14 @@ impl QueuePair {
         timeout: f64,
         access: i32,
     ) -> PyResult<Py<CmConnection>> {
-        let t = seconds(timeout)?;
-        let addr = socket_addr(bind, port)?;
-        let qp = self.get()?;
-        let c = py
-            .detach(|| rdma::cm::CmConnection::accept(qp, addr, Access(access), t))
-            .py()?;
-        CmConnection::new(py, c)
+        self.cm(
+            py,
+            rdma::cm::CmConnection::accept,
+            bind,
+            port,
+            timeout,
+            access,
+        )
     }
 
     /// Client side of ``ibv_rc_pingpong``'s TCP exchange with a server at `host`:`port`
@@ -280,10 +315,7 @@ impl QueuePair {
         timeout: f64,
         gid_index: Option<i32>,
     ) -> PyResult<Endpoint> {
-        let t = seconds(timeout)?;
-        let p = self.params(1, gid_index)?;
-        let local = self.local(&p, psn)?;
-        self.init_if_reset(&p, Access::ALL)?;
+        let (t, p, local) = self.tool_exchange(psn, timeout, gid_index)?;
         let remote = py
             .detach(|| oob::pingpong_connect((host, port), &local, t))
             .py()?;
@@ -334,20 +366,6 @@ impl QueuePair {
 
     fn to_reset(&self) -> PyResult<()> {
         self.get()?.to_reset().py()
-    }
-
-    #[pyo3(signature = (mr, offset = 0, length = None, wr_id = 0, sg = None))]
-    fn post_recv(
-        &self,
-        mr: &MemoryRegion,
-        offset: usize,
-        length: Option<usize>,
-        wr_id: u64,
-        sg: Option<Vec<SgItem<'_>>>,
-    ) -> PyResult<()> {
-        let more = sg.unwrap_or_default();
-        let sges = gather(mr, offset, length, &more)?;
-        self.get()?.post_recv(wr_id, &sges).py()
     }
 
     /// SEND (with immediate data if `imm` is given); on a UD QP pass `ah` and `remote_qpn`.

@@ -1,8 +1,9 @@
 //! The base class every RDMA object extends: `close()`, `__enter__` and `__exit__`, written
 //! once (pyverbs' `PyverbsCM`).
 //!
-//! A subclass owns its core object in an `Option` (`inner`) and declares that with
-//! [`owner!`]; `close()` empties the `Option`, so the core object is dropped then (or later, if
+//! A subclass (directly, or through [`ReceiveQueue`](super::recv::ReceiveQueue)) owns its
+//! core object in an `Option` (`inner`) and declares that with [`owner!`]; `close()` empties
+//! the `Option`, so the core object is dropped then (or later, if
 //! a child still holds it: core objects keep their parents alive), and every method called
 //! after that raises `RuntimeError("this … is closed")`.
 
@@ -41,7 +42,7 @@ impl Resource {
 }
 
 /// A Python RDMA class that owns one core object until `close()`.
-pub trait Owner: PyClass<BaseType = Resource, Frozen = False> {
+pub trait Owner: PyClass<Frozen = False> {
     /// The core object.
     type Core;
     /// The slot holding it (`None` once closed).
@@ -78,15 +79,19 @@ fn release<T: Owner>(obj: &Bound<'_, PyAny>) -> PyResult<()> {
     Ok(())
 }
 
-/// A new Python object of class `T` (a [`Resource`] subclass) over `obj`.
-pub fn new<T: Owner>(py: Python<'_>, obj: T) -> PyResult<Py<T>> {
+/// A new Python object of class `T` (a direct [`Resource`] subclass) over `obj`.
+pub fn new<T: Owner + PyClass<BaseType = Resource>>(py: Python<'_>, obj: T) -> PyResult<Py<T>> {
     Py::new(py, initializer(obj))
 }
 
 /// The initializer of `obj` and its [`Resource`] base, for `#[new]`.
-pub fn initializer<T: Owner>(obj: T) -> PyClassInitializer<T> {
-    PyClassInitializer::from(Resource {
+pub fn initializer<T: Owner + PyClass<BaseType = Resource>>(obj: T) -> PyClassInitializer<T> {
+    PyClassInitializer::from(base::<T>()).add_subclass(obj)
+}
+
+/// The [`Resource`] part of a `T`, whose `close()` empties `T`'s slot.
+pub fn base<T: Owner>() -> Resource {
+    Resource {
         release: release::<T>,
-    })
-    .add_subclass(obj)
+    }
 }
