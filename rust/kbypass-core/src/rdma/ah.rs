@@ -1,22 +1,17 @@
 //! The address handle (`ibv_ah`): the route to a remote port, for UD sends.
 
-use std::ptr::NonNull;
 use std::sync::Arc;
 
-use super::ffi;
+use super::ffi::{self, VerbsPtr};
 use super::pd::PdInner;
 use super::qp::Endpoint;
 use crate::error::{Error, Result};
 
 /// An address handle for UD (`ibv_ah`).
 pub struct AddressHandle {
-    pub(super) ptr: NonNull<ffi::ibv_ah>,
+    pub(super) ptr: VerbsPtr<ffi::ibv_ah>,
     pd: Arc<PdInner>,
 }
-// SAFETY: see `ContextInner`.
-unsafe impl Send for AddressHandle {}
-// SAFETY: see `ContextInner`.
-unsafe impl Sync for AddressHandle {}
 impl Drop for AddressHandle {
     fn drop(&mut self) {
         // SAFETY: created by ibv_create_ah, destroyed once, before its PD.
@@ -46,7 +41,7 @@ impl AddressHandle {
         };
         // SAFETY: valid PD and attribute struct.
         let ah = unsafe { (pd.ctx.v.create_ah)(pd.ptr.as_ptr(), &mut attr) };
-        let ptr = NonNull::new(ah).ok_or_else(|| Error::last_os("ibv_create_ah", ""))?;
+        let ptr = VerbsPtr::new(ah).ok_or_else(|| Error::last_os("ibv_create_ah", ""))?;
         Ok(AddressHandle {
             ptr,
             pd: pd.clone(),

@@ -1,28 +1,20 @@
 //! The context (`ibv_context`): an open device, the root every other verbs object hangs from.
 
 use std::fmt;
-use std::ptr::NonNull;
 use std::sync::Arc;
 
 use super::cq::{CompletionChannel, CompletionQueue};
 use super::device::{c_string, devices, with_device_list, DeviceAttr, Gid, PortAttr};
-use super::ffi::{self, verbs, Verbs};
+use super::ffi::{self, verbs, Verbs, VerbsPtr};
 use super::pd::ProtectionDomain;
 use crate::error::{errno, Error, Result};
 
 /// The open device; every child object holds an `Arc` of it, so it is closed after the last.
 pub(super) struct ContextInner {
-    pub(super) ptr: NonNull<ffi::ibv_context>,
+    pub(super) ptr: VerbsPtr<ffi::ibv_context>,
     pub(super) v: &'static Verbs,
     pub(super) name: String,
 }
-
-// SAFETY: libibverbs objects may be used from any thread (the library locks internally where
-// it must); the pointer is only released in Drop, when no other reference exists. The other
-// verbs objects' `Send`/`Sync` rest on the same two facts.
-unsafe impl Send for ContextInner {}
-// SAFETY: as above.
-unsafe impl Sync for ContextInner {}
 
 impl Drop for ContextInner {
     fn drop(&mut self) {
@@ -71,7 +63,7 @@ impl Context {
             }
             // SAFETY: `dev` is a live entry of the device list.
             let ctx = unsafe { (v.open_device)(dev) };
-            Some((info.name, NonNull::new(ctx).ok_or_else(errno)))
+            Some((info.name, VerbsPtr::new(ctx).ok_or_else(errno)))
         })?;
         let Some((dev_name, ctx)) = opened else {
             let known: Vec<String> = devices()?.into_iter().map(|d| d.name).collect();

@@ -2,23 +2,19 @@
 //! completions (`ibv_wc`) polled from them.
 
 use std::ffi::{c_int, c_void};
-use std::ptr::{self, NonNull};
+use std::ptr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::context::ContextInner;
-use super::ffi;
+use super::ffi::{self, VerbsPtr};
 use crate::error::{errno, Error, Result};
 
 /// A created completion channel; CQs tied to it hold an `Arc` of it.
 pub(super) struct ChannelInner {
-    ptr: NonNull<ffi::ibv_comp_channel>,
+    ptr: VerbsPtr<ffi::ibv_comp_channel>,
     ctx: Arc<ContextInner>,
 }
-// SAFETY: see `ContextInner`.
-unsafe impl Send for ChannelInner {}
-// SAFETY: see `ContextInner`.
-unsafe impl Sync for ChannelInner {}
 impl Drop for ChannelInner {
     fn drop(&mut self) {
         // SAFETY: created by ibv_create_comp_channel; CQs using it hold an Arc, so none remain.
@@ -37,7 +33,7 @@ impl CompletionChannel {
     pub(super) fn create(ctx: &Arc<ContextInner>) -> Result<Self> {
         // SAFETY: an open context.
         let ch = unsafe { (ctx.v.create_comp_channel)(ctx.ptr.as_ptr()) };
-        let ptr = NonNull::new(ch).ok_or_else(|| Error::last_os("ibv_create_comp_channel", ""))?;
+        let ptr = VerbsPtr::new(ch).ok_or_else(|| Error::last_os("ibv_create_comp_channel", ""))?;
         Ok(CompletionChannel {
             inner: Arc::new(ChannelInner {
                 ptr,
@@ -61,16 +57,12 @@ impl ChannelInner {
 
 /// A created CQ with the provider's data-path entries for it; QPs hold an `Arc` of it.
 pub(super) struct CqInner {
-    pub(super) ptr: NonNull<ffi::ibv_cq>,
+    pub(super) ptr: VerbsPtr<ffi::ibv_cq>,
     pub(super) ctx: Arc<ContextInner>,
     channel: Option<Arc<ChannelInner>>,
     poll: ffi::PollCqFn,
     notify: ffi::ReqNotifyCqFn,
 }
-// SAFETY: see `ContextInner`.
-unsafe impl Send for CqInner {}
-// SAFETY: see `ContextInner`.
-unsafe impl Sync for CqInner {}
 impl Drop for CqInner {
     fn drop(&mut self) {
         // SAFETY: created by ibv_create_cq; QPs hold an Arc so none remain, and every event
@@ -156,7 +148,7 @@ impl CompletionQueue {
         // SAFETY: an open context; `ch` is NULL or a live channel of the same context.
         let cq = unsafe { (ctx.v.create_cq)(ctx.ptr.as_ptr(), cqe, ptr::null_mut(), ch, 0) };
         let ptr =
-            NonNull::new(cq).ok_or_else(|| Error::last_os(format!("ibv_create_cq({cqe})"), ""))?;
+            VerbsPtr::new(cq).ok_or_else(|| Error::last_os(format!("ibv_create_cq({cqe})"), ""))?;
         Ok(CompletionQueue {
             inner: Arc::new(CqInner {
                 ptr,

@@ -5,10 +5,10 @@
 
 use std::any::Any;
 use std::marker::PhantomData;
-use std::ptr::{self, NonNull};
+use std::ptr;
 use std::sync::Arc;
 
-use super::ffi;
+use super::ffi::{self, VerbsPtr};
 use super::pd::PdInner;
 use crate::error::{Error, Result};
 
@@ -45,13 +45,13 @@ impl std::ops::BitOr for Access {
 
 /// A registered memory region (`ibv_mr`), owning (or keeping alive) its memory.
 pub struct MemoryRegion {
-    ptr: NonNull<ffi::ibv_mr>,
+    ptr: VerbsPtr<ffi::ibv_mr>,
     addr: *mut u8,
     len: usize,
     pd: Arc<PdInner>,
     _owner: Box<dyn Any + Send + Sync>,
 }
-// SAFETY: see `ContextInner`; the bytes are shared with the device, and reads/writes through
+// SAFETY: see `VerbsPtr` for the ibv_mr; the bytes are shared with the device, and reads/writes through
 // `read`/`write` are copies whose ordering against the device is the caller's (completions).
 unsafe impl Send for MemoryRegion {}
 // SAFETY: as above.
@@ -82,7 +82,7 @@ impl MemoryRegion {
         }
         // SAFETY: valid PD; the caller guarantees the memory range.
         let mr = unsafe { (pd.ctx.v.reg_mr)(pd.ptr.as_ptr(), addr.cast(), len, access.0) };
-        let ptr = NonNull::new(mr).ok_or_else(|| {
+        let ptr = VerbsPtr::new(mr).ok_or_else(|| {
             Error::last_os(
                 format!("ibv_reg_mr({len} bytes)"),
                 "RLIMIT_MEMLOCK too low? run as root or raise it with `ulimit -l unlimited`",

@@ -2,12 +2,11 @@
 //! address handles are created in one and may only be used together inside it.
 
 use std::any::Any;
-use std::ptr::NonNull;
 use std::sync::Arc;
 
 use super::ah::AddressHandle;
 use super::context::ContextInner;
-use super::ffi;
+use super::ffi::{self, VerbsPtr};
 use super::mr::{Access, MemoryRegion};
 use super::qp::Endpoint;
 use super::srq::SharedReceiveQueue;
@@ -16,13 +15,9 @@ use crate::sys::mm::Mapping;
 
 /// The allocated PD; its children hold an `Arc` of it (and it one of its context).
 pub(super) struct PdInner {
-    pub(super) ptr: NonNull<ffi::ibv_pd>,
+    pub(super) ptr: VerbsPtr<ffi::ibv_pd>,
     pub(super) ctx: Arc<ContextInner>,
 }
-// SAFETY: see `ContextInner`.
-unsafe impl Send for PdInner {}
-// SAFETY: see `ContextInner`.
-unsafe impl Sync for PdInner {}
 impl Drop for PdInner {
     fn drop(&mut self) {
         // SAFETY: allocated by ibv_alloc_pd; MRs, QPs, SRQs and AHs hold an Arc to this, so
@@ -42,7 +37,7 @@ impl ProtectionDomain {
     pub(super) fn alloc(ctx: &Arc<ContextInner>) -> Result<Self> {
         // SAFETY: an open context.
         let pd = unsafe { (ctx.v.alloc_pd)(ctx.ptr.as_ptr()) };
-        let ptr = NonNull::new(pd).ok_or_else(|| Error::last_os("ibv_alloc_pd", ""))?;
+        let ptr = VerbsPtr::new(pd).ok_or_else(|| Error::last_os("ibv_alloc_pd", ""))?;
         Ok(ProtectionDomain {
             inner: Arc::new(PdInner {
                 ptr,

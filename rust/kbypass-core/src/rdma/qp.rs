@@ -2,12 +2,12 @@
 //! the connection parameters it needs ([`Endpoint`], [`PathParams`]), and posting.
 
 use std::ffi::c_int;
-use std::ptr::{self, NonNull};
+use std::ptr;
 use std::sync::Arc;
 
 use super::cq::{CompletionQueue, CqInner};
 use super::device::Gid;
-use super::ffi;
+use super::ffi::{self, VerbsPtr};
 use super::mr::{Access, Sge};
 use super::pd::{PdInner, ProtectionDomain};
 use super::srq::SharedReceiveQueue;
@@ -119,7 +119,7 @@ impl Default for PathParams {
 
 /// A queue pair (`ibv_qp`).
 pub struct QueuePair {
-    ptr: NonNull<ffi::ibv_qp>,
+    ptr: VerbsPtr<ffi::ibv_qp>,
     qp_type: QpType,
     max_inline: u32,
     post_send: ffi::PostSendFn,
@@ -129,10 +129,6 @@ pub struct QueuePair {
     _recv_cq: Arc<CqInner>,
     _srq: Option<Arc<SharedReceiveQueue>>,
 }
-// SAFETY: see `ContextInner`.
-unsafe impl Send for QueuePair {}
-// SAFETY: see `ContextInner`.
-unsafe impl Sync for QueuePair {}
 impl Drop for QueuePair {
     fn drop(&mut self) {
         // SAFETY: created by ibv_create_qp; destroyed once, before its CQs and PD (Arcs).
@@ -195,7 +191,7 @@ impl QueuePair {
         };
         // SAFETY: valid PD, CQs of the same context, initialised attributes.
         let qp = unsafe { (ctx.v.create_qp)(pd.inner.ptr.as_ptr(), &mut attr) };
-        let ptr = NonNull::new(qp).ok_or_else(|| {
+        let ptr = VerbsPtr::new(qp).ok_or_else(|| {
             Error::last_os(
                 format!("ibv_create_qp({qp_type:?}, {caps:?})"),
                 "lower the queue sizes?",

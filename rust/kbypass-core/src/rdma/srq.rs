@@ -1,9 +1,9 @@
 //! The shared receive queue (`ibv_srq`): one pool of receives for many QPs.
 
-use std::ptr::{self, NonNull};
+use std::ptr;
 use std::sync::Arc;
 
-use super::ffi;
+use super::ffi::{self, VerbsPtr};
 use super::mr::Sge;
 use super::pd::PdInner;
 use super::wr::RecvPath;
@@ -11,14 +11,10 @@ use crate::error::{Error, Result};
 
 /// A shared receive queue (`ibv_srq`): one pool of receives for many QPs.
 pub struct SharedReceiveQueue {
-    pub(super) ptr: NonNull<ffi::ibv_srq>,
+    pub(super) ptr: VerbsPtr<ffi::ibv_srq>,
     recv: RecvPath<ffi::ibv_srq>,
     pub(super) pd: Arc<PdInner>,
 }
-// SAFETY: see `ContextInner`.
-unsafe impl Send for SharedReceiveQueue {}
-// SAFETY: see `ContextInner`.
-unsafe impl Sync for SharedReceiveQueue {}
 impl Drop for SharedReceiveQueue {
     fn drop(&mut self) {
         // SAFETY: created by ibv_create_srq; QPs using it hold an Arc, so none remain.
@@ -46,7 +42,7 @@ impl SharedReceiveQueue {
         };
         // SAFETY: valid PD and attributes.
         let srq = unsafe { (ctx.v.create_srq)(pd.ptr.as_ptr(), &mut attr) };
-        let ptr = NonNull::new(srq)
+        let ptr = VerbsPtr::new(srq)
             .ok_or_else(|| Error::last_os(format!("ibv_create_srq({max_wr})"), ""))?;
         Ok(SharedReceiveQueue {
             ptr,

@@ -4,10 +4,10 @@
 //! [`Sge`](super::Sge)s, which only a memory region hands out.
 
 use std::ffi::c_int;
-use std::ptr::{self, NonNull};
+use std::ptr;
 
 use super::ah::AddressHandle;
-use super::ffi;
+use super::ffi::{self, VerbsPtr};
 use super::mr::Sge;
 use crate::error::{Error, Result};
 
@@ -201,7 +201,7 @@ pub(super) type PostRecvFn<Q> =
 /// carry. The one `post_recv` of [`QueuePair`](super::QueuePair) and
 /// [`SharedReceiveQueue`](super::SharedReceiveQueue).
 pub(super) struct RecvPath<Q> {
-    queue: NonNull<Q>,
+    queue: VerbsPtr<Q>,
     post: PostRecvFn<Q>,
     what: &'static str,
     fix: &'static str,
@@ -212,7 +212,7 @@ impl<Q> RecvPath<Q> {
     /// `post` must be the receive entry point of the provider that created `queue`, and
     /// `queue` must stay alive (not destroyed) for as long as this value.
     pub(super) unsafe fn new(
-        queue: NonNull<Q>,
+        queue: VerbsPtr<Q>,
         post: PostRecvFn<Q>,
         what: &'static str,
         fix: &'static str,
