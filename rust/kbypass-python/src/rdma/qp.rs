@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use kbypass_core::rdma::cm::CmConnection as Cm;
 use kbypass_core::rdma::oob::{self, RemoteBuffer};
 use kbypass_core::rdma::{
     self, Access, Endpoint as CoreEndpoint, Gid, PathParams, QpType, SendFlags, SendOp,
@@ -22,13 +23,8 @@ use super::recv::{self, ReceiveQueue};
 use super::resource::{owner, Owner};
 use crate::errors::IntoPyResult;
 
-/// `rdma::cm::CmConnection::connect` or `accept`.
-type CmExchange = fn(
-    &rdma::QueuePair,
-    SocketAddr,
-    Access,
-    Duration,
-) -> kbypass_core::Result<rdma::cm::CmConnection>;
+/// `Cm::connect` or `Cm::accept`.
+type CmExchange = fn(&rdma::QueuePair, SocketAddr, Access, Duration) -> kbypass_core::Result<Cm>;
 
 /// A queue pair.
 #[pyclass(module = "kbypass._core.rdma", extends = ReceiveQueue)]
@@ -271,14 +267,7 @@ impl QueuePair {
         timeout: f64,
         access: i32,
     ) -> PyResult<Py<CmConnection>> {
-        self.cm(
-            py,
-            rdma::cm::CmConnection::connect,
-            host,
-            port,
-            timeout,
-            access,
-        )
+        self.cm(py, Cm::connect, host, port, timeout, access)
     }
 
     /// Listen on `bind`:`port` through the RDMA connection manager and accept the first
@@ -293,14 +282,7 @@ impl QueuePair {
         timeout: f64,
         access: i32,
     ) -> PyResult<Py<CmConnection>> {
-        self.cm(
-            py,
-            rdma::cm::CmConnection::accept,
-            bind,
-            port,
-            timeout,
-            access,
-        )
+        self.cm(py, Cm::accept, bind, port, timeout, access)
     }
 
     /// Client side of ``ibv_rc_pingpong``'s TCP exchange with a server at `host`:`port`
