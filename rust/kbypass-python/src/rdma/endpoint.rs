@@ -49,6 +49,7 @@ impl Endpoint {
 
 #[pymethods]
 impl Endpoint {
+    /// An endpoint from its fields (ValueError for a GID that is not an IPv6-style address).
     #[new]
     #[pyo3(signature = (qpn, psn, gid, lid = 0, rkey = 0, addr = 0, length = 0))]
     fn new(

@@ -21,18 +21,22 @@ impl MemoryRegion {
 
 #[pymethods]
 impl MemoryRegion {
+    /// Start address of the region (what a peer uses as ``remote_addr``).
     #[getter]
     fn addr(&self) -> PyResult<u64> {
         Ok(self.get()?.addr())
     }
+    /// Length in bytes.
     #[getter]
     fn length(&self) -> PyResult<usize> {
         Ok(self.get()?.len())
     }
+    /// Local key.
     #[getter]
     fn lkey(&self) -> PyResult<u32> {
         Ok(self.get()?.lkey())
     }
+    /// Remote key (what a peer needs for RDMA WRITE, READ and atomics).
     #[getter]
     fn rkey(&self) -> PyResult<u32> {
         Ok(self.get()?.rkey())

@@ -114,6 +114,9 @@ impl ProtectionDomain {
         SharedReceiveQueue::new(py, self.get()?.create_srq(max_wr, max_sge).py()?)
     }
 
+    /// A queue pair of `qp_type` ``'RC'``, ``'UC'`` or ``'UD'`` on `send_cq` (and `recv_cq`, the same
+    /// CQ when None), with the given queue sizes; with `srq` its receives come from that shared
+    /// receive queue.
     #[pyo3(signature = (qp_type, send_cq, recv_cq = None, max_send_wr = 128, max_recv_wr = 128, max_sge = 4, max_inline_data = 64, srq = None))]
     #[allow(clippy::too_many_arguments)]
     fn create_qp(

@@ -124,6 +124,7 @@ impl QueuePair {
 
 #[pymethods]
 impl QueuePair {
+    /// The QP number.
     #[getter]
     fn qp_num(&self) -> PyResult<u32> {
         Ok(self.get()?.qp_num())
@@ -342,10 +343,12 @@ impl QueuePair {
         self.get()?.state().py()
     }
 
+    /// Move to the error state: outstanding work requests complete with ``WR_FLUSH_ERR``.
     fn to_error(&self) -> PyResult<()> {
         self.get()?.to_error().py()
     }
 
+    /// Back to RESET (from any state), ready for ``init()`` or ``connect()`` again.
     fn to_reset(&self) -> PyResult<()> {
         self.get()?.to_reset().py()
     }
@@ -386,6 +389,8 @@ impl QueuePair {
         self.post(mr, offset, length, wr_id, op, signaled, inline, sg)
     }
 
+    /// RDMA WRITE of `mr[offset:offset+length]` (and `sg`) to `remote_addr` with `rkey`; with
+    /// `imm`, RDMA WRITE with immediate data, which consumes a receive at the peer.
     #[pyo3(signature = (mr, remote_addr, rkey, offset = 0, length = None, wr_id = 0, imm = None, signaled = true, sg = None))]
     #[allow(clippy::too_many_arguments)]
     fn write(
@@ -411,6 +416,7 @@ impl QueuePair {
         self.post(mr, offset, length, wr_id, op, signaled, false, sg)
     }
 
+    /// RDMA READ from `remote_addr` with `rkey` into `mr[offset:offset+length]` (and `sg`).
     #[pyo3(signature = (mr, remote_addr, rkey, offset = 0, length = None, wr_id = 0, signaled = true, sg = None))]
     #[allow(clippy::too_many_arguments)]
     fn read(

@@ -3,9 +3,9 @@
 //!
 //! A subclass (directly, or through [`ReceiveQueue`](super::recv::ReceiveQueue)) owns its
 //! core object in an `Option` (`inner`) and declares that with [`owner!`]; `close()` empties
-//! the `Option`, so the core object is dropped then (or later, if
-//! a child still holds it: core objects keep their parents alive), and every method called
-//! after that raises `RuntimeError("this … is closed")`.
+//! the `Option`, so the core object is dropped then (or later, if a child still holds it: core
+//! objects keep their parents alive), and a method that needs it raises
+//! `RuntimeError("this … is closed")` from then on.
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
