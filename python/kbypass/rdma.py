@@ -44,23 +44,23 @@ import enum
 import numpy as np
 import numpy.typing as npt
 
-from kbypass._core import (
-    RdmaAh,
-    RdmaCmConnection,
-    RdmaCompletion,
-    RdmaCompletionError,
-    RdmaContext,
-    RdmaCq,
+from kbypass._core.rdma import (
+    AddressHandle,
+    CmConnection,
+    CompletionError,
+    CompletionQueue,
+    Context,
+    Endpoint,
+    MemoryRegion,
+    Port,
+    ProtectionDomain,
+    QueuePair,
     RdmaDevice,
-    RdmaEndpoint,
-    RdmaMr,
-    RdmaPd,
-    RdmaPort,
-    RdmaQp,
-    RdmaSrq,
-    rdma_devices,
-    rdma_write_bandwidth,
-    rdma_write_latency,
+    SharedReceiveQueue,
+    WorkCompletion,
+    devices,
+    write_bandwidth,
+    write_latency,
 )
 
 __all__ = [
@@ -87,20 +87,6 @@ __all__ = [
     "measure_write_bandwidth",
     "measure_write_latency",
 ]
-
-Context = RdmaContext
-ProtectionDomain = RdmaPd
-MemoryRegion = RdmaMr
-CompletionQueue = RdmaCq
-QueuePair = RdmaQp
-Endpoint = RdmaEndpoint
-WorkCompletion = RdmaCompletion
-Port = RdmaPort
-AddressHandle = RdmaAh
-SharedReceiveQueue = RdmaSrq
-CmConnection = RdmaCmConnection
-#: Raised by ``WorkCompletion.check()`` for a failed completion (an OSError, errno EIO).
-CompletionError = RdmaCompletionError
 
 #: The Q_Key UD queue pairs get from ``connect()`` and UD sends use by default.
 DEFAULT_QKEY = 0x11111111
@@ -220,20 +206,6 @@ def completion_array(n: int) -> npt.NDArray[np.void]:
     return np.zeros(n, dtype=WC_DTYPE)
 
 
-def devices() -> list[RdmaDevice]:
-    """List this machine's RDMA devices.
-
-    Raises FileNotFoundError ("no libibverbs: apt-get install rdma-core ibverbs-providers")
-    when libibverbs is missing.
-
-    Example::
-
-        for d in devices():
-            print(d.name, d.uverbs)
-    """
-    return rdma_devices()
-
-
 def measure_write_bandwidth(
     qp: QueuePair,
     cq: CompletionQueue,
@@ -254,7 +226,7 @@ def measure_write_bandwidth(
 
         mbps = measure_write_bandwidth(qp, cq, mr, peer_mr.addr, peer_mr.rkey, size=65536)
     """
-    nbytes, seconds = rdma_write_bandwidth(
+    nbytes, seconds = write_bandwidth(
         qp, cq, mr, remote_addr, rkey, size, iterations, depth, signal_every
     )
     return nbytes / seconds / 1e6
@@ -281,4 +253,4 @@ def measure_write_latency(
         samples = measure_write_latency(a, b, cq_a, cq_b, mr_a, mr_b, size=2)
         typical = sorted(samples)[len(samples) // 2]
     """
-    return rdma_write_latency(a, b, cq_a, cq_b, mr_a, mr_b, size, iterations)
+    return write_latency(a, b, cq_a, cq_b, mr_a, mr_b, size, iterations)

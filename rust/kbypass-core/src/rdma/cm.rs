@@ -13,7 +13,7 @@ use std::ptr::{self, NonNull};
 use std::time::{Duration, Instant};
 
 use super::ffi::{self, rdmacm, RdmaCm};
-use super::verbs::{Access, QueuePair};
+use super::{Access, QueuePair};
 use crate::error::{Error, Result};
 
 /// A connection made by the connection manager: owns the CM id(s) and the event channel;

@@ -1,9 +1,18 @@
-//! RDMA: the verbs object model (Context → PD → MR, CQ → QP, AH) over libibverbs.
+//! RDMA: the verbs object model (Context → PD → MR, CQ → QP, SRQ, AH) over libibverbs.
 //!
 //! libibverbs is loaded at run time ([`ffi::verbs`]), so kbypass builds and runs on machines
 //! without rdma-core; there [`devices`] returns an error that says what to install. The
 //! data path (post_send, post_recv, poll_cq, req_notify_cq) calls the provider's `ops` table
 //! directly, as verbs.h's inline functions do.
+//!
+//! One file per verbs object, as in pyverbs: [`device`](DeviceInfo) (the device list and the
+//! attribute records), `context`, `pd`, `mr` (with the [`Sge`] only a region hands out), `cq`
+//! (with the completion channel), `qp`, `srq`, `ah`, and `wr` (the work requests and the one
+//! receive path QPs and SRQs share). Every object owns its libibverbs object and releases it in
+//! `Drop`; children hold their parents (`Arc`), so a parent is released only after its last
+//! child, whatever order the caller drops them in. This module is the crate's second FFI
+//! boundary (after `sys`): `ffi` declares libibverbs' and librdmacm's ABI and loads them, and
+//! every `unsafe` block in the object files and `cm` calls them or the provider's `ops` table.
 //!
 //! ```no_run
 //! use kbypass_core::rdma::{devices, Context};
@@ -14,18 +23,30 @@
 //! # Ok::<(), kbypass_core::Error>(())
 //! ```
 
+mod ah;
 pub mod cm;
+mod context;
+mod cq;
+mod device;
 pub mod ffi;
+mod mr;
 pub mod oob;
+mod pd;
 pub mod perf;
 pub mod perftest;
-mod verbs;
+mod qp;
+mod srq;
+mod wr;
 
-pub use verbs::{
-    devices, mtu_bytes, Access, AddressHandle, CompletionChannel, CompletionQueue, Context,
-    DeviceAttr, DeviceInfo, Endpoint, Gid, MemoryRegion, PathParams, PortAttr, ProtectionDomain,
-    QpCaps, QpType, QueuePair, SendFlags, SendOp, Sge, SharedReceiveQueue, WorkCompletion,
-};
+pub use ah::AddressHandle;
+pub use context::Context;
+pub use cq::{CompletionChannel, CompletionQueue, WorkCompletion};
+pub use device::{devices, mtu_bytes, DeviceAttr, DeviceInfo, Gid, PortAttr};
+pub use mr::{Access, MemoryRegion, Sge};
+pub use pd::ProtectionDomain;
+pub use qp::{Endpoint, PathParams, QpCaps, QpType, QueuePair};
+pub use srq::SharedReceiveQueue;
+pub use wr::{SendFlags, SendOp};
 
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use super::verbs::{Endpoint, Gid};
+use super::{Endpoint, Gid};
 use crate::error::{Error, Result};
 
 /// The port `ibv_rc_pingpong` and perftest listen on by default.

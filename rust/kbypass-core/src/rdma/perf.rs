@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::verbs::{CompletionQueue, MemoryRegion, QueuePair, SendFlags, SendOp, WorkCompletion};
+use super::{CompletionQueue, MemoryRegion, QueuePair, SendFlags, SendOp, WorkCompletion};
 use crate::error::{Error, Result};
 
 /// What [`write_bandwidth`] measured.

@@ -21,7 +21,7 @@ use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use super::perf::write_bandwidth;
-use super::verbs::{CompletionQueue, Endpoint, Gid, MemoryRegion, PathParams, QueuePair};
+use super::{CompletionQueue, Endpoint, Gid, MemoryRegion, PathParams, QueuePair};
 use crate::error::{Error, Result};
 
 /// The protocol version kbypass announces: the perftest release whose exchange this module

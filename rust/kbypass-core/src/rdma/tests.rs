@@ -101,23 +101,7 @@ fn rc_pair(caps: QpCaps, params: impl Fn(&mut PathParams)) -> Pair {
     let cq = ctx.create_cq(256, None).unwrap();
     let a = QueuePair::create(&pd, QpType::Rc, &cq, &cq, caps).unwrap();
     let b = QueuePair::create(&pd, QpType::Rc, &cq, &cq, caps).unwrap();
-    for qp in [&a, &b] {
-        qp.to_init(&p, Access::ALL).unwrap();
-    }
-    let ea = Endpoint {
-        qpn: a.qp_num(),
-        psn: 0x1000,
-        gid,
-        lid,
-    };
-    let eb = Endpoint {
-        qpn: b.qp_num(),
-        psn: 0x2000,
-        gid,
-        lid,
-    };
-    a.connect(&p, &eb, ea.psn).unwrap();
-    b.connect(&p, &ea, eb.psn).unwrap();
+    connect_pair(&p, gid, lid, (&a, 0x1000), (&b, 0x2000));
     assert_eq!(a.state().unwrap(), ffi::QPS_RTS);
     let mr_a = pd
         .register(Mapping::anonymous(1 << 16, 0).unwrap(), Access::ALL)
@@ -133,6 +117,28 @@ fn rc_pair(caps: QpCaps, params: impl Fn(&mut PathParams)) -> Pair {
         mr_a,
         mr_b,
     }
+}
+
+/// Both QPs to INIT (all access rights), then each to RTS towards the other (same port and
+/// GID); each pair is a QP and the PSN it starts sending from.
+fn connect_pair(
+    p: &PathParams,
+    gid: Gid,
+    lid: u16,
+    (a, psn_a): (&QueuePair, u32),
+    (b, psn_b): (&QueuePair, u32),
+) {
+    for qp in [a, b] {
+        qp.to_init(p, Access::ALL).unwrap();
+    }
+    let towards = |qp: &QueuePair, psn| Endpoint {
+        qpn: qp.qp_num(),
+        psn,
+        gid,
+        lid,
+    };
+    a.connect(p, &towards(b, psn_b), psn_a).unwrap();
+    b.connect(p, &towards(a, psn_a), psn_b).unwrap();
 }
 
 /// Poll until `n` completions arrived (or 10 s passed).
@@ -304,31 +310,7 @@ fn rdma_wrong_rkey_is_a_remote_access_error() {
     let gid = t.ctx.query_gid(1, i32::from(p.sgid_index)).unwrap();
     t.a.to_reset().unwrap();
     t.b.to_reset().unwrap();
-    for qp in [&t.a, &t.b] {
-        qp.to_init(&p, Access::ALL).unwrap();
-    }
-    t.a.connect(
-        &p,
-        &Endpoint {
-            qpn: t.b.qp_num(),
-            psn: 5,
-            gid,
-            lid: 0,
-        },
-        9,
-    )
-    .unwrap();
-    t.b.connect(
-        &p,
-        &Endpoint {
-            qpn: t.a.qp_num(),
-            psn: 9,
-            gid,
-            lid: 0,
-        },
-        5,
-    )
-    .unwrap();
+    connect_pair(&p, gid, 0, (&t.a, 9), (&t.b, 5));
     t.mr_a.write(0, b"again!!!").unwrap();
     let op = SendOp::Write {
         remote_addr: t.mr_b.addr(),
@@ -356,31 +338,7 @@ fn rdma_completion_channel_wait() {
     let gid = ctx.query_gid(1, i32::from(p.sgid_index)).unwrap();
     let a = QueuePair::create(&pd, QpType::Rc, &cq, &cq, QpCaps::default()).unwrap();
     let b = QueuePair::create(&pd, QpType::Rc, &cq, &cq, QpCaps::default()).unwrap();
-    for qp in [&a, &b] {
-        qp.to_init(&p, Access::ALL).unwrap();
-    }
-    a.connect(
-        &p,
-        &Endpoint {
-            qpn: b.qp_num(),
-            psn: 1,
-            gid,
-            lid: 0,
-        },
-        2,
-    )
-    .unwrap();
-    b.connect(
-        &p,
-        &Endpoint {
-            qpn: a.qp_num(),
-            psn: 2,
-            gid,
-            lid: 0,
-        },
-        1,
-    )
-    .unwrap();
+    connect_pair(&p, gid, 0, (&a, 2), (&b, 1));
     let mr = pd
         .register(Mapping::anonymous(4096, 0).unwrap(), Access::ALL)
         .unwrap();
@@ -715,31 +673,7 @@ fn rdma_shared_receive_queue_and_inline_send() {
     let a = QueuePair::create(&pd, QpType::Rc, &cq, &cq, QpCaps::default()).unwrap();
     let b = QueuePair::create_with_srq(&pd, QpType::Rc, &cq, &cq, QpCaps::default(), Some(&srq))
         .unwrap();
-    for qp in [&a, &b] {
-        qp.to_init(&p, Access::ALL).unwrap();
-    }
-    a.connect(
-        &p,
-        &Endpoint {
-            qpn: b.qp_num(),
-            psn: 3,
-            gid,
-            lid: 0,
-        },
-        4,
-    )
-    .unwrap();
-    b.connect(
-        &p,
-        &Endpoint {
-            qpn: a.qp_num(),
-            psn: 4,
-            gid,
-            lid: 0,
-        },
-        3,
-    )
-    .unwrap();
+    connect_pair(&p, gid, 0, (&a, 4), (&b, 3));
     let mr = pd
         .register(Mapping::anonymous(4096, 0).unwrap(), Access::LOCAL_WRITE)
         .unwrap();
@@ -850,31 +784,7 @@ fn rdma_perf_loops_measure_real_transfers() {
     let gid = t.ctx.query_gid(1, i32::from(p.sgid_index)).unwrap();
     let a = QueuePair::create(&pd, QpType::Rc, &cq_a, &cq_a, QpCaps::default()).unwrap();
     let b = QueuePair::create(&pd, QpType::Rc, &cq_b, &cq_b, QpCaps::default()).unwrap();
-    for qp in [&a, &b] {
-        qp.to_init(&p, Access::ALL).unwrap();
-    }
-    a.connect(
-        &p,
-        &Endpoint {
-            qpn: b.qp_num(),
-            psn: 1,
-            gid,
-            lid: 0,
-        },
-        2,
-    )
-    .unwrap();
-    b.connect(
-        &p,
-        &Endpoint {
-            qpn: a.qp_num(),
-            psn: 2,
-            gid,
-            lid: 0,
-        },
-        1,
-    )
-    .unwrap();
+    connect_pair(&p, gid, 0, (&a, 2), (&b, 1));
     let mr_a = pd
         .register(Mapping::anonymous(4096, 0).unwrap(), Access::ALL)
         .unwrap();

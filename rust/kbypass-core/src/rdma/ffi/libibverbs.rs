@@ -1,17 +1,8 @@
-//! The slice of libibverbs' ABI that kbypass uses: struct layouts from rdma-core's
-//! `<infiniband/verbs.h>` (LP64 Linux), enum values, and the exported functions, resolved at
-//! run time from `libibverbs.so.1` so that nothing here needs rdma-core to build.
-//!
-//! The layouts are checked field by field in the tests below against the offsets the C
-//! compiler gives for rdma-core 44's header; rdma-core keeps these structs ABI-stable (new
-//! fields go into `_ex` structs and the `verbs_context` that precedes `ibv_context`).
-//!
-//! The data path (`post_send`, `post_recv`, `poll_cq`, `req_notify_cq`) is not exported: the
-//! header's inline functions call through `ibv_context.ops`, and so does [`super::verbs`].
-
-#![allow(non_camel_case_types)]
+//! libibverbs (`<infiniband/verbs.h>`): the structs, constants and functions kbypass uses, and
+//! [`VerbsPtr`], the pointer type the verbs objects own their libibverbs objects through.
 
 use std::ffi::{c_char, c_int, c_uint, c_void};
+use std::ptr::NonNull;
 use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
@@ -488,6 +479,47 @@ pub const WC_STATUS_NAMES: [&str; 24] = [
     "TM_RNDV_INCOMPLETE",
 ];
 
+/// A pointer to an object libibverbs created (`ibv_context`, `ibv_pd`, `ibv_qp`, …), held by
+/// the kbypass value that owns the object and destroys it in its `Drop`.
+///
+/// libibverbs objects may be used from any thread (the library and its providers lock where
+/// they must), so the owning values are `Send` and `Sync` through this one type.
+pub(crate) struct VerbsPtr<T>(NonNull<T>);
+
+// SAFETY: the pointee is a libibverbs object, usable from any thread (above); it is destroyed
+// only by its owner's `Drop`, when no other reference to the owner exists.
+unsafe impl<T> Send for VerbsPtr<T> {}
+// SAFETY: as above; concurrent calls on one object are libibverbs' to serialise.
+unsafe impl<T> Sync for VerbsPtr<T> {}
+
+impl<T> Clone for VerbsPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for VerbsPtr<T> {}
+
+impl<T> VerbsPtr<T> {
+    /// `None` for the NULL a failed create call returns.
+    pub(crate) fn new(p: *mut T) -> Option<Self> {
+        NonNull::new(p).map(VerbsPtr)
+    }
+
+    /// The raw pointer, for libibverbs calls.
+    pub(crate) fn as_ptr(self) -> *mut T {
+        self.0.as_ptr()
+    }
+
+    /// The object's public fields.
+    ///
+    /// # Safety
+    /// The object must not have been destroyed (its owner is alive).
+    pub(crate) unsafe fn as_ref(&self) -> &T {
+        // SAFETY: the caller promises the object is alive; libibverbs does not move it.
+        unsafe { self.0.as_ref() }
+    }
+}
+
 /// The functions kbypass calls from `libibverbs.so.1`, resolved once per process.
 ///
 /// The library stays loaded for the life of the process (it is held in a static), so every
@@ -586,329 +618,4 @@ pub fn verbs() -> Result<&'static Verbs> {
         .get_or_init(Verbs::load)
         .as_ref()
         .map_err(|e| Error::NotFound(e.clone()))
-}
-
-// --- librdmacm (rdma_cma.h), loaded separately: only the connection manager needs it ---------
-
-/// `struct rdma_event_channel { int fd; }`.
-#[repr(C)]
-pub struct rdma_event_channel {
-    pub fd: c_int,
-}
-
-/// `struct rdma_cm_id`: opaque here (kbypass creates its QPs itself).
-#[repr(C)]
-pub struct rdma_cm_id {
-    _opaque: [u8; 0],
-}
-
-/// The head of `struct rdma_cm_event` (librdmacm allocates it; the `param` union after these
-/// fields is not read).
-#[repr(C)]
-pub struct rdma_cm_event {
-    pub id: *mut rdma_cm_id,
-    pub listen_id: *mut rdma_cm_id,
-    pub event: c_int,
-    pub status: c_int,
-}
-
-/// `struct rdma_conn_param`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct rdma_conn_param {
-    pub private_data: *const c_void,
-    pub private_data_len: u8,
-    pub responder_resources: u8,
-    pub initiator_depth: u8,
-    pub flow_control: u8,
-    pub retry_count: u8,
-    pub rnr_retry_count: u8,
-    pub srq: u8,
-    pub qp_num: u32,
-}
-
-impl Default for rdma_conn_param {
-    fn default() -> Self {
-        rdma_conn_param {
-            private_data: std::ptr::null(),
-            private_data_len: 0,
-            responder_resources: 0,
-            initiator_depth: 0,
-            flow_control: 0,
-            retry_count: 0,
-            rnr_retry_count: 0,
-            srq: 0,
-            qp_num: 0,
-        }
-    }
-}
-
-/// `RDMA_PS_TCP`: reliable connected port space.
-pub const RDMA_PS_TCP: c_int = 0x0106;
-/// `enum rdma_cm_event_type` names, by value.
-pub const CM_EVENT_NAMES: [&str; 16] = [
-    "ADDR_RESOLVED",
-    "ADDR_ERROR",
-    "ROUTE_RESOLVED",
-    "ROUTE_ERROR",
-    "CONNECT_REQUEST",
-    "CONNECT_RESPONSE",
-    "CONNECT_ERROR",
-    "UNREACHABLE",
-    "REJECTED",
-    "ESTABLISHED",
-    "DISCONNECTED",
-    "DEVICE_REMOVAL",
-    "MULTICAST_JOIN",
-    "MULTICAST_ERROR",
-    "ADDR_CHANGE",
-    "TIMEWAIT_EXIT",
-];
-
-/// The functions kbypass calls from `librdmacm.so.1`, resolved once per process (kept loaded,
-/// like [`Verbs`]).
-pub struct RdmaCm {
-    _lib: libloading::Library,
-    pub create_event_channel: unsafe extern "C" fn() -> *mut rdma_event_channel,
-    pub destroy_event_channel: unsafe extern "C" fn(*mut rdma_event_channel),
-    pub create_id: unsafe extern "C" fn(
-        *mut rdma_event_channel,
-        *mut *mut rdma_cm_id,
-        *mut c_void,
-        c_int,
-    ) -> c_int,
-    pub destroy_id: unsafe extern "C" fn(*mut rdma_cm_id) -> c_int,
-    pub bind_addr: unsafe extern "C" fn(*mut rdma_cm_id, *const libc::sockaddr) -> c_int,
-    pub listen: unsafe extern "C" fn(*mut rdma_cm_id, c_int) -> c_int,
-    pub resolve_addr: unsafe extern "C" fn(
-        *mut rdma_cm_id,
-        *const libc::sockaddr,
-        *const libc::sockaddr,
-        c_int,
-    ) -> c_int,
-    pub resolve_route: unsafe extern "C" fn(*mut rdma_cm_id, c_int) -> c_int,
-    pub get_cm_event:
-        unsafe extern "C" fn(*mut rdma_event_channel, *mut *mut rdma_cm_event) -> c_int,
-    pub ack_cm_event: unsafe extern "C" fn(*mut rdma_cm_event) -> c_int,
-    pub connect: unsafe extern "C" fn(*mut rdma_cm_id, *mut rdma_conn_param) -> c_int,
-    pub accept: unsafe extern "C" fn(*mut rdma_cm_id, *mut rdma_conn_param) -> c_int,
-    pub establish: unsafe extern "C" fn(*mut rdma_cm_id) -> c_int,
-    pub disconnect: unsafe extern "C" fn(*mut rdma_cm_id) -> c_int,
-    pub init_qp_attr: unsafe extern "C" fn(*mut rdma_cm_id, *mut ibv_qp_attr, *mut c_int) -> c_int,
-}
-
-/// The message for a machine without librdmacm.
-pub const NO_LIBRDMACM: &str = "no librdmacm: apt-get install librdmacm1";
-
-impl RdmaCm {
-    fn load() -> std::result::Result<Self, String> {
-        // SAFETY: loading librdmacm runs its constructors, which initialise only its own state.
-        let lib = unsafe { libloading::Library::new("librdmacm.so.1") }
-            .map_err(|e| format!("{NO_LIBRDMACM} ({e})"))?;
-        macro_rules! sym {
-            ($name:literal) => {
-                // SAFETY: an exported librdmacm function; the field's type is its prototype
-                // from rdma_cma.h; the library lives in the same never-dropped static.
-                *unsafe { lib.get(concat!($name, "\0").as_bytes()) }
-                    .map_err(|e| format!("librdmacm.so.1 lacks {}: {e}", $name))?
-            };
-        }
-        Ok(RdmaCm {
-            create_event_channel: sym!("rdma_create_event_channel"),
-            destroy_event_channel: sym!("rdma_destroy_event_channel"),
-            create_id: sym!("rdma_create_id"),
-            destroy_id: sym!("rdma_destroy_id"),
-            bind_addr: sym!("rdma_bind_addr"),
-            listen: sym!("rdma_listen"),
-            resolve_addr: sym!("rdma_resolve_addr"),
-            resolve_route: sym!("rdma_resolve_route"),
-            get_cm_event: sym!("rdma_get_cm_event"),
-            ack_cm_event: sym!("rdma_ack_cm_event"),
-            connect: sym!("rdma_connect"),
-            accept: sym!("rdma_accept"),
-            establish: sym!("rdma_establish"),
-            disconnect: sym!("rdma_disconnect"),
-            init_qp_attr: sym!("rdma_init_qp_attr"),
-            _lib: lib,
-        })
-    }
-}
-
-/// librdmacm, loaded on first use; the error says how to install it.
-pub fn rdmacm() -> Result<&'static RdmaCm> {
-    static CM: OnceLock<std::result::Result<RdmaCm, String>> = OnceLock::new();
-    CM.get_or_init(RdmaCm::load)
-        .as_ref()
-        .map_err(|e| Error::NotFound(e.clone()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::mem::{align_of, offset_of, size_of};
-
-    // Expected values: sizeof/offsetof printed by gcc for rdma-core 44's verbs.h on x86-64.
-    #[test]
-    fn rdma_cm_layouts() {
-        // rdma_cma.h on x86-64: the event's union starts at 24; conn_param is 24 bytes.
-        assert_eq!(offset_of!(rdma_cm_event, status), 20);
-        assert_eq!(size_of::<rdma_cm_event>(), 24);
-        assert_eq!(offset_of!(rdma_conn_param, srq), 14);
-        assert_eq!(offset_of!(rdma_conn_param, qp_num), 16);
-        assert_eq!(size_of::<rdma_conn_param>(), 24);
-    }
-
-    #[test]
-    fn device_and_context_layout() {
-        assert_eq!(size_of::<ibv_device>(), 664);
-        assert_eq!(offset_of!(ibv_device, node_type), 16);
-        assert_eq!(offset_of!(ibv_device, name), 24);
-        assert_eq!(offset_of!(ibv_device, dev_name), 88);
-        assert_eq!(offset_of!(ibv_device, dev_path), 152);
-        assert_eq!(offset_of!(ibv_device, ibdev_path), 408);
-        assert_eq!(size_of::<ibv_context_ops>(), 256);
-        assert_eq!(offset_of!(ibv_context_ops, poll_cq), 88);
-        assert_eq!(offset_of!(ibv_context_ops, req_notify_cq), 96);
-        assert_eq!(offset_of!(ibv_context_ops, post_srq_recv), 160);
-        assert_eq!(offset_of!(ibv_context_ops, post_send), 200);
-        assert_eq!(offset_of!(ibv_context_ops, post_recv), 208);
-        assert_eq!(size_of::<ibv_context>(), 328);
-        assert_eq!(offset_of!(ibv_context, ops), 8);
-        assert_eq!(offset_of!(ibv_context, cmd_fd), 264);
-        assert_eq!(offset_of!(ibv_context, num_comp_vectors), 272);
-        assert_eq!(offset_of!(ibv_context, mutex), 280);
-        assert_eq!(offset_of!(ibv_context, abi_compat), 320);
-    }
-
-    #[test]
-    fn attribute_layouts() {
-        assert_eq!(size_of::<ibv_device_attr>(), 232);
-        assert_eq!(offset_of!(ibv_device_attr, node_guid), 64);
-        assert_eq!(offset_of!(ibv_device_attr, max_mr_size), 80);
-        assert_eq!(offset_of!(ibv_device_attr, vendor_id), 96);
-        assert_eq!(offset_of!(ibv_device_attr, max_qp), 108);
-        assert_eq!(offset_of!(ibv_device_attr, device_cap_flags), 116);
-        assert_eq!(offset_of!(ibv_device_attr, max_cqe), 132);
-        assert_eq!(offset_of!(ibv_device_attr, atomic_cap), 164);
-        assert_eq!(offset_of!(ibv_device_attr, max_srq_sge), 220);
-        assert_eq!(offset_of!(ibv_device_attr, max_pkeys), 224);
-        assert_eq!(offset_of!(ibv_device_attr, phys_port_cnt), 227);
-        assert_eq!(size_of::<ibv_port_attr>(), 52);
-        assert_eq!(offset_of!(ibv_port_attr, gid_tbl_len), 12);
-        assert_eq!(offset_of!(ibv_port_attr, pkey_tbl_len), 32);
-        assert_eq!(offset_of!(ibv_port_attr, lid), 34);
-        assert_eq!(offset_of!(ibv_port_attr, lmc), 38);
-        assert_eq!(offset_of!(ibv_port_attr, phys_state), 45);
-        assert_eq!(offset_of!(ibv_port_attr, link_layer), 46);
-        assert_eq!(offset_of!(ibv_port_attr, flags), 47);
-        assert_eq!(offset_of!(ibv_port_attr, port_cap_flags2), 48);
-        assert_eq!((size_of::<ibv_gid>(), align_of::<ibv_gid>()), (16, 8));
-    }
-
-    #[test]
-    fn object_layouts() {
-        assert_eq!(size_of::<ibv_pd>(), 16);
-        assert_eq!(size_of::<ibv_mr>(), 48);
-        assert_eq!(offset_of!(ibv_mr, addr), 16);
-        assert_eq!(offset_of!(ibv_mr, length), 24);
-        assert_eq!(offset_of!(ibv_mr, handle), 32);
-        assert_eq!(offset_of!(ibv_mr, lkey), 36);
-        assert_eq!(offset_of!(ibv_mr, rkey), 40);
-        assert_eq!(size_of::<ibv_cq>(), 128);
-        assert_eq!(offset_of!(ibv_cq, channel), 8);
-        assert_eq!(offset_of!(ibv_cq, cqe), 28);
-        assert_eq!(offset_of!(ibv_cq, mutex), 32);
-        assert_eq!(offset_of!(ibv_cq, cond), 72);
-        assert_eq!(offset_of!(ibv_cq, comp_events_completed), 120);
-        assert_eq!(size_of::<ibv_comp_channel>(), 16);
-        assert_eq!(offset_of!(ibv_comp_channel, fd), 8);
-        assert_eq!(size_of::<ibv_qp>(), 160);
-        assert_eq!(offset_of!(ibv_qp, pd), 16);
-        assert_eq!(offset_of!(ibv_qp, srq), 40);
-        assert_eq!(offset_of!(ibv_qp, qp_num), 52);
-        assert_eq!(offset_of!(ibv_qp, state), 56);
-        assert_eq!(offset_of!(ibv_qp, qp_type), 60);
-        assert_eq!(offset_of!(ibv_qp, mutex), 64);
-        assert_eq!(offset_of!(ibv_qp, cond), 104);
-        assert_eq!(offset_of!(ibv_qp, events_completed), 152);
-        assert_eq!(size_of::<ibv_ah>(), 24);
-        assert_eq!(size_of::<ibv_srq>(), 128);
-        assert_eq!(offset_of!(ibv_srq, handle), 24);
-        assert_eq!(size_of::<ibv_srq_attr>(), 12);
-        assert_eq!(size_of::<ibv_srq_init_attr>(), 24);
-        assert_eq!(offset_of!(ibv_srq_init_attr, attr), 8);
-    }
-
-    #[test]
-    fn qp_attribute_layouts() {
-        assert_eq!(size_of::<ibv_qp_cap>(), 20);
-        assert_eq!(size_of::<ibv_qp_init_attr>(), 64);
-        assert_eq!(offset_of!(ibv_qp_init_attr, cap), 32);
-        assert_eq!(offset_of!(ibv_qp_init_attr, qp_type), 52);
-        assert_eq!(offset_of!(ibv_qp_init_attr, sq_sig_all), 56);
-        assert_eq!(size_of::<ibv_global_route>(), 24);
-        assert_eq!(offset_of!(ibv_global_route, flow_label), 16);
-        assert_eq!(offset_of!(ibv_global_route, sgid_index), 20);
-        assert_eq!(offset_of!(ibv_global_route, hop_limit), 21);
-        assert_eq!(offset_of!(ibv_global_route, traffic_class), 22);
-        assert_eq!(size_of::<ibv_ah_attr>(), 32);
-        assert_eq!(offset_of!(ibv_ah_attr, dlid), 24);
-        assert_eq!(offset_of!(ibv_ah_attr, sl), 26);
-        assert_eq!(offset_of!(ibv_ah_attr, static_rate), 28);
-        assert_eq!(offset_of!(ibv_ah_attr, is_global), 29);
-        assert_eq!(offset_of!(ibv_ah_attr, port_num), 30);
-        assert_eq!(size_of::<ibv_qp_attr>(), 144);
-        assert_eq!(offset_of!(ibv_qp_attr, qkey), 16);
-        assert_eq!(offset_of!(ibv_qp_attr, rq_psn), 20);
-        assert_eq!(offset_of!(ibv_qp_attr, sq_psn), 24);
-        assert_eq!(offset_of!(ibv_qp_attr, dest_qp_num), 28);
-        assert_eq!(offset_of!(ibv_qp_attr, qp_access_flags), 32);
-        assert_eq!(offset_of!(ibv_qp_attr, cap), 36);
-        assert_eq!(offset_of!(ibv_qp_attr, ah_attr), 56);
-        assert_eq!(offset_of!(ibv_qp_attr, alt_ah_attr), 88);
-        assert_eq!(offset_of!(ibv_qp_attr, pkey_index), 120);
-        assert_eq!(offset_of!(ibv_qp_attr, max_rd_atomic), 126);
-        assert_eq!(offset_of!(ibv_qp_attr, max_dest_rd_atomic), 127);
-        assert_eq!(offset_of!(ibv_qp_attr, min_rnr_timer), 128);
-        assert_eq!(offset_of!(ibv_qp_attr, port_num), 129);
-        assert_eq!(offset_of!(ibv_qp_attr, timeout), 130);
-        assert_eq!(offset_of!(ibv_qp_attr, retry_cnt), 131);
-        assert_eq!(offset_of!(ibv_qp_attr, rnr_retry), 132);
-        assert_eq!(offset_of!(ibv_qp_attr, alt_timeout), 134);
-        assert_eq!(offset_of!(ibv_qp_attr, rate_limit), 136);
-    }
-
-    #[test]
-    fn work_request_and_completion_layouts() {
-        assert_eq!(size_of::<ibv_sge>(), 16);
-        assert_eq!(size_of::<ibv_send_wr>(), 128);
-        assert_eq!(offset_of!(ibv_send_wr, next), 8);
-        assert_eq!(offset_of!(ibv_send_wr, sg_list), 16);
-        assert_eq!(offset_of!(ibv_send_wr, num_sge), 24);
-        assert_eq!(offset_of!(ibv_send_wr, opcode), 28);
-        assert_eq!(offset_of!(ibv_send_wr, send_flags), 32);
-        assert_eq!(offset_of!(ibv_send_wr, imm_data), 36);
-        // wr.rdma.remote_addr / wr.atomic.remote_addr / wr.ud.ah at 40; rkey (rdma),
-        // compare_add (atomic) and remote_qpn (ud) at 48; swap 56; atomic rkey 64.
-        assert_eq!(offset_of!(ibv_send_wr, wr), 40);
-        assert_eq!(offset_of!(ibv_send_wr, wr) + offset_of!(send_wr_wr, w1), 48);
-        assert_eq!(offset_of!(ibv_send_wr, wr) + offset_of!(send_wr_wr, w2), 56);
-        assert_eq!(offset_of!(ibv_send_wr, wr) + offset_of!(send_wr_wr, w3), 64);
-        assert_eq!(offset_of!(ibv_send_wr, qp_type), 72);
-        assert_eq!(offset_of!(ibv_send_wr, _bind_mw), 80);
-        assert_eq!(size_of::<ibv_recv_wr>(), 32);
-        assert_eq!(size_of::<ibv_wc>(), 48);
-        assert_eq!(offset_of!(ibv_wc, status), 8);
-        assert_eq!(offset_of!(ibv_wc, opcode), 12);
-        assert_eq!(offset_of!(ibv_wc, vendor_err), 16);
-        assert_eq!(offset_of!(ibv_wc, byte_len), 20);
-        assert_eq!(offset_of!(ibv_wc, imm_data), 24);
-        assert_eq!(offset_of!(ibv_wc, qp_num), 28);
-        assert_eq!(offset_of!(ibv_wc, src_qp), 32);
-        assert_eq!(offset_of!(ibv_wc, wc_flags), 36);
-        assert_eq!(offset_of!(ibv_wc, pkey_index), 40);
-        assert_eq!(offset_of!(ibv_wc, slid), 42);
-        assert_eq!(offset_of!(ibv_wc, sl), 44);
-        assert_eq!(offset_of!(ibv_wc, dlid_path_bits), 45);
-    }
 }

@@ -1,4 +1,7 @@
-"""Type stubs for the ``kbypass._core`` extension (mirrors ``rust/kbypass-python/src``)."""
+"""Type stubs for the ``kbypass._core`` extension (mirrors ``rust/kbypass-python/src``).
+
+The ``kbypass._core.rdma`` submodule (``src/rdma/``) has its own stub, ``rdma.pyi``.
+"""
 
 import builtins
 from collections.abc import Callable, Sequence
@@ -8,6 +11,8 @@ from typing import Any, Literal, final
 import numpy as np
 import numpy.typing as npt
 from typing_extensions import Buffer
+
+from . import rdma as rdma
 
 # PyO3 fills __all__ as classes and functions are registered; keep this list in step.
 __all__ = [
@@ -28,19 +33,6 @@ __all__ = [
     "NetnsEntry",
     "Packet",
     "PcapWriter",
-    "RdmaAh",
-    "RdmaCmConnection",
-    "RdmaCompletion",
-    "RdmaCompletionError",
-    "RdmaContext",
-    "RdmaCq",
-    "RdmaDevice",
-    "RdmaEndpoint",
-    "RdmaMr",
-    "RdmaPd",
-    "RdmaPort",
-    "RdmaQp",
-    "RdmaSrq",
     "Ring",
     "RxBatch",
     "UmemWindow",
@@ -67,9 +59,7 @@ __all__ = [
     "parse_into",
     "probe_xdp",
     "queue_irqs",
-    "rdma_devices",
-    "rdma_write_bandwidth",
-    "rdma_write_latency",
+    "rdma",
     "rule_text",
     "udp_recv",
     "udp_send",
@@ -520,334 +510,6 @@ class Ring:
         self,
         *_args: type[BaseException] | BaseException | TracebackType | None,
     ) -> bool: ...
-
-# --- rdma.rs -----------------------------------------------------------------------------------
-
-@final
-class RdmaDevice:
-    @property
-    def name(self) -> str: ...
-    @property
-    def uverbs(self) -> str: ...
-    @property
-    def node_type(self) -> int: ...
-    @property
-    def transport_type(self) -> int: ...
-    @property
-    def ibdev_path(self) -> str: ...
-
-def rdma_devices() -> list[RdmaDevice]: ...
-def rdma_write_bandwidth(
-    qp: RdmaQp,
-    cq: RdmaCq,
-    mr: RdmaMr,
-    remote_addr: int,
-    rkey: int,
-    size: int,
-    iterations: int,
-    depth: int = 128,
-    signal_every: int = 100,
-) -> tuple[int, float]: ...
-def rdma_write_latency(
-    a: RdmaQp,
-    b: RdmaQp,
-    cq_a: RdmaCq,
-    cq_b: RdmaCq,
-    mr_a: RdmaMr,
-    mr_b: RdmaMr,
-    size: int = 2,
-    iterations: int = 1000,
-) -> list[float]: ...
-
-@final
-class RdmaPort:
-    @property
-    def state(self) -> int: ...
-    @property
-    def active_mtu(self) -> int: ...
-    @property
-    def max_mtu(self) -> int: ...
-    @property
-    def gid_tbl_len(self) -> int: ...
-    @property
-    def lid(self) -> int: ...
-    @property
-    def link_layer(self) -> str: ...
-
-@final
-class RdmaEndpoint:
-    def __new__(
-        cls,
-        qpn: int,
-        psn: int,
-        gid: str,
-        lid: int = 0,
-        rkey: int = 0,
-        addr: int = 0,
-        length: int = 0,
-    ) -> RdmaEndpoint: ...
-    @property
-    def qpn(self) -> int: ...
-    @property
-    def psn(self) -> int: ...
-    @property
-    def gid(self) -> str: ...
-    @property
-    def lid(self) -> int: ...
-    @property
-    def rkey(self) -> int: ...
-    @property
-    def addr(self) -> int: ...
-    @property
-    def length(self) -> int: ...
-    def to_bytes(self) -> bytes: ...
-    @staticmethod
-    def from_bytes(data: bytes) -> RdmaEndpoint: ...
-    def __reduce__(self) -> tuple[Any, tuple[bytes]]: ...
-    def to_pingpong(self) -> bytes: ...
-    @staticmethod
-    def from_pingpong(data: bytes) -> RdmaEndpoint: ...
-    def __eq__(self, value: object, /) -> bool: ...
-
-@final
-class RdmaCompletion:
-    @property
-    def wr_id(self) -> int: ...
-    @property
-    def status(self) -> int: ...
-    @property
-    def status_name(self) -> str: ...
-    @property
-    def opcode(self) -> int: ...
-    @property
-    def byte_len(self) -> int: ...
-    @property
-    def imm(self) -> int | None: ...
-    @property
-    def qp_num(self) -> int: ...
-    @property
-    def src_qp(self) -> int: ...
-    @property
-    def vendor_err(self) -> int: ...
-    def check(self) -> RdmaCompletion: ...
-
-class RdmaCompletionError(OSError): ...
-
-@final
-class RdmaContext:
-    def __new__(cls, name: str | None = None) -> RdmaContext: ...
-    @property
-    def name(self) -> str: ...
-    def query_port(self, port: int = 1) -> RdmaPort: ...
-    def default_gid_index(self, port: int = 1) -> int: ...
-    def gid(self, port: int = 1, index: int | None = None) -> str: ...
-    def alloc_pd(self) -> RdmaPd: ...
-    def create_cq(self, entries: int = 256, channel: bool = False) -> RdmaCq: ...
-    def close(self) -> None: ...
-    def __enter__(self) -> RdmaContext: ...
-    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
-
-@final
-class RdmaPd:
-    def register(self, buffer: Buffer | HugeRegion | Mempool, access: int = 15) -> RdmaMr: ...
-    def create_srq(self, max_wr: int = 128, max_sge: int = 1) -> RdmaSrq: ...
-    def create_ah(
-        self, remote: RdmaEndpoint, port: int = 1, gid_index: int | None = None
-    ) -> RdmaAh: ...
-    def create_qp(
-        self,
-        qp_type: str,
-        send_cq: RdmaCq,
-        recv_cq: RdmaCq | None = None,
-        max_send_wr: int = 128,
-        max_recv_wr: int = 128,
-        max_sge: int = 4,
-        max_inline_data: int = 64,
-        srq: RdmaSrq | None = None,
-    ) -> RdmaQp: ...
-    def close(self) -> None: ...
-    def __enter__(self) -> RdmaPd: ...
-    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
-
-@final
-class RdmaCmConnection:
-    @property
-    def closed(self) -> bool: ...
-    def close(self) -> None: ...
-    def __enter__(self) -> RdmaCmConnection: ...
-    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
-
-@final
-class RdmaSrq:
-    def post_recv(
-        self,
-        mr: RdmaMr,
-        offset: int = 0,
-        length: int | None = None,
-        wr_id: int = 0,
-        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
-    ) -> None: ...
-    def close(self) -> None: ...
-    def __enter__(self) -> RdmaSrq: ...
-    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
-
-@final
-class RdmaAh:
-    def close(self) -> None: ...
-    def __enter__(self) -> RdmaAh: ...
-    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
-
-@final
-class RdmaMr:
-    @property
-    def addr(self) -> int: ...
-    @property
-    def length(self) -> int: ...
-    @property
-    def lkey(self) -> int: ...
-    @property
-    def rkey(self) -> int: ...
-    def close(self) -> None: ...
-    def __enter__(self) -> RdmaMr: ...
-    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
-
-@final
-class RdmaCq:
-    def poll(self, max: int = 16) -> list[RdmaCompletion]: ...
-    def poll_into(self, out: Buffer) -> int: ...
-    def wait(self, timeout: float | None = None, max: int = 16) -> list[RdmaCompletion]: ...
-    def close(self) -> None: ...
-    def __enter__(self) -> RdmaCq: ...
-    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
-
-@final
-class RdmaQp:
-    @property
-    def qp_num(self) -> int: ...
-    @property
-    def state(self) -> int: ...
-    def endpoint(
-        self,
-        psn: int = 0,
-        port: int = 1,
-        gid_index: int | None = None,
-        mr: RdmaMr | None = None,
-    ) -> RdmaEndpoint: ...
-    def init(self, port: int = 1, access: int = 15) -> None: ...
-    def pingpong_accept(
-        self,
-        port: int = 18515,
-        psn: int = 0,
-        timeout: float = 30.0,
-        gid_index: int | None = None,
-        bind: str = "0.0.0.0",
-    ) -> RdmaEndpoint: ...
-    def pingpong_connect(
-        self,
-        host: str,
-        port: int = 18515,
-        psn: int = 0,
-        timeout: float = 30.0,
-        gid_index: int | None = None,
-    ) -> RdmaEndpoint: ...
-    def cm_connect(
-        self, host: str, port: int = 7471, timeout: float = 30.0, access: int = 15
-    ) -> RdmaCmConnection: ...
-    def cm_accept(
-        self, bind: str, port: int = 7471, timeout: float = 30.0, access: int = 15
-    ) -> RdmaCmConnection: ...
-    def perftest_serve(
-        self,
-        mr: RdmaMr,
-        port: int = 18515,
-        psn: int = 0,
-        timeout: float = 60.0,
-        gid_index: int | None = None,
-        bind: str = "0.0.0.0",
-    ) -> dict[str, float]: ...
-    def perftest_write_bw(
-        self,
-        cq: RdmaCq,
-        mr: RdmaMr,
-        host: str,
-        port: int = 18515,
-        size: int = 65536,
-        iterations: int = 1000,
-        psn: int = 0,
-        timeout: float = 60.0,
-        gid_index: int | None = None,
-    ) -> dict[str, float]: ...
-    def connect(
-        self,
-        remote: RdmaEndpoint | None = None,
-        psn: int = 0,
-        port: int = 1,
-        gid_index: int | None = None,
-        access: int = 15,
-    ) -> None: ...
-    def to_error(self) -> None: ...
-    def to_reset(self) -> None: ...
-    def post_recv(
-        self,
-        mr: RdmaMr,
-        offset: int = 0,
-        length: int | None = None,
-        wr_id: int = 0,
-        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
-    ) -> None: ...
-    def send(
-        self,
-        mr: RdmaMr,
-        offset: int = 0,
-        length: int | None = None,
-        wr_id: int = 0,
-        imm: int | None = None,
-        signaled: bool = True,
-        inline: bool = False,
-        ah: RdmaAh | None = None,
-        remote_qpn: int | None = None,
-        remote_qkey: int = 286331153,
-        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
-    ) -> None: ...
-    def write(
-        self,
-        mr: RdmaMr,
-        remote_addr: int,
-        rkey: int,
-        offset: int = 0,
-        length: int | None = None,
-        wr_id: int = 0,
-        imm: int | None = None,
-        signaled: bool = True,
-        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
-    ) -> None: ...
-    def read(
-        self,
-        mr: RdmaMr,
-        remote_addr: int,
-        rkey: int,
-        offset: int = 0,
-        length: int | None = None,
-        wr_id: int = 0,
-        signaled: bool = True,
-        sg: Sequence[tuple[RdmaMr, int, int]] | None = None,
-    ) -> None: ...
-    def compare_swap(
-        self,
-        mr: RdmaMr,
-        remote_addr: int,
-        rkey: int,
-        compare: int,
-        swap: int,
-        offset: int = 0,
-        wr_id: int = 0,
-    ) -> None: ...
-    def fetch_add(
-        self, mr: RdmaMr, remote_addr: int, rkey: int, add: int, offset: int = 0, wr_id: int = 0
-    ) -> None: ...
-    def close(self) -> None: ...
-    def __enter__(self) -> RdmaQp: ...
-    def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
 
 # --- xsk.rs ---------------------------------------------------------------------------------
 

@@ -1,0 +1,157 @@
+//! `ProtectionDomain`: registers memory and creates QPs, SRQs and address handles.
+
+use kbypass_core::rdma::{self, Access, QpCaps, QpType};
+use pyo3::buffer::PyUntypedBuffer;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+
+use super::ah::AddressHandle;
+use super::args;
+use super::cq::CompletionQueue;
+use super::endpoint::Endpoint;
+use super::mr::MemoryRegion;
+use super::qp::QueuePair;
+use super::resource::{self, owner, Owner, Resource};
+use super::srq::SharedReceiveQueue;
+use crate::errors::IntoPyResult;
+use crate::mem::PyHugeRegion;
+use crate::mempool::PyMempool;
+
+/// A protection domain.
+#[pyclass(module = "kbypass._core.rdma", extends = Resource)]
+pub struct ProtectionDomain {
+    inner: Option<rdma::ProtectionDomain>,
+    ctx: rdma::Context,
+}
+owner!(ProtectionDomain, rdma::ProtectionDomain);
+
+impl ProtectionDomain {
+    pub fn new(
+        py: Python<'_>,
+        pd: rdma::ProtectionDomain,
+        ctx: rdma::Context,
+    ) -> PyResult<Py<Self>> {
+        resource::new(
+            py,
+            ProtectionDomain {
+                inner: Some(pd),
+                ctx,
+            },
+        )
+    }
+
+    fn register_core(
+        &self,
+        buffer: &Bound<'_, PyAny>,
+        access: i32,
+    ) -> PyResult<rdma::MemoryRegion> {
+        let (pd, access) = (self.get()?, Access(access));
+        if let Ok(region) = buffer.cast::<PyHugeRegion>() {
+            return pd.register_region(region.get().shared()?, access).py();
+        }
+        if let Ok(pool) = buffer.cast::<PyMempool>() {
+            return pd.register_mempool(pool.get().shared()?, access).py();
+        }
+        let buf = PyUntypedBuffer::get(buffer)?;
+        if !buf.is_c_contiguous() {
+            return Err(PyTypeError::new_err(
+                "register a C-contiguous buffer (np.ascontiguousarray)",
+            ));
+        }
+        if buf.readonly() && access.0 & !rdma::ffi::ACCESS_REMOTE_READ != 0 {
+            return Err(PyTypeError::new_err(
+                "the buffer is read-only: register it with access=REMOTE_READ only, or pass a writable one",
+            ));
+        }
+        let (ptr, len) = (buf.buf_ptr().cast::<u8>(), buf.len_bytes());
+        // SAFETY: the exported buffer stays valid and in place while its export (`buf`) lives,
+        // and the region owns the export.
+        unsafe { pd.register_raw(ptr, len, access, Box::new(buf)) }.py()
+    }
+}
+
+#[pymethods]
+impl ProtectionDomain {
+    /// Register a C-contiguous buffer (bytearray, NumPy array, memoryview, mmap); the region
+    /// holds the buffer export, so the object cannot be resized while registered.
+    ///
+    /// A `HugeRegion` registers whole and a `Mempool` registers its objects (object `i` at
+    /// offset `i * pool.stride`); the region holds the memory, so it stays mapped and
+    /// registered after the HugeRegion or Mempool is closed, until the region is.
+    #[pyo3(signature = (buffer, access = 15))]
+    fn register(
+        &self,
+        py: Python<'_>,
+        buffer: &Bound<'_, PyAny>,
+        access: i32,
+    ) -> PyResult<Py<MemoryRegion>> {
+        MemoryRegion::new(py, self.register_core(buffer, access)?)
+    }
+
+    /// An address handle for UD sends to `remote`'s port.
+    #[pyo3(signature = (remote, port = 1, gid_index = None))]
+    fn create_ah(
+        &self,
+        py: Python<'_>,
+        remote: &Endpoint,
+        port: u8,
+        gid_index: Option<i32>,
+    ) -> PyResult<Py<AddressHandle>> {
+        let sgid = args::gid_index(&self.ctx, port, gid_index)?;
+        let ah = self.get()?.create_ah(&remote.core()?, sgid, port).py()?;
+        AddressHandle::new(py, ah)
+    }
+
+    /// A shared receive queue of `max_wr` receives (`max_sge` SGEs each) for QPs created with
+    /// ``srq=``.
+    #[pyo3(signature = (max_wr = 128, max_sge = 1))]
+    fn create_srq(
+        &self,
+        py: Python<'_>,
+        max_wr: u32,
+        max_sge: u32,
+    ) -> PyResult<Py<SharedReceiveQueue>> {
+        SharedReceiveQueue::new(py, self.get()?.create_srq(max_wr, max_sge).py()?)
+    }
+
+    /// A queue pair of `qp_type` ``'RC'``, ``'UC'`` or ``'UD'`` on `send_cq` (and `recv_cq`, the same
+    /// CQ when None), with the given queue sizes; with `srq` its receives come from that shared
+    /// receive queue.
+    #[pyo3(signature = (qp_type, send_cq, recv_cq = None, max_send_wr = 128, max_recv_wr = 128, max_sge = 4, max_inline_data = 64, srq = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn create_qp(
+        &self,
+        py: Python<'_>,
+        qp_type: &str,
+        send_cq: &CompletionQueue,
+        recv_cq: Option<&CompletionQueue>,
+        max_send_wr: u32,
+        max_recv_wr: u32,
+        max_sge: u32,
+        max_inline_data: u32,
+        srq: Option<&SharedReceiveQueue>,
+    ) -> PyResult<Py<QueuePair>> {
+        let t = match qp_type.to_ascii_uppercase().as_str() {
+            "RC" => QpType::Rc,
+            "UC" => QpType::Uc,
+            "UD" => QpType::Ud,
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "qp_type is 'RC', 'UC' or 'UD', not {qp_type:?}"
+                )))
+            }
+        };
+        let scq = send_cq.get()?;
+        let rcq = recv_cq.map_or(Ok(scq), |c| c.get())?;
+        let caps = QpCaps {
+            max_send_wr,
+            max_recv_wr,
+            max_send_sge: max_sge,
+            max_recv_sge: max_sge,
+            max_inline_data,
+        };
+        let srq = srq.map(|s| s.get()).transpose()?;
+        let qp = rdma::QueuePair::create_with_srq(self.get()?, t, scq, rcq, caps, srq).py()?;
+        QueuePair::new(py, qp, self.ctx.clone())
+    }
+}
