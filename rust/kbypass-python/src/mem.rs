@@ -73,8 +73,7 @@ impl PyHugeRegion {
         })
     }
 
-    /// The shared region, for other binding classes (Mempool, UMEM) that carve from it.
-    #[allow(dead_code)]
+    /// The shared region, for other binding classes (RDMA registration) that use its memory.
     pub fn shared(&self) -> PyResult<Arc<HugeRegion>> {
         self.get()
     }

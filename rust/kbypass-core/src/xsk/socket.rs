@@ -666,12 +666,6 @@ impl XskSocket {
         k
     }
 
-    /// Frames the application has (for the current call, or held).
-    pub fn app_frames(&self) -> u32 {
-        let c = self.umem.census();
-        c[FrameState::App as usize] + c[FrameState::Held as usize]
-    }
-
     /// Hold frame `addr` (any address inside it), which the application has from
     /// [`XskSocket::recv`] or [`XskSocket::alloc`], beyond the current call: it leaves the
     /// `App` state for `Held` until the last [`FrameHold`] on it is dropped, then goes back to
