@@ -18,6 +18,7 @@ __all__ = [
     "Batch",
     "DropCounter",
     "Engine",
+    "EngineConfig",
     "EthHeader",
     "HugeRegion",
     "IpHeader",
@@ -79,7 +80,7 @@ __all__ = [
 
 __version__: str
 
-# --- netns.rs -------------------------------------------------------------------------------
+# --- netns.rs ----------------------------------------------------------------------------------
 
 @final
 class NetnsEntry:
@@ -92,7 +93,7 @@ class NetnsEntry:
 
 def netns_inode() -> int: ...
 
-# --- packet.rs ------------------------------------------------------------------------------
+# --- packet.rs ---------------------------------------------------------------------------------
 
 def packet_meta_fields() -> tuple[list[tuple[str, str, int]], int]: ...
 def parse_into(
@@ -134,11 +135,7 @@ class PcapWriter:
         tb: TracebackType | None,
     ) -> None: ...
 
-# --- mem.rs ---------------------------------------------------------------------------------
-
-@final
-class _RegionMemory:
-    """Keeps a region mapped while a NumPy view uses it (the array's ``base``)."""
+# --- mem.rs ------------------------------------------------------------------------------------
 
 @final
 class HugeRegion:
@@ -203,7 +200,7 @@ def memlock_raises() -> list[dict[str, int | None]]:
     None for unlimited).
     """
 
-# --- cpu.rs ---------------------------------------------------------------------------------
+# --- cpu.rs ------------------------------------------------------------------------------------
 
 def cpu_topology() -> dict[str, Any]: ...
 def cpu_allowed() -> list[int]: ...
@@ -212,7 +209,7 @@ def nic_numa_node(ifname: str) -> int | None: ...
 def queue_irqs(ifname: str) -> list[dict[str, Any]]: ...
 def worker_cpu(ifname: str, queue: int = 0) -> int: ...
 
-# --- mempool.rs -----------------------------------------------------------------------------
+# --- mempool.rs --------------------------------------------------------------------------------
 
 @final
 class Mempool:
@@ -260,7 +257,11 @@ class Mempool:
     def __exit__(self, *_args: object) -> bool: ...
     def __len__(self) -> int: ...
 
-# --- xdp (rust/kbypass-python/src/xdp.rs) ---
+# --- xdp.rs ------------------------------------------------------------------------------------
+
+# A filter= argument: filter text, a kbypass.Rule (anything with __kbypass_filter__), a list
+# of them, or None; read by the one normaliser in xdp.rs.
+_Filter = str | object | Sequence[str | object] | None
 
 def parse_filter(text: str) -> list[dict[str, Any]]: ...
 def rule_text(
@@ -280,7 +281,7 @@ def probe_xdp() -> dict[str, Any]: ...
 @final
 class XdpProgram:
     def __new__(
-        cls, filter: str | None = None, frags: bool = False, queues: int = 64
+        cls, filter: _Filter = None, frags: bool = False, queues: int = 64
     ) -> XdpProgram: ...
     @property
     def id(self) -> int: ...
@@ -330,7 +331,7 @@ class XdpAttachment:
     def __enter__(self) -> XdpAttachment: ...
     def __exit__(self, *_args: object) -> bool: ...
 
-# --- traffic.rs -----------------------------------------------------------------------------
+# --- traffic.rs --------------------------------------------------------------------------------
 
 @final
 class LiveGenerator:
@@ -409,6 +410,8 @@ class DropCounter:
     def __enter__(self) -> DropCounter: ...
     def __exit__(self, *_args: object) -> bool: ...
 
+# --- kernel.rs ---------------------------------------------------------------------------------
+
 def udp_send(
     src_ip: str,
     dst_ip: str,
@@ -441,7 +444,7 @@ def af_packet_recv(
     cpu: int | None = None,
 ) -> dict[str, Any]: ...
 
-# --- ring.rs ---------------------------------------------------------------------------------
+# --- ring.rs -----------------------------------------------------------------------------------
 
 @final
 class Ring:
@@ -849,9 +852,47 @@ class RdmaQp:
     def __enter__(self) -> RdmaQp: ...
     def __exit__(self, _t: object | None, _v: object | None, _tb: object | None) -> None: ...
 
-# --- xsk.rs ---------------------------------------------------------------------------------
+# --- port.rs -----------------------------------------------------------------------------------
 
-_Filter = str | Sequence[object] | None
+@final
+class XdpPort:
+    """One AF_XDP socket per queue of an interface, sharing one UMEM and one XDP program."""
+
+    def __new__(
+        cls,
+        ifname: str,
+        queues: Literal["all"] | Sequence[int] | None = None,
+        mode: Literal["auto", "copy", "zerocopy"] | str = "auto",
+        filter: _Filter = None,
+        frames: int | None = None,
+        frame_size: int = 2048,
+        hugepages: Literal["auto", "require", "never", "1g", "2m", "thp", "4k"] | str = "auto",
+        busy_poll: bool = False,
+        *,
+        xdp_mode: Literal["auto", "native", "generic"] | str = "auto",
+        force: bool = False,
+        need_wakeup: bool = True,
+        multi_buffer: bool = False,
+        ring_size: int = 2048,
+        headroom: int = 0,
+        program: bool = True,
+    ) -> XdpPort: ...
+    @property
+    def sockets(self) -> list[XdpSocket]: ...
+    @property
+    def queues(self) -> list[int]: ...
+    @property
+    def xdp_mode(self) -> str: ...
+    @property
+    def ifname(self) -> str: ...
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None: ...
+    def __len__(self) -> int: ...
+    def __enter__(self) -> XdpPort: ...
+    def __exit__(self, *_args: object) -> bool: ...
+
+# --- xsk.rs ------------------------------------------------------------------------------------
 
 @final
 class XdpSocket:
@@ -923,43 +964,7 @@ class XdpSocket:
     def __enter__(self) -> XdpSocket: ...
     def __exit__(self, *_args: object) -> bool: ...
 
-@final
-class XdpPort:
-    """One AF_XDP socket per queue of an interface, sharing one UMEM and one XDP program."""
-
-    def __new__(
-        cls,
-        ifname: str,
-        queues: Literal["all"] | Sequence[int] | None = None,
-        mode: Literal["auto", "copy", "zerocopy"] | str = "auto",
-        filter: _Filter = None,
-        frames: int | None = None,
-        frame_size: int = 2048,
-        hugepages: Literal["auto", "require", "never", "1g", "2m", "thp", "4k"] | str = "auto",
-        busy_poll: bool = False,
-        *,
-        xdp_mode: Literal["auto", "native", "generic"] | str = "auto",
-        force: bool = False,
-        need_wakeup: bool = True,
-        multi_buffer: bool = False,
-        ring_size: int = 2048,
-        headroom: int = 0,
-        program: bool = True,
-    ) -> XdpPort: ...
-    @property
-    def sockets(self) -> list[XdpSocket]: ...
-    @property
-    def queues(self) -> list[int]: ...
-    @property
-    def xdp_mode(self) -> str: ...
-    @property
-    def ifname(self) -> str: ...
-    @property
-    def closed(self) -> bool: ...
-    def close(self) -> None: ...
-    def __len__(self) -> int: ...
-    def __enter__(self) -> XdpPort: ...
-    def __exit__(self, *_args: object) -> bool: ...
+# --- held.rs -----------------------------------------------------------------------------------
 
 @final
 class RxBatch:
@@ -982,18 +987,32 @@ class RxBatch:
     def __enter__(self) -> RxBatch: ...
     def __exit__(self, *_args: object) -> bool: ...
 
-# --- views.rs -------------------------------------------------------------------------------
+@final
+class Kept:
+    """Frames a handler kept (KEEP verdict), held until ``release()`` and their views are gone."""
+
+    def __len__(self) -> int: ...
+    @property
+    def frames(self) -> list[npt.NDArray[np.uint8]]: ...
+    @property
+    def lengths(self) -> npt.NDArray[np.uint32]: ...
+    @property
+    def released(self) -> bool: ...
+    def release(self) -> int: ...
+    def __enter__(self) -> Kept: ...
+    def __exit__(self, *_args: object) -> bool: ...
+
+# --- views.rs ----------------------------------------------------------------------------------
+
+@final
+class _RegionMemory:
+    """Keeps a region mapped while a NumPy view uses it (the array's ``base``)."""
 
 @final
 class _FrameView:
     """The base of NumPy views of one UMEM frame: keeps it mapped and, once armed, held."""
 
-# --- engine (rust/kbypass-python/src/engine.rs) ---------------------------------------------
-
-DROP: int
-TX: int
-FORWARD: int
-KEEP: int
+# --- batch.rs ----------------------------------------------------------------------------------
 
 @final
 class Batch:
@@ -1045,6 +1064,8 @@ class UmemWindow:
     @property
     def shape(self) -> tuple[int, int]: ...
     def __len__(self) -> int: ...
+
+# --- packet_view.rs ----------------------------------------------------------------------------
 
 @final
 class EthHeader:
@@ -1114,20 +1135,27 @@ class Packet:
     def swap_ports(self) -> bool: ...
     def fix_checksums(self) -> bool: ...
 
-@final
-class Kept:
-    """Frames a handler kept (KEEP verdict), held until ``release()`` and their views are gone."""
+# --- engine.rs ---------------------------------------------------------------------------------
 
-    def __len__(self) -> int: ...
-    @property
-    def frames(self) -> list[npt.NDArray[np.uint8]]: ...
-    @property
-    def lengths(self) -> npt.NDArray[np.uint32]: ...
-    @property
-    def released(self) -> bool: ...
-    def release(self) -> int: ...
-    def __enter__(self) -> Kept: ...
-    def __exit__(self, *_args: object) -> bool: ...
+DROP: int
+TX: int
+FORWARD: int
+KEEP: int
+
+@final
+class EngineConfig:
+    """How the workers of an ``Engine`` run, checked once, before any port is opened."""
+
+    def __new__(
+        cls,
+        *,
+        batch: int = 64,
+        workers: int | Sequence[Sequence[int]] | None = None,
+        cpus: Sequence[int | None] | Literal[False] | None = None,
+        default: int | None = None,
+        on_error: Literal["drop", "pass", "stop"] | str = "drop",
+        idle_wait: float = 0.001,
+    ) -> EngineConfig: ...
 
 @final
 class Engine:
@@ -1137,14 +1165,9 @@ class Engine:
         cls,
         port: XdpPort,
         handler: Callable[..., Any],
+        config: EngineConfig | None = None,
         *,
         per_packet: bool = False,
-        batch: int = 64,
-        workers: Sequence[Sequence[int]] | None = None,
-        cpus: Sequence[int | None] | None = None,
-        default: int | None = None,
-        on_error: str = "drop",
-        idle_wait: float = 0.001,
     ) -> Engine: ...
     def start(self, packets: int | None = None) -> None: ...
     def wait(self, timeout: float | None = None) -> bool: ...
@@ -1165,13 +1188,13 @@ class Engine:
 
 def _stop_all_engines() -> int: ...
 
-# --- capture.rs -----------------------------------------------------------------------------
+# --- capture.rs --------------------------------------------------------------------------------
 
 def capture(
     ifname: str,
     *,
     queues: int | Sequence[int] | str | None = None,
-    filter: str | None = None,
+    filter: _Filter = None,
     count: int | None = None,
     duration: float | None = None,
     write: str | None = None,

@@ -56,7 +56,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from kbypass import _core
-from kbypass._core import Batch, Engine, Kept, Packet, XdpPort
+from kbypass._core import Batch, Engine, EngineConfig, Kept, Packet, XdpPort
 
 __all__ = [
     "DROP",
@@ -160,11 +160,18 @@ class Pipeline:
     ) -> None:
         if (handler is None) == (per_packet is None):
             raise TypeError("give exactly one of handler= (per batch) or per_packet=")
-        if on_error not in ("drop", "pass", "stop"):
-            raise ValueError(f"on_error={on_error!r}: use 'drop', 'pass' or 'stop'")
         fn = handler if handler is not None else per_packet
         if not callable(fn):
             raise TypeError("the handler must be callable")
+        # Checked (in Rust) before any port opens; groups and CPUs again against the port.
+        config = EngineConfig(
+            batch=batch,
+            workers=workers if processes is None else None,
+            cpus=cpus,
+            default=int(default),
+            on_error=on_error,
+            idle_wait=idle_wait,
+        )
         self._own_port = isinstance(port, str)
         self._progress = progress
         self._closed = False
@@ -214,19 +221,7 @@ class Pipeline:
         else:
             raise TypeError("port must be an interface name or a kbypass.XdpPort")
         try:
-            n = len(self.port)
-            groups = _groups(workers, n)
-            self._engine = Engine(
-                self.port,
-                fn,
-                per_packet=per_packet is not None,
-                batch=batch,
-                workers=groups,
-                cpus=_cpus(cpus, self.port, groups),
-                default=int(default),
-                on_error=on_error,
-                idle_wait=idle_wait,
-            )
+            self._engine = Engine(self.port, fn, config, per_packet=per_packet is not None)
         except BaseException:
             if self._own_port:
                 self.port.close()
@@ -427,35 +422,6 @@ def _close_all() -> None:
             p.close()
         except Exception as e:  # exiting anyway: report, and close the others
             print(f"kbypass: closing {p!r} at exit: {e}", file=sys.stderr)
-
-
-def _groups(workers: int | Sequence[Sequence[int]] | None, n: int) -> list[list[int]]:
-    if workers is None:
-        return [[i] for i in range(n)]
-    if isinstance(workers, int):
-        if not 1 <= workers <= n:
-            raise ValueError(f"workers={workers}: give 1..{n} (one socket per queue)")
-        return [list(range(w, n, workers)) for w in range(workers)]
-    return [list(g) for g in workers]
-
-
-def _cpus(
-    cpus: Sequence[int | None] | Literal[False] | None, port: XdpPort, groups: list[list[int]]
-) -> list[int | None]:
-    if cpus is False:
-        return [None] * len(groups)
-    if cpus is not None:
-        return list(cpus)
-    from kbypass import cpu
-
-    out: list[int | None] = []
-    for g in groups:
-        try:
-            out.append(cpu.worker_cpu(port.ifname, port.queues[g[0]]))
-        except (OSError, ValueError):
-            # The interface is not visible in this /sys (e.g. another netns): leave unpinned.
-            out.append(None)
-    return out
 
 
 def processor(port: str | XdpPort, **options: Any) -> Callable[[Callable[[Packet], Any]], Pipeline]:

@@ -163,6 +163,10 @@ class Rule:
         """Return the rule in filter syntax."""
         return self._text
 
+    def __kbypass_filter__(self) -> str:
+        """Return the rule's filter text: how ``filter=`` arguments (parsed in Rust) read a Rule."""
+        return self._text
+
     @classmethod
     def _from_core(cls, d: dict[str, Any]) -> Rule:
         proto = d["proto"]
@@ -203,25 +207,6 @@ def parse_filter(text: str) -> list[Rule]:
 FilterSpec = Union[str, Rule, Sequence[Union[str, Rule]], None]
 
 
-def _filter_text(spec: FilterSpec) -> str | None:
-    if spec is None:
-        return None
-    if isinstance(spec, (str, Rule)):
-        return str(spec)
-    if isinstance(spec, Sequence):
-        parts = []
-        for item in spec:
-            if not isinstance(item, (str, Rule)):
-                raise TypeError(f"filter items must be str or Rule, got {type(item).__name__}")
-            parts.append(str(item))
-        if not parts:
-            raise ValueError("the filter list is empty: pass filter=None to redirect every frame")
-        return " or ".join(parts)
-    raise TypeError(
-        f"filter must be a str, a Rule, a list of them, or None; got {type(spec).__name__}"
-    )
-
-
 class XdpProgram:
     """kbypass's XDP program: redirect matching frames to AF_XDP sockets, pass the rest.
 
@@ -239,7 +224,7 @@ class XdpProgram:
     """
 
     def __init__(self, filter: FilterSpec = None, frags: bool = False, queues: int = 64) -> None:
-        self._prog = _core.XdpProgram(_filter_text(filter), frags=frags, queues=queues)
+        self._prog = _core.XdpProgram(filter, frags=frags, queues=queues)
 
     @property
     def id(self) -> int:

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::BufWriter;
 
 use kbypass_core::packet::{edit, parse, pcap, PacketMeta, PACKET_META_FIELDS};
-use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1, PyReadwriteArray2};
+use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1, PyReadwriteArray2};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
@@ -15,6 +15,17 @@ fn packet_meta_fields() -> (Vec<(&'static str, &'static str, usize)>, usize) {
         PACKET_META_FIELDS.to_vec(),
         std::mem::size_of::<PacketMeta>(),
     )
+}
+
+/// The structured dtype of a parsed-header record (`kbypass.packet.META_DTYPE`).
+pub fn meta_dtype(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    py.import("kbypass.packet")?.getattr("META_DTYPE")
+}
+
+/// `n` parsed-header records from their raw bytes (`n * 64`, as the core writes them), as a
+/// structured array of `META_DTYPE`.
+pub fn records(py: Python<'_>, raw: Vec<u8>) -> PyResult<Bound<'_, PyAny>> {
+    PyArray1::from_vec(py, raw).call_method1(pyo3::intern!(py, "view"), (meta_dtype(py)?,))
 }
 
 fn check_lengths(frames: usize, width: usize, lengths: &[u32]) -> PyResult<()> {
