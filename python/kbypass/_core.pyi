@@ -25,6 +25,7 @@ __all__ = [
     "Kept",
     "L4Header",
     "LiveGenerator",
+    "META_DTYPE",
     "Mempool",
     "NetnsEntry",
     "Packet",
@@ -63,7 +64,6 @@ __all__ = [
     "memlock_raises",
     "netns_inode",
     "nic_numa_node",
-    "packet_meta_fields",
     "parse_filter",
     "parse_into",
     "probe_xdp",
@@ -95,7 +95,8 @@ def netns_inode() -> int: ...
 
 # --- packet.rs ---------------------------------------------------------------------------------
 
-def packet_meta_fields() -> tuple[list[tuple[str, str, int]], int]: ...
+META_DTYPE: np.dtype[np.void]
+
 def parse_into(
     frames: npt.NDArray[np.uint8], lengths: npt.NDArray[np.uint32], out: npt.NDArray[np.uint8]
 ) -> None: ...

@@ -4,22 +4,40 @@ use std::fs::File;
 use std::io::BufWriter;
 
 use kbypass_core::packet::{edit, parse, pcap, PacketMeta, PACKET_META_FIELDS};
-use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1, PyReadwriteArray2};
+use numpy::{
+    PyArray1, PyArrayDescr, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1,
+    PyReadwriteArray2,
+};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyDict;
 
-/// (name, numpy type, offset) of each column of the parsed-header record, and its item size.
-#[pyfunction]
-fn packet_meta_fields() -> (Vec<(&'static str, &'static str, usize)>, usize) {
-    (
-        PACKET_META_FIELDS.to_vec(),
-        std::mem::size_of::<PacketMeta>(),
-    )
-}
+/// `META_DTYPE`, built once from the core's field table.
+static META_DTYPE: PyOnceLock<Py<PyArrayDescr>> = PyOnceLock::new();
 
-/// The structured dtype of a parsed-header record (`kbypass.packet.META_DTYPE`).
-pub fn meta_dtype(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    py.import("kbypass.packet")?.getattr("META_DTYPE")
+/// The structured dtype of a parsed-header record (`kbypass.packet.META_DTYPE`): the core's
+/// `PACKET_META_FIELDS` (name, NumPy type, offset) in a 64-byte item.
+pub fn meta_dtype(py: Python<'_>) -> PyResult<&Bound<'_, PyArrayDescr>> {
+    META_DTYPE
+        .get_or_try_init(py, || {
+            let spec = PyDict::new(py);
+            spec.set_item(
+                "names",
+                PACKET_META_FIELDS.iter().map(|f| f.0).collect::<Vec<_>>(),
+            )?;
+            spec.set_item(
+                "formats",
+                PACKET_META_FIELDS.iter().map(|f| f.1).collect::<Vec<_>>(),
+            )?;
+            spec.set_item(
+                "offsets",
+                PACKET_META_FIELDS.iter().map(|f| f.2).collect::<Vec<_>>(),
+            )?;
+            spec.set_item("itemsize", std::mem::size_of::<PacketMeta>())?;
+            PyArrayDescr::new(py, spec).map(Bound::unbind)
+        })
+        .map(|d| d.bind(py))
 }
 
 /// `n` parsed-header records from their raw bytes (`n * 64`, as the core writes them), as a
@@ -284,7 +302,7 @@ impl PcapWriter {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(packet_meta_fields, m)?)?;
+    m.add("META_DTYPE", meta_dtype(m.py())?)?;
     m.add_function(wrap_pyfunction!(parse_into, m)?)?;
     m.add_function(wrap_pyfunction!(edit_frames, m)?)?;
     m.add_function(wrap_pyfunction!(checksums_ok, m)?)?;
