@@ -131,8 +131,8 @@ pub fn rule_text(
     Ok(r.to_string())
 }
 
-/// A loaded XDP program and its XSKMAP.
-#[pyclass(module = "kbypass._core", frozen)]
+/// A loaded XDP program and its XSKMAP (`kbypass.XdpProgram` adds the Pythonic parts).
+#[pyclass(module = "kbypass._core", frozen, subclass)]
 pub struct XdpProgram {
     inner: RwLock<Option<xdp::XdpProgram>>,
     filter: Option<String>,
@@ -249,10 +249,13 @@ impl XdpProgram {
         self.with(|p| p.clear_socket(queue))
     }
 
-    /// Run the program on `frame` (queue 0, a socket present): returns (verdict, ns per run).
+    /// Run the program `repeat` times on `frame` (queue 0, a socket present): returns (the
+    /// XDP action, nanoseconds per run as the kernel measured).
     #[pyo3(signature = (frame, repeat=1))]
-    fn test_run(&self, py: Python<'_>, frame: &[u8], repeat: u32) -> PyResult<(u32, u32)> {
-        let frame = frame.to_vec();
+    fn run(&self, py: Python<'_>, frame: Vec<u8>, repeat: u32) -> PyResult<(u32, u32)> {
+        if repeat == 0 {
+            return Err(PyValueError::new_err("repeat=0 must be 1..2**32-1"));
+        }
         let r = py.detach(|| self.with(|p| p.test_run(&frame, repeat)))?;
         Ok((r.retval, r.duration_ns))
     }
