@@ -16,6 +16,33 @@ use crate::packet::{parse, PacketMeta};
 use crate::sys::xdp::XdpDesc;
 use crate::xsk::Umem;
 
+/// Which frames of a lease a call reaches.
+#[derive(Clone, Copy)]
+enum Pick<'m> {
+    All,
+    /// Those where the mask (one entry per frame) is true.
+    Mask(&'m [bool]),
+    /// Frame `i` alone.
+    One(usize),
+}
+
+impl<'m> From<Option<&'m [bool]>> for Pick<'m> {
+    fn from(mask: Option<&'m [bool]>) -> Self {
+        mask.map_or(Pick::All, Pick::Mask)
+    }
+}
+
+impl Pick<'_> {
+    #[inline]
+    fn picks(self, i: usize) -> bool {
+        match self {
+            Pick::All => true,
+            Pick::Mask(m) => m[i],
+            Pick::One(j) => i == j,
+        }
+    }
+}
+
 /// The lease state (see the [module docs](self)).
 #[derive(Debug)]
 struct Lease {
@@ -107,7 +134,7 @@ impl BatchFrames {
         mask: Option<&[bool]>,
         mut f: impl FnMut(&mut [u8], &PacketMeta) -> bool,
     ) -> Result<usize> {
-        self.each(seq, mask, |frame| {
+        self.each(seq, Pick::from(mask), |frame| {
             let m = parse(frame);
             f(frame, &m)
         })
@@ -121,7 +148,7 @@ impl BatchFrames {
         mask: Option<&[bool]>,
         mut f: impl FnMut(&[u8]) -> bool,
     ) -> Result<usize> {
-        self.each(seq, mask, |frame| f(frame))
+        self.each(seq, Pick::from(mask), |frame| f(frame))
     }
 
     /// Apply `f` to frame `i` of lease `seq` with its parsed headers; false when the frame is
@@ -133,56 +160,45 @@ impl BatchFrames {
         f: impl FnOnce(&mut [u8], &PacketMeta) -> bool,
     ) -> Result<bool> {
         let mut f = Some(f);
-        let mask = |j: usize| j == i;
-        Ok(self.each_where(seq, mask, |frame| {
+        let n = self.each(seq, Pick::One(i), |frame| {
             let m = parse(frame);
             f.take().is_some_and(|f| f(frame, &m))
-        })? > 0)
+        })?;
+        Ok(n > 0)
     }
 
     /// `f` of frame `i`'s bytes in lease `seq` (None when the frame is not there to read).
     pub fn read_one<T>(&self, seq: u64, i: usize, f: impl FnOnce(&[u8]) -> T) -> Result<Option<T>> {
         let mut f = Some(f);
         let mut out = None;
-        self.each_where(
-            seq,
-            |j| j == i,
-            |frame| {
-                out = f.take().map(|f| f(frame));
-                true
-            },
-        )?;
+        self.each(seq, Pick::One(i), |frame| {
+            out = f.take().map(|f| f(frame));
+            true
+        })?;
         Ok(out)
     }
 
+    /// `f` on each picked frame of lease `seq`, under one lock; counts `f`'s trues.
     fn each(
         &self,
         seq: u64,
-        mask: Option<&[bool]>,
-        f: impl FnMut(&mut [u8]) -> bool,
-    ) -> Result<usize> {
-        let n = self.open(seq)?.descs.len();
-        match mask {
-            Some(m) if m.len() != n => Err(Error::invalid(format!(
-                "mask has {} entries for a batch of {n}: pass a boolean array of len(batch)",
-                m.len()
-            ))),
-            Some(m) => self.each_where(seq, |i| m[i], f),
-            None => self.each_where(seq, |_| true, f),
-        }
-    }
-
-    fn each_where(
-        &self,
-        seq: u64,
-        pick: impl Fn(usize) -> bool,
+        pick: Pick<'_>,
         mut f: impl FnMut(&mut [u8]) -> bool,
     ) -> Result<usize> {
         let umem = self.umem()?;
         let l = self.open(seq)?;
+        if let Pick::Mask(m) = pick {
+            if m.len() != l.descs.len() {
+                return Err(Error::invalid(format!(
+                    "mask has {} entries for a batch of {}: pass a boolean array of len(batch)",
+                    m.len(),
+                    l.descs.len()
+                )));
+            }
+        }
         let mut k = 0;
         for (i, d) in l.descs.iter().enumerate() {
-            if !pick(i) {
+            if !pick.picks(i) {
                 continue;
             }
             // SAFETY: the lease is open and we hold its mutex for the whole loop, so the worker
@@ -295,6 +311,9 @@ impl<'c, 'a> Lent<'_, 'c, 'a> {
 
 impl Drop for Lent<'_, '_, '_> {
     fn drop(&mut self) {
-        self.frames.close();
+        // Not ended (an early return, a panic): close the lease now. `end` closed it already.
+        if self.ctx.is_some() {
+            self.frames.close();
+        }
     }
 }

@@ -539,3 +539,87 @@ fn a_failed_send_is_counted_where_it_was_going() {
     assert!(s.tx <= tv && s.forwarded <= fv);
     assert_eq!(s.dropped, s.tx_failed);
 }
+
+/// Lends each batch's frames to another thread, as the binding's batch objects are used: edits
+/// and reads by mask and index while the lease is open, an error after.
+struct Lender {
+    frames: Arc<BatchFrames>,
+    report: Arc<Mutex<Vec<String>>>,
+}
+
+impl BatchHandler for Lender {
+    fn handle(&mut self, ctx: &mut BatchCtx<'_>) -> Result<(), HandlerError> {
+        let mut lent = self.frames.lend(ctx);
+        let (seq, n) = (lent.seq(), lent.len());
+        lent.verdicts().fill(DROP);
+        let frames = Arc::clone(&self.frames);
+        let mut out = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut r = Vec::new();
+                let before = frames
+                    .read_one(seq, 0, |f| f[..6].to_vec())
+                    .unwrap()
+                    .unwrap();
+                let mask: Vec<bool> = (0..n).map(|i| i == 0).collect();
+                let swapped =
+                    frames.edit(seq, Some(&mask), |f, _| crate::packet::edit::swap_macs(f));
+                r.push(format!("swapped {}", swapped.unwrap()));
+                let after = frames
+                    .read_one(seq, 0, |f| f[6..12].to_vec())
+                    .unwrap()
+                    .unwrap();
+                r.push(format!("moved {}", before == after));
+                let bad = frames
+                    .edit(seq, Some(&[true; 1000]), |_, _| true)
+                    .unwrap_err();
+                r.push(format!("bad mask {bad}"));
+                r.push(format!(
+                    "one {}",
+                    frames.edit_one(seq, n - 1, |_, _| true).unwrap()
+                ));
+                r.push(format!("desc {}", frames.desc(seq, 0).unwrap().len));
+                r
+            })
+            .join()
+            .unwrap()
+        });
+        let ctx = lent.end();
+        assert_eq!(ctx.len(), n);
+        let ended = self.frames.read(seq, None, |_| true).unwrap_err();
+        out.push(format!("ended {ended}"));
+        *self.report.lock().unwrap() = out;
+        Ok(())
+    }
+}
+
+#[test]
+fn a_lease_lends_the_batch_frames_by_mask_and_index_until_it_ends() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let (pair, _ns, port) = port(VethOptions::default(), SocketConfig::default());
+    let umem = Arc::clone(port.lock().as_ref().unwrap().umem());
+    let p = Pipeline::new(Arc::clone(&port), PipelineConfig::default()).unwrap();
+    let report = Arc::new(Mutex::new(Vec::new()));
+    let h = Lender {
+        frames: Arc::new(BatchFrames::new(&umem, 64)),
+        report: Arc::clone(&report),
+    };
+    p.start(vec![Box::new(h)], None).unwrap();
+    send(&pair, b"lend-me", 1, || p.stats()[0].snapshot().rx, 1);
+    p.join().unwrap();
+    let r = report.lock().unwrap().clone();
+    assert_eq!(r[0], "swapped 1");
+    assert_eq!(
+        r[1], "moved true",
+        "the destination MAC moved to the source"
+    );
+    assert!(
+        r[2].contains("mask has 1000 entries for a batch of 1"),
+        "{r:?}"
+    );
+    assert_eq!(r[3], "one true");
+    assert_eq!(r[4], "desc 49", "{r:?}");
+    assert!(r[5].contains("this batch ended"), "{r:?}");
+}
