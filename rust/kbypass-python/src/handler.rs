@@ -11,7 +11,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use kbypass_core::engine::{self, BatchCtx, BatchFrames, BatchHandler, HandlerError, Lent};
+use kbypass_core::engine::{
+    self, BatchCtx, BatchFrames, BatchHandler, HandlerError, Lent, PacketVerdict,
+};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 
@@ -219,14 +221,15 @@ impl PyHandler {
         let cb = c.callback.bind(py);
         let pkt = pkt.bind(py);
         let mut lent = self.frames.lend(ctx);
-        for i in 0..lent.len() {
-            pkt.borrow_mut().start(&lent, i);
+        let seq = lent.seq();
+        lent.for_each_packet(|i, meta| {
+            pkt.borrow_mut().start(seq, i, meta);
             let r = cb.call1((pkt,));
             pkt.borrow_mut().end();
-            let v = match r {
-                Ok(v) if v.is_none() => continue,
+            match r {
+                Ok(v) if v.is_none() => PacketVerdict::Default,
                 Ok(v) => match verdict_of(&v) {
-                    Some(x) => Some(x),
+                    Some(x) => PacketVerdict::Set(x),
                     None => {
                         c.errors.report(
                             py,
@@ -236,19 +239,15 @@ impl PyHandler {
                                 v.repr().map(|r| r.to_string()).unwrap_or_default()
                             )),
                         );
-                        None
+                        PacketVerdict::Failed
                     }
                 },
                 Err(e) => {
                     c.errors.report(py, "the per-packet handler raised", e);
-                    None
+                    PacketVerdict::Failed
                 }
-            };
-            match v {
-                Some(x) => lent.verdicts()[i] = x,
-                None => lent.fail_packet(i),
             }
-        }
+        });
         let ctx = lent.end();
         ctx.keep_verdicts();
         let views = pkt.borrow_mut().take_views();

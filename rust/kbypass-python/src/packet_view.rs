@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use kbypass_core::engine::{BatchFrames, Lent};
+use kbypass_core::engine::BatchFrames;
 use kbypass_core::packet::{edit, PacketMeta};
 use numpy::PyArray1;
 use pyo3::exceptions::PyRuntimeError;
@@ -51,11 +51,11 @@ impl PyPacket {
         }
     }
 
-    /// Make this packet `i` of the batch `lent` to the handler.
-    pub fn start(&mut self, lent: &Lent<'_, '_, '_>, i: usize) {
-        self.meta = lent.metas()[i];
+    /// Make this packet `i` (headers `meta`) of the batch lent as lease `seq`.
+    pub fn start(&mut self, seq: u64, i: usize, meta: &PacketMeta) {
+        self.meta = *meta;
         self.index = i;
-        self.seq = lent.seq();
+        self.seq = seq;
         self.valid = true;
     }
 

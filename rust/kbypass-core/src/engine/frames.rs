@@ -221,6 +221,17 @@ impl BatchFrames {
     }
 }
 
+/// What a per-packet handler answered for one packet (see [`Lent::for_each_packet`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketVerdict {
+    /// Nothing: the packet keeps the pipeline's default verdict.
+    Default,
+    /// This verdict (a valid one: see [`super::valid_verdict`]).
+    Set(u8),
+    /// The handler failed on this packet.
+    Failed,
+}
+
 /// A lease on a batch's frames (see [`BatchFrames::lend`]). While it lives the handler reaches
 /// the batch's columns and verdicts through it, not its frames; [`Lent::end`] closes the lease
 /// and gives the [`BatchCtx`] back.
@@ -295,6 +306,21 @@ impl<'c, 'a> Lent<'_, 'c, 'a> {
     /// See [`BatchCtx::fail_packet`].
     pub fn fail_packet(&mut self, i: usize) {
         self.ctx_mut().fail_packet(i)
+    }
+
+    /// Call `f` once per packet, in order, with its index and parsed headers (a per-packet
+    /// handler), and apply what it answers: [`PacketVerdict::Default`] keeps the pre-filled
+    /// verdict, [`PacketVerdict::Set`] sets one, [`PacketVerdict::Failed`] applies the error
+    /// policy ([`BatchCtx::fail_packet`]).
+    pub fn for_each_packet(&mut self, mut f: impl FnMut(usize, &PacketMeta) -> PacketVerdict) {
+        let ctx = self.ctx_mut();
+        for i in 0..ctx.len() {
+            match f(i, &ctx.metas[i]) {
+                PacketVerdict::Default => {}
+                PacketVerdict::Set(v) => ctx.verdicts[i] = v,
+                PacketVerdict::Failed => ctx.fail_packet(i),
+            }
+        }
     }
 
     /// Stop the pipeline after this batch.

@@ -29,7 +29,7 @@ mod kept;
 mod pipeline;
 mod worker;
 
-pub use frames::{BatchFrames, Lent};
+pub use frames::{BatchFrames, Lent, PacketVerdict};
 pub use kept::{Kept, KeptQueue};
 pub use pipeline::{Cpus, Pipeline, PipelineConfig, Workers};
 pub use worker::{

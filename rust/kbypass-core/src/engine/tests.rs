@@ -623,3 +623,55 @@ fn a_lease_lends_the_batch_frames_by_mask_and_index_until_it_ends() {
     assert_eq!(r[4], "desc 49", "{r:?}");
     assert!(r[5].contains("this batch ended"), "{r:?}");
 }
+
+/// A per-packet handler through the lease: fails on every packet (the error policy decides).
+struct FailsEach {
+    frames: Arc<BatchFrames>,
+}
+
+impl BatchHandler for FailsEach {
+    fn handle(&mut self, ctx: &mut BatchCtx<'_>) -> Result<(), HandlerError> {
+        let mut lent = self.frames.lend(ctx);
+        let mut seen = 0;
+        lent.for_each_packet(|i, meta| {
+            assert_eq!((i, meta.dst_port), (seen, 9000));
+            seen += 1;
+            PacketVerdict::Failed
+        });
+        lent.end();
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failed_packet_gets_the_error_policy_per_packet() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    for (on_error, default) in [(OnError::Pass, TX), (OnError::Stop, TX)] {
+        let (pair, _ns, port) = port(VethOptions::default(), SocketConfig::default());
+        let umem = Arc::clone(port.lock().as_ref().unwrap().umem());
+        let cfg = PipelineConfig {
+            on_error,
+            default_verdict: default,
+            ..Default::default()
+        };
+        let p = Pipeline::new(Arc::clone(&port), cfg).unwrap();
+        let h = FailsEach {
+            frames: Arc::new(BatchFrames::new(&umem, 64)),
+        };
+        p.start(vec![Box::new(h)], None).unwrap();
+        send(&pair, b"fail-me", 1, || p.stats()[0].snapshot().rx, 1);
+        let stopped = p.wait_until(Instant::now() + Duration::from_millis(300));
+        p.join().unwrap();
+        let s = p.stats()[0].snapshot();
+        assert_eq!((s.rx, s.handler_errors), (1, 1), "{on_error:?}: {s:?}");
+        match on_error {
+            // "pass": the packet gets the default verdict (TX), the pipeline goes on.
+            OnError::Pass => assert!(!stopped && s.tx == 1 && s.dropped == 0, "{s:?}"),
+            // "stop": the packet is dropped and the pipeline ends by itself.
+            _ => assert!(stopped && s.tx == 0 && s.dropped == 1, "{s:?}"),
+        }
+    }
+}
