@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any, Literal, Union
 
 from kbypass import _core
-from kbypass.xdp import FilterSpec, _filter_text
+from kbypass.xdp import FilterSpec
 
 __all__ = ["capture"]
 
@@ -106,7 +106,7 @@ def capture(
     summary = _core.capture(
         ifname,
         queues=queues,
-        filter=_filter_text(filter),
+        filter=filter,
         count=count,
         duration=None if duration is None else float(duration),
         write=path,

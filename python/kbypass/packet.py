@@ -75,21 +75,11 @@ EDIT_FIX_IPV4_CHECKSUM = 8
 EDIT_FIX_L4_CHECKSUM = 16
 
 
-def _meta_dtype() -> np.dtype[np.void]:
-    fields, itemsize = _core.packet_meta_fields()
-    return np.dtype(
-        {
-            "names": [f[0] for f in fields],
-            "formats": [f[1] for f in fields],
-            "offsets": [f[2] for f in fields],
-            "itemsize": itemsize,
-        }
-    )
-
-
-META_DTYPE: np.dtype[np.void] = _meta_dtype()
+META_DTYPE: np.dtype[np.void] = _core.META_DTYPE
 """Structured dtype of a parsed-header record (64 bytes, integers only, host byte order;
-``src_ip6``/``dst_ip6`` are raw network-order bytes, ``src_ip4``/``dst_ip4`` host-order ints)."""
+``src_ip6``/``dst_ip6`` are raw network-order bytes, ``src_ip4``/``dst_ip4`` host-order ints).
+Built once by the extension from the Rust parser's field table; the same object types
+``Batch.headers`` and ``RxBatch.headers()``."""
 
 
 def _rows(

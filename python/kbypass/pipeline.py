@@ -53,10 +53,13 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from kbypass import _core
-from kbypass._core import Batch, Engine, Kept, Packet, XdpPort
+from kbypass._core import Batch, Engine, EngineConfig, Kept, Packet, XdpPort
+
+if TYPE_CHECKING:
+    from kbypass._processes import ProcessGroup
 
 __all__ = [
     "DROP",
@@ -84,6 +87,28 @@ FORWARD = Action.FORWARD
 KEEP = Action.KEEP
 
 OnError = Literal["drop", "pass", "stop"]
+
+
+class _Workers(Protocol):
+    """What a :class:`Pipeline` drives: an ``Engine`` (threads) or a ``ProcessGroup``."""
+
+    @property
+    def running(self) -> bool: ...
+    @property
+    def held(self) -> int: ...
+    @property
+    def elapsed(self) -> float: ...
+    @property
+    def last_error(self) -> str | None: ...
+    @property
+    def workers(self) -> list[list[int]]: ...
+    def start(self, packets: int | None = None) -> None: ...
+    def stop(self) -> dict[str, Any] | None: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+    def stats(self) -> list[dict[str, Any]]: ...
+    def kept(self) -> list[Kept]: ...
+    def check_accounting(self) -> dict[str, Any]: ...
+
 
 _TOTAL_KEYS = (
     "rx",
@@ -143,7 +168,7 @@ class Pipeline:
         handler: Callable[[Batch], Any] | None = None,
         *,
         per_packet: Callable[[Packet], Any] | None = None,
-        queues: str | Sequence[int] = "all",
+        queues: Literal["all"] | Sequence[int] = "all",
         batch: int = 64,
         workers: int | Sequence[Sequence[int]] | None = None,
         cpus: Sequence[int | None] | Literal[False] | None = None,
@@ -160,18 +185,29 @@ class Pipeline:
     ) -> None:
         if (handler is None) == (per_packet is None):
             raise TypeError("give exactly one of handler= (per batch) or per_packet=")
-        if on_error not in ("drop", "pass", "stop"):
-            raise ValueError(f"on_error={on_error!r}: use 'drop', 'pass' or 'stop'")
         fn = handler if handler is not None else per_packet
         if not callable(fn):
             raise TypeError("the handler must be callable")
+        # Checked (in Rust) before any port opens; groups and CPUs again against the port.
+        config = EngineConfig(
+            batch=batch,
+            workers=workers if processes is None else None,
+            cpus=cpus,
+            default=int(default),
+            on_error=on_error,
+            idle_wait=idle_wait,
+        )
         self._own_port = isinstance(port, str)
         self._progress = progress
         self._closed = False
+        self.port: XdpPort | ProcessGroup
+        self._engine: _Workers
         if processes is not None:
             if not isinstance(port, str):
                 raise TypeError("processes= needs an interface name: each process opens its queue")
-            group = _ProcessGroup(
+            from kbypass._processes import ProcessGroup  # json, signal: only when used
+
+            group = ProcessGroup(
                 port,
                 fn,
                 per_packet is not None,
@@ -190,15 +226,14 @@ class Pipeline:
                     idle_wait=idle_wait,
                 ),
             )
-            self.port: Any = group
-            self._engine: Any = group
+            self.port = group
+            self._engine = group
             _LIVE.add(self)
             return
         if isinstance(port, str):
-            q: Any = queues if queues == "all" else list(queues)
             self.port = XdpPort(
                 port,
-                queues=q,
+                queues=queues if isinstance(queues, str) else list(queues),
                 mode=mode,
                 filter=filter,
                 frames=frames,
@@ -214,19 +249,7 @@ class Pipeline:
         else:
             raise TypeError("port must be an interface name or a kbypass.XdpPort")
         try:
-            n = len(self.port)
-            groups = _groups(workers, n)
-            self._engine = Engine(
-                self.port,
-                fn,
-                per_packet=per_packet is not None,
-                batch=batch,
-                workers=groups,
-                cpus=_cpus(cpus, self.port, groups),
-                default=int(default),
-                on_error=on_error,
-                idle_wait=idle_wait,
-            )
+            self._engine = Engine(self.port, fn, config, per_packet=per_packet is not None)
         except BaseException:
             if self._own_port:
                 self.port.close()
@@ -346,7 +369,7 @@ class Pipeline:
         ws = self.stats()
         t: dict[str, Any] = {k: sum(int(w[k]) for w in ws) for k in _TOTAL_KEYS}
         t["pps"] = sum(float(w["pps"]) for w in ws)
-        t["held"] = int(getattr(self._engine, "held", 0))
+        t["held"] = int(self._engine.held)
         t["elapsed"] = float(self._engine.elapsed)
         t["last_error"] = self._engine.last_error
         return t
@@ -429,35 +452,6 @@ def _close_all() -> None:
             print(f"kbypass: closing {p!r} at exit: {e}", file=sys.stderr)
 
 
-def _groups(workers: int | Sequence[Sequence[int]] | None, n: int) -> list[list[int]]:
-    if workers is None:
-        return [[i] for i in range(n)]
-    if isinstance(workers, int):
-        if not 1 <= workers <= n:
-            raise ValueError(f"workers={workers}: give 1..{n} (one socket per queue)")
-        return [list(range(w, n, workers)) for w in range(workers)]
-    return [list(g) for g in workers]
-
-
-def _cpus(
-    cpus: Sequence[int | None] | Literal[False] | None, port: XdpPort, groups: list[list[int]]
-) -> list[int | None]:
-    if cpus is False:
-        return [None] * len(groups)
-    if cpus is not None:
-        return list(cpus)
-    from kbypass import cpu
-
-    out: list[int | None] = []
-    for g in groups:
-        try:
-            out.append(cpu.worker_cpu(port.ifname, port.queues[g[0]]))
-        except (OSError, ValueError):
-            # The interface is not visible in this /sys (e.g. another netns): leave unpinned.
-            out.append(None)
-    return out
-
-
 def processor(port: str | XdpPort, **options: Any) -> Callable[[Callable[[Packet], Any]], Pipeline]:
     """Turn a per-packet function into a :class:`Pipeline` (not started).
 
@@ -473,252 +467,3 @@ def processor(port: str | XdpPort, **options: Any) -> Callable[[Callable[[Packet
         return Pipeline(port, per_packet=fn, **options)
 
     return wrap
-
-
-class _ProcessGroup:
-    """``Pipeline(processes=N)``: one worker process per queue, for builds with a GIL.
-
-    The parent loads and attaches the XDP program (it owns the program, its XSKMAP and the
-    bpf_link). It then forks one child per queue *at construction*, so the children inherit
-    the map's fd and the caller's network namespace, and the handler without pickling. Each
-    child opens its own UMEM and socket for its queue (``XdpPort(program=False)``), puts the
-    socket into the inherited XSKMAP, and runs an ordinary one-worker Pipeline. Parent and
-    children talk over pipes, one JSON line per command (start / stats / stop / exit). If the
-    parent dies the bpf_link detaches the program and the children read EOF and exit.
-    """
-
-    def __init__(
-        self,
-        ifname: str,
-        fn: Callable[..., Any],
-        per_packet: bool,
-        queues: str | Sequence[int],
-        processes: int,
-        filter: Any,
-        xdp_mode: str,
-        opts: dict[str, Any],
-    ) -> None:
-        import os
-
-        from kbypass.xdp import XdpProgram
-
-        if queues == "all":
-            probe = XdpPort(ifname, queues="all", program=False, frames=256, ring_size=64)
-            qs = list(probe.queues)
-            probe.close()
-        else:
-            qs = [int(x) for x in queues]
-        if processes != len(qs):
-            raise ValueError(
-                f"processes={processes} but {len(qs)} queue(s) {qs}: one process per queue"
-            )
-        cpus = opts.pop("cpus")
-        if cpus not in (None, False) and len(cpus) != len(qs):
-            raise ValueError("cpus needs one entry per process")
-        self.ifname = ifname
-        self.queues = qs
-        self.workers = [[i] for i in range(len(qs))]
-        self.last_error: str | None = None
-        self._final: list[dict[str, Any]] = []
-        self._acc: dict[str, Any] = {}
-        self._running = False
-        self._t0 = 0.0
-        self._elapsed = 0.0
-        self._prog = XdpProgram(filter, queues=max(qs) + 1)
-        self._children: list[tuple[int, Any, Any]] = []
-        self._link: Any = None
-        try:
-            self._link = self._prog._prog.attach(ifname, mode=xdp_mode)
-            for i, q in enumerate(qs):
-                cpu = None if cpus in (None, False) else [cpus[i]]
-                self._children.append(self._fork(ifname, q, fn, per_packet, opts, cpu, os))
-            for c in self._children:
-                self._expect(c, "ready")
-        except BaseException:
-            self.close()
-            raise
-
-    def _fork(
-        self,
-        ifname: str,
-        q: int,
-        fn: Callable[..., Any],
-        per_packet: bool,
-        opts: dict[str, Any],
-        cpu: list[int] | None,
-        os: Any,
-    ) -> tuple[int, Any, Any]:
-        import json
-        import signal
-
-        down_r, down_w = os.pipe()
-        up_r, up_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child
-            code = 0
-            try:
-                os.close(down_w)
-                os.close(up_r)
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
-                cmd = os.fdopen(down_r, "r")
-                out = os.fdopen(up_w, "w")
-                port = XdpPort(
-                    ifname,
-                    queues=[q],
-                    program=False,
-                    mode=opts["mode"],
-                    frames=opts["frames"],
-                    frame_size=opts["frame_size"],
-                )
-                self._prog.set_socket(q, port.sockets[0].fileno())
-                kw = {k: opts[k] for k in ("batch", "on_error", "default", "idle_wait")}
-                p = (
-                    Pipeline(port, per_packet=fn, cpus=cpu or False, **kw)
-                    if per_packet
-                    else Pipeline(port, fn, cpus=cpu or False, **kw)
-                )
-                out.write(json.dumps("ready") + "\n")
-                out.flush()
-                for line in cmd:
-                    op, _, arg = line.strip().partition(" ")
-                    if op == "start":
-                        p.start(int(arg) if arg else None)
-                        reply: Any = "ok"
-                    elif op == "stats":
-                        reply = {"stats": p.stats(), "done": p.wait(0), "err": p.last_error}
-                    elif op == "stop":
-                        reply = {"acc": p.stop(), "stats": p.stats(), "err": p.last_error}
-                    else:
-                        break
-                    out.write(json.dumps(reply) + "\n")
-                    out.flush()
-                p.close()
-                port.close()
-            except BaseException:
-                _traceback_print()
-                code = 1
-            finally:
-                os._exit(code)
-        os.close(down_r)
-        os.close(up_w)
-        return pid, os.fdopen(down_w, "w"), os.fdopen(up_r, "r")
-
-    @staticmethod
-    def _ask(child: tuple[int, Any, Any], cmd: str) -> Any:
-        import json
-
-        _, w, r = child
-        w.write(cmd + "\n")
-        w.flush()
-        line = r.readline()
-        if not line:
-            raise RuntimeError(f"worker process {child[0]} exited (see its traceback above)")
-        return json.loads(line)
-
-    @staticmethod
-    def _expect(child: tuple[int, Any, Any], what: str) -> None:
-        import json
-
-        line = child[2].readline()
-        if not line or json.loads(line) != what:
-            raise RuntimeError(
-                f"worker process {child[0]} failed to start (see its traceback above)"
-            )
-
-    def start(self, packets: int | None = None) -> None:
-        if self._running:
-            raise RuntimeError("the pipeline is already running: stop() it first")
-        self._limit = packets
-        for c in self._children:
-            self._ask(c, "start")
-        self._running = True
-        self._t0 = time.monotonic()
-
-    def stats(self) -> list[dict[str, Any]]:
-        if not self._running:
-            return self._final
-        out = []
-        for i, c in enumerate(self._children):
-            rep = self._ask(c, "stats")
-            w = dict(rep["stats"][0], worker=i)
-            out.append(w)
-            self.last_error = rep["err"] or self.last_error
-        return out
-
-    def wait(self, timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._running:
-            ws = self.stats()
-            if self._limit is not None and sum(int(w["rx"]) for w in ws) >= self._limit:
-                return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.02)
-        return True
-
-    @property
-    def running(self) -> bool:
-        return self._running
-
-    def stop(self) -> dict[str, Any]:
-        if self._running:
-            final, accs = [], []
-            for i, c in enumerate(self._children):
-                rep = self._ask(c, "stop")
-                final.append(dict(rep["stats"][0], worker=i))
-                accs.append(rep["acc"])
-                self.last_error = rep["err"] or self.last_error
-            self._final = final
-            self._elapsed = time.monotonic() - self._t0
-            self._running = False
-            keys = ("free", "rx_side", "app", "tx_side", "total")
-            self._acc = {k: sum(int(a[k]) for a in accs) for k in keys}
-            self._acc["balanced"] = all(a["balanced"] for a in accs)
-        return dict(self._acc)
-
-    def check_accounting(self) -> dict[str, Any]:
-        if self._running:
-            raise RuntimeError("the worker processes are running: stop() first")
-        return dict(self._acc)
-
-    def kept(self) -> list[Kept]:
-        raise RuntimeError(
-            "kept frames live in the worker processes: with processes=, release them in the "
-            "handler's own process (or use threads)"
-        )
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self._t0 if self._running else self._elapsed
-
-    def __len__(self) -> int:
-        return len(self.queues)
-
-    def close(self) -> None:
-        import os
-
-        children, self._children = getattr(self, "_children", []), []
-        for pid, w, r in children:
-            try:
-                w.write("exit\n")
-                w.flush()
-            except OSError:
-                pass
-            for f in (w, r):
-                try:
-                    f.close()
-                except OSError:
-                    pass
-            os.waitpid(pid, 0)
-        link = getattr(self, "_link", None)
-        if link is not None:
-            link.detach()
-            self._link = None
-        self._prog.close()
-
-
-def _traceback_print() -> None:
-    """Print the active exception (in a worker process, before it exits)."""
-    import traceback
-
-    traceback.print_exc()

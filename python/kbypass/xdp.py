@@ -163,6 +163,10 @@ class Rule:
         """Return the rule in filter syntax."""
         return self._text
 
+    def __kbypass_filter__(self) -> str:
+        """Return the rule's filter text: how ``filter=`` arguments (parsed in Rust) read a Rule."""
+        return self._text
+
     @classmethod
     def _from_core(cls, d: dict[str, Any]) -> Rule:
         proto = d["proto"]
@@ -203,26 +207,7 @@ def parse_filter(text: str) -> list[Rule]:
 FilterSpec = Union[str, Rule, Sequence[Union[str, Rule]], None]
 
 
-def _filter_text(spec: FilterSpec) -> str | None:
-    if spec is None:
-        return None
-    if isinstance(spec, (str, Rule)):
-        return str(spec)
-    if isinstance(spec, Sequence):
-        parts = []
-        for item in spec:
-            if not isinstance(item, (str, Rule)):
-                raise TypeError(f"filter items must be str or Rule, got {type(item).__name__}")
-            parts.append(str(item))
-        if not parts:
-            raise ValueError("the filter list is empty: pass filter=None to redirect every frame")
-        return " or ".join(parts)
-    raise TypeError(
-        f"filter must be a str, a Rule, a list of them, or None; got {type(spec).__name__}"
-    )
-
-
-class XdpProgram:
+class XdpProgram(_core.XdpProgram):
     """kbypass's XDP program: redirect matching frames to AF_XDP sockets, pass the rest.
 
     Example::
@@ -236,63 +221,19 @@ class XdpProgram:
     frame. ``frags=True`` loads the multi-buffer capable variant (for sockets bound with
     XDP_USE_SG and MTUs above a page). ``queues`` is the number of XSKMAP slots. Needs
     CAP_BPF and CAP_NET_ADMIN (root): otherwise ``PermissionError``.
+
+    The program itself is the extension's (``id``, ``name``, ``tag``, ``filter``, ``frags``,
+    ``queues``, ``insn_count``, ``map_fd``, ``set_socket``, ``clear_socket``, ``attach``,
+    ``close``); this class adds the rules as :class:`Rule` objects and test runs that answer
+    with a :class:`Verdict`. ``attach`` does not replace a program that is not kbypass's, or
+    one another kbypass process holds, unless ``force=True`` (``FileExistsError`` /
+    ``OSError(EBUSY)`` naming it).
     """
-
-    def __init__(self, filter: FilterSpec = None, frags: bool = False, queues: int = 64) -> None:
-        self._prog = _core.XdpProgram(_filter_text(filter), frags=frags, queues=queues)
-
-    @property
-    def id(self) -> int:
-        """Kernel program id."""
-        return self._prog.id
-
-    @property
-    def name(self) -> str:
-        """Program name (kbypass programs start with ``kbypass``)."""
-        return self._prog.name
-
-    @property
-    def tag(self) -> str:
-        """Kernel tag (hash of the instructions)."""
-        return self._prog.tag
-
-    @property
-    def filter(self) -> str | None:
-        """Canonical filter text, or None when every frame is redirected."""
-        return self._prog.filter
 
     @property
     def rules(self) -> list[Rule]:
         """The rules, parsed back from the canonical filter."""
-        return [] if self._prog.filter is None else parse_filter(self._prog.filter)
-
-    @property
-    def frags(self) -> bool:
-        """Whether the multi-buffer capable variant was loaded."""
-        return self._prog.frags
-
-    @property
-    def queues(self) -> int:
-        """XSKMAP slots."""
-        return self._prog.queues
-
-    @property
-    def insn_count(self) -> int:
-        """Number of BPF instructions."""
-        return self._prog.insn_count
-
-    @property
-    def map_fd(self) -> int:
-        """File descriptor of the XSKMAP."""
-        return self._prog.map_fd
-
-    def set_socket(self, queue: int, fd: int) -> None:
-        """Route RX queue ``queue`` to the AF_XDP socket with file descriptor ``fd``."""
-        self._prog.set_socket(queue, fd)
-
-    def clear_socket(self, queue: int) -> None:
-        """Give the frames of ``queue`` back to the kernel."""
-        self._prog.clear_socket(queue)
+        return [] if self.filter is None else parse_filter(self.filter)
 
     def test_run(self, frame: bytes, repeat: int = 1) -> Verdict:
         """Run the program on ``frame`` as if a socket were bound on queue 0.
@@ -300,51 +241,25 @@ class XdpProgram:
         ``Verdict.REDIRECT`` means the frame would reach the socket, ``Verdict.PASS`` the
         kernel. Attached interfaces are not affected (a private copy of the program runs).
         """
-        if not isinstance(frame, (bytes, bytearray, memoryview)):
-            raise TypeError(f"frame must be bytes, got {type(frame).__name__}")
-        if isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat < 2**32:
-            raise ValueError(f"repeat={repeat!r} must be 1..2**32-1")
-        verdict, _ns = self._prog.test_run(bytes(frame), repeat)
+        verdict, _ns = self.run(_frame(frame), _repeat(repeat))
         return Verdict(verdict)
 
     def run_time_ns(self, frame: bytes, repeat: int = 100_000) -> float:
         """Return the kernel-measured average time of one run of the program on ``frame`` (ns)."""
-        if not isinstance(frame, (bytes, bytearray, memoryview)):
-            raise TypeError(f"frame must be bytes, got {type(frame).__name__}")
-        if isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat < 2**32:
-            raise ValueError(f"repeat={repeat!r} must be 1..2**32-1")
-        _verdict, ns = self._prog.test_run(bytes(frame), repeat)
+        _verdict, ns = self.run(_frame(frame), _repeat(repeat))
         return float(ns)
 
-    def attach(self, ifname: str, mode: str = "auto", force: bool = False) -> XdpAttachment:
-        """Attach to ``ifname`` (``mode``: "native", "generic" or "auto").
 
-        Returns an :class:`XdpAttachment` (a context manager; ``.mode`` says what was got).
-        A program that is not kbypass's, or one another kbypass process holds, is not
-        replaced unless ``force=True`` (``FileExistsError`` / ``OSError(EBUSY)`` naming it).
-        """
-        return self._prog.attach(ifname, mode, force)
+def _frame(frame: object) -> bytes:
+    if not isinstance(frame, (bytes, bytearray, memoryview)):
+        raise TypeError(f"frame must be bytes, got {type(frame).__name__}")
+    return bytes(frame)
 
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self._prog.closed
 
-    def close(self) -> None:
-        """Release the program and map fds (attachments keep working until detached)."""
-        self._prog.close()
-
-    def __enter__(self) -> XdpProgram:
-        """Use as a context manager: closes on exit."""
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        """Close the program."""
-        self.close()
-
-    def __repr__(self) -> str:
-        """Short description with id, name and filter."""
-        return repr(self._prog)
+def _repeat(repeat: object) -> int:
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or not 1 <= repeat < 2**32:
+        raise ValueError(f"repeat={repeat!r} must be 1..2**32-1")
+    return repeat
 
 
 def probe_xdp() -> dict[str, Any]:

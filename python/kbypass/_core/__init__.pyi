@@ -10,7 +10,7 @@ from typing import Any, Literal, final
 
 import numpy as np
 import numpy.typing as npt
-from typing_extensions import Buffer
+from typing_extensions import Buffer, Self, disjoint_base
 
 from . import rdma as rdma
 
@@ -23,12 +23,14 @@ __all__ = [
     "Batch",
     "DropCounter",
     "Engine",
+    "EngineConfig",
     "EthHeader",
     "HugeRegion",
     "IpHeader",
     "Kept",
     "L4Header",
     "LiveGenerator",
+    "META_DTYPE",
     "Mempool",
     "NetnsEntry",
     "Packet",
@@ -54,7 +56,6 @@ __all__ = [
     "memlock_raises",
     "netns_inode",
     "nic_numa_node",
-    "packet_meta_fields",
     "parse_filter",
     "parse_into",
     "probe_xdp",
@@ -69,7 +70,7 @@ __all__ = [
 
 __version__: str
 
-# --- netns.rs -------------------------------------------------------------------------------
+# --- netns.rs ----------------------------------------------------------------------------------
 
 @final
 class NetnsEntry:
@@ -82,9 +83,10 @@ class NetnsEntry:
 
 def netns_inode() -> int: ...
 
-# --- packet.rs ------------------------------------------------------------------------------
+# --- packet.rs ---------------------------------------------------------------------------------
 
-def packet_meta_fields() -> tuple[list[tuple[str, str, int]], int]: ...
+META_DTYPE: np.dtype[np.void]
+
 def parse_into(
     frames: npt.NDArray[np.uint8], lengths: npt.NDArray[np.uint32], out: npt.NDArray[np.uint8]
 ) -> None: ...
@@ -124,11 +126,7 @@ class PcapWriter:
         tb: TracebackType | None,
     ) -> None: ...
 
-# --- mem.rs ---------------------------------------------------------------------------------
-
-@final
-class _RegionMemory:
-    """Keeps a region mapped while a NumPy view uses it (the array's ``base``)."""
+# --- mem.rs ------------------------------------------------------------------------------------
 
 @final
 class HugeRegion:
@@ -193,7 +191,7 @@ def memlock_raises() -> list[dict[str, int | None]]:
     None for unlimited).
     """
 
-# --- cpu.rs ---------------------------------------------------------------------------------
+# --- cpu.rs ------------------------------------------------------------------------------------
 
 def cpu_topology() -> dict[str, Any]: ...
 def cpu_allowed() -> list[int]: ...
@@ -202,7 +200,7 @@ def nic_numa_node(ifname: str) -> int | None: ...
 def queue_irqs(ifname: str) -> list[dict[str, Any]]: ...
 def worker_cpu(ifname: str, queue: int = 0) -> int: ...
 
-# --- mempool.rs -----------------------------------------------------------------------------
+# --- mempool.rs --------------------------------------------------------------------------------
 
 @final
 class Mempool:
@@ -250,7 +248,11 @@ class Mempool:
     def __exit__(self, *_args: object) -> bool: ...
     def __len__(self) -> int: ...
 
-# --- xdp (rust/kbypass-python/src/xdp.rs) ---
+# --- xdp.rs ------------------------------------------------------------------------------------
+
+# A filter= argument: filter text, a kbypass.Rule (anything with __kbypass_filter__), a list
+# of them, or None; read by the one normaliser in xdp.rs.
+_Filter = str | object | Sequence[str | object] | None
 
 def parse_filter(text: str) -> list[dict[str, Any]]: ...
 def rule_text(
@@ -267,11 +269,11 @@ def rule_text(
 def xdp_query(ifname: str) -> list[dict[str, Any]]: ...
 def probe_xdp() -> dict[str, Any]: ...
 
-@final
+@disjoint_base
 class XdpProgram:
-    def __new__(
-        cls, filter: str | None = None, frags: bool = False, queues: int = 64
-    ) -> XdpProgram: ...
+    """A loaded XDP program and its XSKMAP (``kbypass.XdpProgram`` adds the Pythonic parts)."""
+
+    def __new__(cls, filter: _Filter = None, frags: bool = False, queues: int = 64) -> Self: ...
     @property
     def id(self) -> int: ...
     @property
@@ -292,12 +294,12 @@ class XdpProgram:
     def map_fd(self) -> int: ...
     def set_socket(self, queue: int, fd: int) -> None: ...
     def clear_socket(self, queue: int) -> None: ...
-    def test_run(self, frame: bytes, repeat: int = 1) -> tuple[int, int]: ...
+    def run(self, frame: bytes, repeat: int = 1) -> tuple[int, int]: ...
     def attach(self, ifname: str, mode: str = "auto", force: bool = False) -> XdpAttachment: ...
     @property
     def closed(self) -> bool: ...
     def close(self) -> None: ...
-    def __enter__(self) -> XdpProgram: ...
+    def __enter__(self) -> Self: ...
     def __exit__(self, *_args: object) -> bool: ...
 
 @final
@@ -320,7 +322,7 @@ class XdpAttachment:
     def __enter__(self) -> XdpAttachment: ...
     def __exit__(self, *_args: object) -> bool: ...
 
-# --- traffic.rs -----------------------------------------------------------------------------
+# --- traffic.rs --------------------------------------------------------------------------------
 
 @final
 class LiveGenerator:
@@ -399,6 +401,8 @@ class DropCounter:
     def __enter__(self) -> DropCounter: ...
     def __exit__(self, *_args: object) -> bool: ...
 
+# --- kernel.rs ---------------------------------------------------------------------------------
+
 def udp_send(
     src_ip: str,
     dst_ip: str,
@@ -431,7 +435,7 @@ def af_packet_recv(
     cpu: int | None = None,
 ) -> dict[str, Any]: ...
 
-# --- ring.rs ---------------------------------------------------------------------------------
+# --- ring.rs -----------------------------------------------------------------------------------
 
 @final
 class Ring:
@@ -511,9 +515,47 @@ class Ring:
         *_args: type[BaseException] | BaseException | TracebackType | None,
     ) -> bool: ...
 
-# --- xsk.rs ---------------------------------------------------------------------------------
+# --- port.rs -----------------------------------------------------------------------------------
 
-_Filter = str | Sequence[object] | None
+@final
+class XdpPort:
+    """One AF_XDP socket per queue of an interface, sharing one UMEM and one XDP program."""
+
+    def __new__(
+        cls,
+        ifname: str,
+        queues: Literal["all"] | Sequence[int] | None = None,
+        mode: Literal["auto", "copy", "zerocopy"] | str = "auto",
+        filter: _Filter = None,
+        frames: int | None = None,
+        frame_size: int = 2048,
+        hugepages: Literal["auto", "require", "never", "1g", "2m", "thp", "4k"] | str = "auto",
+        busy_poll: bool = False,
+        *,
+        xdp_mode: Literal["auto", "native", "generic"] | str = "auto",
+        force: bool = False,
+        need_wakeup: bool = True,
+        multi_buffer: bool = False,
+        ring_size: int = 2048,
+        headroom: int = 0,
+        program: bool = True,
+    ) -> XdpPort: ...
+    @property
+    def sockets(self) -> list[XdpSocket]: ...
+    @property
+    def queues(self) -> list[int]: ...
+    @property
+    def xdp_mode(self) -> str: ...
+    @property
+    def ifname(self) -> str: ...
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None: ...
+    def __len__(self) -> int: ...
+    def __enter__(self) -> XdpPort: ...
+    def __exit__(self, *_args: object) -> bool: ...
+
+# --- xsk.rs ------------------------------------------------------------------------------------
 
 @final
 class XdpSocket:
@@ -585,43 +627,7 @@ class XdpSocket:
     def __enter__(self) -> XdpSocket: ...
     def __exit__(self, *_args: object) -> bool: ...
 
-@final
-class XdpPort:
-    """One AF_XDP socket per queue of an interface, sharing one UMEM and one XDP program."""
-
-    def __new__(
-        cls,
-        ifname: str,
-        queues: Literal["all"] | Sequence[int] | None = None,
-        mode: Literal["auto", "copy", "zerocopy"] | str = "auto",
-        filter: _Filter = None,
-        frames: int | None = None,
-        frame_size: int = 2048,
-        hugepages: Literal["auto", "require", "never", "1g", "2m", "thp", "4k"] | str = "auto",
-        busy_poll: bool = False,
-        *,
-        xdp_mode: Literal["auto", "native", "generic"] | str = "auto",
-        force: bool = False,
-        need_wakeup: bool = True,
-        multi_buffer: bool = False,
-        ring_size: int = 2048,
-        headroom: int = 0,
-        program: bool = True,
-    ) -> XdpPort: ...
-    @property
-    def sockets(self) -> list[XdpSocket]: ...
-    @property
-    def queues(self) -> list[int]: ...
-    @property
-    def xdp_mode(self) -> str: ...
-    @property
-    def ifname(self) -> str: ...
-    @property
-    def closed(self) -> bool: ...
-    def close(self) -> None: ...
-    def __len__(self) -> int: ...
-    def __enter__(self) -> XdpPort: ...
-    def __exit__(self, *_args: object) -> bool: ...
+# --- held.rs -----------------------------------------------------------------------------------
 
 @final
 class RxBatch:
@@ -644,18 +650,32 @@ class RxBatch:
     def __enter__(self) -> RxBatch: ...
     def __exit__(self, *_args: object) -> bool: ...
 
-# --- views.rs -------------------------------------------------------------------------------
+@final
+class Kept:
+    """Frames a handler kept (KEEP verdict), held until ``release()`` and their views are gone."""
+
+    def __len__(self) -> int: ...
+    @property
+    def frames(self) -> list[npt.NDArray[np.uint8]]: ...
+    @property
+    def lengths(self) -> npt.NDArray[np.uint32]: ...
+    @property
+    def released(self) -> bool: ...
+    def release(self) -> int: ...
+    def __enter__(self) -> Kept: ...
+    def __exit__(self, *_args: object) -> bool: ...
+
+# --- views.rs ----------------------------------------------------------------------------------
+
+@final
+class _RegionMemory:
+    """Keeps a region mapped while a NumPy view uses it (the array's ``base``)."""
 
 @final
 class _FrameView:
     """The base of NumPy views of one UMEM frame: keeps it mapped and, once armed, held."""
 
-# --- engine (rust/kbypass-python/src/engine.rs) ---------------------------------------------
-
-DROP: int
-TX: int
-FORWARD: int
-KEEP: int
+# --- batch.rs ----------------------------------------------------------------------------------
 
 @final
 class Batch:
@@ -707,6 +727,8 @@ class UmemWindow:
     @property
     def shape(self) -> tuple[int, int]: ...
     def __len__(self) -> int: ...
+
+# --- packet_view.rs ----------------------------------------------------------------------------
 
 @final
 class EthHeader:
@@ -776,20 +798,27 @@ class Packet:
     def swap_ports(self) -> bool: ...
     def fix_checksums(self) -> bool: ...
 
-@final
-class Kept:
-    """Frames a handler kept (KEEP verdict), held until ``release()`` and their views are gone."""
+# --- engine.rs ---------------------------------------------------------------------------------
 
-    def __len__(self) -> int: ...
-    @property
-    def frames(self) -> list[npt.NDArray[np.uint8]]: ...
-    @property
-    def lengths(self) -> npt.NDArray[np.uint32]: ...
-    @property
-    def released(self) -> bool: ...
-    def release(self) -> int: ...
-    def __enter__(self) -> Kept: ...
-    def __exit__(self, *_args: object) -> bool: ...
+DROP: int
+TX: int
+FORWARD: int
+KEEP: int
+
+@final
+class EngineConfig:
+    """How the workers of an ``Engine`` run, checked once, before any port is opened."""
+
+    def __new__(
+        cls,
+        *,
+        batch: int = 64,
+        workers: int | Sequence[Sequence[int]] | None = None,
+        cpus: Sequence[int | None] | Literal[False] | None = None,
+        default: int | None = None,
+        on_error: Literal["drop", "pass", "stop"] | str = "drop",
+        idle_wait: float = 0.001,
+    ) -> EngineConfig: ...
 
 @final
 class Engine:
@@ -799,14 +828,9 @@ class Engine:
         cls,
         port: XdpPort,
         handler: Callable[..., Any],
+        config: EngineConfig | None = None,
         *,
         per_packet: bool = False,
-        batch: int = 64,
-        workers: Sequence[Sequence[int]] | None = None,
-        cpus: Sequence[int | None] | None = None,
-        default: int | None = None,
-        on_error: str = "drop",
-        idle_wait: float = 0.001,
     ) -> Engine: ...
     def start(self, packets: int | None = None) -> None: ...
     def wait(self, timeout: float | None = None) -> bool: ...
@@ -827,13 +851,13 @@ class Engine:
 
 def _stop_all_engines() -> int: ...
 
-# --- capture.rs -----------------------------------------------------------------------------
+# --- capture.rs --------------------------------------------------------------------------------
 
 def capture(
     ifname: str,
     *,
     queues: int | Sequence[int] | str | None = None,
-    filter: str | None = None,
+    filter: _Filter = None,
     count: int | None = None,
     duration: float | None = None,
     write: str | None = None,

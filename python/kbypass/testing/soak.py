@@ -266,6 +266,7 @@ def _pipeline_half(
             report.accounting = p.check_accounting()
             t = p.totals()
             report.pipeline_rx = int(t["rx"])
+            assert isinstance(p.port, kbypass.XdpPort)  # one process: the pipeline's own port
             report.kernel_dropped = int(p.port.sockets[0].stats()["kernel_rx_dropped"])
             report.verdicts = {k: int(t[k]) for k in ("dropped", "tx", "kept", "released")}
             handled = sum(int(t[k]) for k in ("dropped", "tx", "kept", "tx_failed"))

@@ -8,13 +8,14 @@ use kbypass_core::capture::{
     capture as core_capture, CaptureConfig, CaptureLimits, CaptureSink, CaptureSummary, PcapSink,
     TextSink,
 };
-use kbypass_core::xdp::{parse_filter, AttachMode};
+use kbypass_core::xdp::AttachMode;
 use kbypass_core::xsk::{BindMode, Queues};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
 use crate::errors::IntoPyResult;
+use crate::xdp::filter_rules;
 
 fn queues_arg(q: Option<&Bound<'_, PyAny>>) -> PyResult<Queues> {
     let Some(q) = q.filter(|q| !q.is_none()) else {
@@ -128,7 +129,7 @@ fn capture<'py>(
     py: Python<'py>,
     ifname: &str,
     queues: Option<&Bound<'py, PyAny>>,
-    filter: Option<&str>,
+    filter: Option<&Bound<'py, PyAny>>,
     count: Option<u64>,
     duration: Option<f64>,
     write: Option<&str>,
@@ -160,10 +161,7 @@ fn capture<'py>(
     };
     let cfg = CaptureConfig {
         queues: queues_arg(queues)?,
-        rules: match filter {
-            Some(f) => parse_filter(f).py()?,
-            None => Vec::new(),
-        },
+        rules: filter_rules(filter)?,
         mode: mode.parse::<BindMode>().py()?,
         attach: xdp_mode.parse::<AttachMode>().py()?,
         frames,

@@ -1,18 +1,25 @@
 //! `kbypass._core`: the thin PyO3 layer over `kbypass-core`.
 //!
-//! One file per area; nothing here does real work beyond converting arguments, releasing the
-//! GIL around blocking calls, and mapping errors (see `errors.rs`).
+//! One file per area, mirrored section by section in `python/kbypass/_core.pyi`; nothing here
+//! does real work beyond converting arguments, making NumPy views (`views.rs`), releasing the
+//! GIL around blocking calls, and mapping errors (`errors.rs`).
 
 use pyo3::prelude::*;
 
+mod batch;
 mod capture;
 mod cpu;
 mod engine;
 mod errors;
+mod handler;
+mod held;
+mod kernel;
 mod mem;
 mod mempool;
 mod netns;
 mod packet;
+mod packet_view;
+mod port;
 mod rdma;
 mod ring;
 mod traffic;
@@ -32,8 +39,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     cpu::register(m)?;
     xdp::register(m)?;
     views::register(m)?;
+    port::register(m)?;
     xsk::register(m)?;
+    held::register(m)?;
     traffic::register(m)?;
+    kernel::register(m)?;
+    batch::register(m)?;
+    packet_view::register(m)?;
     engine::register(m)?;
     rdma::register(m)?;
     capture::register(m)?;

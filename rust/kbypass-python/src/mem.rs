@@ -1,43 +1,19 @@
 //! `HugeRegion` for Python: a handle on an `Arc<kbypass_core::mem::HugeRegion>`.
 //!
-//! NumPy views hold their own `Arc` (through a small owner object set as the array's base),
-//! so `close()` and garbage collection of the `HugeRegion` never invalidate a live view: the
-//! memory is unmapped when the last of them goes.
+//! NumPy views hold their own `Arc` (through a small owner object set as the array's base, see
+//! `views.rs`), so `close()` and garbage collection of the `HugeRegion` never invalidate a live
+//! view: the memory is unmapped when the last of them goes.
 
 use std::sync::{Arc, Mutex};
 
 use kbypass_core::mem::{HugePages, HugeRegion, NumaPolicy, RegionOptions, Tier};
-use numpy::ndarray::ArrayView1;
 use numpy::PyArray1;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::errors::IntoPyResult;
-
-/// Keeps a region mapped while a NumPy array uses it (the array's `base`).
-#[pyclass(name = "_RegionMemory", module = "kbypass._core", frozen)]
-pub struct RegionMemory {
-    region: Arc<HugeRegion>,
-}
-
-impl RegionMemory {
-    /// An owner object that keeps `region` mapped; set it as a NumPy array's base.
-    pub fn new(region: Arc<HugeRegion>) -> Self {
-        RegionMemory { region }
-    }
-}
-
-#[pymethods]
-impl RegionMemory {
-    fn __repr__(&self) -> String {
-        format!(
-            "<kbypass region memory: {} bytes on {} pages>",
-            self.region.len(),
-            self.region.tier()
-        )
-    }
-}
+use crate::views::RegionMemory;
 
 /// Anonymous memory on the largest pages available (1 GiB → 2 MiB → THP → 4 KiB).
 ///
@@ -73,8 +49,7 @@ impl PyHugeRegion {
         })
     }
 
-    /// The shared region, for other binding classes (Mempool, UMEM) that carve from it.
-    #[allow(dead_code)]
+    /// The shared region, for other binding classes (RDMA registration) that use its memory.
     pub fn shared(&self) -> PyResult<Arc<HugeRegion>> {
         self.get()
     }
@@ -218,14 +193,7 @@ impl PyHugeRegion {
     #[getter]
     fn array<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray1<u8>>> {
         let region = self.get()?;
-        let (ptr, len) = (region.as_ptr(), region.len());
-        let owner = Bound::new(py, RegionMemory { region })?;
-        // SAFETY: ptr/len describe the live mapping owned by `region`, which `owner` keeps alive
-        // for as long as the array (whose base it becomes) exists; u8 has no invalid values and
-        // the mapping is readable and writable.
-        let view = unsafe { ArrayView1::from_shape_ptr(len, ptr.cast_const()) };
-        // SAFETY: as above: the container owns the memory the view points into.
-        Ok(unsafe { PyArray1::borrow_from_array(&view, owner.into_any()) })
+        RegionMemory::bytes(py, &region, 0, region.len())
     }
 
     /// Time `count` dependent random 8-byte reads over the region (fixed-seed xorshift),
@@ -301,6 +269,5 @@ fn memlock_raises(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(memlock_raises, m)?)?;
     m.add_class::<PyHugeRegion>()?;
-    m.add_class::<RegionMemory>()?;
     Ok(())
 }

@@ -3,14 +3,14 @@
 use std::sync::{Arc, Mutex};
 
 use kbypass_core::mem::Mempool;
-use numpy::ndarray::{ArrayView1, ArrayView2, ShapeBuilder};
 use numpy::{PyArray1, PyArray2, PyArrayDescrMethods, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::errors::IntoPyResult;
-use crate::mem::{region_options, RegionMemory};
+use crate::mem::region_options;
+use crate::views::RegionMemory;
 
 /// A pool of `count` fixed-size objects carved from a HugeRegion (DPDK rte_mempool-style).
 ///
@@ -157,34 +157,25 @@ impl PyMempool {
     /// A zero-copy uint8 view of object `i` (`size` bytes).
     fn view<'py>(&self, py: Python<'py>, i: i64) -> PyResult<Bound<'py, PyArray1<u8>>> {
         let pool = self.get_pool()?;
-        let ptr = u32::try_from(i)
+        let i = u32::try_from(i)
             .ok()
-            .and_then(|i| pool.obj_ptr(i))
+            .filter(|&i| i < self.count)
             .ok_or_else(|| {
                 PyValueError::new_err(format!(
                     "object {i} is out of range: the pool has 0..{}",
                     self.count
                 ))
             })?;
-        let owner = Bound::new(py, RegionMemory::new(Arc::clone(pool.region())))?;
-        // SAFETY: ptr..ptr+size lies inside the region, which `owner` (the array's base) keeps
-        // mapped for the array's lifetime; u8 has no invalid values.
-        let view = unsafe { ArrayView1::from_shape_ptr(self.size, ptr.cast_const()) };
-        // SAFETY: as above.
-        Ok(unsafe { PyArray1::borrow_from_array(&view, owner.into_any()) })
+        let offset = pool.region_offset() + i as usize * self.stride;
+        RegionMemory::bytes(py, pool.region(), offset, self.size)
     }
 
     /// A zero-copy (count, size) uint8 view of every object (rows are `stride` bytes apart).
     #[getter]
     fn array<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<u8>>> {
         let pool = self.get_pool()?;
-        let owner = Bound::new(py, RegionMemory::new(Arc::clone(pool.region())))?;
-        let shape = (self.count as usize, self.size).strides((self.stride, 1));
-        // SAFETY: row i spans base + i*stride .. + size, inside the region for every i < count;
-        // `owner` keeps the region mapped while the array lives.
-        let view = unsafe { ArrayView2::from_shape_ptr(shape, pool.base().cast_const()) };
-        // SAFETY: as above.
-        Ok(unsafe { PyArray2::borrow_from_array(&view, owner.into_any()) })
+        let shape = (self.count as usize, self.size, self.stride);
+        RegionMemory::rows(py, pool.region(), pool.region_offset(), shape)
     }
 
     /// Objects in the pool.

@@ -3,37 +3,58 @@
 use std::fs::File;
 use std::io::BufWriter;
 
-use kbypass_core::packet::{edit, parse, pcap, PacketMeta, PACKET_META_FIELDS};
-use numpy::{PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1, PyReadwriteArray2};
+use kbypass_core::packet::{pcap, Edits, PacketMeta, Rows, PACKET_META_FIELDS};
+use numpy::{
+    PyArray1, PyArrayDescr, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray1,
+    PyReadwriteArray2, PyUntypedArrayMethods,
+};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyDict;
 
-/// (name, numpy type, offset) of each column of the parsed-header record, and its item size.
-#[pyfunction]
-fn packet_meta_fields() -> (Vec<(&'static str, &'static str, usize)>, usize) {
-    (
-        PACKET_META_FIELDS.to_vec(),
-        std::mem::size_of::<PacketMeta>(),
-    )
+use crate::errors::IntoPyResult;
+
+/// `META_DTYPE`, built once from the core's field table.
+static META_DTYPE: PyOnceLock<Py<PyArrayDescr>> = PyOnceLock::new();
+
+/// The structured dtype of a parsed-header record (`kbypass.packet.META_DTYPE`): the core's
+/// `PACKET_META_FIELDS` (name, NumPy type, offset) in a 64-byte item.
+pub fn meta_dtype(py: Python<'_>) -> PyResult<&Bound<'_, PyArrayDescr>> {
+    META_DTYPE
+        .get_or_try_init(py, || {
+            let spec = PyDict::new(py);
+            spec.set_item(
+                "names",
+                PACKET_META_FIELDS.iter().map(|f| f.0).collect::<Vec<_>>(),
+            )?;
+            spec.set_item(
+                "formats",
+                PACKET_META_FIELDS.iter().map(|f| f.1).collect::<Vec<_>>(),
+            )?;
+            spec.set_item(
+                "offsets",
+                PACKET_META_FIELDS.iter().map(|f| f.2).collect::<Vec<_>>(),
+            )?;
+            spec.set_item("itemsize", std::mem::size_of::<PacketMeta>())?;
+            PyArrayDescr::new(py, spec).map(Bound::unbind)
+        })
+        .map(|d| d.bind(py))
 }
 
-fn check_lengths(frames: usize, width: usize, lengths: &[u32]) -> PyResult<()> {
-    if lengths.len() != frames {
-        return Err(PyValueError::new_err(format!(
-            "lengths has {} entries for {frames} frames: give one length per row",
-            lengths.len()
-        )));
-    }
-    if let Some((i, l)) = lengths
-        .iter()
-        .enumerate()
-        .find(|(_, &l)| l as usize > width)
-    {
-        return Err(PyValueError::new_err(format!(
-            "lengths[{i}] = {l} is longer than a row ({width} bytes)"
-        )));
-    }
-    Ok(())
+/// `n` parsed-header records from their raw bytes (`n * 64`, as the core writes them), as a
+/// structured array of `META_DTYPE`.
+pub fn records(py: Python<'_>, raw: Vec<u8>) -> PyResult<Bound<'_, PyAny>> {
+    PyArray1::from_vec(py, raw).call_method1(pyo3::intern!(py, "view"), (meta_dtype(py)?,))
+}
+
+/// The row layout of a (frames, width) array with `lens` bytes used per row, checked.
+fn rows<'a>(shape: &[usize], lens: &'a [u32]) -> PyResult<Rows<'a>> {
+    Rows::new(shape[0], shape[1], lens).py()
+}
+
+fn contiguous<T>(s: Option<T>, what: &str) -> PyResult<T> {
+    s.ok_or_else(|| PyValueError::new_err(format!("{what} must be C-contiguous")))
 }
 
 /// Parse each row `frames[i, :lengths[i]]` into `out[i]` (raw bytes of the record dtype).
@@ -44,28 +65,10 @@ fn parse_into(
     lengths: PyReadonlyArray1<'_, u32>,
     mut out: PyReadwriteArray2<'_, u8>,
 ) -> PyResult<()> {
-    let f = frames.as_array();
-    let lens = lengths.as_slice()?;
-    check_lengths(f.nrows(), f.ncols(), lens)?;
-    let mut o = out.as_array_mut();
-    let rec = std::mem::size_of::<PacketMeta>();
-    if o.nrows() != f.nrows() || o.ncols() != rec {
-        return Err(PyValueError::new_err("out must have one record per frame"));
-    }
-    let fs = f
-        .as_slice()
-        .ok_or_else(|| PyValueError::new_err("frames must be C-contiguous"))?;
-    let os = o
-        .as_slice_mut()
-        .ok_or_else(|| PyValueError::new_err("out must be C-contiguous"))?;
-    let width = f.ncols();
-    py.detach(|| {
-        for (i, &l) in lens.iter().enumerate() {
-            let m = parse(&fs[i * width..i * width + l as usize]);
-            os[i * rec..(i + 1) * rec].copy_from_slice(&m.to_bytes());
-        }
-    });
-    Ok(())
+    let rows = rows(frames.shape(), lengths.as_slice()?)?;
+    let data = contiguous(frames.as_slice().ok(), "frames")?;
+    let out = contiguous(out.as_slice_mut().ok(), "out")?;
+    py.detach(|| rows.parse_into(data, out)).py()
 }
 
 /// Apply edits to the rows selected by `mask` (all rows when None). `ops` is a bit set:
@@ -80,63 +83,11 @@ fn edit_frames(
     ops: u32,
     mask: Option<PyReadonlyArray1<'_, bool>>,
 ) -> PyResult<usize> {
-    if ops == 0 || ops > 31 {
-        return Err(PyValueError::new_err(
-            "ops must be a non-empty combination of the EDIT_* bits",
-        ));
-    }
-    let mut f = frames.as_array_mut();
-    let (rows, width) = (f.nrows(), f.ncols());
-    let lens = lengths.as_slice()?;
-    check_lengths(rows, width, lens)?;
-    let mask = match &mask {
-        Some(m) => {
-            let s = m.as_slice()?;
-            if s.len() != rows {
-                return Err(PyValueError::new_err("mask must have one entry per frame"));
-            }
-            Some(s)
-        }
-        None => None,
-    };
-    let fs = f
-        .as_slice_mut()
-        .ok_or_else(|| PyValueError::new_err("frames must be C-contiguous"))?;
-    Ok(py.detach(|| {
-        let mut applied = 0;
-        for (i, &l) in lens.iter().enumerate() {
-            if mask.is_some_and(|m| !m[i]) {
-                continue;
-            }
-            let frame = &mut fs[i * width..i * width + l as usize];
-            if apply_ops(frame, ops) {
-                applied += 1;
-            }
-        }
-        applied
-    }))
-}
-
-/// Apply the `ops` bit set to one frame; true when every requested edit applied.
-pub fn apply_ops(frame: &mut [u8], ops: u32) -> bool {
-    let m = parse(frame);
-    let mut ok = true;
-    if ops & 1 != 0 {
-        ok &= edit::swap_macs(frame);
-    }
-    if ops & 2 != 0 {
-        ok &= edit::swap_ips(frame, &m);
-    }
-    if ops & 4 != 0 {
-        ok &= edit::swap_ports(frame, &m);
-    }
-    if ops & 8 != 0 {
-        ok &= edit::fix_ipv4_checksum(frame, &m);
-    }
-    if ops & 16 != 0 {
-        ok &= edit::fix_l4_checksum(frame, &m);
-    }
-    ok
+    let edits = Edits::new(ops).py()?;
+    let rows = rows(frames.shape(), lengths.as_slice()?)?;
+    let mask = mask.as_ref().map(|m| m.as_slice()).transpose()?;
+    let data = contiguous(frames.as_slice_mut().ok(), "frames")?;
+    py.detach(|| rows.edit(data, edits, mask)).py()
 }
 
 /// Whether each row's IPv4 and UDP/TCP checksums verify.
@@ -146,21 +97,9 @@ fn checksums_ok(
     lengths: PyReadonlyArray1<'_, u32>,
     mut out: PyReadwriteArray1<'_, bool>,
 ) -> PyResult<()> {
-    let f = frames.as_array();
-    let lens = lengths.as_slice()?;
-    check_lengths(f.nrows(), f.ncols(), lens)?;
-    let o = out.as_slice_mut()?;
-    if o.len() != lens.len() {
-        return Err(PyValueError::new_err("out must have one entry per frame"));
-    }
-    for (i, &l) in lens.iter().enumerate() {
-        let row = f.row(i);
-        let frame = &row
-            .as_slice()
-            .ok_or_else(|| PyValueError::new_err("frames must be C-contiguous"))?[..l as usize];
-        o[i] = edit::checksums_ok(frame, &parse(frame));
-    }
-    Ok(())
+    let rows = rows(frames.shape(), lengths.as_slice()?)?;
+    let data = contiguous(frames.as_slice().ok(), "frames")?;
+    rows.checksums_ok(data, out.as_slice_mut()?).py()
 }
 
 /// Writes Ethernet frames to a pcap file with nanosecond timestamps.
@@ -217,20 +156,11 @@ impl PcapWriter {
         lengths: PyReadonlyArray1<'_, u32>,
         ts_ns: Option<u64>,
     ) -> PyResult<usize> {
-        let f = frames.as_array();
-        let lens = lengths.as_slice()?;
-        check_lengths(f.nrows(), f.ncols(), lens)?;
+        let rows = rows(frames.shape(), lengths.as_slice()?)?;
+        let data = contiguous(frames.as_slice().ok(), "frames")?;
         let ts = ts_ns.unwrap_or_else(pcap::now_ns);
-        let w = self.writer()?;
-        for (i, &l) in lens.iter().enumerate() {
-            let row = f.row(i);
-            let s = row
-                .as_slice()
-                .ok_or_else(|| PyValueError::new_err("frames must be C-contiguous"))?;
-            w.write_frame(ts, &s[..l as usize])
-                .map_err(|e| io_err("write pcap record", e))?;
-        }
-        Ok(lens.len())
+        rows.write_pcap(data, self.writer()?, ts)
+            .map_err(|e| io_err("write pcap record", e))
     }
 
     /// Frames written so far.
@@ -273,7 +203,7 @@ impl PcapWriter {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(packet_meta_fields, m)?)?;
+    m.add("META_DTYPE", meta_dtype(m.py())?)?;
     m.add_function(wrap_pyfunction!(parse_into, m)?)?;
     m.add_function(wrap_pyfunction!(edit_frames, m)?)?;
     m.add_function(wrap_pyfunction!(checksums_ok, m)?)?;

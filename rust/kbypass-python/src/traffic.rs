@@ -1,16 +1,13 @@
-//! Traffic for benches and tests: the live-frames generator, the counting drop sink, and the
-//! kernel-socket baselines. Every blocking call releases the GIL.
+//! Traffic for benches and tests: the live-frames generator and the counting drop sink (the
+//! kernel-socket baselines are in `kernel.rs`). Every blocking call releases the GIL.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use kbypass_core::cpu::Pinned;
-use kbypass_core::traffic::{
-    self, kernel, LiveOptions, LiveResult, LiveRun, StopWhen, UdpTemplate,
-};
+use kbypass_core::traffic::{self, LiveOptions, LiveResult, LiveRun, UdpTemplate};
 use kbypass_core::xdp::AttachMode;
 use kbypass_core::Error;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -19,7 +16,7 @@ use pyo3::types::PyDict;
 
 use crate::errors::IntoPyResult;
 
-fn parse_ip(s: &str, what: &str) -> PyResult<Ipv4Addr> {
+pub(crate) fn parse_ip(s: &str, what: &str) -> PyResult<Ipv4Addr> {
     s.parse()
         .map_err(|_| PyValueError::new_err(format!("{what}={s:?} is not an IPv4 address")))
 }
@@ -44,7 +41,7 @@ fn parse_mac(s: &str, what: &str) -> PyResult<[u8; 6]> {
     Ok(mac)
 }
 
-fn seconds(v: Option<f64>, what: &str) -> PyResult<Option<Duration>> {
+pub(crate) fn seconds(v: Option<f64>, what: &str) -> PyResult<Option<Duration>> {
     v.map(|s| {
         if s.is_finite() && s >= 0.0 {
             Ok(Duration::from_secs_f64(s))
@@ -57,7 +54,10 @@ fn seconds(v: Option<f64>, what: &str) -> PyResult<Option<Duration>> {
     .transpose()
 }
 
-fn throughput_dict<'py>(py: Python<'py>, t: &traffic::Throughput) -> PyResult<Bound<'py, PyDict>> {
+pub(crate) fn throughput_dict<'py>(
+    py: Python<'py>,
+    t: &traffic::Throughput,
+) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("packets", t.packets)?;
     d.set_item("bytes", t.bytes)?;
@@ -518,131 +518,8 @@ impl DropCounter {
     }
 }
 
-fn pinned(cpu: Option<usize>) -> kbypass_core::Result<Option<Pinned>> {
-    cpu.map(|c| Pinned::new(&[c])).transpose()
-}
-
-fn stop_when(
-    count: Option<u64>,
-    duration: Option<f64>,
-    idle: f64,
-) -> PyResult<(Option<u64>, Option<Duration>, Duration)> {
-    let duration = seconds(duration, "duration")?;
-    let idle = seconds(Some(idle), "idle")?.unwrap_or_default();
-    if count.is_none() && duration.is_none() {
-        return Err(PyValueError::new_err(
-            "give count= or duration=, or the receiver never stops",
-        ));
-    }
-    Ok((count, duration, idle))
-}
-
-/// Send `count` UDP datagrams with `sendmmsg` (kernel TX baseline).
-#[pyfunction]
-#[pyo3(signature = (src_ip, dst_ip, dst_port, payload, count, *, batch=64, netns=None, cpu=None))]
-#[allow(clippy::too_many_arguments)]
-fn udp_send<'py>(
-    py: Python<'py>,
-    src_ip: &str,
-    dst_ip: &str,
-    dst_port: u16,
-    payload: Vec<u8>,
-    count: u64,
-    batch: usize,
-    netns: Option<String>,
-    cpu: Option<usize>,
-) -> PyResult<Bound<'py, PyDict>> {
-    let src = parse_ip(src_ip, "src_ip")?;
-    let dst = SocketAddrV4::new(parse_ip(dst_ip, "dst_ip")?, dst_port);
-    if batch == 0 {
-        return Err(PyValueError::new_err("batch must be at least 1"));
-    }
-    let t = py
-        .detach(|| {
-            let _pin = pinned(cpu)?;
-            kernel::udp_send(netns.as_deref(), src, dst, &payload, count, batch)
-        })
-        .py()?;
-    throughput_dict(py, &t)
-}
-
-/// Receive UDP datagrams on `ip:port` with `recvmmsg` (kernel RX baseline) until `count`
-/// datagrams, `duration` seconds, or `idle` seconds without traffic once it started.
-#[pyfunction]
-#[pyo3(signature = (ip, port, *, count=None, duration=None, batch=64, idle=0.3, netns=None, cpu=None))]
-#[allow(clippy::too_many_arguments)]
-fn udp_recv<'py>(
-    py: Python<'py>,
-    ip: &str,
-    port: u16,
-    count: Option<u64>,
-    duration: Option<f64>,
-    batch: usize,
-    idle: f64,
-    netns: Option<String>,
-    cpu: Option<usize>,
-) -> PyResult<Bound<'py, PyDict>> {
-    let addr = SocketAddrV4::new(parse_ip(ip, "ip")?, port);
-    let (count, duration, idle) = stop_when(count, duration, idle)?;
-    if batch == 0 {
-        return Err(PyValueError::new_err("batch must be at least 1"));
-    }
-    let t = py
-        .detach(|| {
-            let _pin = pinned(cpu)?;
-            kernel::udp_recv(
-                netns.as_deref(),
-                addr,
-                batch,
-                StopWhen {
-                    count,
-                    duration,
-                    idle,
-                    stop: None,
-                },
-            )
-        })
-        .py()?;
-    throughput_dict(py, &t)
-}
-
-/// Count frames arriving on `ifname` through an AF_PACKET TPACKET_V3 ring (raw-socket RX
-/// baseline), with the same stop rules as `udp_recv`.
-#[pyfunction]
-#[pyo3(signature = (ifname, *, count=None, duration=None, idle=0.3, netns=None, cpu=None))]
-fn af_packet_recv<'py>(
-    py: Python<'py>,
-    ifname: &str,
-    count: Option<u64>,
-    duration: Option<f64>,
-    idle: f64,
-    netns: Option<String>,
-    cpu: Option<usize>,
-) -> PyResult<Bound<'py, PyDict>> {
-    let (count, duration, idle) = stop_when(count, duration, idle)?;
-    let t = py
-        .detach(|| {
-            let _pin = pinned(cpu)?;
-            kernel::af_packet_recv(
-                netns.as_deref(),
-                ifname,
-                StopWhen {
-                    count,
-                    duration,
-                    idle,
-                    stop: None,
-                },
-            )
-        })
-        .py()?;
-    throughput_dict(py, &t)
-}
-
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LiveGenerator>()?;
     m.add_class::<DropCounter>()?;
-    m.add_function(wrap_pyfunction!(udp_send, m)?)?;
-    m.add_function(wrap_pyfunction!(udp_recv, m)?)?;
-    m.add_function(wrap_pyfunction!(af_packet_recv, m)?)?;
     Ok(())
 }

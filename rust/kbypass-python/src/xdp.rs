@@ -1,14 +1,73 @@
-//! XDP programs: rule parsing, loading, attaching, test runs, capability probe.
+//! XDP programs: rule parsing, loading, attaching, test runs, capability probe; and the one
+//! filter normaliser every `filter=` argument goes through (`XdpProgram`, `XdpSocket`,
+//! `XdpPort`, `capture`).
 
 use std::sync::{Mutex, RwLock};
 
 use kbypass_core::xdp::{self, AttachMode, IpVersion, ProgramOptions, Rule, Vlan};
 use kbypass_core::Error;
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyString};
 
 use crate::errors::IntoPyResult;
+
+/// The filter text of one filter item: a string, or a rule object that gives its text through
+/// `__kbypass_filter__()` (`kbypass.Rule` does).
+fn item_text(item: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
+    if let Ok(s) = item.cast::<PyString>() {
+        return Ok(Some(s.to_str()?.to_string()));
+    }
+    let proto = pyo3::intern!(item.py(), "__kbypass_filter__");
+    if item.hasattr(proto)? {
+        return Ok(Some(item.call_method0(proto)?.extract()?));
+    }
+    Ok(None)
+}
+
+/// A `filter=` argument as filter text: None (every frame), filter text, a `Rule`, or a list of
+/// them (ORed). None for None.
+pub fn filter_text(filter: Option<&Bound<'_, PyAny>>) -> PyResult<Option<String>> {
+    let Some(f) = filter.filter(|f| !f.is_none()) else {
+        return Ok(None);
+    };
+    if let Some(t) = item_text(f)? {
+        return Ok(Some(t));
+    }
+    let Ok(items) = f.try_iter() else {
+        return Err(PyTypeError::new_err(format!(
+            "filter must be a str, a Rule, a list of them, or None; got {}",
+            f.get_type().name()?
+        )));
+    };
+    let mut parts = Vec::new();
+    for item in items {
+        let item = item?;
+        match item_text(&item)? {
+            Some(t) => parts.push(t),
+            None => {
+                return Err(PyTypeError::new_err(format!(
+                    "filter items must be str or Rule, got {}",
+                    item.get_type().name()?
+                )))
+            }
+        }
+    }
+    if parts.is_empty() {
+        return Err(PyValueError::new_err(
+            "the filter list is empty: pass filter=None to redirect every frame",
+        ));
+    }
+    Ok(Some(parts.join(" or ")))
+}
+
+/// A `filter=` argument as rules (empty: every frame).
+pub fn filter_rules(filter: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<Rule>> {
+    match filter_text(filter)? {
+        None => Ok(Vec::new()),
+        Some(t) => xdp::parse_filter(&t).py(),
+    }
+}
 
 fn rule_to_dict<'py>(py: Python<'py>, r: &Rule) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
@@ -72,8 +131,8 @@ pub fn rule_text(
     Ok(r.to_string())
 }
 
-/// A loaded XDP program and its XSKMAP.
-#[pyclass(module = "kbypass._core", frozen)]
+/// A loaded XDP program and its XSKMAP (`kbypass.XdpProgram` adds the Pythonic parts).
+#[pyclass(module = "kbypass._core", frozen, subclass)]
 pub struct XdpProgram {
     inner: RwLock<Option<xdp::XdpProgram>>,
     filter: Option<String>,
@@ -104,11 +163,13 @@ impl XdpProgram {
 impl XdpProgram {
     #[new]
     #[pyo3(signature = (filter=None, frags=false, queues=64))]
-    fn new(py: Python<'_>, filter: Option<String>, frags: bool, queues: u32) -> PyResult<Self> {
-        let rules = match &filter {
-            None => vec![],
-            Some(t) => xdp::parse_filter(t).py()?,
-        };
+    fn new(
+        py: Python<'_>,
+        filter: Option<&Bound<'_, PyAny>>,
+        frags: bool,
+        queues: u32,
+    ) -> PyResult<Self> {
+        let rules = filter_rules(filter)?;
         let canonical = (!rules.is_empty()).then(|| xdp::format_filter(&rules));
         let inner = py
             .detach(|| xdp::XdpProgram::new(&rules, ProgramOptions { frags, queues }))
@@ -188,10 +249,13 @@ impl XdpProgram {
         self.with(|p| p.clear_socket(queue))
     }
 
-    /// Run the program on `frame` (queue 0, a socket present): returns (verdict, ns per run).
+    /// Run the program `repeat` times on `frame` (queue 0, a socket present): returns (the
+    /// XDP action, nanoseconds per run as the kernel measured).
     #[pyo3(signature = (frame, repeat=1))]
-    fn test_run(&self, py: Python<'_>, frame: &[u8], repeat: u32) -> PyResult<(u32, u32)> {
-        let frame = frame.to_vec();
+    fn run(&self, py: Python<'_>, frame: Vec<u8>, repeat: u32) -> PyResult<(u32, u32)> {
+        if repeat == 0 {
+            return Err(PyValueError::new_err("repeat=0 must be 1..2**32-1"));
+        }
         let r = py.detach(|| self.with(|p| p.test_run(&frame, repeat)))?;
         Ok((r.retval, r.duration_ns))
     }

@@ -16,12 +16,25 @@
 //!
 //! On stop a worker reaps its outstanding TX completions (bounded wait) and returns its
 //! sockets, so the port can check the frame accounting and detach.
+//!
+//! A [`Pipeline`] is the workers of one port and their whole life cycle: the configuration
+//! checked once ([`PipelineConfig::validate`], worker groups and CPUs against the port),
+//! sockets taken from the port and put back, start / stop / join, the queue of kept frames.
+//! [`BatchFrames`] lends a batch's frames to code that cannot borrow the [`BatchCtx`] (a
+//! binding's batch object, called back from inside the handler) for edits by descriptor and
+//! mask.
 
+mod frames;
+mod kept;
+mod pipeline;
 mod worker;
 
+pub use frames::{BatchFrames, Lent, PacketVerdict};
+pub use kept::{Kept, KeptQueue};
+pub use pipeline::{Cpus, Pipeline, PipelineConfig, Workers};
 pub use worker::{
-    spawn, BatchCtx, BatchHandler, HandlerError, OnError, WorkerConfig, WorkerExit, WorkerStats,
-    WorkerStatsSnapshot, BATCH_HISTOGRAM_BOUNDS,
+    BatchCtx, BatchHandler, HandlerError, OnError, WorkerStats, WorkerStatsSnapshot,
+    BATCH_HISTOGRAM_BOUNDS,
 };
 
 #[cfg(test)]
@@ -34,7 +47,8 @@ pub const TX: u8 = 1;
 /// Verdict: send the frame out of the socket named in `forward_to`.
 pub const FORWARD: u8 = 2;
 /// Verdict: the application keeps the frame until it releases it (the handler takes it with
-/// [`BatchCtx::keep`]; a KEEP frame nobody took is counted as a bad verdict and dropped).
+/// [`BatchCtx::keep`] or [`BatchCtx::keep_verdicts`]; a KEEP frame nobody took is counted as
+/// a bad verdict and dropped).
 pub const KEEP: u8 = 3;
 
 /// Whether `v` is a verdict value.
@@ -43,27 +57,43 @@ pub fn valid_verdict(v: u8) -> bool {
     v <= KEEP
 }
 
-/// A mutable view of the packet bytes of a frame the application holds.
+/// The packet bytes of a frame the application has for the current call (state `App`).
 ///
-/// Returns None when `addr..addr+len` is not inside one frame or the frame is not held by the
-/// application (so a stale or forged descriptor can never reach memory the kernel owns).
+/// None when `addr..addr+len` is not inside one frame or the frame is not in the application
+/// state (so a stale or forged descriptor never reaches memory the kernel owns or a frame
+/// someone holds).
 ///
 /// # Safety
-/// The caller must not hold another reference to the same frame bytes while the returned
-/// slice lives (the frame state proves the kernel is not using it; only the caller can prove
-/// no other view of it is alive). The worker and the binding use it for one frame at a time.
+/// No `&mut` to the same bytes may exist while the returned slice lives, and nothing outside
+/// Rust (a view handed out) may write them meanwhile. The frame state proves the kernel and the
+/// rings do not use the frame; only the caller can prove the rest ([`BatchCtx`] by `&self` /
+/// `&mut self`, [`BatchFrames`] by its mutex).
+unsafe fn frame_bytes(umem: &crate::xsk::Umem, addr: u64, len: u32) -> Option<&[u8]> {
+    let p = app_ptr(umem, addr, len)?;
+    // SAFETY: `app_ptr` checked that `len` bytes at `addr` lie inside one frame of the UMEM
+    // mapping (which `umem` keeps mapped for the borrow) and that the frame is the
+    // application's; the caller guarantees no writer meanwhile.
+    Some(unsafe { std::slice::from_raw_parts(p, len as usize) })
+}
+
+/// As [`frame_bytes`], to write.
+///
+/// # Safety
+/// No other reference to the same bytes may exist while the returned slice lives, and nothing
+/// outside Rust may read or write them meanwhile (see [`frame_bytes`]).
 // The UMEM is memory shared with the kernel, reached through `&Umem` by design; exclusivity is
 // the caller's contract above.
 #[allow(clippy::mut_from_ref)]
-pub unsafe fn frame_mut(umem: &crate::xsk::Umem, addr: u64, len: u32) -> Option<&mut [u8]> {
+unsafe fn frame_bytes_mut(umem: &crate::xsk::Umem, addr: u64, len: u32) -> Option<&mut [u8]> {
+    let p = app_ptr(umem, addr, len)?;
+    // SAFETY: as in `frame_bytes`, and the caller guarantees this is the only reference.
+    Some(unsafe { std::slice::from_raw_parts_mut(p, len as usize) })
+}
+
+fn app_ptr(umem: &crate::xsk::Umem, addr: u64, len: u32) -> Option<*mut u8> {
     let f = umem.frame_of(addr)?;
     if umem.state(f) != crate::xsk::FrameState::App {
         return None;
     }
-    let p = umem.ptr(addr, len)?;
-    // SAFETY: `ptr` checked that `len` bytes at `addr` lie inside one frame of the UMEM mapping
-    // (which `umem` keeps mapped for the returned borrow); the frame is in the application
-    // state, so neither the kernel nor a ring references it, and the worker that received it
-    // is the only code holding its descriptor while the handler runs.
-    Some(unsafe { std::slice::from_raw_parts_mut(p, len as usize) })
+    umem.ptr(addr, len)
 }

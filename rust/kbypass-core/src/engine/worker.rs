@@ -1,15 +1,17 @@
 //! The worker thread: poll, parse, call, apply (see the [module docs](super)).
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::kept::{Kept, KeptQueue};
 use super::{DROP, FORWARD, KEEP, TX};
 use crate::error::{Error, Result};
 use crate::packet::{parse, PacketMeta};
 use crate::sys::xdp::XdpDesc;
-use crate::xsk::{FrameHold, Umem, XskSocket};
+use crate::xsk::{FrameHold, HeldFrames, Umem, XskSocket};
 
 /// What to do with a batch whose handler failed (raised, returned the wrong type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +37,24 @@ impl std::str::FromStr for OnError {
                 "on_error={o:?}: use \"drop\", \"pass\" or \"stop\""
             ))),
         }
+    }
+}
+
+impl OnError {
+    /// The verdict of a frame whose handler failed (its whole batch, or the one packet in
+    /// per-packet mode), `default` being the pipeline's default verdict.
+    #[inline]
+    pub fn verdict(self, default: u8) -> u8 {
+        match self {
+            OnError::Pass => default,
+            OnError::Drop | OnError::Stop => DROP,
+        }
+    }
+
+    /// Whether a failure stops the pipeline (after the batch it happened in).
+    #[inline]
+    pub fn stops(self) -> bool {
+        self == OnError::Stop
     }
 }
 
@@ -71,15 +91,20 @@ pub struct BatchCtx<'a> {
     pub verdicts: &'a mut [u8],
     /// Target socket (pipeline-wide index) of FORWARD verdicts.
     pub forward_to: &'a mut [u16],
-    /// The UMEM, for frame access ([`super::frame_mut`]).
+    /// The UMEM the frames are in.
     pub umem: &'a Umem,
-    /// Errors the handler absorbed itself (a per-packet layer counts per packet here).
+    /// Errors the handler absorbed itself (a per-packet layer counts per packet here, see
+    /// [`BatchCtx::fail_packet`]).
     pub errors: u64,
     /// Set by the handler to stop the pipeline after this batch.
     pub stop: bool,
+    default_verdict: u8,
+    on_error: OnError,
     descs: &'a mut [XdpDesc],
     slots: &'a mut [Slot],
     sock: &'a mut XskSocket,
+    kept: Option<&'a KeptQueue>,
+    stats: &'a Arc<WorkerStats>,
     held: usize,
     escaped: u64,
     copied: u64,
@@ -102,11 +127,80 @@ impl BatchCtx<'_> {
         self.descs
     }
 
+    /// The packet bytes of frame `i` (None if `i` is out of range).
+    pub fn frame(&self, i: usize) -> Option<&[u8]> {
+        let d = self.descs.get(i)?;
+        // SAFETY: the frame is this batch's (the worker received it and is inside the handler
+        // call), so neither the kernel nor a ring has it; the only Rust writer is `frame_mut`,
+        // which needs `&mut self` and so cannot overlap this borrow, and views handed out of
+        // Rust are the caller's, who does not run them meanwhile.
+        unsafe { super::frame_bytes(self.umem, d.addr, d.len) }
+    }
+
+    /// The packet bytes of frame `i`, to edit in place (None if `i` is out of range). A frame
+    /// already held (a view of it outlived the handler) is refused: its holders' bytes never
+    /// change.
+    pub fn frame_mut(&mut self, i: usize) -> Option<&mut [u8]> {
+        if *self.slots.get(i)? != Slot::Own {
+            return None;
+        }
+        let d = self.descs[i];
+        // SAFETY: as in `frame`; `&mut self` makes this the only Rust borrow of the batch's
+        // frames, and views handed out of Rust are the caller's, who does not run them while
+        // this borrow lives.
+        unsafe { super::frame_bytes_mut(self.umem, d.addr, d.len) }
+    }
+
+    /// Fill the batch's columns: packet lengths, UMEM addresses and the parsed header records
+    /// (64 bytes each, [`PacketMeta::to_bytes`]). Each output holds at least `len()` entries.
+    pub fn write_columns(&self, lengths: &mut [u32], addrs: &mut [u64], headers: &mut [u8]) {
+        for (i, (d, m)) in self.descs.iter().zip(self.metas).enumerate() {
+            lengths[i] = d.len;
+            addrs[i] = d.addr;
+            headers[i * 64..i * 64 + 64].copy_from_slice(&m.to_bytes());
+        }
+    }
+
+    /// Frame `i`'s handler failed (per-packet mode): count it and give the frame the verdict
+    /// of the pipeline's [`OnError`] policy, stopping the pipeline after this batch if it says
+    /// so.
+    pub fn fail_packet(&mut self, i: usize) {
+        self.errors += 1;
+        self.verdicts[i] = self.on_error.verdict(self.default_verdict);
+        if self.on_error.stops() {
+            self.stop = true;
+        }
+    }
+
     /// Hold frame `i` for a KEEP handle (its verdict must be KEEP: a KEEP frame nobody holds
     /// is counted as a bad verdict and dropped). None if `i` is out of range, or the frame was
     /// held before and every hold on it is gone.
     pub fn keep(&mut self, i: usize) -> Option<FrameHold> {
         self.hold(i)
+    }
+
+    /// Hold every frame whose verdict is KEEP, as one [`Kept`] in the pipeline's queue of kept
+    /// frames ([`super::Pipeline::kept`]). Call it once the verdicts are final; returns how
+    /// many frames it kept (0, and nothing held, when the worker has no queue).
+    pub fn keep_verdicts(&mut self) -> usize {
+        let Some(queue) = self.kept else {
+            return 0;
+        };
+        let mut frames = Vec::new();
+        for i in 0..self.len() {
+            if self.verdicts[i] != KEEP {
+                continue;
+            }
+            let d = self.descs[i];
+            if let Some(h) = self.keep(i) {
+                frames.push((d, h));
+            }
+        }
+        let n = frames.len();
+        if n > 0 {
+            queue.push(Kept::new(HeldFrames::new(frames), Arc::clone(self.stats)));
+        }
+        n
     }
 
     /// Hold frame `i` because something that reads or writes it (a NumPy view) outlives the
@@ -314,9 +408,9 @@ fn bucket(n: usize) -> usize {
         .unwrap_or(BATCH_HISTOGRAM_BOUNDS.len())
 }
 
-/// How a worker runs.
+/// How a worker runs (checked by [`super::PipelineConfig::validate`] before any worker starts).
 #[derive(Clone)]
-pub struct WorkerConfig {
+pub(crate) struct WorkerConfig {
     /// Descriptors per batch (1..=4096).
     pub batch: usize,
     /// CPU to pin the thread to (None: not pinned).
@@ -329,65 +423,88 @@ pub struct WorkerConfig {
     pub idle_spins: u32,
     /// How long one idle sleep lasts (bounds the stop latency too).
     pub idle_wait: Duration,
-    /// Stop flag shared by the workers of a pipeline.
+    /// Stop flag shared by the workers of a pipeline; also names the pipeline a thread works
+    /// for ([`on_worker_of`]).
     pub stop: Arc<AtomicBool>,
     /// Packets received over all workers (for `limit`).
     pub total: Arc<AtomicU64>,
     /// Stop every worker once `total` reaches this (u64::MAX: no limit).
     pub limit: u64,
+    /// Where [`BatchCtx::keep_verdicts`] puts KEEP frames.
+    pub kept: Option<Arc<KeptQueue>>,
 }
 
 /// What a worker gives back when it ends: its sockets, and the error that ended it, if any.
-pub struct WorkerExit {
+pub(crate) struct WorkerExit {
     /// (pipeline-wide index, socket), to put back into the port.
     pub sockets: Vec<(usize, XskSocket)>,
-    /// Why the worker ended early (pinning failed, handler asked to stop is not an error).
+    /// Why the worker ended early (pinning failed; a handler asking to stop is not an error).
     pub error: Option<Error>,
 }
 
-/// Start a worker thread named `kbx-worker-<id>` on `sockets`.
-pub fn spawn(
+/// A worker thread that could not be started, and the sockets it would have run.
+pub(crate) struct SpawnError {
+    pub error: Error,
+    pub sockets: Vec<(usize, XskSocket)>,
+}
+
+thread_local! {
+    /// On a worker thread: the address of its pipeline's stop flag (0 elsewhere).
+    static STOP_FLAG_OF: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Whether the calling thread is a worker whose pipeline's stop flag is `stop` (that is, a
+/// handler of that pipeline is calling).
+pub(crate) fn on_worker_of(stop: &Arc<AtomicBool>) -> bool {
+    STOP_FLAG_OF.with(|w| w.get() == Arc::as_ptr(stop) as usize)
+}
+
+/// Start a worker thread named `kbx-worker-<id>` on `sockets` (at least one; `cfg` checked).
+/// If the thread cannot be created the sockets come back with the error.
+pub(crate) fn spawn(
     id: usize,
     sockets: Vec<(usize, XskSocket)>,
     handler: Box<dyn BatchHandler>,
     cfg: WorkerConfig,
     stats: Arc<WorkerStats>,
-) -> Result<JoinHandle<WorkerExit>> {
-    if sockets.is_empty() {
-        return Err(Error::invalid("a worker needs at least one socket"));
-    }
-    if cfg.batch == 0 || cfg.batch > 4096 {
-        return Err(Error::invalid(format!(
-            "batch={} must be 1..=4096",
-            cfg.batch
-        )));
-    }
-    if !super::valid_verdict(cfg.default_verdict) {
-        return Err(Error::invalid(format!(
-            "default verdict {} is not DROP, TX, FORWARD or KEEP",
-            cfg.default_verdict
-        )));
-    }
-    std::thread::Builder::new()
+) -> std::result::Result<JoinHandle<WorkerExit>, SpawnError> {
+    debug_assert!(!sockets.is_empty() && (1..=4096).contains(&cfg.batch));
+    // The thread takes its sockets from here; if it is never created they are still here.
+    let slot = Arc::new(Mutex::new(Some((sockets, handler))));
+    let theirs = Arc::clone(&slot);
+    let started = std::thread::Builder::new()
         .name(format!("kbx-worker-{id}"))
         .spawn(move || {
+            let taken = theirs.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let Some((sockets, handler)) = taken else {
+                return WorkerExit {
+                    sockets: Vec::new(),
+                    error: Some(Error::State("the worker's sockets were gone".into())),
+                };
+            };
+            STOP_FLAG_OF.with(|w| w.set(Arc::as_ptr(&cfg.stop) as usize));
             let mut w = Worker::new(id, sockets, handler, cfg, stats);
             w.handler.thread_start();
             let error = w.run().err();
             w.finish();
             w.handler.thread_end();
+            STOP_FLAG_OF.with(|w| w.set(0));
             WorkerExit {
                 sockets: w.sockets,
                 error,
             }
-        })
-        .map_err(|e| {
-            Error::os(
+        });
+    started.map_err(|e| {
+        let taken = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        SpawnError {
+            error: Error::os(
                 "spawn a worker thread",
                 e.raw_os_error().unwrap_or(0),
                 "lower the number of workers",
-            )
-        })
+            ),
+            sockets: taken.map(|(s, _)| s).unwrap_or_default(),
+        }
+    })
 }
 
 struct Worker {
@@ -504,8 +621,9 @@ impl Worker {
         for i in 0..n {
             let d = self.descs[i];
             bytes += d.len as u64;
-            // SAFETY: the worker just received this frame and holds no other view of it.
-            self.metas[i] = match unsafe { super::frame_mut(&self.umem, d.addr, d.len) } {
+            // SAFETY: the worker just received this frame: no other reference to it exists
+            // and nothing outside Rust has seen it yet.
+            self.metas[i] = match unsafe { super::frame_bytes(&self.umem, d.addr, d.len) } {
                 Some(f) => parse(f),
                 // A descriptor outside its frame never reaches `recv`'s caller; be safe anyway.
                 None => PacketMeta {
@@ -527,9 +645,13 @@ impl Worker {
             umem: &self.umem,
             errors: 0,
             stop: false,
+            default_verdict: self.cfg.default_verdict,
+            on_error: self.cfg.on_error,
             descs: &mut self.descs[..n],
             slots: &mut self.slots[..n],
             sock: &mut self.sockets[j].1,
+            kept: self.cfg.kept.as_deref(),
+            stats: &self.stats,
             held: 0,
             escaped: 0,
             copied: 0,
@@ -549,15 +671,10 @@ impl Worker {
         }
         if r.is_err() {
             s.handler_errors.fetch_add(1, Relaxed);
-            let v = match self.cfg.on_error {
-                OnError::Pass => self.cfg.default_verdict,
-                OnError::Drop => DROP,
-                OnError::Stop => {
-                    self.cfg.stop.store(true, Relaxed);
-                    DROP
-                }
-            };
-            self.verdicts[..n].fill(v);
+            if self.cfg.on_error.stops() {
+                self.cfg.stop.store(true, Relaxed);
+            }
+            self.verdicts[..n].fill(self.cfg.on_error.verdict(self.cfg.default_verdict));
             self.forward_to[..n].fill(socket as u16);
         }
         self.apply(j, n, held > 0);
@@ -635,7 +752,9 @@ impl Worker {
         if !self.drops.is_empty() {
             self.sockets[j].1.release(&self.drops);
         }
-        let mut failed = 0u64;
+        // Socket j's queue holds its TX verdicts (and FORWARDs to itself, counted as TX); every
+        // other socket's holds FORWARDs: a failed send is counted where it was going.
+        let (mut tx_failed, mut fwd_failed) = (0u64, 0u64);
         for k in 0..self.outs.len() {
             if self.outs[k].is_empty() {
                 continue;
@@ -646,17 +765,19 @@ impl Worker {
                 self.drops.clear();
                 self.drops.extend(self.outs[k][q..].iter().map(|d| d.addr));
                 self.sockets[j].1.release(&self.drops);
-                failed += self.drops.len() as u64;
+                let f = self.drops.len() as u64;
+                if k == j {
+                    tx_failed += f;
+                } else {
+                    fwd_failed += f;
+                }
             }
         }
+        let failed = tx_failed + fwd_failed;
         dropped += failed;
         let s = &self.stats;
-        // Failed sends are split between tx and forwarded in proportion is not knowable
-        // cheaply; count them out of tx first (the common case is TX on one socket).
-        let tx_fail = failed.min(tx);
-        s.tx.fetch_add(tx - tx_fail, Relaxed);
-        s.forwarded
-            .fetch_add(fwd - (failed - tx_fail).min(fwd), Relaxed);
+        s.tx.fetch_add(tx - tx_failed, Relaxed);
+        s.forwarded.fetch_add(fwd - fwd_failed, Relaxed);
         s.dropped.fetch_add(dropped, Relaxed);
         s.kept.fetch_add(kept, Relaxed);
         s.bad_verdicts.fetch_add(bad, Relaxed);

@@ -145,6 +145,12 @@ impl Mempool {
         self.region.as_ptr().wrapping_add(self.offset)
     }
 
+    /// Where object 0 lies in [`Mempool::region`] (bytes from its start).
+    #[inline]
+    pub fn region_offset(&self) -> usize {
+        self.offset
+    }
+
     /// Bytes spanned by the objects (`count * stride`).
     #[inline]
     pub fn len(&self) -> usize {

@@ -33,6 +33,68 @@ pub fn swap_ips(frame: &mut [u8], m: &PacketMeta) -> bool {
     true
 }
 
+/// The header an offset counts from (see [`set_field`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderBase {
+    /// The Ethernet header (the frame's first byte).
+    L2,
+    /// The IPv4/IPv6 header.
+    L3,
+    /// The UDP/TCP/SCTP header (or what follows the IP header).
+    L4,
+    /// The L4 payload.
+    Payload,
+}
+
+impl std::str::FromStr for HeaderBase {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "l2" => Ok(HeaderBase::L2),
+            "l3" => Ok(HeaderBase::L3),
+            "l4" => Ok(HeaderBase::L4),
+            "payload" => Ok(HeaderBase::Payload),
+            o => Err(crate::Error::invalid(format!(
+                "base={o:?}: use \"l2\", \"l3\", \"l4\" or \"payload\""
+            ))),
+        }
+    }
+}
+
+impl HeaderBase {
+    /// Where this header starts in a frame parsed as `m`, if the frame has it.
+    pub fn start(self, m: &PacketMeta) -> Option<usize> {
+        match self {
+            HeaderBase::L2 => Some(0),
+            HeaderBase::L3 => (m.ip_version != 0).then_some(m.l3_off as usize),
+            HeaderBase::L4 => (m.l4_off != 0).then_some(m.l4_off as usize),
+            HeaderBase::Payload => (m.payload_off != 0).then_some(m.payload_off as usize),
+        }
+    }
+}
+
+/// Write `value` at `offset` bytes from the start of header `base`; false (and nothing
+/// written) when the frame lacks that header or is too short for the whole value. Checksums
+/// are not updated.
+pub fn set_field(
+    frame: &mut [u8],
+    m: &PacketMeta,
+    base: HeaderBase,
+    offset: usize,
+    value: &[u8],
+) -> bool {
+    let Some(start) = base.start(m).and_then(|b| b.checked_add(offset)) else {
+        return false;
+    };
+    match frame.get_mut(start..start.saturating_add(value.len())) {
+        Some(dst) => {
+            dst.copy_from_slice(value);
+            true
+        }
+        None => false,
+    }
+}
+
 /// Whether `m` has a UDP or TCP header (SCTP has ports too, but its CRC32c checksum is not a
 /// one's-complement sum: swapping its ports would break it, and it is not verified here).
 fn udp_or_tcp(m: &PacketMeta) -> bool {
@@ -170,9 +232,52 @@ pub fn checksums_ok(frame: &[u8], m: &PacketMeta) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::parse::{parse, tests::udp4};
     use super::*;
 
+    #[test]
+    fn set_field_counts_from_the_chosen_header_and_refuses_what_does_not_fit() {
+        use crate::packet::parse;
+        let mut f = vec![0u8; 14 + 20 + 8 + 4];
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&34u16.to_be_bytes()); // IP total length: 20 + 8 + 6
+        f[23] = 17;
+        f[38..40].copy_from_slice(&12u16.to_be_bytes()); // UDP length
+        let m = parse(&f);
+        assert_eq!(m.l4_off, 34);
+        assert!(set_field(&mut f, &m, HeaderBase::L4, 2, &[0x23, 0x28]));
+        assert_eq!(&f[36..38], &[0x23, 0x28]);
+        assert!(set_field(&mut f, &m, HeaderBase::L2, 0, &[0xAA]));
+        assert_eq!(f[0], 0xAA);
+        assert!(
+            !set_field(&mut f, &m, HeaderBase::Payload, 3, &[1, 2]),
+            "past the end"
+        );
+        assert!(
+            !set_field(&mut f, &m, HeaderBase::L3, usize::MAX, &[1]),
+            "no overflow"
+        );
+        let arp = {
+            let mut a = vec![0u8; 42];
+            a[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+            a
+        };
+        assert!(!set_field(
+            &mut arp.clone(),
+            &parse(&arp),
+            HeaderBase::L3,
+            0,
+            &[1]
+        ));
+        assert_eq!(
+            "payload".parse::<HeaderBase>().unwrap(),
+            HeaderBase::Payload
+        );
+        let e = "l5".parse::<HeaderBase>().unwrap_err().to_string();
+        assert!(e.contains("\"l2\", \"l3\", \"l4\" or \"payload\""), "{e}");
+    }
+
+    use super::super::parse::{parse, tests::udp4};
     #[test]
     fn checksums_computed_then_verify_and_survive_swaps() {
         let mut f = udp4(23, 4000, 9000);

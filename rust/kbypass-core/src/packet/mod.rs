@@ -1,11 +1,14 @@
 //! Frames as data: header parsing into columns, in-place edits and checksums, pcap output.
 //!
-//! Used by the engine (batch columns and verdict helpers) and by `kbypass capture`; it has no
-//! `unsafe` and no I/O beyond the pcap writer's `Write`.
+//! Used by the engine (batch columns and verdict helpers), by `kbypass capture`, and by
+//! `kbypass.packet` over many frames at once (`rows`); it has no `unsafe` and no I/O beyond the
+//! pcap writer's `Write`.
 
 pub mod edit;
 pub mod parse;
 pub mod pcap;
+pub mod rows;
 
 pub use parse::{parse, PacketMeta, PACKET_META_FIELDS};
 pub use pcap::PcapWriter;
+pub use rows::{Edits, Rows};

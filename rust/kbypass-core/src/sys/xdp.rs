@@ -104,54 +104,6 @@ pub const XDP_PKT_CONTD: u32 = 1 << 0;
 /// TX descriptor carries TX metadata in front of the frame (kernel ≥ 6.8).
 pub const XDP_TX_METADATA: u32 = 1 << 1;
 
-// `xsk_tx_metadata.flags` (TX metadata, kernel ≥ 6.8; needs `tx_metadata_len` in the UMEM).
-/// Request a TX timestamp (written back to `launch_time_or_timestamp` on completion).
-pub const XDP_TXMD_FLAGS_TIMESTAMP: u64 = 1 << 0;
-/// Request checksum offload from `csum_start`/`csum_offset`.
-pub const XDP_TXMD_FLAGS_CHECKSUM: u64 = 1 << 1;
-/// Request launch-time offload (kernel ≥ 6.14).
-pub const XDP_TXMD_FLAGS_LAUNCH_TIME: u64 = 1 << 2;
-
-/// `struct xsk_tx_metadata` (24 bytes), placed `tx_metadata_len` bytes before a TX frame's
-/// data when the descriptor has [`XDP_TX_METADATA`]. After `flags` comes the kernel's union of
-/// `request` (csum_start u16 @8, csum_offset u16 @10, launch_time u64 @16) and `completion`
-/// (tx_timestamp u64 @8); use the accessors.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct XskTxMetadata {
-    /// `XDP_TXMD_FLAGS_*`.
-    pub flags: u64,
-    /// The request/completion union as raw bytes.
-    pub union: [u8; 16],
-}
-
-impl XskTxMetadata {
-    /// Request checksum offload: checksum from `start`, stored at `start + offset`.
-    pub fn request_checksum(&mut self, start: u16, offset: u16) {
-        self.flags |= XDP_TXMD_FLAGS_CHECKSUM;
-        self.union[0..2].copy_from_slice(&start.to_ne_bytes());
-        self.union[2..4].copy_from_slice(&offset.to_ne_bytes());
-    }
-
-    /// Request a launch time (ns of the device's PTP clock).
-    pub fn request_launch_time(&mut self, ns: u64) {
-        self.flags |= XDP_TXMD_FLAGS_LAUNCH_TIME;
-        self.union[8..16].copy_from_slice(&ns.to_ne_bytes());
-    }
-
-    /// Request a TX timestamp; read it with [`XskTxMetadata::tx_timestamp`] on completion.
-    pub fn request_timestamp(&mut self) {
-        self.flags |= XDP_TXMD_FLAGS_TIMESTAMP;
-    }
-
-    /// The completion's TX timestamp.
-    pub fn tx_timestamp(&self) -> u64 {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&self.union[0..8]);
-        u64::from_ne_bytes(b)
-    }
-}
-
 /// `struct sockaddr_xdp`: the address an XDP socket binds to.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -315,8 +267,6 @@ const _: () = {
     assert!(offset_of!(XdpStatistics, rx_fill_ring_empty_descs) == 32);
     assert!(offset_of!(XdpStatistics, tx_ring_empty_descs) == 40);
     assert!(size_of::<XdpOptions>() == 4);
-    assert!(size_of::<XskTxMetadata>() == 24);
-    assert!(offset_of!(XskTxMetadata, union) == 8);
 };
 
 /// Plain-old-data types that may be passed to and filled by the kernel byte for byte.
@@ -772,22 +722,6 @@ mod tests {
         let bytes: &[u8; 32] = unsafe { &*(&r as *const XdpUmemReg).cast() };
         assert_eq!(&bytes[28..], &[0, 0, 0, 0]);
         assert_eq!(&bytes[16..20], &2048u32.to_ne_bytes());
-    }
-
-    #[test]
-    fn tx_metadata_fields_land_at_uapi_offsets() {
-        let mut m = XskTxMetadata::default();
-        m.request_checksum(34, 6);
-        m.request_launch_time(0x1122_3344_5566_7788);
-        assert_eq!(
-            m.flags,
-            XDP_TXMD_FLAGS_CHECKSUM | XDP_TXMD_FLAGS_LAUNCH_TIME
-        );
-        // SAFETY: XskTxMetadata is repr(C) integers/bytes without padding.
-        let b: &[u8; 24] = unsafe { &*(&m as *const XskTxMetadata).cast() };
-        assert_eq!(&b[8..10], &34u16.to_ne_bytes());
-        assert_eq!(&b[10..12], &6u16.to_ne_bytes());
-        assert_eq!(&b[16..24], &0x1122_3344_5566_7788u64.to_ne_bytes());
     }
 
     #[test]

@@ -69,18 +69,19 @@ pub fn tx_flood(
         )));
     }
     let batch = batch.clamp(1, 1024);
-    // Stamp the template into every free frame once.
-    let mut addrs = vec![0u64; umem.frames() as usize];
-    let n = sock.alloc(&mut addrs);
-    for &a in &addrs[..n] {
-        let p = sock
-            .app_ptr(a, frame.len() as u32)
-            .ok_or_else(|| Error::State("allocated frame not held".into()))?;
-        // SAFETY: app_ptr checked that `len` bytes at `a` lie inside a frame the application
-        // holds (so neither the kernel nor another socket writes it now).
-        unsafe { std::ptr::copy_nonoverlapping(frame.as_ptr(), p, frame.len()) };
+    // Stamp the template into every free frame once (taking them all, so each is stamped),
+    // then give them back: whichever the loop below takes already holds the packet.
+    let template = [frame; 64];
+    let mut stamp = [XdpDesc::default(); 64];
+    let mut stamped = Vec::with_capacity(umem.frames() as usize);
+    loop {
+        let got = sock.alloc_copies(&template, &mut stamp);
+        stamped.extend(stamp[..got].iter().map(|d| d.addr));
+        if got < template.len() {
+            break;
+        }
     }
-    sock.release(&addrs[..n]);
+    sock.release(&stamped);
     let mut descs = vec![XdpDesc::default(); batch];
     let mut out = vec![0u64; batch];
     let mut sent = 0u64;

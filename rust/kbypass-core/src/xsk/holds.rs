@@ -14,10 +14,13 @@
 //! hold (`Clone`) or while one is alive, so a hold never revives a frame already given back.
 
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::umem::FrameState;
+use crate::error::{Error, Result};
 use crate::mem::Mempool;
+use crate::packet::parse;
+use crate::sys::xdp::XdpDesc;
 
 /// Per-frame state and hold counts of one UMEM. Shared (through `Arc`) by the UMEM and by the
 /// holds, which may outlive it: a hold keeps the frame memory mapped (through the pool) but not
@@ -160,8 +163,9 @@ impl FrameHold {
         let p = self.ptr(addr, len)?;
         // SAFETY: `ptr` checked that the range lies inside this frame, inside the pool's
         // mapping, which `self.table.pool` keeps mapped for the borrow. The frame is `Held`
-        // while `self` lives: the kernel, the rings and every Rust API that writes frames
-        // (`frame_mut`, `app_ptr`, `alloc`) refuse it, so no Rust code writes it meanwhile.
+        // while `self` lives: the kernel, the rings and every Rust API that writes frames (the
+        // engine's `BatchCtx::frame_mut` and `BatchFrames` edits, `app_ptr`, `alloc`, all of
+        // which want the `App` or `Free` state) refuse it, so no Rust code writes it meanwhile.
         Some(unsafe { std::slice::from_raw_parts(p, len as usize) })
     }
 
@@ -222,6 +226,107 @@ impl Drop for FrameHold {
         } else {
             t.lost.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Frames the application holds as one group beyond the call that gave them out: a batch
+/// received with [`super::XskSocket::recv_held`] and not yet released, the KEEP frames of a
+/// worker's batch. One descriptor and one [`FrameHold`] per frame. Releasing drops the holds
+/// (each frame goes back to the pool once nothing else holds it); so does dropping the value.
+/// Every method takes `&self` and no lock but this value's own, so any thread may release.
+#[derive(Debug)]
+pub struct HeldFrames {
+    descs: Vec<XdpDesc>,
+    /// One hold per descriptor; None once released (or taken to be sent).
+    holds: Mutex<Option<Vec<FrameHold>>>,
+}
+
+impl HeldFrames {
+    /// Group held frames (descriptor, hold on the frame the descriptor is in).
+    pub fn new(frames: Vec<(XdpDesc, FrameHold)>) -> Self {
+        let (descs, holds) = frames.into_iter().unzip();
+        HeldFrames {
+            descs,
+            holds: Mutex::new(Some(holds)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Vec<FrameHold>>> {
+        // Dropping holds cannot leave the Vec half-changed: a poisoned lock is still valid.
+        self.holds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Frames in the group.
+    pub fn len(&self) -> usize {
+        self.descs.len()
+    }
+
+    /// Whether the group is empty.
+    pub fn is_empty(&self) -> bool {
+        self.descs.is_empty()
+    }
+
+    /// The descriptors (UMEM address of packet data, length, options).
+    pub fn descs(&self) -> &[XdpDesc] {
+        &self.descs
+    }
+
+    /// Whether the holds were dropped (released or sent).
+    pub fn released(&self) -> bool {
+        self.lock().is_none()
+    }
+
+    /// Another hold on frame `i` (for a view of it), or None once released or out of range.
+    pub fn hold(&self, i: usize) -> Option<FrameHold> {
+        self.lock().as_ref()?.get(i).cloned()
+    }
+
+    /// Another hold on every frame, or None once released.
+    pub fn holds(&self) -> Option<Vec<FrameHold>> {
+        self.lock().clone()
+    }
+
+    /// Take the holds out (e.g. to give the frames straight back to a FILL ring); None once
+    /// released.
+    pub fn take(&self) -> Option<Vec<FrameHold>> {
+        self.lock().take()
+    }
+
+    /// Drop the holds (idempotent); returns how many frames this released.
+    pub fn release(&self) -> usize {
+        self.take().map_or(0, |h| h.len())
+    }
+
+    /// Take the holds of the frames to send, each with its descriptor: every frame, or those
+    /// where `mask` is true (the others are released). An error if `mask` does not have one
+    /// entry per frame (nothing changes) or the frames were released.
+    pub fn take_for_send(&self, mask: Option<&[bool]>) -> Result<Vec<(FrameHold, XdpDesc)>> {
+        if mask.is_some_and(|m| m.len() != self.descs.len()) {
+            return Err(Error::invalid("mask must have one entry per frame"));
+        }
+        let holds = self
+            .take()
+            .ok_or_else(|| Error::State("this batch was already released or sent".into()))?;
+        Ok(holds
+            .into_iter()
+            .zip(self.descs.iter().copied())
+            .enumerate()
+            .filter(|(i, _)| mask.is_none_or(|m| m[*i]))
+            .map(|(_, x)| x)
+            .collect())
+    }
+
+    /// Parse every frame's headers into `out`, one 64-byte record per frame
+    /// ([`crate::packet::PacketMeta::to_bytes`]; `out` holds at least `len()` of them), without copying the
+    /// frames. None once released.
+    pub fn headers(&self, out: &mut [u8]) -> Option<()> {
+        let g = self.lock();
+        let holds = g.as_ref()?;
+        for ((d, h), rec) in self.descs.iter().zip(holds).zip(out.chunks_exact_mut(64)) {
+            let m = h.bytes(d.addr, d.len).map(parse).unwrap_or_default();
+            rec.copy_from_slice(&m.to_bytes());
+        }
+        Some(())
     }
 }
 

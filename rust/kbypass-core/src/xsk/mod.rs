@@ -5,13 +5,13 @@ pub mod port;
 pub mod ring;
 pub mod socket;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub mod umem;
 
-pub use holds::FrameHold;
-pub use port::{PortConfig, Queues, XskPort};
+pub use holds::{FrameHold, HeldFrames};
+pub use port::{PortConfig, Queues, SharedPort, XskPort};
 pub use ring::{ConsRing, ProdRing, RingOffsets};
 pub use socket::{
-    BindMode, BusyPoll, FrameAccount, HeldSend, SocketConfig, XskCounters, XskSocket,
+    BindMode, BusyPoll, CopySend, FrameAccount, HeldSend, SocketConfig, XskCounters, XskSocket,
 };
 pub use umem::{FrameState, Umem, UmemConfig, XDP_PACKET_HEADROOM};

@@ -5,13 +5,13 @@
 //! all in the safe order: detach the program (no more redirects), clear the XSKMAP, close the
 //! sockets, free the UMEM.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::sys::netlink::{link_info, XdpMode};
 use crate::sys::xdp::if_nametoindex;
 use crate::xdp::{attach, AttachMode, ProgramOptions, Rule, XdpAttachment, XdpProgram};
-use crate::xsk::{SocketConfig, Umem, UmemConfig, XskSocket};
+use crate::xsk::{FrameAccount, SocketConfig, Umem, UmemConfig, XskSocket};
 
 /// Which queues a port opens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,17 +202,85 @@ impl XskPort {
         self.sockets.get_mut(i).and_then(Option::take)
     }
 
-    /// Return a socket taken with [`XskPort::take_socket`].
+    /// Return a socket taken with [`XskPort::take_socket`]. A socket that does not belong in
+    /// slot `i` (the slot is taken, or is for another queue) is refused: it is dropped (closed)
+    /// and the error says so.
     pub fn put_socket(&mut self, i: usize, s: XskSocket) -> Result<()> {
         match self.sockets.get_mut(i) {
             Some(slot @ None) if s.queue() == self.queues[i] => {
                 *slot = Some(s);
                 Ok(())
             }
-            _ => Err(Error::invalid(format!(
-                "socket slot {i} is not empty or is for another queue"
+            _ => Err(Error::State(format!(
+                "socket {i} (queue {}) could not go back into the port: its slot is taken or is for another queue; the socket was closed",
+                s.queue()
             ))),
         }
+    }
+
+    /// Take the sockets named in `groups` (indexes into [`XskPort::queues`]), all of them or
+    /// none: if one is missing (a worker has it) the others go back and the error names it.
+    pub fn take_sockets(&mut self, groups: &[Vec<usize>]) -> Result<Vec<Vec<(usize, XskSocket)>>> {
+        let mut taken: Vec<Vec<(usize, XskSocket)>> = Vec::with_capacity(groups.len());
+        for g in groups {
+            let mut v = Vec::with_capacity(g.len());
+            for &i in g {
+                match self.take_socket(i) {
+                    Some(s) => v.push((i, s)),
+                    None => {
+                        taken.push(v);
+                        // Back into the slots they just left: cannot be refused.
+                        let back = self.put_sockets(taken.into_iter().flatten());
+                        debug_assert!(back.is_ok(), "{back:?}");
+                        return Err(Error::State(format!(
+                            "socket {i} is in use (another Pipeline?): stop it first"
+                        )));
+                    }
+                }
+            }
+            taken.push(v);
+        }
+        Ok(taken)
+    }
+
+    /// Put sockets back (see [`XskPort::put_socket`]); every socket is tried, and the error
+    /// names each one that was refused.
+    pub fn put_sockets(
+        &mut self,
+        sockets: impl IntoIterator<Item = (usize, XskSocket)>,
+    ) -> Result<()> {
+        let refused: Vec<String> = sockets
+            .into_iter()
+            .filter_map(|(i, s)| self.put_socket(i, s).err())
+            .map(|e| e.to_string())
+            .collect();
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::State(refused.join("; ")))
+        }
+    }
+
+    /// Where the UMEM's frames are, checked (see [`XskSocket::check_accounting`]) through any
+    /// socket in the port. With every socket in the port no worker is inside a batch, so a
+    /// frame with the application must be held: one that is not is lost, and that is an error
+    /// too.
+    pub fn check_accounting(&self) -> Result<FrameAccount> {
+        let s = self.sockets.iter().flatten().next().ok_or_else(|| {
+            Error::State(
+                "no socket of the port is available (closed, or the pipeline runs): stop() first"
+                    .into(),
+            )
+        })?;
+        let a = s.check_accounting()?;
+        let idle = self.sockets.iter().all(Option::is_some);
+        if idle && a.app != 0 {
+            return Err(Error::State(format!(
+                "frame accounting is off: {} frames are with the application without a hold ({a:?})",
+                a.app
+            )));
+        }
+        Ok(a)
     }
 
     /// Number of sockets.
@@ -231,6 +299,33 @@ impl XskPort {
             a.detach()?;
         }
         Ok(())
+    }
+}
+
+/// An [`XskPort`] several users share: handles on its sockets, and a pipeline whose workers
+/// take sockets out and put them back. `None` once closed.
+#[derive(Debug)]
+pub struct SharedPort(Mutex<Option<XskPort>>);
+
+impl SharedPort {
+    /// Share `port`.
+    pub fn new(port: XskPort) -> Self {
+        SharedPort(Mutex::new(Some(port)))
+    }
+
+    /// The port (None once closed). Never hold the guard across a wait longer than one
+    /// socket call: every other user of the port waits for it.
+    pub fn lock(&self) -> MutexGuard<'_, Option<XskPort>> {
+        // A panic while the port was locked leaves it as the panicking call left it: every
+        // socket call keeps the frame states consistent on its own.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Close the port now (detach, clear the XSKMAP, close the sockets it has, free the UMEM
+    /// once nothing else uses it). Returns whether it was open.
+    pub fn close(&self) -> bool {
+        let port = self.lock().take();
+        port.is_some()
     }
 }
 

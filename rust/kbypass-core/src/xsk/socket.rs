@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::holds::FrameHold;
+use super::holds::{FrameHold, HeldFrames};
 use super::ring::{ConsRing, ProdRing};
 use super::umem::{FrameState, Umem};
 use crate::error::{Error, Result};
@@ -132,6 +132,9 @@ pub struct XskCounters {
     pub rx_wakeups: u64,
     /// `sendto` wake-ups for TX.
     pub tx_wakeups: u64,
+    /// Wake-ups (either way) the kernel refused with an error other than "try again later"
+    /// (e.g. `ENXIO`: the interface went away, `EFAULT`); counted in the wake-ups too.
+    pub wakeup_errors: u64,
 }
 
 /// Where each of the UMEM's frames is, for the accounting check.
@@ -157,6 +160,15 @@ impl FrameAccount {
     pub fn balanced(&self) -> bool {
         self.free + self.rx_side + self.app + self.held + self.tx_side == self.total
     }
+}
+
+/// What [`XskSocket::send_copies`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopySend {
+    /// Packets queued on the TX ring.
+    pub queued: usize,
+    /// Packets skipped: empty, or longer than a frame's TX room ([`Umem::tx_capacity`]).
+    pub oversize: usize,
 }
 
 /// What [`XskSocket::send_holds`] did.
@@ -488,7 +500,9 @@ impl XskSocket {
         if n == 0 {
             if self.busy_poll || self.fill.needs_wakeup() {
                 // Counted whether or not the kernel had work: every syscall is visible.
-                let _ = self.fd().wakeup_rx();
+                if self.fd().wakeup_rx().is_err() {
+                    self.counters.wakeup_errors += 1;
+                }
                 self.counters.rx_wakeups += 1;
             }
             return 0;
@@ -637,7 +651,9 @@ impl XskSocket {
     /// Ask the kernel to process the TX ring when it needs (or, without need_wakeup, always).
     pub fn kick_tx(&mut self) {
         if !self.need_wakeup || self.tx.needs_wakeup() || self.busy_poll {
-            let _ = self.fd().wakeup_tx();
+            if self.fd().wakeup_tx().is_err() {
+                self.counters.wakeup_errors += 1;
+            }
             self.counters.tx_wakeups += 1;
         }
     }
@@ -666,18 +682,39 @@ impl XskSocket {
         k
     }
 
-    /// Frames the application has (for the current call, or held).
-    pub fn app_frames(&self) -> u32 {
-        let c = self.umem.census();
-        c[FrameState::App as usize] + c[FrameState::Held as usize]
-    }
-
     /// Hold frame `addr` (any address inside it), which the application has from
     /// [`XskSocket::recv`] or [`XskSocket::alloc`], beyond the current call: it leaves the
     /// `App` state for `Held` until the last [`FrameHold`] on it is dropped, then goes back to
     /// the pool by itself. None when the frame is not the application's (or already held).
     pub fn hold(&mut self, addr: u64) -> Option<FrameHold> {
         self.umem.hold_app(self.umem.frame_of(addr)?)
+    }
+
+    /// Receive up to `max` frames and hold each (see [`HeldFrames`]): the application keeps
+    /// them as long as it likes and can release them from any thread without this socket.
+    /// When none is there and `wait` is given (and not zero), wait up to that long in `poll(2)`
+    /// ([`XskSocket::wait_rx`]) and receive once more.
+    pub fn recv_held(&mut self, max: usize, wait: Option<Duration>) -> Result<HeldFrames> {
+        let mut d = vec![XdpDesc::default(); max];
+        let mut n = self.recv(&mut d);
+        if n == 0 {
+            if let Some(w) = wait.filter(|w| !w.is_zero()) {
+                self.wait_rx(w)?;
+                n = self.recv(&mut d);
+            }
+        }
+        let mut frames = Vec::with_capacity(n);
+        for x in &d[..n] {
+            match self.hold(x.addr) {
+                Some(h) => frames.push((*x, h)),
+                // `recv` just gave the frame to the application: holding it cannot fail.
+                None => {
+                    debug_assert!(false, "a received frame could not be held");
+                    self.counters.invalid_descs += 1;
+                }
+            }
+        }
+        Ok(HeldFrames::new(frames))
     }
 
     /// Give held frames back (e.g. an `RxBatch` released): a frame whose hold is its only one
@@ -753,6 +790,75 @@ impl XskSocket {
             out.failed += descs.len() - q;
         }
         out.queued = q;
+        out
+    }
+
+    /// Take a free frame for each of `packets` (while there are free frames), copy the packet
+    /// into it and describe it in `out`; returns how many `out` holds. Each packet must be
+    /// non-empty and fit a frame's TX room ([`Umem::tx_capacity`]); one that does not is
+    /// skipped (its frame goes back) and counted as an invalid descriptor.
+    pub fn alloc_copies(&mut self, packets: &[&[u8]], out: &mut [XdpDesc]) -> usize {
+        let mut addrs = [0u64; BATCH];
+        let mut k = 0;
+        for chunk in packets.chunks(BATCH) {
+            let want = chunk.len().min(out.len() - k);
+            let got = self.alloc(&mut addrs[..want]);
+            for (p, &a) in chunk.iter().zip(&addrs[..got]) {
+                let fits = !p.is_empty() && p.len() as u32 <= self.umem.tx_capacity();
+                match self.app_ptr(a, p.len() as u32).filter(|_| fits) {
+                    Some(dst) => {
+                        // SAFETY: `app_ptr` checked that p.len() bytes at `a` lie inside a
+                        // frame just allocated (App: neither the kernel nor any hold has it,
+                        // and no view of it exists); `p` is caller memory, not in that frame.
+                        unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), dst, p.len()) };
+                        out[k] = XdpDesc {
+                            addr: a,
+                            len: p.len() as u32,
+                            options: 0,
+                        };
+                        k += 1;
+                    }
+                    None => {
+                        self.release(&[a]);
+                        self.counters.invalid_descs += 1;
+                    }
+                }
+            }
+            if got < want || k == out.len() {
+                break;
+            }
+        }
+        k
+    }
+
+    /// Send copies of `packets`, in order (the `send()` of an application that has bytes, not
+    /// frames): each is copied into a free frame and put on the TX ring, completions reaped as
+    /// it goes. Stops at the first packet that finds no free frame or no room on the TX ring
+    /// (frames taken for the rest go back). Empty packets and packets longer than a frame's TX
+    /// room are skipped and counted in [`CopySend::oversize`].
+    pub fn send_copies(&mut self, packets: &[&[u8]]) -> CopySend {
+        let cap = self.umem.tx_capacity() as usize;
+        let (ok, big): (Vec<&[u8]>, Vec<&[u8]>) = packets
+            .iter()
+            .partition(|p| !p.is_empty() && p.len() <= cap);
+        let mut out = CopySend {
+            queued: 0,
+            oversize: big.len(),
+        };
+        let mut descs = [XdpDesc::default(); BATCH];
+        for chunk in ok.chunks(BATCH) {
+            self.complete();
+            let got = self.alloc_copies(chunk, &mut descs);
+            let q = self.send(&descs[..got]);
+            if q < got {
+                let back: Vec<u64> = descs[q..got].iter().map(|d| d.addr).collect();
+                self.release(&back);
+            }
+            out.queued += q;
+            if q < chunk.len() {
+                break;
+            }
+        }
         out
     }
 

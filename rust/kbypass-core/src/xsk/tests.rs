@@ -22,6 +22,23 @@ fn root() -> bool {
     crate::sys::testutil::is_root()
 }
 
+/// A copy-mode port configuration of `frames` frames taking the frames `filter` matches (every
+/// frame with None); the engine's tests use it too.
+pub(crate) fn copy_config(frames: u32, filter: Option<&str>) -> PortConfig {
+    PortConfig {
+        rules: filter.map_or_else(Vec::new, |f| crate::xdp::parse_filter(f).unwrap()),
+        umem: UmemConfig {
+            frames,
+            ..Default::default()
+        },
+        socket: SocketConfig {
+            mode: BindMode::Copy,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 fn recv_until(sock: &mut XskSocket, n: usize, timeout: Duration) -> Vec<XdpDesc> {
     let mut got = Vec::new();
     let mut buf = vec![XdpDesc::default(); 64];
@@ -44,18 +61,7 @@ fn port_receives_exactly_what_the_peer_sends_and_accounts_every_frame() {
     }
     let pair = pair(1);
     let _ns = NetnsGuard::enter(&pair.b).unwrap();
-    let cfg = PortConfig {
-        rules: crate::xdp::parse_filter("udp dst port 9000").unwrap(),
-        umem: UmemConfig {
-            frames: 1024,
-            ..Default::default()
-        },
-        socket: SocketConfig {
-            mode: BindMode::Copy,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let cfg = copy_config(1024, Some("udp dst port 9000"));
     let mut port = XskPort::open("veth1", &Queues::All, &cfg).unwrap();
     assert_eq!(port.queues(), &[0]);
     let (a, src, dst) = (pair.a.clone(), pair.ip(1), pair.ip(2));
@@ -107,18 +113,7 @@ fn filter_leaves_other_traffic_to_the_kernel() {
     }
     let pair = pair(1);
     let _ns = NetnsGuard::enter(&pair.b).unwrap();
-    let cfg = PortConfig {
-        rules: crate::xdp::parse_filter("udp dst port 9000").unwrap(),
-        umem: UmemConfig {
-            frames: 512,
-            ..Default::default()
-        },
-        socket: SocketConfig {
-            mode: BindMode::Copy,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let cfg = copy_config(512, Some("udp dst port 9000"));
     let mut port = XskPort::open("veth1", &Queues::List(vec![0]), &cfg).unwrap();
     let (b, dst) = (pair.b.clone(), pair.ip(2));
     let rx = std::thread::spawn(move || {
@@ -164,21 +159,29 @@ fn filter_leaves_other_traffic_to_the_kernel() {
     assert_eq!(got.len(), 100, "port 9000 reaches the socket");
 }
 
-#[test]
-fn tx_reaches_the_peer_kernel_socket_and_completions_return_frames() {
-    if !root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let pair = pair(1);
+/// A kernel UDP receiver in namespace b expecting `count` datagrams to `udp_port` (its thread:
+/// join it for what arrived), this thread moved into namespace a with a port of `frames` frames
+/// on veth0, and a `size`-byte UDP frame from a to b's `udp_port`.
+fn tx_bench(
+    pair: &VethPair,
+    udp_port: u16,
+    count: u64,
+    frames: u32,
+    size: usize,
+) -> (
+    std::thread::JoinHandle<crate::traffic::Throughput>,
+    NetnsGuard,
+    XskPort,
+    Vec<u8>,
+) {
     let (b, dst) = (pair.b.clone(), pair.ip(2));
     let rx = std::thread::spawn(move || {
         udp_recv(
             Some(&b),
-            SocketAddrV4::new(dst, 9100),
+            SocketAddrV4::new(dst, udp_port),
             16,
             StopWhen {
-                count: Some(300),
+                count: Some(count),
                 duration: Some(Duration::from_secs(5)),
                 ..Default::default()
             },
@@ -186,29 +189,29 @@ fn tx_reaches_the_peer_kernel_socket_and_completions_return_frames() {
         .unwrap()
     });
     std::thread::sleep(Duration::from_millis(200));
-    let _ns = NetnsGuard::enter(&pair.a).unwrap();
-    let cfg = PortConfig {
-        umem: UmemConfig {
-            frames: 256,
-            ..Default::default()
-        },
-        socket: SocketConfig {
-            mode: BindMode::Copy,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let mut port = XskPort::open("veth0", &Queues::All, &cfg).unwrap();
+    let ns = NetnsGuard::enter(&pair.a).unwrap();
+    let cfg = copy_config(frames, None);
+    let port = XskPort::open("veth0", &Queues::All, &cfg).unwrap();
     let t = crate::traffic::UdpTemplate {
         dst_mac: pair.mac(2),
         src_mac: pair.mac(1),
         src_ip: pair.ip(1),
         dst_ip: pair.ip(2),
-        dst_port: 9100,
-        size: 100,
+        dst_port: udp_port,
+        size,
         ..Default::default()
     };
-    let frame = t.build().unwrap();
+    (rx, ns, port, t.build().unwrap())
+}
+
+#[test]
+fn tx_reaches_the_peer_kernel_socket_and_completions_return_frames() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let pair = pair(1);
+    let (rx, _ns, mut port, frame) = tx_bench(&pair, 9100, 300, 256, 100);
     let r =
         crate::traffic::xsk::tx_flood(port.socket_mut(0).unwrap(), &frame, 300, 32, None).unwrap();
     assert_eq!(r.packets, 300);
@@ -275,18 +278,7 @@ fn bad_configuration_is_refused_with_a_fix() {
 
 /// A port on `veth1` (namespace `b`) taking UDP to port 9000, copy mode, `frames` frames.
 fn udp_port(frames: u32) -> XskPort {
-    let cfg = PortConfig {
-        rules: crate::xdp::parse_filter("udp dst port 9000").unwrap(),
-        umem: UmemConfig {
-            frames,
-            ..Default::default()
-        },
-        socket: SocketConfig {
-            mode: BindMode::Copy,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let cfg = copy_config(frames, Some("udp dst port 9000"));
     XskPort::open("veth1", &Queues::All, &cfg).unwrap()
 }
 
@@ -397,4 +389,131 @@ fn release_holds_refills_and_send_holds_copies_what_other_holds_keep() {
     drop(view);
     assert_eq!(sock.check_accounting().unwrap().held, 0);
     assert_eq!(sock.counters().invalid_descs, 0);
+}
+
+#[test]
+fn recv_held_holds_a_batch_that_parses_sends_and_releases_without_the_socket() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let pair = pair(1);
+    let _ns = NetnsGuard::enter(&pair.b).unwrap();
+    let mut port = udp_port(256);
+    send_from_a(&pair, b"held-batch", 6);
+    let sock = port.socket_mut(0).unwrap();
+    let mut batch = sock.recv_held(64, Some(Duration::from_secs(2))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while batch.len() < 6 && Instant::now() < deadline {
+        // Frames may arrive over several receives: collect them into one group.
+        let more = sock.recv_held(64, Some(Duration::from_millis(20))).unwrap();
+        let mut all: Vec<(XdpDesc, FrameHold)> = Vec::new();
+        for g in [&batch, &more] {
+            all.extend(g.descs().iter().copied().zip(g.take().unwrap()));
+        }
+        batch = HeldFrames::new(all);
+    }
+    assert_eq!(batch.len(), 6);
+    assert_eq!(sock.account().held, 6);
+    let mut recs = vec![0u8; 6 * 64];
+    batch.headers(&mut recs).unwrap();
+    for (d, (h, rec)) in batch
+        .descs()
+        .iter()
+        .zip(batch.holds().unwrap().iter().zip(recs.chunks(64)))
+    {
+        let m = crate::packet::parse(h.bytes(d.addr, d.len).unwrap());
+        assert_eq!(m.dst_port, 9000);
+        assert_eq!(rec, &m.to_bytes()[..], "the record is the parser's");
+    }
+    // A bad mask changes nothing; a good one sends three and releases the rest.
+    let e = batch.take_for_send(Some(&[true; 5])).unwrap_err();
+    assert!(e.to_string().contains("one entry per frame"), "{e}");
+    assert!(!batch.released());
+    let mask = [true, false, true, false, true, false];
+    let items = batch.take_for_send(Some(&mask)).unwrap();
+    assert!(batch.released() && batch.hold(0).is_none() && batch.release() == 0);
+    assert!(batch.take_for_send(None).is_err(), "sent once");
+    assert_eq!(sock.send_holds(items).queued, 3);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while sock.account().tx_side > 0 && Instant::now() < deadline {
+        sock.complete();
+    }
+    let acc = sock.check_accounting().unwrap();
+    assert_eq!((acc.app, acc.held, acc.tx_side), (0, 0, 0), "{acc:?}");
+    // Nothing there: an empty group after the wait.
+    let t = Instant::now();
+    let none = sock.recv_held(8, Some(Duration::from_millis(30))).unwrap();
+    assert!(none.is_empty() && t.elapsed() >= Duration::from_millis(25));
+}
+
+#[test]
+fn send_copies_sends_bytes_in_order_and_counts_what_does_not_fit() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let pair = pair(1);
+    let (rx, _ns, mut port, frame) = tx_bench(&pair, 9200, 150, 512, 90);
+    let sock = port.socket_mut(0).unwrap();
+    let big = vec![0u8; sock.umem().tx_capacity() as usize + 1];
+    let mut packets: Vec<&[u8]> = vec![&frame[..]; 150];
+    packets.insert(7, &[]);
+    packets.insert(70, &big);
+    let r = sock.send_copies(&packets);
+    assert_eq!((r.queued, r.oversize), (150, 2));
+    let got = rx.join().unwrap();
+    assert_eq!(got.packets, 150);
+    assert_eq!(got.bytes, 150 * (90 - 42));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while sock.account().tx_side > 0 && Instant::now() < deadline {
+        sock.complete();
+    }
+    let acc = sock.check_accounting().unwrap();
+    assert_eq!((acc.app, acc.tx_side), (0, 0), "{acc:?}");
+    assert_eq!(sock.counters().invalid_descs, 0);
+}
+
+#[test]
+fn a_port_gives_sockets_out_all_or_none_and_refuses_a_wrong_one_back() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let pair = pair(2);
+    let _ns = NetnsGuard::enter(&pair.b).unwrap();
+    let mut cfg = copy_config(4096, None);
+    cfg.socket.fill_size = 256;
+    let mut port = XskPort::open("veth1", &Queues::All, &cfg).unwrap();
+    let one = port.take_socket(1).unwrap();
+    let e = port.take_sockets(&[vec![0], vec![1]]).unwrap_err();
+    assert!(e.to_string().contains("socket 1 is in use"), "{e}");
+    assert!(port.socket(0).is_some(), "all or none: socket 0 went back");
+    let e = port.check_accounting();
+    assert!(e.is_ok(), "a socket is out: no strict check ({e:?})");
+    // Socket 1 does not belong in slot 0.
+    let e = port.put_sockets([(0, one)]).unwrap_err().to_string();
+    assert!(e.contains("could not go back into the port"), "{e}");
+    assert!(port.socket(1).is_none(), "refused, and closed");
+    let mut taken = port.take_sockets(&[vec![0]]).unwrap();
+    port.put_sockets(taken.pop().unwrap()).unwrap();
+    // With every socket in the port, a frame with the application and no hold is lost.
+    let mut port2 = udp_port_on("veth1", 1, 512);
+    let s = port2.socket_mut(0).unwrap();
+    let mut a = [0u64; 2];
+    assert_eq!(s.alloc(&mut a), 2);
+    let e = port2.check_accounting().unwrap_err().to_string();
+    assert!(
+        e.contains("2 frames are with the application without a hold"),
+        "{e}"
+    );
+}
+
+/// A port on `ifname` queue `queue` (in the current namespace), copy mode, no program.
+fn udp_port_on(ifname: &str, queue: u32, frames: u32) -> XskPort {
+    let cfg = PortConfig {
+        program: false,
+        ..copy_config(frames, None)
+    };
+    XskPort::open(ifname, &Queues::List(vec![queue]), &cfg).unwrap()
 }

@@ -1,0 +1,493 @@
+//! `kbypass.Batch` and `Batch.umem` (`UmemWindow`): one batch as a batch handler sees it.
+//!
+//! The columns are per-worker NumPy buffers (`Buffers`, allocated once and sliced per batch,
+//! replaced when a handler kept one); frame access goes through the worker's lease on the
+//! batch (`BatchFrames`): views by descriptor index, edits and reads by mask, all refused once
+//! the handler returned.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use kbypass_core::engine::{BatchFrames, Lent};
+use kbypass_core::packet::{edit, PacketMeta};
+use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1};
+use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PySlice};
+
+use crate::errors::IntoPyResult;
+use crate::packet::{meta_dtype, PcapWriter};
+use crate::views::{refcnt, FrameView, UmemMemory};
+
+/// Per-worker NumPy buffers, allocated once and sliced per batch. A buffer that a handler kept
+/// a reference to (any view of it) is the handler's from then on: the worker notices when the
+/// handler returns (`escaped`) and uses fresh buffers for the next batch.
+pub struct Buffers {
+    cap: usize,
+    lengths: Py<PyArray1<u32>>,
+    addrs: Py<PyArray1<u64>>,
+    verdicts: Py<PyArray1<u8>>,
+    forward_to: Py<PyArray1<u16>>,
+    meta_raw: Py<PyArray2<u8>>,
+    headers: Py<PyAny>,
+    /// The whole UMEM, read-only (see `UmemWindow`).
+    umem: Py<PyAny>,
+    /// Reference counts of lengths, addrs, verdicts, forward_to, meta_raw, headers with nothing
+    /// handed out.
+    base: [isize; 6],
+}
+
+impl Buffers {
+    pub fn new(py: Python<'_>, cap: usize, memory: &UmemMemory) -> PyResult<Self> {
+        let meta_raw = PyArray2::<u8>::zeros(py, [cap, 64], false);
+        let headers = meta_raw
+            .call_method1("view", (meta_dtype(py)?,))?
+            .call_method1("reshape", (cap,))?;
+        let mut b = Buffers {
+            cap,
+            lengths: PyArray1::<u32>::zeros(py, cap, false).unbind(),
+            addrs: PyArray1::<u64>::zeros(py, cap, false).unbind(),
+            verdicts: PyArray1::<u8>::zeros(py, cap, false).unbind(),
+            forward_to: PyArray1::<u16>::zeros(py, cap, false).unbind(),
+            meta_raw: meta_raw.unbind(),
+            headers: headers.unbind(),
+            umem: memory.umem_2d(py)?.into_any().unbind(),
+            base: [0; 6],
+        };
+        b.base = b.refcounts(py);
+        Ok(b)
+    }
+
+    /// Frames per batch at most.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    fn refcounts(&self, py: Python<'_>) -> [isize; 6] {
+        [
+            refcnt(self.lengths.bind(py).as_any()),
+            refcnt(self.addrs.bind(py).as_any()),
+            refcnt(self.verdicts.bind(py).as_any()),
+            refcnt(self.forward_to.bind(py).as_any()),
+            refcnt(self.meta_raw.bind(py).as_any()),
+            refcnt(self.headers.bind(py)),
+        ]
+    }
+
+    /// Whether a column (or a view of one) outlived the handler. Every view NumPy derives from
+    /// a buffer has the buffer as its base, so its reference count says.
+    pub fn escaped(&self, py: Python<'_>) -> bool {
+        self.refcounts(py) != self.base
+    }
+
+    fn head<'py>(&self, py: Python<'py>, arr: &Py<PyAny>, n: usize) -> PyResult<Bound<'py, PyAny>> {
+        let a = arr.bind(py);
+        if n == self.cap {
+            return Ok(a.clone());
+        }
+        a.get_item(PySlice::new(py, 0, n as isize, 1))
+    }
+
+    /// Fill the columns from the batch lent to the handler.
+    pub fn load(&self, py: Python<'_>, lent: &mut Lent<'_, '_, '_>) -> PyResult<()> {
+        let n = lent.len();
+        {
+            let mut l = self.lengths.bind(py).try_readwrite()?;
+            let mut a = self.addrs.bind(py).try_readwrite()?;
+            let mut m = self.meta_raw.bind(py).try_readwrite()?;
+            lent.write_columns(l.as_slice_mut()?, a.as_slice_mut()?, m.as_slice_mut()?);
+        }
+        let mut v = self.verdicts.bind(py).try_readwrite()?;
+        v.as_slice_mut()?[..n].copy_from_slice(lent.verdicts());
+        let mut f = self.forward_to.bind(py).try_readwrite()?;
+        f.as_slice_mut()?[..n].copy_from_slice(lent.forward_to());
+        Ok(())
+    }
+
+    /// Read the verdicts (and FORWARD targets) the handler wrote back into the batch.
+    pub fn store(&self, py: Python<'_>, lent: &mut Lent<'_, '_, '_>) -> PyResult<()> {
+        let n = lent.len();
+        let v = self.verdicts.bind(py).try_readonly()?;
+        lent.verdicts().copy_from_slice(&v.as_slice()?[..n]);
+        let f = self.forward_to.bind(py).try_readonly()?;
+        lent.forward_to().copy_from_slice(&f.as_slice()?[..n]);
+        Ok(())
+    }
+}
+
+/// One batch of received frames, valid only while the handler runs.
+///
+/// Columns are NumPy arrays of length `len(batch)`: `lengths` (uint32), `addrs` (uint64 UMEM
+/// offsets of the packet data), `headers` (structured, `kbypass.packet.META_DTYPE`),
+/// `verdicts` (uint8, writable, pre-filled with the pipeline's default) and `forward_to`
+/// (uint16 socket index for FORWARD). `frame(i)` / `frames` are zero-copy, writable views of
+/// the packet bytes; `umem` is a read-only window on the whole UMEM indexed as a (frames,
+/// frame_size) array, so `umem[addrs // frame_size, addrs % frame_size + k]` gives byte k of
+/// every packet at once (indexing it returns copies).
+///
+/// After the handler returns, every method raises RuntimeError. What the handler kept stays
+/// valid and never changes under it: a column array (or view of one) it kept is its own (the
+/// next batch gets fresh buffers), and a frame whose view it kept is held, not recycled, until
+/// the last view is gone (counted in `stats()["escaped"]`; a TX/FORWARD verdict then sends a
+/// copy). Holding frames takes them from the pool: copy what you keep for long, or KEEP it.
+///
+/// Example:
+///     >>> def handler(batch):
+///     ...     h = batch.headers
+///     ...     batch.verdicts[:] = np.where(h["dst_port"] == 9000, kbypass.TX, kbypass.DROP)
+///     ...     batch.swap_macs(batch.verdicts == kbypass.TX)
+#[pyclass(name = "Batch", module = "kbypass._core", frozen)]
+pub struct PyBatch {
+    n: usize,
+    socket: usize,
+    worker: usize,
+    /// The worker's lease on the batch's frames, and which lease this batch is.
+    frames: Arc<BatchFrames>,
+    seq: u64,
+    bufs: Arc<Buffers>,
+    memory: UmemMemory,
+    valid: AtomicBool,
+    /// Owner of the views of frame `i` (once one was taken), checked when the handler returns.
+    views: Mutex<Vec<Option<Py<FrameView>>>>,
+}
+
+impl PyBatch {
+    /// The batch `lent` to a handler, over these buffers.
+    pub fn new(
+        lent: &Lent<'_, '_, '_>,
+        frames: &Arc<BatchFrames>,
+        bufs: &Arc<Buffers>,
+        memory: &UmemMemory,
+    ) -> Self {
+        PyBatch {
+            n: lent.len(),
+            socket: lent.socket(),
+            worker: lent.worker(),
+            frames: Arc::clone(frames),
+            seq: lent.seq(),
+            bufs: Arc::clone(bufs),
+            memory: memory.clone(),
+            valid: AtomicBool::new(true),
+            views: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The handler returned: every method raises from now on.
+    pub fn end(&self) {
+        self.valid.store(false, Ordering::Release);
+    }
+
+    /// The owners of the views the handler took (to check whether they outlived it).
+    pub fn take_views(&self) -> Vec<Option<Py<FrameView>>> {
+        std::mem::take(&mut *self.lock_views())
+    }
+
+    fn check(&self) -> PyResult<()> {
+        if !self.valid.load(Ordering::Acquire) {
+            return Err(PyRuntimeError::new_err(
+                "this Batch ended when the handler returned: its buffers are reused and its frames recycled; copy data you need inside the handler, or give frames the KEEP verdict",
+            ));
+        }
+        Ok(())
+    }
+
+    fn lock_views(&self) -> MutexGuard<'_, Vec<Option<Py<FrameView>>>> {
+        self.views.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A view of frame `j`, its owner shared by every view of that frame in this batch.
+    fn view<'py>(&self, py: Python<'py>, j: usize) -> PyResult<Bound<'py, PyArray1<u8>>> {
+        // The worker's descriptor, not the `addrs`/`lengths` a handler may have written to.
+        let d = self.frames.desc(self.seq, j).py()?;
+        let known = self
+            .lock_views()
+            .get(j)
+            .and_then(|o| o.as_ref().map(|o| o.clone_ref(py)));
+        let owner = match known {
+            Some(o) => o.into_bound(py),
+            None => {
+                // Allocate without the lock held: a GC run here may run arbitrary Python.
+                let o = self.memory.owner(py, None)?;
+                let mut v = self.lock_views();
+                // Under the lock the worker takes the owners with: an owner added after it
+                // took them would never be checked.
+                self.check()?;
+                if v.len() < self.n {
+                    v.resize_with(self.n, || None);
+                }
+                match &v[j] {
+                    Some(other) => other.clone_ref(py).into_bound(py),
+                    None => {
+                        v[j] = Some(o.clone().unbind());
+                        o
+                    }
+                }
+            }
+        };
+        FrameView::array(&owner, d.addr, d.len)
+    }
+
+    fn col<'py>(&self, py: Python<'py>, arr: &Py<PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        self.check()?;
+        self.bufs.head(py, arr, self.n)
+    }
+
+    /// Apply `f` to every (masked) frame through the lease; returns how many it changed.
+    fn edit_each(
+        &self,
+        mask: Option<PyReadonlyArray1<'_, bool>>,
+        f: impl FnMut(&mut [u8], &PacketMeta) -> bool,
+    ) -> PyResult<usize> {
+        self.check()?;
+        let mask = mask.map(|m| m.as_array().to_vec());
+        self.frames.edit(self.seq, mask.as_deref(), f).py()
+    }
+}
+
+#[pymethods]
+impl PyBatch {
+    fn __len__(&self) -> usize {
+        self.n
+    }
+
+    /// Pipeline-wide index of the socket the frames arrived on.
+    #[getter]
+    fn socket(&self) -> usize {
+        self.socket
+    }
+
+    /// Index of the worker running the handler.
+    #[getter]
+    fn worker(&self) -> usize {
+        self.worker
+    }
+
+    /// Whether the batch is still usable (False once the handler returned).
+    #[getter]
+    fn valid(&self) -> bool {
+        self.valid.load(Ordering::Acquire)
+    }
+
+    /// Packet lengths (uint32).
+    #[getter]
+    fn lengths<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let arr = self.bufs.lengths.clone_ref(py).into_any();
+        self.col(py, &arr)
+    }
+
+    /// UMEM offsets of the packet data (uint64).
+    #[getter]
+    fn addrs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let arr = self.bufs.addrs.clone_ref(py).into_any();
+        self.col(py, &arr)
+    }
+
+    /// Parsed headers (structured array, `kbypass.packet.META_DTYPE`).
+    #[getter]
+    fn headers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.col(py, &self.bufs.headers)
+    }
+
+    /// Verdicts (uint8, writable), pre-filled with the pipeline's default.
+    #[getter]
+    fn verdicts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let arr = self.bufs.verdicts.clone_ref(py).into_any();
+        self.col(py, &arr)
+    }
+
+    /// Target socket index of FORWARD verdicts (uint16, writable; defaults to this socket).
+    #[getter]
+    fn forward_to<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let arr = self.bufs.forward_to.clone_ref(py).into_any();
+        self.col(py, &arr)
+    }
+
+    /// A read-only window on the whole UMEM, indexed as a (frames, frame_size) uint8 array;
+    /// indexing it returns copies (usable after the handler).
+    #[getter]
+    fn umem(slf: &Bound<'_, Self>) -> PyResult<UmemWindow> {
+        let me = slf.get();
+        me.check()?;
+        Ok(UmemWindow {
+            arr: me.bufs.umem.clone_ref(slf.py()),
+            batch: slf.clone().unbind(),
+        })
+    }
+
+    /// Bytes per UMEM frame.
+    #[getter]
+    fn frame_size(&self) -> u32 {
+        self.memory.frame_size
+    }
+
+    /// A zero-copy, writable uint8 view of frame `i`'s packet bytes. If the view outlives the
+    /// handler, the frame is held until the view is gone (never recycled under it).
+    fn frame<'py>(&self, py: Python<'py>, i: isize) -> PyResult<Bound<'py, PyArray1<u8>>> {
+        self.check()?;
+        let n = self.n as isize;
+        let j = if i < 0 { i + n } else { i };
+        if !(0..n).contains(&j) {
+            return Err(PyIndexError::new_err(format!(
+                "frame {i} out of range for a batch of {n}"
+            )));
+        }
+        self.view(py, j as usize)
+    }
+
+    /// Zero-copy views of every frame (one NumPy object each: slower than the columns).
+    #[getter]
+    fn frames<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.check()?;
+        let views = (0..self.n)
+            .map(|j| self.view(py, j))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, views)
+    }
+
+    /// Swap Ethernet source and destination of the (masked) frames; returns how many.
+    #[pyo3(signature = (mask=None))]
+    fn swap_macs(&self, mask: Option<PyReadonlyArray1<'_, bool>>) -> PyResult<usize> {
+        self.edit_each(mask, |f, _| edit::swap_macs(f))
+    }
+
+    /// Swap IPv4/IPv6 source and destination of the (masked) frames; returns how many.
+    #[pyo3(signature = (mask=None))]
+    fn swap_ips(&self, mask: Option<PyReadonlyArray1<'_, bool>>) -> PyResult<usize> {
+        self.edit_each(mask, edit::swap_ips)
+    }
+
+    /// Swap UDP/TCP source and destination ports of the (masked) frames; returns how many.
+    #[pyo3(signature = (mask=None))]
+    fn swap_ports(&self, mask: Option<PyReadonlyArray1<'_, bool>>) -> PyResult<usize> {
+        self.edit_each(mask, edit::swap_ports)
+    }
+
+    /// Recompute the IPv4 header and UDP/TCP checksums of the (masked) frames; returns how
+    /// many frames got a valid L4 checksum.
+    #[pyo3(signature = (mask=None))]
+    fn fix_checksums(&self, mask: Option<PyReadonlyArray1<'_, bool>>) -> PyResult<usize> {
+        self.edit_each(mask, |f, m| {
+            edit::fix_ipv4_checksum(f, m);
+            edit::fix_l4_checksum(f, m)
+        })
+    }
+
+    /// Write `value` at byte `offset` from the start of the chosen header (`base`: "l2", "l3",
+    /// "l4" or "payload") of the (masked) frames that are long enough; returns how many.
+    /// Checksums are not updated: call `fix_checksums` after.
+    #[pyo3(signature = (offset, value, mask=None, base="l2"))]
+    fn set_field(
+        &self,
+        offset: usize,
+        value: &[u8],
+        mask: Option<PyReadonlyArray1<'_, bool>>,
+        base: &str,
+    ) -> PyResult<usize> {
+        let base: edit::HeaderBase = base.parse().py()?;
+        self.edit_each(mask, |f, m| edit::set_field(f, m, base, offset, value))
+    }
+
+    /// Append the (masked) frames to a `kbypass.packet.PcapWriter`; returns how many.
+    #[pyo3(signature = (writer, mask=None))]
+    fn to_pcap(
+        &self,
+        writer: &Bound<'_, PcapWriter>,
+        mask: Option<PyReadonlyArray1<'_, bool>>,
+    ) -> PyResult<usize> {
+        self.check()?;
+        let mask = mask.map(|m| m.as_array().to_vec());
+        let mut w = writer.borrow_mut();
+        let out = w.writer()?;
+        let ts = kbypass_core::packet::pcap::now_ns();
+        let mut failed = None;
+        let k = self
+            .frames
+            .read(self.seq, mask.as_deref(), |frame| {
+                failed.is_none()
+                    && match out.write_frame(ts, frame) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            failed = Some(e);
+                            false
+                        }
+                    }
+            })
+            .py()?;
+        match failed {
+            Some(e) => Err(crate::packet::io_err("write pcap record", e)),
+            None => Ok(k),
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Batch({} frames, socket {}{})",
+            self.n,
+            self.socket,
+            if self.valid() { "" } else { ", ended" }
+        )
+    }
+}
+
+/// `Batch.umem`: the whole UMEM indexed as a (frames, frame_size) uint8 array, read-only, valid
+/// while the handler runs. Indexing returns copies, never views, so nothing taken from it can
+/// change after the handler (frames outside the batch show whatever the kernel last wrote:
+/// read the batch's rows, `umem[addrs // frame_size, ...]`).
+///
+/// Example:
+///     >>> first = batch.umem[batch.addrs // batch.frame_size, batch.addrs % batch.frame_size]
+#[pyclass(name = "UmemWindow", module = "kbypass._core", frozen)]
+pub struct UmemWindow {
+    arr: Py<PyAny>,
+    batch: Py<PyBatch>,
+}
+
+#[pymethods]
+impl UmemWindow {
+    /// A copy of `umem[key]` (NumPy indexing on a (frames, frame_size) array).
+    fn __getitem__<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.batch.get().check()?;
+        let arr = self.arr.bind(py);
+        let r = arr.get_item(key)?;
+        // Basic indexing gives a view whose base is the UMEM array: copy it (fancy indexing
+        // already copied).
+        if r.getattr(pyo3::intern!(py, "base"))
+            .is_ok_and(|b| b.is(arr))
+        {
+            return r.call_method0(pyo3::intern!(py, "copy"));
+        }
+        Ok(r)
+    }
+
+    fn __setitem__(&self, _key: &Bound<'_, PyAny>, _value: &Bound<'_, PyAny>) -> PyResult<()> {
+        Err(PyTypeError::new_err(
+            "batch.umem is read-only: edit packets with batch.frame(i), batch.set_field() or the swap helpers",
+        ))
+    }
+
+    /// (frames, frame_size).
+    #[getter]
+    fn shape(&self) -> (u32, u32) {
+        let m = &self.batch.get().memory;
+        (m.frames, m.frame_size)
+    }
+
+    fn __len__(&self) -> usize {
+        self.batch.get().memory.frames as usize
+    }
+
+    fn __repr__(&self) -> String {
+        let (r, c) = self.shape();
+        format!("UmemWindow({r} frames x {c} bytes, read-only)")
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyBatch>()?;
+    m.add_class::<UmemWindow>()?;
+    Ok(())
+}
