@@ -94,7 +94,9 @@ def test_batch_handler_counts_and_filters_with_numpy(pair: VethPair) -> None:
         t = p.totals()
         # On a loaded machine the kernel may drop some (fill ring empty): counted, so exact.
         lost = p.port.sockets[0].stats()["kernel_rx_dropped"]
-    assert t["rx"] + lost == n and t["rx"] >= n * 0.9
+    # Exact whatever the load; the share that arrived only guards against a broken path (a CI
+    # machine running the soft-RoCE VM beside the suite has dropped 11 %).
+    assert t["rx"] + lost == n and t["rx"] >= n * 0.5
     assert counts["all"] == counts["proto"] == t["rx"]
     assert counts["port"] <= n // 2 and counts["all"] - counts["port"] <= n // 2
     assert t["dropped"] == t["rx"] and t["handler_errors"] == 0
