@@ -34,6 +34,9 @@ pub const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
 pub const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 /// `BPF_MAP_TYPE_LRU_PERCPU_HASH`.
 pub const BPF_MAP_TYPE_LRU_PERCPU_HASH: u32 = 10;
+/// `BPF_MAP_TYPE_LPM_TRIE`: longest-prefix match on `struct { u32 prefixlen; u8 data[]; }` keys
+/// (needs [`BPF_F_NO_PREALLOC`]).
+pub const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
 /// `BPF_MAP_TYPE_XSKMAP`: queue index → AF_XDP socket.
 pub const BPF_MAP_TYPE_XSKMAP: u32 = 17;
 
@@ -43,6 +46,10 @@ pub const BPF_PROG_TYPE_XDP: u32 = 6;
 pub const BPF_XDP: u32 = 37;
 /// `BPF_LINK_TYPE_XDP` in link info.
 pub const BPF_LINK_TYPE_XDP: u32 = 6;
+
+/// Map creation flag: allocate elements on update instead of all at creation (required by
+/// LPM tries; hash maps then use memory only for the entries they hold).
+pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Map update flag: create or overwrite.
 pub const BPF_ANY: u64 = 0;
@@ -325,6 +332,8 @@ pub struct MapFd {
     /// Bytes a lookup/update value buffer has: `value_size`, or for per-CPU maps one 8-byte
     /// aligned slot per possible CPU.
     value_len: usize,
+    /// One value per CPU.
+    percpu: bool,
 }
 
 /// Whether `map_type` keeps one value per CPU (lookups return all of them side by side).
@@ -405,6 +414,7 @@ impl MapFd {
             key_size,
             value_size,
             value_len,
+            percpu: is_percpu(map_type),
         })
     }
 
@@ -447,6 +457,28 @@ impl MapFd {
     /// per-CPU maps one 8-byte aligned slot per possible CPU.
     pub fn value_len(&self) -> usize {
         self.value_len
+    }
+
+    /// Look up `key` in a per-CPU map whose value is a row of `u64`s and return the row summed
+    /// over all CPUs (None if the key is absent).
+    pub fn lookup_percpu_sum(&self, key: &[u8]) -> Result<Option<Vec<u64>>> {
+        let slot = (self.value_size as usize).next_multiple_of(8);
+        if !self.percpu || self.value_size % 8 != 0 {
+            return Err(Error::invalid(
+                "lookup_percpu_sum needs a per-CPU map whose value is a row of u64s",
+            ));
+        }
+        let mut buf = vec![0u8; self.value_len];
+        if !self.lookup(key, &mut buf)? {
+            return Ok(None);
+        }
+        let mut sum = vec![0u64; self.value_size as usize / 8];
+        for cpu in buf.chunks_exact(slot) {
+            for (s, v) in sum.iter_mut().zip(cpu.chunks_exact(8)) {
+                *s = s.wrapping_add(u64::from_ne_bytes(v.try_into().unwrap_or_default()));
+            }
+        }
+        Ok(Some(sum))
     }
 
     /// `BPF_MAP_UPDATE_ELEM` with [`BPF_ANY`]/[`BPF_NOEXIST`]/[`BPF_EXIST`].
@@ -834,6 +866,34 @@ pub fn prog_get_fd_by_id(id: u32) -> Result<ProgFd> {
 /// Info of the program with kernel id `id`.
 pub fn prog_info_by_id(id: u32) -> Result<ProgInfo> {
     prog_get_fd_by_id(id)?.info()
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns()` reads in BPF programs, so
+/// deadlines computed here compare with it.
+pub fn ktime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    debug_assert_eq!(r, 0);
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Return once every BPF program run that started before the call has finished.
+///
+/// Programs run inside RCU read-side sections (XDP in NAPI or the generic hook, test runs), so
+/// an RCU grace period is enough: `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for one
+/// (`synchronize_rcu`). Takes milliseconds. Where that command is refused (`nohz_full` CPUs),
+/// falls back to a 50 ms sleep, far longer than any program run.
+pub fn wait_for_program_runs() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes no pointers; the command and flags are plain integers.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if r != 0 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// An owned BPF link; closing the last fd detaches the program (also when the process dies).
