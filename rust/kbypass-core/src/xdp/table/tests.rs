@@ -340,3 +340,40 @@ fn blocks_come_first_expire_and_count() {
     assert_eq!(e.errno(), Some(libc::ENOSPC));
     assert!(e.to_string().contains("max_blocks=2"), "{e}");
 }
+
+#[test]
+fn every_slot_expired_leaves_the_default() {
+    need_root!();
+    // 64 entries, all expiring: the binary search over the deadlines must count all of them.
+    let t = table(64, Action::Pass);
+    let now = ktime_ns();
+    let add: Vec<NewEntry> = (0..64)
+        .map(|i| NewEntry {
+            expires_ns: Some(now - 1000 + i),
+            ..entry(&format!("udp dst port {i}"), Action::Drop)
+        })
+        .collect();
+    t.apply(add, &[]).unwrap();
+    for port in [0, 31, 62, 63] {
+        assert_eq!(
+            verdict(&t, &ip4(17, A, B, 1, port)),
+            XDP_PASS,
+            "port {port}"
+        );
+    }
+    // The last one renewed: only it matches again.
+    let last = t.entries().unwrap()[63].id;
+    t.apply(
+        vec![NewEntry {
+            expires_ns: Some(now + HOUR_NS),
+            ..entry("udp dst port 63", Action::Drop)
+        }],
+        &[last],
+    )
+    .unwrap();
+    assert_eq!(verdict(&t, &ip4(17, A, B, 1, 63)), XDP_DROP);
+    assert_eq!(verdict(&t, &ip4(17, A, B, 1, 62)), XDP_PASS);
+    assert_eq!(t.sweep().unwrap().entries, 63);
+}
+
+const HOUR_NS: u64 = 3_600_000_000_000;
