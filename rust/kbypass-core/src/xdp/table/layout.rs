@@ -504,7 +504,7 @@ impl Bank {
 /// Index of the class entry for a frame: IP version `ip` (0/4/6), protocol byte, L4 header
 /// present. The program computes the same: `(ip * 3 >> 3) * 512 + l4 * 256 + proto`.
 pub(crate) fn class_index(ip: u8, proto: u8, l4: bool) -> usize {
-    (usize::from(ip) * 3 >> 3) * 512 + usize::from(l4) * 256 + usize::from(proto)
+    ((usize::from(ip) * 3) >> 3) * 512 + usize::from(l4) * 256 + usize::from(proto)
 }
 
 /// Whether rule `r` lets frames of IP version `ip` (0/4/6) with protocol `proto` and the L4

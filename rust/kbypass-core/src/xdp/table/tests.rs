@@ -377,3 +377,363 @@ fn every_slot_expired_leaves_the_default() {
 }
 
 const HOUR_NS: u64 = 3_600_000_000_000;
+
+// --- On a veth pair: real frames from the peer's kernel -----------------------------------
+
+mod veth {
+    use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::sys::netns::NetnsGuard;
+    use crate::sys::testutil::{VethOptions, VethPair};
+    use crate::sys::xdp::XdpDesc;
+    use crate::xsk::{BindMode, PortConfig, Queues, SocketConfig, UmemConfig, XskPort, XskSocket};
+
+    const PAYLOAD: usize = 32;
+    /// Ethernet + IPv4 + UDP + payload.
+    const FRAME: u64 = 14 + 20 + 8 + PAYLOAD as u64;
+
+    fn pair() -> VethPair {
+        VethPair::with(VethOptions {
+            ipv6: false,
+            ..Default::default()
+        })
+        .expect("create veth pair")
+    }
+
+    /// An AF_XDP socket on veth1 queue 0 with no program of its own: the table's XSKMAP
+    /// routes to it (what a port wired to a table will do).
+    fn socket_port() -> XskPort {
+        XskPort::open(
+            VethPair::IF_B,
+            &Queues::List(vec![0]),
+            &PortConfig {
+                umem: UmemConfig {
+                    frames: 4096,
+                    ..Default::default()
+                },
+                socket: SocketConfig {
+                    mode: BindMode::Copy,
+                    ..Default::default()
+                },
+                program: false,
+                ..Default::default()
+            },
+        )
+        .expect("bind an AF_XDP socket to veth1")
+    }
+
+    /// Send `count` datagrams of PAYLOAD bytes (the first 8 hold the sequence number) from
+    /// `src` in namespace `ns` to `dst`, in bursts of 32 with a pause between them so the
+    /// veth ring never overflows. Unconnected: ICMP errors from the peer do not stop it.
+    fn send(ns: &str, src: Ipv4Addr, dst: SocketAddrV4, count: u64) -> u64 {
+        let _g = NetnsGuard::enter(ns).unwrap();
+        let s = UdpSocket::bind(SocketAddrV4::new(src, 0)).unwrap();
+        let mut p = [0x5au8; PAYLOAD];
+        for i in 0..count {
+            p[..8].copy_from_slice(&i.to_be_bytes());
+            s.send_to(&p, dst).unwrap();
+            if i % 32 == 31 {
+                std::thread::sleep(Duration::from_micros(300));
+            }
+        }
+        count
+    }
+
+    /// Receive what is there within `timeout`, releasing the frames; returns each frame's
+    /// (source address, sequence number).
+    fn drain(sock: &mut XskSocket, want: usize, timeout: Duration) -> Vec<(Ipv4Addr, u64)> {
+        let mut got = Vec::new();
+        let mut buf = vec![XdpDesc::default(); 64];
+        let deadline = Instant::now() + timeout;
+        while got.len() < want && Instant::now() < deadline {
+            let n = sock.recv(&mut buf);
+            if n == 0 {
+                let _ = sock.wait_rx(Duration::from_millis(5));
+                continue;
+            }
+            for d in &buf[..n] {
+                let f = sock.app_bytes(d.addr, d.len).unwrap();
+                let m = parse(f);
+                let seq = u64::from_be_bytes(f[42..50].try_into().unwrap());
+                got.push((Ipv4Addr::from(m.src_ip4), seq));
+            }
+            let addrs: Vec<u64> = buf[..n].iter().map(|d| d.addr).collect();
+            assert_eq!(sock.release(&addrs), n);
+        }
+        got
+    }
+
+    fn counts(t: &XdpTable, id: u64) -> Counts {
+        t.stats().unwrap()[&id]
+    }
+
+    #[test]
+    fn three_actions_with_counters_exact_against_what_was_sent() {
+        need_root!();
+        let pair = pair();
+        let _ns = NetnsGuard::enter(&pair.b).unwrap();
+        let t = table(64, Action::Pass);
+        let drop = t.add(entry("udp dst port 9001", Action::Drop)).unwrap();
+        let pass = t.add(entry("udp dst port 9002", Action::Pass)).unwrap();
+        let allow = t.add(entry("udp dst port 9003", Action::Allow)).unwrap();
+        let mut port = socket_port();
+        t.set_socket(0, port.socket(0).unwrap().raw_fd()).unwrap();
+        let att = t.attach(VethPair::IF_B, AttachMode::Auto, false).unwrap();
+        assert_eq!(att.prog_id, t.info().id);
+        let kernel = UdpSocket::bind(SocketAddrV4::new(pair.ip(2), 9002)).unwrap();
+        kernel
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        // Read the kernel's socket meanwhile (300 queued datagrams would overflow its buffer).
+        let kernel_rx = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            (0..300)
+                .map(|i| {
+                    kernel.recv(&mut buf).unwrap_or_else(|e| {
+                        panic!("datagram {i} of 300 never reached the kernel: {e}")
+                    })
+                })
+                .filter(|&n| n == PAYLOAD)
+                .count()
+        });
+        let (a, src, dst) = (pair.a.clone(), pair.ip(1), pair.ip(2));
+        let sender = std::thread::spawn(move || {
+            (9001..=9003)
+                .map(|p| send(&a, src, SocketAddrV4::new(dst, p), 300))
+                .sum::<u64>()
+        });
+        let got = drain(port.socket_mut(0).unwrap(), 300, Duration::from_secs(5));
+        assert_eq!(sender.join().unwrap(), 900);
+        assert_eq!(
+            kernel_rx.join().unwrap(),
+            300,
+            "the kernel's socket got the passed frames"
+        );
+        let extra = drain(port.socket_mut(0).unwrap(), 1, Duration::from_millis(200));
+        assert_eq!(
+            (got.len(), extra.len()),
+            (300, 0),
+            "exactly the allowed frames"
+        );
+        let seqs: Vec<u64> = got.iter().map(|g| g.1).collect();
+        assert_eq!(seqs, (0..300).collect::<Vec<u64>>());
+        for id in [drop, pass, allow] {
+            assert_eq!(
+                counts(&t, id),
+                Counts {
+                    packets: 300,
+                    bytes: 300 * FRAME
+                },
+                "entry {id}"
+            );
+        }
+        assert_eq!(t.default_counts().unwrap().packets, 0);
+    }
+
+    #[test]
+    fn rules_change_while_traffic_flows_without_reloading() {
+        need_root!();
+        let pair = pair();
+        let _ns = NetnsGuard::enter(&pair.b).unwrap();
+        let t = table(64, Action::Pass);
+        let first = t.add(entry("udp dst port 9000", Action::Drop)).unwrap();
+        t.attach(VethPair::IF_B, AttachMode::Auto, false).unwrap();
+        let prog_id = t.info().id;
+        let attached = || {
+            crate::xdp::query(VethPair::IF_B).unwrap()[0]
+                .attached
+                .prog_id
+        };
+        assert_eq!(attached(), prog_id);
+        let (a, src, dst) = (pair.a.clone(), pair.ip(1), pair.ip(2));
+        let done = Arc::new(AtomicBool::new(false));
+        let d2 = done.clone();
+        let sender = std::thread::spawn(move || {
+            let n = send(&a, src, SocketAddrV4::new(dst, 9000), 30_000);
+            d2.store(true, Ordering::Release);
+            n
+        });
+        // Churn while the frames arrive: entries that never match come and go, and halfway a
+        // more specific entry with a lower priority takes the flow over.
+        let mut changes = 0;
+        let mut second = None;
+        while !done.load(Ordering::Acquire) {
+            let x = t
+                .add(entry("tcp dst port 1 or ip6", Action::Allow))
+                .unwrap();
+            t.remove(x).unwrap();
+            changes += 2;
+            if changes == 10 {
+                second = Some(
+                    t.add(NewEntry {
+                        priority: -1,
+                        ..entry(&format!("src {src} and udp dst port 9000"), Action::Drop)
+                    })
+                    .unwrap(),
+                );
+                changes += 1;
+            }
+        }
+        let sent = sender.join().unwrap();
+        wait_for_program_runs();
+        let second = second.expect("the sender finished before ten changes: send more");
+        let (c1, c2) = (counts(&t, first), counts(&t, second));
+        eprintln!(
+            "{sent} frames during {changes} changes: first entry {} frames, second {}; {:?}",
+            c1.packets,
+            c2.packets,
+            t.table_info().unwrap()
+        );
+        assert!(c1.packets > 0 && c2.packets > 0, "{c1:?} {c2:?}");
+        assert_eq!(c1.packets + c2.packets, sent, "every frame counted once");
+        assert_eq!(c1.bytes + c2.bytes, sent * FRAME);
+        assert_eq!(
+            t.default_counts().unwrap().packets,
+            0,
+            "no frame fell between banks"
+        );
+        assert_eq!(t.info().id, prog_id);
+        assert_eq!(
+            attached(),
+            prog_id,
+            "still the same program on the interface"
+        );
+    }
+
+    /// The proof asked for: a handler's decision drops the flow in the kernel from the next
+    /// batch on. Two flows (two source addresses) arrive in lockstep rounds; when the handler
+    /// sees flow X in a batch it calls `block(X)`; every later round delivers flow Y whole and
+    /// nothing of X, whose frames the block's counter counts.
+    #[test]
+    fn a_block_from_the_handler_drops_the_flow_from_the_next_batch_on() {
+        need_root!();
+        let pair = pair();
+        let (x, y, dst) = (pair.ip(1), pair.ip(3), pair.ip(2));
+        let status = std::process::Command::new("ip")
+            .args([
+                "-n",
+                &pair.a,
+                "addr",
+                "add",
+                &format!("{y}/24"),
+                "dev",
+                VethPair::IF_A,
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let _ns = NetnsGuard::enter(&pair.b).unwrap();
+        let t = table(64, Action::Pass);
+        let allow = t.add(entry("udp dst port 9000", Action::Allow)).unwrap();
+        let mut port = socket_port();
+        t.set_socket(0, port.socket(0).unwrap().raw_fd()).unwrap();
+        t.attach(VethPair::IF_B, AttachMode::Auto, false).unwrap();
+        let sock = port.socket_mut(0).unwrap();
+        const PER_FLOW: u64 = 16;
+        let mut decided_in = None;
+        let mut received_after = 0;
+        for round in 0..8 {
+            let a = pair.a.clone();
+            pair.in_a(move || {
+                send(&a, x, SocketAddrV4::new(dst, 9000), PER_FLOW);
+                send(&a, y, SocketAddrV4::new(dst, 9000), PER_FLOW);
+            });
+            let want = if decided_in.is_some() {
+                PER_FLOW
+            } else {
+                2 * PER_FLOW
+            };
+            let got = drain(sock, want as usize, Duration::from_secs(3));
+            // Anything late would show here.
+            let late = drain(sock, 1, Duration::from_millis(50));
+            let from_x = got.iter().chain(&late).filter(|g| g.0 == x).count() as u64;
+            let from_y = got.iter().chain(&late).filter(|g| g.0 == y).count() as u64;
+            match decided_in {
+                None => {
+                    assert_eq!((from_x, from_y), (PER_FLOW, PER_FLOW), "round {round}");
+                    if round == 2 {
+                        // The handler of this batch decides: X is dropped for 10 s.
+                        t.block(IpAddr::V4(x), Some(10.0), Action::Drop, false)
+                            .unwrap();
+                        decided_in = Some(round);
+                    }
+                }
+                Some(_) => {
+                    assert_eq!(
+                        from_x, 0,
+                        "round {round}: X reached the socket after the block"
+                    );
+                    assert_eq!(from_y, PER_FLOW, "round {round}: Y lost frames");
+                    received_after += from_y;
+                }
+            }
+        }
+        let blocked = t.blocks().unwrap();
+        assert_eq!(blocked.len(), 1);
+        assert_eq!(
+            blocked[0].counts,
+            Counts {
+                packets: 5 * PER_FLOW,
+                bytes: 5 * PER_FLOW * FRAME
+            },
+            "the kernel dropped every X frame of the five rounds after the decision"
+        );
+        assert_eq!(counts(&t, allow).packets, 3 * 2 * PER_FLOW + received_after);
+    }
+
+    /// The same with the flow running continuously: after `block(..., wait=true)` returns,
+    /// the allow counter of the flow never moves again, the socket receives only frames that
+    /// were redirected before the call, and every frame is counted once.
+    #[test]
+    fn a_block_with_wait_is_exact_under_continuous_traffic() {
+        need_root!();
+        let pair = pair();
+        let _ns = NetnsGuard::enter(&pair.b).unwrap();
+        let t = table(64, Action::Pass);
+        let allow = t.add(entry("udp dst port 9000", Action::Allow)).unwrap();
+        let mut port = socket_port();
+        t.set_socket(0, port.socket(0).unwrap().raw_fd()).unwrap();
+        t.attach(VethPair::IF_B, AttachMode::Auto, false).unwrap();
+        let (a, src, dst) = (pair.a.clone(), pair.ip(1), pair.ip(2));
+        let sender =
+            std::thread::spawn(move || send(&a, src, SocketAddrV4::new(dst, 9000), 20_000));
+        let sock = port.socket_mut(0).unwrap();
+        let before = drain(sock, 1, Duration::from_secs(3));
+        assert!(!before.is_empty(), "no frame arrived");
+        t.block(IpAddr::V4(src), Some(10.0), Action::Drop, true)
+            .unwrap();
+        let at_decision = counts(&t, allow).packets;
+        let sent = sender.join().unwrap();
+        let after = drain(
+            sock,
+            (at_decision as usize).saturating_sub(before.len()),
+            Duration::from_secs(3),
+        );
+        let late = drain(sock, 1, Duration::from_millis(100));
+        let allowed = counts(&t, allow).packets;
+        let dropped = t.blocks().unwrap()[0].counts.packets;
+        eprintln!(
+            "{sent} sent: {} received before the decision, {} after it (already queued), {dropped} dropped by the kernel",
+            before.len(),
+            after.len()
+        );
+        assert_eq!(
+            allowed, at_decision,
+            "nothing was allowed after block() returned"
+        );
+        assert_eq!(before.len() + after.len() + late.len(), allowed as usize);
+        assert!(late.is_empty());
+        assert_eq!(allowed + dropped, sent);
+        assert!(
+            dropped > sent / 2,
+            "the block came early: {dropped} of {sent} dropped"
+        );
+        // The received sequence numbers end where the block began.
+        let last = after.last().or(before.last()).unwrap().1;
+        assert_eq!(last + 1, allowed);
+    }
+}
