@@ -18,6 +18,7 @@ mod ring;
 mod traffic;
 mod views;
 mod xdp;
+mod xdp_table;
 mod xsk;
 
 /// The extension module. Declared free-threading safe: every class guards its own state.
@@ -31,6 +32,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ring::register(m)?;
     cpu::register(m)?;
     xdp::register(m)?;
+    xdp_table::register(m)?;
     views::register(m)?;
     xsk::register(m)?;
     traffic::register(m)?;

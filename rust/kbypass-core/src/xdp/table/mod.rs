@@ -77,6 +77,21 @@ use crate::sys::bpf::{
 };
 use crate::sys::xdp::XskFd;
 
+/// The deadline `seconds` from now on the clock the program reads ([`ktime_ns`]).
+pub fn deadline_in(seconds: f64) -> Result<u64> {
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(Error::invalid(format!(
+            "{seconds} s must be a positive number of seconds (None for no expiry)"
+        )));
+    }
+    Ok(ktime_ns().saturating_add((seconds * 1e9) as u64))
+}
+
+/// Seconds from now until `deadline_ns` (negative once it has passed).
+pub fn seconds_left(deadline_ns: u64) -> f64 {
+    (deadline_ns as f64 - ktime_ns() as f64) / 1e9
+}
+
 /// Name of the program (the `kbypass` prefix marks it as ours for [`crate::xdp::attach`]).
 pub const PROGRAM_NAME: &str = "kbypass_table";
 
@@ -803,17 +818,7 @@ impl XdpTable {
         action: Action,
         wait: bool,
     ) -> Result<()> {
-        let expires_ns = match seconds {
-            None => None,
-            Some(s) if s.is_finite() && s > 0.0 => {
-                Some(ktime_ns().saturating_add((s * 1e9) as u64))
-            }
-            Some(s) => {
-                return Err(Error::invalid(format!(
-                    "seconds={s} must be a positive number of seconds, or None for no expiry"
-                )))
-            }
-        };
+        let expires_ns = seconds.map(deadline_in).transpose()?;
         self.block_until(src, expires_ns, action)?;
         if wait {
             wait_for_program_runs();
