@@ -68,7 +68,6 @@ use super::attach::{attach_fd, AttachMode, XdpAttachment};
 use super::program::{redirect_form, RedirectForm};
 use super::rules::Rule;
 use crate::error::{Error, Result};
-use crate::packet::parse::PacketMeta;
 use crate::sys::bpf::{
     ktime_ns, wait_for_program_runs, BpfInsn, MapFd, ProgFd, ProgInfo, ProgLoad, TestRun,
     TestRunResult, BPF_ANY, BPF_F_NO_PREALLOC, BPF_F_XDP_HAS_FRAGS, BPF_MAP_TYPE_ARRAY,
@@ -571,6 +570,15 @@ impl XdpTable {
             check_rules(&e.rules)?;
         }
         let mut st = lock(&self.state, "rules")?;
+        self.apply_in(&mut st, add, remove)
+    }
+
+    fn apply_in(
+        &self,
+        st: &mut RulesState,
+        add: Vec<NewEntry>,
+        remove: &[u64],
+    ) -> Result<Vec<u64>> {
         for id in remove {
             if !st.entries.contains_key(id) {
                 return Err(Error::NotFound(format!(
@@ -598,7 +606,7 @@ impl XdpTable {
         if st.flipped {
             // Frames may still be reading the inactive bank, and counting into quarantined
             // slots: wait until they are done.
-            self.grace(&mut st)?;
+            self.grace(st)?;
         }
         if st.free_counters.len() < add.len() {
             return Err(Error::State(format!(
@@ -634,7 +642,7 @@ impl XdpTable {
             );
             ids.push(id);
         }
-        match self.commit(&mut st) {
+        match self.commit(st) {
             Ok(()) => {
                 // A run that started before the switch may still count into them.
                 st.quarantined.extend(removed);
@@ -842,16 +850,22 @@ impl XdpTable {
                 ),
             ));
         }
+        // Counters first (kept when the source is blocked again), so the first frame counts.
         let zeros = vec![0u8; self.maps.block_counts.value_len()];
-        match self.maps.block_counts.update(&key, &zeros, BPF_NOEXIST) {
-            Ok(()) => {}
-            Err(e) if e.errno() == Some(libc::EEXIST) => {}
+        let fresh = match self.maps.block_counts.update(&key, &zeros, BPF_NOEXIST) {
+            Ok(()) => true,
+            Err(e) if e.errno() == Some(libc::EEXIST) => false,
             Err(e) => return Err(e),
-        }
+        };
         let mut v = [0u8; 16];
         v[0..8].copy_from_slice(&expires_ns.unwrap_or(0).to_ne_bytes());
         v[8..12].copy_from_slice(&action.verdict().to_ne_bytes());
-        self.maps.blocks.update(&key, &v, BPF_ANY)?;
+        if let Err(e) = self.maps.blocks.update(&key, &v, BPF_ANY) {
+            if fresh {
+                let _ = self.maps.block_counts.delete(&key);
+            }
+            return Err(e);
+        }
         if !self.blocks_on.swap(true, Ordering::Relaxed) {
             self.maps
                 .meta
@@ -877,9 +891,14 @@ impl XdpTable {
 
     /// The blocks with their counters.
     pub fn blocks(&self) -> Result<Vec<BlockInfo>> {
-        let bs = lock(&self.blocks, "blocks")?;
-        let mut out = Vec::with_capacity(bs.blocks.len());
-        for (addr, b) in &bs.blocks {
+        // A copy, so that block() from a handler never waits for these lookups.
+        let snapshot: Vec<(IpAddr, Block)> = lock(&self.blocks, "blocks")?
+            .blocks
+            .iter()
+            .map(|(a, b)| (*a, *b))
+            .collect();
+        let mut out = Vec::with_capacity(snapshot.len());
+        for (addr, b) in &snapshot {
             let v = self
                 .maps
                 .block_counts
@@ -902,19 +921,20 @@ impl XdpTable {
     /// in the kernel at their deadline; this frees their slots).
     pub fn sweep(&self) -> Result<Swept> {
         let now = ktime_ns();
-        let expired: Vec<u64> = {
-            let st = lock(&self.state, "rules")?;
-            st.entries
+        let mut swept = Swept::default();
+        {
+            let mut st = lock(&self.state, "rules")?;
+            let expired: Vec<u64> = st
+                .entries
                 .values()
                 .filter(|l| !l.entry.live(now))
                 .map(|l| l.entry.id)
-                .collect()
-        };
-        let mut swept = Swept::default();
-        if !expired.is_empty() {
-            self.apply(Vec::new(), &expired)?;
-            swept.entries = expired.len();
-            lock(&self.state, "rules")?.swept += expired.len() as u64;
+                .collect();
+            if !expired.is_empty() {
+                self.apply_in(&mut st, Vec::new(), &expired)?;
+                swept.entries = expired.len();
+                st.swept += expired.len() as u64;
+            }
         }
         let candidates: Vec<IpAddr> = {
             let bs = lock(&self.blocks, "blocks")?;
@@ -949,14 +969,6 @@ impl XdpTable {
             swept_entries: st.swept,
             swept_blocks: bs.swept,
         })
-    }
-
-    /// What the table decides for `frame` at `now`, computed in Rust ([`decide`]) from the
-    /// current entries and blocks: the reference the kernel is tested against.
-    pub fn reference(&self, m: &PacketMeta, now: u64) -> Result<Decision> {
-        let entries = self.entries()?;
-        let blocks = lock(&self.blocks, "blocks")?.blocks.clone();
-        Ok(decide(&entries, &blocks, m, now))
     }
 
     /// Attach the program to `ifname` (bpf_link, netlink on old kernels); the table holds the

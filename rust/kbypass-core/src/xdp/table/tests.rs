@@ -112,6 +112,37 @@ fn loads_for_every_size_and_the_verifier_stays_far_from_its_limit() {
     })
     .unwrap_err();
     assert!(e.to_string().contains("64, 128, 256, 512 or 1024"), "{e}");
+    // The multi-buffer capable variant loads and decides the same.
+    let mb = XdpTable::new(TableOptions {
+        max_rules: 64,
+        frags: true,
+        ..Default::default()
+    })
+    .unwrap();
+    mb.add(entry("udp dst port 9000", Action::Drop)).unwrap();
+    assert_eq!(verdict(&mb, &ip4(17, A, B, 1, 9000)), XDP_DROP);
+    assert_eq!(verdict(&mb, &ip4(17, A, B, 1, 9001)), XDP_PASS);
+}
+
+#[test]
+fn filter_programs_and_tables_are_one_socket_program_interface() {
+    need_root!();
+    use crate::sys::xdp::XskFd;
+    use crate::xdp::{ProgramOptions, SocketProgram, XdpProgram};
+    let progs: Vec<Box<dyn SocketProgram>> = vec![
+        Box::new(
+            XdpProgram::new(&parse_filter("udp").unwrap(), ProgramOptions::default()).unwrap(),
+        ),
+        Box::new(table(64, Action::Pass)),
+    ];
+    let sock = XskFd::new().unwrap();
+    for p in &progs {
+        assert_eq!(p.prog_id(), p.prog_fd().info().unwrap().id);
+        assert_eq!((p.queues(), p.frags()), (64, false));
+        p.set_socket(3, sock.raw()).unwrap();
+        p.clear_socket(3).unwrap();
+        assert!(p.set_socket(64, sock.raw()).is_err(), "beyond the XSKMAP");
+    }
 }
 
 #[test]
