@@ -144,6 +144,8 @@ struct Seen {
     /// Frames whose winner was not the first entry that matched in id order (priorities).
     reordered: u64,
     ipv6: u64,
+    /// Frames decided by an entry whose rules sit beyond the first 64-bit word.
+    high_rank: u64,
 }
 
 #[test]
@@ -155,28 +157,90 @@ fn kernel_and_reference_agree_on_random_tables() {
     let cases = env_u64("KBYPASS_FUZZ_CASES").unwrap_or(DEFAULT_CASES);
     let seed = env_u64("KBYPASS_FUZZ_SEED").unwrap_or(0x7461_626c_6573_0001);
     let mut g = Rng::new(seed);
+    let mut seen = Seen::default();
+    let t0 = Instant::now();
+    // A small table, full at times; then a larger one whose first 100 ranks hold entries no
+    // frame matches, so that the random entries live in the second and third 64-bit words.
+    let first = cases / 2;
+    let (r1, i1) = phase(&mut g, seed, 64, 0, first, &mut seen);
+    let (r2, i2) = phase(&mut g, seed, 256, 100, cases - first, &mut seen);
+    let done = cases;
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "xdp::table::fuzz: {done} frames over {} rounds agree (seed {seed:#x}) in {secs:.1} s \
+         ({:.0} frames/s); {seen:?}; {i1:?}; {i2:?}",
+        r1 + r2,
+        done as f64 / secs
+    );
+    for (what, n) in [
+        ("blocked", seen.blocked),
+        ("allowed", seen.allow),
+        ("dropped", seen.drop),
+        ("passed by an entry", seen.pass),
+        ("default", seen.default),
+        ("an expired entry skipped", seen.past_expired),
+        ("a later entry winning on priority", seen.reordered),
+        ("IPv6", seen.ipv6),
+        ("decided by a rank beyond 64", seen.high_rank),
+    ] {
+        assert!(n > done / 200, "only {n} of {done} frames were {what}");
+    }
+}
+
+/// `cases` frames through one table of `max_rules` slots whose first `fillers` ranks hold
+/// entries that match no frame; returns the rounds and the table's bookkeeping.
+fn phase(
+    g: &mut Rng,
+    seed: u64,
+    max_rules: u32,
+    fillers: u32,
+    cases: u64,
+    seen: &mut Seen,
+) -> (u64, TableInfo) {
     let t = XdpTable::new(TableOptions {
-        max_rules: 64,
+        max_rules,
         max_blocks: 64,
         default: Action::Pass,
         ..Default::default()
     })
     .unwrap();
     let prog_id = t.info().id;
-    let t0 = Instant::now();
     let mut texts: HashMap<u64, String> = HashMap::new();
     let mut want = Expected::default();
-    let mut seen = Seen::default();
+    // Sources and ports no frame has (the pools hold neither 203.0.113.0/24 nor port 7).
+    let filler_ids = t
+        .apply(
+            (0..fillers)
+                .map(|i| NewEntry {
+                    priority: -10,
+                    ..NewEntry::new(
+                        parse_filter(&format!("src 203.0.113.{i} and udp dst port 7")).unwrap(),
+                        Action::Drop,
+                    )
+                })
+                .collect(),
+            &[],
+        )
+        .unwrap();
+    for id in &filler_ids {
+        want.entries.insert(*id, Counts::default());
+    }
     let (mut done, mut rounds) = (0u64, 0u64);
     while done < cases {
         rounds += 1;
         let now = ktime_ns();
         // Change the table.
-        let live: Vec<u64> = t.entries().unwrap().iter().map(|e| e.id).collect();
+        let live: Vec<u64> = t
+            .entries()
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .filter(|id| !filler_ids.contains(id))
+            .collect();
         let remove: Vec<u64> = live.into_iter().filter(|_| g.chance(30)).collect();
         let mut add = Vec::new();
         for _ in 0..g.below(5) {
-            let (text, rules) = entry_rules(&mut g);
+            let (text, rules) = entry_rules(g);
             add.push((
                 text,
                 NewEntry {
@@ -206,7 +270,7 @@ fn kernel_and_reference_agree_on_random_tables() {
             Err(e) => assert_eq!(e.errno(), Some(libc::ENOSPC), "apply failed: {e}"),
         }
         for _ in 0..g.below(3) {
-            let addr = block_addr(&mut g);
+            let addr = block_addr(g);
             if g.chance(25) {
                 t.unblock(addr).unwrap();
                 want.blocks.remove(&canonical(addr));
@@ -256,11 +320,22 @@ fn kernel_and_reference_agree_on_random_tables() {
             .map(|b| (b.addr, b.block))
             .collect();
         let block_list: Vec<IpAddr> = blocks.keys().copied().collect();
-        let rules: Vec<&Rule> = entries.iter().flat_map(|e| &e.rules).collect();
+        let rules: Vec<&Rule> = entries
+            .iter()
+            .filter(|e| !filler_ids.contains(&e.id))
+            .flat_map(|e| &e.rules)
+            .collect();
+        // Rank of each entry's first rule, to see how far up the bitsets the winners are.
+        let mut first_rank = HashMap::new();
+        let mut rank = 0;
+        for e in &entries {
+            first_rank.insert(e.id, rank);
+            rank += e.rules.len();
+        }
         for _ in 0..FRAMES_PER_ROUND.min(cases - done) {
             let r = (!rules.is_empty() && !g.chance(10))
                 .then(|| rules[g.below(rules.len() as u64) as usize]);
-            let mut b = build(&mut g, r);
+            let mut b = build(g, r);
             if !block_list.is_empty() && g.chance(15) {
                 if let Some(l3) = b.l3 {
                     match (g.pick(&block_list), b.ip) {
@@ -273,7 +348,7 @@ fn kernel_and_reference_agree_on_random_tables() {
                 }
             }
             if g.chance(50) {
-                mutate(&mut g, &mut b);
+                mutate(g, &mut b);
             }
             let f = &b.frame;
             let m = parse(f);
@@ -329,6 +404,7 @@ fn kernel_and_reference_agree_on_random_tables() {
                         .map(|e| e.id)
                         .min();
                     seen.reordered += u64::from(first != Some(id));
+                    seen.high_rank += u64::from(first_rank[&id] >= 64);
                 }
                 Decision::Default => {
                     bump(&mut want.default, f.len());
@@ -376,23 +452,5 @@ fn kernel_and_reference_agree_on_random_tables() {
             "default counters"
         );
     }
-    let secs = t0.elapsed().as_secs_f64();
-    let info = t.table_info().unwrap();
-    eprintln!(
-        "xdp::table::fuzz: {done} frames over {rounds} rounds agree (seed {seed:#x}) in {secs:.1} s \
-         ({:.0} frames/s); {seen:?}; {info:?}",
-        done as f64 / secs
-    );
-    for (what, n) in [
-        ("blocked", seen.blocked),
-        ("allowed", seen.allow),
-        ("dropped", seen.drop),
-        ("passed by an entry", seen.pass),
-        ("default", seen.default),
-        ("an expired entry skipped", seen.past_expired),
-        ("a later entry winning on priority", seen.reordered),
-        ("IPv6", seen.ipv6),
-    ] {
-        assert!(n > done / 200, "only {n} of {done} frames were {what}");
-    }
+    (rounds, t.table_info().unwrap())
 }

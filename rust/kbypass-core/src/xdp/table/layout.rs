@@ -344,10 +344,11 @@ impl Bank {
                     rank,
                 );
             }
+            let vers = r.rule.versions();
             for ip in [0u8, 4, 6] {
                 for l4 in [false, true] {
                     for proto in 0..=255u8 {
-                        if class_lets_through(r.rule, ip, proto, l4) {
+                        if class_lets_through(r.rule, &vers, ip, proto, l4) {
                             set(&mut b.class[class_index(ip, proto, l4)], rank);
                         }
                     }
@@ -507,11 +508,10 @@ pub(crate) fn class_index(ip: u8, proto: u8, l4: bool) -> usize {
     ((usize::from(ip) * 3) >> 3) * 512 + usize::from(l4) * 256 + usize::from(proto)
 }
 
-/// Whether rule `r` lets frames of IP version `ip` (0/4/6) with protocol `proto` and the L4
-/// header present or not through: its IP version, protocol and "has ports" conditions
-/// ([`Rule::matches`] restricted to those).
-fn class_lets_through(r: &Rule, ip: u8, proto: u8, l4: bool) -> bool {
-    let vers = r.versions();
+/// Whether rule `r` (whose [`Rule::versions`] are `vers`) lets frames of IP version `ip`
+/// (0/4/6) with protocol `proto` and the L4 header present or not through: its IP version,
+/// protocol and "has ports" conditions ([`Rule::matches`] restricted to those).
+fn class_lets_through(r: &Rule, vers: &[IpVersion], ip: u8, proto: u8, l4: bool) -> bool {
     if vers.is_empty() {
         return true;
     }
