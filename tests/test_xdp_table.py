@@ -382,3 +382,26 @@ def test_block_is_safe_from_many_threads_while_rules_change() -> None:
         assert errors == []
         assert len(t.blocks()) == 2000
         assert t.test_run(udp4("10.3.1.243", "198.18.0.2", 1, 1)) is Verdict.DROP
+
+
+@needs_root
+def test_blocks_pushed_by_a_forked_worker_are_one_blocklist() -> None:
+    """Blocks live only in the kernel's maps: a forked worker's are the parent's (processes=N)."""
+    with XdpTable(max_rules=64) as t:
+        t.block("198.18.0.1", seconds=60)
+        pid = os.fork()
+        if pid == 0:  # the worker: inherited maps, its own Python objects
+            code = 1
+            try:
+                t.block("198.18.0.5", seconds=60)
+                t.block("198.18.0.6", seconds=0.01)
+                code = 0 if {b.addr for b in t.blocks()} >= {"198.18.0.1", "198.18.0.5"} else 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert [b.addr for b in t.blocks()] == ["198.18.0.1", "198.18.0.5", "198.18.0.6"]
+        assert t.test_run(udp4("198.18.0.5", "198.18.0.2", 1, 1)) is Verdict.DROP
+        time.sleep(0.02)
+        assert t.sweep() == (0, 1)
+        assert t.unblock("198.18.0.5") and not t.unblock("198.18.0.5")

@@ -15,6 +15,7 @@ const BPF_MAP_CREATE: i32 = 0;
 const BPF_MAP_LOOKUP_ELEM: i32 = 1;
 const BPF_MAP_UPDATE_ELEM: i32 = 2;
 const BPF_MAP_DELETE_ELEM: i32 = 3;
+const BPF_MAP_GET_NEXT_KEY: i32 = 4;
 const BPF_PROG_LOAD: i32 = 5;
 const BPF_PROG_TEST_RUN: i32 = 10;
 const BPF_PROG_GET_FD_BY_ID: i32 = 13;
@@ -525,6 +526,41 @@ impl MapFd {
             Err(libc::ENOENT) => Ok(false),
             Err(e) => Err(bpf_err("bpf(BPF_MAP_LOOKUP_ELEM)", e)),
         }
+    }
+
+    /// `BPF_MAP_GET_NEXT_KEY`: the key after `key` (None: the first key), or None after the
+    /// last. Keys removed meanwhile are skipped; a walk while others insert may miss or repeat
+    /// some (the kernel's hash-order semantics).
+    pub fn next_key(&self, key: Option<&[u8]>) -> Result<Option<Vec<u8>>> {
+        if let Some(k) = key {
+            self.check(k, None)?;
+        }
+        let mut next = vec![0u8; self.key_size as usize];
+        let mut a = MapElemAttr {
+            map_fd: self.raw() as u32,
+            key: key.map_or(0, |k| k.as_ptr() as u64),
+            value: next.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        match sys_bpf(BPF_MAP_GET_NEXT_KEY, &mut a) {
+            Ok(_) => Ok(Some(next)),
+            Err(libc::ENOENT) => Ok(None),
+            Err(e) => Err(bpf_err("bpf(BPF_MAP_GET_NEXT_KEY)", e)),
+        }
+    }
+
+    /// All keys, by [`MapFd::next_key`]. A key deleted under the walk makes the kernel start
+    /// over; the walk ends at the first key it has already seen.
+    pub fn keys(&self) -> Result<Vec<Vec<u8>>> {
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        while let Some(k) = self.next_key(out.last().map(Vec::as_slice))? {
+            if !seen.insert(k.clone()) {
+                break;
+            }
+            out.push(k);
+        }
+        Ok(out)
     }
 
     /// Put an AF_XDP socket fd into an XSKMAP at `queue`.
@@ -1162,8 +1198,18 @@ int main(void) { printf("%d %d %d %d %d %d %d %d %u %u\n", BPF_MAP_TYPE_XSKMAP, 
             .unwrap_err();
         assert!(e.to_string().contains("per possible CPU"), "{e}");
         let h = MapFd::create(BPF_MAP_TYPE_HASH, 4, 4, 8, 0, "kbx_hash").unwrap();
+        assert!(h.keys().unwrap().is_empty());
         h.update(&5u32.to_ne_bytes(), &6u32.to_ne_bytes(), BPF_NOEXIST)
             .unwrap();
+        h.update(&7u32.to_ne_bytes(), &8u32.to_ne_bytes(), BPF_NOEXIST)
+            .unwrap();
+        let mut keys = h.keys().unwrap();
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![5u32.to_ne_bytes().to_vec(), 7u32.to_ne_bytes().to_vec()]
+        );
+        assert!(h.delete(&7u32.to_ne_bytes()).unwrap());
         assert!(h.delete(&5u32.to_ne_bytes()).unwrap());
         assert!(!h.delete(&5u32.to_ne_bytes()).unwrap());
         let x = MapFd::xskmap(4, "kbx_xsks").unwrap();

@@ -47,7 +47,7 @@
 //! # Ok::<(), kbypass_core::Error>(())
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,6 +89,13 @@ pub fn deadline_in(seconds: f64) -> Result<u64> {
 /// Seconds from now until `deadline_ns` (negative once it has passed).
 pub fn seconds_left(deadline_ns: u64) -> f64 {
     (deadline_ns as f64 - ktime_ns() as f64) / 1e9
+}
+
+/// The address a block key stands for (IPv4-mapped keys as IPv4).
+fn addr_of_key(key: &[u8]) -> IpAddr {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&key[..16]);
+    canonical(IpAddr::from(b))
 }
 
 /// Name of the program (the `kbypass` prefix marks it as ours for [`crate::xdp::attach`]).
@@ -340,9 +347,10 @@ struct RulesState {
     swept: u64,
 }
 
+/// Serializes this process's block changes and sweeps (the blocks themselves live only in
+/// the kernel's maps, so every process sharing them — e.g. forked workers — sees the same).
 #[derive(Debug, Default)]
 struct BlocksState {
-    blocks: HashMap<IpAddr, Block>,
     swept: u64,
 }
 
@@ -839,23 +847,13 @@ impl XdpTable {
     pub fn block_until(&self, src: IpAddr, expires_ns: Option<u64>, action: Action) -> Result<()> {
         let src = canonical(src);
         let key = block_key(src);
-        let mut bs = lock(&self.blocks, "blocks")?;
-        if !bs.blocks.contains_key(&src) && bs.blocks.len() >= self.opts.max_blocks as usize {
-            return Err(Error::os(
-                format!("block {src}"),
-                libc::ENOSPC,
-                format!(
-                    "the blocklist is full (max_blocks={}): sweep() expired blocks, unblock() some, or create the table with a larger max_blocks",
-                    self.opts.max_blocks
-                ),
-            ));
-        }
+        let _bs = lock(&self.blocks, "blocks")?;
         // Counters first (kept when the source is blocked again), so the first frame counts.
         let zeros = vec![0u8; self.maps.block_counts.value_len()];
         let fresh = match self.maps.block_counts.update(&key, &zeros, BPF_NOEXIST) {
             Ok(()) => true,
             Err(e) if e.errno() == Some(libc::EEXIST) => false,
-            Err(e) => return Err(e),
+            Err(e) => return Err(self.blocks_full(src, e)),
         };
         let mut v = [0u8; 16];
         v[0..8].copy_from_slice(&expires_ns.unwrap_or(0).to_ne_bytes());
@@ -864,49 +862,56 @@ impl XdpTable {
             if fresh {
                 let _ = self.maps.block_counts.delete(&key);
             }
-            return Err(e);
+            return Err(self.blocks_full(src, e));
         }
         if !self.blocks_on.swap(true, Ordering::Relaxed) {
             self.maps
                 .meta
                 .update(&meta::BLOCKS.to_ne_bytes(), &1u64.to_ne_bytes(), BPF_ANY)?;
         }
-        bs.blocks.insert(src, Block { action, expires_ns });
         Ok(())
+    }
+
+    /// A full hash map answers E2BIG: say which limit and what to do.
+    fn blocks_full(&self, src: IpAddr, e: Error) -> Error {
+        if e.errno() != Some(libc::E2BIG) {
+            return e;
+        }
+        Error::os(
+            format!("block {src}"),
+            libc::ENOSPC,
+            format!(
+                "the blocklist is full (max_blocks={}): sweep() expired blocks, unblock() some, or create the table with a larger max_blocks",
+                self.opts.max_blocks
+            ),
+        )
     }
 
     /// Remove the block of `src`; false if there was none.
     pub fn unblock(&self, src: IpAddr) -> Result<bool> {
-        let src = canonical(src);
-        let mut bs = lock(&self.blocks, "blocks")?;
-        self.drop_block(&mut bs, src)
-    }
-
-    fn drop_block(&self, bs: &mut BlocksState, src: IpAddr) -> Result<bool> {
-        let key = block_key(src);
+        let key = block_key(canonical(src));
+        let _bs = lock(&self.blocks, "blocks")?;
         let had = self.maps.blocks.delete(&key)?;
         self.maps.block_counts.delete(&key)?;
-        Ok(bs.blocks.remove(&src).is_some() || had)
+        Ok(had)
     }
 
-    /// The blocks with their counters.
+    /// The blocks with their counters, read from the kernel's maps (so blocks pushed by other
+    /// processes sharing the table are there too).
     pub fn blocks(&self) -> Result<Vec<BlockInfo>> {
-        // A copy, so that block() from a handler never waits for these lookups.
-        let snapshot: Vec<(IpAddr, Block)> = lock(&self.blocks, "blocks")?
-            .blocks
-            .iter()
-            .map(|(a, b)| (*a, *b))
-            .collect();
-        let mut out = Vec::with_capacity(snapshot.len());
-        for (addr, b) in &snapshot {
+        let mut out = Vec::new();
+        for key in self.maps.blocks.keys()? {
+            let Some(b) = self.read_block(&key)? else {
+                continue; // unblocked meanwhile
+            };
             let v = self
                 .maps
                 .block_counts
-                .lookup_percpu_sum(&block_key(*addr))?
+                .lookup_percpu_sum(&key)?
                 .unwrap_or_default();
             out.push(BlockInfo {
-                addr: *addr,
-                block: *b,
+                addr: addr_of_key(&key),
+                block: b,
                 counts: Counts {
                     packets: v.first().copied().unwrap_or(0),
                     bytes: v.get(1).copied().unwrap_or(0),
@@ -915,6 +920,23 @@ impl XdpTable {
         }
         out.sort_by_key(|b| b.addr);
         Ok(out)
+    }
+
+    fn read_block(&self, key: &[u8]) -> Result<Option<Block>> {
+        let mut v = [0u8; 16];
+        if !self.maps.blocks.lookup(key, &mut v)? {
+            return Ok(None);
+        }
+        let expires = u64::from_ne_bytes(v[0..8].try_into().unwrap_or_default());
+        let verdict = u32::from_ne_bytes(v[8..12].try_into().unwrap_or_default());
+        let action = [Action::Allow, Action::Drop, Action::Pass]
+            .into_iter()
+            .find(|a| a.verdict() == verdict)
+            .unwrap_or(Action::Pass);
+        Ok(Some(Block {
+            action,
+            expires_ns: (expires != 0).then_some(expires),
+        }))
     }
 
     /// Remove the entries and blocks whose deadline has passed (they already stopped matching
@@ -936,19 +958,14 @@ impl XdpTable {
                 st.swept += expired.len() as u64;
             }
         }
-        let candidates: Vec<IpAddr> = {
-            let bs = lock(&self.blocks, "blocks")?;
-            bs.blocks
-                .iter()
-                .filter(|(_, b)| !b.live(now))
-                .map(|(a, _)| *a)
-                .collect()
-        };
-        // One at a time, re-checked under the lock: a handler may renew a block meanwhile.
-        for addr in candidates {
+        // One at a time, re-read under the lock: this process's block() cannot renew it
+        // between the check and the delete. (Another process sharing the maps could: its
+        // renewal is then undone, and its handler blocks the source again when it shows up.)
+        for key in self.maps.blocks.keys()? {
             let mut bs = lock(&self.blocks, "blocks")?;
-            if bs.blocks.get(&addr).is_some_and(|b| !b.live(now)) {
-                self.drop_block(&mut bs, addr)?;
+            if self.read_block(&key)?.is_some_and(|b| !b.live(now)) {
+                self.maps.blocks.delete(&key)?;
+                self.maps.block_counts.delete(&key)?;
                 bs.swept += 1;
                 swept.blocks += 1;
             }
@@ -963,7 +980,7 @@ impl XdpTable {
         Ok(TableInfo {
             entries: st.entries.len(),
             rules: st.entries.values().map(|l| l.entry.rules.len()).sum(),
-            blocks: bs.blocks.len(),
+            blocks: self.maps.blocks.keys()?.len(),
             commits: st.commits,
             map_writes: st.map_writes,
             swept_entries: st.swept,
