@@ -405,3 +405,26 @@ def test_blocks_pushed_by_a_forked_worker_are_one_blocklist() -> None:
         time.sleep(0.02)
         assert t.sweep() == (0, 1)
         assert t.unblock("198.18.0.5") and not t.unblock("198.18.0.5")
+
+
+@needs_root
+def test_a_forked_worker_closing_its_copy_leaves_the_program_attached(
+    veth_pair: VethPair,
+) -> None:
+    t = _table_on(veth_pair)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            t.close()  # the inherited attachment is the parent's: let go, not detached
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with veth_pair.enter("b"):
+        assert [p["prog_id"] for p in kbypass.xdp_query(veth_pair.b.ifname)] == [t.id]
+    assert t.attached == [veth_pair.b.ifname]
+    t.close()
+    with veth_pair.enter("b"):
+        assert kbypass.xdp_query(veth_pair.b.ifname) == []

@@ -74,6 +74,7 @@ use crate::sys::bpf::{
     BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LPM_TRIE, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_PERCPU_HASH,
     BPF_NOEXIST, BPF_PROG_TYPE_XDP,
 };
+use crate::sys::fork;
 use crate::sys::xdp::XskFd;
 
 /// The deadline `seconds` from now on the clock the program reads ([`ktime_ns`]).
@@ -367,7 +368,7 @@ pub struct XdpTable {
     maps: Maps,
     prog: ProgFd,
     info: ProgInfo,
-    insns: Vec<BpfInsn>,
+    insn_count: usize,
     verifier_stats: String,
     opts: TableOptions,
     words: usize,
@@ -376,7 +377,8 @@ pub struct XdpTable {
     blocks: Mutex<BlocksState>,
     blocks_on: AtomicBool,
     twin: Mutex<Option<Twin>>,
-    attachments: Mutex<Vec<XdpAttachment>>,
+    /// With the fork generation they were made in.
+    attachments: Mutex<Vec<(XdpAttachment, u64)>>,
 }
 
 fn lock<'a, T>(m: &'a Mutex<T>, what: &str) -> Result<MutexGuard<'a, T>> {
@@ -486,7 +488,7 @@ impl XdpTable {
             maps,
             prog,
             info,
-            insns,
+            insn_count: insns.len(),
             verifier_stats: log.trim().to_string(),
             opts,
             words,
@@ -525,7 +527,7 @@ impl XdpTable {
 
     /// Number of BPF instructions.
     pub fn insn_count(&self) -> usize {
-        self.insns.len()
+        self.insn_count
     }
 
     /// The verifier's statistics from loading the program ("processed N insns ...").
@@ -1001,21 +1003,28 @@ impl XdpTable {
             prog_id: att.prog_id(),
             notes: att.notes().to_vec(),
         };
-        lock(&self.attachments, "attachments")?.push(att);
+        lock(&self.attachments, "attachments")?.push((att, fork::generation()));
         Ok(info)
     }
 
     /// Detach from `ifname` (None: from every interface); returns how many were detached.
+    /// In a process forked after the attach, the attachment is the parent's: it is let go of
+    /// here without detaching the parent's program.
     pub fn detach(&self, ifname: Option<&str>) -> Result<usize> {
         let mut atts = lock(&self.attachments, "attachments")?;
         let mut n = 0;
         let mut keep = Vec::new();
-        for mut a in atts.drain(..) {
-            if ifname.is_none_or(|i| i == a.ifname()) {
+        for (a, generation) in atts.drain(..) {
+            if ifname.is_some_and(|i| i != a.ifname()) {
+                keep.push((a, generation));
+            } else if generation != fork::generation() {
+                // Its Drop would detach the link for every process; the descriptor goes with
+                // this process instead.
+                std::mem::forget(a);
+            } else {
+                let mut a = a;
                 a.detach()?;
                 n += 1;
-            } else {
-                keep.push(a);
             }
         }
         *atts = keep;
@@ -1026,7 +1035,7 @@ impl XdpTable {
     pub fn attached(&self) -> Result<Vec<String>> {
         Ok(lock(&self.attachments, "attachments")?
             .iter()
-            .map(|a| a.ifname().to_string())
+            .map(|(a, _)| a.ifname().to_string())
             .collect())
     }
 
@@ -1076,12 +1085,8 @@ impl XdpTable {
 
 impl Drop for XdpTable {
     fn drop(&mut self) {
-        // Detach before the maps close (the attachments' own Drop would do it too, later).
-        if let Ok(mut atts) = self.attachments.lock() {
-            for mut a in atts.drain(..) {
-                let _ = a.detach();
-            }
-        }
+        // Detach before the maps close (only what this process attached, see `detach`).
+        let _ = self.detach(None);
     }
 }
 
