@@ -372,7 +372,11 @@ class XdpTable:
         return self._t.closed
 
     def close(self) -> None:
-        """Detach from every interface and release the program and maps (idempotent)."""
+        """Detach from every interface and release the program and maps (idempotent).
+
+        In a process forked after :meth:`attach`, the attachments are the parent's: closing
+        this copy lets go of them without detaching the parent's program.
+        """
         self._t.close()
 
     def __enter__(self) -> XdpTable:
