@@ -99,7 +99,7 @@ fn addr_of_key(key: &[u8]) -> IpAddr {
     canonical(IpAddr::from(b))
 }
 
-/// Name of the program (the `kbypass` prefix marks it as ours for [`crate::xdp::attach`]).
+/// Name of the program (the `kbypass` prefix marks it as ours for [`crate::xdp::attach()`]).
 pub const PROGRAM_NAME: &str = "kbypass_table";
 
 /// Largest `max_rules`: the program's lowest-rank search is unrolled per 64-rule word.
@@ -992,7 +992,7 @@ impl XdpTable {
 
     /// Attach the program to `ifname` (bpf_link, netlink on old kernels); the table holds the
     /// attachment and detaches it on [`XdpTable::detach`] or when dropped. Another program on
-    /// the interface is refused unless `force` (see [`crate::xdp::attach`]).
+    /// the interface is refused unless `force` (see [`crate::xdp::attach()`]).
     pub fn attach(&self, ifname: &str, mode: AttachMode, force: bool) -> Result<AttachInfo> {
         let att = attach_fd(&self.prog, self.info.id, ifname, mode, force)?;
         let info = AttachInfo {
