@@ -396,6 +396,15 @@ def test_blocks_pushed_by_a_forked_worker_are_one_blocklist() -> None:
                 t.block("198.18.0.5", seconds=60)
                 t.block("198.18.0.6", seconds=0.01)
                 code = 0 if {b.addr for b in t.blocks()} >= {"198.18.0.1", "198.18.0.5"} else 3
+                try:
+                    t.add("udp", "drop")
+                    code = 4
+                except RuntimeError as e:
+                    code = code if "fork" in str(e) else 5
+                time.sleep(0.02)
+                if t.sweep() != (0, 1):  # blocks only, in a worker
+                    code = 6
+                t.block("198.18.0.6", seconds=0.01)
             finally:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)

@@ -259,7 +259,12 @@ class XdpTable:
         return self._t.default_counts()
 
     def sweep(self) -> Swept:
-        """Remove the expired entries and blocks (they already stopped matching); count them."""
+        """Remove the expired entries and blocks (they already stopped matching); count them.
+
+        Entries are changed only by the process that created the table: in a forked worker
+        :meth:`add`/:meth:`remove` raise ``RuntimeError`` and ``sweep()`` removes blocks only,
+        while :meth:`block`/:meth:`unblock` work everywhere (blocks live in the kernel's maps).
+        """
         return Swept(*self._t.sweep())
 
     def info(self) -> dict[str, Any]:

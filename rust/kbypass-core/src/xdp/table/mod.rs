@@ -379,6 +379,8 @@ pub struct XdpTable {
     twin: Mutex<Option<Twin>>,
     /// With the fork generation they were made in.
     attachments: Mutex<Vec<(XdpAttachment, u64)>>,
+    /// The fork generation of the process that owns the entries.
+    generation: u64,
 }
 
 fn lock<'a, T>(m: &'a Mutex<T>, what: &str) -> Result<MutexGuard<'a, T>> {
@@ -497,6 +499,7 @@ impl XdpTable {
             blocks_on: AtomicBool::new(false),
             twin: Mutex::new(None),
             attachments: Mutex::new(Vec::new()),
+            generation: fork::generation(),
         };
         // New maps hold zeros and no trie entries; both banks start as the empty table.
         {
@@ -589,6 +592,12 @@ impl XdpTable {
         add: Vec<NewEntry>,
         remove: &[u64],
     ) -> Result<Vec<u64>> {
+        if fork::generation() != self.generation {
+            // The banks' bookkeeping is the creating process's; a copy would diverge from it.
+            return Err(Error::State(
+                "this XdpTable was inherited across fork(): entries are changed by the process that created it (block()/unblock() work here)".into(),
+            ));
+        }
         for id in remove {
             if !st.entries.contains_key(id) {
                 return Err(Error::NotFound(format!(
@@ -942,11 +951,13 @@ impl XdpTable {
     }
 
     /// Remove the entries and blocks whose deadline has passed (they already stopped matching
-    /// in the kernel at their deadline; this frees their slots).
+    /// in the kernel at their deadline; this frees their slots). In a process that inherited
+    /// the table across `fork()`, only blocks.
     pub fn sweep(&self) -> Result<Swept> {
         let now = ktime_ns();
         let mut swept = Swept::default();
-        {
+        // Entries only in the process that owns them (see `apply`); blocks anywhere.
+        if fork::generation() == self.generation {
             let mut st = lock(&self.state, "rules")?;
             let expired: Vec<u64> = st
                 .entries
