@@ -31,6 +31,7 @@ from kbypass.xdp import (
     probe_xdp,
     xdp_query,
 )
+from kbypass.xdp_table import TableFullError, UnknownEntryError, XdpTable
 
 __version__: str = _core.__version__
 
@@ -50,11 +51,14 @@ __all__ = [
     "Ring",
     "Rule",
     "RxBatch",
+    "TableFullError",
+    "UnknownEntryError",
     "Verdict",
     "XdpAttachment",
     "XdpPort",
     "XdpProgram",
     "XdpSocket",
+    "XdpTable",
     "__version__",
     "capture",
     "cpu",

@@ -25,6 +25,7 @@ mod ring;
 mod traffic;
 mod views;
 mod xdp;
+mod xdp_table;
 mod xsk;
 
 /// The extension module. Declared free-threading safe: every class guards its own state.
@@ -38,6 +39,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ring::register(m)?;
     cpu::register(m)?;
     xdp::register(m)?;
+    xdp_table::register(m)?;
     views::register(m)?;
     port::register(m)?;
     xsk::register(m)?;

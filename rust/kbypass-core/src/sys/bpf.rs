@@ -15,6 +15,7 @@ const BPF_MAP_CREATE: i32 = 0;
 const BPF_MAP_LOOKUP_ELEM: i32 = 1;
 const BPF_MAP_UPDATE_ELEM: i32 = 2;
 const BPF_MAP_DELETE_ELEM: i32 = 3;
+const BPF_MAP_GET_NEXT_KEY: i32 = 4;
 const BPF_PROG_LOAD: i32 = 5;
 const BPF_PROG_TEST_RUN: i32 = 10;
 const BPF_PROG_GET_FD_BY_ID: i32 = 13;
@@ -34,6 +35,9 @@ pub const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
 pub const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 /// `BPF_MAP_TYPE_LRU_PERCPU_HASH`.
 pub const BPF_MAP_TYPE_LRU_PERCPU_HASH: u32 = 10;
+/// `BPF_MAP_TYPE_LPM_TRIE`: longest-prefix match on `struct { u32 prefixlen; u8 data[]; }` keys
+/// (needs [`BPF_F_NO_PREALLOC`]).
+pub const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
 /// `BPF_MAP_TYPE_XSKMAP`: queue index → AF_XDP socket.
 pub const BPF_MAP_TYPE_XSKMAP: u32 = 17;
 
@@ -43,6 +47,10 @@ pub const BPF_PROG_TYPE_XDP: u32 = 6;
 pub const BPF_XDP: u32 = 37;
 /// `BPF_LINK_TYPE_XDP` in link info.
 pub const BPF_LINK_TYPE_XDP: u32 = 6;
+
+/// Map creation flag: allocate elements on update instead of all at creation (required by
+/// LPM tries; hash maps then use memory only for the entries they hold).
+pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Map update flag: create or overwrite.
 pub const BPF_ANY: u64 = 0;
@@ -325,6 +333,8 @@ pub struct MapFd {
     /// Bytes a lookup/update value buffer has: `value_size`, or for per-CPU maps one 8-byte
     /// aligned slot per possible CPU.
     value_len: usize,
+    /// One value per CPU.
+    percpu: bool,
 }
 
 /// Whether `map_type` keeps one value per CPU (lookups return all of them side by side).
@@ -405,6 +415,7 @@ impl MapFd {
             key_size,
             value_size,
             value_len,
+            percpu: is_percpu(map_type),
         })
     }
 
@@ -447,6 +458,28 @@ impl MapFd {
     /// per-CPU maps one 8-byte aligned slot per possible CPU.
     pub fn value_len(&self) -> usize {
         self.value_len
+    }
+
+    /// Look up `key` in a per-CPU map whose value is a row of `u64`s and return the row summed
+    /// over all CPUs (None if the key is absent).
+    pub fn lookup_percpu_sum(&self, key: &[u8]) -> Result<Option<Vec<u64>>> {
+        let slot = (self.value_size as usize).next_multiple_of(8);
+        if !self.percpu || self.value_size % 8 != 0 {
+            return Err(Error::invalid(
+                "lookup_percpu_sum needs a per-CPU map whose value is a row of u64s",
+            ));
+        }
+        let mut buf = vec![0u8; self.value_len];
+        if !self.lookup(key, &mut buf)? {
+            return Ok(None);
+        }
+        let mut sum = vec![0u64; self.value_size as usize / 8];
+        for cpu in buf.chunks_exact(slot) {
+            for (s, v) in sum.iter_mut().zip(cpu.chunks_exact(8)) {
+                *s = s.wrapping_add(u64::from_ne_bytes(v.try_into().unwrap_or_default()));
+            }
+        }
+        Ok(Some(sum))
     }
 
     /// `BPF_MAP_UPDATE_ELEM` with [`BPF_ANY`]/[`BPF_NOEXIST`]/[`BPF_EXIST`].
@@ -493,6 +526,41 @@ impl MapFd {
             Err(libc::ENOENT) => Ok(false),
             Err(e) => Err(bpf_err("bpf(BPF_MAP_LOOKUP_ELEM)", e)),
         }
+    }
+
+    /// `BPF_MAP_GET_NEXT_KEY`: the key after `key` (None: the first key), or None after the
+    /// last. Keys removed meanwhile are skipped; a walk while others insert may miss or repeat
+    /// some (the kernel's hash-order semantics).
+    pub fn next_key(&self, key: Option<&[u8]>) -> Result<Option<Vec<u8>>> {
+        if let Some(k) = key {
+            self.check(k, None)?;
+        }
+        let mut next = vec![0u8; self.key_size as usize];
+        let mut a = MapElemAttr {
+            map_fd: self.raw() as u32,
+            key: key.map_or(0, |k| k.as_ptr() as u64),
+            value: next.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        match sys_bpf(BPF_MAP_GET_NEXT_KEY, &mut a) {
+            Ok(_) => Ok(Some(next)),
+            Err(libc::ENOENT) => Ok(None),
+            Err(e) => Err(bpf_err("bpf(BPF_MAP_GET_NEXT_KEY)", e)),
+        }
+    }
+
+    /// All keys, by [`MapFd::next_key`]. A key deleted under the walk makes the kernel start
+    /// over; the walk ends at the first key it has already seen.
+    pub fn keys(&self) -> Result<Vec<Vec<u8>>> {
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        while let Some(k) = self.next_key(out.last().map(Vec::as_slice))? {
+            if !seen.insert(k.clone()) {
+                break;
+            }
+            out.push(k);
+        }
+        Ok(out)
     }
 
     /// Put an AF_XDP socket fd into an XSKMAP at `queue`.
@@ -836,6 +904,34 @@ pub fn prog_info_by_id(id: u32) -> Result<ProgInfo> {
     prog_get_fd_by_id(id)?.info()
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns()` reads in BPF programs, so
+/// deadlines computed here compare with it.
+pub fn ktime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    debug_assert_eq!(r, 0);
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Return once every BPF program run that started before the call has finished.
+///
+/// Programs run inside RCU read-side sections (XDP in NAPI or the generic hook, test runs), so
+/// an RCU grace period is enough: `membarrier(MEMBARRIER_CMD_GLOBAL)` waits for one
+/// (`synchronize_rcu`). Takes milliseconds. Where that command is refused (`nohz_full` CPUs),
+/// falls back to a 50 ms sleep, far longer than any program run.
+pub fn wait_for_program_runs() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes no pointers; the command and flags are plain integers.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if r != 0 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// An owned BPF link; closing the last fd detaches the program (also when the process dies).
 #[derive(Debug)]
 pub struct LinkFd {
@@ -1102,8 +1198,18 @@ int main(void) { printf("%d %d %d %d %d %d %d %d %u %u\n", BPF_MAP_TYPE_XSKMAP, 
             .unwrap_err();
         assert!(e.to_string().contains("per possible CPU"), "{e}");
         let h = MapFd::create(BPF_MAP_TYPE_HASH, 4, 4, 8, 0, "kbx_hash").unwrap();
+        assert!(h.keys().unwrap().is_empty());
         h.update(&5u32.to_ne_bytes(), &6u32.to_ne_bytes(), BPF_NOEXIST)
             .unwrap();
+        h.update(&7u32.to_ne_bytes(), &8u32.to_ne_bytes(), BPF_NOEXIST)
+            .unwrap();
+        let mut keys = h.keys().unwrap();
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![5u32.to_ne_bytes().to_vec(), 7u32.to_ne_bytes().to_vec()]
+        );
+        assert!(h.delete(&7u32.to_ne_bytes()).unwrap());
         assert!(h.delete(&5u32.to_ne_bytes()).unwrap());
         assert!(!h.delete(&5u32.to_ne_bytes()).unwrap());
         let x = MapFd::xskmap(4, "kbx_xsks").unwrap();

@@ -115,6 +115,8 @@ pub enum Cond {
 pub mod helper {
     /// `bpf_map_lookup_elem(map, key)`.
     pub const MAP_LOOKUP_ELEM: i32 = 1;
+    /// `bpf_ktime_get_ns()`: `CLOCK_MONOTONIC` in nanoseconds.
+    pub const KTIME_GET_NS: i32 = 5;
     /// `bpf_redirect_map(map, key, flags)`.
     pub const REDIRECT_MAP: i32 = 51;
 }

@@ -44,31 +44,31 @@ const DEFAULT_CASES: u64 = 20_000;
 const FRAMES_PER_RULE_SET: u64 = 200;
 /// Largest frame: what `BPF_PROG_TEST_RUN` takes for XDP with 4 KiB pages (4096 - 256
 /// headroom - 320 `skb_shared_info`).
-const MAX_FRAME: usize = 3520;
+pub(super) const MAX_FRAME: usize = 3520;
 
 /// xorshift64*: small, fast, and the same sequence for the same seed everywhere.
-struct Rng(u64);
+pub(super) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(super) fn new(seed: u64) -> Self {
         Rng(seed ^ 0x9e37_79b9_7f4a_7c15 | 1)
     }
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
     fn upto(&mut self, n: usize) -> usize {
         self.below(n as u64 + 1) as usize
     }
-    fn chance(&mut self, pct: u64) -> bool {
+    pub(super) fn chance(&mut self, pct: u64) -> bool {
         self.below(100) < pct
     }
-    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
+    pub(super) fn pick<T: Copy>(&mut self, v: &[T]) -> T {
         v[self.below(v.len() as u64) as usize]
     }
     fn byte(&mut self) -> u8 {
@@ -77,26 +77,26 @@ impl Rng {
 }
 
 /// The values rules and frames are drawn from, so that they meet often.
-const V4: [[u8; 4]; 5] = [
+pub(super) const V4: [[u8; 4]; 5] = [
     [198, 18, 0, 1],
     [198, 19, 255, 254],
     [198, 18, 128, 0],
     [10, 0, 0, 1],
     [0, 0, 0, 0],
 ];
-const V6: [[u16; 8]; 4] = [
+pub(super) const V6: [[u16; 8]; 4] = [
     [0x2001, 0xdb8, 0, 0, 0, 0, 0, 1],
     [0x2001, 0xdb8, 0x8000, 0, 0, 0, 0, 5],
     [0xfe80, 0, 0, 0, 0, 0, 0, 1],
     [0, 0, 0, 0, 0, 0, 0, 0],
 ];
-const PORTS: [u16; 8] = [0, 1, 22, 53, 1234, 9000, 9001, 65535];
+pub(super) const PORTS: [u16; 8] = [0, 1, 22, 53, 1234, 9000, 9001, 65535];
 const VLANS: [u16; 5] = [0, 1, 5, 100, 4095];
 /// Protocols for `proto N`: the usual ones, the extension headers (where a walk can stop) and
 /// a few others.
-const PROTOS: [u8; 13] = [0, 1, 6, 17, 43, 44, 47, 50, 51, 58, 60, 132, 255];
+pub(super) const PROTOS: [u8; 13] = [0, 1, 6, 17, 43, 44, 47, 50, 51, 58, 60, 132, 255];
 
-fn v6_addr(a: [u16; 8]) -> std::net::Ipv6Addr {
+pub(super) fn v6_addr(a: [u16; 8]) -> std::net::Ipv6Addr {
     std::net::Ipv6Addr::new(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7])
 }
 
@@ -234,12 +234,12 @@ fn v6_near(g: &mut Rng, p: Option<super::Prefix>) -> [u8; 16] {
 }
 
 /// Where the builder put things, for the mutations.
-struct Built {
-    frame: Vec<u8>,
+pub(super) struct Built {
+    pub(super) frame: Vec<u8>,
     /// Offset of the IP header, when there is one.
-    l3: Option<usize>,
+    pub(super) l3: Option<usize>,
     /// IP version of that header.
-    ip: u8,
+    pub(super) ip: u8,
     /// Offsets where headers start (cut points worth trying).
     marks: Vec<usize>,
 }
@@ -267,7 +267,7 @@ fn l4_header(g: &mut Rng, proto: u8, sport: u16, dport: u16) -> Vec<u8> {
 }
 
 /// A frame near `r` (or near nothing in particular when `r` is None).
-fn build(g: &mut Rng, r: Option<&Rule>) -> Built {
+pub(super) fn build(g: &mut Rng, r: Option<&Rule>) -> Built {
     let mut f: Vec<u8> = (0..12).map(|_| g.byte()).collect();
     let mut marks = vec![12];
     let tags = match g.below(100) {
@@ -436,7 +436,7 @@ fn build(g: &mut Rng, r: Option<&Rule>) -> Built {
 
 /// Mutations that make frames lie: cuts, wrong IP lengths, trailers, flipped bytes, a broken
 /// version or IHL.
-fn mutate(g: &mut Rng, b: &mut Built) {
+pub(super) fn mutate(g: &mut Rng, b: &mut Built) {
     let f = &mut b.frame;
     if let Some(l3) = b.l3 {
         if g.chance(30) {
@@ -705,7 +705,7 @@ fn shrink(prog: &XdpProgram, probe: &Probe, rules: &[Rule], frame: &[u8]) -> Vec
     }
 }
 
-fn hex(f: &[u8]) -> String {
+pub(super) fn hex(f: &[u8]) -> String {
     let mut s = String::new();
     for (i, b) in f.iter().enumerate() {
         if i > 0 && i % 32 == 0 {
@@ -716,7 +716,7 @@ fn hex(f: &[u8]) -> String {
     s
 }
 
-fn env_u64(name: &str) -> Option<u64> {
+pub(super) fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
     let v = v.trim().replace('_', "");
     Some(

@@ -1,6 +1,7 @@
 //! XDP programs built in Rust: a small eBPF assembler ([`asm`]), the default redirect program and
 //! match rules compiled to bytecode ([`program`], [`rules`]), attaching with bpf_link or netlink
-//! ([`attach`]), and a capability probe ([`probe`]). No libbpf/libxdp at build or run time.
+//! ([`attach`]), a capability probe ([`probe`]), and the rule table ([`table`]): a program whose
+//! rules live in BPF maps and change at run time. No libbpf/libxdp at build or run time.
 //!
 //! ```no_run
 //! use kbypass_core::xdp::{attach, parse_filter, AttachMode, ProgramOptions, XdpProgram};
@@ -18,6 +19,8 @@ mod fuzz;
 pub mod probe;
 pub mod program;
 pub mod rules;
+pub mod socket_program;
+pub mod table;
 #[cfg(test)]
 mod tests;
 
@@ -27,3 +30,5 @@ pub use program::{
     default_program, filter_program, redirect_form, ProgramOptions, RedirectForm, XdpProgram,
 };
 pub use rules::{format_filter, matches, parse_filter, IpVersion, Prefix, Rule, RuleFields, Vlan};
+pub use socket_program::SocketProgram;
+pub use table::{TableOptions, XdpTable};

@@ -49,7 +49,7 @@ impl RedirectForm {
 }
 
 /// Emit the redirect tail: the queue index comes from the context in `ctx`.
-fn emit_redirect(a: &mut Asm, form: RedirectForm, map_fd: RawFd, ctx: Reg) {
+pub(crate) fn emit_redirect(a: &mut Asm, form: RedirectForm, map_fd: RawFd, ctx: Reg) {
     a.ldx(Size::W, R2, ctx, XDP_MD_RX_QUEUE_INDEX);
     match form {
         RedirectForm::FlagsDefault => {

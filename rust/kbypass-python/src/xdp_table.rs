@@ -1,0 +1,421 @@
+//! `XdpTable`: the rule table of `kbypass_core::xdp::table` (rules in BPF maps, changed at run
+//! time; source blocks from handlers). Converts arguments and errors only.
+
+use std::net::IpAddr;
+use std::sync::RwLock;
+
+use kbypass_core::xdp::table::{self, Action, NewEntry, TableOptions};
+use kbypass_core::xdp::{self, AttachMode};
+use kbypass_core::Error;
+use pyo3::exceptions::{PyKeyError, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::errors::{to_py, IntoPyResult};
+
+pyo3::create_exception!(
+    kbypass._core,
+    TableFullError,
+    PyOSError,
+    "The XdpTable has no room (``errno.ENOSPC``): too many rules for ``max_rules`` or sources for ``max_blocks``."
+);
+
+pyo3::create_exception!(
+    kbypass._core,
+    UnknownEntryError,
+    PyKeyError,
+    "No entry with this id in the XdpTable (removed, swept after it expired, or never added)."
+);
+
+/// Core errors of table changes: ENOSPC → `TableFullError`, an unknown id → `UnknownEntryError`.
+fn table_err(e: Error) -> PyErr {
+    match e {
+        Error::Os {
+            errno: libc::ENOSPC,
+            ..
+        } => TableFullError::new_err((libc::ENOSPC, e.to_string())),
+        Error::NotFound(msg) => UnknownEntryError::new_err(msg),
+        e => to_py(e),
+    }
+}
+
+fn action(s: &str) -> PyResult<Action> {
+    s.parse().py()
+}
+
+fn addr(what: &str, s: &str) -> PyResult<IpAddr> {
+    s.trim().parse().map_err(|_| {
+        PyValueError::new_err(format!(
+            "{what}={s:?} is not an IPv4 or IPv6 address (a single host, e.g. '198.18.0.7')"
+        ))
+    })
+}
+
+fn new_entry(filter: &str, act: &str, priority: i32, expire: Option<f64>) -> PyResult<NewEntry> {
+    Ok(NewEntry {
+        rules: xdp::parse_filter(filter).py()?,
+        action: action(act)?,
+        priority,
+        expires_ns: expire.map(table::deadline_in).transpose().py()?,
+    })
+}
+
+/// A table of rules in BPF maps, and its XDP program.
+#[pyclass(module = "kbypass._core", frozen)]
+pub struct XdpTable {
+    inner: RwLock<Option<table::XdpTable>>,
+    opts: TableOptions,
+    info: kbypass_core::sys::bpf::ProgInfo,
+    insn_count: usize,
+    verifier_stats: String,
+}
+
+impl XdpTable {
+    /// Run `f` on the open table, or raise `RuntimeError` after `close()`.
+    fn with<T>(&self, f: impl FnOnce(&table::XdpTable) -> PyResult<T>) -> PyResult<T> {
+        let g = self
+            .inner
+            .read()
+            .map_err(|_| PyRuntimeError::new_err("XdpTable lock poisoned"))?;
+        match g.as_ref() {
+            Some(t) => f(t),
+            None => Err(PyRuntimeError::new_err(
+                "the XdpTable is closed: create a new one",
+            )),
+        }
+    }
+}
+
+#[pymethods]
+impl XdpTable {
+    #[new]
+    #[pyo3(signature = (max_rules=256, max_blocks=65536, queues=64, default="pass", frags=false))]
+    fn new(
+        py: Python<'_>,
+        max_rules: u32,
+        max_blocks: u32,
+        queues: u32,
+        default: &str,
+        frags: bool,
+    ) -> PyResult<Self> {
+        let opts = TableOptions {
+            max_rules,
+            max_blocks,
+            queues,
+            default: action(default)?,
+            frags,
+        };
+        let t = py.detach(|| table::XdpTable::new(opts)).py()?;
+        Ok(XdpTable {
+            opts,
+            info: t.info().clone(),
+            insn_count: t.insn_count(),
+            verifier_stats: t.verifier_stats().to_string(),
+            inner: RwLock::new(Some(t)),
+        })
+    }
+
+    /// Add an entry (filter text, action, priority, seconds until it expires); returns its id.
+    #[pyo3(signature = (filter, action, priority=0, expire=None))]
+    fn add(
+        &self,
+        py: Python<'_>,
+        filter: &str,
+        action: &str,
+        priority: i32,
+        expire: Option<f64>,
+    ) -> PyResult<u64> {
+        let e = new_entry(filter, action, priority, expire)?;
+        self.with(|t| py.detach(|| t.add(e)).map_err(table_err))
+    }
+
+    /// Add `(filter, action, priority, expire)` entries and remove ids in one change.
+    #[pyo3(signature = (add, remove))]
+    fn apply(
+        &self,
+        py: Python<'_>,
+        add: Vec<(String, String, i32, Option<f64>)>,
+        remove: Vec<u64>,
+    ) -> PyResult<Vec<u64>> {
+        let add = add
+            .iter()
+            .map(|(f, a, p, e)| new_entry(f, a, *p, *e))
+            .collect::<PyResult<Vec<_>>>()?;
+        self.with(|t| py.detach(|| t.apply(add, &remove)).map_err(table_err))
+    }
+
+    /// Remove the entry `id`.
+    fn remove(&self, py: Python<'_>, id: u64) -> PyResult<()> {
+        self.with(|t| py.detach(|| t.remove(id)).map_err(table_err))
+    }
+
+    /// Push a decision about source `src` for `seconds` (None: until unblocked).
+    #[pyo3(signature = (src, seconds=Some(10.0), action="drop", wait=false))]
+    fn block(
+        &self,
+        py: Python<'_>,
+        src: &str,
+        seconds: Option<f64>,
+        action: &str,
+        wait: bool,
+    ) -> PyResult<()> {
+        let (a, act) = (addr("src", src)?, self::action(action)?);
+        self.with(|t| {
+            if wait {
+                py.detach(|| t.block(a, seconds, act, true))
+            } else {
+                t.block(a, seconds, act, false)
+            }
+            .map_err(table_err)
+        })
+    }
+
+    /// Remove the block of `src`; False if there was none.
+    fn unblock(&self, src: &str) -> PyResult<bool> {
+        let a = addr("src", src)?;
+        self.with(|t| t.unblock(a).py())
+    }
+
+    /// The blocks: dicts with addr, action, expires_in (seconds, None), packets, bytes.
+    fn blocks<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let list = self.with(|t| t.blocks().py())?;
+        list.iter()
+            .map(|b| {
+                let d = PyDict::new(py);
+                d.set_item("addr", b.addr.to_string())?;
+                d.set_item("action", b.block.action.as_str())?;
+                d.set_item("expires_in", b.block.expires_ns.map(table::seconds_left))?;
+                d.set_item("packets", b.counts.packets)?;
+                d.set_item("bytes", b.counts.bytes)?;
+                Ok(d)
+            })
+            .collect()
+    }
+
+    /// The entries in decision order: dicts with id, filter, action, priority, expires_in.
+    fn entries<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let list = self.with(|t| t.entries().py())?;
+        list.iter()
+            .map(|e| {
+                let d = PyDict::new(py);
+                d.set_item("id", e.id)?;
+                d.set_item("filter", xdp::format_filter(&e.rules))?;
+                d.set_item("action", e.action.as_str())?;
+                d.set_item("priority", e.priority)?;
+                d.set_item("expires_in", e.expires_ns.map(table::seconds_left))?;
+                Ok(d)
+            })
+            .collect()
+    }
+
+    /// `{id: (packets, bytes)}` per entry, summed over CPUs.
+    fn stats(&self) -> PyResult<std::collections::BTreeMap<u64, (u64, u64)>> {
+        self.with(|t| {
+            Ok(t.stats()
+                .py()?
+                .into_iter()
+                .map(|(id, c)| (id, (c.packets, c.bytes)))
+                .collect())
+        })
+    }
+
+    /// `(packets, bytes)` that got the default action.
+    fn default_counts(&self) -> PyResult<(u64, u64)> {
+        self.with(|t| {
+            let c = t.default_counts().py()?;
+            Ok((c.packets, c.bytes))
+        })
+    }
+
+    /// Remove expired entries and blocks: `(entries, blocks)` removed.
+    fn sweep(&self, py: Python<'_>) -> PyResult<(usize, usize)> {
+        self.with(|t| {
+            let s = py.detach(|| t.sweep()).py()?;
+            Ok((s.entries, s.blocks))
+        })
+    }
+
+    /// Sizes and bookkeeping: entries, rules, blocks, commits, map_writes, swept_*.
+    fn table_info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let i = self.with(|t| t.table_info().py())?;
+        let d = PyDict::new(py);
+        d.set_item("entries", i.entries)?;
+        d.set_item("rules", i.rules)?;
+        d.set_item("blocks", i.blocks)?;
+        d.set_item("commits", i.commits)?;
+        d.set_item("map_writes", i.map_writes)?;
+        d.set_item("swept_entries", i.swept_entries)?;
+        d.set_item("swept_blocks", i.swept_blocks)?;
+        Ok(d)
+    }
+
+    /// Send queue `queue`'s "allow" frames to the AF_XDP socket with fd `fd`.
+    fn set_socket(&self, queue: u32, fd: i32) -> PyResult<()> {
+        self.with(|t| t.set_socket(queue, fd).py())
+    }
+
+    /// Stop sending queue `queue`'s frames to a socket.
+    fn clear_socket(&self, queue: u32) -> PyResult<()> {
+        self.with(|t| t.clear_socket(queue).py())
+    }
+
+    /// Attach to `ifname`: dict with ifname, ifindex, mode, via, prog_id, notes.
+    #[pyo3(signature = (ifname, mode="auto", force=false))]
+    fn attach<'py>(
+        &self,
+        py: Python<'py>,
+        ifname: &str,
+        mode: &str,
+        force: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let mode: AttachMode = mode.parse().py()?;
+        let a = self.with(|t| py.detach(|| t.attach(ifname, mode, force)).py())?;
+        let d = PyDict::new(py);
+        d.set_item("ifname", a.ifname)?;
+        d.set_item("ifindex", a.ifindex)?;
+        d.set_item("mode", a.mode)?;
+        d.set_item("via", a.via)?;
+        d.set_item("prog_id", a.prog_id)?;
+        d.set_item("notes", a.notes)?;
+        Ok(d)
+    }
+
+    /// Detach from `ifname` (None: everywhere); returns how many.
+    #[pyo3(signature = (ifname=None))]
+    fn detach(&self, py: Python<'_>, ifname: Option<&str>) -> PyResult<usize> {
+        self.with(|t| py.detach(|| t.detach(ifname)).py())
+    }
+
+    /// Interfaces it is attached to.
+    fn attached(&self) -> PyResult<Vec<String>> {
+        self.with(|t| t.attached().py())
+    }
+
+    /// Run the program on `frame` (queue 0, a socket present): (verdict, ns per run).
+    #[pyo3(signature = (frame, repeat=1))]
+    fn test_run(&self, py: Python<'_>, frame: &[u8], repeat: u32) -> PyResult<(u32, u32)> {
+        let frame = frame.to_vec();
+        let r = self.with(|t| py.detach(|| t.test_run(&frame, repeat)).py())?;
+        Ok((r.retval, r.duration_ns))
+    }
+
+    /// Kernel program id (never changes: rules live in maps).
+    #[getter]
+    fn id(&self) -> u32 {
+        self.info.id
+    }
+
+    /// Program name ("kbypass_table").
+    #[getter]
+    fn name(&self) -> String {
+        self.info.name.clone()
+    }
+
+    /// Kernel tag of the program.
+    #[getter]
+    fn tag(&self) -> String {
+        self.info.tag.clone()
+    }
+
+    /// Number of BPF instructions.
+    #[getter]
+    fn insn_count(&self) -> usize {
+        self.insn_count
+    }
+
+    /// The verifier's statistics from loading the program.
+    #[getter]
+    fn verifier_stats(&self) -> String {
+        self.verifier_stats.clone()
+    }
+
+    /// Rule slots.
+    #[getter]
+    fn max_rules(&self) -> u32 {
+        self.opts.max_rules
+    }
+
+    /// Block slots.
+    #[getter]
+    fn max_blocks(&self) -> u32 {
+        self.opts.max_blocks
+    }
+
+    /// XSKMAP slots.
+    #[getter]
+    fn queues(&self) -> u32 {
+        self.opts.queues
+    }
+
+    /// The default action.
+    #[getter]
+    fn default(&self) -> &'static str {
+        self.opts.default.as_str()
+    }
+
+    /// Whether the frags-capable variant was loaded.
+    #[getter]
+    fn frags(&self) -> bool {
+        self.opts.frags
+    }
+
+    /// The XSKMAP fd.
+    #[getter]
+    fn map_fd(&self) -> PyResult<i32> {
+        self.with(|t| Ok(t.xsk_map().raw()))
+    }
+
+    /// Whether `close()` was called.
+    #[getter]
+    fn closed(&self) -> PyResult<bool> {
+        let g = self
+            .inner
+            .read()
+            .map_err(|_| PyRuntimeError::new_err("XdpTable lock poisoned"))?;
+        Ok(g.is_none())
+    }
+
+    /// Detach everywhere and close the program and maps (idempotent).
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let t = {
+            let mut g = self
+                .inner
+                .write()
+                .map_err(|_| PyRuntimeError::new_err("XdpTable lock poisoned"))?;
+            g.take()
+        };
+        if let Some(t) = t {
+            py.detach(|| t.detach(None).map(|_| ())).py()?;
+        }
+        Ok(())
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "XdpTable(id={}, max_rules={}, max_blocks={}, default={:?})",
+            self.info.id,
+            self.opts.max_rules,
+            self.opts.max_blocks,
+            self.opts.default.as_str()
+        )
+    }
+}
+
+/// Register this area's names.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<XdpTable>()?;
+    m.add("TableFullError", py.get_type::<TableFullError>())?;
+    m.add("UnknownEntryError", py.get_type::<UnknownEntryError>())?;
+    Ok(())
+}
