@@ -31,7 +31,7 @@ from typing import Any, Literal, NamedTuple, SupportsIndex, Union
 
 from kbypass import _core
 from kbypass._core import TableFullError, UnknownEntryError
-from kbypass.xdp import FilterSpec, Verdict, _filter_text
+from kbypass.xdp import FilterSpec, Verdict
 
 TableAction = Literal["allow", "drop", "pass"]
 Address = Union[str, SupportsIndex, bytes, ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -109,13 +109,6 @@ def _address(src: Address) -> str:
     return str(ipaddress.IPv4Address(n))
 
 
-def _filter(rule: FilterSpec) -> str:
-    text = _filter_text(rule)
-    if text is None:
-        raise ValueError("an entry needs a filter: use 'all' to match every frame")
-    return text
-
-
 def _seconds(name: str, value: float | None) -> float | None:
     if value is None:
         return None
@@ -184,7 +177,7 @@ class XdpTable:
             >>> table.add("udp dst port 9000-9010", "allow")  # doctest: +SKIP
             1
         """
-        return self._t.add(_filter(rule), action, priority, _seconds("expire", expire))
+        return self._t.add(rule, action, priority, _seconds("expire", expire))
 
     def add_many(self, entries: Iterable[EntrySpec], remove: Iterable[int] = ()) -> list[int]:
         """Add ``(rule, action[, priority[, expire]])`` entries and remove ids in one change.
@@ -193,7 +186,7 @@ class XdpTable:
         Returns the new ids in order. Nothing changes if an id is unknown
         (:class:`UnknownEntryError`) or the rules do not fit (:class:`TableFullError`).
         """
-        specs: list[tuple[str, str, int, float | None]] = []
+        specs: list[tuple[FilterSpec, str, int, float | None]] = []
         for e in entries:
             if not isinstance(e, tuple) or not 2 <= len(e) <= 4:
                 raise TypeError(
@@ -201,7 +194,7 @@ class XdpTable:
                 )
             priority = e[2] if len(e) > 2 else 0
             expire = e[3] if len(e) > 3 else None
-            specs.append((_filter(e[0]), e[1], priority, _seconds("expire", expire)))
+            specs.append((e[0], e[1], priority, _seconds("expire", expire)))
         return self._t.apply(specs, list(remove))
 
     def remove(self, id: int) -> None:

@@ -51,9 +51,21 @@ fn addr(what: &str, s: &str) -> PyResult<IpAddr> {
     })
 }
 
-fn new_entry(filter: &str, act: &str, priority: i32, expire: Option<f64>) -> PyResult<NewEntry> {
+/// An entry from its Python parts: the filter as `filter=` takes it elsewhere (text, a `Rule`,
+/// or a list of them; see `crate::xdp::filter_text`), but never None.
+fn new_entry(
+    filter: &Bound<'_, PyAny>,
+    act: &str,
+    priority: i32,
+    expire: Option<f64>,
+) -> PyResult<NewEntry> {
+    let Some(text) = crate::xdp::filter_text(Some(filter))? else {
+        return Err(PyValueError::new_err(
+            "an entry needs a filter: use 'all' to match every frame",
+        ));
+    };
     Ok(NewEntry {
-        rules: xdp::parse_filter(filter).py()?,
+        rules: xdp::parse_filter(&text).py()?,
         action: action(act)?,
         priority,
         expires_ns: expire.map(table::deadline_in).transpose().py()?,
@@ -120,7 +132,7 @@ impl XdpTable {
     fn add(
         &self,
         py: Python<'_>,
-        filter: &str,
+        filter: &Bound<'_, PyAny>,
         action: &str,
         priority: i32,
         expire: Option<f64>,
@@ -134,7 +146,7 @@ impl XdpTable {
     fn apply(
         &self,
         py: Python<'_>,
-        add: Vec<(String, String, i32, Option<f64>)>,
+        add: Vec<(Bound<'_, PyAny>, String, i32, Option<f64>)>,
         remove: Vec<u64>,
     ) -> PyResult<Vec<u64>> {
         let add = add
