@@ -133,14 +133,13 @@ def _headers(frames: Frames) -> npt.NDArray[np.void]:
 
 
 def _sources(frames: Frames, mask: npt.ArrayLike | None) -> list[str]:
-    """The distinct IPv4 and IPv6 source addresses of the frames ``mask`` selects."""
+    """Return the distinct IPv4 and IPv6 source addresses of the frames ``mask`` selects."""
     h = _headers(frames)
     if mask is not None:
         m = np.asarray(mask)
         if m.dtype != np.bool_ or m.shape != h.shape:
             raise ValueError(
-                f"mask must be a bool array of the frames' shape {h.shape}, "
-                f"got {m.dtype} {m.shape}"
+                f"mask must be a bool array of the frames' shape {h.shape}, got {m.dtype} {m.shape}"
             )
         h = h[m]
     version = h["ip_version"]
@@ -471,7 +470,7 @@ class XdpTable:
         self._t.close()
 
     def __kbypass_table__(self) -> _core.XdpTable:
-        """The extension's table (what ``XdpPort(program=table)`` opens the port on)."""
+        """Return the extension's table (what ``XdpPort(program=table)`` opens the port on)."""
         return self._t
 
     def __enter__(self) -> XdpTable:
