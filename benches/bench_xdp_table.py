@@ -1,4 +1,5 @@
-"""Cost of the XdpTable program per frame, in the kernel (BPF_PROG_TEST_RUN with repeat).
+"""Cost of the XdpTable program per frame, in the kernel (BPF_PROG_TEST_RUN with repeat), and
+what a Pipeline gets with the table as its XDP program.
 
 Each case measures, in the same run and on the same frame, the table, the filter program
 built from the same rules (where the filter grammar can say it) and the 6-instruction default
@@ -8,20 +9,37 @@ per frame for the class, one LPM trie lookup per field its rules use, one hash l
 blocks exist) where the filter program pays compares per rule: it costs more for a few rules
 and stays flat as rules are added.
 
+``test_pipeline_with_table_vs_own_program`` runs a Pipeline (the NumPy port filter of
+``bench_processors.py`` as handler) on a veth pair flooded by the live-frames generator,
+alternately with the table as its program (``table=``: one "allow" entry, and 0 or 1000
+blocks of other sources) and with the port's own filter program for the same rule. Each round
+measures both for ``KBYPASS_BENCH_SECONDS``; the ratio (table / own program) is reported as
+the median of the rounds with its min and max (``KBYPASS_BENCH_ROUNDS``, at least 3).
+
     python -m pytest benches/bench_xdp_table.py --benchmark-enable
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+import kbypass
+from bench_path import GEN_CPU, ROUNDS, RX_CPU, SECONDS
 from kbypass import Verdict, XdpProgram, XdpTable
+from kbypass.testing import TrafficGenerator, VethPair
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (CAP_BPF) to load programs")
 
@@ -143,3 +161,70 @@ def test_table_program_cost(benchmark: BenchmarkFixture, name: str) -> None:
             insns=table.insn_count,
         )
         assert ns > 0 and ref_ns > 0
+
+
+PIPELINE_ROUNDS = max(3, ROUNDS)
+
+
+def _pipeline_pps(pair: VethPair, handler: Any, **program: Any) -> float:
+    """A Pipeline on b's queue 0 for SECONDS; its packets/s."""
+    with pair.enter("b"):
+        p = kbypass.Pipeline(
+            pair.b.ifname,
+            handler,
+            queues=[0],
+            mode="copy",
+            frames=4096,
+            cpus=[RX_CPU],
+            progress=False,
+            **program,
+        )
+    with p:
+        t = p.run(duration=SECONDS)
+    assert t["rx"] > 0 and t["handler_errors"] == 0, t
+    return float(t["pps"])
+
+
+@pytest.mark.benchmark(group="xdp-table-pipeline")
+@pytest.mark.parametrize("blocks", [0, 1000])
+def test_pipeline_with_table_vs_own_program(benchmark: BenchmarkFixture, blocks: int) -> None:
+    counted = {"port": 0}
+
+    def handler(batch: kbypass.Batch) -> None:
+        counted["port"] += int(np.count_nonzero(batch.headers["dst_port"] == 9000))
+        batch.verdicts[:] = kbypass.DROP
+
+    own: list[float] = []
+    table_pps: list[float] = []
+    with VethPair() as pair, XdpTable(max_rules=256) as table:
+        allow = table.add("udp dst port 9000", "allow")
+        for i in range(blocks):
+            table.block(f"10.0.{i // 256}.{i % 256}", seconds=3600)
+        gen = TrafficGenerator(pair, size=60, cpu=GEN_CPU)
+
+        def measure() -> None:
+            for _ in range(PIPELINE_ROUNDS):
+                own.append(_pipeline_pps(pair, handler, filter="udp dst port 9000"))
+                table_pps.append(_pipeline_pps(pair, handler, table=table))
+
+        gen.start()
+        try:
+            benchmark.pedantic(measure, rounds=1, iterations=1)
+        finally:
+            gen.stop()
+        assert table.stats()[allow][0] > 0, "the table let the flow through"
+    ratios = [t / o for t, o in zip(table_pps, own) if o > 0]
+    assert ratios and counted["port"] > 0
+    benchmark.extra_info.update(
+        rate=statistics.median(table_pps),
+        unit="packets/s",
+        reference=f"port's own filter program {statistics.median(own) / 1e6:.2f} M/s",
+        ratio=statistics.median(ratios),
+        ratio_min=min(ratios),
+        ratio_max=max(ratios),
+        own_pps=own,
+        table_pps=table_pps,
+        blocks=blocks,
+        seconds=SECONDS,
+        rounds=PIPELINE_ROUNDS,
+    )

@@ -9,14 +9,16 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 import kbypass
 from kbypass import Rule, TableFullError, UnknownEntryError, Verdict, XdpPort, XdpTable
+from kbypass.packet import META_DTYPE
 from kbypass.testing import TrafficGenerator, VethPair
-from kbypass.xdp_table import _address
+from kbypass.xdp_table import _address, _sources
 
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (CAP_BPF, CAP_NET_ADMIN)")
@@ -77,6 +79,28 @@ def test_addresses_from_handler_columns() -> None:
         _address(b"12345")
     with pytest.raises(ValueError, match="32-bit"):
         _address(2**32)
+
+
+def test_sources_of_a_batch_are_distinct_v4_and_v6_addresses_under_the_mask() -> None:
+    h = np.zeros(6, dtype=META_DTYPE)
+    h["ip_version"] = [4, 4, 6, 4, 6, 0]  # the last one is not IP: skipped
+    h["src_ip4"] = [0xC6120001, 0xC6120001, 0, 0xC6120003, 0, 0xC6120009]
+    h["src_ip6"][2] = np.frombuffer(ipaddress.IPv6Address("2001:db8::1").packed, np.uint8)
+    h["src_ip6"][4] = h["src_ip6"][2]
+    assert _sources(h, None) == ["198.18.0.1", "198.18.0.3", "2001:db8::1"]
+    assert _sources(h, np.array([0, 0, 0, 1, 1, 1], dtype=bool)) == [
+        "198.18.0.3",
+        "2001:db8::1",
+    ]
+    assert _sources(h, np.zeros(6, dtype=bool)) == []
+    with pytest.raises(ValueError, match="bool array"):
+        _sources(h, np.ones(5, dtype=bool))
+    with pytest.raises(ValueError, match="bool array"):
+        _sources(h, np.ones(6, dtype=np.uint8))
+    with pytest.raises(TypeError, match="Batch"):
+        _sources([1, 2], None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="src_ip4"):
+        _sources(np.zeros(2, dtype=[("ip_version", "u1")]), None)
 
 
 def test_exceptions_are_typed() -> None:
@@ -437,3 +461,276 @@ def test_a_forked_worker_closing_its_copy_leaves_the_program_attached(
     t.close()
     with veth_pair.enter("b"):
         assert kbypass.xdp_query(veth_pair.b.ifname) == []
+
+
+# ---------------------------------------------------------------- a port's program, a Pipeline
+
+
+def _until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def _bpf_ids() -> set[tuple[str, int]]:
+    """The BPF objects this process has file descriptors of: ("prog" | "map" | "link", id)."""
+    out = set()
+    for fd in os.listdir("/proc/self/fdinfo"):
+        try:
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                lines = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+        except OSError:
+            continue  # closed meanwhile (the listing's own descriptor)
+        for kind in ("link", "prog", "map"):
+            if f"{kind}_type" in lines and f"{kind}_id" in lines:
+                out.add((kind, int(lines[f"{kind}_id"])))
+                break
+    return out
+
+
+def _ring_drops(port: XdpPort) -> int:
+    """Frames the kernel redirected to the port's socket but could not put on its RX ring."""
+    st = port.sockets[0].stats()
+    return int(st["kernel_rx_dropped"]) + int(st["kernel_rx_ring_full"])
+
+
+@needs_root
+def test_a_handlers_block_drops_the_source_in_the_kernel_within_one_batch(
+    veth_pair: VethPair,
+) -> None:
+    """Two sources into a Pipeline on the table; the handler blocks one (issue 10's proof).
+
+    The RX ring is one batch long, so after the batch in which the handler decided, Python
+    sees at most the one batch the ring held, and nothing of that source after it; the other
+    source keeps arriving, the kernel counts every frame of the blocked one, and every frame
+    is accounted for.
+    """
+    x, y = veth_pair.a.ip, "198.18.0.3"
+    x4, y4 = int(ipaddress.IPv4Address(x)), int(ipaddress.IPv4Address(y))
+    ring = 512
+    t = XdpTable(max_rules=64)
+    allow_x = t.add(f"src {x} and udp dst port 9000", "allow")
+    allow_y = t.add(f"src {y} and udp dst port 9000", "allow")
+    batches: list[tuple[int, int]] = []  # frames of (x, y) per batch, in order
+    decided: list[int] = []
+
+    def handler(batch: kbypass.Batch) -> None:
+        src = batch.headers["src_ip4"]
+        batches.append((int((src == x4).sum()), int((src == y4).sum())))
+        if not decided and sum(b[0] for b in batches) >= 300:
+            time.sleep(0.02)  # a decision that takes its time: the RX ring fills meanwhile
+            # wait=True: when it returns, every frame of x the kernel let through before is
+            # on the RX ring, so the next batch takes the last of them.
+            t.block(x, seconds=60, wait=True)
+            decided.append(len(batches) - 1)
+
+    with veth_pair.enter("b"):
+        port = XdpPort(
+            veth_pair.b.ifname, queues=[0], mode="copy", program=t, ring_size=ring, frames=4096
+        )
+    gens = [TrafficGenerator(veth_pair, src_ip=s, batch_size=8) for s in (x, y)]
+    with port, kbypass.Pipeline(port, handler, batch=ring, cpus=False) as p:
+        p.start()
+        for g in gens:
+            g.start(count=6000, rate=2000)
+        sent_x, sent_y = (g.wait(timeout=60).packets for g in gens)
+
+        def blocked() -> int:
+            return sum(b.packets for b in t.blocks())
+
+        assert _until(
+            lambda: t.stats()[allow_x][0] + blocked() == sent_x and t.stats()[allow_y][0] == sent_y
+        ), (t.stats(), t.blocks(), sent_x, sent_y)
+        allowed = t.stats()[allow_x][0] + t.stats()[allow_y][0]
+        _until(lambda: sum(map(sum, batches)) == allowed, timeout=3.0)  # short only on drops
+        acc = p.stop()
+        drops = _ring_drops(port)
+        totals = p.totals()
+    assert acc is not None and acc["balanced"], acc
+    assert decided, f"the handler never saw 300 frames of {x}: {batches[:5]}"
+    d = decided[0]
+    x_after = [b[0] for b in batches[d + 1 :]]
+    assert sum(x_after[:1]) <= ring, "at most the RX ring's one batch"
+    assert sum(x_after[1:]) == 0, f"{x} reached Python after the batch that followed: {x_after}"
+    assert sum(b[1] for b in batches[d + 2 :]) > sent_y // 2, f"{y} stopped arriving"
+    [blk] = t.blocks()
+    seen_x, seen_y = sum(b[0] for b in batches), sum(b[1] for b in batches)
+    assert blk.addr == x and blk.packets == sent_x - t.stats()[allow_x][0] > sent_x // 2
+    assert t.stats()[allow_y][0] == sent_y
+    # No frame lost silently: what the kernel allowed reached Python or its drop counters.
+    assert seen_x + seen_y + drops == allowed and totals["rx"] == seen_x + seen_y
+    assert seen_x <= t.stats()[allow_x][0] and seen_y <= sent_y
+    t.close()
+
+
+@needs_root
+def test_a_one_second_block_expires_while_the_pipeline_runs(veth_pair: VethPair) -> None:
+    """A handler's 1-s block (block_sources, no wait): frames come back after the deadline;
+    counters are read while the Pipeline runs."""
+    x4 = int(ipaddress.IPv4Address(veth_pair.a.ip))
+    ring = 256
+    t = XdpTable(max_rules=64)
+    allow = t.add("udp dst port 9000", "allow")
+    batches: list[tuple[float, int]] = []  # (when, frames of x)
+    decided: list[tuple[int, float]] = []
+
+    def handler(batch: kbypass.Batch) -> None:
+        mine = batch.headers["src_ip4"] == x4
+        batches.append((time.monotonic(), int(mine.sum())))
+        if mine.any() and not decided:
+            now = time.monotonic()
+            assert t.block_sources(batch, mine, seconds=1.0) == [veth_pair.a.ip]
+            decided.append((len(batches) - 1, now))
+
+    with veth_pair.enter("b"):
+        port = XdpPort(
+            veth_pair.b.ifname, queues=[0], mode="copy", program=t, ring_size=ring, frames=4096
+        )
+    gen = TrafficGenerator(veth_pair, batch_size=8)
+    readings: list[tuple[int, int]] = []  # (allowed, blocked) read while running
+    with port, kbypass.Pipeline(port, handler, batch=ring, cpus=False) as p:
+        p.start()
+        gen.start(count=3000, rate=1000)
+        while gen.running:
+            blocks = t.blocks()
+            readings.append((t.stats()[allow][0], blocks[0].packets if blocks else 0))
+            time.sleep(0.05)
+        sent = gen.wait().packets
+        assert _until(lambda: t.stats()[allow][0] + t.blocks()[0].packets == sent)
+        _until(lambda: sum(b[1] for b in batches) == t.stats()[allow][0], timeout=3.0)
+        assert p.running, "counters were read while it ran"
+        acc = p.stop()
+        drops = _ring_drops(port)
+    assert acc is not None and acc["balanced"], acc
+    assert decided
+    d, when = decided[0]
+    # In flight when it decided: at most two more batches (without wait=True the frames a
+    # program run had already let through still arrive); after them, x only once it expired.
+    later = [(at, n) for at, n in batches[d + 3 :] if n]
+    assert later, "the source never came back after its block expired"
+    assert min(at for at, _ in later) >= when + 1.0, (when, later[:3])
+    [blk] = t.blocks()
+    assert blk.packets > 500, "about a second of frames was dropped in the kernel"
+    assert blk.expires_in is not None and blk.expires_in < 0
+    allowed = t.stats()[allow][0]
+    assert allowed + blk.packets == sent
+    assert sum(b[1] for b in batches) + drops == allowed
+    # Read while running: they only grow, and the block counted while it was live.
+    assert all(a <= b for a, b in zip(readings, readings[1:]))
+    assert readings[-1][0] > readings[0][0] and max(r[1] for r in readings) > 0
+    assert t.sweep() == (0, 1) and t.blocks() == []
+    t.close()
+
+
+@needs_root
+def test_pipeline_table_keyword_and_closing_the_table_while_it_runs(veth_pair: VethPair) -> None:
+    """``Pipeline(ifname, handler, table=t)``: the port attaches the table and keeps it alive;
+    closing the table first is safe; the last close releases every kernel object."""
+    ifname = veth_pair.b.ifname
+    before = _bpf_ids()
+    t = XdpTable(max_rules=64)
+    t.add("udp dst port 9000", "allow")
+    prog_id = t.id
+    seen = [0]
+
+    def handler(batch: kbypass.Batch) -> None:
+        seen[0] += len(batch)
+
+    with veth_pair.enter("b"):
+        p = kbypass.Pipeline(ifname, handler, table=t, queues=[0], mode="copy", cpus=False)
+        assert [q["prog_id"] for q in kbypass.xdp_query(ifname)] == [prog_id]
+    assert t.attached == [ifname]
+    with p:
+        p.start()
+        gen = TrafficGenerator(veth_pair)
+        assert gen.run(count=500, rate=50_000).packets == 500
+        assert _until(lambda: seen[0] == 500)
+        t.close()  # the pipeline's port keeps the program and maps
+        assert t.closed
+        with pytest.raises(RuntimeError, match="closed"):
+            t.block("198.18.0.9")
+        assert gen.run(count=500, rate=50_000).packets == 500
+        assert _until(lambda: seen[0] == 1000), seen
+        with veth_pair.enter("b"):
+            assert [q["prog_id"] for q in kbypass.xdp_query(ifname)] == [prog_id]
+        acc = p.stop()
+        assert acc is not None and acc["balanced"]
+    del gen  # its own program and link (a keeper on a loopback) go with it
+    with veth_pair.enter("b"):
+        assert kbypass.xdp_query(ifname) == [], "the port detached the table it attached"
+    assert _bpf_ids() == before, "every program, map and link was released"
+
+
+@needs_root
+def test_a_port_leaves_the_owners_attachment_and_refuses_wrong_arguments(
+    veth_pair: VethPair,
+) -> None:
+    ifname = veth_pair.b.ifname
+    with XdpTable(max_rules=64, queues=1) as t:
+        with veth_pair.enter("b"):
+            t.attach(ifname)
+            with XdpPort(ifname, queues=[0], mode="copy", program=t) as port:
+                assert port.xdp_mode in ("native", "generic")
+            assert [q["prog_id"] for q in kbypass.xdp_query(ifname)] == [t.id], "still the owner's"
+            with pytest.raises(ValueError, match=r"table\.add"):
+                XdpPort(ifname, queues=[0], program=t, filter="udp")
+            with pytest.raises(ValueError, match="program=False opens none"):
+                XdpPort(ifname, queues=[0], program=False, filter="udp")
+            with pytest.raises(TypeError, match="XdpTable"):
+                XdpPort(ifname, queues=[0], program="table")  # type: ignore[arg-type]
+            # Queue 0's slot of the table already has a socket (an unbound AF_XDP socket
+            # here): the port is refused, and the slot is left as it was.
+            with socket.socket(44, socket.SOCK_RAW) as stray:
+                t.set_socket(0, stray.fileno())
+                for _ in range(2):
+                    with pytest.raises(OSError, match="already has a socket") as exc:
+                        XdpPort(ifname, queues=[0], mode="copy", program=t)
+                    assert exc.value.errno == errno.EEXIST
+                t.clear_socket(0)
+            with XdpPort(ifname, queues=[0], mode="copy", program=t):
+                pass
+            with XdpPort(ifname, queues=[0], mode="copy", program=False) as port:
+                with pytest.raises(ValueError, match="XdpPort\\(ifname, program=table\\)"):
+                    kbypass.Pipeline(port, lambda b: None, table=t)
+    with pytest.raises(RuntimeError, match="closed"), veth_pair.enter("b"):
+        XdpPort(ifname, queues=[0], program=t)
+    with veth_pair.enter("b"):
+        assert kbypass.xdp_query(ifname) == []
+
+
+@needs_root
+def test_processes_share_the_table_and_its_blocklist(veth_pair: VethPair) -> None:
+    """``Pipeline(processes=1, table=t)``: the parent attaches the table, the worker process's
+    port joins its XSKMAP, and the worker's handler pushes blocks the parent sees."""
+    ifname = veth_pair.b.ifname
+    t = XdpTable(max_rules=64)
+    allow = t.add("udp dst port 9000", "allow")
+    x4 = int(ipaddress.IPv4Address(veth_pair.a.ip))
+
+    def handler(batch: kbypass.Batch) -> None:
+        t.block_sources(batch, batch.headers["src_ip4"] == x4, seconds=60)
+
+    with veth_pair.enter("b"):
+        p = kbypass.Pipeline(
+            ifname, handler, table=t, processes=1, queues=[0], mode="copy", cpus=False
+        )
+    with p:
+        assert t.attached == [ifname]
+        p.start()
+        sent = TrafficGenerator(veth_pair, batch_size=8).run(count=2000, rate=2000).packets
+        assert _until(
+            lambda: bool(t.blocks()) and t.stats()[allow][0] + t.blocks()[0].packets == sent
+        )
+        [blk] = t.blocks()
+        assert blk.addr == veth_pair.a.ip and blk.packets > 0
+        acc = p.stop()
+        assert acc is not None and acc["balanced"], acc
+        # The worker process saw what the table let through, nothing after the block.
+        assert 0 < p.totals()["rx"] <= t.stats()[allow][0]
+    assert t.attached == [], "the pipeline detached what it attached"
+    with veth_pair.enter("b"):
+        assert kbypass.xdp_query(ifname) == []
+    t.close()

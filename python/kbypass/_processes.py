@@ -16,6 +16,7 @@ from typing import Any
 
 from kbypass._core import Kept, XdpPort
 from kbypass.xdp import XdpProgram
+from kbypass.xdp_table import XdpTable
 
 __all__ = ["ProcessGroup"]
 
@@ -30,6 +31,11 @@ class ProcessGroup:
     socket into the inherited XSKMAP, and runs an ordinary one-worker Pipeline. Parent and
     children talk over pipes, one JSON line per command (start / stats / stop / exit). If the
     parent dies the bpf_link detaches the program and the children read EOF and exit.
+
+    With a table (``table=``) the parent attaches the table instead (unless it is attached
+    there already) and each child opens its port on it (``XdpPort(program=table)``), which
+    registers the child's socket in the table's XSKMAP; blocks a child's handler pushes live
+    in the kernel's maps, shared by every process.
     """
 
     def __init__(
@@ -40,9 +46,15 @@ class ProcessGroup:
         queues: str | Sequence[int],
         processes: int,
         filter: Any,
+        table: XdpTable | None,
         xdp_mode: str,
         opts: dict[str, Any],
     ) -> None:
+        if table is not None and filter is not None:
+            raise ValueError(
+                "filter= is for the pipeline's own program; with table= the table's entries "
+                'decide: add the filter as an entry, e.g. table.add(filter, "allow")'
+            )
         if queues == "all":
             probe = XdpPort(ifname, queues="all", program=False, frames=256, ring_size=64)
             qs = list(probe.queues)
@@ -65,11 +77,17 @@ class ProcessGroup:
         self._running = False
         self._t0 = 0.0
         self._elapsed = 0.0
-        self._prog = XdpProgram(filter, queues=max(qs) + 1)
+        self._table = table
+        self._prog = XdpProgram(filter, queues=max(qs) + 1) if table is None else None
         self._children: list[tuple[int, Any, Any]] = []
         self._link: Any = None
+        self._attached_table = False
         try:
-            self._link = self._prog.attach(ifname, mode=xdp_mode)
+            if self._prog is not None:
+                self._link = self._prog.attach(ifname, mode=xdp_mode)
+            elif table is not None and ifname not in table.attached:
+                table.attach(ifname, mode=xdp_mode)
+                self._attached_table = True
             for i, q in enumerate(qs):
                 cpu = None if cpus in (None, False) else [cpus[i]]
                 self._children.append(self._fork(ifname, q, fn, per_packet, opts, cpu))
@@ -101,15 +119,18 @@ class ProcessGroup:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
                 cmd = os.fdopen(down_r, "r")
                 out = os.fdopen(up_w, "w")
+                # On the table: the port registers its socket in the table's XSKMAP and
+                # finds the table attached by the parent.
                 port = XdpPort(
                     ifname,
                     queues=[q],
-                    program=False,
+                    program=False if self._table is None else self._table,
                     mode=opts["mode"],
                     frames=opts["frames"],
                     frame_size=opts["frame_size"],
                 )
-                self._prog.set_socket(q, port.sockets[0].fileno())
+                if self._prog is not None:
+                    self._prog.set_socket(q, port.sockets[0].fileno())
                 kw = {k: opts[k] for k in ("batch", "on_error", "default", "idle_wait")}
                 p = (
                     Pipeline(port, per_packet=fn, cpus=cpu or False, **kw)
@@ -252,4 +273,11 @@ class ProcessGroup:
         if link is not None:
             link.detach()
             self._link = None
-        self._prog.close()
+        prog = getattr(self, "_prog", None)
+        if prog is not None:
+            prog.close()
+        table = getattr(self, "_table", None)
+        if table is not None and getattr(self, "_attached_table", False):
+            self._attached_table = False
+            if not table.closed:
+                table.detach(self.ifname)

@@ -60,6 +60,7 @@ from kbypass._core import Batch, Engine, EngineConfig, Kept, Packet, XdpPort
 
 if TYPE_CHECKING:
     from kbypass._processes import ProcessGroup
+    from kbypass.xdp_table import XdpTable
 
 __all__ = [
     "DROP",
@@ -144,6 +145,13 @@ class Pipeline:
         cpus: one CPU per worker, ``None`` to choose with :func:`kbypass.cpu.worker_cpu` (the
             NIC's node, away from the queue's IRQ), or ``False`` to leave workers unpinned.
         filter: XDP match rules (only matching frames reach the pipeline).
+        table: an :class:`~kbypass.XdpTable` as the XDP program instead of the port's own
+            filter program (only when ``port`` is a name; else open the port with
+            ``XdpPort(ifname, program=table)``): frames its entries "allow" reach the
+            pipeline, and a handler's ``table.block(...)`` / ``table.block_sources(batch,
+            mask)`` drops a source in the kernel from the next frame on. The table is
+            attached while the pipeline's port is open (unless it already was) and stays the
+            caller's: closing the pipeline never closes it.
         on_error: what a handler that raises or returns a wrong value means for its batch:
             "drop" (frames back to FILL), "pass" (every frame gets ``default``, as if the handler
             had accepted the batch untouched: AF_XDP cannot hand frames back to the kernel's
@@ -160,6 +168,15 @@ class Pipeline:
         ...     counts["dns"] += int((batch.headers["dst_port"] == 53).sum())
         >>> with kbypass.Pipeline("eth0", count_dns, filter="udp") as p:
         ...     p.run(duration=5)
+
+        With a rule table, the handler's decisions go into the kernel:
+
+        >>> table = kbypass.XdpTable(default="pass")
+        >>> _ = table.add("udp dst port 53", "allow")
+        >>> def police(batch):
+        ...     table.block_sources(batch, batch.headers["payload_len"] > 512, seconds=30)
+        >>> with kbypass.Pipeline("eth0", police, table=table) as p:
+        ...     p.run(duration=5)
     """
 
     def __init__(
@@ -173,6 +190,7 @@ class Pipeline:
         workers: int | Sequence[Sequence[int]] | None = None,
         cpus: Sequence[int | None] | Literal[False] | None = None,
         filter: Any = None,
+        table: XdpTable | None = None,
         on_error: OnError = "drop",
         default: Action | int = Action.DROP,
         progress: bool | None = None,
@@ -214,6 +232,7 @@ class Pipeline:
                 queues,
                 processes,
                 filter,
+                table,
                 xdp_mode,
                 dict(
                     batch=batch,
@@ -239,11 +258,17 @@ class Pipeline:
                 frames=frames,
                 frame_size=frame_size,
                 xdp_mode=xdp_mode,
+                program=table,
             )
         elif isinstance(port, XdpPort):
             if filter is not None:
                 raise ValueError(
                     "filter= applies when the pipeline opens the port: give it to XdpPort"
+                )
+            if table is not None:
+                raise ValueError(
+                    "table= applies when the pipeline opens the port: open it with "
+                    "XdpPort(ifname, program=table)"
                 )
             self.port = port
         else:

@@ -29,12 +29,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, SupportsIndex, Union
 
+import numpy as np
+import numpy.typing as npt
+
 from kbypass import _core
-from kbypass._core import TableFullError, UnknownEntryError
+from kbypass._core import Batch, RxBatch, TableFullError, UnknownEntryError
 from kbypass.xdp import FilterSpec, Verdict
 
 TableAction = Literal["allow", "drop", "pass"]
 Address = Union[str, SupportsIndex, bytes, ipaddress.IPv4Address, ipaddress.IPv6Address]
+#: Frames whose parsed headers name the sources: a handler's ``Batch``, an ``RxBatch``, or a
+#: header array (``batch.headers``, dtype :data:`kbypass.packet.META_DTYPE`).
+Frames = Union[Batch, RxBatch, npt.NDArray[np.void]]
 EntrySpec = Union[
     tuple[FilterSpec, TableAction],
     tuple[FilterSpec, TableAction, int],
@@ -109,6 +115,42 @@ def _address(src: Address) -> str:
     return str(ipaddress.IPv4Address(n))
 
 
+def _headers(frames: Frames) -> npt.NDArray[np.void]:
+    if isinstance(frames, Batch):
+        return frames.headers
+    if isinstance(frames, RxBatch):
+        return frames.headers()
+    if isinstance(frames, np.ndarray) and frames.dtype.names is not None:
+        if not {"ip_version", "src_ip4", "src_ip6"} <= set(frames.dtype.names):
+            raise TypeError(
+                "a header array needs the fields ip_version, src_ip4 and src_ip6 "
+                "(kbypass.packet.META_DTYPE, e.g. batch.headers)"
+            )
+        return frames
+    raise TypeError(
+        f"frames must be a Batch, an RxBatch or batch.headers, not {type(frames).__name__}"
+    )
+
+
+def _sources(frames: Frames, mask: npt.ArrayLike | None) -> list[str]:
+    """Return the distinct IPv4 and IPv6 source addresses of the frames ``mask`` selects."""
+    h = _headers(frames)
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.dtype != np.bool_ or m.shape != h.shape:
+            raise ValueError(
+                f"mask must be a bool array of the frames' shape {h.shape}, got {m.dtype} {m.shape}"
+            )
+        h = h[m]
+    version = h["ip_version"]
+    v4 = np.unique(h["src_ip4"][version == 4])
+    v6 = h["src_ip6"][version == 6]
+    out = [str(ipaddress.IPv4Address(int(a))) for a in v4]
+    if len(v6):
+        out += [str(ipaddress.IPv6Address(bytes(row))) for row in np.unique(v6, axis=0)]
+    return out
+
+
 def _seconds(name: str, value: float | None) -> float | None:
     if value is None:
         return None
@@ -126,11 +168,15 @@ class XdpTable:
             web = table.add("tcp dst port 80 or tcp dst port 443", "allow")
             table.add("src 198.18.0.0/15 and udp dst port 53", "drop", priority=-1)
             table.add(kbypass.Rule(ip=6, src="2001:db8::/32"), "drop", expire=60)
-            table.set_socket(0, sock.fileno())  # "allow" goes to this AF_XDP socket
-            table.attach("eth0")  # bpf_link; detached on close()
-            ...
-            table.block("198.18.0.7", seconds=10)  # e.g. from a handler: dropped in the kernel
-            print(table.stats()[web], table.blocks())
+
+            def handler(batch: kbypass.Batch) -> None:
+                # decided here, dropped in the kernel from the next frame on
+                table.block_sources(batch, batch.headers["dst_port"] == 22, seconds=10)
+
+            # "allow" goes to the pipeline's sockets; the table is attached while it runs
+            with kbypass.Pipeline("eth0", handler, table=table) as p:
+                p.run(duration=10)
+                print(table.stats()[web], table.blocks())
 
     ``max_rules`` (64, 128, 256, 512, 1024) rule slots: each rule of an entry takes one
     (``port N`` without ``src``/``dst`` is two rules). ``max_blocks`` sources can be blocked
@@ -140,8 +186,13 @@ class XdpTable:
 
     A change (:meth:`add`, :meth:`remove`, :meth:`add_many`, :meth:`sweep`) waits for an RCU
     grace period (milliseconds) before it rewrites the inactive copy of the rules, so bulk
-    changes belong in one :meth:`add_many`. :meth:`block` does not wait for anything and may
-    be called from any thread, also from a handler.
+    changes belong in one :meth:`add_many`. :meth:`block` and :meth:`block_sources` do not
+    wait for anything (unless ``wait=True``) and may be called from any thread, also from a
+    handler; every method releases the GIL around its system calls.
+
+    Ports use the table as their XDP program with ``XdpPort(ifname, program=table)`` or
+    ``Pipeline(ifname, handler, table=table)``: their sockets join the table's XSKMAP, the
+    table is attached while a port uses it, and the port keeps it alive until it closes.
     """
 
     def __init__(
@@ -231,6 +282,33 @@ class XdpTable:
         """
         self._t.block(_address(src), _seconds("seconds", seconds), action, wait)
 
+    def block_sources(
+        self,
+        frames: Frames,
+        mask: npt.ArrayLike | None = None,
+        *,
+        seconds: float | None = 10.0,
+        action: TableAction = "drop",
+        wait: bool = False,
+    ) -> list[str]:
+        """Block the source of every frame ``mask`` selects (all frames: None); return them.
+
+        The sources come from the frames' parsed headers (IPv4 and IPv6; frames without an
+        IP header are skipped), each distinct address once, in one call that releases the
+        GIL: :meth:`block` for a whole batch. ``frames`` is the handler's ``Batch`` (or an
+        ``RxBatch``, or ``batch.headers``), ``mask`` a bool array over its frames.
+
+        Example::
+
+            def handler(batch: kbypass.Batch) -> None:
+                h = batch.headers
+                table.block_sources(batch, h["dst_port"] == 22, seconds=10)
+        """
+        srcs = _sources(frames, mask)
+        if srcs:
+            self._t.block_many(srcs, _seconds("seconds", seconds), action, wait)
+        return srcs
+
     def unblock(self, src: Address) -> bool:
         """Remove the block of ``src``; False if there was none."""
         return self._t.unblock(_address(src))
@@ -267,8 +345,10 @@ class XdpTable:
     def set_socket(self, queue: int, fd: int) -> None:
         """Send the "allow" frames of RX queue ``queue`` to the AF_XDP socket ``fd``.
 
-        E.g. ``XdpPort(ifname, program=False)`` sockets: ``table.set_socket(s.queue,
-        s.fileno())``. Without a socket on its queue, an "allow" frame goes to the kernel.
+        A port opened on the table (``XdpPort(ifname, program=table)``) does this for its own
+        sockets; by hand, e.g. for ``XdpPort(ifname, program=False)`` sockets:
+        ``table.set_socket(s.queue, s.fileno())``. Without a socket on its queue, an "allow"
+        frame goes to the kernel.
         """
         self._t.set_socket(queue, fd)
 
@@ -282,16 +362,24 @@ class XdpTable:
         The table holds the attachment (a bpf_link, released by the kernel if the process
         dies) and detaches it on :meth:`detach` or :meth:`close`. A program that is not
         kbypass's, or one another kbypass process holds, is not replaced unless ``force``.
+        Where a port of this process already attached the table, this only asks for it to
+        stay attached after the port closes, and reports the attachment as it is.
+
+        Not needed for a port opened on the table (``XdpPort(ifname, program=table)``): the
+        port attaches the table itself unless it already runs there.
         """
         return TableAttachment(**self._t.attach(ifname, mode, force))
 
     def detach(self, ifname: str | None = None) -> int:
-        """Detach from ``ifname`` (None: from every interface); return how many."""
+        """Detach from ``ifname`` (None: from every interface); return how many were detached.
+
+        Where an open port uses the table, the program stays attached until the port closes.
+        """
         return self._t.detach(ifname)
 
     @property
     def attached(self) -> list[str]:
-        """Interfaces the table is attached to."""
+        """Interfaces the table is attached to (by :meth:`attach` or by a port using it)."""
         return self._t.attached()
 
     def test_run(self, frame: bytes, repeat: int = 1) -> Verdict:
@@ -370,12 +458,20 @@ class XdpTable:
         return self._t.closed
 
     def close(self) -> None:
-        """Detach from every interface and release the program and maps (idempotent).
+        """Detach what :meth:`attach` attached and release the program and maps (idempotent).
 
-        In a process forked after :meth:`attach`, the attachments are the parent's: closing
-        this copy lets go of them without detaching the parent's program.
+        A port opened on the table (``XdpPort(ifname, program=table)``, ``Pipeline(...,
+        table=table)``) keeps the program, its maps and its own attachment until the port
+        closes, so closing the table first is safe: its frames go on being decided by the
+        rules as they are, and this object raises ``RuntimeError`` from then on. In a process
+        forked after :meth:`attach`, the attachments are the parent's: closing this copy lets
+        go of them without detaching the parent's program.
         """
         self._t.close()
+
+    def __kbypass_table__(self) -> _core.XdpTable:
+        """Return the extension's table (what ``XdpPort(program=table)`` opens the port on)."""
+        return self._t
 
     def __enter__(self) -> XdpTable:
         """Use as a context manager: closes on exit."""
@@ -403,6 +499,7 @@ def _repeat(repeat: int) -> int:
 
 
 __all__ = [
+    "Frames",
     "Swept",
     "TableAction",
     "TableAttachment",

@@ -6,7 +6,7 @@ The ``kbypass._core.rdma`` submodule (``src/rdma/``) has its own stub, ``rdma.py
 import builtins
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, Literal, final
+from typing import Any, Literal, Protocol, final
 
 import numpy as np
 import numpy.typing as npt
@@ -350,6 +350,13 @@ class XdpTable:
     def block(
         self, src: str, seconds: float | None = ..., action: str = "drop", wait: bool = False
     ) -> None: ...
+    def block_many(
+        self,
+        srcs: Sequence[str],
+        seconds: float | None = ...,
+        action: str = "drop",
+        wait: bool = False,
+    ) -> int: ...
     def unblock(self, src: str) -> bool: ...
     def blocks(self) -> list[dict[str, Any]]: ...
     def entries(self) -> list[dict[str, Any]]: ...
@@ -586,6 +593,11 @@ class Ring:
 
 # --- port.rs -----------------------------------------------------------------------------------
 
+class _HasTable(Protocol):
+    """What ``program=`` takes besides a bool: an ``XdpTable`` or an object naming one."""
+
+    def __kbypass_table__(self) -> XdpTable: ...
+
 @final
 class XdpPort:
     """One AF_XDP socket per queue of an interface, sharing one UMEM and one XDP program."""
@@ -607,7 +619,7 @@ class XdpPort:
         multi_buffer: bool = False,
         ring_size: int = 2048,
         headroom: int = 0,
-        program: bool = True,
+        program: bool | XdpTable | _HasTable | None = None,
     ) -> XdpPort: ...
     @property
     def sockets(self) -> list[XdpSocket]: ...

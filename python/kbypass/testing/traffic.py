@@ -114,6 +114,9 @@ class TrafficGenerator:
         udp_checksum: write a UDP checksum (only with ``flows=1``).
         batch_size: frames per kernel batch, 1..=256 (0: the kernel default, 64).
         cpu: pin the sending thread to this CPU during runs.
+        src_ip: the frames' IPv4 source address (default: the sending end's); frames are
+            written, not routed, so another address (e.g. a second "host" in 198.18.0.0/15)
+            needs no configuration.
 
     Example::
 
@@ -137,6 +140,7 @@ class TrafficGenerator:
         udp_checksum: bool = True,
         batch_size: int = 0,
         cpu: int | None = None,
+        src_ip: str | None = None,
     ) -> None:
         self.pair = _check_pair(pair)
         self.end, self.peer = _ends(pair, side)
@@ -144,7 +148,7 @@ class TrafficGenerator:
         self._gen = _core.LiveGenerator(
             size=size,
             flows=flows,
-            src_ip=self.end.ip,
+            src_ip=self.end.ip if src_ip is None else src_ip,
             dst_ip=self.peer.ip,
             src_port=src_port,
             dst_port=dst_port,

@@ -24,7 +24,8 @@ use crate::sys::socket::if_mtu;
 use crate::sys::xdp::{poll_fds, XdpDesc, XdpStatistics};
 use crate::xdp::{AttachMode, Rule};
 use crate::xsk::{
-    BindMode, PortConfig, Queues, SocketConfig, UmemConfig, XskPort, XDP_PACKET_HEADROOM,
+    BindMode, PortConfig, PortProgram, Queues, SocketConfig, UmemConfig, XskPort,
+    XDP_PACKET_HEADROOM,
 };
 
 /// Where captured frames go.
@@ -384,10 +385,9 @@ pub fn capture<S: CaptureSink + ?Sized>(
             fill_size: rx_ring,
             ..SocketConfig::default()
         },
-        rules: cfg.rules.clone(),
+        program: PortProgram::Own(cfg.rules.clone()),
         attach: cfg.attach,
         force: cfg.force,
-        ..PortConfig::default()
     };
     let mut port = XskPort::open(ifname, &cfg.queues, &port_cfg)?;
     let run = capture_port(&mut port, cfg.batch, limits, sink, interrupted);

@@ -12,17 +12,18 @@ use std::time::{Duration, Instant};
 
 use kbypass_core::xdp::AttachMode;
 use kbypass_core::xsk::{
-    BindMode, BusyPoll, FrameAccount, PortConfig, Queues, SharedPort, SocketConfig, UmemConfig,
-    XskPort, XskSocket,
+    BindMode, BusyPoll, FrameAccount, PortConfig, PortProgram, Queues, SharedPort, SocketConfig,
+    UmemConfig, XskPort, XskSocket,
 };
-use pyo3::exceptions::{PyRuntimeError, PyTypeError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyTuple};
 
 use crate::errors::IntoPyResult;
 use crate::mem::region_options;
 use crate::views::UmemMemory;
-use crate::xdp::filter_rules;
+use crate::xdp::{filter_rules, filter_text};
+use crate::xdp_table::XdpTable;
 use crate::xsk::PyXdpSocket;
 
 /// How long a wait with the GIL released (and the port's mutex held) lasts before it comes
@@ -142,7 +143,24 @@ pub(crate) struct PortArgs<'a, 'py> {
     pub(crate) multi_buffer: bool,
     pub(crate) ring_size: u32,
     pub(crate) headroom: u32,
-    pub(crate) program: bool,
+    /// True (the port's own program, from `filter`), False (none) or an `XdpTable`.
+    pub(crate) program: Option<&'a Bound<'py, PyAny>>,
+}
+
+/// The `XdpTable` behind `obj`: the extension's class, or an object whose
+/// `__kbypass_table__()` returns one (`kbypass.XdpTable`).
+fn table_of<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, XdpTable>>> {
+    if let Ok(t) = obj.cast::<XdpTable>() {
+        return Ok(Some(t.clone()));
+    }
+    if !obj.hasattr("__kbypass_table__")? {
+        return Ok(None);
+    }
+    let t = obj.call_method0("__kbypass_table__")?;
+    let t = t.cast_into::<XdpTable>().map_err(|_| {
+        PyTypeError::new_err("__kbypass_table__() must return a kbypass._core.XdpTable")
+    })?;
+    Ok(Some(t))
 }
 
 impl PortArgs<'_, '_> {
@@ -167,11 +185,39 @@ impl PortArgs<'_, '_> {
                 tx_budget: None,
                 bind_retry: Duration::from_secs(2),
             },
-            rules: filter_rules(self.filter)?,
+            program: self.program()?,
             attach: self.xdp_mode.parse::<AttachMode>().py()?,
             force: self.force,
-            program: self.program,
         })
+    }
+
+    fn program(&self) -> PyResult<PortProgram> {
+        let Some(p) = self.program.filter(|p| !p.is_none()) else {
+            return Ok(PortProgram::Own(filter_rules(self.filter)?));
+        };
+        if p.is_instance_of::<PyBool>() {
+            if p.is_truthy()? {
+                return Ok(PortProgram::Own(filter_rules(self.filter)?));
+            }
+            if filter_text(self.filter)?.is_some() {
+                return Err(PyValueError::new_err(
+                    "filter= is for the port's own program, and program=False opens none: drop filter=, or give program=True",
+                ));
+            }
+            return Ok(PortProgram::External);
+        }
+        let Some(t) = table_of(p)? else {
+            return Err(PyTypeError::new_err(format!(
+                "program must be True (the port's own program), False (none) or an XdpTable, not {}",
+                p.get_type().name()?
+            )));
+        };
+        if filter_text(self.filter)?.is_some() {
+            return Err(PyValueError::new_err(
+                "filter= is for the port's own program; with program=table the table's entries decide: add the filter as an entry, e.g. table.add(filter, \"allow\")",
+            ));
+        }
+        Ok(PortProgram::Table(t.get().table()?))
     }
 }
 
@@ -210,11 +256,18 @@ pub(crate) fn open_port(
 
 /// One AF_XDP socket per queue of an interface, sharing one UMEM and one XDP program.
 ///
+/// `program`: None or True, the port's own program (frames `filter` matches); False, none
+/// (another owner's XSKMAP routes to the sockets); an `XdpTable`, the table's program: the
+/// sockets join its XSKMAP, it is attached while the port is open unless it already runs on
+/// the interface, and the port keeps it alive (never closes it) until `close()`.
+///
 /// Example:
 ///     >>> with XdpPort("eth0", queues="all", filter="udp") as port:
 ///     ...     for sock in port.sockets:
 ///     ...         batch = sock.recv(max=64)
 ///     ...         batch.release()
+///     >>> with XdpPort("eth0", program=table) as port:  # the table's "allow" frames
+///     ...     pass
 #[pyclass(name = "XdpPort", module = "kbypass._core", frozen)]
 pub struct PyXdpPort {
     pub(crate) handle: Arc<PortHandle>,
@@ -225,7 +278,7 @@ impl PyXdpPort {
     #[new]
     #[pyo3(signature = (ifname, queues=None, mode="auto", filter=None, frames=None, frame_size=2048,
         hugepages="auto", busy_poll=false, *, xdp_mode="auto", force=false, need_wakeup=true,
-        multi_buffer=false, ring_size=2048, headroom=0, program=true))]
+        multi_buffer=false, ring_size=2048, headroom=0, program=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -243,7 +296,7 @@ impl PyXdpPort {
         multi_buffer: bool,
         ring_size: u32,
         headroom: u32,
-        program: bool,
+        program: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let q = match queues {
             None => Queues::All,

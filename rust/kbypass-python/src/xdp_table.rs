@@ -1,8 +1,14 @@
 //! `XdpTable`: the rule table of `kbypass_core::xdp::table` (rules in BPF maps, changed at run
 //! time; source blocks from handlers). Converts arguments and errors only.
+//!
+//! The core table is shared (`Arc`) with the ports opened on it (`XdpPort(program=table)`,
+//! `port.rs`): `close()` lets go of this handle and of the attachments `attach()` made, and a
+//! port keeps the program and maps until it closes. No lock is held while a call runs: the
+//! handle's lock only guards taking a reference, so a handler on a pipeline's worker (GIL
+//! held) and a `close()` on another thread never wait for each other.
 
 use std::net::IpAddr;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use kbypass_core::xdp::table::{self, Action, NewEntry, TableOptions};
 use kbypass_core::xdp::{self, AttachMode};
@@ -75,7 +81,7 @@ fn new_entry(
 /// A table of rules in BPF maps, and its XDP program.
 #[pyclass(module = "kbypass._core", frozen)]
 pub struct XdpTable {
-    inner: RwLock<Option<table::XdpTable>>,
+    inner: RwLock<Option<Arc<table::XdpTable>>>,
     opts: TableOptions,
     info: kbypass_core::sys::bpf::ProgInfo,
     insn_count: usize,
@@ -83,18 +89,22 @@ pub struct XdpTable {
 }
 
 impl XdpTable {
-    /// Run `f` on the open table, or raise `RuntimeError` after `close()`.
-    fn with<T>(&self, f: impl FnOnce(&table::XdpTable) -> PyResult<T>) -> PyResult<T> {
+    /// The open core table (the lock only for taking the reference), or `RuntimeError` after
+    /// `close()`.
+    pub(crate) fn table(&self) -> PyResult<Arc<table::XdpTable>> {
         let g = self
             .inner
             .read()
             .map_err(|_| PyRuntimeError::new_err("XdpTable lock poisoned"))?;
-        match g.as_ref() {
-            Some(t) => f(t),
-            None => Err(PyRuntimeError::new_err(
-                "the XdpTable is closed: create a new one",
-            )),
-        }
+        g.as_ref()
+            .map(Arc::clone)
+            .ok_or_else(|| PyRuntimeError::new_err("the XdpTable is closed: create a new one"))
+    }
+
+    /// Run `f` on the open table, or raise `RuntimeError` after `close()`.
+    fn with<T>(&self, f: impl FnOnce(&table::XdpTable) -> PyResult<T>) -> PyResult<T> {
+        let t = self.table()?;
+        f(&t)
     }
 }
 
@@ -123,7 +133,7 @@ impl XdpTable {
             info: t.info().clone(),
             insn_count: t.insn_count(),
             verifier_stats: t.verifier_stats().to_string(),
-            inner: RwLock::new(Some(t)),
+            inner: RwLock::new(Some(Arc::new(t))),
         })
     }
 
@@ -161,7 +171,8 @@ impl XdpTable {
         self.with(|t| py.detach(|| t.remove(id)).map_err(table_err))
     }
 
-    /// Push a decision about source `src` for `seconds` (None: until unblocked).
+    /// Push a decision about source `src` for `seconds` (None: until unblocked). The GIL is
+    /// released for the map updates (and the grace period with `wait`).
     #[pyo3(signature = (src, seconds=Some(10.0), action="drop", wait=false))]
     fn block(
         &self,
@@ -173,12 +184,29 @@ impl XdpTable {
     ) -> PyResult<()> {
         let (a, act) = (addr("src", src)?, self::action(action)?);
         self.with(|t| {
-            if wait {
-                py.detach(|| t.block(a, seconds, act, true))
-            } else {
-                t.block(a, seconds, act, false)
-            }
-            .map_err(table_err)
+            py.detach(|| t.block(a, seconds, act, wait))
+                .map_err(table_err)
+        })
+    }
+
+    /// Block every source in `srcs` (address strings) at once; returns how many.
+    #[pyo3(signature = (srcs, seconds=Some(10.0), action="drop", wait=false))]
+    fn block_many(
+        &self,
+        py: Python<'_>,
+        srcs: Vec<String>,
+        seconds: Option<f64>,
+        action: &str,
+        wait: bool,
+    ) -> PyResult<usize> {
+        let addrs = srcs
+            .iter()
+            .map(|s| addr("src", s))
+            .collect::<PyResult<Vec<_>>>()?;
+        let act = self::action(action)?;
+        self.with(|t| {
+            py.detach(|| t.block_many(&addrs, seconds, act, wait))
+                .map_err(table_err)
         })
     }
 
@@ -387,7 +415,9 @@ impl XdpTable {
         Ok(g.is_none())
     }
 
-    /// Detach everywhere and close the program and maps (idempotent).
+    /// Let go of this handle: detach what `attach()` attached and close the program and maps,
+    /// unless an open port still uses the table (the port keeps them until it closes).
+    /// Idempotent.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let t = {
             let mut g = self
@@ -397,7 +427,8 @@ impl XdpTable {
             g.take()
         };
         if let Some(t) = t {
-            py.detach(|| t.detach(None).map(|_| ())).py()?;
+            // The last reference (dropped here or by the last port) closes the maps.
+            py.detach(move || t.detach(None).map(|_| ())).py()?;
         }
         Ok(())
     }

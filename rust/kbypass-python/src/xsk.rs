@@ -76,7 +76,7 @@ impl PyXdpSocket {
             multi_buffer,
             ring_size,
             headroom,
-            program: true,
+            program: None,
         };
         let handle = open_port(py, ifname, Queues::List(vec![queue]), args.config()?)?;
         Ok(PyXdpSocket { handle, index: 0 })

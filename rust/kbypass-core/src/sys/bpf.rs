@@ -572,6 +572,16 @@ impl MapFd {
         )
     }
 
+    /// Put `xsk_fd` at `queue` of an XSKMAP only if the slot is empty (`BPF_NOEXIST`); an
+    /// occupied slot answers `EEXIST`.
+    pub fn add_xsk(&self, queue: u32, xsk_fd: RawFd) -> Result<()> {
+        self.update(
+            &queue.to_ne_bytes(),
+            &(xsk_fd as u32).to_ne_bytes(),
+            BPF_NOEXIST,
+        )
+    }
+
     /// Remove the socket at `queue` from an XSKMAP (the kernel reports success for an empty slot
     /// too, so the result is `true` unless the index is out of range).
     pub fn clear_xsk(&self, queue: u32) -> Result<bool> {

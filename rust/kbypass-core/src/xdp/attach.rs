@@ -181,7 +181,8 @@ pub fn query(ifname: &str) -> Result<Vec<AttachedProgram>> {
     query_index(ifindex)
 }
 
-fn query_index(ifindex: u32) -> Result<Vec<AttachedProgram>> {
+/// [`query`] by interface index.
+pub(crate) fn query_index(ifindex: u32) -> Result<Vec<AttachedProgram>> {
     let q = xdp_query(ifindex)?;
     let mut out = Vec::new();
     for a in q.programs {

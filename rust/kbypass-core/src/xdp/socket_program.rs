@@ -8,9 +8,10 @@ use crate::sys::bpf::ProgFd;
 
 /// An XDP program that sends frames to AF_XDP sockets through an XSKMAP indexed by the RX
 /// queue: the filter program ([`XdpProgram`]) and the rule table
-/// ([`super::table::XdpTable`]). A port registers its sockets with
-/// [`SocketProgram::set_socket`] and attaches [`SocketProgram::prog_fd`]; that is all it
-/// needs to know about the program.
+/// ([`super::table::XdpTable`]). Sockets are registered with [`SocketProgram::set_socket`]
+/// and the program attached by [`SocketProgram::prog_fd`]. (A port holds its program as a
+/// [`crate::xsk::PortProgram`]: for a table it takes the slot only if it is empty and shares
+/// the table's attachment, see [`super::table::XdpTable::hold`].)
 pub trait SocketProgram: Send + Sync + std::fmt::Debug {
     /// The loaded program.
     fn prog_fd(&self) -> &ProgFd;

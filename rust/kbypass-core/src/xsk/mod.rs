@@ -9,7 +9,7 @@ pub(crate) mod tests;
 pub mod umem;
 
 pub use holds::{FrameHold, HeldFrames};
-pub use port::{PortConfig, Queues, SharedPort, XskPort};
+pub use port::{PortConfig, PortProgram, Queues, SharedPort, XskPort};
 pub use ring::{ConsRing, ProdRing, RingOffsets};
 pub use socket::{
     BindMode, BusyPoll, CopySend, FrameAccount, HeldSend, SocketConfig, XskCounters, XskSocket,

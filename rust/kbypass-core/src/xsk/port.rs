@@ -1,16 +1,20 @@
 //! `XskPort`: everything one interface needs for kernel bypass, owned in one value.
 //!
 //! One UMEM shared by one socket per queue (`XDP_SHARED_UMEM`, a fill/completion pair each),
-//! our XDP program with its XSKMAP, and the program's attachment. Dropping the port undoes it
-//! all in the safe order: detach the program (no more redirects), clear the XSKMAP, close the
-//! sockets, free the UMEM.
+//! and the XDP program that sends the queues' frames to the sockets ([`PortProgram`]): the
+//! port's own filter program with its XSKMAP and attachment, a rule table
+//! ([`crate::xdp::XdpTable`]) the caller owns, or none (another owner's XSKMAP routes to the
+//! sockets). Dropping the port undoes what it did, in the safe order: detach its own program
+//! or let go of its hold on the table (no more redirects), clear the XSKMAP slots it filled,
+//! close the sockets, free the UMEM. It never detaches or closes a table someone else uses.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::sys::netlink::{link_info, XdpMode};
 use crate::sys::xdp::if_nametoindex;
-use crate::xdp::{attach, AttachMode, ProgramOptions, Rule, XdpAttachment, XdpProgram};
+use crate::xdp::table::TableHold;
+use crate::xdp::{attach, AttachMode, ProgramOptions, Rule, XdpAttachment, XdpProgram, XdpTable};
 use crate::xsk::{FrameAccount, SocketConfig, Umem, UmemConfig, XskSocket};
 
 /// Which queues a port opens.
@@ -22,6 +26,33 @@ pub enum Queues {
     List(Vec<u32>),
 }
 
+/// Where a port's sockets get their frames from.
+///
+/// The shapes libxdp gives an AF_XDP socket: its own program (libxdp loads its default
+/// program), a program someone else loaded whose XSKMAP the socket joins
+/// (`xsk_socket__update_xskmap`), or none at all (`XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD`).
+#[derive(Debug, Clone)]
+pub enum PortProgram {
+    /// The port's own filter program for these rules (empty: every frame), loaded, attached
+    /// and detached by the port.
+    Own(Vec<Rule>),
+    /// A rule table the caller owns: the port puts its sockets into the table's XSKMAP (a
+    /// queue that already has a socket there is refused) and holds the table on the interface
+    /// ([`XdpTable::hold`]: attached unless it already runs there; detached when the last
+    /// holder goes and the owner did not attach it). The port keeps the table alive until it
+    /// closes, so the owner may close its handle first.
+    Table(Arc<XdpTable>),
+    /// No program: the sockets only; another owner's XSKMAP routes to them (e.g. a parent
+    /// process that forked one worker process per queue).
+    External,
+}
+
+impl Default for PortProgram {
+    fn default() -> Self {
+        PortProgram::Own(Vec::new())
+    }
+}
+
 /// How to open an [`XskPort`].
 #[derive(Debug, Clone)]
 pub struct PortConfig {
@@ -29,15 +60,12 @@ pub struct PortConfig {
     pub umem: UmemConfig,
     /// Per-socket settings (ring sizes, copy/zero-copy, need_wakeup, busy poll, multi-buffer).
     pub socket: SocketConfig,
-    /// Match rules; empty redirects everything.
-    pub rules: Vec<Rule>,
-    /// Native, generic or auto.
+    /// The XDP program.
+    pub program: PortProgram,
+    /// Native, generic or auto (when the port attaches a program).
     pub attach: AttachMode,
     /// Replace a program that is not ours.
     pub force: bool,
-    /// Load and attach our own program (false: the sockets only; another owner's XSKMAP
-    /// routes to them, e.g. a parent process that forked one worker process per queue).
-    pub program: bool,
 }
 
 impl Default for PortConfig {
@@ -45,10 +73,44 @@ impl Default for PortConfig {
         PortConfig {
             umem: UmemConfig::default(),
             socket: SocketConfig::default(),
-            rules: Vec::new(),
+            program: PortProgram::default(),
             attach: AttachMode::Auto,
             force: false,
-            program: true,
+        }
+    }
+}
+
+/// The program a port runs, as opened.
+#[derive(Debug)]
+enum Program {
+    Own {
+        prog: XdpProgram,
+        attachment: Option<XdpAttachment>,
+    },
+    Table {
+        table: Arc<XdpTable>,
+        /// None once [`XskPort::detach`] let go of it.
+        hold: Option<TableHold>,
+    },
+    External,
+}
+
+impl Program {
+    /// Put queue `q`'s socket into the program's XSKMAP.
+    fn register(&self, q: u32, fd: std::os::fd::RawFd) -> Result<()> {
+        match self {
+            Program::Own { prog, .. } => prog.set_socket(q, fd),
+            Program::Table { table, .. } => table.add_socket(q, fd),
+            Program::External => Ok(()),
+        }
+    }
+
+    /// Empty queue `q`'s XSKMAP slot.
+    fn unregister(&self, q: u32) -> Result<()> {
+        match self {
+            Program::Own { prog, .. } => prog.clear_socket(q),
+            Program::Table { table, .. } => table.clear_socket(q),
+            Program::External => Ok(()),
         }
     }
 }
@@ -56,10 +118,9 @@ impl Default for PortConfig {
 /// See the [module docs](self).
 #[derive(Debug)]
 pub struct XskPort {
-    attachment: Option<XdpAttachment>,
+    program: Program,
     sockets: Vec<Option<XskSocket>>,
     queues: Vec<u32>,
-    prog: Option<XdpProgram>,
     umem: Arc<Umem>,
     ifname: String,
     mtu: u32,
@@ -105,40 +166,67 @@ impl XskPort {
                 link.mtu, cfg.umem.frame_size
             )));
         }
-        let umem = Umem::new(&cfg.umem)?;
         let max_q = *sorted.last().unwrap_or(&0);
-        let prog = if cfg.program {
-            Some(XdpProgram::new(
-                &cfg.rules,
-                ProgramOptions {
-                    frags,
-                    queues: max_q + 1,
-                },
-            )?)
-        } else {
-            None
-        };
-        let mut sockets = Vec::with_capacity(queues.len());
-        for &q in &queues {
-            let s = XskSocket::bind(&umem, ifname, q, &cfg.socket)?;
-            if let Some(p) = &prog {
-                p.set_socket(q, s.raw_fd())?;
+        if let PortProgram::Table(t) = &cfg.program {
+            let o = t.options();
+            if max_q >= o.queues {
+                return Err(Error::invalid(format!(
+                    "queue {max_q} is beyond the XdpTable's {} XSKMAP slots: create the table with queues={} or more",
+                    o.queues,
+                    max_q + 1
+                )));
             }
-            sockets.push(Some(s));
+            if frags && !o.frags {
+                return Err(Error::invalid(
+                    "multi_buffer=True needs a table loaded for multi-buffer frames: create the XdpTable with frags=True",
+                ));
+            }
         }
-        let attachment = match &prog {
-            Some(p) => Some(attach(p, ifname, cfg.attach, cfg.force)?),
-            None => None,
+        let program = match &cfg.program {
+            PortProgram::Own(rules) => Program::Own {
+                prog: XdpProgram::new(
+                    rules,
+                    ProgramOptions {
+                        frags,
+                        queues: max_q + 1,
+                    },
+                )?,
+                attachment: None,
+            },
+            PortProgram::Table(table) => Program::Table {
+                table: Arc::clone(table),
+                hold: None,
+            },
+            PortProgram::External => Program::External,
         };
-        Ok(XskPort {
-            attachment,
-            sockets,
-            queues,
-            prog,
-            umem,
+        let mut port = XskPort {
+            program,
+            sockets: Vec::with_capacity(queues.len()),
+            queues: Vec::with_capacity(queues.len()),
+            umem: Umem::new(&cfg.umem)?,
             ifname: ifname.to_string(),
             mtu: link.mtu,
-        })
+        };
+        // From here on the port's Drop undoes what a failure leaves behind.
+        for &q in &queues {
+            let s = XskSocket::bind(&port.umem, ifname, q, &cfg.socket)?;
+            let registered = port.program.register(q, s.raw_fd());
+            port.sockets.push(Some(s));
+            registered?;
+            // Listed only once its slot is ours: Drop clears the slots of the queues listed
+            // (a slot refused because another socket has it stays as it is).
+            port.queues.push(q);
+        }
+        match &mut port.program {
+            Program::Own { prog, attachment } => {
+                *attachment = Some(attach(prog, ifname, cfg.attach, cfg.force)?);
+            }
+            Program::Table { table, hold } => {
+                *hold = Some(table.hold(ifname, cfg.attach, cfg.force)?);
+            }
+            Program::External => {}
+        }
+        Ok(port)
     }
 
     /// Interface name.
@@ -161,25 +249,44 @@ impl XskPort {
         &self.umem
     }
 
-    /// The XDP program (None when opened with `program: false`).
+    /// The port's own XDP program (None with a table or no program).
     pub fn program(&self) -> Option<&XdpProgram> {
-        self.prog.as_ref()
+        match &self.program {
+            Program::Own { prog, .. } => Some(prog),
+            _ => None,
+        }
     }
 
-    /// How the program is attached (native/generic), or None after [`XskPort::detach`].
+    /// The rule table the sockets get their frames from, if the port was opened on one.
+    pub fn table(&self) -> Option<&Arc<XdpTable>> {
+        match &self.program {
+            Program::Table { table, .. } => Some(table),
+            _ => None,
+        }
+    }
+
+    /// How the program runs on the interface (native/generic), or None without a program or
+    /// after [`XskPort::detach`].
     pub fn xdp_mode(&self) -> Option<XdpMode> {
-        self.attachment.as_ref().map(|a| a.mode())
+        match &self.program {
+            Program::Own { attachment, .. } => attachment.as_ref().map(|a| a.mode()),
+            Program::Table { hold, .. } => hold.as_ref().map(|h| h.mode()),
+            Program::External => None,
+        }
     }
 
-    /// Notes from allocating the UMEM (a raised RLIMIT_MEMLOCK), attaching (fallbacks) and
-    /// binding (copy instead of zero-copy).
+    /// Notes from allocating the UMEM (a raised RLIMIT_MEMLOCK), attaching (fallbacks, a
+    /// table found attached) and binding (copy instead of zero-copy).
     pub fn notes(&self) -> Vec<String> {
         let mut n = self.umem.pool().region().notes();
-        n.extend(
-            self.attachment
-                .iter()
-                .flat_map(|a| a.notes().iter().cloned()),
-        );
+        match &self.program {
+            Program::Own {
+                attachment: Some(a),
+                ..
+            } => n.extend(a.notes().iter().cloned()),
+            Program::Table { hold: Some(h), .. } => n.extend(h.notes().iter().cloned()),
+            _ => {}
+        }
         for s in self.sockets.iter().flatten() {
             n.extend(s.notes().iter().cloned());
         }
@@ -293,12 +400,21 @@ impl XskPort {
         self.sockets.is_empty()
     }
 
-    /// Detach the program now (frames go to the kernel again); sockets stay open.
+    /// Detach the port's own program now (frames go to the kernel again), or let go of its
+    /// hold on the table (the table stays attached while its owner or another port wants it
+    /// there); sockets stay open.
     pub fn detach(&mut self) -> Result<()> {
-        if let Some(mut a) = self.attachment.take() {
-            a.detach()?;
+        match &mut self.program {
+            Program::Own { attachment, .. } => match attachment.take() {
+                Some(mut a) => a.detach(),
+                None => Ok(()),
+            },
+            Program::Table { hold, .. } => match hold.take() {
+                Some(h) => h.release(),
+                None => Ok(()),
+            },
+            Program::External => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -332,11 +448,10 @@ impl SharedPort {
 impl Drop for XskPort {
     fn drop(&mut self) {
         let _ = self.detach();
-        if let Some(p) = &self.prog {
-            for &q in &self.queues {
-                let _ = p.clear_socket(q);
-            }
+        for &q in &self.queues {
+            let _ = self.program.unregister(q);
         }
-        // Sockets close before the UMEM (fields drop in order: attachment, sockets, …, umem).
+        // Fields drop in order: the program (a table only lives on while its owner or another
+        // port holds it), the sockets, then the UMEM.
     }
 }

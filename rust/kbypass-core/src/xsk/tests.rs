@@ -26,7 +26,9 @@ fn root() -> bool {
 /// frame with None); the engine's tests use it too.
 pub(crate) fn copy_config(frames: u32, filter: Option<&str>) -> PortConfig {
     PortConfig {
-        rules: filter.map_or_else(Vec::new, |f| crate::xdp::parse_filter(f).unwrap()),
+        program: PortProgram::Own(
+            filter.map_or_else(Vec::new, |f| crate::xdp::parse_filter(f).unwrap()),
+        ),
         umem: UmemConfig {
             frames,
             ..Default::default()
@@ -512,7 +514,7 @@ fn a_port_gives_sockets_out_all_or_none_and_refuses_a_wrong_one_back() {
 /// A port on `ifname` queue `queue` (in the current namespace), copy mode, no program.
 fn udp_port_on(ifname: &str, queue: u32, frames: u32) -> XskPort {
     let cfg = PortConfig {
-        program: false,
+        program: PortProgram::External,
         ..copy_config(frames, None)
     };
     XskPort::open(ifname, &Queues::List(vec![queue]), &cfg).unwrap()

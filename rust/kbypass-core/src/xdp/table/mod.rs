@@ -51,7 +51,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 #[cfg(test)]
 mod fuzz;
@@ -64,7 +64,7 @@ pub use layout::{canonical, check_rules, decide, Action, Block, Decision, Entry}
 
 use self::layout::{block_key, Bank, Bits, Ranked, Record, CLASS_PER_BANK};
 use self::program::{meta, table_program, MapFds, Shape};
-use super::attach::{attach_fd, AttachMode, XdpAttachment};
+use super::attach::{attach_fd, query_index, AttachMode, XdpAttachment};
 use super::program::{redirect_form, RedirectForm};
 use super::rules::Rule;
 use crate::error::{Error, Result};
@@ -75,7 +75,9 @@ use crate::sys::bpf::{
     BPF_NOEXIST, BPF_PROG_TYPE_XDP,
 };
 use crate::sys::fork;
-use crate::sys::xdp::XskFd;
+use crate::sys::netlink::XdpMode;
+use crate::sys::netns::current_netns_inode;
+use crate::sys::xdp::{if_nametoindex, XskFd};
 
 /// The deadline `seconds` from now on the clock the program reads ([`ktime_ns`]).
 pub fn deadline_in(seconds: f64) -> Result<u64> {
@@ -355,6 +357,83 @@ struct BlocksState {
     swept: u64,
 }
 
+/// One interface the table is attached to, and who wants it there.
+#[derive(Debug)]
+struct Attached {
+    att: XdpAttachment,
+    /// The fork generation it was made in: a forked process lets go of its parent's.
+    generation: u64,
+    /// The network namespace's inode (interface indexes are per namespace).
+    netns: u64,
+    /// Asked for with [`XdpTable::attach`] (until [`XdpTable::detach`]).
+    user: bool,
+    /// [`TableHold`]s on it.
+    ports: usize,
+}
+
+impl Attached {
+    fn is(&self, netns: u64, ifindex: u32, generation: u64) -> bool {
+        self.netns == netns && self.att.ifindex() == ifindex && self.generation == generation
+    }
+
+    fn info(&self) -> AttachInfo {
+        AttachInfo {
+            ifname: self.att.ifname().to_string(),
+            ifindex: self.att.ifindex(),
+            mode: self.att.mode().as_str(),
+            via: self.att.via(),
+            prog_id: self.att.prog_id(),
+            notes: self.att.notes().to_vec(),
+        }
+    }
+}
+
+/// A use of an [`XdpTable`] on one interface ([`XdpTable::hold`]): the program runs there
+/// while the hold lives, and the table's program and maps live at least as long. Dropping it
+/// detaches the program when it was the last use and [`XdpTable::attach`] did not ask for it.
+#[derive(Debug)]
+pub struct TableHold {
+    table: Arc<XdpTable>,
+    /// (namespace, ifindex, fork generation) of the attachment this hold counts on; None when
+    /// it uses an attachment someone else holds.
+    key: Option<(u64, u32, u64)>,
+    mode: XdpMode,
+    notes: Vec<String>,
+}
+
+impl TableHold {
+    /// The table.
+    pub fn table(&self) -> &Arc<XdpTable> {
+        &self.table
+    }
+
+    /// The mode the program runs in on the interface.
+    pub fn mode(&self) -> XdpMode {
+        self.mode
+    }
+
+    /// Notes from attaching (fallbacks, a replaced program, an attachment found in place).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// Let go now and report a failed detach (Drop lets go too, silently).
+    pub fn release(mut self) -> Result<()> {
+        match self.key.take() {
+            Some(k) => self.table.release(k),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TableHold {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.take() {
+            let _ = self.table.release(k);
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Twin {
     prog: ProgFd,
@@ -377,8 +456,8 @@ pub struct XdpTable {
     blocks: Mutex<BlocksState>,
     blocks_on: AtomicBool,
     twin: Mutex<Option<Twin>>,
-    /// With the fork generation they were made in.
-    attachments: Mutex<Vec<(XdpAttachment, u64)>>,
+    /// Where it is attached, and for whom.
+    attachments: Mutex<Vec<Attached>>,
     /// The fork generation of the process that owns the entries.
     generation: u64,
 }
@@ -557,6 +636,25 @@ impl XdpTable {
     pub fn set_socket(&self, queue: u32, xsk_fd: RawFd) -> Result<()> {
         self.check_queue(queue)?;
         self.maps.xsks.set_xsk(queue, xsk_fd)
+    }
+
+    /// [`XdpTable::set_socket`] only if queue `queue` has no socket yet (what a port does, so
+    /// that two ports never take each other's queue).
+    pub fn add_socket(&self, queue: u32, xsk_fd: RawFd) -> Result<()> {
+        self.check_queue(queue)?;
+        self.maps.xsks.add_xsk(queue, xsk_fd).map_err(|e| {
+            if e.errno() == Some(libc::EEXIST) {
+                Error::os(
+                    format!("register a socket for queue {queue} in the XdpTable"),
+                    libc::EEXIST,
+                    format!(
+                        "queue {queue} of the table already has a socket (another port, or set_socket()): close that port or clear_socket({queue}) first"
+                    ),
+                )
+            } else {
+                e
+            }
+        })
     }
 
     /// Stop sending queue `queue`'s frames to a socket ("allow" then passes them to the kernel).
@@ -853,6 +951,27 @@ impl XdpTable {
         Ok(())
     }
 
+    /// [`XdpTable::block`] for several sources at once (e.g. every source a handler flagged in
+    /// a batch), with one grace period at the end when `wait`; returns how many were blocked.
+    /// Stops at the first source that cannot be blocked (the blocklist is full): the ones
+    /// before it stay blocked.
+    pub fn block_many(
+        &self,
+        srcs: &[IpAddr],
+        seconds: Option<f64>,
+        action: Action,
+        wait: bool,
+    ) -> Result<usize> {
+        let expires_ns = seconds.map(deadline_in).transpose()?;
+        for &src in srcs {
+            self.block_until(src, expires_ns, action)?;
+        }
+        if wait && !srcs.is_empty() {
+            wait_for_program_runs();
+        }
+        Ok(srcs.len())
+    }
+
     /// [`XdpTable::block`] with an absolute deadline (`CLOCK_MONOTONIC` ns; one in the past
     /// makes a block that never matches, until swept).
     pub fn block_until(&self, src: IpAddr, expires_ns: Option<u64>, action: Action) -> Result<()> {
@@ -1003,51 +1122,145 @@ impl XdpTable {
 
     /// Attach the program to `ifname` (bpf_link, netlink on old kernels); the table holds the
     /// attachment and detaches it on [`XdpTable::detach`] or when dropped. Another program on
-    /// the interface is refused unless `force` (see [`crate::xdp::attach()`]).
+    /// the interface is refused unless `force` (see [`crate::xdp::attach()`]). Attaching where
+    /// the table already is (a port of this process attached it) only marks it as wanted by
+    /// the caller too, and reports it as it is.
     pub fn attach(&self, ifname: &str, mode: AttachMode, force: bool) -> Result<AttachInfo> {
+        let netns = current_netns_inode()?;
+        let ifindex = if_nametoindex(ifname)?;
+        let mut atts = lock(&self.attachments, "attachments")?;
+        let generation = fork::generation();
+        if let Some(a) = atts.iter_mut().find(|a| a.is(netns, ifindex, generation)) {
+            a.user = true;
+            return Ok(a.info());
+        }
         let att = attach_fd(&self.prog, self.info.id, ifname, mode, force)?;
-        let info = AttachInfo {
-            ifname: att.ifname().to_string(),
-            ifindex: att.ifindex(),
-            mode: att.mode().as_str(),
-            via: att.via(),
-            prog_id: att.prog_id(),
-            notes: att.notes().to_vec(),
+        let a = Attached {
+            att,
+            generation,
+            netns,
+            user: true,
+            ports: 0,
         };
-        lock(&self.attachments, "attachments")?.push((att, fork::generation()));
+        let info = a.info();
+        atts.push(a);
         Ok(info)
     }
 
-    /// Detach from `ifname` (None: from every interface); returns how many were detached.
-    /// In a process forked after the attach, the attachment is the parent's: it is let go of
-    /// here without detaching the parent's program.
+    /// Let go of the attachments made with [`XdpTable::attach`] to `ifname` (None: to every
+    /// interface); returns how many were detached. Where a port of this process still uses the
+    /// table ([`XdpTable::hold`]) the program stays attached until the port lets go of it. In a
+    /// process forked after the attach, the attachment is the parent's: it is let go of here
+    /// without detaching the parent's program.
     pub fn detach(&self, ifname: Option<&str>) -> Result<usize> {
         let mut atts = lock(&self.attachments, "attachments")?;
         let mut n = 0;
         let mut keep = Vec::new();
-        for (a, generation) in atts.drain(..) {
-            if ifname.is_some_and(|i| i != a.ifname()) {
-                keep.push((a, generation));
-            } else if generation != fork::generation() {
+        let mut first_err = None;
+        for mut a in atts.drain(..) {
+            if ifname.is_some_and(|i| i != a.att.ifname()) {
+                keep.push(a);
+            } else if a.generation != fork::generation() {
                 // Its Drop would detach the link for every process; the descriptor goes with
                 // this process instead.
-                std::mem::forget(a);
+                std::mem::forget(a.att);
+            } else if a.ports > 0 {
+                a.user = false;
+                keep.push(a);
             } else {
-                let mut a = a;
-                a.detach()?;
-                n += 1;
+                match a.att.detach() {
+                    Ok(()) => n += 1,
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
             }
         }
         *atts = keep;
-        Ok(n)
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(n),
+        }
     }
 
-    /// Interfaces it is attached to.
+    /// Interfaces it is attached to (by [`XdpTable::attach`] or by a port's
+    /// [`XdpTable::hold`]).
     pub fn attached(&self) -> Result<Vec<String>> {
         Ok(lock(&self.attachments, "attachments")?
             .iter()
-            .map(|(a, _)| a.ifname().to_string())
+            .map(|a| a.att.ifname().to_string())
             .collect())
+    }
+
+    /// Make sure the program runs on `ifname` for as long as the returned [`TableHold`] lives
+    /// (what an [`crate::xsk::XskPort`] opened on the table does). Like libxdp's sockets
+    /// sharing one XDP program, the program is attached once per interface and holds count:
+    /// if the table is attached there already — by [`XdpTable::attach`], another hold, or a
+    /// parent process this one was forked from — that attachment is used as it is; otherwise
+    /// it is attached (`mode`, `force` as for [`XdpTable::attach`]) and detached again when
+    /// the last hold goes and `attach` did not ask for it too. The hold keeps the table (its
+    /// program and maps) alive: dropping every other reference to it is safe.
+    pub fn hold(
+        self: &Arc<Self>,
+        ifname: &str,
+        mode: AttachMode,
+        force: bool,
+    ) -> Result<TableHold> {
+        let netns = current_netns_inode()?;
+        let ifindex = if_nametoindex(ifname)?;
+        let generation = fork::generation();
+        let mut atts = lock(&self.attachments, "attachments")?;
+        let hold = |counted: bool, mode: XdpMode, notes: Vec<String>| TableHold {
+            table: Arc::clone(self),
+            key: counted.then_some((netns, ifindex, generation)),
+            mode,
+            notes,
+        };
+        if let Some(a) = atts.iter_mut().find(|a| a.is(netns, ifindex, generation)) {
+            a.ports += 1;
+            return Ok(hold(true, a.att.mode(), Vec::new()));
+        }
+        // Attached by someone else: an inherited attachment, a parent process, a pinned link.
+        if let Some(p) = query_index(ifindex)?
+            .into_iter()
+            .find(|p| p.attached.prog_id == self.info.id)
+        {
+            let note = format!(
+                "the XdpTable (program id {}) was already attached to {ifname} by another holder: used as it is",
+                self.info.id
+            );
+            return Ok(hold(false, p.attached.mode, vec![note]));
+        }
+        let att = attach_fd(&self.prog, self.info.id, ifname, mode, force)?;
+        let h = hold(true, att.mode(), att.notes().to_vec());
+        atts.push(Attached {
+            att,
+            generation,
+            netns,
+            user: false,
+            ports: 1,
+        });
+        Ok(h)
+    }
+
+    /// The end of a [`TableHold`]: detach when it was the last use of an attachment nobody
+    /// asked for with [`XdpTable::attach`].
+    fn release(&self, key: (u64, u32, u64)) -> Result<()> {
+        let (netns, ifindex, generation) = key;
+        if generation != fork::generation() {
+            return Ok(()); // an inherited hold: the parent's to count
+        }
+        let mut atts = lock(&self.attachments, "attachments")?;
+        let Some(i) = atts.iter().position(|a| a.is(netns, ifindex, generation)) else {
+            return Ok(());
+        };
+        let a = &mut atts[i];
+        a.ports = a.ports.saturating_sub(1);
+        if a.ports == 0 && !a.user {
+            let mut a = atts.swap_remove(i);
+            a.att.detach()?;
+        }
+        Ok(())
     }
 
     /// Run the program on `frame` as if it arrived on RX queue 0 with a socket bound there:

@@ -417,11 +417,15 @@ mod veth {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
+    use crate::sys::xdp::XskFd;
+
     use super::*;
     use crate::sys::netns::NetnsGuard;
     use crate::sys::testutil::{VethOptions, VethPair};
     use crate::sys::xdp::XdpDesc;
-    use crate::xsk::{BindMode, PortConfig, Queues, SocketConfig, UmemConfig, XskPort, XskSocket};
+    use crate::xsk::{
+        BindMode, PortConfig, PortProgram, Queues, SocketConfig, UmemConfig, XskPort, XskSocket,
+    };
 
     const PAYLOAD: usize = 32;
     /// Ethernet + IPv4 + UDP + payload.
@@ -450,7 +454,7 @@ mod veth {
                     mode: BindMode::Copy,
                     ..Default::default()
                 },
-                program: false,
+                program: PortProgram::External,
                 ..Default::default()
             },
         )
@@ -766,5 +770,225 @@ mod veth {
         // The received sequence numbers end where the block began.
         let last = after.last().or(before.last()).unwrap().1;
         assert_eq!(last + 1, allowed);
+    }
+
+    // --- A port opened on the table (`PortProgram::Table`) ---------------------------------
+
+    /// A copy-mode port on veth1 queue 0 whose program is the table `t`.
+    fn table_port(t: &Arc<XdpTable>) -> Result<XskPort> {
+        XskPort::open(
+            VethPair::IF_B,
+            &Queues::List(vec![0]),
+            &PortConfig {
+                umem: UmemConfig {
+                    frames: 4096,
+                    ..Default::default()
+                },
+                socket: SocketConfig {
+                    mode: BindMode::Copy,
+                    ..Default::default()
+                },
+                program: PortProgram::Table(Arc::clone(t)),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// The program ids attached to veth1.
+    fn on_veth1() -> Vec<u32> {
+        crate::xdp::query(VethPair::IF_B)
+            .unwrap()
+            .iter()
+            .map(|p| p.attached.prog_id)
+            .collect()
+    }
+
+    /// Send `n` datagrams from veth0 to port 9000 and receive them on the port's socket.
+    fn round_trip(pair: &VethPair, port: &mut XskPort, n: u64) -> usize {
+        send(&pair.a, pair.ip(1), SocketAddrV4::new(pair.ip(2), 9000), n);
+        drain(
+            port.socket_mut(0).unwrap(),
+            n as usize,
+            Duration::from_secs(3),
+        )
+        .len()
+    }
+
+    /// The port puts its socket into the table's XSKMAP (the frames the table allows reach
+    /// it), attaches the table because nothing else did, and on close detaches it and
+    /// empties only the slot it filled; a slot someone else filled is refused, not taken.
+    #[test]
+    fn a_port_on_a_table_joins_its_xskmap_and_attaches_it_while_open() {
+        need_root!();
+        let pair = pair();
+        let _ns = NetnsGuard::enter(&pair.b).unwrap();
+        let t = Arc::new(table(64, Action::Pass));
+        let allow = t.add(entry("udp dst port 9000", Action::Allow)).unwrap();
+        let mut port = table_port(&t).unwrap();
+        assert_eq!(on_veth1(), [t.info().id], "the port attached the table");
+        assert_eq!(t.attached().unwrap(), [VethPair::IF_B]);
+        assert!(port.program().is_none());
+        assert!(Arc::ptr_eq(port.table().unwrap(), &t));
+        assert!(port.xdp_mode().is_some());
+        assert_eq!(round_trip(&pair, &mut port, 100), 100);
+        assert_eq!(counts(&t, allow).packets, 100);
+        assert_eq!(port.check_accounting().unwrap().app, 0);
+        drop(port);
+        assert!(on_veth1().is_empty(), "the port detached what it attached");
+        assert!(t.attached().unwrap().is_empty());
+        // Its slot is empty again (a port adds only to an empty slot) and stays so when a
+        // port is refused because another socket has the slot.
+        let stray = XskFd::new().unwrap();
+        t.set_socket(0, stray.raw()).unwrap();
+        let e = table_port(&t).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EEXIST), "{e}");
+        assert!(
+            e.to_string()
+                .contains("queue 0 of the table already has a socket"),
+            "{e}"
+        );
+        assert!(
+            on_veth1().is_empty(),
+            "a refused port leaves nothing attached"
+        );
+        assert!(
+            table_port(&t).is_err(),
+            "the refused port left the slot alone"
+        );
+        t.clear_socket(0).unwrap();
+        let mut port = table_port(&t).unwrap();
+        assert_eq!(round_trip(&pair, &mut port, 10), 10);
+        // Beyond the table's XSKMAP, and multi-buffer on a table loaded without frags.
+        let small = Arc::new(
+            XdpTable::new(TableOptions {
+                max_rules: 64,
+                queues: 1,
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        let two = VethPair::with(VethOptions {
+            ipv6: false,
+            queues: 2,
+            ..Default::default()
+        })
+        .unwrap();
+        let e = {
+            let _ns = NetnsGuard::enter(&two.b).unwrap();
+            XskPort::open(
+                VethPair::IF_B,
+                &Queues::List(vec![1]),
+                &PortConfig {
+                    program: PortProgram::Table(Arc::clone(&small)),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err()
+        };
+        assert!(e.to_string().contains("queues=2 or more"), "{e}");
+        let e = XskPort::open(
+            VethPair::IF_B,
+            &Queues::List(vec![0]),
+            &PortConfig {
+                socket: SocketConfig {
+                    multi_buffer: true,
+                    ..Default::default()
+                },
+                program: PortProgram::Table(Arc::clone(&t)),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("frags=True"), "{e}");
+    }
+
+    /// Who attached the table decides how long it stays: the owner's `attach` outlives the
+    /// port, a port's hold outlives the owner's `detach`, and the table itself (program and
+    /// maps) outlives its owner's reference while a port uses it.
+    #[test]
+    fn a_port_never_detaches_or_closes_a_table_someone_else_holds() {
+        need_root!();
+        let pair = pair();
+        let _ns = NetnsGuard::enter(&pair.b).unwrap();
+        let t = Arc::new(table(64, Action::Pass));
+        t.add(entry("udp dst port 9000", Action::Allow)).unwrap();
+        let id = t.info().id;
+        // The owner attached first: the port uses that attachment and leaves it.
+        let owner = t.attach(VethPair::IF_B, AttachMode::Auto, false).unwrap();
+        let mut port = table_port(&t).unwrap();
+        assert_eq!(port.xdp_mode().map(|m| m.as_str()), Some(owner.mode));
+        assert_eq!(round_trip(&pair, &mut port, 20), 20);
+        drop(port);
+        assert_eq!(on_veth1(), [id], "the owner's attachment stays");
+        // The port first, then the owner: attaching again is only a mark, the port's close
+        // leaves it attached for the owner.
+        assert_eq!(t.detach(None).unwrap(), 1);
+        let port = table_port(&t).unwrap();
+        assert_eq!(
+            t.attach(VethPair::IF_B, AttachMode::Auto, false)
+                .unwrap()
+                .prog_id,
+            id
+        );
+        drop(port);
+        assert_eq!(on_veth1(), [id]);
+        // The owner detaches while a port uses it: it stays until the port closes.
+        let mut port = table_port(&t).unwrap();
+        assert_eq!(t.detach(Some(VethPair::IF_B)).unwrap(), 0);
+        assert_eq!(on_veth1(), [id]);
+        assert_eq!(round_trip(&pair, &mut port, 20), 20);
+        // The owner lets go of the table altogether: the port keeps program and maps.
+        drop(t);
+        assert_eq!(round_trip(&pair, &mut port, 20), 20);
+        assert!(port.table().unwrap().blocks().unwrap().is_empty());
+        drop(port);
+        assert!(on_veth1().is_empty());
+        // Links and programs are freed asynchronously after the last reference goes.
+        let t0 = Instant::now();
+        while crate::sys::bpf::prog_info_by_id(id).is_ok() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "program {id} still loaded"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Two ports on two queues of one interface share the table's attachment: it stays
+    /// while either is open and goes with the last (what libxdp counts in its default
+    /// program's `refcnt`).
+    #[test]
+    fn ports_on_two_queues_share_one_attachment_until_the_last_closes() {
+        need_root!();
+        let pair = VethPair::with(VethOptions {
+            ipv6: false,
+            queues: 2,
+            ..Default::default()
+        })
+        .unwrap();
+        let _ns = NetnsGuard::enter(&pair.b).unwrap();
+        let t = Arc::new(table(64, Action::Pass));
+        let open = |q: u32| {
+            XskPort::open(
+                VethPair::IF_B,
+                &Queues::List(vec![q]),
+                &PortConfig {
+                    socket: SocketConfig {
+                        mode: BindMode::Copy,
+                        ..Default::default()
+                    },
+                    program: PortProgram::Table(Arc::clone(&t)),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        let (p0, p1) = (open(0), open(1));
+        assert_eq!(on_veth1(), [t.info().id]);
+        assert_eq!(t.attached().unwrap(), [VethPair::IF_B], "one attachment");
+        drop(p0);
+        assert_eq!(on_veth1(), [t.info().id], "queue 1's port still holds it");
+        drop(p1);
+        assert!(on_veth1().is_empty());
     }
 }
