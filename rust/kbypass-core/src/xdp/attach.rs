@@ -43,6 +43,10 @@ enum Holder {
 
 /// A program attached to an interface; dropping it detaches (bpf_link: the kernel also detaches
 /// when the process dies; netlink fallback: only an explicit detach or Drop removes it).
+///
+/// An attachment belongs to the process that made it: in a `fork()` child (a worker process
+/// that inherited its parent's port, say) detaching or dropping it only lets go of the child's
+/// copy of the handle and leaves the parent's program attached.
 #[derive(Debug)]
 pub struct XdpAttachment {
     ifindex: u32,
@@ -51,6 +55,8 @@ pub struct XdpAttachment {
     prog_id: u32,
     holder: Option<Holder>,
     notes: Vec<String>,
+    /// `sys::fork::generation()` when attached: another value means this is a forked copy.
+    generation: u64,
 }
 
 impl XdpAttachment {
@@ -93,8 +99,20 @@ impl XdpAttachment {
         self.holder.is_some()
     }
 
-    /// Detach now and report errors (Drop detaches too, silently).
+    /// Whether this handle was inherited across `fork()` (it then never detaches: the
+    /// attachment is the parent's).
+    pub fn inherited(&self) -> bool {
+        self.generation != crate::sys::fork::generation()
+    }
+
+    /// Detach now and report errors (Drop detaches too, silently). In a forked child this only
+    /// drops the child's handle: the parent's program stays attached.
     pub fn detach(&mut self) -> Result<()> {
+        if self.inherited() {
+            // Closing the child's copy of a link fd leaves the link to the parent's fd.
+            self.holder = None;
+            return Ok(());
+        }
         match self.holder.take() {
             None => Ok(()),
             Some(Holder::Link(l)) => {
@@ -309,6 +327,7 @@ pub fn attach_fd(
             prog_id,
             holder: Some(holder),
             notes,
+            generation: crate::sys::fork::generation(),
         });
     }
     Err(last_err.unwrap_or_else(|| Error::invalid("no attach mode to try")))

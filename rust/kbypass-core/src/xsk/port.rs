@@ -124,6 +124,9 @@ pub struct XskPort {
     umem: Arc<Umem>,
     ifname: String,
     mtu: u32,
+    /// `sys::fork::generation()` when opened: a forked child's copy never undoes the parent's
+    /// attachment or XSKMAP slots.
+    generation: u64,
 }
 
 impl XskPort {
@@ -206,6 +209,7 @@ impl XskPort {
             umem: Umem::new(&cfg.umem)?,
             ifname: ifname.to_string(),
             mtu: link.mtu,
+            generation: crate::sys::fork::generation(),
         };
         // From here on the port's Drop undoes what a failure leaves behind.
         for &q in &queues {
@@ -447,6 +451,12 @@ impl SharedPort {
 
 impl Drop for XskPort {
     fn drop(&mut self) {
+        if self.generation != crate::sys::fork::generation() {
+            // Inherited across fork(): the attachment and the XSKMAP slots are the parent's,
+            // which still uses them; dropping the fields only closes this process's copies of
+            // the descriptors (the attachment and a table hold know they were inherited too).
+            return;
+        }
         let _ = self.detach();
         for &q in &self.queues {
             let _ = self.program.unregister(q);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::sys::netns::NetnsGuard;
 use crate::sys::testutil::{VethOptions, VethPair};
-use crate::sys::xdp::XdpDesc;
+use crate::sys::xdp::{if_nametoindex, XdpDesc};
 use crate::traffic::kernel::{udp_recv, udp_send, StopWhen};
 
 /// The shared veth bench with `queues` queues (veth0 198.18.net.1 in `a`, veth1 .2 in `b`).
@@ -518,4 +518,42 @@ fn udp_port_on(ifname: &str, queue: u32, frames: u32) -> XskPort {
         ..copy_config(frames, None)
     };
     XskPort::open(ifname, &Queues::List(vec![queue]), &cfg).unwrap()
+}
+
+#[test]
+fn a_forked_child_dropping_the_port_leaves_the_parents_program_and_sockets_working() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let pair = pair(1);
+    let _ns = NetnsGuard::enter(&pair.b).unwrap();
+    let mut port = udp_port(256);
+    let prog_id = port.program().unwrap().info().id;
+    let ifindex = if_nametoindex("veth1").unwrap();
+    // SAFETY: the child only drops its copy of the port and leaves with _exit (no unwinding,
+    // no atexit handlers of the test harness run in it).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        drop(port);
+        // Before the fix the child's Drop detached the parent's program and cleared its
+        // XSKMAP slot; the child checks the program is still there after its drop.
+        let still = crate::sys::netlink::xdp_query(ifindex)
+            .map(|q| q.programs.iter().any(|a| a.prog_id == prog_id))
+            .unwrap_or(false);
+        // SAFETY: _exit ends the forked child immediately.
+        unsafe { libc::_exit(if still { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waitpid on the child we forked, writing into our own int.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child's drop detached the parent's program (status {status})"
+    );
+    // The parent's XSKMAP slot still points at its socket: frames keep arriving.
+    send_from_a(&pair, b"after-fork", 8);
+    let got = recv_until(port.socket_mut(0).unwrap(), 8, Duration::from_secs(5));
+    assert_eq!(got.len(), 8, "the parent's socket lost its XSKMAP slot");
 }
