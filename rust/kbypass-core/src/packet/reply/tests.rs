@@ -264,6 +264,26 @@ fn udp_reply_over_ipv4_and_ipv6_tagged_with_options_and_any_payload() {
 }
 
 #[test]
+fn a_udp_checksum_computed_as_zero_is_sent_as_all_ones() {
+    for version in [4, 6] {
+        let req = udp_request(&[], version, false, b"ab");
+        let l4 = if version == 4 { 34 } else { 54 };
+        let (buf, r) = answer(&req, 128, |f, n| udp_reply(f, n, &[0, 0]));
+        r.unwrap();
+        // A payload word equal to that checksum brings the sum to all ones: checksum 0.
+        let c = be16(&buf, l4 + 6);
+        let (buf, r) = answer(&req, 128, |f, n| udp_reply(f, n, &c.to_be_bytes()));
+        let n = r.unwrap();
+        assert_eq!(
+            be16(&buf, l4 + 6),
+            0xffff,
+            "RFC 768: zero is sent as all ones"
+        );
+        assert_l4_checksum(&buf[..n], 14, version, 17, l4, l4 + 10);
+    }
+}
+
+#[test]
 fn udp_reply_needs_room_and_a_whole_unicast_datagram() {
     let req = udp_request(&[], 4, false, b"abc");
     // The same length fits in place; a longer payload needs a buffer with room.
