@@ -58,30 +58,45 @@ fn tcp_rst(mut frame: PyReadwriteArray1<'_, u8>, length: usize) -> PyResult<usiz
     reply::tcp_rst(bytes_of(&mut frame)?, length).map_err(reply_err)
 }
 
+/// The signature of the core's answers for an address (`arp_reply`, `neighbor_advert`).
+type ForAddress<const N: usize> =
+    fn(&mut [u8], usize, [u8; 6], [u8; N]) -> Result<usize, CoreReplyError>;
+
+/// `answer` for `frame[:length]` with the owner's `mac` and `ip` (`what` names the address).
+fn answer_for<const N: usize>(
+    answer: ForAddress<N>,
+    mut frame: PyReadwriteArray1<'_, u8>,
+    length: usize,
+    mac: &[u8],
+    ip: &[u8],
+    what: &str,
+) -> PyResult<usize> {
+    let (mac, ip) = (fixed(mac, "mac")?, fixed(ip, what)?);
+    answer(bytes_of(&mut frame)?, length, mac, ip).map_err(reply_err)
+}
+
 /// Answer the ARP request for `ipv4` (4 bytes) in `frame[:length]` from `mac` (6 bytes);
 /// returns the reply's length.
 #[pyfunction]
 fn arp_reply(
-    mut frame: PyReadwriteArray1<'_, u8>,
+    frame: PyReadwriteArray1<'_, u8>,
     length: usize,
     mac: &[u8],
     ipv4: &[u8],
 ) -> PyResult<usize> {
-    let (mac, ip) = (fixed(mac, "mac")?, fixed(ipv4, "ipv4")?);
-    reply::arp_reply(bytes_of(&mut frame)?, length, mac, ip).map_err(reply_err)
+    answer_for(reply::arp_reply, frame, length, mac, ipv4, "ipv4")
 }
 
 /// Answer the Neighbor Solicitation for `ipv6` (16 bytes) in `frame[:length]` from `mac`
 /// (6 bytes); returns the reply's length.
 #[pyfunction]
 fn neighbor_advert(
-    mut frame: PyReadwriteArray1<'_, u8>,
+    frame: PyReadwriteArray1<'_, u8>,
     length: usize,
     mac: &[u8],
     ipv6: &[u8],
 ) -> PyResult<usize> {
-    let (mac, ip) = (fixed(mac, "mac")?, fixed(ipv6, "ipv6")?);
-    reply::neighbor_advert(bytes_of(&mut frame)?, length, mac, ip).map_err(reply_err)
+    answer_for(reply::neighbor_advert, frame, length, mac, ipv6, "ipv6")
 }
 
 /// Answer the rows `frames[i, :lengths[i]]` selected by `mask` (all when None) with the reply

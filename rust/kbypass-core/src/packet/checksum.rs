@@ -30,22 +30,20 @@ pub fn fold(mut acc: u64) -> u16 {
     !(acc as u16)
 }
 
+/// The source and destination address bytes of the IPv4 (`ip_version` 4) or IPv6 (6) header
+/// at `l3`: what a pseudo-header sums. None for another version or a header past the frame.
+pub fn ip_addrs(frame: &[u8], l3: usize, ip_version: u8) -> Option<&[u8]> {
+    match ip_version {
+        4 => frame.get(l3 + 12..l3 + 20),
+        6 => frame.get(l3 + 8..l3 + 40),
+        _ => None,
+    }
+}
+
 /// The running sum of the pseudo-header of an upper-layer message of `len` bytes of protocol
-/// `proto`, whose IPv4 (`ip_version` 4) or IPv6 (6) header starts at `l3`: the addresses are
-/// read from that header. None for another version or a header past the frame.
-pub fn pseudo_header_sum(
-    frame: &[u8],
-    l3: usize,
-    ip_version: u8,
-    proto: u8,
-    len: usize,
-) -> Option<u64> {
-    let addrs = match ip_version {
-        4 => frame.get(l3 + 12..l3 + 20)?,
-        6 => frame.get(l3 + 8..l3 + 40)?,
-        _ => return None,
-    };
-    Some(sum16(addrs, 0) + proto as u64 + len as u64)
+/// `proto` between `addrs` (from [`ip_addrs`]).
+pub fn pseudo_header_sum(addrs: &[u8], proto: u8, len: usize) -> u64 {
+    sum16(addrs, 0) + proto as u64 + len as u64
 }
 
 /// The checksum of the upper-layer message `frame[l4..end]` (its checksum field as it is) with
@@ -59,7 +57,7 @@ pub fn upper_layer_checksum(
     end: usize,
 ) -> Option<u16> {
     let msg = frame.get(l4..end)?;
-    let acc = pseudo_header_sum(frame, l3, ip_version, proto, msg.len())?;
+    let acc = pseudo_header_sum(ip_addrs(frame, l3, ip_version)?, proto, msg.len());
     Some(fold(sum16(msg, acc)))
 }
 
@@ -87,17 +85,16 @@ mod tests {
     fn pseudo_header_needs_the_addresses() {
         let mut f = [0u8; 40];
         f[12..20].copy_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        let addrs = ip_addrs(&f, 0, 4).unwrap();
+        assert_eq!(addrs, &[1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(
-            pseudo_header_sum(&f, 0, 4, 17, 9),
-            Some(0x0102 + 0x0304 + 0x0506 + 0x0708 + 17 + 9)
+            pseudo_header_sum(addrs, 17, 9),
+            0x0102 + 0x0304 + 0x0506 + 0x0708 + 17 + 9
         );
-        assert_eq!(pseudo_header_sum(&f[..19], 0, 4, 17, 9), None);
-        assert_eq!(
-            pseudo_header_sum(&f, 0, 6, 58, 8),
-            Some(0x0102 + 0x0304 + 0x0506 + 0x0708 + 58 + 8)
-        );
-        assert_eq!(pseudo_header_sum(&f, 1, 6, 58, 8), None);
-        assert_eq!(pseudo_header_sum(&f, 0, 5, 58, 8), None);
+        assert_eq!(ip_addrs(&f[..19], 0, 4), None);
+        assert_eq!(ip_addrs(&f, 0, 6).map(<[u8]>::len), Some(32));
+        assert_eq!(ip_addrs(&f, 1, 6), None);
+        assert_eq!(ip_addrs(&f, 0, 5), None);
         assert_eq!(upper_layer_checksum(&f, 0, 4, 17, 30, 41), None);
     }
 }

@@ -5,7 +5,7 @@
 //! Swapping source and destination never changes a one's-complement checksum (the sum is
 //! commutative), so `swap_*` keep valid checksums valid.
 
-use super::checksum::{fold, pseudo_header_sum, sum16, upper_layer_checksum};
+use super::checksum::{fold, ip_addrs, pseudo_header_sum, sum16, upper_layer_checksum};
 use super::parse::{PacketMeta, FLAG_FRAGMENT, FLAG_L4, FLAG_TRUNCATED, IPPROTO_TCP, IPPROTO_UDP};
 
 /// Swap the Ethernet source and destination MAC addresses.
@@ -157,9 +157,10 @@ pub fn fix_l4_checksum(frame: &mut [u8], m: &PacketMeta) -> bool {
     if csum_at + 2 > end {
         return false;
     }
-    let Some(acc) = pseudo_header_sum(frame, l3, m.ip_version, m.proto, seg_len) else {
+    let Some(addrs) = ip_addrs(frame, l3, m.ip_version) else {
         return false;
     };
+    let acc = pseudo_header_sum(addrs, m.proto, seg_len);
     frame[csum_at] = 0;
     frame[csum_at + 1] = 0;
     let mut c = fold(sum16(&frame[l4..end], acc));

@@ -340,56 +340,55 @@ fn check_unicast(f: &[u8], ip: &IpRequest) -> Result<()> {
     Ok(())
 }
 
-/// Write a fresh IPv4 header at `l3` for an upper-layer message of `l4_len` bytes.
-#[allow(clippy::too_many_arguments)]
-fn write_ipv4(
-    f: &mut [u8],
-    l3: usize,
-    tos: u8,
+/// The fields of a reply's fixed IP header besides its addresses.
+struct IpHead {
+    /// IPv4 TOS / IPv6 traffic class (DSCP; ECN left clear).
+    class: u8,
+    /// IPv4 identification (IPv6 has none).
     id: u16,
     proto: u8,
-    l4_len: usize,
-    src: [u8; 4],
-    dst: [u8; 4],
-) {
-    let h = &mut f[l3..l3 + 20];
-    h[0] = 0x45;
-    h[1] = tos;
-    put16(h, 2, (20 + l4_len) as u16);
-    put16(h, 4, id);
-    put16(h, 6, 0x4000); // DF, no fragment offset
-    h[8] = REPLY_HOP_LIMIT;
-    h[9] = proto;
-    put16(h, 10, 0);
-    h[12..16].copy_from_slice(&src);
-    h[16..20].copy_from_slice(&dst);
-    let c = fold(sum16(h, 0));
-    put16(h, 10, c);
-}
-
-/// Write a fresh IPv6 header at `l3` (flow label 0) for an upper-layer message of `l4_len`
-/// bytes.
-#[allow(clippy::too_many_arguments)]
-fn write_ipv6(
-    f: &mut [u8],
-    l3: usize,
-    traffic_class: u8,
-    proto: u8,
+    /// Bytes of the upper-layer message behind the header.
     l4_len: usize,
     hop_limit: u8,
-    src: [u8; 16],
-    dst: [u8; 16],
-) {
-    let h = &mut f[l3..l3 + 40];
-    h[0] = 0x60 | traffic_class >> 4;
-    h[1] = traffic_class << 4;
-    h[2] = 0;
-    h[3] = 0;
-    put16(h, 4, l4_len as u16);
-    h[6] = proto;
-    h[7] = hop_limit;
-    h[8..24].copy_from_slice(&src);
-    h[24..40].copy_from_slice(&dst);
+}
+
+/// Write a fixed IPv4 (`N` = 4: IHL 5, DF, checksum computed) or IPv6 (`N` = 16: flow label 0)
+/// header at `l3`; returns where the upper-layer message starts.
+fn write_ip<const N: usize>(
+    f: &mut [u8],
+    l3: usize,
+    head: &IpHead,
+    src: [u8; N],
+    dst: [u8; N],
+) -> usize {
+    if N == 4 {
+        let h = &mut f[l3..l3 + 20];
+        h[0] = 0x45;
+        h[1] = head.class;
+        put16(h, 2, (20 + head.l4_len) as u16);
+        put16(h, 4, head.id);
+        put16(h, 6, 0x4000); // DF, no fragment offset
+        h[8] = head.hop_limit;
+        h[9] = head.proto;
+        put16(h, 10, 0);
+        h[12..16].copy_from_slice(&src);
+        h[16..20].copy_from_slice(&dst);
+        let c = fold(sum16(h, 0));
+        put16(h, 10, c);
+        l3 + 20
+    } else {
+        let h = &mut f[l3..l3 + 40];
+        h[0] = 0x60 | head.class >> 4;
+        h[1] = head.class << 4;
+        h[2] = 0;
+        h[3] = 0;
+        put16(h, 4, head.l4_len as u16);
+        h[6] = head.proto;
+        h[7] = head.hop_limit;
+        h[8..24].copy_from_slice(&src);
+        h[24..40].copy_from_slice(&dst);
+        l3 + 40
+    }
 }
 
 /// Write the reply's IP header over the request's (addresses swapped, see the module docs)
@@ -397,18 +396,23 @@ fn write_ipv6(
 /// starts: right after the fixed header.
 fn write_reply_ip(f: &mut [u8], ip: &IpRequest, proto: u8, l4_len: usize) -> usize {
     let l3 = ip.l3;
+    let mut head = IpHead {
+        class: 0,
+        id: 0,
+        proto,
+        l4_len,
+        hop_limit: REPLY_HOP_LIMIT,
+    };
+    let (src, dst) = ip.addrs(f);
     if ip.version == 4 {
-        let (src, dst) = ip.addrs(f);
-        let (src, dst) = (array(src), array(dst));
-        let (tos, id) = (f[l3 + 1] & 0xfc, be16(f, l3 + 4));
-        write_ipv4(f, l3, tos, id, proto, l4_len, dst, src);
+        let (src, dst): ([u8; 4], _) = (array(src), array(dst));
+        (head.class, head.id) = (f[l3 + 1] & 0xfc, be16(f, l3 + 4));
+        write_ip(f, l3, &head, dst, src)
     } else {
-        let (src, dst) = ip.addrs(f);
-        let (src, dst) = (array(src), array(dst));
-        let dscp = ((f[l3] & 0x0f) << 4 | f[l3 + 1] >> 4) & 0xfc;
-        write_ipv6(f, l3, dscp, proto, l4_len, REPLY_HOP_LIMIT, dst, src);
+        let (src, dst): ([u8; 16], _) = (array(src), array(dst));
+        head.class = ((f[l3] & 0x0f) << 4 | f[l3 + 1] >> 4) & 0xfc;
+        write_ip(f, l3, &head, dst, src)
     }
-    l3 + ip.header_len()
 }
 
 /// A copy of an address slice of the right length (the callers slice exactly `N` bytes).
@@ -774,16 +778,14 @@ pub fn neighbor_advert(
     }
     frame[0..6].copy_from_slice(&eth_dst);
     frame[6..12].copy_from_slice(&my_mac);
-    write_ipv6(
-        frame,
-        l3,
-        0,
-        IPPROTO_ICMPV6,
-        NA_LEN,
-        ND_HOP_LIMIT,
-        my_ipv6,
-        ip_dst,
-    );
+    let head = IpHead {
+        class: 0,
+        id: 0,
+        proto: IPPROTO_ICMPV6,
+        l4_len: NA_LEN,
+        hop_limit: ND_HOP_LIMIT,
+    };
+    write_ip(frame, l3, &head, my_ipv6, ip_dst);
     let na = &mut frame[l4..need];
     na.fill(0);
     na[0] = ND_NEIGHBOR_ADVERTISEMENT;

@@ -2,11 +2,12 @@
 //! every checksum is recomputed here the plain way ([`rfc1071`]).
 
 use super::*;
+use crate::packet::parse::{ETH_P_8021AD, ETH_P_8021Q};
 use crate::packet::{edit, Rows};
 use etherparse::{
     ip_number, ArpEthIpv4Packet, ArpOperation, IpHeaders, Ipv4Header, Ipv4Options, Ipv6Extensions,
     Ipv6Header, Ipv6RawExtHeader, LinkExtHeader, LinkHeader, NetHeaders, PacketBuilder,
-    PacketBuilderStep, PacketHeaders, SlicedPacket, TransportHeader, VlanId,
+    PacketBuilderStep, PacketHeaders, SlicedPacket, TransportHeader,
 };
 use proptest::prelude::*;
 
@@ -48,16 +49,26 @@ fn pseudo(src: &[u8], dst: &[u8], proto: u8, len: usize) -> Vec<u8> {
     p
 }
 
-/// Ethernet from the asker to us with `tags` (0, 1 or 2 VLAN ids), then `ip`.
-fn eth_ip(tags: &[u16], ip: IpHeaders) -> PacketBuilderStep<IpHeaders> {
-    let e = PacketBuilder::ethernet2(ASKER_MAC, MY_MAC);
-    let id = |v: u16| VlanId::try_new(v).unwrap();
-    match *tags {
-        [] => e.ip(ip),
-        [a] => e.single_vlan(id(a)).ip(ip),
-        [a, b] => e.double_vlan(id(a), id(b)).ip(ip),
-        _ => unreachable!("at most two tags"),
+/// Ethernet from the asker to us, then `ip`.
+fn eth_ip(ip: IpHeaders) -> PacketBuilderStep<IpHeaders> {
+    PacketBuilder::ethernet2(ASKER_MAC, MY_MAC).ip(ip)
+}
+
+/// `frame` with VLAN tags inserted after its MAC addresses: one 802.1Q tag, or an 802.1ad
+/// outer and an 802.1Q inner tag.
+fn tagged(mut frame: Vec<u8>, tags: &[u16]) -> Vec<u8> {
+    let tpids: &[u16] = if tags.len() == 2 {
+        &[ETH_P_8021AD, ETH_P_8021Q]
+    } else {
+        &[ETH_P_8021Q]
+    };
+    let mut t = Vec::new();
+    for (tpid, id) in tpids.iter().zip(tags) {
+        t.extend(tpid.to_be_bytes());
+        t.extend(id.to_be_bytes());
     }
+    frame.splice(12..12, t);
+    frame
 }
 
 /// An IPv4 header from the asker to us, with `options` (a multiple of 4 bytes).
@@ -111,12 +122,12 @@ fn answer(
     (buf, r)
 }
 
-/// Check what every IP reply shares and return (version, l4 offset, parsed headers): the frame
-/// parses back whole with etherparse, MACs swapped, VLAN tags as they were, a fixed IP header
-/// with the addresses swapped, TTL `ttl`, the IPv4 header checksum right, no padding junk.
-fn check_ip_reply<'a>(reply: &'a [u8], tags: &[u16], ttl: u8) -> (u8, usize, PacketHeaders<'a>) {
+/// Check what every IP reply shares and return (IP version, l4 offset): the frame parses back
+/// whole with etherparse, MACs swapped, VLAN tags as they were, a fixed IP header with the
+/// addresses swapped, TTL `ttl`, the IPv4 header checksum right.
+fn check_ip_reply(reply: &[u8], tags: &[u16], ttl: u8) -> (u8, usize) {
     SlicedPacket::from_ethernet(reply).expect("the reply parses back");
-    let h = PacketHeaders::from_ethernet_slice(reply).unwrap();
+    let h = headers(reply);
     let Some(LinkHeader::Ethernet2(e)) = &h.link else {
         panic!("no Ethernet header")
     };
@@ -159,32 +170,27 @@ fn check_ip_reply<'a>(reply: &'a [u8], tags: &[u16], ttl: u8) -> (u8, usize, Pac
         }
         o => panic!("not IP: {o:?}"),
     };
-    (version, l4, h)
+    (version, l4)
 }
 
 /// The upper-layer checksum of `reply[l4..end]` with the pseudo-header (ICMPv4: without) is 0.
 fn assert_l4_checksum(reply: &[u8], l3: usize, version: u8, proto: u8, l4: usize, end: usize) {
     let msg = &reply[l4..end];
-    let c = match (version, proto) {
-        (4, 1) => rfc1071(&[msg]),
-        (4, _) => rfc1071(&[
-            &pseudo(
-                &reply[l3 + 12..l3 + 16],
-                &reply[l3 + 16..l3 + 20],
-                proto,
-                msg.len(),
-            ),
-            msg,
-        ]),
-        _ => rfc1071(&[
-            &pseudo(
-                &reply[l3 + 8..l3 + 24],
-                &reply[l3 + 24..l3 + 40],
-                proto,
-                msg.len(),
-            ),
-            msg,
-        ]),
+    let (src, n) = if version == 4 {
+        (l3 + 12, 4)
+    } else {
+        (l3 + 8, 16)
+    };
+    let header = pseudo(
+        &reply[src..src + n],
+        &reply[src + n..src + 2 * n],
+        proto,
+        msg.len(),
+    );
+    let c = if (version, proto) == (4, 1) {
+        rfc1071(&[msg])
+    } else {
+        rfc1071(&[&header, msg])
     };
     assert_eq!(c, 0, "{proto} checksum over {msg:02x?}");
 }
@@ -199,6 +205,30 @@ fn assert_padded(buf: &[u8], end: usize, n: usize) {
     }
 }
 
+/// Answer `req` with `f` in a buffer of `cap` bytes and check what every IP reply shares
+/// ([`check_ip_reply`]: IP `version`, TTL 64; zero padding after the `l4_len` bytes behind the
+/// IP header); returns the buffer, the reply's length and where its upper layer starts.
+fn ip_reply(
+    req: &[u8],
+    cap: usize,
+    tags: &[u16],
+    version: u8,
+    l4_len: usize,
+    f: impl FnOnce(&mut [u8], usize) -> Result<usize>,
+) -> (Vec<u8>, usize, usize) {
+    let (buf, r) = answer(req, cap, f);
+    let n = r.unwrap();
+    let (v, l4) = check_ip_reply(&buf[..n], tags, REPLY_HOP_LIMIT);
+    assert_eq!(v, version);
+    assert_padded(&buf, l4 + l4_len, n);
+    (buf, n, l4)
+}
+
+/// The headers of a frame, read by etherparse.
+fn headers(frame: &[u8]) -> PacketHeaders<'_> {
+    PacketHeaders::from_ethernet_slice(frame).unwrap()
+}
+
 fn udp_request(tags: &[u16], version: u8, options: bool, payload: &[u8]) -> Vec<u8> {
     let ip = if version == 4 {
         v4(if options {
@@ -210,55 +240,51 @@ fn udp_request(tags: &[u16], version: u8, options: bool, payload: &[u8]) -> Vec<
         v6(options, 64)
     };
     let mut v = Vec::new();
-    eth_ip(tags, ip)
-        .udp(40000, 53)
-        .write(&mut v, payload)
-        .unwrap();
-    v
+    eth_ip(ip).udp(40000, 53).write(&mut v, payload).unwrap();
+    tagged(v, tags)
 }
 
 const TAGS: [&[u16]; 3] = [&[], &[7], &[100, 7]];
 
+/// Every (VLAN tags, IP version, IPv4 options or an IPv6 extension header) a test covers.
+fn shapes() -> impl Iterator<Item = (&'static [u16], u8, bool)> {
+    TAGS.into_iter()
+        .flat_map(|tags| [(4, false), (4, true), (6, false), (6, true)].map(|(v, o)| (tags, v, o)))
+}
+
 #[test]
 fn udp_reply_over_ipv4_and_ipv6_tagged_with_options_and_any_payload() {
-    for tags in TAGS {
-        for version in [4, 6] {
-            for options in [false, true] {
-                for payload in [&b""[..], b"pong", &[0xa5; 301]] {
-                    let req = udp_request(tags, version, options, b"ping-with-a-longer-body");
-                    let (buf, r) = answer(&req, 512, |f, n| udp_reply(f, n, payload));
-                    let n = r.unwrap();
-                    let reply = &buf[..n];
-                    let (v, l4, h) = check_ip_reply(reply, tags, REPLY_HOP_LIMIT);
-                    assert_eq!(v, version);
-                    let end = l4 + 8 + payload.len();
-                    assert_padded(&buf, end, n);
-                    let Some(TransportHeader::Udp(u)) = h.transport else {
-                        panic!("not UDP")
-                    };
-                    assert_eq!((u.source_port, u.destination_port), (53, 40000));
-                    assert_eq!(u.length as usize, 8 + payload.len());
-                    assert_eq!(&reply[l4 + 8..end], payload);
-                    let expect = match &h.net {
-                        Some(NetHeaders::Ipv4(ip, _)) => {
-                            assert_eq!(ip.total_len as usize, 28 + payload.len());
-                            u.calc_checksum_ipv4(ip, payload).unwrap()
-                        }
-                        Some(NetHeaders::Ipv6(ip, _)) => {
-                            assert_eq!(ip.payload_length as usize, 8 + payload.len());
-                            u.calc_checksum_ipv6(ip, payload).unwrap()
-                        }
-                        _ => unreachable!(),
-                    };
-                    assert_ne!(u.checksum, 0, "a UDP checksum is always computed");
-                    assert_eq!(u.checksum, expect);
-                    assert_l4_checksum(reply, l3_of(tags), v, 17, l4, end);
-                    // kbypass's own parser and checker agree.
-                    let m = parse(&reply[..end]);
-                    assert_eq!((m.src_port, m.dst_port, m.proto), (53, 40000, 17));
-                    assert!(edit::checksums_ok(&reply[..end], &m));
+    for (tags, version, options) in shapes() {
+        for payload in [&b""[..], b"pong", &[0xa5; 301]] {
+            let req = udp_request(tags, version, options, b"ping-with-a-longer-body");
+            let udp = |f: &mut [u8], n| udp_reply(f, n, payload);
+            let (buf, n, l4) = ip_reply(&req, 512, tags, version, 8 + payload.len(), udp);
+            let (reply, end) = (&buf[..n], l4 + 8 + payload.len());
+            let h = headers(reply);
+            let Some(TransportHeader::Udp(u)) = h.transport else {
+                panic!("not UDP")
+            };
+            assert_eq!((u.source_port, u.destination_port), (53, 40000));
+            assert_eq!(u.length as usize, 8 + payload.len());
+            assert_eq!(&reply[l4 + 8..end], payload);
+            let expect = match &h.net {
+                Some(NetHeaders::Ipv4(ip, _)) => {
+                    assert_eq!(ip.total_len as usize, 28 + payload.len());
+                    u.calc_checksum_ipv4(ip, payload).unwrap()
                 }
-            }
+                Some(NetHeaders::Ipv6(ip, _)) => {
+                    assert_eq!(ip.payload_length as usize, 8 + payload.len());
+                    u.calc_checksum_ipv6(ip, payload).unwrap()
+                }
+                _ => unreachable!(),
+            };
+            assert_ne!(u.checksum, 0, "a UDP checksum is always computed");
+            assert_eq!(u.checksum, expect);
+            assert_l4_checksum(reply, l3_of(tags), version, 17, l4, end);
+            // kbypass's own parser and checker agree.
+            let m = parse(&reply[..end]);
+            assert_eq!((m.src_port, m.dst_port, m.proto), (53, 40000, 17));
+            assert!(edit::checksums_ok(&reply[..end], &m));
         }
     }
 }
@@ -476,71 +502,52 @@ fn echo_request(tags: &[u16], version: u8, options: bool, data: &[u8]) -> Vec<u8
     let mut v = Vec::new();
     if version == 4 {
         let ip = v4(if options { &[0x94, 4, 0, 0] } else { &[] });
-        eth_ip(tags, ip)
+        eth_ip(ip)
             .icmpv4_echo_request(0x1234, 7)
             .write(&mut v, data)
             .unwrap();
     } else {
-        eth_ip(tags, v6(options, 3))
+        eth_ip(v6(options, 3))
             .icmpv6_echo_request(0x1234, 7)
             .write(&mut v, data)
             .unwrap();
     }
-    v
+    tagged(v, tags)
 }
 
 #[test]
 fn icmp_echo_reply_over_ipv4_and_ipv6() {
-    for tags in TAGS {
-        for version in [4, 6] {
-            for options in [false, true] {
-                for data in [&b""[..], b"abcdefgh-odd", &[0x77; 56]] {
-                    let req = echo_request(tags, version, options, data);
-                    let (buf, r) = answer(&req, req.len(), icmp_echo_reply);
-                    let n = r.unwrap();
-                    let reply = &buf[..n];
-                    let (v, l4, h) = check_ip_reply(reply, tags, REPLY_HOP_LIMIT);
-                    assert_eq!(v, version);
-                    let end = l4 + 8 + data.len();
-                    assert_padded(&buf, end, n);
-                    assert_eq!(&reply[l4 + 8..end], data, "data echoed");
-                    let l3 = l3_of(tags);
-                    match h.transport {
-                        Some(TransportHeader::Icmpv4(i)) => {
-                            assert_eq!(
-                                i.icmp_type,
-                                etherparse::Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader {
-                                    id: 0x1234,
-                                    seq: 7
-                                })
-                            );
-                            assert_eq!(i.checksum, i.icmp_type.calc_checksum(data));
-                            assert_l4_checksum(reply, l3, 4, 1, l4, end);
-                        }
-                        Some(TransportHeader::Icmpv6(i)) => {
-                            assert_eq!(
-                                i.icmp_type,
-                                etherparse::Icmpv6Type::EchoReply(etherparse::IcmpEchoHeader {
-                                    id: 0x1234,
-                                    seq: 7
-                                })
-                            );
-                            assert_eq!(
-                                i.checksum,
-                                i.icmp_type.calc_checksum(MY6, ASKER6, data).unwrap()
-                            );
-                            assert_l4_checksum(reply, l3, 6, 58, l4, end);
-                        }
-                        o => panic!("{o:?}"),
-                    }
-                    // A reply is not a request: not answered again.
-                    let mut again = reply.to_vec();
-                    assert_eq!(
-                        icmp_echo_reply(&mut again, n),
-                        Err(ReplyError::NotA("an ICMP or ICMPv6 echo request"))
-                    );
+    for (tags, version, options) in shapes() {
+        for data in [&b""[..], b"abcdefgh-odd", &[0x77; 56]] {
+            let req = echo_request(tags, version, options, data);
+            let echo = icmp_echo_reply;
+            let (buf, n, l4) = ip_reply(&req, req.len(), tags, version, 8 + data.len(), echo);
+            let (reply, end) = (&buf[..n], l4 + 8 + data.len());
+            let h = headers(reply);
+            assert_eq!(&reply[l4 + 8..end], data, "data echoed");
+            let l3 = l3_of(tags);
+            let echo_reply = etherparse::IcmpEchoHeader { id: 0x1234, seq: 7 };
+            let (checksum, expected) = match h.transport {
+                Some(TransportHeader::Icmpv4(i)) => {
+                    assert_eq!(i.icmp_type, etherparse::Icmpv4Type::EchoReply(echo_reply));
+                    (i.checksum, i.icmp_type.calc_checksum(data))
                 }
-            }
+                Some(TransportHeader::Icmpv6(i)) => {
+                    assert_eq!(i.icmp_type, etherparse::Icmpv6Type::EchoReply(echo_reply));
+                    let c = i.icmp_type.calc_checksum(MY6, ASKER6, data).unwrap();
+                    (i.checksum, c)
+                }
+                o => panic!("{o:?}"),
+            };
+            assert_eq!(checksum, expected);
+            let proto = if version == 4 { 1 } else { 58 };
+            assert_l4_checksum(reply, l3, version, proto, l4, end);
+            // A reply is not a request: not answered again.
+            let mut again = reply.to_vec();
+            assert_eq!(
+                icmp_echo_reply(&mut again, n),
+                Err(ReplyError::NotA("an ICMP or ICMPv6 echo request"))
+            );
         }
     }
 }
@@ -596,7 +603,7 @@ fn icmp_echo_reply_refuses_bad_requests() {
 
 fn tcp_request(version: u8, tags: &[u16], flags: &str, seq: u32, ack: u32, data: &[u8]) -> Vec<u8> {
     let ip = if version == 4 { v4(&[]) } else { v6(false, 64) };
-    let mut t = eth_ip(tags, ip).tcp(40000, 80, seq, 1000);
+    let mut t = eth_ip(ip).tcp(40000, 80, seq, 1000);
     for c in flags.chars() {
         t = match c {
             'S' => t.syn(),
@@ -613,7 +620,7 @@ fn tcp_request(version: u8, tags: &[u16], flags: &str, seq: u32, ack: u32, data:
         .unwrap();
     let mut v = Vec::new();
     t.write(&mut v, data).unwrap();
-    v
+    tagged(v, tags)
 }
 
 #[test]
@@ -632,12 +639,9 @@ fn tcp_rst_follows_rfc_9293() {
             for &(flags, seq, ack, dlen, rseq, rack, rack_flag) in &cases {
                 let data = vec![0x42; dlen];
                 let req = tcp_request(version, tags, flags, seq, ack, &data);
-                let (buf, r) = answer(&req, req.len(), tcp_rst);
-                let n = r.unwrap();
+                let (buf, n, l4) = ip_reply(&req, req.len(), tags, version, 20, tcp_rst);
                 let reply = &buf[..n];
-                let (v, l4, h) = check_ip_reply(reply, tags, REPLY_HOP_LIMIT);
-                assert_eq!(v, version);
-                assert_padded(&buf, l4 + 20, n);
+                let h = headers(reply);
                 let Some(TransportHeader::Tcp(t)) = h.transport else {
                     panic!("not TCP")
                 };
@@ -658,7 +662,7 @@ fn tcp_rst_follows_rfc_9293() {
                     _ => unreachable!(),
                 };
                 assert_eq!(t.checksum, expect);
-                assert_l4_checksum(reply, l3_of(tags), v, 6, l4, l4 + 20);
+                assert_l4_checksum(reply, l3_of(tags), version, 6, l4, l4 + 20);
             }
         }
     }
@@ -689,21 +693,16 @@ fn arp_request(tags: &[u16], op: ArpOperation, spa: [u8; 4], tpa: [u8; 4]) -> Ve
         target_ipv4: tpa,
     }
     .to_arp_packet();
-    let e = PacketBuilder::ethernet2(ASKER_MAC, [0xff; 6]);
-    let id = |v: u16| VlanId::try_new(v).unwrap();
-    let b = match *tags {
-        [] => e.arp(pkt),
-        [a] => e.single_vlan(id(a)).arp(pkt),
-        [a, b] => e.double_vlan(id(a), id(b)).arp(pkt),
-        _ => unreachable!(),
-    };
     let mut v = Vec::new();
-    b.write(&mut v).unwrap();
-    v
+    PacketBuilder::ethernet2(ASKER_MAC, [0xff; 6])
+        .arp(pkt)
+        .write(&mut v)
+        .unwrap();
+    tagged(v, tags)
 }
 
 fn check_arp_reply(reply: &[u8], tags: &[u16], to_ip: [u8; 4]) {
-    let h = PacketHeaders::from_ethernet_slice(reply).unwrap();
+    let h = headers(reply);
     let Some(LinkHeader::Ethernet2(e)) = &h.link else {
         panic!()
     };
@@ -795,25 +794,48 @@ fn ns_request(
     target: [u8; 16],
     options: &[u8],
 ) -> Vec<u8> {
-    let e = PacketBuilder::ethernet2(ASKER_MAC, eth_dst);
-    let id = |v: u16| VlanId::try_new(v).unwrap();
-    let ip = v6_between(src, dst, false, hop_limit);
-    let b = match *tags {
-        [] => e.ip(ip),
-        [a] => e.single_vlan(id(a)).ip(ip),
-        [a, b] => e.double_vlan(id(a), id(b)).ip(ip),
-        _ => unreachable!(),
-    };
     let mut body = target.to_vec();
     body.extend_from_slice(options);
     let mut v = Vec::new();
-    b.icmpv6_raw(135, 0, [0; 4]).write(&mut v, &body).unwrap();
-    v
+    PacketBuilder::ethernet2(ASKER_MAC, eth_dst)
+        .ip(v6_between(src, dst, false, hop_limit))
+        .icmpv6_raw(135, 0, [0; 4])
+        .write(&mut v, &body)
+        .unwrap();
+    tagged(v, tags)
 }
 
 const SOLICITED_MY6: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0xbe, 0xef];
 const SOLICITED_MY6_MAC: [u8; 6] = [0x33, 0x33, 0xff, 0, 0xbe, 0xef];
 const OTHER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc3];
+
+/// A solicitation for address resolution: from the asker to MY6's solicited-node address, with
+/// a source link-layer address option naming OTHER_MAC.
+fn resolution_ns(tags: &[u16]) -> Vec<u8> {
+    let sllao = sllao(OTHER_MAC);
+    ns_request(
+        tags,
+        ASKER6,
+        SOLICITED_MY6,
+        SOLICITED_MY6_MAC,
+        255,
+        MY6,
+        &sllao,
+    )
+}
+
+/// A duplicate address detection probe for MY6 (from ::).
+fn dad_ns(tags: &[u16]) -> Vec<u8> {
+    ns_request(
+        tags,
+        [0; 16],
+        SOLICITED_MY6,
+        SOLICITED_MY6_MAC,
+        255,
+        MY6,
+        &[],
+    )
+}
 
 fn sllao(mac: [u8; 6]) -> Vec<u8> {
     let mut o = vec![1, 1];
@@ -825,7 +847,7 @@ fn sllao(mac: [u8; 6]) -> Vec<u8> {
 /// 255, the target link-layer address option, the checksum.
 fn check_na(reply: &[u8], tags: &[u16], ip_dst: [u8; 16], eth_dst: [u8; 6], flags: u8) {
     SlicedPacket::from_ethernet(reply).expect("parses back");
-    let h = PacketHeaders::from_ethernet_slice(reply).unwrap();
+    let h = headers(reply);
     let Some(LinkHeader::Ethernet2(e)) = &h.link else {
         panic!()
     };
@@ -868,15 +890,7 @@ fn neighbor_advert_answers_solicitations_for_our_address() {
         let l3 = l3_of(tags);
         // Address resolution: multicast, with the asker's link-layer address option (which
         // says where to answer, over the frame's source).
-        let req = ns_request(
-            tags,
-            ASKER6,
-            SOLICITED_MY6,
-            SOLICITED_MY6_MAC,
-            255,
-            MY6,
-            &sllao(OTHER_MAC),
-        );
+        let req = resolution_ns(tags);
         assert_eq!(req.len(), l3 + 40 + 32);
         let (buf, r) = answer(&req, req.len(), na);
         assert_eq!(r, Ok(l3 + 72));
@@ -894,15 +908,7 @@ fn neighbor_advert_answers_solicitations_for_our_address() {
         let (buf, r) = answer(&req, 256, na);
         check_na(&buf[..r.unwrap()], tags, ASKER6, ASKER_MAC, 0x60);
         // Duplicate address detection: from ::, answered to all nodes, not solicited.
-        let req = ns_request(
-            tags,
-            [0; 16],
-            SOLICITED_MY6,
-            SOLICITED_MY6_MAC,
-            255,
-            MY6,
-            &[],
-        );
+        let req = dad_ns(tags);
         let (buf, r) = answer(&req, 256, na);
         check_na(&buf[..r.unwrap()], tags, ALL_NODES, ALL_NODES_MAC, 0x20);
     }
@@ -1175,24 +1181,8 @@ fn any_request() -> impl Strategy<Value = Vec<u8>> {
                     &data,
                 ),
                 3 => arp_request(&tags, ArpOperation::REQUEST, ASKER4, MY4),
-                4 => ns_request(
-                    &tags,
-                    ASKER6,
-                    SOLICITED_MY6,
-                    SOLICITED_MY6_MAC,
-                    255,
-                    MY6,
-                    &sllao(OTHER_MAC),
-                ),
-                _ => ns_request(
-                    &tags,
-                    [0; 16],
-                    SOLICITED_MY6,
-                    SOLICITED_MY6_MAC,
-                    255,
-                    MY6,
-                    &[],
-                ),
+                4 => resolution_ns(&tags),
+                _ => dad_ns(&tags),
             }
         })
 }
