@@ -437,66 +437,122 @@ def test_reply_rows_answers_the_masked_rows_and_updates_lengths() -> None:
 
 # --- end to end: a processor owns addresses the kernel does not have ---------------------------
 
+MINE4, MINE6, PEER6 = "198.18.0.77", "fd00::77", "fd00::1"
+NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for AF_XDP and namespaces")
+OWNED = "ether proto arp or icmp or icmp6"
+"""The XDP filter of the responders: everything they may answer."""
 
-@pytest.mark.root
-@pytest.mark.veth_pair(ipv6=True)
-def test_an_xdp_socket_answers_the_kernels_ping(veth_pair: Any) -> None:
-    """Namespace a's kernel pings 198.18.0.77 and fd00::77; in namespace b, whose interface has
-    no address at all, an XdpSocket answers ARP/NS and the echo requests with the helpers."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root for AF_XDP and namespaces")
-    from kbypass import XdpSocket
 
-    mine4, mine6, peer6 = "198.18.0.77", "fd00::77", "fd00::1"
-    a, b = veth_pair.a, veth_pair.b
-    veth_pair.run("b", "ip", "addr", "flush", "dev", b.ifname)
-    veth_pair.run("a", "ip", "addr", "add", f"{peer6}/64", "dev", a.ifname, "nodad")
-    with veth_pair.enter("b"):
-        sock = XdpSocket(
-            b.ifname, queue=0, mode="copy", frames=1024, filter="ether proto arp or icmp or icmp6"
-        )
-    counts = {"arp": 0, "na": 0, "echo": 0, "other": 0}
-    stop = threading.Event()
+class Responder:
+    """Answers, with the helpers, what a host owning MINE4 and MINE6 at ``mac`` answers."""
 
-    def answer(frame: bytes) -> bytes | None:
-        buf = bytearray(frame) + bytearray(64)
-        for kind, fn in (
-            ("arp", lambda: packet.arp_reply(buf, b.mac, mine4, length=len(frame))),
-            ("na", lambda: packet.neighbor_advert(buf, b.mac, mine6, length=len(frame))),
-            ("echo", lambda: packet.icmp_echo_reply(buf, length=len(frame))),
-        ):
+    def __init__(self, mac: str) -> None:
+        self.mac = mac
+        self.counts = {"arp": 0, "na": 0, "echo": 0, "other": 0}
+
+    def __call__(self, frame: packet.Frame, length: int) -> int | None:
+        """Answer ``frame[:length]`` in place; the reply's length, or None."""
+        answers: list[tuple[str, Callable[[], int]]] = [
+            ("arp", lambda: packet.arp_reply(frame, self.mac, MINE4, length=length)),
+            ("na", lambda: packet.neighbor_advert(frame, self.mac, MINE6, length=length)),
+            ("echo", lambda: packet.icmp_echo_reply(frame, length=length)),
+        ]
+        for kind, answer in answers:
             try:
-                n = fn()
+                n = answer()
             except packet.ReplyError:
                 continue
-            counts[kind] += 1
-            return bytes(buf[:n])
-        counts["other"] += 1  # router solicitations, MLD reports, DAD of a's own address
+            self.counts[kind] += 1
+            return n
+        self.counts["other"] += 1  # router solicitations, MLD reports, DAD of a's own address
         return None
 
-    def responder() -> None:
+
+def owned_by_nobody(veth_pair: Any) -> None:
+    """Leave b's interface without any address, give a an IPv6 one (no DAD wait)."""
+    veth_pair.run("b", "ip", "addr", "flush", "dev", veth_pair.b.ifname)
+    veth_pair.run("a", "ip", "addr", "add", f"{PEER6}/64", "dev", veth_pair.a.ifname, "nodad")
+
+
+def ping_the_owned_addresses(veth_pair: Any, responder: Responder) -> None:
+    """a's kernel, with no neighbour entry for them, pings MINE4 and MINE6 three times each:
+    every ping is answered, and a's neighbour table learned b's MAC from our ARP/NA replies."""
+    for target, flag in ((MINE4, "-4"), (MINE6, "-6")):
+        r = veth_pair.run("a", "ping", flag, "-c3", "-i0.2", "-W2", target, check=False, timeout=30)
+        assert r.returncode == 0 and " 3 received" in r.stdout, (
+            r.stdout + r.stderr,
+            responder.counts,
+        )
+    neigh = veth_pair.run("a", "ip", "neigh", "show", "dev", veth_pair.a.ifname).stdout
+    for addr in (MINE4, MINE6):
+        line = next((ln for ln in neigh.splitlines() if ln.startswith(addr + " ")), "")
+        assert f"lladdr {veth_pair.b.mac}" in line, neigh
+    counts = responder.counts
+    assert counts["arp"] >= 1 and counts["na"] >= 1 and counts["echo"] == 6, counts
+
+
+@NEEDS_ROOT
+@pytest.mark.veth_pair(ipv6=True)
+def test_an_xdp_socket_answers_the_kernels_ping(veth_pair: Any) -> None:
+    """An XdpSocket on b copies each frame into a bytearray with room, answers it there and
+    sends the reply."""
+    from kbypass import XdpSocket
+
+    owned_by_nobody(veth_pair)
+    with veth_pair.enter("b"):
+        sock = XdpSocket(veth_pair.b.ifname, queue=0, mode="copy", frames=1024, filter=OWNED)
+    responder = Responder(veth_pair.b.mac)
+    stop = threading.Event()
+
+    def serve() -> None:
         while not stop.is_set():
+            out = []
             with sock.recv(max=64, timeout=0.05) as batch:
-                out = [r for i in range(len(batch)) if (r := answer(bytes(batch[i])))]
+                for i in range(len(batch)):
+                    buf = bytearray(batch[i]) + bytearray(64)
+                    n = responder(buf, len(batch[i]))
+                    if n is not None:
+                        out.append(bytes(buf[:n]))
             if out:
                 sock.send(out)
 
-    t = threading.Thread(target=responder, daemon=True)
+    t = threading.Thread(target=serve, daemon=True)
     t.start()
     try:
-        # a's kernel has no neighbour entry for these addresses: it must ask first.
-        for target, flag in ((mine4, "-4"), (mine6, "-6")):
-            r = veth_pair.run(
-                "a", "ping", flag, "-c3", "-i0.2", "-W2", target, check=False, timeout=30
-            )
-            assert r.returncode == 0 and " 3 received" in r.stdout, r.stdout + r.stderr
-        neigh = veth_pair.run("a", "ip", "neigh", "show", "dev", a.ifname).stdout
+        ping_the_owned_addresses(veth_pair, responder)
     finally:
         stop.set()
         t.join(timeout=5)
         sock.close()
     assert not t.is_alive()
-    for addr in (mine4, mine6):
-        line = next((ln for ln in neigh.splitlines() if ln.startswith(addr + " ")), "")
-        assert f"lladdr {b.mac}" in line, neigh
-    assert counts["arp"] >= 1 and counts["na"] >= 1 and counts["echo"] == 6, counts
+
+
+@NEEDS_ROOT
+@pytest.mark.veth_pair(ipv6=True)
+def test_a_pipeline_handler_answers_the_kernels_ping_in_place(veth_pair: Any) -> None:
+    """A Pipeline's batch handler answers each frame in place in its ``batch.frame(i)`` view
+    (ARP, NA and echo replies are as long as their requests) and gives it the TX verdict."""
+    import kbypass
+
+    owned_by_nobody(veth_pair)
+    responder = Responder(veth_pair.b.mac)
+
+    def handler(batch: kbypass.Batch) -> None:
+        for i in range(len(batch)):
+            frame = batch.frame(i)
+            n = responder(frame, len(frame))
+            if n is not None:
+                assert n == len(frame)
+                batch.verdicts[i] = kbypass.TX
+
+    with veth_pair.enter("b"):
+        p = kbypass.Pipeline(
+            veth_pair.b.ifname, handler, filter=OWNED, mode="copy", cpus=False, progress=False
+        )
+    with p:
+        p.start()
+        ping_the_owned_addresses(veth_pair, responder)
+        p.stop()
+        totals = p.totals()
+    assert totals["handler_errors"] == 0 and totals["tx_failed"] == 0, totals
+    assert totals["tx"] == sum(responder.counts[k] for k in ("arp", "na", "echo")), totals
