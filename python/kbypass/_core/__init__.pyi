@@ -35,6 +35,7 @@ __all__ = [
     "NetnsEntry",
     "Packet",
     "PcapWriter",
+    "ReplyError",
     "Ring",
     "RxBatch",
     "TableFullError",
@@ -50,13 +51,16 @@ __all__ = [
     "__version__",
     "_stop_all_engines",
     "af_packet_recv",
+    "arp_reply",
     "capture",
     "checksums_ok",
     "cpu_allowed",
     "cpu_pin",
     "cpu_topology",
     "edit_frames",
+    "icmp_echo_reply",
     "memlock_raises",
+    "neighbor_advert",
     "netns_inode",
     "nic_numa_node",
     "parse_filter",
@@ -64,8 +68,11 @@ __all__ = [
     "probe_xdp",
     "queue_irqs",
     "rdma",
+    "reply_rows",
     "rule_text",
+    "tcp_rst",
     "udp_recv",
+    "udp_reply",
     "udp_send",
     "worker_cpu",
     "xdp_query",
@@ -128,6 +135,26 @@ class PcapWriter:
         v: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+# --- reply.rs ----------------------------------------------------------------------------------
+
+class ReplyError(ValueError): ...
+
+def udp_reply(frame: npt.NDArray[np.uint8], length: int, payload: bytes) -> int: ...
+def icmp_echo_reply(frame: npt.NDArray[np.uint8], length: int) -> int: ...
+def tcp_rst(frame: npt.NDArray[np.uint8], length: int) -> int: ...
+def arp_reply(frame: npt.NDArray[np.uint8], length: int, mac: bytes, ipv4: bytes) -> int: ...
+def neighbor_advert(frame: npt.NDArray[np.uint8], length: int, mac: bytes, ipv6: bytes) -> int: ...
+def reply_rows(
+    frames: npt.NDArray[np.uint8],
+    lengths: npt.NDArray[np.uint32],
+    kind: str,
+    answered: npt.NDArray[np.bool_],
+    payload: bytes | None = None,
+    mac: bytes | None = None,
+    ip: bytes | None = None,
+    mask: npt.NDArray[np.bool_] | None = None,
+) -> int: ...
 
 # --- mem.rs ------------------------------------------------------------------------------------
 

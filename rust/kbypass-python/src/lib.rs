@@ -21,6 +21,7 @@ mod packet;
 mod packet_view;
 mod port;
 mod rdma;
+mod reply;
 mod ring;
 mod traffic;
 mod views;
@@ -34,6 +35,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     netns::register(m)?;
     packet::register(m)?;
+    reply::register(m)?;
     mem::register(m)?;
     mempool::register(m)?;
     ring::register(m)?;

@@ -5,6 +5,7 @@
 //! Swapping source and destination never changes a one's-complement checksum (the sum is
 //! commutative), so `swap_*` keep valid checksums valid.
 
+use super::checksum::{fold, ip_addrs, pseudo_header_sum, sum16, upper_layer_checksum};
 use super::parse::{PacketMeta, FLAG_FRAGMENT, FLAG_L4, FLAG_TRUNCATED, IPPROTO_TCP, IPPROTO_UDP};
 
 /// Swap the Ethernet source and destination MAC addresses.
@@ -115,34 +116,6 @@ pub fn swap_ports(frame: &mut [u8], m: &PacketMeta) -> bool {
     true
 }
 
-/// Add `data` to a running one's-complement sum (RFC 1071), 16 bits at a time.
-pub fn sum16(data: &[u8], mut acc: u64) -> u64 {
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        // Four 16-bit words at once; carries are folded at the end.
-        acc += u16::from_be_bytes([c[0], c[1]]) as u64
-            + u16::from_be_bytes([c[2], c[3]]) as u64
-            + u16::from_be_bytes([c[4], c[5]]) as u64
-            + u16::from_be_bytes([c[6], c[7]]) as u64;
-    }
-    let mut rest = chunks.remainder().chunks_exact(2);
-    for c in &mut rest {
-        acc += u16::from_be_bytes([c[0], c[1]]) as u64;
-    }
-    if let [b] = rest.remainder() {
-        acc += (*b as u64) << 8;
-    }
-    acc
-}
-
-/// Fold a running sum to the 16-bit one's-complement checksum.
-pub fn fold(mut acc: u64) -> u16 {
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
-}
-
 /// Recompute the IPv4 header checksum. Returns false for non-IPv4 or truncated headers.
 pub fn fix_ipv4_checksum(frame: &mut [u8], m: &PacketMeta) -> bool {
     if m.ip_version != 4 {
@@ -184,12 +157,10 @@ pub fn fix_l4_checksum(frame: &mut [u8], m: &PacketMeta) -> bool {
     if csum_at + 2 > end {
         return false;
     }
-    let mut acc = match m.ip_version {
-        4 => sum16(&frame[l3 + 12..l3 + 20], 0),
-        6 => sum16(&frame[l3 + 8..l3 + 40], 0),
-        _ => return false,
+    let Some(addrs) = ip_addrs(frame, l3, m.ip_version) else {
+        return false;
     };
-    acc += m.proto as u64 + seg_len as u64;
+    let acc = pseudo_header_sum(addrs, m.proto, seg_len);
     frame[csum_at] = 0;
     frame[csum_at + 1] = 0;
     let mut c = fold(sum16(&frame[l4..end], acc));
@@ -221,13 +192,7 @@ pub fn checksums_ok(frame: &[u8], m: &PacketMeta) -> bool {
     if m.proto == IPPROTO_UDP && m.ip_version == 4 && frame[l4 + 6] == 0 && frame[l4 + 7] == 0 {
         return true;
     }
-    let mut acc = match m.ip_version {
-        4 => sum16(&frame[l3 + 12..l3 + 20], 0),
-        6 => sum16(&frame[l3 + 8..l3 + 40], 0),
-        _ => return false,
-    };
-    acc += m.proto as u64 + (end - l4) as u64;
-    fold(sum16(&frame[l4..end], acc)) == 0
+    upper_layer_checksum(frame, l3, m.ip_version, m.proto, l4, end) == Some(0)
 }
 
 #[cfg(test)]
@@ -297,16 +262,6 @@ mod tests {
         // a flipped payload bit is caught
         f[50] ^= 1;
         assert!(!checksums_ok(&f, &m2));
-    }
-
-    #[test]
-    fn known_ipv4_header_checksum() {
-        // Example header from RFC 1071 discussions / Wikipedia: checksum 0xb861.
-        let hdr = [
-            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
-            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
-        ];
-        assert_eq!(fold(sum16(&hdr, 0)), 0xb861);
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! Frames as rows of one buffer: row `i` starts at `i * width` and its frame is the first
 //! `lens[i]` bytes (the layout of `kbypass.packet`'s 2-D arrays and of a `Batch`'s columns).
-//! Parse, edit, verify and write many frames in one call.
+//! Parse, edit, answer, verify and write many frames in one call.
 
 use std::io::{self, Write};
 
 use super::edit;
 use super::parse::{parse, PacketMeta};
 use super::pcap::PcapWriter;
+use super::reply::{Reply, ReplyError};
 use crate::error::{Error, Result};
 
 /// Frames laid out as rows (see the [module docs](self)), checked once when made.
@@ -94,6 +95,45 @@ impl<'a> Rows<'a> {
             }
         }
         Ok(applied)
+    }
+
+    /// Answer the frames where `mask` is true (all without one) in place with `reply`, each
+    /// row's width being the room its reply has: `answered[i]` says whether frame `i` was
+    /// answered and `lens_out[i]` is its length afterwards (the reply's, or the frame's as it
+    /// was). Returns how many were answered. Frames that are not answered are left untouched.
+    pub fn reply(
+        &self,
+        data: &mut [u8],
+        reply: &Reply<'_>,
+        mask: Option<&[bool]>,
+        lens_out: &mut [u32],
+        answered: &mut [bool],
+    ) -> Result<usize> {
+        self.fits(data)?;
+        self.check_mask(mask)?;
+        if lens_out.len() != self.len() || answered.len() != self.len() {
+            return Err(Error::invalid(
+                "the output lengths and answered flags must have one entry per frame",
+            ));
+        }
+        reply.check().map_err(|e| match e {
+            ReplyError::Argument(m) => Error::invalid(m),
+            e => Error::invalid(e.to_string()),
+        })?;
+        let mut k = 0;
+        for i in 0..self.len() {
+            let len = self.lens[i];
+            let row = &mut data[i * self.width..(i + 1) * self.width];
+            let done = match mask {
+                Some(m) if !m[i] => None,
+                _ => reply.apply(row, len as usize).ok(),
+            };
+            answered[i] = done.is_some();
+            // A reply is under 64 KiB + its headers: it fits a u32.
+            lens_out[i] = done.map_or(len, |n| n as u32);
+            k += usize::from(done.is_some());
+        }
+        Ok(k)
     }
 
     /// Whether each frame's IPv4 header and UDP/TCP checksums verify, into `out`.
