@@ -25,13 +25,15 @@
 //! mask.
 
 mod frames;
+mod idle;
 mod kept;
 mod pipeline;
 mod worker;
 
 pub use frames::{BatchFrames, Lent, PacketVerdict};
+pub use idle::{Latency, MAX_SPIN};
 pub use kept::{Kept, KeptQueue};
-pub use pipeline::{Cpus, Pipeline, PipelineConfig, Workers};
+pub use pipeline::{Cpus, Pipeline, PipelineConfig, Workers, DEFAULT_SPIN};
 pub use worker::{
     BatchCtx, BatchHandler, HandlerError, OnError, WorkerStats, WorkerStatsSnapshot,
     BATCH_HISTOGRAM_BOUNDS,
