@@ -67,6 +67,7 @@ __all__ = [
     "KEEP",
     "TX",
     "Action",
+    "Latency",
     "Pipeline",
     "processor",
 ]
@@ -87,6 +88,7 @@ FORWARD = Action.FORWARD
 KEEP = Action.KEEP
 
 OnError = Literal["drop", "pass", "stop"]
+Latency = Literal["adaptive", "busy", "sleep"]
 
 
 class _Workers(Protocol):
@@ -153,6 +155,19 @@ class Pipeline:
         default: the verdict every frame starts with (DROP).
         progress: show a live ``rich`` display during ``run()``; default: when stdout is a TTY.
         mode, frames, frame_size, xdp_mode: passed to ``XdpPort`` when ``port`` is a name.
+        latency: how a worker waits when its sockets are idle. ``"adaptive"`` (the default):
+            keep polling for ``spin`` seconds after the last packet, then sleep in poll(2) on
+            the sockets until a packet (or ``stop()``) wakes it; traffic that keeps coming
+            within ``spin`` never waits for a wake-up. ``"busy"``: never sleep (one CPU per
+            worker at 100 %), with the kernel's busy polling (``SO_PREFER_BUSY_POLL``,
+            ``SO_BUSY_POLL``, ``SO_BUSY_POLL_BUDGET``) on the sockets where it accepts them,
+            plain spinning where not (``stats()[i]["busy_poll"]`` and ``["notes"]`` say which).
+            ``"sleep"``: 512 empty polls, then a sleep of ``idle_wait`` (the behaviour before
+            these modes; the lowest CPU use, the highest latency).
+        spin: the adaptive mode's polling time after the last packet, in [0, 0.1] seconds
+            (default 100 µs: longer than a request/response round trip on a local network).
+        idle_wait: the longest one idle sleep lasts, in (0, 1] seconds. A worker sleeping in
+            poll(2) wakes at once on a packet or ``stop()``.
 
     Example:
         >>> def count_dns(batch):
@@ -182,6 +197,8 @@ class Pipeline:
         xdp_mode: str = "auto",
         idle_wait: float = 0.001,
         processes: int | None = None,
+        latency: Latency = "adaptive",
+        spin: float | None = None,
     ) -> None:
         if (handler is None) == (per_packet is None):
             raise TypeError("give exactly one of handler= (per batch) or per_packet=")
@@ -196,6 +213,8 @@ class Pipeline:
             default=int(default),
             on_error=on_error,
             idle_wait=idle_wait,
+            latency=latency,
+            spin=spin,
         )
         self._own_port = isinstance(port, str)
         self._progress = progress
@@ -224,6 +243,8 @@ class Pipeline:
                     frames=frames,
                     frame_size=frame_size,
                     idle_wait=idle_wait,
+                    latency=latency,
+                    spin=spin,
                 ),
             )
             self.port = group
@@ -356,7 +377,9 @@ class Pipeline:
         Keys: rx, tx, forwarded, dropped, kept, released, escaped (frames whose views outlived
         their batch: held until the views are gone), copied (of those, TX/FORWARD sent as a
         copy), handler_errors, bad_verdicts, tx_failed, batches, mean_batch, batch_latency_ns,
-        handler_ns, pps, batch_sizes (histogram), queues, cpu.
+        handler_ns, pps, batch_sizes (histogram), queues, cpu, latency (the mode),
+        idle_waits (times the worker slept), busy_poll (``latency="busy"`` with the kernel's
+        busy polling accepted on every socket), notes (what could not be done as asked).
         """
         return list(self._engine.stats())
 
