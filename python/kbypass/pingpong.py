@@ -76,47 +76,50 @@ _REQUEST = 0x03  # client | answer wanted
 _ANSWER = 0x02  # the same message, from the server
 _MSG_HEADER = 14
 _IPV4_UDP = 14 + 20 + 8  # Ethernet, IPv4 without options, UDP
+_TX = int(TX)  # a plain int: the cheapest verdict to return
 
 
-def sockperf_echo(batch: Batch) -> None:
+def sockperf_echo(batch: Batch) -> int | None:
     """Answer sockperf's UDP requests as ``sockperf server`` does (a Pipeline batch handler).
 
     A request that asks for an answer and is not a warm-up message goes back to its sender
     (``TX``) with the client flag cleared, MACs, IPs and ports swapped and the checksums fixed;
     every other frame keeps the default verdict (``DROP``). A batch of one (the ping-pong case)
-    is read through one frame view and answered with the Rust helpers, without NumPy column
-    work; larger batches are answered with masks.
+    is read through one frame view, answered with the Rust helpers and given its verdict by the
+    return value, without NumPy column work; larger batches are answered with masks.
     """
     if len(batch) == 1:
         f = batch.frame(0)
-        head = f[: _IPV4_UDP + _MSG_HEADER].tobytes()
+        b = f.tobytes()
         if (
-            len(head) == _IPV4_UDP + _MSG_HEADER
-            and head[12:14] == b"\x08\x00"  # IPv4
-            and head[14] == 0x45  # no options
-            and head[23] == 17  # UDP
-            and head[_IPV4_UDP + _FLAGS] == _REQUEST
+            len(b) >= _IPV4_UDP + _MSG_HEADER
+            and b[12] == 0x08  # IPv4
+            and b[13] == 0x00
+            and b[14] == 0x45  # no options
+            and b[23] == 17  # UDP
+            and b[_IPV4_UDP + _FLAGS] == _REQUEST
         ):
             f[_IPV4_UDP + _FLAGS] = _ANSWER
             batch.swap_macs()
             batch.swap_ips()
             batch.swap_ports()
             batch.fix_checksums()
-            batch.verdicts[0] = TX
-        return
+            return _TX  # the verdict of the batch's one frame
+        return None
     h = batch.headers
     at = batch.addrs + h["payload_off"] + _FLAGS
     size = batch.frame_size
     flags = batch.umem[at // size, at % size]
     answer = (flags == _REQUEST) & (h["payload_len"] >= _MSG_HEADER) & (h["proto"] == 17)
     if not answer.any():
-        return
+        return None
     batch.set_field(_FLAGS, bytes([_ANSWER]), mask=answer, base="payload")
     batch.swap_macs(answer)
     batch.swap_ips(answer)
     batch.swap_ports(answer)
     batch.fix_checksums(answer)
-    batch.verdicts[answer] = TX
+    batch.verdicts[answer] = _TX
+    return None
 
 
 class SockperfMissingError(RuntimeError):
