@@ -178,6 +178,9 @@ impl Buffers {
 /// but its owner's references the array or a view of it, and no other Rust slice of it exists.
 /// (Bounds, contiguity and alignment are checked here: the buffers are C-contiguous arrays
 /// `Buffers::new` allocated, which NumPy aligns for their type.)
+// A NumPy array is a shared Python object, reached through `&Bound` by design; exclusivity is the
+// caller's contract above.
+#[allow(clippy::mut_from_ref)]
 unsafe fn column<'a, T: Element, D: numpy::ndarray::Dimension>(
     arr: &'a Bound<'_, PyArray<T, D>>,
     n: usize,

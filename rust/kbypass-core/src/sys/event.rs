@@ -27,9 +27,8 @@ impl EventFd {
             ));
         }
         // SAFETY: `fd` is a descriptor the kernel just created and nothing else owns.
-        Ok(EventFd {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(EventFd { fd })
     }
 
     /// Make the descriptor readable: every `poll(2)` on it returns at once until [`Self::drain`].
