@@ -27,6 +27,24 @@ def test_bench_measures_every_batch_size_and_the_kernel_and_plots(tmp_path) -> N
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: kbypass bench builds a veth bench")
+def test_bench_with_an_empty_handler_measures_the_pipelines_own_cost() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "kbypass.cli", "bench", "--seconds", "0.3", "--batches", "1",
+         "--handler", "empty", "--json"],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [(x["path"], x["batch"]) for x in rows] == [
+        ("kbypass Pipeline", 1),
+        ("kernel UDP socket", 64),
+    ]
+    one = rows[0]
+    assert one["packets"] > 0 and one["mean_batch"] == 1.0
+    assert 0 < one["batch_latency_us"] < 1000  # receive to verdicts applied, per batch
+
+
 def test_bench_rejects_bad_arguments() -> None:
     from kbypass.cli import main
 
@@ -36,6 +54,8 @@ def test_bench_rejects_bad_arguments() -> None:
     assert main(["bench", "--batches", "0"]) == 2
     assert main(["bench", "--batches", "x"]) == 2
     assert main(["bench", "--size", "10"]) == 2
+    with pytest.raises(SystemExit):
+        main(["bench", "--handler", "numpy"])  # argparse: not one of flows, empty
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: kbypass bench builds a veth bench")
