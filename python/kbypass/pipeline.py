@@ -17,6 +17,11 @@ Nothing Python can still see is recycled: a frame whose view (``batch.frame(i)``
 (``stats()["escaped"]``; a TX/FORWARD verdict then sends a copy), and column arrays a handler
 keeps are its own (the next batch gets fresh ones).
 
+Waiting: with ``latency="adaptive"`` (the default) an idle worker keeps polling for ``spin``
+seconds (100 µs) after its last packet, then sleeps in poll(2) until a packet or ``stop()`` wakes
+it; ``"busy"`` never sleeps (with the kernel's busy polling where accepted); ``"sleep"`` sleeps
+``idle_wait`` after 512 empty polls.
+
 Stopping: ``stop()`` from inside a handler ends the workers after the current batch (and
 returns None); ``wait()`` and ``run()`` answer Ctrl-C within 50 ms; a Pipeline still running
 when the interpreter exits is closed by an ``atexit`` hook (workers stopped, sockets returned,

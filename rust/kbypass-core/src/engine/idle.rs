@@ -24,16 +24,18 @@ use crate::error::{Error, Result};
 use crate::sys::event::{poll_for, EventFd};
 use crate::xsk::{BusyPoll, XskSocket};
 
-/// How a worker waits for packets (see the [module docs](self)).
+/// How a worker waits for packets when a poll over its sockets found none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Latency {
-    /// Spin for a bounded time after the last packet, then sleep until a packet (or stop)
-    /// wakes the worker.
+    /// Poll for [`super::PipelineConfig::spin`] after the last packet, then sleep in `poll(2)`
+    /// on the sockets and the pipeline's stop descriptor (at most `idle_wait`): a packet or a
+    /// stop wakes the worker at once.
     #[default]
     Adaptive,
-    /// Never sleep: spin, with the kernel's busy polling where it accepts it.
+    /// Never sleep: poll on, with the kernel's busy polling (`SO_PREFER_BUSY_POLL`,
+    /// `SO_BUSY_POLL`, `SO_BUSY_POLL_BUDGET`) on the sockets where it accepts it.
     Busy,
-    /// A number of empty polls, then a fixed sleep (the behaviour before the modes).
+    /// `idle_spins` empty polls, then a sleep of `idle_wait` (the behaviour before the modes).
     Sleep,
 }
 

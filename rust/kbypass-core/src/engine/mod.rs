@@ -14,6 +14,10 @@
 //! are sized once when the worker starts, counters are per-worker atomics, and a batch where
 //! nothing was held costs one branch per frame more than before.
 //!
+//! When a round over its sockets finds nothing, a worker waits as its [`Latency`] says: poll on
+//! for a bounded time, then sleep until a packet or a stop wakes it (the default), never sleep,
+//! or the fixed sleeps of before (see `idle.rs`).
+//!
 //! On stop a worker reaps its outstanding TX completions (bounded wait) and returns its
 //! sockets, so the port can check the frame accounting and detach.
 //!
