@@ -520,7 +520,11 @@ impl XskSocket {
     /// Receive up to `out.len()` descriptors (addresses are UMEM offsets of packet data).
     /// The frames are the application's until it releases or sends them.
     pub fn recv(&mut self, out: &mut [XdpDesc]) -> usize {
-        if self.fill_target.saturating_sub(self.rx_outstanding) as usize >= BATCH {
+        // Refill in bursts: a burst of BATCH, or half the target on a FILL ring smaller than
+        // that (else a small ring were refilled only by a caller that sleeps, `wait_rx`, and a
+        // loop that never sleeps would let it run dry).
+        let burst = BATCH.min(self.fill_target as usize / 2).max(1);
+        if self.fill_target.saturating_sub(self.rx_outstanding) as usize >= burst {
             self.refill();
         }
         let (idx, n) = self.rx.peek(out.len() as u32);
