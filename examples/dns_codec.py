@@ -22,8 +22,10 @@ HEADER = struct.Struct("!HHHHHH")
 
 @dataclass
 class Zone:
-    """Names (lower case, no trailing dot) to their IPv4 and IPv6 addresses, and what was
-    answered."""
+    """A dict of names and what was answered from it.
+
+    ``names`` maps names (lower case, no trailing dot) to their IPv4 and IPv6 addresses.
+    """
 
     names: Mapping[str, list[str]]
     ttl: int = 60
@@ -32,11 +34,11 @@ class Zone:
     )
 
     def answer(self, query: bytes) -> bytes | None:
-        """The response to ``query`` (a DNS message), or None when it must be dropped."""
+        """Answer ``query`` (a DNS message); None when it must be dropped."""
         if len(query) < HEADER.size:
             self.counts["dropped"] += 1
             return None
-        ident, flags, qd, an, ns, ar = HEADER.unpack_from(query)
+        ident, flags, qd = HEADER.unpack_from(query)[:3]
         if flags & 0x8000:  # a response: never answer one (no loops between responders)
             self.counts["dropped"] += 1
             return None
@@ -56,9 +58,7 @@ class Zone:
             return _message(ident, rd, NXDOMAIN, question, [])
         want = {TYPE_A: 4, TYPE_AAAA: 6}.get(qtype)
         records = [
-            ipaddress.ip_address(a).packed
-            for a in addrs
-            if ipaddress.ip_address(a).version == want
+            ipaddress.ip_address(a).packed for a in addrs if ipaddress.ip_address(a).version == want
         ]
         answers = [
             struct.pack("!HHHIH", 0xC000 | HEADER.size, qtype, CLASS_IN, self.ttl, len(r)) + r

@@ -120,6 +120,38 @@ def test_tx_reflect_arrives_at_the_peer_kernel_socket(pair: VethPair) -> None:
     assert t["tx"] == 10 and t["dropped"] == 0
 
 
+@pytest.mark.parametrize("latency", ["adaptive", "busy", "sleep"])
+def test_each_latency_mode_answers_and_reports_how_it_waits(pair: VethPair, latency: str) -> None:
+    peer = _peer(pair, 9403)
+    with _pipeline(pair, _reflect, filter="udp dst port 9402", latency=latency) as p:
+        p.start()
+        time.sleep(0.05)  # idle: longer than the adaptive spin (100 µs)
+        for i in range(20):  # one at a time: each answer comes back before the next request
+            peer.sendto(b"ping-%d" % i, (pair.b.ip, 9402))
+            assert peer.recvfrom(64) == (b"ping-%d" % i, (pair.b.ip, 9402))
+            if i % 5 == 4:
+                time.sleep(0.01)
+        w = p.stats()[0]
+        p.stop()
+    assert (w["latency"], w["rx"], w["tx"], w["handler_errors"]) == (latency, 20, 20, 0)
+    if latency == "busy":
+        # Never slept; as root on this kernel the busy-poll options are accepted.
+        assert w["idle_waits"] == 0 and w["busy_poll"] is True and w["notes"] == [], w
+    else:
+        assert w["idle_waits"] > 0 and w["busy_poll"] is False and w["notes"] == [], w
+
+
+def test_latency_arguments_are_checked_before_a_port_opens() -> None:
+    with pytest.raises(ValueError, match=r'"adaptive".*"busy".*"sleep"'):
+        Pipeline("lo", lambda b: None, latency="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"spin.*\[0, 0\.1\] seconds"):
+        Pipeline("lo", lambda b: None, spin=0.5)
+    with pytest.raises(ValueError, match="spin"):
+        Pipeline("lo", lambda b: None, spin=-1.0)
+    cfg = kbypass._core.EngineConfig(latency="busy", spin=0.00005)
+    assert 'latency="busy"' in repr(cfg) and "spin=0.00005" in repr(cfg)
+
+
 def test_forward_to_the_other_socket_of_the_port(pair2: VethPair) -> None:
     def fwd(batch: kbypass.Batch) -> None:
         _reflect(batch)

@@ -4,11 +4,18 @@
 // UMEM, socket creation, ring operations) and libbpf (map, program load, bpf_link attach).
 //
 //   xsk_ref rxdrop  -i IF [-q QUEUE] [-d SECONDS] [-b BATCH] [-g]
+//   xsk_ref l2fwd   -i IF [-q QUEUE] [-d SECONDS] [-b BATCH] [-g]
+//   xsk_ref udpecho -i IF [-q QUEUE] [-d SECONDS] [-b BATCH] [-g]
 //   xsk_ref txflood -i IF -f FRAME_FILE [-q QUEUE] [-n COUNT] [-d SECONDS] [-b BATCH]
 //
 // rxdrop: attach a 6-instruction XDP program (redirect to the queue's socket, else XDP_PASS;
 //         native mode, -g for generic) through a bpf_link, bind a copy-mode socket with
 //         need_wakeup, and give every received frame straight back to the FILL ring.
+// l2fwd: as rxdrop, but swap the MAC addresses of every frame and send it back out.
+// udpecho: as rxdrop, but answer sockperf's UDP requests over IPv4 as `sockperf server` does
+//          (requests that ask for an answer and are not warm-up messages get it: the client flag
+//          cleared, the UDP checksum computed, MACs, IPs and ports swapped, sent back out; every
+//          other frame goes back to the FILL ring). Spins on the rings, never sleeps.
 // txflood: bind a copy-mode socket and send the frame read from FRAME_FILE as fast as the TX
 //          and COMPLETION rings allow.
 // Same geometry as kbypass's defaults: 4096 frames of 2048 bytes, rings of 2048 entries.
@@ -300,10 +307,133 @@ static void l2fwd(struct ctx *c, int fd, double duration, unsigned batch) {
     report(fd, packets, bytes, packets > 1 && last > first ? last - first : now_s() - start);
 }
 
+// sockperf's message header (the UDP payload): u64 sequence number, u16 flags, u32 length, all
+// big-endian; flag bits: 1 the sender is a client, 2 it asks for an answer, 4 a warm-up message.
+#define SOCKPERF_FLAGS_LOW 9 // the low byte of the flags
+#define SOCKPERF_CLIENT 1
+#define SOCKPERF_PONG 2
+#define SOCKPERF_WARMUP 4
+
+// Answer one frame in place; 0 if it is not a sockperf request to answer.
+static int sockperf_answer(unsigned char *p, unsigned len) {
+    if (len < 14 + 20 + 8 + 14 || p[12] != 0x08 || p[13] != 0x00) return 0; // IPv4
+    unsigned char *ip = p + 14;
+    unsigned ihl = (unsigned)(ip[0] & 0x0f) * 4;
+    if ((ip[0] >> 4) != 4 || ihl < 20 || ip[9] != 17 || len < 14 + ihl + 8 + 14) return 0;
+    unsigned char *udp = ip + ihl, *msg = udp + 8, tmp[6];
+    unsigned char flags = msg[SOCKPERF_FLAGS_LOW];
+    if ((flags & (SOCKPERF_CLIENT | SOCKPERF_PONG | SOCKPERF_WARMUP)) !=
+        (SOCKPERF_CLIENT | SOCKPERF_PONG))
+        return 0;
+    msg[SOCKPERF_FLAGS_LOW] = flags & ~SOCKPERF_CLIENT;
+    // A full UDP checksum, as kbypass's fix_checksums computes it: what arrives from a veth peer
+    // with checksum offload carries only the pseudo-header sum, so an incremental update of it
+    // would not give a valid checksum.
+    unsigned udp_len = (unsigned)(udp[4] << 8 | udp[5]);
+    if (udp_len < 8 || 14 + ihl + udp_len > len) return 0;
+    uint32_t sum = 17 + udp_len;
+    for (unsigned i = 12; i < 20; i += 2) sum += (uint32_t)(ip[i] << 8 | ip[i + 1]);
+    udp[6] = udp[7] = 0;
+    for (unsigned i = 0; i + 1 < udp_len; i += 2) sum += (uint32_t)(udp[i] << 8 | udp[i + 1]);
+    if (udp_len & 1) sum += (uint32_t)udp[udp_len - 1] << 8;
+    while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+    uint16_t csum = (uint16_t)~sum;
+    if (!csum) csum = 0xffff;
+    udp[6] = (unsigned char)(csum >> 8);
+    udp[7] = (unsigned char)csum;
+    // Swapping addresses and ports keeps both checksums valid (the sums do not change).
+    memcpy(tmp, p, 6); memcpy(p, p + 6, 6); memcpy(p + 6, tmp, 6);
+    memcpy(tmp, ip + 12, 4); memcpy(ip + 12, ip + 16, 4); memcpy(ip + 16, tmp, 4);
+    memcpy(tmp, udp, 2); memcpy(udp, udp + 2, 2); memcpy(udp + 2, tmp, 2);
+    return 1;
+}
+
+// udpecho: see the top of the file. Completed TX frames and frames not answered go back to FILL.
+static void udpecho(struct ctx *c, int fd, double duration, unsigned batch) {
+    uint32_t idx;
+    unsigned n = xsk_ring_prod__reserve(&c->fill, RING_SIZE, &idx);
+    for (unsigned i = 0; i < n; i++)
+        *xsk_ring_prod__fill_addr(&c->fill, idx + i) = (uint64_t)i * FRAME_SIZE;
+    xsk_ring_prod__submit(&c->fill, n);
+    unsigned long long packets = 0, bytes = 0, answered = 0;
+    double start = now_s(), first = 0, last = 0;
+    unsigned idle = 0;
+    uint64_t back[MAX_BATCH];
+    struct xdp_desc answers[MAX_BATCH];
+    while (!stop_requested) {
+        uint32_t idx_cq, idx_fq, idx_rx, idx_tx;
+        unsigned done = xsk_ring_cons__peek(&c->comp, RING_SIZE, &idx_cq);
+        if (done) {
+            while (xsk_ring_prod__reserve(&c->fill, done, &idx_fq) != done) {
+                if (xsk_ring_prod__needs_wakeup(&c->fill))
+                    recvfrom(fd, NULL, 0, MSG_DONTWAIT, NULL, NULL);
+            }
+            for (unsigned i = 0; i < done; i++)
+                *xsk_ring_prod__fill_addr(&c->fill, idx_fq + i) =
+                    *xsk_ring_cons__comp_addr(&c->comp, idx_cq + i);
+            xsk_ring_prod__submit(&c->fill, done);
+            xsk_ring_cons__release(&c->comp, done);
+        }
+        unsigned got = xsk_ring_cons__peek(&c->rx, batch, &idx_rx);
+        if (!got) {
+            if (xsk_ring_prod__needs_wakeup(&c->fill))
+                recvfrom(fd, NULL, 0, MSG_DONTWAIT, NULL, NULL);
+            if (xsk_ring_prod__needs_wakeup(&c->tx)) sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+            if ((++idle & 63) == 0 && now_s() - start >= duration) break;
+            continue;
+        }
+        idle = 0;
+        unsigned out = 0, nback = 0;
+        for (unsigned i = 0; i < got; i++) {
+            const struct xdp_desc *d = xsk_ring_cons__rx_desc(&c->rx, idx_rx + i);
+            uint64_t addr = xsk_umem__add_offset_to_addr(d->addr);
+            bytes += d->len;
+            if (sockperf_answer(xsk_umem__get_data(c->area, addr), d->len))
+                answers[out++] = *d;
+            else
+                back[nback++] = xsk_umem__extract_addr(d->addr);
+        }
+        if (out) {
+            while (xsk_ring_prod__reserve(&c->tx, out, &idx_tx) != out) {
+                if (xsk_ring_prod__needs_wakeup(&c->tx))
+                    sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+            }
+            for (unsigned i = 0; i < out; i++) {
+                struct xdp_desc *t = xsk_ring_prod__tx_desc(&c->tx, idx_tx + i);
+                t->addr = answers[i].addr;
+                t->len = answers[i].len;
+                t->options = 0;
+            }
+            xsk_ring_prod__submit(&c->tx, out);
+        }
+        xsk_ring_cons__release(&c->rx, got);
+        if (nback) {
+            while (xsk_ring_prod__reserve(&c->fill, nback, &idx_fq) != nback) {
+                if (xsk_ring_prod__needs_wakeup(&c->fill))
+                    recvfrom(fd, NULL, 0, MSG_DONTWAIT, NULL, NULL);
+            }
+            for (unsigned i = 0; i < nback; i++)
+                *xsk_ring_prod__fill_addr(&c->fill, idx_fq + i) = back[i];
+            xsk_ring_prod__submit(&c->fill, nback);
+        }
+        if (out && xsk_ring_prod__needs_wakeup(&c->tx)) sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0);
+        packets += got;
+        answered += out;
+        double t = now_s();
+        if (!first) first = t;
+        last = t;
+        if (t - start >= duration) break;
+    }
+    report(fd, packets, bytes, packets > 1 && last > first ? last - first : now_s() - start);
+    printf("answered=%llu\n", answered);
+    fflush(stdout);
+}
+
 static void usage(void) {
     fprintf(stderr,
             "usage: xsk_ref rxdrop  -i IF [-q QUEUE] [-d SECONDS] [-b BATCH] [-g]\n"
             "       xsk_ref l2fwd   -i IF [-q QUEUE] [-d SECONDS] [-b BATCH] [-g]\n"
+            "       xsk_ref udpecho -i IF [-q QUEUE] [-d SECONDS] [-b BATCH] [-g]\n"
             "       xsk_ref txflood -i IF -f FRAME_FILE [-q QUEUE] [-n COUNT] [-d SECONDS] "
             "[-b BATCH]\n");
     exit(2);
@@ -312,7 +442,8 @@ static void usage(void) {
 int main(int argc, char **argv) {
     if (argc < 2) usage();
     const char *mode = argv[1];
-    int is_fwd = strcmp(mode, "l2fwd") == 0;
+    int is_echo = strcmp(mode, "udpecho") == 0;
+    int is_fwd = strcmp(mode, "l2fwd") == 0 || is_echo;
     int is_rx = strcmp(mode, "rxdrop") == 0 || is_fwd, is_tx = strcmp(mode, "txflood") == 0;
     if (!is_rx && !is_tx) usage();
     const char *ifname = NULL, *frame_file = NULL;
@@ -361,7 +492,9 @@ int main(int argc, char **argv) {
     if (is_rx) {
         int r = xsk_socket__update_xskmap(c.xsk, c.map_fd);
         if (r) die("xsk_socket__update_xskmap", -r);
-        if (is_fwd)
+        if (is_echo)
+            udpecho(&c, fd, duration, batch);
+        else if (is_fwd)
             l2fwd(&c, fd, duration, batch);
         else
             rxdrop(&c, fd, duration, batch);

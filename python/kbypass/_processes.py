@@ -131,7 +131,10 @@ class ProcessGroup:
                 )
                 if self._prog is not None:
                     self._prog.set_socket(q, port.sockets[0].fileno())
-                kw = {k: opts[k] for k in ("batch", "on_error", "default", "idle_wait")}
+                kw = {
+                    k: opts[k]
+                    for k in ("batch", "on_error", "default", "idle_wait", "latency", "spin")
+                }
                 p = (
                     Pipeline(port, per_packet=fn, cpus=cpu or False, **kw)
                     if per_packet

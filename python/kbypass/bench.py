@@ -5,6 +5,15 @@ the receiver pinned to the other, it runs the demo's NumPy handler (packets per 
 :class:`kbypass.Pipeline` at several batch sizes, and the same handler fed by a kernel UDP socket,
 each for the same time, and prints packets/s, the mean batch and the time per batch and per
 packet. ``--plot out.png`` draws the comparison (needs matplotlib: ``pip install 'kbypass[plot]'``).
+
+``--handler empty`` measures the pipeline's own cost instead: a handler that does nothing, so the
+time per batch is receive, the Python call and the verdicts applied (with ``--batches 1``: the
+cost of a batch of one).
+
+``--latency`` measures request/response latency instead (:mod:`kbypass.pingpong`): sockperf's
+ping-pong and under-load clients against a Pipeline answering them in each latency mode and
+against the kernel's UDP server (``sockperf server``), ``--rounds`` times, with each figure's
+ratio to the kernel's of the same round.
 """
 
 from __future__ import annotations
@@ -37,15 +46,22 @@ class Row:
     offered_pps: float
 
 
-def _pipeline_row(ifname: str, batch: int, seconds: float, cpu: int) -> Row:
+HANDLERS = ("flows", "empty")
+
+
+def _pipeline_row(ifname: str, batch: int, seconds: float, cpu: int, which: str = "flows") -> Row:
     from kbypass import DROP, Pipeline
 
     counts = np.zeros(256, dtype=np.int64)
 
-    def handler(b: Any) -> None:
+    def flows(b: Any) -> None:
         count_flows(b.headers["src_port"], counts)
         b.verdicts[:] = DROP
 
+    def empty(b: Any) -> None:
+        return None  # every frame keeps the default verdict, DROP
+
+    handler = flows if which == "flows" else empty
     with Pipeline(ifname, handler, queues=[0], batch=batch, cpus=[cpu], progress=False) as p:
         t = p.run(duration=seconds)
         w = p.stats()[0]
@@ -65,9 +81,15 @@ def _kernel_row(ip: str, seconds: float) -> Row:
 
 
 def run_bench(
-    seconds: float = 2.0, batches: tuple[int, ...] = (1, 16, 64, 256), size: int = 60
+    seconds: float = 2.0,
+    batches: tuple[int, ...] = (1, 16, 64, 256),
+    size: int = 60,
+    handler: str = "flows",
 ) -> list[Row]:
-    """Measure the Pipeline at each batch size and the kernel socket; returns the rows."""
+    """Measure the Pipeline at each batch size and the kernel socket; returns the rows.
+
+    ``handler``: "flows" (the demo's NumPy flow count) or "empty" (the pipeline's own cost).
+    """
     from kbypass import cpu
     from kbypass.testing import TrafficGenerator, VethPair
 
@@ -82,7 +104,7 @@ def run_bench(
             with pair.enter("b"):
                 gen.start()
                 time.sleep(0.1)
-                row = _pipeline_row(pair.b.ifname, b, seconds, rx_cpu)
+                row = _pipeline_row(pair.b.ifname, b, seconds, rx_cpu, handler)
                 row.offered_pps = gen.stop().pps
             rows.append(row)
         with pair.enter("b"), cpu.pinned(rx_cpu):
@@ -96,15 +118,7 @@ def run_bench(
 
 def plot(rows: list[Row], path: str) -> None:
     """Draw packets/s per configuration (log scale) and ns per packet into ``path``."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise ImportError(
-            "--plot needs matplotlib: pip install 'kbypass[plot]' (or pip install matplotlib)"
-        ) from e
+    plt = _pyplot()
     labels = [
         f"batch {r.batch}" if r.path.startswith("kbypass") else "kernel\nsocket" for r in rows
     ]
@@ -122,15 +136,113 @@ def plot(rows: list[Row], path: str) -> None:
     plt.close(fig)
 
 
+def plot_latency(results: list[Any], path: str) -> None:
+    """Draw round-trip percentiles and answers per second under load per server into ``path``."""
+    plt = _pyplot()
+    labels = [r.server.replace(" (", "\n(") for r in results]
+    colors = ["tab:gray" if r.server.startswith("kernel") else "tab:blue" for r in results]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.27
+    for k, (metric, name) in enumerate(
+        (("rtt_p50_us", "p50"), ("rtt_p99_us", "p99"), ("rtt_p999_us", "p99.9"))
+    ):
+        xs = [i + (k - 1) * width for i in range(len(results))]
+        ax1.bar(xs, [r.spread(metric)[1] for r in results], width, label=name)
+    ax1.set_xticks(range(len(results)), labels, fontsize=7)
+    ax1.set_ylabel("round trip, µs (median over rounds)")
+    ax1.set_yscale("log")
+    ax1.set_title("sockperf ping-pong: UDP round trip")
+    ax1.legend()
+    ax2.bar(labels, [r.spread("load_msgs_per_s")[1] / 1e3 for r in results], color=colors)
+    ax2.set_ylabel("answers per second, thousands")
+    ax2.set_title("sockperf under-load (--mps max)")
+    ax2.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError(
+            "--plot needs matplotlib: pip install 'kbypass[plot]' (or pip install matplotlib)"
+        ) from e
+    return plt
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``kbypass bench``."""
-    p.add_argument("--seconds", type=float, default=2.0, help="time per configuration")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=2.0,
+        help="time per configuration (--latency: per sockperf run, whole seconds)",
+    )
     p.add_argument(
         "--batches", default="1,16,64,256", help="comma-separated batch sizes (default 1,16,64,256)"
     )
     p.add_argument("--size", type=int, default=60, help="frame size (60..1514)")
     p.add_argument("--plot", metavar="PNG", help="draw the comparison into this PNG file")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument(
+        "--handler",
+        choices=HANDLERS,
+        default="flows",
+        help="flows: the demo's NumPy flow count; empty: a handler doing nothing (the "
+        "pipeline's own cost per batch)",
+    )
+    p.add_argument(
+        "--latency",
+        action="store_true",
+        help="UDP request/response latency instead: sockperf ping-pong and under-load against "
+        "a Pipeline echo in each latency mode and the kernel's UDP server (needs sockperf)",
+    )
+    p.add_argument(
+        "--rounds", type=int, default=1, help="--latency: measure every server this many times"
+    )
+    p.add_argument(
+        "--modes",
+        default="adaptive,busy,sleep",
+        help="--latency: comma-separated Pipeline latency modes (default adaptive,busy,sleep)",
+    )
+
+
+def _run_latency(args: argparse.Namespace) -> int:
+    from kbypass.pingpong import LATENCY_MODES, SockperfMissingError, run_latency, summarize
+
+    names = [m.strip() for m in args.modes.split(",") if m.strip()]
+    modes = [m for name in names for m in LATENCY_MODES if m == name]
+    if not names or len(modes) != len(names):
+        print(
+            f"kbypass bench: --modes takes a comma-separated list of {', '.join(LATENCY_MODES)}",
+            file=sys.stderr,
+        )
+        return 2
+    if not 1 <= args.rounds <= 100 or not 1 <= args.seconds <= 60:
+        print("kbypass bench --latency: --rounds 1..100, --seconds 1..60", file=sys.stderr)
+        return 2
+    try:
+        results = run_latency(
+            rounds=args.rounds,
+            seconds=round(args.seconds),
+            modes=modes,
+        )
+    except SockperfMissingError as e:
+        print(f"kbypass bench: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        print(summarize(results))
+    if args.plot:
+        plot_latency(results, args.plot)
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -141,6 +253,17 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print(
+                "kbypass bench: --plot needs matplotlib: pip install 'kbypass[plot]'",
+                file=sys.stderr,
+            )
+            return 2
+    if args.latency:
+        return _run_latency(args)
     try:
         batches = tuple(int(x) for x in args.batches.split(",") if x.strip())
     except ValueError:
@@ -152,16 +275,7 @@ def run(args: argparse.Namespace) -> int:
     if not 60 <= args.size <= 1514:
         print("kbypass bench: --size 60..1514", file=sys.stderr)
         return 2
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            print(
-                "kbypass bench: --plot needs matplotlib: pip install 'kbypass[plot]'",
-                file=sys.stderr,
-            )
-            return 2
-    rows = run_bench(args.seconds, batches, args.size)
+    rows = run_bench(args.seconds, batches, args.size, args.handler)
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
     else:

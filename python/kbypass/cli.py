@@ -187,7 +187,8 @@ COMMANDS: dict[str, Command] = {
         _capture_run,
     ),
     "bench": Command(
-        "processor throughput by batch size vs the kernel's UDP socket (--plot out.png)",
+        "processor throughput by batch size vs the kernel's UDP socket, or (--latency) UDP "
+        "request/response latency vs the kernel's UDP server (--plot out.png)",
         _bench_arguments,
         _bench_run,
     ),

@@ -17,6 +17,11 @@ Nothing Python can still see is recycled: a frame whose view (``batch.frame(i)``
 (``stats()["escaped"]``; a TX/FORWARD verdict then sends a copy), and column arrays a handler
 keeps are its own (the next batch gets fresh ones).
 
+Waiting: with ``latency="adaptive"`` (the default) an idle worker keeps polling for ``spin``
+seconds (100 µs) after its last packet, then sleeps in poll(2) until a packet or ``stop()`` wakes
+it; ``"busy"`` never sleeps (with the kernel's busy polling where accepted); ``"sleep"`` sleeps
+``idle_wait`` after 512 empty polls.
+
 Stopping: ``stop()`` from inside a handler ends the workers after the current batch (and
 returns None); ``wait()`` and ``run()`` answer Ctrl-C within 50 ms; a Pipeline still running
 when the interpreter exits is closed by an ``atexit`` hook (workers stopped, sockets returned,
@@ -68,6 +73,7 @@ __all__ = [
     "KEEP",
     "TX",
     "Action",
+    "Latency",
     "Pipeline",
     "processor",
 ]
@@ -88,6 +94,7 @@ FORWARD = Action.FORWARD
 KEEP = Action.KEEP
 
 OnError = Literal["drop", "pass", "stop"]
+Latency = Literal["adaptive", "busy", "sleep"]
 
 
 class _Workers(Protocol):
@@ -161,6 +168,19 @@ class Pipeline:
         default: the verdict every frame starts with (DROP).
         progress: show a live ``rich`` display during ``run()``; default: when stdout is a TTY.
         mode, frames, frame_size, xdp_mode: passed to ``XdpPort`` when ``port`` is a name.
+        latency: how a worker waits when its sockets are idle. ``"adaptive"`` (the default):
+            keep polling for ``spin`` seconds after the last packet, then sleep in poll(2) on
+            the sockets until a packet (or ``stop()``) wakes it; traffic that keeps coming
+            within ``spin`` never waits for a wake-up. ``"busy"``: never sleep (one CPU per
+            worker at 100 %), with the kernel's busy polling (``SO_PREFER_BUSY_POLL``,
+            ``SO_BUSY_POLL``, ``SO_BUSY_POLL_BUDGET``) on the sockets where it accepts them,
+            plain spinning where not (``stats()[i]["busy_poll"]`` and ``["notes"]`` say which).
+            ``"sleep"``: 512 empty polls, then a sleep of ``idle_wait`` (the behaviour before
+            these modes; the lowest CPU use, the highest latency).
+        spin: the adaptive mode's polling time after the last packet, in [0, 0.1] seconds
+            (default 100 µs: longer than a request/response round trip on a local network).
+        idle_wait: the longest one idle sleep lasts, in (0, 1] seconds. A worker sleeping in
+            poll(2) wakes at once on a packet or ``stop()``.
 
     Example:
         >>> def count_dns(batch):
@@ -200,6 +220,8 @@ class Pipeline:
         xdp_mode: str = "auto",
         idle_wait: float = 0.001,
         processes: int | None = None,
+        latency: Latency = "adaptive",
+        spin: float | None = None,
     ) -> None:
         if (handler is None) == (per_packet is None):
             raise TypeError("give exactly one of handler= (per batch) or per_packet=")
@@ -214,6 +236,8 @@ class Pipeline:
             default=int(default),
             on_error=on_error,
             idle_wait=idle_wait,
+            latency=latency,
+            spin=spin,
         )
         self._own_port = isinstance(port, str)
         self._progress = progress
@@ -243,6 +267,8 @@ class Pipeline:
                     frames=frames,
                     frame_size=frame_size,
                     idle_wait=idle_wait,
+                    latency=latency,
+                    spin=spin,
                 ),
             )
             self.port = group
@@ -381,7 +407,9 @@ class Pipeline:
         Keys: rx, tx, forwarded, dropped, kept, released, escaped (frames whose views outlived
         their batch: held until the views are gone), copied (of those, TX/FORWARD sent as a
         copy), handler_errors, bad_verdicts, tx_failed, batches, mean_batch, batch_latency_ns,
-        handler_ns, pps, batch_sizes (histogram), queues, cpu.
+        handler_ns, pps, batch_sizes (histogram), queues, cpu, latency (the mode),
+        idle_waits (times the worker slept), busy_poll (``latency="busy"`` with the kernel's
+        busy polling accepted on every socket), notes (what could not be done as asked).
         """
         return list(self._engine.stats())
 

@@ -926,6 +926,8 @@ class EngineConfig:
         default: int | None = None,
         on_error: Literal["drop", "pass", "stop"] | str = "drop",
         idle_wait: float = 0.001,
+        latency: Literal["adaptive", "busy", "sleep"] | str = "adaptive",
+        spin: float | None = None,
     ) -> EngineConfig: ...
 
 @final

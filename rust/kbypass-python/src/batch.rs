@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use kbypass_core::engine::{BatchFrames, Lent};
 use kbypass_core::packet::{edit, PacketMeta};
-use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1};
+use numpy::{
+    Element, PyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyUntypedArrayMethods,
+};
 use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PySlice};
@@ -80,6 +82,54 @@ impl Buffers {
         self.refcounts(py) != self.base
     }
 
+    /// Copy the batch's columns in, through the buffers' data pointers: NumPy's borrow
+    /// tracking (a shared hash map, an allocation per borrow) was most of a small batch's cost.
+    /// Only private buffers are written this way, and a handler gets fresh buffers after
+    /// keeping one, so this always holds; if it ever did not, the checked path runs.
+    fn load_private(&self, py: Python<'_>, lent: &mut Lent<'_, '_, '_>) -> bool {
+        if self.escaped(py) {
+            return false;
+        }
+        let n = lent.len();
+        // SAFETY: the buffers are private (no Python reference to any of them, or to a view of
+        // one, but ours: checked just now, attached to the interpreter, on the worker thread,
+        // the only one that uses these `Buffers`), so nothing but these slices reaches
+        // their memory while they live, and each is within its array (`column`).
+        let (l, a, m, v, f) = unsafe {
+            (
+                column(self.lengths.bind(py), self.cap),
+                column(self.addrs.bind(py), self.cap),
+                column(self.meta_raw.bind(py), self.cap * 64),
+                column(self.verdicts.bind(py), n),
+                column(self.forward_to.bind(py), n),
+            )
+        };
+        lent.write_columns(l, a, m);
+        v.copy_from_slice(lent.verdicts());
+        f.copy_from_slice(lent.forward_to());
+        true
+    }
+
+    /// Read the verdicts and FORWARD targets back through the data pointers when the buffers
+    /// are private (see `load_private`); false: use the checked path.
+    fn store_private(&self, py: Python<'_>, lent: &mut Lent<'_, '_, '_>) -> bool {
+        if self.escaped(py) {
+            return false;
+        }
+        let n = lent.len();
+        // SAFETY: as in `load_private`: the handler returned and kept no reference to these
+        // buffers, so only these two slices reach their memory while they live.
+        let (v, f) = unsafe {
+            (
+                column(self.verdicts.bind(py), n),
+                column(self.forward_to.bind(py), n),
+            )
+        };
+        lent.verdicts().copy_from_slice(v);
+        lent.forward_to().copy_from_slice(f);
+        true
+    }
+
     fn head<'py>(&self, py: Python<'py>, arr: &Py<PyAny>, n: usize) -> PyResult<Bound<'py, PyAny>> {
         let a = arr.bind(py);
         if n == self.cap {
@@ -90,6 +140,9 @@ impl Buffers {
 
     /// Fill the columns from the batch lent to the handler.
     pub fn load(&self, py: Python<'_>, lent: &mut Lent<'_, '_, '_>) -> PyResult<()> {
+        if self.load_private(py, lent) {
+            return Ok(());
+        }
         let n = lent.len();
         {
             let mut l = self.lengths.bind(py).try_readwrite()?;
@@ -106,6 +159,9 @@ impl Buffers {
 
     /// Read the verdicts (and FORWARD targets) the handler wrote back into the batch.
     pub fn store(&self, py: Python<'_>, lent: &mut Lent<'_, '_, '_>) -> PyResult<()> {
+        if self.store_private(py, lent) {
+            return Ok(());
+        }
         let n = lent.len();
         let v = self.verdicts.bind(py).try_readonly()?;
         lent.verdicts().copy_from_slice(&v.as_slice()?[..n]);
@@ -113,6 +169,26 @@ impl Buffers {
         lent.forward_to().copy_from_slice(&f.as_slice()?[..n]);
         Ok(())
     }
+}
+
+/// The first `n` elements of a column buffer's memory, without NumPy's borrow tracking.
+///
+/// # Safety
+/// Nothing else may read or write the array's memory while the slice lives: no Python object
+/// but its owner's references the array or a view of it, and no other Rust slice of it exists.
+/// (Bounds, contiguity and alignment are checked here: the buffers are C-contiguous arrays
+/// `Buffers::new` allocated, which NumPy aligns for their type.)
+// A NumPy array is a shared Python object, reached through `&Bound` by design; exclusivity is the
+// caller's contract above.
+#[allow(clippy::mut_from_ref)]
+unsafe fn column<'a, T: Element, D: numpy::ndarray::Dimension>(
+    arr: &'a Bound<'_, PyArray<T, D>>,
+    n: usize,
+) -> &'a mut [T] {
+    assert!(n <= arr.len() && arr.is_c_contiguous() && arr.is_aligned());
+    // SAFETY: `n` elements of the array's own, contiguous, aligned data (checked above), which
+    // live as long as `arr`; exclusive by the caller's contract.
+    unsafe { std::slice::from_raw_parts_mut(arr.data(), n) }
 }
 
 /// One batch of received frames, valid only while the handler runs.

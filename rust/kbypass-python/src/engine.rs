@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use kbypass_core::engine::{
-    self, BatchHandler, Cpus, OnError, Pipeline, PipelineConfig, Workers, BATCH_HISTOGRAM_BOUNDS,
+    self, BatchHandler, Cpus, Latency, OnError, Pipeline, PipelineConfig, Workers,
+    BATCH_HISTOGRAM_BOUNDS,
 };
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -56,10 +57,14 @@ fn stop_all_engines(py: Python<'_>) -> usize {
 /// `workers`: None (one per socket), a count (sockets dealt round-robin) or groups of socket
 /// indexes; `cpus`: None (chosen with `kbypass.cpu.worker_cpu`), False (not pinned) or one
 /// CPU (or None) per worker; `default`: the verdict every frame starts with; `on_error`:
-/// "drop", "pass" or "stop"; `idle_wait`: seconds of one idle sleep, in (0, 1].
+/// "drop", "pass" or "stop"; `idle_wait`: seconds of one idle sleep at most, in (0, 1];
+/// `latency`: how workers wait for packets, "adaptive" (poll for `spin` seconds after the last
+/// packet, then sleep in poll(2) until a packet or stop wakes them), "busy" (never sleep; the
+/// kernel's busy polling where it accepts it) or "sleep" (fixed sleeps after 512 empty polls);
+/// `spin`: the adaptive mode's polling time, in [0, 0.1] seconds.
 ///
 /// Example:
-///     >>> cfg = EngineConfig(batch=64, on_error="pass", cpus=False)
+///     >>> cfg = EngineConfig(batch=64, on_error="pass", cpus=False, latency="busy")
 ///     >>> eng = Engine(port, handler, cfg)
 #[pyclass(name = "EngineConfig", module = "kbypass._core", frozen)]
 pub struct PyEngineConfig {
@@ -70,7 +75,8 @@ pub struct PyEngineConfig {
 impl PyEngineConfig {
     #[new]
     #[pyo3(signature = (*, batch=64, workers=None, cpus=None, default=None, on_error="drop",
-        idle_wait=0.001))]
+        idle_wait=0.001, latency="adaptive", spin=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         batch: usize,
         workers: Option<&Bound<'_, PyAny>>,
@@ -78,6 +84,8 @@ impl PyEngineConfig {
         default: Option<&Bound<'_, PyAny>>,
         on_error: &str,
         idle_wait: f64,
+        latency: &str,
+        spin: Option<f64>,
     ) -> PyResult<Self> {
         let workers = match workers.filter(|w| !w.is_none()) {
             None => Workers::PerSocket,
@@ -118,6 +126,12 @@ impl PyEngineConfig {
             on_error: on_error.parse::<OnError>().py()?,
             idle_wait: Duration::try_from_secs_f64(idle_wait)
                 .map_err(|_| PyValueError::new_err("idle_wait must be in (0, 1] seconds"))?,
+            latency: latency.parse::<Latency>().py()?,
+            spin: match spin {
+                None => engine::DEFAULT_SPIN,
+                Some(s) => Duration::try_from_secs_f64(s)
+                    .map_err(|_| PyValueError::new_err("spin must be in [0, 0.1] seconds"))?,
+            },
             ..PipelineConfig::default()
         };
         cfg.validate().py()?;
@@ -127,13 +141,15 @@ impl PyEngineConfig {
     fn __repr__(&self) -> String {
         let c = &self.cfg;
         format!(
-            "EngineConfig(batch={}, workers={:?}, cpus={:?}, default={}, on_error={:?}, idle_wait={})",
+            "EngineConfig(batch={}, workers={:?}, cpus={:?}, default={}, on_error={:?}, idle_wait={}, latency={:?}, spin={})",
             c.batch,
             c.workers,
             c.cpus,
             c.default_verdict,
             c.on_error,
-            c.idle_wait.as_secs_f64()
+            c.idle_wait.as_secs_f64(),
+            c.latency.as_str(),
+            c.spin.as_secs_f64()
         )
     }
 }
@@ -304,6 +320,9 @@ impl PyEngine {
             d.set_item("tx_failed", x.tx_failed)?;
             d.set_item("batches", x.batches)?;
             d.set_item("idle_waits", x.idle_waits)?;
+            d.set_item("latency", p.config().latency.as_str())?;
+            d.set_item("busy_poll", x.busy_poll)?;
+            d.set_item("notes", s.notes())?;
             let b = x.batches.max(1) as f64;
             d.set_item("mean_batch", x.rx as f64 / b)?;
             d.set_item("batch_latency_ns", x.batch_ns as f64 / b)?;

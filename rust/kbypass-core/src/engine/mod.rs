@@ -14,6 +14,10 @@
 //! are sized once when the worker starts, counters are per-worker atomics, and a batch where
 //! nothing was held costs one branch per frame more than before.
 //!
+//! When a round over its sockets finds nothing, a worker waits as its [`Latency`] says: poll on
+//! for a bounded time, then sleep until a packet or a stop wakes it (the default), never sleep,
+//! or the fixed sleeps of before (see `idle.rs`).
+//!
 //! On stop a worker reaps its outstanding TX completions (bounded wait) and returns its
 //! sockets, so the port can check the frame accounting and detach.
 //!
@@ -25,13 +29,15 @@
 //! mask.
 
 mod frames;
+mod idle;
 mod kept;
 mod pipeline;
 mod worker;
 
 pub use frames::{BatchFrames, Lent, PacketVerdict};
+pub use idle::{Latency, MAX_SPIN};
 pub use kept::{Kept, KeptQueue};
-pub use pipeline::{Cpus, Pipeline, PipelineConfig, Workers};
+pub use pipeline::{Cpus, Pipeline, PipelineConfig, Workers, DEFAULT_SPIN};
 pub use worker::{
     BatchCtx, BatchHandler, HandlerError, OnError, WorkerStats, WorkerStatsSnapshot,
     BATCH_HISTOGRAM_BOUNDS,

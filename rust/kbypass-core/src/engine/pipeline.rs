@@ -17,10 +17,12 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::idle::{Latency, MAX_SPIN};
 use super::kept::{Kept, KeptQueue};
 use super::worker::{self, on_worker_of, WorkerConfig, WorkerExit};
 use super::{valid_verdict, BatchHandler, OnError, WorkerStats, DROP};
 use crate::error::{Error, Result};
+use crate::sys::event::EventFd;
 use crate::xsk::{FrameAccount, SharedPort, Umem};
 
 /// Which sockets each worker runs.
@@ -64,11 +66,24 @@ pub struct PipelineConfig {
     pub default_verdict: u8,
     /// What a failed handler means for its batch (or packet).
     pub on_error: OnError,
-    /// How long one idle sleep lasts, in (0, 1 s] (it bounds the stop latency too).
+    /// How long one idle sleep lasts at most, in (0, 1 s]. A worker sleeping in `poll(2)`
+    /// ([`Latency::Adaptive`], or [`Latency::Sleep`] on one socket) wakes at once on a packet
+    /// and on [`Pipeline::stop`]; a plain sleep ([`Latency::Sleep`] over several sockets) lasts
+    /// at most 200 µs.
     pub idle_wait: Duration,
-    /// Empty polls over a worker's sockets before it sleeps.
+    /// [`Latency::Sleep`]: empty polls over a worker's sockets before it sleeps.
     pub idle_spins: u32,
+    /// How workers wait when their sockets are idle ([`Latency`]).
+    pub latency: Latency,
+    /// [`Latency::Adaptive`]: how long a worker keeps polling after its last packet before it
+    /// sleeps, in [0, 100 ms].
+    pub spin: Duration,
 }
+
+/// The default [`PipelineConfig::spin`]: longer than a request/response round trip on a local
+/// network (tens of µs), so a worker answering one never pays a wake-up, and short enough that
+/// sparse traffic costs little CPU.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(100);
 
 impl Default for PipelineConfig {
     fn default() -> Self {
@@ -80,6 +95,8 @@ impl Default for PipelineConfig {
             on_error: OnError::Drop,
             idle_wait: Duration::from_millis(1),
             idle_spins: 512,
+            latency: Latency::Adaptive,
+            spin: DEFAULT_SPIN,
         }
     }
 }
@@ -101,6 +118,13 @@ impl PipelineConfig {
         }
         if self.idle_wait.is_zero() || self.idle_wait > Duration::from_secs(1) {
             return Err(Error::invalid("idle_wait must be in (0, 1] seconds"));
+        }
+        if self.spin > MAX_SPIN {
+            return Err(Error::invalid(format!(
+                "spin={:?} is longer than {MAX_SPIN:?}: give a spin in [0, 0.1] seconds (or \
+                 latency=\"busy\" to never sleep)",
+                self.spin
+            )));
         }
         match &self.workers {
             Workers::Count(0) => Err(Error::invalid(
@@ -189,6 +213,8 @@ pub struct Pipeline {
     total: Arc<AtomicU64>,
     stats: Vec<Arc<WorkerStats>>,
     kept: Arc<KeptQueue>,
+    /// Made readable by [`Pipeline::stop`]: wakes workers sleeping in poll(2).
+    waker: Arc<EventFd>,
     /// Never held across a join or a wait: every holder only reads or swaps it.
     state: Mutex<State>,
 }
@@ -231,6 +257,7 @@ impl Pipeline {
             stop: Arc::default(),
             total: Arc::default(),
             kept: Arc::default(),
+            waker: Arc::new(EventFd::new()?),
             state: Mutex::default(),
         })
     }
@@ -299,6 +326,7 @@ impl Pipeline {
             port.take_sockets(&self.groups)?
         };
         self.stop.store(false, Ordering::Release);
+        self.waker.drain();
         self.total.store(0, Ordering::Release);
         let mut handles = Vec::with_capacity(taken.len());
         let mut failed = None;
@@ -315,6 +343,9 @@ impl Pipeline {
                 on_error: self.cfg.on_error,
                 idle_spins: self.cfg.idle_spins,
                 idle_wait: self.cfg.idle_wait,
+                latency: self.cfg.latency,
+                spin: self.cfg.spin,
+                waker: Arc::clone(&self.waker),
                 stop: Arc::clone(&self.stop),
                 total: Arc::clone(&self.total),
                 limit: limit.unwrap_or(u64::MAX),
@@ -359,6 +390,7 @@ impl Pipeline {
     /// Ask the workers to end after their current batch (from any thread, a handler too).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
+        self.waker.signal();
     }
 
     /// Whether the calling thread is one of this pipeline's workers (a handler is calling).

@@ -675,3 +675,200 @@ fn a_failed_packet_gets_the_error_policy_per_packet() {
         }
     }
 }
+
+// --- latency modes -----------------------------------------------------------------------------
+
+#[test]
+fn latency_modes_parse_by_name_and_adaptive_is_the_default() {
+    for m in [Latency::Adaptive, Latency::Busy, Latency::Sleep] {
+        assert_eq!(m.as_str().parse::<Latency>().unwrap(), m);
+        assert_eq!(m.to_string(), m.as_str());
+    }
+    let e = "fast".parse::<Latency>().unwrap_err().to_string();
+    assert!(e.contains("\"adaptive\"") && e.contains("\"busy\"") && e.contains("\"sleep\""));
+    let d = PipelineConfig::default();
+    assert_eq!((d.latency, d.spin), (Latency::Adaptive, DEFAULT_SPIN));
+    let ok = |spin| {
+        PipelineConfig {
+            spin,
+            ..Default::default()
+        }
+        .validate()
+    };
+    assert!(ok(Duration::ZERO).is_ok() && ok(MAX_SPIN).is_ok());
+    let e = ok(MAX_SPIN + Duration::from_nanos(1))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[0, 0.1] seconds"), "{e}");
+}
+
+/// Records when each batch arrived (DROP verdicts).
+struct Stamps(Arc<Mutex<Vec<Instant>>>);
+
+impl BatchHandler for Stamps {
+    fn handle(&mut self, ctx: &mut BatchCtx<'_>) -> Result<(), HandlerError> {
+        self.0.lock().unwrap().push(Instant::now());
+        ctx.verdicts.fill(DROP);
+        Ok(())
+    }
+}
+
+/// One UDP packet from a to b:9000, sent now; returns when it was sent.
+fn send_one(pair: &VethPair) -> Instant {
+    let (a, src, dst) = (pair.a.clone(), pair.ip(1), pair.ip(2));
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        udp_send(Some(&a), src, SocketAddrV4::new(dst, 9000), b"wake", 1, 1).unwrap();
+        t
+    })
+    .join()
+    .unwrap()
+}
+
+fn wait_for(what: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !what() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_sleeping_adaptive_worker_wakes_on_a_packet_and_on_stop_not_on_its_timeout() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let (pair, _ns, port) = port(VethOptions::default(), SocketConfig::default());
+    let cfg = PipelineConfig {
+        latency: Latency::Adaptive,
+        spin: Duration::from_micros(50),
+        idle_wait: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let p = Pipeline::new(Arc::clone(&port), cfg).unwrap();
+    let stamps: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    p.start(vec![Box::new(Stamps(Arc::clone(&stamps)))], None)
+        .unwrap();
+    let stats = || p.stats()[0].snapshot();
+    for k in 1..=3u64 {
+        // Long past the 50 µs spin: the worker sleeps in poll(2), for up to a second.
+        std::thread::sleep(Duration::from_millis(150));
+        let sent = send_one(&pair);
+        wait_for(|| stats().rx >= k);
+        let got = *stamps.lock().unwrap().last().expect("the packet arrived");
+        let took = got.saturating_duration_since(sent);
+        assert!(
+            took < Duration::from_millis(300),
+            "packet {k} reached the handler {took:?} after it was sent: the sleep did not end on it"
+        );
+    }
+    let s = stats();
+    assert_eq!(s.rx, 3);
+    assert!(
+        s.idle_waits >= 3,
+        "the worker slept before each packet: {s:?}"
+    );
+    assert!(!s.busy_poll && p.stats()[0].notes().is_empty());
+    // A stop reaches the sleeping worker through the wake-up descriptor, not its 1 s timeout.
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    p.join().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "stop took {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn an_adaptive_worker_spins_for_a_time_not_a_count() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let (pair, _ns, port) = port(VethOptions::default(), SocketConfig::default());
+    let cfg = PipelineConfig {
+        latency: Latency::Adaptive,
+        spin: MAX_SPIN, // 100 ms
+        idle_wait: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let p = Pipeline::new(Arc::clone(&port), cfg).unwrap();
+    p.start(vec![Box::new(Stamps(Arc::default()))], None)
+        .unwrap();
+    let stats = || p.stats()[0].snapshot();
+    send_one(&pair);
+    wait_for(|| stats().rx >= 1);
+    let before = stats().idle_waits;
+    // Packets 5 ms apart: each comes within the spin, millions of empty polls later.
+    for k in 2..=10 {
+        std::thread::sleep(Duration::from_millis(5));
+        send_one(&pair);
+        wait_for(|| stats().rx >= k);
+    }
+    let s = stats();
+    assert_eq!(s.rx, 10);
+    assert_eq!(
+        s.idle_waits, before,
+        "no sleep while packets come within the spin: {s:?}"
+    );
+    p.join().unwrap();
+}
+
+#[test]
+fn a_busy_worker_busy_polls_never_sleeps_and_gives_the_sockets_back_as_they_were() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let (pair, _ns, port) = port(VethOptions::default(), SocketConfig::default());
+    let cfg = PipelineConfig {
+        latency: Latency::Busy,
+        ..Default::default()
+    };
+    let p = Pipeline::new(Arc::clone(&port), cfg).unwrap();
+    p.start(vec![Box::new(Stamps(Arc::default()))], None)
+        .unwrap();
+    let stats = || p.stats()[0].snapshot();
+    send(&pair, b"busy", 20, || stats().rx, 20);
+    std::thread::sleep(Duration::from_millis(50));
+    let s = stats();
+    assert_eq!((s.rx, s.dropped, s.idle_waits), (20, 20, 0), "{s:?}");
+    // As root on a kernel >= 5.11 every option is accepted; otherwise the notes say why not.
+    let notes = p.stats()[0].notes();
+    assert_eq!(s.busy_poll, notes.is_empty(), "{notes:?}");
+    assert!(s.busy_poll, "root on this kernel busy-polls: {notes:?}");
+    let t = Instant::now();
+    p.join().unwrap();
+    assert!(t.elapsed() < Duration::from_millis(500));
+    let g = port.lock();
+    let sock = g.as_ref().unwrap().socket(0).unwrap();
+    assert_eq!(sock.busy_poll(), None, "the port's setting is back");
+    assert!(
+        sock.counters().rx_wakeups > 0,
+        "empty receives asked the kernel to busy-poll"
+    );
+}
+
+#[test]
+fn sleep_mode_sleeps_after_its_empty_polls_and_still_receives() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let (pair, _ns, port) = port(VethOptions::default(), SocketConfig::default());
+    let cfg = PipelineConfig {
+        latency: Latency::Sleep,
+        idle_wait: Duration::from_millis(2),
+        ..Default::default()
+    };
+    let p = Pipeline::new(Arc::clone(&port), cfg).unwrap();
+    p.start(vec![Box::new(Stamps(Arc::default()))], None)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let stats = || p.stats()[0].snapshot();
+    assert!(stats().idle_waits > 0);
+    send(&pair, b"sleepy", 5, || stats().rx, 5);
+    assert_eq!(stats().rx, 5);
+    p.join().unwrap();
+}

@@ -6,12 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::idle::{busy_poll_for, Idle, Latency, Waited};
 use super::kept::{Kept, KeptQueue};
 use super::{DROP, FORWARD, KEEP, TX};
 use crate::error::{Error, Result};
 use crate::packet::{parse, PacketMeta};
+use crate::sys::event::EventFd;
 use crate::sys::xdp::XdpDesc;
-use crate::xsk::{FrameHold, HeldFrames, Umem, XskSocket};
+use crate::xsk::{BusyPoll, FrameHold, HeldFrames, Umem, XskSocket};
 
 /// What to do with a batch whose handler failed (raised, returned the wrong type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,6 +310,8 @@ pub struct WorkerStats {
     first_ns: AtomicU64,
     last_ns: AtomicU64,
     histogram: [AtomicU64; 8],
+    busy_poll: AtomicBool,
+    notes: Mutex<Vec<String>>,
 }
 
 /// A copy of [`WorkerStats`] at one moment.
@@ -344,8 +348,11 @@ pub struct WorkerStatsSnapshot {
     pub batch_ns: u64,
     /// Nanoseconds spent in the handler, summed over batches.
     pub handler_ns: u64,
-    /// Times the worker slept in poll(2) because every socket was idle.
+    /// Times the worker slept (in poll(2), or a plain sleep) because every socket was idle.
     pub idle_waits: u64,
+    /// Whether the worker's sockets busy-poll this run ([`Latency::Busy`] with the kernel's
+    /// busy-poll socket options accepted; false: plain spinning, see [`WorkerStats::notes`]).
+    pub busy_poll: bool,
     /// Nanoseconds since the worker started at its first and latest packet (0: none yet).
     pub first_ns: u64,
     /// See `first_ns`.
@@ -389,6 +396,7 @@ impl WorkerStats {
             batch_ns: self.batch_ns.load(Relaxed),
             handler_ns: self.handler_ns.load(Relaxed),
             idle_waits: self.idle_waits.load(Relaxed),
+            busy_poll: self.busy_poll.load(Relaxed),
             first_ns: self.first_ns.load(Relaxed),
             last_ns: self.last_ns.load(Relaxed),
             histogram: h,
@@ -398,6 +406,16 @@ impl WorkerStats {
     /// Count kept frames given back from outside the worker (e.g. after it stopped).
     pub fn add_released(&self, n: u64) {
         self.released.fetch_add(n, Relaxed);
+    }
+
+    /// What the worker could not do as configured, in words (e.g. busy polling the kernel
+    /// refused, so the worker spins on the rings alone), for its latest run.
+    pub fn notes(&self) -> Vec<String> {
+        self.notes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_notes(&self, notes: Vec<String>) {
+        *self.notes.lock().unwrap_or_else(|e| e.into_inner()) = notes;
     }
 }
 
@@ -421,8 +439,14 @@ pub(crate) struct WorkerConfig {
     pub on_error: OnError,
     /// Empty polls (over all sockets) before the worker sleeps in poll(2) for `idle_wait`.
     pub idle_spins: u32,
-    /// How long one idle sleep lasts (bounds the stop latency too).
+    /// How long one idle sleep lasts at most.
     pub idle_wait: Duration,
+    /// How the worker waits when its sockets are idle.
+    pub latency: Latency,
+    /// [`Latency::Adaptive`]: how long the worker keeps polling after the last packet.
+    pub spin: Duration,
+    /// Readable once the pipeline stops: wakes workers sleeping in poll(2).
+    pub waker: Arc<EventFd>,
     /// Stop flag shared by the workers of a pipeline; also names the pipeline a thread works
     /// for ([`on_worker_of`]).
     pub stop: Arc<AtomicBool>,
@@ -486,6 +510,10 @@ pub(crate) fn spawn(
             let mut w = Worker::new(id, sockets, handler, cfg, stats);
             w.handler.thread_start();
             let error = w.run().err();
+            if w.cfg.stop.load(Relaxed) {
+                // Whoever asked (a handler, the packet limit), the other workers may sleep.
+                w.cfg.waker.signal();
+            }
             w.finish();
             w.handler.thread_end();
             STOP_FLAG_OF.with(|w| w.set(0));
@@ -522,6 +550,9 @@ struct Worker {
     drops: Vec<u64>,
     outs: Vec<Vec<XdpDesc>>,
     epoch: Instant,
+    idle: Idle,
+    /// Busy-poll settings of the sockets (by local index) before a busy run changed them.
+    busy_restore: Vec<(usize, Option<BusyPoll>)>,
 }
 
 impl Worker {
@@ -535,6 +566,15 @@ impl Worker {
         let b = cfg.batch;
         let umem = Arc::clone(sockets[0].1.umem());
         let outs = (0..sockets.len()).map(|_| Vec::with_capacity(b)).collect();
+        let fds: Vec<_> = sockets.iter().map(|(_, s)| s.raw_fd()).collect();
+        let idle = Idle::new(
+            cfg.latency,
+            cfg.spin,
+            cfg.idle_spins,
+            cfg.idle_wait,
+            &fds,
+            &cfg.waker,
+        );
         Worker {
             id,
             handler,
@@ -548,6 +588,8 @@ impl Worker {
             drops: Vec::with_capacity(b),
             outs,
             epoch: Instant::now(),
+            idle,
+            busy_restore: Vec::new(),
             sockets,
             cfg,
         }
@@ -557,7 +599,7 @@ impl Worker {
         if let Some(c) = self.cfg.cpu {
             crate::cpu::pin(&[c])?;
         }
-        let mut idle = 0u32;
+        self.start_busy_poll();
         while !self.cfg.stop.load(Relaxed) {
             let mut got_any = false;
             for j in 0..self.sockets.len() {
@@ -579,21 +621,42 @@ impl Worker {
                 }
             }
             if got_any {
-                idle = 0;
-            } else {
-                idle += 1;
-                if idle >= self.cfg.idle_spins {
-                    idle = 0;
-                    self.stats.idle_waits.fetch_add(1, Relaxed);
-                    if self.sockets.len() == 1 {
-                        self.sockets[0].1.wait_rx(self.cfg.idle_wait)?;
-                    } else {
-                        std::thread::sleep(self.cfg.idle_wait.min(Duration::from_micros(200)));
-                    }
-                }
+                self.idle.active();
+            } else if self.idle.idle(&mut self.sockets)? == Waited::Slept {
+                self.stats.idle_waits.fetch_add(1, Relaxed);
             }
         }
         Ok(())
+    }
+
+    /// [`Latency::Busy`]: turn on the kernel's busy polling on every socket that does not
+    /// have it (put back by [`Worker::finish`]); where the kernel refuses, the worker spins
+    /// on the rings alone and its notes say why.
+    fn start_busy_poll(&mut self) {
+        let mut notes = Vec::new();
+        if self.cfg.latency == Latency::Busy {
+            let bp = busy_poll_for(self.cfg.batch);
+            let mut all = true;
+            for (k, (g, s)) in self.sockets.iter_mut().enumerate() {
+                let before = s.busy_poll();
+                if before.is_some() {
+                    continue; // the port's own settings stay
+                }
+                match s.set_busy_poll(Some(bp)) {
+                    Ok(()) => self.busy_restore.push((k, before)),
+                    Err(e) => {
+                        all = false;
+                        notes.push(format!(
+                            "socket {g}: busy polling refused ({e}); spinning on the rings alone"
+                        ));
+                    }
+                }
+            }
+            self.stats.busy_poll.store(all, Relaxed);
+        } else {
+            self.stats.busy_poll.store(false, Relaxed);
+        }
+        self.stats.set_notes(notes);
     }
 
     /// How many descriptors the next receive may take (the packet limit caps it).
@@ -786,6 +849,10 @@ impl Worker {
 
     /// Reap the last completions (bounded) so frames sent just before stop are back.
     fn finish(&mut self) {
+        for (k, before) in std::mem::take(&mut self.busy_restore) {
+            // Back as the port had it (accepted before, so this cannot fail in practice).
+            let _ = self.sockets[k].1.set_busy_poll(before);
+        }
         let deadline = Instant::now() + Duration::from_millis(300);
         loop {
             for (_, s) in &mut self.sockets {

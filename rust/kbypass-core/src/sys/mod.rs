@@ -4,6 +4,7 @@
 
 pub mod affinity;
 pub mod bpf;
+pub mod event;
 pub mod fork;
 pub mod mm;
 pub mod netlink;

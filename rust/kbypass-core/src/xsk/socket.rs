@@ -106,6 +106,17 @@ impl Default for SocketConfig {
     }
 }
 
+/// Set (Some) or clear (None: all three 0) the busy-poll socket options of `fd`.
+fn set_busy_poll_options(fd: &XskFd, bp: Option<BusyPoll>) -> Result<()> {
+    let (prefer, usecs, budget) = match bp {
+        Some(b) => (1i32, b.usecs as i32, b.budget as i32),
+        None => (0, 0, 0),
+    };
+    fd.set_socket_option(SO_PREFER_BUSY_POLL, &prefer, "SO_PREFER_BUSY_POLL")?;
+    fd.set_socket_option(SO_BUSY_POLL, &usecs, "SO_BUSY_POLL")?;
+    fd.set_socket_option(SO_BUSY_POLL_BUDGET, &budget, "SO_BUSY_POLL_BUDGET")
+}
+
 /// Our own counters (the kernel's are in [`XdpStatistics`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct XskCounters {
@@ -198,7 +209,7 @@ pub struct XskSocket {
     queue: u32,
     zerocopy: bool,
     need_wakeup: bool,
-    busy_poll: bool,
+    busy_poll: Option<BusyPoll>,
     multi_buffer: bool,
     counters: XskCounters,
     notes: Vec<String>,
@@ -253,7 +264,7 @@ impl XskSocket {
                     queue,
                     zerocopy,
                     need_wakeup: cfg.need_wakeup,
-                    busy_poll: cfg.busy_poll.is_some(),
+                    busy_poll: cfg.busy_poll,
                     multi_buffer: cfg.multi_buffer,
                     counters: XskCounters::default(),
                     notes,
@@ -317,13 +328,7 @@ impl XskSocket {
             cfg.comp_size,
         )?;
         if let Some(bp) = cfg.busy_poll {
-            fd.set_socket_option(SO_PREFER_BUSY_POLL, &1i32, "SO_PREFER_BUSY_POLL")?;
-            fd.set_socket_option(SO_BUSY_POLL, &(bp.usecs as i32), "SO_BUSY_POLL")?;
-            fd.set_socket_option(
-                SO_BUSY_POLL_BUDGET,
-                &(bp.budget as i32),
-                "SO_BUSY_POLL_BUDGET",
-            )?;
+            set_busy_poll_options(fd, Some(bp))?;
         }
         let zerocopy = if first {
             let mut base = 0u16;
@@ -445,6 +450,28 @@ impl XskSocket {
         self.multi_buffer
     }
 
+    /// The busy-polling settings in force (from [`SocketConfig::busy_poll`] or
+    /// [`XskSocket::set_busy_poll`]); None: the socket does not busy-poll.
+    pub fn busy_poll(&self) -> Option<BusyPoll> {
+        self.busy_poll
+    }
+
+    /// Turn busy polling on (`SO_PREFER_BUSY_POLL`, `SO_BUSY_POLL`, `SO_BUSY_POLL_BUDGET`) or off
+    /// (all three back to 0) on the bound socket. While it is on, an empty receive asks the kernel
+    /// to busy-poll the queue's NAPI context (`recvfrom`), and every send kicks the kernel. An
+    /// error (the kernel refused an option: before 5.11 `SO_PREFER_BUSY_POLL` and the budget do
+    /// not exist; above `net.core.busy_read` `SO_BUSY_POLL` needs CAP_NET_ADMIN) leaves the
+    /// socket as it was before the call.
+    pub fn set_busy_poll(&mut self, bp: Option<BusyPoll>) -> Result<()> {
+        if let Err(e) = set_busy_poll_options(self.fd(), bp) {
+            // Put back what was in force (best effort: these were accepted before).
+            let _ = set_busy_poll_options(self.fd(), self.busy_poll);
+            return Err(e);
+        }
+        self.busy_poll = bp;
+        Ok(())
+    }
+
     /// What the bind had to fall back to, in words.
     pub fn notes(&self) -> &[String] {
         &self.notes
@@ -493,12 +520,16 @@ impl XskSocket {
     /// Receive up to `out.len()` descriptors (addresses are UMEM offsets of packet data).
     /// The frames are the application's until it releases or sends them.
     pub fn recv(&mut self, out: &mut [XdpDesc]) -> usize {
-        if self.fill_target.saturating_sub(self.rx_outstanding) as usize >= BATCH {
+        // Refill in bursts: a burst of BATCH, or half the target on a FILL ring smaller than
+        // that (else a small ring were refilled only by a caller that sleeps, `wait_rx`, and a
+        // loop that never sleeps would let it run dry).
+        let burst = BATCH.min(self.fill_target as usize / 2).max(1);
+        if self.fill_target.saturating_sub(self.rx_outstanding) as usize >= burst {
             self.refill();
         }
         let (idx, n) = self.rx.peek(out.len() as u32);
         if n == 0 {
-            if self.busy_poll || self.fill.needs_wakeup() {
+            if self.busy_poll.is_some() || self.fill.needs_wakeup() {
                 // Counted whether or not the kernel had work: every syscall is visible.
                 if self.fd().wakeup_rx().is_err() {
                     self.counters.wakeup_errors += 1;
@@ -650,7 +681,7 @@ impl XskSocket {
 
     /// Ask the kernel to process the TX ring when it needs (or, without need_wakeup, always).
     pub fn kick_tx(&mut self) {
-        if !self.need_wakeup || self.tx.needs_wakeup() || self.busy_poll {
+        if !self.need_wakeup || self.tx.needs_wakeup() || self.busy_poll.is_some() {
             if self.fd().wakeup_tx().is_err() {
                 self.counters.wakeup_errors += 1;
             }

@@ -557,3 +557,43 @@ fn a_forked_child_dropping_the_port_leaves_the_parents_program_and_sockets_worki
     let got = recv_until(port.socket_mut(0).unwrap(), 8, Duration::from_secs(5));
     assert_eq!(got.len(), 8, "the parent's socket lost its XSKMAP slot");
 }
+
+#[test]
+fn a_small_fill_ring_is_refilled_by_receiving_alone() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    // A FILL ring of 32 (less than a refill burst of 64) and a receiver that never sleeps in
+    // wait_rx (a busy or spinning worker): every frame is kept, so only refills bring new
+    // frames to the kernel. 100 packets one at a time would run a ring never refilled dry
+    // after 32.
+    let pair = pair(1);
+    let _ns = NetnsGuard::enter(&pair.b).unwrap();
+    let mut cfg = copy_config(512, Some("udp dst port 9000"));
+    cfg.socket.fill_size = 32;
+    let mut port = XskPort::open("veth1", &Queues::All, &cfg).unwrap();
+    let sock = port.socket_mut(0).unwrap();
+    let (a, src, dst) = (pair.a.clone(), pair.ip(1), pair.ip(2));
+    let mut holds = Vec::new();
+    let mut buf = [XdpDesc::default(); 8];
+    for i in 0..100 {
+        let a = a.clone();
+        std::thread::spawn(move || {
+            udp_send(Some(&a), src, SocketAddrV4::new(dst, 9000), b"one", 1, 1).unwrap()
+        })
+        .join()
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let k = loop {
+            let k = sock.recv(&mut buf);
+            if k > 0 || Instant::now() >= deadline {
+                break k;
+            }
+        };
+        assert_eq!(k, 1, "packet {i} never arrived");
+        holds.push(sock.hold(buf[0].addr).unwrap());
+    }
+    assert_eq!(sock.kernel_stats().unwrap().rx_fill_ring_empty_descs, 0);
+    drop(holds);
+}

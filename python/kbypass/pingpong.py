@@ -1,0 +1,410 @@
+"""UDP request/response latency on a veth bench: sockperf against echo servers, side by side.
+
+``sockperf`` (Debian's package) runs its client in namespace ``a`` of a
+:class:`~kbypass.testing.VethPair`, pinned to the first allowed CPU, against one server at a time
+in namespace ``b``, pinned to the last one:
+
+* a :class:`kbypass.Pipeline` running :func:`sockperf_echo` (a Python batch handler), once per
+  latency mode (``"adaptive"``, ``"busy"``, ``"sleep"``);
+* the kernel's UDP server: ``sockperf server`` on a UDP socket, the reference;
+* optionally the C libxdp reflector ``xsk_ref udpecho`` (``benches/c/xsk_ref.c``).
+
+Two measurements per server: ``sockperf ping-pong`` (one message in flight: round-trip time
+percentiles, and the messages per second that makes) and ``sockperf under-load --mps max
+--reply-every 1`` (the client sends as fast as it can and every message asks for an answer: the
+answers per second that come back). :func:`run_latency` measures the kernel and every subject
+once per round and gives each subject's ratios to the kernel of the same round.
+
+Example::
+
+    from kbypass.pingpong import run_latency
+    for r in run_latency(rounds=3):
+        print(r.server, r.rtt_p50_us, r.ratio("rtt_p50_us"))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kbypass.pipeline import TX, Latency, Pipeline
+
+if TYPE_CHECKING:
+    from kbypass._core import Batch
+    from kbypass.testing import VethPair
+
+__all__ = [
+    "C_REF",
+    "KERNEL",
+    "LATENCY_MODES",
+    "METRICS",
+    "SOCKPERF_PORT",
+    "Measurement",
+    "Result",
+    "SockperfMissingError",
+    "kernel_server",
+    "measure",
+    "parse_sockperf",
+    "pipeline_server",
+    "run_latency",
+    "sockperf_echo",
+    "summarize",
+    "xsk_ref_server",
+]
+
+SOCKPERF_PORT = 11111
+LATENCY_MODES: tuple[Latency, ...] = ("adaptive", "busy", "sleep")
+KERNEL = "kernel UDP (sockperf server)"
+C_REF = "C libxdp reflector (xsk_ref udpecho)"
+
+# sockperf's message header, the start of the UDP payload: a u64 sequence number, u16 flags and
+# a u32 length, big-endian. Flag bits: 1 the sender is a client, 2 it asks for an answer, 4 a
+# warm-up message. `sockperf server` answers a client's request that asks for one and is not a
+# warm-up, with the client bit cleared; so does this echo.
+_FLAGS = 9  # the flags' low byte
+_REQUEST = 0x03  # client | answer wanted
+_ANSWER = 0x02  # the same message, from the server
+_MSG_HEADER = 14
+_IPV4_UDP = 14 + 20 + 8  # Ethernet, IPv4 without options, UDP
+_TX = int(TX)  # a plain int: the cheapest verdict to return
+
+
+def sockperf_echo(batch: Batch) -> int | None:
+    """Answer sockperf's UDP requests as ``sockperf server`` does (a Pipeline batch handler).
+
+    A request that asks for an answer and is not a warm-up message goes back to its sender
+    (``TX``) with the client flag cleared, MACs, IPs and ports swapped and the checksums fixed;
+    every other frame keeps the default verdict (``DROP``). A batch of one (the ping-pong case)
+    is read through one frame view, answered with the Rust helpers and given its verdict by the
+    return value, without NumPy column work; larger batches are answered with masks.
+    """
+    if len(batch) == 1:
+        f = batch.frame(0)
+        b = f.tobytes()
+        if (
+            len(b) >= _IPV4_UDP + _MSG_HEADER
+            and b[12] == 0x08  # IPv4
+            and b[13] == 0x00
+            and b[14] == 0x45  # no options
+            and b[23] == 17  # UDP
+            and b[_IPV4_UDP + _FLAGS] == _REQUEST
+        ):
+            f[_IPV4_UDP + _FLAGS] = _ANSWER
+            batch.swap_macs()
+            batch.swap_ips()
+            batch.swap_ports()
+            batch.fix_checksums()
+            return _TX  # the verdict of the batch's one frame
+        return None
+    h = batch.headers
+    at = batch.addrs + h["payload_off"] + _FLAGS
+    size = batch.frame_size
+    flags = batch.umem[at // size, at % size]
+    answer = (flags == _REQUEST) & (h["payload_len"] >= _MSG_HEADER) & (h["proto"] == 17)
+    if not answer.any():
+        return None
+    batch.set_field(_FLAGS, bytes([_ANSWER]), mask=answer, base="payload")
+    batch.swap_macs(answer)
+    batch.swap_ips(answer)
+    batch.swap_ports(answer)
+    batch.fix_checksums(answer)
+    batch.verdicts[answer] = _TX
+    return None
+
+
+class SockperfMissingError(RuntimeError):
+    """``sockperf`` is not installed."""
+
+
+def _sockperf() -> str:
+    exe = shutil.which("sockperf")
+    if exe is None:
+        raise SockperfMissingError(
+            "sockperf is not installed: apt-get install sockperf (or bash .ci/install-system-deps)"
+        )
+    return exe
+
+
+_PERCENTILE = re.compile(r"percentile\s+([\d.]+)\s*=\s*([\d.]+)")
+_VALID = re.compile(
+    r"\[Valid Duration\] RunTime=([\d.]+) sec; SentMessages=(\d+); ReceivedMessages=(\d+)"
+)
+_AVG = re.compile(r"avg-(?:rtt|lat)=([\d.]+)")
+
+
+def parse_sockperf(text: str) -> dict[str, float]:
+    """Parse a sockperf client's report: the valid run's time and messages, and its latency.
+
+    Returns ``seconds``, ``sent``, ``received``, ``avg_us`` and ``p<percentile>_us`` (``p50_us``,
+    ``p99_us``, ``p99.9_us``, ...). Raises RuntimeError naming what is missing when the report
+    has no measured messages (the server did not answer).
+    """
+    m = _VALID.search(text)
+    if m is None or int(m.group(3)) == 0:
+        raise RuntimeError(
+            "sockperf measured no answers (is the server up, and does it answer sockperf's "
+            f"requests?); its report ends: {text.strip()[-400:]!r}"
+        )
+    out = {"seconds": float(m.group(1)), "sent": float(m.group(2)), "received": float(m.group(3))}
+    a = _AVG.search(text)
+    if a is not None:
+        out["avg_us"] = float(a.group(1))
+    for pct, value in _PERCENTILE.findall(text):
+        out[f"p{float(pct):g}_us"] = float(value)
+    return out
+
+
+@dataclass
+class Measurement:
+    """One server, one round: ping-pong latency and the answer rate under load."""
+
+    server: str
+    round: int
+    rtt_p50_us: float
+    rtt_p99_us: float
+    rtt_p999_us: float
+    rtt_avg_us: float
+    pingpong_msgs_per_s: float
+    load_msgs_per_s: float
+    load_sent_per_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+METRICS = ("rtt_p50_us", "rtt_p99_us", "rtt_p999_us", "pingpong_msgs_per_s", "load_msgs_per_s")
+
+
+def _client(pair: VethPair, mode: str, seconds: int, cpu: int, size: int) -> dict[str, float]:
+    args = [
+        "taskset", "-c", str(cpu), _sockperf(), mode, "-i", pair.b.ip,
+        "-p", str(SOCKPERF_PORT), "-t", str(seconds), "-m", str(size), "--full-rtt",
+    ]  # fmt: skip
+    if mode == "under-load":
+        args += ["--mps", "max", "--reply-every", "1"]
+    r = pair.run("a", *args, check=False, timeout=seconds + 30)
+    return parse_sockperf(r.stdout + r.stderr)
+
+
+def measure(
+    pair: VethPair,
+    server: str,
+    *,
+    round: int = 0,
+    seconds: int = 1,
+    cpu: int = 0,
+    size: int = 64,
+    load: bool = True,
+) -> Measurement:
+    """Run sockperf's ping-pong (and, with ``load``, under-load) client against ``pair.b``.
+
+    Whatever answers there now is measured; ``server`` names it in the result.
+    """
+    pp = _client(pair, "ping-pong", seconds, cpu, size)
+    ul = _client(pair, "under-load", seconds, cpu, size) if load else None
+    return Measurement(
+        server=server,
+        round=round,
+        rtt_p50_us=pp["p50_us"],
+        rtt_p99_us=pp["p99_us"],
+        rtt_p999_us=pp["p99.9_us"],
+        rtt_avg_us=pp.get("avg_us", math.nan),
+        pingpong_msgs_per_s=pp["received"] / pp["seconds"],
+        load_msgs_per_s=ul["received"] / ul["seconds"] if ul else math.nan,
+        load_sent_per_s=ul["sent"] / ul["seconds"] if ul else math.nan,
+    )
+
+
+@contextlib.contextmanager
+def pipeline_server(
+    pair: VethPair, latency: Latency, cpu: int, **options: Any
+) -> Iterator[Pipeline]:
+    """Start a Pipeline answering sockperf on ``pair.b`` (copy mode, one worker on ``cpu``)."""
+    with pair.enter("b"):
+        p = Pipeline(
+            pair.b.ifname,
+            sockperf_echo,
+            filter=f"udp dst port {SOCKPERF_PORT}",
+            mode="copy",
+            cpus=[cpu],
+            progress=False,
+            latency=latency,
+            **options,
+        )
+    with p:
+        p.start()
+        yield p
+
+
+@contextlib.contextmanager
+def _process(pair: VethPair, *cmd: str) -> Iterator[subprocess.Popen[bytes]]:
+    proc = pair.popen("b", *cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(0.3)  # bound and listening (sockperf answers its own warm-up anyway)
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise RuntimeError(f"`{' '.join(cmd)}` exited {proc.returncode}: {out[-400:]}")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+@contextlib.contextmanager
+def kernel_server(pair: VethPair, cpu: int) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``sockperf server`` on ``pair.b``'s address, pinned to ``cpu``."""
+    cmd = ("taskset", "-c", str(cpu), _sockperf(), "server", "-i", pair.b.ip)
+    with _process(pair, *cmd, "-p", str(SOCKPERF_PORT)) as p:
+        yield p
+
+
+@contextlib.contextmanager
+def xsk_ref_server(pair: VethPair, exe: Path, cpu: int) -> Iterator[subprocess.Popen[bytes]]:
+    """Run the C reflector ``exe udpecho`` (``benches/c/xsk_ref.c``) on ``pair.b``, on ``cpu``."""
+    cmd = ("taskset", "-c", str(cpu), str(exe), "udpecho", "-i", pair.b.ifname, "-d", "3600")
+    with _process(pair, *cmd) as p:
+        yield p
+
+
+@dataclass
+class Result:
+    """One server over every round: its measurements and the kernel's of the same rounds."""
+
+    server: str
+    rounds: list[Measurement]
+    kernel: list[Measurement]
+
+    def values(self, metric: str) -> list[float]:
+        """Return ``metric`` (a :class:`Measurement` field) per round."""
+        return [float(getattr(m, metric)) for m in self.rounds]
+
+    def ratios(self, metric: str) -> list[float]:
+        """Return ``metric`` over the kernel's of the same round, per round."""
+        return [
+            float(getattr(m, metric)) / float(getattr(k, metric))
+            for m, k in zip(self.rounds, self.kernel)
+        ]
+
+    def ratio(self, metric: str) -> float:
+        """Return the median over rounds of :meth:`ratios`."""
+        return statistics.median(self.ratios(metric))
+
+    def spread(self, metric: str, ratio: bool = False) -> tuple[float, float, float]:
+        """Return (min, median, max) over rounds of ``metric`` or of its ratio to the kernel."""
+        v = self.ratios(metric) if ratio else self.values(metric)
+        return min(v), statistics.median(v), max(v)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the rounds, the kernel's rounds and min/median/max of each metric and ratio."""
+        d: dict[str, Any] = {"server": self.server}
+        for metric in METRICS:
+            d[metric] = self.spread(metric)
+            d[f"ratio_{metric}"] = self.spread(metric, ratio=True)
+        d["rounds"] = [asdict(m) for m in self.rounds]
+        d["kernel_rounds"] = [asdict(m) for m in self.kernel]
+        return d
+
+
+Server = Callable[[], contextlib.AbstractContextManager[Any]]
+
+
+def _pipeline_starter(pair: VethPair, latency: Latency, cpu: int) -> Server:
+    return lambda: pipeline_server(pair, latency, cpu)
+
+
+def run_latency(
+    *,
+    rounds: int = 1,
+    seconds: int = 1,
+    modes: Sequence[Latency] = LATENCY_MODES,
+    xsk_ref: Path | None = None,
+    size: int = 64,
+    load: bool = True,
+    pair: VethPair | None = None,
+) -> list[Result]:
+    """Measure the kernel's UDP server and each subject once per round, on one veth bench.
+
+    Subjects: a Pipeline with :func:`sockperf_echo` per latency mode in ``modes``, and the C
+    reflector when ``xsk_ref`` names a built ``xsk_ref`` binary. Each round measures the kernel
+    first, then the subjects in order. Returns the kernel's :class:`Result` first (ratios 1),
+    then one per subject. Needs root and ``sockperf``.
+    """
+    from kbypass import cpu
+    from kbypass.testing import VethPair
+
+    if rounds < 1 or seconds < 1:
+        raise ValueError("rounds and seconds must be at least 1 (sockperf runs whole seconds)")
+    _sockperf()
+    allowed = cpu.allowed()
+    client_cpu, server_cpu = allowed[0], allowed[-1]
+    with contextlib.ExitStack() as stack:
+        bench = pair if pair is not None else stack.enter_context(VethPair())
+        servers: list[tuple[str, Server]] = [(KERNEL, lambda: kernel_server(bench, server_cpu))]
+        for mode in modes:
+            name = f"kbypass Pipeline ({mode})"
+            servers.append((name, _pipeline_starter(bench, mode, server_cpu)))
+        if xsk_ref is not None:
+            servers.append((C_REF, lambda: xsk_ref_server(bench, xsk_ref, server_cpu)))
+        got: dict[str, list[Measurement]] = {name: [] for name, _ in servers}
+        for r in range(rounds):
+            for name, start in servers:
+                with start() as srv:
+                    m = measure(
+                        bench, name, round=r, seconds=seconds, cpu=client_cpu, size=size, load=load
+                    )
+                    if isinstance(srv, Pipeline):
+                        w = srv.stats()[0]
+                        m.extra = {
+                            k: w[k]
+                            for k in ("rx", "tx", "batches", "mean_batch", "idle_waits",
+                                      "busy_poll", "notes", "handler_errors")
+                        }  # fmt: skip
+                got[name].append(m)
+        kernel = got[KERNEL]
+        return [Result(name, got[name], kernel) for name, _ in servers]
+
+
+def summarize(results: Sequence[Result]) -> str:
+    """Format the results as a text table.
+
+    Each metric as min / median / max over rounds, and its median ratio to the kernel's UDP server
+    of the same round.
+    """
+    head = (
+        f"{'server':<36} {'RTT p50 µs':>20} {'RTT p99 µs':>20} {'RTT p99.9 µs':>20} "
+        f"{'ping-pong msg/s':>22} {'under load msg/s':>24}"
+    )
+    lines = [head]
+    for r in results:
+        cells = []
+        for metric in METRICS:
+            lo, mid, hi = r.spread(metric)
+            scale, fmt = (1e3, "{:.0f}k") if metric.endswith("per_s") else (1.0, "{:.1f}")
+            cell = "/".join(fmt.format(v / scale) for v in (lo, mid, hi))
+            if r.server != KERNEL:
+                cell += f" {r.ratio(metric):.2f}x"
+            cells.append(cell)
+        lines.append(
+            f"{r.server:<36} {cells[0]:>20} {cells[1]:>20} {cells[2]:>20} {cells[3]:>22} "
+            f"{cells[4]:>24}"
+        )
+    lines.append(
+        "(min/median/max over rounds; Nx: the median over rounds of the ratio to the kernel's "
+        "UDP server measured in the same round)"
+    )
+    return "\n".join(lines)
