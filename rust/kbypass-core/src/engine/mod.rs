@@ -24,12 +24,13 @@
 //! binding's batch object, called back from inside the handler) for edits by descriptor and
 //! mask.
 
+mod build;
 mod frames;
 mod kept;
 mod pipeline;
 mod worker;
 
-pub use frames::{BatchFrames, Lent, PacketVerdict};
+pub use frames::{BatchFrames, Columns, Lent, NewLen, PacketVerdict, Pick};
 pub use kept::{Kept, KeptQueue};
 pub use pipeline::{Cpus, Pipeline, PipelineConfig, Workers};
 pub use worker::{
@@ -37,6 +38,8 @@ pub use worker::{
     BATCH_HISTOGRAM_BOUNDS,
 };
 
+#[cfg(test)]
+mod build_tests;
 #[cfg(test)]
 mod tests;
 
