@@ -108,6 +108,7 @@ class ProcessGroup:
                     mode=opts["mode"],
                     frames=opts["frames"],
                     frame_size=opts["frame_size"],
+                    headroom=opts["headroom"],
                 )
                 self._prog.set_socket(q, port.sockets[0].fileno())
                 kw = {k: opts[k] for k in ("batch", "on_error", "default", "idle_wait")}

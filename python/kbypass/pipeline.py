@@ -12,6 +12,12 @@ applies the verdicts without the GIL:
 * ``KEEP``: the frame stays with Python; ``Pipeline.kept()`` returns :class:`~kbypass.Kept`
   handles whose ``release()`` gives the frames back.
 
+A handler can also build frames: ``batch.set_length(i, n)`` / ``set_lengths`` change where a
+packet ends, ``batch.push_front(i, n)`` / ``pop_front`` / ``adjust_head(delta, mask)`` where it
+starts, inside its frame (the room in front is the kernel's 256 bytes plus ``headroom=``; a VLAN
+tag or an outer IPv4+UDP header fits in it), and ``batch.emit(data)`` sends a new frame after
+the batch's own (False, counted in ``emit_failed``, when no UMEM frame is free).
+
 Nothing Python can still see is recycled: a frame whose view (``batch.frame(i)``,
 ``batch.frames``, ``Packet.data``) outlives the handler is held until the last view is gone
 (``stats()["escaped"]``; a TX/FORWARD verdict then sends a copy), and column arrays a handler
@@ -120,6 +126,8 @@ _TOTAL_KEYS = (
     "released",
     "escaped",
     "copied",
+    "emitted",
+    "emit_failed",
     "handler_errors",
     "bad_verdicts",
     "tx_failed",
@@ -152,6 +160,9 @@ class Pipeline:
             printed once.
         default: the verdict every frame starts with (DROP).
         progress: show a live ``rich`` display during ``run()``; default: when stdout is a TTY.
+        headroom: bytes kept free in each UMEM frame before the kernel's 256 (``XDP_UMEM_REG``'s
+            ``headroom``), so handlers can push more than 256 bytes in front of a packet
+            (``batch.push_front``); received packets start after both.
         mode, frames, frame_size, xdp_mode: passed to ``XdpPort`` when ``port`` is a name.
 
     Example:
@@ -179,6 +190,7 @@ class Pipeline:
         mode: str = "auto",
         frames: int | None = None,
         frame_size: int = 2048,
+        headroom: int = 0,
         xdp_mode: str = "auto",
         idle_wait: float = 0.001,
         processes: int | None = None,
@@ -223,6 +235,7 @@ class Pipeline:
                     mode=mode,
                     frames=frames,
                     frame_size=frame_size,
+                    headroom=headroom,
                     idle_wait=idle_wait,
                 ),
             )
@@ -238,12 +251,14 @@ class Pipeline:
                 filter=filter,
                 frames=frames,
                 frame_size=frame_size,
+                headroom=headroom,
                 xdp_mode=xdp_mode,
             )
         elif isinstance(port, XdpPort):
-            if filter is not None:
+            if filter is not None or headroom:
                 raise ValueError(
-                    "filter= applies when the pipeline opens the port: give it to XdpPort"
+                    "filter= and headroom= apply when the pipeline opens the port: give them "
+                    "to XdpPort"
                 )
             self.port = port
         else:
@@ -355,8 +370,10 @@ class Pipeline:
 
         Keys: rx, tx, forwarded, dropped, kept, released, escaped (frames whose views outlived
         their batch: held until the views are gone), copied (of those, TX/FORWARD sent as a
-        copy), handler_errors, bad_verdicts, tx_failed, batches, mean_batch, batch_latency_ns,
-        handler_ns, pps, batch_sizes (histogram), queues, cpu.
+        copy), emitted (frames ``batch.emit`` sent), emit_failed (emits that sent nothing: no
+        free frame, TX ring full, or the handler failed after emitting), handler_errors,
+        bad_verdicts, tx_failed, batches, mean_batch, batch_latency_ns, handler_ns, pps,
+        batch_sizes (histogram), queues, cpu.
         """
         return list(self._engine.stats())
 

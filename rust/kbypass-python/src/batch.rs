@@ -2,18 +2,19 @@
 //!
 //! The columns are per-worker NumPy buffers (`Buffers`, allocated once and sliced per batch,
 //! replaced when a handler kept one); frame access goes through the worker's lease on the
-//! batch (`BatchFrames`): views by descriptor index, edits and reads by mask, all refused once
-//! the handler returned.
+//! batch (`BatchFrames`): views by descriptor index, edits and reads by mask, reshapes (length,
+//! start) and emits, all refused once the handler returned.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use kbypass_core::engine::{BatchFrames, Lent};
+use kbypass_core::engine::{BatchFrames, Columns, Lent, NewLen, Pick};
 use kbypass_core::packet::{edit, PacketMeta};
 use numpy::{PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1};
-use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError};
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PySlice};
+use pyo3::types::{PyBytes, PyList, PySlice};
 
 use crate::errors::IntoPyResult;
 use crate::packet::{meta_dtype, PcapWriter};
@@ -26,15 +27,26 @@ pub struct Buffers {
     cap: usize,
     lengths: Py<PyArray1<u32>>,
     addrs: Py<PyArray1<u64>>,
+    /// Read-only views of `lengths` and `addrs`, what Python gets: a descriptor changes only
+    /// through `set_length`/`push_front`/…, which rewrite the columns themselves.
+    lengths_ro: Py<PyAny>,
+    addrs_ro: Py<PyAny>,
     verdicts: Py<PyArray1<u8>>,
     forward_to: Py<PyArray1<u16>>,
     meta_raw: Py<PyArray2<u8>>,
     headers: Py<PyAny>,
     /// The whole UMEM, read-only (see `UmemWindow`).
     umem: Py<PyAny>,
-    /// Reference counts of lengths, addrs, verdicts, forward_to, meta_raw, headers with nothing
-    /// handed out.
-    base: [isize; 6],
+    /// Reference counts of lengths, addrs, their read-only views, verdicts, forward_to,
+    /// meta_raw, headers with nothing handed out.
+    base: [isize; 8],
+}
+
+/// A read-only view of `arr`.
+fn read_only(arr: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let v = arr.call_method0("view")?;
+    v.call_method1("setflags", (false,))?;
+    Ok(v.unbind())
 }
 
 impl Buffers {
@@ -43,16 +55,20 @@ impl Buffers {
         let headers = meta_raw
             .call_method1("view", (meta_dtype(py)?,))?
             .call_method1("reshape", (cap,))?;
+        let lengths = PyArray1::<u32>::zeros(py, cap, false);
+        let addrs = PyArray1::<u64>::zeros(py, cap, false);
         let mut b = Buffers {
             cap,
-            lengths: PyArray1::<u32>::zeros(py, cap, false).unbind(),
-            addrs: PyArray1::<u64>::zeros(py, cap, false).unbind(),
+            lengths_ro: read_only(lengths.as_any())?,
+            addrs_ro: read_only(addrs.as_any())?,
+            lengths: lengths.unbind(),
+            addrs: addrs.unbind(),
             verdicts: PyArray1::<u8>::zeros(py, cap, false).unbind(),
             forward_to: PyArray1::<u16>::zeros(py, cap, false).unbind(),
             meta_raw: meta_raw.unbind(),
             headers: headers.unbind(),
             umem: memory.umem_2d(py)?.into_any().unbind(),
-            base: [0; 6],
+            base: [0; 8],
         };
         b.base = b.refcounts(py);
         Ok(b)
@@ -63,10 +79,12 @@ impl Buffers {
         self.cap
     }
 
-    fn refcounts(&self, py: Python<'_>) -> [isize; 6] {
+    fn refcounts(&self, py: Python<'_>) -> [isize; 8] {
         [
             refcnt(self.lengths.bind(py).as_any()),
             refcnt(self.addrs.bind(py).as_any()),
+            refcnt(self.lengths_ro.bind(py)),
+            refcnt(self.addrs_ro.bind(py)),
             refcnt(self.verdicts.bind(py).as_any()),
             refcnt(self.forward_to.bind(py).as_any()),
             refcnt(self.meta_raw.bind(py).as_any()),
@@ -104,6 +122,23 @@ impl Buffers {
         Ok(())
     }
 
+    /// Run `f` with the columns a reshape rewrites (lengths, addresses, headers).
+    fn with_columns<T>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(Columns<'_>) -> kbypass_core::Result<T>,
+    ) -> PyResult<T> {
+        let mut l = self.lengths.bind(py).try_readwrite()?;
+        let mut a = self.addrs.bind(py).try_readwrite()?;
+        let mut m = self.meta_raw.bind(py).try_readwrite()?;
+        f(Columns {
+            lengths: l.as_slice_mut()?,
+            addrs: a.as_slice_mut()?,
+            headers: m.as_slice_mut()?,
+        })
+        .py()
+    }
+
     /// Read the verdicts (and FORWARD targets) the handler wrote back into the batch.
     pub fn store(&self, py: Python<'_>, lent: &mut Lent<'_, '_, '_>) -> PyResult<()> {
         let n = lent.len();
@@ -124,6 +159,12 @@ impl Buffers {
 /// the packet bytes; `umem` is a read-only window on the whole UMEM indexed as a (frames,
 /// frame_size) array, so `umem[addrs // frame_size, addrs % frame_size + k]` gives byte k of
 /// every packet at once (indexing it returns copies).
+///
+/// `set_length`/`set_lengths` change where a packet ends and `push_front`/`pop_front`/
+/// `adjust_head` where it starts (into the room in front of it: the kernel's 256 bytes plus the
+/// port's `headroom=`), within its frame, so a TX/FORWARD verdict sends the reshaped packet;
+/// bytes added are zeroed, `lengths`, `addrs` and `headers` follow, and later `frame(i)` views
+/// show the new span. `emit(data)` sends a new frame (a copy of `data`) after the batch's own.
 ///
 /// After the handler returns, every method raises RuntimeError. What the handler kept stays
 /// valid and never changes under it: a column array (or view of one) it kept is its own (the
@@ -232,6 +273,29 @@ impl PyBatch {
         self.bufs.head(py, arr, self.n)
     }
 
+    /// Move frame `i`'s start by `delta` (see `adjust_head`).
+    fn adjust_one(&self, py: Python<'_>, i: isize, delta: i32) -> PyResult<()> {
+        self.check()?;
+        let j = self.index(i)?;
+        self.bufs.with_columns(py, |c| {
+            self.frames
+                .adjust_head(self.seq, Pick::One(j), delta, Some(c))
+        })?;
+        Ok(())
+    }
+
+    /// Frame index `i` (negative counts from the end), checked.
+    fn index(&self, i: isize) -> PyResult<usize> {
+        let n = self.n as isize;
+        let j = if i < 0 { i + n } else { i };
+        if !(0..n).contains(&j) {
+            return Err(PyIndexError::new_err(format!(
+                "frame {i} out of range for a batch of {n}"
+            )));
+        }
+        Ok(j as usize)
+    }
+
     /// Apply `f` to every (masked) frame through the lease; returns how many it changed.
     fn edit_each(
         &self,
@@ -268,18 +332,17 @@ impl PyBatch {
         self.valid.load(Ordering::Acquire)
     }
 
-    /// Packet lengths (uint32).
+    /// Packet lengths (uint32, read-only: change them with `set_length`/`set_lengths`).
     #[getter]
     fn lengths<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let arr = self.bufs.lengths.clone_ref(py).into_any();
-        self.col(py, &arr)
+        self.col(py, &self.bufs.lengths_ro)
     }
 
-    /// UMEM offsets of the packet data (uint64).
+    /// UMEM offsets of the packet data (uint64, read-only: `push_front`/`pop_front`/
+    /// `adjust_head` move them).
     #[getter]
     fn addrs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let arr = self.bufs.addrs.clone_ref(py).into_any();
-        self.col(py, &arr)
+        self.col(py, &self.bufs.addrs_ro)
     }
 
     /// Parsed headers (structured array, `kbypass.packet.META_DTYPE`).
@@ -324,14 +387,115 @@ impl PyBatch {
     /// handler, the frame is held until the view is gone (never recycled under it).
     fn frame<'py>(&self, py: Python<'py>, i: isize) -> PyResult<Bound<'py, PyArray1<u8>>> {
         self.check()?;
-        let n = self.n as isize;
-        let j = if i < 0 { i + n } else { i };
-        if !(0..n).contains(&j) {
-            return Err(PyIndexError::new_err(format!(
-                "frame {i} out of range for a batch of {n}"
-            )));
+        let j = self.index(i)?;
+        self.view(py, j)
+    }
+
+    /// Set frame `i`'s packet length to `n` bytes (its start stays): 14 (an Ethernet header)
+    /// up to the end of its frame; bytes it grows by are zeroed. ValueError, and nothing
+    /// changes, when `n` does not fit. `lengths[i]` and `headers[i]` follow.
+    fn set_length(&self, py: Python<'_>, i: isize, n: u32) -> PyResult<()> {
+        self.check()?;
+        let j = self.index(i)?;
+        self.bufs.with_columns(py, |c| {
+            self.frames
+                .set_len(self.seq, Pick::One(j), NewLen::Each(n), Some(c))
+        })?;
+        Ok(())
+    }
+
+    /// Set the packet length of every (masked) frame from `lengths` (one uint32 per frame;
+    /// frames the mask leaves out keep theirs). All or nothing: ValueError naming the first
+    /// frame whose length does not fit, and no frame changes. Returns how many changed.
+    #[pyo3(signature = (lengths, mask=None))]
+    fn set_lengths(
+        &self,
+        py: Python<'_>,
+        lengths: PyReadonlyArray1<'_, u32>,
+        mask: Option<PyReadonlyArray1<'_, bool>>,
+    ) -> PyResult<usize> {
+        self.check()?;
+        let lens = lengths.as_array().to_vec();
+        let mask = mask.map(|m| m.as_array().to_vec());
+        let pick = mask.as_deref().map_or(Pick::All, Pick::Mask);
+        self.bufs.with_columns(py, |c| {
+            self.frames
+                .set_len(self.seq, pick, NewLen::PerFrame(&lens), Some(c))
+        })
+    }
+
+    /// Push `n` zeroed bytes in front of frame `i`'s packet (its start moves `n` bytes back,
+    /// into the room in front: the kernel's 256 bytes plus the port's `headroom=`), e.g. to add
+    /// a VLAN tag or an outer header; write them through a fresh `frame(i)`. ValueError, and
+    /// nothing changes, when the room is smaller.
+    fn push_front(&self, py: Python<'_>, i: isize, n: u32) -> PyResult<()> {
+        let delta = i32::try_from(n)
+            .map_err(|_| PyValueError::new_err(format!("cannot push {n} bytes")))?;
+        self.adjust_one(py, i, -delta)
+    }
+
+    /// Pop `n` bytes off the front of frame `i`'s packet (its start moves `n` bytes on), e.g.
+    /// to strip a VLAN tag or an outer header. ValueError, and nothing changes, if fewer than
+    /// 14 bytes (an Ethernet header) would stay.
+    fn pop_front(&self, py: Python<'_>, i: isize, n: u32) -> PyResult<()> {
+        let delta =
+            i32::try_from(n).map_err(|_| PyValueError::new_err(format!("cannot pop {n} bytes")))?;
+        self.adjust_one(py, i, delta)
+    }
+
+    /// Move the start of every (masked) frame's packet by `delta` bytes, as XDP's
+    /// `bpf_xdp_adjust_head`: negative pushes `-delta` zeroed bytes in front, positive pops
+    /// `delta` bytes. All or nothing: ValueError naming the first frame that cannot, and no
+    /// frame changes. Returns how many changed.
+    #[pyo3(signature = (delta, mask=None))]
+    fn adjust_head(
+        &self,
+        py: Python<'_>,
+        delta: i32,
+        mask: Option<PyReadonlyArray1<'_, bool>>,
+    ) -> PyResult<usize> {
+        self.check()?;
+        let mask = mask.map(|m| m.as_array().to_vec());
+        let pick = mask.as_deref().map_or(Pick::All, Pick::Mask);
+        self.bufs.with_columns(py, |c| {
+            self.frames.adjust_head(self.seq, pick, delta, Some(c))
+        })
+    }
+
+    /// Parse the (masked) frames again into `headers` (and `lengths`, `addrs`), e.g. after
+    /// writing a new header into bytes pushed in front; returns how many. A reshape parses
+    /// the frames it changes by itself, before anything is written into them.
+    #[pyo3(signature = (mask=None))]
+    fn reparse(&self, py: Python<'_>, mask: Option<PyReadonlyArray1<'_, bool>>) -> PyResult<usize> {
+        self.check()?;
+        let mask = mask.map(|m| m.as_array().to_vec());
+        let pick = mask.as_deref().map_or(Pick::All, Pick::Mask);
+        self.bufs
+            .with_columns(py, |c| self.frames.reparse(self.seq, pick, c))
+    }
+
+    /// Send a new frame holding a copy of `data` (bytes-like or a 1-D uint8 array, 14 bytes up
+    /// to a frame's room) after the batch's own TX/FORWARD frames, out of socket `socket`
+    /// (pipeline-wide index of a socket this worker owns; None: the batch's). Returns False,
+    /// counted in `stats()["emit_failed"]`, when no UMEM frame is free; sent ones are counted
+    /// in `emitted`. ValueError for a bad size or socket; RuntimeError past the per-batch limit
+    /// (max(batch size, 64) frames).
+    #[pyo3(signature = (data, socket=None))]
+    fn emit(&self, data: &Bound<'_, PyAny>, socket: Option<usize>) -> PyResult<bool> {
+        self.check()?;
+        let emit = |bytes: &[u8]| self.frames.emit(self.seq, bytes, socket).py();
+        if let Ok(b) = data.cast::<PyBytes>() {
+            return emit(b.as_bytes());
         }
-        self.view(py, j as usize)
+        if let Ok(a) = data.extract::<PyReadonlyArray1<'_, u8>>() {
+            if let Ok(s) = a.as_slice() {
+                return emit(s);
+            }
+        }
+        let buf = PyBuffer::<u8>::get(data).map_err(|_| {
+            PyTypeError::new_err("data must be bytes, bytearray, memoryview or a 1-D uint8 array")
+        })?;
+        emit(&buf.to_vec(data.py())?)
     }
 
     /// Zero-copy views of every frame (one NumPy object each: slower than the columns).

@@ -299,6 +299,8 @@ impl PyEngine {
             d.set_item("released", x.released)?;
             d.set_item("escaped", x.escaped)?;
             d.set_item("copied", x.copied)?;
+            d.set_item("emitted", x.emitted)?;
+            d.set_item("emit_failed", x.emit_failed)?;
             d.set_item("handler_errors", x.handler_errors)?;
             d.set_item("bad_verdicts", x.bad_verdicts)?;
             d.set_item("tx_failed", x.tx_failed)?;

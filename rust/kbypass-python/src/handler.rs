@@ -18,6 +18,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 
 use crate::batch::{Buffers, PyBatch};
+use crate::errors::IntoPyResult;
 use crate::packet_view::PyPacket;
 use crate::views::{refcnt, FrameView, UmemMemory};
 
@@ -167,7 +168,7 @@ impl PyHandler {
         per_packet: bool,
     ) -> PyResult<Self> {
         let umem = shared.memory.umem()?;
-        let frames = Arc::new(BatchFrames::new(&umem, cap));
+        let frames = Arc::new(BatchFrames::new(&umem, cap).py()?);
         let calls = if per_packet {
             Calls::Packet(Py::new(py, PyPacket::new(&frames, &shared.memory))?)
         } else {

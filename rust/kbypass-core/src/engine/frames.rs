@@ -72,6 +72,21 @@ pub struct Columns<'c> {
     pub headers: &'c mut [u8],
 }
 
+impl Columns<'_> {
+    /// An error unless each column has room for `n` frames.
+    fn check(&self, n: usize) -> Result<()> {
+        if self.lengths.len() < n || self.addrs.len() < n || self.headers.len() < 64 * n {
+            return Err(Error::invalid(format!(
+                "columns for {} lengths, {} addresses and {} header bytes cannot hold a batch of {n}: give at least n, n and 64 n",
+                self.lengths.len(),
+                self.addrs.len(),
+                self.headers.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The lease state (see the [module docs](self)).
 struct Lease {
     descs: Vec<XdpDesc>,
@@ -331,6 +346,9 @@ impl BatchFrames {
         let mut g = self.open(seq)?;
         let l = &mut *g;
         check_pick(pick, l.descs.len())?;
+        if let Some(c) = &cols {
+            c.check(l.descs.len())?;
+        }
         // Check every picked frame first: nothing changes unless all of them can.
         for i in (0..l.descs.len()).filter(|&i| pick.picks(i)) {
             build::check(&umem, &l.descs, i, op(i))?;
@@ -352,18 +370,20 @@ impl BatchFrames {
             k += 1;
         }
         if let Some(c) = cols {
-            for i in (0..l.descs.len()).filter(|&i| pick.picks(i)) {
-                let d = l.descs[i];
-                // SAFETY: as above (a read, after the writes ended).
-                let m = unsafe { super::frame_bytes(&umem, d.addr, d.len) }
-                    .map(parse)
-                    .unwrap_or_default();
-                c.lengths[i] = d.len;
-                c.addrs[i] = d.addr;
-                c.headers[i * 64..i * 64 + 64].copy_from_slice(&m.to_bytes());
-            }
+            write_columns(&umem, &l.descs, pick, c);
         }
         Ok(k)
+    }
+
+    /// Rewrite the columns of each picked frame of lease `seq` from the frame as it is now: its
+    /// length, address and parsed headers (e.g. after writing a new header into pushed bytes).
+    /// Returns how many frames it parsed.
+    pub fn reparse(&self, seq: u64, pick: Pick<'_>, cols: Columns<'_>) -> Result<usize> {
+        let umem = self.umem()?;
+        let l = self.open(seq)?;
+        check_pick(pick, l.descs.len())?;
+        cols.check(l.descs.len())?;
+        Ok(write_columns(&umem, &l.descs, pick, cols))
     }
 
     /// Emit a new frame holding a copy of `packet` from lease `seq`'s batch, out of `socket`
@@ -416,6 +436,26 @@ impl BatchFrames {
         ctx.emits.append(&mut l.emits);
         ctx.emit_failed += l.emit_failed;
     }
+}
+
+/// Write the columns of the picked frames of `descs` (a lease's, its mutex held by the caller);
+/// returns how many.
+fn write_columns(umem: &Umem, descs: &[XdpDesc], pick: Pick<'_>, c: Columns<'_>) -> usize {
+    let mut k = 0;
+    for (i, d) in descs.iter().enumerate().filter(|(i, _)| pick.picks(*i)) {
+        // SAFETY: the caller holds the open lease's mutex: the worker is inside the handler
+        // call that lent these frames (App, checked: no kernel, ring or hold has them), its
+        // `BatchCtx` borrowed by the `Lent`, and no Rust writer runs meanwhile; views outside
+        // Rust are the lender's to keep still.
+        let m = unsafe { super::frame_bytes(umem, d.addr, d.len) }
+            .map(parse)
+            .unwrap_or_default();
+        c.lengths[i] = d.len;
+        c.addrs[i] = d.addr;
+        c.headers[i * 64..i * 64 + 64].copy_from_slice(&m.to_bytes());
+        k += 1;
+    }
+    k
 }
 
 /// An error if `pick`'s mask does not have one entry per frame of a batch of `n`.
