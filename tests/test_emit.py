@@ -141,6 +141,8 @@ def test_set_length_grows_and_cuts_replies_and_bad_lengths_change_nothing(pair: 
                     lambda: batch.adjust_head(-257),
                     lambda: batch.set_length(len(batch), 60),
                     write,
+                    lambda: batch.push_vlan(5000),
+                    lambda: batch.push_vlan(1, tpid=0x0800),
                 )
             )
             assert int(batch.lengths[0]) == n0 == len(batch.frame(0)), "nothing changed"
@@ -184,6 +186,7 @@ def test_set_length_grows_and_cuts_replies_and_bad_lengths_change_nothing(pair: 
     assert "pop at most" in errors[5] and "cannot push 257" in errors[6], errors
     assert errors[7].startswith("IndexError: frame"), errors
     assert errors[8] == "ValueError: assignment destination is read-only", errors
+    assert "a VLAN id is 0..=4095" in errors[9] and "use 0x8100 (802.1Q)" in errors[10], errors
     assert t["escaped"] == 0, t
 
 
@@ -217,7 +220,8 @@ def _sniffed_udp(s: socket.socket, dport: int, n: int) -> list[tuple[int | None,
     return out
 
 
-def test_vlan_tag_pushed_and_popped_as_the_far_kernel_sees_it(pair: VethPair) -> None:
+@pytest.mark.parametrize("how", ["by-hand", "helpers"])
+def test_vlan_tag_pushed_and_popped_as_the_far_kernel_sees_it(pair: VethPair, how: str) -> None:
     seen: dict[str, list[int]] = {"push": [], "pop": []}
 
     def vlan(batch: kbypass.Batch) -> None:
@@ -228,17 +232,21 @@ def test_vlan_tag_pushed_and_popped_as_the_far_kernel_sees_it(pair: VethPair) ->
         batch.swap_ips()
         batch.swap_ports()
         batch.fix_checksums()
-        for i in np.flatnonzero(pop):
-            f = batch.frame(i)
-            f[4:16] = f[0:12].copy()  # the MACs over the tag, then the tag is gone
-            batch.pop_front(int(i), 4)
-        assert batch.adjust_head(-4, push) == int(push.sum())
-        for i in np.flatnonzero(push):
-            f = batch.frame(i)
-            assert bytes(f[:4]) == bytes(4)
-            f[0:12] = f[4:16].copy()
-            f[12:16] = (0x81, 0x00, 0x00, 42)
-        batch.reparse(push)
+        if how == "helpers":
+            assert batch.pop_vlan(pop) == int(pop.sum())
+            assert batch.push_vlan(42, push) == int(push.sum())
+        else:
+            for i in np.flatnonzero(pop):
+                f = batch.frame(i)
+                f[4:16] = f[0:12].copy()  # the MACs over the tag, then the tag is gone
+                batch.pop_front(int(i), 4)
+            assert batch.adjust_head(-4, push) == int(push.sum())
+            for i in np.flatnonzero(push):
+                f = batch.frame(i)
+                assert bytes(f[:4]) == bytes(4)
+                f[0:12] = f[4:16].copy()
+                f[12:16] = (0x81, 0x00, 0x00, 42)
+            batch.reparse(push)
         h = batch.headers
         seen["push"] += h["vlan"][push].tolist()
         seen["pop"] += h["vlan"][pop].tolist()

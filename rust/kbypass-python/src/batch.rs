@@ -462,6 +462,47 @@ impl PyBatch {
         })
     }
 
+    /// Push a VLAN tag (id `vid`, priority `pcp`, `tpid` 0x8100 or 0x88a8 for 802.1ad) after
+    /// the MAC addresses of every (masked) frame, into the room in front; returns how many.
+    /// All or nothing (ValueError, no frame changes). `headers` follow.
+    #[pyo3(signature = (vid, mask=None, *, pcp=0, tpid=0x8100))]
+    fn push_vlan(
+        &self,
+        py: Python<'_>,
+        vid: u16,
+        mask: Option<PyReadonlyArray1<'_, bool>>,
+        pcp: u8,
+        tpid: u16,
+    ) -> PyResult<usize> {
+        self.check()?;
+        if vid > 4095 || pcp > 7 {
+            return Err(PyValueError::new_err(format!(
+                "vid={vid}, pcp={pcp}: a VLAN id is 0..=4095 and a priority 0..=7"
+            )));
+        }
+        let tci = (pcp as u16) << 13 | vid;
+        let mask = mask.map(|m| m.as_array().to_vec());
+        let pick = mask.as_deref().map_or(Pick::All, Pick::Mask);
+        self.bufs.with_columns(py, |c| {
+            self.frames.push_vlan(self.seq, pick, tpid, tci, Some(c))
+        })
+    }
+
+    /// Pop the outer VLAN tag of every (masked) frame that has one; returns how many had one.
+    /// `headers` follow.
+    #[pyo3(signature = (mask=None))]
+    fn pop_vlan(
+        &self,
+        py: Python<'_>,
+        mask: Option<PyReadonlyArray1<'_, bool>>,
+    ) -> PyResult<usize> {
+        self.check()?;
+        let mask = mask.map(|m| m.as_array().to_vec());
+        let pick = mask.as_deref().map_or(Pick::All, Pick::Mask);
+        self.bufs
+            .with_columns(py, |c| self.frames.pop_vlan(self.seq, pick, Some(c)))
+    }
+
     /// Parse the (masked) frames again into `headers` (and `lengths`, `addrs`), e.g. after
     /// writing a new header into bytes pushed in front; returns how many. A reshape parses
     /// the frames it changes by itself, before anything is written into them.

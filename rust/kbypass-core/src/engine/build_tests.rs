@@ -386,3 +386,98 @@ fn no_free_frame_fails_an_emit_visibly_and_a_failed_batch_discards_its_emits() {
     let acc = p.check_accounting().unwrap();
     assert_eq!((acc.app, acc.held, acc.tx_side), (0, 0, 0), "{acc:?}");
 }
+
+/// Through the lease: tag every frame twice (802.1Q 100, then 802.1ad 7 outside it), pop the
+/// outer tag, and send them on; a bad TPID and a frame out of range are refused.
+struct VlanLease {
+    frames: Arc<BatchFrames>,
+    originals: Arc<Mutex<Vec<Vec<u8>>>>,
+    report: Arc<Mutex<Vec<String>>>,
+}
+
+impl BatchHandler for VlanLease {
+    fn handle(&mut self, ctx: &mut BatchCtx<'_>) -> Result<(), HandlerError> {
+        for i in 0..ctx.len() {
+            let f = ctx.frame(i).unwrap().to_vec();
+            self.originals.lock().unwrap().push(f);
+        }
+        let mut lent = self.frames.lend(ctx);
+        let (seq, n) = (lent.seq(), lent.len());
+        lent.verdicts().fill(TX);
+        let f = &self.frames;
+        let mut r = self.report.lock().unwrap();
+        r.push(
+            f.push_vlan(seq, Pick::All, 0x0800, 1, None)
+                .unwrap_err()
+                .to_string(),
+        );
+        r.push(
+            f.push_vlan(seq, Pick::One(n), 0x8100, 1, None)
+                .unwrap_err()
+                .to_string(),
+        );
+        let (mut l, mut a, mut h) = (vec![0u32; n], vec![0u64; n], vec![0u8; 64 * n]);
+        let cols = Columns {
+            lengths: &mut l,
+            addrs: &mut a,
+            headers: &mut h,
+        };
+        assert_eq!(
+            f.push_vlan(seq, Pick::All, 0x8100, 100, Some(cols))
+                .unwrap(),
+            n
+        );
+        // The rewritten headers see the tag (the record's VLAN id is at bytes 6..8).
+        assert!((0..n).all(|i| h[64 * i + 6..64 * i + 8] == 100u16.to_le_bytes()));
+        assert_eq!(f.push_vlan(seq, Pick::All, 0x88a8, 7, None).unwrap(), n);
+        assert_eq!(f.pop_vlan(seq, Pick::All, None).unwrap(), n);
+        let mask: Vec<bool> = (0..n).map(|i| i == 0).collect();
+        let cols = Columns {
+            lengths: &mut l,
+            addrs: &mut a,
+            headers: &mut h,
+        };
+        assert_eq!(f.reparse(seq, Pick::Mask(&mask), cols).unwrap(), 1);
+        assert_eq!(h[6..8], 100u16.to_le_bytes(), "one tag left, the inner one");
+        lent.end();
+        Ok(())
+    }
+}
+
+#[test]
+fn vlan_tags_pushed_and_popped_through_the_lease_go_out_as_tagged() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let (pair, _ns, port) = port(256, 0);
+    let umem = Arc::clone(port.lock().as_ref().unwrap().umem());
+    let catcher = catch_on_a(&pair, "udp dst port 9000", 6);
+    let p = Pipeline::new(Arc::clone(&port), PipelineConfig::default()).unwrap();
+    let (originals, report) = (Arc::default(), Arc::default());
+    let h = VlanLease {
+        frames: Arc::new(BatchFrames::new(&umem, 64).unwrap()),
+        originals: Arc::clone(&originals),
+        report: Arc::clone(&report),
+    };
+    p.start(vec![Box::new(h)], None).unwrap();
+    send(&pair, b"vlan-me", 6, || p.stats()[0].snapshot().rx, 6);
+    let mut caught = catcher.join().unwrap();
+    p.join().unwrap();
+    let s = p.stats()[0].snapshot();
+    assert_eq!((s.rx, s.tx, s.tx_failed), (6, 6, 0), "{s:?}");
+    let r = report.lock().unwrap().clone();
+    assert!(r[0].contains("use 0x8100 (802.1Q) or 0x88a8"), "{r:?}");
+    assert!(r[1].contains("out of range"), "{r:?}");
+    let mut want: Vec<Vec<u8>> = originals
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|o| [&o[..12], &[0x81, 0x00, 0x00, 100][..], &o[12..]].concat())
+        .collect();
+    caught.sort();
+    want.sort();
+    assert_eq!(caught, want);
+    let acc = p.check_accounting().unwrap();
+    assert_eq!((acc.app, acc.held), (0, 0), "{acc:?}");
+}

@@ -20,7 +20,8 @@ use super::build::{self, EmitRules, Emitted, Reshape};
 use super::worker::{emit_limit, BatchCtx};
 use crate::error::{Error, Result};
 use crate::mem::PoolCache;
-use crate::packet::{parse, PacketMeta};
+use crate::packet::parse::{ETH_P_8021AD, ETH_P_8021Q};
+use crate::packet::{edit, parse, PacketMeta};
 use crate::sys::xdp::XdpDesc;
 use crate::xsk::Umem;
 
@@ -314,12 +315,13 @@ impl BatchFrames {
                 )));
             }
         }
-        self.reshape(seq, pick, cols, |i| {
-            Reshape::Len(match len {
+        let op = |i: usize, _: &[u8]| {
+            Some(Reshape::Len(match len {
                 NewLen::Each(l) => l,
                 NewLen::PerFrame(v) => v[i],
-            })
-        })
+            }))
+        };
+        self.reshape(seq, pick, cols, op, |_| {})
     }
 
     /// Move the first byte of each picked frame of lease `seq` by `delta` (see
@@ -332,15 +334,61 @@ impl BatchFrames {
         delta: i32,
         cols: Option<Columns<'_>>,
     ) -> Result<usize> {
-        self.reshape(seq, pick, cols, |_| Reshape::Head(delta))
+        self.reshape(seq, pick, cols, |_, _| Some(Reshape::Head(delta)), |_| {})
     }
 
+    /// Push a VLAN tag (`tpid` 0x8100 or 0x88a8, `tci`: priority, DEI and VLAN id) in front of
+    /// each picked frame of lease `seq`, after its MAC addresses; returns how many. All or
+    /// nothing (the room in front, see [`BatchFrames::adjust_head`]), and `cols`, as
+    /// [`BatchFrames::set_len`].
+    pub fn push_vlan(
+        &self,
+        seq: u64,
+        pick: Pick<'_>,
+        tpid: u16,
+        tci: u16,
+        cols: Option<Columns<'_>>,
+    ) -> Result<usize> {
+        if !matches!(tpid, ETH_P_8021Q | ETH_P_8021AD) {
+            return Err(Error::invalid(format!(
+                "tpid {tpid:#06x} is not a VLAN tag protocol: use 0x8100 (802.1Q) or 0x88a8 (802.1ad)"
+            )));
+        }
+        self.reshape(
+            seq,
+            pick,
+            cols,
+            |_, _| Some(Reshape::Head(-4)),
+            |span| {
+                edit::write_vlan_tag(span, tpid, tci);
+            },
+        )
+    }
+
+    /// Pop the outer VLAN tag of each picked frame of lease `seq` that has one; returns how
+    /// many had one. `cols` as [`BatchFrames::set_len`].
+    pub fn pop_vlan(&self, seq: u64, pick: Pick<'_>, cols: Option<Columns<'_>>) -> Result<usize> {
+        self.reshape(
+            seq,
+            pick,
+            cols,
+            |_, f| edit::has_vlan_tag(f).then_some(Reshape::Head(4)),
+            |span| {
+                edit::unwrap_vlan_tag(span);
+            },
+        )
+    }
+
+    /// Reshape the picked frames: `op(i, packet)` says how (None: leave frame `i` alone),
+    /// then `edit` gets the bytes the old and new packet cover together (new bytes zeroed).
+    /// Every frame is checked before any changes.
     fn reshape(
         &self,
         seq: u64,
         pick: Pick<'_>,
         cols: Option<Columns<'_>>,
-        op: impl Fn(usize) -> Reshape,
+        op: impl Fn(usize, &[u8]) -> Option<Reshape>,
+        edit: impl Fn(&mut [u8]),
     ) -> Result<usize> {
         let umem = self.umem()?;
         let mut g = self.open(seq)?;
@@ -349,13 +397,28 @@ impl BatchFrames {
         if let Some(c) = &cols {
             c.check(l.descs.len())?;
         }
+        // `op` of frame i, given its packet bytes (read under the lease, see below).
+        let plan = |descs: &[XdpDesc], i: usize| -> Option<Reshape> {
+            let d = descs[i];
+            // SAFETY: as in `each`: the lease is open and we hold its mutex, so the worker is
+            // inside the handler call that lent this frame, its `BatchCtx` borrowed by the
+            // `Lent`; the frame state (App, checked) keeps the kernel and the rings off it; no
+            // Rust writer runs while this read lives; views outside Rust are the lender's.
+            let bytes = unsafe { super::frame_bytes(&umem, d.addr, d.len) }?;
+            op(i, bytes)
+        };
         // Check every picked frame first: nothing changes unless all of them can.
         for i in (0..l.descs.len()).filter(|&i| pick.picks(i)) {
-            build::check(&umem, &l.descs, i, op(i))?;
+            if let Some(r) = plan(&l.descs, i) {
+                build::check(&umem, &l.descs, i, r)?;
+            }
         }
         let mut k = 0;
         for i in (0..l.descs.len()).filter(|&i| pick.picks(i)) {
-            let new = build::check(&umem, &l.descs, i, op(i))?;
+            let Some(r) = plan(&l.descs, i) else {
+                continue;
+            };
+            let new = build::check(&umem, &l.descs, i, r)?;
             let old = l.descs[i];
             let (lo, len) = build::span(&old, &new);
             // SAFETY: as in `each`: the lease is open and we hold its mutex, so the worker is
@@ -365,6 +428,7 @@ impl BatchFrames {
             let bytes = unsafe { super::frame_bytes_mut(&umem, lo, len) }
                 .ok_or_else(|| Error::State(format!("frame {i} is not there to reshape")))?;
             build::zero_added(bytes, &old, &new);
+            edit(bytes);
             l.descs[i] = new;
             l.reshaped = true;
             k += 1;
