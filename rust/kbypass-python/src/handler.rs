@@ -17,7 +17,8 @@ use kbypass_core::engine::{
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 
-use crate::batch::{Buffers, PyBatch};
+use crate::batch::PyBatch;
+use crate::columns::Buffers;
 use crate::errors::IntoPyResult;
 use crate::packet_view::PyPacket;
 use crate::views::{refcnt, FrameView, UmemMemory};
