@@ -449,6 +449,48 @@ def test_emit_on_another_socket_of_the_worker(pair2: VethPair) -> None:
     assert tx == rx[::-1], (tx, rx)
 
 
+def test_per_packet_handler_emits_and_cuts(pair: VethPair) -> None:
+    errors: list[str] = []
+
+    def handle(pkt: kbypass.Packet) -> kbypass.Action:
+        pkt.swap_macs()
+        pkt.swap_ips()
+        pkt.swap_ports()
+        pkt.fix_checksums()
+        assert pkt.emit(pkt.bytes())  # the whole answer, as a new frame
+        errors.append(_error_of(lambda: pkt.set_length(13)))
+        n = len(pkt)
+        pkt.set_length(34 + 8 + 4)  # and a cut one (IPv4 without options: UDP at 34)
+        assert len(pkt) == len(pkt.data) == 46 and pkt.udp is not None
+        d = pkt.data
+        _be16(d, 16, 46 - 14)
+        _be16(d, 38, 46 - 34)
+        pkt.fix_checksums()
+        pkt.push_front(4)
+        assert len(pkt) == 50 and bytes(pkt.data[:4]) == bytes(4)
+        pkt.pop_front(4)
+        assert len(pkt.bytes()) == 46 < n
+        return kbypass.TX
+
+    peer = _udp(pair, 9931)
+    with pair.enter("b"):
+        p = Pipeline(
+            pair.b.ifname, per_packet=handle, mode="copy", cpus=False, filter="udp dst port 9930"
+        )
+    with p:
+        p.start()
+        for i in range(5):
+            peer.sendto(b"pkt-%d-long" % i, (pair.b.ip, 9930))
+        got = sorted(d for d, _ in _recv_all(peer, 10))
+        acc = p.stop()
+        t = p.totals()
+    want = sorted([b"pkt-%d-long" % i for i in range(5)] + [b"pkt-" for _ in range(5)])
+    assert got == want, got
+    assert (t["emitted"], t["tx"], t["handler_errors"], t["escaped"]) == (5, 5, 0, 0), t
+    assert all("give 14..=1792" in e for e in errors) and len(errors) == 5, errors
+    assert acc is not None and acc["app"] == 0
+
+
 def test_an_emit_without_a_free_frame_returns_false_and_is_counted(pair: VethPair) -> None:
     out: dict[str, int] = {}
 

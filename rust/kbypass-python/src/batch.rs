@@ -395,19 +395,7 @@ impl PyBatch {
     #[pyo3(signature = (data, socket=None))]
     fn emit(&self, data: &Bound<'_, PyAny>, socket: Option<usize>) -> PyResult<bool> {
         self.check()?;
-        let emit = |bytes: &[u8]| self.frames.emit(self.seq, bytes, socket).py();
-        if let Ok(b) = data.cast::<PyBytes>() {
-            return emit(b.as_bytes());
-        }
-        if let Ok(a) = data.extract::<PyReadonlyArray1<'_, u8>>() {
-            if let Ok(s) = a.as_slice() {
-                return emit(s);
-            }
-        }
-        let buf = PyBuffer::<u8>::get(data).map_err(|_| {
-            PyTypeError::new_err("data must be bytes, bytearray, memoryview or a 1-D uint8 array")
-        })?;
-        emit(&buf.to_vec(data.py())?)
+        emit(&self.frames, self.seq, data, socket)
     }
 
     /// Zero-copy views of every frame (one NumPy object each: slower than the columns).
@@ -503,6 +491,29 @@ impl PyBatch {
             if self.valid() { "" } else { ", ended" }
         )
     }
+}
+
+/// Emit a copy of `data` (bytes, a contiguous 1-D uint8 array, or any bytes-like object) from
+/// lease `seq` (see `Batch.emit`).
+pub(crate) fn emit(
+    frames: &BatchFrames,
+    seq: u64,
+    data: &Bound<'_, PyAny>,
+    socket: Option<usize>,
+) -> PyResult<bool> {
+    let emit = |bytes: &[u8]| frames.emit(seq, bytes, socket).py();
+    if let Ok(b) = data.cast::<PyBytes>() {
+        return emit(b.as_bytes());
+    }
+    if let Ok(a) = data.extract::<PyReadonlyArray1<'_, u8>>() {
+        if let Ok(s) = a.as_slice() {
+            return emit(s);
+        }
+    }
+    let buf = PyBuffer::<u8>::get(data).map_err(|_| {
+        PyTypeError::new_err("data must be bytes, bytearray, memoryview or a 1-D uint8 array")
+    })?;
+    emit(&buf.to_vec(data.py())?)
 }
 
 /// `Batch.umem`: the whole UMEM indexed as a (frames, frame_size) uint8 array, read-only, valid
