@@ -491,6 +491,37 @@ def test_per_packet_handler_emits_and_cuts(pair: VethPair) -> None:
     assert acc is not None and acc["app"] == 0
 
 
+def test_forward_to_a_socket_of_another_worker(pair2: VethPair) -> None:
+    def across(batch: kbypass.Batch) -> None:
+        batch.swap_macs()
+        batch.swap_ips()
+        batch.swap_ports()
+        batch.fix_checksums()
+        batch.verdicts[:] = kbypass.FORWARD
+        batch.forward_to[:] = 1 - batch.socket
+
+    peer = _udp(pair2, 9941)
+    # One worker per socket: each FORWARD goes to the other worker, which sends it.
+    with _pipeline(pair2, across, filter="udp dst port 9940") as p:
+        assert p.stats()[0]["queues"] != p.stats()[1]["queues"]
+        p.start()
+        for i in range(20):
+            peer.sendto(b"across-%02d" % i, (pair2.b.ip, 9940))
+        got = sorted(d for d, _ in _recv_all(peer, 20))
+        acc = p.stop()
+        ws = p.stats()
+        t = p.totals()
+        tx = [int(s.stats()["tx_packets"]) for s in p.port.sockets]
+        rx = [int(s.stats()["rx_packets"]) for s in p.port.sockets]
+    assert got == [b"across-%02d" % i for i in range(20)]
+    assert (t["forwarded"], t["forwarded_in"], t["forward_ring_full"]) == (20, 20, 0), t
+    assert t["bad_verdicts"] == 0 and t["forward_in_failed"] == 0, t
+    # Each worker forwarded what arrived on its queue; the other one sent it.
+    assert [w["forwarded"] for w in ws] == rx and [w["forwarded_in"] for w in ws] == tx
+    assert tx == rx[::-1], (tx, rx)
+    assert acc is not None and acc["balanced"] and acc["app"] == 0
+
+
 def test_an_emit_without_a_free_frame_returns_false_and_is_counted(pair: VethPair) -> None:
     out: dict[str, int] = {}
 

@@ -7,8 +7,10 @@ applies the verdicts without the GIL:
 
 * ``DROP``: the frame goes back to the FILL ring at once;
 * ``TX``: the frame (as edited) goes out of the socket it came in on;
-* ``FORWARD``: out of socket ``batch.forward_to[i]`` of the same worker, zero-copy (the
-  sockets share one UMEM, only the descriptor moves);
+* ``FORWARD``: out of socket ``batch.forward_to[i]`` of the port, zero-copy (the sockets
+  share one UMEM, only the descriptor moves): directly when this worker owns it, else through
+  the owning worker's inbox, a lock-free ring (``forward_ring_full`` counts what a full inbox
+  refused);
 * ``KEEP``: the frame stays with Python; ``Pipeline.kept()`` returns :class:`~kbypass.Kept`
   handles whose ``release()`` gives the frames back.
 
@@ -128,6 +130,9 @@ _TOTAL_KEYS = (
     "copied",
     "emitted",
     "emit_failed",
+    "forward_ring_full",
+    "forwarded_in",
+    "forward_in_failed",
     "handler_errors",
     "bad_verdicts",
     "tx_failed",
@@ -147,8 +152,9 @@ class Pipeline:
         queues: "all" or a list of queue ids (only when ``port`` is a name).
         batch: descriptors per batch, 1..=4096.
         workers: number of worker threads (sockets dealt round-robin), or explicit groups of
-            socket indexes, e.g. ``[[0, 1]]`` for one worker owning both sockets (needed for
-            FORWARD between them). Default: one worker per socket.
+            socket indexes, e.g. ``[[0, 1]]`` for one worker owning both sockets (FORWARD between
+            them then needs no handoff, and ``emit(socket=)`` may name either). Default: one
+            worker per socket.
         cpus: one CPU per worker, ``None`` to choose with :func:`kbypass.cpu.worker_cpu` (the
             NIC's node, away from the queue's IRQ), or ``False`` to leave workers unpinned.
         filter: XDP match rules (only matching frames reach the pipeline).
@@ -371,9 +377,12 @@ class Pipeline:
         Keys: rx, tx, forwarded, dropped, kept, released, escaped (frames whose views outlived
         their batch: held until the views are gone), copied (of those, TX/FORWARD sent as a
         copy), emitted (frames ``batch.emit`` sent), emit_failed (emits that sent nothing: no
-        free frame, TX ring full, or the handler failed after emitting), handler_errors,
-        bad_verdicts, tx_failed, batches, mean_batch, batch_latency_ns, handler_ns, pps,
-        batch_sizes (histogram), queues, cpu.
+        free frame, TX ring full, or the handler failed after emitting), forward_ring_full
+        (FORWARDs to another worker's socket its inbox had no room for), forwarded_in (frames
+        other workers handed over and this one sent), forward_in_failed (handed over, not sent:
+        TX ring full, or the pipeline stopped first), handler_errors, bad_verdicts, tx_failed,
+        batches, mean_batch, batch_latency_ns, handler_ns, pps, batch_sizes (histogram), queues,
+        cpu.
         """
         return list(self._engine.stats())
 

@@ -481,3 +481,71 @@ fn vlan_tags_pushed_and_popped_through_the_lease_go_out_as_tagged() {
     let acc = p.check_accounting().unwrap();
     assert_eq!((acc.app, acc.held), (0, 0), "{acc:?}");
 }
+
+/// FORWARD every frame to the other socket of a two-queue port (owned by the other worker);
+/// sleeps so batches grow.
+struct Across;
+
+impl BatchHandler for Across {
+    fn handle(&mut self, ctx: &mut BatchCtx<'_>) -> Result<(), HandlerError> {
+        let other = 1 - ctx.socket as u16;
+        ctx.verdicts.fill(FORWARD);
+        ctx.forward_to.fill(other);
+        std::thread::sleep(Duration::from_millis(10));
+        Ok(())
+    }
+}
+
+#[test]
+fn forward_to_another_workers_socket_goes_through_its_inbox_counted_when_full() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    for inbox in [4096, 2] {
+        let opts = VethOptions {
+            queues: 2,
+            ..Default::default()
+        };
+        let (pair, _ns, port) = super::tests::port(opts, SocketConfig::default());
+        let cfg = PipelineConfig {
+            inbox,
+            ..Default::default()
+        };
+        let p = Pipeline::new(Arc::clone(&port), cfg).unwrap();
+        assert_eq!(p.groups(), &[vec![0], vec![1]], "one worker per socket");
+        p.start(vec![Box::new(Across), Box::new(Across)], None)
+            .unwrap();
+        let rx = || p.stats().iter().map(|s| s.snapshot().rx).sum::<u64>();
+        send(&pair, b"across", 200, rx, 200);
+        p.join().unwrap();
+        let s: Vec<WorkerStatsSnapshot> = p.stats().iter().map(|s| s.snapshot()).collect();
+        let g = port.lock();
+        let port = g.as_ref().unwrap();
+        let sock = |i: usize| port.socket(i).unwrap().counters();
+        // One flow: every frame arrives on one queue, its worker hands it to the other.
+        let j = if sock(0).rx_packets > 0 { 0 } else { 1 };
+        let (a, b) = (s[j], s[1 - j]);
+        assert_eq!((a.rx, b.rx, a.bad_verdicts), (200, 0, 0), "{s:?}");
+        assert_eq!(a.forwarded + a.forward_ring_full, 200, "{a:?}");
+        assert_eq!(
+            a.dropped, a.forward_ring_full,
+            "refused handoffs go back to FILL"
+        );
+        assert_eq!(a.tx_failed, a.forward_ring_full);
+        assert_eq!(b.forwarded_in + b.forward_in_failed, a.forwarded, "{b:?}");
+        assert_eq!(
+            sock(1 - j).tx_packets,
+            b.forwarded_in,
+            "sent by the other worker"
+        );
+        assert_eq!(sock(j).tx_packets, 0);
+        if inbox == 4096 {
+            assert_eq!((a.forwarded, b.forwarded_in), (200, 200), "{s:?}");
+        } else {
+            assert!(a.forward_ring_full > 0, "an inbox of 2 overflows: {a:?}");
+        }
+        let acc = port.check_accounting().unwrap();
+        assert_eq!((acc.app, acc.held), (0, 0), "{acc:?}");
+    }
+}

@@ -5,8 +5,9 @@
 //! loops: reap TX completions, receive up to `batch` descriptors, parse every frame (bounds-
 //! checked, see [`crate::packet::parse`]), pre-fill the verdicts with the default, call the
 //! handler once, then apply the verdicts: DROP returns the frame to the FILL ring at once, TX
-//! sends it out of the socket it came from, FORWARD out of another socket of the same worker
-//! (zero-copy: the sockets share the UMEM, so only the descriptor moves), KEEP leaves it with
+//! sends it out of the socket it came from, FORWARD out of another socket of the port
+//! (zero-copy: the sockets share the UMEM, so only the descriptor moves; a socket of another
+//! worker gets it through that worker's inbox, see `handoff`), KEEP leaves it with
 //! the application, held by a [`crate::xsk::FrameHold`] the handler took with
 //! [`BatchCtx::keep`], until the last hold is dropped. A frame whose Python view outlived the
 //! handler is held the same way ([`BatchCtx::hold_view`]), so nothing the application can still
@@ -26,6 +27,7 @@
 
 mod build;
 mod frames;
+mod handoff;
 mod kept;
 mod pipeline;
 mod worker;

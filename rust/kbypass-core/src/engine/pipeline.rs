@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::handoff::{self, Inboxes};
 use super::kept::{Kept, KeptQueue};
 use super::worker::{self, on_worker_of, WorkerConfig, WorkerExit};
 use super::{valid_verdict, BatchHandler, OnError, WorkerStats, DROP};
@@ -32,8 +33,9 @@ pub enum Workers {
     /// This many workers (1..=sockets), the sockets dealt round-robin: worker `w` gets sockets
     /// `w, w + n, w + 2n, …`.
     Count(usize),
-    /// Explicit groups of socket indexes, each socket in at most one group (a worker needs
-    /// every socket a FORWARD verdict names in its own group).
+    /// Explicit groups of socket indexes, each socket in at most one group (a FORWARD to a
+    /// socket of the worker's own group moves only a descriptor; to another group's, the
+    /// frame goes through that worker's inbox).
     Groups(Vec<Vec<usize>>),
 }
 
@@ -68,6 +70,9 @@ pub struct PipelineConfig {
     pub idle_wait: Duration,
     /// Empty polls over a worker's sockets before it sleeps.
     pub idle_spins: u32,
+    /// Frames each worker's inbox holds: FORWARDs to its sockets from other workers waiting
+    /// for it (a power of two, 2..=1048576; used with several workers).
+    pub inbox: usize,
 }
 
 impl Default for PipelineConfig {
@@ -80,6 +85,7 @@ impl Default for PipelineConfig {
             on_error: OnError::Drop,
             idle_wait: Duration::from_millis(1),
             idle_spins: 512,
+            inbox: 4096,
         }
     }
 }
@@ -101,6 +107,12 @@ impl PipelineConfig {
         }
         if self.idle_wait.is_zero() || self.idle_wait > Duration::from_secs(1) {
             return Err(Error::invalid("idle_wait must be in (0, 1] seconds"));
+        }
+        if !self.inbox.is_power_of_two() || !(2..=1 << 20).contains(&self.inbox) {
+            return Err(Error::invalid(format!(
+                "inbox={} must be a power of two in 2..=1048576, e.g. 4096",
+                self.inbox
+            )));
         }
         match &self.workers {
             Workers::Count(0) => Err(Error::invalid(
@@ -189,6 +201,8 @@ pub struct Pipeline {
     total: Arc<AtomicU64>,
     stats: Vec<Arc<WorkerStats>>,
     kept: Arc<KeptQueue>,
+    /// The workers' inboxes of the current (or last) run, for what is left in them at join.
+    inboxes: Mutex<Option<Inboxes>>,
     /// Never held across a join or a wait: every holder only reads or swaps it.
     state: Mutex<State>,
 }
@@ -231,6 +245,7 @@ impl Pipeline {
             stop: Arc::default(),
             total: Arc::default(),
             kept: Arc::default(),
+            inboxes: Mutex::default(),
             state: Mutex::default(),
         })
     }
@@ -300,6 +315,26 @@ impl Pipeline {
         };
         self.stop.store(false, Ordering::Release);
         self.total.store(0, Ordering::Release);
+        // Several workers: an inbox each, for FORWARDs to another worker's sockets.
+        let inboxes = if self.groups.len() > 1 {
+            match Inboxes::new(&self.groups, self.queues.len(), self.cfg.inbox) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    drop(st);
+                    let put = self
+                        .port
+                        .lock()
+                        .as_mut()
+                        .map(|p| p.put_sockets(taken.into_iter().flatten()));
+                    return Err(match put {
+                        Some(Err(p)) => Error::State(format!("{e}; then: {p}")),
+                        _ => e,
+                    });
+                }
+            }
+        } else {
+            None
+        };
         let mut handles = Vec::with_capacity(taken.len());
         let mut failed = None;
         let mut back = Vec::new();
@@ -320,7 +355,20 @@ impl Pipeline {
                 limit: limit.unwrap_or(u64::MAX),
                 kept: Some(Arc::clone(&self.kept)),
             };
-            match worker::spawn(wid, socks, handler, cfg, Arc::clone(&self.stats[wid])) {
+            let ends = match inboxes
+                .as_ref()
+                .map(|b| b.ends(wid, self.cfg.batch))
+                .transpose()
+            {
+                Ok(e) => e,
+                Err(e) => {
+                    back.extend(socks);
+                    failed = Some(e);
+                    continue;
+                }
+            };
+            let stats = Arc::clone(&self.stats[wid]);
+            match worker::spawn(wid, socks, handler, ends, cfg, stats) {
                 Ok(h) => handles.push(h),
                 Err(e) => {
                     back.extend(e.sockets);
@@ -328,6 +376,7 @@ impl Pipeline {
                 }
             }
         }
+        *self.inboxes.lock().unwrap_or_else(|e| e.into_inner()) = inboxes;
         st.running = Some(Running {
             handles,
             started: Instant::now(),
@@ -423,11 +472,36 @@ impl Pipeline {
                 Err(_) => errors.push("a worker thread panicked".to_string()),
             }
         }
-        if let Some(port) = self.port.lock().as_mut() {
+        let mut g = self.port.lock();
+        if let Some(port) = g.as_mut() {
             if let Err(e) = port.put_sockets(back) {
                 errors.push(e.to_string());
             }
+            // Frames handed to a worker that ended before it took them go back, counted.
+            let inboxes = self
+                .inboxes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(b) = inboxes {
+                match b.leftovers() {
+                    Ok(left) => {
+                        for (w, items) in left.iter().enumerate() {
+                            let mut n = 0;
+                            for it in items {
+                                let (d, s) = handoff::decode(it);
+                                if let Some(sock) = port.socket_mut(s) {
+                                    n += sock.release(&[d.addr]);
+                                }
+                            }
+                            self.stats[w].add_forward_in_failed(n as u64);
+                        }
+                    }
+                    Err(e) => errors.push(format!("frames left in the workers' inboxes: {e}")),
+                }
+            }
         }
+        drop(g);
         if errors.is_empty() {
             Ok(())
         } else {

@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::build::{self, EmitRules, Emitted, Reshape};
+use super::handoff::{self, Handoff};
 use super::kept::{Kept, KeptQueue};
 use super::{DROP, FORWARD, KEEP, TX};
 use crate::error::{Error, Result};
@@ -420,6 +421,9 @@ pub struct WorkerStats {
     copied: AtomicU64,
     emitted: AtomicU64,
     emit_failed: AtomicU64,
+    forward_ring_full: AtomicU64,
+    forwarded_in: AtomicU64,
+    forward_in_failed: AtomicU64,
     batches: AtomicU64,
     batch_ns: AtomicU64,
     handler_ns: AtomicU64,
@@ -438,7 +442,8 @@ pub struct WorkerStatsSnapshot {
     pub rx_bytes: u64,
     /// Packets sent back out of their own socket (TX).
     pub tx: u64,
-    /// Packets sent out of another socket (FORWARD).
+    /// Packets sent out of another socket (FORWARD): of this worker, or handed to the worker
+    /// that owns the socket (which sends them, see `forwarded_in`).
     pub forwarded: u64,
     /// Packets returned to the FILL ring: DROP, bad verdicts, failed batches, failed sends.
     pub dropped: u64,
@@ -448,7 +453,8 @@ pub struct WorkerStatsSnapshot {
     pub released: u64,
     /// Batches (or packets, in per-packet mode) whose handler failed.
     pub handler_errors: u64,
-    /// Verdict values that are not a verdict, or FORWARD to a socket this worker does not own.
+    /// Verdict values that are not a verdict, or FORWARD to a socket the pipeline does not
+    /// have.
     pub bad_verdicts: u64,
     /// TX/FORWARD frames not sent: the TX ring had no room (those are dropped, and counted
     /// in `dropped` too), or a held frame had no free frame for its copy.
@@ -462,6 +468,14 @@ pub struct WorkerStatsSnapshot {
     /// Emits that sent nothing: no free frame when asked (the handler was told), the TX ring
     /// full, or the handler failed after emitting (its emits are discarded with its batch).
     pub emit_failed: u64,
+    /// FORWARDs to another worker's socket that its inbox had no room for (dropped, and
+    /// counted in `tx_failed` and `dropped` too).
+    pub forward_ring_full: u64,
+    /// Frames other workers handed to this one that it sent out of its sockets.
+    pub forwarded_in: u64,
+    /// Frames other workers handed to this one that were not sent: its TX ring was full, or
+    /// the pipeline stopped before it took them (back to the pool).
+    pub forward_in_failed: u64,
     /// Batches handled.
     pub batches: u64,
     /// Nanoseconds from receive to verdicts applied, summed over batches.
@@ -511,6 +525,9 @@ impl WorkerStats {
             copied: self.copied.load(Relaxed),
             emitted: self.emitted.load(Relaxed),
             emit_failed: self.emit_failed.load(Relaxed),
+            forward_ring_full: self.forward_ring_full.load(Relaxed),
+            forwarded_in: self.forwarded_in.load(Relaxed),
+            forward_in_failed: self.forward_in_failed.load(Relaxed),
             batches: self.batches.load(Relaxed),
             batch_ns: self.batch_ns.load(Relaxed),
             handler_ns: self.handler_ns.load(Relaxed),
@@ -524,6 +541,11 @@ impl WorkerStats {
     /// Count kept frames given back from outside the worker (e.g. after it stopped).
     pub fn add_released(&self, n: u64) {
         self.released.fetch_add(n, Relaxed);
+    }
+
+    /// Count frames handed to this worker that it never took (given back after it stopped).
+    pub(crate) fn add_forward_in_failed(&self, n: u64) {
+        self.forward_in_failed.fetch_add(n, Relaxed);
     }
 }
 
@@ -592,10 +614,12 @@ pub(crate) fn on_worker_of(stop: &Arc<AtomicBool>) -> bool {
 
 /// Start a worker thread named `kbx-worker-<id>` on `sockets` (at least one; `cfg` checked).
 /// If the thread cannot be created the sockets come back with the error.
+/// `handoff`: the worker's ends of the pipeline's inboxes (several workers only).
 pub(crate) fn spawn(
     id: usize,
     sockets: Vec<(usize, XskSocket)>,
     handler: Box<dyn BatchHandler>,
+    handoff: Option<Handoff>,
     cfg: WorkerConfig,
     stats: Arc<WorkerStats>,
 ) -> std::result::Result<JoinHandle<WorkerExit>, SpawnError> {
@@ -615,6 +639,7 @@ pub(crate) fn spawn(
             };
             STOP_FLAG_OF.with(|w| w.set(Arc::as_ptr(&cfg.stop) as usize));
             let mut w = Worker::new(id, sockets, handler, cfg, stats);
+            w.handoff = handoff;
             w.handler.thread_start();
             let error = w.run().err();
             w.finish();
@@ -657,6 +682,8 @@ struct Worker {
     /// Frames the handler emitted this batch, and per socket how many of `outs` are emits.
     emits: Vec<Emitted>,
     emit_counts: Vec<usize>,
+    /// Inboxes of the pipeline's other workers, and this one's (None: the only worker).
+    handoff: Option<Handoff>,
     epoch: Instant,
 }
 
@@ -677,6 +704,7 @@ impl Worker {
             socket_ids: sockets.iter().map(|(g, _)| *g).collect(),
             emits: Vec::with_capacity(emit_limit(b)),
             emit_counts: vec![0; sockets.len()],
+            handoff: None,
             id,
             handler,
             stats,
@@ -700,7 +728,7 @@ impl Worker {
         }
         let mut idle = 0u32;
         while !self.cfg.stop.load(Relaxed) {
-            let mut got_any = false;
+            let mut got_any = self.take_handoffs() > 0;
             for j in 0..self.sockets.len() {
                 self.sockets[j].1.complete();
                 let want = self.want();
@@ -870,6 +898,7 @@ impl Worker {
         }
         self.emit_counts.fill(0);
         let (mut kept, mut bad, mut fwd, mut tx) = (0u64, 0u64, 0u64, 0u64);
+        let mut remote = 0u64;
         for i in 0..n {
             let d = self.descs[i];
             if any_held && self.slots[i] == Slot::Held {
@@ -896,8 +925,18 @@ impl Worker {
                         }
                     }
                     None => {
-                        bad += 1;
-                        self.drops.push(d.addr);
+                        let target = self.forward_to[i] as usize;
+                        let owner = self.handoff.as_mut();
+                        match owner.and_then(|h| h.worker_of(target).map(|w| (h, w))) {
+                            Some((h, w)) => {
+                                h.stage(w, &d, target);
+                                remote += 1;
+                            }
+                            None => {
+                                bad += 1;
+                                self.drops.push(d.addr);
+                            }
+                        }
                     }
                 },
                 // KEEP without a hold: nobody could ever give the frame back.
@@ -910,6 +949,17 @@ impl Worker {
         let mut dropped = self.drops.len() as u64;
         if !self.drops.is_empty() {
             self.sockets[j].1.release(&self.drops);
+        }
+        // FORWARDs to other workers' sockets go into their inboxes; what does not fit comes
+        // back to FILL, counted.
+        let mut ring_full = 0u64;
+        if let Some(h) = self.handoff.as_mut().filter(|_| remote > 0) {
+            self.drops.clear();
+            let handed = h.flush(&mut self.drops) as u64;
+            ring_full = remote - handed;
+            if !self.drops.is_empty() {
+                self.sockets[j].1.release(&self.drops);
+            }
         }
         // Emitted frames go after the batch's own, so a full ring refuses them first.
         for e in self.emits.drain(..) {
@@ -943,9 +993,14 @@ impl Worker {
                 }
             }
         }
-        let failed = tx_failed + fwd_failed;
+        let failed = tx_failed + fwd_failed + ring_full;
         dropped += failed;
         let s = &self.stats;
+        if remote > 0 {
+            s.forward_ring_full.fetch_add(ring_full, Relaxed);
+            fwd += remote;
+            fwd_failed += ring_full;
+        }
         if emitted + emit_failed > 0 {
             s.emitted.fetch_add(emitted, Relaxed);
             s.emit_failed.fetch_add(emit_failed, Relaxed);
@@ -958,8 +1013,61 @@ impl Worker {
         s.tx_failed.fetch_add(failed, Relaxed);
     }
 
-    /// Reap the last completions (bounded) so frames sent just before stop are back.
+    /// Send what other workers handed to this one (up to a batch); returns how many it took.
+    fn take_handoffs(&mut self) -> usize {
+        let Some(h) = self.handoff.as_mut() else {
+            return 0;
+        };
+        let items = h.take();
+        if items.is_empty() {
+            return 0;
+        }
+        let n = items.len();
+        for o in &mut self.outs {
+            o.clear();
+        }
+        self.drops.clear();
+        for it in items {
+            let (d, target) = handoff::decode(it);
+            match self.socket_ids.iter().position(|&g| g == target) {
+                Some(k) => self.outs[k].push(d),
+                // Handed here by the socket's owner table: cannot happen; never lose a frame.
+                None => self.drops.push(d.addr),
+            }
+        }
+        let mut failed = self.drops.len();
+        if failed > 0 {
+            self.sockets[0].1.release(&self.drops);
+        }
+        for k in 0..self.outs.len() {
+            if self.outs[k].is_empty() {
+                continue;
+            }
+            self.sockets[k].1.complete();
+            let q = self.sockets[k].1.send(&self.outs[k]);
+            if q < self.outs[k].len() {
+                self.drops.clear();
+                self.drops.extend(self.outs[k][q..].iter().map(|d| d.addr));
+                self.sockets[k].1.release(&self.drops);
+                failed += self.drops.len();
+            }
+        }
+        let s = &self.stats;
+        s.forwarded_in.fetch_add((n - failed) as u64, Relaxed);
+        if failed > 0 {
+            s.forward_in_failed.fetch_add(failed as u64, Relaxed);
+        }
+        n
+    }
+
+    /// Send what other workers handed over (bounded), then reap the last completions
+    /// (bounded) so frames sent just before stop are back.
     fn finish(&mut self) {
+        for _ in 0..64 {
+            if self.take_handoffs() == 0 {
+                break;
+            }
+        }
         let deadline = Instant::now() + Duration::from_millis(300);
         loop {
             for (_, s) in &mut self.sockets {
