@@ -143,6 +143,7 @@ def test_set_length_grows_and_cuts_replies_and_bad_lengths_change_nothing(pair: 
                     write,
                     lambda: batch.push_vlan(5000),
                     lambda: batch.push_vlan(1, tpid=0x0800),
+                    lambda: batch.set_lengths([60] * len(batch)),  # type: ignore[arg-type]
                 )
             )
             assert int(batch.lengths[0]) == n0 == len(batch.frame(0)), "nothing changed"
@@ -187,6 +188,7 @@ def test_set_length_grows_and_cuts_replies_and_bad_lengths_change_nothing(pair: 
     assert errors[7].startswith("IndexError: frame"), errors
     assert errors[8] == "ValueError: assignment destination is read-only", errors
     assert "a VLAN id is 0..=4095" in errors[9] and "use 0x8100 (802.1Q)" in errors[10], errors
+    assert errors[11].startswith("TypeError: lengths must be a 1-D uint32 array"), errors
     assert t["escaped"] == 0, t
 
 

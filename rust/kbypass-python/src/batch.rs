@@ -282,10 +282,15 @@ impl PyBatch {
     fn set_lengths(
         &self,
         py: Python<'_>,
-        lengths: PyReadonlyArray1<'_, u32>,
+        lengths: &Bound<'_, PyAny>,
         mask: Option<PyReadonlyArray1<'_, bool>>,
     ) -> PyResult<usize> {
         self.check()?;
+        let lengths = lengths.extract::<PyReadonlyArray1<'_, u32>>().map_err(|_| {
+            PyTypeError::new_err(
+                "lengths must be a 1-D uint32 array with one entry per frame, e.g. batch.lengths + 4 or np.asarray(x, np.uint32)",
+            )
+        })?;
         let lens = lengths.as_array().to_vec();
         let mask = mask.map(|m| m.as_array().to_vec());
         let pick = mask.as_deref().map_or(Pick::All, Pick::Mask);
