@@ -549,3 +549,37 @@ fn forward_to_another_workers_socket_goes_through_its_inbox_counted_when_full() 
         assert_eq!((acc.app, acc.held), (0, 0), "{acc:?}");
     }
 }
+
+/// Lends its batches through a lease made for another UMEM.
+struct WrongLease(Arc<BatchFrames>);
+
+impl BatchHandler for WrongLease {
+    fn handle(&mut self, ctx: &mut BatchCtx<'_>) -> Result<(), HandlerError> {
+        self.0.lend(ctx).end();
+        Ok(())
+    }
+}
+
+#[test]
+fn a_lease_refuses_a_batch_of_another_umem() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let (pair, _ns, port) = port(256, 0);
+    let other = crate::xsk::Umem::new(&crate::xsk::UmemConfig {
+        frames: 64,
+        ..Default::default()
+    })
+    .unwrap();
+    let p = Pipeline::new(Arc::clone(&port), PipelineConfig::default()).unwrap();
+    let h = WrongLease(Arc::new(BatchFrames::new(&other, 64).unwrap()));
+    p.start(vec![Box::new(h)], None).unwrap();
+    send(&pair, b"wrong", 1, || p.stats()[0].snapshot().rx, 1);
+    assert!(
+        p.wait_until(Instant::now() + Duration::from_secs(5)),
+        "the worker ended"
+    );
+    let e = p.join().unwrap_err().to_string();
+    assert!(e.contains("a worker thread panicked"), "{e}");
+}

@@ -157,7 +157,15 @@ impl BatchFrames {
     }
 
     /// Lend the frames of `ctx`'s batch until the returned [`Lent`] ends (or is dropped).
+    ///
+    /// # Panics
+    /// If `ctx`'s batch is not in the UMEM this lease was made for (its edits would reach
+    /// another UMEM's frames, and its emits mix two pools).
     pub fn lend<'f, 'c, 'a>(&'f self, ctx: &'c mut BatchCtx<'a>) -> Lent<'f, 'c, 'a> {
+        assert!(
+            std::ptr::eq(self.umem.as_ptr(), ctx.umem),
+            "a BatchFrames lends batches of the UMEM it was made for"
+        );
         let seq = {
             let mut g = self.lock();
             let l = &mut *g;
