@@ -18,6 +18,12 @@ in ``b`` pinned to the last one. Each test measures its references first, then k
   ``test_batch_size_sweep[1]`` (batch 1: the per-batch cost is all there is), measured on one
   quiet machine.
 
+* what building frames costs on top of l2fwd (``swap_macs`` + TX) in the same run: a VLAN
+  tag pushed and popped again on every frame (``push_vlan`` + ``pop_vlan``: two reshapes of the
+  whole batch), every start moved 50 bytes back and forth (``adjust_head``, the room a VXLAN
+  header needs), and every frame answered by an emitted copy instead of TX (``emit`` per frame
+  from a Python loop, the original dropped).
+
 ``KBYPASS_BENCH_SECONDS`` (default 1.0) sets each measurement's length. For docs/performance.md
 run e.g. ``KBYPASS_BENCH_SECONDS=3 python -m pytest benches/bench_processors.py
 --benchmark-enable``.
@@ -292,6 +298,65 @@ def test_escape_check_cost(benchmark: BenchmarkFixture, pair: VethPair, keeps: s
         rate / float(ref["pps"]),
         keeps=keeps,
         escaped=t["escaped"],
+        batch_latency_ns=t["batch_latency_ns"],
+        reference_batch_latency_ns=ref["batch_latency_ns"],
+        extra_ns_per_batch=t["batch_latency_ns"] - ref["batch_latency_ns"],
+    )
+
+
+@pytest.mark.benchmark(group="processors-build")
+@pytest.mark.parametrize("work", ["vlan-push-pop", "adjust-head", "emit"])
+def test_build_cost(benchmark: BenchmarkFixture, pair: VethPair, work: str) -> None:
+    """l2fwd that also builds frames (see the module docs), vs plain l2fwd."""
+
+    def l2fwd(batch: kbypass.Batch) -> None:
+        batch.swap_macs()
+        batch.verdicts[:] = kbypass.TX
+
+    def vlan_push_pop(batch: kbypass.Batch) -> None:
+        batch.swap_macs()
+        batch.push_vlan(100)
+        batch.pop_vlan()
+        batch.verdicts[:] = kbypass.TX
+
+    def adjust_head(batch: kbypass.Batch) -> None:
+        batch.swap_macs()
+        batch.adjust_head(-50)
+        batch.adjust_head(50)
+        batch.verdicts[:] = kbypass.TX
+
+    def emit(batch: kbypass.Batch) -> None:
+        batch.swap_macs()
+        for f in batch.frames:
+            batch.emit(f)
+        batch.verdicts[:] = kbypass.DROP
+
+    subject = {"vlan-push-pop": vlan_push_pop, "adjust-head": adjust_head, "emit": emit}[work]
+    gen = TrafficGenerator(pair, size=60, cpu=GEN_CPU)
+    try:
+        gen.start()
+        ref, t = side_by_side(
+            benchmark,
+            lambda: _run_pipeline(pair, l2fwd),
+            lambda: _run_pipeline(pair, subject),
+        )
+    finally:
+        gen.stop()
+    rate = float(t["pps"])
+    assert t["rx"] > 0 and t["handler_errors"] == 0
+    if work == "emit":
+        assert t["emitted"] > 0 and t["tx"] == 0
+    else:
+        assert t["tx"] > 0 and t["emitted"] == 0
+    _info(
+        benchmark,
+        rate,
+        "l2fwd (swap_macs + TX)",
+        rate / float(ref["pps"]),
+        work=work,
+        emitted=t["emitted"],
+        emit_failed=t["emit_failed"],
+        tx_failed=t["tx_failed"],
         batch_latency_ns=t["batch_latency_ns"],
         reference_batch_latency_ns=ref["batch_latency_ns"],
         extra_ns_per_batch=t["batch_latency_ns"] - ref["batch_latency_ns"],

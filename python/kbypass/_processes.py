@@ -128,6 +128,7 @@ class ProcessGroup:
                     mode=opts["mode"],
                     frames=opts["frames"],
                     frame_size=opts["frame_size"],
+                    headroom=opts["headroom"],
                 )
                 if self._prog is not None:
                     self._prog.set_socket(q, port.sockets[0].fileno())

@@ -7,10 +7,18 @@ applies the verdicts without the GIL:
 
 * ``DROP``: the frame goes back to the FILL ring at once;
 * ``TX``: the frame (as edited) goes out of the socket it came in on;
-* ``FORWARD``: out of socket ``batch.forward_to[i]`` of the same worker, zero-copy (the
-  sockets share one UMEM, only the descriptor moves);
+* ``FORWARD``: out of socket ``batch.forward_to[i]`` of the port, zero-copy (the sockets
+  share one UMEM, only the descriptor moves): directly when this worker owns it, else through
+  the owning worker's inbox, a lock-free ring (``forward_ring_full`` counts what a full inbox
+  refused);
 * ``KEEP``: the frame stays with Python; ``Pipeline.kept()`` returns :class:`~kbypass.Kept`
   handles whose ``release()`` gives the frames back.
+
+A handler can also build frames: ``batch.set_length(i, n)`` / ``set_lengths`` change where a
+packet ends, ``batch.push_front(i, n)`` / ``pop_front`` / ``adjust_head(delta, mask)`` where it
+starts, inside its frame (the room in front is the kernel's 256 bytes plus ``headroom=``; a VLAN
+tag or an outer IPv4+UDP header fits in it), and ``batch.emit(data)`` sends a new frame after
+the batch's own (False, counted in ``emit_failed``, when no UMEM frame is free).
 
 Nothing Python can still see is recycled: a frame whose view (``batch.frame(i)``,
 ``batch.frames``, ``Packet.data``) outlives the handler is held until the last view is gone
@@ -128,6 +136,11 @@ _TOTAL_KEYS = (
     "released",
     "escaped",
     "copied",
+    "emitted",
+    "emit_failed",
+    "forward_ring_full",
+    "forwarded_in",
+    "forward_in_failed",
     "handler_errors",
     "bad_verdicts",
     "tx_failed",
@@ -147,8 +160,9 @@ class Pipeline:
         queues: "all" or a list of queue ids (only when ``port`` is a name).
         batch: descriptors per batch, 1..=4096.
         workers: number of worker threads (sockets dealt round-robin), or explicit groups of
-            socket indexes, e.g. ``[[0, 1]]`` for one worker owning both sockets (needed for
-            FORWARD between them). Default: one worker per socket.
+            socket indexes, e.g. ``[[0, 1]]`` for one worker owning both sockets (FORWARD between
+            them then needs no handoff, and ``emit(socket=)`` may name either). Default: one
+            worker per socket.
         cpus: one CPU per worker, ``None`` to choose with :func:`kbypass.cpu.worker_cpu` (the
             NIC's node, away from the queue's IRQ), or ``False`` to leave workers unpinned.
         filter: XDP match rules (only matching frames reach the pipeline).
@@ -167,6 +181,9 @@ class Pipeline:
             printed once.
         default: the verdict every frame starts with (DROP).
         progress: show a live ``rich`` display during ``run()``; default: when stdout is a TTY.
+        headroom: bytes kept free in each UMEM frame before the kernel's 256 (``XDP_UMEM_REG``'s
+            ``headroom``), so handlers can push more than 256 bytes in front of a packet
+            (``batch.push_front``); received packets start after both.
         mode, frames, frame_size, xdp_mode: passed to ``XdpPort`` when ``port`` is a name.
         latency: how a worker waits when its sockets are idle. ``"adaptive"`` (the default):
             keep polling for ``spin`` seconds after the last packet, then sleep in poll(2) on
@@ -217,6 +234,7 @@ class Pipeline:
         mode: str = "auto",
         frames: int | None = None,
         frame_size: int = 2048,
+        headroom: int = 0,
         xdp_mode: str = "auto",
         idle_wait: float = 0.001,
         processes: int | None = None,
@@ -266,6 +284,7 @@ class Pipeline:
                     mode=mode,
                     frames=frames,
                     frame_size=frame_size,
+                    headroom=headroom,
                     idle_wait=idle_wait,
                     latency=latency,
                     spin=spin,
@@ -283,13 +302,15 @@ class Pipeline:
                 filter=filter,
                 frames=frames,
                 frame_size=frame_size,
+                headroom=headroom,
                 xdp_mode=xdp_mode,
                 program=table,
             )
         elif isinstance(port, XdpPort):
-            if filter is not None:
+            if filter is not None or headroom:
                 raise ValueError(
-                    "filter= applies when the pipeline opens the port: give it to XdpPort"
+                    "filter= and headroom= apply when the pipeline opens the port: give them "
+                    "to XdpPort"
                 )
             if table is not None:
                 raise ValueError(
@@ -406,10 +427,15 @@ class Pipeline:
 
         Keys: rx, tx, forwarded, dropped, kept, released, escaped (frames whose views outlived
         their batch: held until the views are gone), copied (of those, TX/FORWARD sent as a
-        copy), handler_errors, bad_verdicts, tx_failed, batches, mean_batch, batch_latency_ns,
-        handler_ns, pps, batch_sizes (histogram), queues, cpu, latency (the mode),
-        idle_waits (times the worker slept), busy_poll (``latency="busy"`` with the kernel's
-        busy polling accepted on every socket), notes (what could not be done as asked).
+        copy), emitted (frames ``batch.emit`` sent), emit_failed (emits that sent nothing: no
+        free frame, TX ring full, or the handler failed after emitting), forward_ring_full
+        (FORWARDs to another worker's socket its inbox had no room for), forwarded_in (frames
+        other workers handed over and this one sent), forward_in_failed (handed over, not sent:
+        TX ring full, or the pipeline stopped first), handler_errors, bad_verdicts, tx_failed,
+        batches, mean_batch, batch_latency_ns, handler_ns, pps, batch_sizes (histogram), queues,
+        cpu, latency (the mode), idle_waits (times the worker slept), busy_poll
+        (``latency="busy"`` with the kernel's busy polling accepted on every socket), notes (what
+        could not be done as asked).
         """
         return list(self._engine.stats())
 

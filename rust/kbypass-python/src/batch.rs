@@ -1,195 +1,25 @@
 //! `kbypass.Batch` and `Batch.umem` (`UmemWindow`): one batch as a batch handler sees it.
 //!
-//! The columns are per-worker NumPy buffers (`Buffers`, allocated once and sliced per batch,
-//! replaced when a handler kept one); frame access goes through the worker's lease on the
-//! batch (`BatchFrames`): views by descriptor index, edits and reads by mask, all refused once
-//! the handler returned.
+//! The columns are per-worker NumPy buffers (`Buffers`, `columns.rs`: allocated once and sliced
+//! per batch, replaced when a handler kept one); frame access goes through the worker's lease on the
+//! batch (`BatchFrames`): views by descriptor index, edits and reads by mask, reshapes (length,
+//! start) and emits, all refused once the handler returned.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use kbypass_core::engine::{BatchFrames, Lent};
+use kbypass_core::engine::{BatchFrames, Lent, NewLen, Pick};
 use kbypass_core::packet::{edit, PacketMeta};
-use numpy::{
-    Element, PyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyUntypedArrayMethods,
-};
-use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError};
+use numpy::{PyArray1, PyReadonlyArray1};
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PySlice};
+use pyo3::types::{PyBytes, PyList};
 
+use crate::columns::Buffers;
 use crate::errors::IntoPyResult;
-use crate::packet::{meta_dtype, PcapWriter};
-use crate::views::{refcnt, FrameView, UmemMemory};
-
-/// Per-worker NumPy buffers, allocated once and sliced per batch. A buffer that a handler kept
-/// a reference to (any view of it) is the handler's from then on: the worker notices when the
-/// handler returns (`escaped`) and uses fresh buffers for the next batch.
-pub struct Buffers {
-    cap: usize,
-    lengths: Py<PyArray1<u32>>,
-    addrs: Py<PyArray1<u64>>,
-    verdicts: Py<PyArray1<u8>>,
-    forward_to: Py<PyArray1<u16>>,
-    meta_raw: Py<PyArray2<u8>>,
-    headers: Py<PyAny>,
-    /// The whole UMEM, read-only (see `UmemWindow`).
-    umem: Py<PyAny>,
-    /// Reference counts of lengths, addrs, verdicts, forward_to, meta_raw, headers with nothing
-    /// handed out.
-    base: [isize; 6],
-}
-
-impl Buffers {
-    pub fn new(py: Python<'_>, cap: usize, memory: &UmemMemory) -> PyResult<Self> {
-        let meta_raw = PyArray2::<u8>::zeros(py, [cap, 64], false);
-        let headers = meta_raw
-            .call_method1("view", (meta_dtype(py)?,))?
-            .call_method1("reshape", (cap,))?;
-        let mut b = Buffers {
-            cap,
-            lengths: PyArray1::<u32>::zeros(py, cap, false).unbind(),
-            addrs: PyArray1::<u64>::zeros(py, cap, false).unbind(),
-            verdicts: PyArray1::<u8>::zeros(py, cap, false).unbind(),
-            forward_to: PyArray1::<u16>::zeros(py, cap, false).unbind(),
-            meta_raw: meta_raw.unbind(),
-            headers: headers.unbind(),
-            umem: memory.umem_2d(py)?.into_any().unbind(),
-            base: [0; 6],
-        };
-        b.base = b.refcounts(py);
-        Ok(b)
-    }
-
-    /// Frames per batch at most.
-    pub fn cap(&self) -> usize {
-        self.cap
-    }
-
-    fn refcounts(&self, py: Python<'_>) -> [isize; 6] {
-        [
-            refcnt(self.lengths.bind(py).as_any()),
-            refcnt(self.addrs.bind(py).as_any()),
-            refcnt(self.verdicts.bind(py).as_any()),
-            refcnt(self.forward_to.bind(py).as_any()),
-            refcnt(self.meta_raw.bind(py).as_any()),
-            refcnt(self.headers.bind(py)),
-        ]
-    }
-
-    /// Whether a column (or a view of one) outlived the handler. Every view NumPy derives from
-    /// a buffer has the buffer as its base, so its reference count says.
-    pub fn escaped(&self, py: Python<'_>) -> bool {
-        self.refcounts(py) != self.base
-    }
-
-    /// Copy the batch's columns in, through the buffers' data pointers: NumPy's borrow
-    /// tracking (a shared hash map, an allocation per borrow) was most of a small batch's cost.
-    /// Only private buffers are written this way, and a handler gets fresh buffers after
-    /// keeping one, so this always holds; if it ever did not, the checked path runs.
-    fn load_private(&self, py: Python<'_>, lent: &mut Lent<'_, '_, '_>) -> bool {
-        if self.escaped(py) {
-            return false;
-        }
-        let n = lent.len();
-        // SAFETY: the buffers are private (no Python reference to any of them, or to a view of
-        // one, but ours: checked just now, attached to the interpreter, on the worker thread,
-        // the only one that uses these `Buffers`), so nothing but these slices reaches
-        // their memory while they live, and each is within its array (`column`).
-        let (l, a, m, v, f) = unsafe {
-            (
-                column(self.lengths.bind(py), self.cap),
-                column(self.addrs.bind(py), self.cap),
-                column(self.meta_raw.bind(py), self.cap * 64),
-                column(self.verdicts.bind(py), n),
-                column(self.forward_to.bind(py), n),
-            )
-        };
-        lent.write_columns(l, a, m);
-        v.copy_from_slice(lent.verdicts());
-        f.copy_from_slice(lent.forward_to());
-        true
-    }
-
-    /// Read the verdicts and FORWARD targets back through the data pointers when the buffers
-    /// are private (see `load_private`); false: use the checked path.
-    fn store_private(&self, py: Python<'_>, lent: &mut Lent<'_, '_, '_>) -> bool {
-        if self.escaped(py) {
-            return false;
-        }
-        let n = lent.len();
-        // SAFETY: as in `load_private`: the handler returned and kept no reference to these
-        // buffers, so only these two slices reach their memory while they live.
-        let (v, f) = unsafe {
-            (
-                column(self.verdicts.bind(py), n),
-                column(self.forward_to.bind(py), n),
-            )
-        };
-        lent.verdicts().copy_from_slice(v);
-        lent.forward_to().copy_from_slice(f);
-        true
-    }
-
-    fn head<'py>(&self, py: Python<'py>, arr: &Py<PyAny>, n: usize) -> PyResult<Bound<'py, PyAny>> {
-        let a = arr.bind(py);
-        if n == self.cap {
-            return Ok(a.clone());
-        }
-        a.get_item(PySlice::new(py, 0, n as isize, 1))
-    }
-
-    /// Fill the columns from the batch lent to the handler.
-    pub fn load(&self, py: Python<'_>, lent: &mut Lent<'_, '_, '_>) -> PyResult<()> {
-        if self.load_private(py, lent) {
-            return Ok(());
-        }
-        let n = lent.len();
-        {
-            let mut l = self.lengths.bind(py).try_readwrite()?;
-            let mut a = self.addrs.bind(py).try_readwrite()?;
-            let mut m = self.meta_raw.bind(py).try_readwrite()?;
-            lent.write_columns(l.as_slice_mut()?, a.as_slice_mut()?, m.as_slice_mut()?);
-        }
-        let mut v = self.verdicts.bind(py).try_readwrite()?;
-        v.as_slice_mut()?[..n].copy_from_slice(lent.verdicts());
-        let mut f = self.forward_to.bind(py).try_readwrite()?;
-        f.as_slice_mut()?[..n].copy_from_slice(lent.forward_to());
-        Ok(())
-    }
-
-    /// Read the verdicts (and FORWARD targets) the handler wrote back into the batch.
-    pub fn store(&self, py: Python<'_>, lent: &mut Lent<'_, '_, '_>) -> PyResult<()> {
-        if self.store_private(py, lent) {
-            return Ok(());
-        }
-        let n = lent.len();
-        let v = self.verdicts.bind(py).try_readonly()?;
-        lent.verdicts().copy_from_slice(&v.as_slice()?[..n]);
-        let f = self.forward_to.bind(py).try_readonly()?;
-        lent.forward_to().copy_from_slice(&f.as_slice()?[..n]);
-        Ok(())
-    }
-}
-
-/// The first `n` elements of a column buffer's memory, without NumPy's borrow tracking.
-///
-/// # Safety
-/// Nothing else may read or write the array's memory while the slice lives: no Python object
-/// but its owner's references the array or a view of it, and no other Rust slice of it exists.
-/// (Bounds, contiguity and alignment are checked here: the buffers are C-contiguous arrays
-/// `Buffers::new` allocated, which NumPy aligns for their type.)
-// A NumPy array is a shared Python object, reached through `&Bound` by design; exclusivity is the
-// caller's contract above.
-#[allow(clippy::mut_from_ref)]
-unsafe fn column<'a, T: Element, D: numpy::ndarray::Dimension>(
-    arr: &'a Bound<'_, PyArray<T, D>>,
-    n: usize,
-) -> &'a mut [T] {
-    assert!(n <= arr.len() && arr.is_c_contiguous() && arr.is_aligned());
-    // SAFETY: `n` elements of the array's own, contiguous, aligned data (checked above), which
-    // live as long as `arr`; exclusive by the caller's contract.
-    unsafe { std::slice::from_raw_parts_mut(arr.data(), n) }
-}
+use crate::packet::PcapWriter;
+use crate::views::{FrameView, UmemMemory};
 
 /// One batch of received frames, valid only while the handler runs.
 ///
@@ -200,6 +30,12 @@ unsafe fn column<'a, T: Element, D: numpy::ndarray::Dimension>(
 /// the packet bytes; `umem` is a read-only window on the whole UMEM indexed as a (frames,
 /// frame_size) array, so `umem[addrs // frame_size, addrs % frame_size + k]` gives byte k of
 /// every packet at once (indexing it returns copies).
+///
+/// `set_length`/`set_lengths` change where a packet ends and `push_front`/`pop_front`/
+/// `adjust_head` where it starts (into the room in front of it: the kernel's 256 bytes plus the
+/// port's `headroom=`), within its frame, so a TX/FORWARD verdict sends the reshaped packet;
+/// bytes added are zeroed, `lengths`, `addrs` and `headers` follow, and later `frame(i)` views
+/// show the new span. `emit(data)` sends a new frame (a copy of `data`) after the batch's own.
 ///
 /// After the handler returns, every method raises RuntimeError. What the handler kept stays
 /// valid and never changes under it: a column array (or view of one) it kept is its own (the
@@ -308,6 +144,29 @@ impl PyBatch {
         self.bufs.head(py, arr, self.n)
     }
 
+    /// Move frame `i`'s start by `delta` (see `adjust_head`).
+    fn adjust_one(&self, py: Python<'_>, i: isize, delta: i32) -> PyResult<()> {
+        self.check()?;
+        let j = self.index(i)?;
+        self.bufs.with_columns(py, |c| {
+            self.frames
+                .adjust_head(self.seq, Pick::One(j), delta, Some(c))
+        })?;
+        Ok(())
+    }
+
+    /// Frame index `i` (negative counts from the end), checked.
+    fn index(&self, i: isize) -> PyResult<usize> {
+        let n = self.n as isize;
+        let j = if i < 0 { i + n } else { i };
+        if !(0..n).contains(&j) {
+            return Err(PyIndexError::new_err(format!(
+                "frame {i} out of range for a batch of {n}"
+            )));
+        }
+        Ok(j as usize)
+    }
+
     /// Apply `f` to every (masked) frame through the lease; returns how many it changed.
     fn edit_each(
         &self,
@@ -344,18 +203,17 @@ impl PyBatch {
         self.valid.load(Ordering::Acquire)
     }
 
-    /// Packet lengths (uint32).
+    /// Packet lengths (uint32, read-only: change them with `set_length`/`set_lengths`).
     #[getter]
     fn lengths<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let arr = self.bufs.lengths.clone_ref(py).into_any();
-        self.col(py, &arr)
+        self.col(py, &self.bufs.lengths_ro)
     }
 
-    /// UMEM offsets of the packet data (uint64).
+    /// UMEM offsets of the packet data (uint64, read-only: `push_front`/`pop_front`/
+    /// `adjust_head` move them).
     #[getter]
     fn addrs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let arr = self.bufs.addrs.clone_ref(py).into_any();
-        self.col(py, &arr)
+        self.col(py, &self.bufs.addrs_ro)
     }
 
     /// Parsed headers (structured array, `kbypass.packet.META_DTYPE`).
@@ -400,14 +258,149 @@ impl PyBatch {
     /// handler, the frame is held until the view is gone (never recycled under it).
     fn frame<'py>(&self, py: Python<'py>, i: isize) -> PyResult<Bound<'py, PyArray1<u8>>> {
         self.check()?;
-        let n = self.n as isize;
-        let j = if i < 0 { i + n } else { i };
-        if !(0..n).contains(&j) {
-            return Err(PyIndexError::new_err(format!(
-                "frame {i} out of range for a batch of {n}"
+        let j = self.index(i)?;
+        self.view(py, j)
+    }
+
+    /// Set frame `i`'s packet length to `n` bytes (its start stays): 14 (an Ethernet header)
+    /// up to the end of its frame; bytes it grows by are zeroed. ValueError, and nothing
+    /// changes, when `n` does not fit. `lengths[i]` and `headers[i]` follow.
+    fn set_length(&self, py: Python<'_>, i: isize, n: u32) -> PyResult<()> {
+        self.check()?;
+        let j = self.index(i)?;
+        self.bufs.with_columns(py, |c| {
+            self.frames
+                .set_len(self.seq, Pick::One(j), NewLen::Each(n), Some(c))
+        })?;
+        Ok(())
+    }
+
+    /// Set the packet length of every (masked) frame from `lengths` (one uint32 per frame;
+    /// frames the mask leaves out keep theirs). All or nothing: ValueError naming the first
+    /// frame whose length does not fit, and no frame changes. Returns how many changed.
+    #[pyo3(signature = (lengths, mask=None))]
+    fn set_lengths(
+        &self,
+        py: Python<'_>,
+        lengths: &Bound<'_, PyAny>,
+        mask: Option<PyReadonlyArray1<'_, bool>>,
+    ) -> PyResult<usize> {
+        self.check()?;
+        let lengths = lengths.extract::<PyReadonlyArray1<'_, u32>>().map_err(|_| {
+            PyTypeError::new_err(
+                "lengths must be a 1-D uint32 array with one entry per frame, e.g. batch.lengths + 4 or np.asarray(x, np.uint32)",
+            )
+        })?;
+        let lens = lengths.as_array().to_vec();
+        let mask = mask.map(|m| m.as_array().to_vec());
+        let pick = mask.as_deref().map_or(Pick::All, Pick::Mask);
+        self.bufs.with_columns(py, |c| {
+            self.frames
+                .set_len(self.seq, pick, NewLen::PerFrame(&lens), Some(c))
+        })
+    }
+
+    /// Push `n` zeroed bytes in front of frame `i`'s packet (its start moves `n` bytes back,
+    /// into the room in front: the kernel's 256 bytes plus the port's `headroom=`), e.g. to add
+    /// a VLAN tag or an outer header; write them through a fresh `frame(i)`. ValueError, and
+    /// nothing changes, when the room is smaller.
+    fn push_front(&self, py: Python<'_>, i: isize, n: u32) -> PyResult<()> {
+        let delta = i32::try_from(n)
+            .map_err(|_| PyValueError::new_err(format!("cannot push {n} bytes")))?;
+        self.adjust_one(py, i, -delta)
+    }
+
+    /// Pop `n` bytes off the front of frame `i`'s packet (its start moves `n` bytes on), e.g.
+    /// to strip a VLAN tag or an outer header. ValueError, and nothing changes, if fewer than
+    /// 14 bytes (an Ethernet header) would stay.
+    fn pop_front(&self, py: Python<'_>, i: isize, n: u32) -> PyResult<()> {
+        let delta =
+            i32::try_from(n).map_err(|_| PyValueError::new_err(format!("cannot pop {n} bytes")))?;
+        self.adjust_one(py, i, delta)
+    }
+
+    /// Move the start of every (masked) frame's packet by `delta` bytes, as XDP's
+    /// `bpf_xdp_adjust_head`: negative pushes `-delta` zeroed bytes in front, positive pops
+    /// `delta` bytes. All or nothing: ValueError naming the first frame that cannot, and no
+    /// frame changes. Returns how many changed.
+    #[pyo3(signature = (delta, mask=None))]
+    fn adjust_head(
+        &self,
+        py: Python<'_>,
+        delta: i32,
+        mask: Option<PyReadonlyArray1<'_, bool>>,
+    ) -> PyResult<usize> {
+        self.check()?;
+        let mask = mask.map(|m| m.as_array().to_vec());
+        let pick = mask.as_deref().map_or(Pick::All, Pick::Mask);
+        self.bufs.with_columns(py, |c| {
+            self.frames.adjust_head(self.seq, pick, delta, Some(c))
+        })
+    }
+
+    /// Push a VLAN tag (id `vid`, priority `pcp`, `tpid` 0x8100 or 0x88a8 for 802.1ad) after
+    /// the MAC addresses of every (masked) frame, into the room in front; returns how many.
+    /// All or nothing (ValueError, no frame changes). `headers` follow.
+    #[pyo3(signature = (vid, mask=None, *, pcp=0, tpid=0x8100))]
+    fn push_vlan(
+        &self,
+        py: Python<'_>,
+        vid: u16,
+        mask: Option<PyReadonlyArray1<'_, bool>>,
+        pcp: u8,
+        tpid: u16,
+    ) -> PyResult<usize> {
+        self.check()?;
+        if vid > 4095 || pcp > 7 {
+            return Err(PyValueError::new_err(format!(
+                "vid={vid}, pcp={pcp}: a VLAN id is 0..=4095 and a priority 0..=7"
             )));
         }
-        self.view(py, j as usize)
+        let tci = (pcp as u16) << 13 | vid;
+        let mask = mask.map(|m| m.as_array().to_vec());
+        let pick = mask.as_deref().map_or(Pick::All, Pick::Mask);
+        self.bufs.with_columns(py, |c| {
+            self.frames.push_vlan(self.seq, pick, tpid, tci, Some(c))
+        })
+    }
+
+    /// Pop the outer VLAN tag of every (masked) frame that has one; returns how many had one.
+    /// `headers` follow.
+    #[pyo3(signature = (mask=None))]
+    fn pop_vlan(
+        &self,
+        py: Python<'_>,
+        mask: Option<PyReadonlyArray1<'_, bool>>,
+    ) -> PyResult<usize> {
+        self.check()?;
+        let mask = mask.map(|m| m.as_array().to_vec());
+        let pick = mask.as_deref().map_or(Pick::All, Pick::Mask);
+        self.bufs
+            .with_columns(py, |c| self.frames.pop_vlan(self.seq, pick, Some(c)))
+    }
+
+    /// Parse the (masked) frames again into `headers` (and `lengths`, `addrs`), e.g. after
+    /// writing a new header into bytes pushed in front; returns how many. A reshape parses
+    /// the frames it changes by itself, before anything is written into them.
+    #[pyo3(signature = (mask=None))]
+    fn reparse(&self, py: Python<'_>, mask: Option<PyReadonlyArray1<'_, bool>>) -> PyResult<usize> {
+        self.check()?;
+        let mask = mask.map(|m| m.as_array().to_vec());
+        let pick = mask.as_deref().map_or(Pick::All, Pick::Mask);
+        self.bufs
+            .with_columns(py, |c| self.frames.reparse(self.seq, pick, c))
+    }
+
+    /// Send a new frame holding a copy of `data` (bytes-like or a 1-D uint8 array, 14 bytes up
+    /// to a frame's room) after the batch's own TX/FORWARD frames, out of socket `socket`
+    /// (pipeline-wide index of a socket this worker owns; None: the batch's). Returns False,
+    /// counted in `stats()["emit_failed"]`, when no UMEM frame is free; sent ones are counted
+    /// in `emitted`. ValueError for a bad size or socket; RuntimeError past the per-batch limit
+    /// (max(batch size, 64) frames).
+    #[pyo3(signature = (data, socket=None))]
+    fn emit(&self, data: &Bound<'_, PyAny>, socket: Option<usize>) -> PyResult<bool> {
+        self.check()?;
+        emit(&self.frames, self.seq, data, socket)
     }
 
     /// Zero-copy views of every frame (one NumPy object each: slower than the columns).
@@ -503,6 +496,29 @@ impl PyBatch {
             if self.valid() { "" } else { ", ended" }
         )
     }
+}
+
+/// Emit a copy of `data` (bytes, a contiguous 1-D uint8 array, or any bytes-like object) from
+/// lease `seq` (see `Batch.emit`).
+pub(crate) fn emit(
+    frames: &BatchFrames,
+    seq: u64,
+    data: &Bound<'_, PyAny>,
+    socket: Option<usize>,
+) -> PyResult<bool> {
+    let emit = |bytes: &[u8]| frames.emit(seq, bytes, socket).py();
+    if let Ok(b) = data.cast::<PyBytes>() {
+        return emit(b.as_bytes());
+    }
+    if let Ok(a) = data.extract::<PyReadonlyArray1<'_, u8>>() {
+        if let Ok(s) = a.as_slice() {
+            return emit(s);
+        }
+    }
+    let buf = PyBuffer::<u8>::get(data).map_err(|_| {
+        PyTypeError::new_err("data must be bytes, bytearray, memoryview or a 1-D uint8 array")
+    })?;
+    emit(&buf.to_vec(data.py())?)
 }
 
 /// `Batch.umem`: the whole UMEM indexed as a (frames, frame_size) uint8 array, read-only, valid

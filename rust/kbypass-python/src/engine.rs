@@ -315,6 +315,11 @@ impl PyEngine {
             d.set_item("released", x.released)?;
             d.set_item("escaped", x.escaped)?;
             d.set_item("copied", x.copied)?;
+            d.set_item("emitted", x.emitted)?;
+            d.set_item("emit_failed", x.emit_failed)?;
+            d.set_item("forward_ring_full", x.forward_ring_full)?;
+            d.set_item("forwarded_in", x.forwarded_in)?;
+            d.set_item("forward_in_failed", x.forward_in_failed)?;
             d.set_item("handler_errors", x.handler_errors)?;
             d.set_item("bad_verdicts", x.bad_verdicts)?;
             d.set_item("tx_failed", x.tx_failed)?;

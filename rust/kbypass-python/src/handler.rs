@@ -17,7 +17,9 @@ use kbypass_core::engine::{
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 
-use crate::batch::{Buffers, PyBatch};
+use crate::batch::PyBatch;
+use crate::columns::Buffers;
+use crate::errors::IntoPyResult;
 use crate::packet_view::PyPacket;
 use crate::views::{refcnt, FrameView, UmemMemory};
 
@@ -167,7 +169,7 @@ impl PyHandler {
         per_packet: bool,
     ) -> PyResult<Self> {
         let umem = shared.memory.umem()?;
-        let frames = Arc::new(BatchFrames::new(&umem, cap));
+        let frames = Arc::new(BatchFrames::new(&umem, cap).py()?);
         let calls = if per_packet {
             Calls::Packet(Py::new(py, PyPacket::new(&frames, &shared.memory))?)
         } else {

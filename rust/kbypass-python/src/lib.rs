@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 
 mod batch;
 mod capture;
+mod columns;
 mod cpu;
 mod engine;
 mod errors;

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use kbypass_core::engine::BatchFrames;
-use kbypass_core::packet::{edit, PacketMeta};
+use kbypass_core::engine::{BatchFrames, NewLen, Pick};
+use kbypass_core::packet::{edit, parse, PacketMeta};
 use numpy::PyArray1;
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -81,6 +81,23 @@ impl PyPacket {
     fn edit(&self, f: impl FnOnce(&mut [u8], &PacketMeta) -> bool) -> PyResult<bool> {
         self.check()?;
         self.frames.edit_one(self.seq, self.index, f).py()
+    }
+
+    fn adjust_head(&mut self, delta: i32) -> PyResult<()> {
+        self.check()?;
+        let one = Pick::One(self.index);
+        self.frames.adjust_head(self.seq, one, delta, None).py()?;
+        self.reparse()
+    }
+
+    /// Parse the packet again (after a reshape): `len`, `flags` and the headers follow it.
+    fn reparse(&mut self) -> PyResult<()> {
+        self.meta = self
+            .frames
+            .read_one(self.seq, self.index, parse)
+            .py()?
+            .unwrap_or_default();
+        Ok(())
     }
 
     fn l4(&self, py: Python<'_>, proto: u8) -> PyResult<Option<Py<L4Header>>> {
@@ -190,6 +207,40 @@ impl PyPacket {
             .read_one(self.seq, self.index, |f| PyBytes::new(py, f))
             .py()?
             .ok_or_else(|| PyRuntimeError::new_err("frame not held"))
+    }
+
+    /// Set the packet's length to `n` bytes (its start stays): 14 up to the end of its frame;
+    /// bytes it grows by are zeroed. ValueError, and nothing changes, when `n` does not fit.
+    fn set_length(&mut self, n: u32) -> PyResult<()> {
+        self.check()?;
+        let one = Pick::One(self.index);
+        self.frames
+            .set_len(self.seq, one, NewLen::Each(n), None)
+            .py()?;
+        self.reparse()
+    }
+
+    /// Push `n` zeroed bytes in front of the packet, into the room in front of it (the
+    /// kernel's 256 bytes plus the port's `headroom=`); write them through a fresh `data`.
+    fn push_front(&mut self, n: u32) -> PyResult<()> {
+        let d = i32::try_from(n)
+            .map_err(|_| PyValueError::new_err(format!("cannot push {n} bytes")))?;
+        self.adjust_head(-d)
+    }
+
+    /// Pop `n` bytes off the front of the packet (at least 14 bytes must stay).
+    fn pop_front(&mut self, n: u32) -> PyResult<()> {
+        let d =
+            i32::try_from(n).map_err(|_| PyValueError::new_err(format!("cannot pop {n} bytes")))?;
+        self.adjust_head(d)
+    }
+
+    /// Send a new frame holding a copy of `data` (see `Batch.emit`): False, counted in
+    /// `stats()["emit_failed"]`, when no UMEM frame is free.
+    #[pyo3(signature = (data, socket=None))]
+    fn emit(&self, data: &Bound<'_, PyAny>, socket: Option<usize>) -> PyResult<bool> {
+        self.check()?;
+        crate::batch::emit(&self.frames, self.seq, data, socket)
     }
 
     /// Swap MAC addresses; returns whether it could.

@@ -7,18 +7,28 @@
 //! meanwhile; edits and reads go through the lease, one call at a time (its mutex), by
 //! descriptor index and mask. Ending the lease waits for a call in flight and closes it: a
 //! batch object kept past its handler gets an error, never a frame that moved on.
+//!
+//! The lease also builds frames ([`super::build`]): reshapes change its copy of the
+//! descriptors, and emits take free frames from the batch socket's cache, which the lease
+//! borrows from the context for the call (the socket itself stays borrowed by the context).
+//! When the lease ends the descriptors, the emitted frames and the cache go back to the
+//! context, so the worker sends what the handler built.
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use super::worker::BatchCtx;
+use super::build::{self, EmitRules, Emitted, Reshape};
+use super::worker::{emit_limit, BatchCtx};
 use crate::error::{Error, Result};
-use crate::packet::{parse, PacketMeta};
+use crate::mem::PoolCache;
+use crate::packet::parse::{ETH_P_8021AD, ETH_P_8021Q};
+use crate::packet::{edit, parse, PacketMeta};
 use crate::sys::xdp::XdpDesc;
 use crate::xsk::Umem;
 
 /// Which frames of a lease a call reaches.
-#[derive(Clone, Copy)]
-enum Pick<'m> {
+#[derive(Debug, Clone, Copy)]
+pub enum Pick<'m> {
+    /// Every frame.
     All,
     /// Those where the mask (one entry per frame) is true.
     Mask(&'m [bool]),
@@ -43,13 +53,71 @@ impl Pick<'_> {
     }
 }
 
+/// A new length per frame for [`BatchFrames::set_len`].
+#[derive(Debug, Clone, Copy)]
+pub enum NewLen<'v> {
+    /// The same length for every picked frame.
+    Each(u32),
+    /// One length per frame of the batch (`v[i]` for frame `i`).
+    PerFrame(&'v [u32]),
+}
+
+/// The batch's columns, rewritten for the frames a reshape changed (see
+/// [`BatchCtx::write_columns`]).
+pub struct Columns<'c> {
+    /// Packet lengths, one per frame.
+    pub lengths: &'c mut [u32],
+    /// UMEM addresses of the packet data, one per frame.
+    pub addrs: &'c mut [u64],
+    /// Parsed header records, 64 bytes per frame.
+    pub headers: &'c mut [u8],
+}
+
+impl Columns<'_> {
+    /// An error unless each column has room for `n` frames.
+    fn check(&self, n: usize) -> Result<()> {
+        if self.lengths.len() < n || self.addrs.len() < n || self.headers.len() < 64 * n {
+            return Err(Error::invalid(format!(
+                "columns for {} lengths, {} addresses and {} header bytes cannot hold a batch of {n}: give at least n, n and 64 n",
+                self.lengths.len(),
+                self.addrs.len(),
+                self.headers.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The lease state (see the [module docs](self)).
-#[derive(Debug)]
 struct Lease {
     descs: Vec<XdpDesc>,
     /// Which lease this is (the n-th batch lent); a caller names the one it was given.
     seq: u64,
     open: bool,
+    /// Whether a reshape changed `descs` (the context gets them back).
+    reshaped: bool,
+    /// The batch socket's cache of free frames while lent (a placeholder of the same pool
+    /// otherwise).
+    cache: PoolCache,
+    /// Frames emitted through the lease, and emits that found no free frame.
+    emits: Vec<Emitted>,
+    emit_failed: u64,
+    /// The context's [`EmitRules`], owned, and how many it had emitted before the lease.
+    sockets: Vec<usize>,
+    local: usize,
+    limit: usize,
+    emitted_before: usize,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("seq", &self.seq)
+            .field("open", &self.open)
+            .field("frames", &self.descs.len())
+            .field("emits", &self.emits.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// One worker's lease on the frames of the batch its handler is running (see the
@@ -63,15 +131,23 @@ pub struct BatchFrames {
 
 impl BatchFrames {
     /// A lease for batches of up to `cap` frames of `umem`.
-    pub fn new(umem: &Arc<Umem>, cap: usize) -> Self {
-        BatchFrames {
+    pub fn new(umem: &Arc<Umem>, cap: usize) -> Result<Self> {
+        Ok(BatchFrames {
             umem: Arc::downgrade(umem),
             lease: Mutex::new(Lease {
                 descs: Vec::with_capacity(cap),
                 seq: 0,
                 open: false,
+                reshaped: false,
+                cache: umem.pool().cache(0)?,
+                emits: Vec::with_capacity(emit_limit(cap)),
+                emit_failed: 0,
+                sockets: Vec::new(),
+                local: 0,
+                limit: 0,
+                emitted_before: 0,
             }),
-        }
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Lease> {
@@ -81,13 +157,30 @@ impl BatchFrames {
     }
 
     /// Lend the frames of `ctx`'s batch until the returned [`Lent`] ends (or is dropped).
+    ///
+    /// # Panics
+    /// If `ctx`'s batch is not in the UMEM this lease was made for (its edits would reach
+    /// another UMEM's frames, and its emits mix two pools).
     pub fn lend<'f, 'c, 'a>(&'f self, ctx: &'c mut BatchCtx<'a>) -> Lent<'f, 'c, 'a> {
+        assert!(
+            std::ptr::eq(self.umem.as_ptr(), ctx.umem),
+            "a BatchFrames lends batches of the UMEM it was made for"
+        );
         let seq = {
-            let mut l = self.lock();
+            let mut g = self.lock();
+            let l = &mut *g;
             l.descs.clear();
             l.descs.extend_from_slice(ctx.descs());
             l.seq = l.seq.wrapping_add(1);
             l.open = true;
+            l.reshaped = false;
+            l.emit_failed = 0;
+            let rules = ctx.emit_rules();
+            l.sockets.clear();
+            l.sockets.extend_from_slice(rules.sockets);
+            (l.local, l.limit) = (rules.local, rules.limit);
+            l.emitted_before = ctx.emitted();
+            ctx.swap_cache(&mut l.cache);
             l.seq
         };
         Lent {
@@ -187,14 +280,8 @@ impl BatchFrames {
     ) -> Result<usize> {
         let umem = self.umem()?;
         let l = self.open(seq)?;
-        if let Pick::Mask(m) = pick {
-            if m.len() != l.descs.len() {
-                return Err(Error::invalid(format!(
-                    "mask has {} entries for a batch of {}: pass a boolean array of len(batch)",
-                    m.len(),
-                    l.descs.len()
-                )));
-            }
+        if let Pick::Mask(_) = pick {
+            check_pick(pick, l.descs.len())?;
         }
         let mut k = 0;
         for (i, d) in l.descs.iter().enumerate() {
@@ -216,8 +303,244 @@ impl BatchFrames {
         Ok(k)
     }
 
-    fn close(&self) {
-        self.lock().open = false;
+    /// Set the packet length of each picked frame of lease `seq` (see
+    /// [`BatchCtx::set_len`]); returns how many changed. All or nothing: if one picked frame
+    /// cannot take its length, the error names it and no frame changes. With `cols`, the
+    /// changed frames' lengths, addresses and parsed headers are rewritten there.
+    pub fn set_len(
+        &self,
+        seq: u64,
+        pick: Pick<'_>,
+        len: NewLen<'_>,
+        cols: Option<Columns<'_>>,
+    ) -> Result<usize> {
+        if let NewLen::PerFrame(v) = len {
+            let n = self.open(seq)?.descs.len();
+            if v.len() != n {
+                return Err(Error::invalid(format!(
+                    "{} lengths for a batch of {n}: pass one length per frame",
+                    v.len()
+                )));
+            }
+        }
+        let op = |i: usize, _: &[u8]| {
+            Some(Reshape::Len(match len {
+                NewLen::Each(l) => l,
+                NewLen::PerFrame(v) => v[i],
+            }))
+        };
+        self.reshape(seq, pick, cols, op, |_| {})
+    }
+
+    /// Move the first byte of each picked frame of lease `seq` by `delta` (see
+    /// [`BatchCtx::adjust_head`]; negative pushes zeroed bytes in front, positive pops);
+    /// returns how many changed. All or nothing, and `cols`, as [`BatchFrames::set_len`].
+    pub fn adjust_head(
+        &self,
+        seq: u64,
+        pick: Pick<'_>,
+        delta: i32,
+        cols: Option<Columns<'_>>,
+    ) -> Result<usize> {
+        self.reshape(seq, pick, cols, |_, _| Some(Reshape::Head(delta)), |_| {})
+    }
+
+    /// Push a VLAN tag (`tpid` 0x8100 or 0x88a8, `tci`: priority, DEI and VLAN id) in front of
+    /// each picked frame of lease `seq`, after its MAC addresses; returns how many. All or
+    /// nothing (the room in front, see [`BatchFrames::adjust_head`]), and `cols`, as
+    /// [`BatchFrames::set_len`].
+    pub fn push_vlan(
+        &self,
+        seq: u64,
+        pick: Pick<'_>,
+        tpid: u16,
+        tci: u16,
+        cols: Option<Columns<'_>>,
+    ) -> Result<usize> {
+        if !matches!(tpid, ETH_P_8021Q | ETH_P_8021AD) {
+            return Err(Error::invalid(format!(
+                "tpid {tpid:#06x} is not a VLAN tag protocol: use 0x8100 (802.1Q) or 0x88a8 (802.1ad)"
+            )));
+        }
+        self.reshape(
+            seq,
+            pick,
+            cols,
+            |_, _| Some(Reshape::Head(-4)),
+            |span| {
+                edit::write_vlan_tag(span, tpid, tci);
+            },
+        )
+    }
+
+    /// Pop the outer VLAN tag of each picked frame of lease `seq` that has one; returns how
+    /// many had one. `cols` as [`BatchFrames::set_len`].
+    pub fn pop_vlan(&self, seq: u64, pick: Pick<'_>, cols: Option<Columns<'_>>) -> Result<usize> {
+        self.reshape(
+            seq,
+            pick,
+            cols,
+            |_, f| edit::has_vlan_tag(f).then_some(Reshape::Head(4)),
+            |span| {
+                edit::unwrap_vlan_tag(span);
+            },
+        )
+    }
+
+    /// Reshape the picked frames: `op(i, packet)` says how (None: leave frame `i` alone),
+    /// then `edit` gets the bytes the old and new packet cover together (new bytes zeroed).
+    /// Every frame is checked before any changes.
+    fn reshape(
+        &self,
+        seq: u64,
+        pick: Pick<'_>,
+        cols: Option<Columns<'_>>,
+        op: impl Fn(usize, &[u8]) -> Option<Reshape>,
+        edit: impl Fn(&mut [u8]),
+    ) -> Result<usize> {
+        let umem = self.umem()?;
+        let mut g = self.open(seq)?;
+        let l = &mut *g;
+        check_pick(pick, l.descs.len())?;
+        if let Some(c) = &cols {
+            c.check(l.descs.len())?;
+        }
+        // `op` of frame i, given its packet bytes (read under the lease, see below).
+        let plan = |descs: &[XdpDesc], i: usize| -> Option<Reshape> {
+            let d = descs[i];
+            // SAFETY: as in `each`: the lease is open and we hold its mutex, so the worker is
+            // inside the handler call that lent this frame, its `BatchCtx` borrowed by the
+            // `Lent`; the frame state (App, checked) keeps the kernel and the rings off it; no
+            // Rust writer runs while this read lives; views outside Rust are the lender's.
+            let bytes = unsafe { super::frame_bytes(&umem, d.addr, d.len) }?;
+            op(i, bytes)
+        };
+        // Check every picked frame first: nothing changes unless all of them can.
+        for i in (0..l.descs.len()).filter(|&i| pick.picks(i)) {
+            if let Some(r) = plan(&l.descs, i) {
+                build::check(&umem, &l.descs, i, r)?;
+            }
+        }
+        let mut k = 0;
+        for i in (0..l.descs.len()).filter(|&i| pick.picks(i)) {
+            let Some(r) = plan(&l.descs, i) else {
+                continue;
+            };
+            let new = build::check(&umem, &l.descs, i, r)?;
+            let old = l.descs[i];
+            let (lo, len) = build::span(&old, &new);
+            // SAFETY: as in `each`: the lease is open and we hold its mutex, so the worker is
+            // inside the handler call that lent this frame, its `BatchCtx` borrowed by the
+            // `Lent`; the frame state (App, checked) keeps the kernel and the rings off it; one
+            // slice lives at a time; views outside Rust are the lender's to keep still.
+            let bytes = unsafe { super::frame_bytes_mut(&umem, lo, len) }
+                .ok_or_else(|| Error::State(format!("frame {i} is not there to reshape")))?;
+            build::zero_added(bytes, &old, &new);
+            edit(bytes);
+            l.descs[i] = new;
+            l.reshaped = true;
+            k += 1;
+        }
+        if let Some(c) = cols {
+            write_columns(&umem, &l.descs, pick, c);
+        }
+        Ok(k)
+    }
+
+    /// Rewrite the columns of each picked frame of lease `seq` from the frame as it is now: its
+    /// length, address and parsed headers (e.g. after writing a new header into pushed bytes).
+    /// Returns how many frames it parsed.
+    pub fn reparse(&self, seq: u64, pick: Pick<'_>, cols: Columns<'_>) -> Result<usize> {
+        let umem = self.umem()?;
+        let l = self.open(seq)?;
+        check_pick(pick, l.descs.len())?;
+        cols.check(l.descs.len())?;
+        Ok(write_columns(&umem, &l.descs, pick, cols))
+    }
+
+    /// Emit a new frame holding a copy of `packet` from lease `seq`'s batch, out of `socket`
+    /// (pipeline-wide; None: the batch's socket); see [`BatchCtx::emit`]. Returns false,
+    /// counted in the worker's `emit_failed`, when no frame is free.
+    pub fn emit(&self, seq: u64, packet: &[u8], socket: Option<usize>) -> Result<bool> {
+        let umem = self.umem()?;
+        let mut g = self.open(seq)?;
+        let l = &mut *g;
+        let rules = EmitRules {
+            sockets: &l.sockets,
+            local: l.local,
+            limit: l.limit,
+        };
+        let so_far = l.emitted_before + l.emits.len();
+        let local = rules.target(&umem, packet.len(), socket, so_far)?;
+        let Some(f) = umem.take_free(&mut l.cache) else {
+            l.emit_failed += 1;
+            return Ok(false);
+        };
+        let desc = XdpDesc {
+            addr: umem.tx_addr(f),
+            len: packet.len() as u32,
+            options: 0,
+        };
+        // SAFETY: the frame was just taken from the free cache (App): neither the kernel, a
+        // ring, a hold nor any view has it, and the lease's mutex makes this the only Rust
+        // borrow; `packet` is the caller's memory, which cannot be a free frame.
+        match unsafe { super::frame_bytes_mut(&umem, desc.addr, desc.len) } {
+            Some(dst) => dst.copy_from_slice(packet),
+            None => {
+                umem.put_free(&mut l.cache, f);
+                return Err(Error::State("a frame just taken was not writable".into()));
+            }
+        }
+        l.emits.push(Emitted { local, desc });
+        Ok(true)
+    }
+
+    /// Close the lease and give `ctx` what the handler built: the reshaped descriptors, the
+    /// emitted frames, the socket's cache.
+    fn settle(&self, ctx: &mut BatchCtx<'_>) {
+        let mut g = self.lock();
+        let l = &mut *g;
+        l.open = false;
+        ctx.swap_cache(&mut l.cache);
+        if l.reshaped {
+            ctx.descs.copy_from_slice(&l.descs);
+        }
+        ctx.emits.append(&mut l.emits);
+        ctx.emit_failed += l.emit_failed;
+    }
+}
+
+/// Write the columns of the picked frames of `descs` (a lease's, its mutex held by the caller);
+/// returns how many.
+fn write_columns(umem: &Umem, descs: &[XdpDesc], pick: Pick<'_>, c: Columns<'_>) -> usize {
+    let mut k = 0;
+    for (i, d) in descs.iter().enumerate().filter(|(i, _)| pick.picks(*i)) {
+        // SAFETY: the caller holds the open lease's mutex: the worker is inside the handler
+        // call that lent these frames (App, checked: no kernel, ring or hold has them), its
+        // `BatchCtx` borrowed by the `Lent`, and no Rust writer runs meanwhile; views outside
+        // Rust are the lender's to keep still.
+        let m = unsafe { super::frame_bytes(umem, d.addr, d.len) }
+            .map(parse)
+            .unwrap_or_default();
+        c.lengths[i] = d.len;
+        c.addrs[i] = d.addr;
+        c.headers[i * 64..i * 64 + 64].copy_from_slice(&m.to_bytes());
+        k += 1;
+    }
+    k
+}
+
+/// An error if `pick`'s mask does not have one entry per frame of a batch of `n`.
+fn check_pick(pick: Pick<'_>, n: usize) -> Result<()> {
+    match pick {
+        Pick::Mask(m) if m.len() != n => Err(Error::invalid(format!(
+            "mask has {} entries for a batch of {n}: pass a boolean array of len(batch)",
+            m.len()
+        ))),
+        Pick::One(i) if i >= n => Err(Error::invalid(format!(
+            "frame {i} out of range for a batch of {n}"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -283,7 +606,8 @@ impl<'c, 'a> Lent<'_, 'c, 'a> {
         self.ctx().metas
     }
 
-    /// The descriptors.
+    /// The descriptors as lent (reshapes through the lease show in [`BatchFrames::desc`], and
+    /// reach the context when the lease ends).
     pub fn descs(&self) -> &[XdpDesc] {
         self.ctx().descs()
     }
@@ -328,18 +652,20 @@ impl<'c, 'a> Lent<'_, 'c, 'a> {
         self.ctx_mut().stop = true;
     }
 
-    /// Close the lease (after an edit or read in flight) and give the context back.
+    /// Close the lease (after an edit or read in flight) and give the context back, with
+    /// what the handler built through the lease (reshaped descriptors, emitted frames).
     pub fn end(mut self) -> &'c mut BatchCtx<'a> {
-        self.frames.close();
-        self.ctx.take().expect("a live Lent has its BatchCtx")
+        let ctx = self.ctx.take().expect("a live Lent has its BatchCtx");
+        self.frames.settle(ctx);
+        ctx
     }
 }
 
 impl Drop for Lent<'_, '_, '_> {
     fn drop(&mut self) {
-        // Not ended (an early return, a panic): close the lease now. `end` closed it already.
-        if self.ctx.is_some() {
-            self.frames.close();
+        // Not ended (an early return, a panic): settle now. `end` settled already.
+        if let Some(ctx) = self.ctx.take() {
+            self.frames.settle(ctx);
         }
     }
 }

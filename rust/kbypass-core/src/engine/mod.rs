@@ -5,8 +5,9 @@
 //! loops: reap TX completions, receive up to `batch` descriptors, parse every frame (bounds-
 //! checked, see [`crate::packet::parse`]), pre-fill the verdicts with the default, call the
 //! handler once, then apply the verdicts: DROP returns the frame to the FILL ring at once, TX
-//! sends it out of the socket it came from, FORWARD out of another socket of the same worker
-//! (zero-copy: the sockets share the UMEM, so only the descriptor moves), KEEP leaves it with
+//! sends it out of the socket it came from, FORWARD out of another socket of the port
+//! (zero-copy: the sockets share the UMEM, so only the descriptor moves; a socket of another
+//! worker gets it through that worker's inbox, see `handoff`), KEEP leaves it with
 //! the application, held by a [`crate::xsk::FrameHold`] the handler took with
 //! [`BatchCtx::keep`], until the last hold is dropped. A frame whose Python view outlived the
 //! handler is held the same way ([`BatchCtx::hold_view`]), so nothing the application can still
@@ -28,13 +29,15 @@
 //! binding's batch object, called back from inside the handler) for edits by descriptor and
 //! mask.
 
+mod build;
 mod frames;
+mod handoff;
 mod idle;
 mod kept;
 mod pipeline;
 mod worker;
 
-pub use frames::{BatchFrames, Lent, PacketVerdict};
+pub use frames::{BatchFrames, Columns, Lent, NewLen, PacketVerdict, Pick};
 pub use idle::{Latency, MAX_SPIN};
 pub use kept::{Kept, KeptQueue};
 pub use pipeline::{Cpus, Pipeline, PipelineConfig, Workers, DEFAULT_SPIN};
@@ -43,6 +46,8 @@ pub use worker::{
     BATCH_HISTOGRAM_BOUNDS,
 };
 
+#[cfg(test)]
+mod build_tests;
 #[cfg(test)]
 mod tests;
 

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::handoff::{self, Inboxes};
 use super::idle::{Latency, MAX_SPIN};
 use super::kept::{Kept, KeptQueue};
 use super::worker::{self, on_worker_of, WorkerConfig, WorkerExit};
@@ -34,8 +35,9 @@ pub enum Workers {
     /// This many workers (1..=sockets), the sockets dealt round-robin: worker `w` gets sockets
     /// `w, w + n, w + 2n, …`.
     Count(usize),
-    /// Explicit groups of socket indexes, each socket in at most one group (a worker needs
-    /// every socket a FORWARD verdict names in its own group).
+    /// Explicit groups of socket indexes, each socket in at most one group (a FORWARD to a
+    /// socket of the worker's own group moves only a descriptor; to another group's, the
+    /// frame goes through that worker's inbox).
     Groups(Vec<Vec<usize>>),
 }
 
@@ -78,6 +80,9 @@ pub struct PipelineConfig {
     /// [`Latency::Adaptive`]: how long a worker keeps polling after its last packet before it
     /// sleeps, in [0, 100 ms].
     pub spin: Duration,
+    /// Frames each worker's inbox holds: FORWARDs to its sockets from other workers waiting
+    /// for it (a power of two, 2..=1048576; used with several workers).
+    pub inbox: usize,
 }
 
 /// The default [`PipelineConfig::spin`]: longer than a request/response round trip on a local
@@ -97,6 +102,7 @@ impl Default for PipelineConfig {
             idle_spins: 512,
             latency: Latency::Adaptive,
             spin: DEFAULT_SPIN,
+            inbox: 4096,
         }
     }
 }
@@ -124,6 +130,12 @@ impl PipelineConfig {
                 "spin={:?} is longer than {MAX_SPIN:?}: give a spin in [0, 0.1] seconds (or \
                  latency=\"busy\" to never sleep)",
                 self.spin
+            )));
+        }
+        if !self.inbox.is_power_of_two() || !(2..=1 << 20).contains(&self.inbox) {
+            return Err(Error::invalid(format!(
+                "inbox={} must be a power of two in 2..=1048576, e.g. 4096",
+                self.inbox
             )));
         }
         match &self.workers {
@@ -215,6 +227,8 @@ pub struct Pipeline {
     kept: Arc<KeptQueue>,
     /// Made readable by [`Pipeline::stop`]: wakes workers sleeping in poll(2).
     waker: Arc<EventFd>,
+    /// The workers' inboxes of the current (or last) run, for what is left in them at join.
+    inboxes: Mutex<Option<Inboxes>>,
     /// Never held across a join or a wait: every holder only reads or swaps it.
     state: Mutex<State>,
 }
@@ -258,6 +272,7 @@ impl Pipeline {
             total: Arc::default(),
             kept: Arc::default(),
             waker: Arc::new(EventFd::new()?),
+            inboxes: Mutex::default(),
             state: Mutex::default(),
         })
     }
@@ -328,6 +343,26 @@ impl Pipeline {
         self.stop.store(false, Ordering::Release);
         self.waker.drain();
         self.total.store(0, Ordering::Release);
+        // Several workers: an inbox each, for FORWARDs to another worker's sockets.
+        let inboxes = if self.groups.len() > 1 {
+            match Inboxes::new(&self.groups, self.queues.len(), self.cfg.inbox) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    drop(st);
+                    let put = self
+                        .port
+                        .lock()
+                        .as_mut()
+                        .map(|p| p.put_sockets(taken.into_iter().flatten()));
+                    return Err(match put {
+                        Some(Err(p)) => Error::State(format!("{e}; then: {p}")),
+                        _ => e,
+                    });
+                }
+            }
+        } else {
+            None
+        };
         let mut handles = Vec::with_capacity(taken.len());
         let mut failed = None;
         let mut back = Vec::new();
@@ -351,7 +386,20 @@ impl Pipeline {
                 limit: limit.unwrap_or(u64::MAX),
                 kept: Some(Arc::clone(&self.kept)),
             };
-            match worker::spawn(wid, socks, handler, cfg, Arc::clone(&self.stats[wid])) {
+            let ends = match inboxes
+                .as_ref()
+                .map(|b| b.ends(wid, self.cfg.batch))
+                .transpose()
+            {
+                Ok(e) => e,
+                Err(e) => {
+                    back.extend(socks);
+                    failed = Some(e);
+                    continue;
+                }
+            };
+            let stats = Arc::clone(&self.stats[wid]);
+            match worker::spawn(wid, socks, handler, ends, cfg, stats) {
                 Ok(h) => handles.push(h),
                 Err(e) => {
                     back.extend(e.sockets);
@@ -359,6 +407,7 @@ impl Pipeline {
                 }
             }
         }
+        *self.inboxes.lock().unwrap_or_else(|e| e.into_inner()) = inboxes;
         st.running = Some(Running {
             handles,
             started: Instant::now(),
@@ -455,11 +504,36 @@ impl Pipeline {
                 Err(_) => errors.push("a worker thread panicked".to_string()),
             }
         }
-        if let Some(port) = self.port.lock().as_mut() {
+        let mut g = self.port.lock();
+        if let Some(port) = g.as_mut() {
             if let Err(e) = port.put_sockets(back) {
                 errors.push(e.to_string());
             }
+            // Frames handed to a worker that ended before it took them go back, counted.
+            let inboxes = self
+                .inboxes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(b) = inboxes {
+                match b.leftovers() {
+                    Ok(left) => {
+                        for (w, items) in left.iter().enumerate() {
+                            let mut n = 0;
+                            for it in items {
+                                let (d, s) = handoff::decode(it);
+                                if let Some(sock) = port.socket_mut(s) {
+                                    n += sock.release(&[d.addr]);
+                                }
+                            }
+                            self.stats[w].add_forward_in_failed(n as u64);
+                        }
+                    }
+                    Err(e) => errors.push(format!("frames left in the workers' inboxes: {e}")),
+                }
+            }
         }
+        drop(g);
         if errors.is_empty() {
             Ok(())
         } else {

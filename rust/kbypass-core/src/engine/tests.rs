@@ -131,7 +131,10 @@ impl BatchHandler for Holder {
 }
 
 /// A port on `veth1` in namespace b of a fresh pair (the guard keeps this thread there).
-fn port(opts: VethOptions, socket: SocketConfig) -> (VethPair, NetnsGuard, Arc<SharedPort>) {
+pub(super) fn port(
+    opts: VethOptions,
+    socket: SocketConfig,
+) -> (VethPair, NetnsGuard, Arc<SharedPort>) {
     // Each socket keeps up to half the UMEM on its receive side and its cache as much again:
     // a port of several sockets needs frames for each (as `XdpPort` gives it by default).
     let frames = if opts.queues > 1 {
@@ -160,7 +163,7 @@ fn two_queue_port(socket: SocketConfig) -> (VethPair, NetnsGuard, Arc<SharedPort
 }
 
 /// Send `n` UDP packets with `payload` from a to b:9000, and wait until `rx` counts `want`.
-fn send(pair: &VethPair, payload: &[u8], n: u64, rx: impl Fn() -> u64, want: u64) {
+pub(super) fn send(pair: &VethPair, payload: &[u8], n: u64, rx: impl Fn() -> u64, want: u64) {
     let (a, src, dst) = (pair.a.clone(), pair.ip(1), pair.ip(2));
     let p = payload.to_vec();
     std::thread::spawn(move || {
@@ -603,7 +606,7 @@ fn a_lease_lends_the_batch_frames_by_mask_and_index_until_it_ends() {
     let p = Pipeline::new(Arc::clone(&port), PipelineConfig::default()).unwrap();
     let report = Arc::new(Mutex::new(Vec::new()));
     let h = Lender {
-        frames: Arc::new(BatchFrames::new(&umem, 64)),
+        frames: Arc::new(BatchFrames::new(&umem, 64).unwrap()),
         report: Arc::clone(&report),
     };
     p.start(vec![Box::new(h)], None).unwrap();
@@ -659,7 +662,7 @@ fn a_failed_packet_gets_the_error_policy_per_packet() {
         };
         let p = Pipeline::new(Arc::clone(&port), cfg).unwrap();
         let h = FailsEach {
-            frames: Arc::new(BatchFrames::new(&umem, 64)),
+            frames: Arc::new(BatchFrames::new(&umem, 64).unwrap()),
         };
         p.start(vec![Box::new(h)], None).unwrap();
         send(&pair, b"fail-me", 1, || p.stats()[0].snapshot().rx, 1);

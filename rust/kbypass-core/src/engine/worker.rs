@@ -6,14 +6,17 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::build::{self, EmitRules, Emitted, Reshape};
+use super::handoff::{self, Handoff};
 use super::idle::{busy_poll_for, Idle, Latency, Waited};
 use super::kept::{Kept, KeptQueue};
 use super::{DROP, FORWARD, KEEP, TX};
 use crate::error::{Error, Result};
+use crate::mem::PoolCache;
 use crate::packet::{parse, PacketMeta};
 use crate::sys::event::EventFd;
 use crate::sys::xdp::XdpDesc;
-use crate::xsk::{BusyPoll, FrameHold, HeldFrames, Umem, XskSocket};
+use crate::xsk::{BusyPoll, FrameHold, HeldFrames, Umem, XskSocket, XDP_PACKET_HEADROOM};
 
 /// What to do with a batch whose handler failed (raised, returned the wrong type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +85,10 @@ enum Slot {
 /// until the verdicts are applied. A frame the handler needs beyond that (a KEEP handle, a view
 /// that outlived the call) is taken with [`BatchCtx::keep`] or [`BatchCtx::hold_view`]; the
 /// worker then never recycles it, and it returns to the pool when its last hold is dropped.
+///
+/// A handler may also reshape a frame ([`BatchCtx::set_len`], [`BatchCtx::adjust_head`]: the
+/// descriptor the verdict sends changes) and emit new frames ([`BatchCtx::emit`]), which the
+/// worker sends after the batch's own TX and FORWARD frames (see [`super::build`]).
 pub struct BatchCtx<'a> {
     /// Pipeline-wide index of the socket the frames arrived on.
     pub socket: usize,
@@ -102,7 +109,7 @@ pub struct BatchCtx<'a> {
     pub stop: bool,
     default_verdict: u8,
     on_error: OnError,
-    descs: &'a mut [XdpDesc],
+    pub(super) descs: &'a mut [XdpDesc],
     slots: &'a mut [Slot],
     sock: &'a mut XskSocket,
     kept: Option<&'a KeptQueue>,
@@ -111,6 +118,13 @@ pub struct BatchCtx<'a> {
     escaped: u64,
     copied: u64,
     copy_failed: u64,
+    /// Pipeline-wide index of each of the worker's sockets, by local index.
+    sockets: &'a [usize],
+    /// Local index of the batch's socket.
+    local: usize,
+    emit_limit: usize,
+    pub(super) emits: &'a mut Vec<Emitted>,
+    pub(super) emit_failed: u64,
 }
 
 impl BatchCtx<'_> {
@@ -127,6 +141,107 @@ impl BatchCtx<'_> {
     /// The descriptors (UMEM address of packet data, length).
     pub fn descs(&self) -> &[XdpDesc] {
         self.descs
+    }
+
+    /// Pipeline-wide indexes of the worker's sockets: where FORWARD and [`BatchCtx::emit`]
+    /// may send.
+    pub fn sockets(&self) -> &[usize] {
+        self.sockets
+    }
+
+    /// Frames emitted so far in this batch.
+    pub fn emitted(&self) -> usize {
+        self.emits.len()
+    }
+
+    /// What an emit from this batch may do (the lease copies it).
+    pub(super) fn emit_rules(&self) -> EmitRules<'_> {
+        EmitRules {
+            sockets: self.sockets,
+            local: self.local,
+            limit: self.emit_limit,
+        }
+    }
+
+    /// Swap the batch socket's cache of free frames with `other` (a lease borrows it for the
+    /// handler call, and gives it back the same way).
+    pub(super) fn swap_cache(&mut self, other: &mut PoolCache) {
+        self.sock.swap_cache(other);
+    }
+
+    /// Set frame `i`'s packet length to `len` (its start stays): a TX/FORWARD verdict sends
+    /// `len` bytes. The packet must stay inside its frame and keep an Ethernet header
+    /// ([`crate::xsk::MIN_PACKET`]); bytes it grows by are zeroed. An error (nothing changes)
+    /// when it does not fit, `i` is out of range, the frame is held, or it is one buffer of a
+    /// multi-buffer packet. [`BatchCtx::metas`] keep describing the frame as received.
+    pub fn set_len(&mut self, i: usize, len: u32) -> Result<()> {
+        self.reshape(i, Reshape::Len(len))
+    }
+
+    /// Move frame `i`'s first byte by `delta` (as `bpf_xdp_adjust_head`: negative pushes
+    /// `-delta` zeroed bytes in front of the packet, into the room before it — the kernel's
+    /// 256 bytes plus the port's `headroom` for a received frame; positive pops `delta` bytes
+    /// off the front); the end stays. Errors as [`BatchCtx::set_len`].
+    pub fn adjust_head(&mut self, i: usize, delta: i32) -> Result<()> {
+        self.reshape(i, Reshape::Head(delta))
+    }
+
+    fn reshape(&mut self, i: usize, op: Reshape) -> Result<()> {
+        if self.slots.get(i).is_some_and(|s| *s != Slot::Own) {
+            return Err(Error::State(format!(
+                "frame {i} is held (kept, or a view of it outlives the batch): its bytes and span no longer change"
+            )));
+        }
+        let new = build::check(self.umem, self.descs, i, op)?;
+        let old = self.descs[i];
+        let (lo, len) = build::span(&old, &new);
+        // SAFETY: the frame is this batch's and not held (checked above), so neither the kernel
+        // nor a ring nor a hold has it; `&mut self` makes this the only Rust borrow of the
+        // batch's frames, and views handed out of Rust are the caller's, who does not run them
+        // while this borrow lives. `frame_bytes_mut` checks the range lies inside the frame.
+        let bytes = unsafe { super::frame_bytes_mut(self.umem, lo, len) }
+            .ok_or_else(|| Error::State(format!("frame {i} is not there to reshape")))?;
+        build::zero_added(bytes, &old, &new);
+        self.descs[i] = new;
+        Ok(())
+    }
+
+    /// Emit a new frame holding a copy of `packet`, sent by the worker after the batch's own
+    /// TX and FORWARD frames out of `socket` (pipeline-wide index, one of
+    /// [`BatchCtx::sockets`]; None: the batch's socket). Returns false, counted in the worker's
+    /// `emit_failed`, when no frame is free; an error for a packet shorter than an Ethernet
+    /// header or longer than a frame's TX room ([`Umem::tx_capacity`]), a socket the worker
+    /// does not own, or more emits than a batch may make (max(batch size, 64)).
+    pub fn emit(&mut self, packet: &[u8], socket: Option<usize>) -> Result<bool> {
+        let rules = self.emit_rules();
+        let local = rules.target(self.umem, packet.len(), socket, self.emits.len())?;
+        let mut a = [0u64];
+        if self.sock.alloc(&mut a) == 0 {
+            self.emit_failed += 1;
+            return Ok(false);
+        }
+        let len = packet.len() as u32;
+        // SAFETY: the frame was just allocated (App): neither the kernel, a ring, a hold nor
+        // any view has it, and `&mut self` makes this the only Rust borrow; `packet` is the
+        // caller's memory, which cannot be this free frame's.
+        match unsafe { super::frame_bytes_mut(self.umem, a[0], len) } {
+            Some(dst) => dst.copy_from_slice(packet),
+            None => {
+                self.sock.release(&a);
+                return Err(Error::State(
+                    "a frame just allocated was not writable".into(),
+                ));
+            }
+        }
+        self.emits.push(Emitted {
+            local,
+            desc: XdpDesc {
+                addr: a[0],
+                len,
+                options: 0,
+            },
+        });
+        Ok(true)
     }
 
     /// The packet bytes of frame `i` (None if `i` is out of range).
@@ -249,6 +364,9 @@ impl BatchCtx<'_> {
             self.copy_failed += 1;
             return;
         }
+        // A packet grown or pushed past a frame's TX room starts earlier in the copy's frame.
+        let over = d.len.saturating_sub(self.umem.tx_capacity());
+        a[0] -= over.min(XDP_PACKET_HEADROOM + self.umem.headroom()) as u64;
         let (Some(src), Some(dst)) = (self.umem.ptr(d.addr, d.len), self.sock.app_ptr(a[0], d.len))
         else {
             self.sock.release(&a);
@@ -303,6 +421,11 @@ pub struct WorkerStats {
     tx_failed: AtomicU64,
     escaped: AtomicU64,
     copied: AtomicU64,
+    emitted: AtomicU64,
+    emit_failed: AtomicU64,
+    forward_ring_full: AtomicU64,
+    forwarded_in: AtomicU64,
+    forward_in_failed: AtomicU64,
     batches: AtomicU64,
     batch_ns: AtomicU64,
     handler_ns: AtomicU64,
@@ -323,7 +446,8 @@ pub struct WorkerStatsSnapshot {
     pub rx_bytes: u64,
     /// Packets sent back out of their own socket (TX).
     pub tx: u64,
-    /// Packets sent out of another socket (FORWARD).
+    /// Packets sent out of another socket (FORWARD): of this worker, or handed to the worker
+    /// that owns the socket (which sends them, see `forwarded_in`).
     pub forwarded: u64,
     /// Packets returned to the FILL ring: DROP, bad verdicts, failed batches, failed sends.
     pub dropped: u64,
@@ -333,7 +457,8 @@ pub struct WorkerStatsSnapshot {
     pub released: u64,
     /// Batches (or packets, in per-packet mode) whose handler failed.
     pub handler_errors: u64,
-    /// Verdict values that are not a verdict, or FORWARD to a socket this worker does not own.
+    /// Verdict values that are not a verdict, or FORWARD to a socket the pipeline does not
+    /// have.
     pub bad_verdicts: u64,
     /// TX/FORWARD frames not sent: the TX ring had no room (those are dropped, and counted
     /// in `dropped` too), or a held frame had no free frame for its copy.
@@ -342,6 +467,19 @@ pub struct WorkerStatsSnapshot {
     pub escaped: u64,
     /// Of those, TX/FORWARD frames sent as a copy (the original stays with the views).
     pub copied: u64,
+    /// New frames the handlers emitted that went on a TX ring.
+    pub emitted: u64,
+    /// Emits that sent nothing: no free frame when asked (the handler was told), the TX ring
+    /// full, or the handler failed after emitting (its emits are discarded with its batch).
+    pub emit_failed: u64,
+    /// FORWARDs to another worker's socket that its inbox had no room for (dropped, and
+    /// counted in `tx_failed` and `dropped` too).
+    pub forward_ring_full: u64,
+    /// Frames other workers handed to this one that it sent out of its sockets.
+    pub forwarded_in: u64,
+    /// Frames other workers handed to this one that were not sent: its TX ring was full, or
+    /// the pipeline stopped before it took them (back to the pool).
+    pub forward_in_failed: u64,
     /// Batches handled.
     pub batches: u64,
     /// Nanoseconds from receive to verdicts applied, summed over batches.
@@ -392,6 +530,11 @@ impl WorkerStats {
             tx_failed: self.tx_failed.load(Relaxed),
             escaped: self.escaped.load(Relaxed),
             copied: self.copied.load(Relaxed),
+            emitted: self.emitted.load(Relaxed),
+            emit_failed: self.emit_failed.load(Relaxed),
+            forward_ring_full: self.forward_ring_full.load(Relaxed),
+            forwarded_in: self.forwarded_in.load(Relaxed),
+            forward_in_failed: self.forward_in_failed.load(Relaxed),
             batches: self.batches.load(Relaxed),
             batch_ns: self.batch_ns.load(Relaxed),
             handler_ns: self.handler_ns.load(Relaxed),
@@ -417,6 +560,16 @@ impl WorkerStats {
     fn set_notes(&self, notes: Vec<String>) {
         *self.notes.lock().unwrap_or_else(|e| e.into_inner()) = notes;
     }
+
+    /// Count frames handed to this worker that it never took (given back after it stopped).
+    pub(crate) fn add_forward_in_failed(&self, n: u64) {
+        self.forward_in_failed.fetch_add(n, Relaxed);
+    }
+}
+
+/// Frames one batch may emit at most, for batches of up to `batch` frames.
+pub(crate) fn emit_limit(batch: usize) -> usize {
+    batch.max(64)
 }
 
 fn bucket(n: usize) -> usize {
@@ -485,10 +638,12 @@ pub(crate) fn on_worker_of(stop: &Arc<AtomicBool>) -> bool {
 
 /// Start a worker thread named `kbx-worker-<id>` on `sockets` (at least one; `cfg` checked).
 /// If the thread cannot be created the sockets come back with the error.
+/// `handoff`: the worker's ends of the pipeline's inboxes (several workers only).
 pub(crate) fn spawn(
     id: usize,
     sockets: Vec<(usize, XskSocket)>,
     handler: Box<dyn BatchHandler>,
+    handoff: Option<Handoff>,
     cfg: WorkerConfig,
     stats: Arc<WorkerStats>,
 ) -> std::result::Result<JoinHandle<WorkerExit>, SpawnError> {
@@ -508,6 +663,7 @@ pub(crate) fn spawn(
             };
             STOP_FLAG_OF.with(|w| w.set(Arc::as_ptr(&cfg.stop) as usize));
             let mut w = Worker::new(id, sockets, handler, cfg, stats);
+            w.handoff = handoff;
             w.handler.thread_start();
             let error = w.run().err();
             if w.cfg.stop.load(Relaxed) {
@@ -549,6 +705,13 @@ struct Worker {
     forward_to: Vec<u16>,
     drops: Vec<u64>,
     outs: Vec<Vec<XdpDesc>>,
+    /// Pipeline-wide index of each socket, by local index.
+    socket_ids: Vec<usize>,
+    /// Frames the handler emitted this batch, and per socket how many of `outs` are emits.
+    emits: Vec<Emitted>,
+    emit_counts: Vec<usize>,
+    /// Inboxes of the pipeline's other workers, and this one's (None: the only worker).
+    handoff: Option<Handoff>,
     epoch: Instant,
     idle: Idle,
     /// Busy-poll settings of the sockets (by local index) before a busy run changed them.
@@ -565,7 +728,9 @@ impl Worker {
     ) -> Self {
         let b = cfg.batch;
         let umem = Arc::clone(sockets[0].1.umem());
-        let outs = (0..sockets.len()).map(|_| Vec::with_capacity(b)).collect();
+        let outs = (0..sockets.len())
+            .map(|_| Vec::with_capacity(b + emit_limit(b)))
+            .collect();
         let fds: Vec<_> = sockets.iter().map(|(_, s)| s.raw_fd()).collect();
         let idle = Idle::new(
             cfg.latency,
@@ -576,6 +741,10 @@ impl Worker {
             &cfg.waker,
         );
         Worker {
+            socket_ids: sockets.iter().map(|(g, _)| *g).collect(),
+            emits: Vec::with_capacity(emit_limit(b)),
+            emit_counts: vec![0; sockets.len()],
+            handoff: None,
             id,
             handler,
             stats,
@@ -601,7 +770,7 @@ impl Worker {
         }
         self.start_busy_poll();
         while !self.cfg.stop.load(Relaxed) {
-            let mut got_any = false;
+            let mut got_any = self.take_handoffs() > 0;
             for j in 0..self.sockets.len() {
                 self.sockets[j].1.complete();
                 let want = self.want();
@@ -719,11 +888,17 @@ impl Worker {
             escaped: 0,
             copied: 0,
             copy_failed: 0,
+            sockets: &self.socket_ids,
+            local: j,
+            emit_limit: emit_limit(self.cfg.batch),
+            emits: &mut self.emits,
+            emit_failed: 0,
         };
         let th = Instant::now();
         let r = self.handler.handle(&mut ctx);
         let (errors, stop, held) = (ctx.errors, ctx.stop, ctx.held);
         let (escaped, copied, copy_failed) = (ctx.escaped, ctx.copied, ctx.copy_failed);
+        let mut emit_failed = ctx.emit_failed;
         let touched = held > 0 || copied > 0;
         let handler_ns = th.elapsed().as_nanos() as u64;
         if stop {
@@ -739,6 +914,17 @@ impl Worker {
             }
             self.verdicts[..n].fill(self.cfg.on_error.verdict(self.cfg.default_verdict));
             self.forward_to[..n].fill(socket as u16);
+            // What the handler emitted goes with its batch: back to the pool, counted.
+            if !self.emits.is_empty() {
+                self.drops.clear();
+                self.drops.extend(self.emits.iter().map(|e| e.desc.addr));
+                self.sockets[j].1.release(&self.drops);
+                emit_failed += self.emits.len() as u64;
+                self.emits.clear();
+            }
+        }
+        if emit_failed > 0 {
+            s.emit_failed.fetch_add(emit_failed, Relaxed);
         }
         self.apply(j, n, held > 0);
         if touched {
@@ -773,7 +959,9 @@ impl Worker {
         for o in &mut self.outs {
             o.clear();
         }
+        self.emit_counts.fill(0);
         let (mut kept, mut bad, mut fwd, mut tx) = (0u64, 0u64, 0u64, 0u64);
+        let mut remote = 0u64;
         for i in 0..n {
             let d = self.descs[i];
             if any_held && self.slots[i] == Slot::Held {
@@ -800,8 +988,18 @@ impl Worker {
                         }
                     }
                     None => {
-                        bad += 1;
-                        self.drops.push(d.addr);
+                        let target = self.forward_to[i] as usize;
+                        let owner = self.handoff.as_mut();
+                        match owner.and_then(|h| h.worker_of(target).map(|w| (h, w))) {
+                            Some((h, w)) => {
+                                h.stage(w, &d, target);
+                                remote += 1;
+                            }
+                            None => {
+                                bad += 1;
+                                self.drops.push(d.addr);
+                            }
+                        }
                     }
                 },
                 // KEEP without a hold: nobody could ever give the frame back.
@@ -815,20 +1013,42 @@ impl Worker {
         if !self.drops.is_empty() {
             self.sockets[j].1.release(&self.drops);
         }
+        // FORWARDs to other workers' sockets go into their inboxes; what does not fit comes
+        // back to FILL, counted.
+        let mut ring_full = 0u64;
+        if let Some(h) = self.handoff.as_mut().filter(|_| remote > 0) {
+            self.drops.clear();
+            let handed = h.flush(&mut self.drops) as u64;
+            ring_full = remote - handed;
+            if !self.drops.is_empty() {
+                self.sockets[j].1.release(&self.drops);
+            }
+        }
+        // Emitted frames go after the batch's own, so a full ring refuses them first.
+        for e in self.emits.drain(..) {
+            self.outs[e.local].push(e.desc);
+            self.emit_counts[e.local] += 1;
+        }
         // Socket j's queue holds its TX verdicts (and FORWARDs to itself, counted as TX); every
         // other socket's holds FORWARDs: a failed send is counted where it was going.
         let (mut tx_failed, mut fwd_failed) = (0u64, 0u64);
+        let (mut emitted, mut emit_failed) = (0u64, 0u64);
         for k in 0..self.outs.len() {
             if self.outs[k].is_empty() {
                 continue;
             }
             let q = self.sockets[k].1.send(&self.outs[k]);
-            if q < self.outs[k].len() {
+            let emits = self.emit_counts[k];
+            let unsent = self.outs[k].len() - q;
+            let emits_unsent = unsent.min(emits);
+            emitted += (emits - emits_unsent) as u64;
+            emit_failed += emits_unsent as u64;
+            if unsent > 0 {
                 // TX ring full: the rest go back to FILL, counted.
                 self.drops.clear();
                 self.drops.extend(self.outs[k][q..].iter().map(|d| d.addr));
                 self.sockets[j].1.release(&self.drops);
-                let f = self.drops.len() as u64;
+                let f = (unsent - emits_unsent) as u64;
                 if k == j {
                     tx_failed += f;
                 } else {
@@ -836,9 +1056,18 @@ impl Worker {
                 }
             }
         }
-        let failed = tx_failed + fwd_failed;
+        let failed = tx_failed + fwd_failed + ring_full;
         dropped += failed;
         let s = &self.stats;
+        if remote > 0 {
+            s.forward_ring_full.fetch_add(ring_full, Relaxed);
+            fwd += remote;
+            fwd_failed += ring_full;
+        }
+        if emitted + emit_failed > 0 {
+            s.emitted.fetch_add(emitted, Relaxed);
+            s.emit_failed.fetch_add(emit_failed, Relaxed);
+        }
         s.tx.fetch_add(tx - tx_failed, Relaxed);
         s.forwarded.fetch_add(fwd - fwd_failed, Relaxed);
         s.dropped.fetch_add(dropped, Relaxed);
@@ -847,11 +1076,64 @@ impl Worker {
         s.tx_failed.fetch_add(failed, Relaxed);
     }
 
-    /// Reap the last completions (bounded) so frames sent just before stop are back.
+    /// Send what other workers handed to this one (up to a batch); returns how many it took.
+    fn take_handoffs(&mut self) -> usize {
+        let Some(h) = self.handoff.as_mut() else {
+            return 0;
+        };
+        let items = h.take();
+        if items.is_empty() {
+            return 0;
+        }
+        let n = items.len();
+        for o in &mut self.outs {
+            o.clear();
+        }
+        self.drops.clear();
+        for it in items {
+            let (d, target) = handoff::decode(it);
+            match self.socket_ids.iter().position(|&g| g == target) {
+                Some(k) => self.outs[k].push(d),
+                // Handed here by the socket's owner table: cannot happen; never lose a frame.
+                None => self.drops.push(d.addr),
+            }
+        }
+        let mut failed = self.drops.len();
+        if failed > 0 {
+            self.sockets[0].1.release(&self.drops);
+        }
+        for k in 0..self.outs.len() {
+            if self.outs[k].is_empty() {
+                continue;
+            }
+            self.sockets[k].1.complete();
+            let q = self.sockets[k].1.send(&self.outs[k]);
+            if q < self.outs[k].len() {
+                self.drops.clear();
+                self.drops.extend(self.outs[k][q..].iter().map(|d| d.addr));
+                self.sockets[k].1.release(&self.drops);
+                failed += self.drops.len();
+            }
+        }
+        let s = &self.stats;
+        s.forwarded_in.fetch_add((n - failed) as u64, Relaxed);
+        if failed > 0 {
+            s.forward_in_failed.fetch_add(failed as u64, Relaxed);
+        }
+        n
+    }
+
+    /// Send what other workers handed over (bounded), then reap the last completions
+    /// (bounded) so frames sent just before stop are back.
     fn finish(&mut self) {
         for (k, before) in std::mem::take(&mut self.busy_restore) {
             // Back as the port had it (accepted before, so this cannot fail in practice).
             let _ = self.sockets[k].1.set_busy_poll(before);
+        }
+        for _ in 0..64 {
+            if self.take_handoffs() == 0 {
+                break;
+            }
         }
         let deadline = Instant::now() + Duration::from_millis(300);
         loop {

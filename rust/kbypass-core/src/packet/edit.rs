@@ -18,6 +18,40 @@ pub fn swap_macs(frame: &mut [u8]) -> bool {
     true
 }
 
+/// Whether the frame has a VLAN tag (802.1Q or 802.1ad) right after its MAC addresses.
+pub fn has_vlan_tag(frame: &[u8]) -> bool {
+    frame.len() >= 18
+        && matches!(
+            u16::from_be_bytes([frame[12], frame[13]]),
+            super::parse::ETH_P_8021Q | super::parse::ETH_P_8021AD
+        )
+}
+
+/// Tag a frame that has 4 bytes room in front of its Ethernet header (`frame[4..]` is the
+/// frame, `frame[..4]` the room, e.g. just pushed): move the MAC addresses to the front and
+/// write the tag (`tpid`, `tci`) after them. False (nothing written) when `frame` cannot hold
+/// the MACs and the tag.
+pub fn write_vlan_tag(frame: &mut [u8], tpid: u16, tci: u16) -> bool {
+    if frame.len() < 16 + 2 {
+        return false;
+    }
+    frame.copy_within(4..16, 0);
+    frame[12..14].copy_from_slice(&tpid.to_be_bytes());
+    frame[14..16].copy_from_slice(&tci.to_be_bytes());
+    true
+}
+
+/// Untag a frame whose outer VLAN tag is right after its MAC addresses
+/// ([`has_vlan_tag`]): move the MACs 4 bytes on, over the tag, so that `frame[4..]` is the
+/// untagged frame (pop those 4 bytes next). False (nothing moved) without a tag.
+pub fn unwrap_vlan_tag(frame: &mut [u8]) -> bool {
+    if !has_vlan_tag(frame) {
+        return false;
+    }
+    frame.copy_within(0..12, 4);
+    true
+}
+
 /// Swap IPv4 or IPv6 source and destination addresses.
 pub fn swap_ips(frame: &mut [u8], m: &PacketMeta) -> bool {
     let l3 = m.l3_off as usize;
@@ -198,6 +232,32 @@ pub fn checksums_ok(frame: &[u8], m: &PacketMeta) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vlan_tag_is_written_into_room_in_front_and_unwrapped_again() {
+        let plain: Vec<u8> = (0..40u8).collect(); // MACs 0..12, "EtherType" 12, 13, ...
+        let mut f = vec![0u8; 4];
+        f.extend_from_slice(&plain);
+        assert!(write_vlan_tag(&mut f, 0x8100, 0x2064));
+        assert_eq!(f[..12], plain[..12]);
+        assert_eq!(f[12..16], [0x81, 0x00, 0x20, 0x64]);
+        assert_eq!(f[16..], plain[12..]);
+        assert!(has_vlan_tag(&f));
+        assert!(unwrap_vlan_tag(&mut f));
+        assert_eq!(
+            f[4..],
+            plain[..],
+            "popping 4 bytes leaves the frame as it was"
+        );
+        assert!(
+            !unwrap_vlan_tag(&mut plain.clone()),
+            "no tag: nothing moves"
+        );
+        assert!(!write_vlan_tag(&mut [0u8; 17], 0x8100, 1), "too short");
+        let mut qinq = vec![0u8; 4];
+        qinq.extend_from_slice(&plain);
+        assert!(write_vlan_tag(&mut qinq, 0x88a8, 7) && has_vlan_tag(&qinq));
+    }
 
     #[test]
     fn set_field_counts_from_the_chosen_header_and_refuses_what_does_not_fit() {

@@ -14,4 +14,4 @@ pub use ring::{ConsRing, ProdRing, RingOffsets};
 pub use socket::{
     BindMode, BusyPoll, CopySend, FrameAccount, HeldSend, SocketConfig, XskCounters, XskSocket,
 };
-pub use umem::{FrameState, Umem, UmemConfig, XDP_PACKET_HEADROOM};
+pub use umem::{FrameState, Umem, UmemConfig, MIN_PACKET, XDP_PACKET_HEADROOM};

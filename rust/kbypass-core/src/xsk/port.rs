@@ -165,8 +165,8 @@ impl XskPort {
             .saturating_sub(cfg.umem.headroom + super::XDP_PACKET_HEADROOM);
         if !frags && link.mtu + 14 > room && link.mtu > 0 {
             return Err(Error::invalid(format!(
-                "{ifname} has MTU {} but a {}-byte frame holds {room} bytes of packet: use frame_size=4096, a smaller MTU, or multi_buffer=True",
-                link.mtu, cfg.umem.frame_size
+                "{ifname} has MTU {} but a {}-byte frame holds {room} bytes of packet after the kernel's {} bytes of headroom and headroom={}: use frame_size=4096, less headroom, a smaller MTU, or multi_buffer=True",
+                link.mtu, cfg.umem.frame_size, super::XDP_PACKET_HEADROOM, cfg.umem.headroom
             )));
         }
         let max_q = *sorted.last().unwrap_or(&0);

@@ -640,6 +640,14 @@ impl XskSocket {
         got
     }
 
+    /// Swap this socket's cache of free frames with `other`, a cache of the same UMEM's pool:
+    /// a worker lends it to the code that emits frames during a handler call (which cannot
+    /// borrow the socket), and swaps it back after. Frames in either cache are free.
+    pub(crate) fn swap_cache(&mut self, other: &mut PoolCache) {
+        debug_assert!(Arc::ptr_eq(self.cache.pool(), other.pool()));
+        std::mem::swap(&mut self.cache, other);
+    }
+
     /// Put descriptors of frames the application holds on the TX ring and kick the kernel if
     /// it asked. Returns how many were queued (the rest stay with the application: the ring
     /// was full). Descriptors that name frames the application does not hold, or whose data

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use super::holds::{FrameHold, FrameTable};
 use crate::error::{Error, Result};
-use crate::mem::{Mempool, RegionOptions, Tier};
-use crate::sys::xdp::{XdpUmemReg, XskFd};
+use crate::mem::{Mempool, PoolCache, RegionOptions, Tier};
+use crate::sys::xdp::{XdpDesc, XdpUmemReg, XskFd};
 
 /// Where a frame that is not free in the pool is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,6 +267,50 @@ impl Umem {
             .then(|| self.pool.base().wrapping_add(addr as usize))
     }
 
+    /// Bytes free in front of packet `d` inside its frame (room to push headers) and after it
+    /// (room to grow it); None when `d` does not lie inside one frame.
+    pub fn room(&self, d: &XdpDesc) -> Option<(u32, u32)> {
+        self.frame_of(d.addr)?;
+        room(self.frame_size, d)
+    }
+
+    /// Packet `i`'s descriptor `d` with its first byte moved by `delta` (the sense of
+    /// `bpf_xdp_adjust_head`: negative pushes `-delta` bytes in front, into the room before
+    /// the packet; positive pops `delta` bytes off the front), its end unchanged. An error,
+    /// saying how much fits, when the start would leave the frame or the packet would be
+    /// shorter than an Ethernet header ([`MIN_PACKET`]).
+    pub fn adjusted_head(&self, i: usize, d: &XdpDesc, delta: i32) -> Result<XdpDesc> {
+        self.frame_of(d.addr).ok_or_else(|| outside(i))?;
+        adjusted_head(self.frame_size, self.headroom, i, d, delta)
+    }
+
+    /// Packet `i`'s descriptor `d` with length `len`, its start unchanged. An error, saying how
+    /// much fits, when the packet would run past its frame or be shorter than an Ethernet header
+    /// ([`MIN_PACKET`]).
+    pub fn with_len(&self, i: usize, d: &XdpDesc, len: u32) -> Result<XdpDesc> {
+        self.frame_of(d.addr).ok_or_else(|| outside(i))?;
+        with_len(self.frame_size, i, d, len)
+    }
+
+    /// A free frame from `cache` (a cache of this UMEM's pool) for the application to fill,
+    /// now in the `App` state; None when the cache and the pool are empty.
+    pub(crate) fn take_free(&self, cache: &mut PoolCache) -> Option<u32> {
+        let mut f = [0u32];
+        if cache.get_burst(&mut f) == 0 {
+            return None;
+        }
+        self.set_state(f[0], FrameState::App);
+        Some(f[0])
+    }
+
+    /// Give back a frame [`Umem::take_free`] took and nothing else saw.
+    pub(crate) fn put_free(&self, cache: &mut PoolCache, f: u32) {
+        if self.transition(f, FrameState::App, FrameState::Free) {
+            let r = cache.put_bulk(&[f]);
+            debug_assert!(r.is_ok(), "{r:?}");
+        }
+    }
+
     /// Count frames in each state, indexed by [`FrameState`] (free, rx side, application, tx
     /// side, held).
     pub fn census(&self) -> [u32; 5] {
@@ -289,6 +333,77 @@ impl Umem {
     }
 }
 
+/// The shortest packet a frame may be sent with, or cut or popped down to: an Ethernet header
+/// (the kernel refuses empty descriptors, and a driver reads the header of whatever it sends).
+pub const MIN_PACKET: u32 = 14;
+
+/// See [`Umem::room`], for frames of `frame_size` bytes (a power of two).
+fn room(frame_size: u32, d: &XdpDesc) -> Option<(u32, u32)> {
+    let front = (d.addr & (frame_size as u64 - 1)) as u32;
+    let back = frame_size.checked_sub(front)?.checked_sub(d.len)?;
+    Some((front, back))
+}
+
+fn outside(i: usize) -> Error {
+    Error::State(format!(
+        "frame {i}'s descriptor does not lie inside one UMEM frame: it cannot be reshaped"
+    ))
+}
+
+/// See [`Umem::adjusted_head`], for frames of `frame_size` bytes and `headroom` bytes of
+/// application headroom (named in the error's fix).
+fn adjusted_head(
+    frame_size: u32,
+    headroom: u32,
+    i: usize,
+    d: &XdpDesc,
+    delta: i32,
+) -> Result<XdpDesc> {
+    let (front, _) = room(frame_size, d).ok_or_else(|| outside(i))?;
+    let n = delta.unsigned_abs();
+    if delta < 0 {
+        if n > front {
+            return Err(Error::invalid(format!(
+                "frame {i}: cannot push {n} bytes in front of the packet, {front} bytes are free before it (the kernel's {XDP_PACKET_HEADROOM} plus headroom={headroom}): open the port with a larger headroom= (XdpPort/Pipeline), up to {}",
+                frame_size - XDP_PACKET_HEADROOM - 64
+            )));
+        }
+        return Ok(XdpDesc {
+            addr: d.addr - n as u64,
+            len: d.len + n,
+            options: d.options,
+        });
+    }
+    if d.len < MIN_PACKET || n > d.len - MIN_PACKET {
+        return Err(Error::invalid(format!(
+            "frame {i}: cannot pop {n} bytes off a {}-byte packet: at least {MIN_PACKET} bytes (an Ethernet header) must stay, pop at most {}",
+            d.len,
+            d.len.saturating_sub(MIN_PACKET)
+        )));
+    }
+    Ok(XdpDesc {
+        addr: d.addr + n as u64,
+        len: d.len - n,
+        options: d.options,
+    })
+}
+
+/// See [`Umem::with_len`], for frames of `frame_size` bytes.
+fn with_len(frame_size: u32, i: usize, d: &XdpDesc, len: u32) -> Result<XdpDesc> {
+    let (front, _) = room(frame_size, d).ok_or_else(|| outside(i))?;
+    let max = frame_size - front;
+    if !(MIN_PACKET..=max).contains(&len) {
+        return Err(Error::invalid(format!(
+            "frame {i}: length {len} is out of range: the packet starts {front} bytes into its {frame_size}-byte frame, so give {MIN_PACKET}..={max} (an Ethernet header at least; for more, open the port with frame_size=4096)"
+        )));
+    }
+    Ok(XdpDesc {
+        addr: d.addr,
+        len,
+        options: d.options,
+    })
+}
+
 fn check_frame_size(fs: u32) -> Result<()> {
     if fs != 2048 && fs != 4096 {
         return Err(Error::invalid(format!(
@@ -296,4 +411,77 @@ fn check_frame_size(fs: u32) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(addr: u64, len: u32) -> XdpDesc {
+        XdpDesc {
+            addr,
+            len,
+            options: 0,
+        }
+    }
+
+    /// A received packet: 256 bytes of kernel headroom plus 64 of ours before it, in frame 3.
+    const RX: u64 = 3 * 2048 + 256 + 64;
+
+    #[test]
+    fn room_is_measured_inside_the_frame() {
+        assert_eq!(room(2048, &desc(RX, 100)), Some((320, 2048 - 420)));
+        assert_eq!(room(2048, &desc(3 * 2048, 2048)), Some((0, 0)));
+        assert_eq!(room(2048, &desc(RX, 2000)), None, "runs past the frame");
+    }
+
+    #[test]
+    fn the_head_moves_inside_the_frame_and_the_end_stays() {
+        let d = desc(RX, 100);
+        let pushed = adjusted_head(2048, 64, 0, &d, -4).unwrap();
+        assert_eq!((pushed.addr, pushed.len), (RX - 4, 104));
+        let all = adjusted_head(2048, 64, 0, &d, -320).unwrap();
+        assert_eq!(
+            (all.addr, all.len),
+            (3 * 2048, 420),
+            "to the frame's first byte"
+        );
+        let e = adjusted_head(2048, 64, 7, &d, -321)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("frame 7") && e.contains("320 bytes are free") && e.contains("headroom="),
+            "{e}"
+        );
+        let popped = adjusted_head(2048, 64, 0, &d, 86).unwrap();
+        assert_eq!((popped.addr, popped.len), (RX + 86, 14));
+        let e = adjusted_head(2048, 64, 0, &d, 87).unwrap_err().to_string();
+        assert!(e.contains("pop at most 86"), "{e}");
+        let e = adjusted_head(2048, 0, 0, &d, i32::MIN)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot push 2147483648"), "{e}");
+        assert_eq!(adjusted_head(2048, 0, 0, &d, 0).unwrap(), d);
+        let contd = XdpDesc { options: 1, ..d };
+        assert_eq!(adjusted_head(2048, 0, 0, &contd, -4).unwrap().options, 1);
+    }
+
+    #[test]
+    fn a_length_stays_inside_the_frame_from_the_packet_start() {
+        let d = desc(RX, 100);
+        assert_eq!(with_len(2048, 0, &d, 14).unwrap().len, 14);
+        let max = with_len(2048, 0, &d, 2048 - 320).unwrap();
+        assert_eq!((max.addr, max.len), (RX, 1728));
+        for bad in [0, 13, 1729, u32::MAX] {
+            let e = with_len(2048, 2, &d, bad).unwrap_err().to_string();
+            assert!(
+                e.contains("frame 2") && e.contains("give 14..=1728"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(
+            with_len(2048, 0, &desc(RX, 2000), 100).is_err(),
+            "not inside a frame"
+        );
+    }
 }
