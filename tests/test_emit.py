@@ -560,3 +560,50 @@ def test_headroom_is_refused_when_it_leaves_no_room_and_with_an_open_port(pair: 
             Pipeline(port, lambda b: None, headroom=64)
     finally:
         port.close()
+
+
+def test_batch_reply_answers_in_place_growing_into_the_frame(pair: VethPair) -> None:
+    """``batch.reply("udp", payload=...)`` answers every datagram with a longer payload (the
+    reply grows into its frame; lengths, headers and checksums right, as the far kernel's UDP
+    socket accepts them), masks leave frames alone, and a frame it cannot answer (here a
+    non-UDP frame the filter lets through) is reported unanswered and left as it was."""
+    payload = b"pong:" + bytes(range(200))  # longer than every request
+    seen: list[tuple[int, int, int]] = []
+
+    def handler(batch: kbypass.Batch) -> None:
+        h = batch.headers
+        is_udp = h["proto"] == socket.IPPROTO_UDP
+        before = batch.lengths.copy()
+        first = bytes(batch.frame(0))
+        answered = batch.reply("udp", mask=is_udp, payload=payload)
+        assert answered.dtype == np.bool_ and answered.shape == (len(batch),)
+        assert (answered == is_udp).all(), (answered, is_udp)
+        for i in np.flatnonzero(~answered):
+            assert int(batch.lengths[i]) == int(before[i])
+        if not answered[0]:
+            assert bytes(batch.frame(0)) == first, "an unanswered frame is left as it was"
+        # The columns describe the replies: their length and their (swapped) ports.
+        n = int(batch.lengths[0]) if answered[0] else 0
+        seen.append((len(batch), int(answered.sum()), n))
+        batch.verdicts[answered] = kbypass.TX
+        with pytest.raises(ValueError, match="needs a payload"):
+            batch.reply("udp")
+        with pytest.raises(ValueError, match="not a MAC address"):
+            batch.reply("arp", mac="zz", ip="198.18.0.9")
+
+    peer = _udp(pair, 9811)
+    sent = [b"q-%02d" % i for i in range(8)]
+    with _pipeline(pair, handler, filter="udp dst port 9810 or icmp") as p:
+        p.start()
+        for d in sent:
+            peer.sendto(d, (pair.b.ip, 9810))
+        got = _recv_all(peer, len(sent))
+        pair.run("a", "ping", "-c1", "-W1", pair.b.ip, check=False)  # an ICMP frame: unanswered
+        assert _until(lambda: sum(k for k, _, _ in seen) >= len(sent) + 1)
+        p.stop()
+        t = p.totals()
+    assert [d for d, _ in got] == [payload] * len(sent)
+    assert {a for _, a in got} == {(pair.b.ip, 9810)}
+    assert sum(a for _, a, _ in seen) == len(sent), seen
+    assert all(n in (0, 14 + 20 + 8 + len(payload)) for _, _, n in seen), seen
+    assert t["tx"] == len(sent) and t["tx_failed"] == 0 and t["handler_errors"] == 0, t

@@ -5,6 +5,7 @@ The ``kbypass._core.rdma`` submodule (``src/rdma/``) has its own stub, ``rdma.py
 
 import builtins
 from collections.abc import Callable, Sequence
+from ipaddress import IPv4Address, IPv6Address
 from types import TracebackType
 from typing import Any, Literal, Protocol, final
 
@@ -842,6 +843,15 @@ class Batch:
         tpid: int = 0x8100,
     ) -> int: ...
     def pop_vlan(self, mask: npt.NDArray[np.bool_] | None = None) -> int: ...
+    def reply(
+        self,
+        kind: str,
+        mask: npt.NDArray[np.bool_] | None = None,
+        *,
+        payload: bytes | None = None,
+        mac: str | bytes | None = None,
+        ip: str | bytes | IPv4Address | IPv6Address | None = None,
+    ) -> npt.NDArray[np.bool_]: ...
     def emit(self, data: Buffer | npt.NDArray[np.uint8], socket: int | None = None) -> bool: ...
 
 @final

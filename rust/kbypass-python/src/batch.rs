@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use kbypass_core::engine::{BatchFrames, Lent, NewLen, Pick};
+use kbypass_core::packet::reply::Reply;
 use kbypass_core::packet::{edit, PacketMeta};
 use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::buffer::PyBuffer;
@@ -19,6 +20,7 @@ use pyo3::types::{PyBytes, PyList};
 use crate::columns::Buffers;
 use crate::errors::IntoPyResult;
 use crate::packet::PcapWriter;
+use crate::reply::{ip_arg, mac_arg, reply_err};
 use crate::views::{FrameView, UmemMemory};
 
 /// One batch of received frames, valid only while the handler runs.
@@ -377,6 +379,34 @@ impl PyBatch {
         let pick = mask.as_deref().map_or(Pick::All, Pick::Mask);
         self.bufs
             .with_columns(py, |c| self.frames.pop_vlan(self.seq, pick, Some(c)))
+    }
+
+    /// Answer every (masked) frame in place with one kind of reply (`kbypass.packet.reply`'s
+    /// kinds and arguments): the reply may grow into the rest of its frame, `lengths` and
+    /// `headers` follow, and frames it does not answer are left as they were. Returns which
+    /// frames were answered (a bool array: e.g. `batch.verdicts[answered] = TX`).
+    #[pyo3(signature = (kind, mask=None, *, payload=None, mac=None, ip=None))]
+    fn reply<'py>(
+        &self,
+        py: Python<'py>,
+        kind: &str,
+        mask: Option<PyReadonlyArray1<'_, bool>>,
+        payload: Option<Vec<u8>>,
+        mac: Option<&Bound<'_, PyAny>>,
+        ip: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Bound<'py, PyArray1<bool>>> {
+        self.check()?;
+        let (mac, ip) = (mac.map(mac_arg).transpose()?, ip.map(ip_arg).transpose()?);
+        let reply = Reply::new(kind, payload.as_deref(), mac.as_deref(), ip.as_deref())
+            .map_err(reply_err)?;
+        let mask = mask.map(|m| m.as_array().to_vec());
+        let pick = mask.as_deref().map_or(Pick::All, Pick::Mask);
+        let mut answered = vec![false; self.n];
+        self.bufs.with_columns(py, |c| {
+            self.frames
+                .reply(self.seq, pick, &reply, &mut answered, Some(c))
+        })?;
+        Ok(PyArray1::from_vec(py, answered))
     }
 
     /// Parse the (masked) frames again into `headers` (and `lengths`, `addrs`), e.g. after

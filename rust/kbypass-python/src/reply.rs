@@ -18,7 +18,7 @@ pyo3::create_exception!(
 );
 
 /// A reply refused: the frame's fault is a `ReplyError`, an argument's a plain `ValueError`.
-fn reply_err(e: CoreReplyError) -> PyErr {
+pub(crate) fn reply_err(e: CoreReplyError) -> PyErr {
     match e {
         CoreReplyError::Argument(m) => PyValueError::new_err(m),
         e => ReplyError::new_err(e.to_string()),
@@ -128,6 +128,56 @@ fn reply_rows(
     let answered = answered.as_slice_mut()?;
     py.detach(|| rows.reply(data, &reply, mask, lens_out, answered))
         .py()
+}
+
+/// A MAC address given as "02:00:00:00:00:01" (or '-' separated) or as 6 bytes.
+pub(crate) fn mac_arg(mac: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    if let Ok(s) = mac.extract::<String>() {
+        let parts: Vec<&str> = s.split([':', '-']).collect();
+        let bytes: Option<Vec<u8>> = (parts.len() == 6)
+            .then(|| {
+                parts
+                    .iter()
+                    .map(|p| {
+                        (1..=2)
+                            .contains(&p.len())
+                            .then(|| u8::from_str_radix(p, 16).ok())?
+                    })
+                    .collect()
+            })
+            .flatten();
+        return bytes.ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "mac {s:?} is not a MAC address like '02:00:00:00:00:01'"
+            ))
+        });
+    }
+    mac.extract::<Vec<u8>>().map_err(|_| {
+        PyValueError::new_err("mac must be a string like '02:00:00:00:00:01' or 6 bytes")
+    })
+}
+
+/// An IP address given as text ("198.18.0.2", "fd00::2"), packed bytes, or an `ipaddress`
+/// object (its `packed` bytes).
+pub(crate) fn ip_arg(ip: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    if let Ok(s) = ip.extract::<String>() {
+        return match s.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(a)) => Ok(a.octets().to_vec()),
+            Ok(std::net::IpAddr::V6(a)) => Ok(a.octets().to_vec()),
+            Err(_) => Err(PyValueError::new_err(format!(
+                "ip {s:?} is not an IP address"
+            ))),
+        };
+    }
+    let packed = match ip.getattr("packed") {
+        Ok(p) => p,
+        Err(_) => ip.clone(),
+    };
+    packed.extract::<Vec<u8>>().map_err(|_| {
+        PyValueError::new_err(
+            "ip must be a string like '198.18.0.2', packed bytes or an ipaddress object",
+        )
+    })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

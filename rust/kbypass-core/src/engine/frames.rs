@@ -21,6 +21,7 @@ use super::worker::{emit_limit, BatchCtx};
 use crate::error::{Error, Result};
 use crate::mem::PoolCache;
 use crate::packet::parse::{ETH_P_8021AD, ETH_P_8021Q};
+use crate::packet::reply::Reply;
 use crate::packet::{edit, parse, PacketMeta};
 use crate::sys::xdp::XdpDesc;
 use crate::xsk::Umem;
@@ -443,6 +444,70 @@ impl BatchFrames {
         }
         if let Some(c) = cols {
             write_columns(&umem, &l.descs, pick, c);
+        }
+        Ok(k)
+    }
+
+    /// Answer each picked frame of lease `seq` in place with `reply` ([`crate::packet::reply`]):
+    /// the reply may grow into the rest of its frame, and the descriptor the verdict sends takes
+    /// the reply's length. A frame the reply does not answer (another protocol, cut short, a
+    /// buffer of a multi-buffer packet, ...) is left exactly as it was. `answered` (one entry
+    /// per frame) says which were answered, and their columns are rewritten. Returns how many.
+    pub fn reply(
+        &self,
+        seq: u64,
+        pick: Pick<'_>,
+        reply: &Reply<'_>,
+        answered: &mut [bool],
+        cols: Option<Columns<'_>>,
+    ) -> Result<usize> {
+        reply.check().map_err(|e| Error::invalid(e.to_string()))?;
+        let umem = self.umem()?;
+        let mut g = self.open(seq)?;
+        let l = &mut *g;
+        check_pick(pick, l.descs.len())?;
+        if answered.len() != l.descs.len() {
+            return Err(Error::invalid(format!(
+                "answered has {} entries for a batch of {}",
+                answered.len(),
+                l.descs.len()
+            )));
+        }
+        if let Some(c) = &cols {
+            c.check(l.descs.len())?;
+        }
+        let mut k = 0;
+        for (i, done) in answered.iter_mut().enumerate() {
+            *done = false;
+            let d = l.descs[i];
+            // Not picked, or a buffer of a multi-buffer packet (its length is the packet's).
+            if !pick.picks(i) || build::check(&umem, &l.descs, i, Reshape::Len(d.len)).is_err() {
+                continue;
+            }
+            let Some((_, back)) = umem.room(&d) else {
+                continue;
+            };
+            // SAFETY: as in `each`: the lease is open and we hold its mutex, so the worker is
+            // inside the handler call that lent this frame, its `BatchCtx` borrowed by the
+            // `Lent`; the frame state (App, checked) keeps the kernel and the rings off it; the
+            // span is the packet and the rest of its frame (`room`); one slice lives at a time;
+            // views outside Rust are the lender's to keep still.
+            let Some(bytes) = (unsafe { super::frame_bytes_mut(&umem, d.addr, d.len + back) })
+            else {
+                continue;
+            };
+            // A refused frame is untouched: every check is made before the first write.
+            let Ok(n) = reply.apply(bytes, d.len as usize) else {
+                continue;
+            };
+            // The reply fits the span (apply never writes past it), so its length is valid.
+            l.descs[i] = build::check(&umem, &l.descs, i, Reshape::Len(n as u32))?;
+            l.reshaped = true;
+            *done = true;
+            k += 1;
+        }
+        if let Some(c) = cols {
+            write_columns(&umem, &l.descs, Pick::Mask(answered), c);
         }
         Ok(k)
     }
