@@ -59,3 +59,9 @@ def test_learning_firewall_blocks_the_heavy_sender() -> None:
     assert "198.18.0.101" not in out.split("blocked", 1)[1].split("\n", 1)[0], out
     assert "table: block 198.18.0.100 dropped" in out, out
     assert "OK: heavy sender blocked in the kernel" in out, out
+
+
+def test_vxlan_balancer_spreads_flows_over_both_backends() -> None:
+    out = run_bench("vxlan_balancer.py")
+    assert "captured 40 VXLAN frames, checksums ok: True" in out, out
+    assert "OK: flows spread over both backends" in out, out
