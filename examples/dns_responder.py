@@ -1,6 +1,7 @@
-"""An authoritative DNS responder for a dict of names, in a Pipeline handler: A/AAAA queries to
-UDP port 53 are answered in place with ``kbypass.packet.udp_reply``, and ARP and Neighbor
-Solicitations for its own addresses (which the kernel does not have) too.
+"""An authoritative DNS responder for a dict of names, in a Pipeline handler.
+
+A/AAAA queries to UDP port 53 are answered in place with ``kbypass.packet.udp_reply``, and ARP
+and Neighbor Solicitations for its own addresses (which the kernel does not have) too.
 
     sudo python examples/dns_responder.py --iface eth0 --ipv4 192.0.2.53 --ipv6 2001:db8::53
     sudo python examples/dns_responder.py --bench   # veth pair: dig's queries answered
@@ -13,8 +14,9 @@ import socket
 import sys
 from pathlib import Path
 
-import kbypass
 from dns_codec import FORMERR, Zone
+
+import kbypass
 from kbypass import packet
 from kbypass.testing import VethPair
 
@@ -87,7 +89,7 @@ def serve(iface: str, mac: str, ipv4: str, ipv6: str, duration: float | None) ->
 
 
 def dig(pair: VethPair, *args: str) -> list[str]:
-    """The answer section of ``dig +short`` run in namespace a."""
+    """Run ``dig +short`` in namespace a; return its answer section."""
     r = pair.run("a", "dig", "+short", "+tries=2", "+time=2", *args, check=False)
     return r.stdout.split()
 
@@ -108,7 +110,7 @@ def malformed_query(pair: VethPair, server: str) -> int | None:
 
 
 def bench() -> int:
-    """A veth pair: b's kernel has no address, the handler owns two; a runs dig."""
+    """Answer dig on a veth pair: b's kernel has no address, the handler owns two."""
     ipv4, ipv6 = "198.18.0.53", "fd00::53"
     with VethPair(ipv6=True) as pair:
         pair.run("b", "ip", "addr", "flush", "dev", pair.b.ifname)

@@ -1,5 +1,6 @@
-"""Own an IPv4 and an IPv6 address the kernel does not have: answer ARP, Neighbor
-Solicitations and pings (ICMP and ICMPv6 echo) from a Pipeline handler, in place.
+"""Own an IPv4 and an IPv6 address the kernel does not have, in a Pipeline handler.
+
+ARP, Neighbor Solicitations and pings (ICMP and ICMPv6 echo) are answered in place.
 
     sudo python examples/icmp_responder.py --iface eth0 --ipv4 192.0.2.77 --ipv6 2001:db8::77
     sudo python examples/icmp_responder.py --bench   # veth pair: the kernel's ping answered
@@ -62,7 +63,7 @@ def serve(iface: str, mac: str, ipv4: str, ipv6: str, duration: float | None) ->
 
 
 def bench() -> int:
-    """A veth pair: b's kernel has no address, the handler owns two; a's kernel pings them."""
+    """Answer ping on a veth pair: b's kernel has no address, the handler owns two."""
     from kbypass.testing import VethPair
 
     ipv4, ipv6 = "198.18.0.77", "fd00::77"
@@ -91,7 +92,7 @@ def bench() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Answer ARP, NS and pings for addresses the kernel does not have.")
+    ap = argparse.ArgumentParser(description="Own addresses the kernel does not have.")
     ap.add_argument("--iface", help="the interface to answer on")
     ap.add_argument("--ipv4", default="198.18.0.77", help="the IPv4 address to own")
     ap.add_argument("--ipv6", default="fd00::77", help="the IPv6 address to own")

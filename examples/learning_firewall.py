@@ -1,6 +1,8 @@
-"""A learning firewall: a Pipeline handler counts UDP packets per IPv4 source per second, and a
-source over the threshold is blocked in the kernel (``XdpTable.block_sources``), so its later
-packets are dropped by XDP before they reach Python.
+"""A learning firewall: block sources over a packet rate in the kernel.
+
+A Pipeline handler counts UDP packets per IPv4 source per second, and a source over the
+threshold is blocked in the kernel (``XdpTable.block_sources``), so its later packets are
+dropped by XDP before they reach Python.
 
     sudo python examples/learning_firewall.py --iface eth0 --port 9000 --threshold 10000
     sudo python examples/learning_firewall.py --bench   # veth pair: a heavy and a light sender
@@ -67,7 +69,7 @@ def serve(iface: str, port: int, threshold: int, seconds: float, duration: float
 
 
 def bench() -> int:
-    """A heavy (5000/s) and a light (50/s) sender from namespace a for 2 s; threshold 1000/s."""
+    """Run a heavy (5000/s) and a light (50/s) sender for 2 s; the threshold is 1000/s."""
     heavy, light = "198.18.0.100", "198.18.0.101"  # written into the frames: no configuration
     with VethPair() as pair, kbypass.XdpTable(max_rules=64, default="pass") as table:
         allow = table.add("udp dst port 9000", "allow")

@@ -1,5 +1,6 @@
-"""A VXLAN load balancer: UDP flows to a port are spread over backends by a hash of their
-source, each packet encapsulated whole (outer Ethernet + IPv4 + UDP 4789 + VXLAN, 50 bytes
+"""A VXLAN load balancer: UDP flows spread over backends by a hash of their source.
+
+Each packet is encapsulated whole (outer Ethernet + IPv4 + UDP 4789 + VXLAN, 50 bytes
 pushed in front with ``batch.adjust_head(-50)``) and sent back out of the interface.
 
     sudo python examples/vxlan_balancer.py --iface eth0 --ip 192.0.2.1 \\
@@ -47,7 +48,7 @@ class Balancer:
         flow = (h["src_ip4"].astype(np.uint64) << 16) | h["src_port"]
         flow = (flow * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)  # 24 well-mixed bits
         batch.adjust_head(-OUTER, mine)  # 50 zeroed bytes in front of each inner frame
-        for i in np.flatnonzero(mine):
+        for i in np.flatnonzero(mine).tolist():
             f = batch.frame(i)  # a fresh view: it starts at the outer header now
             n, key = len(f), int(flow[i])
             backend = key % len(self.backends)
@@ -64,7 +65,7 @@ class Balancer:
 
 
 def captured_vxlan(sniffer: socket.socket, want: int) -> list[bytes]:
-    """Frames to UDP port 4789 the packet socket sees on a's veth (up to ``want``, 3 s)."""
+    """Return the VXLAN frames the packet socket sees on a's veth (up to ``want``, 3 s)."""
     frames: list[bytes] = []
     deadline = time.monotonic() + 3
     while len(frames) < want and time.monotonic() < deadline:
@@ -78,7 +79,7 @@ def captured_vxlan(sniffer: socket.socket, want: int) -> list[bytes]:
 
 
 def bench() -> int:
-    """8 UDP flows from namespace a to b's port 7000, spread over two backends "behind" a."""
+    """Send 8 UDP flows from namespace a to b's port 7000, spread over two backends."""
     backends = ["198.18.0.11", "198.18.0.12"]  # outer destinations, on a's segment
     flows, per_flow = 8, 5
     with VethPair() as pair:

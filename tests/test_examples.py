@@ -41,9 +41,7 @@ def test_icmp_responder_answers_ping_and_ping6() -> None:
     assert "OK: every ping answered" in out, out
 
 
-@pytest.mark.skipif(
-    shutil.which("dig") is None, reason="needs dig: apt-get install bind9-dnsutils"
-)
+@pytest.mark.skipif(shutil.which("dig") is None, reason="needs dig: apt-get install bind9-dnsutils")
 def test_dns_responder_answers_dig() -> None:
     out = run_bench("dns_responder.py")
     assert "dig www.example.test A: ['198.18.1.10'] ok" in out, out
