@@ -57,17 +57,20 @@ class DnsResponder:
     def udp(batch: kbypass.Batch, i: int, answer: bytes) -> bool:
         """Replace request ``i`` by its reply carrying ``answer`` (usually longer)."""
         length = int(batch.lengths[i])
-        batch.set_length(i, length + len(answer))  # room: the view is the reply's buffer
         try:
+            batch.set_length(i, length + len(answer))  # room: the view is the reply's buffer
             n = packet.udp_reply(batch.frame(i), answer, length=length)
-        except packet.ReplyError:  # e.g. sent to a broadcast address
+        except ValueError:  # no room in the frame, or a ReplyError (e.g. sent to broadcast)
             return False
         batch.set_length(i, n)
         return True
 
     def neighbor(self, batch: kbypass.Batch, i: int, length: int) -> str | None:
         """Answer an ARP request or Neighbor Solicitation for our addresses in place."""
-        batch.set_length(i, length + 8)  # an NA may be 8 bytes longer than its NS
+        try:
+            batch.set_length(i, length + 8)  # an NA may be 8 bytes longer than its NS
+        except ValueError:
+            return None  # no room at the end of the frame: no such request is that long
         frame = batch.frame(i)
         for kind, reply, ip in (
             ("arp", packet.arp_reply, self.ipv4),

@@ -44,7 +44,10 @@ class Responder:
     def __call__(self, batch: kbypass.Batch) -> None:
         for i in range(len(batch)):
             length = int(batch.lengths[i])
-            batch.set_length(i, length + ROOM)  # room for a longer reply ...
+            try:
+                batch.set_length(i, length + ROOM)  # room for a longer reply ...
+            except ValueError:
+                pass  # a frame at the end of its buffer: answer in the request's length
             answered = self.answer(batch.frame(i), length)  # ... in the new, longer view
             if answered is None:
                 self.counts["ignored"] += 1  # e.g. a ping to another address: DROP

@@ -1,7 +1,9 @@
 """A VXLAN load balancer: UDP flows spread over backends by a hash of their source.
 
 Each packet is encapsulated whole (outer Ethernet + IPv4 + UDP 4789 + VXLAN, 50 bytes
-pushed in front with ``batch.adjust_head(-50)``) and sent back out of the interface.
+pushed in front with ``batch.adjust_head(-50)``) and sent back out of the interface. The path
+to the backends needs an MTU 50 bytes larger than the clients' packets; IPv6 clients are
+hashed by their source port alone (``src_ip4`` is 0 for them).
 
     sudo python examples/vxlan_balancer.py --iface eth0 --ip 192.0.2.1 \\
         --gateway-mac 02:00:00:00:00:01 --backend 192.0.2.11 --backend 192.0.2.12
@@ -34,9 +36,8 @@ class Balancer:
 
     def __init__(self, port: int, mac: str, ip: str, gateway_mac: str, backends: list[str]):
         self.port = port
-        self.macs = bytes.fromhex(gateway_mac.replace(":", "")) + bytes.fromhex(
-            mac.replace(":", "")
-        )  # outer destination (the next hop) + source
+        # The outer Ethernet addresses: to the next hop, from us.
+        self.macs = bytes.fromhex((gateway_mac + mac).replace(":", ""))
         self.ip = ipaddress.IPv4Address(ip).packed
         self.backends = [ipaddress.IPv4Address(b).packed for b in backends]
         self.counts = [0] * len(backends)
