@@ -11,6 +11,11 @@ use crate::errors::IntoPyResult;
 use crate::packet::meta_dtype;
 use crate::views::{refcnt, UmemMemory};
 
+/// On a free-threaded interpreter another thread may be taking a new view of a column while the
+/// escape check runs, so the check cannot prove the buffers private: the checked path (NumPy's
+/// borrow tracking) always runs there.
+const FREE_THREADED: bool = cfg!(Py_GIL_DISABLED);
+
 /// Per-worker NumPy buffers, allocated once and sliced per batch. A buffer that a handler kept
 /// a reference to (any view of it) is the handler's from then on: the worker notices when the
 /// handler returns (`escaped`) and uses fresh buffers for the next batch.
@@ -107,7 +112,7 @@ impl Buffers {
     /// Only private buffers are written this way, and a handler gets fresh buffers after
     /// keeping one, so this always holds; if it ever did not, the checked path runs.
     fn load_private(&self, py: Python<'_>, lent: &mut Lent<'_, '_, '_>) -> bool {
-        if self.escaped(py) {
+        if FREE_THREADED || self.escaped(py) {
             return false;
         }
         let n = lent.len();
@@ -134,7 +139,7 @@ impl Buffers {
     /// Read the verdicts and FORWARD targets back through the data pointers when the buffers
     /// are private (see `load_private`); false: use the checked path.
     fn store_private(&self, py: Python<'_>, lent: &mut Lent<'_, '_, '_>) -> bool {
-        if self.escaped(py) {
+        if FREE_THREADED || self.escaped(py) {
             return false;
         }
         let n = lent.len();

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::ring::{Consumer, Mode, Producer, Ring};
-use crate::sys::xdp::XdpDesc;
+use crate::sys::xdp::{XdpDesc, XDP_PKT_CONTD};
 
 /// One handed-off frame: its UMEM address, then its length, the target socket (pipeline-wide
 /// index) and the descriptor's options packed in one word.
@@ -146,7 +146,28 @@ impl Handoff {
                 items.clear();
                 continue;
             };
-            let q = p.enqueue_burst(items);
+            // Whole packets only: the buffers of a multi-buffer packet (all but its last carry
+            // XDP_PKT_CONTD) go over together or not at all, so the target never sends a packet
+            // cut short.
+            let multi = items
+                .iter()
+                .any(|it| decode(it).0.options & XDP_PKT_CONTD != 0);
+            let q = if multi {
+                let mut q = 0;
+                while q < items.len() {
+                    let end = items[q..]
+                        .iter()
+                        .position(|it| decode(it).0.options & XDP_PKT_CONTD == 0)
+                        .map_or(items.len(), |e| q + e + 1);
+                    if p.enqueue_bulk(&items[q..end]) == 0 {
+                        break;
+                    }
+                    q = end;
+                }
+                q
+            } else {
+                p.enqueue_burst(items)
+            };
             k += q;
             refused.extend(items[q..].iter().map(|it| it[0]));
             items.clear();
@@ -205,5 +226,28 @@ mod tests {
         drop((a, b));
         let left = boxes.leftovers().unwrap();
         assert_eq!((left[0].len(), left[1].len()), (0, 1), "one never taken");
+    }
+
+    #[test]
+    fn a_multi_buffer_packet_goes_over_whole_or_not_at_all() {
+        let boxes = Inboxes::new(&[vec![0], vec![1]], 2, 4).unwrap();
+        let mut a = boxes.ends(0, 8).unwrap();
+        let mut b = boxes.ends(1, 8).unwrap();
+        // Packets of 1, 2 and 3 buffers (all but a packet's last carry XDP_PKT_CONTD): the
+        // inbox of 4 takes the first two packets (3 buffers) and refuses the whole third one,
+        // not its first buffer alone.
+        for (i, contd) in [false, true, false, true, true, false].iter().enumerate() {
+            let d = XdpDesc {
+                addr: i as u64 * 2048,
+                len: 1000,
+                options: if *contd { XDP_PKT_CONTD } else { 0 },
+            };
+            a.stage(1, &d, 1);
+        }
+        let mut refused = Vec::new();
+        assert_eq!(a.flush(&mut refused), 3);
+        assert_eq!(refused, [3 * 2048, 4 * 2048, 5 * 2048]);
+        let got: Vec<u64> = b.take().iter().map(|it| decode(it).0.addr).collect();
+        assert_eq!(got, [0, 2048, 2 * 2048]);
     }
 }

@@ -161,8 +161,9 @@ impl Idle {
                     std::hint::spin_loop();
                     return Ok(Waited::Spun);
                 }
+                // `since` stays: an idle worker whose sleep times out sleeps again at once
+                // (only packets, through `active`, start a new spin).
                 self.sleep_in_poll(sockets)?;
-                self.since = None;
                 Ok(Waited::Slept)
             }
         }

@@ -518,15 +518,28 @@ impl Pipeline {
             if let Some(b) = inboxes {
                 match b.leftovers() {
                     Ok(left) => {
+                        let mut lost = 0;
                         for (w, items) in left.iter().enumerate() {
-                            let mut n = 0;
                             for it in items {
                                 let (d, s) = handoff::decode(it);
-                                if let Some(sock) = port.socket_mut(s) {
-                                    n += sock.release(&[d.addr]);
-                                }
+                                // Its own socket if the port has it back, else any socket of
+                                // the port (one UMEM: a release needs only the frame).
+                                let i = if port.socket_mut(s).is_some() {
+                                    Some(s)
+                                } else {
+                                    (0..port.len()).find(|&i| port.socket_mut(i).is_some())
+                                };
+                                let released = i
+                                    .and_then(|i| port.socket_mut(i))
+                                    .map_or(0, |sock| sock.release(&[d.addr]));
+                                lost += usize::from(released == 0);
                             }
-                            self.stats[w].add_forward_in_failed(n as u64);
+                            self.stats[w].add_forward_in_failed(items.len() as u64);
+                        }
+                        if lost > 0 {
+                            errors.push(format!(
+                                "{lost} frames left in the workers' inboxes could not be given back (no socket of the port to release them through)"
+                            ));
                         }
                     }
                     Err(e) => errors.push(format!("frames left in the workers' inboxes: {e}")),

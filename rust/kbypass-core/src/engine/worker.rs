@@ -666,6 +666,11 @@ pub(crate) fn spawn(
             w.handoff = handoff;
             w.handler.thread_start();
             let error = w.run().err();
+            if error.is_some() {
+                // A worker that fails stops the pipeline: the others would otherwise go on
+                // handing FORWARDs to an inbox nobody drains.
+                w.cfg.stop.store(true, Relaxed);
+            }
             if w.cfg.stop.load(Relaxed) {
                 // Whoever asked (a handler, the packet limit), the other workers may sleep.
                 w.cfg.waker.signal();
