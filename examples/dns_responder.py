@@ -14,6 +14,7 @@ import socket
 import sys
 from pathlib import Path
 
+import numpy as np
 from dns_codec import FORMERR, Zone
 
 import kbypass
@@ -38,50 +39,26 @@ class DnsResponder:
         h = batch.headers
         dns = (h["dst_port"] == 53) & (h["proto"] == packet.IPPROTO_UDP)
         dns &= (h["flags"] & (packet.FLAG_L4 | packet.FLAG_FRAGMENT)) == packet.FLAG_L4
-        for i in range(len(batch)):
-            length = int(batch.lengths[i])
-            if dns[i]:
-                start = int(h["payload_off"][i])
-                query = bytes(batch.frame(i)[start : start + int(h["payload_len"][i])])
-                answer = self.zone.answer(query)  # None: not worth an answer (counted there)
-                kind = "dns" if answer is not None and self.udp(batch, i, answer) else None
-            else:
-                kind = self.neighbor(batch, i, length)
-            if kind is None:
-                self.counts["not_answered"] += 1  # DROP, the default verdict
-            else:
-                self.counts[kind] += 1
-                batch.verdicts[i] = kbypass.TX
-
-    @staticmethod
-    def udp(batch: kbypass.Batch, i: int, answer: bytes) -> bool:
-        """Replace request ``i`` by its reply carrying ``answer`` (usually longer)."""
-        length = int(batch.lengths[i])
-        try:
-            batch.set_length(i, length + len(answer))  # room: the view is the reply's buffer
-            n = packet.udp_reply(batch.frame(i), answer, length=length)
-        except ValueError:  # no room in the frame, or a ReplyError (e.g. sent to broadcast)
-            return False
-        batch.set_length(i, n)
-        return True
-
-    def neighbor(self, batch: kbypass.Batch, i: int, length: int) -> str | None:
-        """Answer an ARP request or Neighbor Solicitation for our addresses in place."""
-        try:
-            batch.set_length(i, length + 8)  # an NA may be 8 bytes longer than its NS
-        except ValueError:
-            return None  # no room at the end of the frame: no such request is that long
-        frame = batch.frame(i)
-        for kind, reply, ip in (
-            ("arp", packet.arp_reply, self.ipv4),
-            ("na", packet.neighbor_advert, self.ipv6),
-        ):
-            try:
-                batch.set_length(i, reply(frame, self.mac, ip, length=length))
-                return kind
-            except packet.ReplyError:
-                continue  # not this kind of request (the frame is unchanged)
-        return None
+        answered = np.zeros(len(batch), dtype=bool)
+        for i in np.flatnonzero(dns).tolist():
+            start = int(h["payload_off"][i])
+            query = bytes(batch.frame(i)[start : start + int(h["payload_len"][i])])
+            answer = self.zone.answer(query)  # None: not worth an answer (counted there)
+            if answer is not None:
+                # The reply, usually longer than the query, grows into the rest of the frame;
+                # a frame it cannot answer (no room, sent to broadcast) is left as it was.
+                one = np.zeros(len(batch), dtype=bool)
+                one[i] = True
+                answered |= batch.reply("udp", one, payload=answer)
+        self.counts["dns"] += int(answered.sum())
+        todo = ~dns
+        for count, kind, ip in (("arp", "arp", self.ipv4), ("na", "neighbor_advert", self.ipv6)):
+            done = batch.reply(kind, todo, mac=self.mac, ip=ip)  # in place, for our addresses
+            self.counts[count] += int(done.sum())
+            todo &= ~done
+            answered |= done
+        self.counts["not_answered"] += len(batch) - int(answered.sum())  # DROP, the default
+        batch.verdicts[answered] = kbypass.TX
 
 
 def serve(iface: str, mac: str, ipv4: str, ipv6: str, duration: float | None) -> None:

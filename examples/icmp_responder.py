@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 import kbypass
-from kbypass import packet
 
 OWNED = "ether proto arp or icmp or icmp6"  # what the XDP filter sends to the handler
-ROOM = 8  # a Neighbor Advertisement is 8 bytes longer than a solicitation without options
 
 
 class Responder:
@@ -27,35 +26,24 @@ class Responder:
         self.mac, self.ipv4, self.ipv6 = mac, ipv4, ipv6
         self.counts = {"arp": 0, "na": 0, "echo": 0, "ignored": 0}
 
-    def answer(self, frame: packet.Frame, length: int) -> tuple[str, int] | None:
-        """Answer the request ``frame[:length]`` in place: (kind, reply length) or None."""
-        answers: list[tuple[str, Callable[[], int]]] = [
-            ("arp", lambda: packet.arp_reply(frame, self.mac, self.ipv4, length=length)),
-            ("na", lambda: packet.neighbor_advert(frame, self.mac, self.ipv6, length=length)),
-            ("echo", lambda: packet.icmp_echo_reply(frame, length=length)),
-        ]
-        for kind, reply in answers:
-            try:
-                return kind, reply()
-            except packet.ReplyError:
-                continue  # not this kind of request (the frame is unchanged)
-        return None
-
     def __call__(self, batch: kbypass.Batch) -> None:
-        for i in range(len(batch)):
-            length = int(batch.lengths[i])
-            try:
-                batch.set_length(i, length + ROOM)  # room for a longer reply ...
-            except ValueError:
-                pass  # a frame at the end of its buffer: answer in the request's length
-            answered = self.answer(batch.frame(i), length)  # ... in the new, longer view
-            if answered is None:
-                self.counts["ignored"] += 1  # e.g. a ping to another address: DROP
-                continue
-            kind, n = answered
-            batch.set_length(i, n)  # the reply's own length
-            batch.verdicts[i] = kbypass.TX
-            self.counts[kind] += 1
+        # Each kind of reply over the frames not answered yet, in place, in Rust: a reply may
+        # grow into the rest of its frame (a Neighbor Advertisement can be 8 bytes longer than
+        # its solicitation); a frame a kind does not answer is left as it was.
+        todo = np.ones(len(batch), dtype=bool)
+        for count, kind, ip in (
+            ("arp", "arp", self.ipv4),
+            ("na", "neighbor_advert", self.ipv6),
+            ("echo", "icmp_echo", None),
+        ):
+            if ip is None:
+                done = batch.reply(kind, todo)
+            else:
+                done = batch.reply(kind, todo, mac=self.mac, ip=ip)
+            self.counts[count] += int(done.sum())
+            todo &= ~done
+        self.counts["ignored"] += int(todo.sum())  # e.g. a ping to another address: DROP
+        batch.verdicts[~todo] = kbypass.TX
 
 
 def serve(iface: str, mac: str, ipv4: str, ipv6: str, duration: float | None) -> None:
