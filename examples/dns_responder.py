@@ -1,6 +1,6 @@
 """An authoritative DNS responder for a dict of names, in a Pipeline handler.
 
-A/AAAA queries to UDP port 53 are answered in place with ``kbypass.packet.udp_reply``, and ARP
+A/AAAA queries to UDP port 53 are answered in place with ``batch.reply("udp", ...)``, and ARP
 and Neighbor Solicitations for its own addresses (which the kernel does not have) too.
 
     sudo python examples/dns_responder.py --iface eth0 --ipv4 192.0.2.53 --ipv6 2001:db8::53
