@@ -56,14 +56,16 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Any, Callable
 
 __all__ = [
     "GUEST_FRESH_DIRS",
     "CommandResult",
     "Job",
+    "L2Segment",
     "RxeVm",
     "RxeVmError",
     "default_cache_dir",
@@ -344,13 +346,27 @@ inroot() { env -i $CLEAN chroot $R "$@"; }
 ip link set lo up
 ip link set eth0 up || die "no eth0"
 ip addr add $KB_ADDRESS dev eth0
+active() {
+  n=0
+  until grep -q ACTIVE /sys/class/infiniband/$1/ports/1/state 2> /dev/null; do
+    n=$((n+1)); [ $n -gt 200 ] && die "$1 did not become ACTIVE"
+    sleep 0.05
+  done
+  log "$1 ACTIVE at $(up)s"
+}
 inroot rdma link add rxe0 type rxe netdev eth0 >> $LOG 2>&1 || die "rdma link add rxe0 failed"
-n=0
-until grep -q ACTIVE /sys/class/infiniband/rxe0/ports/1/state 2> /dev/null; do
-  n=$((n+1)); [ $n -gt 200 ] && die "rxe0 did not become ACTIVE"
-  sleep 0.05
-done
-log "rxe0 ACTIVE at $(up)s"
+active rxe0
+if [ -n "$KB_L2_ADDRESS" ]; then
+  # The second NIC, on the host's tap: the L2 segment shared with a host network namespace.
+  mac=$(cat /sys/class/net/eth1/address 2> /dev/null)
+  [ "$mac" = "$KB_L2_MAC" ] || die "eth1 has MAC '$mac', not the L2 NIC's $KB_L2_MAC"
+  ip link set eth1 up || die "cannot bring eth1 up"
+  ip addr add $KB_L2_ADDRESS dev eth1
+  inroot /bin/ip neigh replace $KB_L2_PEER_IP lladdr $KB_L2_PEER_MAC dev eth1 nud permanent \
+    >> $LOG 2>&1 || die "cannot add the neighbour entry of $KB_L2_PEER_IP"
+  inroot rdma link add rxe1 type rxe netdev eth1 >> $LOG 2>&1 || die "rdma link add rxe1 failed"
+  active rxe1
+fi
 cp $LOG /ctl/setup.log
 up > /ctl/ready.tmp && mv /ctl/ready.tmp /ctl/ready
 run_job() {
@@ -760,6 +776,199 @@ def guest_shares(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return out
 
 
+# --- the L2 segment between the VM and a host network namespace ----------------------------
+
+_NETNS_DIR = "/var/run/netns"
+_l2_counter = itertools.count()
+
+
+def _ip(*args: str) -> None:
+    r = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise RxeVmError(f"`ip {shlex.join(args)}` failed: {r.stderr.strip()}")
+
+
+def _delete_netns(names: Sequence[str]) -> None:
+    for name in names:
+        if os.path.exists(os.path.join(_NETNS_DIR, name)):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+class L2Segment:
+    """An Ethernet segment joining the VM's second NIC to a host network namespace.
+
+    Two network namespaces, created here and deleted by :meth:`close` (also at interpreter
+    exit, and by :meth:`cleanup_stale` once the creating process is gone):
+
+    * ``bridge_netns`` holds bridge ``br0`` joining the VM's tap ``tap0`` (a persistent tap
+      that qemu, started in this namespace, attaches to) and ``veth-br``, one end of a veth
+      pair;
+    * ``host_netns`` holds the pair's other end, ``veth0`` with :attr:`host_ip`: the place for
+      a host-side RoCEv2 peer (an AF_XDP engine, a capture).
+
+    Inside the VM that NIC is ``eth1`` (:attr:`guest_mac`) with :attr:`guest_ip`, and
+    ``rxe1`` runs on it, so rxe1's GID table holds ``::ffff:<guest_ip>``. Both sides get a
+    permanent neighbour entry for the other, so frames flow even when the host side's ARP is
+    swallowed by an XDP program. GRO is on at both veth ends (frames an XDP program redirects
+    into a veth are dropped unless the receiving end has GRO or an XDP program). IPv6 is off in
+    both host namespaces; the addresses are ``<subnet>.1`` (host) and ``<subnet>.2`` (VM), in
+    198.18.0.0/15. Needs root and iproute2; the VM is not needed to create one.
+
+    Example::
+
+        with L2Segment() as seg:
+            seg.run("ip", "-br", "addr")          # veth0 198.18.1.1/24, in host_netns
+    """
+
+    bridge = "br0"
+    tap = "tap0"
+    bridge_port = "veth-br"
+    host_ifname = "veth0"
+    guest_ifname = "eth1"
+    guest_rxe = "rxe1"
+    prefixlen = 24
+
+    def __init__(self, subnet: str = "198.18.1") -> None:
+        parts = subnet.split(".")
+        if (
+            len(parts) != 3
+            or not all(p.isdigit() for p in parts)
+            or parts[:2] not in (["198", "18"], ["198", "19"])
+            or not 0 <= int(parts[2]) <= 255
+            or subnet == _USER_NET.rsplit(".", 1)[0]
+        ):
+            raise ValueError(
+                f"subnet {subnet!r} is not a /24 in 198.18.0.0/15 other than the VM's "
+                f"user-mode network {_USER_NET}: give e.g. '198.18.1'"
+            )
+        if os.geteuid() != 0:
+            raise PermissionError(
+                "the L2 segment creates network namespaces, a bridge and a tap: run as root"
+            )
+        for tool, pkg in (("ip", "iproute2"), ("ethtool", "ethtool")):
+            if shutil.which(tool) is None:
+                raise RxeVmError(f"the `{tool}` command is missing: apt-get install {pkg}")
+        n = int(parts[2])
+        tag = f"kbx-{os.getpid()}-{next(_l2_counter)}"
+        self.bridge_netns = f"{tag}-rxebr"
+        self.host_netns = f"{tag}-rxehost"
+        self.host_ip = f"{subnet}.1"
+        self.guest_ip = f"{subnet}.2"
+        self.host_mac = f"02:00:c6:12:{n:02x}:01"
+        self.guest_mac = f"02:00:c6:12:{n:02x}:02"
+        self._finalizer = weakref.finalize(
+            self, _delete_netns, (self.bridge_netns, self.host_netns)
+        )
+        try:
+            self._create()
+        except BaseException:
+            self.close()
+            raise
+
+    def _create(self) -> None:
+        br, host = self.bridge_netns, self.host_netns
+        for ns in (br, host):
+            _ip("netns", "add", ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+            for key in ("all", "default"):
+                _run(["ip", "netns", "exec", ns, "sysctl", "-qw",
+                      f"net.ipv6.conf.{key}.disable_ipv6=1"])  # fmt: skip
+        _ip("-n", br, "link", "add", self.bridge, "type", "bridge", "forward_delay", "0")
+        _ip("-n", br, "tuntap", "add", "mode", "tap", "name", self.tap)
+        _ip("-n", br, "link", "add", self.bridge_port, "type", "veth",
+            "peer", "name", self.host_ifname, "netns", host)  # fmt: skip
+        for port in (self.tap, self.bridge_port):
+            _ip("-n", br, "link", "set", port, "master", self.bridge)
+            _ip("-n", br, "link", "set", port, "up")
+        _ip("-n", br, "link", "set", self.bridge, "up")
+        _ip("-n", host, "link", "set", self.host_ifname, "address", self.host_mac)
+        _ip("-n", host, "addr", "add", f"{self.host_ip}/{self.prefixlen}",
+            "dev", self.host_ifname)  # fmt: skip
+        _ip("-n", host, "link", "set", self.host_ifname, "up")
+        _ip("-n", host, "neigh", "replace", self.guest_ip, "lladdr", self.guest_mac,
+            "dev", self.host_ifname, "nud", "permanent")  # fmt: skip
+        for ns, dev in ((br, self.bridge_port), (host, self.host_ifname)):
+            _run(["ip", "netns", "exec", ns, "ethtool", "-K", dev, "gro", "on"])
+
+    def guest_config(self) -> list[str]:
+        """The lines of the VM's control config that make its init set up eth1 and rxe1."""
+        return [
+            f"KB_L2_ADDRESS={self.guest_ip}/{self.prefixlen}",
+            f"KB_L2_MAC={self.guest_mac}",
+            f"KB_L2_PEER_IP={self.host_ip}",
+            f"KB_L2_PEER_MAC={self.host_mac}",
+        ]
+
+    def qemu_args(self) -> list[str]:
+        """qemu's arguments for the VM's NIC on :attr:`tap` (qemu must run in bridge_netns)."""
+        return [
+            "-netdev", f"tap,id=n1,ifname={self.tap},script=no,downscript=no",
+            "-device", f"virtio-net-pci,netdev=n1,mac={self.guest_mac},romfile=",
+        ]  # fmt: skip
+
+    def netns_prefix(self, side: str = "host") -> list[str]:
+        """``ip netns exec NS``: prefix of a command to run in ``host`` or ``bridge`` netns."""
+        if side not in ("host", "bridge"):
+            raise ValueError(f"side must be 'host' or 'bridge', not {side!r}")
+        return ["ip", "netns", "exec", self.host_netns if side == "host" else self.bridge_netns]
+
+    def run(
+        self, *cmd: str, side: str = "host", timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``cmd`` in the host-side (or bridge) namespace; returns its completed process.
+
+        Raises :class:`subprocess.TimeoutExpired` after ``timeout`` seconds (the command is
+        killed).
+        """
+        return subprocess.run(
+            [*self.netns_prefix(side), *cmd],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+
+    def popen(self, *cmd: str, side: str = "host", **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start ``cmd`` in the host-side (or bridge) namespace; the caller waits or kills it."""
+        return subprocess.Popen([*self.netns_prefix(side), *cmd], **kwargs)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the namespaces (and with them the bridge, tap and veth) are gone."""
+        return not self._finalizer.alive
+
+    def close(self) -> None:
+        """Delete both namespaces and every device in them. Idempotent."""
+        self._finalizer()
+
+    def __enter__(self) -> L2Segment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"L2Segment({self.host_netns}/{self.host_ifname} {self.host_ip} <-> "
+            f"{self.bridge_netns}/{self.bridge}/{self.tap} <-> VM {self.guest_ifname} "
+            f"{self.guest_ip}, {'closed' if self.closed else 'open'})"
+        )
+
+    @staticmethod
+    def cleanup_stale() -> list[str]:
+        """Delete namespaces of L2Segments whose process died; return their names."""
+        removed: list[str] = []
+        try:
+            names = os.listdir(_NETNS_DIR)
+        except FileNotFoundError:
+            return removed
+        for name in names:
+            parts = name.split("-")
+            if len(parts) != 4 or parts[0] != "kbx" or parts[3] not in ("rxebr", "rxehost"):
+                continue
+            if parts[1].isdigit() and not os.path.exists(f"/proc/{parts[1]}"):
+                _delete_netns([name])
+                removed.append(name)
+        return removed
+
+
 class RxeVm:
     """A booted soft-RoCE VM that runs commands; boot once, run many.
 
@@ -795,6 +1004,8 @@ class RxeVm:
         boot_timeout: float = 300.0,
         boot_image: str | None = None,
         log: Callable[[str], None] | None = None,
+        l2: bool = False,
+        l2_subnet: str = "198.18.1",
     ) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.shares = [Path(s).resolve() for s in shares]
@@ -815,6 +1026,11 @@ class RxeVm:
                 f"boot_image must be 'vmlinux' (PVH) or 'bzimage', not {self.boot_image!r}"
             )
         self._log = log or (lambda _msg: None)
+        self._l2_subnet = l2_subnet if l2 else None
+        if l2:
+            L2Segment.cleanup_stale()
+        #: The L2 segment to the host (``l2=True``), made by :meth:`boot`, gone after close.
+        self.l2: L2Segment | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._ctl: Path | None = None
         self._counter = itertools.count(1)
@@ -873,6 +1089,9 @@ class RxeVm:
             "multidevs=remap",
             "-virtfs", f"local,path={ctl},mount_tag=kbctl,security_model=none",
         ]  # fmt: skip
+        if self.l2 is not None:
+            # qemu attaches to the tap by name, so it runs in the tap's namespace.
+            cmd = [*self.l2.netns_prefix("bridge"), *cmd, *self.l2.qemu_args()]
         for i, (s, ro) in enumerate(self._mounts()):
             cmd += [
                 "-virtfs",
@@ -895,16 +1114,24 @@ class RxeVm:
             raise RxeVmError("the soft-RoCE VM needs: " + ", ".join(missing))
         self.artifacts = prepare(self.cache_dir, self._log)
         last_error: Exception | None = None
-        for accel in choose_accelerators(self.cache_dir):
-            try:
-                self._boot_with(accel, self.artifacts)
-                return
-            except RxeVmError as e:
-                last_error = e
-                self._teardown(keep=True)
-                if accel == "kvm":
-                    (self.cache_dir / "kvm-broken").write_text(f"{e}\n")
-                    self._log(f"KVM boot failed, falling back to TCG: {e}")
+        try:
+            if self._l2_subnet is not None:
+                self.l2 = L2Segment(self._l2_subnet)
+            for accel in choose_accelerators(self.cache_dir):
+                try:
+                    self._boot_with(accel, self.artifacts)
+                    return
+                except RxeVmError as e:
+                    last_error = e
+                    self._teardown(keep=True)
+                    if accel == "kvm":
+                        (self.cache_dir / "kvm-broken").write_text(f"{e}\n")
+                        self._log(f"KVM boot failed, falling back to TCG: {e}")
+        except BaseException:
+            self._teardown(keep=True)
+            self._close_l2()
+            raise
+        self._close_l2()
         assert last_error is not None
         raise last_error
 
@@ -922,6 +1149,8 @@ class RxeVm:
         (ctl / "queue").mkdir()
         mounts = self._mounts()
         lines = [f"KB_ADDRESS={GUEST_ADDRESS}", f"KB_NSHARES={len(mounts)}"]
+        if self.l2 is not None:
+            lines += self.l2.guest_config()
         for i, (s, ro) in enumerate(mounts):
             lines += [
                 f"KB_SHARE_{i}={shlex.quote(str(s))}",
@@ -1027,6 +1256,7 @@ class RxeVm:
     def close(self, timeout: float = 30.0) -> None:
         """Ask the VM to power off, wait for qemu (kill it after ``timeout``), clean up."""
         if self._proc is None:
+            self._close_l2()
             return
         if self._ctl is not None and self._proc.poll() is None:
             (self._ctl / "stop").write_text("")
@@ -1048,6 +1278,13 @@ class RxeVm:
         if not keep and self._ctl is not None:
             shutil.rmtree(self._ctl, ignore_errors=True)
             self._ctl = None
+        if not keep:
+            self._close_l2()
+
+    def _close_l2(self) -> None:
+        if self.l2 is not None:
+            self.l2.close()
+            self.l2 = None
 
 
 # --- command line -------------------------------------------------------------------------

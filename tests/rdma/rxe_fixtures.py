@@ -1,0 +1,311 @@
+"""Real rxe packets for tests/data/rxe/: rxe in the VM sends, a capture on the host side keeps them.
+
+Nothing RDMA answers on the host, so only requests are captured: the verbs clients run in the
+soft-RoCE VM on ``rxe1`` (the L2 segment's NIC, see ``kbypass.testing.rxe_vm.L2Segment``) and
+send to the host-side address. Their out-of-band TCP exchange (``ibv_*_pingpong`` and perftest
+both swap QPN/PSN/GID, perftest also rkey/address, over TCP port 18515 before any RDMA traffic)
+is answered by :class:`OobMirror`, which runs in the host namespace and sends every message of
+the client back to it, with the QPN, PSN, rkey, address and GID in the key messages replaced by
+the made-up values below: so the client connects its QP to ``FAKE_QPN`` at the host's GID and
+starts sending. RC requests then go unanswered and are retransmitted (the captures keep a few
+retries), until the client gives up with a retry-exceeded error.
+
+Regenerate every fixture (as root, about two minutes under TCG)::
+
+    python tests/rdma/rxe_fixtures.py                 # all, into tests/data/rxe/
+    python tests/rdma/rxe_fixtures.py rc_read ud_send # some
+
+The internal mode ``oob-mirror --bind IP`` is how the generator starts the mirror inside the
+host namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+#: What the mirror hands out as the "server's" QP: the clients' packets are addressed to it.
+FAKE_QPN = 0x00A5A5
+FAKE_PSN = 0x0C0FFE
+FAKE_RKEY = 0x1234ABCD
+FAKE_VADDR = 0x00007F0012340000
+OOB_PORT = 18515
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent / "data" / "rxe"
+
+# ibv_*_pingpong: "%04x:%06x:%06x:%s" (lid, qpn, psn, gid as 32 hex digits), NUL-terminated.
+_PP = re.compile(rb"([0-9a-f]{4}):([0-9a-f]{6}):([0-9a-f]{6}):([0-9a-f]{32})\x00")
+# perftest (4.5) KEY_PRINT_FMT_GID: lid:out_reads:qpn:psn:rkey:vaddr:16 gid bytes:srqn:
+_PT = re.compile(
+    rb"([0-9a-f]{4}):([0-9a-f]{4}):([0-9a-f]{6}):([0-9a-f]{6}):([0-9a-f]{8}):([0-9a-f]{16}):"
+    rb"((?:[0-9a-f]{2}:){16})([0-9a-f]{8}):\x00"
+)
+
+
+def mapped_gid(ip: str) -> bytes:
+    """The 16 bytes of the IPv4-mapped GID ``::ffff:ip``."""
+    return bytes(10) + b"\xff\xff" + socket.inet_aton(ip)
+
+
+def rewrite(msg: bytes, gid: bytes) -> bytes:
+    """The reply to one client message: key messages with the made-up peer, the rest as is."""
+    m = _PP.fullmatch(msg)
+    if m:
+        out = b"%s:%06x:%06x:%s\x00" % (m.group(1), FAKE_QPN, FAKE_PSN, gid.hex().encode())
+        assert len(out) == len(msg)
+        return out
+    m = _PT.fullmatch(msg)
+    if m:
+        gid_text = b"".join(b"%02x:" % b for b in gid)
+        out = b"%s:%s:%06x:%06x:%08x:%016x:%s%s:\x00" % (
+            m.group(1), m.group(2), FAKE_QPN, FAKE_PSN, FAKE_RKEY, FAKE_VADDR, gid_text,
+            m.group(8),
+        )  # fmt: skip
+        assert len(out) == len(msg)
+        return out
+    return msg
+
+
+class OobMirror:
+    """A TCP server answering the verbs tools' out-of-band exchange as a made-up peer.
+
+    The clients (``ibv_*_pingpong``, perftest) always write a message and then read the
+    server's message of the same size, so each ``recv`` is one client message; the mirror
+    sends it back through :func:`rewrite`. One thread per connection; :meth:`close` stops it.
+    """
+
+    def __init__(self, bind: str, port: int = OOB_PORT) -> None:
+        self.gid = mapped_gid(bind)
+        self.sock = socket.create_server((bind, port), reuse_port=False)
+        self.sock.settimeout(0.2)
+        self.connections = 0
+        self.rewritten = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        conn.settimeout(120)
+        with conn:
+            try:
+                while True:
+                    msg = conn.recv(4096)
+                    if not msg:
+                        return
+                    reply = rewrite(msg, self.gid)
+                    self.rewritten += reply != msg
+                    conn.sendall(reply)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket."""
+        self._stop.set()
+        self.sock.close()
+        self._thread.join(5)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """One fixture: the client command run in the VM and how many packets to keep."""
+
+    name: str
+    what: str
+    command: str  # {dev}, {gid}, {host} are filled in
+    packets: int
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        "ud_send",
+        "UD SEND only, 64 B, QKey 0x11111111, DETH (ibv_ud_pingpong client)",
+        "ibv_ud_pingpong -d {dev} -g {gid} -s 64 -n 1 {host}",
+        1,
+    ),
+    Scenario(
+        "rc_send_only",
+        "RC SEND only, 64 B, then its two retransmissions with the same PSN "
+        "(ibv_rc_pingpong client)",
+        "ibv_rc_pingpong -d {dev} -g {gid} -s 64 -n 1 {host}",
+        3,
+    ),
+    Scenario(
+        "rc_send_multi",
+        "RC SEND first/middle/last, one 2500 B message at path MTU 1024 (ibv_rc_pingpong client)",
+        "ibv_rc_pingpong -d {dev} -g {gid} -s 2500 -m 1024 -n 1 {host}",
+        3,
+    ),
+    Scenario(
+        "uc_send",
+        "UC SEND only, 64 B (ibv_uc_pingpong client)",
+        "ibv_uc_pingpong -d {dev} -g {gid} -s 64 -n 1 {host}",
+        1,
+    ),
+    Scenario(
+        "rc_write",
+        "RC RDMA WRITE only, 64 B each, RETH with the made-up rkey/address (ib_write_bw client)",
+        "ib_write_bw -d {dev} -x {gid} -F -s 64 -n 5 -t 4 {host}",
+        4,
+    ),
+    Scenario(
+        "rc_write_multi",
+        "RC RDMA WRITE first/middle/last, one 2500 B write at MTU 1024 (ib_write_bw client)",
+        "ib_write_bw -d {dev} -x {gid} -F -s 2500 -m 1024 -n 5 -t 1 {host}",
+        3,
+    ),
+    Scenario(
+        "rc_read",
+        "RC RDMA READ requests, 4096 B each (ib_read_bw client)",
+        "ib_read_bw -d {dev} -x {gid} -F -s 4096 -n 5 -t 2 -o 2 {host}",
+        2,
+    ),
+    Scenario(
+        "rc_fetch_add",
+        "RC FETCH_AND_ADD requests, AtomicETH (ib_atomic_bw client)",
+        "ib_atomic_bw -d {dev} -x {gid} -F -A FETCH_AND_ADD -n 5 -t 2 -o 2 {host}",
+        2,
+    ),
+    Scenario(
+        "rc_cmp_swap",
+        "RC COMPARE_AND_SWAP requests, AtomicETH (ib_atomic_bw client)",
+        "ib_atomic_bw -d {dev} -x {gid} -F -A CMP_AND_SWAP -n 5 -t 2 -o 2 {host}",
+        2,
+    ),
+)
+
+
+def gid_index(vm: object, device: str, ip: str) -> int:
+    """The index of ``device``'s RoCE v2 GID ``::ffff:ip`` in the VM (from ``ibv_devinfo -v``)."""
+    from kbypass.testing.rxe_vm import RxeVm
+
+    assert isinstance(vm, RxeVm)
+    out = vm.run(["ibv_devinfo", "-v", "-d", device]).stdout
+    m = re.search(rf"GID\[\s*(\d+)\]:\s+::ffff:{re.escape(ip)}, RoCE v2$", out, re.M)
+    if m is None:
+        raise LookupError(f"{device} has no RoCE v2 GID ::ffff:{ip}:\n{out}")
+    return int(m.group(1))
+
+
+def capture(vm: object, scenario: Scenario, out: Path, timeout: float = 90.0) -> Path:
+    """Run one scenario's client in the VM and write its first packets to ``out``."""
+    from kbypass.testing.rxe_vm import RxeVm
+
+    assert isinstance(vm, RxeVm) and vm.l2 is not None
+    seg = vm.l2
+    dumpcap = shutil.which("dumpcap")
+    if dumpcap is None:
+        raise FileNotFoundError("dumpcap is missing: apt-get install tshark")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.pcap")
+    tmp.unlink(missing_ok=True)
+    mirror = seg.popen(
+        sys.executable, str(Path(__file__).resolve()), "oob-mirror", "--bind", seg.host_ip,
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    cap = None
+    job = None
+    try:
+        assert mirror.stdout is not None
+        if mirror.stdout.readline().strip() != "listening":
+            raise RuntimeError("the OOB mirror did not start")
+        idx = gid_index(vm, seg.guest_rxe, seg.guest_ip)
+        cap = seg.popen(
+            dumpcap, "-q", "-P", "-i", seg.host_ifname, "-f", "udp port 4791",
+            "-c", str(scenario.packets), "-a", f"duration:{int(timeout)}", "-w", str(tmp),
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        # dumpcap says nothing with -q; give it a moment to attach its filter.
+        time.sleep(1.0)
+        cmd = scenario.command.format(dev=seg.guest_rxe, gid=idx, host=seg.host_ip)
+        pidfile = f"/tmp/kbx-client-{scenario.name}.pid"
+        job = vm.start(f"echo $$ > {pidfile}; exec timeout {int(timeout)} {cmd}", timeout=timeout)
+        cap.wait(timeout + 30)
+        if cap.returncode != 0:
+            err = cap.stderr.read() if cap.stderr else ""
+            raise RuntimeError(f"dumpcap failed ({cap.returncode}): {err}")
+        # The client waits for answers that never come (or retries): stop it, by its PID.
+        vm.run(f"kill $(cat {pidfile})")
+        result = job.wait()
+        if not tmp.exists() or tmp.stat().st_size <= 24:
+            raise RuntimeError(
+                f"nothing captured for {scenario.name}; the client said:\n"
+                f"{result.stdout}{result.stderr}"
+            )
+        tmp.chmod(0o644)
+        tmp.rename(out)
+        return out
+    finally:
+        for p in (cap, mirror):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+        if job is not None:
+            job.wait()
+        tmp.unlink(missing_ok=True)
+
+
+def generate(names: Sequence[str], out_dir: Path) -> list[Path]:
+    """Boot a VM with the L2 segment and capture the named scenarios (all when empty)."""
+    from kbypass.testing.rxe_vm import RxeVm
+
+    chosen = [s for s in SCENARIOS if not names or s.name in names]
+    unknown = set(names) - {s.name for s in SCENARIOS}
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {sorted(unknown)}: {[s.name for s in SCENARIOS]}")
+    made = []
+    with RxeVm(l2=True, log=lambda m: print(f"rxe-vm: {m}", file=sys.stderr)) as vm:
+        for s in chosen:
+            t = time.monotonic()
+            made.append(capture(vm, s, out_dir / f"{s.name}.pcap"))
+            print(f"{s.name}: {made[-1]} in {time.monotonic() - t:.1f} s", file=sys.stderr)
+    return made
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="action")
+    m = sub.add_parser("oob-mirror")
+    m.add_argument("--bind", required=True)
+    m.add_argument("--port", type=int, default=OOB_PORT)
+    g = sub.add_parser("generate")
+    g.add_argument("--out", type=Path, default=DATA)
+    g.add_argument("names", nargs="*")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] not in (["oob-mirror"], ["generate"], ["-h"], ["--help"]):
+        argv.insert(0, "generate")
+    args = ap.parse_args(argv)
+    if args.action == "oob-mirror":
+        mirror = OobMirror(args.bind, args.port)
+        print("listening", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            mirror.close()
+        return 0
+    generate(args.names, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
