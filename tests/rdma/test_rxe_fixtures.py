@@ -106,7 +106,9 @@ def test_every_scenario_has_a_fixture_and_a_readme_line() -> None:
     readme = (DATA / "README.md").read_text()
     assert {s.name for s in SCENARIOS} == set(EXPECTED)
     for s in SCENARIOS:
-        assert (DATA / f"{s.name}.pcap").is_file(), f"regenerate: python {DATA.parents[1]}/rdma/rxe_fixtures.py {s.name}"
+        assert (DATA / f"{s.name}.pcap").is_file(), (
+            f"regenerate: python {DATA.parents[1]}/rdma/rxe_fixtures.py {s.name}"
+        )
         assert f"`{s.name}.pcap`" in readme, s.name
     assert not [p.name for p in DATA.glob("*.pcap") if p.stem not in EXPECTED]
 

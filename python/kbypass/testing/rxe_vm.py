@@ -26,6 +26,10 @@ Example::
         print(vm.run("rdma link").stdout)    # link rxe0/1 state ACTIVE ...
         print(vm.run(["ibv_devinfo", "-d", "rxe0"]).stdout)
 
+With ``RxeVm(l2=True)`` the VM gets a second NIC on one Ethernet segment with a host network
+namespace (a tap bridged to a veth, see :class:`L2Segment`) and ``rxe1`` on it, so a
+host-side RoCEv2 peer and the VM's rxe talk over a real L2 link.
+
 Command line::
 
     python -m kbypass.testing.rxe_vm prepare            # download and build, no boot
@@ -891,7 +895,7 @@ class L2Segment:
             _run(["ip", "netns", "exec", ns, "ethtool", "-K", dev, "gro", "on"])
 
     def guest_config(self) -> list[str]:
-        """The lines of the VM's control config that make its init set up eth1 and rxe1."""
+        """Return the lines of the VM's control config that make its init set up eth1 and rxe1."""
         return [
             f"KB_L2_ADDRESS={self.guest_ip}/{self.prefixlen}",
             f"KB_L2_MAC={self.guest_mac}",
@@ -900,7 +904,7 @@ class L2Segment:
         ]
 
     def qemu_args(self) -> list[str]:
-        """qemu's arguments for the VM's NIC on :attr:`tap` (qemu must run in bridge_netns)."""
+        """Return qemu's arguments for the VM's NIC on :attr:`tap` (run qemu in bridge_netns)."""
         return [
             "-netdev", f"tap,id=n1,ifname={self.tap},script=no,downscript=no",
             "-device", f"virtio-net-pci,netdev=n1,mac={self.guest_mac},romfile=",
@@ -982,6 +986,13 @@ class RxeVm:
     ACTIVE before the first command runs; GID index 1 is its IPv4-mapped RoCEv2 GID, and its
     active MTU is 1024.
 
+    With ``l2=True`` the VM also gets an :class:`L2Segment` (:attr:`l2`): a second NIC,
+    ``eth1`` with ``<l2_subnet>.2``, on a tap bridged in a network namespace of its own to a
+    veth whose other end, ``<l2_subnet>.1``, is in a second namespace on the host, and
+    ``rxe1`` on that NIC (its IPv4-mapped GID ``::ffff:<l2_subnet>.2`` at index 1). qemu then
+    runs in the bridge's namespace; :meth:`close` (or a failed boot) stops qemu by its PID and
+    deletes both namespaces with everything in them.
+
     Example::
 
         with RxeVm(shares=[Path.cwd()]) as vm:
@@ -990,6 +1001,10 @@ class RxeVm:
             server = vm.start("ibv_rc_pingpong -d rxe0 -g 1")
             client = vm.run("sleep 1; ibv_rc_pingpong -d rxe0 -g 1 127.0.0.1")
             assert client.returncode == 0 and server.wait().returncode == 0
+
+        with RxeVm(l2=True) as vm:               # rxe1 in the VM, 198.18.1.1 on the host
+            assert vm.l2 is not None
+            vm.l2.run("ping", "-c1", vm.l2.guest_ip)     # from the host-side namespace
     """
 
     def __init__(
@@ -1046,6 +1061,11 @@ class RxeVm:
     def _jobs(self) -> Path:
         assert self._ctl is not None, "the VM is not booted"
         return self._ctl / "jobs"
+
+    @property
+    def pid(self) -> int | None:
+        """The qemu process's id while the VM runs, else None."""
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def console_log(self) -> Path:
@@ -1117,6 +1137,7 @@ class RxeVm:
         try:
             if self._l2_subnet is not None:
                 self.l2 = L2Segment(self._l2_subnet)
+                self._log(f"made {self.l2}")
             for accel in choose_accelerators(self.cache_dir):
                 try:
                     self._boot_with(accel, self.artifacts)
@@ -1169,6 +1190,7 @@ class RxeVm:
             stdout=self._console,
             stderr=subprocess.STDOUT,
         )
+        self._log(f"qemu pid {self._proc.pid}")
         limit = t0 + (60.0 if accel == "kvm" else self.boot_timeout)
         while not (ctl / "ready").exists():
             if self._proc.poll() is not None:
