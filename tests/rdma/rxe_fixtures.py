@@ -131,7 +131,7 @@ class Scenario:
 
     name: str
     what: str
-    command: str  # {dev}, {gid}, {host} are filled in
+    command: str  # {dev}, {gid}, {host}, {python}, {here} and the FAKE_* values are filled in
     packets: int
 
 
@@ -191,6 +191,13 @@ SCENARIOS: tuple[Scenario, ...] = (
         "ib_atomic_bw -d {dev} -x {gid} -F -A CMP_AND_SWAP -n 5 -t 2 -o 2 {host}",
         2,
     ),
+    Scenario(
+        "rc_imm",
+        "RC SEND only with immediate 0xC0FFEE (16 B), then RDMA WRITE only with immediate 0xBEEF "
+        "(32 B), from send PSN 0x001000 (kbypass.rdma client, tests/rdma/vm_imm_client.py)",
+        "{python} {here}/vm_imm_client.py {dev} {gid} {host} {qpn} {psn} {rkey} {vaddr} 60",
+        2,
+    ),
 )
 
 
@@ -236,7 +243,10 @@ def capture(vm: object, scenario: Scenario, out: Path, timeout: float = 90.0) ->
         )  # fmt: skip
         # dumpcap says nothing with -q; give it a moment to attach its filter.
         time.sleep(1.0)
-        cmd = scenario.command.format(dev=seg.guest_rxe, gid=idx, host=seg.host_ip)
+        cmd = scenario.command.format(
+            dev=seg.guest_rxe, gid=idx, host=seg.host_ip, python=sys.executable, here=HERE,
+            qpn=hex(FAKE_QPN), psn=hex(FAKE_PSN), rkey=hex(FAKE_RKEY), vaddr=hex(FAKE_VADDR),
+        )  # fmt: skip
         pidfile = f"/tmp/kbx-client-{scenario.name}.pid"
         job = vm.start(f"echo $$ > {pidfile}; exec timeout {int(timeout)} {cmd}", timeout=timeout)
         cap.wait(timeout + 30)
@@ -273,7 +283,8 @@ def generate(names: Sequence[str], out_dir: Path) -> list[Path]:
     if unknown:
         raise SystemExit(f"unknown scenario(s) {sorted(unknown)}: {[s.name for s in SCENARIOS]}")
     made = []
-    with RxeVm(l2=True, log=lambda m: print(f"rxe-vm: {m}", file=sys.stderr)) as vm:
+    say = lambda m: print(f"rxe-vm: {m}", file=sys.stderr)  # noqa: E731
+    with RxeVm(l2=True, visible=[HERE], log=say) as vm:
         for s in chosen:
             t = time.monotonic()
             made.append(capture(vm, s, out_dir / f"{s.name}.pcap"))

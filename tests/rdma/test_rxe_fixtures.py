@@ -23,6 +23,7 @@ FIELDS = (
     "infiniband.bth.psn", "infiniband.bth.a", "infiniband.bth.p_key", "infiniband.deth.q_key",
     "infiniband.reth.va", "infiniband.reth.r_key", "infiniband.reth.dmalen",
     "infiniband.atomiceth.swapdt", "infiniband.atomiceth.cmpdt", "infiniband.invariant.crc",
+    "infiniband.immdt",
 )  # fmt: skip
 
 
@@ -99,6 +100,7 @@ EXPECTED: dict[str, tuple[list[int], list[int]]] = {
     "rc_read": ([0x0C] * 2, [4]),  # a 4096 B read takes 4 response PSNs at MTU 1024
     "rc_fetch_add": ([0x14] * 2, [1]),
     "rc_cmp_swap": ([0x13] * 2, [1]),
+    "rc_imm": ([0x05, 0x0B], [1]),  # SEND only with immediate, RDMA WRITE only with immediate
 }
 
 
@@ -130,6 +132,17 @@ def test_fixture_matches_its_description(name: str) -> None:
     if op in (0x0A, 0x06, 0x0C, 0x13, 0x14):
         rkeys = {r["infiniband.reth.r_key"] for r in rows if r["infiniband.reth.r_key"]}
         assert rkeys <= {hex(FAKE_RKEY), f"0x{FAKE_RKEY:08x}"} or op in (0x13, 0x14), rkeys
+    if op in (0x13, 0x14):
+        # ib_atomic_bw adds 1, or swaps in 0 where it finds 0.
+        for r in rows:
+            swap, cmp = num(r["infiniband.atomiceth.swapdt"]), num(r["infiniband.atomiceth.cmpdt"])
+            assert (swap, cmp) == ((1, 0) if op == 0x14 else (0, 0)), r
+            assert FAKE_VADDR <= num(r["infiniband.reth.va"]) < FAKE_VADDR + (1 << 20), r
+    if name == "rc_imm":
+        assert num(rows[0]["infiniband.bth.psn"]) == 0x001000
+        assert [int(r["infiniband.immdt"], 16) for r in rows] == [0xC0FFEE, 0xBEEF]
+        assert num(rows[1]["infiniband.reth.dmalen"]) == 32
+        assert num(rows[1]["infiniband.reth.va"]) == FAKE_VADDR
     if op in (0x0A, 0x06, 0x0C):
         for r in rows:
             if r["infiniband.reth.va"]:
