@@ -23,13 +23,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
+import shlex
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -274,21 +278,187 @@ def capture(vm: object, scenario: Scenario, out: Path, timeout: float = 90.0) ->
         tmp.unlink(missing_ok=True)
 
 
+# --- requests from the host, rxe's responses -------------------------------------------------
+
+
+def _ip_checksum(header: bytes) -> int:
+    total = sum(struct.unpack(f">{len(header) // 2}H", header))
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def roce_frame(
+    macs: tuple[str, str],
+    ips: tuple[str, str],
+    opcode: int,
+    qpn: int,
+    psn: int,
+    *,
+    ackreq: bool = False,
+    ext: bytes = b"",
+    payload: bytes = b"",
+    sport: int = 0xC0DE,
+) -> bytes:
+    """One IPv4 RoCEv2 frame (Ethernet to ICRC) from ``macs[0]``/``ips[0]`` to the others."""
+    pad = -len(payload) % 4
+    bth = struct.pack(">BBHII", opcode, pad << 4, 0xFFFF, qpn, (ackreq << 31) | psn)
+    body = bth + ext + payload + bytes(pad)
+    udp = struct.pack(">HHHH", sport, 4791, 8 + len(body) + 4, 0)
+    ip = bytearray(struct.pack(
+        ">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp) + len(body) + 4, 0, 0x4000, 64, 17, 0,
+        socket.inet_aton(ips[0]), socket.inet_aton(ips[1]),
+    ))  # fmt: skip
+    ip[10:12] = _ip_checksum(bytes(ip)).to_bytes(2, "big")
+    masked_ip = bytes(ip[:1]) + b"\xff" + bytes(ip[2:8]) + b"\xff" + bytes(ip[9:10]) + b"\xff\xff"
+    masked_ip += bytes(ip[12:])
+    masked = b"\xff" * 8 + masked_ip + udp[:6] + b"\xff\xff" + bth[:4] + b"\xff" + body[5:]
+    icrc = zlib.crc32(masked).to_bytes(4, "little")
+    eth = bytes.fromhex(macs[1].replace(":", "")) + bytes.fromhex(macs[0].replace(":", ""))
+    return eth + b"\x08\x00" + bytes(ip) + udp + body + icrc
+
+
+def reth(va: int, rkey: int, length: int) -> bytes:
+    """An RDMA extended transport header."""
+    return struct.pack(">QII", va, rkey, length)
+
+
+def atomic_eth(va: int, rkey: int, swap_add: int, compare: int) -> bytes:
+    """An atomic extended transport header."""
+    return struct.pack(">QIQQ", va, rkey, swap_add, compare)
+
+
+#: The fixture of rxe's answers to requests the host sends (see :func:`capture_responses`).
+RESPONSES = "rc_responses"
+#: What the host sends the responder, in order: (label, opcode, PSN offset from FAKE_PSN).
+RESPONDER_STEPS: tuple[tuple[str, int, int], ...] = (
+    ("SEND only, 32 B -> ACK", 0x04, 0),
+    ("SEND only, no receive posted -> RNR NAK", 0x04, 1),
+    ("RDMA READ 2500 B -> READ response first/middle/last", 0x0C, 1),
+    ("FETCH_ADD 5 on 41 -> ATOMIC ACK, original 41", 0x14, 4),
+    ("COMPARE_SWAP 46 -> 7 -> ATOMIC ACK, original 46", 0x13, 5),
+    ("RDMA WRITE only, 16 B -> ACK", 0x0A, 6),
+    ("SEND only, PSN 3 ahead -> NAK PSN sequence error", 0x04, 10),
+    ("RDMA WRITE only again (duplicate) -> ACK", 0x0A, 6),
+    ("RDMA WRITE only, bad rkey -> NAK remote access error", 0x0A, 7),
+)
+
+
+def responder_frames(seg: object, info: dict[str, int]) -> list[bytes]:
+    """The frames of :data:`RESPONDER_STEPS` for the responder ``info`` (vm_responder.py)."""
+    from kbypass.testing.rxe_vm import L2Segment
+
+    assert isinstance(seg, L2Segment)
+    macs, ips = (seg.host_mac, seg.guest_mac), (seg.host_ip, seg.guest_ip)
+    qpn, rkey, addr, word = info["qpn"], info["rkey"], info["addr"], info["atomic_addr"]
+    ext = {
+        2: reth(addr, rkey, 2500),
+        3: atomic_eth(word, rkey, 5, 0),
+        4: atomic_eth(word, rkey, 7, 46),
+        5: reth(addr + 512, rkey, 16),
+        7: reth(addr + 512, rkey, 16),
+        8: reth(addr + 512, rkey ^ 0x5A5A5A00, 16),
+    }
+    payload = {0: bytes(range(32)), 1: bytes(range(32)), 5: b"kbypass-rxe-fix!", 6: bytes(32)}
+    payload |= {7: payload[5], 8: payload[5]}
+    return [
+        roce_frame(
+            macs,
+            ips,
+            op,
+            qpn,
+            (FAKE_PSN + off) & 0xFFFFFF,
+            ackreq=True,
+            ext=ext.get(i, b""),
+            payload=payload.get(i, b""),
+        )
+        for i, (_, op, off) in enumerate(RESPONDER_STEPS)
+    ]
+
+
+def capture_responses(vm: object, out: Path, gap: float = 1.0) -> Path:
+    """Send :data:`RESPONDER_STEPS` to an rxe responder in the VM; keep both directions."""
+    from kbypass.testing.rxe_vm import RxeVm
+
+    assert isinstance(vm, RxeVm) and vm.l2 is not None
+    seg = vm.l2
+    info_path = out.parent / ".responder.json"
+    info_path.unlink(missing_ok=True)
+    tmp = out.with_suffix(".tmp.pcap")
+    tmp.unlink(missing_ok=True)
+    idx = gid_index(vm, seg.guest_rxe, seg.guest_ip)
+    argv = [sys.executable, str(HERE / "vm_responder.py"), seg.guest_rxe, str(idx), seg.host_ip,
+            hex(FAKE_QPN), hex(FAKE_PSN), str(info_path), "120"]  # fmt: skip
+    pidfile = "/tmp/kbx-responder.pid"
+    job = vm.start(f"echo $$ > {pidfile}; exec {shlex.join(argv)}", timeout=150)
+    cap = None
+    try:
+        deadline = time.monotonic() + 120
+        while not info_path.exists():
+            if job.done() or time.monotonic() > deadline:
+                r = job.wait()
+                raise RuntimeError(f"the responder did not start:\n{r.stdout}{r.stderr}")
+            time.sleep(0.1)
+        info = json.loads(info_path.read_text())
+        frames = responder_frames(seg, info)
+        cap = seg.popen(
+            "dumpcap", "-q", "-P", "-i", seg.host_ifname, "-f", "udp port 4791", "-w", str(tmp),
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(1.0)
+        inject = seg.run(
+            sys.executable, str(Path(__file__).resolve()), "inject", "--ifname",
+            seg.host_ifname, "--gap", str(gap), *(f.hex() for f in frames), timeout=120,
+        )  # fmt: skip
+        if inject.returncode != 0:
+            raise RuntimeError(f"inject failed: {inject.stderr}")
+        time.sleep(2 * gap)
+        cap.terminate()
+        cap.wait(30)
+        tmp.chmod(0o644)
+        tmp.rename(out)
+        return out
+    finally:
+        if cap is not None and cap.poll() is None:
+            cap.kill()
+            cap.wait()
+        if not job.done():
+            vm.run(f"kill $(cat {pidfile})")  # by its PID, which it wrote before exec
+        job.wait()
+        info_path.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+
+
+def inject(ifname: str, frames: Sequence[bytes], gap: float) -> None:
+    """Send ``frames`` out of ``ifname`` (AF_PACKET), ``gap`` seconds apart."""
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((ifname, 0))
+        for f in frames:
+            s.send(f)
+            time.sleep(gap)
+
+
 def generate(names: Sequence[str], out_dir: Path) -> list[Path]:
     """Boot a VM with the L2 segment and capture the named scenarios (all when empty)."""
     from kbypass.testing.rxe_vm import RxeVm
 
     chosen = [s for s in SCENARIOS if not names or s.name in names]
-    unknown = set(names) - {s.name for s in SCENARIOS}
+    unknown = set(names) - {s.name for s in SCENARIOS} - {RESPONSES}
     if unknown:
         raise SystemExit(f"unknown scenario(s) {sorted(unknown)}: {[s.name for s in SCENARIOS]}")
     made = []
     say = lambda m: print(f"rxe-vm: {m}", file=sys.stderr)  # noqa: E731
-    with RxeVm(l2=True, visible=[HERE], log=say) as vm:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # out_dir is shared writable: the responder tells the host its QPN/rkey/address there.
+    with RxeVm(l2=True, visible=[HERE], shares=[out_dir], log=say) as vm:
         for s in chosen:
             t = time.monotonic()
             made.append(capture(vm, s, out_dir / f"{s.name}.pcap"))
             print(f"{s.name}: {made[-1]} in {time.monotonic() - t:.1f} s", file=sys.stderr)
+        if not names or RESPONSES in names:
+            t = time.monotonic()
+            made.append(capture_responses(vm, out_dir / f"{RESPONSES}.pcap"))
+            print(f"{RESPONSES}: {made[-1]} in {time.monotonic() - t:.1f} s", file=sys.stderr)
     return made
 
 
@@ -298,11 +468,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     m = sub.add_parser("oob-mirror")
     m.add_argument("--bind", required=True)
     m.add_argument("--port", type=int, default=OOB_PORT)
+    i = sub.add_parser("inject")
+    i.add_argument("--ifname", required=True)
+    i.add_argument("--gap", type=float, default=1.0)
+    i.add_argument("frames", nargs="+", help="frames in hex")
     g = sub.add_parser("generate")
     g.add_argument("--out", type=Path, default=DATA)
     g.add_argument("names", nargs="*")
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] not in (["oob-mirror"], ["generate"], ["-h"], ["--help"]):
+    if argv[:1] not in (["oob-mirror"], ["inject"], ["generate"], ["-h"], ["--help"]):
         argv.insert(0, "generate")
     args = ap.parse_args(argv)
     if args.action == "oob-mirror":
@@ -313,6 +487,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 time.sleep(3600)
         except KeyboardInterrupt:
             mirror.close()
+        return 0
+    if args.action == "inject":
+        inject(args.ifname, [bytes.fromhex(f) for f in args.frames], args.gap)
         return 0
     generate(args.names, args.out)
     return 0

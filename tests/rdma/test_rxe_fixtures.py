@@ -15,7 +15,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from rxe_fixtures import DATA, FAKE_QPN, FAKE_RKEY, FAKE_VADDR, SCENARIOS
+from rxe_fixtures import DATA, FAKE_PSN, FAKE_QPN, FAKE_RKEY, FAKE_VADDR, RESPONSES, SCENARIOS
 
 HOST, GUEST = "198.18.1.1", "198.18.1.2"
 FIELDS = (
@@ -23,7 +23,8 @@ FIELDS = (
     "infiniband.bth.psn", "infiniband.bth.a", "infiniband.bth.p_key", "infiniband.deth.q_key",
     "infiniband.reth.va", "infiniband.reth.r_key", "infiniband.reth.dmalen",
     "infiniband.atomiceth.swapdt", "infiniband.atomiceth.cmpdt", "infiniband.invariant.crc",
-    "infiniband.immdt",
+    "infiniband.immdt", "infiniband.aeth.syndrome", "infiniband.aeth.msn",
+    "infiniband.atomicacketh.origremdt",
 )  # fmt: skip
 
 
@@ -107,12 +108,13 @@ EXPECTED: dict[str, tuple[list[int], list[int]]] = {
 def test_every_scenario_has_a_fixture_and_a_readme_line() -> None:
     readme = (DATA / "README.md").read_text()
     assert {s.name for s in SCENARIOS} == set(EXPECTED)
+    assert (DATA / f"{RESPONSES}.pcap").is_file() and f"`{RESPONSES}.pcap`" in readme
     for s in SCENARIOS:
         assert (DATA / f"{s.name}.pcap").is_file(), (
             f"regenerate: python {DATA.parents[1]}/rdma/rxe_fixtures.py {s.name}"
         )
         assert f"`{s.name}.pcap`" in readme, s.name
-    assert not [p.name for p in DATA.glob("*.pcap") if p.stem not in EXPECTED]
+    assert not [p.name for p in DATA.glob("*.pcap") if p.stem not in {*EXPECTED, RESPONSES}]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -154,16 +156,53 @@ def test_fixture_matches_its_description(name: str) -> None:
         assert rows[-1]["infiniband.bth.a"] in ("1", "True"), rows[-1]
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+H, G = "198.18.1.1", "198.18.1.2"
+ACK, RNR, NAK = 0, 1, 3  # AETH syndrome bits 7..5
+# rc_responses.pcap: (source, opcode, PSN - FAKE_PSN, AETH kind and code, AtomicAckETH)
+RESPONSE_FLOW: list[tuple[str, int, int, tuple[int, int] | None, int | None]] = [
+    (H, 0x04, 0, None, None), (G, 0x11, 0, (ACK, 0x1F), None),  # SEND -> ACK (no credits)
+    (H, 0x04, 1, None, None), (G, 0x11, 1, (RNR, -1), None),  # no receive posted -> RNR NAK
+    (H, 0x0C, 1, None, None),  # READ 2500 B -> response first (AETH), middle, last (AETH)
+    (G, 0x0D, 1, (ACK, 0x1F), None), (G, 0x0E, 2, None, None), (G, 0x0F, 3, (ACK, 0x1F), None),
+    (H, 0x14, 4, None, None), (G, 0x12, 4, (ACK, 0x1F), 41),  # FETCH_ADD 5 on 41
+    (H, 0x13, 5, None, None), (G, 0x12, 5, (ACK, 0x1F), 46),  # COMPARE_SWAP 46 -> 7
+    (H, 0x0A, 6, None, None), (G, 0x11, 6, (ACK, 0x1F), None),  # WRITE -> ACK
+    (H, 0x04, 10, None, None), (G, 0x11, 7, (NAK, 0), None),  # PSN ahead -> NAK sequence error
+    (H, 0x0A, 6, None, None), (G, 0x11, 6, (ACK, 0x1F), None),  # duplicate WRITE -> ACK again
+    (H, 0x0A, 7, None, None), (G, 0x11, 7, (NAK, 2), None),  # bad rkey -> NAK remote access
+]  # fmt: skip
+
+
+def test_rc_responses_are_rxe_answering_each_request() -> None:
+    rows = dissect(DATA / f"{RESPONSES}.pcap")
+    assert len(rows) == len(RESPONSE_FLOW), rows
+    vm_qpn = num(rows[0]["infiniband.bth.destqp"])
+    for r, (src, op, off, aeth, orig) in zip(rows, RESPONSE_FLOW):
+        where = f"{r}: expected {(src, hex(op), off, aeth, orig)}"
+        assert (r["ip.src"], num(r["infiniband.bth.opcode"])) == (src, op), where
+        assert num(r["infiniband.bth.psn"]) == (FAKE_PSN + off) & 0xFFFFFF, where
+        assert num(r["infiniband.bth.destqp"]) == (vm_qpn if src == H else FAKE_QPN), where
+        if aeth is None:
+            assert r["infiniband.aeth.syndrome"] == "", where
+        else:
+            syn = num(r["infiniband.aeth.syndrome"])
+            assert syn >> 5 == aeth[0] and aeth[1] in (-1, syn & 0x1F), where
+        if orig is not None:
+            assert num(r["infiniband.atomicacketh.origremdt"]) == orig, where
+    # The MSN counts completed messages: SEND, READ, 2 atomics, WRITE.
+    assert num(rows[-1]["infiniband.aeth.msn"]) == 5
+
+
+@pytest.mark.parametrize("name", [*sorted(EXPECTED), RESPONSES])
 def test_fixture_icrcs_are_correct(name: str) -> None:
     frames = read_pcap(DATA / f"{name}.pcap")
     assert frames
     for i, frame in enumerate(frames):
         sent, computed = icrc(frame)
         assert sent == computed, f"frame {i + 1}: ICRC {sent:#010x}, computed {computed:#010x}"
-        # and one flipped payload bit changes it (the check is not vacuous)
+        # and one flipped BTH bit (SE, not masked) changes it: the check is not vacuous
         bad = bytearray(frame)
-        bad[60] ^= 1
+        bad[43] ^= 0x80
         assert icrc(bytes(bad))[1] != sent
 
 

@@ -1,0 +1,45 @@
+"""An rxe RC responder in the VM for tests/data/rxe/rc_responses.pcap (run by rxe_fixtures.py).
+
+Usage (in the VM): python vm_responder.py DEVICE GID_INDEX HOST_IP QPN PSN OUT_JSON SECONDS
+
+Registers a 4096-byte region (bytes 0..255 repeated, all remote access), connects an RC QP of
+DEVICE to the made-up peer QPN/PSN at ``::ffff:HOST_IP`` (its receive queue then expects PSN
+from the peer; its own send PSN is 0x002000), posts ONE 256-byte receive, writes
+``{"qpn", "rkey", "addr", "atomic_addr"}`` to OUT_JSON (``atomic_addr``: an 8-byte aligned
+word in the region holding 41) and waits SECONDS while the host sends it requests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from kbypass import rdma
+
+
+def main(argv: list[str]) -> int:
+    dev, gid_index, host = argv[0], int(argv[1]), argv[2]
+    qpn, psn = int(argv[3], 0), int(argv[4], 0)
+    out, seconds = argv[5], float(argv[6])
+    with rdma.Context(dev) as ctx:
+        cq = ctx.create_cq(64)
+        pd = ctx.alloc_pd()
+        buf = bytearray(bytes(range(256)) * 16)
+        mr = pd.register(buf)
+        word = 1024 + (-(mr.addr + 1024) % 8)
+        buf[word : word + 8] = (41).to_bytes(8, "little")
+        qp = pd.create_qp("RC", cq)
+        qp.connect(rdma.Endpoint(qpn, psn, f"::ffff:{host}"), psn=0x002000, gid_index=gid_index)
+        qp.post_recv(mr, offset=0, length=256, wr_id=1)
+        info = {"qpn": qp.qp_num, "rkey": mr.rkey, "addr": mr.addr, "atomic_addr": mr.addr + word}
+        with open(out + ".tmp", "w") as f:
+            json.dump(info, f)
+        os.rename(out + ".tmp", out)
+        time.sleep(seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
