@@ -10,13 +10,19 @@ the made-up values below: so the client connects its QP to ``FAKE_QPN`` at the h
 starts sending. RC requests then go unanswered and are retransmitted (the captures keep a few
 retries), until the client gives up with a retry-exceeded error.
 
+``rc_responses.pcap`` goes the other way: ``vm_responder.py`` (kbypass.rdma in the VM) holds an
+RC QP connected to the made-up peer, and the host sends it requests built here
+(:func:`roce_frame`, ICRC included) through an AF_PACKET socket in the host namespace
+(internal mode ``inject``), one per :data:`RESPONDER_STEPS` entry; the capture keeps both
+directions, rxe's ACKs, NAKs, read responses and atomic acknowledgements included.
+
 Regenerate every fixture (as root, about two minutes under TCG)::
 
     python tests/rdma/rxe_fixtures.py                 # all, into tests/data/rxe/
     python tests/rdma/rxe_fixtures.py rc_read ud_send # some
 
-The internal mode ``oob-mirror --bind IP`` is how the generator starts the mirror inside the
-host namespace.
+The internal modes ``oob-mirror --bind IP`` and ``inject --ifname IF HEX...`` are how the
+generator runs the mirror and the request sender inside the host namespace.
 """
 
 from __future__ import annotations
@@ -117,7 +123,11 @@ class OobMirror:
                     if not msg:
                         return
                     reply = rewrite(msg, self.gid)
-                    self.rewritten += reply != msg
+                    if reply != msg:
+                        self.rewritten += 1
+                        print(
+                            f"oob-mirror: answered a {len(msg)}-byte key message", file=sys.stderr
+                        )
                     conn.sendall(reply)
             except OSError:
                 return
@@ -454,7 +464,9 @@ def generate(names: Sequence[str], out_dir: Path) -> list[Path]:
         for s in chosen:
             t = time.monotonic()
             made.append(capture(vm, s, out_dir / f"{s.name}.pcap"))
-            print(f"{s.name}: {made[-1]} in {time.monotonic() - t:.1f} s", file=sys.stderr)
+            print(
+                f"{s.name} ({s.what}): {made[-1]} in {time.monotonic() - t:.1f} s", file=sys.stderr
+            )
         if not names or RESPONSES in names:
             t = time.monotonic()
             made.append(capture_responses(vm, out_dir / f"{RESPONSES}.pcap"))

@@ -217,3 +217,51 @@ def test_icrc_of_a_masked_field_does_not_change() -> None:
     frame[42 + 4] ^= 0xFF  # BTH resv8a
     assert icrc(bytes(frame))[1] == sent
     assert ipaddress.ip_address(bytes(frame[26:30])) == ipaddress.ip_address(GUEST)
+
+
+# --- the generator's own pieces ---------------------------------------------------------------
+
+
+def test_oob_mirror_answers_pingpong_and_perftest_key_messages_as_the_made_up_peer() -> None:
+    from rxe_fixtures import FAKE_PSN, mapped_gid, rewrite
+
+    gid = mapped_gid(HOST)
+    # ibv_*_pingpong: "%04x:%06x:%06x:%s" with the GID as 32 hex digits, 52 bytes with the NUL
+    client = b"0000:000011:a1b2c3:" + mapped_gid(GUEST).hex().encode() + b"\0"
+    assert len(client) == 52
+    want = b"0000:%06x:%06x:%s\0" % (FAKE_QPN, FAKE_PSN, gid.hex().encode())
+    assert rewrite(client, gid) == want
+    # perftest 4.5 KEY_PRINT_FMT_GID, 108 bytes with the NUL; lid, out_reads and srqn kept
+    g = b"".join(b"%02x:" % b for b in mapped_gid(GUEST))
+    client = b"0000:0010:000012:d4e5f6:00001a2b:00005566778899aa:" + g + b"00000000:\0"
+    assert len(client) == 108
+    reply = rewrite(client, gid)
+    assert len(reply) == 108
+    fields = reply.rstrip(b"\0").split(b":")
+    assert fields[:6] == [b"0000", b"0010", b"%06x" % FAKE_QPN, b"%06x" % FAKE_PSN,
+                          b"%08x" % FAKE_RKEY, b"%016x" % FAKE_VADDR]  # fmt: skip
+    assert bytes(int(x, 16) for x in fields[6:22]) == gid and fields[22] == b"00000000"
+    # anything else (versions, MTU, sizes, "done") goes back as it came
+    for other in (b"5.60\0" + bytes(11), b"\x00\x00\x10\x00", b"3", b"done\0", client[:-1]):
+        assert rewrite(other, gid) == other
+
+
+def test_built_frames_carry_a_correct_icrc_and_ip_checksum() -> None:
+    from rxe_fixtures import atomic_eth, reth, roce_frame
+
+    macs, ips = ("02:00:c6:12:01:01", "02:00:c6:12:01:02"), (HOST, GUEST)
+    for frame in (
+        roce_frame(macs, ips, 0x04, 0x11, FAKE_PSN, ackreq=True, payload=b"abc"),  # padded
+        roce_frame(macs, ips, 0x0C, 0x11, 1, ext=reth(FAKE_VADDR, FAKE_RKEY, 2500)),
+        roce_frame(macs, ips, 0x14, 0x11, 2, ext=atomic_eth(FAKE_VADDR, FAKE_RKEY, 5, 0)),
+    ):
+        sent, computed = icrc(frame)
+        assert sent == computed
+        ip = frame[14:34]
+        total = sum(struct.unpack(">10H", ip))
+        while total > 0xFFFF:
+            total = (total & 0xFFFF) + (total >> 16)
+        assert total == 0xFFFF, "IPv4 header checksum"
+        assert struct.unpack(">H", ip[2:4])[0] == len(frame) - 14
+    padded = roce_frame(macs, ips, 0x04, 0x11, 0, payload=b"abc")
+    assert (padded[43] >> 4) & 3 == 1 and len(padded) == 14 + 20 + 8 + 12 + 4 + 4
