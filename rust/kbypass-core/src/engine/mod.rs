@@ -42,12 +42,14 @@ pub use idle::{Latency, MAX_SPIN};
 pub use kept::{Kept, KeptQueue};
 pub use pipeline::{Cpus, Pipeline, PipelineConfig, Workers, DEFAULT_SPIN};
 pub use worker::{
-    BatchCtx, BatchHandler, HandlerError, OnError, WorkerStats, WorkerStatsSnapshot,
-    BATCH_HISTOGRAM_BOUNDS,
+    batch_capacity, BatchCtx, BatchHandler, HandlerError, OnError, WorkerStats,
+    WorkerStatsSnapshot, BATCH_HISTOGRAM_BOUNDS,
 };
 
 #[cfg(test)]
 mod build_tests;
+#[cfg(test)]
+mod mb_tests;
 #[cfg(test)]
 mod tests;
 

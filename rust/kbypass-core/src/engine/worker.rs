@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::build::{self, EmitRules, Emitted, Reshape};
-use super::handoff::{self, Handoff};
+use super::handoff::{self, Handoff, MAX_PACKET_BUFS};
 use super::idle::{busy_poll_for, Idle, Latency, Waited};
 use super::kept::{Kept, KeptQueue};
 use super::{DROP, FORWARD, KEEP, TX};
@@ -424,8 +424,10 @@ pub struct WorkerStats {
     emitted: AtomicU64,
     emit_failed: AtomicU64,
     forward_ring_full: AtomicU64,
+    forwarded_out: AtomicU64,
     forwarded_in: AtomicU64,
     forward_in_failed: AtomicU64,
+    forward_wakeups: AtomicU64,
     batches: AtomicU64,
     batch_ns: AtomicU64,
     handler_ns: AtomicU64,
@@ -475,11 +477,18 @@ pub struct WorkerStatsSnapshot {
     /// FORWARDs to another worker's socket that its inbox had no room for (dropped, and
     /// counted in `tx_failed` and `dropped` too).
     pub forward_ring_full: u64,
+    /// Of `forwarded`, frames handed to another worker's inbox (that worker sends them).
+    /// Over the workers of a pipeline: the sum of `forwarded_out` = the sum of `forwarded_in`
+    /// + the sum of `forward_in_failed` + frames still in an inbox (none once it is joined).
+    pub forwarded_out: u64,
     /// Frames other workers handed to this one that it sent out of its sockets.
     pub forwarded_in: u64,
     /// Frames other workers handed to this one that were not sent: its TX ring was full, or
     /// the pipeline stopped before it took them (back to the pool).
     pub forward_in_failed: u64,
+    /// Times this worker woke a sleeping worker it had just handed frames to (its doorbell
+    /// eventfd), so the handoff went out at once instead of after that worker's `idle_wait`.
+    pub forward_wakeups: u64,
     /// Batches handled.
     pub batches: u64,
     /// Nanoseconds from receive to verdicts applied, summed over batches.
@@ -533,8 +542,10 @@ impl WorkerStats {
             emitted: self.emitted.load(Relaxed),
             emit_failed: self.emit_failed.load(Relaxed),
             forward_ring_full: self.forward_ring_full.load(Relaxed),
+            forwarded_out: self.forwarded_out.load(Relaxed),
             forwarded_in: self.forwarded_in.load(Relaxed),
             forward_in_failed: self.forward_in_failed.load(Relaxed),
+            forward_wakeups: self.forward_wakeups.load(Relaxed),
             batches: self.batches.load(Relaxed),
             batch_ns: self.batch_ns.load(Relaxed),
             handler_ns: self.handler_ns.load(Relaxed),
@@ -565,6 +576,13 @@ impl WorkerStats {
     pub(crate) fn add_forward_in_failed(&self, n: u64) {
         self.forward_in_failed.fetch_add(n, Relaxed);
     }
+}
+
+/// Frames a worker may hand its handler in one batch, for batches of `batch` descriptors: a
+/// batch ends at a packet's end, so one multi-buffer packet of more buffers than `batch` makes
+/// a longer one (columns are sized for this many).
+pub fn batch_capacity(batch: usize) -> usize {
+    batch.max(MAX_PACKET_BUFS)
 }
 
 /// Frames one batch may emit at most, for batches of up to `batch` frames.
@@ -662,8 +680,7 @@ pub(crate) fn spawn(
                 };
             };
             STOP_FLAG_OF.with(|w| w.set(Arc::as_ptr(&cfg.stop) as usize));
-            let mut w = Worker::new(id, sockets, handler, cfg, stats);
-            w.handoff = handoff;
+            let mut w = Worker::new(id, sockets, handler, handoff, cfg, stats);
             w.handler.thread_start();
             let error = w.run().err();
             if error.is_some() {
@@ -717,6 +734,10 @@ struct Worker {
     emit_counts: Vec<usize>,
     /// Inboxes of the pipeline's other workers, and this one's (None: the only worker).
     handoff: Option<Handoff>,
+    /// Per socket (local index): the leading buffers of a multi-buffer packet the last receive
+    /// cut (the batch was full); they start the socket's next batch, so no batch ever begins
+    /// or ends inside a packet.
+    carry: Vec<Vec<XdpDesc>>,
     epoch: Instant,
     idle: Idle,
     /// Busy-poll settings of the sockets (by local index) before a busy run changed them.
@@ -728,10 +749,11 @@ impl Worker {
         id: usize,
         sockets: Vec<(usize, XskSocket)>,
         handler: Box<dyn BatchHandler>,
+        handoff: Option<Handoff>,
         cfg: WorkerConfig,
         stats: Arc<WorkerStats>,
     ) -> Self {
-        let b = cfg.batch;
+        let b = batch_capacity(cfg.batch);
         let umem = Arc::clone(sockets[0].1.umem());
         let outs = (0..sockets.len())
             .map(|_| Vec::with_capacity(b + emit_limit(b)))
@@ -744,12 +766,16 @@ impl Worker {
             cfg.idle_wait,
             &fds,
             &cfg.waker,
+            handoff.as_ref().map(Handoff::bell_fd),
         );
         Worker {
             socket_ids: sockets.iter().map(|(g, _)| *g).collect(),
             emits: Vec::with_capacity(emit_limit(b)),
             emit_counts: vec![0; sockets.len()],
-            handoff: None,
+            carry: (0..sockets.len())
+                .map(|_| Vec::with_capacity(MAX_PACKET_BUFS))
+                .collect(),
+            handoff,
             id,
             handler,
             stats,
@@ -783,9 +809,11 @@ impl Worker {
                     self.cfg.stop.store(true, Relaxed);
                     break;
                 }
-                let n = self.sockets[j].1.recv(&mut self.descs[..want]);
+                let Some(n) = self.receive(j, want) else {
+                    continue;
+                };
+                got_any = true;
                 if n > 0 {
-                    got_any = true;
                     self.batch(j, n);
                     // A stop asked during this batch (by its handler, an error policy, the
                     // packet limit or another thread) ends the worker before the next one.
@@ -796,7 +824,7 @@ impl Worker {
             }
             if got_any {
                 self.idle.active();
-            } else if self.idle.idle(&mut self.sockets)? == Waited::Slept {
+            } else if self.idle.idle(&mut self.sockets, self.handoff.as_ref())? == Waited::Slept {
                 self.stats.idle_waits.fetch_add(1, Relaxed);
             }
         }
@@ -833,6 +861,70 @@ impl Worker {
         self.stats.set_notes(notes);
     }
 
+    /// Receive into `descs` from socket `j`, after the buffers carried from its last batch:
+    /// None when nothing came, else how many descriptors make whole packets (the batch to
+    /// handle, possibly 0). At most `want` new ones while the carried buffers are fewer than a
+    /// batch (so a batch stays within `cfg.batch`), else up to a packet's most buffers (one
+    /// packet with more buffers than a batch). The leading buffers of a packet cut at the
+    /// end are carried to the next batch.
+    fn receive(&mut self, j: usize, want: usize) -> Option<usize> {
+        let c = self.carry[j].len();
+        let cap = self.descs.len();
+        let room = if c < self.cfg.batch {
+            want.min(self.cfg.batch - c)
+        } else {
+            cap - c
+        };
+        let got = self.sockets[j].1.recv(&mut self.descs[c..c + room]);
+        if got == 0 {
+            return None;
+        }
+        if c == 0 && !handoff::continues(&self.descs[got - 1]) {
+            return Some(got); // the usual case: no packet cut, nothing carried
+        }
+        self.descs[..c].copy_from_slice(&self.carry[j]);
+        self.carry[j].clear();
+        let n = c + got;
+        let mut whole = handoff::whole(&self.descs[..n]);
+        if whole == 0 && n == cap {
+            // No packet end within a packet's most buffers: not what a kernel sends. Handle
+            // the buffers as they are rather than carry them for ever.
+            whole = n;
+        }
+        self.carry[j].extend_from_slice(&self.descs[whole..n]);
+        Some(whole)
+    }
+
+    /// A multi-buffer packet's verdict is its first buffer's, for all its buffers (and its
+    /// FORWARD target): it goes whole or not at all. A TX/FORWARD packet one of whose buffers
+    /// is held with no copy to send in its place is not sent (its other buffers are dropped,
+    /// counted as failed sends). Returns how many buffers that dropped.
+    fn whole_verdicts(&mut self, n: usize, any_held: bool) -> u64 {
+        let mut failed = 0;
+        let mut i = 0;
+        while i < n {
+            let end = match self.descs[i..n].iter().position(|d| !handoff::continues(d)) {
+                Some(p) => i + p + 1,
+                None => n,
+            };
+            if end - i > 1 {
+                let (v, t) = (self.verdicts[i], self.forward_to[i]);
+                let cut = matches!(v, TX | FORWARD)
+                    && any_held
+                    && self.slots[i..end].contains(&Slot::Held);
+                for k in i..end {
+                    self.forward_to[k] = t;
+                    self.verdicts[k] = if cut { DROP } else { v };
+                    if cut && self.slots[k] != Slot::Held {
+                        failed += 1;
+                    }
+                }
+            }
+            i = end;
+        }
+        failed
+    }
+
     /// How many descriptors the next receive may take (the packet limit caps it).
     fn want(&self) -> usize {
         if self.cfg.limit == u64::MAX {
@@ -855,9 +947,11 @@ impl Worker {
             self.cfg.stop.store(true, Relaxed);
         }
         let mut bytes = 0u64;
+        let mut multi = false;
         for i in 0..n {
             let d = self.descs[i];
             bytes += d.len as u64;
+            multi |= handoff::continues(&d);
             // SAFETY: the worker just received this frame: no other reference to it exists
             // and nothing outside Rust has seen it yet.
             self.metas[i] = match unsafe { super::frame_bytes(&self.umem, d.addr, d.len) } {
@@ -930,6 +1024,12 @@ impl Worker {
         }
         if emit_failed > 0 {
             s.emit_failed.fetch_add(emit_failed, Relaxed);
+        }
+        if multi {
+            let cut = self.whole_verdicts(n, held > 0);
+            if cut > 0 {
+                self.stats.tx_failed.fetch_add(cut, Relaxed);
+            }
         }
         self.apply(j, n, held > 0);
         if touched {
@@ -1023,8 +1123,12 @@ impl Worker {
         let mut ring_full = 0u64;
         if let Some(h) = self.handoff.as_mut().filter(|_| remote > 0) {
             self.drops.clear();
-            let handed = h.flush(&mut self.drops) as u64;
-            ring_full = remote - handed;
+            let (handed, rung) = h.flush(&mut self.drops);
+            ring_full = remote - handed as u64;
+            self.stats.forwarded_out.fetch_add(handed as u64, Relaxed);
+            if rung > 0 {
+                self.stats.forward_wakeups.fetch_add(rung, Relaxed);
+            }
             if !self.drops.is_empty() {
                 self.sockets[j].1.release(&self.drops);
             }
@@ -1138,6 +1242,29 @@ impl Worker {
         for _ in 0..64 {
             if self.take_handoffs() == 0 {
                 break;
+            }
+        }
+        // Buffers of packets cut short by the stop (the rest never came): back, counted.
+        if let Some(h) = self.handoff.as_mut() {
+            let left = h.take_carry();
+            if !left.is_empty() {
+                self.drops.clear();
+                self.drops.extend(left.iter().map(|it| it[0]));
+                self.sockets[0].1.release(&self.drops);
+                self.stats
+                    .forward_in_failed
+                    .fetch_add(left.len() as u64, Relaxed);
+            }
+        }
+        for j in 0..self.carry.len() {
+            if !self.carry[j].is_empty() {
+                self.drops.clear();
+                self.drops.extend(self.carry[j].iter().map(|d| d.addr));
+                self.carry[j].clear();
+                self.sockets[j].1.release(&self.drops);
+                let k = self.drops.len() as u64;
+                self.stats.rx.fetch_add(k, Relaxed);
+                self.stats.dropped.fetch_add(k, Relaxed);
             }
         }
         let deadline = Instant::now() + Duration::from_millis(300);
