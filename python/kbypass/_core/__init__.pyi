@@ -40,6 +40,8 @@ __all__ = [
     "Ring",
     "RxBatch",
     "TableFullError",
+    "TableHold",
+    "UdpEcho",
     "UmemWindow",
     "UnknownEntryError",
     "XdpAttachment",
