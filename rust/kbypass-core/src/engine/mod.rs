@@ -30,11 +30,13 @@
 //! mask.
 
 mod build;
+mod ctx;
 mod frames;
 mod handoff;
 mod idle;
 mod kept;
 mod pipeline;
+mod stats;
 mod worker;
 
 pub use frames::{BatchFrames, Columns, Lent, NewLen, PacketVerdict, Pick};
