@@ -640,3 +640,40 @@ def test_forward_counters_add_up_to_the_documented_identity() -> None:
     # own other socket too (counted in forwarded, not forwarded_out).
     assert ws[1]["forwarded"] == ws[1]["forwarded_out"], ws
     assert ws[0]["forwarded"] >= ws[0]["forwarded_out"], ws
+
+
+def test_multi_buffer_packets_reach_a_handler_whole_in_every_batch() -> None:
+    """Jumbo frames over a ``multi_buffer=True`` port with ``batch=2``: each packet takes
+    several buffers, yet a batch always holds whole packets (its length a multiple of the
+    buffers per packet), its first frame is always refused a new length (it is one buffer of a
+    multi-buffer packet, never mistaken for a single one), and TX sends every buffer."""
+    with VethPair(mtu=9000) as pair:
+        sizes: list[int] = []
+        refused: list[bool] = []
+
+        def echo(batch: kbypass.Batch) -> None:
+            sizes.append(len(batch))
+            try:
+                batch.set_length(0, int(batch.lengths[0]))
+                refused.append(False)
+            except ValueError:
+                refused.append(True)
+            batch.verdicts[:] = kbypass.TX
+
+        with pair.enter("b"):
+            port = kbypass.XdpPort(pair.b.ifname, mode="copy", multi_buffer=True)
+        peer = _udp(pair, 9961)
+        with Pipeline(port, echo, batch=2, cpus=False, progress=False) as p:
+            p.start()
+            for i in range(10):
+                peer.sendto(bytes([i]) * 7936, (pair.b.ip, 9000))
+            assert _until(lambda: len(refused) > 0 and p.totals()["rx"] >= 10 * 5)
+            p.stop()
+            t = p.totals()
+        peer.close()
+        port.close()
+    per_packet = t["rx"] // 10
+    assert per_packet >= 2 and t["rx"] == 10 * per_packet, t
+    assert all(n % per_packet == 0 for n in sizes), (sizes, per_packet)
+    assert all(refused), refused
+    assert t["tx"] == t["rx"] and t["dropped"] == 0, t
