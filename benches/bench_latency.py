@@ -4,10 +4,13 @@ Bench (:mod:`kbypass.pingpong`): a veth pair; sockperf's client in namespace ``a
 first allowed CPU, one server at a time in ``b`` pinned to the last one. The reference is the
 kernel's UDP server (``sockperf server``); the subjects are a :class:`kbypass.Pipeline` running
 :func:`kbypass.pingpong.sockperf_echo` (swap MACs/IPs/ports, fix checksums, TX) in each latency
-mode, and the C libxdp reflector ``xsk_ref udpecho`` (``benches/c/xsk_ref.c``, copy mode,
-spinning). Per server and round: ``sockperf ping-pong`` (one message in flight: RTT p50, p99,
-p99.9 and the messages per second that makes) and ``sockperf under-load --mps max
---reply-every 1`` (answers per second with the client sending as fast as it can).
+mode, the C libxdp reflector ``xsk_ref udpecho`` (``benches/c/xsk_ref.c``, copy mode,
+spinning), and the in-kernel XDP echo (``kbypass.pingpong.xdp_echo_server``: an XDP program
+answering with ``XDP_TX``, no user space at all): the floor no server beats on this bench, so
+the table says how much of the gap to a goal is the bench itself. Per server and round:
+``sockperf ping-pong`` (one message in flight: RTT p50, p99, p99.9 and the messages per second
+that makes) and ``sockperf under-load --mps max --reply-every 1`` (answers per second with the
+client sending as fast as it can).
 
 The kernel is measured ``KBYPASS_BENCH_ROUNDS`` times when the module starts; each subject as
 many times, and its ratios are taken round by round against the kernel's round of the same
@@ -16,7 +19,7 @@ index, reported as min / median / max in ``extra_info``. Goals (issue 10) for th
 kernel's; recorded, not asserted (a loaded machine moves them). Each sockperf run lasts
 ``KBYPASS_BENCH_SECONDS`` (whole seconds, default 1) after a start-up of about two seconds that
 sockperf's client always takes. With ``--benchmark-disable`` (what CI runs) only the ping-pong
-runs are made (five servers, about twenty seconds); ``kbypass bench --latency`` and its test
+runs are made (six servers, about twenty-five seconds); ``kbypass bench --latency`` and its test
 run the under-load client. For docs/performance.md, on a quiet machine:
 ``KBYPASS_BENCH_SECONDS=3 KBYPASS_BENCH_ROUNDS=5 python -m pytest benches/bench_latency.py
 --benchmark-enable``.
@@ -43,11 +46,13 @@ from kbypass.pingpong import (
     C_REF,
     KERNEL,
     METRICS,
+    XDP_ECHO,
     Measurement,
     Result,
     kernel_server,
     measure,
     pipeline_server,
+    xdp_echo_server,
     xsk_ref_server,
 )
 from kbypass.testing import VethPair
@@ -187,3 +192,23 @@ def test_c_libxdp_echo(
     for m in rounds:
         _check(m, load)
     _info(benchmark, Result(C_REF, rounds, kernel))
+
+
+@pytest.mark.benchmark(group="latency-udp-echo")
+def test_xdp_echo_floor(
+    benchmark: BenchmarkFixture,
+    pair: VethPair,
+    kernel: list[Measurement],
+    load: bool,
+) -> None:
+    modes: list[str] = []
+
+    def one(r: int) -> Measurement:
+        with xdp_echo_server(pair) as att:
+            modes.append(att.mode)
+            return measure(pair, XDP_ECHO, round=r, seconds=SECONDS, cpu=CLIENT_CPU, load=load)
+
+    rounds = _rounds(benchmark, one)
+    for m in rounds:
+        _check(m, load)
+    _info(benchmark, Result(XDP_ECHO, rounds, kernel), xdp_mode=modes)

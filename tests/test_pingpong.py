@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import socket
 import struct
 import time
@@ -15,11 +16,14 @@ import kbypass
 from kbypass.pingpong import (
     KERNEL,
     SOCKPERF_PORT,
+    XDP_ECHO,
     Measurement,
     Result,
+    measure,
     parse_sockperf,
     sockperf_echo,
     summarize,
+    xdp_echo_server,
 )
 from kbypass.testing import VethPair
 
@@ -126,3 +130,45 @@ def test_sockperf_echo_answers_requests_like_sockperf_server_in_batches_of_any_s
         assert t and (t["rx"], t["tx"], t["dropped"]) == (41, len(want), 41 - len(want))
         assert t["handler_errors"] == 0
         assert math.isclose(sum(sizes), 41)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for XDP and namespaces")
+def test_xdp_echo_answers_requests_in_the_kernel_like_sockperf_server() -> None:
+    """The in-kernel echo (XDP_TX) answers requests that ask for it, drops warm-ups and server
+    messages, and leaves other traffic (ARP, other ports) to the kernel."""
+    with VethPair() as pair:
+        with pair.enter("a"):
+            peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            peer.bind((pair.a.ip, 0))
+        peer.settimeout(2)
+        with xdp_echo_server(pair) as att:
+            assert att.attached and att.ifname == pair.b.ifname
+            dst = (pair.b.ip, SOCKPERF_PORT)
+            flags = {seq: (0x03, 0x07, 0x02, 0x01)[seq % 4] for seq in range(40)}
+            for seq, f in flags.items():
+                peer.sendto(_request(seq, f), dst)
+            want = {seq for seq, f in flags.items() if f == 0x03}
+            got = set()
+            for _ in want:
+                data, addr = peer.recvfrom(2048)
+                assert addr == dst
+                seq, f, length = struct.unpack("!QHI", data[:14])
+                assert (f, length, data[14:]) == (0x02, 64, b"\x5a" * 50)
+                got.add(seq)
+            with pytest.raises(socket.timeout):
+                peer.recvfrom(2048)  # nothing else is answered
+        assert got == want
+        assert not att.attached
+        with pair.enter("b"):
+            assert kbypass.xdp_query(pair.b.ifname) == []
+        peer.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for XDP and namespaces")
+def test_sockperf_ping_pong_gets_answers_from_the_xdp_echo() -> None:
+    if shutil.which("sockperf") is None:
+        pytest.skip("sockperf is not installed: bash .ci/install-system-deps (or apt-get it)")
+    with VethPair() as pair, xdp_echo_server(pair):
+        m = measure(pair, XDP_ECHO, seconds=1, load=False)
+    assert m.pingpong_msgs_per_s > 0
+    assert 0 < m.rtt_p50_us <= m.rtt_p99_us <= m.rtt_p999_us

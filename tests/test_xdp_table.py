@@ -734,3 +734,50 @@ def test_processes_share_the_table_and_its_blocklist(veth_pair: VethPair) -> Non
     with veth_pair.enter("b"):
         assert kbypass.xdp_query(ifname) == []
     t.close()
+
+
+@needs_root
+@pytest.mark.veth_pair(queues=2)
+def test_processes_keep_the_table_attached_after_a_parent_port_closes(
+    veth_pair: VethPair,
+) -> None:
+    """A table a port of the parent attached: ``processes=`` holds the attachment too, so the
+    port closing while the worker process runs does not detach it; closing the pipeline does
+    (nobody else holds or asked for it)."""
+    ifname = veth_pair.b.ifname
+    t = XdpTable(max_rules=64)
+    allow = t.add("udp dst port 9000", "allow")
+    with veth_pair.enter("b"):
+        port = XdpPort(ifname, queues=[1], mode="copy", program=t)
+        assert t.attached == [ifname]
+        p = kbypass.Pipeline(
+            ifname, lambda b: None, table=t, processes=1, queues=[0], mode="copy", cpus=False
+        )
+    port.close()
+    with p:
+        assert t.attached == [ifname], "the worker process's table stays attached"
+        with veth_pair.enter("b"):
+            assert [q["prog_id"] for q in kbypass.xdp_query(ifname)] == [t.id]
+        p.start()
+        sent = TrafficGenerator(veth_pair, batch_size=8).run(count=500, rate=2000).packets
+        assert _until(lambda: p.totals()["rx"] == sent)
+        assert t.stats()[allow][0] == sent
+        p.stop()
+    assert t.attached == [], "the pipeline's hold was the last: detached"
+    with veth_pair.enter("b"):
+        h = t.hold(ifname)
+    assert h.held and h.ifname == ifname and t.attached == [ifname]
+    h.release()
+    h.release()
+    assert not h.held and t.attached == []
+    with veth_pair.enter("b"):
+        assert kbypass.xdp_query(ifname) == []
+    t.close()
+
+
+def test_table_hold_needs_an_open_table() -> None:
+    """``XdpTable.hold`` on a closed table raises, saying so."""
+    t = XdpTable(max_rules=64)
+    t.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        t.hold("lo")

@@ -32,10 +32,12 @@ class ProcessGroup:
     children talk over pipes, one JSON line per command (start / stats / stop / exit). If the
     parent dies the bpf_link detaches the program and the children read EOF and exit.
 
-    With a table (``table=``) the parent attaches the table instead (unless it is attached
-    there already) and each child opens its port on it (``XdpPort(program=table)``), which
-    registers the child's socket in the table's XSKMAP; blocks a child's handler pushes live
-    in the kernel's maps, shared by every process.
+    With a table (``table=``) the parent holds the table's attachment instead
+    (:meth:`XdpTable.hold`: attached unless it is there already, and kept for the pipeline's
+    life whoever else attached it, e.g. a port of the parent closed meanwhile; detached at
+    close only if nobody else holds or asked for it) and each child opens its port on it
+    (``XdpPort(program=table)``), which registers the child's socket in the table's XSKMAP;
+    blocks a child's handler pushes live in the kernel's maps, shared by every process.
     """
 
     def __init__(
@@ -81,13 +83,16 @@ class ProcessGroup:
         self._prog = XdpProgram(filter, queues=max(qs) + 1) if table is None else None
         self._children: list[tuple[int, Any, Any]] = []
         self._link: Any = None
-        self._attached_table = False
+        self._table_hold: Any = None
         try:
             if self._prog is not None:
                 self._link = self._prog.attach(ifname, mode=xdp_mode)
-            elif table is not None and ifname not in table.attached:
-                table.attach(ifname, mode=xdp_mode)
-                self._attached_table = True
+            elif table is not None:
+                # A hold of our own, counted with the table's others (a parent port opened on
+                # the table, the user's attach()): the program stays attached while the children
+                # run, whoever else lets go first, and is detached at close only if nobody else
+                # still holds or asked for it.
+                self._table_hold = table.hold(ifname, mode=xdp_mode)
             for i, q in enumerate(qs):
                 cpu = None if cpus in (None, False) else [cpus[i]]
                 self._children.append(self._fork(ifname, q, fn, per_packet, opts, cpu))
@@ -280,8 +285,7 @@ class ProcessGroup:
         prog = getattr(self, "_prog", None)
         if prog is not None:
             prog.close()
-        table = getattr(self, "_table", None)
-        if table is not None and getattr(self, "_attached_table", False):
-            self._attached_table = False
-            if not table.closed:
-                table.detach(self.ifname)
+        hold = getattr(self, "_table_hold", None)
+        if hold is not None:
+            self._table_hold = None
+            hold.release()

@@ -13,7 +13,8 @@ cost of a batch of one).
 ``--latency`` measures request/response latency instead (:mod:`kbypass.pingpong`): sockperf's
 ping-pong and under-load clients against a Pipeline answering them in each latency mode and
 against the kernel's UDP server (``sockperf server``), ``--rounds`` times, with each figure's
-ratio to the kernel's of the same round.
+ratio to the kernel's of the same round; and against the in-kernel XDP echo (``XDP_TX``, no
+user space at all: the floor no server beats on this bench; ``--no-xdp-echo`` leaves it out).
 """
 
 from __future__ import annotations
@@ -140,7 +141,11 @@ def plot_latency(results: list[Any], path: str) -> None:
     """Draw round-trip percentiles and answers per second under load per server into ``path``."""
     plt = _pyplot()
     labels = [r.server.replace(" (", "\n(") for r in results]
-    colors = ["tab:gray" if r.server.startswith("kernel") else "tab:blue" for r in results]
+    colors = [
+        "tab:gray" if r.server.startswith("kernel") else
+        "tab:green" if r.server.startswith("in-kernel") else "tab:blue"
+        for r in results
+    ]  # fmt: skip
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     width = 0.27
     for k, (metric, name) in enumerate(
@@ -206,6 +211,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--rounds", type=int, default=1, help="--latency: measure every server this many times"
     )
     p.add_argument(
+        "--no-xdp-echo",
+        action="store_true",
+        help="--latency: leave out the in-kernel XDP echo (XDP_TX), the floor no server can beat",
+    )
+    p.add_argument(
         "--modes",
         default="adaptive,busy,sleep",
         help="--latency: comma-separated Pipeline latency modes (default adaptive,busy,sleep)",
@@ -231,6 +241,7 @@ def _run_latency(args: argparse.Namespace) -> int:
             rounds=args.rounds,
             seconds=round(args.seconds),
             modes=modes,
+            xdp_echo=not args.no_xdp_echo,
         )
     except SockperfMissingError as e:
         print(f"kbypass bench: {e}", file=sys.stderr)

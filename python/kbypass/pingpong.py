@@ -7,7 +7,12 @@ in namespace ``b``, pinned to the last one:
 * a :class:`kbypass.Pipeline` running :func:`sockperf_echo` (a Python batch handler), once per
   latency mode (``"adaptive"``, ``"busy"``, ``"sleep"``);
 * the kernel's UDP server: ``sockperf server`` on a UDP socket, the reference;
-* optionally the C libxdp reflector ``xsk_ref udpecho`` (``benches/c/xsk_ref.c``).
+* optionally the C libxdp reflector ``xsk_ref udpecho`` (``benches/c/xsk_ref.c``);
+* the in-kernel XDP echo (:func:`xdp_echo_server`, ``kbypass._core.UdpEcho``): an XDP program
+  that answers the requests itself with ``XDP_TX``. No server can answer faster on this bench
+  (no socket, no user space, no copy), so it is the floor the others are measured against: what
+  is left between it and the kernel's UDP server is the cost of the socket path, and between it
+  and a Pipeline the cost of AF_XDP and Python.
 
 Two measurements per server: ``sockperf ping-pong`` (one message in flight: round-trip time
 percentiles, and the messages per second that makes) and ``sockperf under-load --mps max
@@ -51,6 +56,7 @@ __all__ = [
     "SOCKPERF_PORT",
     "Measurement",
     "Result",
+    "XDP_ECHO",
     "SockperfMissingError",
     "kernel_server",
     "measure",
@@ -59,6 +65,7 @@ __all__ = [
     "run_latency",
     "sockperf_echo",
     "summarize",
+    "xdp_echo_server",
     "xsk_ref_server",
 ]
 
@@ -66,6 +73,7 @@ SOCKPERF_PORT = 11111
 LATENCY_MODES: tuple[Latency, ...] = ("adaptive", "busy", "sleep")
 KERNEL = "kernel UDP (sockperf server)"
 C_REF = "C libxdp reflector (xsk_ref udpecho)"
+XDP_ECHO = "in-kernel XDP echo (XDP_TX, the floor)"
 
 # sockperf's message header, the start of the UDP payload: a u64 sequence number, u16 flags and
 # a u32 length, big-endian. Flag bits: 1 the sender is a client, 2 it asks for an answer, 4 a
@@ -281,6 +289,36 @@ def xsk_ref_server(pair: VethPair, exe: Path, cpu: int) -> Iterator[subprocess.P
         yield p
 
 
+@contextlib.contextmanager
+def xdp_echo_server(pair: VethPair, mode: str = "generic") -> Iterator[Any]:
+    """Attach the in-kernel sockperf echo to ``pair.b`` for the duration; yields the attachment.
+
+    The XDP program (``kbypass._core.UdpEcho``, assembled in Rust) does what
+    :func:`sockperf_echo` does, in the driver's receive path: a request to
+    :data:`SOCKPERF_PORT` that asks for an answer and is not a warm-up goes back with ``XDP_TX``,
+    the client flag cleared, MACs, IPs and ports swapped and the UDP checksum zeroed (IPv4's "no
+    checksum"; the IP header's stays valid); other sockperf messages to the port are dropped and
+    everything else (ARP) goes on to the kernel.
+
+    ``mode`` is ``"generic"`` by default: in native mode a veth queues what ``XDP_TX`` sends
+    for its peer but wakes the peer's receive only when the peer has an XDP program of its own,
+    so the answers would wait (measured: none arrive), and a program on the client's end would
+    change the client side of the bench for this server alone. Generic XDP runs on the skb the
+    veth received and sends it back through the veth's transmit: still no socket, no user space
+    and no wake-up.
+    """
+    from kbypass._core import UdpEcho
+
+    with pair.enter("b"):
+        echo = UdpEcho(SOCKPERF_PORT)
+        att = echo.attach(pair.b.ifname, mode=mode)
+    try:
+        yield att
+    finally:
+        with pair.enter("b"):
+            att.detach()
+
+
 @dataclass
 class Result:
     """One server over every round: its measurements and the kernel's of the same rounds."""
@@ -336,11 +374,13 @@ def run_latency(
     size: int = 64,
     load: bool = True,
     pair: VethPair | None = None,
+    xdp_echo: bool = True,
 ) -> list[Result]:
     """Measure the kernel's UDP server and each subject once per round, on one veth bench.
 
-    Subjects: a Pipeline with :func:`sockperf_echo` per latency mode in ``modes``, and the C
-    reflector when ``xsk_ref`` names a built ``xsk_ref`` binary. Each round measures the kernel
+    Subjects: a Pipeline with :func:`sockperf_echo` per latency mode in ``modes``, the C
+    reflector when ``xsk_ref`` names a built ``xsk_ref`` binary, and with ``xdp_echo`` the
+    in-kernel XDP echo (:func:`xdp_echo_server`, the floor). Each round measures the kernel
     first, then the subjects in order. Returns the kernel's :class:`Result` first (ratios 1),
     then one per subject. Needs root and ``sockperf``.
     """
@@ -360,6 +400,8 @@ def run_latency(
             servers.append((name, _pipeline_starter(bench, mode, server_cpu)))
         if xsk_ref is not None:
             servers.append((C_REF, lambda: xsk_ref_server(bench, xsk_ref, server_cpu)))
+        if xdp_echo:
+            servers.append((XDP_ECHO, lambda: xdp_echo_server(bench)))
         got: dict[str, list[Measurement]] = {name: [] for name, _ in servers}
         for r in range(rounds):
             for name, start in servers:

@@ -139,8 +139,10 @@ _TOTAL_KEYS = (
     "emitted",
     "emit_failed",
     "forward_ring_full",
+    "forwarded_out",
     "forwarded_in",
     "forward_in_failed",
+    "forward_wakeups",
     "handler_errors",
     "bad_verdicts",
     "tx_failed",
@@ -429,9 +431,11 @@ class Pipeline:
         their batch: held until the views are gone), copied (of those, TX/FORWARD sent as a
         copy), emitted (frames ``batch.emit`` sent), emit_failed (emits that sent nothing: no
         free frame, TX ring full, or the handler failed after emitting), forward_ring_full
-        (FORWARDs to another worker's socket its inbox had no room for), forwarded_in (frames
-        other workers handed over and this one sent), forward_in_failed (handed over, not sent:
-        TX ring full, or the pipeline stopped first), handler_errors, bad_verdicts, tx_failed,
+        (FORWARDs to another worker's socket its inbox had no room for), forwarded_out (of
+        forwarded, those handed to another worker's inbox), forwarded_in (frames other workers
+        handed over and this one sent), forward_in_failed (handed over, not sent: TX ring full,
+        or the pipeline stopped first), forward_wakeups (times this worker woke a sleeping
+        worker it handed frames to), handler_errors, bad_verdicts, tx_failed,
         batches, mean_batch, batch_latency_ns, handler_ns, pps, batch_sizes (histogram), queues,
         cpu, latency (the mode), idle_waits (times the worker slept), busy_poll
         (``latency="busy"`` with the kernel's busy polling accepted on every socket), notes (what
@@ -443,11 +447,16 @@ class Pipeline:
         """Counters summed over workers, plus pps, elapsed seconds and frames held now.
 
         pps is the sum of the worker rates; held counts frames kept, or with views that
-        outlived their batch, right now.
+        outlived their batch, right now. ``forward_in_flight`` is what was handed to another
+        worker and not yet taken by it, so that ``forwarded_out == forwarded_in +
+        forward_in_failed + forward_in_flight`` (0 in flight once stopped).
         """
         ws = self.stats()
         t: dict[str, Any] = {k: sum(int(w[k]) for w in ws) for k in _TOTAL_KEYS}
         t["pps"] = sum(float(w["pps"]) for w in ws)
+        # Frames handed to another worker's inbox and not taken yet (0 once stopped):
+        # forwarded_out == forwarded_in + forward_in_failed + forward_in_flight.
+        t["forward_in_flight"] = t["forwarded_out"] - t["forwarded_in"] - t["forward_in_failed"]
         t["held"] = int(self._engine.held)
         t["elapsed"] = float(self._engine.elapsed)
         t["last_error"] = self._engine.last_error

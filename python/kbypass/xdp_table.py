@@ -377,6 +377,16 @@ class XdpTable:
         """
         return self._t.detach(ifname)
 
+    def hold(self, ifname: str, mode: str = "auto", force: bool = False) -> _core.TableHold:
+        """Keep the program attached to ``ifname`` for as long as the returned hold lives.
+
+        What a port opened on the table does: attached now if it is not there yet (``mode``,
+        ``force`` as for :meth:`attach`), and detached when the last hold goes, unless
+        :meth:`attach` asked for it too. Holds count, so a hold outlives the port (or other
+        hold) that attached the table first. Let go with ``hold.release()`` or ``with``.
+        """
+        return self._t.hold(ifname, mode, force)
+
     @property
     def attached(self) -> list[str]:
         """Interfaces the table is attached to (by :meth:`attach` or by a port using it)."""

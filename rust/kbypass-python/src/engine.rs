@@ -212,7 +212,7 @@ impl PyEngine {
             ));
         }
         // Each worker's handler (NumPy buffers, its Packet) is built with the GIL.
-        let cap = p.config().batch;
+        let cap = kbypass_core::engine::batch_capacity(p.config().batch);
         let handlers = (0..p.groups().len())
             .map(|_| -> PyResult<Box<dyn BatchHandler>> {
                 let h = PyHandler::new(py, &self.shared, cap, self.per_packet)?;
@@ -318,8 +318,10 @@ impl PyEngine {
             d.set_item("emitted", x.emitted)?;
             d.set_item("emit_failed", x.emit_failed)?;
             d.set_item("forward_ring_full", x.forward_ring_full)?;
+            d.set_item("forwarded_out", x.forwarded_out)?;
             d.set_item("forwarded_in", x.forwarded_in)?;
             d.set_item("forward_in_failed", x.forward_in_failed)?;
+            d.set_item("forward_wakeups", x.forward_wakeups)?;
             d.set_item("handler_errors", x.handler_errors)?;
             d.set_item("bad_verdicts", x.bad_verdicts)?;
             d.set_item("tx_failed", x.tx_failed)?;

@@ -468,9 +468,81 @@ pub fn probe_xdp<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
     Ok(d)
 }
 
+/// The in-kernel sockperf echo (`kbypass_core::xdp::UdpEcho`): answers sockperf's UDP
+/// requests with `XDP_TX`, the floor of the latency bench.
+#[pyclass(module = "kbypass._core", frozen)]
+pub struct UdpEcho {
+    inner: xdp::UdpEcho,
+}
+
+#[pymethods]
+impl UdpEcho {
+    #[new]
+    #[pyo3(signature = (port=11111))]
+    fn new(py: Python<'_>, port: u16) -> PyResult<Self> {
+        let inner = py.detach(|| xdp::UdpEcho::new(port)).py()?;
+        Ok(UdpEcho { inner })
+    }
+
+    /// Attach to `ifname`; see `XdpAttachment`.
+    #[pyo3(signature = (ifname, mode="auto", force=false))]
+    fn attach(
+        &self,
+        py: Python<'_>,
+        ifname: &str,
+        mode: &str,
+        force: bool,
+    ) -> PyResult<XdpAttachment> {
+        let mode: AttachMode = mode.parse().py()?;
+        let e = &self.inner;
+        let a = py
+            .detach(|| xdp::attach_fd(e.prog(), e.info().id, ifname, mode, force))
+            .py()?;
+        Ok(XdpAttachment::wrap(a))
+    }
+
+    /// Run once on `frame` (no interface touched): (verdict, the frame as left).
+    fn test_run<'py>(
+        &self,
+        py: Python<'py>,
+        frame: Vec<u8>,
+    ) -> PyResult<(u32, Bound<'py, pyo3::types::PyBytes>)> {
+        let (r, out) = py.detach(|| self.inner.test_run(&frame)).py()?;
+        Ok((r.retval, pyo3::types::PyBytes::new(py, &out)))
+    }
+
+    /// The UDP port it answers.
+    #[getter]
+    fn port(&self) -> u16 {
+        self.inner.port()
+    }
+
+    /// Kernel program id.
+    #[getter]
+    fn id(&self) -> u32 {
+        self.inner.info().id
+    }
+
+    /// Number of BPF instructions.
+    #[getter]
+    fn insn_count(&self) -> usize {
+        self.inner.insn_count()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "UdpEcho(port={}, id={}, insns={})",
+            self.inner.port(),
+            self.inner.info().id,
+            self.inner.insn_count()
+        )
+    }
+}
+
 /// Register this area's names.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<XdpProgram>()?;
+    m.add_class::<UdpEcho>()?;
     m.add_class::<XdpAttachment>()?;
     m.add_function(wrap_pyfunction!(parse_filter, m)?)?;
     m.add_function(wrap_pyfunction!(rule_text, m)?)?;

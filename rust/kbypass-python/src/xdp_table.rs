@@ -8,7 +8,7 @@
 //! held) and a `close()` on another thread never wait for each other.
 
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use kbypass_core::xdp::table::{self, Action, NewEntry, TableOptions};
 use kbypass_core::xdp::{self, AttachMode};
@@ -326,6 +326,28 @@ impl XdpTable {
         self.with(|t| py.detach(|| t.detach(ifname)).py())
     }
 
+    /// Keep the program attached to `ifname` while the returned hold lives (as a port on the
+    /// table does): attached now if it is not there yet, detached when the last hold goes and
+    /// `attach()` did not ask for it.
+    #[pyo3(signature = (ifname, mode="auto", force=false))]
+    fn hold(
+        slf: PyRef<'_, Self>,
+        py: Python<'_>,
+        ifname: &str,
+        mode: &str,
+        force: bool,
+    ) -> PyResult<TableHold> {
+        let mode: AttachMode = mode.parse().py()?;
+        let t = slf.table()?;
+        let h = py.detach(|| t.hold(ifname, mode, force)).py()?;
+        Ok(TableHold {
+            ifname: ifname.to_string(),
+            mode: h.mode().as_str(),
+            notes: h.notes().to_vec(),
+            hold: Mutex::new(Some(h)),
+        })
+    }
+
     /// Interfaces it is attached to.
     fn attached(&self) -> PyResult<Vec<String>> {
         self.with(|t| t.attached().py())
@@ -454,10 +476,80 @@ impl XdpTable {
     }
 }
 
+/// A hold on a table's attachment to one interface (`XdpTable.hold`): the program stays
+/// attached while it lives; `release()` (or its end) lets go.
+#[pyclass(module = "kbypass._core")]
+pub struct TableHold {
+    ifname: String,
+    mode: &'static str,
+    notes: Vec<String>,
+    hold: Mutex<Option<table::TableHold>>,
+}
+
+#[pymethods]
+impl TableHold {
+    /// Let go (detaches when it was the last use of an attachment nobody asked `attach()`
+    /// for). Idempotent.
+    fn release(&self, py: Python<'_>) -> PyResult<()> {
+        let h = self.hold.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match h {
+            Some(h) => py.detach(move || h.release()).py(),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether it still holds.
+    #[getter]
+    fn held(&self) -> bool {
+        self.hold
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// The interface.
+    #[getter]
+    fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// The mode the program runs in there ("native", "generic", "hw").
+    #[getter]
+    fn mode(&self) -> &'static str {
+        self.mode
+    }
+
+    /// Notes from attaching (a fallback, an attachment found in place).
+    #[getter]
+    fn notes(&self) -> Vec<String> {
+        self.notes.clone()
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.release(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "TableHold(ifname={:?}, mode={:?}, held={})",
+            self.ifname,
+            self.mode,
+            self.held()
+        )
+    }
+}
+
 /// Register this area's names.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<XdpTable>()?;
+    m.add_class::<TableHold>()?;
     m.add("TableFullError", py.get_type::<TableFullError>())?;
     m.add("UnknownEntryError", py.get_type::<UnknownEntryError>())?;
     Ok(())

@@ -9,13 +9,84 @@
 //! sender's FILL ring and are counted (`forward_ring_full`, also in `tx_failed` and `dropped`).
 //! The target drains its inbox every time round its loop and sends on the socket named; its TX
 //! ring refusing is counted there (`forward_in_failed`). Frames still in an inbox when the
-//! workers end are given back by [`super::Pipeline::join`], counted the same way.
+//! workers end are given back by [`super::Pipeline::join`], counted the same way. So, over the
+//! workers of a pipeline, `forwarded_out` (handed over) = `forwarded_in` + `forward_in_failed` +
+//! what is still in the inboxes (none once the pipeline is joined).
+//!
+//! Multi-buffer packets (all buffers but the last carry `XDP_PKT_CONTD`) cross whole: a flush
+//! hands a packet over with all its buffers or refuses them all, and a take hands the worker
+//! whole packets only (the leading buffers of a packet whose rest is not dequeued yet wait for
+//! the next take), so the target never sends a packet cut short or mixed with others.
+//!
+//! Each worker has a doorbell ([`Bell`]): an eventfd in the set it sleeps on, and a flag it
+//! raises while it sleeps. A worker that hands frames to a sleeping one rings its bell, so the
+//! handoff is sent at once instead of after the target's `idle_wait`; when the target is awake
+//! (the busy path) the sender pays one load of the flag. Sleeper and sender follow Dekker's
+//! pattern: the sleeper raises the flag, then (after a SeqCst fence) looks at its inbox; the
+//! sender publishes into the inbox, then (after a SeqCst fence) reads the flag; so either the
+//! sender sees the flag and rings, or the sleeper sees the frames and does not sleep.
 
+use std::os::fd::RawFd;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::error::Result;
 use crate::ring::{Consumer, Mode, Producer, Ring};
+use crate::sys::event::EventFd;
 use crate::sys::xdp::{XdpDesc, XDP_PKT_CONTD};
+
+/// Buffers one packet may have at most, as far as the engine is concerned (the kernel's
+/// `MAX_SKB_FRAGS` + 1 is 18 by default, 46 at most): batches and takes are sized for a whole
+/// packet of this many beyond their usual size.
+pub(crate) const MAX_PACKET_BUFS: usize = 64;
+
+/// Whether `d` continues into the next descriptor (a buffer of a multi-buffer packet that is
+/// not its last).
+#[inline]
+pub(crate) fn continues(d: &XdpDesc) -> bool {
+    d.options & XDP_PKT_CONTD != 0
+}
+
+/// How many of `descs` make whole packets (up to the last buffer without `XDP_PKT_CONTD`).
+#[inline]
+pub(crate) fn whole(descs: &[XdpDesc]) -> usize {
+    match descs.last() {
+        None => 0,
+        Some(d) if !continues(d) => descs.len(),
+        Some(_) => descs
+            .iter()
+            .rposition(|d| !continues(d))
+            .map_or(0, |p| p + 1),
+    }
+}
+
+/// A worker's doorbell (see the [module docs](self)).
+#[derive(Debug)]
+pub(crate) struct Bell {
+    fd: EventFd,
+    asleep: AtomicBool,
+}
+
+impl Bell {
+    fn new() -> Result<Self> {
+        Ok(Bell {
+            fd: EventFd::new()?,
+            asleep: AtomicBool::new(false),
+        })
+    }
+
+    /// Ring it if its worker sleeps (after the caller published into that worker's inbox);
+    /// returns whether it rang.
+    fn ring_if_asleep(&self) -> bool {
+        fence(Ordering::SeqCst);
+        // One load on the busy path; the swap makes one sender of many ring.
+        if self.asleep.load(Ordering::Relaxed) && self.asleep.swap(false, Ordering::Relaxed) {
+            self.fd.signal();
+            return true;
+        }
+        false
+    }
+}
 
 /// One handed-off frame: its UMEM address, then its length, the target socket (pipeline-wide
 /// index) and the descriptor's options packed in one word.
@@ -42,6 +113,7 @@ pub(crate) fn decode(it: &Item) -> (XdpDesc, usize) {
 /// The inboxes of a pipeline's workers, one each (only when there are several workers).
 pub(crate) struct Inboxes {
     rings: Vec<Arc<Ring<Item>>>,
+    bells: Arc<[Bell]>,
     /// The worker that owns each socket (pipeline-wide index).
     owner: Arc<[usize]>,
 }
@@ -60,8 +132,13 @@ impl Inboxes {
             .iter()
             .map(|_| Ring::new(capacity, Mode::Mpsc))
             .collect::<Result<Vec<_>>>()?;
+        let bells = groups
+            .iter()
+            .map(|_| Bell::new())
+            .collect::<Result<Vec<_>>>()?;
         Ok(Inboxes {
             rings,
+            bells: bells.into(),
             owner: owner.into(),
         })
     }
@@ -82,7 +159,10 @@ impl Inboxes {
                 .map(|_| Vec::with_capacity(batch))
                 .collect(),
             outboxes,
-            scratch: vec![[0; 2]; batch],
+            bells: Arc::clone(&self.bells),
+            scratch: vec![[0; 2]; batch.max(MAX_PACKET_BUFS) + MAX_PACKET_BUFS],
+            batch,
+            carry: Vec::with_capacity(MAX_PACKET_BUFS),
         })
     }
 
@@ -116,7 +196,13 @@ pub(crate) struct Handoff {
     outboxes: Vec<Option<Producer<Item>>>,
     /// Handoffs of the current batch, per target worker.
     staged: Vec<Vec<Item>>,
+    /// Every worker's doorbell, by worker.
+    bells: Arc<[Bell]>,
+    /// Items taken (a batch, or one packet's most buffers, and a packet's carried buffers).
     scratch: Vec<Item>,
+    batch: usize,
+    /// The leading buffers of a packet whose rest was not dequeued yet (from the last take).
+    carry: Vec<Item>,
 }
 
 impl Handoff {
@@ -134,9 +220,10 @@ impl Handoff {
     }
 
     /// Hand the staged frames over; `refused` gets the address of each frame an inbox had no
-    /// room for (those stay this worker's). Returns how many were handed over.
-    pub(crate) fn flush(&mut self, refused: &mut Vec<u64>) -> usize {
-        let mut k = 0;
+    /// room for (those stay this worker's). Returns how many were handed over, and how many
+    /// sleeping workers it woke.
+    pub(crate) fn flush(&mut self, refused: &mut Vec<u64>) -> (usize, u64) {
+        let (mut k, mut rung) = (0, 0);
         for (w, items) in self.staged.iter_mut().enumerate() {
             if items.is_empty() {
                 continue;
@@ -169,16 +256,77 @@ impl Handoff {
                 p.enqueue_burst(items)
             };
             k += q;
+            if q > 0 && self.bells[w].ring_if_asleep() {
+                rung += 1;
+            }
             refused.extend(items[q..].iter().map(|it| it[0]));
             items.clear();
         }
-        k
+        (k, rung)
     }
 
-    /// Take up to a batch of frames handed to this worker.
+    /// Take up to a batch of frames handed to this worker, whole packets only (more than a
+    /// batch when one packet has more buffers than that).
     pub(crate) fn take(&mut self) -> &[Item] {
-        let n = self.inbox.dequeue_burst(&mut self.scratch);
-        &self.scratch[..n]
+        let c = self.carry.len();
+        self.scratch[..c].copy_from_slice(&self.carry);
+        self.carry.clear();
+        let room = self.scratch.len() - c;
+        let want = if c < self.batch { self.batch - c } else { room };
+        let got = self
+            .inbox
+            .dequeue_burst(&mut self.scratch[c..c + want.min(room)]);
+        let n = c + got;
+        let is_contd = |it: &Item| decode(it).0.options & XDP_PKT_CONTD != 0;
+        let whole = match self.scratch[..n].iter().rposition(|it| !is_contd(it)) {
+            Some(p) => p + 1,
+            // No end within a packet's most buffers: not a packet a kernel made. Hand the
+            // buffers on as they are (the target sends or releases them, counted).
+            None if n == self.scratch.len() => n,
+            None => 0,
+        };
+        // The leading buffers of a packet whose rest is not dequeued yet wait for the next take.
+        self.carry.extend_from_slice(&self.scratch[whole..n]);
+        &self.scratch[..whole]
+    }
+
+    /// The leading buffers of a packet the last take kept back (for a worker that ends: they
+    /// are its to release, counted).
+    pub(crate) fn take_carry(&mut self) -> Vec<Item> {
+        std::mem::take(&mut self.carry)
+    }
+
+    /// Whether the inbox is empty (a snapshot).
+    pub(crate) fn inbox_empty(&self) -> bool {
+        self.inbox.ring().is_empty() && self.carry.is_empty()
+    }
+
+    /// This worker's doorbell descriptor (readable once rung), for its sleep's poll set.
+    pub(crate) fn bell_fd(&self) -> RawFd {
+        self.bells[self.me].fd.raw()
+    }
+
+    /// About to sleep: raise the flag senders look at. Returns false (flag down again) when
+    /// frames are already waiting, and the worker should take them instead of sleeping.
+    pub(crate) fn sleep_begins(&self) -> bool {
+        let b = &self.bells[self.me];
+        b.asleep.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if !self.inbox_empty() {
+            b.asleep.store(false, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Awake again: lower the flag, and reset the eventfd when it was rung (`rung`: poll saw it
+    /// readable).
+    pub(crate) fn sleep_ends(&self, rung: bool) {
+        let b = &self.bells[self.me];
+        b.asleep.store(false, Ordering::Relaxed);
+        if rung {
+            b.fd.drain();
+        }
     }
 }
 
@@ -215,14 +363,14 @@ mod tests {
             a.stage(1, &d, 1);
         }
         let mut refused = Vec::new();
-        assert_eq!(a.flush(&mut refused), 4, "the inbox holds 4");
+        assert_eq!(a.flush(&mut refused).0, 4, "the inbox holds 4");
         assert_eq!(refused, [4 * 2048, 5 * 2048]);
         let got: Vec<(XdpDesc, usize)> = b.take().iter().map(decode).collect();
         assert_eq!(got.len(), 4);
         assert!(got.iter().all(|(d, s)| *s == 1 && d.len == 60));
         assert!(b.take().is_empty());
         a.stage(1, &XdpDesc::default(), 1);
-        assert_eq!(a.flush(&mut refused), 1);
+        assert_eq!(a.flush(&mut refused).0, 1);
         drop((a, b));
         let left = boxes.leftovers().unwrap();
         assert_eq!((left[0].len(), left[1].len()), (0, 1), "one never taken");
@@ -245,9 +393,74 @@ mod tests {
             a.stage(1, &d, 1);
         }
         let mut refused = Vec::new();
-        assert_eq!(a.flush(&mut refused), 3);
+        assert_eq!(a.flush(&mut refused).0, 3);
         assert_eq!(refused, [3 * 2048, 4 * 2048, 5 * 2048]);
         let got: Vec<u64> = b.take().iter().map(|it| decode(it).0.addr).collect();
         assert_eq!(got, [0, 2048, 2 * 2048]);
+    }
+
+    fn buf(i: u64, contd: bool) -> XdpDesc {
+        XdpDesc {
+            addr: i * 2048,
+            len: 1000,
+            options: if contd { XDP_PKT_CONTD } else { 0 },
+        }
+    }
+
+    #[test]
+    fn a_take_hands_out_whole_packets_only() {
+        // Takes of a batch of 2: a packet cut by the batch's end waits for the next take, and
+        // a 3-buffer packet is taken whole (with what follows it: more than a batch).
+        let boxes = Inboxes::new(&[vec![0], vec![1]], 2, 64).unwrap();
+        let mut a = boxes.ends(0, 8).unwrap();
+        let mut b = boxes.ends(1, 2).unwrap();
+        for (i, contd) in [false, true, false, true, true, false, false]
+            .iter()
+            .enumerate()
+        {
+            a.stage(1, &buf(i as u64, *contd), 1);
+        }
+        assert_eq!(a.flush(&mut Vec::new()), (7, 0), "nobody sleeps: no bell");
+        let mut takes = Vec::new();
+        for _ in 0..8 {
+            let t: Vec<u64> = b.take().iter().map(|it| it[0] / 2048).collect();
+            if !t.is_empty() {
+                takes.push(t);
+            }
+        }
+        assert_eq!(takes, [vec![0], vec![1, 2], vec![3, 4, 5, 6]]);
+        assert_eq!(whole(&[buf(0, false), buf(1, true)]), 1);
+        assert_eq!(whole(&[buf(0, true), buf(1, true)]), 0);
+        assert_eq!(whole(&[buf(0, true), buf(1, false)]), 2);
+        assert!(b.take_carry().is_empty() && b.inbox_empty());
+    }
+
+    #[test]
+    fn a_handoff_rings_the_bell_of_a_sleeping_worker_only() {
+        let boxes = Inboxes::new(&[vec![0], vec![1]], 2, 64).unwrap();
+        let mut a = boxes.ends(0, 8).unwrap();
+        let mut b = boxes.ends(1, 8).unwrap();
+        let readable = |fd: RawFd| {
+            let mut p = [libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            crate::sys::event::poll_for(&mut p, std::time::Duration::ZERO).unwrap() == 1
+        };
+        assert!(b.sleep_begins(), "an empty inbox: b may sleep");
+        a.stage(1, &buf(0, false), 1);
+        assert_eq!(a.flush(&mut Vec::new()), (1, 1), "b sleeps: rung once");
+        assert!(readable(b.bell_fd()));
+        b.sleep_ends(true);
+        assert!(!readable(b.bell_fd()), "drained on waking");
+        a.stage(1, &buf(1, false), 1);
+        assert_eq!(a.flush(&mut Vec::new()), (1, 0), "awake: not rung");
+        assert!(!b.sleep_begins(), "frames wait: b does not sleep");
+        assert_eq!(b.take().len(), 2);
+        assert!(b.sleep_begins());
+        b.sleep_ends(false);
+        a.stage(1, &buf(2, false), 1);
+        assert_eq!(a.flush(&mut Vec::new()).1, 0, "woke by itself: not rung");
     }
 }

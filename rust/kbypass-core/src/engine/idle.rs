@@ -15,11 +15,17 @@
 //!   the socket and the wake-up descriptor when the worker has one socket, else a plain sleep of
 //!   at most 200 µs): the behaviour before the modes existed.
 //!
+//! A worker of a pipeline of several also sleeps on its doorbell (`handoff::Bell`): a worker
+//! that hands it frames while it sleeps rings it, so a FORWARD to a sleeping worker goes out at
+//! once, not after its `idle_wait` (in every mode that sleeps; the multi-socket `Sleep` mode's
+//! short plain sleep becomes a `poll(2)` on the stop and doorbell descriptors for as long).
+//!
 //! None of this runs with the GIL (or any lock): a worker takes it only to call a handler.
 
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
+use super::handoff::Handoff;
 use crate::error::{Error, Result};
 use crate::sys::event::{poll_for, EventFd};
 use crate::xsk::{BusyPoll, XskSocket};
@@ -93,8 +99,12 @@ pub(crate) struct Idle {
     rounds: u32,
     /// Adaptive mode: when the sockets went idle (None: a packet came since the last sleep).
     since: Option<Instant>,
-    /// Adaptive mode: the sockets' descriptors, then the wake-up descriptor.
+    /// The sockets' descriptors, then the wake-up descriptor, then the doorbell (if any).
     fds: Vec<libc::pollfd>,
+    /// How many of `fds` are sockets.
+    sockets: usize,
+    /// Whether the last of `fds` is the worker's doorbell.
+    bell: bool,
 }
 
 impl Idle {
@@ -105,11 +115,13 @@ impl Idle {
         idle_wait: Duration,
         sockets: &[RawFd],
         waker: &EventFd,
+        bell: Option<RawFd>,
     ) -> Self {
         let fds = sockets
             .iter()
             .copied()
             .chain(std::iter::once(waker.raw()))
+            .chain(bell)
             .map(|fd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -124,6 +136,8 @@ impl Idle {
             rounds: 0,
             since: None,
             fds,
+            sockets: sockets.len(),
+            bell: bell.is_some(),
         }
     }
 
@@ -135,7 +149,12 @@ impl Idle {
     }
 
     /// A poll round over `sockets` found nothing: spin on, or sleep as the mode says.
-    pub(crate) fn idle(&mut self, sockets: &mut [(usize, XskSocket)]) -> Result<Waited> {
+    /// `handoff`: the worker's inboxes, whose doorbell it sleeps on (several workers).
+    pub(crate) fn idle(
+        &mut self,
+        sockets: &mut [(usize, XskSocket)],
+        handoff: Option<&Handoff>,
+    ) -> Result<Waited> {
         match self.latency {
             Latency::Busy => {
                 std::hint::spin_loop();
@@ -148,11 +167,13 @@ impl Idle {
                 }
                 self.rounds = 0;
                 if sockets.len() == 1 {
-                    self.sleep_in_poll(sockets)?;
+                    self.sleep_in_poll(sockets, handoff, true)
+                } else if self.bell {
+                    self.sleep_in_poll(sockets, handoff, false)
                 } else {
                     std::thread::sleep(self.idle_wait.min(Duration::from_micros(200)));
+                    Ok(Waited::Slept)
                 }
-                Ok(Waited::Slept)
             }
             Latency::Adaptive => {
                 let now = Instant::now();
@@ -163,23 +184,44 @@ impl Idle {
                 }
                 // `since` stays: an idle worker whose sleep times out sleeps again at once
                 // (only packets, through `active`, start a new spin).
-                self.sleep_in_poll(sockets)?;
-                Ok(Waited::Slept)
+                self.sleep_in_poll(sockets, handoff, true)
             }
         }
     }
 
-    /// Fill every FILL ring, then sleep until a socket has packets, the pipeline stops, or
-    /// `idle_wait` passes.
-    fn sleep_in_poll(&mut self, sockets: &mut [(usize, XskSocket)]) -> Result<()> {
+    /// Fill every FILL ring, then sleep until a socket has packets (`on_sockets`; else the
+    /// sleep lasts at most 200 µs, the multi-socket `Sleep` mode), the pipeline stops, another
+    /// worker hands this one frames (its doorbell), or `idle_wait` passes. Frames already
+    /// handed over mean no sleep (`Spun`).
+    fn sleep_in_poll(
+        &mut self,
+        sockets: &mut [(usize, XskSocket)],
+        handoff: Option<&Handoff>,
+        on_sockets: bool,
+    ) -> Result<Waited> {
         for (_, s) in sockets.iter_mut() {
             s.refill();
+        }
+        let bell = handoff.filter(|_| self.bell);
+        if bell.is_some_and(|h| !h.sleep_begins()) {
+            return Ok(Waited::Spun);
         }
         for p in &mut self.fds {
             p.revents = 0;
         }
-        poll_for(&mut self.fds, self.idle_wait)?;
-        Ok(())
+        let (fds, wait) = if on_sockets {
+            (&mut self.fds[..], self.idle_wait)
+        } else {
+            let w = self.idle_wait.min(Duration::from_micros(200));
+            (&mut self.fds[self.sockets..], w)
+        };
+        let r = poll_for(fds, wait);
+        if let Some(h) = bell {
+            let rung = self.fds.last().is_some_and(|p| p.revents != 0);
+            h.sleep_ends(rung);
+        }
+        r?;
+        Ok(Waited::Slept)
     }
 }
 

@@ -30,11 +30,13 @@
 //! mask.
 
 mod build;
+mod ctx;
 mod frames;
 mod handoff;
 mod idle;
 mod kept;
 mod pipeline;
+mod stats;
 mod worker;
 
 pub use frames::{BatchFrames, Columns, Lent, NewLen, PacketVerdict, Pick};
@@ -42,12 +44,14 @@ pub use idle::{Latency, MAX_SPIN};
 pub use kept::{Kept, KeptQueue};
 pub use pipeline::{Cpus, Pipeline, PipelineConfig, Workers, DEFAULT_SPIN};
 pub use worker::{
-    BatchCtx, BatchHandler, HandlerError, OnError, WorkerStats, WorkerStatsSnapshot,
-    BATCH_HISTOGRAM_BOUNDS,
+    batch_capacity, BatchCtx, BatchHandler, HandlerError, OnError, WorkerStats,
+    WorkerStatsSnapshot, BATCH_HISTOGRAM_BOUNDS,
 };
 
 #[cfg(test)]
 mod build_tests;
+#[cfg(test)]
+mod mb_tests;
 #[cfg(test)]
 mod tests;
 

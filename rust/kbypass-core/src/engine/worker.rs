@@ -6,17 +6,20 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::build::{self, EmitRules, Emitted, Reshape};
-use super::handoff::{self, Handoff};
+use super::build::Emitted;
+pub use super::ctx::BatchCtx;
+use super::ctx::Slot;
+use super::handoff::{self, Handoff, MAX_PACKET_BUFS};
 use super::idle::{busy_poll_for, Idle, Latency, Waited};
-use super::kept::{Kept, KeptQueue};
+use super::kept::KeptQueue;
+use super::stats::bucket;
+pub use super::stats::{WorkerStats, WorkerStatsSnapshot, BATCH_HISTOGRAM_BOUNDS};
 use super::{DROP, FORWARD, KEEP, TX};
 use crate::error::{Error, Result};
-use crate::mem::PoolCache;
 use crate::packet::{parse, PacketMeta};
 use crate::sys::event::EventFd;
 use crate::sys::xdp::XdpDesc;
-use crate::xsk::{BusyPoll, FrameHold, HeldFrames, Umem, XskSocket, XDP_PACKET_HEADROOM};
+use crate::xsk::{BusyPoll, Umem, XskSocket};
 
 /// What to do with a batch whose handler failed (raised, returned the wrong type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,329 +70,6 @@ impl OnError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HandlerError;
 
-/// What became of a frame of the batch beyond its verdict.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-enum Slot {
-    /// The batch's own: the verdict applies to it.
-    #[default]
-    Own,
-    /// Held by a [`FrameHold`] the handler took: the worker leaves it alone.
-    Held,
-    /// Held, and a copy (now in the descriptor) takes its place for the TX/FORWARD verdict.
-    Copied(u32),
-}
-
-/// One batch as the handler sees it. Slices are `n` long (the frames received).
-///
-/// Built only by the worker: it lends the handler the batch's frames, which are the worker's
-/// until the verdicts are applied. A frame the handler needs beyond that (a KEEP handle, a view
-/// that outlived the call) is taken with [`BatchCtx::keep`] or [`BatchCtx::hold_view`]; the
-/// worker then never recycles it, and it returns to the pool when its last hold is dropped.
-///
-/// A handler may also reshape a frame ([`BatchCtx::set_len`], [`BatchCtx::adjust_head`]: the
-/// descriptor the verdict sends changes) and emit new frames ([`BatchCtx::emit`]), which the
-/// worker sends after the batch's own TX and FORWARD frames (see [`super::build`]).
-pub struct BatchCtx<'a> {
-    /// Pipeline-wide index of the socket the frames arrived on.
-    pub socket: usize,
-    /// Index of the worker.
-    pub worker: usize,
-    /// Parsed headers, one per frame.
-    pub metas: &'a [PacketMeta],
-    /// Verdicts, pre-filled with the default; the handler overwrites them.
-    pub verdicts: &'a mut [u8],
-    /// Target socket (pipeline-wide index) of FORWARD verdicts.
-    pub forward_to: &'a mut [u16],
-    /// The UMEM the frames are in.
-    pub umem: &'a Umem,
-    /// Errors the handler absorbed itself (a per-packet layer counts per packet here, see
-    /// [`BatchCtx::fail_packet`]).
-    pub errors: u64,
-    /// Set by the handler to stop the pipeline after this batch.
-    pub stop: bool,
-    default_verdict: u8,
-    on_error: OnError,
-    pub(super) descs: &'a mut [XdpDesc],
-    slots: &'a mut [Slot],
-    sock: &'a mut XskSocket,
-    kept: Option<&'a KeptQueue>,
-    stats: &'a Arc<WorkerStats>,
-    held: usize,
-    escaped: u64,
-    copied: u64,
-    copy_failed: u64,
-    /// Pipeline-wide index of each of the worker's sockets, by local index.
-    sockets: &'a [usize],
-    /// Local index of the batch's socket.
-    local: usize,
-    emit_limit: usize,
-    pub(super) emits: &'a mut Vec<Emitted>,
-    pub(super) emit_failed: u64,
-}
-
-impl BatchCtx<'_> {
-    /// Frames in the batch.
-    pub fn len(&self) -> usize {
-        self.descs.len()
-    }
-
-    /// Whether the batch is empty (never, for a batch a worker hands out).
-    pub fn is_empty(&self) -> bool {
-        self.descs.is_empty()
-    }
-
-    /// The descriptors (UMEM address of packet data, length).
-    pub fn descs(&self) -> &[XdpDesc] {
-        self.descs
-    }
-
-    /// Pipeline-wide indexes of the worker's sockets: where FORWARD and [`BatchCtx::emit`]
-    /// may send.
-    pub fn sockets(&self) -> &[usize] {
-        self.sockets
-    }
-
-    /// Frames emitted so far in this batch.
-    pub fn emitted(&self) -> usize {
-        self.emits.len()
-    }
-
-    /// What an emit from this batch may do (the lease copies it).
-    pub(super) fn emit_rules(&self) -> EmitRules<'_> {
-        EmitRules {
-            sockets: self.sockets,
-            local: self.local,
-            limit: self.emit_limit,
-        }
-    }
-
-    /// Swap the batch socket's cache of free frames with `other` (a lease borrows it for the
-    /// handler call, and gives it back the same way).
-    pub(super) fn swap_cache(&mut self, other: &mut PoolCache) {
-        self.sock.swap_cache(other);
-    }
-
-    /// Set frame `i`'s packet length to `len` (its start stays): a TX/FORWARD verdict sends
-    /// `len` bytes. The packet must stay inside its frame and keep an Ethernet header
-    /// ([`crate::xsk::MIN_PACKET`]); bytes it grows by are zeroed. An error (nothing changes)
-    /// when it does not fit, `i` is out of range, the frame is held, or it is one buffer of a
-    /// multi-buffer packet. [`BatchCtx::metas`] keep describing the frame as received.
-    pub fn set_len(&mut self, i: usize, len: u32) -> Result<()> {
-        self.reshape(i, Reshape::Len(len))
-    }
-
-    /// Move frame `i`'s first byte by `delta` (as `bpf_xdp_adjust_head`: negative pushes
-    /// `-delta` zeroed bytes in front of the packet, into the room before it — the kernel's
-    /// 256 bytes plus the port's `headroom` for a received frame; positive pops `delta` bytes
-    /// off the front); the end stays. Errors as [`BatchCtx::set_len`].
-    pub fn adjust_head(&mut self, i: usize, delta: i32) -> Result<()> {
-        self.reshape(i, Reshape::Head(delta))
-    }
-
-    fn reshape(&mut self, i: usize, op: Reshape) -> Result<()> {
-        if self.slots.get(i).is_some_and(|s| *s != Slot::Own) {
-            return Err(Error::State(format!(
-                "frame {i} is held (kept, or a view of it outlives the batch): its bytes and span no longer change"
-            )));
-        }
-        let new = build::check(self.umem, self.descs, i, op)?;
-        let old = self.descs[i];
-        let (lo, len) = build::span(&old, &new);
-        // SAFETY: the frame is this batch's and not held (checked above), so neither the kernel
-        // nor a ring nor a hold has it; `&mut self` makes this the only Rust borrow of the
-        // batch's frames, and views handed out of Rust are the caller's, who does not run them
-        // while this borrow lives. `frame_bytes_mut` checks the range lies inside the frame.
-        let bytes = unsafe { super::frame_bytes_mut(self.umem, lo, len) }
-            .ok_or_else(|| Error::State(format!("frame {i} is not there to reshape")))?;
-        build::zero_added(bytes, &old, &new);
-        self.descs[i] = new;
-        Ok(())
-    }
-
-    /// Emit a new frame holding a copy of `packet`, sent by the worker after the batch's own
-    /// TX and FORWARD frames out of `socket` (pipeline-wide index, one of
-    /// [`BatchCtx::sockets`]; None: the batch's socket). Returns false, counted in the worker's
-    /// `emit_failed`, when no frame is free; an error for a packet shorter than an Ethernet
-    /// header or longer than a frame's TX room ([`Umem::tx_capacity`]), a socket the worker
-    /// does not own, or more emits than a batch may make (max(batch size, 64)).
-    pub fn emit(&mut self, packet: &[u8], socket: Option<usize>) -> Result<bool> {
-        let rules = self.emit_rules();
-        let local = rules.target(self.umem, packet.len(), socket, self.emits.len())?;
-        let mut a = [0u64];
-        if self.sock.alloc(&mut a) == 0 {
-            self.emit_failed += 1;
-            return Ok(false);
-        }
-        let len = packet.len() as u32;
-        // SAFETY: the frame was just allocated (App): neither the kernel, a ring, a hold nor
-        // any view has it, and `&mut self` makes this the only Rust borrow; `packet` is the
-        // caller's memory, which cannot be this free frame's.
-        match unsafe { super::frame_bytes_mut(self.umem, a[0], len) } {
-            Some(dst) => dst.copy_from_slice(packet),
-            None => {
-                self.sock.release(&a);
-                return Err(Error::State(
-                    "a frame just allocated was not writable".into(),
-                ));
-            }
-        }
-        self.emits.push(Emitted {
-            local,
-            desc: XdpDesc {
-                addr: a[0],
-                len,
-                options: 0,
-            },
-        });
-        Ok(true)
-    }
-
-    /// The packet bytes of frame `i` (None if `i` is out of range).
-    pub fn frame(&self, i: usize) -> Option<&[u8]> {
-        let d = self.descs.get(i)?;
-        // SAFETY: the frame is this batch's (the worker received it and is inside the handler
-        // call), so neither the kernel nor a ring has it; the only Rust writer is `frame_mut`,
-        // which needs `&mut self` and so cannot overlap this borrow, and views handed out of
-        // Rust are the caller's, who does not run them meanwhile.
-        unsafe { super::frame_bytes(self.umem, d.addr, d.len) }
-    }
-
-    /// The packet bytes of frame `i`, to edit in place (None if `i` is out of range). A frame
-    /// already held (a view of it outlived the handler) is refused: its holders' bytes never
-    /// change.
-    pub fn frame_mut(&mut self, i: usize) -> Option<&mut [u8]> {
-        if *self.slots.get(i)? != Slot::Own {
-            return None;
-        }
-        let d = self.descs[i];
-        // SAFETY: as in `frame`; `&mut self` makes this the only Rust borrow of the batch's
-        // frames, and views handed out of Rust are the caller's, who does not run them while
-        // this borrow lives.
-        unsafe { super::frame_bytes_mut(self.umem, d.addr, d.len) }
-    }
-
-    /// Fill the batch's columns: packet lengths, UMEM addresses and the parsed header records
-    /// (64 bytes each, [`PacketMeta::to_bytes`]). Each output holds at least `len()` entries.
-    pub fn write_columns(&self, lengths: &mut [u32], addrs: &mut [u64], headers: &mut [u8]) {
-        for (i, (d, m)) in self.descs.iter().zip(self.metas).enumerate() {
-            lengths[i] = d.len;
-            addrs[i] = d.addr;
-            headers[i * 64..i * 64 + 64].copy_from_slice(&m.to_bytes());
-        }
-    }
-
-    /// Frame `i`'s handler failed (per-packet mode): count it and give the frame the verdict
-    /// of the pipeline's [`OnError`] policy, stopping the pipeline after this batch if it says
-    /// so.
-    pub fn fail_packet(&mut self, i: usize) {
-        self.errors += 1;
-        self.verdicts[i] = self.on_error.verdict(self.default_verdict);
-        if self.on_error.stops() {
-            self.stop = true;
-        }
-    }
-
-    /// Hold frame `i` for a KEEP handle (its verdict must be KEEP: a KEEP frame nobody holds
-    /// is counted as a bad verdict and dropped). None if `i` is out of range, or the frame was
-    /// held before and every hold on it is gone.
-    pub fn keep(&mut self, i: usize) -> Option<FrameHold> {
-        self.hold(i)
-    }
-
-    /// Hold every frame whose verdict is KEEP, as one [`Kept`] in the pipeline's queue of kept
-    /// frames ([`super::Pipeline::kept`]). Call it once the verdicts are final; returns how
-    /// many frames it kept (0, and nothing held, when the worker has no queue).
-    pub fn keep_verdicts(&mut self) -> usize {
-        let Some(queue) = self.kept else {
-            return 0;
-        };
-        let mut frames = Vec::new();
-        for i in 0..self.len() {
-            if self.verdicts[i] != KEEP {
-                continue;
-            }
-            let d = self.descs[i];
-            if let Some(h) = self.keep(i) {
-                frames.push((d, h));
-            }
-        }
-        let n = frames.len();
-        if n > 0 {
-            queue.push(Kept::new(HeldFrames::new(frames), Arc::clone(self.stats)));
-        }
-        n
-    }
-
-    /// Hold frame `i` because something that reads or writes it (a NumPy view) outlives the
-    /// batch. The worker will not recycle it; if its verdict sends it (TX/FORWARD), a copy of
-    /// the packet in a free frame is sent instead, or, with no free frame, nothing is sent and
-    /// it counts as a failed TX. The copy is made now: call this once the verdicts are final,
-    /// from the thread that owns whatever writes the frame outside Rust (the binding calls it
-    /// attached to the interpreter, before any Python code can use the view again). Counted in
-    /// the worker's `escaped` statistic once per frame.
-    pub fn hold_view(&mut self, i: usize) -> Option<FrameHold> {
-        let first = self.slots.get(i) == Some(&Slot::Own);
-        let h = self.hold(i)?;
-        if first {
-            self.escaped += 1;
-            if matches!(self.verdicts[i], TX | FORWARD) {
-                self.copy_out(i, h.frame());
-            }
-        }
-        Some(h)
-    }
-
-    fn hold(&mut self, i: usize) -> Option<FrameHold> {
-        match *self.slots.get(i)? {
-            Slot::Own => {
-                let h = self
-                    .umem
-                    .hold_app(self.umem.frame_of(self.descs[i].addr)?)?;
-                self.slots[i] = Slot::Held;
-                self.held += 1;
-                Some(h)
-            }
-            Slot::Held => self
-                .umem
-                .hold_again(self.umem.frame_of(self.descs[i].addr)?),
-            Slot::Copied(f) => self.umem.hold_again(f),
-        }
-    }
-
-    /// Put a copy of held frame `i` (frame index `orig`) in its place for sending.
-    fn copy_out(&mut self, i: usize, orig: u32) {
-        let d = self.descs[i];
-        let mut a = [0u64];
-        if self.sock.alloc(&mut a) == 0 {
-            self.copy_failed += 1;
-            return;
-        }
-        // A packet grown or pushed past a frame's TX room starts earlier in the copy's frame.
-        let over = d.len.saturating_sub(self.umem.tx_capacity());
-        a[0] -= over.min(XDP_PACKET_HEADROOM + self.umem.headroom()) as u64;
-        let (Some(src), Some(dst)) = (self.umem.ptr(d.addr, d.len), self.sock.app_ptr(a[0], d.len))
-        else {
-            self.sock.release(&a);
-            self.copy_failed += 1;
-            return;
-        };
-        // SAFETY: `src` is `d.len` bytes inside frame `orig` (checked by `ptr`), held: no kernel
-        // ring has it and no Rust API writes a held frame; the only other writers are views
-        // outside Rust, which the caller does not run meanwhile (see `hold_view`). `dst` is
-        // inside a frame just allocated, which only this worker has. Different frames, so the
-        // ranges do not overlap.
-        unsafe { std::ptr::copy_nonoverlapping(src.cast_const(), dst, d.len as usize) };
-        self.descs[i] = XdpDesc {
-            addr: a[0],
-            len: d.len,
-            options: d.options,
-        };
-        self.slots[i] = Slot::Copied(orig);
-        self.held -= 1;
-        self.copied += 1;
-    }
-}
-
 /// A batch callback. Called on the worker thread; must not block for long.
 pub trait BatchHandler: Send {
     /// Look at the batch, write verdicts (and edit frames). An `Err` applies [`OnError`].
@@ -403,180 +83,16 @@ pub trait BatchHandler: Send {
     fn thread_end(&mut self) {}
 }
 
-/// Upper bounds (inclusive) of the batch-size histogram buckets; the last bucket is open.
-pub const BATCH_HISTOGRAM_BOUNDS: [u32; 7] = [1, 4, 16, 32, 64, 128, 256];
-
-/// Live counters of one worker, readable from any thread.
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    rx: AtomicU64,
-    rx_bytes: AtomicU64,
-    tx: AtomicU64,
-    forwarded: AtomicU64,
-    dropped: AtomicU64,
-    kept: AtomicU64,
-    released: AtomicU64,
-    handler_errors: AtomicU64,
-    bad_verdicts: AtomicU64,
-    tx_failed: AtomicU64,
-    escaped: AtomicU64,
-    copied: AtomicU64,
-    emitted: AtomicU64,
-    emit_failed: AtomicU64,
-    forward_ring_full: AtomicU64,
-    forwarded_in: AtomicU64,
-    forward_in_failed: AtomicU64,
-    batches: AtomicU64,
-    batch_ns: AtomicU64,
-    handler_ns: AtomicU64,
-    idle_waits: AtomicU64,
-    first_ns: AtomicU64,
-    last_ns: AtomicU64,
-    histogram: [AtomicU64; 8],
-    busy_poll: AtomicBool,
-    notes: Mutex<Vec<String>>,
-}
-
-/// A copy of [`WorkerStats`] at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WorkerStatsSnapshot {
-    /// Packets received.
-    pub rx: u64,
-    /// Bytes received.
-    pub rx_bytes: u64,
-    /// Packets sent back out of their own socket (TX).
-    pub tx: u64,
-    /// Packets sent out of another socket (FORWARD): of this worker, or handed to the worker
-    /// that owns the socket (which sends them, see `forwarded_in`).
-    pub forwarded: u64,
-    /// Packets returned to the FILL ring: DROP, bad verdicts, failed batches, failed sends.
-    pub dropped: u64,
-    /// Packets kept by the application (KEEP).
-    pub kept: u64,
-    /// Kept packets whose handles the application released later.
-    pub released: u64,
-    /// Batches (or packets, in per-packet mode) whose handler failed.
-    pub handler_errors: u64,
-    /// Verdict values that are not a verdict, or FORWARD to a socket the pipeline does not
-    /// have.
-    pub bad_verdicts: u64,
-    /// TX/FORWARD frames not sent: the TX ring had no room (those are dropped, and counted
-    /// in `dropped` too), or a held frame had no free frame for its copy.
-    pub tx_failed: u64,
-    /// Frames whose views outlived their batch: held (not recycled) until the views are gone.
-    pub escaped: u64,
-    /// Of those, TX/FORWARD frames sent as a copy (the original stays with the views).
-    pub copied: u64,
-    /// New frames the handlers emitted that went on a TX ring.
-    pub emitted: u64,
-    /// Emits that sent nothing: no free frame when asked (the handler was told), the TX ring
-    /// full, or the handler failed after emitting (its emits are discarded with its batch).
-    pub emit_failed: u64,
-    /// FORWARDs to another worker's socket that its inbox had no room for (dropped, and
-    /// counted in `tx_failed` and `dropped` too).
-    pub forward_ring_full: u64,
-    /// Frames other workers handed to this one that it sent out of its sockets.
-    pub forwarded_in: u64,
-    /// Frames other workers handed to this one that were not sent: its TX ring was full, or
-    /// the pipeline stopped before it took them (back to the pool).
-    pub forward_in_failed: u64,
-    /// Batches handled.
-    pub batches: u64,
-    /// Nanoseconds from receive to verdicts applied, summed over batches.
-    pub batch_ns: u64,
-    /// Nanoseconds spent in the handler, summed over batches.
-    pub handler_ns: u64,
-    /// Times the worker slept (in poll(2), or a plain sleep) because every socket was idle.
-    pub idle_waits: u64,
-    /// Whether the worker's sockets busy-poll this run ([`Latency::Busy`] with the kernel's
-    /// busy-poll socket options accepted; false: plain spinning, see [`WorkerStats::notes`]).
-    pub busy_poll: bool,
-    /// Nanoseconds since the worker started at its first and latest packet (0: none yet).
-    pub first_ns: u64,
-    /// See `first_ns`.
-    pub last_ns: u64,
-    /// Batches per size bucket ([`BATCH_HISTOGRAM_BOUNDS`], then "more").
-    pub histogram: [u64; 8],
-}
-
-impl WorkerStatsSnapshot {
-    /// Packets per second between the first and the latest packet.
-    pub fn pps(&self) -> f64 {
-        let span = self.last_ns.saturating_sub(self.first_ns);
-        if span == 0 || self.rx < 2 {
-            return 0.0;
-        }
-        (self.rx - 1) as f64 * 1e9 / span as f64
-    }
-}
-
-impl WorkerStats {
-    /// Read every counter.
-    pub fn snapshot(&self) -> WorkerStatsSnapshot {
-        let mut h = [0u64; 8];
-        for (o, a) in h.iter_mut().zip(&self.histogram) {
-            *o = a.load(Relaxed);
-        }
-        WorkerStatsSnapshot {
-            rx: self.rx.load(Relaxed),
-            rx_bytes: self.rx_bytes.load(Relaxed),
-            tx: self.tx.load(Relaxed),
-            forwarded: self.forwarded.load(Relaxed),
-            dropped: self.dropped.load(Relaxed),
-            kept: self.kept.load(Relaxed),
-            released: self.released.load(Relaxed),
-            handler_errors: self.handler_errors.load(Relaxed),
-            bad_verdicts: self.bad_verdicts.load(Relaxed),
-            tx_failed: self.tx_failed.load(Relaxed),
-            escaped: self.escaped.load(Relaxed),
-            copied: self.copied.load(Relaxed),
-            emitted: self.emitted.load(Relaxed),
-            emit_failed: self.emit_failed.load(Relaxed),
-            forward_ring_full: self.forward_ring_full.load(Relaxed),
-            forwarded_in: self.forwarded_in.load(Relaxed),
-            forward_in_failed: self.forward_in_failed.load(Relaxed),
-            batches: self.batches.load(Relaxed),
-            batch_ns: self.batch_ns.load(Relaxed),
-            handler_ns: self.handler_ns.load(Relaxed),
-            idle_waits: self.idle_waits.load(Relaxed),
-            busy_poll: self.busy_poll.load(Relaxed),
-            first_ns: self.first_ns.load(Relaxed),
-            last_ns: self.last_ns.load(Relaxed),
-            histogram: h,
-        }
-    }
-
-    /// Count kept frames given back from outside the worker (e.g. after it stopped).
-    pub fn add_released(&self, n: u64) {
-        self.released.fetch_add(n, Relaxed);
-    }
-
-    /// What the worker could not do as configured, in words (e.g. busy polling the kernel
-    /// refused, so the worker spins on the rings alone), for its latest run.
-    pub fn notes(&self) -> Vec<String> {
-        self.notes.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn set_notes(&self, notes: Vec<String>) {
-        *self.notes.lock().unwrap_or_else(|e| e.into_inner()) = notes;
-    }
-
-    /// Count frames handed to this worker that it never took (given back after it stopped).
-    pub(crate) fn add_forward_in_failed(&self, n: u64) {
-        self.forward_in_failed.fetch_add(n, Relaxed);
-    }
+/// Frames a worker may hand its handler in one batch, for batches of `batch` descriptors: a
+/// batch ends at a packet's end, so one multi-buffer packet of more buffers than `batch` makes
+/// a longer one (columns are sized for this many).
+pub fn batch_capacity(batch: usize) -> usize {
+    batch.max(MAX_PACKET_BUFS)
 }
 
 /// Frames one batch may emit at most, for batches of up to `batch` frames.
 pub(crate) fn emit_limit(batch: usize) -> usize {
     batch.max(64)
-}
-
-fn bucket(n: usize) -> usize {
-    BATCH_HISTOGRAM_BOUNDS
-        .iter()
-        .position(|&b| n as u32 <= b)
-        .unwrap_or(BATCH_HISTOGRAM_BOUNDS.len())
 }
 
 /// How a worker runs (checked by [`super::PipelineConfig::validate`] before any worker starts).
@@ -662,8 +178,7 @@ pub(crate) fn spawn(
                 };
             };
             STOP_FLAG_OF.with(|w| w.set(Arc::as_ptr(&cfg.stop) as usize));
-            let mut w = Worker::new(id, sockets, handler, cfg, stats);
-            w.handoff = handoff;
+            let mut w = Worker::new(id, sockets, handler, handoff, cfg, stats);
             w.handler.thread_start();
             let error = w.run().err();
             if error.is_some() {
@@ -717,6 +232,10 @@ struct Worker {
     emit_counts: Vec<usize>,
     /// Inboxes of the pipeline's other workers, and this one's (None: the only worker).
     handoff: Option<Handoff>,
+    /// Per socket (local index): the leading buffers of a multi-buffer packet the last receive
+    /// cut (the batch was full); they start the socket's next batch, so no batch ever begins
+    /// or ends inside a packet.
+    carry: Vec<Vec<XdpDesc>>,
     epoch: Instant,
     idle: Idle,
     /// Busy-poll settings of the sockets (by local index) before a busy run changed them.
@@ -728,10 +247,11 @@ impl Worker {
         id: usize,
         sockets: Vec<(usize, XskSocket)>,
         handler: Box<dyn BatchHandler>,
+        handoff: Option<Handoff>,
         cfg: WorkerConfig,
         stats: Arc<WorkerStats>,
     ) -> Self {
-        let b = cfg.batch;
+        let b = batch_capacity(cfg.batch);
         let umem = Arc::clone(sockets[0].1.umem());
         let outs = (0..sockets.len())
             .map(|_| Vec::with_capacity(b + emit_limit(b)))
@@ -744,12 +264,16 @@ impl Worker {
             cfg.idle_wait,
             &fds,
             &cfg.waker,
+            handoff.as_ref().map(Handoff::bell_fd),
         );
         Worker {
             socket_ids: sockets.iter().map(|(g, _)| *g).collect(),
             emits: Vec::with_capacity(emit_limit(b)),
             emit_counts: vec![0; sockets.len()],
-            handoff: None,
+            carry: (0..sockets.len())
+                .map(|_| Vec::with_capacity(MAX_PACKET_BUFS))
+                .collect(),
+            handoff,
             id,
             handler,
             stats,
@@ -783,9 +307,11 @@ impl Worker {
                     self.cfg.stop.store(true, Relaxed);
                     break;
                 }
-                let n = self.sockets[j].1.recv(&mut self.descs[..want]);
+                let Some(n) = self.receive(j, want) else {
+                    continue;
+                };
+                got_any = true;
                 if n > 0 {
-                    got_any = true;
                     self.batch(j, n);
                     // A stop asked during this batch (by its handler, an error policy, the
                     // packet limit or another thread) ends the worker before the next one.
@@ -796,7 +322,7 @@ impl Worker {
             }
             if got_any {
                 self.idle.active();
-            } else if self.idle.idle(&mut self.sockets)? == Waited::Slept {
+            } else if self.idle.idle(&mut self.sockets, self.handoff.as_ref())? == Waited::Slept {
                 self.stats.idle_waits.fetch_add(1, Relaxed);
             }
         }
@@ -833,6 +359,70 @@ impl Worker {
         self.stats.set_notes(notes);
     }
 
+    /// Receive into `descs` from socket `j`, after the buffers carried from its last batch:
+    /// None when nothing came, else how many descriptors make whole packets (the batch to
+    /// handle, possibly 0). At most `want` new ones while the carried buffers are fewer than a
+    /// batch (so a batch stays within `cfg.batch`), else up to a packet's most buffers (one
+    /// packet with more buffers than a batch). The leading buffers of a packet cut at the
+    /// end are carried to the next batch.
+    fn receive(&mut self, j: usize, want: usize) -> Option<usize> {
+        let c = self.carry[j].len();
+        let cap = self.descs.len();
+        let room = if c < self.cfg.batch {
+            want.min(self.cfg.batch - c)
+        } else {
+            cap - c
+        };
+        let got = self.sockets[j].1.recv(&mut self.descs[c..c + room]);
+        if got == 0 {
+            return None;
+        }
+        if c == 0 && !handoff::continues(&self.descs[got - 1]) {
+            return Some(got); // the usual case: no packet cut, nothing carried
+        }
+        self.descs[..c].copy_from_slice(&self.carry[j]);
+        self.carry[j].clear();
+        let n = c + got;
+        let mut whole = handoff::whole(&self.descs[..n]);
+        if whole == 0 && n == cap {
+            // No packet end within a packet's most buffers: not what a kernel sends. Handle
+            // the buffers as they are rather than carry them for ever.
+            whole = n;
+        }
+        self.carry[j].extend_from_slice(&self.descs[whole..n]);
+        Some(whole)
+    }
+
+    /// A multi-buffer packet's verdict is its first buffer's, for all its buffers (and its
+    /// FORWARD target): it goes whole or not at all. A TX/FORWARD packet one of whose buffers
+    /// is held with no copy to send in its place is not sent (its other buffers are dropped,
+    /// counted as failed sends). Returns how many buffers that dropped.
+    fn whole_verdicts(&mut self, n: usize, any_held: bool) -> u64 {
+        let mut failed = 0;
+        let mut i = 0;
+        while i < n {
+            let end = match self.descs[i..n].iter().position(|d| !handoff::continues(d)) {
+                Some(p) => i + p + 1,
+                None => n,
+            };
+            if end - i > 1 {
+                let (v, t) = (self.verdicts[i], self.forward_to[i]);
+                let cut = matches!(v, TX | FORWARD)
+                    && any_held
+                    && self.slots[i..end].contains(&Slot::Held);
+                for k in i..end {
+                    self.forward_to[k] = t;
+                    self.verdicts[k] = if cut { DROP } else { v };
+                    if cut && self.slots[k] != Slot::Held {
+                        failed += 1;
+                    }
+                }
+            }
+            i = end;
+        }
+        failed
+    }
+
     /// How many descriptors the next receive may take (the packet limit caps it).
     fn want(&self) -> usize {
         if self.cfg.limit == u64::MAX {
@@ -855,9 +445,11 @@ impl Worker {
             self.cfg.stop.store(true, Relaxed);
         }
         let mut bytes = 0u64;
+        let mut multi = false;
         for i in 0..n {
             let d = self.descs[i];
             bytes += d.len as u64;
+            multi |= handoff::continues(&d);
             // SAFETY: the worker just received this frame: no other reference to it exists
             // and nothing outside Rust has seen it yet.
             self.metas[i] = match unsafe { super::frame_bytes(&self.umem, d.addr, d.len) } {
@@ -930,6 +522,12 @@ impl Worker {
         }
         if emit_failed > 0 {
             s.emit_failed.fetch_add(emit_failed, Relaxed);
+        }
+        if multi {
+            let cut = self.whole_verdicts(n, held > 0);
+            if cut > 0 {
+                self.stats.tx_failed.fetch_add(cut, Relaxed);
+            }
         }
         self.apply(j, n, held > 0);
         if touched {
@@ -1023,8 +621,12 @@ impl Worker {
         let mut ring_full = 0u64;
         if let Some(h) = self.handoff.as_mut().filter(|_| remote > 0) {
             self.drops.clear();
-            let handed = h.flush(&mut self.drops) as u64;
-            ring_full = remote - handed;
+            let (handed, rung) = h.flush(&mut self.drops);
+            ring_full = remote - handed as u64;
+            self.stats.forwarded_out.fetch_add(handed as u64, Relaxed);
+            if rung > 0 {
+                self.stats.forward_wakeups.fetch_add(rung, Relaxed);
+            }
             if !self.drops.is_empty() {
                 self.sockets[j].1.release(&self.drops);
             }
@@ -1138,6 +740,29 @@ impl Worker {
         for _ in 0..64 {
             if self.take_handoffs() == 0 {
                 break;
+            }
+        }
+        // Buffers of packets cut short by the stop (the rest never came): back, counted.
+        if let Some(h) = self.handoff.as_mut() {
+            let left = h.take_carry();
+            if !left.is_empty() {
+                self.drops.clear();
+                self.drops.extend(left.iter().map(|it| it[0]));
+                self.sockets[0].1.release(&self.drops);
+                self.stats
+                    .forward_in_failed
+                    .fetch_add(left.len() as u64, Relaxed);
+            }
+        }
+        for j in 0..self.carry.len() {
+            if !self.carry[j].is_empty() {
+                self.drops.clear();
+                self.drops.extend(self.carry[j].iter().map(|d| d.addr));
+                self.carry[j].clear();
+                self.sockets[j].1.release(&self.drops);
+                let k = self.drops.len() as u64;
+                self.stats.rx.fetch_add(k, Relaxed);
+                self.stats.dropped.fetch_add(k, Relaxed);
             }
         }
         let deadline = Instant::now() + Duration::from_millis(300);

@@ -14,6 +14,7 @@
 
 pub mod asm;
 pub mod attach;
+pub mod echo;
 #[cfg(test)]
 mod fuzz;
 pub mod probe;
@@ -25,6 +26,7 @@ pub mod table;
 mod tests;
 
 pub use attach::{attach, attach_fd, query, AttachMode, AttachedProgram, XdpAttachment};
+pub use echo::UdpEcho;
 pub use probe::{probe, Check, XdpProbe};
 pub use program::{
     default_program, filter_program, redirect_form, ProgramOptions, RedirectForm, XdpProgram,

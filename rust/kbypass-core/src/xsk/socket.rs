@@ -653,9 +653,19 @@ impl XskSocket {
     /// was full). Descriptors that name frames the application does not hold, or whose data
     /// runs past their frame, are refused and counted; they are not retried.
     pub fn send(&mut self, descs: &[XdpDesc]) -> usize {
-        let (idx, room) = self.tx.reserve_burst(descs.len() as u32);
+        let (idx, reserved) = self.tx.reserve_burst(descs.len() as u32);
+        let mut room = reserved;
         if (room as usize) < descs.len() {
             self.counters.tx_ring_full += 1;
+            // Whole packets only: the buffers of a multi-buffer packet the ring cannot take
+            // all of stay with the caller (a cut one would run into the next packet sent).
+            let fit = &descs[..room as usize];
+            if fit.last().is_some_and(|d| d.options & XDP_PKT_CONTD != 0) {
+                room = fit
+                    .iter()
+                    .rposition(|d| d.options & XDP_PKT_CONTD == 0)
+                    .map_or(0, |p| p as u32 + 1);
+            }
         }
         let mut queued = 0u32;
         for d in descs {
@@ -679,7 +689,7 @@ impl XskSocket {
                 self.counters.tx_packets += 1;
             }
         }
-        self.tx.cancel(room - queued);
+        self.tx.cancel(reserved - queued);
         self.tx.submit(queued);
         if queued > 0 {
             self.kick_tx();
