@@ -14,6 +14,7 @@
 
 pub mod asm;
 pub mod attach;
+pub mod faults;
 #[cfg(test)]
 mod fuzz;
 pub mod probe;
