@@ -206,6 +206,6 @@ def test_everything_is_removed_on_exit_and_on_failure() -> None:
     with pytest.raises(ValueError, match="probability"):
         FaultyPath(loss=2.0)
     assert set(os.listdir("/var/run/netns")) == before
-    with pytest.raises(ValueError, match="filter|port"):
+    with pytest.raises(ValueError, match=r"filter|port"):
         FaultyPath(filter="udp dst port banana")
     assert set(os.listdir("/var/run/netns")) == before

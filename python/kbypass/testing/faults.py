@@ -101,16 +101,22 @@ class DirectionStats:
     kernel_lost: int
 
     def balanced(self) -> bool:
-        """Whether both exact identities hold: ``seen == passed + dropped + to_middlebox`` and
-        ``received + duplicated == sent + tx_failed + held``."""
+        """Whether both exact identities hold.
+
+        ``seen == passed + dropped + to_middlebox`` and
+        ``received + duplicated == sent + tx_failed + held``.
+        """
         return (
             self.seen == self.passed + self.dropped + self.to_middlebox
             and self.received + self.duplicated == self.sent + self.tx_failed + self.held
         )
 
     def settled(self) -> bool:
-        """Whether nothing is in flight: the middlebox holds nothing and took every frame
-        redirected to it (``to_middlebox == received + kernel_lost``)."""
+        """Whether nothing is in flight.
+
+        The middlebox holds nothing and took every frame redirected to it
+        (``to_middlebox == received + kernel_lost``).
+        """
         return self.held == 0 and self.to_middlebox == self.received + self.kernel_lost
 
 
@@ -281,14 +287,14 @@ class FaultyPath:
                 )
 
     def rates(self, direction: Literal["a>b", "b>a"]) -> dict[str, float]:
-        """The probabilities of one direction (keys loss, duplicate, reorder, delay)."""
+        """Return the probabilities of one direction (keys loss, duplicate, reorder, delay)."""
         d = self._dirs(direction)
         if len(d) != 1:
             raise ValueError("give one direction: 'a>b' or 'b>a'")
         return {k: float(v) for k, v in self._path().rates(d[0]).items()}
 
     def filter(self, direction: Literal["a>b", "b>a"]) -> str:
-        """The filter of one direction, as filter text ("" for every frame)."""
+        """Return the filter of one direction, as filter text ("" for every frame)."""
         d = self._dirs(direction)
         if len(d) != 1:
             raise ValueError("give one direction: 'a>b' or 'b>a'")
@@ -307,8 +313,11 @@ class FaultyPath:
         return FaultStats(a_to_b=one[0], b_to_a=one[1])
 
     def wait_settled(self, timeout: float = 5.0, quiet: float = 0.05) -> FaultStats:
-        """Wait until both directions are :meth:`DirectionStats.settled` and no counter moved
-        for ``quiet`` seconds; return the counters. Raises ``TimeoutError`` with them."""
+        """Wait until nothing is in flight and return the counters.
+
+        That is: both directions are :meth:`DirectionStats.settled` and no counter moved for
+        ``quiet`` seconds. Raises ``TimeoutError`` with the counters after ``timeout``.
+        """
         deadline = time.monotonic() + timeout
         last = self.stats()
         since = time.monotonic()
@@ -335,8 +344,7 @@ class FaultyPath:
     def run(
         self, side: str | VethEnd, *cmd: str, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
-        """Run a command inside namespace ``a``, ``m`` or ``b`` and return its completed
-        process."""
+        """Run a command inside namespace ``a``, ``m`` or ``b``; return its completed process."""
         ns = self._ns(side)
         r = subprocess.run(
             ["ip", "netns", "exec", ns, *cmd],
@@ -352,8 +360,10 @@ class FaultyPath:
 
     @contextlib.contextmanager
     def enter(self, side: str | VethEnd) -> Iterator[str]:
-        """Move the calling thread into namespace ``a``, ``m`` or ``b`` for the block (only
-        this thread; sockets opened inside stay in that namespace)."""
+        """Move the calling thread into namespace ``a``, ``m`` or ``b`` for the block.
+
+        Only this thread moves; sockets opened inside stay in that namespace.
+        """
         ns = self._ns(side)
         entry = _core.NetnsEntry(ns)
         try:
@@ -367,8 +377,10 @@ class FaultyPath:
         return not self._finalizer.alive
 
     def close(self) -> None:
-        """Stop the middlebox, detach the programs, close maps and sockets, delete the three
-        namespaces. Idempotent."""
+        """Stop the middlebox, detach programs, close maps and sockets, delete the namespaces.
+
+        Idempotent.
+        """
         core, self._core = self._core, None
         try:
             if core is not None:

@@ -3,9 +3,7 @@
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
-use super::program::{
-    counter, entry_program, matcher_program, threshold, Maps, CONFIG_VALUE_SIZE,
-};
+use super::program::{counter, entry_program, matcher_program, threshold, Maps, CONFIG_VALUE_SIZE};
 use crate::error::{Error, Result};
 use crate::sys::bpf::{
     BpfInsn, MapFd, ProgFd, ProgInfo, ProgLoad, TestRun, BPF_ANY, BPF_MAP_TYPE_ARRAY,

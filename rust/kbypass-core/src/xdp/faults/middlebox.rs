@@ -426,7 +426,11 @@ impl Worker {
     /// Move held and delayed frames whose time has come to the TX queue.
     fn release_due(&mut self, d: usize, now: Instant, all: bool) -> Result<()> {
         let st = &mut self.state[d];
-        while st.delayed.front().is_some_and(|(due, _)| all || *due <= now) {
+        while st
+            .delayed
+            .front()
+            .is_some_and(|(due, _)| all || *due <= now)
+        {
             if let Some((_, b)) = st.delayed.pop_front() {
                 st.out.push_back(b);
             }
