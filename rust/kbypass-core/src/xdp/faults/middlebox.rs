@@ -491,13 +491,11 @@ impl Worker {
                 .take(BURST)
                 .take_while(|b| !b.is_empty() && b.len() <= cap)
                 .count();
-            let refs: Vec<&[u8]> = self.state[d]
-                .out
-                .iter()
-                .take(k)
-                .map(Vec::as_slice)
-                .collect();
-            let q = self.sockets[out_sock].send_copies(&refs).queued;
+            let mut refs: [&[u8]; BURST] = [&[]; BURST];
+            for (r, b) in refs.iter_mut().zip(self.state[d].out.iter().take(k)) {
+                *r = b.as_slice();
+            }
+            let q = self.sockets[out_sock].send_copies(&refs[..k]).queued;
             shared.add(SENT, q as u64);
             for _ in 0..q {
                 if let Some(b) = self.state[d].out.pop_front() {
