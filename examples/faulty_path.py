@@ -47,8 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         with rx, tx:
             for seq in range(args.count):
                 tx.sendto(struct.pack("!I", seq) + bytes(60), (path.b.ip, PORT))
-                if seq % 16 == 15:
-                    time.sleep(0.0005)
+                if seq % 32 == 31:
+                    # Stay at most 128 frames ahead of the injector (the veth ring holds 256).
+                    deadline = time.monotonic() + 5
+                    while path.stats().a_to_b.seen < seq + 1 - 128 and time.monotonic() < deadline:
+                        time.sleep(0.0002)
             rx.settimeout(0.5)
             got: list[int] = []
             while True:
@@ -74,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"counters balance: {s.balanced()}")
     # Every reordered frame is overtaken; duplicates, too, go through the middlebox and are
-    # often overtaken on the way, so they can add to the late ones.
+    # often overtaken on the way, so both copies can add to the late ones.
     ok = (
         missing == s.dropped
         and doubled == s.duplicated
-        and s.reordered <= late <= s.reordered + s.reorder_timeouts + s.duplicated
+        and s.reordered <= late <= s.reordered + s.reorder_timeouts + 2 * s.duplicated
         and s.balanced()
     )
     print("OK: the receiver saw what the counters say" if ok else "MISMATCH")
