@@ -141,3 +141,32 @@ fn drawn_fractions_are_within_binomial_bounds() {
         );
     }
 }
+
+#[test]
+fn timing_is_validated() {
+    assert!(Timing::default().validate().is_ok());
+    let zero = Timing {
+        reorder_after: 0,
+        ..Default::default()
+    };
+    assert!(zero.validate().is_err());
+    let long = Timing {
+        delay: std::time::Duration::from_secs(61),
+        ..Default::default()
+    };
+    assert!(long.validate().is_err());
+}
+
+#[test]
+fn middlebox_balance_counts_copies_and_held_frames() {
+    let c = MiddleboxCounters {
+        received: 10,
+        duplicated: 3,
+        sent: 11,
+        tx_failed: 1,
+        held: 1,
+        ..Default::default()
+    };
+    assert!(c.balanced());
+    assert!(!MiddleboxCounters { held: 0, ..c }.balanced());
+}
