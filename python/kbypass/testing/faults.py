@@ -17,7 +17,9 @@ own sits on each bridge port, for the frames arriving there (direction ``"a>b"``
 
 Probabilities, filter and timing change at run time (:meth:`FaultyPath.set`) without
 reloading the attached programs; :meth:`FaultyPath.stats` gives every counter. Everything
-(programs, links, maps, sockets, thread, namespaces) is removed on exit, even on failure.
+(programs, links, maps, sockets, thread, namespaces) is removed on exit, even on failure; if
+the process dies, the kernel drops the links and sockets with its fds, and
+``VethPair.cleanup_stale()`` deletes the namespaces it left.
 
 Example::
 
