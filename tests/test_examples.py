@@ -63,3 +63,9 @@ def test_vxlan_balancer_spreads_flows_over_both_backends() -> None:
     out = run_bench("vxlan_balancer.py")
     assert "captured 40 VXLAN frames, checksums ok: True" in out, out
     assert "OK: flows spread over both backends" in out, out
+
+
+def test_faulty_path_counts_match_the_receiver() -> None:
+    out = run_bench("faulty_path.py")
+    assert "counters balance: True" in out, out
+    assert "OK: the receiver saw what the counters say" in out, out

@@ -26,6 +26,7 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "EthHeader",
+    "FaultPath",
     "HugeRegion",
     "IpHeader",
     "Kept",
@@ -366,6 +367,38 @@ class UdpEcho:
     def id(self) -> int: ...
     @property
     def insn_count(self) -> int: ...
+
+# --- faults.rs ---------------------------------------------------------------------------------
+
+@final
+class FaultPath:
+    """Fault injection between two ports of a namespace (``kbypass.testing.faults``)."""
+
+    def __new__(
+        cls,
+        netns: str,
+        ports: tuple[str, str],
+        *,
+        filter: _Filter = None,
+        mode: str = "auto",
+        frames: int = 4096,
+        seed: int | None = None,
+    ) -> FaultPath: ...
+    def set_rates(
+        self, direction: int, loss: float, duplicate: float, reorder: float, delay: float
+    ) -> None: ...
+    def rates(self, direction: int) -> dict[str, float]: ...
+    def set_filter(self, direction: int, filter: _Filter = None) -> None: ...
+    def filter(self, direction: int) -> str: ...
+    def set_timing(
+        self, direction: int, reorder_after: int, reorder_timeout: float, delay: float
+    ) -> None: ...
+    def timing(self, direction: int) -> dict[str, Any]: ...
+    def counters(self, direction: int) -> dict[str, int]: ...
+    def info(self, direction: int) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
 
 # --- xdp_table.rs ------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ mod columns;
 mod cpu;
 mod engine;
 mod errors;
+mod faults;
 mod handler;
 mod held;
 mod kernel;
@@ -54,5 +55,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     engine::register(m)?;
     rdma::register(m)?;
     capture::register(m)?;
+    faults::register(m)?;
     Ok(())
 }

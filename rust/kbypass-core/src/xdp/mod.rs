@@ -15,6 +15,7 @@
 pub mod asm;
 pub mod attach;
 pub mod echo;
+pub mod faults;
 #[cfg(test)]
 mod fuzz;
 pub mod probe;

@@ -509,6 +509,26 @@ fn emit_rule(a: &mut Asm, r: &Rule, ver: Option<IpVersion>, hit: Label) {
     a.bind(fail);
 }
 
+/// After [`emit_headers`] (walked for `rules`): jump to `hit` when any of `rules` matches,
+/// else fall through. `rules` must be validated.
+pub(crate) fn emit_match(a: &mut Asm, rules: &[Rule], hit: Label) {
+    for r in rules {
+        let vers = r.versions();
+        if vers.is_empty() && r.vlan == Vlan::Any && r.ethertype.is_none() {
+            // Matches every frame: later rules would be unreachable code, which the verifier
+            // rejects.
+            a.ja(hit);
+            break;
+        }
+        if vers.is_empty() {
+            emit_rule(a, r, None, hit);
+        }
+        for v in vers {
+            emit_rule(a, r, Some(v), hit);
+        }
+    }
+}
+
 /// A program that redirects frames matching any of `rules` to the queue's socket and passes
 /// everything else (including short or malformed frames) to the kernel. It decides exactly as
 /// [`super::rules::matches()`] does on the frame's [`crate::packet::parse()`].
@@ -523,21 +543,7 @@ pub fn filter_program(rules: &[Rule], map_fd: RawFd, form: RedirectForm) -> Resu
     let pass = a.label();
     let hit = a.label();
     emit_headers(&mut a, HeaderWalk::for_rules(rules), pass);
-    for r in rules {
-        let vers = r.versions();
-        if vers.is_empty() && r.vlan == Vlan::Any && r.ethertype.is_none() {
-            // Matches every frame: later rules would be unreachable code, which the verifier
-            // rejects.
-            a.ja(hit);
-            break;
-        }
-        if vers.is_empty() {
-            emit_rule(&mut a, r, None, hit);
-        }
-        for v in vers {
-            emit_rule(&mut a, r, Some(v), hit);
-        }
-    }
+    emit_match(&mut a, rules, hit);
     a.bind(pass).mov64_imm(R0, XDP_PASS as i32).exit();
     a.bind(hit);
     emit_redirect(&mut a, form, map_fd, hdr::CTX);
