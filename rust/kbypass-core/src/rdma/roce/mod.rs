@@ -1,0 +1,8 @@
+//! A user-space RoCEv2 engine, wire-compatible with Linux rxe: the foundation.
+//!
+//! [`wire`] is the packet format: RoCEv2 over Ethernet, IPv4 or IPv6 and UDP port 4791,
+//! with the InfiniBand BTH and extension headers of RC, UC and UD, the pad and the ICRC,
+//! parsed as a checked zero-copy view and built into a caller's buffer. It is pure Rust
+//! with no I/O, so it runs (and is tested) without RDMA hardware, rxe or privileges.
+
+pub mod wire;
