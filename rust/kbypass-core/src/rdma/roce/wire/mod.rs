@@ -19,6 +19,9 @@ pub mod icrc;
 mod opcode;
 mod packet;
 
+#[cfg(test)]
+mod tests;
+
 pub use headers::{
     Aeth, AtomicEth, Bth, Deth, ExtHeaders, NakCode, Reth, Syndrome, BTH_LEN, DEFAULT_PKEY,
     ICRC_LEN, PSN_MASK, QPN_MASK,
