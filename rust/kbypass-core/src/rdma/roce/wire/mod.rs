@@ -20,6 +20,8 @@ mod opcode;
 mod packet;
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
 
 pub use headers::{
