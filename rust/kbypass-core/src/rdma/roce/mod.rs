@@ -5,4 +5,5 @@
 //! parsed as a checked zero-copy view and built into a caller's buffer. It is pure Rust
 //! with no I/O, so it runs (and is tested) without RDMA hardware, rxe or privileges.
 
+pub mod rc;
 pub mod wire;
