@@ -25,7 +25,11 @@ mod requester;
 mod responder;
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod unit_tests;
 
 pub use memory::{MemoryTable, RemoteAccess};
 pub use requester::{Requester, WorkRequest};

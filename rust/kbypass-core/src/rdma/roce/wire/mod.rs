@@ -22,6 +22,8 @@ mod packet;
 #[cfg(test)]
 mod fuzz;
 #[cfg(test)]
+mod interop_tests;
+#[cfg(test)]
 mod tests;
 
 pub use headers::{
