@@ -119,8 +119,13 @@ impl MemoryTable {
         self.check(rkey, va, len, need).map(|_| ())
     }
 
-    /// Writes `data` at `va` (an RDMA write).
-    pub(super) fn write(&mut self, rkey: u32, va: u64, data: &[u8]) -> Result<(), NakCode> {
+    /// Checks that a write of `len` bytes at `va` is allowed (before its first byte).
+    pub fn check_write(&mut self, rkey: u32, va: u64, len: usize) -> Result<(), NakCode> {
+        self.validate(rkey, va, len, Need::Write)
+    }
+
+    /// Writes `data` at `va` if the key, bounds and rights allow it (an RDMA write).
+    pub fn write(&mut self, rkey: u32, va: u64, data: &[u8]) -> Result<(), NakCode> {
         let (r, off) = self.check(rkey, va, data.len(), Need::Write)?;
         r.bytes[off..off + data.len()].copy_from_slice(data);
         Ok(())

@@ -115,6 +115,9 @@ pub enum WireError {
         /// The headers given.
         given: HeaderSet,
     },
+    /// A path MTU other than 256, 512, 1024, 2048 or 4096.
+    #[error("path MTU {0} is not 256, 512, 1024, 2048 or 4096")]
+    BadMtu(usize),
     /// Building: the output buffer is too small.
     #[error("buffer of {have} bytes, the frame needs {need}")]
     BufferTooSmall {
