@@ -31,7 +31,8 @@ struct Region {
     bytes: Vec<u8>,
 }
 
-/// Regions registered for remote access.
+/// Regions registered for remote access. A zero-length write or read needs no valid key or
+/// address (as the IBTA spec allows and rxe does): it touches no memory.
 #[derive(Debug, Default)]
 pub struct MemoryTable {
     regions: Vec<Region>,
@@ -116,6 +117,9 @@ impl MemoryTable {
         len: usize,
         need: Need,
     ) -> Result<(), NakCode> {
+        if len == 0 {
+            return Ok(());
+        }
         self.check(rkey, va, len, need).map(|_| ())
     }
 
@@ -126,6 +130,9 @@ impl MemoryTable {
 
     /// Writes `data` at `va` if the key, bounds and rights allow it (an RDMA write).
     pub fn write(&mut self, rkey: u32, va: u64, data: &[u8]) -> Result<(), NakCode> {
+        if data.is_empty() {
+            return Ok(());
+        }
         let (r, off) = self.check(rkey, va, data.len(), Need::Write)?;
         r.bytes[off..off + data.len()].copy_from_slice(data);
         Ok(())
@@ -133,6 +140,9 @@ impl MemoryTable {
 
     /// Reads `len` bytes at `va` (an RDMA read).
     pub(super) fn read(&mut self, rkey: u32, va: u64, len: usize) -> Result<Vec<u8>, NakCode> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
         let (r, off) = self.check(rkey, va, len, Need::Read)?;
         Ok(r.bytes[off..off + len].to_vec())
     }

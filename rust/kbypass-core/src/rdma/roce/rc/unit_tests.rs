@@ -112,7 +112,8 @@ fn remote_access_is_checked_against_key_bounds_and_rights() {
             "nothing written"
         );
     }
-    // Inside the rights and bounds all of it works.
+    // Zero-length transfers touch no memory and need no key; inside the rights and bounds
+    // all of it works.
     let mut pair = Pair::new(
         RcParams {
             dest_qp: 5,
@@ -139,7 +140,25 @@ fn remote_access_is_checked_against_key_bounds_and_rights() {
             imm: None,
         },
     );
+    pair.req.post(
+        3,
+        WorkRequest::Write {
+            data: vec![],
+            va: 0,
+            rkey: 0xbad,
+            imm: None,
+        },
+    );
+    pair.req.post(
+        4,
+        WorkRequest::Read {
+            va: 0,
+            rkey: 0xbad,
+            len: 0,
+        },
+    );
     let done = pair.run(1_000_000_000);
+    assert_eq!(done.len(), 4);
     assert!(done.iter().all(|c| c.status == Status::Success));
 }
 
