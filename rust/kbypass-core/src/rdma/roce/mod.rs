@@ -17,4 +17,6 @@ pub mod ud;
 pub mod wire;
 
 #[cfg(test)]
+mod rxe_replay_tests;
+#[cfg(test)]
 mod uc_ud_tests;

@@ -49,8 +49,7 @@ impl UdSender {
             Op::SendOnly
         };
         let opcode = Opcode::new(Transport::Ud, op).expect("UD sends");
-        let mut bth = Bth::new(opcode, dest.qpn, self.psn);
-        bth.migreq = false;
+        let bth = Bth::new(opcode, dest.qpn, self.psn);
         self.psn = psn_add(self.psn, 1);
         Ok(Pkt {
             bth,

@@ -287,11 +287,13 @@ impl Responder {
                     return Err(inv);
                 }
                 let r = pkt.ext.reth.ok_or(inv)?;
-                let n = self
-                    .read(psn, r.va, r.rkey, r.dma_len as usize)
+                let len = r.dma_len as usize;
+                self.mem
+                    .validate(r.rkey, r.va, len, Need::Read)
                     .map_err(Some)?;
+                // The responses carry the MSN that counts this read, as rxe's do.
                 self.msn = psn_add(self.msn, 1);
-                Ok(n)
+                self.read(psn, r.va, r.rkey, len).map_err(Some)
             }
             Op::CompareSwap | Op::FetchAdd => {
                 if self.send.is_some() || self.write.is_some() {

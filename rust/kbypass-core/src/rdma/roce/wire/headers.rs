@@ -39,7 +39,7 @@ pub struct Bth {
     pub opcode: Opcode,
     /// Solicited event.
     pub solicited: bool,
-    /// Migration state (`M`); rxe sends 1 ("migrated": no APM).
+    /// Migration state (`M`); rxe sends 0 (HCAs often 1); receivers ignore it without APM.
     pub migreq: bool,
     /// Pad count: bytes (0–3) after the payload that align it to 4.
     pub pad: u8,
@@ -60,12 +60,12 @@ pub struct Bth {
 }
 
 impl Bth {
-    /// A BTH with the usual defaults (P_Key 0xffff, M set as rxe does, no flags).
+    /// A BTH with rxe's defaults (P_Key 0xffff, M clear, no flags).
     pub fn new(opcode: Opcode, dest_qp: u32, psn: u32) -> Bth {
         Bth {
             opcode,
             solicited: false,
-            migreq: true,
+            migreq: false,
             pad: 0,
             tver: 0,
             pkey: DEFAULT_PKEY,

@@ -27,7 +27,7 @@ fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
 }
 
 /// Reads a classic pcap file (microsecond or nanosecond, either byte order) into frames.
-fn read_pcap(bytes: &[u8]) -> Vec<Vec<u8>> {
+pub(in crate::rdma::roce) fn read_pcap(bytes: &[u8]) -> Vec<Vec<u8>> {
     let magic = u32::from_le_bytes(bytes[0..4].try_into().unwrap());
     let le = matches!(magic, 0xa1b2_c3d4 | 0xa1b2_3c4d);
     assert!(
@@ -185,7 +185,7 @@ fn wireshark_decodes_what_the_builder_writes() {
 
 /// The pcap files of packets Linux rxe sent (captured by `tests/rdma/rxe_fixtures.py` into
 /// `tests/data/rxe/`; `KBYPASS_ROCE_PCAPS` names another directory).
-fn rxe_pcaps() -> (PathBuf, Vec<PathBuf>) {
+pub(in crate::rdma::roce) fn rxe_pcaps() -> (PathBuf, Vec<PathBuf>) {
     let dir = std::env::var_os("KBYPASS_ROCE_PCAPS").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/rxe"),
         PathBuf::from,

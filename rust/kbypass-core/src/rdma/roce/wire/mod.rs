@@ -22,7 +22,7 @@ mod packet;
 #[cfg(test)]
 mod fuzz;
 #[cfg(test)]
-mod interop_tests;
+pub(super) mod interop_tests;
 #[cfg(test)]
 mod tests;
 
