@@ -310,8 +310,10 @@ impl Requester {
         };
         let opcode = Opcode::new(Transport::Rc, op).expect("RC has every operation");
         let mut bth = Bth::new(opcode, self.p.dest_qp, psn);
-        // Ask for an ACK at the end of each message and at least every half window.
-        bth.ack_req = last || psn_diff(psn, self.una) as u32 >= self.p.window / 2;
+        // Ask for an ACK at the end of each message (and on reads and atomics, as rxe does)
+        // and at least every half window.
+        bth.ack_req =
+            last || w.wr.expects_response() || psn_diff(psn, self.una) as u32 >= self.p.window / 2;
         (Pkt { bth, ext, payload }, advance)
     }
 
