@@ -101,10 +101,16 @@ pub struct Requester {
     next_psn: u32,
     /// The next PSN to transmit.
     send_psn: u32,
+    /// One past the highest PSN transmitted (after a go-back, `send_psn` is behind it, and
+    /// responses up to it are still ours).
+    sent_end: u32,
     /// The oldest PSN not yet acknowledged.
     una: u32,
     retries_left: u8,
     rnr_left: u8,
+    /// The PSN of the last go-back after a NAK (explicit or implicit), until the next
+    /// progress.
+    naked: Option<u32>,
     deadline: Option<u64>,
     rnr_until: Option<u64>,
     error: bool,
@@ -128,9 +134,11 @@ impl Requester {
             wqes: VecDeque::new(),
             next_psn: p.send_psn,
             send_psn: p.send_psn,
+            sent_end: p.send_psn,
             una: p.send_psn,
             retries_left: p.retry_cnt,
             rnr_left: p.rnr_retry,
+            naked: None,
             deadline: None,
             rnr_until: None,
             error: false,
@@ -189,6 +197,10 @@ impl Requester {
     /// The next packet to send at time `now`, if the window, the RNR wait and the work
     /// queue allow one.
     pub fn poll_tx(&mut self, now: u64) -> Option<Pkt> {
+        if psn_diff(self.una, self.send_psn) > 0 {
+            // Acknowledged past the go-back point: nothing before the ACK needs sending.
+            self.send_psn = self.una;
+        }
         if self.error || psn_diff(self.send_psn, self.next_psn) >= 0 {
             return None;
         }
@@ -205,6 +217,9 @@ impl Requester {
         let psn = self.send_psn;
         let (pkt, advance) = self.segment(idx, psn);
         self.send_psn = psn_add(psn, advance);
+        if psn_diff(self.send_psn, self.sent_end) > 0 {
+            self.sent_end = self.send_psn;
+        }
         if self.deadline.is_none() {
             self.deadline = Some(now + self.p.timeout_ns());
         }
@@ -349,7 +364,7 @@ impl Requester {
         }
         let psn = pkt.bth.psn;
         // Anything beyond what was sent is not a response to us.
-        if psn_diff(psn, self.send_psn) >= 0 || psn_diff(psn, self.una) < -(1 << 22) {
+        if psn_diff(psn, self.sent_end) >= 0 || psn_diff(psn, self.una) < -(1 << 22) {
             self.dropped += 1;
             return;
         }
@@ -372,8 +387,7 @@ impl Requester {
             }
             (Op::Acknowledge, Some(Syndrome::Nak(NakCode::PsnSequenceError))) => {
                 self.acked_upto(now, psn_add(psn, 0xff_ffff));
-                self.go_backs += 1;
-                self.rewind(psn);
+                self.go_back(psn);
             }
             (Op::Acknowledge, Some(Syndrome::Nak(code))) => {
                 self.acked_upto(now, psn_add(psn, 0xff_ffff));
@@ -436,8 +450,7 @@ impl Requester {
         }
         if d > 0 {
             // A response was lost: ask again from the first missing one.
-            self.go_backs += 1;
-            self.rewind(expected);
+            self.go_back(expected);
             return;
         }
         let want = (len as usize - w.data.len()).min(mtu);
@@ -466,8 +479,7 @@ impl Requester {
             if w.wr.expects_response() {
                 let resume = psn_add(w.first_psn, w.got);
                 if psn_diff(psn, resume) >= 0 {
-                    self.go_backs += 1;
-                    self.rewind(resume);
+                    self.go_back(resume);
                 }
                 return;
             }
@@ -492,8 +504,7 @@ impl Requester {
         if let Some(w) = self.wqes.front() {
             let resume = psn_add(w.first_psn, w.got);
             if w.wr.expects_response() && psn_diff(psn, resume) > 0 {
-                self.go_backs += 1;
-                self.rewind(resume);
+                self.go_back(resume);
             }
         }
     }
@@ -521,15 +532,27 @@ impl Requester {
 
     /// Forward progress: the retry budgets refill and the timer restarts (or stops).
     fn progress(&mut self, now: u64) {
+        self.naked = None;
         self.retries_left = self.p.retry_cnt;
         self.rnr_left = self.p.rnr_retry;
         self.deadline = (!self.wqes.is_empty()).then(|| now + self.p.timeout_ns());
     }
 
+    /// Go-back-N to `psn` after a sequence NAK or an implicit one, once: until the next
+    /// progress, further signs of the same gap (copies of the NAK, each later response past
+    /// a lost one) do not go back (and re-request) again.
+    fn go_back(&mut self, psn: u32) {
+        if self.naked != Some(psn) {
+            self.naked = Some(psn);
+            self.go_backs += 1;
+            self.rewind(psn);
+        }
+    }
+
     /// Go back to `psn` and send again from there (go-back-N). A read goes back to its
     /// first missing response.
     fn rewind(&mut self, psn: u32) {
-        if psn_diff(psn, self.send_psn) > 0 {
+        if psn_diff(psn, self.sent_end) > 0 {
             return;
         }
         let Some(w) = self.wqes.iter().find(|w| w.contains(psn)) else {
