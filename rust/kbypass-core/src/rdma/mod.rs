@@ -35,6 +35,7 @@ mod pd;
 pub mod perf;
 pub mod perftest;
 mod qp;
+pub mod roce;
 mod srq;
 mod wr;
 
