@@ -100,6 +100,9 @@ fn scalar(slot: &Slot, v: &Bound<'_, PyAny>) -> PyResult<Option<u128>> {
             PyValueError::new_err(format!("{name} must be a non-negative int, not {v}"))
         });
     }
+    if slot.field == Field::TcpFlags && v.is_instance_of::<PyString>() {
+        return tcp_flags_arg(v).map(|f| Some(f.into()));
+    }
     let mac = matches!(slot.field, Field::DstMac | Field::SrcMac);
     let ip = matches!(slot.field, Field::SrcIp | Field::DstIp);
     if v.is_instance_of::<PyString>() || (ip && v.hasattr("packed")?) {
@@ -244,7 +247,9 @@ impl FillArgs {
                     "no field {key:?}: this template's fields are {have:?} and \"payload\""
                 ))
             })?;
-            let slot = tpl.slot(field).py()?;
+            let slot = tpl
+                .slot(field)
+                .map_err(|e| PyKeyError::new_err(e.to_string()))?;
             let owned = match scalar(&slot, &v)? {
                 Some(x) => Owned::One(x),
                 None => column(&slot, &v)?,

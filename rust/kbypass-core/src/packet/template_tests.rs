@@ -7,6 +7,7 @@ use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
 use proptest::prelude::*;
 
 use super::*;
+use crate::packet::checksum::{fold, sum16};
 
 const V6A: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
 const V6B: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0xbe, 0xef);
