@@ -11,14 +11,15 @@ use std::time::{Duration, Instant};
 
 use super::holds::{FrameHold, HeldFrames};
 use super::ring::{ConsRing, ProdRing};
+use super::txmd::{self, TxRequest, TxTimes};
 use super::umem::{FrameState, Umem};
 use crate::error::{Error, Result};
 use crate::mem::PoolCache;
 use crate::sys::socket::{SO_BUSY_POLL, SO_BUSY_POLL_BUDGET, SO_PREFER_BUSY_POLL};
 use crate::sys::xdp::{
     if_nametoindex, RingKind, SockaddrXdp, XdpDesc, XdpStatistics, XskFd, XDP_COPY,
-    XDP_OPTIONS_ZEROCOPY, XDP_PKT_CONTD, XDP_SHARED_UMEM, XDP_USE_NEED_WAKEUP, XDP_USE_SG,
-    XDP_ZEROCOPY,
+    XDP_OPTIONS_ZEROCOPY, XDP_PKT_CONTD, XDP_SHARED_UMEM, XDP_TX_METADATA, XDP_USE_NEED_WAKEUP,
+    XDP_USE_SG, XDP_ZEROCOPY,
 };
 
 /// Copy or zero-copy.
@@ -146,6 +147,12 @@ pub struct XskCounters {
     /// Wake-ups (either way) the kernel refused with an error other than "try again later"
     /// (e.g. `ENXIO`: the interface went away, `EFAULT`); counted in the wake-ups too.
     pub wakeup_errors: u64,
+    /// Packets sent with a TX metadata request (checksum offload, timestamp).
+    pub tx_metadata: u64,
+    /// TX timestamps the kernel reported at completion.
+    pub tx_timestamps: u64,
+    /// TX timestamps asked for that the kernel left at zero (the driver does not report them).
+    pub tx_timestamps_missing: u64,
 }
 
 /// Where each of the UMEM's frames is, for the accounting check.
@@ -212,6 +219,8 @@ pub struct XskSocket {
     busy_poll: Option<BusyPoll>,
     multi_buffer: bool,
     counters: XskCounters,
+    /// TX timestamps from completions, until taken.
+    tx_times: TxTimes,
     notes: Vec<String>,
     /// Frames this socket has on its receive side (fill ring, kernel, RX ring).
     rx_outstanding: u32,
@@ -267,6 +276,7 @@ impl XskSocket {
                     busy_poll: cfg.busy_poll,
                     multi_buffer: cfg.multi_buffer,
                     counters: XskCounters::default(),
+                    tx_times: TxTimes::default(),
                     notes,
                     rx_outstanding: 0,
                     fill_target: cfg.fill_size.min(umem.frames() / 2),
@@ -674,6 +684,9 @@ impl XskSocket {
             }
             self.tx.write(idx.wrapping_add(queued), *d);
             queued += 1;
+            if d.options & XDP_TX_METADATA != 0 {
+                self.counters.tx_metadata += 1;
+            }
             self.counters.tx_bytes += d.len as u64;
             if d.options & XDP_PKT_CONTD == 0 {
                 self.counters.tx_packets += 1;
@@ -704,7 +717,11 @@ impl XskSocket {
         for i in 0..n {
             let addr = self.comp.read(idx.wrapping_add(i));
             match self.umem.frame_of(addr) {
-                Some(f) if self.umem.transition(f, FrameState::Tx, FrameState::Free) => {
+                Some(f) if self.umem.state(f) == FrameState::Tx => {
+                    if self.umem.take_tx_metadata(f) {
+                        self.tx_metadata_done(addr);
+                    }
+                    self.umem.set_state(f, FrameState::Free);
                     self.scratch[k] = f;
                     k += 1;
                 }
@@ -719,6 +736,68 @@ impl XskSocket {
             self.kick_tx();
         }
         k
+    }
+
+    /// Read the completion metadata in front of `addr` (a frame that just completed, whose TX
+    /// descriptor carried a request).
+    fn tx_metadata_done(&mut self, addr: u64) {
+        let len = self.umem.tx_metadata_len();
+        let Some(p) = addr
+            .checked_sub(len as u64)
+            .and_then(|at| self.umem.ptr(at, len))
+        else {
+            return;
+        };
+        // SAFETY: the frame came back on the completion ring and is still in state Tx: the
+        // kernel is done with it and no application code, ring or hold has it; `ptr` checked
+        // that the `len` bytes lie inside the UMEM mapping, which `self.umem` keeps mapped.
+        let meta = unsafe { std::slice::from_raw_parts(p, len as usize) };
+        match txmd::completion_timestamp(meta) {
+            Some(0) => self.counters.tx_timestamps_missing += 1,
+            Some(ns) => {
+                self.counters.tx_timestamps += 1;
+                self.tx_times.push(addr, ns);
+            }
+            None => {}
+        }
+    }
+
+    /// Take the TX timestamps collected from completions: (UMEM address of the packet, TX time
+    /// in CLOCK_TAI ns), oldest first. Only packets sent with a [`TxRequest`] asking for one
+    /// (see [`XskSocket::request_tx_metadata`]) on a UMEM with TX metadata have one.
+    pub fn take_tx_timestamps(&mut self) -> Vec<(u64, u64)> {
+        self.tx_times.take()
+    }
+
+    /// Timestamps dropped because nobody took them before [`TxTimes::CAP`] more arrived.
+    pub fn tx_timestamps_dropped(&self) -> u64 {
+        self.tx_times.dropped
+    }
+
+    /// Ask the kernel for `req` on `desc` (a frame the application holds, about to be sent):
+    /// writes the request in front of the packet and marks the descriptor. False, and nothing
+    /// changes, when the UMEM has no TX metadata or the frame has no room in front of `desc`.
+    pub fn request_tx_metadata(&mut self, desc: &mut XdpDesc, req: TxRequest) -> bool {
+        let len = self.umem.tx_metadata_len();
+        let (Some(f), Some(at)) = (
+            self.umem.frame_of(desc.addr),
+            desc.addr.checked_sub(len as u64),
+        ) else {
+            return false;
+        };
+        if len == 0 || self.umem.frame_of(at) != Some(f) {
+            return false;
+        }
+        let Some(p) = self.app_ptr(at, len) else {
+            return false;
+        };
+        // SAFETY: `app_ptr` checked that the `len` bytes lie inside frame `f`, which is the
+        // application's (App): the kernel and the rings do not use it, and `&mut self` is the
+        // only way this socket's caller reaches it now; the bytes are in front of the packet.
+        req.write(unsafe { std::slice::from_raw_parts_mut(p, len as usize) });
+        self.umem.mark_tx_metadata(f);
+        desc.options |= XDP_TX_METADATA;
+        true
     }
 
     /// Hold frame `addr` (any address inside it), which the application has from
