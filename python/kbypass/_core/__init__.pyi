@@ -695,6 +695,7 @@ class XdpPort:
         ring_size: int = 2048,
         headroom: int = 0,
         program: bool | XdpTable | _HasTable | None = None,
+        tx_metadata: Literal["offload", "kernel"] | None = None,
     ) -> XdpPort: ...
     @property
     def sockets(self) -> list[XdpSocket]: ...

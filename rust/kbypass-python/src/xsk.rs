@@ -76,6 +76,7 @@ impl PyXdpSocket {
             multi_buffer,
             ring_size,
             headroom,
+            tx_metadata: None,
             program: None,
         };
         let handle = open_port(py, ifname, Queues::List(vec![queue]), args.config()?)?;
@@ -260,6 +261,9 @@ impl PyXdpSocket {
         d.set_item("rx_wakeups", c.rx_wakeups)?;
         d.set_item("tx_wakeups", c.tx_wakeups)?;
         d.set_item("wakeup_errors", c.wakeup_errors)?;
+        d.set_item("tx_metadata", c.tx_metadata)?;
+        d.set_item("tx_timestamps", c.tx_timestamps)?;
+        d.set_item("tx_timestamps_missing", c.tx_timestamps_missing)?;
         d.set_item("kernel_rx_dropped", k.rx_dropped)?;
         d.set_item("kernel_rx_invalid_descs", k.rx_invalid_descs)?;
         d.set_item("kernel_tx_invalid_descs", k.tx_invalid_descs)?;
