@@ -20,6 +20,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
+use super::XskSocket;
+use crate::sys::xdp::{XdpDesc, XDP_TX_METADATA};
+
 /// Bytes reserved for `struct xsk_tx_metadata` in front of each TX packet (24 since 6.15 with
 /// `launch_time`; a multiple of 8 below 256, as the kernel requires).
 pub const TX_METADATA_LEN: u32 = 24;
@@ -106,6 +109,70 @@ impl TxTimes {
     /// Take the collected `(UMEM address, TX time in CLOCK_TAI ns)` pairs.
     pub fn take(&mut self) -> Vec<(u64, u64)> {
         self.times.drain(..).collect()
+    }
+}
+
+impl XskSocket {
+    /// Read the completion metadata in front of `addr` (a frame that just completed, whose TX
+    /// descriptor carried a request).
+    pub(super) fn tx_metadata_done(&mut self, addr: u64) {
+        let len = self.umem().tx_metadata_len();
+        let Some(p) = addr
+            .checked_sub(len as u64)
+            .and_then(|at| self.umem().ptr(at, len))
+        else {
+            return;
+        };
+        // SAFETY: the frame came back on the completion ring and is still in state Tx: the
+        // kernel is done with it and no application code, ring or hold has it; `ptr` checked
+        // that the `len` bytes lie inside the UMEM mapping, which `self.umem` keeps mapped.
+        let meta = unsafe { std::slice::from_raw_parts(p, len as usize) };
+        match completion_timestamp(meta) {
+            Some(0) => self.counters.tx_timestamps_missing += 1,
+            Some(ns) => {
+                self.counters.tx_timestamps += 1;
+                self.tx_times.push(addr, ns);
+            }
+            None => {}
+        }
+    }
+
+    /// Take the TX timestamps collected from completions: (UMEM address of the packet, TX time
+    /// in CLOCK_TAI ns), oldest first. Only packets sent with a [`TxRequest`] asking for one
+    /// (see [`XskSocket::request_tx_metadata`]) on a UMEM with TX metadata have one.
+    pub fn take_tx_timestamps(&mut self) -> Vec<(u64, u64)> {
+        self.tx_times.take()
+    }
+
+    /// Timestamps dropped because nobody took them before [`TxTimes::CAP`] more arrived.
+    pub fn tx_timestamps_dropped(&self) -> u64 {
+        self.tx_times.dropped
+    }
+
+    /// Ask the kernel for `req` on `desc` (a frame the application holds, about to be sent):
+    /// writes the request in front of the packet and marks the descriptor. False, and nothing
+    /// changes, when the UMEM has no TX metadata or the frame has no room in front of `desc`.
+    pub fn request_tx_metadata(&mut self, desc: &mut XdpDesc, req: TxRequest) -> bool {
+        let len = self.umem().tx_metadata_len();
+        let (Some(f), Some(at)) = (
+            self.umem().frame_of(desc.addr),
+            desc.addr.checked_sub(len as u64),
+        ) else {
+            return false;
+        };
+        if len == 0 || self.umem().frame_of(at) != Some(f) {
+            return false;
+        }
+        let Some(p) = self.app_ptr(at, len) else {
+            return false;
+        };
+        // SAFETY: `app_ptr` checked that the `len` bytes lie inside frame `f`, which is the
+        // application's (App): the kernel and the rings do not use it, and `&mut self` is the
+        // only way this socket's caller reaches it now; the bytes are in front of the packet.
+        req.write(unsafe { std::slice::from_raw_parts_mut(p, len as usize) });
+        self.umem().mark_tx_metadata(f);
+        desc.options |= XDP_TX_METADATA;
+        true
     }
 }
 
