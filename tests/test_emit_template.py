@@ -106,9 +106,9 @@ def test_template_frames_parse_back_with_their_fields(
 
 def test_bad_fields_and_values_are_refused_with_what_to_give() -> None:
     tpl = Template()
-    with pytest.raises(KeyError, match="no field 'seq'"):
+    with pytest.raises(KeyError, match='no field "seq"'):
         tpl.frames(1, {"seq": 1})
-    with pytest.raises(KeyError, match="no field 'bogus'"):
+    with pytest.raises(KeyError, match='no field "bogus"'):
         tpl.frames(1, {"bogus": 1})
     with pytest.raises(ValueError, match="src_port value 0x10000 does not fit its 16 bits"):
         tpl.frames(2, {"src_port": [1, 65536]})
