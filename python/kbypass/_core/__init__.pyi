@@ -40,6 +40,7 @@ __all__ = [
     "Ring",
     "RxBatch",
     "TableFullError",
+    "Template",
     "UmemWindow",
     "UnknownEntryError",
     "XdpAttachment",
