@@ -63,3 +63,11 @@ def test_vxlan_balancer_spreads_flows_over_both_backends() -> None:
     out = run_bench("vxlan_balancer.py")
     assert "captured 40 VXLAN frames, checksums ok: True" in out, out
     assert "OK: flows spread over both backends" in out, out
+
+
+def test_udp_burst_answers_every_request_with_its_chunks() -> None:
+    out = run_bench("udp_burst.py")
+    for r in range(4):
+        assert f"request {r}: 8 datagrams ok" in out, out
+    assert "emitted=32 emit_failed=0" in out, out
+    assert "OK: every chunk arrived" in out, out

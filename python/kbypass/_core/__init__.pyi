@@ -140,9 +140,9 @@ class PcapWriter:
 
 # --- template.rs -------------------------------------------------------------------------------
 
-_FieldValue = int | str | bytes | IPv4Address | IPv6Address
-_FieldColumn = npt.NDArray[Any] | Sequence[_FieldValue]
-_Fields = dict[str, _FieldValue | _FieldColumn | Buffer | Sequence[Buffer] | None]
+# Field name -> an int, address or MAC string, bytes, or a column (NumPy array or list) with one
+# per packet; "payload" -> bytes or a list of bytes. Any: a dict's value type is invariant.
+_Fields = dict[str, Any]
 
 @final
 class Template:
