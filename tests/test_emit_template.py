@@ -280,11 +280,14 @@ def test_emitted_checksums_are_right_at_the_receiver_on_every_path(
         assert isinstance(p.port, kbypass.XdpPort)
         sock = p.port.sockets[0]
         notes = sock.notes
+        t0 = time.clock_gettime_ns(time.CLOCK_TAI)
         p.start()
         peer.sendto(b"go", (pair.b.ip, 9980))
         got = sorted(peer.recvfrom(2048)[0] for _ in range(n))
         frames = [f for f in _sniffed(raw, n, 0x0800) if f[36:38] == (9981).to_bytes(2, "big")]
         p.stop()
+        t1 = time.clock_gettime_ns(time.CLOCK_TAI)
+        times = sock.tx_timestamps()
         stats = sock.stats()
     assert done == [n] and got == sorted(b"csum-%d-" % i * 7 for i in range(n))
     assert not any("TX metadata" in x for x in notes), notes
@@ -295,3 +298,7 @@ def test_emitted_checksums_are_right_at_the_receiver_on_every_path(
             f = _complete_partial(f)
         assert _l4_checksum_ok(_ip_of(dpkt.ethernet.Ethernet(f)))
     assert stats["tx_metadata"] == (0 if tx_metadata is None else n), stats
+    # TX timestamps (CLOCK_TAI; copy mode: the skb destructor's time) for the emitted frames.
+    assert len(times) == (0 if tx_metadata is None else n), times
+    assert all(t0 <= ns <= t1 for _, ns in times), (t0, times, t1)
+    assert stats["tx_timestamps"] == len(times) and stats["tx_timestamps_missing"] == 0, stats

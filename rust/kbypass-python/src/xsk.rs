@@ -171,6 +171,17 @@ impl PyXdpSocket {
         Ok(r.queued)
     }
 
+    /// TX timestamps the kernel reported for frames sent with TX metadata (the port opened
+    /// with `tx_metadata=`; `emit_template` asks one for each frame it makes), taken: a list of
+    /// (UMEM address, CLOCK_TAI nanoseconds), oldest first (at most 65536 are kept until
+    /// taken). Frames whose driver reports none count in `stats()["tx_timestamps_missing"]`.
+    fn tx_timestamps(&self, py: Python<'_>) -> PyResult<Vec<(u64, u64)>> {
+        self.handle.with_socket(py, self.index, |s| {
+            s.complete();
+            Ok(s.take_tx_timestamps())
+        })
+    }
+
     /// Reap transmitted frames back to the pool; returns how many.
     fn complete(&self, py: Python<'_>) -> PyResult<usize> {
         self.handle

@@ -48,8 +48,9 @@ impl BatchFrames {
         let n = fill.len();
         let longest = fill.max_frame_len(tpl);
         let umem = self.umem()?;
-        // With TX metadata the UDP/TCP checksum is left to the kernel or the device (the
-        // request goes in front of the packet); without, it is computed here.
+        // With TX metadata the UDP/TCP checksum is left to the kernel or the device and a TX
+        // timestamp is asked for (the request goes in front of the packet; the socket collects
+        // the times at completion); without, the checksum is computed here.
         let md = umem.tx_metadata_len() as usize;
         let offload = md > 0;
         let csum = if offload {
@@ -70,7 +71,7 @@ impl BatchFrames {
                 if offload {
                     TxRequest {
                         csum: Some((w.csum_start, w.csum_offset)),
-                        timestamp: false,
+                        timestamp: true,
                     }
                     .write(meta);
                 }
