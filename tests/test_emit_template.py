@@ -302,3 +302,40 @@ def test_emitted_checksums_are_right_at_the_receiver_on_every_path(
     assert len(times) == (0 if tx_metadata is None else n), times
     assert all(t0 <= ns <= t1 for _, ns in times), (t0, times, t1)
     assert stats["tx_timestamps"] == len(times) and stats["tx_timestamps_missing"] == 0, stats
+
+
+@needs_root
+def test_a_per_packet_handler_emits_from_a_template(pair: VethPair) -> None:
+    tpl = Template(
+        src_ip=pair.b.ip, dst_ip=pair.a.ip, src_port=9990, dst_mac=pair.a.mac, src_mac=pair.b.mac
+    )
+    errors: list[str] = []
+
+    def handle(pkt: kbypass.Packet) -> kbypass.Action:
+        assert pkt.udp is not None
+        fields = {"dst_port": pkt.udp.src_port, "payload": b"re:" + pkt.bytes()[42:]}
+        assert pkt.emit_template(tpl, fields=fields)
+        try:
+            pkt.emit_template(tpl, fields={"seq": 1})
+        except KeyError as e:
+            errors.append(str(e))
+        return kbypass.DROP
+
+    with pair.enter("a"):
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind((pair.a.ip, 9991))
+        peer.settimeout(3)
+    with pair.enter("b"):
+        p = kbypass.Pipeline(
+            pair.b.ifname, per_packet=handle, mode="copy", cpus=False, filter="udp dst port 9990"
+        )
+    with p:
+        p.start()
+        for i in range(5):
+            peer.sendto(b"ask-%d" % i, (pair.b.ip, 9990))
+        got = sorted(peer.recvfrom(2048) for _ in range(5))
+        p.stop()
+        t = p.totals()
+    assert got == sorted((b"re:ask-%d" % i, (pair.b.ip, 9990)) for i in range(5))
+    assert (t["emitted"], t["handler_errors"]) == (5, 0), t
+    assert len(errors) == 5 and all('no field "seq"' in e for e in errors), errors
