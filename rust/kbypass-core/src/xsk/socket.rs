@@ -686,6 +686,10 @@ impl XskSocket {
             queued += 1;
             if d.options & XDP_TX_METADATA != 0 {
                 self.counters.tx_metadata += 1;
+            } else if let Some(f) = self.umem.frame_of(d.addr) {
+                // A request written for this frame but never sent (an emit a failed handler
+                // discarded) must not make its completion read bytes that are no request.
+                self.umem.take_tx_metadata(f);
             }
             self.counters.tx_bytes += d.len as u64;
             if d.options & XDP_PKT_CONTD == 0 {
