@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 
 import kbypass
+from _pipelines import pipeline as _pipeline
+from _pipelines import until as _until
 from kbypass import Pipeline
 from kbypass.testing import VethPair
 
@@ -42,22 +44,6 @@ def pair() -> Iterator[VethPair]:
 def pair2() -> Iterator[VethPair]:
     with VethPair(queues=2) as p:
         yield p
-
-
-def _pipeline(pair: VethPair, handler: Any, **kw: Any) -> Pipeline:
-    kw.setdefault("mode", "copy")
-    kw.setdefault("cpus", False)
-    with pair.enter("b"):
-        return Pipeline(pair.b.ifname, handler, **kw)
-
-
-def _until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
 
 
 def _udp(pair: VethPair, port: int, host: str = "") -> socket.socket:

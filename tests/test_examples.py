@@ -69,3 +69,11 @@ def test_faulty_path_counts_match_the_receiver() -> None:
     out = run_bench("faulty_path.py")
     assert "counters balance: True" in out, out
     assert "OK: the receiver saw what the counters say" in out, out
+
+
+def test_udp_burst_answers_every_request_with_its_chunks() -> None:
+    out = run_bench("udp_burst.py")
+    for r in range(4):
+        assert f"request {r}: 8 datagrams ok" in out, out
+    assert "emitted=32 emit_failed=0" in out, out
+    assert "OK: every chunk arrived" in out, out

@@ -10,13 +10,15 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 
 import kbypass
+from _pipelines import pipeline as _pipeline
+from _pipelines import until as _until
 from _signals import sigint_default
 from kbypass import Pipeline, packet
 from kbypass.testing import TrafficGenerator, VethPair
@@ -34,22 +36,6 @@ def pair() -> Iterator[VethPair]:
 def pair2() -> Iterator[VethPair]:
     with VethPair(queues=2) as p:
         yield p
-
-
-def _pipeline(pair: VethPair, handler: Any = None, **kw: Any) -> Pipeline:
-    kw.setdefault("mode", "copy")
-    kw.setdefault("cpus", False)
-    with pair.enter("b"):
-        return Pipeline(pair.b.ifname, handler, **kw)
-
-
-def _until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
 
 
 def _peer(pair: VethPair, port: int) -> socket.socket:

@@ -134,6 +134,7 @@ class ProcessGroup:
                     frames=opts["frames"],
                     frame_size=opts["frame_size"],
                     headroom=opts["headroom"],
+                    tx_metadata=opts.get("tx_metadata"),
                 )
                 if self._prog is not None:
                     self._prog.set_socket(q, port.sockets[0].fileno())

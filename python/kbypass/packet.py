@@ -21,6 +21,13 @@ Replies are built in place by Rust helpers (:func:`udp_reply`, :func:`icmp_echo_
 processor can answer what it receives::
 
     n = packet.icmp_echo_reply(frame)  # frame: batch.frame(i), a bytearray, a uint8 array
+
+New frames are made from a :class:`Template` (UDP or TCP over IPv4 or IPv6, optionally VLAN
+tagged) whose named fields are filled per packet in Rust, lengths and checksums included;
+a handler emits them in one call::
+
+    tpl = packet.Template(dst_ip="198.18.0.1", proto="tcp", tcp_flags="SA")
+    batch.emit_template(tpl, 32, fields={"src_port": np.arange(32) + 1024, "payload": b"x"})
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kbypass import _core
-from kbypass._core import PcapWriter, ReplyError
+from kbypass._core import PcapWriter, ReplyError, Template
 
 __all__ = [
     "EDIT_FIX_IPV4_CHECKSUM",
@@ -54,6 +61,7 @@ __all__ = [
     "PcapWriter",
     "REPLY_KINDS",
     "ReplyError",
+    "Template",
     "arp_reply",
     "checksums_ok",
     "edit",

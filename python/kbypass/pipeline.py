@@ -187,6 +187,10 @@ class Pipeline:
             ``headroom``), so handlers can push more than 256 bytes in front of a packet
             (``batch.push_front``); received packets start after both.
         mode, frames, frame_size, xdp_mode: passed to ``XdpPort`` when ``port`` is a name.
+        tx_metadata: AF_XDP TX metadata for the port's UMEM (``XdpPort(tx_metadata=)``):
+            ``"offload"`` (frames made by ``emit_template`` leave their UDP/TCP checksum to the
+            driver), ``"kernel"`` (the kernel completes it in software), or None (kbypass
+            computes it); a kernel without TX metadata leaves it off, said in ``port.notes``.
         latency: how a worker waits when its sockets are idle. ``"adaptive"`` (the default):
             keep polling for ``spin`` seconds after the last packet, then sleep in poll(2) on
             the sockets until a packet (or ``stop()``) wakes it; traffic that keeps coming
@@ -238,6 +242,7 @@ class Pipeline:
         frame_size: int = 2048,
         headroom: int = 0,
         xdp_mode: str = "auto",
+        tx_metadata: Literal["offload", "kernel"] | None = None,
         idle_wait: float = 0.001,
         processes: int | None = None,
         latency: Latency = "adaptive",
@@ -287,6 +292,7 @@ class Pipeline:
                     frames=frames,
                     frame_size=frame_size,
                     headroom=headroom,
+                    tx_metadata=tx_metadata,
                     idle_wait=idle_wait,
                     latency=latency,
                     spin=spin,
@@ -307,12 +313,13 @@ class Pipeline:
                 headroom=headroom,
                 xdp_mode=xdp_mode,
                 program=table,
+                tx_metadata=tx_metadata,
             )
         elif isinstance(port, XdpPort):
-            if filter is not None or headroom:
+            if filter is not None or headroom or tx_metadata is not None:
                 raise ValueError(
-                    "filter= and headroom= apply when the pipeline opens the port: give them "
-                    "to XdpPort"
+                    "filter=, headroom= and tx_metadata= apply when the pipeline opens the "
+                    "port: give them to XdpPort"
                 )
             if table is not None:
                 raise ValueError(

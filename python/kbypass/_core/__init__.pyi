@@ -43,6 +43,7 @@ __all__ = [
     "TableFullError",
     "TableHold",
     "UdpEcho",
+    "Template",
     "UmemWindow",
     "UnknownEntryError",
     "XdpAttachment",
@@ -139,6 +140,53 @@ class PcapWriter:
         v: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+# --- template.rs -------------------------------------------------------------------------------
+
+# Field name -> an int, address or MAC string, bytes, or a column (NumPy array or list) with one
+# per packet; "payload" -> bytes or a list of bytes. Any: a dict's value type is invariant.
+_Fields = dict[str, Any]
+
+@final
+class Template:
+    """A UDP/TCP over IPv4/IPv6 packet with named fields filled per packet in Rust."""
+
+    def __new__(
+        cls,
+        *,
+        dst_mac: str | bytes | None = None,
+        src_mac: str | bytes | None = None,
+        src_ip: str | bytes | IPv4Address | IPv6Address | None = None,
+        dst_ip: str | bytes | IPv4Address | IPv6Address | None = None,
+        proto: str = "udp",
+        src_port: int | None = None,
+        dst_port: int | None = None,
+        vlan: int | None = None,
+        pcp: int = 0,
+        ttl: int | None = None,
+        tos: int = 0,
+        ip_id: int = 0,
+        dont_fragment: bool = True,
+        flow_label: int = 0,
+        seq: int = 0,
+        ack: int = 0,
+        tcp_flags: int | str | None = None,
+        window: int | None = None,
+        payload: bytes | None = None,
+    ) -> Template: ...
+    @staticmethod
+    def from_frame(frame: Buffer) -> Template: ...
+    @property
+    def fields(self) -> list[str]: ...
+    @property
+    def ip_version(self) -> int: ...
+    @property
+    def proto(self) -> int: ...
+    @property
+    def payload(self) -> bytes: ...
+    def __getitem__(self, name: str, /) -> int: ...
+    def frame(self) -> bytes: ...
+    def frames(self, count: int | None = None, fields: _Fields | None = None) -> list[bytes]: ...
 
 # --- reply.rs ----------------------------------------------------------------------------------
 
@@ -710,6 +758,7 @@ class XdpPort:
         ring_size: int = 2048,
         headroom: int = 0,
         program: bool | XdpTable | _HasTable | None = None,
+        tx_metadata: Literal["offload", "kernel"] | None = None,
     ) -> XdpPort: ...
     @property
     def sockets(self) -> list[XdpSocket]: ...
@@ -764,6 +813,7 @@ class XdpSocket:
         packets: bytes | Sequence[Buffer] | npt.NDArray[np.uint8],
         lengths: npt.NDArray[np.uint32] | None = None,
     ) -> int: ...
+    def tx_timestamps(self) -> list[tuple[int, int]]: ...
     def complete(self) -> int: ...
     def rx_drop(
         self,
@@ -915,6 +965,14 @@ class Batch:
         ip: str | bytes | IPv4Address | IPv6Address | None = None,
     ) -> npt.NDArray[np.bool_]: ...
     def emit(self, data: Buffer | npt.NDArray[np.uint8], socket: int | None = None) -> bool: ...
+    def emit_template(
+        self,
+        template: Template,
+        count: int | None = None,
+        *,
+        fields: _Fields | None = None,
+        socket: int | None = None,
+    ) -> int: ...
 
 @final
 class UmemWindow:
@@ -995,6 +1053,9 @@ class Packet:
     def push_front(self, n: int) -> None: ...
     def pop_front(self, n: int) -> None: ...
     def emit(self, data: Buffer | npt.NDArray[np.uint8], socket: int | None = None) -> bool: ...
+    def emit_template(
+        self, template: Template, *, fields: _Fields | None = None, socket: int | None = None
+    ) -> bool: ...
     def swap_macs(self) -> bool: ...
     def swap_ips(self) -> bool: ...
     def swap_ports(self) -> bool: ...

@@ -12,15 +12,17 @@ use kbypass_core::engine::{BatchFrames, Lent, NewLen, Pick};
 use kbypass_core::packet::reply::Reply;
 use kbypass_core::packet::{edit, PacketMeta};
 use numpy::{PyArray1, PyReadonlyArray1};
-use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::{PyDict, PyList};
 
+use crate::batch_emit::emit;
 use crate::columns::Buffers;
 use crate::errors::IntoPyResult;
 use crate::packet::PcapWriter;
 use crate::reply::{ip_arg, mac_arg, reply_err};
+use crate::template::PyTemplate;
+use crate::umem_window::UmemWindow;
 use crate::views::{FrameView, UmemMemory};
 
 /// One batch of received frames, valid only while the handler runs.
@@ -59,7 +61,7 @@ pub struct PyBatch {
     frames: Arc<BatchFrames>,
     seq: u64,
     bufs: Arc<Buffers>,
-    memory: UmemMemory,
+    pub(crate) memory: UmemMemory,
     valid: AtomicBool,
     /// Owner of the views of frame `i` (once one was taken), checked when the handler returns.
     views: Mutex<Vec<Option<Py<FrameView>>>>,
@@ -96,7 +98,7 @@ impl PyBatch {
         std::mem::take(&mut *self.lock_views())
     }
 
-    fn check(&self) -> PyResult<()> {
+    pub(crate) fn check(&self) -> PyResult<()> {
         if !self.valid.load(Ordering::Acquire) {
             return Err(PyRuntimeError::new_err(
                 "this Batch ended when the handler returned: its buffers are reused and its frames recycled; copy data you need inside the handler, or give frames the KEEP verdict",
@@ -244,10 +246,10 @@ impl PyBatch {
     fn umem(slf: &Bound<'_, Self>) -> PyResult<UmemWindow> {
         let me = slf.get();
         me.check()?;
-        Ok(UmemWindow {
-            arr: me.bufs.umem.clone_ref(slf.py()),
-            batch: slf.clone().unbind(),
-        })
+        Ok(UmemWindow::new(
+            me.bufs.umem.clone_ref(slf.py()),
+            slf.clone().unbind(),
+        ))
     }
 
     /// Bytes per UMEM frame.
@@ -433,6 +435,27 @@ impl PyBatch {
         emit(&self.frames, self.seq, data, socket)
     }
 
+    /// Send `count` new frames made from `template` (a `kbypass.packet.Template`) after the
+    /// batch's own, out of `socket` (as `emit`), all filled in Rust in one call: `fields` maps
+    /// field names to one value for all (an int, an address or MAC string) or a column with
+    /// one per packet (a NumPy array or list; IPv6 addresses also as an (n, 16) uint8 array),
+    /// and "payload" to bytes or a list of bytes; lengths and IPv4/UDP/TCP checksums are set
+    /// for each frame. `count` None: the length of the columns (else 1). Returns how many
+    /// went; the rest found no free UMEM frame and are counted in `stats()["emit_failed"]`.
+    /// ValueError/KeyError (nothing sent) for a bad field, value, size or socket; RuntimeError
+    /// past the per-batch limit (max(batch size, 64) frames).
+    #[pyo3(signature = (template, count=None, *, fields=None, socket=None))]
+    fn emit_template(
+        &self,
+        template: &Bound<'_, PyTemplate>,
+        count: Option<usize>,
+        fields: Option<&Bound<'_, PyDict>>,
+        socket: Option<usize>,
+    ) -> PyResult<usize> {
+        self.check()?;
+        crate::batch_emit::emit_template(&self.frames, self.seq, template, count, fields, socket)
+    }
+
     /// Zero-copy views of every frame (one NumPy object each: slower than the columns).
     #[getter]
     fn frames<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
@@ -528,88 +551,7 @@ impl PyBatch {
     }
 }
 
-/// Emit a copy of `data` (bytes, a contiguous 1-D uint8 array, or any bytes-like object) from
-/// lease `seq` (see `Batch.emit`).
-pub(crate) fn emit(
-    frames: &BatchFrames,
-    seq: u64,
-    data: &Bound<'_, PyAny>,
-    socket: Option<usize>,
-) -> PyResult<bool> {
-    let emit = |bytes: &[u8]| frames.emit(seq, bytes, socket).py();
-    if let Ok(b) = data.cast::<PyBytes>() {
-        return emit(b.as_bytes());
-    }
-    if let Ok(a) = data.extract::<PyReadonlyArray1<'_, u8>>() {
-        if let Ok(s) = a.as_slice() {
-            return emit(s);
-        }
-    }
-    let buf = PyBuffer::<u8>::get(data).map_err(|_| {
-        PyTypeError::new_err("data must be bytes, bytearray, memoryview or a 1-D uint8 array")
-    })?;
-    emit(&buf.to_vec(data.py())?)
-}
-
-/// `Batch.umem`: the whole UMEM indexed as a (frames, frame_size) uint8 array, read-only, valid
-/// while the handler runs. Indexing returns copies, never views, so nothing taken from it can
-/// change after the handler (frames outside the batch show whatever the kernel last wrote:
-/// read the batch's rows, `umem[addrs // frame_size, ...]`).
-///
-/// Example:
-///     >>> first = batch.umem[batch.addrs // batch.frame_size, batch.addrs % batch.frame_size]
-#[pyclass(name = "UmemWindow", module = "kbypass._core", frozen)]
-pub struct UmemWindow {
-    arr: Py<PyAny>,
-    batch: Py<PyBatch>,
-}
-
-#[pymethods]
-impl UmemWindow {
-    /// A copy of `umem[key]` (NumPy indexing on a (frames, frame_size) array).
-    fn __getitem__<'py>(
-        &self,
-        py: Python<'py>,
-        key: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.batch.get().check()?;
-        let arr = self.arr.bind(py);
-        let r = arr.get_item(key)?;
-        // Basic indexing gives a view whose base is the UMEM array: copy it (fancy indexing
-        // already copied).
-        if r.getattr(pyo3::intern!(py, "base"))
-            .is_ok_and(|b| b.is(arr))
-        {
-            return r.call_method0(pyo3::intern!(py, "copy"));
-        }
-        Ok(r)
-    }
-
-    fn __setitem__(&self, _key: &Bound<'_, PyAny>, _value: &Bound<'_, PyAny>) -> PyResult<()> {
-        Err(PyTypeError::new_err(
-            "batch.umem is read-only: edit packets with batch.frame(i), batch.set_field() or the swap helpers",
-        ))
-    }
-
-    /// (frames, frame_size).
-    #[getter]
-    fn shape(&self) -> (u32, u32) {
-        let m = &self.batch.get().memory;
-        (m.frames, m.frame_size)
-    }
-
-    fn __len__(&self) -> usize {
-        self.batch.get().memory.frames as usize
-    }
-
-    fn __repr__(&self) -> String {
-        let (r, c) = self.shape();
-        format!("UmemWindow({r} frames x {c} bytes, read-only)")
-    }
-}
-
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyBatch>()?;
-    m.add_class::<UmemWindow>()?;
     Ok(())
 }

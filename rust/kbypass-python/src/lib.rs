@@ -7,6 +7,7 @@
 use pyo3::prelude::*;
 
 mod batch;
+mod batch_emit;
 mod capture;
 mod columns;
 mod cpu;
@@ -25,7 +26,9 @@ mod port;
 mod rdma;
 mod reply;
 mod ring;
+mod template;
 mod traffic;
+mod umem_window;
 mod views;
 mod xdp;
 mod xdp_table;
@@ -38,6 +41,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     netns::register(m)?;
     packet::register(m)?;
     reply::register(m)?;
+    template::register(m)?;
     mem::register(m)?;
     mempool::register(m)?;
     ring::register(m)?;
@@ -51,6 +55,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     traffic::register(m)?;
     kernel::register(m)?;
     batch::register(m)?;
+    umem_window::register(m)?;
     packet_view::register(m)?;
     engine::register(m)?;
     rdma::register(m)?;

@@ -240,7 +240,28 @@ impl PyPacket {
     #[pyo3(signature = (data, socket=None))]
     fn emit(&self, data: &Bound<'_, PyAny>, socket: Option<usize>) -> PyResult<bool> {
         self.check()?;
-        crate::batch::emit(&self.frames, self.seq, data, socket)
+        crate::batch_emit::emit(&self.frames, self.seq, data, socket)
+    }
+
+    /// Send one frame made from `template` (see `Batch.emit_template`; `fields` values are
+    /// scalars here): False, counted in `stats()["emit_failed"]`, when no UMEM frame is free.
+    #[pyo3(signature = (template, *, fields=None, socket=None))]
+    fn emit_template(
+        &self,
+        template: &Bound<'_, crate::template::PyTemplate>,
+        fields: Option<&Bound<'_, pyo3::types::PyDict>>,
+        socket: Option<usize>,
+    ) -> PyResult<bool> {
+        self.check()?;
+        let n = crate::batch_emit::emit_template(
+            &self.frames,
+            self.seq,
+            template,
+            Some(1),
+            fields,
+            socket,
+        )?;
+        Ok(n == 1)
     }
 
     /// Swap MAC addresses; returns whether it could.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use kbypass_core::xdp::AttachMode;
 use kbypass_core::xsk::{
     BindMode, BusyPoll, FrameAccount, PortConfig, PortProgram, Queues, SharedPort, SocketConfig,
-    UmemConfig, XskPort, XskSocket,
+    TxMetadataMode, UmemConfig, XskPort, XskSocket,
 };
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -143,6 +143,8 @@ pub(crate) struct PortArgs<'a, 'py> {
     pub(crate) multi_buffer: bool,
     pub(crate) ring_size: u32,
     pub(crate) headroom: u32,
+    /// TX metadata: None (off), "offload" or "kernel" (`XDP_UMEM_TX_SW_CSUM`).
+    pub(crate) tx_metadata: Option<&'a str>,
     /// True (the port's own program, from `filter`), False (none) or an `XdpTable`.
     pub(crate) program: Option<&'a Bound<'py, PyAny>>,
 }
@@ -163,6 +165,18 @@ fn table_of<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, XdpTable
     Ok(Some(t))
 }
 
+/// The core's TX metadata mode for `tx_metadata=`.
+fn tx_metadata_mode(v: Option<&str>) -> PyResult<TxMetadataMode> {
+    match v {
+        None => Ok(TxMetadataMode::Off),
+        Some("offload") => Ok(TxMetadataMode::Offload),
+        Some("kernel") => Ok(TxMetadataMode::KernelSoftware),
+        Some(o) => Err(PyValueError::new_err(format!(
+            "tx_metadata={o:?}: give None (checksums in software), \"offload\" (the driver completes them) or \"kernel\" (the kernel completes them in software, XDP_UMEM_TX_SW_CSUM)"
+        ))),
+    }
+}
+
 impl PortArgs<'_, '_> {
     /// The core's port configuration (every value is checked by the core when the port opens).
     pub(crate) fn config(&self) -> PyResult<PortConfig> {
@@ -172,6 +186,7 @@ impl PortArgs<'_, '_> {
                 frame_size: self.frame_size,
                 headroom: self.headroom,
                 region: region_options(self.hugepages, None, "bind", true)?,
+                tx_metadata: tx_metadata_mode(self.tx_metadata)?,
             },
             socket: SocketConfig {
                 rx_size: self.ring_size,
@@ -245,7 +260,11 @@ pub(crate) fn open_port(
             .map(|m| m.as_str())
             .unwrap_or("detached")
             .to_string(),
-        notes: port.notes(),
+        notes: port
+            .notes()
+            .into_iter()
+            .chain(umem.notes().iter().cloned())
+            .collect(),
         tier: umem.tier().name(),
         tx_oversize: AtomicU64::new(0),
         auto_released: AtomicU64::new(0),
@@ -278,7 +297,7 @@ impl PyXdpPort {
     #[new]
     #[pyo3(signature = (ifname, queues=None, mode="auto", filter=None, frames=None, frame_size=2048,
         hugepages="auto", busy_poll=false, *, xdp_mode="auto", force=false, need_wakeup=true,
-        multi_buffer=false, ring_size=2048, headroom=0, program=None))]
+        multi_buffer=false, ring_size=2048, headroom=0, program=None, tx_metadata=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -297,6 +316,7 @@ impl PyXdpPort {
         ring_size: u32,
         headroom: u32,
         program: Option<&Bound<'_, PyAny>>,
+        tx_metadata: Option<&str>,
     ) -> PyResult<Self> {
         let q = match queues {
             None => Queues::All,
@@ -322,6 +342,7 @@ impl PyXdpPort {
             multi_buffer,
             ring_size,
             headroom,
+            tx_metadata,
             program,
         };
         let handle = open_port(py, ifname, q, args.config()?)?;

@@ -76,6 +76,7 @@ impl PyXdpSocket {
             multi_buffer,
             ring_size,
             headroom,
+            tx_metadata: None,
             program: None,
         };
         let handle = open_port(py, ifname, Queues::List(vec![queue]), args.config()?)?;
@@ -170,6 +171,17 @@ impl PyXdpSocket {
         Ok(r.queued)
     }
 
+    /// TX timestamps the kernel reported for frames sent with TX metadata (the port opened
+    /// with `tx_metadata=`; `emit_template` asks one for each frame it makes), taken: a list of
+    /// (UMEM address, CLOCK_TAI nanoseconds), oldest first (at most 65536 are kept until
+    /// taken). Frames whose driver reports none count in `stats()["tx_timestamps_missing"]`.
+    fn tx_timestamps(&self, py: Python<'_>) -> PyResult<Vec<(u64, u64)>> {
+        self.handle.with_socket(py, self.index, |s| {
+            s.complete();
+            Ok(s.take_tx_timestamps())
+        })
+    }
+
     /// Reap transmitted frames back to the pool; returns how many.
     fn complete(&self, py: Python<'_>) -> PyResult<usize> {
         self.handle
@@ -260,6 +272,9 @@ impl PyXdpSocket {
         d.set_item("rx_wakeups", c.rx_wakeups)?;
         d.set_item("tx_wakeups", c.tx_wakeups)?;
         d.set_item("wakeup_errors", c.wakeup_errors)?;
+        d.set_item("tx_metadata", c.tx_metadata)?;
+        d.set_item("tx_timestamps", c.tx_timestamps)?;
+        d.set_item("tx_timestamps_missing", c.tx_timestamps_missing)?;
         d.set_item("kernel_rx_dropped", k.rx_dropped)?;
         d.set_item("kernel_rx_invalid_descs", k.rx_invalid_descs)?;
         d.set_item("kernel_tx_invalid_descs", k.tx_invalid_descs)?;

@@ -26,6 +26,8 @@ use crate::packet::{edit, parse, PacketMeta};
 use crate::sys::xdp::XdpDesc;
 use crate::xsk::Umem;
 
+mod emit;
+
 /// Which frames of a lease a call reaches.
 #[derive(Debug, Clone, Copy)]
 pub enum Pick<'m> {
@@ -521,43 +523,6 @@ impl BatchFrames {
         check_pick(pick, l.descs.len())?;
         cols.check(l.descs.len())?;
         Ok(write_columns(&umem, &l.descs, pick, cols))
-    }
-
-    /// Emit a new frame holding a copy of `packet` from lease `seq`'s batch, out of `socket`
-    /// (pipeline-wide; None: the batch's socket); see [`BatchCtx::emit`]. Returns false,
-    /// counted in the worker's `emit_failed`, when no frame is free.
-    pub fn emit(&self, seq: u64, packet: &[u8], socket: Option<usize>) -> Result<bool> {
-        let umem = self.umem()?;
-        let mut g = self.open(seq)?;
-        let l = &mut *g;
-        let rules = EmitRules {
-            sockets: &l.sockets,
-            local: l.local,
-            limit: l.limit,
-        };
-        let so_far = l.emitted_before + l.emits.len();
-        let local = rules.target(&umem, packet.len(), socket, so_far)?;
-        let Some(f) = umem.take_free(&mut l.cache) else {
-            l.emit_failed += 1;
-            return Ok(false);
-        };
-        let desc = XdpDesc {
-            addr: umem.tx_addr(f),
-            len: packet.len() as u32,
-            options: 0,
-        };
-        // SAFETY: the frame was just taken from the free cache (App): neither the kernel, a
-        // ring, a hold nor any view has it, and the lease's mutex makes this the only Rust
-        // borrow; `packet` is the caller's memory, which cannot be a free frame.
-        match unsafe { super::frame_bytes_mut(&umem, desc.addr, desc.len) } {
-            Some(dst) => dst.copy_from_slice(packet),
-            None => {
-                umem.put_free(&mut l.cache, f);
-                return Err(Error::State("a frame just taken was not writable".into()));
-            }
-        }
-        l.emits.push(Emitted { local, desc });
-        Ok(true)
     }
 
     /// Close the lease and give `ctx` what the handler built: the reshaped descriptors, the

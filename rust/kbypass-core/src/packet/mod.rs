@@ -11,8 +11,10 @@ pub mod parse;
 pub mod pcap;
 pub mod reply;
 pub mod rows;
+pub mod template;
 
 pub use parse::{parse, PacketMeta, PACKET_META_FIELDS};
 pub use pcap::PcapWriter;
 pub use reply::{Reply, ReplyError};
 pub use rows::{Edits, Rows};
+pub use template::{Field, Fill, Spec, Template};

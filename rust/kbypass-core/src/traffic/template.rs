@@ -1,10 +1,10 @@
-//! UDP/IPv4 frame templates for the traffic generators.
+//! The traffic generators' UDP/IPv4 frame: a size and addresses, made by the one packet
+//! template implementation ([`crate::packet::template`]).
 
 use std::net::Ipv4Addr;
 
 use crate::error::{Error, Result};
-use crate::packet::edit::{fix_ipv4_checksum, fix_l4_checksum};
-use crate::packet::parse;
+use crate::packet::template::{Spec, Template};
 
 /// Offset of the UDP header in a template frame (Ethernet + 20-byte IPv4).
 pub const UDP_OFFSET: usize = 14 + 20;
@@ -61,29 +61,23 @@ impl UdpTemplate {
                 self.size
             )));
         }
-        let mut f = vec![0u8; self.size];
-        f[0..6].copy_from_slice(&self.dst_mac);
-        f[6..12].copy_from_slice(&self.src_mac);
-        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        let ip_len = (self.size - 14) as u16;
-        f[14] = 0x45;
-        f[16..18].copy_from_slice(&ip_len.to_be_bytes());
-        f[20..22].copy_from_slice(&0x4000u16.to_be_bytes()); // don't fragment
-        f[22] = 64;
-        f[23] = 17;
-        f[26..30].copy_from_slice(&self.src_ip.octets());
-        f[30..34].copy_from_slice(&self.dst_ip.octets());
-        let u = UDP_OFFSET;
-        f[u..u + 2].copy_from_slice(&self.src_port.to_be_bytes());
-        f[u + 2..u + 4].copy_from_slice(&self.dst_port.to_be_bytes());
-        f[u + 4..u + 6].copy_from_slice(&(ip_len - 20).to_be_bytes());
-        for (i, b) in f[u + 16..].iter_mut().enumerate() {
+        let mut payload = vec![0u8; self.size - UDP_OFFSET - 8];
+        for (i, b) in payload[8..].iter_mut().enumerate() {
             *b = (i % 251) as u8;
         }
-        let m = parse(&f);
-        fix_ipv4_checksum(&mut f, &m);
-        if self.udp_checksum {
-            fix_l4_checksum(&mut f, &m);
+        let mut f = Template::build(&Spec {
+            dst_mac: self.dst_mac,
+            src_mac: self.src_mac,
+            src_ip: self.src_ip.into(),
+            dst_ip: self.dst_ip.into(),
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            payload,
+            ..Spec::default()
+        })?
+        .frame();
+        if !self.udp_checksum {
+            f[UDP_OFFSET + 6..UDP_OFFSET + 8].fill(0);
         }
         Ok(f)
     }
@@ -98,6 +92,7 @@ impl UdpTemplate {
 mod tests {
     use super::*;
     use crate::packet::edit::checksums_ok;
+    use crate::packet::parse;
 
     #[test]
     fn template_is_a_valid_udp_frame() {

@@ -6,6 +6,9 @@ pub mod ring;
 pub mod socket;
 #[cfg(test)]
 pub(crate) mod tests;
+pub mod txmd;
+#[cfg(test)]
+mod txmd_tests;
 pub mod umem;
 
 pub use holds::{FrameHold, HeldFrames};
@@ -14,4 +17,5 @@ pub use ring::{ConsRing, ProdRing, RingOffsets};
 pub use socket::{
     BindMode, BusyPoll, CopySend, FrameAccount, HeldSend, SocketConfig, XskCounters, XskSocket,
 };
+pub use txmd::{TxMetadataMode, TxRequest};
 pub use umem::{FrameState, Umem, UmemConfig, MIN_PACKET, XDP_PACKET_HEADROOM};

@@ -11,14 +11,15 @@ use std::time::{Duration, Instant};
 
 use super::holds::{FrameHold, HeldFrames};
 use super::ring::{ConsRing, ProdRing};
+use super::txmd::TxTimes;
 use super::umem::{FrameState, Umem};
 use crate::error::{Error, Result};
 use crate::mem::PoolCache;
 use crate::sys::socket::{SO_BUSY_POLL, SO_BUSY_POLL_BUDGET, SO_PREFER_BUSY_POLL};
 use crate::sys::xdp::{
     if_nametoindex, RingKind, SockaddrXdp, XdpDesc, XdpStatistics, XskFd, XDP_COPY,
-    XDP_OPTIONS_ZEROCOPY, XDP_PKT_CONTD, XDP_SHARED_UMEM, XDP_USE_NEED_WAKEUP, XDP_USE_SG,
-    XDP_ZEROCOPY,
+    XDP_OPTIONS_ZEROCOPY, XDP_PKT_CONTD, XDP_SHARED_UMEM, XDP_TX_METADATA, XDP_USE_NEED_WAKEUP,
+    XDP_USE_SG, XDP_ZEROCOPY,
 };
 
 /// Copy or zero-copy.
@@ -146,6 +147,12 @@ pub struct XskCounters {
     /// Wake-ups (either way) the kernel refused with an error other than "try again later"
     /// (e.g. `ENXIO`: the interface went away, `EFAULT`); counted in the wake-ups too.
     pub wakeup_errors: u64,
+    /// Packets sent with a TX metadata request (checksum offload, timestamp).
+    pub tx_metadata: u64,
+    /// TX timestamps the kernel reported at completion.
+    pub tx_timestamps: u64,
+    /// TX timestamps asked for that the kernel left at zero (the driver does not report them).
+    pub tx_timestamps_missing: u64,
 }
 
 /// Where each of the UMEM's frames is, for the accounting check.
@@ -211,7 +218,9 @@ pub struct XskSocket {
     need_wakeup: bool,
     busy_poll: Option<BusyPoll>,
     multi_buffer: bool,
-    counters: XskCounters,
+    pub(super) counters: XskCounters,
+    /// TX timestamps from completions, until taken.
+    pub(super) tx_times: TxTimes,
     notes: Vec<String>,
     /// Frames this socket has on its receive side (fill ring, kernel, RX ring).
     rx_outstanding: u32,
@@ -267,6 +276,7 @@ impl XskSocket {
                     busy_poll: cfg.busy_poll,
                     multi_buffer: cfg.multi_buffer,
                     counters: XskCounters::default(),
+                    tx_times: TxTimes::default(),
                     notes,
                     rx_outstanding: 0,
                     fill_target: cfg.fill_size.min(umem.frames() / 2),
@@ -684,6 +694,13 @@ impl XskSocket {
             }
             self.tx.write(idx.wrapping_add(queued), *d);
             queued += 1;
+            if d.options & XDP_TX_METADATA != 0 {
+                self.counters.tx_metadata += 1;
+            } else if let Some(f) = self.umem.frame_of(d.addr) {
+                // A request written for this frame but never sent (an emit a failed handler
+                // discarded) must not make its completion read bytes that are no request.
+                self.umem.take_tx_metadata(f);
+            }
             self.counters.tx_bytes += d.len as u64;
             if d.options & XDP_PKT_CONTD == 0 {
                 self.counters.tx_packets += 1;
@@ -714,7 +731,11 @@ impl XskSocket {
         for i in 0..n {
             let addr = self.comp.read(idx.wrapping_add(i));
             match self.umem.frame_of(addr) {
-                Some(f) if self.umem.transition(f, FrameState::Tx, FrameState::Free) => {
+                Some(f) if self.umem.state(f) == FrameState::Tx => {
+                    if self.umem.take_tx_metadata(f) {
+                        self.tx_metadata_done(addr);
+                    }
+                    self.umem.set_state(f, FrameState::Free);
                     self.scratch[k] = f;
                     k += 1;
                 }

@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 use super::holds::{FrameHold, FrameTable};
+use super::txmd::{Requested, TxMetadataMode, TX_METADATA_LEN};
 use crate::error::{Error, Result};
 use crate::mem::{Mempool, PoolCache, RegionOptions, Tier};
-use crate::sys::xdp::{XdpDesc, XdpUmemReg, XskFd};
+use crate::sys::xdp::{XdpDesc, XdpUmemReg, XskFd, XDP_UMEM_TX_METADATA_LEN, XDP_UMEM_TX_SW_CSUM};
 
 /// Where a frame that is not free in the pool is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,9 @@ pub struct UmemConfig {
     pub headroom: u32,
     /// Memory tiers and NUMA placement.
     pub region: RegionOptions,
+    /// TX metadata (checksum offload, TX timestamps) where the kernel offers it; a kernel that
+    /// refuses it leaves the UMEM without (noted in [`Umem::notes`]).
+    pub tx_metadata: TxMetadataMode,
 }
 
 impl Default for UmemConfig {
@@ -65,6 +69,7 @@ impl Default for UmemConfig {
             frame_size: 2048,
             headroom: 0,
             region: RegionOptions::default(),
+            tx_metadata: TxMetadataMode::Off,
         }
     }
 }
@@ -82,6 +87,12 @@ pub struct Umem {
     frame_shift: u32,
     headroom: u32,
     table: Arc<FrameTable>,
+    /// Bytes of TX metadata in front of each TX packet (0: none), and how checksums complete.
+    tx_metadata_len: u32,
+    tx_metadata: TxMetadataMode,
+    /// Frames whose TX descriptor carries a metadata request.
+    txmd_requested: Requested,
+    notes: Vec<String>,
 }
 
 impl Umem {
@@ -95,11 +106,20 @@ impl Umem {
             )));
         }
         let pool = Mempool::new(cfg.frames as usize, cfg.frame_size as usize, &cfg.region)?;
-        Self::from_pool(pool, cfg.headroom)
+        Self::from_pool_with(pool, cfg.headroom, cfg.tx_metadata)
     }
 
     /// Register an existing pool as a UMEM (its objects become the frames).
     pub fn from_pool(pool: Arc<Mempool>, headroom: u32) -> Result<Arc<Self>> {
+        Self::from_pool_with(pool, headroom, TxMetadataMode::Off)
+    }
+
+    /// [`Umem::from_pool`] asking for TX metadata as `txmd` says.
+    pub fn from_pool_with(
+        pool: Arc<Mempool>,
+        headroom: u32,
+        txmd: TxMetadataMode,
+    ) -> Result<Arc<Self>> {
         let frame_size = pool.stride() as u32;
         check_frame_size(frame_size)?;
         if pool.size() != pool.stride() {
@@ -114,21 +134,48 @@ impl Umem {
             )));
         }
         let fd = XskFd::new()?;
-        let reg = XdpUmemReg::new(
+        let mut reg = XdpUmemReg::new(
             pool.base() as u64,
             pool.len() as u64,
             frame_size,
             headroom,
             0,
         );
-        fd.umem_reg(&reg).map_err(|e| match e.errno() {
-            Some(libc::ENOMEM) | Some(libc::EPERM) => Error::Os {
-                what: format!("register a {}-byte UMEM", pool.len()),
-                errno: e.errno().unwrap_or(libc::ENOMEM),
-                fix: "the kernel pins UMEM pages against RLIMIT_MEMLOCK: run as root (CAP_IPC_LOCK) or raise it with `ulimit -l unlimited`".into(),
-            },
-            _ => e,
-        })?;
+        let mut notes = Vec::new();
+        let mut tx_metadata = txmd;
+        if txmd != TxMetadataMode::Off {
+            // Kernels 6.8..6.10 take tx_metadata_len without the flag (and refuse the flag).
+            reg.tx_metadata_len = TX_METADATA_LEN;
+            let sw = if txmd == TxMetadataMode::KernelSoftware {
+                XDP_UMEM_TX_SW_CSUM
+            } else {
+                0
+            };
+            let mut got = None;
+            for flags in [XDP_UMEM_TX_METADATA_LEN | sw, sw] {
+                reg.flags = flags;
+                match fd.umem_reg(&reg) {
+                    Ok(()) => {
+                        got = Some(Ok(()));
+                        break;
+                    }
+                    Err(e) if e.errno() == Some(libc::EINVAL) => got = Some(Err(e)),
+                    Err(e) => return Err(Self::reg_error(&pool, e)),
+                }
+            }
+            if let Some(Err(e)) = got {
+                notes.push(format!(
+                    "the kernel refused TX metadata ({e}): checksums are computed in software and no TX timestamps are reported"
+                ));
+                tx_metadata = TxMetadataMode::Off;
+                reg.tx_metadata_len = 0;
+                reg.flags = 0;
+                fd.umem_reg(&reg).map_err(|e| Self::reg_error(&pool, e))?;
+            }
+        } else {
+            fd.umem_reg(&reg).map_err(|e| Self::reg_error(&pool, e))?;
+        }
+        let pool_frames = pool.count();
         let table = Arc::new(FrameTable::new(Arc::clone(&pool), frame_size));
         Ok(Arc::new(Umem {
             pool,
@@ -137,8 +184,50 @@ impl Umem {
             frame_size,
             frame_shift: frame_size.trailing_zeros(),
             headroom,
+            txmd_requested: Requested::new(pool_frames),
             table,
+            tx_metadata_len: reg.tx_metadata_len,
+            tx_metadata,
+            notes,
         }))
+    }
+
+    fn reg_error(pool: &Mempool, e: Error) -> Error {
+        match e.errno() {
+            Some(libc::ENOMEM) | Some(libc::EPERM) => Error::Os {
+                what: format!("register a {}-byte UMEM", pool.len()),
+                errno: e.errno().unwrap_or(libc::ENOMEM),
+                fix: "the kernel pins UMEM pages against RLIMIT_MEMLOCK: run as root (CAP_IPC_LOCK) or raise it with `ulimit -l unlimited`".into(),
+            },
+            _ => e,
+        }
+    }
+
+    /// Bytes of TX metadata in front of each TX packet: [`TX_METADATA_LEN`] when the UMEM has
+    /// TX metadata, else 0.
+    #[inline]
+    pub fn tx_metadata_len(&self) -> u32 {
+        self.tx_metadata_len
+    }
+
+    /// The TX metadata the UMEM has (Off when not asked for, or refused: see [`Umem::notes`]).
+    pub fn tx_metadata(&self) -> TxMetadataMode {
+        self.tx_metadata
+    }
+
+    /// What the kernel refused when the UMEM was registered, and what stands in for it.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// Note that frame `idx`'s TX descriptor carries a metadata request.
+    pub(crate) fn mark_tx_metadata(&self, idx: u32) {
+        self.txmd_requested.set(idx);
+    }
+
+    /// Whether frame `idx`'s TX descriptor carried a metadata request (forgotten after).
+    pub(crate) fn take_tx_metadata(&self, idx: u32) -> bool {
+        self.tx_metadata_len > 0 && self.txmd_requested.take(idx)
     }
 
     /// The frame pool.
