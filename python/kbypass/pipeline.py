@@ -463,7 +463,12 @@ class Pipeline:
         t["pps"] = sum(float(w["pps"]) for w in ws)
         # Frames handed to another worker's inbox and not taken yet (0 once stopped):
         # forwarded_out == forwarded_in + forward_in_failed + forward_in_flight.
-        t["forward_in_flight"] = t["forwarded_out"] - t["forwarded_in"] - t["forward_in_failed"]
+        # A sender counts forwarded_out before it publishes, so this is never below 0 per
+        # worker; the workers' counters are read one after another, so while they run it is
+        # a snapshot, clamped at 0.
+        t["forward_in_flight"] = max(
+            0, t["forwarded_out"] - t["forwarded_in"] - t["forward_in_failed"]
+        )
         t["held"] = int(self._engine.held)
         t["elapsed"] = float(self._engine.elapsed)
         t["last_error"] = self._engine.last_error

@@ -248,8 +248,13 @@ impl PyXdpSocket {
     /// descriptors, ring full, wake-ups and the wake-ups the kernel refused), the kernel's
     /// XDP_STATISTICS, and frame accounting.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (c, k, a) = self.handle.with_socket(py, self.index, |s| {
-            Ok((s.counters(), s.kernel_stats()?, s.account()))
+        let (c, k, a, ts_dropped) = self.handle.with_socket(py, self.index, |s| {
+            Ok((
+                s.counters(),
+                s.kernel_stats()?,
+                s.account(),
+                s.tx_timestamps_dropped(),
+            ))
         })?;
         let d = PyDict::new(py);
         d.set_item("rx_packets", c.rx_packets)?;
@@ -275,6 +280,7 @@ impl PyXdpSocket {
         d.set_item("tx_metadata", c.tx_metadata)?;
         d.set_item("tx_timestamps", c.tx_timestamps)?;
         d.set_item("tx_timestamps_missing", c.tx_timestamps_missing)?;
+        d.set_item("tx_timestamps_dropped", ts_dropped)?;
         d.set_item("kernel_rx_dropped", k.rx_dropped)?;
         d.set_item("kernel_rx_invalid_descs", k.rx_invalid_descs)?;
         d.set_item("kernel_tx_invalid_descs", k.tx_invalid_descs)?;

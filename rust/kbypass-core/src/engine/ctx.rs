@@ -312,7 +312,9 @@ impl BatchCtx<'_> {
         }
         // A packet grown or pushed past a frame's TX room starts earlier in the copy's frame.
         let over = d.len.saturating_sub(self.umem.tx_capacity());
-        a[0] -= over.min(XDP_PACKET_HEADROOM + self.umem.headroom()) as u64;
+        // (Never into the TX metadata bytes the kernel wants in front of a packet sent.)
+        a[0] -= over.min(XDP_PACKET_HEADROOM + self.umem.headroom() - self.umem.tx_metadata_len())
+            as u64;
         let (Some(src), Some(dst)) = (self.umem.ptr(d.addr, d.len), self.sock.app_ptr(a[0], d.len))
         else {
             self.sock.release(&a);

@@ -621,9 +621,12 @@ impl Worker {
         let mut ring_full = 0u64;
         if let Some(h) = self.handoff.as_mut().filter(|_| remote > 0) {
             self.drops.clear();
+            // Counted before the inboxes see them and taken back for what they refused, so
+            // `forwarded_out` is never behind the targets' `forwarded_in` (in flight >= 0).
+            self.stats.forwarded_out.fetch_add(remote, Relaxed);
             let (handed, rung) = h.flush(&mut self.drops);
             ring_full = remote - handed as u64;
-            self.stats.forwarded_out.fetch_add(handed as u64, Relaxed);
+            self.stats.forwarded_out.fetch_sub(ring_full, Relaxed);
             if rung > 0 {
                 self.stats.forward_wakeups.fetch_add(rung, Relaxed);
             }

@@ -659,9 +659,11 @@ impl XskSocket {
     }
 
     /// Put descriptors of frames the application holds on the TX ring and kick the kernel if
-    /// it asked. Returns how many were queued (the rest stay with the application: the ring
-    /// was full). Descriptors that name frames the application does not hold, or whose data
-    /// runs past their frame, are refused and counted; they are not retried.
+    /// it asked. Returns how many were queued: always the first ones, whole packets only (the
+    /// rest stay with the application, which releases or retries them: the ring was full, or
+    /// a descriptor was refused). A descriptor that names a frame the application does not
+    /// hold, whose data runs past its frame, or that starts inside the TX metadata room
+    /// ([`Umem::tx_front_ok`]) is refused and counted (`invalid_descs`), and ends the send.
     pub fn send(&mut self, descs: &[XdpDesc]) -> usize {
         let (idx, reserved) = self.tx.reserve_burst(descs.len() as u32);
         let mut room = reserved;
@@ -677,23 +679,42 @@ impl XskSocket {
                     .map_or(0, |p| p as u32 + 1);
             }
         }
+        // What is queued is always a whole-packet prefix of `descs`: a descriptor refused
+        // stops the send, and the buffers of its packet queued so far go back with it, so the
+        // caller's "the rest were not sent" (`descs[queued..]`) is exact and it releases them.
         let mut queued = 0u32;
+        let mut packet_start = 0u32;
         for d in descs {
             if queued == room {
                 break;
             }
             let ok = match self.umem.frame_of(d.addr) {
-                Some(f) if d.len > 0 && self.umem.in_frame(d.addr, d.len) => {
+                Some(f)
+                    if d.len > 0
+                        && self.umem.in_frame(d.addr, d.len)
+                        && self.umem.tx_front_ok(d.addr) =>
+                {
                     self.umem.transition(f, FrameState::App, FrameState::Tx)
                 }
                 _ => false,
             };
             if !ok {
                 self.counters.invalid_descs += 1;
-                continue;
+                for q in &descs[packet_start as usize..queued as usize] {
+                    if let Some(f) = self.umem.frame_of(q.addr) {
+                        self.umem.transition(f, FrameState::Tx, FrameState::App);
+                    }
+                }
+                queued = packet_start;
+                break;
             }
             self.tx.write(idx.wrapping_add(queued), *d);
             queued += 1;
+            if d.options & XDP_PKT_CONTD == 0 {
+                packet_start = queued;
+            }
+        }
+        for d in &descs[..queued as usize] {
             if d.options & XDP_TX_METADATA != 0 {
                 self.counters.tx_metadata += 1;
             } else if let Some(f) = self.umem.frame_of(d.addr) {

@@ -258,3 +258,61 @@ fn without_tx_metadata_nothing_is_requested() {
     assert_eq!(mode, TxMetadataMode::Off);
     assert_eq!((c.tx_metadata, c.tx_timestamps, times.len()), (0, 0, 0));
 }
+
+/// On a UMEM with TX metadata the kernel wants `tx_metadata_len` bytes in front of every packet
+/// sent and skips, never completing, one that starts closer to its frame's start: such a
+/// descriptor is refused by `send` (counted, the frame stays the application's), the room to
+/// push headers leaves those bytes out, and a push into them is refused.
+#[test]
+fn a_packet_starting_inside_the_metadata_room_is_refused_not_lost() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let pair = VethPair::with(VethOptions::default()).unwrap();
+    let _ns = NetnsGuard::enter(&pair.a).unwrap();
+    let mut cfg = copy_config(256, None);
+    cfg.umem.tx_metadata = TxMetadataMode::KernelSoftware;
+    let mut port = XskPort::open("veth0", &Queues::All, &cfg).unwrap();
+    let s = port.socket_mut(0).unwrap();
+    let meta = s.umem().tx_metadata_len();
+    assert!(meta > 0, "this kernel registers TX metadata");
+    let mut a = [0u64; 2];
+    assert_eq!(s.alloc(&mut a), 2);
+    let fs = u64::from(s.umem().frame_size());
+    let frame_start = move |x: u64| x & !(fs - 1);
+    let bad = XdpDesc {
+        addr: frame_start(a[0]) + u64::from(meta) - 1,
+        len: 60,
+        options: 0,
+    };
+    let good = XdpDesc {
+        addr: a[1],
+        len: 60,
+        options: 0,
+    };
+    assert!(!s.umem().tx_front_ok(bad.addr) && s.umem().tx_front_ok(good.addr));
+    let before = s.counters().invalid_descs;
+    // The refused descriptor ends the send: what was queued is a prefix (none here).
+    assert_eq!(s.send(&[bad, good]), 0);
+    assert_eq!(s.counters().invalid_descs, before + 1);
+    assert_eq!(
+        s.umem().state(s.umem().frame_of(bad.addr).unwrap()),
+        FrameState::App
+    );
+    let at = XdpDesc {
+        addr: frame_start(a[0]) + u64::from(meta),
+        ..bad
+    };
+    assert_eq!(
+        s.umem().room(&at).unwrap().0,
+        0,
+        "no room in front but the metadata's"
+    );
+    assert!(s.umem().adjusted_head(0, &at, -1).is_err());
+    assert_eq!(
+        s.send(&[at, good]),
+        2,
+        "a packet right after the metadata room goes"
+    );
+}

@@ -151,8 +151,12 @@ impl Umem {
             } else {
                 0
             };
+            // Before 6.8 `tx_metadata_len` was padding the kernel ignored unread: a register
+            // without the flag would "succeed" with no TX metadata at all, so it is tried only
+            // on kernels that have the field.
+            let retries: &[u32] = if kernel_at_least(6, 8) { &[sw] } else { &[] };
             let mut got = None;
-            for flags in [XDP_UMEM_TX_METADATA_LEN | sw, sw] {
+            for &flags in [XDP_UMEM_TX_METADATA_LEN | sw].iter().chain(retries) {
                 reg.flags = flags;
                 match fd.umem_reg(&reg) {
                     Ok(()) => {
@@ -358,9 +362,22 @@ impl Umem {
 
     /// Bytes free in front of packet `d` inside its frame (room to push headers) and after it
     /// (room to grow it); None when `d` does not lie inside one frame.
+    ///
+    /// On a UMEM with TX metadata the front room leaves out the `tx_metadata_len` bytes the
+    /// kernel expects in front of every packet sent ([`Umem::tx_front_ok`]).
     pub fn room(&self, d: &XdpDesc) -> Option<(u32, u32)> {
         self.frame_of(d.addr)?;
         room(self.frame_size, d)
+            .map(|(front, back)| (front.saturating_sub(self.tx_metadata_len), back))
+    }
+
+    /// Whether a packet starting at `addr` may be sent: on a UMEM registered with TX metadata
+    /// the kernel checks `addr - tx_metadata_len` against the frame for every TX descriptor
+    /// (with or without `XDP_TX_METADATA`), and skips one that starts closer to its frame's
+    /// start, never completing it.
+    #[inline]
+    pub fn tx_front_ok(&self, addr: u64) -> bool {
+        addr & (self.frame_size as u64 - 1) >= self.tx_metadata_len as u64
     }
 
     /// Packet `i`'s descriptor `d` with its first byte moved by `delta` (the sense of
@@ -370,7 +387,14 @@ impl Umem {
     /// shorter than an Ethernet header ([`MIN_PACKET`]).
     pub fn adjusted_head(&self, i: usize, d: &XdpDesc, delta: i32) -> Result<XdpDesc> {
         self.frame_of(d.addr).ok_or_else(|| outside(i))?;
-        adjusted_head(self.frame_size, self.headroom, i, d, delta)
+        adjusted_head(
+            self.frame_size,
+            self.headroom,
+            self.tx_metadata_len,
+            i,
+            d,
+            delta,
+        )
     }
 
     /// Packet `i`'s descriptor `d` with length `len`, its start unchanged. An error, saying how
@@ -422,6 +446,19 @@ impl Umem {
     }
 }
 
+/// Whether the running kernel's release (`/proc/sys/kernel/osrelease`) is at least
+/// `major.minor` (false when it cannot be read or parsed).
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").is_ok_and(|r| {
+        let mut it = r
+            .trim()
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|n| n.parse::<u32>().unwrap_or(0));
+        let (a, b) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+        (a, b) >= (major, minor)
+    })
+}
+
 /// The shortest packet a frame may be sent with, or cut or popped down to: an Ethernet header
 /// (the kernel refuses empty descriptors, and a driver reads the header of whatever it sends).
 pub const MIN_PACKET: u32 = 14;
@@ -441,19 +478,22 @@ fn outside(i: usize) -> Error {
 
 /// See [`Umem::adjusted_head`], for frames of `frame_size` bytes and `headroom` bytes of
 /// application headroom (named in the error's fix).
+/// `tx_meta` bytes (the UMEM's TX metadata length) in front of a packet are never pushed into.
 fn adjusted_head(
     frame_size: u32,
     headroom: u32,
+    tx_meta: u32,
     i: usize,
     d: &XdpDesc,
     delta: i32,
 ) -> Result<XdpDesc> {
     let (front, _) = room(frame_size, d).ok_or_else(|| outside(i))?;
+    let front = front.saturating_sub(tx_meta);
     let n = delta.unsigned_abs();
     if delta < 0 {
         if n > front {
             return Err(Error::invalid(format!(
-                "frame {i}: cannot push {n} bytes in front of the packet, {front} bytes are free before it (the kernel's {XDP_PACKET_HEADROOM} plus headroom={headroom}): open the port with a larger headroom= (XdpPort/Pipeline), up to {}",
+                "frame {i}: cannot push {n} bytes in front of the packet, {front} bytes are free before it (the kernel's {XDP_PACKET_HEADROOM} plus headroom={headroom}, less {tx_meta} of TX metadata): open the port with a larger headroom= (XdpPort/Pipeline), up to {}",
                 frame_size - XDP_PACKET_HEADROOM - 64
             )));
         }
@@ -527,32 +567,34 @@ mod tests {
     #[test]
     fn the_head_moves_inside_the_frame_and_the_end_stays() {
         let d = desc(RX, 100);
-        let pushed = adjusted_head(2048, 64, 0, &d, -4).unwrap();
+        let pushed = adjusted_head(2048, 64, 0, 0, &d, -4).unwrap();
         assert_eq!((pushed.addr, pushed.len), (RX - 4, 104));
-        let all = adjusted_head(2048, 64, 0, &d, -320).unwrap();
+        let all = adjusted_head(2048, 64, 0, 0, &d, -320).unwrap();
         assert_eq!(
             (all.addr, all.len),
             (3 * 2048, 420),
             "to the frame's first byte"
         );
-        let e = adjusted_head(2048, 64, 7, &d, -321)
+        let e = adjusted_head(2048, 64, 0, 7, &d, -321)
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("frame 7") && e.contains("320 bytes are free") && e.contains("headroom="),
             "{e}"
         );
-        let popped = adjusted_head(2048, 64, 0, &d, 86).unwrap();
+        let popped = adjusted_head(2048, 64, 0, 0, &d, 86).unwrap();
         assert_eq!((popped.addr, popped.len), (RX + 86, 14));
-        let e = adjusted_head(2048, 64, 0, &d, 87).unwrap_err().to_string();
+        let e = adjusted_head(2048, 64, 0, 0, &d, 87)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("pop at most 86"), "{e}");
-        let e = adjusted_head(2048, 0, 0, &d, i32::MIN)
+        let e = adjusted_head(2048, 0, 0, 0, &d, i32::MIN)
             .unwrap_err()
             .to_string();
         assert!(e.contains("cannot push 2147483648"), "{e}");
-        assert_eq!(adjusted_head(2048, 0, 0, &d, 0).unwrap(), d);
+        assert_eq!(adjusted_head(2048, 0, 0, 0, &d, 0).unwrap(), d);
         let contd = XdpDesc { options: 1, ..d };
-        assert_eq!(adjusted_head(2048, 0, 0, &contd, -4).unwrap().options, 1);
+        assert_eq!(adjusted_head(2048, 0, 0, 0, &contd, -4).unwrap().options, 1);
     }
 
     #[test]

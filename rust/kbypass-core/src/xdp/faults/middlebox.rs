@@ -405,7 +405,15 @@ impl Worker {
                     let m = match mark {
                         Some(m) => m,
                         None => {
-                            let m = self.passed(d)?;
+                            let m = match self.passed(d) {
+                                Ok(m) => m,
+                                Err(e) => {
+                                    // The burst's frames go back before the error ends the
+                                    // thread (what was copied out is in `buf`s, not in them).
+                                    self.sockets[d].release(&addrs[..n]);
+                                    return Err(e);
+                                }
+                            };
                             mark = Some(m);
                             m
                         }
