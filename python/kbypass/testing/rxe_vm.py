@@ -65,6 +65,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Callable
 
+from kbypass.testing.veth import _cleanup_stale, _delete_netns
+
 __all__ = [
     "GUEST_FRESH_DIRS",
     "CommandResult",
@@ -782,7 +784,6 @@ def guest_shares(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
 
 # --- the L2 segment between the VM and a host network namespace ----------------------------
 
-_NETNS_DIR = "/var/run/netns"
 _l2_counter = itertools.count()
 
 
@@ -790,12 +791,6 @@ def _ip(*args: str) -> None:
     r = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise RxeVmError(f"`ip {shlex.join(args)}` failed: {r.stderr.strip()}")
-
-
-def _delete_netns(names: Sequence[str]) -> None:
-    for name in names:
-        if os.path.exists(os.path.join(_NETNS_DIR, name)):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
 class L2Segment:
@@ -958,19 +953,7 @@ class L2Segment:
     @staticmethod
     def cleanup_stale() -> list[str]:
         """Delete namespaces of L2Segments whose process died; return their names."""
-        removed: list[str] = []
-        try:
-            names = os.listdir(_NETNS_DIR)
-        except FileNotFoundError:
-            return removed
-        for name in names:
-            parts = name.split("-")
-            if len(parts) != 4 or parts[0] != "kbx" or parts[3] not in ("rxebr", "rxehost"):
-                continue
-            if parts[1].isdigit() and not os.path.exists(f"/proc/{parts[1]}"):
-                _delete_netns([name])
-                removed.append(name)
-        return removed
+        return _cleanup_stale(("rxebr", "rxehost"))
 
 
 class RxeVm:

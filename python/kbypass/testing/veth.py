@@ -25,7 +25,7 @@ import socket
 import struct
 import subprocess
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass
 
 from kbypass import _core
@@ -88,6 +88,30 @@ def _delete_netns(names: Sequence[str]) -> None:
     for name in names:
         if os.path.exists(os.path.join(_NETNS_DIR, name)):
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+def _cleanup_stale(kinds: Container[str] | None = None) -> list[str]:
+    """Delete the namespaces of kbypass test benches whose creating process is gone.
+
+    Names are ``kbx-<pid>-<n>-<kind>``: any kind, or only those in ``kinds``. Returns the names
+    deleted.
+    """
+    removed: list[str] = []
+    try:
+        names = os.listdir(_NETNS_DIR)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        parts = name.split("-")
+        if len(parts) != 4 or parts[0] != _PREFIX or not parts[1].isdigit():
+            continue
+        if kinds is not None and parts[3] not in kinds:
+            continue
+        pid = int(parts[1])
+        if pid != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+            _delete_netns([name])
+            removed.append(name)
+    return removed
 
 
 class VethPair:
@@ -255,17 +279,4 @@ class VethPair:
     @staticmethod
     def cleanup_stale() -> list[str]:
         """Delete namespaces left by VethPairs whose process died; return their names."""
-        removed: list[str] = []
-        try:
-            names = os.listdir(_NETNS_DIR)
-        except FileNotFoundError:
-            return removed
-        for name in names:
-            parts = name.split("-")
-            if len(parts) != 4 or parts[0] != _PREFIX or not parts[1].isdigit():
-                continue
-            pid = int(parts[1])
-            if pid != os.getpid() and not os.path.exists(f"/proc/{pid}"):
-                _delete_netns([name])
-                removed.append(name)
-        return removed
+        return _cleanup_stale()
