@@ -406,6 +406,33 @@ mod tests {
         assert_eq!(soft.prepare(all, &off, &mut f), (None, true));
         assert!(checksums_ok(&f, &m));
         assert_eq!(off.counts().csum_software, 1);
+        // An ICMP echo (as a reply helper makes them): no L4 offload, only the timestamp.
+        let mut icmp = vec![0u8; 14 + 20 + 8];
+        icmp[12..14].copy_from_slice(&[0x08, 0x00]);
+        icmp[14] = 0x45;
+        icmp[16..18].copy_from_slice(&28u16.to_be_bytes());
+        icmp[22] = 64;
+        icmp[23] = 1;
+        icmp[26..30].copy_from_slice(&[198, 18, 0, 1]);
+        icmp[30..34].copy_from_slice(&[198, 18, 0, 2]);
+        let (r, l4) = ask.prepare(all, &off, &mut icmp);
+        assert_eq!(
+            r,
+            Some(TxRequest {
+                timestamp: true,
+                ..TxRequest::default()
+            })
+        );
+        assert!(!l4);
+        assert!(
+            checksums_ok(&icmp, &parse(&icmp)),
+            "the IPv4 header checksum is made"
+        );
+        assert_eq!(
+            off.counts().csum_software,
+            1,
+            "not a fallback: ICMP has no offload"
+        );
         // Keep: the bytes stay as they are.
         let mut f = broken.clone();
         assert_eq!(TxAsk::default().prepare(all, &off, &mut f), (None, false));
