@@ -365,3 +365,52 @@ def test_a_request_moves_with_a_pushed_vlan_tag_and_goes_with_a_copy(pair: VethP
     assert totals["copied"] >= 1 and totals["handler_errors"] == 0, totals
     assert stats["tx_csum_offload"] == n and stats["tx_csum_software"] == 0, stats
     assert len(times) == n and stats["tx_metadata"] == n, (times, stats)
+
+
+@needs_root
+@needs_txmd
+def test_a_per_packet_handler_offloads_what_it_emits_and_sends_back(pair: VethPair) -> None:
+    """``pkt.emit(data, checksum="offload", timestamp=True)`` for a new frame (its checksums
+    wrong as given) and ``pkt.fix_checksums(offload=True)`` for the answer sent back in place,
+    popped and pushed on the way (the request moves with the packet)."""
+    port, n = 9705, 3
+
+    def handle(pkt: kbypass.Packet) -> kbypass.Action:
+        assert pkt.emit(_udp_frame(pair, 9706, b"emitted"), checksum="offload", timestamp=True)
+        data = pkt.data
+        data[0:6], data[6:12] = data[6:12].copy(), data[0:6].copy()
+        data[26:30], data[30:34] = data[30:34].copy(), data[26:30].copy()
+        data[34:36], data[36:38] = data[36:38].copy(), data[34:36].copy()
+        assert pkt.fix_checksums(offload=True)
+        pkt.push_front(8)
+        pkt.pop_front(8)
+        return kbypass.TX
+
+    with pair.enter("a"):
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.bind((pair.a.ip, 0))
+        client.settimeout(3)
+    other = _receiver(pair, 9706)
+    with pipeline(
+        pair, per_packet=handle, filter=f"udp dst port {port}", tx_metadata="kernel"
+    ) as p:
+        assert isinstance(p.port, kbypass.XdpPort)
+        sock = p.port.sockets[0]
+        p.start()
+        echoes = []
+        for i in range(n):
+            client.sendto(b"echo %d" % i, (pair.b.ip, port))
+            echoes.append(client.recv(2048))
+        emitted = _drain(other, n)
+        time.sleep(0.1)
+        p.stop()
+        stats = sock.stats()
+        totals = p.totals()
+        times = sock.tx_timestamps()
+    client.close()
+    other.close()
+    assert echoes == [b"echo %d" % i for i in range(n)], "the kernel checked each checksum"
+    assert emitted == [b"emitted"] * n
+    assert totals["handler_errors"] == 0 and totals["emitted"] == n, totals
+    assert stats["tx_csum_offload"] == 2 * n and stats["tx_csum_software"] == 0, stats
+    assert len(times) == n, times  # only the emitted frames asked for one

@@ -161,7 +161,14 @@ pub(crate) fn probe(umem: &Umem, ifindex: u32, zerocopy: bool) -> (TxCaps, Optio
     let md = umem.tx_metadata_len() > 0;
     let (feats, note) = if md && zerocopy {
         match netdev::dev_features(ifindex) {
-            Ok(Some(f)) => (Some(f.xsk_features), None),
+            Ok(Some(f)) => {
+                let names = f.xsk_names();
+                let note = format!(
+                    "zero-copy: the driver completes TX metadata requests for {}; kbypass computes the rest in software (checksums, counted in tx_csum_software) or refuses them (timestamps, launch time)",
+                    if names.is_empty() { "nothing".to_string() } else { names.join(", ") }
+                );
+                (Some(f.xsk_features), Some(note))
+            }
             Ok(None) => (None, Some("the kernel has no netdev netlink family to say which TX metadata offloads the zero-copy driver has: checksums are computed in software, no TX timestamps".to_string())),
             Err(e) => (None, Some(format!("the zero-copy driver's TX metadata offloads are unknown ({e}): checksums are computed in software, no TX timestamps"))),
         }

@@ -267,6 +267,63 @@ impl Requested {
 mod tests {
     use super::*;
 
+    /// `struct xsk_tx_metadata` of `include/uapi/linux/if_xdp.h` (6.15), as C lays it out.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Request {
+        csum_start: u16,
+        csum_offset: u16,
+        reserved: u32,
+        launch_time: u64,
+    }
+    #[repr(C)]
+    union Body {
+        request: Request,
+        tx_timestamp: u64,
+    }
+    #[repr(C)]
+    struct XskTxMetadata {
+        flags: u64,
+        body: Body,
+    }
+
+    #[test]
+    fn offsets_are_the_uapi_structs() {
+        use std::mem::{offset_of, size_of};
+        assert_eq!(size_of::<XskTxMetadata>(), TX_METADATA_LEN as usize);
+        let body = offset_of!(XskTxMetadata, body);
+        assert_eq!(offset_of!(XskTxMetadata, flags), 0);
+        assert_eq!(body, 8, "csum_start and tx_timestamp");
+        assert_eq!(body + offset_of!(Request, csum_offset), 10);
+        assert_eq!(body + offset_of!(Request, reserved), 12);
+        assert_eq!(body + offset_of!(Request, launch_time), 16);
+        // What `write` puts where, read back through the C layout.
+        let mut m = [0u8; TX_METADATA_LEN as usize];
+        TxRequest {
+            csum: Some((0x1122, 0x3344)),
+            timestamp: true,
+            launch_time: Some(0x5566),
+        }
+        .write(&mut m);
+        let flags = u64::from_ne_bytes(m[0..8].try_into().unwrap());
+        assert_eq!(
+            flags,
+            XDP_TXMD_FLAGS_TIMESTAMP | XDP_TXMD_FLAGS_CHECKSUM | XDP_TXMD_FLAGS_LAUNCH_TIME
+        );
+        let r = Request {
+            csum_start: u16::from_ne_bytes([m[8], m[9]]),
+            csum_offset: u16::from_ne_bytes([m[10], m[11]]),
+            reserved: u32::from_ne_bytes(m[12..16].try_into().unwrap()),
+            launch_time: u64::from_ne_bytes(m[16..24].try_into().unwrap()),
+        };
+        assert_eq!(
+            (r.csum_start, r.csum_offset, r.reserved),
+            (0x1122, 0x3344, 0)
+        );
+        assert_eq!(r.launch_time, 0x5566);
+        let _ = Body { tx_timestamp: 0 };
+    }
+
     #[test]
     fn request_layout_and_completion() {
         let mut m = [0xAAu8; TX_METADATA_LEN as usize];
