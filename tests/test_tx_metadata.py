@@ -414,3 +414,28 @@ def test_a_per_packet_handler_offloads_what_it_emits_and_sends_back(pair: VethPa
     assert totals["handler_errors"] == 0 and totals["emitted"] == n, totals
     assert stats["tx_csum_offload"] == 2 * n and stats["tx_csum_software"] == 0, stats
     assert len(times) == n, times  # only the emitted frames asked for one
+
+
+@needs_root
+@needs_txmd
+def test_icmp_echo_replies_ask_only_a_timestamp(pair: VethPair) -> None:
+    """``ping`` gets the answers of ``Batch.reply("icmp_echo", checksum="offload",
+    timestamp=True)``: ICMP has no checksum offload (the helper computes it, not counted as a
+    fallback), each answer has a TX time."""
+
+    def handler(batch: kbypass.Batch) -> None:
+        answered = batch.reply("icmp_echo", checksum="offload", timestamp=True)
+        batch.verdicts[answered] = kbypass.TX
+
+    with pipeline(pair, handler, filter="icmp", tx_metadata="offload") as p:
+        assert isinstance(p.port, kbypass.XdpPort)
+        sock = p.port.sockets[0]
+        p.start()
+        r = pair.run("a", "ping", "-c3", "-i0.2", "-W2", pair.b.ip, check=False, timeout=30)
+        time.sleep(0.1)
+        p.stop()
+        stats = sock.stats()
+        times = sock.tx_timestamps()
+    assert r.returncode == 0 and " 3 received" in r.stdout, r.stdout + r.stderr
+    assert (stats["tx_csum_offload"], stats["tx_csum_software"]) == (0, 0), stats
+    assert len(times) == 3 and stats["tx_metadata"] == 3, (times, stats)
