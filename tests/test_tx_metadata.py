@@ -439,3 +439,46 @@ def test_icmp_echo_replies_ask_only_a_timestamp(pair: VethPair) -> None:
     assert r.returncode == 0 and " 3 received" in r.stdout, r.stdout + r.stderr
     assert (stats["tx_csum_offload"], stats["tx_csum_software"]) == (0, 0), stats
     assert len(times) == 3 and stats["tx_metadata"] == 3, (times, stats)
+
+
+@needs_root
+@needs_txmd
+def test_an_xdp_socket_reflects_received_frames_with_offloaded_checksums(pair: VethPair) -> None:
+    """``RxBatch.send(checksum="offload", timestamp=True)``: frames edited in place (addresses
+    and ports swapped, checksums left stale) go back with the checksum completed by the kernel
+    (``tx_metadata="kernel"``); one whose view is still alive goes as a copy, asking the same."""
+    port, n = 9707, 4
+    with pair.enter("b"):
+        sock = XdpSocket(
+            pair.b.ifname, mode="copy", frames=1024, filter=f"udp dst port {port}",
+            tx_metadata="kernel",
+        )  # fmt: skip
+    with pair.enter("a"):
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.bind((pair.a.ip, 0))
+        client.settimeout(3)
+    kept = []
+    echoes = []
+    with sock:
+        for i in range(n):
+            client.sendto(b"reflect %d" % i * (i + 1), (pair.b.ip, port))
+            with sock.recv(max=8, timeout=3) as batch:
+                assert len(batch) == 1
+                f = batch[0]
+                f[0:6], f[6:12] = f[6:12].copy(), f[0:6].copy()
+                f[26:30], f[30:34] = f[30:34].copy(), f[26:30].copy()
+                f[34:36], f[36:38] = f[36:38].copy(), f[34:36].copy()
+                f[40], f[41] = 0x12, 0x34  # wrong: the kernel computes it
+                if i == 0:
+                    kept.append(f)  # a live view: this one goes as a copy
+                del f
+                assert batch.send(checksum="offload", timestamp=True) == 1
+            echoes.append(client.recv(2048))
+        time.sleep(0.1)
+        times = sock.tx_timestamps()
+        stats = sock.stats()
+    kept.clear()
+    client.close()
+    assert echoes == [b"reflect %d" % i * (i + 1) for i in range(n)]
+    assert (stats["tx_csum_offload"], stats["tx_csum_software"]) == (n, 0), stats
+    assert len(times) == n and stats["tx_metadata"] == n, (times, stats)

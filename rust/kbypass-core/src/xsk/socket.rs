@@ -832,6 +832,16 @@ impl XskSocket {
     /// frame, is sent instead, so nothing the holders see ever changes or leaves. Holds of
     /// packets that could not be sent are dropped.
     pub fn send_holds(&mut self, items: Vec<(FrameHold, XdpDesc)>) -> HeldSend {
+        self.send_holds_asking(items, &super::TxAsk::default())
+    }
+
+    /// [`XskSocket::send_holds`], each packet made as `ask` says once it is the application's
+    /// alone ([`XskSocket::send_holds_with`] checks `ask`).
+    pub(super) fn send_holds_asking(
+        &mut self,
+        items: Vec<(FrameHold, XdpDesc)>,
+        ask: &super::TxAsk,
+    ) -> HeldSend {
         let mut out = HeldSend::default();
         let mut descs = Vec::with_capacity(items.len());
         for (h, d) in items {
@@ -884,6 +894,9 @@ impl XskSocket {
                     // `h` goes here: the other holds keep the original.
                 }
             }
+        }
+        if !ask.is_empty() {
+            self.ask_each(&mut descs, ask);
         }
         let q = self.send(&descs);
         if q < descs.len() {

@@ -265,9 +265,7 @@ impl XskSocket {
         if ask.is_empty() {
             return Ok(self.send_copies(packets));
         }
-        let umem = std::sync::Arc::clone(self.umem());
-        let caps = umem.tx_caps();
-        let cap = umem.tx_capacity() as usize;
+        let cap = self.umem().tx_capacity() as usize;
         let (ok, big): (Vec<&[u8]>, Vec<&[u8]>) = packets
             .iter()
             .partition(|p| !p.is_empty() && p.len() <= cap);
@@ -279,18 +277,7 @@ impl XskSocket {
         for chunk in ok.chunks(64) {
             self.complete();
             let got = self.alloc_copies(chunk, &mut descs);
-            for d in &mut descs[..got] {
-                let Some(p) = self.app_ptr(d.addr, d.len) else {
-                    continue;
-                };
-                // SAFETY: `app_ptr` checked that the packet lies inside a frame the application
-                // holds (App, just filled by `alloc_copies`): no kernel ring or hold has it, and
-                // `&mut self` keeps every other Rust writer out while this slice lives.
-                let pkt = unsafe { std::slice::from_raw_parts_mut(p, d.len as usize) };
-                if let (Some(req), _) = ask.prepare(caps, umem.tx_offload(), pkt) {
-                    self.request_tx_metadata(d, req);
-                }
-            }
+            self.ask_each(&mut descs[..got], &ask);
             let q = self.send(&descs[..got]);
             if q < got {
                 let back: Vec<u64> = descs[q..got].iter().map(|d| d.addr).collect();
@@ -302,6 +289,47 @@ impl XskSocket {
             }
         }
         Ok(out)
+    }
+
+    /// [`XskSocket::send_holds`], each packet made as `ask` says (see
+    /// [`XskSocket::send_copies_with`]); an [`Error::Unsupported`], nothing sent and the holds
+    /// dropped (the frames go back), when the socket cannot honour a timestamp or launch time.
+    pub fn send_holds_with(
+        &mut self,
+        items: Vec<(super::FrameHold, XdpDesc)>,
+        ask: TxAsk,
+    ) -> Result<super::HeldSend> {
+        ask.check(self.umem())?;
+        Ok(self.send_holds_asking(items, &ask))
+    }
+
+    /// Make each of `descs` (packets in frames the application alone has, about to be sent) as
+    /// `ask` says, with a TX metadata request for what the socket can honour; the buffers of a
+    /// multi-buffer packet are left as they are.
+    pub(super) fn ask_each(&mut self, descs: &mut [XdpDesc], ask: &TxAsk) {
+        let umem = std::sync::Arc::clone(self.umem());
+        let caps = umem.tx_caps();
+        let mut after_contd = false;
+        for d in descs {
+            // A buffer of a multi-buffer packet (it or the one before continues): sent as it is.
+            let contd = d.options & crate::sys::xdp::XDP_PKT_CONTD != 0;
+            let skip = contd || after_contd;
+            after_contd = contd;
+            if skip {
+                continue;
+            }
+            let Some(p) = self.app_ptr(d.addr, d.len) else {
+                continue;
+            };
+            // SAFETY: `app_ptr` checked that the packet lies inside a frame the application
+            // holds (App: no kernel ring, hold or view has it, the caller says it is about to
+            // send it), and `&mut self` keeps every other Rust writer out while this slice
+            // lives.
+            let pkt = unsafe { std::slice::from_raw_parts_mut(p, d.len as usize) };
+            if let (Some(req), _) = ask.prepare(caps, umem.tx_offload(), pkt) {
+                self.request_tx_metadata(d, req);
+            }
+        }
     }
 }
 
