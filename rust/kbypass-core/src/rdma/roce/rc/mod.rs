@@ -34,6 +34,8 @@ mod wr;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]
+mod spec_tests;
+#[cfg(test)]
 mod srq_tests;
 #[cfg(test)]
 mod tests;
