@@ -127,6 +127,10 @@ pub struct RcParams {
     /// original value replayed); 0 NAKs every read and atomic as an invalid request, as
     /// rxe does.
     pub max_dest_rd_atomic: u8,
+    /// The remote operations this side's responder accepts at all (the QP's
+    /// `qp_access_flags`); an RDMA write, read or atomic it does not is NAKed as an invalid
+    /// request, as rxe does, before any region is looked at.
+    pub qp_access: RemoteAccess,
 }
 
 impl Default for RcParams {
@@ -143,6 +147,7 @@ impl Default for RcParams {
             min_rnr_timer: 12,
             max_rd_atomic: 16,
             max_dest_rd_atomic: 16,
+            qp_access: RemoteAccess::ALL,
         }
     }
 }
