@@ -20,7 +20,10 @@ directions, rxe's ACKs, NAKs, read responses and atomic acknowledgements include
 naming the responder's own MR, which a remote peer may not invalidate, between two SENDs), three
 receives posted, and the responder's completions kept next to it as
 ``rc_send_inv_responses.wc.json``; ``rc_srq_responses.pcap`` likewise with
-:data:`SRQ_STEPS`, the responder's QP taking its two receives from a shared receive queue.
+:data:`SRQ_STEPS`, the responder's QP taking its two receives from a shared receive queue;
+``rc_send_inv_mw_responses.pcap`` with :data:`SEND_INV_MW_STEPS` sent to ``vm_mw_responder.py``
+(pyverbs under the system Python: python3-pyverbs), whose type 2 memory window a SEND with
+invalidate may invalidate.
 
 Scenarios marked ``ipv6`` run over IPv6 GIDs: the generator gives the VM's ``eth1``
 :data:`GUEST6` and a permanent neighbour entry for :data:`HOST6` (the host side needs no address:
@@ -51,7 +54,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 #: What the mirror hands out as the "server's" QP: the clients' packets are addressed to it.
@@ -512,11 +515,46 @@ def srq_frames(seg: object, info: dict[str, int]) -> list[bytes]:
     ]
 
 
-#: Responder fixtures: name -> (frame builder, receives the responder posts, to an SRQ).
+#: The fixture of rxe invalidating a memory window for a SEND with invalidate.
+SEND_INV_MW = "rc_send_inv_mw_responses"
+#: What the host sends vm_mw_responder.py's QP (a type 2 MW bound, two receives), in order.
+SEND_INV_MW_STEPS: tuple[tuple[str, int, int], ...] = (
+    ("SEND only with invalidate of the bound MW's rkey -> ACK, receive 1 WITH_INV", 0x17, 0),
+    ("RDMA WRITE only, 16 B, through the invalidated MW rkey -> NAK remote access error", 0x0A, 1),
+)
+
+
+def send_inv_mw_frames(seg: object, info: dict[str, int]) -> list[bytes]:
+    """The frames of :data:`SEND_INV_MW_STEPS` for the responder ``info`` (vm_mw_responder.py)."""
+    from kbypass.testing.rxe_vm import L2Segment
+
+    assert isinstance(seg, L2Segment)
+    macs, ips = (seg.host_mac, seg.guest_mac), (seg.host_ip, seg.guest_ip)
+    qpn, mw_rkey = info["qpn"], info["mw_rkey"]
+    return [
+        roce_frame(macs, ips, 0x17, qpn, FAKE_PSN, ackreq=True, ext=ieth(mw_rkey),
+                   payload=bytes(range(32))),
+        roce_frame(macs, ips, 0x0A, qpn, (FAKE_PSN + 1) & 0xFFFFFF, ackreq=True,
+                   ext=reth(info["addr"] + 512, mw_rkey, 16), payload=b"kbypass-rxe-fix!"),
+    ]  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class ResponderFixture:
+    """How a responder fixture is made: its frames, and the responder in the VM."""
+
+    build: Callable[[object, dict[str, int]], list[bytes]]
+    recvs: int = 1  # receives posted (wr_id 1, 2, ...)
+    srq: bool = False  # posted to a shared receive queue the QP takes them from
+    mw: bool = False  # vm_mw_responder.py under the system Python (pyverbs), not vm_responder.py
+
+
+#: Responder fixtures by name.
 RESPONDER_FIXTURES = {
-    RESPONSES: (responder_frames, 1, False),
-    SEND_INV: (send_inv_frames, 3, False),
-    SRQ: (srq_frames, 2, True),
+    RESPONSES: ResponderFixture(responder_frames),
+    SEND_INV: ResponderFixture(send_inv_frames, recvs=3),
+    SRQ: ResponderFixture(srq_frames, recvs=2, srq=True),
+    SEND_INV_MW: ResponderFixture(send_inv_mw_frames, mw=True),
 }
 
 
@@ -528,7 +566,7 @@ def capture_responses(vm: object, out: Path, gap: float = 1.0) -> Path:
 
     assert isinstance(vm, RxeVm) and vm.l2 is not None
     seg = vm.l2
-    build, recvs, on_srq = RESPONDER_FIXTURES[out.stem]
+    fx = RESPONDER_FIXTURES[out.stem]
     info_path = out.parent / ".responder.json"
     wc_path = out.parent / ".responder.json.wc.json"
     info_path.unlink(missing_ok=True)
@@ -536,9 +574,20 @@ def capture_responses(vm: object, out: Path, gap: float = 1.0) -> Path:
     tmp = out.with_suffix(".tmp.pcap")
     tmp.unlink(missing_ok=True)
     idx = gid_index(vm, seg.guest_rxe, seg.guest_ip)
-    argv = [sys.executable, str(HERE / "vm_responder.py"), seg.guest_rxe, str(idx), seg.host_ip,
-            hex(FAKE_QPN), hex(FAKE_PSN), str(info_path), "120", str(recvs),
-            *(["srq"] if on_srq else [])]  # fmt: skip
+    if fx.mw:
+        probe = subprocess.run(["/usr/bin/python3", "-c", "import pyverbs"], check=False,
+                               capture_output=True)  # fmt: skip
+        if probe.returncode != 0:
+            raise FileNotFoundError(
+                f"{out.stem} needs pyverbs for the system Python: apt-get install python3-pyverbs"
+            )
+        argv = ["/usr/bin/python3", str(HERE / "vm_mw_responder.py")]
+    else:
+        argv = [sys.executable, str(HERE / "vm_responder.py")]
+    argv += [seg.guest_rxe, str(idx), seg.host_ip, hex(FAKE_QPN), hex(FAKE_PSN), str(info_path),
+             "120"]  # fmt: skip
+    if not fx.mw:
+        argv += [str(fx.recvs), *(["srq"] if fx.srq else [])]
     pidfile = "/tmp/kbx-responder.pid"
     job = vm.start(f"echo $$ > {pidfile}; exec {shlex.join(argv)}", timeout=150)
     cap = None
@@ -550,7 +599,7 @@ def capture_responses(vm: object, out: Path, gap: float = 1.0) -> Path:
                 raise RuntimeError(f"the responder did not start:\n{r.stdout}{r.stderr}")
             time.sleep(0.1)
         info = json.loads(info_path.read_text())
-        frames = build(seg, info)
+        frames = fx.build(seg, info)
         cap = seg.popen(
             "dumpcap", "-q", "-P", "-i", seg.host_ifname, "-f", "udp port 4791", "-w", str(tmp),
             stderr=subprocess.PIPE, text=True,

@@ -28,6 +28,7 @@ from rxe_fixtures import (
     RESPONSES,
     SCENARIOS,
     SEND_INV,
+    SEND_INV_MW,
     SRQ,
 )
 
@@ -250,6 +251,27 @@ def test_send_with_invalidate_of_an_mr_is_refused_as_rxe_does() -> None:
         (1, "SUCCESS"), (2, "REM_INV_REQ_ERR"), (3, "WR_FLUSH_ERR"),
     ]  # fmt: skip
     assert wcs[0]["byte_len"] == 32
+
+
+def test_send_with_invalidate_of_a_memory_window_invalidates_it() -> None:
+    """The SEND with invalidate of a bound type 2 MW's rkey is ACKed with the MSN counting it,
+    its receive completes with the key invalidated; a WRITE through the key is then refused
+    (NAK remote access error) and the other receive flushed."""
+    rows = dissect(DATA / f"{SEND_INV_MW}.pcap")
+    flow = [(H, 0x17, 0, None), (G, 0x11, 0, (ACK, 0x1F, 1)), (H, 0x0A, 1, None),
+            (G, 0x11, 1, (NAK, 2, 1))]  # fmt: skip
+    assert len(rows) == len(flow), rows
+    for r, (src, op, off, aeth) in zip(rows, flow):
+        assert (r["ip.src"], num(r["infiniband.bth.opcode"])) == (src, op), r
+        assert num(r["infiniband.bth.psn"]) == (FAKE_PSN + off) & 0xFFFFFF, r
+        if aeth is not None:
+            syn = num(r["infiniband.aeth.syndrome"])
+            assert (syn >> 5, syn & 0x1F, num(r["infiniband.aeth.msn"])) == aeth, r
+    rkey = num(rows[2]["infiniband.reth.r_key"])
+    wcs = json.loads((DATA / f"{SEND_INV_MW}.wc.json").read_text())
+    assert [(w["wr_id"], w["status"]) for w in wcs] == [(1, 0), (2, 5)]  # SUCCESS, WR_FLUSH_ERR
+    assert (wcs[0]["byte_len"], wcs[0]["invalidated_rkey"]) == (32, rkey)
+    assert wcs[0]["wc_flags"] & 4, "rxe's provider passes the kernel's WITH_INVALIDATE (1 << 2)"
 
 
 def test_an_empty_srq_draws_an_rnr_nak() -> None:
