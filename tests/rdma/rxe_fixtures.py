@@ -23,7 +23,9 @@ receives posted, and the responder's completions kept next to it as
 :data:`SRQ_STEPS`, the responder's QP taking its two receives from a shared receive queue;
 ``rc_send_inv_mw_responses.pcap`` with :data:`SEND_INV_MW_STEPS` sent to ``vm_mw_responder.py``
 (pyverbs under the system Python: python3-pyverbs), whose type 2 memory window a SEND with
-invalidate may invalidate.
+invalidate may invalidate; ``rc_rd_atomic_responses.pcap`` and ``rc_no_rd_atomic_responses.pcap``
+send READs through that window to it with ``max_dest_rd_atomic`` 2 (:data:`RD_ATOMIC_STEPS`:
+duplicates answered only from held resources) and 0 (a READ is NAKed).
 
 Scenarios marked ``ipv6`` run over IPv6 GIDs: the generator gives the VM's ``eth1``
 :data:`GUEST6` and a permanent neighbour entry for :data:`HOST6` (the host side needs no address:
@@ -539,6 +541,48 @@ def send_inv_mw_frames(seg: object, info: dict[str, int]) -> list[bytes]:
     ]  # fmt: skip
 
 
+#: rxe's read resources: vm_mw_responder.py with max_dest_rd_atomic 2, then 0.
+RD_ATOMIC = "rc_rd_atomic_responses"
+NO_RD_ATOMIC = "rc_no_rd_atomic_responses"
+#: What the host sends the max_dest_rd_atomic 2 responder: (label, PSN offset, read offset).
+RD_ATOMIC_STEPS: tuple[tuple[str, int, int], ...] = (
+    ("READ 8 B -> READ response only", 0, 0),
+    ("READ 8 B -> READ response only", 1, 8),
+    ("READ 8 B -> READ response only (its resource recycles the first read's)", 2, 16),
+    ("the second READ again (duplicate, resource held) -> READ response only again", 1, 8),
+    ("the first READ again (duplicate, resource recycled) -> nothing (class D: dropped)", 0, 0),
+)
+
+
+def rd_atomic_frames(seg: object, info: dict[str, int]) -> list[bytes]:
+    """The READs of :data:`RD_ATOMIC_STEPS` (through the memory window's rkey)."""
+    from kbypass.testing.rxe_vm import L2Segment
+
+    assert isinstance(seg, L2Segment)
+    macs, ips = (seg.host_mac, seg.guest_mac), (seg.host_ip, seg.guest_ip)
+    qpn, mw_rkey = info["qpn"], info["mw_rkey"]
+    frames = []
+    for _, off, at in RD_ATOMIC_STEPS:
+        ext = reth(info["addr"] + at, mw_rkey, 8)
+        frames.append(roce_frame(macs, ips, 0x0C, qpn, (FAKE_PSN + off) & 0xFFFFFF, ackreq=True,
+                                 ext=ext))  # fmt: skip
+    return frames
+
+
+def no_rd_atomic_frames(seg: object, info: dict[str, int]) -> list[bytes]:
+    """A READ to the max_dest_rd_atomic 0 responder (NAK invalid request), then a SEND."""
+    from kbypass.testing.rxe_vm import L2Segment
+
+    assert isinstance(seg, L2Segment)
+    macs, ips = (seg.host_mac, seg.guest_mac), (seg.host_ip, seg.guest_ip)
+    return [
+        roce_frame(macs, ips, 0x0C, info["qpn"], FAKE_PSN, ackreq=True,
+                   ext=reth(info["addr"], info["mw_rkey"], 8)),
+        roce_frame(macs, ips, 0x04, info["qpn"], (FAKE_PSN + 1) & 0xFFFFFF, ackreq=True,
+                   payload=bytes(32)),
+    ]  # fmt: skip
+
+
 @dataclasses.dataclass(frozen=True)
 class ResponderFixture:
     """How a responder fixture is made: its frames, and the responder in the VM."""
@@ -547,6 +591,7 @@ class ResponderFixture:
     recvs: int = 1  # receives posted (wr_id 1, 2, ...)
     srq: bool = False  # posted to a shared receive queue the QP takes them from
     mw: bool = False  # vm_mw_responder.py under the system Python (pyverbs), not vm_responder.py
+    max_dest_rd_atomic: int = 1  # the responder's read and atomic resources (mw only)
 
 
 #: Responder fixtures by name.
@@ -555,6 +600,8 @@ RESPONDER_FIXTURES = {
     SEND_INV: ResponderFixture(send_inv_frames, recvs=3),
     SRQ: ResponderFixture(srq_frames, recvs=2, srq=True),
     SEND_INV_MW: ResponderFixture(send_inv_mw_frames, mw=True),
+    RD_ATOMIC: ResponderFixture(rd_atomic_frames, mw=True, max_dest_rd_atomic=2),
+    NO_RD_ATOMIC: ResponderFixture(no_rd_atomic_frames, mw=True, max_dest_rd_atomic=0),
 }
 
 
@@ -586,7 +633,9 @@ def capture_responses(vm: object, out: Path, gap: float = 1.0) -> Path:
         argv = [sys.executable, str(HERE / "vm_responder.py")]
     argv += [seg.guest_rxe, str(idx), seg.host_ip, hex(FAKE_QPN), hex(FAKE_PSN), str(info_path),
              "120"]  # fmt: skip
-    if not fx.mw:
+    if fx.mw:
+        argv.append(str(fx.max_dest_rd_atomic))
+    else:
         argv += [str(fx.recvs), *(["srq"] if fx.srq else [])]
     pidfile = "/tmp/kbx-responder.pid"
     job = vm.start(f"echo $$ > {pidfile}; exec {shlex.join(argv)}", timeout=150)

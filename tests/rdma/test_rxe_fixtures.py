@@ -24,6 +24,8 @@ from rxe_fixtures import (
     FAKE_VADDR,
     GUEST6,
     HOST6,
+    NO_RD_ATOMIC,
+    RD_ATOMIC,
     RESPONDER_FIXTURES,
     RESPONSES,
     SCENARIOS,
@@ -272,6 +274,34 @@ def test_send_with_invalidate_of_a_memory_window_invalidates_it() -> None:
     assert [(w["wr_id"], w["status"]) for w in wcs] == [(1, 0), (2, 5)]  # SUCCESS, WR_FLUSH_ERR
     assert (wcs[0]["byte_len"], wcs[0]["invalidated_rkey"]) == (32, rkey)
     assert wcs[0]["wc_flags"] & 4, "rxe's provider passes the kernel's WITH_INVALIDATE (1 << 2)"
+
+
+def test_duplicate_reads_are_answered_only_from_held_resources() -> None:
+    """max_dest_rd_atomic 2: three READs answered (MSN 1, 2, 3); the second again is answered
+    (its resource held), the first again is dropped (its resource recycled by the third)."""
+    rows = dissect(DATA / f"{RD_ATOMIC}.pcap")
+    flow = [(H, 0x0C, 0), (G, 0x10, 0), (H, 0x0C, 1), (G, 0x10, 1), (H, 0x0C, 2), (G, 0x10, 2),
+            (H, 0x0C, 1), (G, 0x10, 1), (H, 0x0C, 0)]  # fmt: skip
+    assert len(rows) == len(flow), rows
+    for r, (src, op, off) in zip(rows, flow):
+        assert (r["ip.src"], num(r["infiniband.bth.opcode"])) == (src, op), r
+        assert num(r["infiniband.bth.psn"]) == (FAKE_PSN + off) & 0xFFFFFF, r
+    msns = [num(r["infiniband.aeth.msn"]) for r in rows if r["ip.src"] == G]
+    assert msns == [1, 2, 3, 3]
+    assert json.loads((DATA / f"{RD_ATOMIC}.wc.json").read_text()) == []
+
+
+def test_a_read_without_read_resources_is_an_invalid_request() -> None:
+    """max_dest_rd_atomic 0: a READ is NAKed invalid request, the QP goes to the error state
+    (the SEND after it draws nothing) and both receives are flushed."""
+    rows = dissect(DATA / f"{NO_RD_ATOMIC}.pcap")
+    assert [(r["ip.src"], num(r["infiniband.bth.opcode"])) for r in rows] == [
+        (H, 0x0C), (G, 0x11), (H, 0x04),
+    ]  # fmt: skip
+    syn = num(rows[1]["infiniband.aeth.syndrome"])
+    assert (syn >> 5, syn & 0x1F, num(rows[1]["infiniband.aeth.msn"])) == (NAK, 1, 0)
+    wcs = json.loads((DATA / f"{NO_RD_ATOMIC}.wc.json").read_text())
+    assert [(w["wr_id"], w["status"]) for w in wcs] == [(1, 5), (2, 5)]  # WR_FLUSH_ERR
 
 
 def test_an_empty_srq_draws_an_rnr_nak() -> None:

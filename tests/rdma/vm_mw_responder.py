@@ -1,13 +1,17 @@
-"""An rxe RC responder with a type 2 memory window, for rc_send_inv_mw_responses.pcap.
+"""An rxe RC responder with a type 2 memory window, for rc_send_inv_mw_responses.pcap and
+the read-resource fixtures (rc_rd_atomic_responses.pcap, rc_no_rd_atomic_responses.pcap).
 
 Usage (in the VM, with the system Python and python3-pyverbs):
 /usr/bin/python3 vm_mw_responder.py DEVICE GID_INDEX HOST_IP QPN PSN OUT_JSON SECONDS
+[MAX_DEST_RD_ATOMIC]
 
 kbypass.rdma registers memory with ``ibv_reg_mr`` only, which a remote peer may not invalidate,
-so this responder uses pyverbs: a 4096-byte MR that allows memory window binding, a type 2
+so this responder uses pyverbs: a 4096-byte MR (bytes 0..255 repeated) that allows memory
+window binding, a type 2
 memory window bound over all of it (remote write and read) by a BIND_MW work request, an RC
 QP of DEVICE connected to the made-up peer QPN/PSN at ``::ffff:HOST_IP`` (remote write and
-read allowed, path MTU 1024, min RNR timer 12, send PSN 0x002000) and two 256-byte receives
+read allowed, path MTU 1024, min RNR timer 12, send PSN 0x002000, MAX_DEST_RD_ATOMIC read
+and atomic resources, default 1) and two 256-byte receives
 (wr_id 1, 2). It writes ``{"qpn", "rkey", "mw_rkey", "addr"}`` to OUT_JSON and, for SECONDS,
 appends every receive completion to ``OUT_JSON.wc.json`` (``wr_id``, ``status``, ``opcode``,
 ``byte_len``, ``wc_flags``, ``invalidated_rkey``: the union with the immediate data).
@@ -41,11 +45,13 @@ def main(argv: list[str]) -> int:
     dev, gid_index, host = argv[0], int(argv[1]), argv[2]
     qpn, psn = int(argv[3], 0), int(argv[4], 0)
     out, seconds = argv[5], float(argv[6])
+    max_dest_rd_atomic = int(argv[7]) if len(argv) > 7 else 1
     remote = e.IBV_ACCESS_REMOTE_WRITE | e.IBV_ACCESS_REMOTE_READ
     ctx = Context(name=dev)
     pd = PD(ctx)
     cq = CQ(ctx, 64)
     mr = MR(pd, 4096, e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_MW_BIND)
+    mr.write(bytes(range(256)) * 16, 4096)
     mw = MW(pd, e.IBV_MW_TYPE_2)
     cap = QPCap(max_send_wr=16, max_recv_wr=16, max_send_sge=1, max_recv_sge=1)
     qp = QP(pd, QPInitAttr(qp_type=e.IBV_QPT_RC, scq=cq, rcq=cq, cap=cap))
@@ -55,7 +61,7 @@ def main(argv: list[str]) -> int:
     attr.rq_psn = psn
     attr.sq_psn = 0x002000
     attr.path_mtu = e.IBV_MTU_1024
-    attr.max_dest_rd_atomic = 1
+    attr.max_dest_rd_atomic = max_dest_rd_atomic
     attr.max_rd_atomic = 1
     attr.min_rnr_timer = 12
     attr.timeout = 14
