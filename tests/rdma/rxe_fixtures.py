@@ -234,6 +234,13 @@ SCENARIOS: tuple[Scenario, ...] = (
         2,
     ),
     Scenario(
+        "rc_send_inv",
+        "RC SEND with invalidate of the made-up rkey, 2500 B at MTU 1024: first, middle, last "
+        "with invalidate (pyverbs client, tests/rdma/vm_inv_client.py)",
+        "/usr/bin/python3 {here}/vm_inv_client.py {dev} {gid} {host} {qpn} {psn} {rkey} 60",
+        3,
+    ),
+    Scenario(
         "ud_send_ipv6",
         "UD SEND only, 64 B, over IPv6 GIDs (ibv_ud_pingpong client)",
         "ibv_ud_pingpong -d {dev} -g {gid} -s 64 -n 1 {host}",

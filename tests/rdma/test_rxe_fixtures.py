@@ -42,7 +42,7 @@ FIELDS = (
     "infiniband.reth.va", "infiniband.reth.r_key", "infiniband.reth.dmalen",
     "infiniband.atomiceth.swapdt", "infiniband.atomiceth.cmpdt", "infiniband.invariant.crc",
     "infiniband.immdt", "infiniband.aeth.syndrome", "infiniband.aeth.msn",
-    "infiniband.atomicacketh.origremdt",
+    "infiniband.atomicacketh.origremdt", "infiniband.ieth",
 )  # fmt: skip
 
 
@@ -133,6 +133,7 @@ EXPECTED: dict[str, tuple[list[int], list[int]]] = {
     "rc_fetch_add": ([0x14] * 2, [1]),
     "rc_cmp_swap": ([0x13] * 2, [1]),
     "rc_imm": ([0x05, 0x0B], [1]),  # SEND only with immediate, RDMA WRITE only with immediate
+    "rc_send_inv": ([0x00, 0x01, 0x16], [1, 1]),  # first, middle, last with invalidate
     "ud_send_ipv6": ([0x64], []),
     "rc_send_multi_ipv6": ([0x00, 0x01, 0x02], [1, 1]),
     "rc_read_ipv6": ([0x0C] * 2, [4]),
@@ -180,6 +181,9 @@ def test_fixture_matches_its_description(name: str) -> None:
             swap, cmp = num(r["infiniband.atomiceth.swapdt"]), num(r["infiniband.atomiceth.cmpdt"])
             assert (swap, cmp) == ((1, 0) if op == 0x14 else (0, 0)), r
             assert FAKE_VADDR <= num(r["infiniband.reth.va"]) < FAKE_VADDR + (1 << 20), r
+    if name == "rc_send_inv":
+        assert num(rows[0]["infiniband.bth.psn"]) == 0x003000
+        assert [r["infiniband.ieth"].replace(":", "") for r in rows] == ["", "", f"{FAKE_RKEY:08x}"]
     if name == "rc_imm":
         assert num(rows[0]["infiniband.bth.psn"]) == 0x001000
         assert [int(r["infiniband.immdt"], 16) for r in rows] == [0xC0FFEE, 0xBEEF]

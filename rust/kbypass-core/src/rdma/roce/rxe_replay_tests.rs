@@ -337,9 +337,15 @@ fn messages(packets: &[Pkt]) -> Vec<WorkRequest> {
                     imm,
                 }
             }
-            _ => WorkRequest::Send {
-                data: data.clone(),
-                imm,
+            _ => match p.ext.ieth {
+                Some(invalidate_rkey) => WorkRequest::SendInv {
+                    data: data.clone(),
+                    invalidate_rkey,
+                },
+                None => WorkRequest::Send {
+                    data: data.clone(),
+                    imm,
+                },
             },
         });
     }
