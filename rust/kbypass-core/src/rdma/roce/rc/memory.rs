@@ -29,6 +29,23 @@ struct Region {
     va: u64,
     access: RemoteAccess,
     bytes: Vec<u8>,
+    /// A SEND with invalidate may invalidate it (a memory window or fast-registered MR).
+    remote_invalidate: bool,
+    /// Not invalidated: remote access is checked against it.
+    valid: bool,
+}
+
+/// Why a SEND with invalidate could not invalidate an R_Key (the responder then completes
+/// the receive with a remote invalid request error and goes to the error state: IBTA class
+/// J, as rxe does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidateError {
+    /// No region has the key.
+    #[error("no region has R_Key {0:#x}")]
+    UnknownKey(u32),
+    /// The region is not one a remote peer may invalidate (an ordinary registered MR).
+    #[error("R_Key {0:#x} names a region a remote peer may not invalidate")]
+    NotInvalidatable(u32),
 }
 
 /// Regions registered for remote access. A zero-length write or read needs no valid key or
@@ -61,7 +78,37 @@ impl MemoryTable {
             va,
             access,
             bytes: vec![0; len],
+            remote_invalidate: false,
+            valid: true,
         });
+    }
+
+    /// Lets a SEND with invalidate naming `rkey` invalidate its region (as one may a memory
+    /// window or a fast-registered MR; an ordinary MR may not be); false if no region has it.
+    pub fn allow_remote_invalidate(&mut self, rkey: u32) -> bool {
+        let r = self.regions.iter_mut().find(|r| r.rkey == rkey);
+        r.map(|r| r.remote_invalidate = true).is_some()
+    }
+
+    /// Invalidates `rkey` for a SEND with invalidate: from then on every remote access with
+    /// it is refused (its bytes stay readable locally). Invalidating an invalid key again is
+    /// allowed.
+    pub fn invalidate(&mut self, rkey: u32) -> Result<(), InvalidateError> {
+        let r = self
+            .regions
+            .iter_mut()
+            .find(|r| r.rkey == rkey)
+            .ok_or(InvalidateError::UnknownKey(rkey))?;
+        if !r.remote_invalidate {
+            return Err(InvalidateError::NotInvalidatable(rkey));
+        }
+        r.valid = false;
+        Ok(())
+    }
+
+    /// Whether `rkey` names a region that was not invalidated.
+    pub fn is_valid(&self, rkey: u32) -> bool {
+        self.regions.iter().any(|r| r.rkey == rkey && r.valid)
     }
 
     /// The bytes of the region under `rkey`.
@@ -92,7 +139,7 @@ impl MemoryTable {
         let r = self
             .regions
             .iter_mut()
-            .find(|r| r.rkey == rkey)
+            .find(|r| r.rkey == rkey && r.valid)
             .ok_or(NakCode::RemoteAccessError)?;
         let allowed = match need {
             Need::Write => r.access.write,
