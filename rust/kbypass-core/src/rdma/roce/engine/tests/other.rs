@@ -1,9 +1,11 @@
 //! UC, UD, memory, options and clean-up.
 
+use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use super::*;
 use crate::sys::netlink::xdp_query;
+use crate::sys::testutil::is_root;
 use crate::sys::xdp::if_nametoindex;
 
 const T: Duration = Duration::from_secs(10);
@@ -287,4 +289,80 @@ fn completion_channel_wakes_a_waiter() {
             .unwrap(),
         0
     );
+}
+
+#[test]
+fn ipv6_engines_resolve_each_other_and_run_rc_and_ud() {
+    if !is_root() {
+        eprintln!("skipped: needs root (AF_XDP, XDP and network namespaces)");
+        return;
+    }
+    let pair = VethPair::with(Default::default()).expect("veth pair");
+    // RFC 5180's benchmarking prefix, one /64 per bench.
+    let ip6 = |h: u16| IpAddr::from([0x2001, 2, 0, u16::from(pair.net), 0, 0, 0, h]);
+    let open = |ns: &str, ifname: &str, host: u16| {
+        let _g = NetnsGuard::enter(ns).unwrap();
+        let out = std::process::Command::new("ip")
+            .args([
+                "-6",
+                "addr",
+                "add",
+                &format!("{}/64", ip6(host)),
+                "dev",
+                ifname,
+                "nodad",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        Engine::open(ifname, 0, ip6(host), &Default::default()).unwrap()
+    };
+    let a = open(&pair.a, VethPair::IF_A, 1);
+    let b = open(&pair.b, VethPair::IF_B, 2);
+    assert_eq!(IpAddr::V6(Ipv6Addr::from(a.gid().0)), ip6(1));
+    let bench = Bench { a, b, pair };
+    let (x, y) = connected(&bench, QpType::Rc, 1 << 16);
+    let data = pattern(10_000, 6);
+    x.mr.write(0, &data).unwrap();
+    y.qp.post_recv(1, &[y.mr.sge(0, 1 << 16).unwrap()]).unwrap();
+    x.qp.post_send(
+        1,
+        SendOp::Send,
+        &[x.mr.sge(0, data.len()).unwrap()],
+        SendFlags::SIGNALED,
+    )
+    .unwrap();
+    assert_eq!(wait_wcs(&x.cq, 1, T)[0].status, 0);
+    let r = wait_wcs(&y.cq, 1, T);
+    assert_eq!(r[0].byte_len, 10_000);
+    let mut back = vec![0; data.len()];
+    y.mr.read(0, &mut back).unwrap();
+    assert!(back == data);
+    // UD: the GRH is the whole IPv6 header.
+    let (u, v) = (
+        side(&bench.a, QpType::Ud, 4096),
+        side(&bench.b, QpType::Ud, 4096),
+    );
+    for s in [&u, &v] {
+        s.qp.connect(&params(), &s.qp.endpoint(0), 0).unwrap();
+    }
+    v.qp.post_recv(1, &[v.mr.sge(0, 1064).unwrap()]).unwrap();
+    let ah = u.pd.create_ah(&v.qp.endpoint(0)).unwrap();
+    let op = SendOp::UdSend {
+        ah: &ah,
+        remote_qpn: v.qp.qp_num(),
+        remote_qkey: params().qkey,
+        imm: None,
+    };
+    u.qp.post_send(1, op, &[u.mr.sge(0, 500).unwrap()], SendFlags::SIGNALED)
+        .unwrap();
+    let r = wait_wcs(&v.cq, 1, T);
+    assert_eq!(
+        (r[0].status, r[0].byte_len, r[0].src_qp),
+        (0, 540, u.qp.qp_num())
+    );
+    let mut grh = [0u8; 40];
+    v.mr.read(0, &mut grh).unwrap();
+    assert_eq!(grh[0] >> 4, 6);
+    assert_eq!(&grh[8..24], &Ipv6Addr::from(bench.a.gid().0).octets());
 }
