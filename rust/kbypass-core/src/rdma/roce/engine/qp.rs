@@ -9,7 +9,7 @@ use super::work::{gather, resolve, SendOp, SendWqe, Sge};
 use super::{Access, Endpoint, PathParams, QpCaps, QpType, SendFlags};
 use crate::error::{Error, Result};
 use crate::rdma::mtu_bytes;
-use crate::rdma::roce::rc::WorkRequest;
+use crate::rdma::roce::rc::{RemoteAccess, WorkRequest};
 use crate::rdma::roce::uc::UcRequest;
 use crate::rdma::roce::ud::UdDest;
 use crate::rdma::roce::wire::PSN_MASK as PSN_MASK_RC;
@@ -144,10 +144,15 @@ impl QueuePair {
         f(q)
     }
 
-    /// RESET → INIT. A UD QP takes its Q_Key from `p.qkey`. Remote access is checked per
-    /// memory region (its rights), so `access` is accepted for compatibility and ignored.
+    /// RESET → INIT with the remote rights `access` allows on this QP (`REMOTE_WRITE`,
+    /// `REMOTE_READ`, `REMOTE_ATOMIC`: a request needs its right from both the QP and the
+    /// memory region). A UD QP takes its Q_Key from `p.qkey`.
     pub fn to_init(&self, p: &PathParams, access: Access) -> Result<()> {
-        let _ = access;
+        let access = RemoteAccess {
+            write: access.0 & Access::REMOTE_WRITE.0 != 0,
+            read: access.0 & Access::REMOTE_READ.0 != 0,
+            atomic: access.0 & Access::REMOTE_ATOMIC.0 != 0,
+        };
         self.with(|q| {
             if q.state != QpState::Reset {
                 return Err(Error::State(format!(
@@ -156,6 +161,7 @@ impl QueuePair {
                 )));
             }
             q.qkey = p.qkey;
+            q.access = access;
             q.state = QpState::Init;
             Ok(())
         })

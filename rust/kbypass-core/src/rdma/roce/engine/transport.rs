@@ -14,7 +14,9 @@ use super::work::{
 use super::{EngineCounters, QpCaps, QpType, WorkCompletion};
 use crate::error::{Error, Result};
 use crate::rdma::ffi;
-use crate::rdma::roce::rc::{MemoryTable, Pkt, RcParams, Requester, Responder, WorkRequest};
+use crate::rdma::roce::rc::{
+    MemoryTable, Pkt, RcParams, RemoteAccess, Requester, Responder, WorkRequest,
+};
 use crate::rdma::roce::uc::{UcReceiver, UcRequest, UcSender};
 use crate::rdma::roce::ud::{UdDest, UdReceiver, UdSender};
 
@@ -63,6 +65,8 @@ pub(super) struct QpEntry {
     mem: MemoryTable,
     caps: QpCaps,
     pub params: RcParams,
+    /// The QP's remote access flags.
+    pub access: RemoteAccess,
     pub qkey: u32,
     pub peer: Option<Peer>,
     pub udp_src: u16,
@@ -95,6 +99,7 @@ impl QpEntry {
             mem,
             caps,
             params: RcParams::default(),
+            access: RemoteAccess::default(),
             qkey: 0,
             peer: None,
             // rxe's choice: a source port from the QPN, in the dynamic range.
@@ -118,11 +123,11 @@ impl QpEntry {
         let p = self.params;
         self.m = match self.qp_type {
             QpType::Rc => Machine::Rc {
-                resp: Box::new(Responder::new(p, self.mem.clone())),
+                resp: Box::new(Responder::new(p, self.mem.with_mask(self.access))),
                 req: None,
             },
             QpType::Uc => Machine::Uc {
-                rx: UcReceiver::new(p.recv_psn, p.mtu, self.mem.clone()),
+                rx: UcReceiver::new(p.recv_psn, p.mtu, self.mem.with_mask(self.access)),
                 tx: None,
             },
             QpType::Ud => Machine::Ud {

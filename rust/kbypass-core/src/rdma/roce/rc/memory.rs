@@ -57,9 +57,20 @@ pub struct LocalSpan {
 /// and deregisters while its QPs' responders serve requests from it. Regions are bytes the
 /// table owns ([`MemoryTable::register`]) or [`ExternalMemory`] the caller registered
 /// ([`MemoryTable::register_external`]), which the table keeps alive while registered.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct MemoryTable {
     regions: Arc<Mutex<Vec<Region>>>,
+    /// Remote rights this handle allows on top of each region's (a QP's access flags).
+    mask: RemoteAccess,
+}
+
+impl Default for MemoryTable {
+    fn default() -> Self {
+        MemoryTable {
+            regions: Arc::default(),
+            mask: RemoteAccess::ALL,
+        }
+    }
 }
 
 /// Which right a request needs.
@@ -74,6 +85,15 @@ impl MemoryTable {
     /// An empty table.
     pub fn new() -> Self {
         MemoryTable::default()
+    }
+
+    /// A handle on the same regions that allows remote requests only the rights in `mask`
+    /// too (a QP's access flags: a right the QP lacks is refused whatever the region grants).
+    pub fn with_mask(&self, mask: RemoteAccess) -> MemoryTable {
+        MemoryTable {
+            regions: Arc::clone(&self.regions),
+            mask,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Region>> {
@@ -199,6 +219,7 @@ impl MemoryTable {
     /// `need` and the whole range lies inside the region; otherwise the NAK to answer.
     fn check(
         regions: &[Region],
+        mask: RemoteAccess,
         rkey: u32,
         va: u64,
         len: usize,
@@ -209,9 +230,9 @@ impl MemoryTable {
             .find(|r| r.rkey == rkey && r.valid)
             .ok_or(NakCode::RemoteAccessError)?;
         let allowed = match need {
-            Need::Write => r.access.write,
-            Need::Read => r.access.read,
-            Need::Atomic => r.access.atomic,
+            Need::Write => r.access.write && mask.write,
+            Need::Read => r.access.read && mask.read,
+            Need::Atomic => r.access.atomic && mask.atomic,
         };
         let off = va.checked_sub(r.va).ok_or(NakCode::RemoteAccessError)?;
         let end = off
@@ -234,7 +255,7 @@ impl MemoryTable {
         if len == 0 {
             return Ok(());
         }
-        Self::check(&self.lock(), rkey, va, len, need).map(|_| ())
+        Self::check(&self.lock(), self.mask, rkey, va, len, need).map(|_| ())
     }
 
     /// Checks that a write of `len` bytes at `va` is allowed (before its first byte).
@@ -248,7 +269,7 @@ impl MemoryTable {
             return Ok(());
         }
         let regions = self.lock();
-        let (m, off) = Self::check(&regions, rkey, va, data.len(), Need::Write)?;
+        let (m, off) = Self::check(&regions, self.mask, rkey, va, data.len(), Need::Write)?;
         m.write(off, data);
         Ok(())
     }
@@ -259,7 +280,7 @@ impl MemoryTable {
             return Ok(Vec::new());
         }
         let regions = self.lock();
-        let (m, off) = Self::check(&regions, rkey, va, len, Need::Read)?;
+        let (m, off) = Self::check(&regions, self.mask, rkey, va, len, Need::Read)?;
         m.to_vec(off, len).ok_or(NakCode::RemoteAccessError)
     }
 
@@ -277,7 +298,7 @@ impl MemoryTable {
             return Err(NakCode::InvalidRequest);
         }
         let regions = self.lock();
-        let (m, off) = Self::check(&regions, rkey, va, 8, Need::Atomic)?;
+        let (m, off) = Self::check(&regions, self.mask, rkey, va, 8, Need::Atomic)?;
         m.atomic(off, compare, swap_add)
             .ok_or(NakCode::RemoteAccessError)
     }

@@ -369,3 +369,47 @@ fn rc_with_caller_progress_moves_only_when_polled() {
     y.mr.read(0, &mut back).unwrap();
     assert!(back == data);
 }
+
+#[test]
+fn rc_a_right_the_qp_lacks_is_refused_whatever_the_region_grants() {
+    let Some(b) = bench(Progress::Thread { cpu: None }) else {
+        return;
+    };
+    let (x, y) = (side(&b.a, QpType::Rc, 4096), side(&b.b, QpType::Rc, 4096));
+    let p = params();
+    // y's QP allows remote reads only; its region allows everything.
+    y.qp.to_init(&p, Access::LOCAL_WRITE | Access::REMOTE_READ)
+        .unwrap();
+    y.qp.to_rtr(&p, &x.qp.endpoint(1)).unwrap();
+    y.qp.to_rts(&p, 2).unwrap();
+    x.qp.connect(&p, &y.qp.endpoint(2), 1).unwrap();
+    assert_eq!((x.qp.state(), y.qp.state()), (QpState::Rts, QpState::Rts));
+    let (ra, rk) = (y.mr.addr(), y.mr.rkey());
+    let f = SendFlags::SIGNALED;
+    y.mr.write(0, b"readable").unwrap();
+    x.qp.post_send(
+        1,
+        SendOp::Read {
+            remote_addr: ra,
+            rkey: rk,
+        },
+        &[x.mr.sge(0, 8).unwrap()],
+        f,
+    )
+    .unwrap();
+    assert_eq!(wait_wcs(&x.cq, 1, T)[0].status, 0);
+    let mut got = [0u8; 8];
+    x.mr.read(0, &mut got).unwrap();
+    assert_eq!(&got, b"readable");
+    x.qp.post_send(
+        2,
+        SendOp::Write {
+            remote_addr: ra,
+            rkey: rk,
+        },
+        &[x.mr.sge(0, 8).unwrap()],
+        f,
+    )
+    .unwrap();
+    assert_eq!(wait_wcs(&x.cq, 1, T)[0].status_name(), "REM_ACCESS_ERR");
+}
