@@ -29,6 +29,7 @@
 mod context;
 mod objects;
 mod qp;
+mod srq;
 mod state;
 mod transport;
 mod work;
@@ -43,6 +44,7 @@ pub use objects::{
     AddressHandle, CompletionChannel, CompletionQueue, MemoryRegion, ProtectionDomain,
 };
 pub use qp::{QpState, QueuePair};
+pub use srq::SharedReceiveQueue;
 pub use work::{
     SendOp, Sge, WC_COMP_SWAP, WC_FETCH_ADD, WC_RDMA_READ, WC_RDMA_WRITE, WC_RECV,
     WC_RECV_RDMA_WITH_IMM, WC_SEND,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::context::Engine;
 use super::objects::{CompletionQueue, ProtectionDomain};
+use super::srq::SharedReceiveQueue;
 use super::transport::{Peer, Posted, QpEntry};
 use super::work::{gather, resolve, SendOp, SendWqe, Sge};
 use super::{Access, Endpoint, PathParams, QpCaps, QpType, SendFlags};
@@ -49,6 +50,7 @@ pub struct QueuePair {
     pd: ProtectionDomain,
     _send_cq: CompletionQueue,
     _recv_cq: CompletionQueue,
+    _srq: Option<Arc<SharedReceiveQueue>>,
     qpn: u32,
     qp_type: QpType,
     sq_sig_all: bool,
@@ -71,6 +73,37 @@ impl ProtectionDomain {
         recv_cq: &CompletionQueue,
         caps: QpCaps,
         sq_sig_all: bool,
+    ) -> Result<QueuePair> {
+        self.create_qp_inner(qp_type, send_cq, recv_cq, caps, sq_sig_all, None)
+    }
+
+    /// [`create_qp`](Self::create_qp) for a QP that takes its receives from `srq` (of this
+    /// protection domain).
+    pub fn create_qp_with_srq(
+        &self,
+        qp_type: QpType,
+        send_cq: &CompletionQueue,
+        recv_cq: &CompletionQueue,
+        caps: QpCaps,
+        sq_sig_all: bool,
+        srq: &Arc<SharedReceiveQueue>,
+    ) -> Result<QueuePair> {
+        if !Arc::ptr_eq(&srq.pd().inner, &self.inner) {
+            return Err(Error::invalid(
+                "the SRQ belongs to another protection domain: create it on this one",
+            ));
+        }
+        self.create_qp_inner(qp_type, send_cq, recv_cq, caps, sq_sig_all, Some(srq))
+    }
+
+    fn create_qp_inner(
+        &self,
+        qp_type: QpType,
+        send_cq: &CompletionQueue,
+        recv_cq: &CompletionQueue,
+        caps: QpCaps,
+        sq_sig_all: bool,
+        srq: Option<&Arc<SharedReceiveQueue>>,
     ) -> Result<QueuePair> {
         let engine = Arc::clone(self.engine());
         for cq in [send_cq, recv_cq] {
@@ -95,6 +128,7 @@ impl ProtectionDomain {
                 Arc::clone(&recv_cq.shared),
                 self.inner.table.clone(),
                 caps,
+                srq.map(|s| Arc::clone(&s.inner)),
             ));
             qpn
         };
@@ -103,6 +137,7 @@ impl ProtectionDomain {
             pd: self.clone(),
             _send_cq: send_cq.clone(),
             _recv_cq: recv_cq.clone(),
+            _srq: srq.cloned(),
             qpn,
             qp_type,
             sq_sig_all,
@@ -198,6 +233,7 @@ impl QueuePair {
             q.params.recv_psn = remote.psn & PSN_MASK_RC;
             q.params.mtu = mtu;
             q.params.min_rnr_timer = p.min_rnr_timer;
+            q.params.max_dest_rd_atomic = p.max_rd_atomic;
             q.start_receiving()
         })
     }
@@ -222,6 +258,7 @@ impl QueuePair {
             q.params.timeout = if p.timeout == 0 { 31 } else { p.timeout };
             q.params.retry_cnt = p.retry_cnt;
             q.params.rnr_retry = p.rnr_retry;
+            q.params.max_rd_atomic = p.max_rd_atomic;
             q.start_sending()
         })
     }
@@ -356,6 +393,10 @@ fn posted(t: QpType, op: SendOp<'_>, data: Vec<u8>, len: usize) -> Result<Posted
         (QpType::Rc, op) => Posted::Rc(match op {
             SendOp::Send => WorkRequest::Send { data, imm: None },
             SendOp::SendImm(i) => WorkRequest::Send { data, imm: Some(i) },
+            SendOp::SendInv { invalidate_rkey } => WorkRequest::SendInv {
+                data,
+                invalidate_rkey,
+            },
             SendOp::Write { remote_addr, rkey } => WorkRequest::Write {
                 data,
                 va: remote_addr,

@@ -7,15 +7,16 @@ use std::sync::Arc;
 
 use super::objects::CqShared;
 use super::qp::QpState;
+use super::srq::SrqShared;
 use super::work::{
-    self, scatter, status_code, with_imm, RecvWqe, SendWqe, GRH_LEN, WC_RECV,
-    WC_RECV_RDMA_WITH_IMM, WC_SUCCESS, WC_WR_FLUSH_ERR,
+    self, scatter, status_code, with_imm, RecvWqe, SendWqe, GRH_LEN, WC_LOC_LEN_ERR, WC_RECV,
+    WC_RECV_RDMA_WITH_IMM, WC_SUCCESS, WC_WITH_INV, WC_WR_FLUSH_ERR,
 };
 use super::{EngineCounters, QpCaps, QpType, WorkCompletion};
 use crate::error::{Error, Result};
 use crate::rdma::ffi;
 use crate::rdma::roce::rc::{
-    MemoryTable, Pkt, RcParams, RemoteAccess, Requester, Responder, WorkRequest,
+    MemoryTable, Pkt, RcParams, RemoteAccess, Requester, Responder, Status, WorkRequest,
 };
 use crate::rdma::roce::uc::{UcReceiver, UcRequest, UcSender};
 use crate::rdma::roce::ud::{UdDest, UdReceiver, UdSender};
@@ -71,6 +72,7 @@ pub(super) struct QpEntry {
     pub peer: Option<Peer>,
     pub udp_src: u16,
     m: Machine,
+    srq: Option<Arc<SrqShared>>,
     sends: BTreeMap<u64, SendWqe>,
     recvs: BTreeMap<u64, RecvWqe>,
     /// Receives posted before the transport existed, in order.
@@ -89,6 +91,7 @@ impl QpEntry {
         recv_cq: Arc<CqShared>,
         mem: MemoryTable,
         caps: QpCaps,
+        srq: Option<Arc<SrqShared>>,
     ) -> Self {
         QpEntry {
             qpn,
@@ -105,6 +108,7 @@ impl QpEntry {
             // rxe's choice: a source port from the QPN, in the dynamic range.
             udp_src: 0xc000 | (qpn as u16 & 0x3fff),
             m: Machine::Idle,
+            srq,
             sends: BTreeMap::new(),
             recvs: BTreeMap::new(),
             early: VecDeque::new(),
@@ -121,23 +125,37 @@ impl QpEntry {
     /// RTR: the receiving half starts (`params` and `peer` are set).
     pub fn start_receiving(&mut self) -> Result<()> {
         let p = self.params;
-        self.m = match self.qp_type {
-            QpType::Rc => Machine::Rc {
-                resp: Box::new(Responder::new(p, self.mem.with_mask(self.access))),
+        let mem = self.mem.with_mask(self.access);
+        let srq = self.srq.as_ref().map(|s| s.srq.clone());
+        self.m = match (self.qp_type, srq) {
+            (QpType::Rc, None) => Machine::Rc {
+                resp: Box::new(Responder::new(p, mem)),
                 req: None,
             },
-            QpType::Uc => Machine::Uc {
-                rx: UcReceiver::new(p.recv_psn, p.mtu, self.mem.with_mask(self.access)),
+            (QpType::Rc, Some(q)) => Machine::Rc {
+                resp: Box::new(Responder::with_srq(p, mem, q)),
+                req: None,
+            },
+            (QpType::Uc, None) => Machine::Uc {
+                rx: UcReceiver::new(p.recv_psn, p.mtu, mem),
                 tx: None,
             },
-            QpType::Ud => Machine::Ud {
+            (QpType::Uc, Some(q)) => Machine::Uc {
+                rx: UcReceiver::with_srq(p.recv_psn, p.mtu, mem, q),
+                tx: None,
+            },
+            (QpType::Ud, None) => Machine::Ud {
                 rx: UdReceiver::new(self.qpn, self.qkey),
+                tx: None,
+            },
+            (QpType::Ud, Some(q)) => Machine::Ud {
+                rx: UdReceiver::with_srq(self.qpn, self.qkey, q),
                 tx: None,
             },
         };
         while let Some(id) = self.early.pop_front() {
             let cap = self.recvs.get(&id).map_or(0, |r| r.capacity);
-            self.machine_post_recv(id, cap);
+            self.machine_post_recv(id, cap)?;
         }
         self.state = QpState::Rtr;
         Ok(())
@@ -159,13 +177,17 @@ impl QpEntry {
         Ok(())
     }
 
-    fn machine_post_recv(&mut self, id: u64, cap: usize) {
-        match &mut self.m {
+    fn machine_post_recv(&mut self, id: u64, cap: usize) -> Result<()> {
+        let r = match &mut self.m {
             Machine::Rc { resp, .. } => resp.post_recv(id, cap),
             Machine::Uc { rx, .. } => rx.post_recv(id, cap),
             Machine::Ud { rx, .. } => rx.post_recv(id, cap.saturating_sub(GRH_LEN)),
-            Machine::Idle => self.early.push_back(id),
-        }
+            Machine::Idle => {
+                self.early.push_back(id);
+                Ok(())
+            }
+        };
+        r.map_err(|e| Error::State(e.to_string()))
     }
 
     pub fn post_recv(
@@ -176,6 +198,12 @@ impl QpEntry {
         if self.state == QpState::Reset {
             return Err(Error::State(
                 "post_recv needs the QP in INIT, RTR or RTS (it is in RESET)".into(),
+            ));
+        }
+        if self.srq.is_some() {
+            return Err(Error::State(
+                "this QP takes its receives from a shared receive queue: post them to the SRQ"
+                    .into(),
             ));
         }
         if self.recvs.len() >= self.caps.max_recv_wr as usize {
@@ -203,7 +231,10 @@ impl QpEntry {
             self.flush();
             return Ok(());
         }
-        self.machine_post_recv(id, capacity);
+        if let Err(e) = self.machine_post_recv(id, capacity) {
+            self.recvs.remove(&id);
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -343,55 +374,71 @@ impl QpEntry {
 
     fn complete_recvs(&mut self, solicited: bool, grh: &[u8; GRH_LEN]) {
         loop {
-            let (id, data, imm, byte_len, src_qp) = match &mut self.m {
+            let (id, status, data, imm, byte_len, src_qp, inv) = match &mut self.m {
                 Machine::Rc { resp, .. } => match resp.poll_completion() {
-                    Some(c) => (c.wr_id, c.data, c.imm, c.byte_len, None),
+                    Some(c) => (
+                        c.wr_id,
+                        c.status,
+                        c.data,
+                        c.imm,
+                        c.byte_len,
+                        None,
+                        c.invalidated_rkey,
+                    ),
                     None => return,
                 },
                 Machine::Uc { rx, .. } => match rx.poll_completion() {
-                    Some(c) => (c.wr_id, c.data, c.imm, c.byte_len, None),
+                    Some(c) => (c.wr_id, c.status, c.data, c.imm, c.byte_len, None, None),
                     None => return,
                 },
                 Machine::Ud { rx, .. } => match rx.poll_completion() {
                     Some(c) => {
                         let n = c.data.len();
-                        (c.wr_id, c.data, c.imm, n, Some(c.src_qp))
+                        (
+                            c.wr_id,
+                            Status::Success,
+                            c.data,
+                            c.imm,
+                            n,
+                            Some(c.src_qp),
+                            None,
+                        )
                     }
                     None => return,
                 },
                 Machine::Idle => return,
             };
-            let Some(r) = self.recvs.remove(&id) else {
+            let found = self.recvs.remove(&id);
+            let Some(r) = found.or_else(|| self.srq.as_ref().and_then(|s| s.take(id))) else {
                 continue;
             };
+            if status != Status::Success {
+                let wc = work::wc(r.wr_id, status_code(status), WC_RECV, self.qpn, 0);
+                self.push(false, wc, true);
+                continue;
+            }
             // A write with immediate places its data remotely and brings no bytes here.
             let write_imm = src_qp.is_none() && data.is_empty() && byte_len > 0;
-            let mut wc = if src_qp.is_some() {
-                scatter(&r.spans, 0, grh);
-                scatter(&r.spans, GRH_LEN, &data);
-                let mut wc = work::wc(
-                    r.wr_id,
-                    WC_SUCCESS,
-                    WC_RECV,
-                    self.qpn,
-                    (GRH_LEN + byte_len) as u32,
-                );
+            let mut wc = if let Some(src) = src_qp {
+                let fits = scatter(&r.spans, 0, grh) && scatter(&r.spans, GRH_LEN, &data);
+                let st = if fits { WC_SUCCESS } else { WC_LOC_LEN_ERR };
+                let len = (GRH_LEN + byte_len) as u32;
+                let mut wc = work::wc(r.wr_id, st, WC_RECV, self.qpn, len);
                 wc.wc_flags |= ffi::WC_GRH;
-                wc.src_qp = src_qp.unwrap_or(0);
+                wc.src_qp = src;
                 wc
             } else if write_imm {
-                work::wc(
-                    r.wr_id,
-                    WC_SUCCESS,
-                    WC_RECV_RDMA_WITH_IMM,
-                    self.qpn,
-                    byte_len as u32,
-                )
+                let len = byte_len as u32;
+                work::wc(r.wr_id, WC_SUCCESS, WC_RECV_RDMA_WITH_IMM, self.qpn, len)
             } else {
                 scatter(&r.spans, 0, &data);
                 work::wc(r.wr_id, WC_SUCCESS, WC_RECV, self.qpn, byte_len as u32)
             };
             wc = with_imm(wc, imm);
+            if let Some(k) = inv {
+                wc.imm_data = k;
+                wc.wc_flags |= WC_WITH_INV;
+            }
             self.push(false, wc, solicited);
         }
     }
@@ -429,6 +476,17 @@ impl QpEntry {
     /// The error state: every outstanding work request completes as flushed.
     pub fn fail(&mut self) {
         self.state = QpState::Error;
+        match &mut self.m {
+            Machine::Rc { resp, req } => {
+                resp.set_error();
+                if let Some(r) = req {
+                    r.set_error();
+                }
+            }
+            Machine::Uc { .. } | Machine::Ud { .. } | Machine::Idle => {}
+        }
+        self.complete();
+        self.complete_recvs(false, &[0; GRH_LEN]);
         self.flush();
     }
 

@@ -33,10 +33,26 @@ struct Region {
     va: u64,
     access: RemoteAccess,
     local_write: bool,
+    /// A SEND with invalidate may invalidate it (a memory window or fast-registered MR).
+    remote_invalidate: bool,
+    /// Not invalidated: remote access is checked against it.
     valid: bool,
     mem: Arc<ExternalMemory>,
     off: usize,
     len: usize,
+}
+
+/// Why a SEND with invalidate could not invalidate an R_Key (the responder then completes
+/// the receive with a remote invalid request error and goes to the error state: IBTA class
+/// J, as rxe does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidateError {
+    /// No region has the key.
+    #[error("no region has R_Key {0:#x}")]
+    UnknownKey(u32),
+    /// The region is not one a remote peer may invalidate (an ordinary registered MR).
+    #[error("R_Key {0:#x} names a region a remote peer may not invalidate")]
+    NotInvalidatable(u32),
 }
 
 /// Where a local scatter/gather element lies: the memory and the offset in it.
@@ -134,6 +150,7 @@ impl MemoryTable {
             va,
             access,
             local_write,
+            remote_invalidate: false,
             valid: true,
             mem,
             off,
@@ -151,9 +168,33 @@ impl MemoryTable {
         regions.len() != before
     }
 
-    /// Invalidates `key`: every access through it fails from now on (a send with
-    /// invalidate, a local invalidate); false when there is no such region.
-    pub fn invalidate(&self, key: u32) -> bool {
+    /// Lets a SEND with invalidate naming `rkey` invalidate its region (as one may a memory
+    /// window or a fast-registered MR; an ordinary MR may not be); false if no region has it.
+    pub fn allow_remote_invalidate(&mut self, rkey: u32) -> bool {
+        let mut regions = self.lock();
+        let r = regions.iter_mut().find(|r| r.rkey == rkey);
+        r.map(|r| r.remote_invalidate = true).is_some()
+    }
+
+    /// Invalidates `rkey` for a SEND with invalidate: from then on every remote access with
+    /// it is refused (its bytes stay readable locally). Invalidating an invalid key again is
+    /// allowed.
+    pub fn invalidate(&mut self, rkey: u32) -> Result<(), InvalidateError> {
+        let mut regions = self.lock();
+        let r = regions
+            .iter_mut()
+            .find(|r| r.rkey == rkey)
+            .ok_or(InvalidateError::UnknownKey(rkey))?;
+        if !r.remote_invalidate {
+            return Err(InvalidateError::NotInvalidatable(rkey));
+        }
+        r.valid = false;
+        Ok(())
+    }
+
+    /// Invalidates `key` locally (a local invalidate, whatever the region is): every access
+    /// through it fails from now on; false when there is no such region.
+    pub fn invalidate_local(&self, key: u32) -> bool {
         self.lock()
             .iter_mut()
             .find(|r| r.rkey == key)

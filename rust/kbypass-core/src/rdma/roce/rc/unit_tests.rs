@@ -162,16 +162,6 @@ fn remote_access_is_checked_against_key_bounds_and_rights() {
     assert!(done.iter().all(|c| c.status == Status::Success));
 }
 
-fn request(op: Op, psn: u32, ext: ExtHeaders, payload: Vec<u8>, ack_req: bool) -> Pkt {
-    let mut bth = Bth::new(Opcode::new(Transport::Rc, op).unwrap(), 1, psn);
-    bth.ack_req = ack_req;
-    Pkt { bth, ext, payload }
-}
-
-fn drain(r: &mut Responder) -> Vec<Pkt> {
-    std::iter::from_fn(|| r.poll_tx()).collect()
-}
-
 #[test]
 fn responder_answers_duplicate_atomics_from_its_cache_and_naks_a_gap_once() {
     let p = RcParams {
@@ -227,7 +217,7 @@ fn responder_answers_duplicate_atomics_from_its_cache_and_naks_a_gap_once() {
         };
         request(op, psn, ext, vec![1, 2, 3, 4], true)
     };
-    r.post_recv(1, 16);
+    r.post_recv(1, 16).unwrap();
     r.on_packet(&send(103, false));
     r.on_packet(&send(104, false));
     let out = drain(&mut r);
@@ -344,7 +334,7 @@ fn hostile_packets_never_panic_either_side() {
             ..RcParams::default()
         };
         let mut r = Responder::new(p, memory(4096));
-        r.post_recv(1, 300);
+        r.post_recv(1, 300).unwrap();
         let mut q = Requester::new(p);
         q.post(
             1,

@@ -366,3 +366,115 @@ fn ipv6_engines_resolve_each_other_and_run_rc_and_ud() {
     assert_eq!(grh[0] >> 4, 6);
     assert_eq!(&grh[8..24], &Ipv6Addr::from(bench.a.gid().0).octets());
 }
+
+#[test]
+fn srq_feeds_two_qps_and_send_with_invalidate_revokes_a_key() {
+    let Some(b) = bench(Progress::Thread { cpu: None }) else {
+        return;
+    };
+    let (x1, x2) = (
+        side(&b.a, QpType::Rc, 1 << 16),
+        side(&b.a, QpType::Rc, 1 << 16),
+    );
+    let pd = b.b.alloc_pd().unwrap();
+    let cq = b.b.create_cq(64, None).unwrap();
+    let mr = pd
+        .register(ExternalMemory::zeroed(1 << 16), Access::ALL)
+        .unwrap();
+    let srq = pd.create_srq(8, 2).unwrap();
+    let mk = || {
+        pd.create_qp_with_srq(QpType::Rc, &cq, &cq, QpCaps::default(), true, &srq)
+            .unwrap()
+    };
+    let (y1, y2) = (mk(), mk());
+    let p = params();
+    for (x, y) in [(&x1, &y1), (&x2, &y2)] {
+        x.qp.connect(&p, &y.endpoint(3), 4).unwrap();
+        y.connect(&p, &x.qp.endpoint(4), 3).unwrap();
+    }
+    assert!(
+        y1.post_recv(1, &[mr.sge(0, 64).unwrap()]).is_err(),
+        "post to the SRQ"
+    );
+    for i in 0..3u64 {
+        srq.post_recv(10 + i, &[mr.sge(i as usize * 1024, 1024).unwrap()])
+            .unwrap();
+    }
+    assert_eq!(srq.len(), 3);
+    let f = SendFlags::SIGNALED;
+    x1.mr.write(0, b"from x1").unwrap();
+    x2.mr.write(0, b"from x2").unwrap();
+    x1.qp
+        .post_send(1, SendOp::Send, &[x1.mr.sge(0, 7).unwrap()], f)
+        .unwrap();
+    assert_eq!(wait_wcs(&x1.cq, 1, T)[0].status, 0);
+    x2.qp
+        .post_send(1, SendOp::Send, &[x2.mr.sge(0, 7).unwrap()], f)
+        .unwrap();
+    assert_eq!(wait_wcs(&x2.cq, 1, T)[0].status, 0);
+    let got = wait_wcs(&cq, 2, T);
+    let seen: Vec<(u64, u32)> = got.iter().map(|w| (w.wr_id, w.qp_num)).collect();
+    assert_eq!(seen, [(10, y1.qp_num()), (11, y2.qp_num())]);
+    let mut m = [0u8; 7];
+    mr.read(1024, &mut m).unwrap();
+    assert_eq!(&m, b"from x2");
+    assert_eq!(srq.len(), 1);
+
+    // SEND with invalidate: the key of a region that allows it stops working.
+    let target = pd
+        .register(ExternalMemory::zeroed(4096), Access::ALL)
+        .unwrap();
+    target.allow_remote_invalidate();
+    let inv = SendOp::SendInv {
+        invalidate_rkey: target.rkey(),
+    };
+    x1.qp
+        .post_send(2, inv, &[x1.mr.sge(0, 7).unwrap()], f)
+        .unwrap();
+    assert_eq!(wait_wcs(&x1.cq, 1, T)[0].status, 0);
+    let w = wait_wcs(&cq, 1, T);
+    assert_eq!((w[0].wr_id, w[0].status), (12, 0));
+    assert_ne!(w[0].wc_flags & 8, 0, "IBV_WC_WITH_INV");
+    assert_eq!(w[0].imm_data, target.rkey());
+    assert!(!target.is_valid());
+    let write = SendOp::Write {
+        remote_addr: target.addr(),
+        rkey: target.rkey(),
+    };
+    x1.qp
+        .post_send(3, write, &[x1.mr.sge(0, 7).unwrap()], f)
+        .unwrap();
+    assert_eq!(wait_wcs(&x1.cq, 1, T)[0].status_name(), "REM_ACCESS_ERR");
+}
+
+#[test]
+fn reads_beyond_max_rd_atomic_wait_for_credits_and_all_complete() {
+    let Some(b) = bench(Progress::Thread { cpu: None }) else {
+        return;
+    };
+    let (x, y) = connected(&b, QpType::Rc, 1 << 16);
+    let data = pattern(1 << 15, 8);
+    y.mr.write(0, &data).unwrap();
+    // params() keeps max_rd_atomic at 1: eight reads go one at a time.
+    for i in 0..8usize {
+        let op = SendOp::Read {
+            remote_addr: y.mr.addr() + (i * 4096) as u64,
+            rkey: y.mr.rkey(),
+        };
+        x.qp.post_send(
+            i as u64,
+            op,
+            &[x.mr.sge(i * 4096, 4096).unwrap()],
+            SendFlags::SIGNALED,
+        )
+        .unwrap();
+    }
+    let w = wait_wcs(&x.cq, 8, T);
+    assert_eq!(
+        w.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
+        (0..8).map(|i| (i, 0)).collect::<Vec<_>>()
+    );
+    let mut back = vec![0; data.len()];
+    x.mr.read(0, &mut back).unwrap();
+    assert!(back == data);
+}
