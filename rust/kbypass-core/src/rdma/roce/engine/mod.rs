@@ -120,6 +120,9 @@ pub struct EngineCounters {
     pub tx_bytes: u64,
     /// Frames dropped for a bad ICRC.
     pub bad_icrc: u64,
+    /// Frames accepted on their ICRC although their UDP checksum did not verify (a sender
+    /// on the same host whose checksum offload was never finished).
+    pub udp_checksum_ignored: u64,
     /// Frames dropped as malformed (truncated, bad lengths, checksums, opcodes, pads).
     pub malformed: u64,
     /// Frames for another IP address (the XDP rule lets none through; counted if one does).

@@ -478,3 +478,40 @@ fn reads_beyond_max_rd_atomic_wait_for_credits_and_all_complete() {
     x.mr.read(0, &mut back).unwrap();
     assert!(back == data);
 }
+
+#[test]
+fn a_frame_with_an_unfinished_udp_checksum_is_judged_by_its_icrc() {
+    use crate::rdma::roce::wire::{
+        Bth, ExtHeaders, Frame, FrameSpec, IpHeader, Op, Opcode, Transport, WireError,
+    };
+    let spec = FrameSpec {
+        eth_dst: [2, 0, 0, 0, 0, 2],
+        eth_src: [2, 0, 0, 0, 0, 1],
+        vlan_tci: None,
+        ip: IpHeader::V6 {
+            src: [0x20, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            dst: [0x20, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            traffic_class: 0,
+            flow_label: 0,
+            hop_limit: 64,
+        },
+        udp_src: 0xc011,
+        bth: Bth::new(Opcode::new(Transport::Rc, Op::SendOnly).unwrap(), 0x11, 5),
+        ext: ExtHeaders::default(),
+    };
+    let mut f = vec![0u8; spec.frame_len(100)];
+    let n = spec.build(&[7; 100], &mut f).unwrap();
+    f.truncate(n);
+    // The UDP checksum (bytes 6..8 of the UDP header after 14 + 40 bytes) left as a
+    // partial sum: the ICRC masks it, so the frame is intact.
+    f[14 + 40 + 6] ^= 0x5a;
+    assert_eq!(Frame::parse(&f).unwrap_err(), WireError::BadUdpChecksum);
+    let ok = super::super::state::icrc_only(&f).unwrap();
+    assert_eq!(ok.packet.payload, &[7; 100][..]);
+    // Damage under the ICRC as well: refused.
+    f[n - 10] ^= 1;
+    assert!(matches!(
+        super::super::state::icrc_only(&f),
+        Err(WireError::BadIcrc { .. })
+    ));
+}

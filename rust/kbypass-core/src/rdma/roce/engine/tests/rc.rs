@@ -413,3 +413,64 @@ fn rc_a_right_the_qp_lacks_is_refused_whatever_the_region_grants() {
     .unwrap();
     assert_eq!(wait_wcs(&x.cq, 1, T)[0].status_name(), "REM_ACCESS_ERR");
 }
+
+#[test]
+fn rc_hostile_datagrams_are_counted_and_the_connection_carries_on() {
+    use crate::rdma::roce::wire::{Bth, ExtHeaders, FrameSpec, IpHeader, Op, Opcode, Transport};
+    use std::net::SocketAddrV4;
+    let Some(b) = bench(Progress::Thread { cpu: None }) else {
+        return;
+    };
+    let (x, y) = connected(&b, QpType::Rc, 4096);
+    let to = SocketAddrV4::new(b.pair.ip(2), 4791);
+    let send = |payload: &[u8], n: u64| {
+        crate::traffic::kernel::udp_send(Some(&b.pair.a), b.pair.ip(1), to, payload, n, 1).unwrap()
+    };
+    // Too short for a BTH.
+    send(&[1, 2, 3], 10);
+    // A well-formed SEND ONLY to y's QP whose ICRC is damaged.
+    let spec = FrameSpec {
+        eth_dst: [0; 6],
+        eth_src: [0; 6],
+        vlan_tci: None,
+        ip: IpHeader::V4 {
+            src: b.pair.ip(1).octets(),
+            dst: b.pair.ip(2).octets(),
+            tos: 0,
+            ttl: 64,
+            id: 0,
+        },
+        udp_src: 1234,
+        bth: Bth::new(
+            Opcode::new(Transport::Rc, Op::SendOnly).unwrap(),
+            y.qp.qp_num(),
+            2000,
+        ),
+        ext: ExtHeaders::default(),
+    };
+    let mut frame = vec![0u8; spec.frame_len(16)];
+    let n = spec.build(&[0x42; 16], &mut frame).unwrap();
+    let mut udp_payload = frame[42..n].to_vec();
+    *udp_payload.last_mut().unwrap() ^= 0xff;
+    send(&udp_payload, 10);
+    let deadline = std::time::Instant::now() + T;
+    let mut c = b.b.counters();
+    while (c.malformed < 10 || c.bad_icrc < 10) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        c = b.b.counters();
+    }
+    assert_eq!((c.malformed, c.bad_icrc), (10, 10), "{c:?}");
+    // Nothing reached the QP: its first real message is still PSN 2000's.
+    y.qp.post_recv(1, &[y.mr.sge(0, 64).unwrap()]).unwrap();
+    x.mr.write(0, b"after the noise").unwrap();
+    x.qp.post_send(
+        1,
+        SendOp::Send,
+        &[x.mr.sge(0, 15).unwrap()],
+        SendFlags::SIGNALED,
+    )
+    .unwrap();
+    assert_eq!(wait_wcs(&x.cq, 1, T)[0].status, 0);
+    let w = wait_wcs(&y.cq, 1, T);
+    assert_eq!((w[0].status, w[0].byte_len), (0, 15));
+}
