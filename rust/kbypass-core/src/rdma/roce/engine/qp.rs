@@ -301,6 +301,7 @@ impl QueuePair {
         flags: SendFlags,
     ) -> Result<()> {
         let signaled = self.sq_sig_all || flags.0 & SendFlags::SIGNALED.0 != 0;
+        let solicited = flags.0 & SendFlags::SOLICITED.0 != 0;
         let ud = matches!(op, SendOp::UdSend { .. });
         if ud != (self.qp_type == QpType::Ud) {
             return Err(Error::invalid(
@@ -334,7 +335,7 @@ impl QueuePair {
                 byte_len: len as u32,
             };
             let what = posted(q.qp_type, op, data, len)?;
-            q.post_send(wqe, what)
+            q.post_send(wqe, what, solicited)
         })?;
         self.engine.kick();
         Ok(())

@@ -9,8 +9,8 @@ use super::objects::CqShared;
 use super::qp::QpState;
 use super::srq::SrqShared;
 use super::work::{
-    self, scatter, status_code, with_imm, RecvWqe, SendWqe, GRH_LEN, WC_LOC_LEN_ERR, WC_RECV,
-    WC_RECV_RDMA_WITH_IMM, WC_SUCCESS, WC_WITH_INV, WC_WR_FLUSH_ERR,
+    self, scatter, status_code, with_imm, RecvWqe, SendWqe, Solicited, GRH_LEN, WC_LOC_LEN_ERR,
+    WC_RECV, WC_RECV_RDMA_WITH_IMM, WC_SUCCESS, WC_WITH_INV, WC_WR_FLUSH_ERR,
 };
 use super::{EngineCounters, QpCaps, QpType, WorkCompletion};
 use crate::error::{Error, Result};
@@ -78,6 +78,7 @@ pub(super) struct QpEntry {
     /// Receives posted before the transport existed, in order.
     early: VecDeque<u64>,
     ud_out: VecDeque<(u64, Pkt, Peer)>,
+    solicited: Solicited,
     next_id: u64,
     /// Completions dropped because a CQ was full.
     pub overflows: u64,
@@ -113,6 +114,7 @@ impl QpEntry {
             recvs: BTreeMap::new(),
             early: VecDeque::new(),
             ud_out: VecDeque::new(),
+            solicited: Solicited::default(),
             next_id: 1,
             overflows: 0,
         }
@@ -244,7 +246,7 @@ impl QpEntry {
         id
     }
 
-    pub fn post_send(&mut self, wqe: SendWqe, what: Posted) -> Result<()> {
+    pub fn post_send(&mut self, wqe: SendWqe, what: Posted, solicited: bool) -> Result<()> {
         if self.state != QpState::Rts && self.state != QpState::Error {
             return Err(Error::State(format!(
                 "post_send needs the QP in RTS (it is in {:?}): connect it first",
@@ -264,8 +266,18 @@ impl QpEntry {
             return Ok(());
         }
         match (&mut self.m, what) {
-            (Machine::Rc { req: Some(r), .. }, Posted::Rc(wr)) => r.post(id, wr),
-            (Machine::Uc { tx: Some(t), .. }, Posted::Uc(wr)) => t.post(id, wr),
+            (Machine::Rc { req: Some(r), .. }, Posted::Rc(wr)) => {
+                if matches!(wr, WorkRequest::Send { .. } | WorkRequest::SendInv { .. }) {
+                    self.solicited.posted(solicited);
+                }
+                r.post(id, wr);
+            }
+            (Machine::Uc { tx: Some(t), .. }, Posted::Uc(wr)) => {
+                if matches!(wr, UcRequest::Send { .. }) {
+                    self.solicited.posted(solicited);
+                }
+                t.post(id, wr);
+            }
             (
                 Machine::Ud { tx: Some(t), .. },
                 Posted::Ud {
@@ -275,7 +287,10 @@ impl QpEntry {
                     imm,
                 },
             ) => match t.send(dest, &data, imm) {
-                Ok(p) => self.ud_out.push_back((id, p, peer)),
+                Ok(mut p) => {
+                    p.bth.solicited = solicited;
+                    self.ud_out.push_back((id, p, peer));
+                }
                 Err(e) => {
                     self.sends.remove(&id);
                     return Err(Error::invalid(format!(
@@ -335,12 +350,18 @@ impl QpEntry {
         let peer = self.peer;
         match &mut self.m {
             Machine::Rc { resp, req } => {
-                let p = resp
-                    .poll_tx()
-                    .or_else(|| req.as_mut().and_then(|r| r.poll_tx(now)))?;
+                if let Some(p) = resp.poll_tx() {
+                    return Some((p, peer?));
+                }
+                let mut p = req.as_mut()?.poll_tx(now)?;
+                self.solicited.mark(&mut p);
                 Some((p, peer?))
             }
-            Machine::Uc { tx: Some(t), .. } => Some((t.poll_tx()?, peer?)),
+            Machine::Uc { tx: Some(t), .. } => {
+                let mut p = t.poll_tx()?;
+                self.solicited.mark(&mut p);
+                Some((p, peer?))
+            }
             Machine::Ud { .. } => {
                 let (id, p, to) = self.ud_out.pop_front()?;
                 self.complete_send(id, WC_SUCCESS, None);

@@ -235,3 +235,54 @@ pub(super) fn with_imm(mut wc: WorkCompletion, imm: Option<u32>) -> WorkCompleti
     }
     wc
 }
+
+/// Which sends carry the solicited event bit (`SendFlags::SOLICITED`): set on the last packet
+/// of the message, and on its retransmissions. The transports emit messages in posting order,
+/// so the flags of posted sends are matched, in order, to the last packets of sends the
+/// first time each goes out.
+#[derive(Debug, Default)]
+pub(super) struct Solicited {
+    pending: std::collections::VecDeque<bool>,
+    marked: std::collections::HashSet<u32>,
+    highest: Option<u32>,
+}
+
+impl Solicited {
+    /// A send was posted (with `solicited` or not).
+    pub fn posted(&mut self, solicited: bool) {
+        self.pending.push_back(solicited);
+    }
+
+    /// Sets the bit on `pkt` if it is the last packet of a solicited send.
+    pub fn mark(&mut self, pkt: &mut crate::rdma::roce::rc::Pkt) {
+        use crate::rdma::roce::rc::psn_diff;
+        use crate::rdma::roce::wire::{Op, Position};
+        let op = pkt.bth.opcode.op();
+        let is_send = matches!(
+            op,
+            Op::SendOnly
+                | Op::SendOnlyImm
+                | Op::SendOnlyInv
+                | Op::SendLast
+                | Op::SendLastImm
+                | Op::SendLastInv
+        );
+        if !is_send || !matches!(pkt.bth.opcode.position(), Position::Last | Position::Only) {
+            return;
+        }
+        let psn = pkt.bth.psn;
+        let first_time = self.highest.is_none_or(|h| psn_diff(psn, h) > 0);
+        if first_time {
+            self.highest = Some(psn);
+            if self.pending.pop_front() == Some(true) {
+                self.marked.insert(psn);
+                if self.marked.len() > 1024 {
+                    self.marked.retain(|&p| psn_diff(psn, p) < 1 << 22);
+                }
+            }
+        }
+        if self.marked.contains(&psn) {
+            pkt.bth.solicited = true;
+        }
+    }
+}

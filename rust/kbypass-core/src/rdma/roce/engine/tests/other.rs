@@ -515,3 +515,50 @@ fn a_frame_with_an_unfinished_udp_checksum_is_judged_by_its_icrc() {
         Err(WireError::BadIcrc { .. })
     ));
 }
+
+#[test]
+fn solicited_only_notification_waits_for_a_solicited_send() {
+    let Some(b) = bench(Progress::Thread { cpu: None }) else {
+        return;
+    };
+    let x = side(&b.a, QpType::Rc, 1 << 16);
+    let ch = b.b.create_comp_channel().unwrap();
+    let pd = b.b.alloc_pd().unwrap();
+    let cq = b.b.create_cq(16, Some(&ch)).unwrap();
+    let mr = pd
+        .register(ExternalMemory::zeroed(1 << 16), Access::ALL)
+        .unwrap();
+    let qp = pd
+        .create_qp(QpType::Rc, &cq, &cq, QpCaps::default(), true)
+        .unwrap();
+    let p = params();
+    x.qp.connect(&p, &qp.endpoint(5), 9).unwrap();
+    qp.connect(&p, &x.qp.endpoint(9), 5).unwrap();
+    for i in 0..2 {
+        qp.post_recv(i, &[mr.sge(i as usize * 8192, 8192).unwrap()])
+            .unwrap();
+    }
+    cq.req_notify(true).unwrap();
+    x.qp.post_send(
+        1,
+        SendOp::Send,
+        &[x.mr.sge(0, 3000).unwrap()],
+        SendFlags::SIGNALED,
+    )
+    .unwrap();
+    assert_eq!(wait_wcs(&x.cq, 1, T)[0].status, 0);
+    assert!(
+        !cq.wait(Some(Duration::from_millis(30))).unwrap(),
+        "not solicited"
+    );
+    // A three-packet send: the bit is on its last packet.
+    x.qp.post_send(
+        2,
+        SendOp::Send,
+        &[x.mr.sge(0, 3000).unwrap()],
+        SendFlags::SIGNALED | SendFlags::SOLICITED,
+    )
+    .unwrap();
+    assert!(cq.wait(Some(T)).unwrap());
+    assert_eq!(wait_wcs(&cq, 2, T).len(), 2);
+}
