@@ -280,6 +280,15 @@ impl QueuePair {
         })
     }
 
+    /// Any state → RESET: outstanding work requests are discarded without completions; the
+    /// QP can then go through INIT, RTR and RTS again.
+    pub fn to_reset(&self) -> Result<()> {
+        self.with(|q| {
+            q.reset();
+            Ok(())
+        })
+    }
+
     /// Posts one receive of the SGEs' bytes (which need `LOCAL_WRITE`).
     pub fn post_recv(&self, wr_id: u64, sg: &[Sge]) -> Result<()> {
         self.with(|q| {

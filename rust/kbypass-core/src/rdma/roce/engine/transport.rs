@@ -494,6 +494,20 @@ impl QpEntry {
         }
     }
 
+    /// RESET: everything outstanding is discarded without completions (as verbs does) and
+    /// the QP can be set up again.
+    pub fn reset(&mut self) {
+        self.m = Machine::Idle;
+        self.sends.clear();
+        self.recvs.clear();
+        self.early.clear();
+        self.ud_out.clear();
+        self.solicited = Solicited::default();
+        self.params = RcParams::default();
+        self.peer = None;
+        self.state = QpState::Reset;
+    }
+
     /// The error state: every outstanding work request completes as flushed.
     pub fn fail(&mut self) {
         self.state = QpState::Error;

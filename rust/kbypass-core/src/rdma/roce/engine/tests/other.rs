@@ -221,6 +221,12 @@ fn memory_regions_check_keys_bounds_and_rights() {
     qp.to_error().unwrap();
     let w = wait_wcs(&cq, 1, T);
     assert_eq!((w[0].wr_id, w[0].status_name()), (2, "WR_FLUSH_ERR"));
+    // Back to RESET and up again.
+    qp.to_reset().unwrap();
+    assert_eq!(qp.state(), QpState::Reset);
+    assert!(qp.post_recv(6, &[rw.sge(0, 8).unwrap()]).is_err());
+    qp.to_init(&params(), Access::ALL).unwrap();
+    qp.post_recv(7, &[rw.sge(0, 8).unwrap()]).unwrap();
     // A deregistered key no longer resolves.
     let sge = rw.sge(0, 8).unwrap();
     drop(rw);
