@@ -474,3 +474,74 @@ fn rc_hostile_datagrams_are_counted_and_the_connection_carries_on() {
     let w = wait_wcs(&y.cq, 1, T);
     assert_eq!((w[0].status, w[0].byte_len), (0, 15));
 }
+
+#[test]
+fn rc_both_directions_at_once_many_large_messages_arrive_intact() {
+    let Some(b) = bench(Progress::Thread { cpu: None }) else {
+        return;
+    };
+    let (x, y) = connected(&b, QpType::Rc, 8 << 20);
+    const N: usize = 48;
+    const LEN: usize = 64 << 10;
+    let fill = |s: &Side, seed: u8| {
+        for i in 0..N {
+            s.mr.write(i * LEN, &pattern(LEN, seed.wrapping_add(i as u8)))
+                .unwrap();
+        }
+    };
+    fill(&x, 10);
+    fill(&y, 100);
+    // Each side writes its first half into the other's second half and sends the rest.
+    for (me, peer) in [(&x, &y), (&y, &x)] {
+        for i in 0..N / 2 {
+            peer.qp
+                .post_recv(i as u64, &[peer.mr.sge((N + i) * LEN, LEN).unwrap()])
+                .unwrap();
+        }
+        for i in 0..N / 2 {
+            let op = SendOp::Write {
+                remote_addr: peer.mr.addr() + ((N + N / 2 + i) * LEN) as u64,
+                rkey: peer.mr.rkey(),
+            };
+            me.qp
+                .post_send(
+                    i as u64,
+                    op,
+                    &[me.mr.sge(i * LEN, LEN).unwrap()],
+                    SendFlags::SIGNALED,
+                )
+                .unwrap();
+            me.qp
+                .post_send(
+                    100 + i as u64,
+                    SendOp::Send,
+                    &[me.mr.sge((N / 2 + i) * LEN, LEN).unwrap()],
+                    SendFlags::SIGNALED,
+                )
+                .unwrap();
+        }
+    }
+    // Each CQ gets its side's N sends/writes and N/2 receives.
+    for s in [&x, &y] {
+        let w = wait_wcs(&s.cq, N + N / 2, Duration::from_secs(60));
+        assert_eq!(w.len(), N + N / 2);
+        assert!(w.iter().all(|w| w.status == 0), "{w:?}");
+    }
+    for (peer, seed) in [(&y, 10u8), (&x, 100u8)] {
+        let mut got = vec![0; LEN];
+        for i in 0..N / 2 {
+            peer.mr.read((N + i) * LEN, &mut got).unwrap();
+            assert!(
+                got == pattern(LEN, seed.wrapping_add((N / 2 + i) as u8)),
+                "send {i}"
+            );
+            peer.mr.read((N + N / 2 + i) * LEN, &mut got).unwrap();
+            assert!(got == pattern(LEN, seed.wrapping_add(i as u8)), "write {i}");
+        }
+    }
+    let (ca, cb) = (b.a.counters(), b.b.counters());
+    assert_eq!(
+        (ca.bad_icrc, ca.malformed, cb.bad_icrc, cb.malformed),
+        (0, 0, 0, 0)
+    );
+}
