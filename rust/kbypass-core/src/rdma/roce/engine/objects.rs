@@ -252,8 +252,14 @@ impl MemoryRegion {
         Ok(())
     }
 
-    /// Copies `data` into the region at `offset`.
+    /// Copies `data` into the region at `offset`; needs `LOCAL_WRITE` (a region registered
+    /// without it may be read-only memory).
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
+        if self.access.0 & Access::LOCAL_WRITE.0 == 0 {
+            return Err(Error::invalid(
+                "the region was registered without LOCAL_WRITE: write to its memory directly",
+            ));
+        }
         self.sge(offset, data.len())?;
         self.mem.write(self.off + offset, data);
         Ok(())

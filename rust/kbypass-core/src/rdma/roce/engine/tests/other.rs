@@ -195,6 +195,10 @@ fn memory_regions_check_keys_bounds_and_rights() {
     assert_ne!(ro.lkey(), rw.lkey());
     assert_eq!(rw.addr(), ro.addr() + 1024);
     assert!(rw.sge(1000, 25).is_err());
+    assert!(
+        ro.write(0, b"no").is_err(),
+        "a read-only registration is not written"
+    );
     let cq = b.a.create_cq(16, None).unwrap();
     let qp = pd
         .create_qp(QpType::Rc, &cq, &cq, QpCaps::default(), true)
