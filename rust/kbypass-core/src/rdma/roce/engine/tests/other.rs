@@ -169,6 +169,20 @@ fn open_refuses_bad_options_without_leaving_anything_behind() {
     let i = if_nametoindex(VethPair::IF_A).unwrap();
     assert!(xdp_query(i).unwrap().first().is_some());
     assert!(Engine::open(VethPair::IF_A, 5, ip, &Default::default()).is_err());
+    // A CPU that does not exist: refused after the port opened, and the port is released
+    // (queue 0 of veth1 in the other namespace is taken by `b.b`; use a fresh pair's).
+    drop(_g);
+    let pair = VethPair::with(Default::default()).unwrap();
+    let _g = NetnsGuard::enter(&pair.a).unwrap();
+    let pinned = EngineOptions {
+        progress: Progress::Thread { cpu: Some(4095) },
+        ..Default::default()
+    };
+    let ip = IpAddr::V4(pair.ip(1));
+    assert!(Engine::open(VethPair::IF_A, 0, ip, &pinned).is_err());
+    let i = if_nametoindex(VethPair::IF_A).unwrap();
+    assert_eq!(xdp_query(i).unwrap().first(), None, "nothing left attached");
+    assert!(Engine::open(VethPair::IF_A, 0, ip, &Default::default()).is_ok());
     assert_eq!(
         b.a.gid().0[..12],
         [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]
