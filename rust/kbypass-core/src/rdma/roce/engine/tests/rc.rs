@@ -545,3 +545,62 @@ fn rc_both_directions_at_once_many_large_messages_arrive_intact() {
         (0, 0, 0, 0)
     );
 }
+
+#[test]
+fn rc_path_mtus_from_256_to_what_the_link_carries() {
+    if !crate::sys::testutil::is_root() {
+        eprintln!("skipped: needs root (AF_XDP, XDP and network namespaces)");
+        return;
+    }
+    let pair = VethPair::with(Default::default()).expect("veth pair");
+    let open = |ns: &str, ifname: &str, host: u8| {
+        let _g = NetnsGuard::enter(ns).unwrap();
+        let out = std::process::Command::new("ip")
+            .args(["link", "set", ifname, "mtu", "3000"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        Engine::open(ifname, 0, IpAddr::V4(pair.ip(host)), &Default::default()).unwrap()
+    };
+    let a = open(&pair.a, VethPair::IF_A, 1);
+    let b = open(&pair.b, VethPair::IF_B, 2);
+    // A 3000-byte link MTU carries a 2048-byte path MTU (4096 would need 4172 bytes and a
+    // UMEM frame larger than 4096).
+    assert_eq!(a.max_mtu(), 2048);
+    let bench = Bench { a, b, pair };
+    for (code, mtu) in [(1, 256), (2, 512), (4, 2048), (5, 2048)] {
+        let (x, y) = (
+            side(&bench.a, QpType::Rc, 1 << 16),
+            side(&bench.b, QpType::Rc, 1 << 16),
+        );
+        let p = PathParams {
+            mtu: code,
+            ..params()
+        };
+        x.qp.connect(&p, &y.qp.endpoint(7), 3).unwrap();
+        y.qp.connect(&p, &x.qp.endpoint(3), 7).unwrap();
+        let data = pattern(10_000, code as u8);
+        x.mr.write(0, &data).unwrap();
+        let before = bench.b.counters().rx_packets;
+        let op = SendOp::Write {
+            remote_addr: y.mr.addr(),
+            rkey: y.mr.rkey(),
+        };
+        x.qp.post_send(
+            1,
+            op,
+            &[x.mr.sge(0, data.len()).unwrap()],
+            SendFlags::SIGNALED,
+        )
+        .unwrap();
+        assert_eq!(wait_wcs(&x.cq, 1, T)[0].status, 0, "mtu {mtu}");
+        let mut got = vec![0; data.len()];
+        y.mr.read(0, &mut got).unwrap();
+        assert!(got == data, "mtu {mtu}");
+        assert_eq!(
+            bench.b.counters().rx_packets - before,
+            10_000usize.div_ceil(mtu) as u64,
+            "mtu {mtu}"
+        );
+    }
+}
