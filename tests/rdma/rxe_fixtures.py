@@ -19,7 +19,8 @@ directions, rxe's ACKs, NAKs, read responses and atomic acknowledgements include
 ``rc_send_inv_responses.pcap`` is the same with :data:`SEND_INV_STEPS` (a SEND with invalidate
 naming the responder's own MR, which a remote peer may not invalidate, between two SENDs), three
 receives posted, and the responder's completions kept next to it as
-``rc_send_inv_responses.wc.json``.
+``rc_send_inv_responses.wc.json``; ``rc_srq_responses.pcap`` likewise with
+:data:`SRQ_STEPS`, the responder's QP taking its two receives from a shared receive queue.
 
 Scenarios marked ``ipv6`` run over IPv6 GIDs: the generator gives the VM's ``eth1``
 :data:`GUEST6` and a permanent neighbour entry for :data:`HOST6` (the host side needs no address:
@@ -481,8 +482,42 @@ def send_inv_frames(seg: object, info: dict[str, int]) -> list[bytes]:
     ]
 
 
-#: Responder fixtures: name -> (frame builder, receives the responder posts).
-RESPONDER_FIXTURES = {RESPONSES: (responder_frames, 1), SEND_INV: (send_inv_frames, 3)}
+#: The fixture of rxe's answers when its QP takes receives from a shared receive queue.
+SRQ = "rc_srq_responses"
+#: What the host sends that responder (two receives posted to its SRQ), in order.
+SRQ_STEPS: tuple[tuple[str, int, int], ...] = (
+    ("SEND only, 32 B -> ACK, SRQ receive 1", 0x04, 0),
+    ("SEND only, 32 B -> ACK, SRQ receive 2", 0x04, 1),
+    ("SEND only, 32 B, the SRQ empty -> RNR NAK", 0x04, 2),
+)
+
+
+def srq_frames(seg: object, info: dict[str, int]) -> list[bytes]:
+    """The frames of :data:`SRQ_STEPS` for the responder ``info`` (vm_responder.py)."""
+    from kbypass.testing.rxe_vm import L2Segment
+
+    assert isinstance(seg, L2Segment)
+    macs, ips = (seg.host_mac, seg.guest_mac), (seg.host_ip, seg.guest_ip)
+    return [
+        roce_frame(
+            macs,
+            ips,
+            op,
+            info["qpn"],
+            (FAKE_PSN + off) & 0xFFFFFF,
+            ackreq=True,
+            payload=bytes(range(i * 32, i * 32 + 32)),
+        )
+        for i, (_, op, off) in enumerate(SRQ_STEPS)
+    ]
+
+
+#: Responder fixtures: name -> (frame builder, receives the responder posts, to an SRQ).
+RESPONDER_FIXTURES = {
+    RESPONSES: (responder_frames, 1, False),
+    SEND_INV: (send_inv_frames, 3, False),
+    SRQ: (srq_frames, 2, True),
+}
 
 
 def capture_responses(vm: object, out: Path, gap: float = 1.0) -> Path:
@@ -493,7 +528,7 @@ def capture_responses(vm: object, out: Path, gap: float = 1.0) -> Path:
 
     assert isinstance(vm, RxeVm) and vm.l2 is not None
     seg = vm.l2
-    build, recvs = RESPONDER_FIXTURES[out.stem]
+    build, recvs, on_srq = RESPONDER_FIXTURES[out.stem]
     info_path = out.parent / ".responder.json"
     wc_path = out.parent / ".responder.json.wc.json"
     info_path.unlink(missing_ok=True)
@@ -502,7 +537,8 @@ def capture_responses(vm: object, out: Path, gap: float = 1.0) -> Path:
     tmp.unlink(missing_ok=True)
     idx = gid_index(vm, seg.guest_rxe, seg.guest_ip)
     argv = [sys.executable, str(HERE / "vm_responder.py"), seg.guest_rxe, str(idx), seg.host_ip,
-            hex(FAKE_QPN), hex(FAKE_PSN), str(info_path), "120", str(recvs)]  # fmt: skip
+            hex(FAKE_QPN), hex(FAKE_PSN), str(info_path), "120", str(recvs),
+            *(["srq"] if on_srq else [])]  # fmt: skip
     pidfile = "/tmp/kbx-responder.pid"
     job = vm.start(f"echo $$ > {pidfile}; exec {shlex.join(argv)}", timeout=150)
     cap = None
@@ -531,7 +567,7 @@ def capture_responses(vm: object, out: Path, gap: float = 1.0) -> Path:
         cap.wait(30)
         tmp.chmod(0o644)
         tmp.rename(out)
-        if recvs > 1:
+        if out.stem != RESPONSES:
             wcs = json.loads(wc_path.read_text()) if wc_path.exists() else []
             out.with_suffix(".wc.json").write_text(json.dumps(wcs, indent=1) + "\n")
         return out

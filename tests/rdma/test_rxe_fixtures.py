@@ -28,6 +28,7 @@ from rxe_fixtures import (
     RESPONSES,
     SCENARIOS,
     SEND_INV,
+    SRQ,
 )
 
 HOST, GUEST = "198.18.1.1", "198.18.1.2"
@@ -249,6 +250,24 @@ def test_send_with_invalidate_of_an_mr_is_refused_as_rxe_does() -> None:
         (1, "SUCCESS"), (2, "REM_INV_REQ_ERR"), (3, "WR_FLUSH_ERR"),
     ]  # fmt: skip
     assert wcs[0]["byte_len"] == 32
+
+
+def test_an_empty_srq_draws_an_rnr_nak() -> None:
+    """Two SENDs take the SRQ's two receives (ACKs, MSN 1 and 2); the third finds it empty."""
+    rows = dissect(DATA / f"{SRQ}.pcap")
+    flow = [(H, 0x04, 0, None), (G, 0x11, 0, (ACK, 1)), (H, 0x04, 1, None), (G, 0x11, 1, (ACK, 2)),
+            (H, 0x04, 2, None), (G, 0x11, 2, (RNR, 2))]  # fmt: skip
+    assert len(rows) == len(flow), rows
+    for r, (src, op, off, aeth) in zip(rows, flow):
+        assert (r["ip.src"], num(r["infiniband.bth.opcode"])) == (src, op), r
+        assert num(r["infiniband.bth.psn"]) == (FAKE_PSN + off) & 0xFFFFFF, r
+        if aeth is not None:
+            assert num(r["infiniband.aeth.syndrome"]) >> 5 == aeth[0], r
+            assert num(r["infiniband.aeth.msn"]) == aeth[1], r
+    wcs = json.loads((DATA / f"{SRQ}.wc.json").read_text())
+    assert [(w["wr_id"], w["status_name"], w["byte_len"]) for w in wcs] == [
+        (1, "SUCCESS", 32), (2, "SUCCESS", 32),
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", [*sorted(EXPECTED), *RESPONDER_FIXTURES])

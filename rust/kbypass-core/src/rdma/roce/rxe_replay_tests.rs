@@ -13,8 +13,8 @@
 //! posted to a [`Requester`] (and to a [`UcSender`] for UC), must come out as the packets
 //! rxe sent; the IPv6 ones' headers are those [`IpHeader::for_gids`] makes of their GIDs.
 
-use super::rc::Status;
 use super::rc::{MemoryTable, Pkt, RcParams, RemoteAccess, Requester, Responder, WorkRequest};
+use super::rc::{Srq, Status};
 use super::uc::{UcRequest, UcSender};
 use super::wire::interop_tests::{read_pcap, rxe_pcaps};
 use super::wire::{Frame, IpHeader, Op, Position, Transport};
@@ -117,22 +117,50 @@ fn wc_log(text: &str) -> Vec<(u64, String)> {
 /// between two SENDs: rxe ACKs it without counting it in the MSN, fails its receive with
 /// REM_INV_REQ_ERR (class J), goes to the error state (the next SEND draws nothing) and
 /// flushes the last receive. The replayed [`Responder`] must answer and complete the same.
-#[test]
-fn responder_refuses_send_with_invalidate_as_rxe_did() {
+/// The requests and rxe's answers in capture `name`, and the capture's path.
+fn responses(name: &str) -> (std::path::PathBuf, Vec<Pkt>, Vec<Pkt>) {
     let (dir, files) = rxe_pcaps();
-    let Some(file) = files
-        .iter()
-        .find(|f| f.ends_with("rc_send_inv_responses.pcap"))
-    else {
-        panic!("no rc_send_inv_responses.pcap in {}", dir.display());
+    let Some(file) = files.iter().find(|f| f.ends_with(name)) else {
+        panic!("no {name} in {}", dir.display());
     };
     let frames = read_pcap(&std::fs::read(file).unwrap());
-    let parsed: Vec<Pkt> = frames
+    let (requests, rxe) = frames
         .iter()
         .map(|f| pkt(&Frame::parse(f).unwrap()))
+        .partition(|p| p.bth.opcode.is_request());
+    (file.clone(), requests, rxe)
+}
+
+/// Replays `requests` into `r`, requiring rxe's answers field for field, then its receive
+/// completions those of the capture's `.wc.json` log.
+fn replay_as_rxe(r: &mut Responder, file: &std::path::Path, requests: &[Pkt], rxe: &[Pkt]) {
+    let mut ours = Vec::new();
+    for q in requests {
+        r.on_packet(q);
+        ours.extend(std::iter::from_fn(|| r.poll_tx()));
+    }
+    assert_eq!(ours.len(), rxe.len(), "as many answers as rxe gave");
+    for (i, (a, b)) in ours.iter().zip(rxe).enumerate() {
+        assert_eq!(a, b, "answer {i}: ours, then rxe's");
+    }
+    let log = std::fs::read_to_string(file.with_extension("wc.json")).unwrap();
+    let theirs = wc_log(&log);
+    let names = |s: Status| match s {
+        Status::Success => "SUCCESS",
+        Status::RemoteInvalidRequest => "REM_INV_REQ_ERR",
+        Status::Flushed => "WR_FLUSH_ERR",
+        _ => "other",
+    };
+    let ours: Vec<(u64, String)> = std::iter::from_fn(|| r.poll_completion())
+        .map(|c| (c.wr_id, names(c.status).to_string()))
         .collect();
-    let (requests, rxe): (Vec<&Pkt>, Vec<&Pkt>) =
-        parsed.iter().partition(|p| p.bth.opcode.is_request());
+    assert!(!theirs.is_empty(), "{log}");
+    assert_eq!(ours, theirs, "our completions, then rxe's");
+}
+
+#[test]
+fn responder_refuses_send_with_invalidate_as_rxe_did() {
+    let (file, requests, rxe) = responses("rc_send_inv_responses.pcap");
     let inv = requests
         .iter()
         .find(|p| p.bth.opcode.op() == Op::SendOnlyInv)
@@ -150,29 +178,27 @@ fn responder_refuses_send_with_invalidate_as_rxe_did() {
     for id in 1..=3 {
         r.post_recv(id, 256).unwrap();
     }
-    let mut ours = Vec::new();
-    for q in &requests {
-        r.on_packet(q);
-        ours.extend(std::iter::from_fn(|| r.poll_tx()));
-    }
-    assert_eq!(ours.len(), rxe.len(), "as many answers as rxe gave");
-    for (i, (a, b)) in ours.iter().zip(&rxe).enumerate() {
-        assert_eq!(a, *b, "answer {i}: ours, then rxe's");
-    }
-    let log = std::fs::read_to_string(file.with_extension("wc.json")).unwrap();
-    let theirs = wc_log(&log);
-    let names = |s: Status| match s {
-        Status::Success => "SUCCESS",
-        Status::RemoteInvalidRequest => "REM_INV_REQ_ERR",
-        Status::Flushed => "WR_FLUSH_ERR",
-        _ => "other",
-    };
-    let ours: Vec<(u64, String)> = std::iter::from_fn(|| r.poll_completion())
-        .map(|c| (c.wr_id, names(c.status).to_string()))
-        .collect();
-    assert_eq!(theirs.len(), 3, "{log}");
-    assert_eq!(ours, theirs, "our completions, then rxe's");
+    replay_as_rxe(&mut r, &file, &requests, &rxe);
     assert!(r.is_error() && r.memory().is_valid(rkey));
+}
+
+/// An rxe QP on a shared receive queue holding two receives: two SENDs take them (ACKs),
+/// the third finds the SRQ empty (RNR NAK). A [`Responder`] on an [`Srq`] must do the same.
+#[test]
+fn responder_on_an_srq_answers_as_rxe_did() {
+    let (file, requests, rxe) = responses("rc_srq_responses.pcap");
+    let p = RcParams {
+        dest_qp: rxe[0].bth.dest_qp,
+        recv_psn: requests[0].bth.psn,
+        mtu: 1024,
+        ..RcParams::default()
+    };
+    let srq = Srq::new(16);
+    srq.post_recv(1, 256).unwrap();
+    srq.post_recv(2, 256).unwrap();
+    let mut r = Responder::with_srq(p, MemoryTable::new(), srq.clone());
+    replay_as_rxe(&mut r, &file, &requests, &rxe);
+    assert_eq!((r.rnr_naks, srq.len()), (1, 0));
 }
 
 /// The work requests that `packets` (one message after another, retransmissions removed)

@@ -253,7 +253,9 @@ impl UcReceiver {
         let op = pkt.bth.opcode.op();
         let pos = pkt.bth.opcode.position();
         let full = matches!(pos, Position::First | Position::Middle);
-        if full && pkt.payload.len() != self.mtu {
+        let n = pkt.payload.len();
+        // rxe's length rules: First and Middle exactly one MTU, none over it, no empty Last.
+        if (full && n != self.mtu) || n > self.mtu || (pos == Position::Last && n == 0) {
             return Err(());
         }
         let is_send = matches!(

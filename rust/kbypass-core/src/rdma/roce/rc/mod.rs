@@ -14,15 +14,16 @@
 //!
 //! The responder checks PSNs (a packet ahead of the expected one draws one PSN-sequence NAK
 //! until the expected one arrives), answers duplicates from its state (send and write
-//! duplicates are ACKed again, reads re-executed, atomics answered from a replay cache of
-//! original values, both from the responder's read and atomic resources), coalesces ACKs (one ACK for everything received since the last one),
-//! sends RNR NAKs when a send finds no receive buffer (in its own queue or a shared [`Srq`]),
-//! and checks every RDMA and atomic request against the R_Key, bounds and access flags of
-//! its [`MemoryTable`] (a failure is a remote access error NAK and moves the responder to the
-//! error state, which flushes its posted receives). A SEND with invalidate invalidates an
-//! R_Key of the table (class J error if it may not). The requester keeps at most
-//! `max_rd_atomic` reads and atomics outstanding; the responder holds `max_dest_rd_atomic`
-//! read and atomic resources to answer duplicates from.
+//! duplicates are ACKed again; reads re-executed and atomics' original values replayed, both
+//! only from the `max_dest_rd_atomic` read and atomic resources it holds), coalesces ACKs
+//! (one ACK for everything received since the last one), sends RNR NAKs when a send finds no
+//! receive buffer (in its own queue or a shared [`Srq`]), checks lengths and the QP's access
+//! flags as rxe does (invalid request NAK), and checks every RDMA and atomic request against
+//! the R_Key, bounds and access flags of its [`MemoryTable`] (a failure is a remote access
+//! error NAK). A NAK other than PSN sequence moves the responder to the error state, which
+//! completes the receive in use with the error and flushes the posted ones. A SEND with
+//! invalidate invalidates an R_Key of the table (class J error if it may not). The requester
+//! keeps at most `max_rd_atomic` reads and atomics outstanding.
 
 mod external;
 mod memory;
@@ -129,6 +130,10 @@ pub struct RcParams {
     /// original value replayed); 0 NAKs every read and atomic as an invalid request, as
     /// rxe does.
     pub max_dest_rd_atomic: u8,
+    /// The remote operations this side's responder accepts at all (the QP's
+    /// `qp_access_flags`); an RDMA write, read or atomic it does not is NAKed as an invalid
+    /// request, as rxe does, before any region is looked at.
+    pub qp_access: RemoteAccess,
 }
 
 impl Default for RcParams {
@@ -145,6 +150,7 @@ impl Default for RcParams {
             min_rnr_timer: 12,
             max_rd_atomic: 16,
             max_dest_rd_atomic: 16,
+            qp_access: RemoteAccess::ALL,
         }
     }
 }

@@ -140,7 +140,7 @@ impl Srq {
     /// Gives back a receive a message took and did not use (it is next again).
     pub(crate) fn put_back(&self, r: Recv) {
         let mut s = self.state();
-        s.taken -= 1;
+        s.taken = s.taken.saturating_sub(1);
         s.recvs.push_front(r);
     }
 }

@@ -57,7 +57,8 @@ pub struct Requester {
     pub go_backs: u64,
     /// RNR NAKs received.
     pub rnr_naks: u64,
-    /// Times a new read or atomic waited for a credit (`max_rd_atomic` outstanding).
+    /// `poll_tx` calls that found the next packet a new read or atomic and no credit for it
+    /// (`max_rd_atomic` outstanding).
     pub rd_atomic_waits: u64,
     /// Packets dropped: duplicates, responses to nothing outstanding, requests, headers that
     /// are not the opcode's, anything in the error state.

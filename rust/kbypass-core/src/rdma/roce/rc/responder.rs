@@ -55,6 +55,7 @@ struct WriteInProgress {
 }
 
 /// Why an expected request was not executed.
+#[derive(Clone, Copy)]
 enum Refusal {
     /// No receive buffer: RNR NAK.
     Rnr,
@@ -316,12 +317,39 @@ impl Responder {
         }
     }
 
+    /// Whether the QP's access flags allow `op` (rxe's `check_op_valid`).
+    fn op_allowed(&self, op: Op) -> bool {
+        let a = self.p.qp_access;
+        match op {
+            Op::WriteFirst
+            | Op::WriteMiddle
+            | Op::WriteLast
+            | Op::WriteLastImm
+            | Op::WriteOnly
+            | Op::WriteOnlyImm => a.write,
+            Op::ReadRequest => a.read,
+            Op::CompareSwap | Op::FetchAdd => a.atomic,
+            _ => true,
+        }
+    }
+
+    /// The payload length rules of rxe's `check_length`: at most one MTU, and a last packet
+    /// carries at least one byte (First and Middle are checked to be exactly one MTU where
+    /// the data is placed).
+    fn length_ok(&self, pkt: &Pkt) -> bool {
+        let n = pkt.payload.len();
+        n <= self.p.mtu && !(pkt.bth.opcode.position() == Position::Last && n == 0)
+    }
+
     /// Executes the expected request; returns the PSNs it takes, or why not.
     fn execute(&mut self, pkt: &Pkt) -> Result<u32, Refusal> {
         let op = pkt.bth.opcode.op();
         let psn = pkt.bth.psn;
         let inv = Refusal::Nak(NakCode::InvalidRequest);
         let busy = self.send.is_some() || self.write.is_some();
+        if !self.op_allowed(op) {
+            return Err(inv);
+        }
         match op {
             Op::SendFirst | Op::SendOnly | Op::SendOnlyImm | Op::SendOnlyInv => {
                 if busy {
@@ -356,6 +384,9 @@ impl Responder {
                     done: 0,
                     recv,
                 });
+                if !self.length_ok(pkt) {
+                    return Err(inv);
+                }
                 self.mem
                     .validate(reth.rkey, reth.va, len, Need::Write)
                     .map_err(Refusal::Nak)?;
@@ -414,6 +445,9 @@ impl Responder {
     }
 
     fn send_data(&mut self, pkt: &Pkt) -> Result<u32, Refusal> {
+        if !self.length_ok(pkt) {
+            return Err(Refusal::Nak(NakCode::InvalidRequest));
+        }
         let (recv, buf) = self.send.as_mut().expect("a send is in progress");
         let full = matches!(
             pkt.bth.opcode.position(),
@@ -450,6 +484,9 @@ impl Responder {
     }
 
     fn write_data(&mut self, pkt: &Pkt) -> Result<u32, Refusal> {
+        if !self.length_ok(pkt) {
+            return Err(Refusal::Nak(NakCode::InvalidRequest));
+        }
         let w = self.write.as_mut().expect("a write is in progress");
         let full = matches!(
             pkt.bth.opcode.position(),

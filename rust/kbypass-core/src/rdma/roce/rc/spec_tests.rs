@@ -320,3 +320,102 @@ fn duplicates_are_answered_only_from_held_resources() {
     assert!(drain(&mut r).is_empty());
     assert_eq!((r.duplicates, r.dropped), (5, 3));
 }
+
+#[test]
+fn lengths_and_qp_access_flags_are_checked_as_rxe_does() {
+    let p = RcParams {
+        recv_psn: 100,
+        mtu: 256,
+        ..RcParams::default()
+    };
+    let reth = |len| {
+        Some(Reth {
+            va: VA,
+            rkey: RKEY,
+            dma_len: len,
+        })
+    };
+    let write = |len: u32, payload: usize| {
+        let ext = ExtHeaders {
+            reth: reth(len),
+            ..ExtHeaders::default()
+        };
+        request(Op::WriteOnly, 100, ext, vec![1; payload], true)
+    };
+    let send_only = request(Op::SendOnly, 100, ExtHeaders::default(), vec![1; 260], true);
+    let cases: Vec<(RemoteAccess, Vec<Pkt>)> = vec![
+        // A SEND or WRITE only packet over one MTU (however large the buffer or region).
+        (RemoteAccess::ALL, vec![send_only]),
+        (RemoteAccess::ALL, vec![write(300, 300)]),
+        // An empty SEND last.
+        (
+            RemoteAccess::ALL,
+            vec![
+                request(
+                    Op::SendFirst,
+                    100,
+                    ExtHeaders::default(),
+                    vec![1; 256],
+                    false,
+                ),
+                request(Op::SendLast, 101, ExtHeaders::default(), Vec::new(), true),
+            ],
+        ),
+        // Operations the QP's access flags do not allow, on a region that would.
+        (
+            RemoteAccess {
+                write: false,
+                ..RemoteAccess::ALL
+            },
+            vec![write(8, 8)],
+        ),
+        (
+            RemoteAccess {
+                read: false,
+                ..RemoteAccess::ALL
+            },
+            vec![read(100, VA, 8)],
+        ),
+        (
+            RemoteAccess {
+                atomic: false,
+                ..RemoteAccess::ALL
+            },
+            vec![fetch_add(100, 1)],
+        ),
+    ];
+    for (i, (qp_access, pkts)) in cases.into_iter().enumerate() {
+        let mut r = Responder::new(RcParams { qp_access, ..p }, memory(4096));
+        r.post_recv(1, 8192).unwrap();
+        for q in &pkts {
+            r.on_packet(q);
+        }
+        let out = drain(&mut r);
+        let last = out.last().unwrap();
+        assert_eq!(
+            last.ext.aeth.unwrap().kind(),
+            Syndrome::Nak(NakCode::InvalidRequest),
+            "case {i}"
+        );
+        assert_eq!(last.bth.psn, pkts.last().unwrap().bth.psn, "case {i}");
+        assert!(r.is_error(), "case {i}");
+        assert_eq!(
+            r.memory().bytes(RKEY).unwrap()[0],
+            0,
+            "case {i}: nothing written"
+        );
+        assert_eq!(
+            &r.memory().bytes(COUNTER).unwrap()[..8],
+            &[0; 8],
+            "case {i}"
+        );
+    }
+    // UC drops what RC NAKs: a SEND only over one MTU.
+    let mut uc = super::super::uc::UcReceiver::new(0, 256, memory(64));
+    uc.post_recv(1, 8192).unwrap();
+    let mut big = request(Op::SendOnly, 0, ExtHeaders::default(), vec![1; 260], false);
+    big.bth.opcode =
+        super::super::wire::Opcode::new(super::super::wire::Transport::Uc, Op::SendOnly).unwrap();
+    uc.on_packet(&big);
+    assert_eq!((uc.dropped, uc.poll_completion()), (1, None));
+}
