@@ -372,6 +372,7 @@ fn rc_with_caller_progress_moves_only_when_polled() {
 
 #[test]
 fn rc_a_right_the_qp_lacks_is_refused_whatever_the_region_grants() {
+    // As rxe: an invalid request NAK, before any region is looked at.
     let Some(b) = bench(Progress::Thread { cpu: None }) else {
         return;
     };
@@ -411,7 +412,7 @@ fn rc_a_right_the_qp_lacks_is_refused_whatever_the_region_grants() {
         f,
     )
     .unwrap();
-    assert_eq!(wait_wcs(&x.cq, 1, T)[0].status_name(), "REM_ACCESS_ERR");
+    assert_eq!(wait_wcs(&x.cq, 1, T)[0].status_name(), "REM_INV_REQ_ERR");
 }
 
 #[test]
