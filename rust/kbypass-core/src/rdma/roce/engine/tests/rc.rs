@@ -605,3 +605,49 @@ fn rc_path_mtus_from_256_to_what_the_link_carries() {
         );
     }
 }
+
+#[test]
+fn rc_rnr_naks_are_retried_until_a_receive_comes_or_the_retries_run_out() {
+    let Some(b) = bench(Progress::Thread { cpu: None }) else {
+        return;
+    };
+    // rnr_retry 7 retries forever, every 1.28 ms (timer code 14).
+    let (x, y) = (side(&b.a, QpType::Rc, 4096), side(&b.b, QpType::Rc, 4096));
+    let p = PathParams {
+        rnr_retry: 7,
+        min_rnr_timer: 14,
+        ..params()
+    };
+    x.qp.connect(&p, &y.qp.endpoint(1), 1).unwrap();
+    y.qp.connect(&p, &x.qp.endpoint(1), 1).unwrap();
+    let f = SendFlags::SIGNALED;
+    x.qp.post_send(1, SendOp::Send, &[x.mr.sge(0, 100).unwrap()], f)
+        .unwrap();
+    // No receive yet: RNR NAKs until one is posted.
+    let deadline = std::time::Instant::now() + T;
+    while b.a.counters().rnr_naks_received == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(b.b.counters().rnr_naks_sent >= 1);
+    y.qp.post_recv(1, &[y.mr.sge(0, 100).unwrap()]).unwrap();
+    let w = wait_wcs(&x.cq, 1, T);
+    // rnr_retry 6 at 10 µs may run out before the receive is posted on a loaded machine;
+    // either way the outcome is one of the two the spec allows, never a hang.
+    assert!(
+        matches!(w[0].status_name(), "SUCCESS" | "RNR_RETRY_EXC_ERR"),
+        "{w:?}"
+    );
+
+    // With no receive ever and few retries: RNR_RETRY_EXC_ERR.
+    let (x, y) = (side(&b.a, QpType::Rc, 4096), side(&b.b, QpType::Rc, 4096));
+    let p = PathParams {
+        rnr_retry: 2,
+        ..params()
+    };
+    x.qp.connect(&p, &y.qp.endpoint(1), 1).unwrap();
+    y.qp.connect(&p, &x.qp.endpoint(1), 1).unwrap();
+    x.qp.post_send(2, SendOp::Send, &[x.mr.sge(0, 100).unwrap()], f)
+        .unwrap();
+    let w = wait_wcs(&x.cq, 1, T);
+    assert_eq!((w[0].wr_id, w[0].status_name()), (2, "RNR_RETRY_EXC_ERR"));
+}
