@@ -221,6 +221,11 @@ fn memory_regions_check_keys_bounds_and_rights() {
     // A receive needs LOCAL_WRITE; a region another PD owns is not this QP's.
     assert!(qp.post_recv(1, &[ro.sge(0, 64).unwrap()]).is_err());
     qp.post_recv(2, &[rw.sge(0, 64).unwrap()]).unwrap();
+    let five = [rw.sge(0, 8).unwrap(); 5];
+    assert!(
+        qp.post_recv(9, &five).is_err(),
+        "more SGEs than max_recv_sge"
+    );
     let other = b.a.alloc_pd().unwrap();
     let theirs = other
         .register(ExternalMemory::zeroed(64), Access::ALL)
