@@ -118,7 +118,7 @@ fn rc_vanished_peer_ends_in_retry_exceeded_not_a_hang() {
     .unwrap();
     let wcs = wait_wcs(&x.cq, 1, T);
     assert_eq!((wcs[0].wr_id, wcs[0].status_name()), (2, "RETRY_EXC_ERR"));
-    // 8 tries of 4.096 µs × 2^14 ≈ 67 ms each.
+    // 8 tries of 4.096 µs × 2^15 ≈ 134 ms each.
     assert!(start.elapsed() < Duration::from_secs(5));
     assert!(b.a.counters().retransmits >= 7);
 }
