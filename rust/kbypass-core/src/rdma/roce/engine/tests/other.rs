@@ -128,7 +128,22 @@ fn dropping_the_engine_removes_its_xdp_program_and_socket() {
         return;
     };
     let Bench { a, b: eb, pair } = b;
-    let (x, _y) = (side(&a, QpType::Rc, 4096), side(&eb, QpType::Rc, 4096));
+    let (x, y) = (
+        side(&a, QpType::Rc, 1 << 20),
+        side(&eb, QpType::Rc, 1 << 20),
+    );
+    let p = params();
+    x.qp.connect(&p, &y.qp.endpoint(1), 2).unwrap();
+    y.qp.connect(&p, &x.qp.endpoint(2), 1).unwrap();
+    // Work in flight when everything goes must not hold anything up.
+    for i in 0..8 {
+        let op = SendOp::Write {
+            remote_addr: y.mr.addr(),
+            rkey: y.mr.rkey(),
+        };
+        x.qp.post_send(i, op, &[x.mr.sge(0, 1 << 20).unwrap()], SendFlags::SIGNALED)
+            .unwrap();
+    }
     let ifindex = |ns: &str, ifname: &str| {
         let _g = NetnsGuard::enter(ns).unwrap();
         let i = if_nametoindex(ifname).unwrap();
