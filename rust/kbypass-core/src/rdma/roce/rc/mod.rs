@@ -25,6 +25,7 @@
 //! invalidate invalidates an R_Key of the table (class J error if it may not). The requester
 //! keeps at most `max_rd_atomic` reads and atomics outstanding.
 
+mod external;
 mod memory;
 mod recv;
 mod requester;
@@ -43,7 +44,8 @@ mod tests;
 #[cfg(test)]
 mod unit_tests;
 
-pub use memory::{InvalidateError, MemoryTable, RemoteAccess};
+pub use external::ExternalMemory;
+pub use memory::{BytesMut, InvalidateError, LocalSpan, MemoryTable, RemoteAccess};
 pub(crate) use recv::{Recv, RecvQueue};
 pub use recv::{RecvError, Srq};
 pub use requester::Requester;
