@@ -3,6 +3,9 @@
 //! by probability in XDP, duplication, reordering and delay in an AF_XDP middlebox), the
 //! topology of `kbypass.testing.faults.FaultyPath` built from Rust. Root only.
 
+mod hostile;
+mod retry;
+
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -30,12 +33,24 @@ fn ip(args: &[&str]) {
 
 /// Namespaces `a` (veth0, 198.19.n.1) — `m` (bridge of ports `ma` and `mb`) — `b` (veth1,
 /// 198.19.n.2), an engine on each end, the fault path on the bridge ports (direction 0 is
-/// a→b, arriving on `ma`). Everything is removed on drop.
+/// a→b, arriving on `ma`). Fields drop in order: engines, path, then the namespaces.
 pub(super) struct FaultBench {
-    pub ns: [String; 3],
-    pub path: FaultPath,
     pub a: Arc<Engine>,
     pub b: Arc<Engine>,
+    pub path: FaultPath,
+    pub net: u8,
+    pub ns: Namespaces,
+}
+
+/// The bench's three namespaces, deleted on drop.
+pub(super) struct Namespaces(pub [String; 3]);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
 }
 
 impl FaultBench {
@@ -43,14 +58,15 @@ impl FaultBench {
     pub fn counters(&self) -> [DirectionCounters; 2] {
         [0, 1].map(|d| self.path.counters(d).unwrap())
     }
-}
 
-impl Drop for FaultBench {
-    fn drop(&mut self) {
-        self.path.close();
-        for ns in &self.ns {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
+    /// Address of host 1 (`a`) or 2 (`b`).
+    pub fn ip(&self, host: u8) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(198, 19, self.net, host)
+    }
+
+    /// MAC of host 1 (`a`) or 2 (`b`).
+    pub fn mac(&self, host: u8) -> [u8; 6] {
+        [2, 0, 0xc6, 0x13, self.net, host]
     }
 }
 
@@ -70,17 +86,7 @@ pub(super) fn fault_bench(rates: FaultRates, timing: Timing) -> Option<FaultBenc
         m.map(|b| format!("{b:02x}")).join(":")
     };
     // Made before any step can fail, so the namespaces go whatever happens.
-    struct Cleanup<'a>(&'a [String; 3], bool);
-    impl Drop for Cleanup<'_> {
-        fn drop(&mut self) {
-            if !self.1 {
-                for ns in self.0 {
-                    let _ = Command::new("ip").args(["netns", "del", ns]).output();
-                }
-            }
-        }
-    }
-    let mut cleanup = Cleanup(&ns, false);
+    let names = Namespaces(ns.clone());
     for n in &ns {
         ip(&["netns", "add", n]);
         crate::sys::netns::in_netns(n, || {
@@ -177,9 +183,13 @@ pub(super) fn fault_bench(rates: FaultRates, timing: Timing) -> Option<FaultBenc
     };
     let a = open(&ns[0], "veth0", 1);
     let b = open(&ns[2], "veth1", 2);
-    cleanup.1 = true;
-    drop(cleanup);
-    Some(FaultBench { ns, path, a, b })
+    Some(FaultBench {
+        a,
+        b,
+        path,
+        net,
+        ns: names,
+    })
 }
 
 /// A connected pair of RC QPs on the bench with `REGION`-byte regions, with `p`.
