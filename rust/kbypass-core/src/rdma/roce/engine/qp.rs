@@ -54,6 +54,7 @@ pub struct QueuePair {
     qpn: u32,
     qp_type: QpType,
     sq_sig_all: bool,
+    caps: QpCaps,
 }
 
 impl Drop for QueuePair {
@@ -141,6 +142,7 @@ impl ProtectionDomain {
             qpn,
             qp_type,
             sq_sig_all,
+            caps,
         })
     }
 }
@@ -291,6 +293,7 @@ impl QueuePair {
 
     /// Posts one receive of the SGEs' bytes (which need `LOCAL_WRITE`).
     pub fn post_recv(&self, wr_id: u64, sg: &[Sge]) -> Result<()> {
+        check_sges(sg.len(), self.caps.max_recv_sge, "max_recv_sge")?;
         self.with(|q| {
             let spans = resolve(q.mem(), sg, true)?;
             q.post_recv(wr_id, spans)
@@ -309,6 +312,7 @@ impl QueuePair {
         sg: &[Sge],
         flags: SendFlags,
     ) -> Result<()> {
+        check_sges(sg.len(), self.caps.max_send_sge, "max_send_sge")?;
         let signaled = self.sq_sig_all || flags.0 & SendFlags::SIGNALED.0 != 0;
         let solicited = flags.0 & SendFlags::SOLICITED.0 != 0;
         let ud = matches!(op, SendOp::UdSend { .. });
@@ -354,6 +358,15 @@ impl QueuePair {
     pub fn pd(&self) -> &ProtectionDomain {
         &self.pd
     }
+}
+
+fn check_sges(n: usize, max: u32, what: &str) -> Result<()> {
+    if n > max as usize {
+        return Err(Error::invalid(format!(
+            "{n} SGEs, the QP was created with {what} {max}: create it with more"
+        )));
+    }
+    Ok(())
 }
 
 /// The transport's form of `op`.

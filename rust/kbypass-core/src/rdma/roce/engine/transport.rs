@@ -126,11 +126,10 @@ impl QpEntry {
 
     /// RTR: the receiving half starts (`params` and `peer` are set).
     pub fn start_receiving(&mut self) -> Result<()> {
-        let p = self.params;
         // The responder refuses what the QP's access flags do not allow as rxe does (an
         // invalid request, before any region); UC, which has no responses, through the
         // memory handle's mask.
-        let mut p = p;
+        let mut p = self.params;
         p.qp_access = self.access;
         let mem = self.mem.with_mask(self.access);
         let srq = self.srq.as_ref().map(|s| s.srq.clone());
