@@ -310,7 +310,9 @@ impl Responder {
                     self.dropped += 1;
                     return;
                 }
-                let n = packets_for(len as usize, self.p.mtu);
+                // Only that read's own PSNs, whatever length the duplicate claims.
+                let last = self.resources.read_last_psn(psn).unwrap_or(psn);
+                let n = packets_for(len as usize, self.p.mtu).min(psn_diff(last, psn) as u32 + 1);
                 self.out.retain(|p| {
                     let d = psn_diff(p.bth.psn, psn);
                     let response = matches!(

@@ -510,4 +510,15 @@ fn a_duplicate_read_replaces_the_responses_still_queued_for_its_psns() {
     r.on_packet(&read(107, 7));
     let psns: Vec<u32> = drain(&mut r).iter().map(|p| p.bth.psn).collect();
     assert_eq!(psns, [107, 108, 109]);
+    // A duplicate that claims more packets than its read had takes nothing queued for the
+    // next read (PSNs 110 and 111) away.
+    let mut next = read(110, 0);
+    next.ext.reth.as_mut().unwrap().dma_len = 2 * mtu as u32;
+    r.on_packet(&next);
+    let mut long = read(103, 0);
+    long.bth.psn = 103;
+    r.on_packet(&long);
+    let out = drain(&mut r);
+    assert_eq!((out[0].bth.psn, out[1].bth.psn), (110, 111));
+    assert_eq!(out[0].payload, bytes[..mtu]);
 }
