@@ -8,65 +8,55 @@ use super::{binomial_ok, fault_bench, ip, rc_pair, settled, FaultBench, MIB};
 use crate::xdp::faults::{FaultRates, Timing};
 
 #[test]
-fn rc_read_through_two_percent_response_loss_re_reads_only_from_the_first_missing() {
+fn rc_read_through_response_loss_re_reads_only_from_the_first_missing() {
     // Responses lost (b→a only): the requester asks again from its first missing response,
-    // and the responder answers from there once, replacing what it still had queued.
+    // and the responder answers from there once, replacing what it still had queued. A
+    // 4 MiB read in 256-byte packets: 16384 of them.
     let Some(fb) = fault_bench(FaultRates::default(), Timing::default()) else {
         return;
     };
     let rates = FaultRates {
-        loss: 0.02,
+        loss: 0.003,
         ..Default::default()
     };
     fb.path.set_rates(1, rates).unwrap();
-    let (x, y) = rc_pair(&fb, &params());
+    let p = PathParams { mtu: 1, ..params() };
+    let (x, y) = rc_pair(&fb, &p);
     let data = pattern(4 * MIB, 9);
     y.mr.write(MIB, &data).unwrap();
     let op = SendOp::Read {
         remote_addr: y.mr.addr() + MIB as u64,
         rkey: y.mr.rkey(),
     };
-    x.qp.post_send(
-        1,
-        op,
-        &[x.mr.sge(2 * MIB, data.len()).unwrap()],
-        SendFlags::SIGNALED,
-    )
-    .unwrap();
+    let sge = x.mr.sge(2 * MIB, data.len()).unwrap();
+    x.qp.post_send(1, op, &[sge], SendFlags::SIGNALED).unwrap();
     let w = wait_wcs(&x.cq, 1, Duration::from_secs(20));
-    assert_eq!(
-        w.iter()
-            .map(|w| (w.status_name(), w.byte_len))
-            .collect::<Vec<_>>(),
-        [("SUCCESS", data.len() as u32)],
-        "{:?} {:?}",
-        fb.a.counters(),
-        fb.b.counters()
-    );
+    let w: Vec<_> = w.iter().map(|w| (w.status_name(), w.byte_len)).collect();
+    let (ca, cb) = (fb.a.counters(), fb.b.counters());
+    assert_eq!(w, [("SUCCESS", data.len() as u32)], "{ca:?} {cb:?}");
     let mut got = vec![0; data.len()];
     x.mr.read(2 * MIB, &mut got).unwrap();
     assert!(got == data, "the read came back damaged");
     let c = settled(&fb);
     let (ca, cb) = (fb.a.counters(), fb.b.counters());
-    eprintln!("{c:?}\n a {ca:?}\n b {cb:?}");
-    let n = (data.len() / 1024) as u64;
-    assert!(
-        binomial_ok(c[1].injector.dropped, c[1].injector.matched, 0.02),
-        "{c:?}"
-    );
-    assert!(c[1].injector.dropped > 0 && ca.go_backs > 0, "{c:?} {ca:?}");
+    let n = (data.len() / 256) as u64;
+    let d = c[1].injector;
+    assert!(binomial_ok(d.dropped, d.matched, rates.loss), "{c:?}");
+    assert!(d.dropped > 0 && ca.go_backs > 0, "{c:?} {ca:?}");
     // Every response b sent passed the injector (no ACKs: a read has none).
-    assert_eq!(c[1].injector.matched, cb.tx_packets, "{cb:?}");
+    assert_eq!(d.matched, cb.tx_packets, "{cb:?}");
     // Each re-ask is a duplicate at the responder, at most one per go-back or timeout.
     let asks = ca.go_backs + ca.retransmits;
     assert!(cb.duplicates > 0 && cb.duplicates <= asks, "{ca:?} {cb:?}");
-    // What a re-ask costs beyond the read's own packets is what was already on its way (at
-    // most the TX ring, 1024, and a burst), not the rest of the read again per gap (half of
-    // it on average: 2048 here), nor the whole read.
+    // A re-ask costs what was already on its way beyond the gap (b's TX ring of 1024, the
+    // kernel's queues, a's RX ring: under 4096 packets), not a second stream of the rest of
+    // the read (8192 packets on average).
     assert!(cb.tx_packets >= n, "{cb:?}");
     let extra = cb.tx_packets - n;
+    let per_ask = extra / cb.duplicates;
+    eprintln!("{n} packets, {extra} extra for {} re-asks: {per_ask} each", cb.duplicates);
     assert!(
-        extra <= cb.duplicates * 1100,
+        per_ask < 4096,
         "{extra} extra for {} re-asks",
         cb.duplicates
     );
