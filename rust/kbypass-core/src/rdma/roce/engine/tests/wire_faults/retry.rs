@@ -54,7 +54,10 @@ fn rc_read_through_response_loss_re_reads_only_from_the_first_missing() {
     assert!(cb.tx_packets >= n, "{cb:?}");
     let extra = cb.tx_packets - n;
     let per_ask = extra / cb.duplicates;
-    eprintln!("{n} packets, {extra} extra for {} re-asks: {per_ask} each", cb.duplicates);
+    eprintln!(
+        "{n} packets, {extra} extra for {} re-asks: {per_ask} each",
+        cb.duplicates
+    );
     assert!(
         per_ask < 4096,
         "{extra} extra for {} re-asks",
