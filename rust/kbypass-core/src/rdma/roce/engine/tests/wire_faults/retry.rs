@@ -86,9 +86,16 @@ fn gone_mid_transfer(fb: FaultBench, cut: impl FnOnce(FaultBench, Side) -> Fault
     let start = Instant::now();
     let before = fb.a.counters().retransmits;
     let fb = cut(fb, y);
+    let cut_done = Instant::now();
     let rest = wait_wcs(&x.cq, 7, Duration::from_secs(10));
-    let took = start.elapsed();
+    let (took, after_cut) = (start.elapsed(), cut_done.elapsed());
     let names: Vec<_> = rest.iter().map(|w| w.status_name()).collect();
+    assert_eq!(
+        names.len(),
+        7,
+        "{names:?} after {took:?}: {:?}",
+        fb.a.counters()
+    );
     // Those done before the cut, then one RETRY_EXC_ERR, then the flushed.
     let ok = names.iter().take_while(|n| **n == "SUCCESS").count();
     assert!(ok < 7, "{names:?}");
@@ -97,14 +104,14 @@ fn gone_mid_transfer(fb: FaultBench, cut: impl FnOnce(FaultBench, Side) -> Fault
         names[ok + 1..].iter().all(|n| *n == "WR_FLUSH_ERR"),
         "{names:?}"
     );
-    assert_eq!(rest.len(), 7);
-    // 4.096 µs × 2^timeout per try, retry_cnt retries after the first: counted from the
-    // last progress, which came before the cut.
+    // 4.096 µs × 2^timeout per try, retry_cnt retries after the first, counted from the
+    // last progress, which came before the cut was done (dropping an engine takes a while
+    // on a loaded machine); 3 s of slack for the scheduler.
     let per_try = Duration::from_nanos(4096 << p.timeout);
     let bound = per_try * (u32::from(p.retry_cnt) + 1);
     assert!(
-        took < bound + Duration::from_secs(2),
-        "{took:?} (bound {bound:?})"
+        after_cut < bound + Duration::from_secs(3),
+        "{after_cut:?} after the cut, {took:?} in all (bound {bound:?})"
     );
     assert!(took > per_try * 4, "gave up after {took:?}: too early");
     let retried = fb.a.counters().retransmits - before;
