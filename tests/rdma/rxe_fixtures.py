@@ -241,6 +241,13 @@ SCENARIOS: tuple[Scenario, ...] = (
         3,
     ),
     Scenario(
+        "rc_read_credits",
+        "RC RDMA READs with max_rd_atomic 2: four 8 B READs posted, two sent, and retransmitted "
+        "(no response), never the third (pyverbs client, tests/rdma/vm_inv_client.py)",
+        "/usr/bin/python3 {here}/vm_inv_client.py {dev} {gid} {host} {qpn} {psn} {rkey} 60 reads",
+        4,
+    ),
+    Scenario(
         "ud_send_ipv6",
         "UD SEND only, 64 B, over IPv6 GIDs (ibv_ud_pingpong client)",
         "ibv_ud_pingpong -d {dev} -g {gid} -s 64 -n 1 {host}",

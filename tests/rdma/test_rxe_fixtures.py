@@ -134,6 +134,8 @@ EXPECTED: dict[str, tuple[list[int], list[int]]] = {
     "rc_cmp_swap": ([0x13] * 2, [1]),
     "rc_imm": ([0x05, 0x0B], [1]),  # SEND only with immediate, RDMA WRITE only with immediate
     "rc_send_inv": ([0x00, 0x01, 0x16], [1, 1]),  # first, middle, last with invalidate
+    # max_rd_atomic 2: two of four READs sent, then both again (retransmitted), no third
+    "rc_read_credits": ([0x0C] * 4, [1, (1 << 24) - 1, 1]),
     "ud_send_ipv6": ([0x64], []),
     "rc_send_multi_ipv6": ([0x00, 0x01, 0x02], [1, 1]),
     "rc_read_ipv6": ([0x0C] * 2, [4]),
@@ -194,7 +196,8 @@ def test_fixture_matches_its_description(name: str) -> None:
             if r["infiniband.reth.va"]:
                 assert FAKE_VADDR <= num(r["infiniband.reth.va"]) < FAKE_VADDR + (1 << 20), r
         lengths = [num(r["infiniband.reth.dmalen"]) for r in rows if r["infiniband.reth.dmalen"]]
-        assert lengths == {0x0A: [64] * 4, 0x06: [2500], 0x0C: [4096] * 2}[op], lengths
+        want = {0x0A: [64] * 4, 0x06: [2500], 0x0C: [4096] * 2}[op]
+        assert lengths == ([8] * 4 if name == "rc_read_credits" else want), lengths
     # The last request of an RC message asks for an ACK.
     if name.startswith("rc_"):
         assert rows[-1]["infiniband.bth.a"] in ("1", "True"), rows[-1]

@@ -428,3 +428,41 @@ fn requester_sends_what_rxe_sent() {
         assert_eq!(ours, rxe);
     }
 }
+
+/// rxe's requester with `max_rd_atomic` 2 and four 8-byte READs posted
+/// (`rc_read_credits.pcap`) sends two, retransmits them after its timeout and never sends the
+/// third; a [`Requester`] with the same credits must send the same packets.
+#[test]
+fn requester_keeps_its_read_credits_as_rxe_did() {
+    let (dir, files) = rxe_pcaps();
+    let Some(file) = files.iter().find(|f| f.ends_with("rc_read_credits.pcap")) else {
+        panic!("no rc_read_credits.pcap in {}", dir.display());
+    };
+    let rxe: Vec<Pkt> = read_pcap(&std::fs::read(file).unwrap())
+        .iter()
+        .map(|f| pkt(&Frame::parse(f).unwrap()))
+        .collect();
+    let first = rxe[0].ext.reth.unwrap();
+    let p = RcParams {
+        dest_qp: rxe[0].bth.dest_qp,
+        send_psn: rxe[0].bth.psn,
+        mtu: 1024,
+        timeout: 14,
+        max_rd_atomic: 2,
+        ..RcParams::default()
+    };
+    let mut q = Requester::new(p);
+    for i in 0..4u64 {
+        let wr = WorkRequest::Read {
+            va: first.va + 8 * i,
+            rkey: first.rkey,
+            len: 8,
+        };
+        q.post(i, wr);
+    }
+    let mut ours: Vec<Pkt> = std::iter::from_fn(|| q.poll_tx(0)).collect();
+    q.tick(p.timeout_ns());
+    ours.extend(std::iter::from_fn(|| q.poll_tx(p.timeout_ns())));
+    assert_eq!(ours, rxe, "ours, then rxe's");
+    assert_eq!((q.rd_atomic_outstanding(), q.outstanding()), (2, 4));
+}
