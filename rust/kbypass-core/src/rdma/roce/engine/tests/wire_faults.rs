@@ -500,3 +500,66 @@ fn rc_atomics_through_loss_duplication_and_reordering_execute_exactly_once() {
     assert!(cb.duplicates > 0, "{cb:?}");
     assert!(ca.retransmits + ca.go_backs > 0, "{ca:?}");
 }
+
+#[test]
+fn uc_sends_through_loss_arrive_whole_or_not_at_all_and_the_losses_are_counted() {
+    // UC does not retransmit: a message that lost a packet is dropped at the receiver
+    // (counted), and every message that does arrive is whole, in order.
+    let rates = FaultRates {
+        loss: 0.05,
+        ..Default::default()
+    };
+    let Some(fb) = fault_bench(rates, Timing::default()) else {
+        return;
+    };
+    let (x, y) = (
+        side(&fb.a, QpType::Uc, REGION),
+        side(&fb.b, QpType::Uc, REGION),
+    );
+    x.qp.connect(&params(), &y.qp.endpoint(3000), 100).unwrap();
+    y.qp.connect(&params(), &x.qp.endpoint(100), 3000).unwrap();
+    let (n, len) = (60usize, 4096usize);
+    let msgs: Vec<Vec<u8>> = (0..n).map(|i| pattern(len, i as u8)).collect();
+    for (i, m) in msgs.iter().enumerate() {
+        x.mr.write(i * len, m).unwrap();
+        let sge = y.mr.sge(i * len, len).unwrap();
+        y.qp.post_recv(i as u64, &[sge]).unwrap();
+    }
+    for i in 0..n {
+        let sge = x.mr.sge(i * len, len).unwrap();
+        let f = SendFlags::SIGNALED;
+        x.qp.post_send(i as u64, SendOp::Send, &[sge], f).unwrap();
+        // Paced, so a loss costs one message and no receive ring runs dry.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let sent = wait_wcs(&x.cq, n, Duration::from_secs(10));
+    assert!(
+        sent.len() == n && sent.iter().all(|w| w.status == 0),
+        "{sent:?}"
+    );
+    let c = settled(&fb);
+    std::thread::sleep(Duration::from_millis(50));
+    let got = wait_wcs(&y.cq, n, Duration::from_millis(200));
+    let cb = fb.b.counters();
+    assert!(
+        !got.is_empty() && got.len() < n,
+        "{} of {n} arrived: {cb:?}",
+        got.len()
+    );
+    // Receives complete in order, each holding one whole message; the messages found are
+    // in sending order.
+    let mut last = None;
+    for (k, w) in got.iter().enumerate() {
+        assert_eq!((w.wr_id, w.status, w.byte_len), (k as u64, 0, len as u32));
+        let mut buf = vec![0u8; len];
+        y.mr.read(k * len, &mut buf).unwrap();
+        let j = msgs.iter().position(|m| *m == buf);
+        assert!(j.is_some(), "receive {k} holds no whole message");
+        assert!(j > last, "receive {k} holds message {j:?} after {last:?}");
+        last = j;
+    }
+    // Each message missing lost at least one packet on the path; each aborted one too.
+    let lost_msgs = (n - got.len()) as u64;
+    assert!(lost_msgs <= c[0].injector.dropped, "{c:?}");
+    assert!(cb.uc_aborted > 0 && cb.uc_aborted <= lost_msgs, "{cb:?}");
+}
