@@ -15,9 +15,11 @@ memory alive while the region is registered. Failed completions have a named
 :class:`Status`; ``wc.check()`` raises :data:`CompletionError` (an OSError) when asked.
 Connections: ``qp.connect(endpoint)`` with an :class:`Endpoint` exchanged any way you like
 (``to_bytes``/``from_bytes``, pickle, or ``ibv_rc_pingpong``'s text form), the tools' own TCP
-exchanges (``qp.pingpong_accept``/``pingpong_connect`` for ``ibv_rc_pingpong``,
-``qp.perftest_serve``/``perftest_write_bw`` for ``ib_write_bw``), or the RDMA connection
-manager (``qp.cm_accept``/``cm_connect``, librdmacm loaded at run time).
+exchanges (``qp.pingpong_accept``/``pingpong_connect`` for ``ibv_rc_pingpong``;
+``qp.perftest_serve(mr, test=...)`` as the server of ``ib_write_bw``, ``ib_read_bw``,
+``ib_send_bw`` or ``ib_atomic_bw``, and ``qp.perftest_write_bw``/``perftest_read_bw``/
+``perftest_send_bw``/``perftest_atomic_bw`` as their client), or the RDMA connection manager
+(``qp.cm_accept``/``cm_connect``, librdmacm loaded at run time).
 
 Example (RC loopback on one device, as in the soft-RoCE VM)::
 

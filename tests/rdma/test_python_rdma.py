@@ -26,6 +26,7 @@ SCENARIOS = [
     "endpoint_serialization",
     "pingpong_interop_from_python",
     "perftest_interop_from_python",
+    "perftest_read_send_atomic_from_python",
     "uc_sg_lists_and_write_with_imm",
     "rdma_cm_connect_accept",
     "rping_client_against_kbypass_cm_server",

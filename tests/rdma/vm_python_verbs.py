@@ -568,6 +568,106 @@ def scenario_perftest_interop_from_python() -> None:
         print(f"perftest interop: {rep}")
 
 
+PT_ITERS = 200
+
+
+def perftest_tool(cmd: str, client: bool) -> subprocess.Popen[str]:
+    """A perftest tool on rxe0; a client retries until our server listens."""
+    if client:
+        cmd = f"for i in $(seq 100); do {cmd} 127.0.0.1 && exit 0; sleep 0.3; done; exit 1"
+    return subprocess.Popen(["sh", "-c", cmd], stdout=subprocess.PIPE, text=True)
+
+
+def perftest_row(out: str, size: int) -> tuple[float, float]:
+    """The tool's result row for `size` and PT_ITERS: (peak, average) MB/s."""
+    import re
+
+    row = re.search(rf"^\s*{size}\s+{PT_ITERS}\s+([\d.]+)\s+([\d.]+)", out, re.M)
+    assert row is not None, out
+    return float(row.group(1)), float(row.group(2))
+
+
+def scenario_perftest_read_send_atomic_from_python() -> None:
+    """ib_read_bw, ib_send_bw and ib_atomic_bw (both -A types) against kbypass, both roles."""
+    base = f"-d rxe0 -x 1 -F -n {PT_ITERS}"
+    with rdma.Context("rxe0") as ctx:
+
+        def side(
+            n: int = 1 << 16,
+        ) -> tuple[rdma.CompletionQueue, rdma.QueuePair, rdma.MemoryRegion, np.ndarray]:
+            cq, pd = ctx.create_cq(256), ctx.alloc_pd()
+            buf = np.full(n, 0xAA, dtype=np.uint8)
+            return cq, pd.create_qp("RC", cq), pd.register(buf), buf
+
+        # kbypass servers, tool clients
+        cq, qp, mr, buf = side()
+        tool = perftest_tool(f"ib_read_bw {base} -s 4096 -p 18630", client=True)
+        rep = qp.perftest_serve(mr, port=18630, gid_index=1, test="read")
+        out, _ = tool.communicate(timeout=120)
+        assert tool.returncode == 0, out
+        assert (rep["size"], rep["iters"]) == (4096, PT_ITERS) and rep["bw_avg"] > 0, rep
+        assert perftest_row(out, 4096)[1] > 0 and (buf == 0xAA).all(), "a read changed our buffer"
+
+        cq, qp, mr, buf = side()
+        qp.init()
+        tool = perftest_tool(f"ib_send_bw {base} -s 2048 -p 18631", client=True)
+        rep = qp.perftest_serve(
+            mr, port=18631, gid_index=1, test="send", cq=cq, size=2048, iterations=PT_ITERS
+        )
+        out, _ = tool.communicate(timeout=120)
+        assert tool.returncode == 0, out
+        assert (rep["size"], rep["iters"]) == (2048, PT_ITERS) and rep["bw_avg"] > 0, rep
+        assert (buf[:2048] != 0xAA).any() and (buf[2048:] == 0xAA).all(), "sends did not land"
+        perftest_row(out, 2048)
+
+        for port, extra in ((18632, ""), (18633, "-A CMP_AND_SWAP")):
+            cq, qp, mr, buf = side(8192)
+            buf[:] = 0
+            tool = perftest_tool(f"ib_atomic_bw {base} {extra} -p {port}", client=True)
+            rep = qp.perftest_serve(mr, port=port, gid_index=1, test="atomic")
+            out, _ = tool.communicate(timeout=120)
+            assert tool.returncode == 0, out
+            assert (rep["size"], rep["iters"]) == (8, PT_ITERS), rep
+            words = buf.view(np.uint64)
+            # fetch-and-add of 1 on words a cache line apart; compare-and-swap 0 for 0
+            assert int(words.sum()) == (0 if extra else PT_ITERS), words[words != 0]
+            perftest_row(out, 8)
+
+        # tool servers, kbypass clients
+        cq, qp, mr, buf = side()
+        tool = perftest_tool(f"ib_read_bw {base} -s 4096 -p 18634", client=False)
+        rep = qp.perftest_read_bw(cq, mr, "127.0.0.1", 18634, size=4096, iterations=PT_ITERS)
+        out, _ = tool.communicate(timeout=120)
+        assert tool.returncode == 0, out
+        assert (rep["size"], rep["iters"]) == (4096, PT_ITERS), rep
+        assert (buf[:4096] != 0xAA).any(), "the reads did not land in our buffer"
+        avg = perftest_row(out, 4096)[1]  # the tool prints the report we sent
+        assert abs(avg - rep["bw_avg"]) < 0.01 + rep["bw_avg"] * 0.01, (avg, rep)
+
+        cq, qp, mr, buf = side()
+        tool = perftest_tool(f"ib_send_bw {base} -s 4096 -p 18635", client=False)
+        rep = qp.perftest_send_bw(cq, mr, "127.0.0.1", 18635, size=4096, iterations=PT_ITERS)
+        out, _ = tool.communicate(timeout=120)
+        assert tool.returncode == 0, out
+        assert (rep["size"], rep["iters"]) == (4096, PT_ITERS) and rep["bw_avg"] > 0, rep
+        assert perftest_row(out, 4096)[1] > 0  # its own measurement of our sends
+
+        for port, extra in ((18636, ""), (18637, "-A CMP_AND_SWAP")):
+            cq, qp, mr, buf = side(64)
+            tool = perftest_tool(f"ib_atomic_bw {base} {extra} -p {port}", client=False)
+            rep = qp.perftest_atomic_bw(
+                cq, mr, "127.0.0.1", port, iterations=PT_ITERS, compare_swap=bool(extra)
+            )
+            out, _ = tool.communicate(timeout=120)
+            assert tool.returncode == 0, out
+            assert (rep["size"], rep["iters"]) == (8, PT_ITERS), rep
+            avg = perftest_row(out, 8)[1]  # the tool prints the report we sent
+            assert abs(avg - rep["bw_avg"]) < 0.01 + rep["bw_avg"] * 0.01, (avg, rep)
+            # the old values (the tool's buffer is random) landed in our first word
+            assert bytes(buf[:8]) != b"\xaa" * 8 and (buf[8:] == 0xAA).all(), buf[:16]
+        print("perftest read/send/atomic interop: ok")
+
+
 def scenario_uc_sg_lists_and_write_with_imm() -> None:
     with rdma.Context("rxe0") as ctx:
         cq = ctx.create_cq(32)

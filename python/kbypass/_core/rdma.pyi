@@ -248,6 +248,12 @@ class QueuePair(ReceiveQueue):
         timeout: float = 60.0,
         gid_index: int | None = None,
         bind: str = "0.0.0.0",
+        *,
+        test: str = "write",
+        cq: CompletionQueue | None = None,
+        size: int = 65536,
+        iterations: int = 1000,
+        rx_depth: int = 64,
     ) -> dict[str, float]: ...
     def perftest_write_bw(
         self,
@@ -260,6 +266,42 @@ class QueuePair(ReceiveQueue):
         psn: int = 0,
         timeout: float = 60.0,
         gid_index: int | None = None,
+    ) -> dict[str, float]: ...
+    def perftest_read_bw(
+        self,
+        cq: CompletionQueue,
+        mr: MemoryRegion,
+        host: str,
+        port: int = 18515,
+        size: int = 65536,
+        iterations: int = 1000,
+        psn: int = 0,
+        timeout: float = 60.0,
+        gid_index: int | None = None,
+    ) -> dict[str, float]: ...
+    def perftest_send_bw(
+        self,
+        cq: CompletionQueue,
+        mr: MemoryRegion,
+        host: str,
+        port: int = 18515,
+        size: int = 65536,
+        iterations: int = 1000,
+        psn: int = 0,
+        timeout: float = 60.0,
+        gid_index: int | None = None,
+    ) -> dict[str, float]: ...
+    def perftest_atomic_bw(
+        self,
+        cq: CompletionQueue,
+        mr: MemoryRegion,
+        host: str,
+        port: int = 18515,
+        iterations: int = 1000,
+        psn: int = 0,
+        timeout: float = 60.0,
+        gid_index: int | None = None,
+        compare_swap: bool = False,
     ) -> dict[str, float]: ...
     def connect(
         self,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use kbypass_core::rdma::cm::CmConnection as Cm;
 use kbypass_core::rdma::oob::{self, RemoteBuffer};
+use kbypass_core::rdma::perftest::Test;
 use kbypass_core::rdma::{
     self, Access, Endpoint as CoreEndpoint, Gid, PathParams, QpType, SendFlags, SendOp,
 };
@@ -18,7 +19,7 @@ use super::args::{self, seconds, socket_addr};
 use super::cq::CompletionQueue;
 use super::endpoint::{endpoint, endpoint_with, CmConnection, Endpoint};
 use super::mr::{gather, MemoryRegion, SgItem};
-use super::perf::report;
+use super::perf;
 use super::recv::{self, ReceiveQueue};
 use super::resource::{owner, Owner};
 use crate::errors::IntoPyResult;
@@ -67,16 +68,21 @@ impl QueuePair {
         Ok(())
     }
 
-    /// What the tools' TCP exchanges start from (port 1): the timeout, the path, this QP's
-    /// endpoint; the QP is brought to INIT (all access rights) unless it left RESET already.
-    fn tool_exchange(
+    /// What the tools' TCP exchanges start from (port 1): the timeout, the path (for reads
+    /// and atomics with the device's outstanding-read limit), this QP's endpoint; the QP is
+    /// brought to INIT (all access rights) unless it left RESET already.
+    pub(super) fn tool_exchange(
         &self,
+        reads: bool,
         psn: u32,
         timeout: f64,
         gid_index: Option<i32>,
     ) -> PyResult<(Duration, PathParams, CoreEndpoint)> {
         let t = seconds(timeout)?;
-        let p = self.params(1, gid_index)?;
+        let mut p = self.params(1, gid_index)?;
+        if reads {
+            p.max_rd_atomic = rdma::perftest::out_reads(&self.ctx).py()?;
+        }
         let local = self.local(&p, psn)?;
         self.init_if_reset(&p, Access::ALL)?;
         Ok((t, p, local))
@@ -180,7 +186,7 @@ impl QueuePair {
         gid_index: Option<i32>,
         bind: &str,
     ) -> PyResult<Endpoint> {
-        let (t, p, local) = self.tool_exchange(psn, timeout, gid_index)?;
+        let (t, p, local) = self.tool_exchange(false, psn, timeout, gid_index)?;
         let qp = self.get()?;
         let listener = args::listen(bind, port)?;
         let remote = py
@@ -189,13 +195,18 @@ impl QueuePair {
         Ok(endpoint(&remote))
     }
 
-    /// Be the server of an ``ib_write_bw`` client (perftest's TCP exchange on `port`): expose
-    /// `mr` (remote-writable; the client's message size plus a page at least) for its RDMA
-    /// writes, connect this QP to it, and return the report it sends at the end: a dict of
-    /// ``size``, ``iters``, ``bw_peak``, ``bw_avg`` (MB/s of 2**20 bytes) and ``msg_rate``
-    /// (millions of messages per second). The GIL is released while waiting; TimeoutError
-    /// when no client comes (or a step stalls) within `timeout`.
-    #[pyo3(signature = (mr, port = 18515, psn = 0, timeout = 60.0, gid_index = None, bind = "0.0.0.0"))]
+    /// Be the server of a perftest client (the tools' TCP exchange on `port`) running `test`:
+    /// ``"write"`` (``ib_write_bw``), ``"read"`` (``ib_read_bw``), ``"atomic"``
+    /// (``ib_atomic_bw``) expose `mr` (remote-writable, -readable or -atomic; the client's
+    /// message size plus a page at least) for the client's requests and return the report it
+    /// sends at the end; ``"send"`` (``ib_send_bw``) keeps `rx_depth` receives of `size`
+    /// bytes posted in `mr`, counts `iterations` of them on `cq` (the QP's receive CQ) and
+    /// returns its own report (the tools exchange none for send; give the client's ``-s``
+    /// and ``-n``). The report is a dict of ``size``, ``iters``, ``bw_peak``, ``bw_avg``
+    /// (MB/s of 2**20 bytes) and ``msg_rate`` (millions of messages per second). The GIL is
+    /// released while waiting; TimeoutError when no client comes (or a step stalls) within
+    /// `timeout`.
+    #[pyo3(signature = (mr, port = 18515, psn = 0, timeout = 60.0, gid_index = None, bind = "0.0.0.0", *, test = "write", cq = None, size = 65536, iterations = 1000, rx_depth = 64))]
     #[allow(clippy::too_many_arguments)]
     fn perftest_serve<'py>(
         &self,
@@ -206,20 +217,31 @@ impl QueuePair {
         timeout: f64,
         gid_index: Option<i32>,
         bind: &str,
+        test: &str,
+        cq: Option<PyRef<'_, CompletionQueue>>,
+        size: usize,
+        iterations: u64,
+        rx_depth: u64,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let (t, p, local) = self.tool_exchange(psn, timeout, gid_index)?;
-        let (qp, m) = (self.get()?, mr.get()?);
-        let listener = args::listen(bind, port)?;
-        let r = py
-            .detach(|| rdma::perftest::serve_write_bw(&listener, qp, m, &p, &local, t))
-            .py()?;
-        report(py, &r)
+        let a = perf::ServeArgs {
+            test,
+            cq: cq.as_deref(),
+            port,
+            bind,
+            psn,
+            timeout,
+            gid_index,
+            size,
+            iterations,
+            rx_depth,
+        };
+        perf::serve(py, self, mr, &a)
     }
 
     /// Be the client of an ``ib_write_bw`` server at `host`:`port` (retried until `timeout`):
     /// connect this QP, RDMA-write `iterations` messages of `size` bytes from `mr` into the
-    /// server's buffer (GIL released), send the report, and return it (the dict of
-    /// ``perftest_serve``).
+    /// server's buffer (GIL released; `cq` is the QP's send CQ), send the report, and return
+    /// it (the dict of ``perftest_serve``).
     #[pyo3(signature = (cq, mr, host, port = 18515, size = 65536, iterations = 1000, psn = 0, timeout = 60.0, gid_index = None))]
     #[allow(clippy::too_many_arguments)]
     fn perftest_write_bw<'py>(
@@ -235,24 +257,80 @@ impl QueuePair {
         timeout: f64,
         gid_index: Option<i32>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let (t, p, local) = self.tool_exchange(psn, timeout, gid_index)?;
-        let (qp, c, m) = (self.get()?, cq.get()?, mr.get()?);
-        let r = py
-            .detach(|| {
-                rdma::perftest::client_write_bw(
-                    (host, port),
-                    qp,
-                    c,
-                    m,
-                    &p,
-                    &local,
-                    size,
-                    iterations,
-                    t,
-                )
-            })
-            .py()?;
-        report(py, &r)
+        let a = perf::ClientArgs::new(host, port, size, iterations, psn, timeout, gid_index);
+        perf::client(py, Test::Write, self, cq, mr, &a)
+    }
+
+    /// Be the client of an ``ib_read_bw`` server: RDMA-read `iterations` messages of `size`
+    /// bytes from its buffer into `mr` (as many reads in flight as both devices allow), send
+    /// the report and return it (see ``perftest_write_bw``).
+    #[pyo3(signature = (cq, mr, host, port = 18515, size = 65536, iterations = 1000, psn = 0, timeout = 60.0, gid_index = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn perftest_read_bw<'py>(
+        &self,
+        py: Python<'py>,
+        cq: &CompletionQueue,
+        mr: &MemoryRegion,
+        host: &str,
+        port: u16,
+        size: usize,
+        iterations: u64,
+        psn: u32,
+        timeout: f64,
+        gid_index: Option<i32>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let a = perf::ClientArgs::new(host, port, size, iterations, psn, timeout, gid_index);
+        perf::client(py, Test::Read, self, cq, mr, &a)
+    }
+
+    /// Be the client of an ``ib_send_bw`` server: SEND `iterations` messages of `size` bytes
+    /// (at most the server's ``-s``) from `mr` once its receives are posted, and return our
+    /// report (the server prints its own; see ``perftest_write_bw``).
+    #[pyo3(signature = (cq, mr, host, port = 18515, size = 65536, iterations = 1000, psn = 0, timeout = 60.0, gid_index = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn perftest_send_bw<'py>(
+        &self,
+        py: Python<'py>,
+        cq: &CompletionQueue,
+        mr: &MemoryRegion,
+        host: &str,
+        port: u16,
+        size: usize,
+        iterations: u64,
+        psn: u32,
+        timeout: f64,
+        gid_index: Option<i32>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let a = perf::ClientArgs::new(host, port, size, iterations, psn, timeout, gid_index);
+        perf::client(py, Test::Send, self, cq, mr, &a)
+    }
+
+    /// Be the client of an ``ib_atomic_bw`` server: `iterations` 8-byte fetch-and-adds of 1
+    /// (``compare_swap=True``: compare-and-swaps of 0 with 0, for ``ib_atomic_bw -A
+    /// CMP_AND_SWAP``) on its buffer, old values landing in `mr`'s first 8 bytes; sends the
+    /// report and returns it (see ``perftest_write_bw``).
+    #[pyo3(signature = (cq, mr, host, port = 18515, iterations = 1000, psn = 0, timeout = 60.0, gid_index = None, compare_swap = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn perftest_atomic_bw<'py>(
+        &self,
+        py: Python<'py>,
+        cq: &CompletionQueue,
+        mr: &MemoryRegion,
+        host: &str,
+        port: u16,
+        iterations: u64,
+        psn: u32,
+        timeout: f64,
+        gid_index: Option<i32>,
+        compare_swap: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let a = perf::ClientArgs::new(host, port, 8, iterations, psn, timeout, gid_index);
+        let test = if compare_swap {
+            Test::CompareSwap
+        } else {
+            Test::FetchAdd
+        };
+        perf::client(py, test, self, cq, mr, &a)
     }
 
     /// Connect this QP (in RESET) through the RDMA connection manager to a listener at
@@ -298,7 +376,7 @@ impl QueuePair {
         timeout: f64,
         gid_index: Option<i32>,
     ) -> PyResult<Endpoint> {
-        let (t, p, local) = self.tool_exchange(psn, timeout, gid_index)?;
+        let (t, p, local) = self.tool_exchange(false, psn, timeout, gid_index)?;
         let remote = py
             .detach(|| oob::pingpong_connect((host, port), &local, t))
             .py()?;
