@@ -27,6 +27,7 @@ SCENARIOS = [
     "pingpong_interop_from_python",
     "perftest_interop_from_python",
     "perftest_read_send_atomic_from_python",
+    "perftest_uc_and_ipv6_gid_from_python",
     "uc_sg_lists_and_write_with_imm",
     "rdma_cm_connect_accept",
     "rping_client_against_kbypass_cm_server",

@@ -668,6 +668,61 @@ def scenario_perftest_read_send_atomic_from_python() -> None:
         print("perftest read/send/atomic interop: ok")
 
 
+def ipv6_roce_v2_gid_index() -> int:
+    """rxe0's first RoCEv2 GID that is a routable IPv6 address (not IPv4-mapped or link-local)."""
+    ports = "/sys/class/infiniband/rxe0/ports/1"
+    for i in range(16):
+        try:
+            with open(f"{ports}/gids/{i}") as g, open(f"{ports}/gid_attrs/types/{i}") as t:
+                gid, kind = g.read().strip(), t.read().strip()
+        except OSError:
+            continue
+        if kind == "RoCE v2" and not gid.startswith(("0000:", "fe80:")):
+            return i
+    raise AssertionError("rxe0 has no routable IPv6 RoCEv2 GID")
+
+
+def scenario_perftest_uc_and_ipv6_gid_from_python() -> None:
+    """UC write and send with the tools (-c UC), and a read over an IPv6 GID, both roles."""
+    six = ipv6_roce_v2_gid_index()
+    runs = [  # (tool and options, our QP type, test, GID index)
+        ("ib_write_bw -c UC -x 1 -s 4096", "UC", "write", 1),
+        ("ib_send_bw -c UC -x 1 -s 4096", "UC", "send", 1),
+        (f"ib_read_bw -x {six} -s 4096", "RC", "read", six),
+    ]
+    with rdma.Context("rxe0") as ctx:
+        assert ":" in ctx.gid(index=six) and "ffff" not in ctx.gid(index=six)
+        for k, (cmd, qp_type, test, gid) in enumerate(runs):
+            cmd = f"{cmd} -d rxe0 -F -n {PT_ITERS}"
+            for serve in (True, False):
+                cq, pd = ctx.create_cq(256), ctx.alloc_pd()
+                qp = pd.create_qp(qp_type, cq)
+                buf = np.full(1 << 16, 0xAA, dtype=np.uint8)
+                mr = pd.register(buf)
+                port = 18640 + 2 * k + int(serve)
+                tool = perftest_tool(f"{cmd} -p {port}", client=serve)
+                if serve:
+                    qp.init()
+                    rep = qp.perftest_serve(
+                        mr, port, gid_index=gid, test=test, cq=cq, size=4096, iterations=PT_ITERS
+                    )
+                else:
+                    run = {"write": qp.perftest_write_bw, "send": qp.perftest_send_bw}.get(
+                        test, qp.perftest_read_bw
+                    )
+                    rep = run(cq, mr, "127.0.0.1", port, 4096, PT_ITERS, gid_index=gid)
+                out, _ = tool.communicate(timeout=120)
+                assert tool.returncode == 0, (cmd, serve, out)
+                # a UC send that finds no receive posted is dropped: the server counts fewer
+                lossy = serve and qp_type == "UC" and test == "send"
+                assert rep["size"] == 4096, rep
+                assert 0 < rep["iters"] <= PT_ITERS if lossy else rep["iters"] == PT_ITERS, rep
+                assert perftest_row(out, 4096)[1] > 0, out
+                landed = (buf[:4096] != 0xAA).any()
+                # writes and sends land in the server's buffer, reads in the client's
+                assert landed == (serve != (test == "read")), (cmd, serve)
+
+
 def scenario_uc_sg_lists_and_write_with_imm() -> None:
     with rdma.Context("rxe0") as ctx:
         cq = ctx.create_cq(32)

@@ -200,9 +200,10 @@ impl QueuePair {
     /// (``ib_atomic_bw``) expose `mr` (remote-writable, -readable or -atomic; the client's
     /// message size plus a page at least) for the client's requests and return the report it
     /// sends at the end; ``"send"`` (``ib_send_bw``) keeps `rx_depth` receives of `size`
-    /// bytes posted in `mr`, counts `iterations` of them on `cq` (the QP's receive CQ) and
-    /// returns its own report (the tools exchange none for send; give the client's ``-s``
-    /// and ``-n``). The report is a dict of ``size``, ``iters``, ``bw_peak``, ``bw_avg``
+    /// bytes posted in `mr`, counts up to `iterations` of them on `cq` (the QP's receive CQ;
+    /// fewer when the client finishes first: UC drops a send that finds no receive) and
+    /// returns its own report with the count received (the tools exchange none for send;
+    /// give the client's ``-s`` and ``-n``). The report is a dict of ``size``, ``iters``, ``bw_peak``, ``bw_avg``
     /// (MB/s of 2**20 bytes) and ``msg_rate`` (millions of messages per second). The GIL is
     /// released while waiting; TimeoutError when no client comes (or a step stalls) within
     /// `timeout`.

@@ -251,6 +251,23 @@ impl Session {
         Ok(())
     }
 
+    /// True when the peer has written something we have not read yet (without reading it):
+    /// an `ib_send_bw` client's closing key message, sent once its sends completed.
+    pub fn peer_has_spoken(&self) -> Result<bool> {
+        self.stream
+            .set_nonblocking(true)
+            .map_err(|e| io_err("fcntl", e))?;
+        let got = self.stream.peek(&mut [0u8; 1]);
+        self.stream
+            .set_nonblocking(false)
+            .map_err(|e| io_err("fcntl", e))?;
+        match got {
+            Ok(n) => Ok(n > 0),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(io_err("peek", e)),
+        }
+    }
+
     /// Exchange key messages; returns the peer's.
     pub fn keys(&mut self, mine: &Keys) -> Result<Keys> {
         let mut theirs = [0u8; KEY_MESSAGE_LEN];
