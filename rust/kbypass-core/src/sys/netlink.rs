@@ -8,6 +8,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use crate::error::{errno, Error, Result};
 
+pub mod neigh;
+
 /// Attach only if the interface has no program (`XDP_FLAGS_UPDATE_IF_NOEXIST`).
 pub const XDP_FLAGS_UPDATE_IF_NOEXIST: u32 = 1 << 0;
 /// Generic (skb) mode.

@@ -11,6 +11,7 @@
 //! Both are pure Rust with no I/O, so they run (and are tested) without RDMA hardware, rxe
 //! or privileges.
 
+pub mod engine;
 pub mod rc;
 pub mod uc;
 pub mod ud;

@@ -50,12 +50,10 @@ fn responder_answers_as_rxe_did() {
     let base = read.va - u64::from(first_response.payload[0]);
     let mut mem = MemoryTable::new();
     mem.register(read.rkey, base, 4096, RemoteAccess::ALL);
-    let bytes = mem.bytes_mut(read.rkey).unwrap();
-    for (i, b) in bytes.iter_mut().enumerate() {
-        *b = i as u8;
-    }
+    let mut bytes: Vec<u8> = (0..4096).map(|i| i as u8).collect();
     let w = (atomic_va - base) as usize;
     bytes[w..w + 8].copy_from_slice(&41u64.to_le_bytes());
+    assert!(mem.fill(read.rkey, 0, &bytes));
 
     let p = RcParams {
         dest_qp: rxe[0].bth.dest_qp,

@@ -1,7 +1,10 @@
 //! The responder's view of registered memory: regions addressed by R_Key and virtual
 //! address, with the remote access rights each grants.
 
+use std::sync::{Arc, Mutex, MutexGuard};
+
 use super::super::wire::NakCode;
+use super::external::ExternalMemory;
 
 /// Remote access rights of a region (the `IBV_ACCESS_REMOTE_*` bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -23,19 +26,40 @@ impl RemoteAccess {
     };
 }
 
+/// A region: `len` bytes at `off` of `mem`, which the peer addresses from `va`.
 #[derive(Debug)]
 struct Region {
     rkey: u32,
     va: u64,
     access: RemoteAccess,
-    bytes: Vec<u8>,
+    local_write: bool,
+    valid: bool,
+    mem: Arc<ExternalMemory>,
+    off: usize,
+    len: usize,
+}
+
+/// Where a local scatter/gather element lies: the memory and the offset in it.
+#[derive(Debug, Clone)]
+pub struct LocalSpan {
+    /// The memory.
+    pub mem: Arc<ExternalMemory>,
+    /// Offset of the element's first byte in it.
+    pub off: usize,
+    /// Length.
+    pub len: usize,
 }
 
 /// Regions registered for remote access. A zero-length write or read needs no valid key or
 /// address (as the IBTA spec allows and rxe does): it touches no memory.
-#[derive(Debug, Default)]
+///
+/// A table is a shared handle: clones see the same regions, so a protection domain registers
+/// and deregisters while its QPs' responders serve requests from it. Regions are bytes the
+/// table owns ([`MemoryTable::register`]) or [`ExternalMemory`] the caller registered
+/// ([`MemoryTable::register_external`]), which the table keeps alive while registered.
+#[derive(Debug, Default, Clone)]
 pub struct MemoryTable {
-    regions: Vec<Region>,
+    regions: Arc<Mutex<Vec<Region>>>,
 }
 
 /// Which right a request needs.
@@ -52,47 +76,137 @@ impl MemoryTable {
         MemoryTable::default()
     }
 
+    fn lock(&self) -> MutexGuard<'_, Vec<Region>> {
+        // A panic elsewhere cannot leave a region half-updated: every change is one push,
+        // retain or field store.
+        self.regions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Registers `len` zeroed bytes at virtual address `va` under `rkey`. An R_Key already in
     /// use is replaced.
     pub fn register(&mut self, rkey: u32, va: u64, len: usize, access: RemoteAccess) {
-        self.regions.retain(|r| r.rkey != rkey);
-        self.regions.push(Region {
-            rkey,
+        let mem = ExternalMemory::zeroed(len);
+        self.register_external(rkey, va, access, true, mem, 0, len);
+    }
+
+    /// Registers `len` bytes at offset `off` of `mem` under `key`, addressed from `va`, with
+    /// `access` for remote requests and `local_write` for local receives and read results.
+    /// A key already in use is replaced. False (nothing registered) when the range is not
+    /// inside `mem`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn register_external(
+        &self,
+        key: u32,
+        va: u64,
+        access: RemoteAccess,
+        local_write: bool,
+        mem: Arc<ExternalMemory>,
+        off: usize,
+        len: usize,
+    ) -> bool {
+        if off.checked_add(len).is_none_or(|end| end > mem.len()) {
+            return false;
+        }
+        let mut regions = self.lock();
+        regions.retain(|r| r.rkey != key);
+        regions.push(Region {
+            rkey: key,
             va,
             access,
-            bytes: vec![0; len],
+            local_write,
+            valid: true,
+            mem,
+            off,
+            len,
         });
+        true
     }
 
-    /// The bytes of the region under `rkey`.
-    pub fn bytes(&self, rkey: u32) -> Option<&[u8]> {
-        self.regions
-            .iter()
-            .find(|r| r.rkey == rkey)
-            .map(|r| &r.bytes[..])
+    /// Removes the region under `key` (its memory is released when no request uses it);
+    /// false when there is none.
+    pub fn deregister(&self, key: u32) -> bool {
+        let mut regions = self.lock();
+        let before = regions.len();
+        regions.retain(|r| r.rkey != key);
+        regions.len() != before
     }
 
-    /// The bytes of the region under `rkey`, to fill.
-    pub fn bytes_mut(&mut self, rkey: u32) -> Option<&mut [u8]> {
-        self.regions
+    /// Invalidates `key`: every access through it fails from now on (a send with
+    /// invalidate, a local invalidate); false when there is no such region.
+    pub fn invalidate(&self, key: u32) -> bool {
+        self.lock()
             .iter_mut()
-            .find(|r| r.rkey == rkey)
-            .map(|r| &mut r.bytes[..])
+            .find(|r| r.rkey == key)
+            .map(|r| r.valid = false)
+            .is_some()
     }
 
-    /// The region and offset `rkey`, `va`, `len` name, if the key exists, grants `need` and
-    /// the whole range lies inside the region; otherwise the NAK to answer.
+    /// Whether `key` names a valid (registered, not invalidated) region.
+    pub fn is_valid(&self, key: u32) -> bool {
+        self.lock().iter().any(|r| r.rkey == key && r.valid)
+    }
+
+    /// Narrows the remote rights of `key` to those also in `access`; false when there is no
+    /// such region.
+    pub fn restrict(&self, key: u32, access: RemoteAccess) -> bool {
+        self.lock()
+            .iter_mut()
+            .find(|r| r.rkey == key)
+            .map(|r| {
+                r.access.write &= access.write;
+                r.access.read &= access.read;
+                r.access.atomic &= access.atomic;
+            })
+            .is_some()
+    }
+
+    /// A copy of the bytes of the region under `rkey`.
+    pub fn bytes(&self, rkey: u32) -> Option<Vec<u8>> {
+        let regions = self.lock();
+        let r = regions.iter().find(|r| r.rkey == rkey)?;
+        r.mem.to_vec(r.off, r.len)
+    }
+
+    /// Copies `data` into the region under `rkey` at offset `off` (a local store, e.g. a
+    /// test filling memory); false when there is no such region or it does not fit.
+    pub fn fill(&self, rkey: u32, off: usize, data: &[u8]) -> bool {
+        let regions = self.lock();
+        let Some(r) = regions.iter().find(|r| r.rkey == rkey) else {
+            return false;
+        };
+        off.checked_add(data.len()).is_some_and(|end| end <= r.len)
+            && r.mem.write(r.off + off, data)
+    }
+
+    /// Where `len` bytes at address `va` under local key `key` are, if the key is valid, the
+    /// range lies inside its region, and (with `write`) the region allows local writes.
+    pub fn local(&self, key: u32, va: u64, len: usize, write: bool) -> Option<LocalSpan> {
+        let regions = self.lock();
+        let r = regions.iter().find(|r| r.rkey == key && r.valid)?;
+        let off = va.checked_sub(r.va)?;
+        let end = off.checked_add(len as u64)?;
+        if end > r.len as u64 || (write && !r.local_write) {
+            return None;
+        }
+        Some(LocalSpan {
+            mem: Arc::clone(&r.mem),
+            off: r.off + off as usize,
+            len,
+        })
+    }
+
+    /// The memory and offset `rkey`, `va`, `len` name, if the key exists and is valid, grants
+    /// `need` and the whole range lies inside the region; otherwise the NAK to answer.
     fn check(
-        &mut self,
+        regions: &[Region],
         rkey: u32,
         va: u64,
         len: usize,
         need: Need,
-    ) -> Result<(&mut Region, usize), NakCode> {
-        let r = self
-            .regions
-            .iter_mut()
-            .find(|r| r.rkey == rkey)
+    ) -> Result<(&ExternalMemory, usize), NakCode> {
+        let r = regions
+            .iter()
+            .find(|r| r.rkey == rkey && r.valid)
             .ok_or(NakCode::RemoteAccessError)?;
         let allowed = match need {
             Need::Write => r.access.write,
@@ -103,10 +217,10 @@ impl MemoryTable {
         let end = off
             .checked_add(len as u64)
             .ok_or(NakCode::RemoteAccessError)?;
-        if !allowed || end > r.bytes.len() as u64 {
+        if !allowed || end > r.len as u64 {
             return Err(NakCode::RemoteAccessError);
         }
-        Ok((r, off as usize))
+        Ok((&r.mem, r.off + off as usize))
     }
 
     /// Checks a whole transfer before its first byte moves.
@@ -120,7 +234,7 @@ impl MemoryTable {
         if len == 0 {
             return Ok(());
         }
-        self.check(rkey, va, len, need).map(|_| ())
+        Self::check(&self.lock(), rkey, va, len, need).map(|_| ())
     }
 
     /// Checks that a write of `len` bytes at `va` is allowed (before its first byte).
@@ -133,8 +247,9 @@ impl MemoryTable {
         if data.is_empty() {
             return Ok(());
         }
-        let (r, off) = self.check(rkey, va, data.len(), Need::Write)?;
-        r.bytes[off..off + data.len()].copy_from_slice(data);
+        let regions = self.lock();
+        let (m, off) = Self::check(&regions, rkey, va, data.len(), Need::Write)?;
+        m.write(off, data);
         Ok(())
     }
 
@@ -143,8 +258,9 @@ impl MemoryTable {
         if len == 0 {
             return Ok(Vec::new());
         }
-        let (r, off) = self.check(rkey, va, len, Need::Read)?;
-        Ok(r.bytes[off..off + len].to_vec())
+        let regions = self.lock();
+        let (m, off) = Self::check(&regions, rkey, va, len, Need::Read)?;
+        m.to_vec(off, len).ok_or(NakCode::RemoteAccessError)
     }
 
     /// Compare and swap (`compare: Some`) or fetch and add on the 8-byte word at `va` (in
@@ -160,15 +276,9 @@ impl MemoryTable {
         if va % 8 != 0 {
             return Err(NakCode::InvalidRequest);
         }
-        let (r, off) = self.check(rkey, va, 8, Need::Atomic)?;
-        let word = &mut r.bytes[off..off + 8];
-        let orig = u64::from_ne_bytes(word.try_into().expect("8 bytes"));
-        let new = match compare {
-            Some(c) if c == orig => swap_add,
-            Some(_) => orig,
-            None => orig.wrapping_add(swap_add),
-        };
-        word.copy_from_slice(&new.to_ne_bytes());
-        Ok(orig)
+        let regions = self.lock();
+        let (m, off) = Self::check(&regions, rkey, va, 8, Need::Atomic)?;
+        m.atomic(off, compare, swap_add)
+            .ok_or(NakCode::RemoteAccessError)
     }
 }

@@ -20,6 +20,7 @@
 //! request against the R_Key, bounds and access flags of its [`MemoryTable`] (a failure is a
 //! remote access error NAK and moves the responder to the error state).
 
+mod external;
 mod memory;
 mod requester;
 mod responder;
@@ -31,7 +32,8 @@ mod tests;
 #[cfg(test)]
 mod unit_tests;
 
-pub use memory::{MemoryTable, RemoteAccess};
+pub use external::ExternalMemory;
+pub use memory::{LocalSpan, MemoryTable, RemoteAccess};
 pub use requester::{Requester, WorkRequest};
 pub use responder::{RecvCompletion, Responder};
 

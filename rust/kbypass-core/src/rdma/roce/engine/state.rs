@@ -1,0 +1,298 @@
+//! The engine's state behind its lock: the AF_XDP port, the QPs, frames waiting to be sent,
+//! and one round of progress (receive, timers, completions, send).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use super::transport::{Peer, QpEntry};
+use super::work::GRH_LEN;
+use super::EngineCounters;
+use crate::rdma::roce::rc::Pkt;
+use crate::rdma::roce::wire::{Frame, FrameSpec, IpHeader, WireError};
+use crate::sys::xdp::XdpDesc;
+use crate::xsk::XskPort;
+
+/// Frames received per round.
+const RX_BURST: usize = 64;
+/// Frames built ahead of the TX ring at most.
+const TX_BUDGET: usize = 256;
+/// A frame the link has not taken for this long is dropped (and counted): RC retransmits.
+const TX_GIVE_UP: Duration = Duration::from_secs(1);
+
+/// What a round did.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Round {
+    /// Something moved: run again at once.
+    pub busy: bool,
+    /// Retransmission timers are running: sleep briefly.
+    pub timers: bool,
+}
+
+pub(super) struct Core {
+    port: XskPort,
+    mac: [u8; 6],
+    ip: IpAddr,
+    qps: HashMap<u32, QpEntry>,
+    next_qpn: u32,
+    pending: VecDeque<(Instant, Vec<u8>)>,
+    descs: Vec<XdpDesc>,
+    epoch: Instant,
+    ip_id: u16,
+    c: EngineCounters,
+    /// Transport counters of destroyed QPs.
+    retired: EngineCounters,
+}
+
+impl Core {
+    pub fn new(port: XskPort, mac: [u8; 6], ip: IpAddr) -> Self {
+        Core {
+            port,
+            mac,
+            ip,
+            qps: HashMap::new(),
+            next_qpn: 0x11,
+            pending: VecDeque::new(),
+            descs: vec![XdpDesc::default(); RX_BURST],
+            epoch: Instant::now(),
+            ip_id: 0,
+            c: EngineCounters::default(),
+            retired: EngineCounters::default(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// A fresh QP number (24 bits, never 0 or 1, not in use).
+    pub fn alloc_qpn(&mut self) -> u32 {
+        loop {
+            let q = self.next_qpn;
+            self.next_qpn = if q >= 0xff_fff0 { 0x11 } else { q + 1 };
+            if !self.qps.contains_key(&q) {
+                return q;
+            }
+        }
+    }
+
+    pub fn insert(&mut self, qp: QpEntry) {
+        self.qps.insert(qp.qpn, qp);
+    }
+
+    pub fn qp(&mut self, qpn: u32) -> Option<&mut QpEntry> {
+        self.qps.get_mut(&qpn)
+    }
+
+    /// Destroys a QP (its counters stay in the engine's).
+    pub fn remove(&mut self, qpn: u32) {
+        if let Some(q) = self.qps.remove(&qpn) {
+            q.add_counters(&mut self.retired);
+        }
+    }
+
+    pub fn counters(&self) -> EngineCounters {
+        let mut c = self.c;
+        let r = &self.retired;
+        let add = |c: &mut EngineCounters, q: &EngineCounters| {
+            c.transport_dropped += q.transport_dropped;
+            c.retransmits += q.retransmits;
+            c.go_backs += q.go_backs;
+            c.rnr_naks_received += q.rnr_naks_received;
+            c.rnr_naks_sent += q.rnr_naks_sent;
+            c.naks_sent += q.naks_sent;
+            c.duplicates += q.duplicates;
+            c.out_of_sequence += q.out_of_sequence;
+            c.uc_aborted += q.uc_aborted;
+            c.cq_overflows += q.cq_overflows;
+        };
+        add(&mut c, r);
+        for q in self.qps.values() {
+            let mut t = EngineCounters::default();
+            q.add_counters(&mut t);
+            add(&mut c, &t);
+        }
+        c
+    }
+
+    /// One round of progress.
+    pub fn progress(&mut self) -> Round {
+        let now = self.now();
+        let rx = self.receive(now);
+        let mut timers = false;
+        for q in self.qps.values_mut() {
+            timers |= q.tick(now);
+            q.complete();
+        }
+        let built = self.build(now);
+        let sent = self.flush();
+        Round {
+            busy: rx > 0 || built > 0 || sent > 0,
+            timers: timers || !self.pending.is_empty(),
+        }
+    }
+
+    /// Receives a burst and hands each packet to its QP; returns how many frames came.
+    fn receive(&mut self, now: u64) -> usize {
+        let Some(sock) = self.port.socket_mut(0) else {
+            return 0;
+        };
+        let n = sock.recv(&mut self.descs);
+        let mut got: Vec<(Pkt, [u8; GRH_LEN])> = Vec::with_capacity(n);
+        for d in &self.descs[..n] {
+            let Some(bytes) = sock.app_bytes(d.addr, d.len) else {
+                self.c.malformed += 1;
+                continue;
+            };
+            self.c.rx_packets += 1;
+            self.c.rx_bytes += u64::from(d.len);
+            let f = match Frame::parse(bytes) {
+                Ok(f) => f,
+                Err(WireError::BadIcrc { .. }) => {
+                    self.c.bad_icrc += 1;
+                    continue;
+                }
+                Err(_) => {
+                    self.c.malformed += 1;
+                    continue;
+                }
+            };
+            let ours = match (f.ip, self.ip) {
+                (IpHeader::V4 { dst, .. }, IpAddr::V4(a)) => dst == a.octets(),
+                (IpHeader::V6 { dst, .. }, IpAddr::V6(a)) => dst == a.octets(),
+                _ => false,
+            };
+            if !ours {
+                self.c.not_for_us += 1;
+                continue;
+            }
+            // The GRH verbs puts in front of a UD receive: the IPv6 header, or the IPv4
+            // header in its last 20 bytes.
+            let mut grh = [0u8; GRH_LEN];
+            let l3 = 14 + if f.vlan_tci.is_some() { 4 } else { 0 };
+            match f.ip {
+                IpHeader::V4 { .. } => grh[20..].copy_from_slice(&bytes[l3..l3 + 20]),
+                IpHeader::V6 { .. } => grh.copy_from_slice(&bytes[l3..l3 + 40]),
+            }
+            let p = f.packet;
+            got.push((
+                Pkt {
+                    bth: p.bth,
+                    ext: p.ext,
+                    payload: p.payload.to_vec(),
+                },
+                grh,
+            ));
+        }
+        let addrs: Vec<u64> = self.descs[..n].iter().map(|d| d.addr).collect();
+        sock.release(&addrs);
+        for (pkt, grh) in &got {
+            match self.qps.get_mut(&pkt.bth.dest_qp) {
+                None => self.c.wrong_qpn += 1,
+                Some(q) => {
+                    if !q.on_packet(now, pkt, grh) {
+                        self.c.bad_state += 1;
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    /// Frames the QPs' next packets while the budget allows; returns how many.
+    fn build(&mut self, now: u64) -> usize {
+        let mut built = 0;
+        let qpns: Vec<u32> = self.qps.keys().copied().collect();
+        for qpn in qpns {
+            while self.pending.len() < TX_BUDGET {
+                let Some(q) = self.qps.get_mut(&qpn) else {
+                    break;
+                };
+                let udp_src = q.udp_src;
+                let Some((pkt, peer)) = q.poll_tx(now) else {
+                    break;
+                };
+                self.frame(&pkt, peer, udp_src);
+                built += 1;
+            }
+        }
+        built
+    }
+
+    fn frame(&mut self, pkt: &Pkt, peer: Peer, udp_src: u16) {
+        self.ip_id = self.ip_id.wrapping_add(1);
+        let ip = match (self.ip, peer.ip) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => IpHeader::V4 {
+                src: s.octets(),
+                dst: d.octets(),
+                tos: 0,
+                ttl: 64,
+                id: self.ip_id,
+            },
+            (IpAddr::V6(s), IpAddr::V6(d)) => IpHeader::V6 {
+                src: s.octets(),
+                dst: d.octets(),
+                traffic_class: 0,
+                flow_label: 0,
+                hop_limit: 64,
+            },
+            // Peers are checked to be of the engine's family when connected.
+            _ => {
+                self.c.malformed += 1;
+                return;
+            }
+        };
+        let spec = FrameSpec {
+            eth_dst: peer.mac,
+            eth_src: self.mac,
+            vlan_tci: None,
+            ip,
+            udp_src,
+            bth: pkt.bth,
+            ext: pkt.ext,
+        };
+        let mut buf = vec![0u8; spec.frame_len(pkt.payload.len())];
+        match spec.build(&pkt.payload, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                self.pending.push_back((Instant::now(), buf));
+            }
+            Err(_) => self.c.malformed += 1,
+        }
+    }
+
+    /// Puts waiting frames on the TX ring; returns how many went.
+    fn flush(&mut self) -> usize {
+        let Some(sock) = self.port.socket_mut(0) else {
+            return 0;
+        };
+        sock.complete();
+        let mut sent = 0;
+        while !self.pending.is_empty() {
+            let batch: Vec<&[u8]> = self.pending.iter().take(64).map(|(_, f)| &f[..]).collect();
+            let want = batch.len();
+            let r = sock.send_copies(&batch);
+            // Frames are built to fit a UMEM frame, so none is oversize; any that were are
+            // dropped and counted with the frames sent before them.
+            let done = (r.queued + r.oversize).min(want);
+            self.c.dropped_no_frame += r.oversize as u64;
+            for (_, f) in self.pending.drain(..done) {
+                self.c.tx_bytes += f.len() as u64;
+            }
+            self.c.tx_packets += r.queued as u64;
+            sent += r.queued;
+            if done < want {
+                break;
+            }
+        }
+        while self
+            .pending
+            .front()
+            .is_some_and(|(t, _)| t.elapsed() > TX_GIVE_UP)
+        {
+            self.pending.pop_front();
+            self.c.dropped_no_frame += 1;
+        }
+        sent
+    }
+}
