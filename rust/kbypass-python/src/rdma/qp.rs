@@ -10,18 +10,19 @@ use kbypass_core::rdma::perftest::Test;
 use kbypass_core::rdma::{
     self, Access, Endpoint as CoreEndpoint, Gid, PathParams, QpType, SendFlags, SendOp,
 };
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::ah::AddressHandle;
 use super::args::{self, seconds, socket_addr};
+use super::context::Context;
 use super::cq::CompletionQueue;
 use super::endpoint::{endpoint, endpoint_with, CmConnection, Endpoint};
 use super::mr::{gather, MemoryRegion, SgItem};
 use super::perf;
 use super::recv::{self, ReceiveQueue};
-use super::resource::{owner, Owner};
+use super::resource::Owner;
 use crate::errors::IntoPyResult;
 
 /// `Cm::connect` or `Cm::accept`.
@@ -31,23 +32,45 @@ type CmExchange = fn(&rdma::QueuePair, SocketAddr, Access, Duration) -> kbypass_
 #[pyclass(module = "kbypass._core.rdma", extends = ReceiveQueue)]
 pub struct QueuePair {
     inner: Option<rdma::QueuePair>,
-    ctx: rdma::Context,
+    /// Its context, core and Python (as a PD's), let go of on ``close()``.
+    ctx: Option<(rdma::Context, Py<Context>)>,
 }
-owner!(QueuePair, rdma::QueuePair);
+impl Owner for QueuePair {
+    type Core = rdma::QueuePair;
+    fn slot(&self) -> &Option<rdma::QueuePair> {
+        &self.inner
+    }
+    fn slot_mut(&mut self) -> &mut Option<rdma::QueuePair> {
+        &mut self.inner
+    }
+    fn on_release(&mut self) {
+        self.ctx = None;
+    }
+}
 
 impl QueuePair {
-    pub fn new(py: Python<'_>, qp: rdma::QueuePair, ctx: rdma::Context) -> PyResult<Py<Self>> {
-        Py::new(
-            py,
-            recv::initializer(QueuePair {
-                inner: Some(qp),
-                ctx,
-            }),
-        )
+    pub fn new(
+        py: Python<'_>,
+        qp: rdma::QueuePair,
+        ctx: rdma::Context,
+        ctx_obj: Py<Context>,
+    ) -> PyResult<Py<Self>> {
+        let qp = QueuePair {
+            inner: Some(qp),
+            ctx: Some((ctx, ctx_obj)),
+        };
+        Py::new(py, recv::initializer(qp))
+    }
+
+    /// The core context, or the closed error.
+    fn ctx(&self) -> PyResult<&rdma::Context> {
+        self.get()?;
+        let c = self.ctx.as_ref().map(|c| &c.0);
+        c.ok_or_else(|| PyRuntimeError::new_err("this QueuePair is closed"))
     }
 
     fn params(&self, port: u8, gid_index: Option<i32>) -> PyResult<PathParams> {
-        args::path(&self.ctx, port, gid_index)
+        args::path(self.ctx()?, port, gid_index)
     }
 
     fn local(&self, p: &PathParams, psn: u32) -> PyResult<CoreEndpoint> {
@@ -55,8 +78,8 @@ impl QueuePair {
         Ok(CoreEndpoint {
             qpn: self.get()?.qp_num(),
             psn: psn & 0xff_ffff,
-            gid: self.ctx.query_gid(port, i32::from(p.sgid_index)).py()?,
-            lid: self.ctx.query_port(port).py()?.lid,
+            gid: self.ctx()?.query_gid(port, i32::from(p.sgid_index)).py()?,
+            lid: self.ctx()?.query_port(port).py()?.lid,
         })
     }
 
@@ -81,7 +104,7 @@ impl QueuePair {
         let t = seconds(timeout)?;
         let mut p = self.params(1, gid_index)?;
         if reads {
-            p.max_rd_atomic = rdma::perftest::out_reads(&self.ctx).py()?;
+            p.max_rd_atomic = rdma::perftest::out_reads(self.ctx()?).py()?;
         }
         let local = self.local(&p, psn)?;
         self.init_if_reset(&p, Access::ALL)?;
@@ -130,6 +153,13 @@ impl QueuePair {
 
 #[pymethods]
 impl QueuePair {
+    /// The context this queue pair was created on.
+    fn context(&self, py: Python<'_>) -> PyResult<Py<Context>> {
+        self.get()?;
+        let c = self.ctx.as_ref().map(|c| c.1.clone_ref(py));
+        c.ok_or_else(|| PyRuntimeError::new_err("this QueuePair is closed"))
+    }
+
     /// The QP number.
     #[getter]
     fn qp_num(&self) -> PyResult<u32> {
