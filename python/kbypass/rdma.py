@@ -3,6 +3,10 @@
 kbypass needs no rdma-core to build or import; on a machine without libibverbs,
 :func:`devices` and :class:`Context` raise :class:`FileNotFoundError` naming the packages to
 install, and on one without RDMA hardware or soft-RoCE :func:`devices` returns an empty list.
+Without kernel RDMA at all, ``Context.userspace(interface, queue=0, ip=..., netns=None)`` runs
+the same objects over kbypass's user-space RoCEv2 engine (an AF_XDP socket, wire-compatible
+with rxe); ``ctx.is_userspace`` tells them apart, :func:`devices` lists open ones as
+``kbx-<interface>``, and closing such a context closes its children and releases the engine.
 
 The objects follow verbs (and pyverbs): ``Context`` → ``alloc_pd()`` → ``register(buffer)``,
 ``create_cq()`` → ``create_qp()``. Each is a context manager; ``close()`` releases the Python

@@ -347,3 +347,15 @@ def test_ipv6_engines() -> None:
             qa.write(ms, md.addr, md.rkey)
             assert wait_wcs(cqa)[0].status_name == "SUCCESS" and dst == src
     assert p.closed
+
+
+def test_readme_example() -> None:
+    """The README's "RDMA on a host without RDMA" example, run as written."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    marker = "tested by tests/rdma/test_userspace.py::test_readme_example"
+    block = readme.split(marker, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert "Context.userspace" in block and len(block.splitlines()) <= 20, block
+    exec(compile(block, "README.md", "exec"), {})
+    assert not [d for d in rdma.devices() if d.userspace]
