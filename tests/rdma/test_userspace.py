@@ -359,3 +359,16 @@ def test_readme_example() -> None:
     assert "Context.userspace" in block and len(block.splitlines()) <= 20, block
     exec(compile(block, "README.md", "exec"), {})
     assert not [d for d in rdma.devices() if d.userspace]
+
+
+def test_a_busy_queue_is_retried_for_two_seconds(pair: VethPair) -> None:
+    first = rdma.Context.userspace(pair.a.ifname, ip=pair.a.ip, netns=pair.a.netns)
+    t0 = time.monotonic()
+    with pytest.raises(OSError) as e:
+        rdma.Context.userspace(pair.a.ifname, ip=pair.a.ip, netns=pair.a.netns)
+    assert e.value.errno == errno.EBUSY and 1.9 < time.monotonic() - t0 < 10, e.value
+    # the queue frees while a second open retries: that open succeeds
+    threading.Timer(0.5, first.close).start()
+    second = rdma.Context.userspace(pair.a.ifname, ip=pair.a.ip, netns=pair.a.netns)
+    assert second.is_userspace and 0.4 < time.monotonic() - t0 - 2 < 5
+    second.close()
