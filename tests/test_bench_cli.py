@@ -64,7 +64,7 @@ def test_bench_latency_compares_pipeline_modes_with_the_kernel_server_and_plots(
         pytest.skip("sockperf is not installed: bash .ci/install-system-deps (or apt-get it)")
     png = tmp_path / "latency.png"
     r = subprocess.run(
-        [sys.executable, "-m", "kbypass.cli", "bench", "--latency", "--seconds", "1",
+        [sys.executable, "-m", "kbypass.cli", "bench", "--latency", "--seconds", "2",
          "--modes", "adaptive,busy", "--json", "--plot", str(png)],
         capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip

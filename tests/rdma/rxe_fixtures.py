@@ -16,6 +16,17 @@ RC QP connected to the made-up peer, and the host sends it requests built here
 (internal mode ``inject``), one per :data:`RESPONDER_STEPS` entry; the capture keeps both
 directions, rxe's ACKs, NAKs, read responses and atomic acknowledgements included.
 
+``rc_send_inv_responses.pcap`` is the same with :data:`SEND_INV_STEPS` (a SEND with invalidate
+naming the responder's own MR, which a remote peer may not invalidate, between two SENDs), three
+receives posted, and the responder's completions kept next to it as
+``rc_send_inv_responses.wc.json``; ``rc_srq_responses.pcap`` likewise with
+:data:`SRQ_STEPS`, the responder's QP taking its two receives from a shared receive queue.
+
+Scenarios marked ``ipv6`` run over IPv6 GIDs: the generator gives the VM's ``eth1``
+:data:`GUEST6` and a permanent neighbour entry for :data:`HOST6` (the host side needs no address:
+it only captures), finds rxe1's RoCE v2 GID of :data:`GUEST6`, and the mirror hands out
+:data:`HOST6` as the peer's GID.
+
 Regenerate every fixture (as root, about two minutes under TCG)::
 
     python tests/rdma/rxe_fixtures.py                 # all, into tests/data/rxe/
@@ -49,6 +60,10 @@ FAKE_PSN = 0x0C0FFE
 FAKE_RKEY = 0x1234ABCD
 FAKE_VADDR = 0x00007F0012340000
 OOB_PORT = 18515
+#: IPv6 addresses of the L2 segment for the IPv6 scenarios (2001:2::/48 is IPv6's benchmarking
+#: range, as 198.18.0.0/15 is IPv4's).
+HOST6 = "2001:2:0:1::1"
+GUEST6 = "2001:2:0:1::2"
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "data" / "rxe"
 
@@ -93,8 +108,8 @@ class OobMirror:
     sends it back through :func:`rewrite`. One thread per connection; :meth:`close` stops it.
     """
 
-    def __init__(self, bind: str, port: int = OOB_PORT) -> None:
-        self.gid = mapped_gid(bind)
+    def __init__(self, bind: str, port: int = OOB_PORT, gid: bytes | None = None) -> None:
+        self.gid = mapped_gid(bind) if gid is None else gid
         self.sock = socket.create_server((bind, port), reuse_port=False)
         self.sock.settimeout(0.2)
         self.connections = 0
@@ -147,6 +162,7 @@ class Scenario:
     what: str
     command: str  # {dev}, {gid}, {host}, {python}, {here} and the FAKE_* values are filled in
     packets: int
+    ipv6: bool = False  # GIDs of GUEST6 and HOST6 instead of the IPv4-mapped ones
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -212,19 +228,62 @@ SCENARIOS: tuple[Scenario, ...] = (
         "{python} {here}/vm_imm_client.py {dev} {gid} {host} {qpn} {psn} {rkey} {vaddr} 60",
         2,
     ),
+    Scenario(
+        "ud_send_ipv6",
+        "UD SEND only, 64 B, over IPv6 GIDs (ibv_ud_pingpong client)",
+        "ibv_ud_pingpong -d {dev} -g {gid} -s 64 -n 1 {host}",
+        1,
+        ipv6=True,
+    ),
+    Scenario(
+        "rc_send_multi_ipv6",
+        "RC SEND first/middle/last, 2500 B at MTU 1024, over IPv6 GIDs (ibv_rc_pingpong client)",
+        "ibv_rc_pingpong -d {dev} -g {gid} -s 2500 -m 1024 -n 1 {host}",
+        3,
+        ipv6=True,
+    ),
+    Scenario(
+        "rc_read_ipv6",
+        "RC RDMA READ requests, 4096 B each, over IPv6 GIDs (ib_read_bw client)",
+        "ib_read_bw -d {dev} -x {gid} -F -s 4096 -n 5 -t 2 -o 2 {host}",
+        2,
+        ipv6=True,
+    ),
 )
 
 
-def gid_index(vm: object, device: str, ip: str) -> int:
-    """The index of ``device``'s RoCE v2 GID ``::ffff:ip`` in the VM (from ``ibv_devinfo -v``)."""
+def gid_index(vm: object, device: str, ip: str, wait: float = 0.0) -> int:
+    """The index of ``device``'s RoCE v2 GID of ``ip`` in the VM (from ``ibv_devinfo -v``).
+
+    An IPv4 address has the GID ``::ffff:ip``, an IPv6 address its own. ``wait`` seconds are
+    allowed for the GID to appear (after an address was just added).
+    """
     from kbypass.testing.rxe_vm import RxeVm
 
     assert isinstance(vm, RxeVm)
-    out = vm.run(["ibv_devinfo", "-v", "-d", device]).stdout
-    m = re.search(rf"GID\[\s*(\d+)\]:\s+::ffff:{re.escape(ip)}, RoCE v2$", out, re.M)
-    if m is None:
-        raise LookupError(f"{device} has no RoCE v2 GID ::ffff:{ip}:\n{out}")
-    return int(m.group(1))
+    gid = ip if ":" in ip else f"::ffff:{ip}"
+    deadline = time.monotonic() + wait
+    while True:
+        out = vm.run(["ibv_devinfo", "-v", "-d", device]).stdout
+        m = re.search(rf"GID\[\s*(\d+)\]:\s+{re.escape(gid)}, RoCE v2$", out, re.M)
+        if m is not None:
+            return int(m.group(1))
+        if time.monotonic() > deadline:
+            raise LookupError(f"{device} has no RoCE v2 GID {gid}:\n{out}")
+        time.sleep(0.5)
+
+
+def setup_ipv6(vm: object) -> None:
+    """Give the VM's L2 NIC :data:`GUEST6` and a permanent neighbour entry for :data:`HOST6`."""
+    from kbypass.testing.rxe_vm import RxeVm
+
+    assert isinstance(vm, RxeVm) and vm.l2 is not None
+    seg = vm.l2
+    dev = seg.guest_ifname
+    vm.run(f"sysctl -qw net.ipv6.conf.{dev}.disable_ipv6=0").check()
+    vm.run(f"ip -6 addr add {GUEST6}/64 dev {dev} nodad").check()
+    vm.run(f"ip -6 neigh replace {HOST6} lladdr {seg.host_mac} dev {dev} nud permanent").check()
+    gid_index(vm, seg.guest_rxe, GUEST6, wait=30.0)
 
 
 def capture(vm: object, scenario: Scenario, out: Path, timeout: float = 90.0) -> Path:
@@ -239,9 +298,10 @@ def capture(vm: object, scenario: Scenario, out: Path, timeout: float = 90.0) ->
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.pcap")
     tmp.unlink(missing_ok=True)
+    gid_args = ["--gid", socket.inet_pton(socket.AF_INET6, HOST6).hex()] if scenario.ipv6 else []
     mirror = seg.popen(
         sys.executable, str(Path(__file__).resolve()), "oob-mirror", "--bind", seg.host_ip,
-        stdout=subprocess.PIPE, text=True,
+        *gid_args, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     cap = None
     job = None
@@ -249,7 +309,7 @@ def capture(vm: object, scenario: Scenario, out: Path, timeout: float = 90.0) ->
         assert mirror.stdout is not None
         if mirror.stdout.readline().strip() != "listening":
             raise RuntimeError("the OOB mirror did not start")
-        idx = gid_index(vm, seg.guest_rxe, seg.guest_ip)
+        idx = gid_index(vm, seg.guest_rxe, GUEST6 if scenario.ipv6 else seg.guest_ip)
         cap = seg.popen(
             dumpcap, "-q", "-P", "-i", seg.host_ifname, "-f", "udp port 4791",
             "-c", str(scenario.packets), "-a", f"duration:{int(timeout)}", "-w", str(tmp),
@@ -338,6 +398,11 @@ def atomic_eth(va: int, rkey: int, swap_add: int, compare: int) -> bytes:
     return struct.pack(">QIQQ", va, rkey, swap_add, compare)
 
 
+def ieth(rkey: int) -> bytes:
+    """An invalidate extended transport header: the R_Key to invalidate."""
+    return struct.pack(">I", rkey)
+
+
 #: The fixture of rxe's answers to requests the host sends (see :func:`capture_responses`).
 RESPONSES = "rc_responses"
 #: What the host sends the responder, in order: (label, opcode, PSN offset from FAKE_PSN).
@@ -386,19 +451,94 @@ def responder_frames(seg: object, info: dict[str, int]) -> list[bytes]:
     ]
 
 
+#: The fixture of rxe's answers to a SEND with invalidate (see :func:`capture_responses`).
+SEND_INV = "rc_send_inv_responses"
+#: What the host sends that responder (three receives posted), in order.
+SEND_INV_STEPS: tuple[tuple[str, int, int], ...] = (
+    ("SEND only, 32 B -> ACK, receive 1 completes", 0x04, 0),
+    ("SEND only with invalidate of the responder's MR rkey (not remotely invalidatable)", 0x17, 1),
+    ("SEND only, 32 B, after it", 0x04, 2),
+)
+
+
+def send_inv_frames(seg: object, info: dict[str, int]) -> list[bytes]:
+    """The frames of :data:`SEND_INV_STEPS` for the responder ``info`` (vm_responder.py)."""
+    from kbypass.testing.rxe_vm import L2Segment
+
+    assert isinstance(seg, L2Segment)
+    macs, ips = (seg.host_mac, seg.guest_mac), (seg.host_ip, seg.guest_ip)
+    return [
+        roce_frame(
+            macs,
+            ips,
+            op,
+            info["qpn"],
+            (FAKE_PSN + off) & 0xFFFFFF,
+            ackreq=True,
+            ext=ieth(info["rkey"]) if op == 0x17 else b"",
+            payload=bytes(range(i * 32, i * 32 + 32)),
+        )
+        for i, (_, op, off) in enumerate(SEND_INV_STEPS)
+    ]
+
+
+#: The fixture of rxe's answers when its QP takes receives from a shared receive queue.
+SRQ = "rc_srq_responses"
+#: What the host sends that responder (two receives posted to its SRQ), in order.
+SRQ_STEPS: tuple[tuple[str, int, int], ...] = (
+    ("SEND only, 32 B -> ACK, SRQ receive 1", 0x04, 0),
+    ("SEND only, 32 B -> ACK, SRQ receive 2", 0x04, 1),
+    ("SEND only, 32 B, the SRQ empty -> RNR NAK", 0x04, 2),
+)
+
+
+def srq_frames(seg: object, info: dict[str, int]) -> list[bytes]:
+    """The frames of :data:`SRQ_STEPS` for the responder ``info`` (vm_responder.py)."""
+    from kbypass.testing.rxe_vm import L2Segment
+
+    assert isinstance(seg, L2Segment)
+    macs, ips = (seg.host_mac, seg.guest_mac), (seg.host_ip, seg.guest_ip)
+    return [
+        roce_frame(
+            macs,
+            ips,
+            op,
+            info["qpn"],
+            (FAKE_PSN + off) & 0xFFFFFF,
+            ackreq=True,
+            payload=bytes(range(i * 32, i * 32 + 32)),
+        )
+        for i, (_, op, off) in enumerate(SRQ_STEPS)
+    ]
+
+
+#: Responder fixtures: name -> (frame builder, receives the responder posts, to an SRQ).
+RESPONDER_FIXTURES = {
+    RESPONSES: (responder_frames, 1, False),
+    SEND_INV: (send_inv_frames, 3, False),
+    SRQ: (srq_frames, 2, True),
+}
+
+
 def capture_responses(vm: object, out: Path, gap: float = 1.0) -> Path:
-    """Send :data:`RESPONDER_STEPS` to an rxe responder in the VM; keep both directions."""
+    """Send the requests of fixture ``out.stem`` (:data:`RESPONDER_FIXTURES`) to an rxe
+    responder in the VM; keep both directions, and the responder's completions in
+    ``<stem>.wc.json`` when it had any."""
     from kbypass.testing.rxe_vm import RxeVm
 
     assert isinstance(vm, RxeVm) and vm.l2 is not None
     seg = vm.l2
+    build, recvs, on_srq = RESPONDER_FIXTURES[out.stem]
     info_path = out.parent / ".responder.json"
+    wc_path = out.parent / ".responder.json.wc.json"
     info_path.unlink(missing_ok=True)
+    wc_path.unlink(missing_ok=True)
     tmp = out.with_suffix(".tmp.pcap")
     tmp.unlink(missing_ok=True)
     idx = gid_index(vm, seg.guest_rxe, seg.guest_ip)
     argv = [sys.executable, str(HERE / "vm_responder.py"), seg.guest_rxe, str(idx), seg.host_ip,
-            hex(FAKE_QPN), hex(FAKE_PSN), str(info_path), "120"]  # fmt: skip
+            hex(FAKE_QPN), hex(FAKE_PSN), str(info_path), "120", str(recvs),
+            *(["srq"] if on_srq else [])]  # fmt: skip
     pidfile = "/tmp/kbx-responder.pid"
     job = vm.start(f"echo $$ > {pidfile}; exec {shlex.join(argv)}", timeout=150)
     cap = None
@@ -410,7 +550,7 @@ def capture_responses(vm: object, out: Path, gap: float = 1.0) -> Path:
                 raise RuntimeError(f"the responder did not start:\n{r.stdout}{r.stderr}")
             time.sleep(0.1)
         info = json.loads(info_path.read_text())
-        frames = responder_frames(seg, info)
+        frames = build(seg, info)
         cap = seg.popen(
             "dumpcap", "-q", "-P", "-i", seg.host_ifname, "-f", "udp port 4791", "-w", str(tmp),
             stderr=subprocess.PIPE, text=True,
@@ -427,6 +567,9 @@ def capture_responses(vm: object, out: Path, gap: float = 1.0) -> Path:
         cap.wait(30)
         tmp.chmod(0o644)
         tmp.rename(out)
+        if out.stem != RESPONSES:
+            wcs = json.loads(wc_path.read_text()) if wc_path.exists() else []
+            out.with_suffix(".wc.json").write_text(json.dumps(wcs, indent=1) + "\n")
         return out
     finally:
         if cap is not None and cap.poll() is None:
@@ -436,6 +579,7 @@ def capture_responses(vm: object, out: Path, gap: float = 1.0) -> Path:
             vm.run(f"kill $(cat {pidfile})")  # by its PID, which it wrote before exec
         job.wait()
         info_path.unlink(missing_ok=True)
+        wc_path.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
 
 
@@ -453,7 +597,7 @@ def generate(names: Sequence[str], out_dir: Path) -> list[Path]:
     from kbypass.testing.rxe_vm import RxeVm
 
     chosen = [s for s in SCENARIOS if not names or s.name in names]
-    unknown = set(names) - {s.name for s in SCENARIOS} - {RESPONSES}
+    unknown = set(names) - {s.name for s in SCENARIOS} - set(RESPONDER_FIXTURES)
     if unknown:
         raise SystemExit(f"unknown scenario(s) {sorted(unknown)}: {[s.name for s in SCENARIOS]}")
     made = []
@@ -461,16 +605,20 @@ def generate(names: Sequence[str], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     # out_dir is shared writable: the responder tells the host its QPN/rkey/address there.
     with RxeVm(l2=True, visible=[HERE], shares=[out_dir], log=say) as vm:
+        if any(s.ipv6 for s in chosen):
+            setup_ipv6(vm)
         for s in chosen:
             t = time.monotonic()
             made.append(capture(vm, s, out_dir / f"{s.name}.pcap"))
             print(
                 f"{s.name} ({s.what}): {made[-1]} in {time.monotonic() - t:.1f} s", file=sys.stderr
             )
-        if not names or RESPONSES in names:
+        for name in RESPONDER_FIXTURES:
+            if names and name not in names:
+                continue
             t = time.monotonic()
-            made.append(capture_responses(vm, out_dir / f"{RESPONSES}.pcap"))
-            print(f"{RESPONSES}: {made[-1]} in {time.monotonic() - t:.1f} s", file=sys.stderr)
+            made.append(capture_responses(vm, out_dir / f"{name}.pcap"))
+            print(f"{name}: {made[-1]} in {time.monotonic() - t:.1f} s", file=sys.stderr)
     return made
 
 
@@ -480,6 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     m = sub.add_parser("oob-mirror")
     m.add_argument("--bind", required=True)
     m.add_argument("--port", type=int, default=OOB_PORT)
+    m.add_argument("--gid", help="the peer GID to hand out, 32 hex digits (default ::ffff:BIND)")
     i = sub.add_parser("inject")
     i.add_argument("--ifname", required=True)
     i.add_argument("--gap", type=float, default=1.0)
@@ -492,7 +641,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.insert(0, "generate")
     args = ap.parse_args(argv)
     if args.action == "oob-mirror":
-        mirror = OobMirror(args.bind, args.port)
+        gid = bytes.fromhex(args.gid) if args.gid else None
+        mirror = OobMirror(args.bind, args.port, gid)
         print("listening", flush=True)
         try:
             while True:

@@ -8,6 +8,7 @@ RoCEv2 annex defines it (tshark 4.0 shows the ICRC but does not check it). No VM
 from __future__ import annotations
 
 import ipaddress
+import json
 import shutil
 import struct
 import subprocess
@@ -15,11 +16,25 @@ import zlib
 from pathlib import Path
 
 import pytest
-from rxe_fixtures import DATA, FAKE_PSN, FAKE_QPN, FAKE_RKEY, FAKE_VADDR, RESPONSES, SCENARIOS
+from rxe_fixtures import (
+    DATA,
+    FAKE_PSN,
+    FAKE_QPN,
+    FAKE_RKEY,
+    FAKE_VADDR,
+    GUEST6,
+    HOST6,
+    RESPONDER_FIXTURES,
+    RESPONSES,
+    SCENARIOS,
+    SEND_INV,
+    SRQ,
+)
 
 HOST, GUEST = "198.18.1.1", "198.18.1.2"
 FIELDS = (
-    "ip.src", "ip.dst", "udp.dstport", "infiniband.bth.opcode", "infiniband.bth.destqp",
+    "ip.src", "ip.dst", "ipv6.src", "ipv6.dst", "udp.dstport", "infiniband.bth.opcode",
+    "infiniband.bth.destqp",
     "infiniband.bth.psn", "infiniband.bth.a", "infiniband.bth.p_key", "infiniband.deth.q_key",
     "infiniband.reth.va", "infiniband.reth.r_key", "infiniband.reth.dmalen",
     "infiniband.atomiceth.swapdt", "infiniband.atomiceth.cmpdt", "infiniband.invariant.crc",
@@ -42,28 +57,41 @@ def read_pcap(path: Path) -> list[bytes]:
     return frames
 
 
-def icrc(frame: bytes) -> tuple[int, int]:
-    """(ICRC in the frame, ICRC recomputed) of an IPv4 RoCEv2 frame.
+def bth_offset(frame: bytes) -> int:
+    """Where the BTH starts in an IPv4 or IPv6 RoCEv2 frame."""
+    return 14 + (40 if frame[12:14] == b"\x86\xdd" else 20) + 8
 
-    The CRC-32 covers 8 bytes of 0xff (the masked LRH), the IPv4 header with TOS, TTL and
-    header checksum set to all ones, the UDP header with its checksum all ones, the BTH with its
-    reserved byte (resv8a) all ones, then the rest up to the ICRC. It is sent least significant
-    byte first.
+
+def icrc(frame: bytes) -> tuple[int, int]:
+    """(ICRC in the frame, ICRC recomputed) of an IPv4 or IPv6 RoCEv2 frame.
+
+    The CRC-32 covers 8 bytes of 0xff (the masked LRH), the IP header with the fields routers
+    change set to all ones (IPv4: TOS, TTL and header checksum; IPv6: traffic class, flow label
+    and hop limit), the UDP header with its checksum all ones, the BTH with its reserved byte
+    (resv8a) all ones, then the rest up to the ICRC. It is sent least significant byte first.
     """
-    assert frame[12:14] == b"\x08\x00", "not IPv4"
-    ip = bytearray(frame[14:34])
-    ihl = (ip[0] & 0xF) * 4
-    assert ihl == 20, "IPv4 options"
-    total = struct.unpack_from(">H", ip, 2)[0]
-    ip[1] = 0xFF
-    ip[8] = 0xFF
-    ip[10:12] = b"\xff\xff"
-    udp = bytearray(frame[34:42])
+    if frame[12:14] == b"\x86\xdd":
+        ip = bytearray(frame[14:54])
+        total = 40 + struct.unpack_from(">H", ip, 4)[0]
+        ip[0] |= 0x0F
+        ip[1:4] = b"\xff\xff\xff"
+        ip[7] = 0xFF
+    else:
+        assert frame[12:14] == b"\x08\x00", "neither IPv4 nor IPv6"
+        ip = bytearray(frame[14:34])
+        ihl = (ip[0] & 0xF) * 4
+        assert ihl == 20, "IPv4 options"
+        total = struct.unpack_from(">H", ip, 2)[0]
+        ip[1] = 0xFF
+        ip[8] = 0xFF
+        ip[10:12] = b"\xff\xff"
+    u = 14 + len(ip)
+    udp = bytearray(frame[u : u + 8])
     udp[6:8] = b"\xff\xff"
-    bth = bytearray(frame[42:54])
+    bth = bytearray(frame[u + 8 : u + 20])
     bth[4] = 0xFF
     end = 14 + total
-    rest = frame[54 : end - 4]
+    rest = frame[u + 20 : end - 4]
     want = zlib.crc32(b"\xff" * 8 + ip + udp + bth + rest)
     return int.from_bytes(frame[end - 4 : end], "little"), want
 
@@ -102,19 +130,24 @@ EXPECTED: dict[str, tuple[list[int], list[int]]] = {
     "rc_fetch_add": ([0x14] * 2, [1]),
     "rc_cmp_swap": ([0x13] * 2, [1]),
     "rc_imm": ([0x05, 0x0B], [1]),  # SEND only with immediate, RDMA WRITE only with immediate
+    "ud_send_ipv6": ([0x64], []),
+    "rc_send_multi_ipv6": ([0x00, 0x01, 0x02], [1, 1]),
+    "rc_read_ipv6": ([0x0C] * 2, [4]),
 }
 
 
 def test_every_scenario_has_a_fixture_and_a_readme_line() -> None:
     readme = (DATA / "README.md").read_text()
     assert {s.name for s in SCENARIOS} == set(EXPECTED)
-    assert (DATA / f"{RESPONSES}.pcap").is_file() and f"`{RESPONSES}.pcap`" in readme
+    for name in RESPONDER_FIXTURES:
+        assert (DATA / f"{name}.pcap").is_file() and f"`{name}.pcap`" in readme, name
     for s in SCENARIOS:
         assert (DATA / f"{s.name}.pcap").is_file(), (
             f"regenerate: python {DATA.parents[1]}/rdma/rxe_fixtures.py {s.name}"
         )
         assert f"`{s.name}.pcap`" in readme, s.name
-    assert not [p.name for p in DATA.glob("*.pcap") if p.stem not in {*EXPECTED, RESPONSES}]
+    known = {*EXPECTED, *RESPONDER_FIXTURES}
+    assert not [p.name for p in DATA.glob("*.pcap") if p.stem not in known]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -125,7 +158,11 @@ def test_fixture_matches_its_description(name: str) -> None:
     assert [num(r["infiniband.bth.opcode"]) for r in rows] == opcodes
     assert psn_steps(rows) == steps
     for r in rows:
-        assert (r["ip.src"], r["ip.dst"], r["udp.dstport"]) == (GUEST, HOST, "4791"), r
+        if name.endswith("_ipv6"):
+            assert (r["ipv6.src"], r["ipv6.dst"], r["ip.src"]) == (GUEST6, HOST6, ""), r
+        else:
+            assert (r["ip.src"], r["ip.dst"], r["ipv6.src"]) == (GUEST, HOST, ""), r
+        assert r["udp.dstport"] == "4791", r
         assert num(r["infiniband.bth.destqp"]) == FAKE_QPN, r
         assert num(r["infiniband.bth.p_key"]) == 0xFFFF, r
     op = opcodes[0]
@@ -193,7 +230,47 @@ def test_rc_responses_are_rxe_answering_each_request() -> None:
     assert num(rows[-1]["infiniband.aeth.msn"]) == 5
 
 
-@pytest.mark.parametrize("name", [*sorted(EXPECTED), RESPONSES])
+def test_send_with_invalidate_of_an_mr_is_refused_as_rxe_does() -> None:
+    """A SEND with invalidate naming the responder's MR (ibv_reg_mr: not remotely
+    invalidatable) is ACKed, MSN unchanged, its receive completes REM_INV_REQ_ERR (class J),
+    the QP goes to the error state: the next SEND draws nothing and the last receive is
+    flushed."""
+    rows = dissect(DATA / f"{SEND_INV}.pcap")
+    flow = [(H, 0x04, 0, None), (G, 0x11, 0, 1), (H, 0x17, 1, None), (G, 0x11, 1, 1),
+            (H, 0x04, 2, None)]  # fmt: skip
+    assert len(rows) == len(flow), rows
+    for r, (src, op, off, msn) in zip(rows, flow):
+        assert (r["ip.src"], num(r["infiniband.bth.opcode"])) == (src, op), r
+        assert num(r["infiniband.bth.psn"]) == (FAKE_PSN + off) & 0xFFFFFF, r
+        if msn is not None:
+            assert num(r["infiniband.aeth.syndrome"]) == 0x1F, r  # ACK, no credit count
+            assert num(r["infiniband.aeth.msn"]) == msn, r
+    wcs = json.loads((DATA / f"{SEND_INV}.wc.json").read_text())
+    assert [(w["wr_id"], w["status_name"]) for w in wcs] == [
+        (1, "SUCCESS"), (2, "REM_INV_REQ_ERR"), (3, "WR_FLUSH_ERR"),
+    ]  # fmt: skip
+    assert wcs[0]["byte_len"] == 32
+
+
+def test_an_empty_srq_draws_an_rnr_nak() -> None:
+    """Two SENDs take the SRQ's two receives (ACKs, MSN 1 and 2); the third finds it empty."""
+    rows = dissect(DATA / f"{SRQ}.pcap")
+    flow = [(H, 0x04, 0, None), (G, 0x11, 0, (ACK, 1)), (H, 0x04, 1, None), (G, 0x11, 1, (ACK, 2)),
+            (H, 0x04, 2, None), (G, 0x11, 2, (RNR, 2))]  # fmt: skip
+    assert len(rows) == len(flow), rows
+    for r, (src, op, off, aeth) in zip(rows, flow):
+        assert (r["ip.src"], num(r["infiniband.bth.opcode"])) == (src, op), r
+        assert num(r["infiniband.bth.psn"]) == (FAKE_PSN + off) & 0xFFFFFF, r
+        if aeth is not None:
+            assert num(r["infiniband.aeth.syndrome"]) >> 5 == aeth[0], r
+            assert num(r["infiniband.aeth.msn"]) == aeth[1], r
+    wcs = json.loads((DATA / f"{SRQ}.wc.json").read_text())
+    assert [(w["wr_id"], w["status_name"], w["byte_len"]) for w in wcs] == [
+        (1, "SUCCESS", 32), (2, "SUCCESS", 32),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", [*sorted(EXPECTED), *RESPONDER_FIXTURES])
 def test_fixture_icrcs_are_correct(name: str) -> None:
     frames = read_pcap(DATA / f"{name}.pcap")
     assert frames
@@ -202,7 +279,7 @@ def test_fixture_icrcs_are_correct(name: str) -> None:
         assert sent == computed, f"frame {i + 1}: ICRC {sent:#010x}, computed {computed:#010x}"
         # and one flipped BTH bit (SE, not masked) changes it: the check is not vacuous
         bad = bytearray(frame)
-        bad[43] ^= 0x80
+        bad[bth_offset(frame) + 1] ^= 0x80
         assert icrc(bytes(bad))[1] != sent
 
 

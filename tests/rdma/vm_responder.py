@@ -1,12 +1,17 @@
-"""An rxe RC responder in the VM for tests/data/rxe/rc_responses.pcap (run by rxe_fixtures.py).
+"""An rxe RC responder in the VM for tests/data/rxe/rc_*responses.pcap (run by rxe_fixtures.py).
 
 Usage (in the VM): python vm_responder.py DEVICE GID_INDEX HOST_IP QPN PSN OUT_JSON SECONDS
+[RECVS [srq]]
 
 Registers a 4096-byte region (bytes 0..255 repeated, all remote access), connects an RC QP of
 DEVICE to the made-up peer QPN/PSN at ``::ffff:HOST_IP`` (its receive queue then expects PSN
-from the peer; its own send PSN is 0x002000), posts ONE 256-byte receive, writes
-``{"qpn", "rkey", "addr", "atomic_addr"}`` to OUT_JSON (``atomic_addr``: an 8-byte aligned
-word in the region holding 41) and waits SECONDS while the host sends it requests.
+from the peer; its own send PSN is 0x002000), posts RECVS (default one) 256-byte receives
+(work request ids 1, 2, ...; with ``srq``, the QP takes its receives from a shared receive
+queue of 16 and they are posted there), writes ``{"qpn", "rkey", "addr", "atomic_addr"}`` to
+OUT_JSON (``atomic_addr``: an 8-byte aligned word in the region holding 41) and, for SECONDS
+while the host sends it requests, polls its completion queue: every completion is appended to
+``OUT_JSON.wc.json`` (``wr_id``, ``status``, ``status_name``, ``opcode``, ``byte_len``), which
+is rewritten whole after each new one.
 """
 
 from __future__ import annotations
@@ -19,10 +24,18 @@ import time
 from kbypass import rdma
 
 
+def write_json(path: str, value: object) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f)
+    os.rename(path + ".tmp", path)
+
+
 def main(argv: list[str]) -> int:
     dev, gid_index, host = argv[0], int(argv[1]), argv[2]
     qpn, psn = int(argv[3], 0), int(argv[4], 0)
     out, seconds = argv[5], float(argv[6])
+    recvs = int(argv[7]) if len(argv) > 7 else 1
+    use_srq = len(argv) > 8 and argv[8] == "srq"
     with rdma.Context(dev) as ctx:
         cq = ctx.create_cq(64)
         pd = ctx.alloc_pd()
@@ -30,14 +43,24 @@ def main(argv: list[str]) -> int:
         mr = pd.register(buf)
         word = 1024 + (-(mr.addr + 1024) % 8)
         buf[word : word + 8] = (41).to_bytes(8, "little")
-        qp = pd.create_qp("RC", cq)
+        srq = pd.create_srq(16) if use_srq else None
+        qp = pd.create_qp("RC", cq, srq=srq)
         qp.connect(rdma.Endpoint(qpn, psn, f"::ffff:{host}"), psn=0x002000, gid_index=gid_index)
-        qp.post_recv(mr, offset=0, length=256, wr_id=1)
+        for i in range(recvs):
+            (srq or qp).post_recv(mr, offset=0, length=256, wr_id=1 + i)
         info = {"qpn": qp.qp_num, "rkey": mr.rkey, "addr": mr.addr, "atomic_addr": mr.addr + word}
-        with open(out + ".tmp", "w") as f:
-            json.dump(info, f)
-        os.rename(out + ".tmp", out)
-        time.sleep(seconds)
+        write_json(out, info)
+        seen: list[dict[str, object]] = []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            wcs = cq.poll()
+            for wc in wcs:
+                seen.append({"wr_id": wc.wr_id, "status": wc.status,
+                             "status_name": wc.status_name, "opcode": wc.opcode,
+                             "byte_len": wc.byte_len})  # fmt: skip
+            if wcs:
+                write_json(out + ".wc.json", seen)
+            time.sleep(0.05)
     return 0
 
 

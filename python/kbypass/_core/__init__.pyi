@@ -146,6 +146,7 @@ class PcapWriter:
 # Field name -> an int, address or MAC string, bytes, or a column (NumPy array or list) with one
 # per packet; "payload" -> bytes or a list of bytes. Any: a dict's value type is invariant.
 _Fields = dict[str, Any]
+_Checksum = Literal["software", "offload"] | None
 
 @final
 class Template:
@@ -806,14 +807,21 @@ class XdpSocket:
         multi_buffer: bool = False,
         ring_size: int = 2048,
         headroom: int = 0,
+        tx_metadata: Literal["offload", "kernel"] | None = None,
     ) -> XdpSocket: ...
     def recv(self, max: int = 64, timeout: float | None = None) -> RxBatch: ...
     def send(
         self,
         packets: bytes | Sequence[Buffer] | npt.NDArray[np.uint8],
         lengths: npt.NDArray[np.uint32] | None = None,
+        *,
+        checksum: _Checksum = None,
+        timestamp: bool = False,
+        launch_time: int | None = None,
     ) -> int: ...
     def tx_timestamps(self) -> list[tuple[int, int]]: ...
+    @property
+    def tx_offloads(self) -> dict[str, bool]: ...
     def complete(self) -> int: ...
     def rx_drop(
         self,
@@ -867,7 +875,14 @@ class RxBatch:
     @property
     def released(self) -> bool: ...
     def release(self) -> int: ...
-    def send(self, mask: npt.NDArray[np.bool_] | None = None) -> int: ...
+    def send(
+        self,
+        mask: npt.NDArray[np.bool_] | None = None,
+        *,
+        checksum: _Checksum = None,
+        timestamp: bool = False,
+        launch_time: int | None = None,
+    ) -> int: ...
     def __enter__(self) -> RxBatch: ...
     def __exit__(self, *_args: object) -> bool: ...
 
@@ -929,7 +944,13 @@ class Batch:
     def swap_macs(self, mask: npt.NDArray[np.bool_] | None = None) -> int: ...
     def swap_ips(self, mask: npt.NDArray[np.bool_] | None = None) -> int: ...
     def swap_ports(self, mask: npt.NDArray[np.bool_] | None = None) -> int: ...
-    def fix_checksums(self, mask: npt.NDArray[np.bool_] | None = None) -> int: ...
+    def fix_checksums(
+        self,
+        mask: npt.NDArray[np.bool_] | None = None,
+        *,
+        offload: bool = False,
+        timestamp: bool = False,
+    ) -> int: ...
     def set_field(
         self,
         offset: int,
@@ -963,8 +984,18 @@ class Batch:
         payload: bytes | None = None,
         mac: str | bytes | None = None,
         ip: str | bytes | IPv4Address | IPv6Address | None = None,
+        checksum: _Checksum = None,
+        timestamp: bool = False,
     ) -> npt.NDArray[np.bool_]: ...
-    def emit(self, data: Buffer | npt.NDArray[np.uint8], socket: int | None = None) -> bool: ...
+    def emit(
+        self,
+        data: Buffer | npt.NDArray[np.uint8],
+        socket: int | None = None,
+        *,
+        checksum: _Checksum = None,
+        timestamp: bool = False,
+        launch_time: int | None = None,
+    ) -> bool: ...
     def emit_template(
         self,
         template: Template,
@@ -1052,14 +1083,22 @@ class Packet:
     def set_length(self, n: int) -> None: ...
     def push_front(self, n: int) -> None: ...
     def pop_front(self, n: int) -> None: ...
-    def emit(self, data: Buffer | npt.NDArray[np.uint8], socket: int | None = None) -> bool: ...
+    def emit(
+        self,
+        data: Buffer | npt.NDArray[np.uint8],
+        socket: int | None = None,
+        *,
+        checksum: _Checksum = None,
+        timestamp: bool = False,
+        launch_time: int | None = None,
+    ) -> bool: ...
     def emit_template(
         self, template: Template, *, fields: _Fields | None = None, socket: int | None = None
     ) -> bool: ...
     def swap_macs(self) -> bool: ...
     def swap_ips(self) -> bool: ...
     def swap_ports(self) -> bool: ...
-    def fix_checksums(self) -> bool: ...
+    def fix_checksums(self, *, offload: bool = False, timestamp: bool = False) -> bool: ...
 
 # --- engine.rs ---------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use crate::batch_emit::emit;
+use crate::batch_emit::{emit, tx_ask};
 use crate::columns::Buffers;
 use crate::errors::IntoPyResult;
 use crate::packet::PcapWriter;
@@ -386,8 +386,14 @@ impl PyBatch {
     /// Answer every (masked) frame in place with one kind of reply (`kbypass.packet.reply`'s
     /// kinds and arguments): the reply may grow into the rest of its frame, `lengths` and
     /// `headers` follow, and frames it does not answer are left as they were. Returns which
-    /// frames were answered (a bool array: e.g. `batch.verdicts[answered] = TX`).
-    #[pyo3(signature = (kind, mask=None, *, payload=None, mac=None, ip=None))]
+    /// frames were answered (a bool array: e.g. `batch.verdicts[answered] = TX`). With
+    /// `checksum="offload"` a UDP/TCP answer's checksum is left to the kernel or device (AF_XDP
+    /// TX metadata; computed here, counted in the socket's `stats()["tx_csum_software"]`, where
+    /// the socket cannot), and `timestamp=True` asks each answer's TX time
+    /// (`XdpSocket.tx_timestamps()`); OSError(EOPNOTSUPP) when the socket cannot give one.
+    #[pyo3(signature = (kind, mask=None, *, payload=None, mac=None, ip=None, checksum=None,
+        timestamp=false))]
+    #[allow(clippy::too_many_arguments)]
     fn reply<'py>(
         &self,
         py: Python<'py>,
@@ -396,8 +402,11 @@ impl PyBatch {
         payload: Option<Vec<u8>>,
         mac: Option<&Bound<'_, PyAny>>,
         ip: Option<&Bound<'_, PyAny>>,
+        checksum: Option<&str>,
+        timestamp: bool,
     ) -> PyResult<Bound<'py, PyArray1<bool>>> {
         self.check()?;
+        let ask = tx_ask(checksum, timestamp, None)?;
         let (mac, ip) = (mac.map(mac_arg).transpose()?, ip.map(ip_arg).transpose()?);
         let reply = Reply::new(kind, payload.as_deref(), mac.as_deref(), ip.as_deref())
             .map_err(reply_err)?;
@@ -406,7 +415,7 @@ impl PyBatch {
         let mut answered = vec![false; self.n];
         self.bufs.with_columns(py, |c| {
             self.frames
-                .reply(self.seq, pick, &reply, &mut answered, Some(c))
+                .reply(self.seq, pick, &reply, &ask, &mut answered, Some(c))
         })?;
         Ok(PyArray1::from_vec(py, answered))
     }
@@ -428,11 +437,25 @@ impl PyBatch {
     /// (pipeline-wide index of a socket this worker owns; None: the batch's). Returns False,
     /// counted in `stats()["emit_failed"]`, when no UMEM frame is free; sent ones are counted
     /// in `emitted`. ValueError for a bad size or socket; RuntimeError past the per-batch limit
-    /// (max(batch size, 64) frames).
-    #[pyo3(signature = (data, socket=None))]
-    fn emit(&self, data: &Bound<'_, PyAny>, socket: Option<usize>) -> PyResult<bool> {
+    /// (max(batch size, 64) frames). `checksum`: None sends the bytes as they are,
+    /// "software" computes the IPv4 and UDP/TCP checksums, "offload" leaves the UDP/TCP one to
+    /// the kernel or device through AF_XDP TX metadata (the port opened with `tx_metadata=`;
+    /// where the socket cannot, it is computed here and counted in the socket's
+    /// `stats()["tx_csum_software"]`). `timestamp=True` asks the frame's TX time
+    /// (`XdpSocket.tx_timestamps()`), `launch_time` (ns, Linux >= 6.15) a time to send it at;
+    /// OSError(EOPNOTSUPP) when the socket cannot give either.
+    #[pyo3(signature = (data, socket=None, *, checksum=None, timestamp=false, launch_time=None))]
+    fn emit(
+        &self,
+        data: &Bound<'_, PyAny>,
+        socket: Option<usize>,
+        checksum: Option<&str>,
+        timestamp: bool,
+        launch_time: Option<u64>,
+    ) -> PyResult<bool> {
         self.check()?;
-        emit(&self.frames, self.seq, data, socket)
+        let ask = tx_ask(checksum, timestamp, launch_time)?;
+        emit(&self.frames, self.seq, data, socket, &ask)
     }
 
     /// Send `count` new frames made from `template` (a `kbypass.packet.Template`) after the
@@ -485,13 +508,29 @@ impl PyBatch {
     }
 
     /// Recompute the IPv4 header and UDP/TCP checksums of the (masked) frames; returns how
-    /// many frames got a valid L4 checksum.
-    #[pyo3(signature = (mask=None))]
-    fn fix_checksums(&self, mask: Option<PyReadonlyArray1<'_, bool>>) -> PyResult<usize> {
-        self.edit_each(mask, |f, m| {
-            edit::fix_ipv4_checksum(f, m);
-            edit::fix_l4_checksum(f, m)
-        })
+    /// many frames got a valid L4 checksum. With `offload=True` the UDP/TCP checksum is left
+    /// to the kernel or device through AF_XDP TX metadata (the port opened with
+    /// `tx_metadata=`; computed here, and counted in the socket's
+    /// `stats()["tx_csum_software"]`, where the socket cannot); `timestamp=True` asks each
+    /// frame's TX time (`XdpSocket.tx_timestamps()`; OSError(EOPNOTSUPP) when the socket cannot
+    /// give one). The request goes with the frame through later reshapes; each call replaces
+    /// the frame's earlier one (call it after changing a packet's length).
+    #[pyo3(signature = (mask=None, *, offload=false, timestamp=false))]
+    fn fix_checksums(
+        &self,
+        mask: Option<PyReadonlyArray1<'_, bool>>,
+        offload: bool,
+        timestamp: bool,
+    ) -> PyResult<usize> {
+        self.check()?;
+        let ask = tx_ask(
+            Some(if offload { "offload" } else { "software" }),
+            timestamp,
+            None,
+        )?;
+        let mask = mask.map(|m| m.as_array().to_vec());
+        let pick = mask.as_deref().map_or(Pick::All, Pick::Mask);
+        self.frames.prepare_tx(self.seq, pick, &ask).py()
     }
 
     /// Write `value` at byte `offset` from the start of the chosen header (`base`: "l2", "l3",

@@ -3,24 +3,50 @@
 //! frames and counts the emits that find none.
 
 use kbypass_core::engine::BatchFrames;
+use kbypass_core::xsk::{CsumAsk, TxAsk};
 use numpy::PyReadonlyArray1;
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use crate::errors::IntoPyResult;
 use crate::template::{FillArgs, PyTemplate};
 
+/// What `checksum=`, `timestamp=` and `launch_time=` ask of a packet sent (`Batch.emit`,
+/// `Batch.reply`, `XdpSocket.send`).
+pub(crate) fn tx_ask(
+    checksum: Option<&str>,
+    timestamp: bool,
+    launch_time: Option<u64>,
+) -> PyResult<TxAsk> {
+    let checksum = match checksum {
+        None => CsumAsk::Keep,
+        Some("software") => CsumAsk::Software,
+        Some("offload") => CsumAsk::Offload,
+        Some(o) => {
+            return Err(PyValueError::new_err(format!(
+                "checksum={o:?}: give None (the bytes as they are), \"software\" (computed by kbypass) or \"offload\" (left to the kernel or device through AF_XDP TX metadata where the socket can, else computed by kbypass and counted)"
+            )))
+        }
+    };
+    Ok(TxAsk {
+        checksum,
+        timestamp,
+        launch_time,
+    })
+}
+
 /// Emit a copy of `data` (bytes, a contiguous 1-D uint8 array, or any bytes-like object) from
-/// lease `seq` (see `Batch.emit`).
+/// lease `seq`, made as `ask` says (see `Batch.emit`).
 pub(crate) fn emit(
     frames: &BatchFrames,
     seq: u64,
     data: &Bound<'_, PyAny>,
     socket: Option<usize>,
+    ask: &TxAsk,
 ) -> PyResult<bool> {
-    let emit = |bytes: &[u8]| frames.emit(seq, bytes, socket).py();
+    let emit = |bytes: &[u8]| frames.emit(seq, bytes, socket, ask).py();
     if let Ok(b) = data.cast::<PyBytes>() {
         return emit(b.as_bytes());
     }

@@ -149,12 +149,22 @@ impl PyRxBatch {
     /// Transmit the frames (as they are now, e.g. after editing them in place) out of the same
     /// socket; frames where `mask` is False are released instead. A frame a view still holds
     /// is sent as a copy (the view keeps the original). Returns how many were queued.
-    #[pyo3(signature = (mask=None))]
-    fn send(&self, py: Python<'_>, mask: Option<PyReadonlyArray1<'_, bool>>) -> PyResult<usize> {
+    /// `checksum`, `timestamp` and `launch_time` as `Batch.emit` (OSError(EOPNOTSUPP), the
+    /// frames released, for a timestamp or launch time the socket cannot give).
+    #[pyo3(signature = (mask=None, *, checksum=None, timestamp=false, launch_time=None))]
+    fn send(
+        &self,
+        py: Python<'_>,
+        mask: Option<PyReadonlyArray1<'_, bool>>,
+        checksum: Option<&str>,
+        timestamp: bool,
+        launch_time: Option<u64>,
+    ) -> PyResult<usize> {
+        let ask = crate::batch_emit::tx_ask(checksum, timestamp, launch_time)?;
         let mask = mask.map(|m| m.as_array().to_vec());
         let items = self.frames.take_for_send(mask.as_deref()).py()?;
         self.handle.with_socket(py, self.index, move |s| {
-            let r = s.send_holds(items);
+            let r = s.send_holds_with(items, ask)?;
             s.complete();
             Ok(r.queued)
         })

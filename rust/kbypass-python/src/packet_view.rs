@@ -237,10 +237,19 @@ impl PyPacket {
 
     /// Send a new frame holding a copy of `data` (see `Batch.emit`): False, counted in
     /// `stats()["emit_failed"]`, when no UMEM frame is free.
-    #[pyo3(signature = (data, socket=None))]
-    fn emit(&self, data: &Bound<'_, PyAny>, socket: Option<usize>) -> PyResult<bool> {
+    /// `checksum`, `timestamp` and `launch_time` as `Batch.emit`.
+    #[pyo3(signature = (data, socket=None, *, checksum=None, timestamp=false, launch_time=None))]
+    fn emit(
+        &self,
+        data: &Bound<'_, PyAny>,
+        socket: Option<usize>,
+        checksum: Option<&str>,
+        timestamp: bool,
+        launch_time: Option<u64>,
+    ) -> PyResult<bool> {
         self.check()?;
-        crate::batch_emit::emit(&self.frames, self.seq, data, socket)
+        let ask = crate::batch_emit::tx_ask(checksum, timestamp, launch_time)?;
+        crate::batch_emit::emit(&self.frames, self.seq, data, socket, &ask)
     }
 
     /// Send one frame made from `template` (see `Batch.emit_template`; `fields` values are
@@ -280,11 +289,20 @@ impl PyPacket {
     }
 
     /// Recompute IPv4 and UDP/TCP checksums; returns whether the L4 checksum was set.
-    fn fix_checksums(&self) -> PyResult<bool> {
-        self.edit(|f, m| {
-            edit::fix_ipv4_checksum(f, m);
-            edit::fix_l4_checksum(f, m)
-        })
+    /// `offload` and `timestamp` as `Batch.fix_checksums`.
+    #[pyo3(signature = (*, offload=false, timestamp=false))]
+    fn fix_checksums(&self, offload: bool, timestamp: bool) -> PyResult<bool> {
+        self.check()?;
+        let ask = crate::batch_emit::tx_ask(
+            Some(if offload { "offload" } else { "software" }),
+            timestamp,
+            None,
+        )?;
+        let n = self
+            .frames
+            .prepare_tx(self.seq, Pick::One(self.index), &ask)
+            .py()?;
+        Ok(n == 1)
     }
 
     fn __repr__(&self) -> String {

@@ -44,7 +44,7 @@ impl PyXdpSocket {
     #[new]
     #[pyo3(signature = (ifname, queue=0, mode="auto", filter=None, frames=4096, frame_size=2048,
         hugepages="auto", busy_poll=false, *, xdp_mode="auto", force=false, need_wakeup=true,
-        multi_buffer=false, ring_size=2048, headroom=0))]
+        multi_buffer=false, ring_size=2048, headroom=0, tx_metadata=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -62,6 +62,7 @@ impl PyXdpSocket {
         multi_buffer: bool,
         ring_size: u32,
         headroom: u32,
+        tx_metadata: Option<&str>,
     ) -> PyResult<Self> {
         let args = PortArgs {
             mode,
@@ -76,7 +77,7 @@ impl PyXdpSocket {
             multi_buffer,
             ring_size,
             headroom,
-            tx_metadata: None,
+            tx_metadata,
             program: None,
         };
         let handle = open_port(py, ifname, Queues::List(vec![queue]), args.config()?)?;
@@ -122,14 +123,22 @@ impl PyXdpSocket {
 
     /// Send packets (a list of bytes-like objects, or a 2-D uint8 array with `lengths`), each
     /// copied into a free frame. Returns how many were queued; packets larger than a frame are
-    /// skipped and counted in `stats()["tx_oversize"]`.
-    #[pyo3(signature = (packets, lengths=None))]
+    /// skipped and counted in `stats()["tx_oversize"]`. `checksum`, `timestamp` and
+    /// `launch_time` as `Batch.emit` (AF_XDP TX metadata: open the socket with
+    /// `tx_metadata=`); OSError(EOPNOTSUPP), nothing sent, for a timestamp or launch time the
+    /// socket cannot give.
+    #[pyo3(signature = (packets, lengths=None, *, checksum=None, timestamp=false,
+        launch_time=None))]
     fn send(
         &self,
         py: Python<'_>,
         packets: &Bound<'_, PyAny>,
         lengths: Option<PyReadonlyArray1<'_, u32>>,
+        checksum: Option<&str>,
+        timestamp: bool,
+        launch_time: Option<u64>,
     ) -> PyResult<usize> {
+        let ask = crate::batch_emit::tx_ask(checksum, timestamp, launch_time)?;
         let data: Vec<Vec<u8>> = if let Ok(arr) = packets.extract::<PyReadonlyArray2<'_, u8>>() {
             let a = arr.as_array();
             let lens: Vec<u32> = match &lengths {
@@ -163,7 +172,7 @@ impl PyXdpSocket {
         };
         let r = self.handle.with_socket(py, self.index, move |s| {
             let packets: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
-            Ok(s.send_copies(&packets))
+            s.send_copies_with(&packets, ask)
         })?;
         self.handle
             .tx_oversize
@@ -180,6 +189,25 @@ impl PyXdpSocket {
             s.complete();
             Ok(s.take_tx_timestamps())
         })
+    }
+
+    /// What the socket's UMEM can ask of the kernel or device through AF_XDP TX metadata, for
+    /// every socket bound on it: {"checksum", "timestamp", "launch_time"} (all False without
+    /// `tx_metadata=`; in copy mode the kernel does them, in zero-copy mode the driver, as its
+    /// netdev `xsk-features` say).
+    #[getter]
+    fn tx_offloads(&self, py: Python<'_>) -> PyResult<std::collections::HashMap<String, bool>> {
+        let c = self
+            .handle
+            .with_socket(py, self.index, |s| Ok(s.umem().tx_caps()))?;
+        Ok([
+            ("checksum", c.checksum),
+            ("timestamp", c.timestamp),
+            ("launch_time", c.launch_time),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect())
     }
 
     /// Reap transmitted frames back to the pool; returns how many.
@@ -248,12 +276,13 @@ impl PyXdpSocket {
     /// descriptors, ring full, wake-ups and the wake-ups the kernel refused), the kernel's
     /// XDP_STATISTICS, and frame accounting.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (c, k, a, ts_dropped) = self.handle.with_socket(py, self.index, |s| {
+        let (c, k, a, ts_dropped, off) = self.handle.with_socket(py, self.index, |s| {
             Ok((
                 s.counters(),
                 s.kernel_stats()?,
                 s.account(),
                 s.tx_timestamps_dropped(),
+                s.umem().tx_offload_counts(),
             ))
         })?;
         let d = PyDict::new(py);
@@ -281,6 +310,8 @@ impl PyXdpSocket {
         d.set_item("tx_timestamps", c.tx_timestamps)?;
         d.set_item("tx_timestamps_missing", c.tx_timestamps_missing)?;
         d.set_item("tx_timestamps_dropped", ts_dropped)?;
+        d.set_item("tx_csum_offload", off.csum_offload)?;
+        d.set_item("tx_csum_software", off.csum_software)?;
         d.set_item("kernel_rx_dropped", k.rx_dropped)?;
         d.set_item("kernel_rx_invalid_descs", k.rx_invalid_descs)?;
         d.set_item("kernel_tx_invalid_descs", k.tx_invalid_descs)?;

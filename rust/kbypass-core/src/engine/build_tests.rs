@@ -223,9 +223,13 @@ impl BatchHandler for LeaseEmitter {
                 frames.adjust_head(seq, Pick::One(0), 6, None).unwrap();
                 let e = frames.adjust_head(seq, Pick::One(n), 6, None);
                 r.push(format!("one {}", e.unwrap_err()));
-                let e = frames.emit(seq, &template, Some(9)).unwrap_err();
+                let e = frames
+                    .emit(seq, &template, Some(9), &Default::default())
+                    .unwrap_err();
                 r.push(format!("socket {e}"));
-                let e = frames.emit(seq, &template[..13], None).unwrap_err();
+                let e = frames
+                    .emit(seq, &template[..13], None, &Default::default())
+                    .unwrap_err();
                 r.push(format!("short {e}"));
                 let mut out = Vec::new();
                 for i in 0..n {
@@ -233,7 +237,10 @@ impl BatchHandler for LeaseEmitter {
                     let tail = format!("emit-{i:04}");
                     let at = f.len() - tail.len();
                     f[at..].copy_from_slice(tail.as_bytes());
-                    assert!(frames.emit(seq, &f, None).unwrap(), "a frame is free");
+                    assert!(
+                        frames.emit(seq, &f, None, &Default::default()).unwrap(),
+                        "a frame is free"
+                    );
                     out.push(f);
                 }
                 (r, out)

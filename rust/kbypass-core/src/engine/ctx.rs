@@ -10,7 +10,7 @@ use super::{FORWARD, KEEP, TX};
 use crate::error::{Error, Result};
 use crate::mem::PoolCache;
 use crate::packet::PacketMeta;
-use crate::sys::xdp::XdpDesc;
+use crate::sys::xdp::{XdpDesc, XDP_TX_METADATA};
 use crate::xsk::{FrameHold, HeldFrames, Umem, XskSocket, XDP_PACKET_HEADROOM};
 
 /// What became of a frame of the batch beyond its verdict.
@@ -327,10 +327,19 @@ impl BatchCtx<'_> {
         // inside a frame just allocated, which only this worker has. Different frames, so the
         // ranges do not overlap.
         unsafe { std::ptr::copy_nonoverlapping(src.cast_const(), dst, d.len as usize) };
+        let mut options = d.options;
+        if options & XDP_TX_METADATA != 0 {
+            // The TX metadata request goes with the packet.
+            // SAFETY: as above (the original held, the copy's frame only this worker's).
+            let copied = unsafe { crate::xsk::txmd::copy_request(self.umem, d.addr, a[0]) };
+            if !copied {
+                options &= !XDP_TX_METADATA;
+            }
+        }
         self.descs[i] = XdpDesc {
             addr: a[0],
             len: d.len,
-            options: d.options,
+            options,
         };
         self.slots[i] = Slot::Copied(orig);
         self.held -= 1;

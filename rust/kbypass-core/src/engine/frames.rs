@@ -23,10 +23,11 @@ use crate::mem::PoolCache;
 use crate::packet::parse::{ETH_P_8021AD, ETH_P_8021Q};
 use crate::packet::reply::Reply;
 use crate::packet::{edit, parse, PacketMeta};
-use crate::sys::xdp::XdpDesc;
-use crate::xsk::Umem;
+use crate::sys::xdp::{XdpDesc, XDP_TX_METADATA};
+use crate::xsk::{TxAsk, Umem};
 
 mod emit;
+mod txreq;
 
 /// Which frames of a lease a call reaches.
 #[derive(Debug, Clone, Copy)]
@@ -431,6 +432,8 @@ impl BatchFrames {
             };
             let new = build::check(&umem, &l.descs, i, r)?;
             let old = l.descs[i];
+            // SAFETY: as below; read before the reshape writes over the bytes in front.
+            let req = unsafe { txreq::request_of(&umem, &old) };
             let (lo, len) = build::span(&old, &new);
             // SAFETY: as in `each`: the lease is open and we hold its mutex, so the worker is
             // inside the handler call that lent this frame, its `BatchCtx` borrowed by the
@@ -441,6 +444,12 @@ impl BatchFrames {
             build::zero_added(bytes, &old, &new);
             edit(bytes);
             l.descs[i] = new;
+            if old.options & XDP_TX_METADATA != 0 {
+                // The TX metadata request moves with the packet.
+                let req = txreq::moved_request(req, &old, &new);
+                // SAFETY: as above; `bytes` is no longer used.
+                unsafe { txreq::set_request(&umem, &mut l.descs[i], req) };
+            }
             l.reshaped = true;
             k += 1;
         }
@@ -455,16 +464,21 @@ impl BatchFrames {
     /// the reply's length. A frame the reply does not answer (another protocol, cut short, a
     /// buffer of a multi-buffer packet, ...) is left exactly as it was. `answered` (one entry
     /// per frame) says which were answered, and their columns are rewritten. Returns how many.
+    /// Each answer is then made as `ask` says ([`BatchFrames::prepare_tx`]: its UDP/TCP
+    /// checksum left to the kernel or device, a TX timestamp); an earlier request of the frame
+    /// is dropped.
     pub fn reply(
         &self,
         seq: u64,
         pick: Pick<'_>,
         reply: &Reply<'_>,
+        ask: &TxAsk,
         answered: &mut [bool],
         cols: Option<Columns<'_>>,
     ) -> Result<usize> {
         reply.check().map_err(|e| Error::invalid(e.to_string()))?;
         let umem = self.umem()?;
+        ask.check(&umem)?;
         let mut g = self.open(seq)?;
         let l = &mut *g;
         check_pick(pick, l.descs.len())?;
@@ -504,6 +518,8 @@ impl BatchFrames {
             };
             // The reply fits the span (apply never writes past it), so its length is valid.
             l.descs[i] = build::check(&umem, &l.descs, i, Reshape::Len(n as u32))?;
+            // SAFETY: as above; `bytes` is no longer used.
+            unsafe { txreq::apply(&umem, &mut l.descs[i], ask) };
             l.reshaped = true;
             *done = true;
             k += 1;

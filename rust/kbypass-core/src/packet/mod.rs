@@ -7,6 +7,7 @@
 
 pub mod checksum;
 pub mod edit;
+pub mod offload;
 pub mod parse;
 pub mod pcap;
 pub mod reply;

@@ -7,6 +7,7 @@ pub mod bpf;
 pub mod event;
 pub mod fork;
 pub mod mm;
+pub mod netdev;
 pub mod netlink;
 pub mod netns;
 pub mod numa;

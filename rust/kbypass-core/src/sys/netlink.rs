@@ -95,7 +95,7 @@ fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-fn put_attr(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
+pub(crate) fn put_attr(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
     let len = 4 + payload.len();
     buf.extend_from_slice(&(len as u16).to_ne_bytes());
     buf.extend_from_slice(&ty.to_ne_bytes());
@@ -104,7 +104,7 @@ fn put_attr(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
 }
 
 /// Iterate over `(type, payload)` of the netlink attributes in `b`.
-fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+pub(crate) fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
         if b.len() < 4 {
             return None;
@@ -120,29 +120,32 @@ fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
-fn u32_of(p: &[u8]) -> Option<u32> {
+pub(crate) fn u32_of(p: &[u8]) -> Option<u32> {
     p.get(..4)
         .map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
 }
 
-/// An rtnetlink socket.
-struct Rtnl {
+/// A netlink socket (rtnetlink unless opened with [`Rtnl::open_proto`]).
+pub(crate) struct Rtnl {
     fd: OwnedFd,
     seq: u32,
 }
 
 impl Rtnl {
-    fn open() -> Result<Self> {
+    pub(crate) fn open() -> Result<Self> {
+        Self::open_proto(libc::NETLINK_ROUTE)
+    }
+
+    /// A netlink socket of protocol `proto` (`NETLINK_ROUTE`, `NETLINK_GENERIC`, ...).
+    pub(crate) fn open_proto(proto: i32) -> Result<Self> {
         // SAFETY: plain syscall; the result is checked.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
+        let fd =
+            unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
         if fd < 0 {
-            return Err(Error::last_os("socket(AF_NETLINK, NETLINK_ROUTE)", ""));
+            return Err(Error::last_os(
+                format!("socket(AF_NETLINK, protocol {proto})"),
+                "",
+            ));
         }
         // SAFETY: fresh fd that we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -177,7 +180,13 @@ impl Rtnl {
     }
 
     /// Send one request (header filled here) and return the reply messages until the ack/done.
-    fn request(&mut self, ty: u16, flags: u16, body: &[u8], what: &str) -> Result<Vec<Vec<u8>>> {
+    pub(crate) fn request(
+        &mut self,
+        ty: u16,
+        flags: u16,
+        body: &[u8],
+        what: &str,
+    ) -> Result<Vec<Vec<u8>>> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let mut msg = Vec::with_capacity(16 + body.len());

@@ -6,6 +6,7 @@ pub mod ring;
 pub mod socket;
 #[cfg(test)]
 pub(crate) mod tests;
+pub mod txask;
 pub mod txmd;
 #[cfg(test)]
 mod txmd_tests;
@@ -17,5 +18,6 @@ pub use ring::{ConsRing, ProdRing, RingOffsets};
 pub use socket::{
     BindMode, BusyPoll, CopySend, FrameAccount, HeldSend, SocketConfig, XskCounters, XskSocket,
 };
+pub use txask::{CsumAsk, TxAsk, TxCaps, TxOffloadCounts};
 pub use txmd::{TxMetadataMode, TxRequest};
 pub use umem::{FrameState, Umem, UmemConfig, MIN_PACKET, XDP_PACKET_HEADROOM};

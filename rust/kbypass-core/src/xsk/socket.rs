@@ -255,7 +255,10 @@ impl XskSocket {
         let fd = own_fd.as_ref().unwrap_or(umem.fd());
         let result = Self::setup(umem, fd, first, ifname, ifindex, queue, cfg);
         match result {
-            Ok((rx, tx, fill, comp, zerocopy, notes)) => {
+            Ok((rx, tx, fill, comp, zerocopy, mut notes)) => {
+                let (caps, note) = super::txask::probe(umem, ifindex, zerocopy);
+                umem.tx_offload().note(caps);
+                notes.extend(note);
                 let cache = umem
                     .pool()
                     .cache((cfg.fill_size as usize).min(umem.frames() as usize / 2))?;
@@ -829,6 +832,16 @@ impl XskSocket {
     /// frame, is sent instead, so nothing the holders see ever changes or leaves. Holds of
     /// packets that could not be sent are dropped.
     pub fn send_holds(&mut self, items: Vec<(FrameHold, XdpDesc)>) -> HeldSend {
+        self.send_holds_asking(items, &super::TxAsk::default())
+    }
+
+    /// [`XskSocket::send_holds`], each packet made as `ask` says once it is the application's
+    /// alone ([`XskSocket::send_holds_with`] checks `ask`).
+    pub(super) fn send_holds_asking(
+        &mut self,
+        items: Vec<(FrameHold, XdpDesc)>,
+        ask: &super::TxAsk,
+    ) -> HeldSend {
         let mut out = HeldSend::default();
         let mut descs = Vec::with_capacity(items.len());
         for (h, d) in items {
@@ -864,15 +877,26 @@ impl XskSocket {
                     // the kernel nor any hold has it); `src` is in another frame, held, so the
                     // two ranges do not overlap.
                     unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+                    let mut options = d.options;
+                    if options & XDP_TX_METADATA != 0 {
+                        // SAFETY: as above: the original is held, the copy's frame only ours.
+                        let copied = unsafe { super::txmd::copy_request(&self.umem, d.addr, a[0]) };
+                        if !copied {
+                            options &= !XDP_TX_METADATA;
+                        }
+                    }
                     descs.push(XdpDesc {
                         addr: a[0],
                         len: d.len,
-                        options: d.options,
+                        options,
                     });
                     out.copied += 1;
                     // `h` goes here: the other holds keep the original.
                 }
             }
+        }
+        if !ask.is_empty() {
+            self.ask_each(&mut descs, ask);
         }
         let q = self.send(&descs);
         if q < descs.len() {

@@ -155,6 +155,7 @@ fn send(
         let req = TxRequest {
             csum: Some((w.csum_start, w.csum_offset)),
             timestamp: true,
+            launch_time: None,
         };
         assert_eq!(
             s.request_tx_metadata(&mut d, req),

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 use super::holds::{FrameHold, FrameTable};
+use super::txask::{TxCaps, TxOffload, TxOffloadCounts};
 use super::txmd::{Requested, TxMetadataMode, TX_METADATA_LEN};
 use crate::error::{Error, Result};
 use crate::mem::{Mempool, PoolCache, RegionOptions, Tier};
@@ -92,6 +93,8 @@ pub struct Umem {
     tx_metadata: TxMetadataMode,
     /// Frames whose TX descriptor carries a metadata request.
     txmd_requested: Requested,
+    /// What the UMEM's sockets can honour of a request, and the checksum counts.
+    tx_offload: TxOffload,
     notes: Vec<String>,
 }
 
@@ -189,6 +192,7 @@ impl Umem {
             frame_shift: frame_size.trailing_zeros(),
             headroom,
             txmd_requested: Requested::new(pool_frames),
+            tx_offload: TxOffload::default(),
             table,
             tx_metadata_len: reg.tx_metadata_len,
             tx_metadata,
@@ -222,6 +226,21 @@ impl Umem {
     /// What the kernel refused when the UMEM was registered, and what stands in for it.
     pub fn notes(&self) -> &[String] {
         &self.notes
+    }
+
+    /// What every socket bound on this UMEM so far can honour of a TX metadata request
+    /// (nothing before the first binds, or without TX metadata).
+    pub fn tx_caps(&self) -> TxCaps {
+        self.tx_offload.caps()
+    }
+
+    /// Checksum offloads made, and those computed in software instead (over all sockets).
+    pub fn tx_offload_counts(&self) -> TxOffloadCounts {
+        self.tx_offload.counts()
+    }
+
+    pub(crate) fn tx_offload(&self) -> &TxOffload {
+        &self.tx_offload
     }
 
     /// Note that frame `idx`'s TX descriptor carries a metadata request.
@@ -448,7 +467,7 @@ impl Umem {
 
 /// Whether the running kernel's release (`/proc/sys/kernel/osrelease`) is at least
 /// `major.minor` (false when it cannot be read or parsed).
-fn kernel_at_least(major: u32, minor: u32) -> bool {
+pub(crate) fn kernel_at_least(major: u32, minor: u32) -> bool {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").is_ok_and(|r| {
         let mut it = r
             .trim()

@@ -9,23 +9,43 @@ use super::{BatchFrames, EmitRules, Emitted};
 use crate::error::{Error, Result};
 use crate::packet::template::{Checksum, Fill, Template};
 use crate::sys::xdp::{XdpDesc, XDP_TX_METADATA};
-use crate::xsk::TxRequest;
+use crate::xsk::{TxAsk, TxRequest};
 
 impl BatchFrames {
     /// Emit a new frame holding a copy of `packet` from lease `seq`'s batch, out of `socket`
-    /// (pipeline-wide; None: the batch's socket); see [`super::BatchCtx::emit`]. Returns false,
-    /// counted in the worker's `emit_failed`, when no frame is free.
-    pub fn emit(&self, seq: u64, packet: &[u8], socket: Option<usize>) -> Result<bool> {
+    /// (pipeline-wide; None: the batch's socket), made as `ask` says (its checksums, a TX
+    /// metadata request: see [`crate::xsk::txask`]); see [`super::BatchCtx::emit`]. Returns
+    /// false, counted in the worker's `emit_failed`, when no frame is free; an
+    /// [`Error::Unsupported`] when the sockets cannot honour a timestamp or launch time asked.
+    pub fn emit(
+        &self,
+        seq: u64,
+        packet: &[u8],
+        socket: Option<usize>,
+        ask: &TxAsk,
+    ) -> Result<bool> {
+        let umem = self.umem()?;
+        ask.check(&umem)?;
+        let md = umem.tx_metadata_len() as usize;
+        let front = if ask.is_empty() { 0 } else { md };
+        let caps = umem.tx_caps();
         let k = self.emit_each(
             seq,
             1,
             socket,
             packet.len(),
-            0,
+            front,
             |_| packet.len(),
             |_, dst| {
-                dst.copy_from_slice(packet);
-                Ok(false)
+                let (meta, pkt) = dst.split_at_mut(front);
+                pkt.copy_from_slice(packet);
+                match ask.prepare(caps, umem.tx_offload(), pkt) {
+                    (Some(req), _) if front > 0 => {
+                        req.write(meta);
+                        Ok(true)
+                    }
+                    _ => Ok(false),
+                }
             },
         )?;
         Ok(k == 1)
@@ -33,8 +53,9 @@ impl BatchFrames {
 
     /// Emit `fill.len()` packets filled from `tpl` (fields, payload, lengths, IPv4 header and
     /// UDP/TCP checksums written here) from lease `seq`'s batch, out of `socket` (as
-    /// [`BatchFrames::emit`]). On a UMEM with TX metadata the UDP/TCP checksum is requested
-    /// from the kernel or device (`csum_start`/`csum_offset`), else computed here. Returns how
+    /// [`BatchFrames::emit`]). Where the UMEM's sockets can ([`crate::xsk::TxCaps`]) the
+    /// UDP/TCP checksum is requested from the kernel or device (`csum_start`/`csum_offset`)
+    /// and a TX timestamp asked for, else the checksum is computed here. Returns how
     /// many went; the rest (no free frame) are counted in
     /// the worker's `emit_failed`. An error, and nothing emitted, for a bad socket, a frame
     /// longer than a frame's room, or more than the batch may still emit.
@@ -48,16 +69,19 @@ impl BatchFrames {
         let n = fill.len();
         let longest = fill.max_frame_len(tpl);
         let umem = self.umem()?;
-        // With TX metadata the UDP/TCP checksum is left to the kernel or the device and a TX
-        // timestamp is asked for (the request goes in front of the packet; the socket collects
-        // the times at completion); without, the checksum is computed here.
+        // Where the sockets can, the UDP/TCP checksum is left to the kernel or the device and
+        // a TX timestamp is asked for (the request goes in front of the packet; the socket
+        // collects the times at completion); else the checksum is computed here (counted as a
+        // fallback on a UMEM with TX metadata whose zero-copy driver lacks the offload).
         let md = umem.tx_metadata_len() as usize;
-        let offload = md > 0;
-        let csum = if offload {
+        let caps = umem.tx_caps();
+        let offload = md > 0 && (caps.checksum || caps.timestamp);
+        let csum = if md > 0 && caps.checksum {
             Checksum::Offload
         } else {
             Checksum::Full
         };
+        let counts = umem.tx_offload();
         self.emit_each(
             seq,
             n,
@@ -68,10 +92,16 @@ impl BatchFrames {
             |i, dst| {
                 let (meta, pkt) = dst.split_at_mut(md);
                 let w = fill.write(tpl, i, pkt, csum)?;
+                if csum == Checksum::Offload {
+                    counts.count_offload();
+                } else if md > 0 {
+                    counts.count_software();
+                }
                 if offload {
                     TxRequest {
-                        csum: Some((w.csum_start, w.csum_offset)),
-                        timestamp: true,
+                        csum: (csum == Checksum::Offload).then_some((w.csum_start, w.csum_offset)),
+                        timestamp: caps.timestamp,
+                        launch_time: None,
                     }
                     .write(meta);
                 }

@@ -6,13 +6,18 @@
 //! [`Responder`] set up as the VM's rxe QP was, must draw the answers rxe gave, field for
 //! field: opcodes, PSNs, AETH syndromes and MSNs, atomic original values, read data.
 //!
-//! Requester: the messages rxe's requests carry in the other captures, posted to a
-//! [`Requester`] (and to a [`UcSender`] for UC), must come out as the packets rxe sent.
+//! The same for a SEND with invalidate rxe refused (`rc_send_inv_responses.pcap`), the
+//! receive completions included.
+//!
+//! Requester: the messages rxe's requests carry in the other captures (IPv4 and IPv6),
+//! posted to a [`Requester`] (and to a [`UcSender`] for UC), must come out as the packets
+//! rxe sent; the IPv6 ones' headers are those [`IpHeader::for_gids`] makes of their GIDs.
 
 use super::rc::{MemoryTable, Pkt, RcParams, RemoteAccess, Requester, Responder, WorkRequest};
+use super::rc::{Srq, Status};
 use super::uc::{UcRequest, UcSender};
 use super::wire::interop_tests::{read_pcap, rxe_pcaps};
-use super::wire::{Frame, Op, Position, Transport};
+use super::wire::{Frame, IpHeader, Op, Position, Transport};
 
 fn pkt(f: &Frame<'_>) -> Pkt {
     Pkt {
@@ -63,7 +68,7 @@ fn responder_answers_as_rxe_did() {
         ..RcParams::default()
     };
     let mut r = Responder::new(p, mem);
-    r.post_recv(1, 256);
+    r.post_recv(1, 256).unwrap();
     let mut ours = Vec::new();
     for q in &requests {
         r.on_packet(q);
@@ -87,6 +92,113 @@ fn responder_answers_as_rxe_did() {
         (r.rnr_naks, r.duplicates, r.out_of_sequence, r.refused),
         (1, 1, 1, 1)
     );
+}
+
+/// The `(wr_id, status_name)` pairs of a `*.wc.json` completion log of vm_responder.py.
+fn wc_log(text: &str) -> Vec<(u64, String)> {
+    let field = |obj: &str, key: &str| -> String {
+        let at = obj.find(&format!("\"{key}\"")).expect("the key is there") + key.len() + 2;
+        let rest = obj[at..].trim_start().trim_start_matches(':').trim_start();
+        let end = rest.find([',', '}', '\n']).unwrap_or(rest.len());
+        rest[..end].trim().trim_matches('"').to_string()
+    };
+    text.split('{')
+        .skip(1)
+        .map(|obj| {
+            (
+                field(obj, "wr_id").parse().unwrap(),
+                field(obj, "status_name"),
+            )
+        })
+        .collect()
+}
+
+/// A SEND with invalidate naming the VM responder's own MR (not remotely invalidatable),
+/// between two SENDs: rxe ACKs it without counting it in the MSN, fails its receive with
+/// REM_INV_REQ_ERR (class J), goes to the error state (the next SEND draws nothing) and
+/// flushes the last receive. The replayed [`Responder`] must answer and complete the same.
+/// The requests and rxe's answers in capture `name`, and the capture's path.
+fn responses(name: &str) -> (std::path::PathBuf, Vec<Pkt>, Vec<Pkt>) {
+    let (dir, files) = rxe_pcaps();
+    let Some(file) = files.iter().find(|f| f.ends_with(name)) else {
+        panic!("no {name} in {}", dir.display());
+    };
+    let frames = read_pcap(&std::fs::read(file).unwrap());
+    let (requests, rxe) = frames
+        .iter()
+        .map(|f| pkt(&Frame::parse(f).unwrap()))
+        .partition(|p| p.bth.opcode.is_request());
+    (file.clone(), requests, rxe)
+}
+
+/// Replays `requests` into `r`, requiring rxe's answers field for field, then its receive
+/// completions those of the capture's `.wc.json` log.
+fn replay_as_rxe(r: &mut Responder, file: &std::path::Path, requests: &[Pkt], rxe: &[Pkt]) {
+    let mut ours = Vec::new();
+    for q in requests {
+        r.on_packet(q);
+        ours.extend(std::iter::from_fn(|| r.poll_tx()));
+    }
+    assert_eq!(ours.len(), rxe.len(), "as many answers as rxe gave");
+    for (i, (a, b)) in ours.iter().zip(rxe).enumerate() {
+        assert_eq!(a, b, "answer {i}: ours, then rxe's");
+    }
+    let log = std::fs::read_to_string(file.with_extension("wc.json")).unwrap();
+    let theirs = wc_log(&log);
+    let names = |s: Status| match s {
+        Status::Success => "SUCCESS",
+        Status::RemoteInvalidRequest => "REM_INV_REQ_ERR",
+        Status::Flushed => "WR_FLUSH_ERR",
+        _ => "other",
+    };
+    let ours: Vec<(u64, String)> = std::iter::from_fn(|| r.poll_completion())
+        .map(|c| (c.wr_id, names(c.status).to_string()))
+        .collect();
+    assert!(!theirs.is_empty(), "{log}");
+    assert_eq!(ours, theirs, "our completions, then rxe's");
+}
+
+#[test]
+fn responder_refuses_send_with_invalidate_as_rxe_did() {
+    let (file, requests, rxe) = responses("rc_send_inv_responses.pcap");
+    let inv = requests
+        .iter()
+        .find(|p| p.bth.opcode.op() == Op::SendOnlyInv)
+        .unwrap();
+    let rkey = inv.ext.ieth.unwrap();
+    let mut mem = MemoryTable::new();
+    mem.register(rkey, 0x1000, 4096, RemoteAccess::ALL); // an MR: not invalidatable
+    let p = RcParams {
+        dest_qp: rxe[0].bth.dest_qp,
+        recv_psn: requests[0].bth.psn,
+        mtu: 1024,
+        ..RcParams::default()
+    };
+    let mut r = Responder::new(p, mem);
+    for id in 1..=3 {
+        r.post_recv(id, 256).unwrap();
+    }
+    replay_as_rxe(&mut r, &file, &requests, &rxe);
+    assert!(r.is_error() && r.memory().is_valid(rkey));
+}
+
+/// An rxe QP on a shared receive queue holding two receives: two SENDs take them (ACKs),
+/// the third finds the SRQ empty (RNR NAK). A [`Responder`] on an [`Srq`] must do the same.
+#[test]
+fn responder_on_an_srq_answers_as_rxe_did() {
+    let (file, requests, rxe) = responses("rc_srq_responses.pcap");
+    let p = RcParams {
+        dest_qp: rxe[0].bth.dest_qp,
+        recv_psn: requests[0].bth.psn,
+        mtu: 1024,
+        ..RcParams::default()
+    };
+    let srq = Srq::new(16);
+    srq.post_recv(1, 256).unwrap();
+    srq.post_recv(2, 256).unwrap();
+    let mut r = Responder::with_srq(p, MemoryTable::new(), srq.clone());
+    replay_as_rxe(&mut r, &file, &requests, &rxe);
+    assert_eq!((r.rnr_naks, srq.len()), (1, 0));
 }
 
 /// The work requests that `packets` (one message after another, retransmissions removed)
@@ -154,12 +266,22 @@ fn messages(packets: &[Pkt]) -> Vec<WorkRequest> {
 fn requester_sends_what_rxe_sent() {
     let (dir, files) = rxe_pcaps();
     let mut checked = 0;
+    let mut checked_v6 = 0;
     for file in &files {
         let name = file.file_name().unwrap().to_str().unwrap();
-        if name == "rc_responses.pcap" {
-            continue;
+        if name.ends_with("responses.pcap") {
+            continue; // both directions: the responder tests replay them
         }
         let frames = read_pcap(&std::fs::read(file).unwrap());
+        for f in &frames {
+            let ip = Frame::parse(f).unwrap().ip;
+            if let IpHeader::V6 { .. } = ip {
+                // rxe over IPv6 GIDs: the header IpHeader::for_gids makes of the GIDs.
+                let (src, dst) = ip.gids();
+                assert_eq!(IpHeader::for_gids(src, dst), Ok(ip), "{name}");
+                checked_v6 += 1;
+            }
+        }
         let mut rxe: Vec<Pkt> = frames
             .iter()
             .map(|f| pkt(&Frame::parse(f).unwrap()))
@@ -200,7 +322,12 @@ fn requester_sends_what_rxe_sent() {
         checked += 1;
     }
     assert!(checked > 0, "no rxe request captures in {}", dir.display());
-    if let Some(file) = files.iter().find(|f| f.ends_with("ud_send.pcap")) {
+    assert!(checked_v6 > 0, "no IPv6 rxe captures in {}", dir.display());
+    let ud = files.iter().filter(|f| {
+        let name = f.file_name().unwrap().to_str().unwrap();
+        name.starts_with("ud_send")
+    });
+    for file in ud {
         let frames = read_pcap(&std::fs::read(file).unwrap());
         let rxe = pkt(&Frame::parse(&frames[0]).unwrap());
         let deth = rxe.ext.deth.unwrap();

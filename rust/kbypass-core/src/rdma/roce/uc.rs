@@ -6,7 +6,9 @@
 
 use std::collections::VecDeque;
 
-use super::rc::{packets_for, psn_add, MemoryTable, Pkt, RecvCompletion};
+use super::rc::{
+    packets_for, psn_add, MemoryTable, Pkt, Recv, RecvCompletion, RecvError, RecvQueue, Srq, Status,
+};
 use super::wire::{Bth, ExtHeaders, Op, Opcode, Position, Reth, Transport, WireError, MAX_PAYLOAD};
 
 /// A UC work request.
@@ -154,11 +156,14 @@ pub struct UcReceiver {
     mtu: usize,
     epsn: u32,
     mem: MemoryTable,
-    recvs: VecDeque<(u64, usize)>,
+    recvs: RecvQueue,
     cur: Option<InProgress>,
     completions: VecDeque<RecvCompletion>,
     /// Messages dropped because a packet of theirs was lost (a PSN gap).
     pub aborted: u64,
+    /// Messages (sends and writes with immediate) dropped because no receive was posted
+    /// (in its own queue or its SRQ).
+    pub no_buffer: u64,
     /// Packets dropped: not UC, not a message start after a gap, no receive buffer, too long
     /// for the buffer, a write outside the memory table's rights or bounds, headers that are
     /// not the opcode's.
@@ -168,14 +173,24 @@ pub struct UcReceiver {
 impl UcReceiver {
     /// A receiver expecting `psn` first, with path MTU `mtu`, placing writes in `mem`.
     pub fn new(psn: u32, mtu: usize, mem: MemoryTable) -> Self {
+        UcReceiver::build(psn, mtu, mem, None)
+    }
+
+    /// A receiver like [`UcReceiver::new`] that takes its receives from `srq`.
+    pub fn with_srq(psn: u32, mtu: usize, mem: MemoryTable, srq: Srq) -> Self {
+        UcReceiver::build(psn, mtu, mem, Some(srq))
+    }
+
+    fn build(psn: u32, mtu: usize, mem: MemoryTable, srq: Option<Srq>) -> Self {
         UcReceiver {
             mtu,
             epsn: psn,
             mem,
-            recvs: VecDeque::new(),
+            recvs: RecvQueue::new(srq),
             cur: None,
             completions: VecDeque::new(),
             aborted: 0,
+            no_buffer: 0,
             dropped: 0,
         }
     }
@@ -185,9 +200,9 @@ impl UcReceiver {
         &self.mem
     }
 
-    /// Posts a receive buffer of `capacity` bytes.
-    pub fn post_recv(&mut self, wr_id: u64, capacity: usize) {
-        self.recvs.push_back((wr_id, capacity));
+    /// Posts a receive buffer of `capacity` bytes; refused with an SRQ (post there).
+    pub fn post_recv(&mut self, wr_id: u64, capacity: usize) -> Result<(), RecvError> {
+        self.recvs.post(wr_id, capacity)
     }
 
     /// The next receive completion.
@@ -201,7 +216,7 @@ impl UcReceiver {
             Some(InProgress::Send {
                 wr_id, capacity, ..
             }) => {
-                self.recvs.push_front((wr_id, capacity));
+                self.recvs.put_back(Recv { wr_id, capacity });
                 self.aborted += 1;
             }
             Some(InProgress::Write { .. }) => self.aborted += 1,
@@ -238,7 +253,9 @@ impl UcReceiver {
         let op = pkt.bth.opcode.op();
         let pos = pkt.bth.opcode.position();
         let full = matches!(pos, Position::First | Position::Middle);
-        if full && pkt.payload.len() != self.mtu {
+        let n = pkt.payload.len();
+        // rxe's length rules: First and Middle exactly one MTU, none over it, no empty Last.
+        if (full && n != self.mtu) || n > self.mtu || (pos == Position::Last && n == 0) {
             return Err(());
         }
         let is_send = matches!(
@@ -252,7 +269,10 @@ impl UcReceiver {
         );
         if starts {
             self.cur = Some(if is_send {
-                let (wr_id, capacity) = self.recvs.pop_front().ok_or(())?;
+                let Some(Recv { wr_id, capacity }) = self.recvs.take() else {
+                    self.no_buffer += 1;
+                    return Err(());
+                };
                 InProgress::Send {
                     wr_id,
                     capacity,
@@ -271,6 +291,7 @@ impl UcReceiver {
             });
         }
         let imm = pkt.ext.imm;
+        let mut imm_recv = None;
         match self.cur.as_mut().ok_or(())? {
             InProgress::Send { data, capacity, .. } => {
                 if !is_send || data.len() + pkt.payload.len() > *capacity {
@@ -288,13 +309,22 @@ impl UcReceiver {
                 if is_send || end > *len || (!full && end != *len) {
                     return Err(());
                 }
-                if imm.is_some() && self.recvs.is_empty() {
-                    return Err(());
+                if imm.is_some() {
+                    let Some(r) = self.recvs.take() else {
+                        self.no_buffer += 1;
+                        return Err(());
+                    };
+                    imm_recv = Some(r);
                 }
                 let at = *va + *done as u64;
                 let key = *rkey;
                 *done = end;
-                self.mem.write(key, at, &pkt.payload).map_err(|_| ())?;
+                if self.mem.write(key, at, &pkt.payload).is_err() {
+                    if let Some(r) = imm_recv {
+                        self.recvs.put_back(r);
+                    }
+                    return Err(());
+                }
             }
         }
         if !full {
@@ -302,19 +332,22 @@ impl UcReceiver {
                 InProgress::Send { wr_id, data, .. } => {
                     self.completions.push_back(RecvCompletion {
                         wr_id,
+                        status: Status::Success,
                         byte_len: data.len(),
                         data,
                         imm,
+                        invalidated_rkey: None,
                     })
                 }
                 InProgress::Write { len, .. } => {
-                    if let Some(imm) = imm {
-                        let (wr_id, _) = self.recvs.pop_front().ok_or(())?;
+                    if let (Some(imm), Some(r)) = (imm, imm_recv) {
                         self.completions.push_back(RecvCompletion {
-                            wr_id,
+                            wr_id: r.wr_id,
+                            status: Status::Success,
                             data: Vec::new(),
                             imm: Some(imm),
                             byte_len: len,
+                            invalidated_rkey: None,
                         });
                     }
                 }

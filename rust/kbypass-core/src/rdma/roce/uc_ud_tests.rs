@@ -56,7 +56,7 @@ fn uc_delivers_sends_and_writes_whole() {
         let (mut s, mut r) = uc_pair(mtu);
         let sends = [msg(0, 1), msg(1, 2), msg(mtu, 3), msg(3 * mtu + 5, 4)];
         for (i, m) in sends.iter().enumerate() {
-            r.post_recv(100 + i as u64, 1 << 14);
+            r.post_recv(100 + i as u64, 1 << 14).unwrap();
             s.post(
                 i as u64,
                 UcRequest::Send {
@@ -66,7 +66,7 @@ fn uc_delivers_sends_and_writes_whole() {
             );
         }
         let w = msg(5000, 9);
-        r.post_recv(200, 0);
+        r.post_recv(200, 0).unwrap();
         s.post(
             10,
             UcRequest::Write {
@@ -108,9 +108,9 @@ fn uc_drops_a_message_with_a_gap_and_reuses_its_buffer() {
             },
         );
     }
-    r.post_recv(1, 4096);
-    r.post_recv(2, 4096);
-    r.post_recv(3, 4096);
+    r.post_recv(1, 4096).unwrap();
+    r.post_recv(2, 4096).unwrap();
+    r.post_recv(3, 4096).unwrap();
     let pkts: Vec<Pkt> = std::iter::from_fn(|| s.poll_tx()).collect();
     assert_eq!(pkts.len(), 3 + 3 + 3 + 1);
     // Lose the middle of message 1 and the first packet of message 2.
@@ -188,9 +188,9 @@ fn ud_checks_qpn_qkey_buffers_and_lengths() {
     let p = s.send(good, &msg(1024, 5), Some(3)).unwrap();
     assert_eq!(p.bth.opcode.op(), Op::SendOnlyImm);
     r.on_packet(&via_wire(&p)); // no buffer yet
-    r.post_recv(1, 100);
+    r.post_recv(1, 100).unwrap();
     r.on_packet(&via_wire(&p)); // too long for it: the buffer stays
-    r.post_recv(2, 2048);
+    r.post_recv(2, 2048).unwrap();
     r.on_packet(&via_wire(
         &s.send(UdDest { qkey: 1, ..good }, b"x", None).unwrap(),
     ));

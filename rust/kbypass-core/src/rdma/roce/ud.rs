@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use super::rc::{psn_add, Pkt};
+use super::rc::{psn_add, Pkt, Recv, RecvError, RecvQueue, Srq};
 use super::wire::{Bth, Deth, ExtHeaders, Op, Opcode, Transport, WireError, MAX_PAYLOAD};
 
 /// Where a UD send goes (the QP half of an address handle).
@@ -84,13 +84,13 @@ pub struct UdCompletion {
 pub struct UdReceiver {
     qpn: u32,
     qkey: u32,
-    recvs: VecDeque<(u64, usize)>,
+    recvs: RecvQueue,
     completions: VecDeque<UdCompletion>,
     /// Packets for another QPN.
     pub wrong_qpn: u64,
     /// Packets whose Q_Key is not this QP's.
     pub bad_qkey: u64,
-    /// Messages that found no receive buffer.
+    /// Messages that found no receive buffer (in its own queue or its SRQ).
     pub no_buffer: u64,
     /// Messages longer than the next receive buffer (dropped; the buffer stays posted).
     pub too_long: u64,
@@ -101,10 +101,19 @@ pub struct UdReceiver {
 impl UdReceiver {
     /// A receiver for local QP `qpn` with Q_Key `qkey`.
     pub fn new(qpn: u32, qkey: u32) -> Self {
+        UdReceiver::build(qpn, qkey, None)
+    }
+
+    /// A receiver like [`UdReceiver::new`] that takes its receives from `srq`.
+    pub fn with_srq(qpn: u32, qkey: u32, srq: Srq) -> Self {
+        UdReceiver::build(qpn, qkey, Some(srq))
+    }
+
+    fn build(qpn: u32, qkey: u32, srq: Option<Srq>) -> Self {
         UdReceiver {
             qpn,
             qkey,
-            recvs: VecDeque::new(),
+            recvs: RecvQueue::new(srq),
             completions: VecDeque::new(),
             wrong_qpn: 0,
             bad_qkey: 0,
@@ -114,9 +123,9 @@ impl UdReceiver {
         }
     }
 
-    /// Posts a receive buffer of `capacity` bytes.
-    pub fn post_recv(&mut self, wr_id: u64, capacity: usize) {
-        self.recvs.push_back((wr_id, capacity));
+    /// Posts a receive buffer of `capacity` bytes; refused with an SRQ (post there).
+    pub fn post_recv(&mut self, wr_id: u64, capacity: usize) -> Result<(), RecvError> {
+        self.recvs.post(wr_id, capacity)
     }
 
     /// The next receive completion.
@@ -143,12 +152,12 @@ impl UdReceiver {
             self.bad_qkey += 1;
             return;
         }
-        let Some((wr_id, capacity)) = self.recvs.pop_front() else {
+        let Some(Recv { wr_id, capacity }) = self.recvs.take() else {
             self.no_buffer += 1;
             return;
         };
         if pkt.payload.len() > capacity {
-            self.recvs.push_front((wr_id, capacity));
+            self.recvs.put_back(Recv { wr_id, capacity });
             self.too_long += 1;
             return;
         }

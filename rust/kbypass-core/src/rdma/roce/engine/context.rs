@@ -274,7 +274,13 @@ impl Engine {
                 left.unwrap_or(Duration::from_millis(100))
                     .min(Duration::from_millis(100))
             } else {
-                while self.shared.lock().progress().busy {}
+                // Run while there is work, but not past the deadline (a flood must not keep
+                // a wait from returning).
+                for _ in 0..256 {
+                    if !self.shared.lock().progress().busy {
+                        break;
+                    }
+                }
                 left.unwrap_or(Duration::from_millis(1))
                     .min(Duration::from_millis(1))
             };

@@ -29,6 +29,7 @@
 mod context;
 mod objects;
 mod qp;
+mod srq;
 mod state;
 mod transport;
 mod work;
@@ -43,6 +44,7 @@ pub use objects::{
     AddressHandle, CompletionChannel, CompletionQueue, MemoryRegion, ProtectionDomain,
 };
 pub use qp::{QpState, QueuePair};
+pub use srq::SharedReceiveQueue;
 pub use work::{
     SendOp, Sge, WC_COMP_SWAP, WC_FETCH_ADD, WC_RDMA_READ, WC_RDMA_WRITE, WC_RECV,
     WC_RECV_RDMA_WITH_IMM, WC_SEND,
@@ -118,6 +120,9 @@ pub struct EngineCounters {
     pub tx_bytes: u64,
     /// Frames dropped for a bad ICRC.
     pub bad_icrc: u64,
+    /// Frames accepted on their ICRC although their UDP checksum did not verify (a sender
+    /// on the same host whose checksum offload was never finished).
+    pub udp_checksum_ignored: u64,
     /// Frames dropped as malformed (truncated, bad lengths, checksums, opcodes, pads).
     pub malformed: u64,
     /// Frames for another IP address (the XDP rule lets none through; counted if one does).

@@ -213,6 +213,22 @@ impl MemoryRegion {
         self.off
     }
 
+    /// Lets a peer's SEND with invalidate naming this region's R_Key invalidate it (as a
+    /// memory window or fast-registered MR may be); after that, remote access through the
+    /// key fails.
+    pub fn allow_remote_invalidate(&self) {
+        self.pd
+            .inner
+            .table
+            .clone()
+            .allow_remote_invalidate(self.key);
+    }
+
+    /// Whether the region's key is still valid (not invalidated by a SEND with invalidate).
+    pub fn is_valid(&self) -> bool {
+        self.pd.inner.table.is_valid(self.key)
+    }
+
     /// A scatter/gather element for `len` bytes at `offset`, bounds-checked.
     pub fn sge(&self, offset: usize, len: usize) -> Result<Sge> {
         let end = offset.checked_add(len);
@@ -236,8 +252,14 @@ impl MemoryRegion {
         Ok(())
     }
 
-    /// Copies `data` into the region at `offset`.
+    /// Copies `data` into the region at `offset`; needs `LOCAL_WRITE` (a region registered
+    /// without it may be read-only memory).
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
+        if self.access.0 & Access::LOCAL_WRITE.0 == 0 {
+            return Err(Error::invalid(
+                "the region was registered without LOCAL_WRITE: write to its memory directly",
+            ));
+        }
         self.sge(offset, data.len())?;
         self.mem.write(self.off + offset, data);
         Ok(())

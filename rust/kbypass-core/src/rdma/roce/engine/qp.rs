@@ -4,12 +4,13 @@ use std::sync::Arc;
 
 use super::context::Engine;
 use super::objects::{CompletionQueue, ProtectionDomain};
+use super::srq::SharedReceiveQueue;
 use super::transport::{Peer, Posted, QpEntry};
 use super::work::{gather, resolve, SendOp, SendWqe, Sge};
 use super::{Access, Endpoint, PathParams, QpCaps, QpType, SendFlags};
 use crate::error::{Error, Result};
 use crate::rdma::mtu_bytes;
-use crate::rdma::roce::rc::WorkRequest;
+use crate::rdma::roce::rc::{RemoteAccess, WorkRequest};
 use crate::rdma::roce::uc::UcRequest;
 use crate::rdma::roce::ud::UdDest;
 use crate::rdma::roce::wire::PSN_MASK as PSN_MASK_RC;
@@ -49,9 +50,11 @@ pub struct QueuePair {
     pd: ProtectionDomain,
     _send_cq: CompletionQueue,
     _recv_cq: CompletionQueue,
+    _srq: Option<Arc<SharedReceiveQueue>>,
     qpn: u32,
     qp_type: QpType,
     sq_sig_all: bool,
+    caps: QpCaps,
 }
 
 impl Drop for QueuePair {
@@ -71,6 +74,37 @@ impl ProtectionDomain {
         recv_cq: &CompletionQueue,
         caps: QpCaps,
         sq_sig_all: bool,
+    ) -> Result<QueuePair> {
+        self.create_qp_inner(qp_type, send_cq, recv_cq, caps, sq_sig_all, None)
+    }
+
+    /// [`create_qp`](Self::create_qp) for a QP that takes its receives from `srq` (of this
+    /// protection domain).
+    pub fn create_qp_with_srq(
+        &self,
+        qp_type: QpType,
+        send_cq: &CompletionQueue,
+        recv_cq: &CompletionQueue,
+        caps: QpCaps,
+        sq_sig_all: bool,
+        srq: &Arc<SharedReceiveQueue>,
+    ) -> Result<QueuePair> {
+        if !Arc::ptr_eq(&srq.pd().inner, &self.inner) {
+            return Err(Error::invalid(
+                "the SRQ belongs to another protection domain: create it on this one",
+            ));
+        }
+        self.create_qp_inner(qp_type, send_cq, recv_cq, caps, sq_sig_all, Some(srq))
+    }
+
+    fn create_qp_inner(
+        &self,
+        qp_type: QpType,
+        send_cq: &CompletionQueue,
+        recv_cq: &CompletionQueue,
+        caps: QpCaps,
+        sq_sig_all: bool,
+        srq: Option<&Arc<SharedReceiveQueue>>,
     ) -> Result<QueuePair> {
         let engine = Arc::clone(self.engine());
         for cq in [send_cq, recv_cq] {
@@ -95,6 +129,7 @@ impl ProtectionDomain {
                 Arc::clone(&recv_cq.shared),
                 self.inner.table.clone(),
                 caps,
+                srq.map(|s| Arc::clone(&s.inner)),
             ));
             qpn
         };
@@ -103,9 +138,11 @@ impl ProtectionDomain {
             pd: self.clone(),
             _send_cq: send_cq.clone(),
             _recv_cq: recv_cq.clone(),
+            _srq: srq.cloned(),
             qpn,
             qp_type,
             sq_sig_all,
+            caps,
         })
     }
 }
@@ -144,10 +181,15 @@ impl QueuePair {
         f(q)
     }
 
-    /// RESET → INIT. A UD QP takes its Q_Key from `p.qkey`. Remote access is checked per
-    /// memory region (its rights), so `access` is accepted for compatibility and ignored.
+    /// RESET → INIT with the remote rights `access` allows on this QP (`REMOTE_WRITE`,
+    /// `REMOTE_READ`, `REMOTE_ATOMIC`: a request needs its right from both the QP and the
+    /// memory region). A UD QP takes its Q_Key from `p.qkey`.
     pub fn to_init(&self, p: &PathParams, access: Access) -> Result<()> {
-        let _ = access;
+        let access = RemoteAccess {
+            write: access.0 & Access::REMOTE_WRITE.0 != 0,
+            read: access.0 & Access::REMOTE_READ.0 != 0,
+            atomic: access.0 & Access::REMOTE_ATOMIC.0 != 0,
+        };
         self.with(|q| {
             if q.state != QpState::Reset {
                 return Err(Error::State(format!(
@@ -156,6 +198,7 @@ impl QueuePair {
                 )));
             }
             q.qkey = p.qkey;
+            q.access = access;
             q.state = QpState::Init;
             Ok(())
         })
@@ -192,6 +235,7 @@ impl QueuePair {
             q.params.recv_psn = remote.psn & PSN_MASK_RC;
             q.params.mtu = mtu;
             q.params.min_rnr_timer = p.min_rnr_timer;
+            q.params.max_dest_rd_atomic = p.max_rd_atomic;
             q.start_receiving()
         })
     }
@@ -216,6 +260,7 @@ impl QueuePair {
             q.params.timeout = if p.timeout == 0 { 31 } else { p.timeout };
             q.params.retry_cnt = p.retry_cnt;
             q.params.rnr_retry = p.rnr_retry;
+            q.params.max_rd_atomic = p.max_rd_atomic;
             q.start_sending()
         })
     }
@@ -237,8 +282,18 @@ impl QueuePair {
         })
     }
 
+    /// Any state → RESET: outstanding work requests are discarded without completions; the
+    /// QP can then go through INIT, RTR and RTS again.
+    pub fn to_reset(&self) -> Result<()> {
+        self.with(|q| {
+            q.reset();
+            Ok(())
+        })
+    }
+
     /// Posts one receive of the SGEs' bytes (which need `LOCAL_WRITE`).
     pub fn post_recv(&self, wr_id: u64, sg: &[Sge]) -> Result<()> {
+        check_sges(sg.len(), self.caps.max_recv_sge, "max_recv_sge")?;
         self.with(|q| {
             let spans = resolve(q.mem(), sg, true)?;
             q.post_recv(wr_id, spans)
@@ -257,7 +312,9 @@ impl QueuePair {
         sg: &[Sge],
         flags: SendFlags,
     ) -> Result<()> {
+        check_sges(sg.len(), self.caps.max_send_sge, "max_send_sge")?;
         let signaled = self.sq_sig_all || flags.0 & SendFlags::SIGNALED.0 != 0;
+        let solicited = flags.0 & SendFlags::SOLICITED.0 != 0;
         let ud = matches!(op, SendOp::UdSend { .. });
         if ud != (self.qp_type == QpType::Ud) {
             return Err(Error::invalid(
@@ -291,7 +348,7 @@ impl QueuePair {
                 byte_len: len as u32,
             };
             let what = posted(q.qp_type, op, data, len)?;
-            q.post_send(wqe, what)
+            q.post_send(wqe, what, solicited)
         })?;
         self.engine.kick();
         Ok(())
@@ -301,6 +358,15 @@ impl QueuePair {
     pub fn pd(&self) -> &ProtectionDomain {
         &self.pd
     }
+}
+
+fn check_sges(n: usize, max: u32, what: &str) -> Result<()> {
+    if n > max as usize {
+        return Err(Error::invalid(format!(
+            "{n} SGEs, the QP was created with {what} {max}: create it with more"
+        )));
+    }
+    Ok(())
 }
 
 /// The transport's form of `op`.
@@ -350,6 +416,10 @@ fn posted(t: QpType, op: SendOp<'_>, data: Vec<u8>, len: usize) -> Result<Posted
         (QpType::Rc, op) => Posted::Rc(match op {
             SendOp::Send => WorkRequest::Send { data, imm: None },
             SendOp::SendImm(i) => WorkRequest::Send { data, imm: Some(i) },
+            SendOp::SendInv { invalidate_rkey } => WorkRequest::SendInv {
+                data,
+                invalidate_rkey,
+            },
             SendOp::Write { remote_addr, rkey } => WorkRequest::Write {
                 data,
                 va: remote_addr,

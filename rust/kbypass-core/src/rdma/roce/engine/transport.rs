@@ -7,14 +7,17 @@ use std::sync::Arc;
 
 use super::objects::CqShared;
 use super::qp::QpState;
+use super::srq::SrqShared;
 use super::work::{
-    self, scatter, status_code, with_imm, RecvWqe, SendWqe, GRH_LEN, WC_RECV,
-    WC_RECV_RDMA_WITH_IMM, WC_SUCCESS, WC_WR_FLUSH_ERR,
+    self, scatter, status_code, with_imm, RecvWqe, SendWqe, Solicited, GRH_LEN, WC_LOC_LEN_ERR,
+    WC_RECV, WC_RECV_RDMA_WITH_IMM, WC_SUCCESS, WC_WITH_INV, WC_WR_FLUSH_ERR,
 };
 use super::{EngineCounters, QpCaps, QpType, WorkCompletion};
 use crate::error::{Error, Result};
 use crate::rdma::ffi;
-use crate::rdma::roce::rc::{MemoryTable, Pkt, RcParams, Requester, Responder, WorkRequest};
+use crate::rdma::roce::rc::{
+    MemoryTable, Pkt, RcParams, RemoteAccess, Requester, Responder, Status, WorkRequest,
+};
 use crate::rdma::roce::uc::{UcReceiver, UcRequest, UcSender};
 use crate::rdma::roce::ud::{UdDest, UdReceiver, UdSender};
 
@@ -63,15 +66,19 @@ pub(super) struct QpEntry {
     mem: MemoryTable,
     caps: QpCaps,
     pub params: RcParams,
+    /// The QP's remote access flags.
+    pub access: RemoteAccess,
     pub qkey: u32,
     pub peer: Option<Peer>,
     pub udp_src: u16,
     m: Machine,
+    srq: Option<Arc<SrqShared>>,
     sends: BTreeMap<u64, SendWqe>,
     recvs: BTreeMap<u64, RecvWqe>,
     /// Receives posted before the transport existed, in order.
     early: VecDeque<u64>,
     ud_out: VecDeque<(u64, Pkt, Peer)>,
+    solicited: Solicited,
     next_id: u64,
     /// Completions dropped because a CQ was full.
     pub overflows: u64,
@@ -85,6 +92,7 @@ impl QpEntry {
         recv_cq: Arc<CqShared>,
         mem: MemoryTable,
         caps: QpCaps,
+        srq: Option<Arc<SrqShared>>,
     ) -> Self {
         QpEntry {
             qpn,
@@ -95,15 +103,18 @@ impl QpEntry {
             mem,
             caps,
             params: RcParams::default(),
+            access: RemoteAccess::default(),
             qkey: 0,
             peer: None,
             // rxe's choice: a source port from the QPN, in the dynamic range.
             udp_src: 0xc000 | (qpn as u16 & 0x3fff),
             m: Machine::Idle,
+            srq,
             sends: BTreeMap::new(),
             recvs: BTreeMap::new(),
             early: VecDeque::new(),
             ud_out: VecDeque::new(),
+            solicited: Solicited::default(),
             next_id: 1,
             overflows: 0,
         }
@@ -115,24 +126,42 @@ impl QpEntry {
 
     /// RTR: the receiving half starts (`params` and `peer` are set).
     pub fn start_receiving(&mut self) -> Result<()> {
-        let p = self.params;
-        self.m = match self.qp_type {
-            QpType::Rc => Machine::Rc {
-                resp: Box::new(Responder::new(p, self.mem.clone())),
+        // The responder refuses what the QP's access flags do not allow as rxe does (an
+        // invalid request, before any region); UC, which has no responses, through the
+        // memory handle's mask.
+        let mut p = self.params;
+        p.qp_access = self.access;
+        let mem = self.mem.with_mask(self.access);
+        let srq = self.srq.as_ref().map(|s| s.srq.clone());
+        self.m = match (self.qp_type, srq) {
+            (QpType::Rc, None) => Machine::Rc {
+                resp: Box::new(Responder::new(p, mem)),
                 req: None,
             },
-            QpType::Uc => Machine::Uc {
-                rx: UcReceiver::new(p.recv_psn, p.mtu, self.mem.clone()),
+            (QpType::Rc, Some(q)) => Machine::Rc {
+                resp: Box::new(Responder::with_srq(p, mem, q)),
+                req: None,
+            },
+            (QpType::Uc, None) => Machine::Uc {
+                rx: UcReceiver::new(p.recv_psn, p.mtu, mem),
                 tx: None,
             },
-            QpType::Ud => Machine::Ud {
+            (QpType::Uc, Some(q)) => Machine::Uc {
+                rx: UcReceiver::with_srq(p.recv_psn, p.mtu, mem, q),
+                tx: None,
+            },
+            (QpType::Ud, None) => Machine::Ud {
                 rx: UdReceiver::new(self.qpn, self.qkey),
+                tx: None,
+            },
+            (QpType::Ud, Some(q)) => Machine::Ud {
+                rx: UdReceiver::with_srq(self.qpn, self.qkey, q),
                 tx: None,
             },
         };
         while let Some(id) = self.early.pop_front() {
             let cap = self.recvs.get(&id).map_or(0, |r| r.capacity);
-            self.machine_post_recv(id, cap);
+            self.machine_post_recv(id, cap)?;
         }
         self.state = QpState::Rtr;
         Ok(())
@@ -154,13 +183,17 @@ impl QpEntry {
         Ok(())
     }
 
-    fn machine_post_recv(&mut self, id: u64, cap: usize) {
-        match &mut self.m {
+    fn machine_post_recv(&mut self, id: u64, cap: usize) -> Result<()> {
+        let r = match &mut self.m {
             Machine::Rc { resp, .. } => resp.post_recv(id, cap),
             Machine::Uc { rx, .. } => rx.post_recv(id, cap),
             Machine::Ud { rx, .. } => rx.post_recv(id, cap.saturating_sub(GRH_LEN)),
-            Machine::Idle => self.early.push_back(id),
-        }
+            Machine::Idle => {
+                self.early.push_back(id);
+                Ok(())
+            }
+        };
+        r.map_err(|e| Error::State(e.to_string()))
     }
 
     pub fn post_recv(
@@ -171,6 +204,12 @@ impl QpEntry {
         if self.state == QpState::Reset {
             return Err(Error::State(
                 "post_recv needs the QP in INIT, RTR or RTS (it is in RESET)".into(),
+            ));
+        }
+        if self.srq.is_some() {
+            return Err(Error::State(
+                "this QP takes its receives from a shared receive queue: post them to the SRQ"
+                    .into(),
             ));
         }
         if self.recvs.len() >= self.caps.max_recv_wr as usize {
@@ -198,7 +237,10 @@ impl QpEntry {
             self.flush();
             return Ok(());
         }
-        self.machine_post_recv(id, capacity);
+        if let Err(e) = self.machine_post_recv(id, capacity) {
+            self.recvs.remove(&id);
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -208,7 +250,7 @@ impl QpEntry {
         id
     }
 
-    pub fn post_send(&mut self, wqe: SendWqe, what: Posted) -> Result<()> {
+    pub fn post_send(&mut self, wqe: SendWqe, what: Posted, solicited: bool) -> Result<()> {
         if self.state != QpState::Rts && self.state != QpState::Error {
             return Err(Error::State(format!(
                 "post_send needs the QP in RTS (it is in {:?}): connect it first",
@@ -228,8 +270,18 @@ impl QpEntry {
             return Ok(());
         }
         match (&mut self.m, what) {
-            (Machine::Rc { req: Some(r), .. }, Posted::Rc(wr)) => r.post(id, wr),
-            (Machine::Uc { tx: Some(t), .. }, Posted::Uc(wr)) => t.post(id, wr),
+            (Machine::Rc { req: Some(r), .. }, Posted::Rc(wr)) => {
+                if matches!(wr, WorkRequest::Send { .. } | WorkRequest::SendInv { .. }) {
+                    self.solicited.posted(solicited);
+                }
+                r.post(id, wr);
+            }
+            (Machine::Uc { tx: Some(t), .. }, Posted::Uc(wr)) => {
+                if matches!(wr, UcRequest::Send { .. }) {
+                    self.solicited.posted(solicited);
+                }
+                t.post(id, wr);
+            }
             (
                 Machine::Ud { tx: Some(t), .. },
                 Posted::Ud {
@@ -239,7 +291,10 @@ impl QpEntry {
                     imm,
                 },
             ) => match t.send(dest, &data, imm) {
-                Ok(p) => self.ud_out.push_back((id, p, peer)),
+                Ok(mut p) => {
+                    p.bth.solicited = solicited;
+                    self.ud_out.push_back((id, p, peer));
+                }
                 Err(e) => {
                     self.sends.remove(&id);
                     return Err(Error::invalid(format!(
@@ -299,12 +354,18 @@ impl QpEntry {
         let peer = self.peer;
         match &mut self.m {
             Machine::Rc { resp, req } => {
-                let p = resp
-                    .poll_tx()
-                    .or_else(|| req.as_mut().and_then(|r| r.poll_tx(now)))?;
+                if let Some(p) = resp.poll_tx() {
+                    return Some((p, peer?));
+                }
+                let mut p = req.as_mut()?.poll_tx(now)?;
+                self.solicited.mark(&mut p);
                 Some((p, peer?))
             }
-            Machine::Uc { tx: Some(t), .. } => Some((t.poll_tx()?, peer?)),
+            Machine::Uc { tx: Some(t), .. } => {
+                let mut p = t.poll_tx()?;
+                self.solicited.mark(&mut p);
+                Some((p, peer?))
+            }
             Machine::Ud { .. } => {
                 let (id, p, to) = self.ud_out.pop_front()?;
                 self.complete_send(id, WC_SUCCESS, None);
@@ -338,55 +399,71 @@ impl QpEntry {
 
     fn complete_recvs(&mut self, solicited: bool, grh: &[u8; GRH_LEN]) {
         loop {
-            let (id, data, imm, byte_len, src_qp) = match &mut self.m {
+            let (id, status, data, imm, byte_len, src_qp, inv) = match &mut self.m {
                 Machine::Rc { resp, .. } => match resp.poll_completion() {
-                    Some(c) => (c.wr_id, c.data, c.imm, c.byte_len, None),
+                    Some(c) => (
+                        c.wr_id,
+                        c.status,
+                        c.data,
+                        c.imm,
+                        c.byte_len,
+                        None,
+                        c.invalidated_rkey,
+                    ),
                     None => return,
                 },
                 Machine::Uc { rx, .. } => match rx.poll_completion() {
-                    Some(c) => (c.wr_id, c.data, c.imm, c.byte_len, None),
+                    Some(c) => (c.wr_id, c.status, c.data, c.imm, c.byte_len, None, None),
                     None => return,
                 },
                 Machine::Ud { rx, .. } => match rx.poll_completion() {
                     Some(c) => {
                         let n = c.data.len();
-                        (c.wr_id, c.data, c.imm, n, Some(c.src_qp))
+                        (
+                            c.wr_id,
+                            Status::Success,
+                            c.data,
+                            c.imm,
+                            n,
+                            Some(c.src_qp),
+                            None,
+                        )
                     }
                     None => return,
                 },
                 Machine::Idle => return,
             };
-            let Some(r) = self.recvs.remove(&id) else {
+            let found = self.recvs.remove(&id);
+            let Some(r) = found.or_else(|| self.srq.as_ref().and_then(|s| s.take(id))) else {
                 continue;
             };
+            if status != Status::Success {
+                let wc = work::wc(r.wr_id, status_code(status), WC_RECV, self.qpn, 0);
+                self.push(false, wc, true);
+                continue;
+            }
             // A write with immediate places its data remotely and brings no bytes here.
             let write_imm = src_qp.is_none() && data.is_empty() && byte_len > 0;
-            let mut wc = if src_qp.is_some() {
-                scatter(&r.spans, 0, grh);
-                scatter(&r.spans, GRH_LEN, &data);
-                let mut wc = work::wc(
-                    r.wr_id,
-                    WC_SUCCESS,
-                    WC_RECV,
-                    self.qpn,
-                    (GRH_LEN + byte_len) as u32,
-                );
+            let mut wc = if let Some(src) = src_qp {
+                let fits = scatter(&r.spans, 0, grh) && scatter(&r.spans, GRH_LEN, &data);
+                let st = if fits { WC_SUCCESS } else { WC_LOC_LEN_ERR };
+                let len = (GRH_LEN + byte_len) as u32;
+                let mut wc = work::wc(r.wr_id, st, WC_RECV, self.qpn, len);
                 wc.wc_flags |= ffi::WC_GRH;
-                wc.src_qp = src_qp.unwrap_or(0);
+                wc.src_qp = src;
                 wc
             } else if write_imm {
-                work::wc(
-                    r.wr_id,
-                    WC_SUCCESS,
-                    WC_RECV_RDMA_WITH_IMM,
-                    self.qpn,
-                    byte_len as u32,
-                )
+                let len = byte_len as u32;
+                work::wc(r.wr_id, WC_SUCCESS, WC_RECV_RDMA_WITH_IMM, self.qpn, len)
             } else {
                 scatter(&r.spans, 0, &data);
                 work::wc(r.wr_id, WC_SUCCESS, WC_RECV, self.qpn, byte_len as u32)
             };
             wc = with_imm(wc, imm);
+            if let Some(k) = inv {
+                wc.imm_data = k;
+                wc.wc_flags |= WC_WITH_INV;
+            }
             self.push(false, wc, solicited);
         }
     }
@@ -421,9 +498,34 @@ impl QpEntry {
         }
     }
 
+    /// RESET: everything outstanding is discarded without completions (as verbs does) and
+    /// the QP can be set up again.
+    pub fn reset(&mut self) {
+        self.m = Machine::Idle;
+        self.sends.clear();
+        self.recvs.clear();
+        self.early.clear();
+        self.ud_out.clear();
+        self.solicited = Solicited::default();
+        self.params = RcParams::default();
+        self.peer = None;
+        self.state = QpState::Reset;
+    }
+
     /// The error state: every outstanding work request completes as flushed.
     pub fn fail(&mut self) {
         self.state = QpState::Error;
+        match &mut self.m {
+            Machine::Rc { resp, req } => {
+                resp.set_error();
+                if let Some(r) = req {
+                    r.set_error();
+                }
+            }
+            Machine::Uc { .. } | Machine::Ud { .. } | Machine::Idle => {}
+        }
+        self.complete();
+        self.complete_recvs(false, &[0; GRH_LEN]);
         self.flush();
     }
 

@@ -22,7 +22,10 @@ pub const WC_RECV: i32 = 128;
 pub const WC_RECV_RDMA_WITH_IMM: i32 = 129;
 
 pub(super) const WC_SUCCESS: i32 = 0;
+pub(super) const WC_LOC_LEN_ERR: i32 = 1;
 pub(super) const WC_WR_FLUSH_ERR: i32 = 5;
+/// `IBV_WC_WITH_INV`: `imm_data` holds the invalidated R_Key.
+pub(super) const WC_WITH_INV: u32 = 8;
 
 /// Bytes of GRH in front of every UD receive (verbs places the IP header there).
 pub(super) const GRH_LEN: usize = 40;
@@ -46,6 +49,12 @@ pub enum SendOp<'a> {
     Send,
     /// SEND with 32-bit immediate data (host order).
     SendImm(u32),
+    /// SEND with invalidate: the responder invalidates its R_Key `rkey` (RC only; the
+    /// region must allow remote invalidation).
+    SendInv {
+        /// The responder's R_Key to invalidate.
+        invalidate_rkey: u32,
+    },
     /// RDMA WRITE to `remote_addr` with `rkey`.
     Write {
         /// Remote virtual address.
@@ -107,7 +116,9 @@ impl SendOp<'_> {
     /// The completion opcode of this operation.
     pub(super) fn wc_opcode(&self) -> i32 {
         match self {
-            SendOp::Send | SendOp::SendImm(_) | SendOp::UdSend { .. } => WC_SEND,
+            SendOp::Send | SendOp::SendImm(_) | SendOp::SendInv { .. } | SendOp::UdSend { .. } => {
+                WC_SEND
+            }
             SendOp::Write { .. } | SendOp::WriteImm { .. } => WC_RDMA_WRITE,
             SendOp::Read { .. } => WC_RDMA_READ,
             SendOp::CompareSwap { .. } => WC_COMP_SWAP,
@@ -200,6 +211,7 @@ pub(super) fn status_code(s: Status) -> i32 {
         Status::RetryExceeded => 12,
         Status::RnrRetryExceeded => 13,
         Status::Flushed => WC_WR_FLUSH_ERR,
+        Status::LocalQpOperationError => 2,
     }
 }
 
@@ -222,4 +234,55 @@ pub(super) fn with_imm(mut wc: WorkCompletion, imm: Option<u32>) -> WorkCompleti
         wc.wc_flags |= ffi::WC_WITH_IMM;
     }
     wc
+}
+
+/// Which sends carry the solicited event bit (`SendFlags::SOLICITED`): set on the last packet
+/// of the message, and on its retransmissions. The transports emit messages in posting order,
+/// so the flags of posted sends are matched, in order, to the last packets of sends the
+/// first time each goes out.
+#[derive(Debug, Default)]
+pub(super) struct Solicited {
+    pending: std::collections::VecDeque<bool>,
+    marked: std::collections::HashSet<u32>,
+    highest: Option<u32>,
+}
+
+impl Solicited {
+    /// A send was posted (with `solicited` or not).
+    pub fn posted(&mut self, solicited: bool) {
+        self.pending.push_back(solicited);
+    }
+
+    /// Sets the bit on `pkt` if it is the last packet of a solicited send.
+    pub fn mark(&mut self, pkt: &mut crate::rdma::roce::rc::Pkt) {
+        use crate::rdma::roce::rc::psn_diff;
+        use crate::rdma::roce::wire::{Op, Position};
+        let op = pkt.bth.opcode.op();
+        let is_send = matches!(
+            op,
+            Op::SendOnly
+                | Op::SendOnlyImm
+                | Op::SendOnlyInv
+                | Op::SendLast
+                | Op::SendLastImm
+                | Op::SendLastInv
+        );
+        if !is_send || !matches!(pkt.bth.opcode.position(), Position::Last | Position::Only) {
+            return;
+        }
+        let psn = pkt.bth.psn;
+        let first_time = self.highest.is_none_or(|h| psn_diff(psn, h) > 0);
+        if first_time {
+            self.highest = Some(psn);
+            if self.pending.pop_front() == Some(true) {
+                self.marked.insert(psn);
+                if self.marked.len() > 1024 {
+                    self.marked.retain(|&p| psn_diff(psn, p) < 1 << 22);
+                }
+            }
+        }
+        if self.marked.contains(&psn) {
+            pkt.bth.solicited = true;
+        }
+    }
 }

@@ -33,10 +33,26 @@ struct Region {
     va: u64,
     access: RemoteAccess,
     local_write: bool,
+    /// A SEND with invalidate may invalidate it (a memory window or fast-registered MR).
+    remote_invalidate: bool,
+    /// Not invalidated: remote access is checked against it.
     valid: bool,
     mem: Arc<ExternalMemory>,
     off: usize,
     len: usize,
+}
+
+/// Why a SEND with invalidate could not invalidate an R_Key (the responder then completes
+/// the receive with a remote invalid request error and goes to the error state: IBTA class
+/// J, as rxe does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidateError {
+    /// No region has the key.
+    #[error("no region has R_Key {0:#x}")]
+    UnknownKey(u32),
+    /// The region is not one a remote peer may invalidate (an ordinary registered MR).
+    #[error("R_Key {0:#x} names a region a remote peer may not invalidate")]
+    NotInvalidatable(u32),
 }
 
 /// Where a local scatter/gather element lies: the memory and the offset in it.
@@ -57,9 +73,20 @@ pub struct LocalSpan {
 /// and deregisters while its QPs' responders serve requests from it. Regions are bytes the
 /// table owns ([`MemoryTable::register`]) or [`ExternalMemory`] the caller registered
 /// ([`MemoryTable::register_external`]), which the table keeps alive while registered.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct MemoryTable {
     regions: Arc<Mutex<Vec<Region>>>,
+    /// Remote rights this handle allows on top of each region's (a QP's access flags).
+    mask: RemoteAccess,
+}
+
+impl Default for MemoryTable {
+    fn default() -> Self {
+        MemoryTable {
+            regions: Arc::default(),
+            mask: RemoteAccess::ALL,
+        }
+    }
 }
 
 /// Which right a request needs.
@@ -74,6 +101,15 @@ impl MemoryTable {
     /// An empty table.
     pub fn new() -> Self {
         MemoryTable::default()
+    }
+
+    /// A handle on the same regions that allows remote requests only the rights in `mask`
+    /// too (a QP's access flags: a right the QP lacks is refused whatever the region grants).
+    pub fn with_mask(&self, mask: RemoteAccess) -> MemoryTable {
+        MemoryTable {
+            regions: Arc::clone(&self.regions),
+            mask,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Region>> {
@@ -114,6 +150,7 @@ impl MemoryTable {
             va,
             access,
             local_write,
+            remote_invalidate: false,
             valid: true,
             mem,
             off,
@@ -131,9 +168,33 @@ impl MemoryTable {
         regions.len() != before
     }
 
-    /// Invalidates `key`: every access through it fails from now on (a send with
-    /// invalidate, a local invalidate); false when there is no such region.
-    pub fn invalidate(&self, key: u32) -> bool {
+    /// Lets a SEND with invalidate naming `rkey` invalidate its region (as one may a memory
+    /// window or a fast-registered MR; an ordinary MR may not be); false if no region has it.
+    pub fn allow_remote_invalidate(&mut self, rkey: u32) -> bool {
+        let mut regions = self.lock();
+        let r = regions.iter_mut().find(|r| r.rkey == rkey);
+        r.map(|r| r.remote_invalidate = true).is_some()
+    }
+
+    /// Invalidates `rkey` for a SEND with invalidate: from then on every remote access with
+    /// it is refused (its bytes stay readable locally). Invalidating an invalid key again is
+    /// allowed.
+    pub fn invalidate(&mut self, rkey: u32) -> Result<(), InvalidateError> {
+        let mut regions = self.lock();
+        let r = regions
+            .iter_mut()
+            .find(|r| r.rkey == rkey)
+            .ok_or(InvalidateError::UnknownKey(rkey))?;
+        if !r.remote_invalidate {
+            return Err(InvalidateError::NotInvalidatable(rkey));
+        }
+        r.valid = false;
+        Ok(())
+    }
+
+    /// Invalidates `key` locally (a local invalidate, whatever the region is): every access
+    /// through it fails from now on; false when there is no such region.
+    pub fn invalidate_local(&self, key: u32) -> bool {
         self.lock()
             .iter_mut()
             .find(|r| r.rkey == key)
@@ -199,6 +260,7 @@ impl MemoryTable {
     /// `need` and the whole range lies inside the region; otherwise the NAK to answer.
     fn check(
         regions: &[Region],
+        mask: RemoteAccess,
         rkey: u32,
         va: u64,
         len: usize,
@@ -209,9 +271,9 @@ impl MemoryTable {
             .find(|r| r.rkey == rkey && r.valid)
             .ok_or(NakCode::RemoteAccessError)?;
         let allowed = match need {
-            Need::Write => r.access.write,
-            Need::Read => r.access.read,
-            Need::Atomic => r.access.atomic,
+            Need::Write => r.access.write && mask.write,
+            Need::Read => r.access.read && mask.read,
+            Need::Atomic => r.access.atomic && mask.atomic,
         };
         let off = va.checked_sub(r.va).ok_or(NakCode::RemoteAccessError)?;
         let end = off
@@ -234,7 +296,7 @@ impl MemoryTable {
         if len == 0 {
             return Ok(());
         }
-        Self::check(&self.lock(), rkey, va, len, need).map(|_| ())
+        Self::check(&self.lock(), self.mask, rkey, va, len, need).map(|_| ())
     }
 
     /// Checks that a write of `len` bytes at `va` is allowed (before its first byte).
@@ -248,7 +310,7 @@ impl MemoryTable {
             return Ok(());
         }
         let regions = self.lock();
-        let (m, off) = Self::check(&regions, rkey, va, data.len(), Need::Write)?;
+        let (m, off) = Self::check(&regions, self.mask, rkey, va, data.len(), Need::Write)?;
         m.write(off, data);
         Ok(())
     }
@@ -259,7 +321,7 @@ impl MemoryTable {
             return Ok(Vec::new());
         }
         let regions = self.lock();
-        let (m, off) = Self::check(&regions, rkey, va, len, Need::Read)?;
+        let (m, off) = Self::check(&regions, self.mask, rkey, va, len, Need::Read)?;
         m.to_vec(off, len).ok_or(NakCode::RemoteAccessError)
     }
 
@@ -277,7 +339,7 @@ impl MemoryTable {
             return Err(NakCode::InvalidRequest);
         }
         let regions = self.lock();
-        let (m, off) = Self::check(&regions, rkey, va, 8, Need::Atomic)?;
+        let (m, off) = Self::check(&regions, self.mask, rkey, va, 8, Need::Atomic)?;
         m.atomic(off, compare, swap_add)
             .ok_or(NakCode::RemoteAccessError)
     }

@@ -14,28 +14,43 @@
 //!
 //! The responder checks PSNs (a packet ahead of the expected one draws one PSN-sequence NAK
 //! until the expected one arrives), answers duplicates from its state (send and write
-//! duplicates are ACKed again, reads re-executed, atomics answered from a replay cache of
-//! original values), coalesces ACKs (one ACK for everything received since the last one),
-//! sends RNR NAKs when a send finds no receive buffer, and checks every RDMA and atomic
-//! request against the R_Key, bounds and access flags of its [`MemoryTable`] (a failure is a
-//! remote access error NAK and moves the responder to the error state).
+//! duplicates are ACKed again; reads re-executed and atomics' original values replayed, both
+//! only from the `max_dest_rd_atomic` read and atomic resources it holds), coalesces ACKs
+//! (one ACK for everything received since the last one), sends RNR NAKs when a send finds no
+//! receive buffer (in its own queue or a shared [`Srq`]), checks lengths and the QP's access
+//! flags as rxe does (invalid request NAK), and checks every RDMA and atomic request against
+//! the R_Key, bounds and access flags of its [`MemoryTable`] (a failure is a remote access
+//! error NAK). A NAK other than PSN sequence moves the responder to the error state, which
+//! completes the receive in use with the error and flushes the posted ones. A SEND with
+//! invalidate invalidates an R_Key of the table (class J error if it may not). The requester
+//! keeps at most `max_rd_atomic` reads and atomics outstanding.
 
 mod external;
 mod memory;
+mod recv;
 mod requester;
+mod resources;
 mod responder;
+mod wr;
 
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod spec_tests;
+#[cfg(test)]
+mod srq_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod unit_tests;
 
 pub use external::ExternalMemory;
-pub use memory::{LocalSpan, MemoryTable, RemoteAccess};
-pub use requester::{Requester, WorkRequest};
+pub use memory::{InvalidateError, LocalSpan, MemoryTable, RemoteAccess};
+pub(crate) use recv::{Recv, RecvQueue};
+pub use recv::{RecvError, Srq};
+pub use requester::Requester;
 pub use responder::{RecvCompletion, Responder};
+pub use wr::WorkRequest;
 
 use super::wire::{Bth, ExtHeaders, PSN_MASK};
 
@@ -69,6 +84,9 @@ pub enum Status {
     RnrRetryExceeded,
     /// Not executed: the QP went to the error state before it (`WR_FLUSH_ERR`).
     Flushed,
+    /// Refused locally: a read or atomic on a QP with `max_rd_atomic` 0
+    /// (`LOC_QP_OP_ERR`).
+    LocalQpOperationError,
 }
 
 /// A requester's work completion.
@@ -104,6 +122,18 @@ pub struct RcParams {
     pub rnr_retry: u8,
     /// The RNR timer code this side's responder puts in its RNR NAKs (IBTA table 45).
     pub min_rnr_timer: u8,
+    /// Reads and atomics this side's requester keeps outstanding at most (its credits, the
+    /// peer's `max_dest_rd_atomic`); 0 refuses reads and atomics.
+    pub max_rd_atomic: u8,
+    /// Reads and atomics this side's responder keeps resources for: duplicates are answered
+    /// only from them (a read re-executed over the range it first named, an atomic's
+    /// original value replayed); 0 NAKs every read and atomic as an invalid request, as
+    /// rxe does.
+    pub max_dest_rd_atomic: u8,
+    /// The remote operations this side's responder accepts at all (the QP's
+    /// `qp_access_flags`); an RDMA write, read or atomic it does not is NAKed as an invalid
+    /// request, as rxe does, before any region is looked at.
+    pub qp_access: RemoteAccess,
 }
 
 impl Default for RcParams {
@@ -118,6 +148,9 @@ impl Default for RcParams {
             retry_cnt: 7,
             rnr_retry: 7,
             min_rnr_timer: 12,
+            max_rd_atomic: 16,
+            max_dest_rd_atomic: 16,
+            qp_access: RemoteAccess::ALL,
         }
     }
 }

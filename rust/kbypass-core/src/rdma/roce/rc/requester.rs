@@ -2,73 +2,9 @@
 
 use std::collections::VecDeque;
 
-use super::super::wire::{
-    Aeth, AtomicEth, Bth, ExtHeaders, NakCode, Op, Opcode, Reth, Syndrome, Transport,
-};
+use super::super::wire::{Aeth, NakCode, Op, Syndrome, Transport};
+use super::wr::{segment, WorkRequest};
 use super::{packets_for, psn_add, psn_diff, rnr_timer_ns, Completion, Pkt, RcParams, Status};
-
-/// An operation to post.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WorkRequest {
-    /// A send, optionally with immediate data.
-    Send {
-        /// The message.
-        data: Vec<u8>,
-        /// Immediate data.
-        imm: Option<u32>,
-    },
-    /// An RDMA write, optionally with immediate data.
-    Write {
-        /// The data.
-        data: Vec<u8>,
-        /// Remote address.
-        va: u64,
-        /// Remote key.
-        rkey: u32,
-        /// Immediate data.
-        imm: Option<u32>,
-    },
-    /// An RDMA read of `len` bytes.
-    Read {
-        /// Remote address.
-        va: u64,
-        /// Remote key.
-        rkey: u32,
-        /// Bytes to read.
-        len: u32,
-    },
-    /// Atomic compare and swap.
-    CompareSwap {
-        /// Remote address (8-byte aligned).
-        va: u64,
-        /// Remote key.
-        rkey: u32,
-        /// Value expected.
-        compare: u64,
-        /// Value stored if it matched.
-        swap: u64,
-    },
-    /// Atomic fetch and add.
-    FetchAdd {
-        /// Remote address (8-byte aligned).
-        va: u64,
-        /// Remote key.
-        rkey: u32,
-        /// Addend.
-        add: u64,
-    },
-}
-
-impl WorkRequest {
-    fn expects_response(&self) -> bool {
-        matches!(
-            self,
-            WorkRequest::Read { .. }
-                | WorkRequest::CompareSwap { .. }
-                | WorkRequest::FetchAdd { .. }
-        )
-    }
-}
 
 #[derive(Debug)]
 struct Wqe {
@@ -121,6 +57,9 @@ pub struct Requester {
     pub go_backs: u64,
     /// RNR NAKs received.
     pub rnr_naks: u64,
+    /// `poll_tx` calls that found the next packet a new read or atomic and no credit for it
+    /// (`max_rd_atomic` outstanding).
+    pub rd_atomic_waits: u64,
     /// Packets dropped: duplicates, responses to nothing outstanding, requests, headers that
     /// are not the opcode's, anything in the error state.
     pub dropped: u64,
@@ -146,12 +85,25 @@ impl Requester {
             timeouts: 0,
             go_backs: 0,
             rnr_naks: 0,
+            rd_atomic_waits: 0,
             dropped: 0,
         }
     }
 
-    /// Posts a work request. In the error state it completes at once as `Flushed`.
+    /// Posts a work request. In the error state it completes at once as `Flushed`. A read
+    /// or atomic on a QP with `max_rd_atomic` 0 (which may have none outstanding) completes
+    /// at once as `LocalQpOperationError` and moves the QP to the error state (the work
+    /// requests before it are flushed).
     pub fn post(&mut self, wr_id: u64, wr: WorkRequest) {
+        if wr.expects_response() && self.p.max_rd_atomic == 0 && !self.error {
+            self.set_error();
+            self.completions.push_back(Completion {
+                wr_id,
+                status: Status::LocalQpOperationError,
+                data: Vec::new(),
+            });
+            return;
+        }
         if self.error {
             self.completions.push_back(Completion {
                 wr_id,
@@ -161,9 +113,9 @@ impl Requester {
             return;
         }
         let npkts = match &wr {
-            WorkRequest::Send { data, .. } | WorkRequest::Write { data, .. } => {
-                packets_for(data.len(), self.p.mtu)
-            }
+            WorkRequest::Send { data, .. }
+            | WorkRequest::SendInv { data, .. }
+            | WorkRequest::Write { data, .. } => packets_for(data.len(), self.p.mtu),
             WorkRequest::Read { len, .. } => packets_for(*len as usize, self.p.mtu),
             _ => 1,
         };
@@ -194,8 +146,31 @@ impl Requester {
         self.wqes.len()
     }
 
-    /// The next packet to send at time `now`, if the window, the RNR wait and the work
-    /// queue allow one.
+    /// Reads and atomics sent and not completed (at most `max_rd_atomic`).
+    pub fn rd_atomic_outstanding(&self) -> usize {
+        self.wqes
+            .iter()
+            .filter(|w| w.wr.expects_response() && psn_diff(w.first_psn, self.sent_end) < 0)
+            .count()
+    }
+
+    /// Moves the QP to the error state (`ibv_modify_qp` to ERR): every work request not
+    /// completed completes as `Flushed`, and so does every one posted later.
+    pub fn set_error(&mut self) {
+        self.error = true;
+        self.deadline = None;
+        while let Some(w) = self.wqes.pop_front() {
+            self.completions.push_back(Completion {
+                wr_id: w.wr_id,
+                status: Status::Flushed,
+                data: Vec::new(),
+            });
+        }
+    }
+
+    /// The next packet to send at time `now`, if the window, the RNR wait, the read and
+    /// atomic credits (`max_rd_atomic`: a new read or atomic waits, and everything after it
+    /// with it, while that many are outstanding) and the work queue allow one.
     pub fn poll_tx(&mut self, now: u64) -> Option<Pkt> {
         if psn_diff(self.una, self.send_psn) > 0 {
             // Acknowledged past the go-back point: nothing before the ACK needs sending.
@@ -214,8 +189,18 @@ impl Requester {
             return None;
         }
         let idx = self.wqes.iter().position(|w| w.contains(self.send_psn))?;
+        let new = psn_diff(self.send_psn, self.sent_end) >= 0;
+        if new
+            && self.wqes[idx].wr.expects_response()
+            && self.rd_atomic_outstanding() >= usize::from(self.p.max_rd_atomic)
+        {
+            self.rd_atomic_waits += 1;
+            return None;
+        }
         let psn = self.send_psn;
-        let (pkt, advance) = self.segment(idx, psn);
+        let w = &self.wqes[idx];
+        let k = psn_diff(psn, w.first_psn) as u32;
+        let (pkt, advance) = segment(&w.wr, k, w.npkts, psn, &self.p, self.una);
         self.send_psn = psn_add(psn, advance);
         if psn_diff(self.send_psn, self.sent_end) > 0 {
             self.sent_end = self.send_psn;
@@ -224,112 +209,6 @@ impl Requester {
             self.deadline = Some(now + self.p.timeout_ns());
         }
         Some(pkt)
-    }
-
-    /// Packet `psn` of work request `idx`, and how many PSNs it takes.
-    fn segment(&self, idx: usize, psn: u32) -> (Pkt, u32) {
-        let w = &self.wqes[idx];
-        let k = psn_diff(psn, w.first_psn) as u32;
-        let mtu = self.p.mtu;
-        let last = k + 1 == w.npkts;
-        let pos = |first: Op, middle: Op, last_op: Op, only: Op| match (k == 0, last) {
-            (true, true) => only,
-            (true, false) => first,
-            (false, false) => middle,
-            (false, true) => last_op,
-        };
-        let mut ext = ExtHeaders::default();
-        let mut payload = Vec::new();
-        let mut advance = 1;
-        let op = match &w.wr {
-            WorkRequest::Send { data, imm } => {
-                payload = chunk(data, k, mtu);
-                let only = if imm.is_some() {
-                    Op::SendOnlyImm
-                } else {
-                    Op::SendOnly
-                };
-                let last_op = if imm.is_some() {
-                    Op::SendLastImm
-                } else {
-                    Op::SendLast
-                };
-                if last {
-                    ext.imm = *imm;
-                }
-                pos(Op::SendFirst, Op::SendMiddle, last_op, only)
-            }
-            WorkRequest::Write {
-                data,
-                va,
-                rkey,
-                imm,
-            } => {
-                payload = chunk(data, k, mtu);
-                let only = if imm.is_some() {
-                    Op::WriteOnlyImm
-                } else {
-                    Op::WriteOnly
-                };
-                let last_op = if imm.is_some() {
-                    Op::WriteLastImm
-                } else {
-                    Op::WriteLast
-                };
-                if last {
-                    ext.imm = *imm;
-                }
-                if k == 0 {
-                    ext.reth = Some(Reth {
-                        va: *va,
-                        rkey: *rkey,
-                        dma_len: data.len() as u32,
-                    });
-                }
-                pos(Op::WriteFirst, Op::WriteMiddle, last_op, only)
-            }
-            WorkRequest::Read { va, rkey, len } => {
-                // From the first response still missing: address and length advanced.
-                let skip = (k as usize * mtu).min(*len as usize);
-                ext.reth = Some(Reth {
-                    va: va + skip as u64,
-                    rkey: *rkey,
-                    dma_len: len - skip as u32,
-                });
-                advance = w.npkts - k;
-                Op::ReadRequest
-            }
-            WorkRequest::CompareSwap {
-                va,
-                rkey,
-                compare,
-                swap,
-            } => {
-                ext.atomic = Some(AtomicEth {
-                    va: *va,
-                    rkey: *rkey,
-                    swap_add: *swap,
-                    compare: *compare,
-                });
-                Op::CompareSwap
-            }
-            WorkRequest::FetchAdd { va, rkey, add } => {
-                ext.atomic = Some(AtomicEth {
-                    va: *va,
-                    rkey: *rkey,
-                    swap_add: *add,
-                    compare: 0,
-                });
-                Op::FetchAdd
-            }
-        };
-        let opcode = Opcode::new(Transport::Rc, op).expect("RC has every operation");
-        let mut bth = Bth::new(opcode, self.p.dest_qp, psn);
-        // Ask for an ACK at the end of each message (and on reads and atomics, as rxe does)
-        // and at least every half window.
-        bth.ack_req =
-            last || w.wr.expects_response() || psn_diff(psn, self.una) as u32 >= self.p.window / 2;
-        (Pkt { bth, ext, payload }, advance)
     }
 
     /// Handles the retransmission timer at time `now`.
@@ -583,12 +462,6 @@ impl Requester {
             });
         }
     }
-}
-
-fn chunk(data: &[u8], k: u32, mtu: usize) -> Vec<u8> {
-    let start = (k as usize * mtu).min(data.len());
-    let end = (start + mtu).min(data.len());
-    data[start..end].to_vec()
 }
 
 /// The AETH of an ACK, for the responder.

@@ -203,3 +203,22 @@ pub(super) fn memory(len: usize) -> MemoryTable {
 pub(super) fn data(rng: &mut Rng, len: usize) -> Vec<u8> {
     (0..len).map(|_| rng.next() as u8).collect()
 }
+
+/// An RC request packet to QP 1.
+pub(super) fn request(
+    op: super::super::wire::Op,
+    psn: u32,
+    ext: super::super::wire::ExtHeaders,
+    payload: Vec<u8>,
+    ack_req: bool,
+) -> Pkt {
+    use super::super::wire::{Bth, Opcode, Transport};
+    let mut bth = Bth::new(Opcode::new(Transport::Rc, op).unwrap(), 1, psn);
+    bth.ack_req = ack_req;
+    Pkt { bth, ext, payload }
+}
+
+/// Every response the responder has to send.
+pub(super) fn drain(r: &mut Responder) -> Vec<Pkt> {
+    std::iter::from_fn(|| r.poll_tx()).collect()
+}

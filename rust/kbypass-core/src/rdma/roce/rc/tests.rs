@@ -32,7 +32,7 @@ fn transfer(mtu: usize, f: Faults, seed: u64) -> (Pair, u64) {
                 let len = g.below(12_000) as usize;
                 let d = data(&mut g, len);
                 let imm = g.chance(30).then(|| g.next() as u32);
-                pair.resp.post_recv(1000 + id, 16_384);
+                pair.resp.post_recv(1000 + id, 16_384).unwrap();
                 expect_recv.push((d.clone(), imm, d.len()));
                 expect.push((id, Vec::new()));
                 WorkRequest::Send { data: d, imm }
@@ -46,7 +46,7 @@ fn transfer(mtu: usize, f: Faults, seed: u64) -> (Pair, u64) {
                 written.push((off, len));
                 let imm = g.chance(25).then(|| g.next() as u32);
                 if let Some(imm) = imm {
-                    pair.resp.post_recv(1000 + id, 0);
+                    pair.resp.post_recv(1000 + id, 0).unwrap();
                     expect_recv.push((Vec::new(), Some(imm), len));
                 }
                 expect.push((id, Vec::new()));
@@ -284,7 +284,7 @@ fn rnr_naks_are_retried_until_a_buffer_is_posted() {
         pair.step();
         assert!(pair.now < 10_000_000);
     }
-    pair.resp.post_recv(77, 64);
+    pair.resp.post_recv(77, 64).unwrap();
     let done = pair.run(100_000_000);
     assert_eq!(
         done.iter().map(|c| c.status).collect::<Vec<_>>(),

@@ -162,16 +162,6 @@ fn remote_access_is_checked_against_key_bounds_and_rights() {
     assert!(done.iter().all(|c| c.status == Status::Success));
 }
 
-fn request(op: Op, psn: u32, ext: ExtHeaders, payload: Vec<u8>, ack_req: bool) -> Pkt {
-    let mut bth = Bth::new(Opcode::new(Transport::Rc, op).unwrap(), 1, psn);
-    bth.ack_req = ack_req;
-    Pkt { bth, ext, payload }
-}
-
-fn drain(r: &mut Responder) -> Vec<Pkt> {
-    std::iter::from_fn(|| r.poll_tx()).collect()
-}
-
 #[test]
 fn responder_answers_duplicate_atomics_from_its_cache_and_naks_a_gap_once() {
     let p = RcParams {
@@ -227,7 +217,7 @@ fn responder_answers_duplicate_atomics_from_its_cache_and_naks_a_gap_once() {
         };
         request(op, psn, ext, vec![1, 2, 3, 4], true)
     };
-    r.post_recv(1, 16);
+    r.post_recv(1, 16).unwrap();
     r.on_packet(&send(103, false));
     r.on_packet(&send(104, false));
     let out = drain(&mut r);
@@ -331,20 +321,44 @@ fn requester_segments_by_mtu_with_the_right_opcodes() {
 #[test]
 fn hostile_packets_never_panic_either_side() {
     use super::super::wire::{HeaderSet, Reth};
+    const WINDOW: u32 = 0x0400_0001;
     let mut g = Rng(0x5eed_0bad);
     let ops: Vec<Opcode> = Opcode::all()
         .filter(|o| o.transport() == Transport::Rc)
         .collect();
     for round in 0..40 {
+        // Odd rounds: receives from an SRQ, a key a SEND with invalidate may invalidate, and
+        // few (or no) read/atomic credits and resources.
         let p = RcParams {
             dest_qp: 1,
             recv_psn: 1000,
             send_psn: 1000,
             mtu: 256,
+            max_rd_atomic: if round % 2 == 1 {
+                (round % 3) as u8
+            } else {
+                16
+            },
+            max_dest_rd_atomic: if round % 2 == 1 {
+                (round % 4) as u8
+            } else {
+                16
+            },
             ..RcParams::default()
         };
-        let mut r = Responder::new(p, memory(4096));
-        r.post_recv(1, 300);
+        let mut mem = memory(4096);
+        mem.register(WINDOW, VA + (1 << 20), 512, RemoteAccess::ALL);
+        mem.allow_remote_invalidate(WINDOW);
+        let srq = Srq::new(4);
+        let mut r = if round % 2 == 1 {
+            srq.post_recv(1, 300).unwrap();
+            srq.post_recv(2, 30).unwrap();
+            Responder::with_srq(p, mem, srq.clone())
+        } else {
+            let mut r = Responder::new(p, mem);
+            r.post_recv(1, 300).unwrap();
+            r
+        };
         let mut q = Requester::new(p);
         q.post(
             1,
@@ -409,7 +423,7 @@ fn hostile_packets_never_panic_either_side() {
                 ext.imm = Some(g.next() as u32);
             }
             if h.contains(HeaderSet::IETH) {
-                ext.ieth = Some(g.next() as u32);
+                ext.ieth = Some([RKEY, WINDOW, g.next() as u32][g.below(3) as usize]);
             }
             if g.chance(5) {
                 ext.imm = Some(1); // headers that may not be the opcode's
@@ -433,6 +447,11 @@ fn hostile_packets_never_panic_either_side() {
             };
             r.on_packet(&pkt);
             while r.poll_tx().is_some() {}
+            while r.poll_completion().is_some() {}
+            if g.chance(2) {
+                let _ = r.post_recv(i, g.below(600) as usize);
+                let _ = srq.post_recv(i, g.below(600) as usize);
+            }
             q.on_packet(i * 1000, &pkt);
             q.tick(i * 1000);
             while q.poll_tx(i * 1000).is_some() {}

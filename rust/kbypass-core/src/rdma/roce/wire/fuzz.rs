@@ -1,11 +1,11 @@
 //! Fuzz of the RoCEv2 parser: random bytes, and valid frames of every opcode damaged by cuts,
 //! extensions, flipped and overwritten bytes and lying length fields, resealed (IPv4
-//! checksum and ICRC recomputed) or not. Every input must be answered without a panic, and:
+//! checksum, UDP checksum where there is one, and ICRC recomputed) or not. Every input must be answered without a panic, and:
 //!
 //! 1. a parsed payload lies inside the input and is at most 4096 bytes;
 //! 2. [`Frame::parse`] and [`Frame::parse_headers`] agree but for the ICRC: both succeed with
 //!    the same frame, or both fail with the same error, or only `parse` fails, with
-//!    [`WireError::BadIcrc`];
+//!    [`WireError::BadIcrc`] or [`WireError::BadUdpChecksum`];
 //! 3. whatever parses builds back (parse ∘ build): the frame built from the parsed fields
 //!    parses to the same fields.
 //!
@@ -118,6 +118,25 @@ fn reseal(f: &mut [u8]) {
     };
     if total >= hl + 8 + BTH_LEN + ICRC_LEN && l3 + total <= f.len() {
         let ip = &mut f[l3..l3 + total];
+        let at = hl + 6;
+        if ip[at..at + 2] != [0, 0] {
+            ip[at..at + 2].fill(0);
+            let addrs = if hl == 40 { 8..40 } else { 12..20 };
+            let mut acc: u32 = (total - hl) as u32 + 17;
+            for c in ip[addrs].chunks(2).chain(ip[hl..].chunks(2)) {
+                let hi = c[0];
+                let lo = c.get(1).copied().unwrap_or(0);
+                acc += u32::from(u16::from_be_bytes([hi, lo]));
+            }
+            while acc > 0xffff {
+                acc = (acc & 0xffff) + (acc >> 16);
+            }
+            let c = match !(acc as u16) {
+                0 => 0xffff,
+                c => c,
+            };
+            ip[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        }
         if let Ok(crc) = icrc::compute(&ip[..total - ICRC_LEN], hl) {
             ip[total - ICRC_LEN..].copy_from_slice(&crc);
         }
@@ -184,7 +203,7 @@ fn check(input: &[u8]) -> Result<(), String> {
     match (&full, &headers) {
         (Ok(a), Ok(b)) if a == b => {}
         (Err(a), Err(b)) if a == b => {}
-        (Err(WireError::BadIcrc { .. }), Ok(_)) => {}
+        (Err(WireError::BadIcrc { .. } | WireError::BadUdpChecksum), Ok(_)) => {}
         _ => return Err(format!("parse {full:?} but parse_headers {headers:?}")),
     }
     let Ok(f) = headers else { return Ok(()) };
@@ -230,12 +249,13 @@ fn damaged_frames_never_panic_and_keep_the_invariants() {
         }
         match Frame::parse(&f) {
             Ok(_) => ok += 1,
-            Err(WireError::BadIcrc { .. }) => bad_icrc += 1,
+            Err(WireError::BadIcrc { .. } | WireError::BadUdpChecksum) => bad_icrc += 1,
             Err(_) => other += 1,
         }
     }
     eprintln!(
-        "{cases} cases (seed {seed:#x}): {ok} parsed, {bad_icrc} bad ICRC, {other} other errors"
+        "{cases} cases (seed {seed:#x}): {ok} parsed, {bad_icrc} bad ICRC or UDP checksum, \
+         {other} other errors"
     );
     // The mix reaches every outcome (and so the checks behind each).
     if cases >= 1000 {

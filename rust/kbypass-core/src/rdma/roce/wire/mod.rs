@@ -4,7 +4,8 @@
 //! [`Frame::parse`] is a checked view over a received frame: every length is checked against
 //! the bytes there are and against the lengths the IP and UDP headers claim, the opcode must
 //! be one of RC, UC or UD, its extension headers must be all there, the pad must fit, the
-//! payload is at most 4096 bytes and the ICRC must match; the payload is a slice of the
+//! payload is at most 4096 bytes, a UDP checksum that is not zero must match (IPv4 and IPv6)
+//! and the ICRC must match; the payload is a slice of the
 //! frame, not a copy. [`FrameSpec::build`] writes a frame into the caller's buffer, with the
 //! pad, the IPv4 header checksum, the UDP length (and, on IPv6, checksum) and the ICRC filled
 //! in. Failures are [`WireError`]s, one variant per reason, so a receiver can count them.
@@ -12,13 +13,17 @@
 //! - `opcode`: opcodes and the table of the headers each carries;
 //! - `headers`: BTH, RETH, AETH, DETH, AtomicETH, AtomicAckETH, ImmDt, IETH;
 //! - `icrc`: the invariant CRC;
-//! - `packet`: the frame (Ethernet, IP, UDP) around them.
+//! - `packet`: the frame (Ethernet, IP, UDP) around them;
+//! - `gid`: GIDs as IP addresses (IPv4-mapped or IPv6) and back.
 
+mod gid;
 mod headers;
 pub mod icrc;
 mod opcode;
 mod packet;
 
+#[cfg(test)]
+mod checksum_tests;
 #[cfg(test)]
 mod fuzz;
 #[cfg(test)]
@@ -26,6 +31,7 @@ pub(super) mod interop_tests;
 #[cfg(test)]
 mod tests;
 
+pub use gid::{gid_ipv4, ipv4_gid, DEFAULT_HOP_LIMIT};
 pub use headers::{
     Aeth, AtomicEth, Bth, Deth, ExtHeaders, NakCode, Reth, Syndrome, BTH_LEN, DEFAULT_PKEY,
     ICRC_LEN, PSN_MASK, QPN_MASK,
@@ -60,6 +66,12 @@ pub enum WireError {
     /// The IPv4 header checksum does not match.
     #[error("bad IPv4 header checksum")]
     BadIpChecksum,
+    /// The UDP checksum is not zero and does not match the datagram.
+    #[error("bad UDP checksum")]
+    BadUdpChecksum,
+    /// GIDs of two address families: one IPv4-mapped (`::ffff:a.b.c.d`), the other not.
+    #[error("source and destination GIDs are not both IPv4-mapped or both IPv6")]
+    MixedGidFamilies,
     /// An IP fragment (RoCEv2 packets are never fragmented).
     #[error("IP fragment: RoCEv2 packets are sent with DF and never fragmented")]
     Fragmented,

@@ -173,10 +173,13 @@ pub struct Frame<'a> {
 }
 
 impl<'a> Frame<'a> {
-    /// Parses and checks a frame, ICRC included. Bytes after the IP packet (Ethernet
-    /// padding of short frames) are ignored.
+    /// Parses and checks a frame, the UDP checksum (when not zero) and the ICRC included.
+    /// Bytes after the IP packet (Ethernet padding of short frames) are ignored.
     pub fn parse(frame: &'a [u8]) -> Result<Frame<'a>, WireError> {
         let (f, ip, ip_hdr_len) = Frame::parse_inner(frame)?;
+        if !udp_checksum_ok(ip, ip_hdr_len) {
+            return Err(WireError::BadUdpChecksum);
+        }
         let body = &ip[..ip.len() - ICRC_LEN];
         let computed = icrc::compute(body, ip_hdr_len)?;
         if computed != f.packet.icrc {
@@ -236,6 +239,25 @@ impl<'a> Frame<'a> {
         };
         Ok((f, ip, ip_hdr_len))
     }
+}
+
+/// Whether the UDP checksum of the datagram after `ip_hdr_len` bytes of `ip` (an IPv4 or
+/// IPv6 packet cut to its length) is zero (not computed, as rxe sends it over IPv4) or
+/// right: the one's complement sum over the pseudo-header (addresses, protocol, UDP length)
+/// and the datagram, checksum included, is all ones.
+fn udp_checksum_ok(ip: &[u8], ip_hdr_len: usize) -> bool {
+    let udp = &ip[ip_hdr_len..];
+    if be16(udp, 6) == 0 {
+        return true;
+    }
+    let addrs = if ip_hdr_len == IPV6_LEN {
+        &ip[8..40]
+    } else {
+        &ip[12..20]
+    };
+    let mut acc = sum16(0, addrs);
+    acc += udp.len() as u32 + u32::from(PROTO_UDP);
+    fold(sum16(acc, udp)) == 0xffff
 }
 
 /// The header, its length and the IP packet (cut to its total length).
@@ -339,8 +361,9 @@ impl FrameSpec {
 
     /// Writes the frame around `payload` into `out` and returns its length. The BTH pad
     /// count, the pad bytes (zero), IP and UDP lengths, the IPv4 header checksum (DF set),
-    /// the UDP checksum (computed on IPv6, zero on IPv4, as rxe sends it) and the ICRC are
-    /// filled in.
+    /// the UDP checksum (zero on IPv4, as rxe sends it; computed on IPv6, where rxe sends
+    /// zero too, and both are accepted by rxe's UDP tunnel and by [`Frame::parse`]) and the
+    /// ICRC are filled in.
     pub fn build(&self, payload: &[u8], out: &mut [u8]) -> Result<usize, WireError> {
         let opcode = self.bth.opcode;
         let expected = opcode.headers();

@@ -1,6 +1,7 @@
 //! End-to-end tests of the engine: two engines on the two ends of a veth pair in network
 //! namespaces the test creates (198.18.0.0/15), each test with its own pair. Root only.
 
+mod faults;
 mod other;
 mod rc;
 
