@@ -372,3 +372,23 @@ def test_a_busy_queue_is_retried_for_two_seconds(pair: VethPair) -> None:
     second = rdma.Context.userspace(pair.a.ifname, ip=pair.a.ip, netns=pair.a.netns)
     assert second.is_userspace and 0.4 < time.monotonic() - t0 - 2 < 5
     second.close()
+
+
+def test_engine_options_from_python(pair: VethPair) -> None:
+    where = {"ip": pair.a.ip, "netns": pair.a.netns}
+    with rdma.Context.userspace(
+        pair.a.ifname, **where, cpu=0, frames=1024, frame_size=2048, ring_size=256, bind="copy",
+        attach="generic", neigh_timeout=1.0,
+    ) as ctx:  # fmt: skip
+        assert ctx.is_userspace and isinstance(ctx.notes, list)
+        assert ctx.query_port().active_mtu <= 1024  # a 2048-byte frame caps the path MTU
+    for bad, what in (
+        ({"ring_size": 100}, "power of two"),
+        ({"frames": 64, "ring_size": 64}, "twice"),
+        ({"bind": "sideways"}, "bind|mode"),
+        ({"progress": "caller", "cpu": 0}, "cpu"),
+        ({"neigh_timeout": -1.0}, "timeout"),
+    ):
+        with pytest.raises(ValueError, match=what):
+            rdma.Context.userspace(pair.a.ifname, **where, **bad)  # type: ignore[arg-type]
+    assert not [d for d in rdma.devices() if d.userspace]
