@@ -220,6 +220,16 @@ def scenario_bad_input_is_an_exception() -> None:
             assert "outside" in str(e)
         else:
             raise AssertionError("an SGE past the region's end was accepted")
+        # a libibverbs context: not user-space, no engine counters, listed with its netdev
+        assert not ctx.is_userspace and ctx.interface is None and ctx.notes == []
+        try:
+            ctx.engine_counters()
+        except OSError as e:
+            assert e.errno == 95, e  # EOPNOTSUPP
+        else:
+            raise AssertionError("a libibverbs context answered engine_counters()")
+        rxe0 = next(d for d in rdma.devices() if d.name == "rxe0")
+        assert (rxe0.userspace, rxe0.interface) == (False, "eth0"), rxe0
         ep = rdma.Endpoint(0x12, 0x345, "::ffff:198.18.0.15")
         wire = ep.to_pingpong()
         assert wire[:51] == b"0000:000012:000345:00000000000000000000ffffc612000f", wire
