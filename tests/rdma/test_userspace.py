@@ -37,12 +37,18 @@ def pair() -> Iterator[VethPair]:
 @pytest.fixture
 def ctxs(pair: VethPair) -> Iterator[tuple[rdma.Context, rdma.Context]]:
     a = rdma.Context.userspace(pair.a.ifname, ip=pair.a.ip, netns=pair.a.netns)
-    b = rdma.Context.userspace(pair.b.ifname, ip=pair.b.ip, netns=pair.b.netns)
+    try:
+        b = rdma.Context.userspace(pair.b.ifname, ip=pair.b.ip, netns=pair.b.netns)
+    except BaseException:
+        a.close()
+        raise
     try:
         yield a, b
     finally:
         a.close()
         b.close()
+    # closing them closed everything made from them: no engine is left for the next test
+    assert not [d.name for d in rdma.devices() if d.userspace]
 
 
 def wait_wcs(cq: rdma.CompletionQueue, n: int = 1, timeout: float = 10) -> list[Any]:
@@ -109,7 +115,10 @@ def test_context_is_listed_and_answers_queries(
     assert listed["kbx-veth1"].interface == "veth1"
     other = rdma.Context("kbx-veth0")  # another handle on the open engine
     assert other.is_userspace and other.gid() == a.gid()
-    other.close()
+    pd = other.alloc_pd()
+    other.close()  # closes what was made from it, like the first handle
+    with pytest.raises(RuntimeError, match="closed"):
+        pd.context()
     assert a.engine_counters()["bad_icrc"] == 0
 
 
@@ -202,15 +211,17 @@ def test_pingpong_between_engines(pair: VethPair, ctxs: tuple[rdma.Context, rdma
             wait_wcs(cqa)[0].check()
 
     join = in_thread(pair, "a", serve)
-    with pair.enter("b"):
-        remote = qb.pingpong_connect(pair.a.ip, port=18700, psn=0x88, timeout=30)
-    assert remote.gid == a.gid() and remote.qpn == qa.qp_num
-    for i in range(iters):
-        qb.send(mrb, offset=size, length=size, wr_id=i)
-        got = sorted(wait_wcs(cqb, 2), key=lambda w: w.opcode)
-        assert [w.status_name for w in got] == ["SUCCESS", "SUCCESS"], got
-        qb.post_recv(mrb, length=size, wr_id=300 + i)
-    join()
+    try:  # the server thread is joined whatever happens here (it holds the engine's QP)
+        with pair.enter("b"):
+            remote = qb.pingpong_connect(pair.a.ip, port=18700, psn=0x88, timeout=30)
+        assert remote.gid == a.gid() and remote.qpn == qa.qp_num
+        for i in range(iters):
+            qb.send(mrb, offset=size, length=size, wr_id=i)
+            got = sorted(wait_wcs(cqb, 2), key=lambda w: w.opcode)
+            assert [w.status_name for w in got] == ["SUCCESS", "SUCCESS"], got
+            qb.post_recv(mrb, length=size, wr_id=300 + i)
+    finally:
+        join()
     assert (bufb[:size] == 0x5A).all()
 
 
@@ -235,20 +246,22 @@ def test_perftest_between_engines(
         pair,
         "a",
         lambda: qa.perftest_serve(
-            mra, port, timeout=60, test=test, cq=cqa, size=size, iterations=iters
+            mra, port, timeout=30, test=test, cq=cqa, size=size, iterations=iters
         ),
     )
-    with pair.enter("b"):
-        client = {
-            "write": qb.perftest_write_bw,
-            "read": qb.perftest_read_bw,
-            "send": qb.perftest_send_bw,
-        }
-        if test == "atomic":
-            rep = qb.perftest_atomic_bw(cqb, mrb, pair.a.ip, port, iterations=iters)
-        else:
-            rep = client[test](cqb, mrb, pair.a.ip, port, size=size, iterations=iters)
-    theirs = serve()
+    try:
+        with pair.enter("b"):
+            client = {
+                "write": qb.perftest_write_bw,
+                "read": qb.perftest_read_bw,
+                "send": qb.perftest_send_bw,
+            }
+            if test == "atomic":
+                rep = qb.perftest_atomic_bw(cqb, mrb, pair.a.ip, port, iterations=iters)
+            else:
+                rep = client[test](cqb, mrb, pair.a.ip, port, size=size, iterations=iters)
+    finally:
+        theirs = serve()
     want = 8 if test == "atomic" else size
     assert (rep["size"], rep["iters"]) == (want, iters) and rep["bw_avg"] > 0, rep
     assert (theirs["size"], theirs["iters"]) == (want, iters), theirs
@@ -291,10 +304,12 @@ def xdp_attached(pair: VethPair, side: str) -> bool:
 
 def test_close_releases_the_engine_and_its_children(pair: VethPair) -> None:
     a = rdma.Context.userspace(pair.a.ifname, ip=pair.a.ip, netns=pair.a.netns)
-    assert xdp_attached(pair, "a")
-    pd, cq = a.alloc_pd(), a.create_cq(8)
-    qp, mr = pd.create_qp("RC", cq), pd.register(bytearray(64))
-    a.close()  # closes pd, cq, qp and mr first, then the engine goes
+    try:
+        assert xdp_attached(pair, "a")
+        pd, cq = a.alloc_pd(), a.create_cq(8)
+        qp, mr = pd.create_qp("RC", cq), pd.register(bytearray(64))
+    finally:
+        a.close()  # closes pd, cq, qp and mr first, then the engine goes
     for call in (lambda: qp.qp_num, lambda: mr.rkey, lambda: cq.poll(), lambda: pd.context()):
         with pytest.raises(RuntimeError, match="closed"):
             call()
@@ -364,8 +379,12 @@ def test_readme_example() -> None:
 def test_a_busy_queue_is_retried_for_two_seconds(pair: VethPair) -> None:
     first = rdma.Context.userspace(pair.a.ifname, ip=pair.a.ip, netns=pair.a.netns)
     t0 = time.monotonic()
-    with pytest.raises(OSError) as e:
-        rdma.Context.userspace(pair.a.ifname, ip=pair.a.ip, netns=pair.a.netns)
+    try:
+        with pytest.raises(OSError) as e:
+            rdma.Context.userspace(pair.a.ifname, ip=pair.a.ip, netns=pair.a.netns)
+    except BaseException:
+        first.close()
+        raise
     assert e.value.errno == errno.EBUSY and 1.9 < time.monotonic() - t0 < 10, e.value
     # the queue frees while a second open retries: that open succeeds
     threading.Timer(0.5, first.close).start()

@@ -71,7 +71,11 @@ impl Context {
     #[pyo3(signature = (name = None))]
     fn new(py: Python<'_>, name: Option<String>) -> PyResult<PyClassInitializer<Self>> {
         let ctx = py.detach(|| rdma::Context::open(name.as_deref())).py()?;
-        Ok(resource::initializer(Context { inner: Some(ctx) }))
+        let track = ctx.is_userspace();
+        Ok(resource::initializer_tracking(
+            Context { inner: Some(ctx) },
+            track,
+        ))
     }
 
     /// RDMA without kernel RDMA: open kbypass's user-space RoCEv2 engine on `queue` of
@@ -131,9 +135,8 @@ impl Context {
         let ctx = py
             .detach(|| rdma::Context::userspace_with(interface, queue, ip, netns, &opts))
             .py()?;
-        let obj = Py::new(py, resource::initializer(Context { inner: Some(ctx) }))?;
-        resource::track_children(obj.bind(py).as_any())?;
-        Ok(obj)
+        let init = resource::initializer_tracking(Context { inner: Some(ctx) }, true);
+        Py::new(py, init)
     }
 
     /// The device's name, e.g. ``rxe0`` (``kbx-<interface>`` for a user-space context).

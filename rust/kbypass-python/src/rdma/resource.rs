@@ -145,6 +145,18 @@ pub fn initializer<T: Owner + PyClass<BaseType = Resource>>(obj: T) -> PyClassIn
     PyClassInitializer::from(base::<T>()).add_subclass(obj)
 }
 
+/// [`initializer`] of an object that tracks its children from the start when `track`.
+pub fn initializer_tracking<T: Owner + PyClass<BaseType = Resource>>(
+    obj: T,
+    track: bool,
+) -> PyClassInitializer<T> {
+    let mut b = base::<T>();
+    if track {
+        b.children = Mutex::new(Some(Vec::new()));
+    }
+    PyClassInitializer::from(b).add_subclass(obj)
+}
+
 /// The [`Resource`] part of a `T`, whose `close()` empties `T`'s slot.
 pub fn base<T: Owner>() -> Resource {
     Resource {
