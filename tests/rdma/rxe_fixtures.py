@@ -20,7 +20,12 @@ directions, rxe's ACKs, NAKs, read responses and atomic acknowledgements include
 naming the responder's own MR, which a remote peer may not invalidate, between two SENDs), three
 receives posted, and the responder's completions kept next to it as
 ``rc_send_inv_responses.wc.json``; ``rc_srq_responses.pcap`` likewise with
-:data:`SRQ_STEPS`, the responder's QP taking its two receives from a shared receive queue.
+:data:`SRQ_STEPS`, the responder's QP taking its two receives from a shared receive queue;
+``rc_send_inv_mw_responses.pcap`` with :data:`SEND_INV_MW_STEPS` sent to ``vm_mw_responder.py``
+(pyverbs under the system Python: python3-pyverbs), whose type 2 memory window a SEND with
+invalidate may invalidate; ``rc_rd_atomic_responses.pcap`` and ``rc_no_rd_atomic_responses.pcap``
+send READs through that window to it with ``max_dest_rd_atomic`` 2 (:data:`RD_ATOMIC_STEPS`:
+duplicates answered only from held resources) and 0 (a READ is NAKed).
 
 Scenarios marked ``ipv6`` run over IPv6 GIDs: the generator gives the VM's ``eth1``
 :data:`GUEST6` and a permanent neighbour entry for :data:`HOST6` (the host side needs no address:
@@ -51,7 +56,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 #: What the mirror hands out as the "server's" QP: the clients' packets are addressed to it.
@@ -227,6 +232,20 @@ SCENARIOS: tuple[Scenario, ...] = (
         "(32 B), from send PSN 0x001000 (kbypass.rdma client, tests/rdma/vm_imm_client.py)",
         "{python} {here}/vm_imm_client.py {dev} {gid} {host} {qpn} {psn} {rkey} {vaddr} 60",
         2,
+    ),
+    Scenario(
+        "rc_send_inv",
+        "RC SEND with invalidate of the made-up rkey, 2500 B at MTU 1024: first, middle, last "
+        "with invalidate (pyverbs client, tests/rdma/vm_inv_client.py)",
+        "/usr/bin/python3 {here}/vm_inv_client.py {dev} {gid} {host} {qpn} {psn} {rkey} 60",
+        3,
+    ),
+    Scenario(
+        "rc_read_credits",
+        "RC RDMA READs with max_rd_atomic 2: four 8 B READs posted, two sent, and retransmitted "
+        "(no response), never the third (pyverbs client, tests/rdma/vm_inv_client.py)",
+        "/usr/bin/python3 {here}/vm_inv_client.py {dev} {gid} {host} {qpn} {psn} {rkey} 60 reads",
+        4,
     ),
     Scenario(
         "ud_send_ipv6",
@@ -512,11 +531,91 @@ def srq_frames(seg: object, info: dict[str, int]) -> list[bytes]:
     ]
 
 
-#: Responder fixtures: name -> (frame builder, receives the responder posts, to an SRQ).
+#: The fixture of rxe invalidating a memory window for a SEND with invalidate.
+SEND_INV_MW = "rc_send_inv_mw_responses"
+#: What the host sends vm_mw_responder.py's QP (a type 2 MW bound, two receives), in order.
+SEND_INV_MW_STEPS: tuple[tuple[str, int, int], ...] = (
+    ("SEND only with invalidate of the bound MW's rkey -> ACK, receive 1 WITH_INV", 0x17, 0),
+    ("RDMA WRITE only, 16 B, through the invalidated MW rkey -> NAK remote access error", 0x0A, 1),
+)
+
+
+def send_inv_mw_frames(seg: object, info: dict[str, int]) -> list[bytes]:
+    """The frames of :data:`SEND_INV_MW_STEPS` for the responder ``info`` (vm_mw_responder.py)."""
+    from kbypass.testing.rxe_vm import L2Segment
+
+    assert isinstance(seg, L2Segment)
+    macs, ips = (seg.host_mac, seg.guest_mac), (seg.host_ip, seg.guest_ip)
+    qpn, mw_rkey = info["qpn"], info["mw_rkey"]
+    return [
+        roce_frame(macs, ips, 0x17, qpn, FAKE_PSN, ackreq=True, ext=ieth(mw_rkey),
+                   payload=bytes(range(32))),
+        roce_frame(macs, ips, 0x0A, qpn, (FAKE_PSN + 1) & 0xFFFFFF, ackreq=True,
+                   ext=reth(info["addr"] + 512, mw_rkey, 16), payload=b"kbypass-rxe-fix!"),
+    ]  # fmt: skip
+
+
+#: rxe's read resources: vm_mw_responder.py with max_dest_rd_atomic 2, then 0.
+RD_ATOMIC = "rc_rd_atomic_responses"
+NO_RD_ATOMIC = "rc_no_rd_atomic_responses"
+#: What the host sends the max_dest_rd_atomic 2 responder: (label, PSN offset, read offset).
+RD_ATOMIC_STEPS: tuple[tuple[str, int, int], ...] = (
+    ("READ 8 B -> READ response only", 0, 0),
+    ("READ 8 B -> READ response only", 1, 8),
+    ("READ 8 B -> READ response only (its resource recycles the first read's)", 2, 16),
+    ("the second READ again (duplicate, resource held) -> READ response only again", 1, 8),
+    ("the first READ again (duplicate, resource recycled) -> nothing (class D: dropped)", 0, 0),
+)
+
+
+def rd_atomic_frames(seg: object, info: dict[str, int]) -> list[bytes]:
+    """The READs of :data:`RD_ATOMIC_STEPS` (through the memory window's rkey)."""
+    from kbypass.testing.rxe_vm import L2Segment
+
+    assert isinstance(seg, L2Segment)
+    macs, ips = (seg.host_mac, seg.guest_mac), (seg.host_ip, seg.guest_ip)
+    qpn, mw_rkey = info["qpn"], info["mw_rkey"]
+    frames = []
+    for _, off, at in RD_ATOMIC_STEPS:
+        ext = reth(info["addr"] + at, mw_rkey, 8)
+        frames.append(roce_frame(macs, ips, 0x0C, qpn, (FAKE_PSN + off) & 0xFFFFFF, ackreq=True,
+                                 ext=ext))  # fmt: skip
+    return frames
+
+
+def no_rd_atomic_frames(seg: object, info: dict[str, int]) -> list[bytes]:
+    """A READ to the max_dest_rd_atomic 0 responder (NAK invalid request), then a SEND."""
+    from kbypass.testing.rxe_vm import L2Segment
+
+    assert isinstance(seg, L2Segment)
+    macs, ips = (seg.host_mac, seg.guest_mac), (seg.host_ip, seg.guest_ip)
+    return [
+        roce_frame(macs, ips, 0x0C, info["qpn"], FAKE_PSN, ackreq=True,
+                   ext=reth(info["addr"], info["mw_rkey"], 8)),
+        roce_frame(macs, ips, 0x04, info["qpn"], (FAKE_PSN + 1) & 0xFFFFFF, ackreq=True,
+                   payload=bytes(32)),
+    ]  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class ResponderFixture:
+    """How a responder fixture is made: its frames, and the responder in the VM."""
+
+    build: Callable[[object, dict[str, int]], list[bytes]]
+    recvs: int = 1  # receives posted (wr_id 1, 2, ...)
+    srq: bool = False  # posted to a shared receive queue the QP takes them from
+    mw: bool = False  # vm_mw_responder.py under the system Python (pyverbs), not vm_responder.py
+    max_dest_rd_atomic: int = 1  # the responder's read and atomic resources (mw only)
+
+
+#: Responder fixtures by name.
 RESPONDER_FIXTURES = {
-    RESPONSES: (responder_frames, 1, False),
-    SEND_INV: (send_inv_frames, 3, False),
-    SRQ: (srq_frames, 2, True),
+    RESPONSES: ResponderFixture(responder_frames),
+    SEND_INV: ResponderFixture(send_inv_frames, recvs=3),
+    SRQ: ResponderFixture(srq_frames, recvs=2, srq=True),
+    SEND_INV_MW: ResponderFixture(send_inv_mw_frames, mw=True),
+    RD_ATOMIC: ResponderFixture(rd_atomic_frames, mw=True, max_dest_rd_atomic=2),
+    NO_RD_ATOMIC: ResponderFixture(no_rd_atomic_frames, mw=True, max_dest_rd_atomic=0),
 }
 
 
@@ -528,7 +627,7 @@ def capture_responses(vm: object, out: Path, gap: float = 1.0) -> Path:
 
     assert isinstance(vm, RxeVm) and vm.l2 is not None
     seg = vm.l2
-    build, recvs, on_srq = RESPONDER_FIXTURES[out.stem]
+    fx = RESPONDER_FIXTURES[out.stem]
     info_path = out.parent / ".responder.json"
     wc_path = out.parent / ".responder.json.wc.json"
     info_path.unlink(missing_ok=True)
@@ -536,9 +635,22 @@ def capture_responses(vm: object, out: Path, gap: float = 1.0) -> Path:
     tmp = out.with_suffix(".tmp.pcap")
     tmp.unlink(missing_ok=True)
     idx = gid_index(vm, seg.guest_rxe, seg.guest_ip)
-    argv = [sys.executable, str(HERE / "vm_responder.py"), seg.guest_rxe, str(idx), seg.host_ip,
-            hex(FAKE_QPN), hex(FAKE_PSN), str(info_path), "120", str(recvs),
-            *(["srq"] if on_srq else [])]  # fmt: skip
+    if fx.mw:
+        probe = subprocess.run(["/usr/bin/python3", "-c", "import pyverbs"], check=False,
+                               capture_output=True)  # fmt: skip
+        if probe.returncode != 0:
+            raise FileNotFoundError(
+                f"{out.stem} needs pyverbs for the system Python: apt-get install python3-pyverbs"
+            )
+        argv = ["/usr/bin/python3", str(HERE / "vm_mw_responder.py")]
+    else:
+        argv = [sys.executable, str(HERE / "vm_responder.py")]
+    argv += [seg.guest_rxe, str(idx), seg.host_ip, hex(FAKE_QPN), hex(FAKE_PSN), str(info_path),
+             "120"]  # fmt: skip
+    if fx.mw:
+        argv.append(str(fx.max_dest_rd_atomic))
+    else:
+        argv += [str(fx.recvs), *(["srq"] if fx.srq else [])]
     pidfile = "/tmp/kbx-responder.pid"
     job = vm.start(f"echo $$ > {pidfile}; exec {shlex.join(argv)}", timeout=150)
     cap = None
@@ -550,7 +662,7 @@ def capture_responses(vm: object, out: Path, gap: float = 1.0) -> Path:
                 raise RuntimeError(f"the responder did not start:\n{r.stdout}{r.stderr}")
             time.sleep(0.1)
         info = json.loads(info_path.read_text())
-        frames = build(seg, info)
+        frames = fx.build(seg, info)
         cap = seg.popen(
             "dumpcap", "-q", "-P", "-i", seg.host_ifname, "-f", "udp port 4791", "-w", str(tmp),
             stderr=subprocess.PIPE, text=True,

@@ -24,10 +24,13 @@ from rxe_fixtures import (
     FAKE_VADDR,
     GUEST6,
     HOST6,
+    NO_RD_ATOMIC,
+    RD_ATOMIC,
     RESPONDER_FIXTURES,
     RESPONSES,
     SCENARIOS,
     SEND_INV,
+    SEND_INV_MW,
     SRQ,
 )
 
@@ -39,7 +42,7 @@ FIELDS = (
     "infiniband.reth.va", "infiniband.reth.r_key", "infiniband.reth.dmalen",
     "infiniband.atomiceth.swapdt", "infiniband.atomiceth.cmpdt", "infiniband.invariant.crc",
     "infiniband.immdt", "infiniband.aeth.syndrome", "infiniband.aeth.msn",
-    "infiniband.atomicacketh.origremdt",
+    "infiniband.atomicacketh.origremdt", "infiniband.ieth",
 )  # fmt: skip
 
 
@@ -130,6 +133,9 @@ EXPECTED: dict[str, tuple[list[int], list[int]]] = {
     "rc_fetch_add": ([0x14] * 2, [1]),
     "rc_cmp_swap": ([0x13] * 2, [1]),
     "rc_imm": ([0x05, 0x0B], [1]),  # SEND only with immediate, RDMA WRITE only with immediate
+    "rc_send_inv": ([0x00, 0x01, 0x16], [1, 1]),  # first, middle, last with invalidate
+    # max_rd_atomic 2: two of four READs sent, then both again (retransmitted), no third
+    "rc_read_credits": ([0x0C] * 4, [1, (1 << 24) - 1, 1]),
     "ud_send_ipv6": ([0x64], []),
     "rc_send_multi_ipv6": ([0x00, 0x01, 0x02], [1, 1]),
     "rc_read_ipv6": ([0x0C] * 2, [4]),
@@ -177,6 +183,9 @@ def test_fixture_matches_its_description(name: str) -> None:
             swap, cmp = num(r["infiniband.atomiceth.swapdt"]), num(r["infiniband.atomiceth.cmpdt"])
             assert (swap, cmp) == ((1, 0) if op == 0x14 else (0, 0)), r
             assert FAKE_VADDR <= num(r["infiniband.reth.va"]) < FAKE_VADDR + (1 << 20), r
+    if name == "rc_send_inv":
+        assert num(rows[0]["infiniband.bth.psn"]) == 0x003000
+        assert [r["infiniband.ieth"].replace(":", "") for r in rows] == ["", "", f"{FAKE_RKEY:08x}"]
     if name == "rc_imm":
         assert num(rows[0]["infiniband.bth.psn"]) == 0x001000
         assert [int(r["infiniband.immdt"], 16) for r in rows] == [0xC0FFEE, 0xBEEF]
@@ -187,7 +196,8 @@ def test_fixture_matches_its_description(name: str) -> None:
             if r["infiniband.reth.va"]:
                 assert FAKE_VADDR <= num(r["infiniband.reth.va"]) < FAKE_VADDR + (1 << 20), r
         lengths = [num(r["infiniband.reth.dmalen"]) for r in rows if r["infiniband.reth.dmalen"]]
-        assert lengths == {0x0A: [64] * 4, 0x06: [2500], 0x0C: [4096] * 2}[op], lengths
+        want = {0x0A: [64] * 4, 0x06: [2500], 0x0C: [4096] * 2}[op]
+        assert lengths == ([8] * 4 if name == "rc_read_credits" else want), lengths
     # The last request of an RC message asks for an ACK.
     if name.startswith("rc_"):
         assert rows[-1]["infiniband.bth.a"] in ("1", "True"), rows[-1]
@@ -250,6 +260,55 @@ def test_send_with_invalidate_of_an_mr_is_refused_as_rxe_does() -> None:
         (1, "SUCCESS"), (2, "REM_INV_REQ_ERR"), (3, "WR_FLUSH_ERR"),
     ]  # fmt: skip
     assert wcs[0]["byte_len"] == 32
+
+
+def test_send_with_invalidate_of_a_memory_window_invalidates_it() -> None:
+    """The SEND with invalidate of a bound type 2 MW's rkey is ACKed with the MSN counting it,
+    its receive completes with the key invalidated; a WRITE through the key is then refused
+    (NAK remote access error) and the other receive flushed."""
+    rows = dissect(DATA / f"{SEND_INV_MW}.pcap")
+    flow = [(H, 0x17, 0, None), (G, 0x11, 0, (ACK, 0x1F, 1)), (H, 0x0A, 1, None),
+            (G, 0x11, 1, (NAK, 2, 1))]  # fmt: skip
+    assert len(rows) == len(flow), rows
+    for r, (src, op, off, aeth) in zip(rows, flow):
+        assert (r["ip.src"], num(r["infiniband.bth.opcode"])) == (src, op), r
+        assert num(r["infiniband.bth.psn"]) == (FAKE_PSN + off) & 0xFFFFFF, r
+        if aeth is not None:
+            syn = num(r["infiniband.aeth.syndrome"])
+            assert (syn >> 5, syn & 0x1F, num(r["infiniband.aeth.msn"])) == aeth, r
+    rkey = num(rows[2]["infiniband.reth.r_key"])
+    wcs = json.loads((DATA / f"{SEND_INV_MW}.wc.json").read_text())
+    assert [(w["wr_id"], w["status"]) for w in wcs] == [(1, 0), (2, 5)]  # SUCCESS, WR_FLUSH_ERR
+    assert (wcs[0]["byte_len"], wcs[0]["invalidated_rkey"]) == (32, rkey)
+    assert wcs[0]["wc_flags"] & 4, "rxe's provider passes the kernel's WITH_INVALIDATE (1 << 2)"
+
+
+def test_duplicate_reads_are_answered_only_from_held_resources() -> None:
+    """max_dest_rd_atomic 2: three READs answered (MSN 1, 2, 3); the second again is answered
+    (its resource held), the first again is dropped (its resource recycled by the third)."""
+    rows = dissect(DATA / f"{RD_ATOMIC}.pcap")
+    flow = [(H, 0x0C, 0), (G, 0x10, 0), (H, 0x0C, 1), (G, 0x10, 1), (H, 0x0C, 2), (G, 0x10, 2),
+            (H, 0x0C, 1), (G, 0x10, 1), (H, 0x0C, 0)]  # fmt: skip
+    assert len(rows) == len(flow), rows
+    for r, (src, op, off) in zip(rows, flow):
+        assert (r["ip.src"], num(r["infiniband.bth.opcode"])) == (src, op), r
+        assert num(r["infiniband.bth.psn"]) == (FAKE_PSN + off) & 0xFFFFFF, r
+    msns = [num(r["infiniband.aeth.msn"]) for r in rows if r["ip.src"] == G]
+    assert msns == [1, 2, 3, 3]
+    assert json.loads((DATA / f"{RD_ATOMIC}.wc.json").read_text()) == []
+
+
+def test_a_read_without_read_resources_is_an_invalid_request() -> None:
+    """max_dest_rd_atomic 0: a READ is NAKed invalid request, the QP goes to the error state
+    (the SEND after it draws nothing) and both receives are flushed."""
+    rows = dissect(DATA / f"{NO_RD_ATOMIC}.pcap")
+    assert [(r["ip.src"], num(r["infiniband.bth.opcode"])) for r in rows] == [
+        (H, 0x0C), (G, 0x11), (H, 0x04),
+    ]  # fmt: skip
+    syn = num(rows[1]["infiniband.aeth.syndrome"])
+    assert (syn >> 5, syn & 0x1F, num(rows[1]["infiniband.aeth.msn"])) == (NAK, 1, 0)
+    wcs = json.loads((DATA / f"{NO_RD_ATOMIC}.wc.json").read_text())
+    assert [(w["wr_id"], w["status"]) for w in wcs] == [(1, 5), (2, 5)]  # WR_FLUSH_ERR
 
 
 def test_an_empty_srq_draws_an_rnr_nak() -> None:

@@ -94,21 +94,22 @@ fn responder_answers_as_rxe_did() {
     );
 }
 
-/// The `(wr_id, status_name)` pairs of a `*.wc.json` completion log of vm_responder.py.
-fn wc_log(text: &str) -> Vec<(u64, String)> {
-    let field = |obj: &str, key: &str| -> String {
-        let at = obj.find(&format!("\"{key}\"")).expect("the key is there") + key.len() + 2;
-        let rest = obj[at..].trim_start().trim_start_matches(':').trim_start();
-        let end = rest.find([',', '}', '\n']).unwrap_or(rest.len());
-        rest[..end].trim().trim_matches('"').to_string()
-    };
+/// A field of a JSON object's text, as text.
+fn json_field(obj: &str, key: &str) -> String {
+    let at = obj.find(&format!("\"{key}\"")).expect("the key is there") + key.len() + 2;
+    let rest = obj[at..].trim_start().trim_start_matches(':').trim_start();
+    let end = rest.find([',', '}', '\n']).unwrap_or(rest.len());
+    rest[..end].trim().trim_matches('"').to_string()
+}
+
+/// The `(wr_id, status)` pairs (`ibv_wc_status` numbers) of a `*.wc.json` completion log of
+/// vm_responder.py or vm_mw_responder.py.
+fn wc_log(text: &str) -> Vec<(u64, u32)> {
     text.split('{')
         .skip(1)
         .map(|obj| {
-            (
-                field(obj, "wr_id").parse().unwrap(),
-                field(obj, "status_name"),
-            )
+            let wr_id = json_field(obj, "wr_id").parse().unwrap();
+            (wr_id, json_field(obj, "status").parse().unwrap())
         })
         .collect()
 }
@@ -145,16 +146,24 @@ fn replay_as_rxe(r: &mut Responder, file: &std::path::Path, requests: &[Pkt], rx
     }
     let log = std::fs::read_to_string(file.with_extension("wc.json")).unwrap();
     let theirs = wc_log(&log);
-    let names = |s: Status| match s {
-        Status::Success => "SUCCESS",
-        Status::RemoteInvalidRequest => "REM_INV_REQ_ERR",
-        Status::Flushed => "WR_FLUSH_ERR",
-        _ => "other",
+    // ibv_wc_status numbers.
+    let number = |s: Status| match s {
+        Status::Success => 0,
+        Status::Flushed => 5,
+        Status::RemoteInvalidRequest => 9,
+        Status::RemoteAccessError => 10,
+        _ => 99,
     };
-    let ours: Vec<(u64, String)> = std::iter::from_fn(|| r.poll_completion())
-        .map(|c| (c.wr_id, names(c.status).to_string()))
+    let first = log.split('{').nth(1).unwrap_or("");
+    let ours: Vec<(u64, u32)> = std::iter::from_fn(|| r.poll_completion())
+        .map(|c| {
+            if let Some(k) = c.invalidated_rkey {
+                let theirs: u32 = json_field(first, "invalidated_rkey").parse().unwrap();
+                assert_eq!(k, theirs, "the invalidated key, ours then rxe's: {log}");
+            }
+            (c.wr_id, number(c.status))
+        })
         .collect();
-    assert!(!theirs.is_empty(), "{log}");
     assert_eq!(ours, theirs, "our completions, then rxe's");
 }
 
@@ -180,6 +189,78 @@ fn responder_refuses_send_with_invalidate_as_rxe_did() {
     }
     replay_as_rxe(&mut r, &file, &requests, &rxe);
     assert!(r.is_error() && r.memory().is_valid(rkey));
+}
+
+/// rxe with a type 2 memory window bound over its region (pyverbs): a SEND with invalidate
+/// naming the window's R_Key is ACKed (the MSN counts it) and its receive completes with the
+/// key invalidated; a WRITE through that key then draws a remote access error NAK, and the
+/// other receive is flushed. A [`Responder`] whose table lets the key be invalidated must
+/// answer and complete the same.
+#[test]
+fn responder_invalidates_a_memory_window_as_rxe_did() {
+    let (file, requests, rxe) = responses("rc_send_inv_mw_responses.pcap");
+    let mw = requests[0].ext.ieth.unwrap();
+    let write = requests[1].ext.reth.unwrap();
+    assert_eq!(write.rkey, mw);
+    let mut mem = MemoryTable::new();
+    mem.register(mw, write.va - 512, 4096, RemoteAccess::ALL);
+    assert!(mem.allow_remote_invalidate(mw));
+    let p = RcParams {
+        dest_qp: rxe[0].bth.dest_qp,
+        recv_psn: requests[0].bth.psn,
+        mtu: 1024,
+        ..RcParams::default()
+    };
+    let mut r = Responder::new(p, mem);
+    r.post_recv(1, 256).unwrap();
+    r.post_recv(2, 256).unwrap();
+    replay_as_rxe(&mut r, &file, &requests, &rxe);
+    assert!(!r.memory().is_valid(mw) && r.is_error());
+}
+
+/// A responder like the pyverbs one in the VM (vm_mw_responder.py): `max_dest_rd_atomic`
+/// resources, a 4096-byte region of bytes 0..=255 repeated under the window's R_Key at
+/// `va`, two receives.
+fn pyverbs_responder(rxe: &[Pkt], requests: &[Pkt], max_dest_rd_atomic: u8, va: u64) -> Responder {
+    let rkey = requests[0].ext.reth.unwrap().rkey;
+    let mut mem = MemoryTable::new();
+    mem.register(rkey, va, 4096, RemoteAccess::ALL);
+    let bytes: Vec<u8> = (0..4096).map(|i| i as u8).collect();
+    assert!(mem.fill(rkey, 0, &bytes));
+    let p = RcParams {
+        dest_qp: rxe[0].bth.dest_qp,
+        recv_psn: requests[0].bth.psn,
+        mtu: 1024,
+        max_dest_rd_atomic,
+        ..RcParams::default()
+    };
+    let mut r = Responder::new(p, mem);
+    r.post_recv(1, 256).unwrap();
+    r.post_recv(2, 256).unwrap();
+    r
+}
+
+/// rxe with `max_dest_rd_atomic` 2: three READs answered, then the second again (its
+/// resource still held: answered again) and the first again (its resource recycled by the
+/// third: dropped).
+#[test]
+fn responder_answers_duplicate_reads_from_held_resources_as_rxe_did() {
+    let (file, requests, rxe) = responses("rc_rd_atomic_responses.pcap");
+    let va = requests[0].ext.reth.unwrap().va;
+    let mut r = pyverbs_responder(&rxe, &requests, 2, va);
+    replay_as_rxe(&mut r, &file, &requests, &rxe);
+    assert_eq!((rxe.len(), r.duplicates, r.dropped), (4, 2, 1));
+}
+
+/// rxe with `max_dest_rd_atomic` 0 NAKs a READ as an invalid request and goes to the error
+/// state: the SEND after it draws nothing and both receives are flushed.
+#[test]
+fn responder_without_read_resources_naks_a_read_as_rxe_did() {
+    let (file, requests, rxe) = responses("rc_no_rd_atomic_responses.pcap");
+    let va = requests[0].ext.reth.unwrap().va;
+    let mut r = pyverbs_responder(&rxe, &requests, 0, va);
+    replay_as_rxe(&mut r, &file, &requests, &rxe);
+    assert!(r.is_error());
 }
 
 /// An rxe QP on a shared receive queue holding two receives: two SENDs take them (ACKs),
@@ -253,9 +334,15 @@ fn messages(packets: &[Pkt]) -> Vec<WorkRequest> {
                     imm,
                 }
             }
-            _ => WorkRequest::Send {
-                data: data.clone(),
-                imm,
+            _ => match p.ext.ieth {
+                Some(invalidate_rkey) => WorkRequest::SendInv {
+                    data: data.clone(),
+                    invalidate_rkey,
+                },
+                None => WorkRequest::Send {
+                    data: data.clone(),
+                    imm,
+                },
             },
         });
     }
@@ -340,4 +427,42 @@ fn requester_sends_what_rxe_sent() {
         ours.bth.psn = rxe.bth.psn; // the PSN of a UD QP's first send is rxe's choice
         assert_eq!(ours, rxe);
     }
+}
+
+/// rxe's requester with `max_rd_atomic` 2 and four 8-byte READs posted
+/// (`rc_read_credits.pcap`) sends two, retransmits them after its timeout and never sends the
+/// third; a [`Requester`] with the same credits must send the same packets.
+#[test]
+fn requester_keeps_its_read_credits_as_rxe_did() {
+    let (dir, files) = rxe_pcaps();
+    let Some(file) = files.iter().find(|f| f.ends_with("rc_read_credits.pcap")) else {
+        panic!("no rc_read_credits.pcap in {}", dir.display());
+    };
+    let rxe: Vec<Pkt> = read_pcap(&std::fs::read(file).unwrap())
+        .iter()
+        .map(|f| pkt(&Frame::parse(f).unwrap()))
+        .collect();
+    let first = rxe[0].ext.reth.unwrap();
+    let p = RcParams {
+        dest_qp: rxe[0].bth.dest_qp,
+        send_psn: rxe[0].bth.psn,
+        mtu: 1024,
+        timeout: 14,
+        max_rd_atomic: 2,
+        ..RcParams::default()
+    };
+    let mut q = Requester::new(p);
+    for i in 0..4u64 {
+        let wr = WorkRequest::Read {
+            va: first.va + 8 * i,
+            rkey: first.rkey,
+            len: 8,
+        };
+        q.post(i, wr);
+    }
+    let mut ours: Vec<Pkt> = std::iter::from_fn(|| q.poll_tx(0)).collect();
+    q.tick(p.timeout_ns());
+    ours.extend(std::iter::from_fn(|| q.poll_tx(p.timeout_ns())));
+    assert_eq!(ours, rxe, "ours, then rxe's");
+    assert_eq!((q.rd_atomic_outstanding(), q.outstanding()), (2, 4));
 }

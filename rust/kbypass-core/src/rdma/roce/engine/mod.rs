@@ -118,6 +118,12 @@ pub struct EngineCounters {
     pub tx_packets: u64,
     /// Their bytes.
     pub tx_bytes: u64,
+    /// Frames the kernel dropped because the socket's RX ring was full (the poll loop fell
+    /// behind; RC retransmits them).
+    pub rx_ring_full: u64,
+    /// Frames the kernel dropped for the socket otherwise (no fill-ring frame, invalid
+    /// descriptors: `XDP_STATISTICS`).
+    pub kernel_rx_dropped: u64,
     /// Frames dropped for a bad ICRC.
     pub bad_icrc: u64,
     /// Frames accepted on their ICRC although their UDP checksum did not verify (a sender

@@ -107,6 +107,10 @@ impl Core {
             c.cq_overflows += q.cq_overflows;
         };
         add(&mut c, r);
+        if let Some(Ok(k)) = self.port.socket(0).map(|s| s.kernel_stats()) {
+            c.rx_ring_full = k.rx_ring_full;
+            c.kernel_rx_dropped = k.rx_dropped + k.rx_invalid_descs;
+        }
         for q in self.qps.values() {
             let mut t = EngineCounters::default();
             q.add_counters(&mut t);

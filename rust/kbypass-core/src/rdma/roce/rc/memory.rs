@@ -228,6 +228,18 @@ impl MemoryTable {
         r.mem.to_vec(r.off, r.len)
     }
 
+    /// The bytes of the region under `rkey` to change in place: a copy that is written back
+    /// when the guard is dropped (for setting memory up; a remote write that lands while the
+    /// guard lives is overwritten).
+    pub fn bytes_mut(&mut self, rkey: u32) -> Option<BytesMut<'_>> {
+        let bytes = self.bytes(rkey)?;
+        Some(BytesMut {
+            table: self,
+            rkey,
+            bytes,
+        })
+    }
+
     /// Copies `data` into the region under `rkey` at offset `off` (a local store, e.g. a
     /// test filling memory); false when there is no such region or it does not fit.
     pub fn fill(&self, rkey: u32, off: usize, data: &[u8]) -> bool {
@@ -342,5 +354,32 @@ impl MemoryTable {
         let (m, off) = Self::check(&regions, self.mask, rkey, va, 8, Need::Atomic)?;
         m.atomic(off, compare, swap_add)
             .ok_or(NakCode::RemoteAccessError)
+    }
+}
+
+/// A region's bytes being changed ([`MemoryTable::bytes_mut`]); written back on drop.
+#[derive(Debug)]
+pub struct BytesMut<'a> {
+    table: &'a MemoryTable,
+    rkey: u32,
+    bytes: Vec<u8>,
+}
+
+impl std::ops::Deref for BytesMut<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl std::ops::DerefMut for BytesMut<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
+}
+
+impl Drop for BytesMut<'_> {
+    fn drop(&mut self) {
+        self.table.fill(self.rkey, 0, &self.bytes);
     }
 }

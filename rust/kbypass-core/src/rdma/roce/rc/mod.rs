@@ -45,7 +45,7 @@ mod tests;
 mod unit_tests;
 
 pub use external::ExternalMemory;
-pub use memory::{InvalidateError, LocalSpan, MemoryTable, RemoteAccess};
+pub use memory::{BytesMut, InvalidateError, LocalSpan, MemoryTable, RemoteAccess};
 pub(crate) use recv::{Recv, RecvQueue};
 pub use recv::{RecvError, Srq};
 pub use requester::Requester;

@@ -118,7 +118,7 @@ fn rc_vanished_peer_ends_in_retry_exceeded_not_a_hang() {
     .unwrap();
     let wcs = wait_wcs(&x.cq, 1, T);
     assert_eq!((wcs[0].wr_id, wcs[0].status_name()), (2, "RETRY_EXC_ERR"));
-    // 8 tries of 4.096 µs × 2^14 ≈ 67 ms each.
+    // 8 tries of 4.096 µs × 2^15 ≈ 134 ms each.
     assert!(start.elapsed() < Duration::from_secs(5));
     assert!(b.a.counters().retransmits >= 7);
 }
@@ -273,4 +273,27 @@ fn rc_rnr_naks_are_retried_until_a_receive_comes_or_the_retries_run_out() {
         .unwrap();
     let w = wait_wcs(&x.cq, 1, T);
     assert_eq!((w[0].wr_id, w[0].status_name()), (2, "RNR_RETRY_EXC_ERR"));
+}
+
+#[test]
+fn rc_reads_on_a_qp_without_read_credits_fail_locally() {
+    let Some(b) = bench(Progress::Thread { cpu: None }) else {
+        return;
+    };
+    let (x, y) = (side(&b.a, QpType::Rc, 4096), side(&b.b, QpType::Rc, 4096));
+    let p = PathParams {
+        max_rd_atomic: 0,
+        ..params()
+    };
+    x.qp.connect(&p, &y.qp.endpoint(1), 2).unwrap();
+    y.qp.connect(&p, &x.qp.endpoint(2), 1).unwrap();
+    let op = SendOp::Read {
+        remote_addr: y.mr.addr(),
+        rkey: y.mr.rkey(),
+    };
+    x.qp.post_send(1, op, &[x.mr.sge(0, 8).unwrap()], SendFlags::SIGNALED)
+        .unwrap();
+    let w = wait_wcs(&x.cq, 1, T);
+    assert_eq!((w[0].wr_id, w[0].status_name()), (1, "LOC_QP_OP_ERR"));
+    assert_eq!(b.b.counters().rx_packets, 0, "nothing was sent");
 }

@@ -60,11 +60,11 @@ pub(super) fn side(e: &Arc<Engine>, t: QpType, len: usize) -> Side {
 }
 
 /// Path parameters of the tests: 1024-byte MTU, timers short enough that failures show
-/// quickly and long enough (67 ms, 7 retries) for a loaded machine.
+/// quickly and long enough (134 ms, 7 retries) for a loaded machine.
 pub(super) fn params() -> PathParams {
     PathParams {
         mtu: 3,
-        timeout: 14,
+        timeout: 15,
         retry_cnt: 7,
         rnr_retry: 6,
         min_rnr_timer: 1,

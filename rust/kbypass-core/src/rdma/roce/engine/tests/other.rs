@@ -128,7 +128,22 @@ fn dropping_the_engine_removes_its_xdp_program_and_socket() {
         return;
     };
     let Bench { a, b: eb, pair } = b;
-    let (x, _y) = (side(&a, QpType::Rc, 4096), side(&eb, QpType::Rc, 4096));
+    let (x, y) = (
+        side(&a, QpType::Rc, 1 << 20),
+        side(&eb, QpType::Rc, 1 << 20),
+    );
+    let p = params();
+    x.qp.connect(&p, &y.qp.endpoint(1), 2).unwrap();
+    y.qp.connect(&p, &x.qp.endpoint(2), 1).unwrap();
+    // Work in flight when everything goes must not hold anything up.
+    for i in 0..8 {
+        let op = SendOp::Write {
+            remote_addr: y.mr.addr(),
+            rkey: y.mr.rkey(),
+        };
+        x.qp.post_send(i, op, &[x.mr.sge(0, 1 << 20).unwrap()], SendFlags::SIGNALED)
+            .unwrap();
+    }
     let ifindex = |ns: &str, ifname: &str| {
         let _g = NetnsGuard::enter(ns).unwrap();
         let i = if_nametoindex(ifname).unwrap();
@@ -590,4 +605,28 @@ fn solicited_only_notification_waits_for_a_solicited_send() {
     .unwrap();
     assert!(cq.wait(Some(T)).unwrap());
     assert_eq!(wait_wcs(&cq, 2, T).len(), 2);
+}
+
+#[test]
+fn memory_table_bytes_mut_writes_back_when_dropped() {
+    use crate::rdma::roce::rc::{MemoryTable, RemoteAccess};
+    let mut t = MemoryTable::new();
+    t.register(0x100, 0x1000, 16, RemoteAccess::ALL);
+    for (i, b) in t.bytes_mut(0x100).unwrap().iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    assert_eq!(t.bytes(0x100).unwrap(), (0..16).collect::<Vec<u8>>());
+    assert!(t.bytes_mut(0x200).is_none());
+    // Shared handles see it; a masked one refuses what the mask lacks.
+    let ro = t.with_mask(RemoteAccess {
+        read: true,
+        ..Default::default()
+    });
+    assert_eq!(ro.bytes(0x100).unwrap()[3], 3);
+    assert!(
+        ro.local(0x100, 0x1000, 16, true).is_some(),
+        "local access is the region's"
+    );
+    assert!(t.invalidate_local(0x100));
+    assert!(!ro.is_valid(0x100));
 }
