@@ -61,3 +61,5 @@ pub use wr::{SendFlags, SendOp};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod user_tests;
