@@ -411,3 +411,30 @@ def test_engine_options_from_python(pair: VethPair) -> None:
         with pytest.raises(ValueError, match=what):
             rdma.Context.userspace(pair.a.ifname, **where, **bad)  # type: ignore[arg-type]
     assert not [d for d in rdma.devices() if d.userspace]
+
+
+def test_completion_channel_and_bulk_poll(ctxs: tuple[rdma.Context, rdma.Context]) -> None:
+    a, b = ctxs
+    cqa, cqb = a.create_cq(16, channel=True), b.create_cq(16)
+    pa, pb = a.alloc_pd(), b.alloc_pd()
+    qa, qb = pa.create_qp("RC", cqa), pb.create_qp("RC", cqb)
+    qa.connect(qb.endpoint(psn=9), psn=8)
+    qb.connect(qa.endpoint(psn=8), psn=9)
+    src, dst = bytearray(b"x" * 512), bytearray(512)
+    ms, md = pa.register(src), pb.register(dst)
+    t0 = time.monotonic()
+    assert cqa.wait(timeout=0.2) == [] and time.monotonic() - t0 >= 0.15  # nothing yet
+    for i in range(3):
+        qa.write(ms, md.addr, md.rkey, wr_id=40 + i)
+    got: list[Any] = []
+    while len(got) < 3:
+        got += cqa.wait(timeout=10)  # sleeps on the engine's eventfd, GIL released
+    assert [w.wr_id for w in got] == [40, 41, 42] and dst == src
+    qa.write(ms, md.addr, md.rkey, length=8, wr_id=50)
+    qa.write(ms, md.addr, md.rkey, length=8, wr_id=51)
+    wcs = rdma.completion_array(8)
+    n, deadline = 0, time.monotonic() + 10
+    while n < 2:
+        n += cqa.poll_into(wcs[n:])
+        assert time.monotonic() < deadline
+    assert list(wcs[:2]["wr_id"]) == [50, 51] and not wcs[:2]["status"].any()
