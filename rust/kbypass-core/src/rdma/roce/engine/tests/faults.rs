@@ -297,3 +297,30 @@ fn rc_reads_on_a_qp_without_read_credits_fail_locally() {
     assert_eq!((w[0].wr_id, w[0].status_name()), (1, "LOC_QP_OP_ERR"));
     assert_eq!(b.b.counters().rx_packets, 0, "nothing was sent");
 }
+
+#[test]
+fn rc_packets_for_a_qp_not_ready_to_receive_are_counted() {
+    let Some(b) = bench(Progress::Thread { cpu: None }) else {
+        return;
+    };
+    let (x, y) = (side(&b.a, QpType::Rc, 4096), side(&b.b, QpType::Rc, 4096));
+    let p = PathParams {
+        timeout: 8,
+        retry_cnt: 2,
+        ..params()
+    };
+    // y stays in INIT: it exists but cannot receive.
+    y.qp.to_init(&p, Access::ALL).unwrap();
+    x.qp.connect(&p, &y.qp.endpoint(0), 0).unwrap();
+    x.qp.post_send(
+        1,
+        SendOp::Send,
+        &[x.mr.sge(0, 10).unwrap()],
+        SendFlags::SIGNALED,
+    )
+    .unwrap();
+    let w = wait_wcs(&x.cq, 1, T);
+    assert_eq!(w[0].status_name(), "RETRY_EXC_ERR");
+    let c = b.b.counters();
+    assert_eq!((c.bad_state, c.wrong_qpn), (3, 0), "{c:?}");
+}
