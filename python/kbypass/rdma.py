@@ -3,6 +3,10 @@
 kbypass needs no rdma-core to build or import; on a machine without libibverbs,
 :func:`devices` and :class:`Context` raise :class:`FileNotFoundError` naming the packages to
 install, and on one without RDMA hardware or soft-RoCE :func:`devices` returns an empty list.
+Without kernel RDMA at all, ``Context.userspace(interface, queue=0, ip=..., netns=None)`` runs
+the same objects over kbypass's user-space RoCEv2 engine (an AF_XDP socket, wire-compatible
+with rxe); ``ctx.is_userspace`` tells them apart, :func:`devices` lists open ones as
+``kbx-<interface>``, and closing such a context closes its children and releases the engine.
 
 The objects follow verbs (and pyverbs): ``Context`` → ``alloc_pd()`` → ``register(buffer)``,
 ``create_cq()`` → ``create_qp()``. Each is a context manager; ``close()`` releases the Python
@@ -15,9 +19,11 @@ memory alive while the region is registered. Failed completions have a named
 :class:`Status`; ``wc.check()`` raises :data:`CompletionError` (an OSError) when asked.
 Connections: ``qp.connect(endpoint)`` with an :class:`Endpoint` exchanged any way you like
 (``to_bytes``/``from_bytes``, pickle, or ``ibv_rc_pingpong``'s text form), the tools' own TCP
-exchanges (``qp.pingpong_accept``/``pingpong_connect`` for ``ibv_rc_pingpong``,
-``qp.perftest_serve``/``perftest_write_bw`` for ``ib_write_bw``), or the RDMA connection
-manager (``qp.cm_accept``/``cm_connect``, librdmacm loaded at run time).
+exchanges (``qp.pingpong_accept``/``pingpong_connect`` for ``ibv_rc_pingpong``;
+``qp.perftest_serve(mr, test=...)`` as the server of ``ib_write_bw``, ``ib_read_bw``,
+``ib_send_bw`` or ``ib_atomic_bw``, and ``qp.perftest_write_bw``/``perftest_read_bw``/
+``perftest_send_bw``/``perftest_atomic_bw`` as their client), or the RDMA connection manager
+(``qp.cm_accept``/``cm_connect``, librdmacm loaded at run time).
 
 Example (RC loopback on one device, as in the soft-RoCE VM)::
 

@@ -26,6 +26,8 @@ SCENARIOS = [
     "endpoint_serialization",
     "pingpong_interop_from_python",
     "perftest_interop_from_python",
+    "perftest_read_send_atomic_from_python",
+    "perftest_uc_and_ipv6_gid_from_python",
     "uc_sg_lists_and_write_with_imm",
     "rdma_cm_connect_accept",
     "rping_client_against_kbypass_cm_server",
@@ -33,7 +35,7 @@ SCENARIOS = [
 
 
 def test_every_scenario_is_listed() -> None:
-    text = SCRIPT.read_text()
+    text = SCRIPT.read_text() + SCRIPT.with_name("vm_perftest.py").read_text()
     assert sorted(SCENARIOS) == sorted(
         line.split("def scenario_")[1].split("(")[0]
         for line in text.splitlines()

@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Callable
 
 import numpy as np
+import vm_perftest  # the perftest scenarios, in a file of their own
 
 from kbypass import rdma
 
@@ -219,6 +220,16 @@ def scenario_bad_input_is_an_exception() -> None:
             assert "outside" in str(e)
         else:
             raise AssertionError("an SGE past the region's end was accepted")
+        # a libibverbs context: not user-space, no engine counters, listed with its netdev
+        assert not ctx.is_userspace and ctx.interface is None and ctx.notes == []
+        try:
+            ctx.engine_counters()
+        except OSError as e:
+            assert e.errno == 95, e  # EOPNOTSUPP
+        else:
+            raise AssertionError("a libibverbs context answered engine_counters()")
+        rxe0 = next(d for d in rdma.devices() if d.name == "rxe0")
+        assert (rxe0.userspace, rxe0.interface) == (False, "eth0"), rxe0
         ep = rdma.Endpoint(0x12, 0x345, "::ffff:198.18.0.15")
         wire = ep.to_pingpong()
         assert wire[:51] == b"0000:000012:000345:00000000000000000000ffffc612000f", wire
@@ -531,43 +542,6 @@ def scenario_pingpong_interop_from_python() -> None:
         assert tool.returncode == 0 and f"{PP_ITERS} iters in" in out, out
 
 
-def scenario_perftest_interop_from_python() -> None:
-    import re
-
-    bw = "ib_write_bw -d rxe0 -x 1 -F -s 4096"
-    with rdma.Context("rxe0") as ctx:
-        # kbypass server, ib_write_bw client: it writes into our buffer and sends its report
-        cq, pd = ctx.create_cq(256), ctx.alloc_pd()
-        qp = pd.create_qp("RC", cq)
-        buf = np.full(1 << 20, 0xAA, dtype=np.uint8)
-        mr = pd.register(buf)
-        script = (
-            f"for i in $(seq 100); do {bw} -n 300 -p 18620 127.0.0.1 && exit 0; sleep 0.3; done"
-        )
-        tool = subprocess.Popen(
-            ["sh", "-c", script + "; exit 1"], stdout=subprocess.PIPE, text=True
-        )
-        rep = qp.perftest_serve(mr, port=18620, psn=0x99, gid_index=1)
-        out, _ = tool.communicate(timeout=120)
-        assert tool.returncode == 0, out
-        assert (rep["size"], rep["iters"]) == (4096, 300) and rep["bw_avg"] > 0, rep
-        assert (buf[:4096] != 0xAA).any(), "the tool's writes did not land in our buffer"
-        assert re.search(r"^\s*4096\s+300\s+[\d.]+\s+[\d.]+", out, re.M), out
-        # ib_write_bw server, kbypass client: we write into its buffer; it prints our report
-        cq, pd = ctx.create_cq(256), ctx.alloc_pd()
-        qp = pd.create_qp("RC", cq)
-        mr = pd.register(np.arange(4096, dtype=np.uint8))
-        tool = subprocess.Popen(["sh", "-c", f"{bw} -p 18621"], stdout=subprocess.PIPE, text=True)
-        rep = qp.perftest_write_bw(cq, mr, "127.0.0.1", port=18621, size=4096, iterations=250)
-        out, _ = tool.communicate(timeout=120)
-        assert tool.returncode == 0, out
-        assert (rep["size"], rep["iters"]) == (4096, 250) and rep["bw_avg"] > 0, rep
-        row = re.search(r"^\s*4096\s+250\s+([\d.]+)\s+([\d.]+)", out, re.M)
-        assert row is not None, out
-        assert abs(float(row.group(2)) - rep["bw_avg"]) < 0.01 + rep["bw_avg"] * 0.01, (row, rep)
-        print(f"perftest interop: {rep}")
-
-
 def scenario_uc_sg_lists_and_write_with_imm() -> None:
     with rdma.Context("rxe0") as ctx:
         cq = ctx.create_cq(32)
@@ -702,7 +676,7 @@ def scenario_rping_client_against_kbypass_cm_server() -> None:
 
 SCENARIOS: dict[str, Callable[[], None]] = {
     name.removeprefix("scenario_"): fn
-    for name, fn in globals().items()
+    for name, fn in [*globals().items(), *vars(vm_perftest).items()]
     if name.startswith("scenario_") and callable(fn)
 }
 

@@ -63,6 +63,10 @@ class RdmaDevice:
     def transport_type(self) -> int: ...
     @property
     def ibdev_path(self) -> str: ...
+    @property
+    def userspace(self) -> bool: ...
+    @property
+    def interface(self) -> str | None: ...
 
 def devices() -> list[RdmaDevice]: ...
 
@@ -128,8 +132,32 @@ class CmConnection(Resource):
 @final
 class Context(Resource):
     def __new__(cls, name: str | None = None) -> Context: ...
+    @staticmethod
+    def userspace(
+        interface: str,
+        queue: int = 0,
+        *,
+        ip: str,
+        netns: str | None = None,
+        progress: str = "thread",
+        cpu: int | None = None,
+        frames: int = 4096,
+        frame_size: int = 4096,
+        ring_size: int = 1024,
+        bind: str = "auto",
+        attach: str = "auto",
+        force: bool = False,
+        neigh_timeout: float = 3.0,
+    ) -> Context: ...
     @property
     def name(self) -> str: ...
+    @property
+    def is_userspace(self) -> bool: ...
+    @property
+    def interface(self) -> str | None: ...
+    @property
+    def notes(self) -> list[str]: ...
+    def engine_counters(self) -> dict[str, int]: ...
     def query_port(self, port: int = 1) -> Port: ...
     def default_gid_index(self, port: int = 1) -> int: ...
     def gid(self, port: int = 1, index: int | None = None) -> str: ...
@@ -141,6 +169,7 @@ class Context(Resource):
 @final
 class ProtectionDomain(Resource):
     def register(self, buffer: Buffer | HugeRegion | Mempool, access: int = 15) -> MemoryRegion: ...
+    def context(self) -> Context: ...
     def create_srq(self, max_wr: int = 128, max_sge: int = 1) -> SharedReceiveQueue: ...
     def create_ah(
         self, remote: Endpoint, port: int = 1, gid_index: int | None = None
@@ -206,6 +235,7 @@ class CompletionQueue(Resource):
 
 @final
 class QueuePair(ReceiveQueue):
+    def context(self) -> Context: ...
     @property
     def qp_num(self) -> int: ...
     @property
@@ -248,6 +278,12 @@ class QueuePair(ReceiveQueue):
         timeout: float = 60.0,
         gid_index: int | None = None,
         bind: str = "0.0.0.0",
+        *,
+        test: str = "write",
+        cq: CompletionQueue | None = None,
+        size: int = 65536,
+        iterations: int = 1000,
+        rx_depth: int = 64,
     ) -> dict[str, float]: ...
     def perftest_write_bw(
         self,
@@ -260,6 +296,42 @@ class QueuePair(ReceiveQueue):
         psn: int = 0,
         timeout: float = 60.0,
         gid_index: int | None = None,
+    ) -> dict[str, float]: ...
+    def perftest_read_bw(
+        self,
+        cq: CompletionQueue,
+        mr: MemoryRegion,
+        host: str,
+        port: int = 18515,
+        size: int = 65536,
+        iterations: int = 1000,
+        psn: int = 0,
+        timeout: float = 60.0,
+        gid_index: int | None = None,
+    ) -> dict[str, float]: ...
+    def perftest_send_bw(
+        self,
+        cq: CompletionQueue,
+        mr: MemoryRegion,
+        host: str,
+        port: int = 18515,
+        size: int = 65536,
+        iterations: int = 1000,
+        psn: int = 0,
+        timeout: float = 60.0,
+        gid_index: int | None = None,
+    ) -> dict[str, float]: ...
+    def perftest_atomic_bw(
+        self,
+        cq: CompletionQueue,
+        mr: MemoryRegion,
+        host: str,
+        port: int = 18515,
+        iterations: int = 1000,
+        psn: int = 0,
+        timeout: float = 60.0,
+        gid_index: int | None = None,
+        compare_swap: bool = False,
     ) -> dict[str, float]: ...
     def connect(
         self,

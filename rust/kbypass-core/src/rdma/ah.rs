@@ -5,14 +5,24 @@ use std::sync::Arc;
 use super::ffi::{self, VerbsPtr};
 use super::pd::PdInner;
 use super::qp::Endpoint;
+use super::user::UserAh;
 use crate::error::{Error, Result};
 
-/// An address handle for UD (`ibv_ah`).
+/// An address handle for UD (`ibv_ah`, or the user-space engine's: the peer's IP and MAC).
 pub struct AddressHandle {
-    pub(super) ptr: VerbsPtr<ffi::ibv_ah>,
+    imp: Ah,
+}
+
+enum Ah {
+    Verbs(VerbsAh),
+    User(UserAh),
+}
+
+struct VerbsAh {
+    ptr: VerbsPtr<ffi::ibv_ah>,
     pd: Arc<PdInner>,
 }
-impl Drop for AddressHandle {
+impl Drop for VerbsAh {
     fn drop(&mut self) {
         // SAFETY: created by ibv_create_ah, destroyed once, before its PD.
         unsafe { (self.pd.ctx.v.destroy_ah)(self.ptr.as_ptr()) };
@@ -43,8 +53,34 @@ impl AddressHandle {
         let ah = unsafe { (pd.ctx.v.create_ah)(pd.ptr.as_ptr(), &mut attr) };
         let ptr = VerbsPtr::new(ah).ok_or_else(|| Error::last_os("ibv_create_ah", ""))?;
         Ok(AddressHandle {
-            ptr,
-            pd: pd.clone(),
+            imp: Ah::Verbs(VerbsAh {
+                ptr,
+                pd: pd.clone(),
+            }),
         })
+    }
+
+    /// An address handle of the user-space engine.
+    pub(super) fn user(ah: UserAh) -> Self {
+        AddressHandle { imp: Ah::User(ah) }
+    }
+
+    /// The `ibv_ah` for a libibverbs QP's UD send.
+    pub(super) fn verbs_ptr(&self) -> Result<*mut ffi::ibv_ah> {
+        match &self.imp {
+            Ah::Verbs(a) => Ok(a.ptr.as_ptr()),
+            Ah::User(_) => Err(Error::invalid(
+                "this address handle belongs to a user-space context: create it on the \
+                 libibverbs QP's protection domain",
+            )),
+        }
+    }
+
+    /// The engine's half, for a user-space QP's UD send.
+    pub(super) fn user_half(&self) -> Option<&UserAh> {
+        match &self.imp {
+            Ah::Verbs(_) => None,
+            Ah::User(a) => Some(a),
+        }
     }
 }

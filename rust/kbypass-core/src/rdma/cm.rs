@@ -50,6 +50,18 @@ impl Drop for CmConnection {
     }
 }
 
+/// The connection manager is the kernel's: a user-space engine's QP connects by endpoint or
+/// the tools' TCP exchanges instead.
+fn refuse_userspace(qp: &QueuePair) -> Result<()> {
+    if qp.is_userspace() {
+        return Err(Error::Unsupported {
+            what: "the RDMA connection manager (librdmacm) on a user-space RoCE QP".into(),
+            fix: "connect it with qp.connect(endpoint), pingpong_* or perftest_* instead".into(),
+        });
+    }
+    Ok(())
+}
+
 fn sockaddr(addr: &SocketAddr) -> libc::sockaddr_storage {
     // SAFETY: sockaddr_storage is plain data; all zero is valid.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -221,6 +233,7 @@ impl CmConnection {
         access: Access,
         timeout: Duration,
     ) -> Result<Self> {
+        refuse_userspace(qp)?;
         let deadline = Instant::now() + timeout;
         let mut c = Self::new()?;
         let id = c.create_id()?;
@@ -264,6 +277,7 @@ impl CmConnection {
         access: Access,
         timeout: Duration,
     ) -> Result<Self> {
+        refuse_userspace(qp)?;
         let deadline = Instant::now() + timeout;
         let mut c = Self::new()?;
         let listen = c.create_id()?;

@@ -1,12 +1,17 @@
 //! The context (`ibv_context`): an open device, the root every other verbs object hangs from.
+//! Two backends: a libibverbs device ([`Context::open`]), or the user-space RoCEv2 engine on
+//! an interface queue ([`Context::userspace`], the [`user`](super::user) half of each
+//! object).
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::cq::{CompletionChannel, CompletionQueue};
 use super::device::{c_string, devices, with_device_list, DeviceAttr, Gid, PortAttr};
 use super::ffi::{self, verbs, Verbs, VerbsPtr};
 use super::pd::ProtectionDomain;
+use super::user::{self, EngineCounters, EngineOptions, UserContext};
 use crate::error::{errno, Error, Result};
 
 /// The open device; every child object holds an `Arc` of it, so it is closed after the last.
@@ -41,21 +46,37 @@ impl ContextInner {
     }
 }
 
-/// An open RDMA device (`ibv_context`).
+/// An open RDMA device (`ibv_context`), or a user-space RoCEv2 engine.
 #[derive(Clone)]
 pub struct Context {
-    pub(super) inner: Arc<ContextInner>,
+    pub(super) inner: Ctx,
+}
+
+/// A context's backend.
+#[derive(Clone)]
+pub(super) enum Ctx {
+    /// A libibverbs device.
+    Verbs(Arc<ContextInner>),
+    /// The user-space engine.
+    User(Arc<UserContext>),
 }
 
 impl fmt::Debug for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Context({})", self.inner.name)
+        write!(f, "Context({})", self.name())
     }
 }
 
 impl Context {
-    /// Open the device called `name`, or the first device when `name` is `None`.
+    /// Open the device called `name`, or the first libibverbs device when `name` is `None`.
+    /// A name of an open user-space context (`kbx-eth0`, see [`devices`]) gives another
+    /// handle to it.
     pub fn open(name: Option<&str>) -> Result<Self> {
+        if let Some(u) = name.and_then(user::find) {
+            return Ok(Context {
+                inner: Ctx::User(u),
+            });
+        }
         let v = verbs()?;
         let opened = with_device_list(v, |dev, info| {
             if name.is_some_and(|n| n != info.name) {
@@ -74,29 +95,88 @@ impl Context {
         };
         let ptr = ctx.map_err(|e| Error::os(format!("ibv_open_device({dev_name})"), e, ""))?;
         Ok(Context {
-            inner: Arc::new(ContextInner {
+            inner: Ctx::Verbs(Arc::new(ContextInner {
                 ptr,
                 v,
                 name: dev_name,
-            }),
+            })),
         })
     }
 
-    /// The device's name.
-    pub fn name(&self) -> &str {
-        &self.inner.name
+    /// Open the user-space RoCEv2 engine on `queue` of `interface` for `ip` (an address of
+    /// the interface), inside network namespace `netns` (an `ip netns` name or a path) when
+    /// given, with the default [`EngineOptions`]; named `kbx-<interface>`. Retries for up to
+    /// two seconds while the queue is busy (an engine closing on it).
+    pub fn userspace(interface: &str, queue: u32, ip: IpAddr, netns: Option<&str>) -> Result<Self> {
+        Self::userspace_with(interface, queue, ip, netns, &EngineOptions::default())
     }
 
-    fn raw(&self) -> *mut ffi::ibv_context {
-        self.inner.ptr.as_ptr()
+    /// [`userspace`](Self::userspace) with `options` (progress thread or caller, frames, ring
+    /// sizes, bind and attach modes, neighbour timeout).
+    pub fn userspace_with(
+        interface: &str,
+        queue: u32,
+        ip: IpAddr,
+        netns: Option<&str>,
+        options: &EngineOptions,
+    ) -> Result<Self> {
+        let u = UserContext::open(interface, queue, ip, netns, options)?;
+        Ok(Context {
+            inner: Ctx::User(u),
+        })
+    }
+
+    /// True for a user-space engine context.
+    pub fn is_userspace(&self) -> bool {
+        matches!(self.inner, Ctx::User(_))
+    }
+
+    /// The device's name (`kbx-<interface>` for a user-space context).
+    pub fn name(&self) -> &str {
+        match &self.inner {
+            Ctx::Verbs(c) => &c.name,
+            Ctx::User(u) => u.name(),
+        }
+    }
+
+    /// The interface a user-space context runs on (`None` for a libibverbs device).
+    pub fn interface(&self) -> Option<&str> {
+        match &self.inner {
+            Ctx::Verbs(_) => None,
+            Ctx::User(u) => Some(u.interface()),
+        }
+    }
+
+    /// What a user-space engine did and dropped, by reason.
+    pub fn engine_counters(&self) -> Result<EngineCounters> {
+        match &self.inner {
+            Ctx::Verbs(_) => Err(Error::Unsupported {
+                what: format!("engine counters of {}", self.name()),
+                fix: "a libibverbs device has its own counters (`rdma statistic show`)".into(),
+            }),
+            Ctx::User(u) => Ok(u.counters()),
+        }
+    }
+
+    /// Notes from opening a user-space engine (attach-mode and copy-mode fallbacks); empty
+    /// for a libibverbs device.
+    pub fn notes(&self) -> Vec<String> {
+        match &self.inner {
+            Ctx::Verbs(_) => Vec::new(),
+            Ctx::User(u) => u.notes(),
+        }
     }
 
     /// Device attributes (`ibv_query_device`).
     pub fn query_device(&self) -> Result<DeviceAttr> {
+        let c = match &self.inner {
+            Ctx::Verbs(c) => c,
+            Ctx::User(u) => return Ok(u.query_device()),
+        };
         // SAFETY: ibv_device_attr is plain data; all-zero is a valid value.
         let mut a: ffi::ibv_device_attr = unsafe { std::mem::zeroed() };
         // SAFETY: valid context and a properly sized out-struct.
-        let rc = unsafe { (self.inner.v.query_device)(self.raw(), &mut a) };
+        let rc = unsafe { (c.v.query_device)(c.ptr.as_ptr(), &mut a) };
         if rc != 0 {
             return Err(Error::os("ibv_query_device", rc, ""));
         }
@@ -117,9 +197,13 @@ impl Context {
 
     /// Port attributes (`ibv_query_port`; ports count from 1).
     pub fn query_port(&self, port: u8) -> Result<PortAttr> {
+        let c = match &self.inner {
+            Ctx::Verbs(c) => c,
+            Ctx::User(u) => return u.query_port(port),
+        };
         let mut a = ffi::ibv_port_attr::default();
         // SAFETY: valid context; the exported function fills a prefix of the zeroed struct.
-        let rc = unsafe { (self.inner.v.query_port)(self.raw(), port, &mut a) };
+        let rc = unsafe { (c.v.query_port)(c.ptr.as_ptr(), port, &mut a) };
         if rc != 0 {
             return Err(Error::os(
                 format!("ibv_query_port({port})"),
@@ -139,9 +223,13 @@ impl Context {
 
     /// One GID table entry (`ibv_query_gid`).
     pub fn query_gid(&self, port: u8, index: i32) -> Result<Gid> {
+        let c = match &self.inner {
+            Ctx::Verbs(c) => c,
+            Ctx::User(u) => return u.query_gid(port, index),
+        };
         let mut g = ffi::ibv_gid::default();
         // SAFETY: valid context and out-pointer.
-        let rc = unsafe { (self.inner.v.query_gid)(self.raw(), port, index, &mut g) };
+        let rc = unsafe { (c.v.query_gid)(c.ptr.as_ptr(), port, index, &mut g) };
         if rc != 0 {
             return Err(Error::os(
                 format!("ibv_query_gid({port}, {index})"),
@@ -154,6 +242,9 @@ impl Context {
 
     /// The GID type of a table entry as sysfs names it ("RoCE v2", "IB/RoCE v1"), if known.
     pub fn gid_type(&self, port: u8, index: i32) -> Option<String> {
+        if let Ctx::User(u) = &self.inner {
+            return u.query_gid(port, index).ok().map(|_| "RoCE v2".to_string());
+        }
         let p = format!(
             "/sys/class/infiniband/{}/ports/{port}/gid_attrs/types/{index}",
             self.name()
@@ -190,12 +281,12 @@ impl Context {
 
     /// Allocate a protection domain.
     pub fn alloc_pd(&self) -> Result<ProtectionDomain> {
-        ProtectionDomain::alloc(&self.inner)
+        ProtectionDomain::alloc(self)
     }
 
     /// Create a completion channel (a file descriptor that becomes readable on CQ events).
     pub fn create_comp_channel(&self) -> Result<CompletionChannel> {
-        CompletionChannel::create(&self.inner)
+        CompletionChannel::create(self)
     }
 
     /// Create a completion queue of at least `cqe` entries, optionally tied to `channel`.
@@ -204,6 +295,6 @@ impl Context {
         cqe: i32,
         channel: Option<&CompletionChannel>,
     ) -> Result<CompletionQueue> {
-        CompletionQueue::create(&self.inner, cqe, channel)
+        CompletionQueue::create(self, cqe, channel)
     }
 }

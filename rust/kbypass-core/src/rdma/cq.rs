@@ -6,8 +6,9 @@ use std::ptr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::context::ContextInner;
+use super::context::{Context, ContextInner, Ctx};
 use super::ffi::{self, VerbsPtr};
+use super::user::{UserChannel, UserCq};
 use crate::error::{errno, Error, Result};
 
 /// A created completion channel; CQs tied to it hold an `Arc` of it.
@@ -22,29 +23,46 @@ impl Drop for ChannelInner {
     }
 }
 
-/// A completion channel (`ibv_comp_channel`).
+/// A completion channel (`ibv_comp_channel`, or the user-space engine's eventfd).
 #[derive(Clone)]
 pub struct CompletionChannel {
-    inner: Arc<ChannelInner>,
+    inner: Chan,
+}
+
+#[derive(Clone)]
+enum Chan {
+    Verbs(Arc<ChannelInner>),
+    User(UserChannel),
 }
 
 impl CompletionChannel {
     /// `ibv_create_comp_channel` ([`Context::create_comp_channel`](super::Context::create_comp_channel)).
-    pub(super) fn create(ctx: &Arc<ContextInner>) -> Result<Self> {
+    pub(super) fn create(ctx: &Context) -> Result<Self> {
+        let c = match &ctx.inner {
+            Ctx::Verbs(c) => c,
+            Ctx::User(u) => {
+                return Ok(CompletionChannel {
+                    inner: Chan::User(u.create_comp_channel()?),
+                })
+            }
+        };
         // SAFETY: an open context.
-        let ch = unsafe { (ctx.v.create_comp_channel)(ctx.ptr.as_ptr()) };
+        let ch = unsafe { (c.v.create_comp_channel)(c.ptr.as_ptr()) };
         let ptr = VerbsPtr::new(ch).ok_or_else(|| Error::last_os("ibv_create_comp_channel", ""))?;
         Ok(CompletionChannel {
-            inner: Arc::new(ChannelInner {
+            inner: Chan::Verbs(Arc::new(ChannelInner {
                 ptr,
-                ctx: ctx.clone(),
-            }),
+                ctx: c.clone(),
+            })),
         })
     }
 
     /// The channel's file descriptor (readable when a CQ event is pending).
     pub fn fd(&self) -> i32 {
-        self.inner.fd()
+        match &self.inner {
+            Chan::Verbs(c) => c.fd(),
+            Chan::User(c) => c.fd(),
+        }
     }
 }
 
@@ -114,16 +132,23 @@ impl ffi::ibv_wc {
     }
 }
 
-/// A completion queue (`ibv_cq`).
+/// A completion queue (`ibv_cq`, or the user-space engine's).
 #[derive(Clone)]
 pub struct CompletionQueue {
-    pub(super) inner: Arc<CqInner>,
+    pub(super) inner: Cq,
+}
+
+/// A completion queue's backend.
+#[derive(Clone)]
+pub(super) enum Cq {
+    Verbs(Arc<CqInner>),
+    User(UserCq),
 }
 
 impl CompletionQueue {
     /// `ibv_create_cq` ([`Context::create_cq`](super::Context::create_cq)).
     pub(super) fn create(
-        ctx: &Arc<ContextInner>,
+        context: &Context,
         cqe: i32,
         channel: Option<&CompletionChannel>,
     ) -> Result<Self> {
@@ -132,6 +157,29 @@ impl CompletionQueue {
                 "a CQ needs at least 1 entry, got {cqe}"
             )));
         }
+        let other = || {
+            Error::invalid(
+                "the completion channel belongs to another context: create it on this one",
+            )
+        };
+        let ctx = match &context.inner {
+            Ctx::Verbs(c) => c,
+            Ctx::User(u) => {
+                let ch = match channel.map(|c| &c.inner) {
+                    None => None,
+                    Some(Chan::User(c)) => Some(c),
+                    Some(Chan::Verbs(_)) => return Err(other()),
+                };
+                return Ok(CompletionQueue {
+                    inner: Cq::User(u.create_cq(cqe, ch)?),
+                });
+            }
+        };
+        let channel = match channel.map(|c| &c.inner) {
+            None => None,
+            Some(Chan::Verbs(c)) if Arc::ptr_eq(&c.ctx, ctx) => Some(c),
+            Some(_) => return Err(other()),
+        };
         let ops = ctx.ops();
         let (Some(poll), Some(notify)) = (ops.poll_cq, ops.req_notify_cq) else {
             return Err(ctx.no_data_path(
@@ -139,25 +187,25 @@ impl CompletionQueue {
                 "use a device whose provider implements the classic verbs data path",
             ));
         };
-        if channel.is_some_and(|c| !Arc::ptr_eq(&c.inner.ctx, ctx)) {
-            return Err(Error::invalid(
-                "the completion channel belongs to another context: create it on this one",
-            ));
-        }
-        let ch = channel.map_or(ptr::null_mut(), |c| c.inner.ptr.as_ptr());
+        let ch = channel.map_or(ptr::null_mut(), |c| c.ptr.as_ptr());
         // SAFETY: an open context; `ch` is NULL or a live channel of the same context.
         let cq = unsafe { (ctx.v.create_cq)(ctx.ptr.as_ptr(), cqe, ptr::null_mut(), ch, 0) };
         let ptr =
             VerbsPtr::new(cq).ok_or_else(|| Error::last_os(format!("ibv_create_cq({cqe})"), ""))?;
         Ok(CompletionQueue {
-            inner: Arc::new(CqInner {
+            inner: Cq::Verbs(Arc::new(CqInner {
                 ptr,
                 ctx: ctx.clone(),
-                channel: channel.map(|c| c.inner.clone()),
+                channel: channel.cloned(),
                 poll,
                 notify,
-            }),
+            })),
         })
+    }
+
+    /// True on a user-space context.
+    pub fn is_userspace(&self) -> bool {
+        matches!(self.inner, Cq::User(_))
     }
 
     /// Poll up to `out.len()` completions into `out`; returns how many were written.
@@ -172,9 +220,14 @@ impl CompletionQueue {
     /// # Safety
     /// `out` must be valid for writes of `n` [`WorkCompletion`]s and 8-byte aligned.
     pub unsafe fn poll_raw(&self, out: *mut WorkCompletion, n: usize) -> Result<usize> {
+        let cq = match &self.inner {
+            Cq::Verbs(c) => c,
+            // SAFETY: the caller vouches that `out` is valid for writes of `n` completions.
+            Cq::User(c) => return c.poll(unsafe { std::slice::from_raw_parts_mut(out, n) }),
+        };
         let n = c_int::try_from(n).unwrap_or(c_int::MAX);
         // SAFETY: the provider's poll_cq for this CQ; the caller vouches for `out`.
-        let got = unsafe { (self.inner.poll)(self.inner.ptr.as_ptr(), n, out) };
+        let got = unsafe { (cq.poll)(cq.ptr.as_ptr(), n, out) };
         if got < 0 {
             return Err(Error::os(
                 "poll_cq",
@@ -187,9 +240,12 @@ impl CompletionQueue {
 
     /// Ask for an event on the completion channel at the next (solicited) completion.
     pub fn req_notify(&self, solicited_only: bool) -> Result<()> {
+        let cq = match &self.inner {
+            Cq::Verbs(c) => c,
+            Cq::User(c) => return c.req_notify(solicited_only),
+        };
         // SAFETY: the provider's req_notify_cq for this CQ.
-        let rc =
-            unsafe { (self.inner.notify)(self.inner.ptr.as_ptr(), c_int::from(solicited_only)) };
+        let rc = unsafe { (cq.notify)(cq.ptr.as_ptr(), c_int::from(solicited_only)) };
         if rc != 0 {
             return Err(Error::os("req_notify_cq", rc, ""));
         }
@@ -199,7 +255,11 @@ impl CompletionQueue {
     /// Wait until the completion channel reports an event for this CQ, or `timeout` passes
     /// (returns false then). Call [`req_notify`](Self::req_notify) before, then poll after.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
-        let Some(ch) = &self.inner.channel else {
+        let this = match &self.inner {
+            Cq::Verbs(c) => c,
+            Cq::User(c) => return c.wait(timeout),
+        };
+        let Some(ch) = &this.channel else {
             return Err(Error::State(
                 "this CQ has no completion channel: create it with one to wait".into(),
             ));
@@ -228,7 +288,7 @@ impl CompletionQueue {
         }
         let mut cq: *mut ffi::ibv_cq = ptr::null_mut();
         let mut cq_ctx: *mut c_void = ptr::null_mut();
-        let v = self.inner.ctx.v;
+        let v = this.ctx.v;
         // SAFETY: the channel is readable, so this does not block; out-pointers are valid.
         let rc = unsafe { (v.get_cq_event)(ch.ptr.as_ptr(), &mut cq, &mut cq_ctx) };
         if rc != 0 {
@@ -250,6 +310,9 @@ impl CompletionQueue {
         out: &mut [WorkCompletion],
         timeout: Option<Duration>,
     ) -> Result<usize> {
+        if let Cq::User(c) = &self.inner {
+            return c.poll_blocking(out, timeout);
+        }
         let deadline = timeout.map(|t| std::time::Instant::now() + t);
         loop {
             let n = self.poll(out)?;

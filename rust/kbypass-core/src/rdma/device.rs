@@ -18,8 +18,13 @@ pub struct DeviceInfo {
     pub node_type: i32,
     /// `enum ibv_transport_type` (0 = InfiniBand, also for RoCE).
     pub transport_type: i32,
-    /// sysfs path of the device (`/sys/class/infiniband/<name>`).
+    /// sysfs path of the device (`/sys/class/infiniband/<name>`; empty for user-space).
     pub ibdev_path: String,
+    /// True for a user-space RoCEv2 context (`kbx-<interface>`, open in this process).
+    pub userspace: bool,
+    /// The network interface it runs on (a libibverbs device's port 1 netdev, when sysfs
+    /// names one).
+    pub interface: Option<String>,
 }
 
 pub(super) fn c_string(raw: &[std::ffi::c_char]) -> String {
@@ -70,24 +75,37 @@ pub(super) fn with_device_list<T>(
 }
 
 fn device_info(d: &ffi::ibv_device) -> DeviceInfo {
+    let name = c_string(&d.name);
+    let netdev = format!("/sys/class/infiniband/{name}/ports/1/gid_attrs/ndevs/0");
     DeviceInfo {
-        name: c_string(&d.name),
+        interface: std::fs::read_to_string(netdev)
+            .ok()
+            .map(|s| s.trim().to_string()),
+        name,
         uverbs: c_string(&d.dev_name),
         node_type: d.node_type,
         transport_type: d.transport_type,
         ibdev_path: c_string(&d.ibdev_path),
+        userspace: false,
     }
 }
 
-/// The RDMA devices of this machine: empty when the kernel has none, an error naming the
-/// packages to install when libibverbs itself is missing.
+/// The RDMA devices of this machine, then the user-space contexts open in this process
+/// ([`Context::userspace`](super::Context::userspace)). Without libibverbs: an error naming
+/// the packages to install, unless a user-space context is open (then only those).
 pub fn devices() -> Result<Vec<DeviceInfo>> {
-    let v = verbs()?;
+    let user = super::user::list();
+    let v = match verbs() {
+        Ok(v) => v,
+        Err(_) if !user.is_empty() => return Ok(user),
+        Err(e) => return Err(e),
+    };
     let mut out = Vec::new();
     with_device_list(v, |_, info| {
         out.push(info);
         None::<()>
     })?;
+    out.extend(user);
     Ok(out)
 }
 

@@ -1,4 +1,12 @@
-//! RDMA: the verbs object model (Context → PD → MR, CQ → QP, SRQ, AH) over libibverbs.
+//! RDMA: the verbs object model (Context → PD → MR, CQ → QP, SRQ, AH) over libibverbs, or
+//! over kbypass's user-space RoCEv2 engine ([`roce::engine`]) on hosts without kernel RDMA.
+//!
+//! Two backends behind one API: [`Context::open`] opens a libibverbs device,
+//! [`Context::userspace`] the engine on an interface queue; each object (context, PD, MR, CQ,
+//! channel, QP, AH) holds its backend's half, the engine's through `user` (the only caller
+//! of the engine's API). What only libibverbs has (SRQs, raw `ibv_modify_qp`, `to_reset`,
+//! the connection manager) answers [`Error::Unsupported`](crate::Error::Unsupported)
+//! (EOPNOTSUPP) on a user-space object, naming what is supported.
 //!
 //! libibverbs is loaded at run time ([`ffi::verbs`]), so kbypass builds and runs on machines
 //! without rdma-core; there [`devices`] returns an error that says what to install. The
@@ -37,6 +45,7 @@ pub mod perftest;
 mod qp;
 pub mod roce;
 mod srq;
+mod user;
 mod wr;
 
 pub use ah::AddressHandle;
@@ -47,7 +56,10 @@ pub use mr::{Access, MemoryRegion, Sge};
 pub use pd::ProtectionDomain;
 pub use qp::{Endpoint, PathParams, QpCaps, QpType, QueuePair};
 pub use srq::SharedReceiveQueue;
+pub use user::{EngineCounters, EngineOptions, Progress, USER_PREFIX};
 pub use wr::{SendFlags, SendOp};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod user_tests;

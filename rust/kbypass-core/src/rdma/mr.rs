@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::ffi::{self, VerbsPtr};
 use super::pd::PdInner;
+use super::user::UserMr;
 use crate::error::{Error, Result};
 
 /// Memory access rights of a memory region or a QP (`enum ibv_access_flags`).
@@ -43,8 +44,19 @@ impl std::ops::BitOr for Access {
     }
 }
 
-/// A registered memory region (`ibv_mr`), owning (or keeping alive) its memory.
+/// A registered memory region (`ibv_mr`, or the user-space engine's), owning (or keeping
+/// alive) its memory.
 pub struct MemoryRegion {
+    imp: Mr,
+}
+
+enum Mr {
+    Verbs(VerbsMr),
+    User(UserMr),
+}
+
+/// The libibverbs half: the `ibv_mr` and the memory it keeps alive.
+struct VerbsMr {
     ptr: VerbsPtr<ffi::ibv_mr>,
     addr: *mut u8,
     len: usize,
@@ -53,11 +65,11 @@ pub struct MemoryRegion {
 }
 // SAFETY: see `VerbsPtr` for the ibv_mr; the bytes are shared with the device, and reads/writes through
 // `read`/`write` are copies whose ordering against the device is the caller's (completions).
-unsafe impl Send for MemoryRegion {}
+unsafe impl Send for VerbsMr {}
 // SAFETY: as above.
-unsafe impl Sync for MemoryRegion {}
+unsafe impl Sync for VerbsMr {}
 
-impl Drop for MemoryRegion {
+impl Drop for VerbsMr {
     fn drop(&mut self) {
         // SAFETY: registered by ibv_reg_mr; deregistered once, before the memory (`_owner`,
         // dropped after this) and the PD (Arc) go.
@@ -89,39 +101,54 @@ impl MemoryRegion {
             )
         })?;
         Ok(MemoryRegion {
-            ptr,
-            addr,
-            len,
-            pd: pd.clone(),
-            _owner: owner,
+            imp: Mr::Verbs(VerbsMr {
+                ptr,
+                addr,
+                len,
+                pd: pd.clone(),
+                _owner: owner,
+            }),
         })
+    }
+
+    /// A region the user-space engine registered.
+    pub(super) fn user(mr: UserMr) -> Self {
+        MemoryRegion { imp: Mr::User(mr) }
     }
 
     /// Start address of the region (what a peer uses as `remote_addr`).
     pub fn addr(&self) -> u64 {
-        self.addr as u64
+        match &self.imp {
+            Mr::Verbs(m) => m.addr as u64,
+            Mr::User(m) => m.addr(),
+        }
     }
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        match &self.imp {
+            Mr::Verbs(m) => m.len,
+            Mr::User(m) => m.len(),
+        }
     }
     /// Always false: empty regions cannot be registered.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
     /// Local key.
     pub fn lkey(&self) -> u32 {
-        // SAFETY: the ibv_mr is valid while self lives.
-        unsafe { self.ptr.as_ref().lkey }
+        match &self.imp {
+            // SAFETY: the ibv_mr is valid while self lives.
+            Mr::Verbs(m) => unsafe { m.ptr.as_ref().lkey },
+            Mr::User(m) => m.lkey(),
+        }
     }
     /// Remote key.
     pub fn rkey(&self) -> u32 {
-        // SAFETY: as above.
-        unsafe { self.ptr.as_ref().rkey }
-    }
-
-    fn check(&self, offset: usize, len: usize) -> Result<()> {
-        check_range(offset, len, self.len)
+        match &self.imp {
+            // SAFETY: as above.
+            Mr::Verbs(m) => unsafe { m.ptr.as_ref().rkey },
+            Mr::User(m) => m.rkey(),
+        }
     }
 
     /// A scatter/gather element for `len` bytes at `offset`, bounds-checked against the
@@ -129,31 +156,48 @@ impl MemoryRegion {
     /// element can be posted.
     pub fn sge(&self, offset: usize, len: usize) -> Result<Sge<'_>> {
         Ok(Sge {
-            raw: sge_in(self.addr(), self.len, self.lkey(), offset, len)?,
+            raw: sge_in(self.addr(), self.len(), self.lkey(), offset, len)?,
             _mr: PhantomData,
         })
     }
 
     /// Copy bytes out of the region.
     pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<()> {
-        self.check(offset, out.len())?;
-        // SAFETY: bounds checked; the region is valid memory that `out` cannot overlap.
-        unsafe { ptr::copy_nonoverlapping(self.addr.add(offset), out.as_mut_ptr(), out.len()) };
+        check_range(offset, out.len(), self.len())?;
+        match &self.imp {
+            // SAFETY: bounds checked; the region is valid memory that `out` cannot overlap.
+            Mr::Verbs(m) => unsafe {
+                ptr::copy_nonoverlapping(m.addr.add(offset), out.as_mut_ptr(), out.len())
+            },
+            Mr::User(m) => m.read(offset, out)?,
+        }
         Ok(())
     }
 
     /// Read one byte with a volatile load (the device may change it at any time).
     pub fn read_volatile(&self, offset: usize) -> Result<u8> {
-        self.check(offset, 1)?;
-        // SAFETY: bounds checked; a volatile byte load from valid memory.
-        Ok(unsafe { ptr::read_volatile(self.addr.add(offset)) })
+        check_range(offset, 1, self.len())?;
+        match &self.imp {
+            // SAFETY: bounds checked; a volatile byte load from valid memory.
+            Mr::Verbs(m) => Ok(unsafe { ptr::read_volatile(m.addr.add(offset)) }),
+            Mr::User(m) => {
+                let mut b = [0u8];
+                m.read(offset, &mut b)?;
+                Ok(b[0])
+            }
+        }
     }
 
     /// Copy bytes into the region.
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
-        self.check(offset, data.len())?;
-        // SAFETY: bounds checked; the region is valid memory that `data` cannot overlap.
-        unsafe { ptr::copy_nonoverlapping(data.as_ptr(), self.addr.add(offset), data.len()) };
+        check_range(offset, data.len(), self.len())?;
+        match &self.imp {
+            // SAFETY: bounds checked; the region is valid memory that `data` cannot overlap.
+            Mr::Verbs(m) => unsafe {
+                ptr::copy_nonoverlapping(data.as_ptr(), m.addr.add(offset), data.len())
+            },
+            Mr::User(m) => m.write(offset, data)?,
+        }
         Ok(())
     }
 }

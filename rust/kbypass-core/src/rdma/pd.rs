@@ -5,11 +5,12 @@ use std::any::Any;
 use std::sync::Arc;
 
 use super::ah::AddressHandle;
-use super::context::ContextInner;
+use super::context::{Context, ContextInner, Ctx};
 use super::ffi::{self, VerbsPtr};
 use super::mr::{Access, MemoryRegion};
 use super::qp::Endpoint;
 use super::srq::SharedReceiveQueue;
+use super::user::{self, UserPd};
 use crate::error::{Error, Result};
 use crate::sys::mm::Mapping;
 
@@ -26,24 +27,44 @@ impl Drop for PdInner {
     }
 }
 
-/// A protection domain (`ibv_pd`).
+/// A protection domain (`ibv_pd`, or the user-space engine's).
 #[derive(Clone)]
 pub struct ProtectionDomain {
-    pub(super) inner: Arc<PdInner>,
+    pub(super) inner: Pd,
+}
+
+/// A protection domain's backend.
+#[derive(Clone)]
+pub(super) enum Pd {
+    Verbs(Arc<PdInner>),
+    User(UserPd),
 }
 
 impl ProtectionDomain {
     /// `ibv_alloc_pd` on `ctx` ([`Context::alloc_pd`](super::Context::alloc_pd)).
-    pub(super) fn alloc(ctx: &Arc<ContextInner>) -> Result<Self> {
+    pub(super) fn alloc(ctx: &Context) -> Result<Self> {
+        let c = match &ctx.inner {
+            Ctx::Verbs(c) => c,
+            Ctx::User(u) => {
+                return Ok(ProtectionDomain {
+                    inner: Pd::User(u.alloc_pd()?),
+                })
+            }
+        };
         // SAFETY: an open context.
-        let pd = unsafe { (ctx.v.alloc_pd)(ctx.ptr.as_ptr()) };
+        let pd = unsafe { (c.v.alloc_pd)(c.ptr.as_ptr()) };
         let ptr = VerbsPtr::new(pd).ok_or_else(|| Error::last_os("ibv_alloc_pd", ""))?;
         Ok(ProtectionDomain {
-            inner: Arc::new(PdInner {
+            inner: Pd::Verbs(Arc::new(PdInner {
                 ptr,
-                ctx: ctx.clone(),
-            }),
+                ctx: c.clone(),
+            })),
         })
+    }
+
+    /// True on a user-space context.
+    pub fn is_userspace(&self) -> bool {
+        matches!(self.inner, Pd::User(_))
     }
 
     /// Register an owned anonymous mapping; the region keeps it alive.
@@ -61,6 +82,9 @@ impl ProtectionDomain {
         region: Arc<crate::mem::HugeRegion>,
         access: Access,
     ) -> Result<MemoryRegion> {
+        if let Pd::User(u) = &self.inner {
+            return u.register_region(region, access).map(MemoryRegion::user);
+        }
         let (addr, len) = (region.as_ptr(), region.len());
         // SAFETY: the region's mapping is fixed for its lifetime, and the `Arc` moved into the
         // memory region keeps it alive at least as long as the registration.
@@ -74,6 +98,9 @@ impl ProtectionDomain {
         pool: Arc<crate::mem::Mempool>,
         access: Access,
     ) -> Result<MemoryRegion> {
+        if let Pd::User(u) = &self.inner {
+            return u.register_mempool(pool, access).map(MemoryRegion::user);
+        }
         let (addr, len) = (pool.base(), pool.len());
         // SAFETY: the objects lie inside the pool's region, which the pool keeps mapped; the
         // `Arc` moved into the memory region keeps the pool alive with the registration.
@@ -91,17 +118,33 @@ impl ProtectionDomain {
         access: Access,
         owner: Box<dyn Any + Send + Sync>,
     ) -> Result<MemoryRegion> {
-        // SAFETY: the caller's promise, passed on.
-        unsafe { MemoryRegion::register(&self.inner, addr, len, access, owner) }
+        match &self.inner {
+            // SAFETY: the caller's promise, passed on.
+            Pd::Verbs(pd) => unsafe { MemoryRegion::register(pd, addr, len, access, owner) },
+            Pd::User(u) => {
+                // SAFETY: as above.
+                let mr = unsafe { u.register_raw(addr, len, access, owner) };
+                mr.map(MemoryRegion::user)
+            }
+        }
     }
 
     /// Create a shared receive queue of `max_wr` receives with up to `max_sge` SGEs each.
     pub fn create_srq(&self, max_wr: u32, max_sge: u32) -> Result<Arc<SharedReceiveQueue>> {
-        SharedReceiveQueue::create(&self.inner, max_wr, max_sge).map(Arc::new)
+        match &self.inner {
+            Pd::Verbs(pd) => SharedReceiveQueue::create(pd, max_wr, max_sge).map(Arc::new),
+            Pd::User(_) => Err(user::unsupported(
+                "a shared receive queue (the engine has none yet: post receives on each QP)",
+            )),
+        }
     }
 
-    /// Create an address handle for UD sends to `dest`.
+    /// Create an address handle for UD sends to `dest` (a user-space context resolves its
+    /// MAC address here; `sgid_index` and `port` are its only GID and port).
     pub fn create_ah(&self, dest: &Endpoint, sgid_index: u8, port: u8) -> Result<AddressHandle> {
-        AddressHandle::create(&self.inner, dest, sgid_index, port)
+        match &self.inner {
+            Pd::Verbs(pd) => AddressHandle::create(pd, dest, sgid_index, port),
+            Pd::User(u) => u.create_ah(dest).map(AddressHandle::user),
+        }
     }
 }

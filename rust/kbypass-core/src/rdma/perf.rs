@@ -1,15 +1,15 @@
 //! Measurement loops for the RDMA benchmarks, run like perftest runs them (`ib_write_bw`,
 //! `ib_write_lat`), so the numbers can be put side by side with rdma-core's tools.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::{CompletionQueue, MemoryRegion, QueuePair, SendFlags, SendOp, WorkCompletion};
+use super::{CompletionQueue, MemoryRegion, QueuePair, SendFlags, SendOp, Sge, WorkCompletion};
 use crate::error::{Error, Result};
 
-/// What [`write_bandwidth`] measured.
+/// What a bandwidth loop measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Bandwidth {
-    /// Payload bytes written.
+    /// Payload bytes moved.
     pub bytes: u64,
     /// Wall time from the first post to the last completion.
     pub seconds: f64,
@@ -19,6 +19,29 @@ impl Bandwidth {
     /// Megabytes (10^6) per second, perftest's unit.
     pub fn mb_per_s(&self) -> f64 {
         self.bytes as f64 / self.seconds / 1e6
+    }
+}
+
+/// How a bandwidth loop posts: `depth` requests in flight at most, a completion asked for
+/// every `signal_every` requests (perftest's defaults: depth 128, CQ moderation 100), and an
+/// error when no completion arrives for `stall` (a peer that neither answers nor fails).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pacing {
+    /// Requests in flight at most.
+    pub depth: u64,
+    /// A signaled request every this many.
+    pub signal_every: u64,
+    /// Longest wait for the next completion.
+    pub stall: Duration,
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Pacing {
+            depth: 128,
+            signal_every: 100,
+            stall: Duration::from_secs(30),
+        }
     }
 }
 
@@ -37,16 +60,40 @@ pub fn write_bandwidth(
     depth: u64,
     signal_every: u64,
 ) -> Result<Bandwidth> {
+    let pacing = Pacing {
+        depth,
+        signal_every,
+        ..Pacing::default()
+    };
+    let op = SendOp::Write { remote_addr, rkey };
+    op_bandwidth(qp, cq, op, &[local.sge(0, size)?], iterations, &pacing)
+}
+
+/// Post `op` with the scatter/gather list `sg` `iterations` times, paced by `pacing`, and
+/// time it from the first post to the last completion. Any request kind works: writes and
+/// sends carry `sg`'s bytes, reads fill them, atomics land their 8-byte result there.
+pub fn op_bandwidth(
+    qp: &QueuePair,
+    cq: &CompletionQueue,
+    op: SendOp<'_>,
+    sg: &[Sge<'_>],
+    iterations: u64,
+    pacing: &Pacing,
+) -> Result<Bandwidth> {
+    let Pacing {
+        depth,
+        signal_every,
+        stall,
+    } = *pacing;
     if iterations == 0 || depth == 0 || signal_every == 0 || signal_every > depth {
         return Err(Error::invalid(
             "need iterations, depth > 0 and 0 < signal_every <= depth",
         ));
     }
-    let sge = [local.sge(0, size)?];
-    let op = SendOp::Write { remote_addr, rkey };
     let mut wcs = [WorkCompletion::default(); 16];
     let (mut posted, mut completed) = (0u64, 0u64);
     let start = Instant::now();
+    let mut progress = start;
     while completed < iterations {
         while posted < iterations && posted - completed < depth {
             let last = posted + 1 == iterations || (posted + 1) % signal_every == 0;
@@ -55,18 +102,27 @@ pub fn write_bandwidth(
             } else {
                 SendFlags::default()
             };
-            qp.post_send(posted, op, &sge, flags)?;
+            qp.post_send(posted, op, sg, flags)?;
             posted += 1;
         }
         let n = cq.poll(&mut wcs)?;
         for wc in &wcs[..n] {
             wc.check()?;
-            // A signaled write completes every unsignaled one posted before it.
+            // A signaled request completes every unsignaled one posted before it.
             completed = completed.max(wc.wr_id + 1);
         }
+        if n > 0 {
+            progress = Instant::now();
+        } else if progress.elapsed() > stall {
+            return Err(Error::Timeout(format!(
+                "{completed} of {iterations} requests completed, then none for {stall:?}: \
+                 is the peer alive?"
+            )));
+        }
     }
+    let bytes: u64 = sg.iter().map(|s| u64::from(s.length())).sum();
     Ok(Bandwidth {
-        bytes: iterations * size as u64,
+        bytes: iterations * bytes,
         seconds: start.elapsed().as_secs_f64(),
     })
 }

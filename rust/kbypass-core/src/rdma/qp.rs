@@ -5,12 +5,13 @@ use std::ffi::c_int;
 use std::ptr;
 use std::sync::Arc;
 
-use super::cq::{CompletionQueue, CqInner};
+use super::cq::{CompletionQueue, Cq, CqInner};
 use super::device::Gid;
 use super::ffi::{self, VerbsPtr};
 use super::mr::{Access, Sge};
-use super::pd::{PdInner, ProtectionDomain};
+use super::pd::{Pd, PdInner, ProtectionDomain};
 use super::srq::SharedReceiveQueue;
+use super::user::{self, UserQp};
 use super::wr::{send_wr, RecvPath, SendFlags, SendOp};
 use crate::error::{Error, Result};
 
@@ -117,11 +118,21 @@ impl Default for PathParams {
     }
 }
 
-/// A queue pair (`ibv_qp`).
+/// A queue pair (`ibv_qp`, or the user-space engine's).
 pub struct QueuePair {
-    ptr: VerbsPtr<ffi::ibv_qp>,
+    imp: Qp,
     qp_type: QpType,
     max_inline: u32,
+}
+
+enum Qp {
+    Verbs(VerbsQp),
+    User(UserQp),
+}
+
+/// The libibverbs half: the `ibv_qp`, its data-path entries, and the objects it uses.
+struct VerbsQp {
+    ptr: VerbsPtr<ffi::ibv_qp>,
     post_send: ffi::PostSendFn,
     recv: RecvPath<ffi::ibv_qp>,
     pd: Arc<PdInner>,
@@ -129,7 +140,7 @@ pub struct QueuePair {
     _recv_cq: Arc<CqInner>,
     _srq: Option<Arc<SharedReceiveQueue>>,
 }
-impl Drop for QueuePair {
+impl Drop for VerbsQp {
     fn drop(&mut self) {
         // SAFETY: created by ibv_create_qp; destroyed once, before its CQs and PD (Arcs).
         unsafe { (self.pd.ctx.v.destroy_qp)(self.ptr.as_ptr()) };
@@ -157,7 +168,24 @@ impl QueuePair {
         caps: QpCaps,
         srq: Option<&Arc<SharedReceiveQueue>>,
     ) -> Result<Self> {
-        let ctx = &pd.inner.ctx;
+        let mixed = || {
+            Error::invalid("the CQs and SRQ of a QP must come from its protection domain's context")
+        };
+        let (pd, send_cq, recv_cq) = match (&pd.inner, &send_cq.inner, &recv_cq.inner) {
+            (Pd::Verbs(pd), Cq::Verbs(s), Cq::Verbs(r)) => (pd, s, r),
+            (Pd::User(pd), Cq::User(s), Cq::User(r)) => {
+                if srq.is_some() {
+                    return Err(user::unsupported("a QP on a shared receive queue"));
+                }
+                return Ok(QueuePair {
+                    imp: Qp::User(pd.create_qp(qp_type, s, r, caps)?),
+                    qp_type,
+                    max_inline: caps.max_inline_data,
+                });
+            }
+            _ => return Err(mixed()),
+        };
+        let ctx = &pd.ctx;
         let ops = ctx.ops();
         let (Some(post_send), Some(post_recv)) = (ops.post_send, ops.post_recv) else {
             return Err(ctx.no_data_path(
@@ -166,18 +194,16 @@ impl QueuePair {
             ));
         };
         let same_context = |other: &Arc<super::context::ContextInner>| Arc::ptr_eq(other, ctx);
-        if !same_context(&send_cq.inner.ctx)
-            || !same_context(&recv_cq.inner.ctx)
+        if !same_context(&send_cq.ctx)
+            || !same_context(&recv_cq.ctx)
             || srq.is_some_and(|s| !same_context(&s.pd.ctx))
         {
-            return Err(Error::invalid(
-                "the CQs and SRQ of a QP must come from its protection domain's context",
-            ));
+            return Err(mixed());
         }
         let mut attr = ffi::ibv_qp_init_attr {
             qp_context: ptr::null_mut(),
-            send_cq: send_cq.inner.ptr.as_ptr(),
-            recv_cq: recv_cq.inner.ptr.as_ptr(),
+            send_cq: send_cq.ptr.as_ptr(),
+            recv_cq: recv_cq.ptr.as_ptr(),
             srq: srq.map_or(ptr::null_mut(), |s| s.ptr.as_ptr().cast()),
             cap: ffi::ibv_qp_cap {
                 max_send_wr: caps.max_send_wr,
@@ -190,7 +216,7 @@ impl QueuePair {
             sq_sig_all: 0,
         };
         // SAFETY: valid PD, CQs of the same context, initialised attributes.
-        let qp = unsafe { (ctx.v.create_qp)(pd.inner.ptr.as_ptr(), &mut attr) };
+        let qp = unsafe { (ctx.v.create_qp)(pd.ptr.as_ptr(), &mut attr) };
         let ptr = VerbsPtr::new(qp).ok_or_else(|| {
             Error::last_os(
                 format!("ibv_create_qp({qp_type:?}, {caps:?})"),
@@ -198,32 +224,50 @@ impl QueuePair {
             )
         })?;
         Ok(QueuePair {
-            ptr,
+            imp: Qp::Verbs(VerbsQp {
+                ptr,
+                post_send,
+                // SAFETY: `post_recv` is the post_recv of the context that created this QP,
+                // and the path lives in the QP, which destroys the queue only when dropped.
+                recv: unsafe {
+                    RecvPath::new(
+                        ptr,
+                        post_recv,
+                        "post_recv",
+                        "receive queue full or QP in RESET",
+                    )
+                },
+                pd: pd.clone(),
+                _send_cq: send_cq.clone(),
+                _recv_cq: recv_cq.clone(),
+                _srq: srq.cloned(),
+            }),
             qp_type,
             // ibv_create_qp writes the sizes it granted back into `attr.cap`.
             max_inline: attr.cap.max_inline_data,
-            post_send,
-            // SAFETY: `post_recv` is the post_recv of the context that created this QP, and
-            // the path lives in the QP, which destroys the queue only when dropped.
-            recv: unsafe {
-                RecvPath::new(
-                    ptr,
-                    post_recv,
-                    "post_recv",
-                    "receive queue full or QP in RESET",
-                )
-            },
-            pd: pd.inner.clone(),
-            _send_cq: send_cq.inner.clone(),
-            _recv_cq: recv_cq.inner.clone(),
-            _srq: srq.cloned(),
         })
+    }
+
+    /// True on a user-space context.
+    pub fn is_userspace(&self) -> bool {
+        matches!(self.imp, Qp::User(_))
+    }
+
+    /// The libibverbs half, or the error saying `what` is libibverbs-only.
+    fn verbs(&self, what: &str) -> Result<&VerbsQp> {
+        match &self.imp {
+            Qp::Verbs(q) => Ok(q),
+            Qp::User(_) => Err(user::unsupported(what)),
+        }
     }
 
     /// The QP number.
     pub fn qp_num(&self) -> u32 {
-        // SAFETY: valid QP.
-        unsafe { self.ptr.as_ref().qp_num }
+        match &self.imp {
+            // SAFETY: valid QP.
+            Qp::Verbs(q) => unsafe { q.ptr.as_ref().qp_num },
+            Qp::User(q) => q.qp_num(),
+        }
     }
 
     /// The transport.
@@ -259,13 +303,16 @@ impl QueuePair {
 
     /// The current state (`enum ibv_qp_state`: 0 RESET, 1 INIT, 2 RTR, 3 RTS, 6 ERR), queried.
     pub fn state(&self) -> Result<i32> {
+        let q = match &self.imp {
+            Qp::Verbs(q) => q,
+            Qp::User(q) => return Ok(q.state()),
+        };
         let mut attr = ffi::ibv_qp_attr::default();
         // SAFETY: ibv_qp_init_attr is plain data; zero is a valid value.
         let mut init: ffi::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
         // SAFETY: valid QP and out-structs.
-        let rc = unsafe {
-            (self.pd.ctx.v.query_qp)(self.ptr.as_ptr(), &mut attr, ffi::QP_STATE, &mut init)
-        };
+        let rc =
+            unsafe { (q.pd.ctx.v.query_qp)(q.ptr.as_ptr(), &mut attr, ffi::QP_STATE, &mut init) };
         if rc != 0 {
             return Err(Error::os("ibv_query_qp", rc, ""));
         }
@@ -274,8 +321,10 @@ impl QueuePair {
 
     /// `ibv_modify_qp` with a raw attribute struct and mask.
     pub fn modify(&self, attr: &mut ffi::ibv_qp_attr, mask: c_int) -> Result<()> {
+        let q =
+            self.verbs("ibv_modify_qp with a raw attribute struct (use to_init/to_rtr/to_rts)")?;
         // SAFETY: valid QP; the attribute struct is fully initialised.
-        let rc = unsafe { (self.pd.ctx.v.modify_qp)(self.ptr.as_ptr(), attr, mask) };
+        let rc = unsafe { (q.pd.ctx.v.modify_qp)(q.ptr.as_ptr(), attr, mask) };
         if rc != 0 {
             return Err(Error::os(
                 format!("ibv_modify_qp(to state {})", attr.qp_state),
@@ -288,6 +337,9 @@ impl QueuePair {
 
     /// RESET→INIT with `access` rights for remote peers (RC/UC) or the Q_Key (UD).
     pub fn to_init(&self, p: &PathParams, access: Access) -> Result<()> {
+        if let Qp::User(q) = &self.imp {
+            return q.to_init(p, access);
+        }
         let mut a = ffi::ibv_qp_attr {
             qp_state: ffi::QPS_INIT,
             pkey_index: 0,
@@ -307,6 +359,9 @@ impl QueuePair {
 
     /// INIT→RTR towards `remote` (ignored for UD, which only needs the state).
     pub fn to_rtr(&self, p: &PathParams, remote: &Endpoint) -> Result<()> {
+        if let Qp::User(q) = &self.imp {
+            return q.to_rtr(p, remote);
+        }
         let mut a = ffi::ibv_qp_attr {
             qp_state: ffi::QPS_RTR,
             ..Default::default()
@@ -341,6 +396,9 @@ impl QueuePair {
 
     /// RTR→RTS with our send PSN.
     pub fn to_rts(&self, p: &PathParams, psn: u32) -> Result<()> {
+        if let Qp::User(q) = &self.imp {
+            return q.to_rts(p, psn);
+        }
         let mut a = ffi::ibv_qp_attr {
             qp_state: ffi::QPS_RTS,
             sq_psn: psn & 0xff_ffff,
@@ -366,6 +424,9 @@ impl QueuePair {
 
     /// Move to the error state: outstanding work requests complete with WR_FLUSH_ERR.
     pub fn to_error(&self) -> Result<()> {
+        if let Qp::User(q) = &self.imp {
+            return q.to_error();
+        }
         let mut a = ffi::ibv_qp_attr {
             qp_state: ffi::QPS_ERR,
             ..Default::default()
@@ -375,6 +436,7 @@ impl QueuePair {
 
     /// Back to RESET (from any state), ready for `to_init` again.
     pub fn to_reset(&self) -> Result<()> {
+        self.verbs("to_reset (an engine QP is in RESET only when created: create a new one)")?;
         let mut a = ffi::ibv_qp_attr {
             qp_state: ffi::QPS_RESET,
             ..Default::default()
@@ -399,14 +461,24 @@ impl QueuePair {
             self.check_inline(&op, sg)?;
         }
         let ud = matches!(op, SendOp::UdSend { .. });
-        let mut wr = send_wr(wr_id, op, sg, flags)?;
         if ud && self.qp_type != QpType::Ud {
             return Err(Error::invalid("UdSend needs a UD queue pair"));
         }
+        let q = match &self.imp {
+            Qp::Verbs(q) => q,
+            Qp::User(q) => {
+                let ah = match op {
+                    SendOp::UdSend { ah, .. } => ah.user_half(),
+                    _ => None,
+                };
+                return q.post_send(wr_id, op, ah, sg, flags);
+            }
+        };
+        let mut wr = send_wr(wr_id, op, sg, flags)?;
         let mut bad: *mut ffi::ibv_send_wr = ptr::null_mut();
         // SAFETY: the provider's post_send for this QP; `wr` and the SGE array it points to
         // live until the call returns (the provider copies them into its queue).
-        let rc = unsafe { (self.post_send)(self.ptr.as_ptr(), &mut wr, &mut bad) };
+        let rc = unsafe { (q.post_send)(q.ptr.as_ptr(), &mut wr, &mut bad) };
         if rc != 0 {
             return Err(Error::os(
                 "post_send",
@@ -419,6 +491,9 @@ impl QueuePair {
 
     /// Post one receive work request.
     pub fn post_recv(&self, wr_id: u64, sg: &[Sge<'_>]) -> Result<()> {
-        self.recv.post(wr_id, sg)
+        match &self.imp {
+            Qp::Verbs(q) => q.recv.post(wr_id, sg),
+            Qp::User(q) => q.post_recv(wr_id, sg),
+        }
     }
 }

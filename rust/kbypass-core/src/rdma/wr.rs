@@ -185,7 +185,7 @@ pub(super) fn send_wr(
                 ffi::WR_SEND
             };
             wr.imm_data = imm.unwrap_or(0).to_be();
-            wr.wr.w0 = ah.ptr.as_ptr() as u64;
+            wr.wr.w0 = ah.verbs_ptr()? as u64;
             wr.wr.w1 = u64::from(remote_qpn) | (u64::from(remote_qkey) << 32);
         }
     }

@@ -1,8 +1,13 @@
-//! `Context`: an open RDMA device.
+//! `Context`: an open RDMA device, or the user-space RoCEv2 engine on an interface queue.
 
-use kbypass_core::rdma;
+use std::net::IpAddr;
+
+use kbypass_core::rdma::{self, EngineOptions, Progress};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
+use super::args::seconds;
 use super::cq::CompletionQueue;
 use super::device::Port;
 use super::pd::ProtectionDomain;
@@ -16,21 +21,179 @@ pub struct Context {
 }
 owner!(Context, rdma::Context);
 
+/// The engine options ``Context.userspace`` takes from Python.
+#[allow(clippy::too_many_arguments)]
+fn options(
+    progress: &str,
+    cpu: Option<usize>,
+    frames: u32,
+    frame_size: u32,
+    ring_size: u32,
+    bind: &str,
+    attach: &str,
+    force: bool,
+    neigh_timeout: f64,
+) -> PyResult<EngineOptions> {
+    let progress = match progress {
+        "thread" => Progress::Thread { cpu },
+        "caller" if cpu.is_none() => Progress::Caller,
+        "caller" => {
+            return Err(PyValueError::new_err(
+                "cpu= pins the engine's poll thread: use it with progress='thread'",
+            ))
+        }
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "progress is 'thread' (the engine's poll thread) or 'caller' (CQ polls run the \
+                 engine), not {progress:?}"
+            )))
+        }
+    };
+    Ok(EngineOptions {
+        progress,
+        frames,
+        frame_size,
+        ring_size,
+        bind: bind.parse().py()?,
+        attach: attach.parse().py()?,
+        force,
+        neigh_timeout: seconds(neigh_timeout)?,
+    })
+}
+
 #[pymethods]
 impl Context {
-    /// Open the device called `name` (the first one when None); FileNotFoundError names the
-    /// devices there are, or the packages to install without libibverbs.
+    /// Open the device called `name` (the first libibverbs device when None; the name of an
+    /// open user-space context, ``kbx-<interface>``, gives another handle to it);
+    /// FileNotFoundError names the devices there are, or the packages to install without
+    /// libibverbs.
     #[new]
     #[pyo3(signature = (name = None))]
     fn new(py: Python<'_>, name: Option<String>) -> PyResult<PyClassInitializer<Self>> {
         let ctx = py.detach(|| rdma::Context::open(name.as_deref())).py()?;
-        Ok(resource::initializer(Context { inner: Some(ctx) }))
+        let track = ctx.is_userspace();
+        Ok(resource::initializer_tracking(
+            Context { inner: Some(ctx) },
+            track,
+        ))
     }
 
-    /// The device's name, e.g. ``rxe0``.
+    /// RDMA without kernel RDMA: open kbypass's user-space RoCEv2 engine on `queue` of
+    /// `interface` for `ip` (an address of the interface; IPv4 or IPv6), inside network
+    /// namespace `netns` (an ``ip netns`` name or a path) when given. It speaks rxe's wire
+    /// protocol (UDP 4791), so it talks to rxe and RDMA NICs; the XDP program it attaches
+    /// redirects only RoCE for `ip`, the kernel keeps everything else. Named
+    /// ``kbx-<interface>`` and listed by ``devices()`` while open.
+    ///
+    /// Options: `progress` ``'thread'`` (a poll thread of the engine's own, pinned to `cpu`
+    /// when given) or ``'caller'`` (CQ polls and waits run the engine); `frames`,
+    /// `frame_size` and `ring_size` of the AF_XDP socket; `bind` (``'auto'``, ``'copy'``,
+    /// ``'zerocopy'``) and `attach` (``'auto'``, ``'native'``, ``'generic'``) modes; `force`
+    /// replaces another XDP program; `neigh_timeout` (seconds) bounds resolving a peer's
+    /// MAC address. Retries for two seconds while the queue is busy (an engine closing on
+    /// it). ``close()`` closes every object made from it first and releases the engine.
+    ///
+    /// Example::
+    ///
+    ///     with rdma.Context.userspace("veth0", ip="198.18.0.1", netns="ns-a") as ctx:
+    ///         pd, cq = ctx.alloc_pd(), ctx.create_cq(64)
+    #[staticmethod]
+    #[pyo3(signature = (interface, queue = 0, *, ip, netns = None, progress = "thread", cpu = None, frames = 4096, frame_size = 4096, ring_size = 1024, bind = "auto", attach = "auto", force = false, neigh_timeout = 3.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn userspace(
+        py: Python<'_>,
+        interface: &str,
+        queue: u32,
+        ip: &str,
+        netns: Option<&str>,
+        progress: &str,
+        cpu: Option<usize>,
+        frames: u32,
+        frame_size: u32,
+        ring_size: u32,
+        bind: &str,
+        attach: &str,
+        force: bool,
+        neigh_timeout: f64,
+    ) -> PyResult<Py<Context>> {
+        let ip: IpAddr = ip.parse().map_err(|_| {
+            PyValueError::new_err(format!(
+                "ip={ip:?} is not an IP address: give the interface's IPv4 or IPv6 address"
+            ))
+        })?;
+        let opts = options(
+            progress,
+            cpu,
+            frames,
+            frame_size,
+            ring_size,
+            bind,
+            attach,
+            force,
+            neigh_timeout,
+        )?;
+        let ctx = py
+            .detach(|| rdma::Context::userspace_with(interface, queue, ip, netns, &opts))
+            .py()?;
+        let init = resource::initializer_tracking(Context { inner: Some(ctx) }, true);
+        Py::new(py, init)
+    }
+
+    /// The device's name, e.g. ``rxe0`` (``kbx-<interface>`` for a user-space context).
     #[getter]
     fn name(&self) -> PyResult<String> {
         Ok(self.get()?.name().to_string())
+    }
+
+    /// True for kbypass's user-space RoCEv2 engine (``Context.userspace``).
+    #[getter]
+    fn is_userspace(&self) -> PyResult<bool> {
+        Ok(self.get()?.is_userspace())
+    }
+
+    /// The interface a user-space context runs on (None for a libibverbs device).
+    #[getter]
+    fn interface(&self) -> PyResult<Option<String>> {
+        Ok(self.get()?.interface().map(str::to_string))
+    }
+
+    /// Notes from opening a user-space engine (XDP attach-mode or copy-mode fallbacks).
+    #[getter]
+    fn notes(&self) -> PyResult<Vec<String>> {
+        Ok(self.get()?.notes())
+    }
+
+    /// A user-space engine's counters: packets and bytes in and out, and every frame it
+    /// dropped or refused, by reason (``bad_icrc``, ``malformed``, ``wrong_qpn``,
+    /// ``retransmits``, ``cq_overflows``, ...). OSError (EOPNOTSUPP) for a libibverbs device.
+    fn engine_counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = self.get()?.engine_counters().py()?;
+        let d = PyDict::new(py);
+        for (k, v) in [
+            ("rx_packets", c.rx_packets),
+            ("rx_bytes", c.rx_bytes),
+            ("tx_packets", c.tx_packets),
+            ("tx_bytes", c.tx_bytes),
+            ("bad_icrc", c.bad_icrc),
+            ("malformed", c.malformed),
+            ("not_for_us", c.not_for_us),
+            ("wrong_qpn", c.wrong_qpn),
+            ("bad_state", c.bad_state),
+            ("transport_dropped", c.transport_dropped),
+            ("dropped_no_frame", c.dropped_no_frame),
+            ("retransmits", c.retransmits),
+            ("go_backs", c.go_backs),
+            ("rnr_naks_received", c.rnr_naks_received),
+            ("rnr_naks_sent", c.rnr_naks_sent),
+            ("naks_sent", c.naks_sent),
+            ("duplicates", c.duplicates),
+            ("out_of_sequence", c.out_of_sequence),
+            ("uc_aborted", c.uc_aborted),
+            ("cq_overflows", c.cq_overflows),
+        ] {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
     }
 
     /// The attributes of `port` (ports count from 1).
@@ -40,7 +203,7 @@ impl Context {
     }
 
     /// The GID index used by default: the first IPv4-mapped RoCEv2 GID, else the first
-    /// non-zero one.
+    /// non-zero one (a user-space context has one: index 0).
     #[pyo3(signature = (port = 1))]
     fn default_gid_index(&self, port: u8) -> PyResult<i32> {
         self.get()?.default_gid_index(port).py()
@@ -58,26 +221,31 @@ impl Context {
     }
 
     /// Allocate a protection domain.
-    fn alloc_pd(&self, py: Python<'_>) -> PyResult<Py<ProtectionDomain>> {
-        let ctx = self.get()?;
-        ProtectionDomain::new(py, ctx.alloc_pd().py()?, ctx.clone())
+    fn alloc_pd(slf: &Bound<'_, Self>) -> PyResult<Py<ProtectionDomain>> {
+        let py = slf.py();
+        let ctx = slf.borrow().get()?.clone();
+        let pd = ProtectionDomain::new(py, ctx.alloc_pd().py()?, ctx, slf.clone().unbind())?;
+        resource::adopt(slf.as_any(), pd.bind(py).as_any())?;
+        Ok(pd)
     }
 
     /// A completion queue of at least `entries` entries; ``channel=True`` gives it a completion
     /// channel, which ``wait()`` sleeps on.
     #[pyo3(signature = (entries = 256, channel = false))]
     fn create_cq(
-        &self,
-        py: Python<'_>,
+        slf: &Bound<'_, Self>,
         entries: i32,
         channel: bool,
     ) -> PyResult<Py<CompletionQueue>> {
-        let ctx = self.get()?;
+        let py = slf.py();
+        let ctx = slf.borrow().get()?.clone();
         let ch = if channel {
             Some(ctx.create_comp_channel().py()?)
         } else {
             None
         };
-        CompletionQueue::new(py, ctx.create_cq(entries, ch.as_ref()).py()?)
+        let cq = CompletionQueue::new(py, ctx.create_cq(entries, ch.as_ref()).py()?)?;
+        resource::adopt(slf.as_any(), cq.bind(py).as_any())?;
+        Ok(cq)
     }
 }

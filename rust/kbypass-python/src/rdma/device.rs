@@ -17,21 +17,31 @@ pub struct RdmaDevice {
     node_type: i32,
     /// ``enum ibv_transport_type`` (0 = InfiniBand, also for RoCE).
     transport_type: i32,
-    /// sysfs path of the device.
+    /// sysfs path of the device (empty for a user-space context).
     ibdev_path: String,
+    /// True for a user-space RoCEv2 context (``Context.userspace``), listed while open.
+    userspace: bool,
+    /// The network interface it runs on (a libibverbs device's netdev, when sysfs names it).
+    interface: Option<String>,
 }
 
 #[pymethods]
 impl RdmaDevice {
     fn __repr__(&self) -> String {
-        format!("RdmaDevice(name={:?}, uverbs={:?})", self.name, self.uverbs)
+        format!(
+            "RdmaDevice(name={:?}, uverbs={:?}, userspace={})",
+            self.name,
+            self.uverbs,
+            if self.userspace { "True" } else { "False" }
+        )
     }
 }
 
-/// List this machine's RDMA devices (empty without any).
+/// List this machine's RDMA devices (empty without any), then the user-space contexts open
+/// in this process (``kbx-<interface>``, ``userspace=True``).
 ///
 /// Raises FileNotFoundError ("no libibverbs: apt-get install rdma-core ibverbs-providers")
-/// when libibverbs is missing.
+/// when libibverbs is missing and no user-space context is open.
 ///
 /// Example::
 ///
@@ -48,6 +58,8 @@ pub fn devices(py: Python<'_>) -> PyResult<Vec<RdmaDevice>> {
             node_type: d.node_type,
             transport_type: d.transport_type,
             ibdev_path: d.ibdev_path,
+            userspace: d.userspace,
+            interface: d.interface,
         })
         .collect())
 }

@@ -2,16 +2,17 @@
 
 use kbypass_core::rdma::{self, Access, QpCaps, QpType};
 use pyo3::buffer::PyUntypedBuffer;
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use super::ah::AddressHandle;
 use super::args;
+use super::context::Context;
 use super::cq::CompletionQueue;
 use super::endpoint::Endpoint;
 use super::mr::MemoryRegion;
 use super::qp::QueuePair;
-use super::resource::{self, owner, Owner, Resource};
+use super::resource::{self, Owner, Resource};
 use super::srq::SharedReceiveQueue;
 use crate::errors::IntoPyResult;
 use crate::mem::PyHugeRegion;
@@ -21,23 +22,45 @@ use crate::mempool::PyMempool;
 #[pyclass(module = "kbypass._core.rdma", extends = Resource)]
 pub struct ProtectionDomain {
     inner: Option<rdma::ProtectionDomain>,
-    ctx: rdma::Context,
+    /// Its context: the core's (for queries) and the Python object (``context()``); let go
+    /// of on ``close()``, so a closed PD holds no engine.
+    ctx: Option<(rdma::Context, Py<Context>)>,
 }
-owner!(ProtectionDomain, rdma::ProtectionDomain);
+impl Owner for ProtectionDomain {
+    type Core = rdma::ProtectionDomain;
+    fn slot(&self) -> &Option<rdma::ProtectionDomain> {
+        &self.inner
+    }
+    fn slot_mut(&mut self) -> &mut Option<rdma::ProtectionDomain> {
+        &mut self.inner
+    }
+    fn on_release(&mut self) {
+        self.ctx = None;
+    }
+}
 
 impl ProtectionDomain {
     pub fn new(
         py: Python<'_>,
         pd: rdma::ProtectionDomain,
         ctx: rdma::Context,
+        ctx_obj: Py<Context>,
     ) -> PyResult<Py<Self>> {
         resource::new(
             py,
             ProtectionDomain {
                 inner: Some(pd),
-                ctx,
+                ctx: Some((ctx, ctx_obj)),
             },
         )
+    }
+
+    /// The context (core and Python), or the closed error.
+    fn ctx(&self) -> PyResult<&(rdma::Context, Py<Context>)> {
+        self.get()?;
+        self.ctx
+            .as_ref()
+            .ok_or_else(|| PyRuntimeError::new_err("this ProtectionDomain is closed"))
     }
 
     fn register_core(
@@ -80,38 +103,48 @@ impl ProtectionDomain {
     /// registered after the HugeRegion or Mempool is closed, until the region is.
     #[pyo3(signature = (buffer, access = 15))]
     fn register(
-        &self,
-        py: Python<'_>,
+        slf: &Bound<'_, Self>,
         buffer: &Bound<'_, PyAny>,
         access: i32,
     ) -> PyResult<Py<MemoryRegion>> {
-        MemoryRegion::new(py, self.register_core(buffer, access)?)
+        let mr = MemoryRegion::new(slf.py(), slf.borrow().register_core(buffer, access)?)?;
+        resource::adopt(slf.as_any(), mr.bind(slf.py()).as_any())?;
+        Ok(mr)
+    }
+
+    /// The context this protection domain was allocated on.
+    fn context(&self, py: Python<'_>) -> PyResult<Py<Context>> {
+        Ok(self.ctx()?.1.clone_ref(py))
     }
 
     /// An address handle for UD sends to `remote`'s port.
     #[pyo3(signature = (remote, port = 1, gid_index = None))]
     fn create_ah(
-        &self,
-        py: Python<'_>,
+        slf: &Bound<'_, Self>,
         remote: &Endpoint,
         port: u8,
         gid_index: Option<i32>,
     ) -> PyResult<Py<AddressHandle>> {
-        let sgid = args::gid_index(&self.ctx, port, gid_index)?;
-        let ah = self.get()?.create_ah(&remote.core()?, sgid, port).py()?;
-        AddressHandle::new(py, ah)
+        let this = slf.borrow();
+        let sgid = args::gid_index(&this.ctx()?.0, port, gid_index)?;
+        let ah = this.get()?.create_ah(&remote.core()?, sgid, port).py()?;
+        let ah = AddressHandle::new(slf.py(), ah)?;
+        resource::adopt(slf.as_any(), ah.bind(slf.py()).as_any())?;
+        Ok(ah)
     }
 
     /// A shared receive queue of `max_wr` receives (`max_sge` SGEs each) for QPs created with
     /// ``srq=``.
     #[pyo3(signature = (max_wr = 128, max_sge = 1))]
     fn create_srq(
-        &self,
-        py: Python<'_>,
+        slf: &Bound<'_, Self>,
         max_wr: u32,
         max_sge: u32,
     ) -> PyResult<Py<SharedReceiveQueue>> {
-        SharedReceiveQueue::new(py, self.get()?.create_srq(max_wr, max_sge).py()?)
+        let srq = slf.borrow().get()?.create_srq(max_wr, max_sge).py()?;
+        let srq = SharedReceiveQueue::new(slf.py(), srq)?;
+        resource::adopt(slf.as_any(), srq.bind(slf.py()).as_any())?;
+        Ok(srq)
     }
 
     /// A queue pair of `qp_type` ``'RC'``, ``'UC'`` or ``'UD'`` on `send_cq` (and `recv_cq`, the same
@@ -120,8 +153,7 @@ impl ProtectionDomain {
     #[pyo3(signature = (qp_type, send_cq, recv_cq = None, max_send_wr = 128, max_recv_wr = 128, max_sge = 4, max_inline_data = 64, srq = None))]
     #[allow(clippy::too_many_arguments)]
     fn create_qp(
-        &self,
-        py: Python<'_>,
+        slf: &Bound<'_, Self>,
         qp_type: &str,
         send_cq: &CompletionQueue,
         recv_cq: Option<&CompletionQueue>,
@@ -151,7 +183,11 @@ impl ProtectionDomain {
             max_inline_data,
         };
         let srq = srq.map(|s| s.get()).transpose()?;
-        let qp = rdma::QueuePair::create_with_srq(self.get()?, t, scq, rcq, caps, srq).py()?;
-        QueuePair::new(py, qp, self.ctx.clone())
+        let this = slf.borrow();
+        let qp = rdma::QueuePair::create_with_srq(this.get()?, t, scq, rcq, caps, srq).py()?;
+        let (ctx, ctx_obj) = this.ctx()?;
+        let qp = QueuePair::new(slf.py(), qp, ctx.clone(), ctx_obj.clone_ref(slf.py()))?;
+        resource::adopt(slf.as_any(), qp.bind(slf.py()).as_any())?;
+        Ok(qp)
     }
 }

@@ -1,10 +1,12 @@
-//! perftest-style measurements (the loops run in the core, GIL released) and the report dict
-//! of the ``ib_write_bw`` exchange.
+//! perftest-style measurements (the loops run in the core, GIL released), and the perftest
+//! runs behind ``QueuePair.perftest_*`` (their exchange and loops are the core's).
 
-use kbypass_core::rdma;
+use kbypass_core::rdma::{self, perftest::Test};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use super::args;
 use super::cq::CompletionQueue;
 use super::mr::MemoryRegion;
 use super::qp::QueuePair;
@@ -67,7 +69,7 @@ pub fn write_latency(
         .py()
 }
 
-/// The ``ib_write_bw`` report as a dict: ``size``, ``iters``, ``bw_peak``, ``bw_avg``,
+/// A perftest tool's report as a dict: ``size``, ``iters``, ``bw_peak``, ``bw_avg``,
 /// ``msg_rate``.
 pub fn report<'py>(py: Python<'py>, r: &rdma::perftest::BwReport) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
@@ -77,4 +79,121 @@ pub fn report<'py>(py: Python<'py>, r: &rdma::perftest::BwReport) -> PyResult<Bo
     d.set_item("bw_avg", r.bw_avg)?;
     d.set_item("msg_rate", r.msg_rate)?;
     Ok(d)
+}
+
+/// The test a ``perftest_serve(test=...)`` name stands for.
+fn test_named(name: &str) -> PyResult<Test> {
+    match name {
+        "write" => Ok(Test::Write),
+        "read" => Ok(Test::Read),
+        "send" => Ok(Test::Send),
+        "atomic" => Ok(Test::FetchAdd),
+        _ => Err(PyValueError::new_err(format!(
+            "unknown perftest test {name:?}: use 'write', 'read', 'send' or 'atomic'"
+        ))),
+    }
+}
+
+/// The options of ``perftest_serve`` besides the QP and region.
+pub struct ServeArgs<'a> {
+    pub test: &'a str,
+    pub cq: Option<&'a CompletionQueue>,
+    pub port: u16,
+    pub bind: &'a str,
+    pub psn: u32,
+    pub timeout: f64,
+    pub gid_index: Option<i32>,
+    pub size: usize,
+    pub iterations: u64,
+    pub rx_depth: u64,
+}
+
+/// ``QueuePair.perftest_serve``: the server of any of the four tools.
+pub fn serve<'py>(
+    py: Python<'py>,
+    qp: &QueuePair,
+    mr: &MemoryRegion,
+    a: &ServeArgs<'_>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let test = test_named(a.test)?;
+    let cq = match (test, a.cq) {
+        (Test::Send, None) => {
+            return Err(PyValueError::new_err(
+                "an ib_send_bw server counts receives: pass cq= (the QP's receive CQ)",
+            ))
+        }
+        (Test::Send, Some(c)) => Some(c.get()?),
+        _ => None,
+    };
+    let (t, p, local) = qp.tool_exchange(reads(test), a.psn, a.timeout, a.gid_index)?;
+    let (q, m) = (qp.get()?, mr.get()?);
+    let listener = args::listen(a.bind, a.port)?;
+    let run = rdma::perftest::SendRun {
+        size: a.size,
+        iterations: a.iterations,
+        rx_depth: a.rx_depth,
+    };
+    let r = py
+        .detach(|| match cq {
+            Some(c) => rdma::perftest::serve_send(&listener, q, c, m, &p, &local, &run, t),
+            None => rdma::perftest::serve(&listener, test, q, m, &p, &local, t),
+        })
+        .py()?;
+    report(py, &r)
+}
+
+/// The options of the ``perftest_*_bw`` clients besides the QP, CQ and region.
+pub struct ClientArgs<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub size: usize,
+    pub iterations: u64,
+    pub psn: u32,
+    pub timeout: f64,
+    pub gid_index: Option<i32>,
+}
+
+impl<'a> ClientArgs<'a> {
+    pub fn new(
+        host: &'a str,
+        port: u16,
+        size: usize,
+        iterations: u64,
+        psn: u32,
+        timeout: f64,
+        gid_index: Option<i32>,
+    ) -> Self {
+        ClientArgs {
+            host,
+            port,
+            size,
+            iterations,
+            psn,
+            timeout,
+            gid_index,
+        }
+    }
+}
+
+/// Reads and atomics announce (and use) the device's outstanding-read limit.
+fn reads(test: Test) -> bool {
+    matches!(test, Test::Read | Test::FetchAdd | Test::CompareSwap)
+}
+
+/// ``QueuePair.perftest_{write,read,send,atomic}_bw``: the client of a tool's server.
+pub fn client<'py>(
+    py: Python<'py>,
+    test: Test,
+    qp: &QueuePair,
+    cq: &CompletionQueue,
+    mr: &MemoryRegion,
+    a: &ClientArgs<'_>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let (t, p, local) = qp.tool_exchange(reads(test), a.psn, a.timeout, a.gid_index)?;
+    let (q, c, m) = (qp.get()?, cq.get()?, mr.get()?);
+    let (host, port, size, n) = (a.host, a.port, a.size, a.iterations);
+    let r = py
+        .detach(|| rdma::perftest::client((host, port), test, q, c, m, &p, &local, size, n, t))
+        .py()?;
+    report(py, &r)
 }

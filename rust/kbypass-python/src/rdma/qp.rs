@@ -6,21 +6,23 @@ use std::time::Duration;
 
 use kbypass_core::rdma::cm::CmConnection as Cm;
 use kbypass_core::rdma::oob::{self, RemoteBuffer};
+use kbypass_core::rdma::perftest::Test;
 use kbypass_core::rdma::{
     self, Access, Endpoint as CoreEndpoint, Gid, PathParams, QpType, SendFlags, SendOp,
 };
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::ah::AddressHandle;
 use super::args::{self, seconds, socket_addr};
+use super::context::Context;
 use super::cq::CompletionQueue;
 use super::endpoint::{endpoint, endpoint_with, CmConnection, Endpoint};
 use super::mr::{gather, MemoryRegion, SgItem};
-use super::perf::report;
+use super::perf;
 use super::recv::{self, ReceiveQueue};
-use super::resource::{owner, Owner};
+use super::resource::Owner;
 use crate::errors::IntoPyResult;
 
 /// `Cm::connect` or `Cm::accept`.
@@ -30,23 +32,45 @@ type CmExchange = fn(&rdma::QueuePair, SocketAddr, Access, Duration) -> kbypass_
 #[pyclass(module = "kbypass._core.rdma", extends = ReceiveQueue)]
 pub struct QueuePair {
     inner: Option<rdma::QueuePair>,
-    ctx: rdma::Context,
+    /// Its context, core and Python (as a PD's), let go of on ``close()``.
+    ctx: Option<(rdma::Context, Py<Context>)>,
 }
-owner!(QueuePair, rdma::QueuePair);
+impl Owner for QueuePair {
+    type Core = rdma::QueuePair;
+    fn slot(&self) -> &Option<rdma::QueuePair> {
+        &self.inner
+    }
+    fn slot_mut(&mut self) -> &mut Option<rdma::QueuePair> {
+        &mut self.inner
+    }
+    fn on_release(&mut self) {
+        self.ctx = None;
+    }
+}
 
 impl QueuePair {
-    pub fn new(py: Python<'_>, qp: rdma::QueuePair, ctx: rdma::Context) -> PyResult<Py<Self>> {
-        Py::new(
-            py,
-            recv::initializer(QueuePair {
-                inner: Some(qp),
-                ctx,
-            }),
-        )
+    pub fn new(
+        py: Python<'_>,
+        qp: rdma::QueuePair,
+        ctx: rdma::Context,
+        ctx_obj: Py<Context>,
+    ) -> PyResult<Py<Self>> {
+        let qp = QueuePair {
+            inner: Some(qp),
+            ctx: Some((ctx, ctx_obj)),
+        };
+        Py::new(py, recv::initializer(qp))
+    }
+
+    /// The core context, or the closed error.
+    fn ctx(&self) -> PyResult<&rdma::Context> {
+        self.get()?;
+        let c = self.ctx.as_ref().map(|c| &c.0);
+        c.ok_or_else(|| PyRuntimeError::new_err("this QueuePair is closed"))
     }
 
     fn params(&self, port: u8, gid_index: Option<i32>) -> PyResult<PathParams> {
-        args::path(&self.ctx, port, gid_index)
+        args::path(self.ctx()?, port, gid_index)
     }
 
     fn local(&self, p: &PathParams, psn: u32) -> PyResult<CoreEndpoint> {
@@ -54,8 +78,8 @@ impl QueuePair {
         Ok(CoreEndpoint {
             qpn: self.get()?.qp_num(),
             psn: psn & 0xff_ffff,
-            gid: self.ctx.query_gid(port, i32::from(p.sgid_index)).py()?,
-            lid: self.ctx.query_port(port).py()?.lid,
+            gid: self.ctx()?.query_gid(port, i32::from(p.sgid_index)).py()?,
+            lid: self.ctx()?.query_port(port).py()?.lid,
         })
     }
 
@@ -67,16 +91,21 @@ impl QueuePair {
         Ok(())
     }
 
-    /// What the tools' TCP exchanges start from (port 1): the timeout, the path, this QP's
-    /// endpoint; the QP is brought to INIT (all access rights) unless it left RESET already.
-    fn tool_exchange(
+    /// What the tools' TCP exchanges start from (port 1): the timeout, the path (for reads
+    /// and atomics with the device's outstanding-read limit), this QP's endpoint; the QP is
+    /// brought to INIT (all access rights) unless it left RESET already.
+    pub(super) fn tool_exchange(
         &self,
+        reads: bool,
         psn: u32,
         timeout: f64,
         gid_index: Option<i32>,
     ) -> PyResult<(Duration, PathParams, CoreEndpoint)> {
         let t = seconds(timeout)?;
-        let p = self.params(1, gid_index)?;
+        let mut p = self.params(1, gid_index)?;
+        if reads {
+            p.max_rd_atomic = rdma::perftest::out_reads(self.ctx()?).py()?;
+        }
         let local = self.local(&p, psn)?;
         self.init_if_reset(&p, Access::ALL)?;
         Ok((t, p, local))
@@ -124,6 +153,13 @@ impl QueuePair {
 
 #[pymethods]
 impl QueuePair {
+    /// The context this queue pair was created on.
+    fn context(&self, py: Python<'_>) -> PyResult<Py<Context>> {
+        self.get()?;
+        let c = self.ctx.as_ref().map(|c| c.1.clone_ref(py));
+        c.ok_or_else(|| PyRuntimeError::new_err("this QueuePair is closed"))
+    }
+
     /// The QP number.
     #[getter]
     fn qp_num(&self) -> PyResult<u32> {
@@ -180,7 +216,7 @@ impl QueuePair {
         gid_index: Option<i32>,
         bind: &str,
     ) -> PyResult<Endpoint> {
-        let (t, p, local) = self.tool_exchange(psn, timeout, gid_index)?;
+        let (t, p, local) = self.tool_exchange(false, psn, timeout, gid_index)?;
         let qp = self.get()?;
         let listener = args::listen(bind, port)?;
         let remote = py
@@ -189,13 +225,19 @@ impl QueuePair {
         Ok(endpoint(&remote))
     }
 
-    /// Be the server of an ``ib_write_bw`` client (perftest's TCP exchange on `port`): expose
-    /// `mr` (remote-writable; the client's message size plus a page at least) for its RDMA
-    /// writes, connect this QP to it, and return the report it sends at the end: a dict of
-    /// ``size``, ``iters``, ``bw_peak``, ``bw_avg`` (MB/s of 2**20 bytes) and ``msg_rate``
-    /// (millions of messages per second). The GIL is released while waiting; TimeoutError
-    /// when no client comes (or a step stalls) within `timeout`.
-    #[pyo3(signature = (mr, port = 18515, psn = 0, timeout = 60.0, gid_index = None, bind = "0.0.0.0"))]
+    /// Be the server of a perftest client (the tools' TCP exchange on `port`) running `test`:
+    /// ``"write"`` (``ib_write_bw``), ``"read"`` (``ib_read_bw``), ``"atomic"``
+    /// (``ib_atomic_bw``) expose `mr` (remote-writable, -readable or -atomic; the client's
+    /// message size plus a page at least) for the client's requests and return the report it
+    /// sends at the end; ``"send"`` (``ib_send_bw``) keeps `rx_depth` receives of `size`
+    /// bytes posted in `mr`, counts up to `iterations` of them on `cq` (the QP's receive CQ;
+    /// fewer when the client finishes first: UC drops a send that finds no receive) and
+    /// returns its own report with the count received (the tools exchange none for send;
+    /// give the client's ``-s`` and ``-n``). The report is a dict of ``size``, ``iters``, ``bw_peak``, ``bw_avg``
+    /// (MB/s of 2**20 bytes) and ``msg_rate`` (millions of messages per second). The GIL is
+    /// released while waiting; TimeoutError when no client comes (or a step stalls) within
+    /// `timeout`.
+    #[pyo3(signature = (mr, port = 18515, psn = 0, timeout = 60.0, gid_index = None, bind = "0.0.0.0", *, test = "write", cq = None, size = 65536, iterations = 1000, rx_depth = 64))]
     #[allow(clippy::too_many_arguments)]
     fn perftest_serve<'py>(
         &self,
@@ -206,20 +248,31 @@ impl QueuePair {
         timeout: f64,
         gid_index: Option<i32>,
         bind: &str,
+        test: &str,
+        cq: Option<PyRef<'_, CompletionQueue>>,
+        size: usize,
+        iterations: u64,
+        rx_depth: u64,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let (t, p, local) = self.tool_exchange(psn, timeout, gid_index)?;
-        let (qp, m) = (self.get()?, mr.get()?);
-        let listener = args::listen(bind, port)?;
-        let r = py
-            .detach(|| rdma::perftest::serve_write_bw(&listener, qp, m, &p, &local, t))
-            .py()?;
-        report(py, &r)
+        let a = perf::ServeArgs {
+            test,
+            cq: cq.as_deref(),
+            port,
+            bind,
+            psn,
+            timeout,
+            gid_index,
+            size,
+            iterations,
+            rx_depth,
+        };
+        perf::serve(py, self, mr, &a)
     }
 
     /// Be the client of an ``ib_write_bw`` server at `host`:`port` (retried until `timeout`):
     /// connect this QP, RDMA-write `iterations` messages of `size` bytes from `mr` into the
-    /// server's buffer (GIL released), send the report, and return it (the dict of
-    /// ``perftest_serve``).
+    /// server's buffer (GIL released; `cq` is the QP's send CQ), send the report, and return
+    /// it (the dict of ``perftest_serve``).
     #[pyo3(signature = (cq, mr, host, port = 18515, size = 65536, iterations = 1000, psn = 0, timeout = 60.0, gid_index = None))]
     #[allow(clippy::too_many_arguments)]
     fn perftest_write_bw<'py>(
@@ -235,24 +288,80 @@ impl QueuePair {
         timeout: f64,
         gid_index: Option<i32>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let (t, p, local) = self.tool_exchange(psn, timeout, gid_index)?;
-        let (qp, c, m) = (self.get()?, cq.get()?, mr.get()?);
-        let r = py
-            .detach(|| {
-                rdma::perftest::client_write_bw(
-                    (host, port),
-                    qp,
-                    c,
-                    m,
-                    &p,
-                    &local,
-                    size,
-                    iterations,
-                    t,
-                )
-            })
-            .py()?;
-        report(py, &r)
+        let a = perf::ClientArgs::new(host, port, size, iterations, psn, timeout, gid_index);
+        perf::client(py, Test::Write, self, cq, mr, &a)
+    }
+
+    /// Be the client of an ``ib_read_bw`` server: RDMA-read `iterations` messages of `size`
+    /// bytes from its buffer into `mr` (as many reads in flight as both devices allow), send
+    /// the report and return it (see ``perftest_write_bw``).
+    #[pyo3(signature = (cq, mr, host, port = 18515, size = 65536, iterations = 1000, psn = 0, timeout = 60.0, gid_index = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn perftest_read_bw<'py>(
+        &self,
+        py: Python<'py>,
+        cq: &CompletionQueue,
+        mr: &MemoryRegion,
+        host: &str,
+        port: u16,
+        size: usize,
+        iterations: u64,
+        psn: u32,
+        timeout: f64,
+        gid_index: Option<i32>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let a = perf::ClientArgs::new(host, port, size, iterations, psn, timeout, gid_index);
+        perf::client(py, Test::Read, self, cq, mr, &a)
+    }
+
+    /// Be the client of an ``ib_send_bw`` server: SEND `iterations` messages of `size` bytes
+    /// (at most the server's ``-s``) from `mr` once its receives are posted, and return our
+    /// report (the server prints its own; see ``perftest_write_bw``).
+    #[pyo3(signature = (cq, mr, host, port = 18515, size = 65536, iterations = 1000, psn = 0, timeout = 60.0, gid_index = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn perftest_send_bw<'py>(
+        &self,
+        py: Python<'py>,
+        cq: &CompletionQueue,
+        mr: &MemoryRegion,
+        host: &str,
+        port: u16,
+        size: usize,
+        iterations: u64,
+        psn: u32,
+        timeout: f64,
+        gid_index: Option<i32>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let a = perf::ClientArgs::new(host, port, size, iterations, psn, timeout, gid_index);
+        perf::client(py, Test::Send, self, cq, mr, &a)
+    }
+
+    /// Be the client of an ``ib_atomic_bw`` server: `iterations` 8-byte fetch-and-adds of 1
+    /// (``compare_swap=True``: compare-and-swaps of 0 with 0, for ``ib_atomic_bw -A
+    /// CMP_AND_SWAP``) on its buffer, old values landing in `mr`'s first 8 bytes; sends the
+    /// report and returns it (see ``perftest_write_bw``).
+    #[pyo3(signature = (cq, mr, host, port = 18515, iterations = 1000, psn = 0, timeout = 60.0, gid_index = None, compare_swap = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn perftest_atomic_bw<'py>(
+        &self,
+        py: Python<'py>,
+        cq: &CompletionQueue,
+        mr: &MemoryRegion,
+        host: &str,
+        port: u16,
+        iterations: u64,
+        psn: u32,
+        timeout: f64,
+        gid_index: Option<i32>,
+        compare_swap: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let a = perf::ClientArgs::new(host, port, 8, iterations, psn, timeout, gid_index);
+        let test = if compare_swap {
+            Test::CompareSwap
+        } else {
+            Test::FetchAdd
+        };
+        perf::client(py, test, self, cq, mr, &a)
     }
 
     /// Connect this QP (in RESET) through the RDMA connection manager to a listener at
@@ -298,7 +407,7 @@ impl QueuePair {
         timeout: f64,
         gid_index: Option<i32>,
     ) -> PyResult<Endpoint> {
-        let (t, p, local) = self.tool_exchange(psn, timeout, gid_index)?;
+        let (t, p, local) = self.tool_exchange(false, psn, timeout, gid_index)?;
         let remote = py
             .detach(|| oob::pingpong_connect((host, port), &local, t))
             .py()?;

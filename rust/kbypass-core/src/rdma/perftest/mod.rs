@@ -1,5 +1,6 @@
-//! perftest's out-of-band exchange (`ib_write_bw` over TCP, port 18515), so a kbypass client
-//! or server runs against rdma-core's perftest tools.
+//! perftest's out-of-band exchange (TCP, port 18515), so a kbypass client or server runs
+//! against rdma-core's perftest tools: `ib_write_bw`, `ib_read_bw`, `ib_atomic_bw` and
+//! `ib_send_bw` ([`Test`]), each as server ([`serve`], [`serve_send`]) or client ([`client`]).
 //!
 //! One session, as perftest 4.5+ speaks it; in every step the client writes first and the
 //! server reads first:
@@ -7,10 +8,20 @@
 //! 2. the cycle buffer (page size) and the cache line size, each a big-endian `i32`;
 //! 3. the MTU as text: the `enum ibv_mtu` number, 2 bytes (`"3\0"`);
 //! 4. the QP's key message three times (after the first, both sides connect their QP);
-//! 5. the test runs; then one more key message (the server waits on it);
-//! 6. the bandwidth report: size and iterations (`u64`), peak and average bandwidth and the
-//!    message rate (`f64`), each sent alone, big-endian;
-//! 7. a last key message, then `"done\0"` each way.
+//! 5. write, read and atomic: the client runs while the server waits on a fourth key
+//!    message; then the bandwidth report: size and iterations (`u64`), peak and
+//!    average bandwidth and the message rate (`f64`), each sent alone, big-endian (the
+//!    server prints the client's numbers);
+//!    send: the server posts its receives, a fourth key message says they are there, both
+//!    sides run (the client sends, the server counts receives) and report nothing to each
+//!    other: each prints its own numbers;
+//! 6. a last key message, then `"done\0"` each way.
+//!
+//! What differs between the tests besides that: the `out_reads` of the key message is 1 for
+//! write and send and the device's limit of outstanding reads/atomics for read and atomic;
+//! each side's QP serves as many as it announced (`max_dest_rd_atomic`) and initiates as many
+//! as the peer announced (`max_rd_atomic`). Atomics are 8 bytes (fetch-and-add of 1 by
+//! default, `ib_atomic_bw -A CMP_AND_SWAP` compares with 0 and swaps in 0).
 //!
 //! The key message (with a GID, as `-x <gid index>` on RoCE needs) is 107 characters and a
 //! NUL: `LID:OUT_READS:QPN:PSN:RKEY:VADDR:` in hex of 4, 4, 6, 6, 8, 16 digits, then the 16
@@ -20,9 +31,11 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use super::perf::write_bandwidth;
-use super::{CompletionQueue, Endpoint, Gid, MemoryRegion, PathParams, QueuePair};
+use super::{Endpoint, Gid};
 use crate::error::{Error, Result};
+
+mod run;
+pub use run::{client, out_reads, serve, serve_send, SendRun, Test};
 
 /// The protocol version kbypass announces: the perftest release whose exchange this module
 /// speaks (the tools refuse peers older than 5.70).
@@ -238,6 +251,23 @@ impl Session {
         Ok(())
     }
 
+    /// True when the peer has written something we have not read yet (without reading it):
+    /// an `ib_send_bw` client's closing key message, sent once its sends completed.
+    pub fn peer_has_spoken(&self) -> Result<bool> {
+        self.stream
+            .set_nonblocking(true)
+            .map_err(|e| io_err("fcntl", e))?;
+        let got = self.stream.peek(&mut [0u8; 1]);
+        self.stream
+            .set_nonblocking(false)
+            .map_err(|e| io_err("fcntl", e))?;
+        match got {
+            Ok(n) => Ok(n > 0),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(io_err("peek", e)),
+        }
+    }
+
     /// Exchange key messages; returns the peer's.
     pub fn keys(&mut self, mine: &Keys) -> Result<Keys> {
         let mut theirs = [0u8; KEY_MESSAGE_LEN];
@@ -270,156 +300,5 @@ impl Session {
     }
 }
 
-/// Our keys for `qp`, exposing `mr` for the peer's writes.
-fn local_keys(qp: &QueuePair, local: &Endpoint, mr: &MemoryRegion) -> Keys {
-    Keys {
-        lid: local.lid,
-        out_reads: 1,
-        qpn: qp.qp_num(),
-        psn: local.psn,
-        rkey: mr.rkey(),
-        vaddr: mr.addr(),
-        gid: local.gid,
-        srqn: 0,
-    }
-}
-
-/// Be the server of an `ib_write_bw` client: negotiate on `listener`, expose `mr` (remote
-/// writable; at least the client's message size plus a page), bring `qp` (in INIT) to RTS
-/// towards the client, wait for its test to end, and return the report it sends.
-pub fn serve_write_bw(
-    listener: &TcpListener,
-    qp: &QueuePair,
-    mr: &MemoryRegion,
-    p: &PathParams,
-    local: &Endpoint,
-    timeout: Duration,
-) -> Result<BwReport> {
-    let mut s = Session::accept(listener, p.mtu, timeout)?;
-    let mine = local_keys(qp, local, mr);
-    let remote = s.keys(&mine)?;
-    let mut path = *p;
-    path.mtu = path.mtu.min(s.remote_mtu.max(1));
-    qp.connect(&path, &remote.endpoint(), local.psn)?;
-    s.keys(&mine)?;
-    s.keys(&mine)?;
-    s.keys(&mine)?; // the client's test runs before this one returns
-    let theirs = s.reports(&BwReport::default())?;
-    s.close(&mine)?;
-    Ok(theirs)
-}
-
-/// Be the client of an `ib_write_bw` server at `addr`: negotiate, bring `qp` (in INIT) to RTS,
-/// RDMA-write `iterations` messages of `size` bytes from `mr` into the server's buffer (128 in
-/// flight, a completion every 100, as the tool does), send the report and close. Returns the
-/// report sent (MB/s of 2^20 bytes, as the tool prints).
-#[allow(clippy::too_many_arguments)]
-pub fn client_write_bw(
-    addr: impl ToSocketAddrs,
-    qp: &QueuePair,
-    cq: &CompletionQueue,
-    mr: &MemoryRegion,
-    p: &PathParams,
-    local: &Endpoint,
-    size: usize,
-    iterations: u64,
-    timeout: Duration,
-) -> Result<BwReport> {
-    let mut s = Session::connect(addr, p.mtu, timeout)?;
-    let mine = local_keys(qp, local, mr);
-    let remote = s.keys(&mine)?;
-    let mut path = *p;
-    path.mtu = path.mtu.min(s.remote_mtu.max(1));
-    qp.connect(&path, &remote.endpoint(), local.psn)?;
-    s.keys(&mine)?;
-    s.keys(&mine)?;
-    let depth = iterations.min(128);
-    let bw = write_bandwidth(
-        qp,
-        cq,
-        mr,
-        remote.vaddr,
-        remote.rkey,
-        size,
-        iterations,
-        depth,
-        depth.min(100),
-    )?;
-    s.keys(&mine)?;
-    let mib = bw.bytes as f64 / bw.seconds / f64::from(1u32 << 20);
-    let report = BwReport {
-        size: size as u64,
-        iters: iterations,
-        bw_peak: mib,
-        bw_avg: mib,
-        msg_rate: iterations as f64 / bw.seconds / 1e6,
-    };
-    s.reports(&report)?;
-    s.close(&mine)?;
-    Ok(report)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn keys() -> Keys {
-        Keys {
-            lid: 0,
-            out_reads: 0x10,
-            qpn: 0x11,
-            psn: 0xabcdef,
-            rkey: 0x1234,
-            vaddr: 0x5555_dead_b000,
-            gid: Gid::from_hex("00000000000000000000ffffc612000f").unwrap(),
-            srqn: 0,
-        }
-    }
-
-    #[test]
-    fn key_message_matches_perftest_format() {
-        let m = key_message(&keys());
-        let text = std::str::from_utf8(&m[..107]).unwrap();
-        assert_eq!(
-            text,
-            "0000:0010:000011:abcdef:00001234:00005555deadb000:\
-             00:00:00:00:00:00:00:00:00:00:ff:ff:c6:12:00:0f:00000000:"
-        );
-        assert_eq!(m[107], 0);
-        assert_eq!(parse_key_message(&m).unwrap(), keys());
-        assert!(parse_key_message(b"0000:0010:000011").is_err());
-    }
-
-    #[test]
-    fn session_over_loopback_tcp() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let t = std::thread::spawn(move || {
-            let mut s = Session::accept(&l, 3, Duration::from_secs(5)).unwrap();
-            let k = s.keys(&keys()).unwrap();
-            let r = s.reports(&BwReport::default()).unwrap();
-            assert_eq!(s.remote_version, PERFTEST_VERSION);
-            s.close(&keys()).unwrap();
-            (k, r)
-        });
-        let mut c = Session::connect(("127.0.0.1", port), 3, Duration::from_secs(5)).unwrap();
-        assert_eq!(
-            (c.remote_version.as_str(), c.remote_mtu),
-            (PERFTEST_VERSION, 3)
-        );
-        let mut mine = keys();
-        mine.qpn = 0x22;
-        assert_eq!(c.keys(&mine).unwrap(), keys());
-        let rep = BwReport {
-            size: 65536,
-            iters: 5000,
-            bw_peak: 1.5,
-            bw_avg: 1.25,
-            msg_rate: 0.02,
-        };
-        assert_eq!(c.reports(&rep).unwrap(), BwReport::default());
-        c.close(&mine).unwrap();
-        let (k, r) = t.join().unwrap();
-        assert_eq!((k, r), (mine, rep));
-    }
-}
+mod tests;

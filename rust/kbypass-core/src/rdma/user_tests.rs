@@ -1,0 +1,162 @@
+//! The verbs objects on the user-space backend: two engine contexts on a veth pair in
+//! namespaces of the test's own (root; skipped otherwise), through the same API as libibverbs.
+
+use std::net::{IpAddr, TcpListener};
+use std::time::Duration;
+
+use super::perftest::{self, Test};
+use super::*;
+use crate::sys::mm::Mapping;
+use crate::sys::netns::NetnsGuard;
+use crate::sys::testutil::{is_root, VethPair};
+
+/// The tests one at a time: `devices()` lists every engine of the process.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn pair() -> Option<VethPair> {
+    if !is_root() {
+        eprintln!("skipped: needs root (AF_XDP, XDP and network namespaces)");
+        return None;
+    }
+    Some(VethPair::with(Default::default()).expect("veth pair"))
+}
+
+fn open(pair: &VethPair, a: bool) -> Context {
+    let (ns, ifname, host) = if a {
+        (&pair.a, VethPair::IF_A, 1)
+    } else {
+        (&pair.b, VethPair::IF_B, 2)
+    };
+    Context::userspace(ifname, 0, IpAddr::V4(pair.ip(host)), Some(ns)).expect("engine")
+}
+
+struct Side {
+    cq: CompletionQueue,
+    qp: QueuePair,
+    mr: MemoryRegion,
+    local: Endpoint,
+}
+
+fn side(ctx: &Context, psn: u32) -> Side {
+    let pd = ctx.alloc_pd().unwrap();
+    let cq = ctx.create_cq(256, None).unwrap();
+    let qp = QueuePair::create(&pd, QpType::Rc, &cq, &cq, QpCaps::default()).unwrap();
+    let mr = pd
+        .register(Mapping::anonymous(1 << 16, 0).unwrap(), Access::ALL)
+        .unwrap();
+    let local = Endpoint {
+        qpn: qp.qp_num(),
+        psn,
+        gid: ctx.query_gid(1, 0).unwrap(),
+        lid: 0,
+    };
+    qp.to_init(&PathParams::default(), Access::ALL).unwrap();
+    Side { cq, qp, mr, local }
+}
+
+#[test]
+fn a_user_space_context_is_a_context() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(pair) = pair() else { return };
+    let a = open(&pair, true);
+    assert!(a.is_userspace() && a.name() == "kbx-veth0" && a.interface() == Some("veth0"));
+    assert_eq!(a.query_gid(1, 0).unwrap().ipv4(), Some(pair.ip(1)));
+    assert_eq!(a.default_gid_index(1).unwrap(), 0);
+    assert_eq!(a.gid_type(1, 0).as_deref(), Some("RoCE v2"));
+    let port = a.query_port(1).unwrap();
+    assert_eq!((port.state, port.link_layer, port.gid_tbl_len), (4, 2, 1));
+    assert!(a.query_port(2).is_err() && a.query_gid(1, 1).is_err());
+    let listed = devices().unwrap();
+    let me = listed
+        .iter()
+        .find(|d| d.name == "kbx-veth0")
+        .expect("listed");
+    assert!(me.userspace && me.interface.as_deref() == Some("veth0"));
+    let again = Context::open(Some("kbx-veth0")).unwrap();
+    assert_eq!(again.query_gid(1, 0).unwrap(), a.query_gid(1, 0).unwrap());
+    // what only libibverbs has is refused with what is supported
+    let pd = a.alloc_pd().unwrap();
+    let cq = a.create_cq(4, None).unwrap();
+    let qp = QueuePair::create(&pd, QpType::Rc, &cq, &cq, QpCaps::default()).unwrap();
+    let unsupported = [
+        pd.create_srq(8, 1).err().unwrap(),
+        qp.to_reset().unwrap_err(),
+        qp.modify(&mut ffi::ibv_qp_attr::default(), ffi::QP_STATE)
+            .unwrap_err(),
+        cm::CmConnection::connect(
+            &qp,
+            "198.18.0.2:7471".parse().unwrap(),
+            Access::ALL,
+            Duration::from_millis(10),
+        )
+        .err()
+        .unwrap(),
+    ];
+    for e in unsupported {
+        assert_eq!(e.errno(), Some(libc::EOPNOTSUPP), "{e}");
+        assert!(e.to_string().contains("user-space"), "{e}");
+    }
+    drop((qp, cq, pd, again, a));
+    assert!(!devices().unwrap().iter().any(|d| d.userspace));
+}
+
+#[test]
+fn perftest_write_and_read_between_two_engines() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(pair) = pair() else { return };
+    let (a, b) = (open(&pair, true), open(&pair, false));
+    for (port, test) in [(18910u16, Test::Write), (18911, Test::Read)] {
+        let server = side(&a, 0x10);
+        let client = side(&b, 0x20);
+        client.mr.write(0, &[0x5a; 4096]).unwrap();
+        server.mr.write(0, &[0xa5; 4096]).unwrap();
+        let ns = pair.a.clone();
+        let t = std::thread::spawn(move || {
+            let _inside = NetnsGuard::enter(&ns).unwrap();
+            let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
+            let p = PathParams {
+                max_rd_atomic: 16,
+                ..Default::default()
+            };
+            let s = &server;
+            let rep = perftest::serve(
+                &l,
+                test,
+                &s.qp,
+                &s.mr,
+                &p,
+                &s.local,
+                Duration::from_secs(30),
+            );
+            (rep, server)
+        });
+        let _inside = NetnsGuard::enter(&pair.b).unwrap();
+        let p = PathParams {
+            max_rd_atomic: 16,
+            ..Default::default()
+        };
+        let c = &client;
+        let mine = perftest::client(
+            (pair.ip(1), port),
+            test,
+            &c.qp,
+            &c.cq,
+            &c.mr,
+            &p,
+            &c.local,
+            4096,
+            200,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        drop(_inside);
+        let (theirs, server) = t.join().unwrap();
+        assert_eq!(theirs.unwrap(), mine);
+        assert_eq!((mine.size, mine.iters), (4096, 200));
+        let (mut s, mut c) = ([0u8; 4096], [0u8; 4096]);
+        server.mr.read(0, &mut s).unwrap();
+        client.mr.read(0, &mut c).unwrap();
+        assert_eq!(s, c, "{test:?}: the bytes did not move");
+        assert_eq!(s[0], if test == Test::Write { 0x5a } else { 0xa5 });
+    }
+}

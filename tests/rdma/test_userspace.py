@@ -1,0 +1,440 @@
+"""kbypass.rdma on the user-space RoCEv2 engine: two engine contexts on a veth pair.
+
+No RDMA in the kernel is needed (nor used): ``Context.userspace`` runs the verbs objects over an
+AF_XDP socket. Each test opens its two contexts in the namespaces of a veth pair the module
+creates (198.18.0.0/15) and closes them; root only (AF_XDP, XDP, namespaces).
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+
+from kbypass import rdma
+from kbypass.testing import VethPair
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="the engine needs root (AF_XDP, XDP, network namespaces)"
+)
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[VethPair]:
+    with VethPair(subnet="198.18.41") as p:
+        yield p
+
+
+@pytest.fixture
+def ctxs(pair: VethPair) -> Iterator[tuple[rdma.Context, rdma.Context]]:
+    a = rdma.Context.userspace(pair.a.ifname, ip=pair.a.ip, netns=pair.a.netns)
+    try:
+        b = rdma.Context.userspace(pair.b.ifname, ip=pair.b.ip, netns=pair.b.netns)
+    except BaseException:
+        a.close()
+        raise
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+    # closing them closed everything made from them: no engine is left for the next test
+    assert not [d.name for d in rdma.devices() if d.userspace]
+
+
+def wait_wcs(cq: rdma.CompletionQueue, n: int = 1, timeout: float = 10) -> list[Any]:
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        out += cq.poll(16)
+        assert time.monotonic() < deadline, f"only {len(out)} of {n} completions: {out}"
+    return out
+
+
+class Conn:
+    """Two connected QPs, one per context, each with its CQ and PD."""
+
+    def __init__(self, a: rdma.Context, b: rdma.Context, qp_type: str = "RC") -> None:
+        self.cqa, self.cqb = a.create_cq(256), b.create_cq(256)
+        self.pda, self.pdb = a.alloc_pd(), b.alloc_pd()
+        self.qa = self.pda.create_qp(qp_type, self.cqa)
+        self.qb = self.pdb.create_qp(qp_type, self.cqb)
+        if qp_type == "UD":
+            self.qa.connect()
+            self.qb.connect()
+        else:
+            self.qa.connect(self.qb.endpoint(psn=0x22), psn=0x11)
+            self.qb.connect(self.qa.endpoint(psn=0x11), psn=0x22)
+
+
+def in_thread(pair: VethPair, side: str, fn: Callable[[], T]) -> Callable[[], T]:
+    """Run `fn` in a thread inside `side`'s namespace; the returned call joins and returns."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        with pair.enter(side):
+            try:
+                box["out"] = fn()
+            except BaseException as e:  # re-raised in the joining thread
+                box["err"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+
+    def join() -> T:
+        t.join(120)
+        assert not t.is_alive(), "the thread did not finish"
+        if "err" in box:
+            raise box["err"]
+        out: T = box["out"]
+        return out
+
+    return join
+
+
+def test_context_is_listed_and_answers_queries(
+    pair: VethPair, ctxs: tuple[rdma.Context, rdma.Context]
+) -> None:
+    a, _ = ctxs
+    assert (a.name, a.is_userspace, a.interface) == ("kbx-veth0", True, "veth0")
+    assert a.gid() == f"::ffff:{pair.a.ip}" and a.default_gid_index() == 0
+    port = a.query_port()
+    assert (port.state, port.link_layer, port.gid_tbl_len) == (4, "Ethernet", 1)
+    assert 256 <= port.active_mtu <= 4096
+    listed = {d.name: d for d in rdma.devices() if d.userspace}
+    assert set(listed) == {"kbx-veth0", "kbx-veth1"}, listed
+    assert listed["kbx-veth1"].interface == "veth1"
+    other = rdma.Context("kbx-veth0")  # another handle on the open engine
+    assert other.is_userspace and other.gid() == a.gid()
+    pd = other.alloc_pd()
+    other.close()  # closes what was made from it, like the first handle
+    with pytest.raises(RuntimeError, match="closed"):
+        pd.context()
+    assert a.engine_counters()["bad_icrc"] == 0
+
+
+def test_rc_send_write_read_and_atomics(ctxs: tuple[rdma.Context, rdma.Context]) -> None:
+    a, b = ctxs
+    c = Conn(a, b)
+    pda, pdb, qa, qb, cqa, cqb = c.pda, c.pdb, c.qa, c.qb, c.cqa, c.cqb
+    assert qa.context() is a and pdb.context() is b and qa.state == 3
+    src = np.random.default_rng(1).integers(0, 256, 20000, dtype=np.uint8)
+    here, there = np.zeros(20000, dtype=np.uint8), np.zeros(20000, dtype=np.uint8)
+    msrc, mhere, mthere = pda.register(src), pda.register(here), pdb.register(there)
+    # send with immediate data into a posted receive
+    qb.post_recv(mthere, wr_id=7)
+    qa.send(msrc, length=3000, wr_id=1, imm=0xABCD)
+    wcs = wait_wcs(cqb)
+    assert (wcs[0].wr_id, wcs[0].byte_len, wcs[0].imm) == (7, 3000, 0xABCD), wcs
+    assert wait_wcs(cqa)[0].status_name == "SUCCESS"
+    assert (there[:3000] == src[:3000]).all()
+    # a multi-packet RDMA write, then a read of it back
+    qa.write(msrc, mthere.addr, mthere.rkey, wr_id=2)
+    assert wait_wcs(cqa)[0].status_name == "SUCCESS" and (there == src).all()
+    qa.read(mhere, mthere.addr, mthere.rkey, wr_id=3)
+    wc = wait_wcs(cqa)[0]
+    assert (wc.status_name, wc.opcode) == ("SUCCESS", rdma.Opcode.RDMA_READ)
+    assert (here == src).all()
+    # atomics on an 8-byte word of the peer's region
+    there[:8] = 0
+    words = there[:8].view(np.uint64)
+    qa.fetch_add(mhere, mthere.addr, mthere.rkey, add=5, wr_id=4)
+    wait_wcs(cqa)[0].check()
+    qa.compare_swap(mhere, mthere.addr, mthere.rkey, compare=5, swap=99, offset=8, wr_id=5)
+    wait_wcs(cqa)[0].check()
+    assert int(words[0]) == 99 and int(here[8:16].view(np.uint64)[0]) == 5
+    # a bad rkey is the peer's refusal, not a crash
+    qa.write(msrc, mthere.addr, mthere.rkey ^ 0x100, length=8, wr_id=6)
+    wc = wait_wcs(cqa)[0]
+    assert rdma.Status(wc.status) is rdma.Status.REM_ACCESS_ERR, wc.status_name
+    with pytest.raises(rdma.CompletionError):
+        wc.check()
+
+
+def test_uc_write_and_ud_send_with_address_handle(
+    ctxs: tuple[rdma.Context, rdma.Context],
+) -> None:
+    a, b = ctxs
+    uc, ud = Conn(a, b, "UC"), Conn(a, b, "UD")
+    src = np.arange(256, dtype=np.uint8)
+    dst = np.zeros(256 + 40, dtype=np.uint8)
+    msrc, mdst = uc.pda.register(src), uc.pdb.register(dst)
+    uc.qa.write(msrc, mdst.addr, mdst.rkey, length=100)
+    assert wait_wcs(uc.cqa)[0].status_name == "SUCCESS"
+    deadline = time.monotonic() + 5
+    while not (dst[:100] == src[:100]).all():
+        assert time.monotonic() < deadline, "the UC write did not land"
+    usrc, udst = ud.pda.register(src), ud.pdb.register(dst)
+    ud.qb.post_recv(udst, wr_id=9)
+    ah = ud.pda.create_ah(ud.qb.endpoint())
+    ud.qa.send(usrc, length=200, ah=ah, remote_qpn=ud.qb.qp_num, wr_id=3)
+    wc = wait_wcs(ud.cqb)[0]
+    assert (wc.wr_id, wc.byte_len, wc.src_qp) == (9, 240, ud.qa.qp_num), wc
+    assert (dst[40:240] == src[:200]).all()  # after the 40-byte GRH, as verbs places it
+    assert wait_wcs(ud.cqa)[0].status_name == "SUCCESS"
+
+
+def test_pingpong_between_engines(pair: VethPair, ctxs: tuple[rdma.Context, rdma.Context]) -> None:
+    a, b = ctxs
+    size, iters = 2048, 20
+
+    def side(ctx: rdma.Context) -> tuple[Any, Any, Any, Any]:
+        cq, pd = ctx.create_cq(64), ctx.alloc_pd()
+        qp = pd.create_qp("RC", cq)
+        buf = np.zeros(2 * size, dtype=np.uint8)
+        mr = pd.register(buf)
+        qp.init()
+        for k in range(4):
+            qp.post_recv(mr, length=size, wr_id=100 + k)
+        return cq, qp, mr, buf
+
+    cqa, qa, mra, bufa = side(a)
+    cqb, qb, mrb, bufb = side(b)
+    bufb[size:] = 0x5A
+
+    def serve() -> None:
+        qa.pingpong_accept(port=18700, psn=0x77, timeout=30)
+        for i in range(iters):  # echo every message back
+            assert wait_wcs(cqa)[0].opcode == rdma.Opcode.RECV
+            qa.post_recv(mra, length=size, wr_id=200 + i)
+            bufa[size:] = bufa[:size]
+            qa.send(mra, offset=size, length=size, wr_id=i)
+            wait_wcs(cqa)[0].check()
+
+    join = in_thread(pair, "a", serve)
+    try:  # the server thread is joined whatever happens here (it holds the engine's QP)
+        with pair.enter("b"):
+            remote = qb.pingpong_connect(pair.a.ip, port=18700, psn=0x88, timeout=30)
+        assert remote.gid == a.gid() and remote.qpn == qa.qp_num
+        for i in range(iters):
+            qb.send(mrb, offset=size, length=size, wr_id=i)
+            got = sorted(wait_wcs(cqb, 2), key=lambda w: w.opcode)
+            assert [w.status_name for w in got] == ["SUCCESS", "SUCCESS"], got
+            qb.post_recv(mrb, length=size, wr_id=300 + i)
+    finally:
+        join()
+    assert (bufb[:size] == 0x5A).all()
+
+
+@pytest.mark.parametrize("test", ["write", "read", "send", "atomic"])
+def test_perftest_between_engines(
+    pair: VethPair, ctxs: tuple[rdma.Context, rdma.Context], test: str
+) -> None:
+    a, b = ctxs
+    port, size, iters = 18710 + ["write", "read", "send", "atomic"].index(test), 4096, 300
+    cqa, cqb = a.create_cq(256), b.create_cq(256)
+    pa, pb = a.alloc_pd(), b.alloc_pd()
+    qa, qb = pa.create_qp("RC", cqa), pb.create_qp("RC", cqb)
+    rng = np.random.default_rng(2)
+    bufa = rng.integers(0, 256, 1 << 16, dtype=np.uint8)
+    bufb = rng.integers(0, 256, 1 << 16, dtype=np.uint8)
+    if test == "atomic":
+        bufa[:] = 0
+    mra, mrb = pa.register(bufa), pb.register(bufb)
+    if test == "send":
+        qa.init()
+    serve = in_thread(
+        pair,
+        "a",
+        lambda: qa.perftest_serve(
+            mra, port, timeout=30, test=test, cq=cqa, size=size, iterations=iters
+        ),
+    )
+    try:
+        with pair.enter("b"):
+            client = {
+                "write": qb.perftest_write_bw,
+                "read": qb.perftest_read_bw,
+                "send": qb.perftest_send_bw,
+            }
+            if test == "atomic":
+                rep = qb.perftest_atomic_bw(cqb, mrb, pair.a.ip, port, iterations=iters)
+            else:
+                rep = client[test](cqb, mrb, pair.a.ip, port, size=size, iterations=iters)
+    finally:
+        theirs = serve()
+    want = 8 if test == "atomic" else size
+    assert (rep["size"], rep["iters"]) == (want, iters) and rep["bw_avg"] > 0, rep
+    assert (theirs["size"], theirs["iters"]) == (want, iters), theirs
+    if test == "atomic":  # fetch-and-adds of 1 on the server's first word, old values back
+        assert int(bufa[:8].view(np.uint64)[0]) == iters == int(bufa.view(np.uint64).sum())
+        assert int(bufb[:8].view(np.uint64)[0]) == iters - 1
+    else:  # writes and sends landed at the server's start, reads at the client's
+        assert (bufa[:size] == bufb[:size]).all()
+
+
+def test_verbs_only_calls_say_what_is_supported(
+    pair: VethPair, ctxs: tuple[rdma.Context, rdma.Context]
+) -> None:
+    a, b = ctxs
+    pd, cq = a.alloc_pd(), a.create_cq(16)
+    qp = pd.create_qp("RC", cq)
+    for call in (lambda: pd.create_srq(8), qp.to_reset, lambda: qp.cm_connect(pair.b.ip)):
+        with pytest.raises(OSError) as e:
+            call()
+        assert e.value.errno == errno.EOPNOTSUPP, e.value
+        assert "user-space" in str(e.value), e.value
+    with pytest.raises(ValueError, match="one GID"):
+        a.gid(index=1)
+    with pytest.raises(ValueError, match=r"belongs to another (context|engine)"):
+        pd.create_qp("RC", b.create_cq(4))
+    with pytest.raises(ValueError, match="not an IP address"):
+        rdma.Context.userspace("veth0", ip="nope", netns=pair.a.netns)
+    with pytest.raises(ValueError, match="progress"):
+        rdma.Context.userspace("veth0", ip=pair.a.ip, netns=pair.a.netns, progress="sometimes")
+    with pytest.raises(OSError):
+        rdma.Context.userspace("kbx-none0", ip=pair.a.ip, netns=pair.a.netns)
+    with pytest.raises(FileNotFoundError):
+        rdma.Context("kbx-none0")  # no such user-space context open (nor device)
+
+
+def xdp_attached(pair: VethPair, side: str) -> bool:
+    out = pair.run(side, "ip", "-d", "link", "show", "dev", pair._end(side).ifname).stdout
+    return "prog/xdp" in out or " xdp" in out
+
+
+def test_close_releases_the_engine_and_its_children(pair: VethPair) -> None:
+    a = rdma.Context.userspace(pair.a.ifname, ip=pair.a.ip, netns=pair.a.netns)
+    try:
+        assert xdp_attached(pair, "a")
+        pd, cq = a.alloc_pd(), a.create_cq(8)
+        qp, mr = pd.create_qp("RC", cq), pd.register(bytearray(64))
+    finally:
+        a.close()  # closes pd, cq, qp and mr first, then the engine goes
+    for call in (lambda: qp.qp_num, lambda: mr.rkey, lambda: cq.poll(), lambda: pd.context()):
+        with pytest.raises(RuntimeError, match="closed"):
+            call()
+    assert not [d for d in rdma.devices() if d.userspace]
+    assert not xdp_attached(pair, "a")
+    # dropped without close(): the engine goes with the last object
+    again = rdma.Context.userspace(pair.a.ifname, ip=pair.a.ip, netns=pair.a.netns)
+    qp2 = again.alloc_pd().create_qp("UD", again.create_cq(4))
+    del again
+    gc.collect()
+    assert xdp_attached(pair, "a")  # the QP still holds it
+    del qp2
+    gc.collect()
+    assert not xdp_attached(pair, "a")
+
+
+def test_caller_progress(pair: VethPair) -> None:
+    a = rdma.Context.userspace(
+        pair.a.ifname, ip=pair.a.ip, netns=pair.a.netns, progress="caller", ring_size=256,
+        frames=1024,
+    )  # fmt: skip
+    b = rdma.Context.userspace(pair.b.ifname, ip=pair.b.ip, netns=pair.b.netns)
+    with a, b:
+        c = Conn(a, b)
+        src = bytearray(b"kbypass" * 100)
+        dst = bytearray(len(src))
+        msrc, mdst = c.pda.register(src), c.pdb.register(dst)
+        c.qa.write(msrc, mdst.addr, mdst.rkey)
+        assert wait_wcs(c.cqa)[0].status_name == "SUCCESS"  # these polls ran engine a
+        assert dst == src
+
+
+def test_ipv6_engines() -> None:
+    with VethPair(subnet="198.18.42", ipv6=True) as p:
+        for end in (p.a, p.b):
+            p.run(end, "ip", "addr", "add", f"fd00:c612::{end.ip.rsplit('.', 1)[1]}/64", "dev",
+                  end.ifname, "nodad")  # fmt: skip
+        ip_a, ip_b = "fd00:c612::1", "fd00:c612::2"
+        a = rdma.Context.userspace(p.a.ifname, ip=ip_a, netns=p.a.netns)
+        b = rdma.Context.userspace(p.b.ifname, ip=ip_b, netns=p.b.netns)
+        with a, b:
+            assert a.gid() == ip_a
+            cqa, cqb = a.create_cq(16), b.create_cq(16)
+            pa, pb = a.alloc_pd(), b.alloc_pd()
+            qa, qb = pa.create_qp("RC", cqa), pb.create_qp("RC", cqb)
+            qa.connect(qb.endpoint(psn=1), psn=2)
+            qb.connect(qa.endpoint(psn=2), psn=1)
+            src, dst = bytearray(os.urandom(5000)), bytearray(5000)
+            ms, md = pa.register(src), pb.register(dst)
+            qa.write(ms, md.addr, md.rkey)
+            assert wait_wcs(cqa)[0].status_name == "SUCCESS" and dst == src
+    assert p.closed
+
+
+def test_readme_example() -> None:
+    """The README's "RDMA on a host without RDMA" example, run as written."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    marker = "tested by tests/rdma/test_userspace.py::test_readme_example"
+    block = readme.split(marker, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert "Context.userspace" in block and len(block.splitlines()) <= 20, block
+    exec(compile(block, "README.md", "exec"), {})
+    assert not [d for d in rdma.devices() if d.userspace]
+
+
+def test_a_busy_queue_is_retried_for_two_seconds(pair: VethPair) -> None:
+    first = rdma.Context.userspace(pair.a.ifname, ip=pair.a.ip, netns=pair.a.netns)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(OSError) as e:
+            rdma.Context.userspace(pair.a.ifname, ip=pair.a.ip, netns=pair.a.netns)
+    except BaseException:
+        first.close()
+        raise
+    assert e.value.errno == errno.EBUSY and 1.9 < time.monotonic() - t0 < 10, e.value
+    # the queue frees while a second open retries: that open succeeds
+    threading.Timer(0.5, first.close).start()
+    second = rdma.Context.userspace(pair.a.ifname, ip=pair.a.ip, netns=pair.a.netns)
+    assert second.is_userspace and 0.4 < time.monotonic() - t0 - 2 < 5
+    second.close()
+
+
+def test_engine_options_from_python(pair: VethPair) -> None:
+    where = {"ip": pair.a.ip, "netns": pair.a.netns}
+    with rdma.Context.userspace(
+        pair.a.ifname, **where, cpu=0, frames=1024, frame_size=2048, ring_size=256, bind="copy",
+        attach="generic", neigh_timeout=1.0,
+    ) as ctx:  # fmt: skip
+        assert ctx.is_userspace and isinstance(ctx.notes, list)
+        assert ctx.query_port().active_mtu <= 1024  # a 2048-byte frame caps the path MTU
+    for bad, what in (
+        ({"ring_size": 100}, "power of two"),
+        ({"frames": 64, "ring_size": 64}, "twice"),
+        ({"bind": "sideways"}, "bind|mode"),
+        ({"progress": "caller", "cpu": 0}, "cpu"),
+        ({"neigh_timeout": -1.0}, "timeout"),
+    ):
+        with pytest.raises(ValueError, match=what):
+            rdma.Context.userspace(pair.a.ifname, **where, **bad)  # type: ignore[arg-type]
+    assert not [d for d in rdma.devices() if d.userspace]
+
+
+def test_completion_channel_and_bulk_poll(ctxs: tuple[rdma.Context, rdma.Context]) -> None:
+    a, b = ctxs
+    cqa, cqb = a.create_cq(16, channel=True), b.create_cq(16)
+    pa, pb = a.alloc_pd(), b.alloc_pd()
+    qa, qb = pa.create_qp("RC", cqa), pb.create_qp("RC", cqb)
+    qa.connect(qb.endpoint(psn=9), psn=8)
+    qb.connect(qa.endpoint(psn=8), psn=9)
+    src, dst = bytearray(b"x" * 512), bytearray(512)
+    ms, md = pa.register(src), pb.register(dst)
+    t0 = time.monotonic()
+    assert cqa.wait(timeout=0.2) == [] and time.monotonic() - t0 >= 0.15  # nothing yet
+    for i in range(3):
+        qa.write(ms, md.addr, md.rkey, wr_id=40 + i)
+    got: list[Any] = []
+    while len(got) < 3:
+        got += cqa.wait(timeout=10)  # sleeps on the engine's eventfd, GIL released
+    assert [w.wr_id for w in got] == [40, 41, 42] and dst == src
+    qa.write(ms, md.addr, md.rkey, length=8, wr_id=50)
+    qa.write(ms, md.addr, md.rkey, length=8, wr_id=51)
+    wcs = rdma.completion_array(8)
+    n, deadline = 0, time.monotonic() + 10
+    while n < 2:
+        n += cqa.poll_into(wcs[n:])
+        assert time.monotonic() < deadline
+    assert list(wcs[:2]["wr_id"]) == [50, 51] and not wcs[:2]["status"].any()
