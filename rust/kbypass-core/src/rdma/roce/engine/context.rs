@@ -24,8 +24,6 @@ pub(super) struct Shared {
     core: Mutex<Core>,
     pub wake: EventFd,
     pub stop: AtomicBool,
-    /// The poll thread sleeps its idle sleep (50 ms), too long for a timer just started.
-    pub idle_sleep: AtomicBool,
     pub xsk_fd: RawFd,
 }
 
@@ -148,7 +146,6 @@ impl Engine {
             core: Mutex::new(Core::new(port, mac, ip)),
             wake: EventFd::new()?,
             stop: AtomicBool::new(false),
-            idle_sleep: AtomicBool::new(false),
             xsk_fd,
         });
         let thread = match opts.progress {
@@ -252,20 +249,6 @@ impl Engine {
     /// Wakes the poll thread (work was posted).
     pub(super) fn kick(&self) {
         if self.thread_running() {
-            self.shared.wake.signal();
-        }
-    }
-
-    /// Sends what was just posted from the caller's thread, as rxe runs its requester inline:
-    /// waking the poll thread to do it would put a thread wake-up (microseconds) in front of
-    /// every request. The poll thread is woken only when it sleeps its idle sleep and the round
-    /// started a timer it must keep. With caller progress nothing moves until the caller polls.
-    pub(super) fn send_now(&self) {
-        if !self.thread_running() {
-            return;
-        }
-        let round = self.shared.lock().progress();
-        if round.timers && self.shared.idle_sleep.load(Ordering::Acquire) {
             self.shared.wake.signal();
         }
     }
@@ -409,9 +392,6 @@ fn spawn(shared: &Arc<Shared>, ifname: &str, cpu: Option<usize>) -> Result<JoinH
 /// eventfd (1 ms while timers run, 50 ms when idle).
 fn run(s: &Shared) {
     while !s.stop.load(Ordering::Acquire) {
-        // Set before the round: a post whose round comes after this one finds it set (and wakes
-        // this thread if it started a timer); one before it left the timer for this round to see.
-        s.idle_sleep.store(true, Ordering::Release);
         let p = s.lock().progress();
         if p.busy {
             continue;
@@ -421,9 +401,6 @@ fn run(s: &Shared) {
         } else {
             Duration::from_millis(50)
         };
-        if p.timers {
-            s.idle_sleep.store(false, Ordering::Release);
-        }
         let mut fds = [
             libc::pollfd {
                 fd: s.xsk_fd,

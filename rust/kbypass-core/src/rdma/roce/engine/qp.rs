@@ -350,7 +350,7 @@ impl QueuePair {
             let what = posted(q.qp_type, op, data, len)?;
             q.post_send(wqe, what, solicited)
         })?;
-        self.engine.send_now();
+        self.engine.kick();
         Ok(())
     }
 
