@@ -1,0 +1,315 @@
+"""RDMA on the user-space RoCEv2 engine next to kernel TCP, engine to engine on the veth bench.
+
+No kernel RDMA is used: two ``kbypass.rdma.Context.userspace`` engines, one per namespace of a
+veth pair (198.18.0.0/15), move the bytes; the reference is the kernel's TCP stack moving the same
+transfer between the same two namespaces over the same veth pair, in the same round:
+
+- bandwidth, per message size (64 B, 4 KiB, 64 KiB): RDMA write, read and send as perftest's
+  ``ib_*_bw`` run them (``QueuePair.perftest_serve`` against ``perftest_*_bw``, the engines on
+  both ends) against ``iperf3`` streaming the same message size over TCP (``-l``);
+- latency at 64 B: RDMA write ping-pong (``measure_write_latency``, as ``ib_write_lat``; the round
+  trip is twice each one-way sample; the engines driven by the two measuring threads, caller
+  progress) against ``sockperf ping-pong --tcp -m 64`` to
+  ``sockperf server --tcp``, both as round-trip percentiles (p50, p99, p99.9).
+
+Each round measures the kernel and the engine side by side; ratios are taken round by round and
+reported as min / median / max in ``extra_info``. Goals (issue 11): at least 1.5 times TCP's
+bandwidth at 64 KiB messages (write) and at most 0.5 times its round-trip p50 at 64 B; recorded,
+not asserted (a loaded machine moves them). sockperf's client and server block in the kernel as
+TCP applications do; the engines spin, as RDMA applications do. With ``--benchmark-disable``
+(CI) one short round runs as a check that every path works. For docs/performance.md, on a
+quiet machine::
+
+    KBYPASS_BENCH_SECONDS=3 KBYPASS_BENCH_ROUNDS=5 python -m pytest benches/bench_rdma_engine.py \
+        --benchmark-enable -s
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from kbypass import rdma
+from kbypass.pingpong import parse_sockperf
+from kbypass.testing import VethPair
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: AF_XDP engines in namespaces"),
+    pytest.mark.skipif(
+        shutil.which("iperf3") is None or shutil.which("sockperf") is None,
+        reason="iperf3 and sockperf are the TCP references: bash .ci/install-system-deps",
+    ),
+]
+
+T = TypeVar("T")
+SIZES = (64, 4096, 65536)
+TESTS = ("write", "read", "send")
+LAT_SIZE = 64
+TCP_PORT = 18790
+PERF_PORT = 18791
+
+
+def _settings(config: pytest.Config) -> tuple[int, int, float]:
+    """Rounds, seconds per TCP run, and the engines' iteration scale (short when disabled)."""
+    enabled = not config.getoption("benchmark_disable", False)
+    rounds = int(os.environ.get("KBYPASS_BENCH_ROUNDS", "3" if enabled else "1"))
+    seconds = int(os.environ.get("KBYPASS_BENCH_SECONDS", "2" if enabled else "1"))
+    return rounds, seconds, 1.0 if enabled else 0.1
+
+
+def _iterations(size: int, scale: float) -> int:
+    """Messages per RDMA run: about 64 MiB at 64 KiB, fewer bytes (more messages) when small."""
+    base = {64: 50_000, 4096: 10_000, 65536: 1_000}[size]
+    return max(100, int(base * scale))
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[VethPair]:
+    with VethPair(subnet="198.18.45") as p:
+        yield p
+
+
+def _in_thread(pair: VethPair, side: str, fn: Callable[[], T]) -> Callable[[], T]:
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        with pair.enter(side):
+            try:
+                box["out"] = fn()
+            except BaseException as e:  # re-raised by the joining call
+                box["err"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+
+    def join() -> T:
+        t.join(180)
+        if t.is_alive():
+            raise TimeoutError(f"the {side} side of the measurement did not finish in 180 s")
+        if "err" in box:
+            raise box["err"]
+        out: T = box["out"]
+        return out
+
+    return join
+
+
+class Engines:
+    """Two engine contexts, ``a`` and ``b``, on the pair; closed on exit."""
+
+    def __init__(self, pair: VethPair, progress: str = "thread") -> None:
+        a, b = pair.a, pair.b
+        self.a = rdma.Context.userspace(a.ifname, ip=a.ip, netns=a.netns, progress=progress)
+        try:
+            self.b = rdma.Context.userspace(b.ifname, ip=b.ip, netns=b.netns, progress=progress)
+        except BaseException:
+            self.a.close()
+            raise
+
+    def __enter__(self) -> Engines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.a.close()
+        self.b.close()
+
+
+def rdma_bw(pair: VethPair, test: str, size: int, iterations: int) -> float:
+    """One perftest-style run, ``a`` the client, ``b`` the server; MB/s (10^6 B/s) at ``a``."""
+    with Engines(pair) as e:
+        cqa, cqb = e.a.create_cq(512), e.b.create_cq(512)
+        pda, pdb = e.a.alloc_pd(), e.b.alloc_pd()
+        qa, qb = pda.create_qp("RC", cqa), pdb.create_qp("RC", cqb)
+        bufa, bufb = np.zeros(max(size, 1 << 16), np.uint8), np.zeros(max(size, 1 << 16), np.uint8)
+        mra, mrb = pda.register(bufa), pdb.register(bufb)
+        if test == "send":
+            qb.init()  # the server posts its receives before the exchange
+        serve = _in_thread(
+            pair,
+            "b",
+            lambda: qb.perftest_serve(
+                mrb, PERF_PORT, timeout=120, test=test, cq=cqb, size=size, iterations=iterations
+            ),
+        )
+        client = {
+            "write": qa.perftest_write_bw,
+            "read": qa.perftest_read_bw,
+            "send": qa.perftest_send_bw,
+        }[test]
+        with pair.enter("a"):
+            rep = client(
+                cqa, mra, pair.b.ip, PERF_PORT, size=size, iterations=iterations, timeout=120
+            )
+        serve()
+    assert rep["iters"] == iterations and rep["bw_avg"] > 0, rep
+    return float(rep["bw_avg"]) * (1 << 20) / 1e6
+
+
+def rdma_rtt(pair: VethPair, iterations: int) -> dict[str, float]:
+    """RDMA write ping-pong at 64 B between the engines: RTT percentiles in µs.
+
+    The engines run with caller progress: each side's measuring thread drives its engine as it
+    spins (run to completion, as a DPDK application polls its own port), so two threads do the
+    whole exchange on the two CPUs. With a poll thread per engine, four runnable threads share
+    two CPUs and the scheduler's time slices (milliseconds) show in the figures.
+    """
+    with Engines(pair, progress="caller") as e:
+        cqa, cqb = e.a.create_cq(64), e.b.create_cq(64)
+        pda, pdb = e.a.alloc_pd(), e.b.alloc_pd()
+        qa, qb = pda.create_qp("RC", cqa), pdb.create_qp("RC", cqb)
+        qa.connect(qb.endpoint(psn=1), psn=2)
+        qb.connect(qa.endpoint(psn=2), psn=1)
+        bufa, bufb = np.zeros(2 * LAT_SIZE, np.uint8), np.zeros(2 * LAT_SIZE, np.uint8)
+        mra, mrb = pda.register(bufa), pdb.register(bufb)
+        one_way = rdma.measure_write_latency(qa, qb, cqa, cqb, mra, mrb, LAT_SIZE, iterations)
+    rtt = 2 * np.asarray(one_way, dtype=np.float64)
+    return {
+        "p50_us": float(np.percentile(rtt, 50)),
+        "p99_us": float(np.percentile(rtt, 99)),
+        "p99.9_us": float(np.percentile(rtt, 99.9)),
+    }
+
+
+def _server(pair: VethPair, *cmd: str) -> subprocess.Popen[bytes]:
+    p = pair.popen("b", *cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)  # bound and listening (both tools bind before they print anything)
+    if p.poll() is not None:
+        raise RuntimeError(f"`{' '.join(cmd)}` exited {p.returncode} at start")
+    return p
+
+
+def _stop(p: subprocess.Popen[bytes]) -> None:
+    if p.poll() is None:
+        p.terminate()
+    try:
+        p.wait(5)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+def tcp_bw(pair: VethPair, size: int, seconds: int) -> float:
+    """iperf3 over TCP from ``a`` to ``b``, ``size``-byte writes; MB/s (10^6 B/s) received."""
+    srv = _server(pair, "iperf3", "-s", "-1", "-B", pair.b.ip, "-p", str(TCP_PORT))
+    try:
+        r = pair.run(
+            "a", "iperf3", "-c", pair.b.ip, "-p", str(TCP_PORT), "-t", str(seconds),
+            "-l", str(size), "-J", check=False, timeout=seconds + 30,
+        )  # fmt: skip
+    finally:
+        _stop(srv)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(r.stdout)
+    return float(report["end"]["sum_received"]["bits_per_second"]) / 8 / 1e6
+
+
+def tcp_rtt(pair: VethPair, seconds: int) -> dict[str, float]:
+    """sockperf ping-pong over TCP, 64 B: RTT percentiles in µs."""
+    port = str(TCP_PORT + 1)
+    srv = _server(pair, "sockperf", "server", "--tcp", "-i", pair.b.ip, "-p", port)
+    try:
+        r = pair.run(
+            "a", "sockperf", "ping-pong", "--tcp", "-i", pair.b.ip, "-p", port,
+            "-m", str(LAT_SIZE), "-t", str(seconds), "--full-rtt",
+            check=False, timeout=seconds + 30,
+        )  # fmt: skip
+    finally:
+        _stop(srv)
+    return parse_sockperf(r.stdout + r.stderr)
+
+
+def _spread(values: list[float]) -> list[float]:
+    return [min(values), statistics.median(values), max(values)]
+
+
+def _record(benchmark: BenchmarkFixture, name: str, ratios: list[float], **extra: Any) -> None:
+    benchmark.extra_info.update({f"{name}_ratio_min_median_max": _spread(ratios), **extra})
+
+
+@pytest.mark.benchmark(group="rdma-engine")
+@pytest.mark.parametrize("test", TESTS)
+def test_engine_bandwidth_vs_kernel_tcp(
+    benchmark: BenchmarkFixture, pair: VethPair, test: str, request: pytest.FixtureRequest
+) -> None:
+    rounds, seconds, scale = _settings(request.config)
+    per_size: dict[int, dict[str, list[float]]] = {s: {"tcp": [], "rdma": []} for s in SIZES}
+
+    def one_round() -> None:
+        for size in SIZES:
+            per_size[size]["tcp"].append(tcp_bw(pair, size, seconds))
+            per_size[size]["rdma"].append(rdma_bw(pair, test, size, _iterations(size, scale)))
+
+    benchmark.pedantic(one_round, rounds=rounds, iterations=1)
+    for size, got in per_size.items():
+        ratios = [r / t for r, t in zip(got["rdma"], got["tcp"], strict=True)]
+        _record(
+            benchmark,
+            f"{test}_{size}",
+            ratios,
+            **{
+                f"{test}_{size}_rdma_mb_s": _spread(got["rdma"]),
+                f"{test}_{size}_tcp_mb_s": _spread(got["tcp"]),
+            },
+        )
+        print(
+            f"\n{test} {size:>6} B: engine {statistics.median(got['rdma']):9.1f} MB/s, kernel TCP"
+            f" {statistics.median(got['tcp']):9.1f} MB/s; ratio min/median/max "
+            + " / ".join(f"{x:.2f}" for x in _spread(ratios))
+        )
+    top = per_size[65536]
+    benchmark.extra_info["rate"] = statistics.median(top["rdma"])
+    benchmark.extra_info["unit"] = "MB/s at 64 KiB"
+    benchmark.extra_info["ratio"] = statistics.median(
+        [r / t for r, t in zip(top["rdma"], top["tcp"], strict=True)]
+    )
+    benchmark.extra_info["reference"] = "kernel TCP (iperf3 -l 65536), same pair, same round"
+    assert all(v > 0 for got in per_size.values() for v in got["rdma"] + got["tcp"])
+
+
+@pytest.mark.benchmark(group="rdma-engine")
+def test_engine_write_latency_vs_kernel_tcp(
+    benchmark: BenchmarkFixture, pair: VethPair, request: pytest.FixtureRequest
+) -> None:
+    rounds, seconds, scale = _settings(request.config)
+    tcp: list[dict[str, float]] = []
+    eng: list[dict[str, float]] = []
+
+    def one_round() -> None:
+        tcp.append(tcp_rtt(pair, seconds))
+        eng.append(rdma_rtt(pair, max(500, int(20_000 * scale))))
+
+    benchmark.pedantic(one_round, rounds=rounds, iterations=1)
+    for pct in ("p50_us", "p99_us", "p99.9_us"):
+        ratios = [e[pct] / t[pct] for e, t in zip(eng, tcp, strict=True)]
+        _record(
+            benchmark,
+            pct,
+            ratios,
+            **{
+                f"engine_rtt_{pct}": _spread([e[pct] for e in eng]),
+                f"tcp_rtt_{pct}": _spread([t[pct] for t in tcp]),
+            },
+        )
+        print(
+            f"\nRTT {pct[:-3]} at 64 B: engine write {statistics.median([e[pct] for e in eng]):.1f}"
+            f" µs, kernel TCP {statistics.median([t[pct] for t in tcp]):.1f} µs; ratio"
+            " min/median/max " + " / ".join(f"{x:.2f}" for x in _spread(ratios))
+        )
+    benchmark.extra_info["rate"] = statistics.median([e["p50_us"] for e in eng])
+    benchmark.extra_info["unit"] = "µs RTT p50"
+    benchmark.extra_info["ratio"] = statistics.median(
+        [e["p50_us"] / t["p50_us"] for e, t in zip(eng, tcp, strict=True)]
+    )
+    benchmark.extra_info["reference"] = "kernel TCP (sockperf ping-pong --tcp -m 64), same round"
+    assert all(e["p50_us"] > 0 for e in eng) and all(t["p50_us"] > 0 for t in tcp)
