@@ -283,6 +283,10 @@ def test_verbs_only_calls_say_what_is_supported(
             call()
         assert e.value.errno == errno.EOPNOTSUPP, e.value
         assert "user-space" in str(e.value), e.value
+    ud = pd.create_qp("UD", cq)
+    with pytest.raises(OSError, match="over UD") as e:
+        ud.perftest_write_bw(cq, pd.register(bytearray(64)), pair.b.ip, 18799, size=64)
+    assert e.value.errno == errno.EOPNOTSUPP
     with pytest.raises(ValueError, match="one GID"):
         a.gid(index=1)
     with pytest.raises(ValueError, match=r"belongs to another (context|engine)"):
