@@ -263,6 +263,115 @@ pub fn enter_netns(path: &str) {
     assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
 }
 
+/// A raw `AF_PACKET` socket on one interface of the calling thread's namespace (it stays in
+/// that namespace when the thread leaves it): sends crafted frames and receives every frame
+/// the interface sees, both ways, with a receive timeout.
+pub struct RawSocket {
+    fd: std::os::fd::OwnedFd,
+    ifindex: i32,
+}
+
+impl RawSocket {
+    /// Open one on `ifname`, receives timing out after `timeout`.
+    pub fn open(ifname: &str, timeout: std::time::Duration) -> crate::Result<Self> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let ifindex = crate::sys::xdp::if_nametoindex(ifname)? as i32;
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        let err = |what: &str| {
+            let e = std::io::Error::last_os_error();
+            crate::Error::os(what, e.raw_os_error().unwrap_or(0), "")
+        };
+        // SAFETY: plain socket(2); the result is checked before it is owned.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                i32::from(proto),
+            )
+        };
+        if raw < 0 {
+            return Err(err("socket(AF_PACKET)"));
+        }
+        // SAFETY: `raw` is a new socket nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: all-zero is a valid sockaddr_ll; the fields set below make the address.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = ifindex;
+        // SAFETY: a valid fd and a live sockaddr_ll of the size passed.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if r != 0 {
+            return Err(err("bind(AF_PACKET)"));
+        }
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: a valid fd and a live timeval of the size passed.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        if r != 0 {
+            return Err(err("setsockopt(SO_RCVTIMEO)"));
+        }
+        Ok(RawSocket { fd, ifindex })
+    }
+
+    /// Send one whole Ethernet frame out of the interface.
+    pub fn send(&self, frame: &[u8]) -> crate::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: all-zero is a valid sockaddr_ll; the fields set below make the address.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = self.ifindex;
+        sll.sll_halen = 6;
+        // SAFETY: `frame` and `sll` are live for the lengths passed.
+        let r = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if r != frame.len() as isize {
+            let e = std::io::Error::last_os_error();
+            return Err(crate::Error::os(
+                "sendto(AF_PACKET)",
+                e.raw_os_error().unwrap_or(0),
+                "",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The next frame the interface saw, or `None` at the timeout.
+    pub fn recv(&self) -> Option<Vec<u8>> {
+        use std::os::fd::AsRawFd;
+        let mut buf = vec![0u8; 65536];
+        // SAFETY: `buf` is live and writable for its length.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let n = usize::try_from(n).ok()?;
+        buf.truncate(n);
+        Some(buf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

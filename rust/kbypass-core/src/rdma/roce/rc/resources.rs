@@ -73,6 +73,18 @@ impl Resources {
         })
     }
 
+    /// The last PSN of the held read whose PSNs include `psn`.
+    pub(super) fn read_last_psn(&self, psn: u32) -> Option<u32> {
+        self.held.iter().find_map(|r| match *r {
+            Resource::Read {
+                first_psn,
+                last_psn,
+                ..
+            } if psn_diff(psn, first_psn) >= 0 && psn_diff(psn, last_psn) <= 0 => Some(last_psn),
+            _ => None,
+        })
+    }
+
     /// The original value a held atomic at `psn` found.
     pub(super) fn atomic_at(&self, psn: u32) -> Option<u64> {
         self.held.iter().find_map(|r| match *r {

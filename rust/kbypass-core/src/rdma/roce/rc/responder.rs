@@ -301,11 +301,30 @@ impl Responder {
             Op::ReadRequest => {
                 // Re-executed (the data may have changed, which RDMA allows) if a resource
                 // holds a read that covers it; otherwise dropped (class D).
+                // The responses still queued for those PSNs are dropped first: the answer
+                // replaces them (as rxe restarts its one read in progress), so a requester
+                // that re-asks after each gap never gets one stream per gap.
                 let Some(r) = pkt.ext.reth else { return };
                 let len = r.dma_len;
-                if !self.resources.read_covers(psn, r.va, r.rkey, len)
-                    || self.read(psn, r.va, r.rkey, len as usize).is_err()
-                {
+                if !self.resources.read_covers(psn, r.va, r.rkey, len) {
+                    self.dropped += 1;
+                    return;
+                }
+                // Only that read's own PSNs, whatever length the duplicate claims.
+                let last = self.resources.read_last_psn(psn).unwrap_or(psn);
+                let n = packets_for(len as usize, self.p.mtu).min(psn_diff(last, psn) as u32 + 1);
+                self.out.retain(|p| {
+                    let d = psn_diff(p.bth.psn, psn);
+                    let response = matches!(
+                        p.bth.opcode.op(),
+                        Op::ReadResponseFirst
+                            | Op::ReadResponseMiddle
+                            | Op::ReadResponseLast
+                            | Op::ReadResponseOnly
+                    );
+                    !(response && d >= 0 && (d as u32) < n)
+                });
+                if self.read(psn, r.va, r.rkey, len as usize).is_err() {
                     self.dropped += 1;
                 }
             }

@@ -462,3 +462,63 @@ fn hostile_packets_never_panic_either_side() {
         assert!(r.dropped + r.refused + r.duplicates + r.out_of_sequence > 0);
     }
 }
+
+#[test]
+fn a_duplicate_read_replaces_the_responses_still_queued_for_its_psns() {
+    // A requester re-asks from each gap it sees; answered while the first answer is still
+    // queued, each re-ask must not add a second stream of the same PSNs.
+    let p = RcParams {
+        dest_qp: 2,
+        recv_psn: 100,
+        ..RcParams::default()
+    };
+    let mtu = p.mtu;
+    let mut r = Responder::new(p, memory(16 * mtu));
+    let read = |psn: u32, k: usize| {
+        let ext = ExtHeaders {
+            reth: Some(super::super::wire::Reth {
+                va: VA + (k * mtu) as u64,
+                rkey: RKEY,
+                dma_len: ((10 - k) * mtu) as u32,
+            }),
+            ..ExtHeaders::default()
+        };
+        request(Op::ReadRequest, psn, ext, Vec::new(), true)
+    };
+    let bytes: Vec<u8> = (0..16 * mtu).map(|i| (i * 7 / 3) as u8).collect();
+    r.memory_mut().write(RKEY, VA, &bytes).unwrap();
+    r.on_packet(&read(100, 0));
+    r.on_packet(&read(103, 3));
+    r.on_packet(&read(105, 5));
+    let out = drain(&mut r);
+    let psns: Vec<u32> = out.iter().map(|p| p.bth.psn).collect();
+    assert_eq!(
+        psns,
+        (100..110).collect::<Vec<_>>(),
+        "each PSN once, in order"
+    );
+    for (k, p) in out.iter().enumerate() {
+        assert_eq!(
+            p.payload,
+            bytes[k * mtu..(k + 1) * mtu],
+            "PSN {}",
+            p.bth.psn
+        );
+    }
+    assert_eq!(r.duplicates, 2);
+    // Once sent, a re-ask is answered again from its PSN on.
+    r.on_packet(&read(107, 7));
+    let psns: Vec<u32> = drain(&mut r).iter().map(|p| p.bth.psn).collect();
+    assert_eq!(psns, [107, 108, 109]);
+    // A duplicate that claims more packets than its read had takes nothing queued for the
+    // next read (PSNs 110 and 111) away.
+    let mut next = read(110, 0);
+    next.ext.reth.as_mut().unwrap().dma_len = 2 * mtu as u32;
+    r.on_packet(&next);
+    let mut long = read(103, 0);
+    long.bth.psn = 103;
+    r.on_packet(&long);
+    let out = drain(&mut r);
+    assert_eq!((out[0].bth.psn, out[1].bth.psn), (110, 111));
+    assert_eq!(out[0].payload, bytes[..mtu]);
+}

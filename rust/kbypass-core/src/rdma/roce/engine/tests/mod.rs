@@ -4,6 +4,7 @@
 mod faults;
 mod other;
 mod rc;
+mod wire_faults;
 
 use std::net::IpAddr;
 use std::sync::Arc;
