@@ -3,7 +3,8 @@
 //!
 //! Every class that owns a verbs object extends [`resource::Resource`], which holds
 //! `close()`/`__enter__`/`__exit__` once; core objects keep their parents alive, so closing
-//! in any order is safe.
+//! in any order is safe, and a user-space context (`Context.userspace`) closes the objects
+//! made from it first, so its `close()` releases the engine.
 
 mod ah;
 mod args;

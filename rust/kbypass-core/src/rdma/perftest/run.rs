@@ -7,7 +7,7 @@ use super::{BwReport, Keys, Session};
 use crate::error::{Error, Result};
 use crate::rdma::perf::{op_bandwidth, Bandwidth, Pacing};
 use crate::rdma::{
-    CompletionQueue, Endpoint, MemoryRegion, PathParams, QueuePair, SendOp, WorkCompletion,
+    CompletionQueue, Endpoint, MemoryRegion, PathParams, QpType, QueuePair, SendOp, WorkCompletion,
 };
 
 /// Which perftest tool's test.
@@ -89,6 +89,17 @@ fn connect(
     Ok((mine, remote))
 }
 
+/// The runs here are RC's and UC's (a UD run needs address handles and GRH room).
+fn refuse_ud(test: Test, qp: &QueuePair) -> Result<()> {
+    if qp.qp_type() == QpType::Ud {
+        return Err(Error::Unsupported {
+            what: format!("{} over UD (-c UD)", test.tool()),
+            fix: "run it over an RC QP (or UC for write and send)".into(),
+        });
+    }
+    Ok(())
+}
+
 /// The server's buffer must hold what the client's requests touch: perftest's requests
 /// cycle through one cycle buffer (a page) from the address we give.
 fn check_server_buffer(s: &Session, test: Test, mr: &MemoryRegion) -> Result<()> {
@@ -123,6 +134,7 @@ pub fn serve(
             "an ib_send_bw server posts receives and counts them: use serve_send",
         ));
     }
+    refuse_ud(test, qp)?;
     let mut s = Session::accept(listener, p.mtu, timeout)?;
     check_server_buffer(&s, test, mr)?;
     let (mine, _) = connect(&mut s, test, qp, mr, p, local)?;
@@ -166,6 +178,7 @@ pub fn serve_send(
             "an ib_send_bw server needs size, iterations and rx_depth > 0",
         ));
     }
+    refuse_ud(Test::Send, qp)?;
     let sge = [mr.sge(0, run.size)?];
     let mut s = Session::accept(listener, p.mtu, timeout)?;
     let (mine, _) = connect(&mut s, Test::Send, qp, mr, p, local)?;
@@ -285,6 +298,7 @@ pub fn client(
     if size == 0 || iterations == 0 {
         return Err(Error::invalid("size and iterations must be positive"));
     }
+    refuse_ud(test, qp)?;
     let sge = [mr.sge(0, size)?];
     let mut s = Session::connect(addr, p.mtu, timeout)?;
     let (mine, remote) = connect(&mut s, test, qp, mr, p, local)?;
