@@ -10,7 +10,7 @@ use super::ffi::{self, VerbsPtr};
 use super::mr::{Access, MemoryRegion};
 use super::qp::Endpoint;
 use super::srq::SharedReceiveQueue;
-use super::user::{self, UserPd};
+use super::user::UserPd;
 use crate::error::{Error, Result};
 use crate::sys::mm::Mapping;
 
@@ -133,9 +133,9 @@ impl ProtectionDomain {
     pub fn create_srq(&self, max_wr: u32, max_sge: u32) -> Result<Arc<SharedReceiveQueue>> {
         match &self.inner {
             Pd::Verbs(pd) => SharedReceiveQueue::create(pd, max_wr, max_sge).map(Arc::new),
-            Pd::User(_) => Err(user::unsupported(
-                "a shared receive queue (the engine has none yet: post receives on each QP)",
-            )),
+            Pd::User(u) => u
+                .create_srq(max_wr, max_sge)
+                .map(|s| Arc::new(SharedReceiveQueue::user(s))),
         }
     }
 

@@ -10,7 +10,7 @@ use super::device::Gid;
 use super::ffi::{self, VerbsPtr};
 use super::mr::{Access, Sge};
 use super::pd::{Pd, PdInner, ProtectionDomain};
-use super::srq::SharedReceiveQueue;
+use super::srq::{SharedReceiveQueue, Srq};
 use super::user::{self, UserQp};
 use super::wr::{send_wr, RecvPath, SendFlags, SendOp};
 use crate::error::{Error, Result};
@@ -174,11 +174,13 @@ impl QueuePair {
         let (pd, send_cq, recv_cq) = match (&pd.inner, &send_cq.inner, &recv_cq.inner) {
             (Pd::Verbs(pd), Cq::Verbs(s), Cq::Verbs(r)) => (pd, s, r),
             (Pd::User(pd), Cq::User(s), Cq::User(r)) => {
-                if srq.is_some() {
-                    return Err(user::unsupported("a QP on a shared receive queue"));
-                }
+                let srq = match srq.map(|q| &q.imp) {
+                    None => None,
+                    Some(Srq::User(q)) => Some(q),
+                    Some(Srq::Verbs(_)) => return Err(mixed()),
+                };
                 return Ok(QueuePair {
-                    imp: Qp::User(pd.create_qp(qp_type, s, r, caps)?),
+                    imp: Qp::User(pd.create_qp(qp_type, s, r, caps, srq)?),
                     qp_type,
                     max_inline: caps.max_inline_data,
                 });
@@ -194,17 +196,19 @@ impl QueuePair {
             ));
         };
         let same_context = |other: &Arc<super::context::ContextInner>| Arc::ptr_eq(other, ctx);
-        if !same_context(&send_cq.ctx)
-            || !same_context(&recv_cq.ctx)
-            || srq.is_some_and(|s| !same_context(&s.pd.ctx))
-        {
+        let srq_ptr = match srq.map(|q| &q.imp) {
+            None => ptr::null_mut(),
+            Some(Srq::Verbs(q)) if same_context(&q.pd.ctx) => q.ptr.as_ptr(),
+            Some(_) => return Err(mixed()),
+        };
+        if !same_context(&send_cq.ctx) || !same_context(&recv_cq.ctx) {
             return Err(mixed());
         }
         let mut attr = ffi::ibv_qp_init_attr {
             qp_context: ptr::null_mut(),
             send_cq: send_cq.ptr.as_ptr(),
             recv_cq: recv_cq.ptr.as_ptr(),
-            srq: srq.map_or(ptr::null_mut(), |s| s.ptr.as_ptr().cast()),
+            srq: srq_ptr.cast(),
             cap: ffi::ibv_qp_cap {
                 max_send_wr: caps.max_send_wr,
                 max_recv_wr: caps.max_recv_wr,
@@ -436,7 +440,9 @@ impl QueuePair {
 
     /// Back to RESET (from any state), ready for `to_init` again.
     pub fn to_reset(&self) -> Result<()> {
-        self.verbs("to_reset (an engine QP is in RESET only when created: create a new one)")?;
+        if let Qp::User(q) = &self.imp {
+            return q.to_reset();
+        }
         let mut a = ffi::ibv_qp_attr {
             qp_state: ffi::QPS_RESET,
             ..Default::default()

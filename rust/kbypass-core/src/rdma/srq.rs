@@ -1,4 +1,5 @@
-//! The shared receive queue (`ibv_srq`): one pool of receives for many QPs.
+//! The shared receive queue (`ibv_srq`, or the user-space engine's): one pool of receives for
+//! many QPs.
 
 use std::ptr;
 use std::sync::Arc;
@@ -6,16 +7,28 @@ use std::sync::Arc;
 use super::ffi::{self, VerbsPtr};
 use super::mr::Sge;
 use super::pd::PdInner;
+use super::user::UserSrq;
 use super::wr::RecvPath;
 use crate::error::{Error, Result};
 
-/// A shared receive queue (`ibv_srq`): one pool of receives for many QPs.
+/// A shared receive queue (`ibv_srq`, or the engine's): one pool of receives for many QPs.
 pub struct SharedReceiveQueue {
+    pub(super) imp: Srq,
+}
+
+/// A shared receive queue's backend.
+pub(super) enum Srq {
+    Verbs(VerbsSrq),
+    User(UserSrq),
+}
+
+/// The libibverbs half: the `ibv_srq` and its receive entry point.
+pub(super) struct VerbsSrq {
     pub(super) ptr: VerbsPtr<ffi::ibv_srq>,
     recv: RecvPath<ffi::ibv_srq>,
     pub(super) pd: Arc<PdInner>,
 }
-impl Drop for SharedReceiveQueue {
+impl Drop for VerbsSrq {
     fn drop(&mut self) {
         // SAFETY: created by ibv_create_srq; QPs using it hold an Arc, so none remain.
         unsafe { (self.pd.ctx.v.destroy_srq)(self.ptr.as_ptr()) };
@@ -45,23 +58,83 @@ impl SharedReceiveQueue {
         let ptr = VerbsPtr::new(srq)
             .ok_or_else(|| Error::last_os(format!("ibv_create_srq({max_wr})"), ""))?;
         Ok(SharedReceiveQueue {
-            ptr,
-            // SAFETY: `post` is the post_srq_recv of the context that created this SRQ, and
-            // the path lives in the SRQ, which destroys the queue only when dropped.
-            recv: unsafe {
-                RecvPath::new(
-                    ptr,
-                    post,
-                    "post_srq_recv",
-                    "the shared receive queue is full",
-                )
-            },
-            pd: pd.clone(),
+            imp: Srq::Verbs(VerbsSrq {
+                ptr,
+                // SAFETY: `post` is the post_srq_recv of the context that created this SRQ,
+                // and the path lives in the SRQ, which destroys the queue only when dropped.
+                recv: unsafe {
+                    RecvPath::new(
+                        ptr,
+                        post,
+                        "post_srq_recv",
+                        "the shared receive queue is full",
+                    )
+                },
+                pd: pd.clone(),
+            }),
         })
+    }
+
+    /// The engine's shared receive queue as one.
+    pub(super) fn user(srq: UserSrq) -> Self {
+        SharedReceiveQueue {
+            imp: Srq::User(srq),
+        }
+    }
+
+    /// True on a user-space context.
+    pub fn is_userspace(&self) -> bool {
+        matches!(self.imp, Srq::User(_))
     }
 
     /// Post one receive work request to the shared pool.
     pub fn post_recv(&self, wr_id: u64, sg: &[Sge<'_>]) -> Result<()> {
-        self.recv.post(wr_id, sg)
+        match &self.imp {
+            Srq::Verbs(s) => s.recv.post(wr_id, sg),
+            Srq::User(s) => s.post_recv(wr_id, sg),
+        }
+    }
+
+    /// Arm the limit event (`ibv_modify_srq` with `IBV_SRQ_LIMIT`): the first receive taken
+    /// that leaves fewer than `limit` posted raises it once ([`limit_reached`](Self::limit_reached)).
+    pub fn set_limit(&self, limit: u32) -> Result<()> {
+        match &self.imp {
+            Srq::Verbs(_) => Err(verbs_limit()),
+            Srq::User(s) => {
+                s.set_limit(limit);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the limit event was raised since the last call (`IBV_EVENT_SRQ_LIMIT_REACHED`);
+    /// the call clears it. Re-arm with [`set_limit`](Self::set_limit).
+    pub fn limit_reached(&self) -> Result<bool> {
+        match &self.imp {
+            Srq::Verbs(_) => Err(verbs_limit()),
+            Srq::User(s) => Ok(s.take_limit_event()),
+        }
+    }
+
+    /// The receives posted and not yet taken (user-space contexts; libibverbs does not say).
+    pub fn posted(&self) -> Result<usize> {
+        match &self.imp {
+            Srq::Verbs(_) => Err(Error::Unsupported {
+                what: "counting a libibverbs SRQ's posted receives".into(),
+                fix: "count the receives you post and their completions".into(),
+            }),
+            Srq::User(s) => Ok(s.len()),
+        }
+    }
+}
+
+/// What the limit calls say on a libibverbs SRQ (its event arrives on the context's async
+/// event queue, which kbypass does not read).
+fn verbs_limit() -> Error {
+    Error::Unsupported {
+        what: "the SRQ limit event on a libibverbs device (it comes on the context's \
+               asynchronous event queue, which kbypass does not read)"
+            .into(),
+        fix: "count the SRQ's receive completions instead, or use a user-space context".into(),
     }
 }

@@ -38,8 +38,9 @@ pub(super) fn unsupported(what: &str) -> Error {
     Error::Unsupported {
         what: format!("{what} on a user-space RoCE context (kbx-…)"),
         fix: "the user-space engine supports contexts, PDs, MRs, CQs with completion channels, \
-              RC/UC/UD QPs (init, connect, post_send, post_recv, to_error), AHs, the tools' \
-              exchanges (pingpong, perftest); use a libibverbs device (e.g. rxe0) for this"
+              RC/UC/UD QPs (init, connect, post_send, post_recv, to_error, to_reset), shared \
+              receive queues, AHs, the tools' exchanges (pingpong, perftest); use a libibverbs \
+              device (e.g. rxe0) for this"
             .into(),
     }
 }
@@ -257,16 +258,47 @@ impl UserPd {
         self.0.create_ah(dest).map(UserAh)
     }
 
+    pub(super) fn create_srq(&self, max_wr: u32, max_sge: u32) -> Result<UserSrq> {
+        self.0.create_srq(max_wr, max_sge).map(UserSrq)
+    }
+
+    /// A QP completing on `send_cq` and `recv_cq`, taking its receives from `srq` when given.
     pub(super) fn create_qp(
         &self,
         qp_type: QpType,
         send_cq: &UserCq,
         recv_cq: &UserCq,
         caps: QpCaps,
+        srq: Option<&UserSrq>,
     ) -> Result<UserQp> {
-        self.0
-            .create_qp(qp_type, &send_cq.0, &recv_cq.0, caps, false)
-            .map(UserQp)
+        match srq {
+            None => self
+                .0
+                .create_qp(qp_type, &send_cq.0, &recv_cq.0, caps, false),
+            Some(s) => self
+                .0
+                .create_qp_with_srq(qp_type, &send_cq.0, &recv_cq.0, caps, false, &s.0),
+        }
+        .map(UserQp)
+    }
+}
+
+/// A shared receive queue on the engine.
+pub(super) struct UserSrq(Arc<e::SharedReceiveQueue>);
+
+impl UserSrq {
+    pub(super) fn post_recv(&self, wr_id: u64, sg: &[Sge<'_>]) -> Result<()> {
+        let (s, n) = sges(sg)?;
+        self.0.post_recv(wr_id, &s[..n])
+    }
+    pub(super) fn set_limit(&self, limit: u32) {
+        self.0.set_limit(limit)
+    }
+    pub(super) fn take_limit_event(&self) -> bool {
+        self.0.take_limit_event()
+    }
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
     }
 }
 
@@ -374,6 +406,9 @@ impl UserQp {
     }
     pub(super) fn to_error(&self) -> Result<()> {
         self.0.to_error()
+    }
+    pub(super) fn to_reset(&self) -> Result<()> {
+        self.0.to_reset()
     }
     pub(super) fn post_recv(&self, wr_id: u64, sg: &[Sge<'_>]) -> Result<()> {
         let (s, n) = sges(sg)?;
