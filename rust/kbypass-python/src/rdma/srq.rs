@@ -6,7 +6,8 @@ use kbypass_core::rdma;
 use pyo3::prelude::*;
 
 use super::recv::{self, ReceiveQueue};
-use super::resource::owner;
+use super::resource::{owner, Owner};
+use crate::errors::IntoPyResult;
 
 /// A shared receive queue: one pool of receives for every QP created with it.
 #[pyclass(module = "kbypass._core.rdma", extends = ReceiveQueue)]
@@ -21,5 +22,27 @@ impl SharedReceiveQueue {
             py,
             recv::initializer(SharedReceiveQueue { inner: Some(srq) }),
         )
+    }
+}
+
+#[pymethods]
+impl SharedReceiveQueue {
+    /// Arm the limit event (``ibv_modify_srq`` with ``IBV_SRQ_LIMIT``): the first receive taken
+    /// that leaves fewer than `limit` posted raises it once; ``limit_reached()`` reports it.
+    /// User-space contexts only (OSError EOPNOTSUPP on a libibverbs device).
+    fn set_limit(&self, limit: u32) -> PyResult<()> {
+        self.get()?.set_limit(limit).py()
+    }
+
+    /// Whether the limit event (``IBV_EVENT_SRQ_LIMIT_REACHED``) was raised since the last
+    /// call; the call clears it, and ``set_limit`` arms it again.
+    fn limit_reached(&self) -> PyResult<bool> {
+        self.get()?.limit_reached().py()
+    }
+
+    /// The receives posted and not yet taken (user-space contexts only).
+    #[getter]
+    fn posted(&self) -> PyResult<usize> {
+        self.get()?.posted().py()
     }
 }
