@@ -310,6 +310,8 @@ def test_two_rc_qps_on_one_srq(ctxs: tuple[rdma.Context, rdma.Context]) -> None:
     assert all(wc.status_name == "SUCCESS" for wc in wait_wcs(cqa, 4))
     with pytest.raises(ValueError, match="SGEs"):
         srq.post_recv(mdst, length=8, sg=[(mdst, 8, 8)])
+    with pytest.raises(RuntimeError, match="post them to the SRQ"):  # no queue of its own
+        receivers[0].post_recv(mdst, length=8)
 
 
 def test_an_empty_srq_makes_the_sender_retry_until_a_receive_is_posted(

@@ -379,6 +379,14 @@ def scenario_srq_from_python() -> None:
             pass
         else:
             raise AssertionError("post_recv on a QP with an SRQ was accepted")
+        # the limit event is read on user-space contexts only: here it says so
+        for call in (lambda: srq.set_limit(2), srq.limit_reached):
+            try:
+                call()
+            except OSError as e:
+                assert e.errno == 95 and "asynchronous event" in str(e), e  # EOPNOTSUPP
+            else:
+                raise AssertionError("an rxe SRQ's limit call was accepted")
 
 
 def scenario_inline_send_from_a_region() -> None:
