@@ -3,10 +3,11 @@
 //!
 //! Two backends behind one API: [`Context::open`] opens a libibverbs device,
 //! [`Context::userspace`] the engine on an interface queue; each object (context, PD, MR, CQ,
-//! channel, QP, AH) holds its backend's half, the engine's through `user` (the only caller
-//! of the engine's API). What only libibverbs has (SRQs, raw `ibv_modify_qp`, `to_reset`,
-//! the connection manager) answers [`Error::Unsupported`](crate::Error::Unsupported)
-//! (EOPNOTSUPP) on a user-space object, naming what is supported.
+//! channel, QP, SRQ, AH) holds its backend's half, the engine's through `user` (the only
+//! caller of the engine's API). What only libibverbs has (raw `ibv_modify_qp`, the connection
+//! manager) answers [`Error::Unsupported`](crate::Error::Unsupported) (EOPNOTSUPP) on a
+//! user-space object, naming what is supported; the SRQ limit calls work the other way round
+//! (the engine only).
 //!
 //! libibverbs is loaded at run time ([`ffi::verbs`]), so kbypass builds and runs on machines
 //! without rdma-core; there [`devices`] returns an error that says what to install. The
