@@ -314,6 +314,25 @@ def test_two_rc_qps_on_one_srq(ctxs: tuple[rdma.Context, rdma.Context]) -> None:
         receivers[0].post_recv(mdst, length=8)
 
 
+def test_ud_qp_on_an_srq(ctxs: tuple[rdma.Context, rdma.Context]) -> None:
+    a, b = ctxs
+    cqa, cqb = a.create_cq(16), b.create_cq(16)
+    pda, pdb = a.alloc_pd(), b.alloc_pd()
+    srq = pdb.create_srq(4)
+    qa, qb = pda.create_qp("UD", cqa), pdb.create_qp("UD", cqb, srq=srq)
+    qa.connect()
+    qb.connect()
+    src, dst = np.arange(256, dtype=np.uint8), np.zeros(296, dtype=np.uint8)
+    msrc, mdst = pda.register(src), pdb.register(dst)
+    srq.post_recv(mdst, wr_id=5)
+    ah = pda.create_ah(qb.endpoint())
+    qa.send(msrc, length=200, ah=ah, remote_qpn=qb.qp_num, wr_id=1)
+    wc = wait_wcs(cqb)[0]
+    assert (wc.wr_id, wc.byte_len, wc.qp_num, wc.src_qp) == (5, 240, qb.qp_num, qa.qp_num), wc
+    assert (dst[40:240] == src[:200]).all() and srq.posted == 0
+    assert wait_wcs(cqa)[0].status_name == "SUCCESS"
+
+
 def test_an_empty_srq_makes_the_sender_retry_until_a_receive_is_posted(
     ctxs: tuple[rdma.Context, rdma.Context],
 ) -> None:
