@@ -112,3 +112,23 @@ def test_completion_queue_wait(ctx: rdma.Context) -> None:
     cq = ctx.create_cq(16, channel=True)
     interrupted_after(0.3, lambda: cq.wait(timeout=TIMEOUT))
     assert cq.wait(timeout=0.1) == []  # still usable afterwards
+
+
+def test_measurements_between_engines(pair: VethPair, ctx: rdma.Context) -> None:
+    b = rdma.Context.userspace(pair.b.ifname, ip=pair.b.ip, netns=pair.b.netns)
+    try:
+        cqa, cqb = ctx.create_cq(256), b.create_cq(256)
+        pa, pb = ctx.alloc_pd(), b.alloc_pd()
+        qa, qb = pa.create_qp("RC", cqa), pb.create_qp("RC", cqb)
+        qa.connect(qb.endpoint(psn=0x22), psn=0x11)
+        qb.connect(qa.endpoint(psn=0x11), psn=0x22)
+        ma = pa.register(np.zeros(4096, dtype=np.uint8))
+        mb = pb.register(np.zeros(4096, dtype=np.uint8))
+        # runs far longer than the test: a billion writes, a billion ping-pongs
+        n = 10**9
+        interrupted_after(
+            0.3, lambda: rdma.measure_write_bandwidth(qa, cqa, ma, mb.addr, mb.rkey, 64, n)
+        )
+        interrupted_after(0.3, lambda: rdma.measure_write_latency(qa, qb, cqa, cqb, ma, mb, 8, n))
+    finally:
+        b.close()
