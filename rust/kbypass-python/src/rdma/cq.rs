@@ -140,7 +140,7 @@ impl CompletionQueue {
                 d.saturating_duration_since(Instant::now())
             });
             let n = cq.poll_blocking(&mut buf, Some(left.min(CANCEL_EVERY)))?;
-            if n > 0 || left <= CANCEL_EVERY && deadline.is_some() {
+            if n > 0 || (deadline.is_some() && left <= CANCEL_EVERY) {
                 break Ok(n);
             }
             cancel.check("CompletionQueue.wait")?;

@@ -227,6 +227,7 @@ fn receive_all(
                 posted += 1;
             }
         }
+        s.cancel.check("ib_send_bw server: receiving")?;
         if n > 0 {
             progress = Instant::now();
             last = Some(progress);
@@ -239,7 +240,6 @@ fn receive_all(
                 break; // the client is done: what did not come was dropped
             }
         }
-        s.cancel.check("ib_send_bw server: receiving")?;
         if idle > stall {
             return Err(Error::Timeout(format!(
                 "ib_send_bw server: {received} of {iterations} messages received, then none \
