@@ -174,7 +174,8 @@ pub fn write_latency(
         )));
     }
     let landed = 2 * size - 1;
-    // Set when this thread's run ends (done, failed or cancelled): the echo stops waiting.
+    // Set when this thread's run failed (or was cancelled): the echo stops waiting. Not when
+    // it succeeded: the echo's last write has landed then, but its completion may be on its way.
     let over = AtomicBool::new(false);
     let stop = || over.load(Ordering::Relaxed);
     let mine_stop = || cancel.cancelled();
@@ -199,7 +200,9 @@ pub fn write_latency(
             Ok(())
         };
         let mine = run();
-        over.store(true, Ordering::Relaxed);
+        if mine.is_err() {
+            over.store(true, Ordering::Relaxed);
+        }
         let theirs = echo
             .join()
             .map_err(|_| Error::State("the echo thread panicked".into()))?;
