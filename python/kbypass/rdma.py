@@ -226,7 +226,7 @@ def measure_write_bandwidth(
     """RDMA-write ``iterations`` messages like ``ib_write_bw`` does; return MB/s (10^6 B/s).
 
     The loop runs in Rust with the GIL released, ``depth`` writes in flight and a completion
-    every ``signal_every`` writes (perftest's defaults).
+    every ``signal_every`` writes (perftest's defaults); Ctrl-C (KeyboardInterrupt) stops it.
 
     Example::
 
@@ -252,7 +252,8 @@ def measure_write_latency(
 
     Each QP is driven by its own thread (GIL released) and needs its own CQ; each region
     holds at least ``2 * size`` bytes (send area, then landing area). Returns the one-way
-    latency of each iteration in microseconds (half a round trip).
+    latency of each iteration in microseconds (half a round trip). Ctrl-C (KeyboardInterrupt)
+    stops both threads.
 
     Example::
 

@@ -60,6 +60,11 @@ pub enum Error {
     /// (Python: `RuntimeError`).
     #[error("{0}")]
     State(String),
+
+    /// The caller cancelled a blocking call (a signal such as Ctrl-C; Python: the signal
+    /// handler's exception, `KeyboardInterrupt` by default).
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 fn fmt_fix(fix: &str) -> String {

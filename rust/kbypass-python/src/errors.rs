@@ -19,6 +19,7 @@ pub fn to_py(e: Error) -> PyErr {
         Error::Unsupported { .. } => PyOSError::new_err((libc::EOPNOTSUPP, msg)),
         Error::Timeout(_) => PyTimeoutError::new_err(msg),
         Error::State(_) => PyRuntimeError::new_err(msg),
+        Error::Interrupted(_) => pyo3::exceptions::PyKeyboardInterrupt::new_err(msg),
     }
 }
 

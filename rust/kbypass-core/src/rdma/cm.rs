@@ -13,7 +13,7 @@ use std::ptr::{self, NonNull};
 use std::time::{Duration, Instant};
 
 use super::ffi::{self, rdmacm, RdmaCm};
-use super::{Access, QueuePair};
+use super::{Access, Cancel, QueuePair};
 use crate::error::{Error, Result};
 
 /// A connection made by the connection manager: owns the CM id(s) and the event channel;
@@ -135,8 +135,13 @@ impl CmConnection {
         NonNull::new(id).ok_or_else(|| Error::State("rdma_create_id returned no id".into()))
     }
 
-    /// Wait for the next event (until `deadline`), ack it, and return (event, status, id).
-    fn next_event(&self, deadline: Instant) -> Result<(i32, i32, *mut ffi::rdma_cm_id)> {
+    /// Wait for the next event (until `deadline`, or until `cancel` says stop), ack it, and
+    /// return (event, status, id).
+    fn next_event(
+        &self,
+        deadline: Instant,
+        cancel: &Cancel<'_>,
+    ) -> Result<(i32, i32, *mut ffi::rdma_cm_id)> {
         // SAFETY: the channel is valid; `fd` is its first field.
         let fd = unsafe { self.ch.as_ref().fd };
         loop {
@@ -157,6 +162,7 @@ impl CmConnection {
                 return Err(Error::last_os("poll(rdma_cm channel)", ""));
             }
             if n <= 0 {
+                cancel.check("waiting for an RDMA CM event")?;
                 continue;
             }
             let mut ev = ptr::null_mut();
@@ -171,8 +177,13 @@ impl CmConnection {
         }
     }
 
-    fn expect(&self, want: i32, deadline: Instant) -> Result<*mut ffi::rdma_cm_id> {
-        let (event, status, id) = self.next_event(deadline)?;
+    fn expect(
+        &self,
+        want: i32,
+        deadline: Instant,
+        cancel: &Cancel<'_>,
+    ) -> Result<*mut ffi::rdma_cm_id> {
+        let (event, status, id) = self.next_event(deadline, cancel)?;
         if event != want {
             let name = |e: i32| {
                 usize::try_from(e)
@@ -226,12 +237,13 @@ impl CmConnection {
     }
 
     /// Active side: connect `qp` (in RESET) to the CM listener at `addr`; returns when the QP
-    /// is in RTS.
+    /// is in RTS. Ends at `timeout` or when `cancel` says stop ([`Error::Interrupted`]).
     pub fn connect(
         qp: &QueuePair,
         addr: SocketAddr,
         access: Access,
         timeout: Duration,
+        cancel: &Cancel<'_>,
     ) -> Result<Self> {
         refuse_userspace(qp)?;
         let deadline = Instant::now() + timeout;
@@ -249,17 +261,17 @@ impl CmConnection {
             )
         };
         check(rc, "rdma_resolve_addr", "is the address reachable?")?;
-        c.expect(0, deadline)?; // ADDR_RESOLVED
-                                // SAFETY: valid id with a resolved address.
+        c.expect(0, deadline, cancel)?; // ADDR_RESOLVED
+                                        // SAFETY: valid id with a resolved address.
         let rc = unsafe { (c.cm.resolve_route)(id.as_ptr(), ms(timeout)) };
         check(rc, "rdma_resolve_route", "")?;
-        c.expect(2, deadline)?; // ROUTE_RESOLVED
+        c.expect(2, deadline, cancel)?; // ROUTE_RESOLVED
         c.modify(qp, ffi::QPS_INIT, access)?;
         let mut p = Self::conn_param(qp);
         // SAFETY: valid id with a route; `p` outlives the call.
         let rc = unsafe { (c.cm.connect)(id.as_ptr(), &mut p) };
         check(rc, "rdma_connect", "")?;
-        c.expect(5, deadline)?; // CONNECT_RESPONSE
+        c.expect(5, deadline, cancel)?; // CONNECT_RESPONSE
         c.modify(qp, ffi::QPS_RTR, access)?;
         c.modify(qp, ffi::QPS_RTS, access)?;
         // SAFETY: valid id; our QP is in RTS, so the CM may send its ready-to-use message.
@@ -270,12 +282,14 @@ impl CmConnection {
     }
 
     /// Passive side: listen on `bind`, accept the first connection request for `qp` (in
-    /// RESET); returns when the connection is established.
+    /// RESET); returns when the connection is established. Ends at `timeout` or when `cancel`
+    /// says stop ([`Error::Interrupted`]).
     pub fn accept(
         qp: &QueuePair,
         bind: SocketAddr,
         access: Access,
         timeout: Duration,
+        cancel: &Cancel<'_>,
     ) -> Result<Self> {
         refuse_userspace(qp)?;
         let deadline = Instant::now() + timeout;
@@ -294,7 +308,7 @@ impl CmConnection {
         // SAFETY: a bound id.
         let rc = unsafe { (c.cm.listen)(listen.as_ptr(), 1) };
         check(rc, "rdma_listen", "")?;
-        let child = c.expect(4, deadline)?; // CONNECT_REQUEST
+        let child = c.expect(4, deadline, cancel)?; // CONNECT_REQUEST
         c.id = NonNull::new(child);
         c.modify(qp, ffi::QPS_INIT, access)?;
         c.modify(qp, ffi::QPS_RTR, access)?;
@@ -303,7 +317,7 @@ impl CmConnection {
         // SAFETY: the request's id; `p` outlives the call.
         let rc = unsafe { (c.cm.accept)(child, &mut p) };
         check(rc, "rdma_accept", "")?;
-        c.expect(9, deadline)?; // ESTABLISHED
+        c.expect(9, deadline, cancel)?; // ESTABLISHED
         c.established = true;
         Ok(c)
     }

@@ -33,6 +33,7 @@
 //! ```
 
 mod ah;
+pub mod cancel;
 pub mod cm;
 mod context;
 mod cq;
@@ -50,6 +51,7 @@ mod user;
 mod wr;
 
 pub use ah::AddressHandle;
+pub use cancel::Cancel;
 pub use context::Context;
 pub use cq::{CompletionChannel, CompletionQueue, WorkCompletion};
 pub use device::{devices, mtu_bytes, DeviceAttr, DeviceInfo, Gid, PortAttr};

@@ -3,10 +3,11 @@
 //! hex, then the GID as 32 hex digits, NUL-terminated, 52 bytes), the server connects its QP,
 //! answers with its own message, and the client ends with `"done\0"`.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use super::cancel::{connect_any, read_exact, Cancel, CANCEL_EVERY};
 use super::{Endpoint, Gid};
 use crate::error::{Error, Result};
 
@@ -118,8 +119,13 @@ fn io_err(what: &str, e: std::io::Error) -> Error {
 }
 
 /// Accept one connection on `listener` within `timeout` (a blocking accept would wait forever
-/// for a peer that never comes); the stream is returned in blocking mode.
-pub fn accept_within(listener: &TcpListener, timeout: Duration) -> Result<TcpStream> {
+/// for a peer that never comes), or until `cancel` says stop; the stream is returned in
+/// blocking mode.
+pub fn accept_within(
+    listener: &TcpListener,
+    timeout: Duration,
+    cancel: &Cancel<'_>,
+) -> Result<TcpStream> {
     let deadline = Instant::now() + timeout;
     listener
         .set_nonblocking(true)
@@ -134,7 +140,10 @@ pub fn accept_within(listener: &TcpListener, timeout: Duration) -> Result<TcpStr
                         listener.local_addr().ok()
                     )));
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                if let Err(e) = cancel.check("waiting for a peer to connect") {
+                    break Err(e);
+                }
+                std::thread::sleep(Duration::from_millis(20).min(CANCEL_EVERY));
             }
             Err(e) => break Err(io_err("accept", e)),
         }
@@ -150,26 +159,25 @@ pub fn accept_within(listener: &TcpListener, timeout: Duration) -> Result<TcpStr
 
 /// Server side: accept one peer on `listener`, read its endpoint, call `connect` with it
 /// (bring the local QP to RTS before answering, as rdma-core does), answer with `local`, and
-/// wait for the peer's "done". Returns the peer's endpoint.
+/// wait for the peer's "done". Returns the peer's endpoint. Every wait ends at `timeout` or
+/// when `cancel` says stop ([`Error::Interrupted`]).
 pub fn pingpong_accept(
     listener: &TcpListener,
     local: &Endpoint,
     timeout: Duration,
+    cancel: &Cancel<'_>,
     connect: impl FnOnce(&Endpoint) -> Result<()>,
 ) -> Result<Endpoint> {
-    let mut s = accept_within(listener, timeout)?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| io_err("setsockopt", e))?;
+    let mut s = accept_within(listener, timeout, cancel)?;
     let mut msg = [0u8; PINGPONG_MESSAGE_LEN];
-    s.read_exact(&mut msg)
-        .map_err(|e| io_err("read the peer's endpoint", e))?;
+    let what = "read the peer's endpoint";
+    read_exact(&mut s, &mut msg, timeout, cancel, what, io_err)?;
     let remote = parse_pingpong_message(&msg)?;
     connect(&remote)?;
     s.write_all(&pingpong_message(local))
         .map_err(|e| io_err("send our endpoint", e))?;
     let mut done = [0u8; 5];
-    s.read_exact(&mut done)
-        .map_err(|e| io_err("read \"done\"", e))?;
+    read_exact(&mut s, &mut done, timeout, cancel, "read \"done\"", io_err)?;
     if &done != DONE {
         return Err(Error::invalid(format!(
             "expected \"done\" from the peer, got {done:?}"
@@ -180,34 +188,28 @@ pub fn pingpong_accept(
 
 /// Client side: connect to `addr` (retrying until `timeout`, since the server may not listen
 /// yet), send `local`, read the server's endpoint, say "done". Returns the server's endpoint.
+/// Every wait ends at `timeout` or when `cancel` says stop ([`Error::Interrupted`]).
 pub fn pingpong_connect(
     addr: impl ToSocketAddrs,
     local: &Endpoint,
     timeout: Duration,
+    cancel: &Cancel<'_>,
 ) -> Result<Endpoint> {
-    let deadline = Instant::now() + timeout;
     let addrs: Vec<_> = addr
         .to_socket_addrs()
         .map_err(|e| io_err("resolve", e))?
         .collect();
-    let mut s = loop {
-        match addrs.iter().find_map(|a| TcpStream::connect(a).ok()) {
-            Some(s) => break s,
-            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            None => {
-                return Err(Error::Timeout(format!(
-                    "no pingpong server at {addrs:?} within {timeout:?}: is it listening?"
-                )))
-            }
-        }
+    let Some(mut s) = connect_any(&addrs, timeout, cancel, "connecting to the pingpong server")?
+    else {
+        return Err(Error::Timeout(format!(
+            "no pingpong server at {addrs:?} within {timeout:?}: is it listening?"
+        )));
     };
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| io_err("setsockopt", e))?;
     s.write_all(&pingpong_message(local))
         .map_err(|e| io_err("send our endpoint", e))?;
     let mut msg = [0u8; PINGPONG_MESSAGE_LEN];
-    s.read_exact(&mut msg)
-        .map_err(|e| io_err("read the server's endpoint", e))?;
+    let what = "read the server's endpoint";
+    read_exact(&mut s, &mut msg, timeout, cancel, what, io_err)?;
     let remote = parse_pingpong_message(&msg)?;
     s.write_all(DONE).map_err(|e| io_err("send \"done\"", e))?;
     Ok(remote)
@@ -263,9 +265,23 @@ mod tests {
     fn accept_times_out_without_a_peer() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let t = Instant::now();
-        let e = accept_within(&l, Duration::from_millis(100)).unwrap_err();
+        let e = accept_within(&l, Duration::from_millis(100), &Cancel::never()).unwrap_err();
         assert!(matches!(e, Error::Timeout(_)), "{e}");
         assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn accept_stops_when_cancelled() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let t = Instant::now();
+        let ask = || t.elapsed() > Duration::from_millis(200);
+        let e = accept_within(&l, Duration::from_secs(30), &Cancel::new(&ask)).unwrap_err();
+        assert!(matches!(e, Error::Interrupted(_)), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+        // The listener is still usable (and blocking again) after the interrupted accept.
+        let port = l.local_addr().unwrap().port();
+        let _c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        accept_within(&l, Duration::from_secs(5), &Cancel::never()).unwrap();
     }
 
     #[test]
@@ -287,14 +303,21 @@ mod tests {
         };
         let t = std::thread::spawn(move || {
             let mut seen = None;
-            let r = pingpong_accept(&l, &server_ep, Duration::from_secs(5), |e| {
+            let never = Cancel::never();
+            let r = pingpong_accept(&l, &server_ep, Duration::from_secs(5), &never, |e| {
                 seen = Some(*e);
                 Ok(())
             });
             (r.unwrap(), seen.unwrap())
         });
-        let got =
-            pingpong_connect(("127.0.0.1", port), &client_ep, Duration::from_secs(5)).unwrap();
+        let never = Cancel::never();
+        let got = pingpong_connect(
+            ("127.0.0.1", port),
+            &client_ep,
+            Duration::from_secs(5),
+            &never,
+        )
+        .unwrap();
         assert_eq!(got, server_ep);
         let (remote, seen) = t.join().unwrap();
         assert_eq!((remote, seen), (client_ep, client_ep));

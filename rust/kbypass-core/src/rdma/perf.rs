@@ -1,9 +1,12 @@
 //! Measurement loops for the RDMA benchmarks, run like perftest runs them (`ib_write_bw`,
 //! `ib_write_lat`), so the numbers can be put side by side with rdma-core's tools.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{CompletionQueue, MemoryRegion, QueuePair, SendFlags, SendOp, Sge, WorkCompletion};
+use super::{
+    Cancel, CompletionQueue, MemoryRegion, QueuePair, SendFlags, SendOp, Sge, WorkCompletion,
+};
 use crate::error::{Error, Result};
 
 /// What a bandwidth loop measured.
@@ -47,7 +50,8 @@ impl Default for Pacing {
 
 /// RDMA-write `iterations` messages of `size` bytes from `local` (offset 0) to
 /// `remote_addr`/`rkey`, keeping up to `depth` in flight and asking for a completion every
-/// `signal_every` writes (perftest's defaults: depth 128, CQ moderation 100).
+/// `signal_every` writes (perftest's defaults: depth 128, CQ moderation 100). Stops with
+/// [`Error::Interrupted`] when `cancel` says so.
 #[allow(clippy::too_many_arguments)]
 pub fn write_bandwidth(
     qp: &QueuePair,
@@ -59,6 +63,7 @@ pub fn write_bandwidth(
     iterations: u64,
     depth: u64,
     signal_every: u64,
+    cancel: &Cancel<'_>,
 ) -> Result<Bandwidth> {
     let pacing = Pacing {
         depth,
@@ -66,12 +71,21 @@ pub fn write_bandwidth(
         ..Pacing::default()
     };
     let op = SendOp::Write { remote_addr, rkey };
-    op_bandwidth(qp, cq, op, &[local.sge(0, size)?], iterations, &pacing)
+    op_bandwidth(
+        qp,
+        cq,
+        op,
+        &[local.sge(0, size)?],
+        iterations,
+        &pacing,
+        cancel,
+    )
 }
 
 /// Post `op` with the scatter/gather list `sg` `iterations` times, paced by `pacing`, and
 /// time it from the first post to the last completion. Any request kind works: writes and
 /// sends carry `sg`'s bytes, reads fill them, atomics land their 8-byte result there.
+/// Stops with [`Error::Interrupted`] when `cancel` says so (asked between polls).
 pub fn op_bandwidth(
     qp: &QueuePair,
     cq: &CompletionQueue,
@@ -79,6 +93,7 @@ pub fn op_bandwidth(
     sg: &[Sge<'_>],
     iterations: u64,
     pacing: &Pacing,
+    cancel: &Cancel<'_>,
 ) -> Result<Bandwidth> {
     let Pacing {
         depth,
@@ -111,6 +126,7 @@ pub fn op_bandwidth(
             // A signaled request completes every unsignaled one posted before it.
             completed = completed.max(wc.wr_id + 1);
         }
+        cancel.check("bandwidth run")?;
         if n > 0 {
             progress = Instant::now();
         } else if progress.elapsed() > stall {
@@ -133,7 +149,9 @@ pub fn op_bandwidth(
 /// The QPs must be connected to each other, each with its own send CQ (`cq_a`, `cq_b`);
 /// `mr_a`/`mr_b` are their regions (remote-writable), at least `2 * size` bytes each: the
 /// first `size` bytes are sent from, the peer's writes land in the next `size` (one buffer
-/// for both would let a side see its own tag and stop waiting).
+/// for both would let a side see its own tag and stop waiting). Stops with
+/// [`Error::Interrupted`] when `cancel` says so (asked on the calling thread; the echo thread
+/// stops with it).
 #[allow(clippy::too_many_arguments)]
 pub fn write_latency(
     a: &QueuePair,
@@ -144,6 +162,7 @@ pub fn write_latency(
     mr_b: &MemoryRegion,
     size: usize,
     iterations: usize,
+    cancel: &Cancel<'_>,
 ) -> Result<Vec<f64>> {
     if size == 0 || iterations == 0 {
         return Err(Error::invalid("size and iterations must be positive"));
@@ -155,12 +174,17 @@ pub fn write_latency(
         )));
     }
     let landed = 2 * size - 1;
+    // Set when this thread's run failed (or was cancelled): the echo stops waiting. Not when
+    // it succeeded: the echo's last write has landed then, but its completion may be on its way.
+    let over = AtomicBool::new(false);
+    let stop = || over.load(Ordering::Relaxed);
+    let mine_stop = || cancel.cancelled();
     std::thread::scope(|s| {
         let echo = s.spawn(|| -> Result<()> {
             for i in 0..iterations {
                 let tag = tag_of(i);
-                spin_until(mr_b, cq_b, landed, tag, i)?;
-                ping(b, cq_b, mr_b, mr_a, size, tag, i)?;
+                spin_until(mr_b, cq_b, landed, tag, i, &stop)?;
+                ping(b, cq_b, mr_b, mr_a, size, tag, i, &stop)?;
             }
             Ok(())
         });
@@ -169,13 +193,16 @@ pub fn write_latency(
             for i in 0..iterations {
                 let tag = tag_of(i);
                 let t = Instant::now();
-                ping(a, cq_a, mr_a, mr_b, size, tag, i)?;
-                spin_until(mr_a, cq_a, landed, tag, i)?;
+                ping(a, cq_a, mr_a, mr_b, size, tag, i, &mine_stop)?;
+                spin_until(mr_a, cq_a, landed, tag, i, &mine_stop)?;
                 samples.push(t.elapsed().as_secs_f64() * 1e6 / 2.0);
             }
             Ok(())
         };
         let mine = run();
+        if mine.is_err() {
+            over.store(true, Ordering::Relaxed);
+        }
         let theirs = echo
             .join()
             .map_err(|_| Error::State("the echo thread panicked".into()))?;
@@ -187,7 +214,13 @@ fn tag_of(i: usize) -> u8 {
     (i % 255) as u8 + 1
 }
 
-/// Write `src[..size]` (last byte = `tag`) into `dst[size..2 * size]`; reap the completion.
+fn interrupted(i: usize) -> Error {
+    Error::Interrupted(format!("write latency run: interrupted at round {i}"))
+}
+
+/// Write `src[..size]` (last byte = `tag`) into `dst[size..2 * size]`; reap the completion
+/// (unless `stop` says so first).
+#[allow(clippy::too_many_arguments)]
 fn ping(
     qp: &QueuePair,
     cq: &CompletionQueue,
@@ -196,6 +229,7 @@ fn ping(
     size: usize,
     tag: u8,
     i: usize,
+    stop: &dyn Fn() -> bool,
 ) -> Result<()> {
     src.write(size - 1, &[tag])?;
     let inline = if size <= 64 {
@@ -223,24 +257,32 @@ fn ping(
         if start.elapsed().as_secs() > 10 {
             return Err(Error::Timeout(format!("write {i} never completed")));
         }
+        if stop() {
+            return Err(interrupted(i));
+        }
     }
 }
 
 /// Spins until the peer's write of `tag` lands at `offset`. The CQ is polled for nothing on
 /// the way: that is what drives a user-space engine opened with caller progress (the write
-/// lands only when someone runs it), and costs a verbs device one empty `poll_cq`.
+/// lands only when someone runs it), and costs a verbs device one empty `poll_cq`. Gives up
+/// when `stop` says so.
 fn spin_until(
     mr: &MemoryRegion,
     cq: &CompletionQueue,
     offset: usize,
     tag: u8,
     i: usize,
+    stop: &dyn Fn() -> bool,
 ) -> Result<()> {
     let start = Instant::now();
     while mr.read_volatile(offset)? != tag {
         cq.poll(&mut [])?;
         if start.elapsed().as_secs() > 10 {
             return Err(Error::Timeout(format!("write {i} never landed")));
+        }
+        if stop() {
+            return Err(interrupted(i));
         }
         std::hint::spin_loop();
     }

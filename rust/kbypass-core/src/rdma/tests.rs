@@ -608,7 +608,9 @@ fn rdma_kbypass_server_with_ibv_rc_pingpong_client() {
     let s = pingpong_side(0x1234);
     let listener = std::net::TcpListener::bind(("0.0.0.0", 18600)).unwrap();
     let child = run_pingpong(&["-p", "18600", "127.0.0.1"]);
-    let remote = oob::pingpong_accept(&listener, &s.local, Duration::from_secs(30), |r| {
+    let never = Cancel::never();
+    let t = Duration::from_secs(30);
+    let remote = oob::pingpong_accept(&listener, &s.local, t, &never, |r| {
         s.qp.connect(&s.params, r, s.local.psn)
     })
     .unwrap();
@@ -638,8 +640,8 @@ fn rdma_kbypass_server_with_ibv_rc_pingpong_client() {
 fn rdma_kbypass_client_with_ibv_rc_pingpong_server() {
     let s = pingpong_side(0x4321);
     let child = run_pingpong(&["-p", "18601"]);
-    let remote =
-        oob::pingpong_connect(("127.0.0.1", 18601), &s.local, Duration::from_secs(30)).unwrap();
+    let (t, never) = (Duration::from_secs(30), Cancel::never());
+    let remote = oob::pingpong_connect(("127.0.0.1", 18601), &s.local, t, &never).unwrap();
     s.qp.connect(&s.params, &remote, s.local.psn).unwrap();
     let mut pending = Vec::new();
     for i in 0..PP_ITERS as u64 {
@@ -764,6 +766,7 @@ fn rdma_perf_loops_measure_real_transfers() {
         300,
         64,
         16,
+        &Cancel::never(),
     )
     .unwrap();
     assert_eq!(bw.bytes, 300 * 4096);
@@ -791,11 +794,12 @@ fn rdma_perf_loops_measure_real_transfers() {
     let mr_b = pd
         .register(Mapping::anonymous(4096, 0).unwrap(), Access::ALL)
         .unwrap();
-    let lat = perf::write_latency(&a, &b, &cq_a, &cq_b, &mr_a, &mr_b, 8, 50).unwrap();
+    let lat = perf::write_latency(&a, &b, &cq_a, &cq_b, &mr_a, &mr_b, 8, 50, &Cancel::never());
+    let lat = lat.unwrap();
     assert_eq!(lat.len(), 50);
     assert!(lat.iter().all(|&us| us > 0.0), "{lat:?}");
     assert!(
-        perf::write_bandwidth(&t.a, &t.cq, &t.mr_a, 0, 0, 8, 10, 4, 8).is_err(),
+        perf::write_bandwidth(&t.a, &t.cq, &t.mr_a, 0, 0, 8, 10, 4, 8, &Cancel::never()).is_err(),
         "signal_every > depth"
     );
 }

@@ -86,6 +86,7 @@ fn a_user_space_context_is_a_context() {
             "198.18.0.2:7471".parse().unwrap(),
             Access::ALL,
             Duration::from_millis(10),
+            &super::Cancel::never(),
         )
         .err()
         .unwrap(),
@@ -198,6 +199,7 @@ fn perftest_write_and_read_between_two_engines() {
                 &p,
                 &s.local,
                 Duration::from_secs(30),
+                &super::Cancel::never(),
             );
             (rep, server)
         });
@@ -218,6 +220,7 @@ fn perftest_write_and_read_between_two_engines() {
             4096,
             200,
             Duration::from_secs(30),
+            &super::Cancel::never(),
         )
         .unwrap();
         drop(_inside);

@@ -1,11 +1,14 @@
 //! `CompletionQueue` and the `WorkCompletion`s polled from it.
 
-use kbypass_core::rdma;
+use std::time::Instant;
+
+use kbypass_core::rdma::{self, cancel::CANCEL_EVERY};
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 
 use super::args::seconds;
+use super::interrupt;
 use super::resource::{self, owner, Owner, Resource};
 use crate::errors::IntoPyResult;
 
@@ -118,7 +121,8 @@ impl CompletionQueue {
     }
 
     /// Return up to `max` completions, sleeping on the completion channel (GIL released)
-    /// until one arrives or `timeout` seconds pass (then an empty list).
+    /// until one arrives or `timeout` seconds pass (then an empty list); Ctrl-C
+    /// (KeyboardInterrupt) stops the wait within ~50 ms.
     #[pyo3(signature = (timeout = None, max = 16))]
     fn wait(
         &self,
@@ -129,7 +133,18 @@ impl CompletionQueue {
         let cq = self.get()?.clone();
         let t = timeout.map(seconds).transpose()?;
         let mut buf = buffer(max);
-        let n = py.detach(|| cq.poll_blocking(&mut buf, t)).py()?;
+        let deadline = t.map(|t| Instant::now() + t);
+        let n = interrupt::detach(py, |cancel| loop {
+            // Sleep in slices, asking for signals in between.
+            let left = deadline.map_or(CANCEL_EVERY, |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            let n = cq.poll_blocking(&mut buf, Some(left.min(CANCEL_EVERY)))?;
+            if n > 0 || (deadline.is_some() && left <= CANCEL_EVERY) {
+                break Ok(n);
+            }
+            cancel.check("CompletionQueue.wait")?;
+        })?;
         Ok(buf[..n].iter().map(WorkCompletion::from).collect())
     }
 }

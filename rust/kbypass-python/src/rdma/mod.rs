@@ -12,6 +12,7 @@ mod context;
 mod cq;
 mod device;
 mod endpoint;
+mod interrupt;
 mod mr;
 mod pd;
 mod perf;

@@ -1,5 +1,6 @@
 //! perftest-style measurements (the loops run in the core, GIL released), and the perftest
-//! runs behind ``QueuePair.perftest_*`` (their exchange and loops are the core's).
+//! runs behind ``QueuePair.perftest_*`` (their exchange and loops are the core's); each
+//! honours Ctrl-C ([`interrupt::detach`]).
 
 use kbypass_core::rdma::{self, perftest::Test};
 use pyo3::exceptions::PyValueError;
@@ -8,12 +9,13 @@ use pyo3::types::PyDict;
 
 use super::args;
 use super::cq::CompletionQueue;
+use super::interrupt;
 use super::mr::MemoryRegion;
 use super::qp::QueuePair;
 use super::resource::Owner;
-use crate::errors::IntoPyResult;
 
-/// perftest-style RDMA write bandwidth (GIL released): returns (bytes, seconds).
+/// perftest-style RDMA write bandwidth (GIL released, Ctrl-C honoured): returns (bytes,
+/// seconds).
 #[pyfunction]
 #[pyo3(signature = (qp, cq, mr, remote_addr, rkey, size, iterations, depth = 128, signal_every = 100))]
 #[allow(clippy::too_many_arguments)]
@@ -30,25 +32,25 @@ pub fn write_bandwidth(
     signal_every: u64,
 ) -> PyResult<(u64, f64)> {
     let (q, c, m) = (qp.get()?, cq.get()?, mr.get()?);
-    let bw = py
-        .detach(|| {
-            rdma::perf::write_bandwidth(
-                q,
-                c,
-                m,
-                remote_addr,
-                rkey,
-                size,
-                iterations,
-                depth,
-                signal_every,
-            )
-        })
-        .py()?;
+    let bw = interrupt::detach(py, |cancel| {
+        rdma::perf::write_bandwidth(
+            q,
+            c,
+            m,
+            remote_addr,
+            rkey,
+            size,
+            iterations,
+            depth,
+            signal_every,
+            cancel,
+        )
+    })?;
     Ok((bw.bytes, bw.seconds))
 }
 
-/// perftest-style RDMA write latency (two threads, GIL released): one-way microseconds.
+/// perftest-style RDMA write latency (two threads, GIL released, Ctrl-C honoured): one-way
+/// microseconds.
 #[pyfunction]
 #[pyo3(signature = (a, b, cq_a, cq_b, mr_a, mr_b, size = 2, iterations = 1000))]
 #[allow(clippy::too_many_arguments)]
@@ -65,8 +67,9 @@ pub fn write_latency(
 ) -> PyResult<Vec<f64>> {
     let (qa, qb, ca, cb) = (a.get()?, b.get()?, cq_a.get()?, cq_b.get()?);
     let (ma, mb) = (mr_a.get()?, mr_b.get()?);
-    py.detach(|| rdma::perf::write_latency(qa, qb, ca, cb, ma, mb, size, iterations))
-        .py()
+    interrupt::detach(py, |c| {
+        rdma::perf::write_latency(qa, qb, ca, cb, ma, mb, size, iterations, c)
+    })
 }
 
 /// A perftest tool's report as a dict: ``size``, ``iters``, ``bw_peak``, ``bw_avg``,
@@ -133,12 +136,10 @@ pub fn serve<'py>(
         iterations: a.iterations,
         rx_depth: a.rx_depth,
     };
-    let r = py
-        .detach(|| match cq {
-            Some(c) => rdma::perftest::serve_send(&listener, q, c, m, &p, &local, &run, t),
-            None => rdma::perftest::serve(&listener, test, q, m, &p, &local, t),
-        })
-        .py()?;
+    let r = interrupt::detach(py, |x| match cq {
+        Some(c) => rdma::perftest::serve_send(&listener, q, c, m, &p, &local, &run, t, x),
+        None => rdma::perftest::serve(&listener, test, q, m, &p, &local, t, x),
+    })?;
     report(py, &r)
 }
 
@@ -192,8 +193,8 @@ pub fn client<'py>(
     let (t, p, local) = qp.tool_exchange(reads(test), a.psn, a.timeout, a.gid_index)?;
     let (q, c, m) = (qp.get()?, cq.get()?, mr.get()?);
     let (host, port, size, n) = (a.host, a.port, a.size, a.iterations);
-    let r = py
-        .detach(|| rdma::perftest::client((host, port), test, q, c, m, &p, &local, size, n, t))
-        .py()?;
+    let r = interrupt::detach(py, |x| {
+        rdma::perftest::client((host, port), test, q, c, m, &p, &local, size, n, t, x)
+    })?;
     report(py, &r)
 }

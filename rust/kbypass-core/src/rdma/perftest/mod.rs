@@ -27,10 +27,11 @@
 //! NUL: `LID:OUT_READS:QPN:PSN:RKEY:VADDR:` in hex of 4, 4, 6, 6, 8, 16 digits, then the 16
 //! GID bytes as `xx:` each, then the SRQ number as 8 hex digits and `:`.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::cancel::{connect_any, read_exact, Cancel};
 use super::{Endpoint, Gid};
 use crate::error::{Error, Result};
 
@@ -153,10 +154,13 @@ fn io_err(what: &str, e: std::io::Error) -> Error {
     }
 }
 
-/// One perftest TCP session (see the module documentation for the steps).
-pub struct Session {
+/// One perftest TCP session (see the module documentation for the steps). Each of its
+/// waits ends when nothing came for its timeout or when its [`Cancel`] says stop.
+pub struct Session<'c> {
     stream: TcpStream,
     client: bool,
+    timeout: Duration,
+    cancel: &'c Cancel<'c>,
     /// The peer's version string.
     pub remote_version: String,
     /// The larger of both sides' cycle buffers (page sizes).
@@ -165,42 +169,51 @@ pub struct Session {
     pub remote_mtu: i32,
 }
 
-impl Session {
+impl<'c> Session<'c> {
     /// Client: connect to a perftest server (retrying until `timeout`: it may not listen yet)
     /// and negotiate; `mtu` is our active `enum ibv_mtu`.
-    pub fn connect(addr: impl ToSocketAddrs, mtu: i32, timeout: Duration) -> Result<Self> {
-        let deadline = Instant::now() + timeout;
+    pub fn connect(
+        addr: impl ToSocketAddrs,
+        mtu: i32,
+        timeout: Duration,
+        cancel: &'c Cancel<'c>,
+    ) -> Result<Self> {
         let addrs: Vec<_> = addr
             .to_socket_addrs()
             .map_err(|e| io_err("resolve", e))?
             .collect();
-        let stream = loop {
-            match addrs.iter().find_map(|a| TcpStream::connect(a).ok()) {
-                Some(s) => break s,
-                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                None => {
-                    return Err(Error::Timeout(format!(
-                        "no perftest server at {addrs:?} within {timeout:?}: is it listening?"
-                    )))
-                }
-            }
+        let what = "connecting to the perftest server";
+        let Some(stream) = connect_any(&addrs, timeout, cancel, what)? else {
+            return Err(Error::Timeout(format!(
+                "no perftest server at {addrs:?} within {timeout:?}: is it listening?"
+            )));
         };
-        Self::negotiate(stream, true, mtu, timeout)
+        Self::negotiate(stream, true, mtu, timeout, cancel)
     }
 
     /// Server: accept one perftest client on `listener` and negotiate.
-    pub fn accept(listener: &TcpListener, mtu: i32, timeout: Duration) -> Result<Self> {
-        let stream = super::oob::accept_within(listener, timeout)?;
-        Self::negotiate(stream, false, mtu, timeout)
+    pub fn accept(
+        listener: &TcpListener,
+        mtu: i32,
+        timeout: Duration,
+        cancel: &'c Cancel<'c>,
+    ) -> Result<Self> {
+        let stream = super::oob::accept_within(listener, timeout, cancel)?;
+        Self::negotiate(stream, false, mtu, timeout, cancel)
     }
 
-    fn negotiate(stream: TcpStream, client: bool, mtu: i32, timeout: Duration) -> Result<Self> {
-        stream
-            .set_read_timeout(Some(timeout))
-            .map_err(|e| io_err("setsockopt", e))?;
+    fn negotiate(
+        stream: TcpStream,
+        client: bool,
+        mtu: i32,
+        timeout: Duration,
+        cancel: &'c Cancel<'c>,
+    ) -> Result<Self> {
         let mut s = Session {
             stream,
             client,
+            timeout,
+            cancel,
             remote_version: String::new(),
             cycle_buffer: 0,
             remote_mtu: 0,
@@ -233,17 +246,14 @@ impl Session {
 
     /// One exchange: the client writes then reads, the server reads then writes.
     fn xchg(&mut self, mine: &[u8], theirs: &mut [u8]) -> Result<()> {
+        let (t, c) = (self.timeout, self.cancel);
         if self.client {
             self.stream
                 .write_all(mine)
                 .map_err(|e| io_err("write", e))?;
-            self.stream
-                .read_exact(theirs)
-                .map_err(|e| io_err("read", e))?;
+            read_exact(&mut self.stream, theirs, t, c, "read", io_err)?;
         } else {
-            self.stream
-                .read_exact(theirs)
-                .map_err(|e| io_err("read", e))?;
+            read_exact(&mut self.stream, theirs, t, c, "read", io_err)?;
             self.stream
                 .write_all(mine)
                 .map_err(|e| io_err("write", e))?;

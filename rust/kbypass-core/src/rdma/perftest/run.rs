@@ -3,7 +3,7 @@
 use std::net::{TcpListener, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use super::{BwReport, Keys, Session};
+use super::{BwReport, Cancel, Keys, Session};
 use crate::error::{Error, Result};
 use crate::rdma::perf::{op_bandwidth, Bandwidth, Pacing};
 use crate::rdma::{
@@ -119,7 +119,8 @@ fn check_server_buffer(s: &Session, test: Test, mr: &MemoryRegion) -> Result<()>
 /// `listener`, expose `mr` (remote-writable, -readable or -atomic as the test needs; at
 /// least the client's message size plus a page), bring `qp` (in INIT) to RTS towards the
 /// client, wait for its run to end and return the report it sends. For `ib_send_bw` see
-/// [`serve_send`].
+/// [`serve_send`]. Every wait ends at `timeout` or when `cancel` says stop.
+#[allow(clippy::too_many_arguments)]
 pub fn serve(
     listener: &TcpListener,
     test: Test,
@@ -128,6 +129,7 @@ pub fn serve(
     p: &PathParams,
     local: &Endpoint,
     timeout: Duration,
+    cancel: &Cancel<'_>,
 ) -> Result<BwReport> {
     if test == Test::Send {
         return Err(Error::invalid(
@@ -135,7 +137,7 @@ pub fn serve(
         ));
     }
     refuse_ud(test, qp)?;
-    let mut s = Session::accept(listener, p.mtu, timeout)?;
+    let mut s = Session::accept(listener, p.mtu, timeout, cancel)?;
     check_server_buffer(&s, test, mr)?;
     let (mine, _) = connect(&mut s, test, qp, mr, p, local)?;
     s.keys(&mine)?; // the client's run ends before this returns
@@ -161,7 +163,7 @@ pub struct SendRun {
 /// the client says it is done (its closing key message, sent when all its sends completed:
 /// on UC, a send that found no receive posted is dropped, so fewer may come). Returns our
 /// own report (the tools exchange none for send): the messages received, timed from the
-/// first to the last.
+/// first to the last. Every wait ends at `timeout` or when `cancel` says stop.
 #[allow(clippy::too_many_arguments)]
 pub fn serve_send(
     listener: &TcpListener,
@@ -172,6 +174,7 @@ pub fn serve_send(
     local: &Endpoint,
     run: &SendRun,
     timeout: Duration,
+    cancel: &Cancel<'_>,
 ) -> Result<BwReport> {
     if run.iterations == 0 || run.rx_depth == 0 || run.size == 0 {
         return Err(Error::invalid(
@@ -180,7 +183,7 @@ pub fn serve_send(
     }
     refuse_ud(Test::Send, qp)?;
     let sge = [mr.sge(0, run.size)?];
-    let mut s = Session::accept(listener, p.mtu, timeout)?;
+    let mut s = Session::accept(listener, p.mtu, timeout, cancel)?;
     let (mine, _) = connect(&mut s, Test::Send, qp, mr, p, local)?;
     let depth = run.rx_depth.min(run.iterations);
     for i in 0..depth {
@@ -224,6 +227,7 @@ fn receive_all(
                 posted += 1;
             }
         }
+        s.cancel.check("ib_send_bw server: receiving")?;
         if n > 0 {
             progress = Instant::now();
             last = Some(progress);
@@ -275,6 +279,7 @@ fn report(size: usize, iterations: u64, bw: &Bandwidth) -> BwReport {
 /// the server's buffer (128 in flight, a completion every 100, as the tools do; reads land
 /// in `mr`, atomics' old values in its first 8 bytes), on `cq` (the QP's send CQ), then send
 /// the report (send: none, the server measures its own) and close. Returns our report.
+/// Every wait ends at `timeout` or when `cancel` says stop.
 #[allow(clippy::too_many_arguments)]
 pub fn client(
     addr: impl ToSocketAddrs,
@@ -287,6 +292,7 @@ pub fn client(
     size: usize,
     iterations: u64,
     timeout: Duration,
+    cancel: &Cancel<'_>,
 ) -> Result<BwReport> {
     let atomic = matches!(test, Test::FetchAdd | Test::CompareSwap);
     if atomic && size != ATOMIC_SIZE {
@@ -300,7 +306,7 @@ pub fn client(
     }
     refuse_ud(test, qp)?;
     let sge = [mr.sge(0, size)?];
-    let mut s = Session::connect(addr, p.mtu, timeout)?;
+    let mut s = Session::connect(addr, p.mtu, timeout, cancel)?;
     let (mine, remote) = connect(&mut s, test, qp, mr, p, local)?;
     let (remote_addr, rkey) = (remote.vaddr, remote.rkey);
     let op = match test {
@@ -328,7 +334,7 @@ pub fn client(
         signal_every: depth.min(100),
         stall: timeout,
     };
-    let bw = op_bandwidth(qp, cq, op, &sge, iterations, &pacing)?;
+    let bw = op_bandwidth(qp, cq, op, &sge, iterations, &pacing, cancel)?;
     let rep = report(size, iterations, &bw);
     if test != Test::Send {
         s.keys(&mine)?;

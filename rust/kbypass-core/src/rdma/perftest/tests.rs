@@ -38,14 +38,16 @@ fn session_over_loopback_tcp() {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let t = std::thread::spawn(move || {
-        let mut s = Session::accept(&l, 3, Duration::from_secs(5)).unwrap();
+        let never = Cancel::never();
+        let mut s = Session::accept(&l, 3, Duration::from_secs(5), &never).unwrap();
         let k = s.keys(&keys()).unwrap();
         let r = s.reports(&BwReport::default()).unwrap();
         assert_eq!(s.remote_version, PERFTEST_VERSION);
         s.close(&keys()).unwrap();
         (k, r)
     });
-    let mut c = Session::connect(("127.0.0.1", port), 3, Duration::from_secs(5)).unwrap();
+    let never = Cancel::never();
+    let mut c = Session::connect(("127.0.0.1", port), 3, Duration::from_secs(5), &never).unwrap();
     assert_eq!(
         (c.remote_version.as_str(), c.remote_mtu),
         (PERFTEST_VERSION, 3)
