@@ -26,13 +26,21 @@ use pyo3::PyClass;
 pub struct Resource {
     /// Empties the subclass's slot: [`release::<T>`] for the `T` that was created.
     release: fn(&Bound<'_, PyAny>) -> PyResult<()>,
-    /// The objects made from this one (weakly), closed before it; `None`: not tracked.
+    /// The objects made from this one (weakly), closed before it; `None`: not tracked. The
+    /// root of a tracked tree (the context) holds every descendant here too, so one whose
+    /// parent Python let go of (a PD no name holds any more) is still closed with the root.
     children: Mutex<Option<Vec<Py<PyWeakrefReference>>>>,
+    /// The root of the tracked tree this object belongs to (weakly); `None` for a root.
+    root: Mutex<Option<Py<PyWeakrefReference>>>,
 }
 
 impl Resource {
     fn children(&self) -> std::sync::MutexGuard<'_, Option<Vec<Py<PyWeakrefReference>>>> {
         self.children.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn root(&self) -> std::sync::MutexGuard<'_, Option<Py<PyWeakrefReference>>> {
+        self.root.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -43,7 +51,8 @@ impl Resource {
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let kids = slf.get().children().as_mut().map(std::mem::take);
         let mut failed = None;
-        for w in kids.into_iter().flatten() {
+        // The newest first: an object is made after those it is made from.
+        for w in kids.into_iter().flatten().rev() {
             if let Some(child) = w.bind(slf.py()).upgrade() {
                 if let Err(e) = child.call_method0("close") {
                     failed.get_or_insert(e);
@@ -132,7 +141,24 @@ pub fn adopt(parent: &Bound<'_, PyAny>, child: &Bound<'_, PyAny>) -> PyResult<()
     list.retain(|w| w.bind(child.py()).upgrade().is_some());
     list.push(PyWeakrefReference::new(child)?.unbind());
     drop(kids);
-    track_children(child)
+    track_children(child)?;
+    let py = child.py();
+    let root = match parent.get().root().as_ref() {
+        None => parent.clone().into_any(),
+        Some(w) => match w.bind(py).upgrade() {
+            Some(r) => r,
+            None => return Ok(()), // the root is gone: nothing to close this with
+        },
+    };
+    if !root.is(parent) {
+        let root_res = root.cast::<Resource>()?;
+        if let Some(all) = root_res.get().children().as_mut() {
+            all.retain(|w| w.bind(py).upgrade().is_some());
+            all.push(PyWeakrefReference::new(child)?.unbind());
+        }
+    }
+    *child.cast::<Resource>()?.get().root() = Some(PyWeakrefReference::new(&root)?.unbind());
+    Ok(())
 }
 
 /// A new Python object of class `T` (a direct [`Resource`] subclass) over `obj`.
@@ -162,5 +188,6 @@ pub fn base<T: Owner>() -> Resource {
     Resource {
         release: release::<T>,
         children: Mutex::new(None),
+        root: Mutex::new(None),
     }
 }
