@@ -465,6 +465,35 @@ def test_close_releases_the_engine_and_its_children(pair: VethPair) -> None:
     assert not xdp_attached(pair, "a")
 
 
+def test_a_closed_regions_memory_is_let_go_by_the_poll_thread_without_the_gil(
+    ctxs: tuple[rdma.Context, rdma.Context],
+) -> None:
+    # The receive keeps the memory of a region closed (and unreferenced) before it completed;
+    # the poll thread completes it under the engine's lock and lets go of the memory there,
+    # while this thread holds the GIL and takes that lock (reading the counters): letting go
+    # must not wait for the GIL.
+    a, b = ctxs
+    c = Conn(a, b)
+    for round_ in range(5):
+        dst = bytearray(256)
+        mdst = c.pdb.register(dst)
+        c.qb.post_recv(mdst, wr_id=round_)
+        mdst.close()
+        del mdst, dst
+        gc.collect()
+        src = bytearray(b"x" * 256)
+        msrc = c.pda.register(src)
+        c.qa.send(msrc, wr_id=round_)
+        deadline = time.monotonic() + 10
+        got: list[Any] = []
+        while not got:  # take b's engine lock, GIL held, while the receive completes there
+            b.engine_counters()
+            got = c.cqb.poll(4)
+            assert time.monotonic() < deadline, "the receive never completed"
+        assert got[0].status_name == "SUCCESS" and got[0].byte_len == 256
+        assert wait_wcs(c.cqa)[0].status_name == "SUCCESS"
+
+
 def test_caller_progress(pair: VethPair) -> None:
     a = rdma.Context.userspace(
         pair.a.ifname, ip=pair.a.ip, netns=pair.a.netns, progress="caller", ring_size=256,

@@ -4,6 +4,7 @@ use kbypass_core::rdma::{self, Access, QpCaps, QpType};
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyMemoryView;
 
 use super::ah::AddressHandle;
 use super::args;
@@ -75,7 +76,14 @@ impl ProtectionDomain {
         if let Ok(pool) = buffer.cast::<PyMempool>() {
             return pd.register_mempool(pool.get().shared()?, access).py();
         }
-        let buf = PyUntypedBuffer::get(buffer)?;
+        // The region keeps a memoryview of the buffer, not the export itself: the view pins the
+        // memory the same way (a bytearray cannot resize while it lives), and whichever thread
+        // drops the region last — the engine's poll thread finishing a receive or a READ under
+        // its lock, say — only queues the view's decref for the next holder of the GIL, where
+        // releasing an export would wait for the GIL there (and deadlock against a Python
+        // thread that holds it and waits for that lock).
+        let view = PyMemoryView::from(buffer)?;
+        let buf = PyUntypedBuffer::get(view.as_any())?;
         if !buf.is_c_contiguous() {
             return Err(PyTypeError::new_err(
                 "register a C-contiguous buffer (np.ascontiguousarray)",
@@ -87,9 +95,12 @@ impl ProtectionDomain {
             ));
         }
         let (ptr, len) = (buf.buf_ptr().cast::<u8>(), buf.len_bytes());
-        // SAFETY: the exported buffer stays valid and in place while its export (`buf`) lives,
-        // and the region owns the export.
-        unsafe { pd.register_raw(ptr, len, access, Box::new(buf)) }.py()
+        drop(buf);
+        let keeper: Py<PyAny> = view.unbind().into_any();
+        // SAFETY: the memory stays valid and in place while the memoryview's own export of the
+        // buffer lives, i.e. while the view does; the region owns the only reference to the
+        // view (no Python code can reach it to release it).
+        unsafe { pd.register_raw(ptr, len, access, Box::new(keeper)) }.py()
     }
 }
 
