@@ -606,3 +606,35 @@ def test_completion_channel_and_bulk_poll(ctxs: tuple[rdma.Context, rdma.Context
         n += cqa.poll_into(wcs[n:])
         assert time.monotonic() < deadline
     assert list(wcs[:2]["wr_id"]) == [50, 51] and not wcs[:2]["status"].any()
+
+
+def test_perftest_runs_at_the_ports_active_mtu() -> None:
+    """As perftest without ``-m``: the path MTU is the port's active MTU (2048 on a 3000-byte
+    link), so a 64 KiB write goes as 32 packets, not 64 at the verbs default of 1024."""
+    with VethPair(subnet="198.18.43", mtu=3000) as p:
+        a = rdma.Context.userspace(p.a.ifname, ip=p.a.ip, netns=p.a.netns)
+        b = rdma.Context.userspace(p.b.ifname, ip=p.b.ip, netns=p.b.netns)
+        try:
+            assert a.query_port().active_mtu == b.query_port().active_mtu == 2048
+            cqa, cqb = a.create_cq(256), b.create_cq(256)
+            pa, pb = a.alloc_pd(), b.alloc_pd()
+            qa, qb = pa.create_qp("RC", cqa), pb.create_qp("RC", cqb)
+            bufa, bufb = np.zeros(1 << 16, np.uint8), np.full(1 << 16, 7, np.uint8)
+            mra, mrb = pa.register(bufa), pb.register(bufb)
+            serve = in_thread(
+                p,
+                "a",
+                lambda: qa.perftest_serve(mra, 18719, timeout=30, size=1 << 16, iterations=20),
+            )
+            try:
+                before = b.engine_counters()["tx_packets"]
+                with p.enter("b"):
+                    rep = qb.perftest_write_bw(cqb, mrb, p.a.ip, 18719, size=1 << 16, iterations=20)
+                sent = b.engine_counters()["tx_packets"] - before
+            finally:
+                serve()
+            assert rep["iters"] == 20 and (bufa == 7).all()
+            assert 20 * 32 <= sent < 20 * 64, sent
+        finally:
+            a.close()
+            b.close()

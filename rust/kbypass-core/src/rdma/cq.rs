@@ -208,6 +208,18 @@ impl CompletionQueue {
         matches!(self.inner, Cq::User(_))
     }
 
+    /// For busy-polling loops whose polls keep coming back empty: on a user-space engine with
+    /// a poll thread, sleeps until a completion is there or `timeout` passes (true if one
+    /// is), so the spinning caller does not take the CPU the engine needs to make it; with
+    /// caller progress the engine runs once. A verbs CQ returns false at once: hardware (or
+    /// the kernel's rxe) makes progress whether the caller spins or not.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        match &self.inner {
+            Cq::Verbs(_) => false,
+            Cq::User(c) => c.wait_ready(timeout),
+        }
+    }
+
     /// Poll up to `out.len()` completions into `out`; returns how many were written.
     /// Never blocks, never allocates.
     pub fn poll(&self, out: &mut [WorkCompletion]) -> Result<usize> {

@@ -25,6 +25,23 @@ impl Bandwidth {
     }
 }
 
+/// How long a bandwidth loop spins on an empty CQ after its last completion before it naps.
+const SPIN: Duration = Duration::from_micros(20);
+/// The longest nap: the loop wakes at the next completion, and at least this often to check
+/// for cancellation and stalls.
+const NAP: Duration = Duration::from_millis(1);
+
+/// An empty poll `idle` after the last completion: keep spinning at first (the next
+/// completion is usually close), then let a user-space engine's poll thread have the CPU
+/// until a completion is there ([`CompletionQueue::wait_ready`]; a verbs CQ returns at
+/// once). On a host with few cores the spinning caller otherwise takes the CPU the engine
+/// needs to produce the completions it waits for.
+pub(crate) fn nap(cq: &CompletionQueue, idle: Duration) {
+    if idle > SPIN {
+        cq.wait_ready(NAP);
+    }
+}
+
 /// How a bandwidth loop posts: `depth` requests in flight at most, a completion asked for
 /// every `signal_every` requests (perftest's defaults: depth 128, CQ moderation 100), and an
 /// error when no completion arrives for `stall` (a peer that neither answers nor fails).
@@ -129,12 +146,16 @@ pub fn op_bandwidth(
         cancel.check("bandwidth run")?;
         if n > 0 {
             progress = Instant::now();
-        } else if progress.elapsed() > stall {
+            continue;
+        }
+        let idle = progress.elapsed();
+        if idle > stall {
             return Err(Error::Timeout(format!(
                 "{completed} of {iterations} requests completed, then none for {stall:?}: \
                  is the peer alive?"
             )));
         }
+        nap(cq, idle);
     }
     let bytes: u64 = sg.iter().map(|s| u64::from(s.length())).sum();
     Ok(Bandwidth {

@@ -344,6 +344,10 @@ impl UserCq {
     pub(super) fn poll(&self, out: &mut [WorkCompletion]) -> Result<usize> {
         self.0.poll(out)
     }
+
+    pub(super) fn wait_ready(&self, timeout: Duration) -> bool {
+        self.0.wait_ready(timeout)
+    }
     pub(super) fn req_notify(&self, solicited_only: bool) -> Result<()> {
         self.0.req_notify(solicited_only)
     }

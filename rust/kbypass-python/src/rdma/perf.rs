@@ -2,7 +2,9 @@
 //! runs behind ``QueuePair.perftest_*`` (their exchange and loops are the core's); each
 //! honours Ctrl-C ([`interrupt::detach`]).
 
-use kbypass_core::rdma::{self, perftest::Test};
+use std::time::Duration;
+
+use kbypass_core::rdma::{self, perftest::Test, Endpoint as CoreEndpoint, PathParams};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -13,6 +15,7 @@ use super::interrupt;
 use super::mr::MemoryRegion;
 use super::qp::QueuePair;
 use super::resource::Owner;
+use crate::errors::IntoPyResult;
 
 /// perftest-style RDMA write bandwidth (GIL released, Ctrl-C honoured): returns (bytes,
 /// seconds).
@@ -112,6 +115,20 @@ pub struct ServeArgs<'a> {
 }
 
 /// ``QueuePair.perftest_serve``: the server of any of the four tools.
+/// The tools' exchange at perftest's path MTU: the port's active MTU (perftest without
+/// ``-m``), which the peers then lower to the smaller of theirs.
+fn perftest_exchange(
+    qp: &QueuePair,
+    test: Test,
+    psn: u32,
+    timeout: f64,
+    gid_index: Option<i32>,
+) -> PyResult<(Duration, PathParams, CoreEndpoint)> {
+    let (t, mut p, local) = qp.tool_exchange(reads(test), psn, timeout, gid_index)?;
+    p.mtu = qp.ctx()?.query_port(p.port).py()?.active_mtu;
+    Ok((t, p, local))
+}
+
 pub fn serve<'py>(
     py: Python<'py>,
     qp: &QueuePair,
@@ -128,7 +145,7 @@ pub fn serve<'py>(
         (Test::Send, Some(c)) => Some(c.get()?),
         _ => None,
     };
-    let (t, p, local) = qp.tool_exchange(reads(test), a.psn, a.timeout, a.gid_index)?;
+    let (t, p, local) = perftest_exchange(qp, test, a.psn, a.timeout, a.gid_index)?;
     let (q, m) = (qp.get()?, mr.get()?);
     let listener = args::listen(a.bind, a.port)?;
     let run = rdma::perftest::SendRun {
@@ -190,7 +207,7 @@ pub fn client<'py>(
     mr: &MemoryRegion,
     a: &ClientArgs<'_>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let (t, p, local) = qp.tool_exchange(reads(test), a.psn, a.timeout, a.gid_index)?;
+    let (t, p, local) = perftest_exchange(qp, test, a.psn, a.timeout, a.gid_index)?;
     let (q, c, m) = (qp.get()?, cq.get()?, mr.get()?);
     let (host, port, size, n) = (a.host, a.port, a.size, a.iterations);
     let r = interrupt::detach(py, |x| {

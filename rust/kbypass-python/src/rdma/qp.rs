@@ -65,7 +65,7 @@ impl QueuePair {
     }
 
     /// The core context, or the closed error.
-    fn ctx(&self) -> PyResult<&rdma::Context> {
+    pub(super) fn ctx(&self) -> PyResult<&rdma::Context> {
         self.get()?;
         let c = self.ctx.as_ref().map(|c| &c.0);
         c.ok_or_else(|| PyRuntimeError::new_err("this QueuePair is closed"))

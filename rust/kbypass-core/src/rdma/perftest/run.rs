@@ -246,6 +246,7 @@ fn receive_all(
                  for {stall:?}: is the client alive, and its -n {iterations}?"
             )));
         }
+        crate::rdma::perf::nap(cq, idle);
     }
     let seconds = match (first, last) {
         (Some(a), Some(b)) => (b - a).as_secs_f64(),

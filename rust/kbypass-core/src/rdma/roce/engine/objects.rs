@@ -5,8 +5,8 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::context::Engine;
@@ -302,6 +302,10 @@ pub(super) struct CqShared {
     depth: usize,
     armed: AtomicU8,
     channel: Option<Arc<ChannelShared>>,
+    /// Signalled after a push while a caller waits in [`CqShared::wait_ready`].
+    ready: Condvar,
+    /// Callers waiting on `ready` (a push without waiters makes no wake-up syscall).
+    waiters: AtomicUsize,
 }
 
 impl CqShared {
@@ -314,6 +318,11 @@ impl CqShared {
             }
             q.push_back(wc);
         }
+        // A waiter registers under the queue's lock before it looks at the queue, so one
+        // that found it empty is counted here and woken.
+        if self.waiters.load(Ordering::Acquire) > 0 {
+            self.ready.notify_all();
+        }
         let fire = match self.armed.load(Ordering::Acquire) {
             ARMED_ANY => true,
             ARMED_SOLICITED => solicited || wc.status != 0,
@@ -325,6 +334,21 @@ impl CqShared {
             }
         }
         true
+    }
+
+    /// Blocks until the queue holds a completion or `timeout` passes; true if it holds one.
+    fn wait_ready(&self, timeout: Duration) -> bool {
+        let q = self.q.lock().unwrap_or_else(|e| e.into_inner());
+        if !q.is_empty() {
+            return true;
+        }
+        self.waiters.fetch_add(1, Ordering::AcqRel);
+        let (q, _) = self
+            .ready
+            .wait_timeout_while(q, timeout, |q| q.is_empty())
+            .unwrap_or_else(|e| e.into_inner());
+        self.waiters.fetch_sub(1, Ordering::AcqRel);
+        !q.is_empty()
     }
 
     fn pop_into(&self, out: &mut [WorkCompletion]) -> usize {
@@ -361,6 +385,8 @@ impl CompletionQueue {
                 depth: cqe as usize,
                 armed: AtomicU8::new(UNARMED),
                 channel: channel.map(|c| Arc::clone(&c.inner)),
+                ready: Condvar::new(),
+                waiters: AtomicUsize::new(0),
             }),
             channel: channel.cloned(),
         })
@@ -376,6 +402,24 @@ impl CompletionQueue {
     pub fn poll(&self, out: &mut [WorkCompletion]) -> Result<usize> {
         self.engine.caller_progress();
         Ok(self.shared.pop_into(out))
+    }
+
+    /// Waits until a poll would find a completion, or `timeout` passes (false then), without
+    /// spinning: with a poll thread the caller sleeps until the engine pushes a completion,
+    /// leaving the CPU to the engine; with [`Progress::Caller`](super::Progress::Caller) the
+    /// engine runs once instead (only the caller's polls move it), so this returns at once.
+    /// A busy-polling loop calls it when polls keep coming back empty.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        if self.engine.progress_mode() == super::Progress::Caller {
+            self.engine.caller_progress();
+            return !self
+                .shared
+                .q
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty();
+        }
+        self.shared.wait_ready(timeout)
     }
 
     /// Asks for an event on the completion channel at the next completion (the next

@@ -215,6 +215,50 @@ fn rc_atomics_return_the_original_value_and_update_memory() {
 }
 
 #[test]
+fn wait_ready_sleeps_until_the_poll_thread_pushes_a_completion() {
+    let Some(b) = bench(Progress::Thread { cpu: None }) else {
+        return;
+    };
+    let (x, y) = connected(&b, QpType::Rc, 1 << 16);
+    // Nothing posted: the wait runs out and says so.
+    let t0 = std::time::Instant::now();
+    assert!(!x.cq.wait_ready(Duration::from_millis(30)));
+    assert!(t0.elapsed() >= Duration::from_millis(30), "{:?}", t0.elapsed());
+    // A write's completion wakes the waiter long before its timeout.
+    x.mr.write(0, &pattern(4096, 3)).unwrap();
+    let post = std::time::Instant::now();
+    x.qp.post_send(
+        1,
+        SendOp::Write {
+            remote_addr: y.mr.addr(),
+            rkey: y.mr.rkey(),
+        },
+        &[x.mr.sge(0, 4096).unwrap()],
+        SendFlags::SIGNALED,
+    )
+    .unwrap();
+    assert!(x.cq.wait_ready(T));
+    assert!(post.elapsed() < Duration::from_secs(5), "{:?}", post.elapsed());
+    let mut wc = [WorkCompletion::default(); 2];
+    assert_eq!(x.cq.poll(&mut wc).unwrap(), 1);
+    assert_eq!((wc[0].wr_id, wc[0].status), (1, 0));
+    // A completion already there: no wait at all.
+    x.qp.post_send(
+        2,
+        SendOp::Write {
+            remote_addr: y.mr.addr(),
+            rkey: y.mr.rkey(),
+        },
+        &[x.mr.sge(0, 64).unwrap()],
+        SendFlags::SIGNALED,
+    )
+    .unwrap();
+    assert!(x.cq.wait_ready(T));
+    assert!(x.cq.wait_ready(Duration::ZERO), "the completion stays until polled");
+    assert_eq!(x.cq.poll(&mut wc).unwrap(), 1);
+}
+
+#[test]
 fn rc_with_caller_progress_moves_only_when_polled() {
     let Some(b) = bench(Progress::Caller) else {
         return;
