@@ -3,6 +3,7 @@
 pub mod holds;
 pub mod port;
 pub mod ring;
+mod sgcopy;
 pub mod socket;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -15,6 +16,7 @@ pub mod umem;
 pub use holds::{FrameHold, HeldFrames};
 pub use port::{PortConfig, PortProgram, Queues, SharedPort, XskPort};
 pub use ring::{ConsRing, ProdRing, RingOffsets};
+pub use sgcopy::MAX_DESCS_PER_PACKET;
 pub use socket::{
     BindMode, BusyPoll, CopySend, FrameAccount, HeldSend, SocketConfig, XskCounters, XskSocket,
 };

@@ -10,13 +10,16 @@ use super::work::GRH_LEN;
 use super::EngineCounters;
 use crate::rdma::roce::rc::Pkt;
 use crate::rdma::roce::wire::{icrc, Frame, FrameSpec, IpHeader, WireError, ICRC_LEN};
-use crate::sys::xdp::XdpDesc;
+use crate::sys::xdp::{XdpDesc, XDP_PKT_CONTD};
 use crate::xsk::XskPort;
 
 /// Frames received per round.
 const RX_BURST: usize = 64;
 /// Frames built ahead of the TX ring at most.
 const TX_BUDGET: usize = 256;
+/// The longest frame joined from several descriptors (RoCE frames are at most a 4096-byte
+/// path MTU plus headers); longer ones are dropped as malformed.
+const MAX_RX_FRAME: usize = 1 << 14;
 /// A frame the link has not taken for this long is dropped (and counted): RC retransmits.
 const TX_GIVE_UP: Duration = Duration::from_secs(1);
 
@@ -37,6 +40,10 @@ pub(super) struct Core {
     next_qpn: u32,
     pending: VecDeque<(Instant, Vec<u8>)>,
     descs: Vec<XdpDesc>,
+    /// The first descriptors of a frame that spans several (multi-buffer), until its last.
+    rx_partial: Vec<u8>,
+    /// Dropping the rest of a frame one of whose descriptors was bad or that grew too long.
+    rx_skip: bool,
     epoch: Instant,
     ip_id: u16,
     c: EngineCounters,
@@ -54,6 +61,8 @@ impl Core {
             next_qpn: 0x11,
             pending: VecDeque::new(),
             descs: vec![XdpDesc::default(); RX_BURST],
+            rx_partial: Vec::new(),
+            rx_skip: false,
             epoch: Instant::now(),
             ip_id: 0,
             c: EngineCounters::default(),
@@ -136,7 +145,9 @@ impl Core {
         }
     }
 
-    /// Receives a burst and hands each packet to its QP; returns how many frames came.
+    /// Receives a burst and hands each packet to its QP; returns how many descriptors came.
+    /// On a multi-buffer socket a frame larger than a UMEM frame comes as several
+    /// descriptors, joined here (across bursts too) before it is parsed.
     fn receive(&mut self, now: u64) -> usize {
         let Some(sock) = self.port.socket_mut(0) else {
             return 0;
@@ -144,63 +155,40 @@ impl Core {
         let n = sock.recv(&mut self.descs);
         let mut got: Vec<(Pkt, [u8; GRH_LEN])> = Vec::with_capacity(n);
         for d in &self.descs[..n] {
-            let Some(bytes) = sock.app_bytes(d.addr, d.len) else {
-                self.c.malformed += 1;
-                continue;
+            let more = d.options & XDP_PKT_CONTD != 0;
+            let bytes = if self.rx_skip {
+                None
+            } else {
+                sock.app_bytes(d.addr, d.len)
             };
-            self.c.rx_packets += 1;
-            self.c.rx_bytes += u64::from(d.len);
-            let f = match Frame::parse(bytes) {
-                Ok(f) => f,
-                Err(WireError::BadUdpChecksum) => match icrc_only(bytes) {
-                    Ok(f) => {
-                        self.c.udp_checksum_ignored += 1;
-                        f
-                    }
-                    Err(WireError::BadIcrc { .. }) => {
-                        self.c.bad_icrc += 1;
-                        continue;
-                    }
-                    Err(_) => {
-                        self.c.malformed += 1;
-                        continue;
-                    }
-                },
-                Err(WireError::BadIcrc { .. }) => {
-                    self.c.bad_icrc += 1;
-                    continue;
-                }
-                Err(_) => {
+            let Some(bytes) = bytes else {
+                // A bad descriptor spoils its whole frame: skip to the frame's last one.
+                if !self.rx_skip {
                     self.c.malformed += 1;
-                    continue;
                 }
+                self.rx_partial.clear();
+                self.rx_skip = more;
+                continue;
             };
-            let ours = match (f.ip, self.ip) {
-                (IpHeader::V4 { dst, .. }, IpAddr::V4(a)) => dst == a.octets(),
-                (IpHeader::V6 { dst, .. }, IpAddr::V6(a)) => dst == a.octets(),
-                _ => false,
-            };
-            if !ours {
-                self.c.not_for_us += 1;
+            if more {
+                if self.rx_partial.len() + bytes.len() > MAX_RX_FRAME {
+                    self.c.malformed += 1;
+                    self.rx_partial.clear();
+                    self.rx_skip = true;
+                } else {
+                    self.rx_partial.extend_from_slice(bytes);
+                }
                 continue;
             }
-            // The GRH verbs puts in front of a UD receive: the IPv6 header, or the IPv4
-            // header in its last 20 bytes.
-            let mut grh = [0u8; GRH_LEN];
-            let l3 = 14 + if f.vlan_tci.is_some() { 4 } else { 0 };
-            match f.ip {
-                IpHeader::V4 { .. } => grh[20..].copy_from_slice(&bytes[l3..l3 + 20]),
-                IpHeader::V6 { .. } => grh.copy_from_slice(&bytes[l3..l3 + 40]),
-            }
-            let p = f.packet;
-            got.push((
-                Pkt {
-                    bth: p.bth,
-                    ext: p.ext,
-                    payload: p.payload.to_vec(),
-                },
-                grh,
-            ));
+            let pkt = if self.rx_partial.is_empty() {
+                accept(&mut self.c, self.ip, bytes)
+            } else {
+                self.rx_partial.extend_from_slice(bytes);
+                let p = accept(&mut self.c, self.ip, &self.rx_partial);
+                self.rx_partial.clear();
+                p
+            };
+            got.extend(pkt);
         }
         let addrs: Vec<u64> = self.descs[..n].iter().map(|d| d.addr).collect();
         sock.release(&addrs);
@@ -313,6 +301,64 @@ impl Core {
         }
         sent
     }
+}
+
+/// A received frame checked and copied out for its QP (with the GRH a UD receive gets), or
+/// None, counted: bad checksums, malformed, or not for the engine's address.
+fn accept(c: &mut EngineCounters, ip: IpAddr, bytes: &[u8]) -> Option<(Pkt, [u8; GRH_LEN])> {
+    c.rx_packets += 1;
+    c.rx_bytes += bytes.len() as u64;
+    let f = match Frame::parse(bytes) {
+        Ok(f) => f,
+        Err(WireError::BadUdpChecksum) => match icrc_only(bytes) {
+            Ok(f) => {
+                c.udp_checksum_ignored += 1;
+                f
+            }
+            Err(WireError::BadIcrc { .. }) => {
+                c.bad_icrc += 1;
+                return None;
+            }
+            Err(_) => {
+                c.malformed += 1;
+                return None;
+            }
+        },
+        Err(WireError::BadIcrc { .. }) => {
+            c.bad_icrc += 1;
+            return None;
+        }
+        Err(_) => {
+            c.malformed += 1;
+            return None;
+        }
+    };
+    let ours = match (f.ip, ip) {
+        (IpHeader::V4 { dst, .. }, IpAddr::V4(a)) => dst == a.octets(),
+        (IpHeader::V6 { dst, .. }, IpAddr::V6(a)) => dst == a.octets(),
+        _ => false,
+    };
+    if !ours {
+        c.not_for_us += 1;
+        return None;
+    }
+    // The GRH verbs puts in front of a UD receive: the IPv6 header, or the IPv4 header in
+    // its last 20 bytes.
+    let mut grh = [0u8; GRH_LEN];
+    let l3 = 14 + if f.vlan_tci.is_some() { 4 } else { 0 };
+    match f.ip {
+        IpHeader::V4 { .. } => grh[20..].copy_from_slice(&bytes[l3..l3 + 20]),
+        IpHeader::V6 { .. } => grh.copy_from_slice(&bytes[l3..l3 + 40]),
+    }
+    let p = f.packet;
+    Some((
+        Pkt {
+            bth: p.bth,
+            ext: p.ext,
+            payload: p.payload.to_vec(),
+        },
+        grh,
+    ))
 }
 
 /// A frame whose UDP checksum did not verify, checked by its ICRC alone. A sender on the
