@@ -125,6 +125,9 @@ impl Engine {
                 comp_size: opts.ring_size,
                 mode: opts.bind,
                 multi_buffer,
+                // One kick sends what a round queued (the copy-mode default is 32 frames per
+                // `sendto`, the rest waiting for the next round's kick).
+                tx_budget: Some(opts.ring_size),
                 ..Default::default()
             },
             program: PortProgram::Own(rules),
