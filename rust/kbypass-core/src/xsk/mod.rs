@@ -1,9 +1,9 @@
 //! AF_XDP: the UMEM (frames from a [`crate::mem::Mempool`]), the four rings, and sockets.
 
+mod copies;
 pub mod holds;
 pub mod port;
 pub mod ring;
-mod sgcopy;
 pub mod socket;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -13,10 +13,10 @@ pub mod txmd;
 mod txmd_tests;
 pub mod umem;
 
+pub use copies::MAX_DESCS_PER_PACKET;
 pub use holds::{FrameHold, HeldFrames};
 pub use port::{PortConfig, PortProgram, Queues, SharedPort, XskPort};
 pub use ring::{ConsRing, ProdRing, RingOffsets};
-pub use sgcopy::MAX_DESCS_PER_PACKET;
 pub use socket::{
     BindMode, BusyPoll, CopySend, FrameAccount, HeldSend, SocketConfig, XskCounters, XskSocket,
 };

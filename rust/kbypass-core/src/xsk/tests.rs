@@ -681,3 +681,42 @@ fn send_copies_splits_packets_larger_than_a_frame_on_a_multi_buffer_socket() {
     let c = sock.counters();
     assert_eq!((c.tx_packets, c.invalid_descs), (100, 0), "{c:?}");
 }
+
+#[test]
+fn build_frame_writes_in_place_and_gives_refused_frames_back() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let pair = pair(1);
+    let (rx, _ns, mut port, frame) = tx_bench(&pair, 9301, 20, 512, 300);
+    let sock = port.socket_mut(0).unwrap();
+    let free = sock.account().free;
+    // Refusals: the writer gives up, claims nothing, or claims more than the frame's room.
+    let cap = sock.umem().tx_capacity() as usize;
+    assert!(sock.build_frame(|_| None).is_none());
+    assert!(sock.build_frame(|_| Some(0)).is_none());
+    assert!(sock.build_frame(|b| Some(b.len() + 1)).is_none());
+    assert_eq!(sock.account().free, free, "refused frames went back");
+    let mut descs = Vec::new();
+    for _ in 0..20 {
+        let d = sock
+            .build_frame(|b| {
+                assert_eq!(b.len(), cap);
+                b[..frame.len()].copy_from_slice(&frame);
+                Some(frame.len())
+            })
+            .unwrap();
+        assert_eq!(d.len as usize, frame.len());
+        descs.push(d);
+    }
+    assert_eq!(sock.send(&descs), 20);
+    let got = rx.join().unwrap();
+    assert_eq!((got.packets, got.bytes), (20, 20 * (300 - 42)));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while sock.account().tx_side > 0 && Instant::now() < deadline {
+        sock.complete();
+    }
+    let acc = sock.check_accounting().unwrap();
+    assert_eq!((acc.app, acc.tx_side), (0, 0), "{acc:?}");
+}

@@ -15,6 +15,8 @@ use crate::xsk::XskPort;
 
 /// Frames received per round.
 const RX_BURST: usize = 64;
+/// Frames put on the TX ring per submission.
+const TX_BURST: usize = 64;
 /// Frames built ahead of the TX ring at most.
 const TX_BUDGET: usize = 256;
 /// The longest frame joined from several descriptors (RoCE frames are at most a 4096-byte
@@ -32,13 +34,23 @@ pub(super) struct Round {
     pub timers: bool,
 }
 
+/// A frame waiting for the TX ring.
+enum Queued {
+    /// Built in place in a UMEM frame the engine holds.
+    Frame(XdpDesc),
+    /// Built in memory, sent by copy: a frame larger than one UMEM frame (multi-buffer), or
+    /// one built when no UMEM frame was free.
+    Bytes(Vec<u8>),
+}
+
 pub(super) struct Core {
     port: XskPort,
     mac: [u8; 6],
     ip: IpAddr,
     qps: HashMap<u32, QpEntry>,
     next_qpn: u32,
-    pending: VecDeque<(Instant, Vec<u8>)>,
+    /// Frames built and not yet on the TX ring, oldest first, with when they were built.
+    pending: VecDeque<(Instant, Queued)>,
     descs: Vec<XdpDesc>,
     /// The first descriptors of a frame that spans several (multi-buffer), until its last.
     rx_partial: Vec<u8>,
@@ -257,37 +269,91 @@ impl Core {
             bth: pkt.bth,
             ext: pkt.ext,
         };
-        let mut buf = vec![0u8; spec.frame_len(pkt.payload.len())];
+        let len = spec.frame_len(pkt.payload.len());
+        if let Some(sock) = self.port.socket_mut(0) {
+            if len <= sock.umem().tx_capacity() as usize {
+                let mut bad = false;
+                let built = sock.build_frame(|buf| match spec.build(&pkt.payload, buf) {
+                    Ok(n) => Some(n),
+                    Err(_) => {
+                        bad = true;
+                        None
+                    }
+                });
+                match built {
+                    Some(d) => {
+                        self.pending.push_back((Instant::now(), Queued::Frame(d)));
+                        return;
+                    }
+                    None if bad => {
+                        self.c.malformed += 1;
+                        return;
+                    }
+                    None => {} // no free frame now: built aside, sent by copy later
+                }
+            }
+        }
+        let mut buf = vec![0u8; len];
         match spec.build(&pkt.payload, &mut buf) {
             Ok(n) => {
                 buf.truncate(n);
-                self.pending.push_back((Instant::now(), buf));
+                self.pending.push_back((Instant::now(), Queued::Bytes(buf)));
             }
             Err(_) => self.c.malformed += 1,
         }
     }
 
-    /// Puts waiting frames on the TX ring; returns how many went.
+    /// Puts waiting frames on the TX ring, in order; returns how many went.
     fn flush(&mut self) -> usize {
         let Some(sock) = self.port.socket_mut(0) else {
             return 0;
         };
         sock.complete();
         let mut sent = 0;
-        while !self.pending.is_empty() {
-            let batch: Vec<&[u8]> = self.pending.iter().take(64).map(|(_, f)| &f[..]).collect();
-            let want = batch.len();
-            let r = sock.send_copies(&batch);
-            // Frames are built to fit a UMEM frame, so none is oversize; any that were are
-            // dropped and counted with the frames sent before them.
-            let done = (r.queued + r.oversize).min(want);
-            self.c.dropped_no_frame += r.oversize as u64;
-            for (_, f) in self.pending.drain(..done) {
-                self.c.tx_bytes += f.len() as u64;
+        let mut descs: Vec<XdpDesc> = Vec::new();
+        loop {
+            // Frames offered, frames taken off the queue, and of those, put on the ring.
+            let (want, taken, went) =
+                match self.pending.front() {
+                    None => break,
+                    Some((_, Queued::Frame(_))) => {
+                        descs.clear();
+                        descs.extend(self.pending.iter().take(TX_BURST).map_while(
+                            |(_, q)| match q {
+                                Queued::Frame(d) => Some(*d),
+                                Queued::Bytes(_) => None,
+                            },
+                        ));
+                        let q = sock.send(&descs);
+                        (descs.len(), q, q)
+                    }
+                    Some((_, Queued::Bytes(_))) => {
+                        let batch: Vec<&[u8]> = self
+                            .pending
+                            .iter()
+                            .take(TX_BURST)
+                            .map_while(|(_, q)| match q {
+                                Queued::Bytes(b) => Some(&b[..]),
+                                Queued::Frame(_) => None,
+                            })
+                            .collect();
+                        let r = sock.send_copies(&batch);
+                        // Frames are built to fit, so none is oversize; any that were are dropped
+                        // and counted with the frames sent before them.
+                        self.c.dropped_no_frame += r.oversize as u64;
+                        let taken = (r.queued + r.oversize).min(batch.len());
+                        (batch.len(), taken, r.queued)
+                    }
+                };
+            for (_, q) in self.pending.drain(..taken) {
+                self.c.tx_bytes += match q {
+                    Queued::Frame(d) => u64::from(d.len),
+                    Queued::Bytes(b) => b.len() as u64,
+                };
             }
-            self.c.tx_packets += r.queued as u64;
-            sent += r.queued;
-            if done < want {
+            self.c.tx_packets += went as u64;
+            sent += went;
+            if taken < want {
                 break;
             }
         }
@@ -296,7 +362,9 @@ impl Core {
             .front()
             .is_some_and(|(t, _)| t.elapsed() > TX_GIVE_UP)
         {
-            self.pending.pop_front();
+            if let Some((_, Queued::Frame(d))) = self.pending.pop_front() {
+                sock.release(&[d.addr]);
+            }
             self.c.dropped_no_frame += 1;
         }
         sent

@@ -1,6 +1,7 @@
-//! Copies of packets larger than one frame, sent on a multi-buffer (`XDP_USE_SG`) socket: each
-//! packet is split over as many frames as it needs, every descriptor but its last marked
-//! [`XDP_PKT_CONTD`](crate::sys::xdp::XDP_PKT_CONTD).
+//! Packets the application makes itself: written in place into a free frame
+//! ([`XskSocket::build_frame`]), or copies of packets larger than one frame sent on a
+//! multi-buffer (`XDP_USE_SG`) socket, each split over as many frames as it needs, every
+//! descriptor but its last marked [`XDP_PKT_CONTD`](crate::sys::xdp::XDP_PKT_CONTD).
 
 use super::socket::{CopySend, XskSocket};
 use crate::sys::xdp::{XdpDesc, XDP_PKT_CONTD};
@@ -13,6 +14,45 @@ pub const MAX_DESCS_PER_PACKET: usize = 18;
 const BURST: usize = 64;
 
 impl XskSocket {
+    /// Takes a free frame and lets `write` build a packet in it: `write` gets the frame's TX
+    /// room ([`Umem::tx_capacity`](super::Umem::tx_capacity) bytes, with whatever an earlier
+    /// packet left there) and returns the packet's length. Returns the descriptor to
+    /// [`send`](XskSocket::send) (the frame is the application's until then), or None when no
+    /// frame is free or `write` returned None, 0 or more than the room (the frame goes back).
+    /// Saves the copy of [`send_copies`](XskSocket::send_copies) for a packet made anyway.
+    pub fn build_frame(
+        &mut self,
+        write: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) -> Option<XdpDesc> {
+        let cap = self.umem().tx_capacity();
+        let mut a = [0u64; 1];
+        if self.alloc(&mut a) == 0 {
+            return None;
+        }
+        let addr = a[0];
+        let Some(ptr) = self.app_ptr(addr, cap) else {
+            self.release(&a);
+            return None;
+        };
+        // SAFETY: `app_ptr` checked that `cap` bytes at `addr` lie inside one UMEM frame in the
+        // application state, which the kernel does not touch; `alloc` took that frame from the
+        // pool just now and its address has not left this call, so no other view of it exists
+        // (no hold, no descriptor, no earlier `app_bytes`); the slice lives only for `write`'s
+        // call, and the UMEM (held by the socket) outlives it.
+        let frame = unsafe { std::slice::from_raw_parts_mut(ptr, cap as usize) };
+        match write(frame) {
+            Some(len) if len > 0 && len <= cap as usize => Some(XdpDesc {
+                addr,
+                len: len as u32,
+                options: 0,
+            }),
+            _ => {
+                self.release(&a);
+                None
+            }
+        }
+    }
+
     /// The multi-buffer path of [`XskSocket::send_copies`]: `packets` in order, each split
     /// over `ceil(len / tx_capacity)` frames; stops at the first packet that finds too few
     /// free frames or no room on the TX ring (its frames and the rest's go back). Empty
