@@ -223,7 +223,11 @@ fn wait_ready_sleeps_until_the_poll_thread_pushes_a_completion() {
     // Nothing posted: the wait runs out and says so.
     let t0 = std::time::Instant::now();
     assert!(!x.cq.wait_ready(Duration::from_millis(30)));
-    assert!(t0.elapsed() >= Duration::from_millis(30), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(30),
+        "{:?}",
+        t0.elapsed()
+    );
     // A write's completion wakes the waiter long before its timeout.
     x.mr.write(0, &pattern(4096, 3)).unwrap();
     let post = std::time::Instant::now();
@@ -238,7 +242,11 @@ fn wait_ready_sleeps_until_the_poll_thread_pushes_a_completion() {
     )
     .unwrap();
     assert!(x.cq.wait_ready(T));
-    assert!(post.elapsed() < Duration::from_secs(5), "{:?}", post.elapsed());
+    assert!(
+        post.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        post.elapsed()
+    );
     let mut wc = [WorkCompletion::default(); 2];
     assert_eq!(x.cq.poll(&mut wc).unwrap(), 1);
     assert_eq!((wc[0].wr_id, wc[0].status), (1, 0));
@@ -254,7 +262,10 @@ fn wait_ready_sleeps_until_the_poll_thread_pushes_a_completion() {
     )
     .unwrap();
     assert!(x.cq.wait_ready(T));
-    assert!(x.cq.wait_ready(Duration::ZERO), "the completion stays until polled");
+    assert!(
+        x.cq.wait_ready(Duration::ZERO),
+        "the completion stays until polled"
+    );
     assert_eq!(x.cq.poll(&mut wc).unwrap(), 1);
 }
 
