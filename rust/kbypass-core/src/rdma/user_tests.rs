@@ -253,8 +253,7 @@ fn the_waits_of_a_user_space_context_end_when_cancelled() {
     let start = std::time::Instant::now();
     let ask = stop_after(Duration::from_millis(200));
     let e = Context::userspace_with(VethPair::IF_A, 0, ip, ns, &opts, &Cancel::new(&ask))
-        .err()
-        .expect("the queue is busy");
+        .expect_err("the queue is busy");
     assert!(
         matches!(e, Error::Interrupted(_)),
         "{e} after {:?}",
