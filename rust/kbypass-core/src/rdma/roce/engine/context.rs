@@ -13,6 +13,7 @@ use super::state::Core;
 use super::{EngineCounters, EngineOptions, Gid, Progress};
 use crate::error::{Error, Result};
 use crate::rdma::roce::wire::ROCE_PORT;
+use crate::rdma::Cancel;
 use crate::sys::event::{poll_for, EventFd};
 use crate::sys::netlink::{link_info, neigh};
 use crate::sys::netns::{current_netns_inode, NetnsGuard};
@@ -20,6 +21,10 @@ use crate::sys::xdp::if_nametoindex;
 use crate::xsk::{
     PortConfig, PortProgram, Queues, SocketConfig, UmemConfig, XskPort, XDP_PACKET_HEADROOM,
 };
+
+/// How long opening waits for a busy queue: long enough for one just released (~100 ms);
+/// a longer wait is the caller's, between attempts (where it can be interrupted).
+const BIND_RETRY: Duration = Duration::from_millis(200);
 
 /// What the poll thread and the callers share.
 pub(super) struct Shared {
@@ -128,6 +133,7 @@ impl Engine {
                 // One kick sends what a round queued (the copy-mode default is 32 frames per
                 // `sendto`, the rest waiting for the next round's kick).
                 tx_budget: Some(opts.ring_size),
+                bind_retry: BIND_RETRY,
                 ..Default::default()
             },
             program: PortProgram::Own(rules),
@@ -341,19 +347,22 @@ impl Engine {
         Ok(ip)
     }
 
-    /// The MAC address of on-link `ip`, resolved in the engine's network namespace.
-    pub(super) fn resolve_mac(&self, ip: IpAddr) -> Result<[u8; 6]> {
+    /// The MAC address of on-link `ip`, resolved in the engine's network namespace within
+    /// the engine's `neigh_timeout`; [`Error::Interrupted`] as soon as `cancel` says stop.
+    pub(super) fn resolve_mac(&self, ip: IpAddr, cancel: &Cancel<'_>) -> Result<[u8; 6]> {
         if ip == self.ip || ip == IpAddr::V4(Ipv4Addr::LOCALHOST) {
             return Err(Error::invalid(format!(
                 "{ip} is the engine's own address: a peer must be another host on the link"
             )));
         }
+        let what = format!("resolving {ip}'s MAC address on {}", self.ifname);
+        let stop = || cancel.check(&what);
         if current_netns_inode()? == self.netns_inode {
-            return neigh::resolve(self.ifindex, ip, self.neigh_timeout);
+            return neigh::resolve_or_stop(self.ifindex, ip, self.neigh_timeout, &stop);
         }
         let path = format!("/proc/self/fd/{}", self.netns.as_raw_fd());
         let _guard = NetnsGuard::enter(&path)?;
-        neigh::resolve(self.ifindex, ip, self.neigh_timeout)
+        neigh::resolve_or_stop(self.ifindex, ip, self.neigh_timeout, &stop)
     }
 }
 
