@@ -33,6 +33,9 @@ def perftest(tool: str, args: list[str], row: str) -> list[str]:
             time.sleep(0.2)
         else:
             raise RuntimeError(f"{tool} client never connected: {client.stdout}{client.stderr}")
+    except BaseException:
+        server.kill()  # nothing will connect to it now
+        raise
     finally:
         server.wait(timeout=120)
     m = re.search(rf"^\s*{row}\s.*$", client.stdout, re.M)
