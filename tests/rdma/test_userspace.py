@@ -565,7 +565,7 @@ def test_engine_options_from_python(pair: VethPair) -> None:
     where = {"ip": pair.a.ip, "netns": pair.a.netns}
     with rdma.Context.userspace(
         pair.a.ifname, **where, cpu=0, frames=1024, frame_size=2048, ring_size=256, bind="copy",
-        attach="generic", neigh_timeout=1.0,
+        attach="generic", neigh_timeout=1.0, spin=1e-4,
     ) as ctx:  # fmt: skip
         assert ctx.is_userspace and isinstance(ctx.notes, list)
         assert ctx.query_port().active_mtu <= 1024  # a 2048-byte frame caps the path MTU
@@ -575,9 +575,31 @@ def test_engine_options_from_python(pair: VethPair) -> None:
         ({"bind": "sideways"}, "bind|mode"),
         ({"progress": "caller", "cpu": 0}, "cpu"),
         ({"neigh_timeout": -1.0}, "timeout"),
+        ({"spin": -1.0}, "spin"),
+        ({"progress": "caller", "spin": 1e-4}, "spin"),
     ):
         with pytest.raises(ValueError, match=what):
             rdma.Context.userspace(pair.a.ifname, **where, **bad)  # type: ignore[arg-type]
+    assert not [d for d in rdma.devices() if d.userspace]
+
+
+def test_spinning_poll_threads_move_data(pair: VethPair) -> None:
+    """With ``spin`` the poll threads poll on after their last work instead of sleeping at
+    once; data moves as it does without, and a closed engine's thread stops."""
+    a = rdma.Context.userspace(pair.a.ifname, ip=pair.a.ip, netns=pair.a.netns, spin=2e-4)
+    b = rdma.Context.userspace(pair.b.ifname, ip=pair.b.ip, netns=pair.b.netns, spin=2e-4)
+    try:
+        c = Conn(a, b)
+        src = np.arange(1 << 16, dtype=np.uint32).view(np.uint8)[: 1 << 16].copy()
+        dst = np.zeros(1 << 16, np.uint8)
+        ms, md = c.pda.register(src), c.pdb.register(dst)
+        for i in range(20):
+            c.qa.write(ms, md.addr, md.rkey, wr_id=i)
+        got = wait_wcs(c.cqa, 20)
+        assert [w.status_name for w in got] == ["SUCCESS"] * 20 and (dst == src).all()
+    finally:
+        a.close()
+        b.close()
     assert not [d for d in rdma.devices() if d.userspace]
 
 

@@ -148,6 +148,7 @@ class Context(Resource):
         attach: str = "auto",
         force: bool = False,
         neigh_timeout: float = 3.0,
+        spin: float = 0.0,
     ) -> Context: ...
     @property
     def name(self) -> str: ...

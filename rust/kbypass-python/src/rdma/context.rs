@@ -34,7 +34,19 @@ fn options(
     attach: &str,
     force: bool,
     neigh_timeout: f64,
+    spin: f64,
 ) -> PyResult<EngineOptions> {
+    if !(spin >= 0.0 && spin.is_finite()) {
+        return Err(PyValueError::new_err(format!(
+            "spin must be >= 0 seconds (0: the poll thread sleeps at once), got {spin}"
+        )));
+    }
+    if progress == "caller" && spin > 0.0 {
+        return Err(PyValueError::new_err(
+            "spin= is how long the engine's poll thread polls before it sleeps: use it with \
+             progress='thread'",
+        ));
+    }
     let progress = match progress {
         "thread" => Progress::Thread { cpu },
         "caller" if cpu.is_none() => Progress::Caller,
@@ -59,6 +71,7 @@ fn options(
         attach: attach.parse().py()?,
         force,
         neigh_timeout: seconds(neigh_timeout)?,
+        spin: seconds(spin)?,
     })
 }
 
@@ -91,7 +104,9 @@ impl Context {
     /// `frame_size` and `ring_size` of the AF_XDP socket; `bind` (``'auto'``, ``'copy'``,
     /// ``'zerocopy'``) and `attach` (``'auto'``, ``'native'``, ``'generic'``) modes; `force`
     /// replaces another XDP program; `neigh_timeout` (seconds) bounds resolving a peer's
-    /// MAC address. Retries for two seconds while the queue is busy (an engine closing on
+    /// MAC address; `spin` (seconds) is how long the poll thread goes on polling after its
+    /// last work before it sleeps (no wake-up for traffic that comes back within it, that
+    /// much CPU after it stops). Retries for two seconds while the queue is busy (an engine closing on
     /// it); Ctrl-C (KeyboardInterrupt) stops that wait, and the one for a peer's MAC address
     /// (``connect``, ``create_ah``). ``close()`` closes every object made from it first and
     /// releases the engine.
@@ -101,7 +116,7 @@ impl Context {
     ///     with rdma.Context.userspace("veth0", ip="198.18.0.1", netns="ns-a") as ctx:
     ///         pd, cq = ctx.alloc_pd(), ctx.create_cq(64)
     #[staticmethod]
-    #[pyo3(signature = (interface, queue = 0, *, ip, netns = None, progress = "thread", cpu = None, frames = 4096, frame_size = 4096, ring_size = 1024, bind = "auto", attach = "auto", force = false, neigh_timeout = 3.0))]
+    #[pyo3(signature = (interface, queue = 0, *, ip, netns = None, progress = "thread", cpu = None, frames = 4096, frame_size = 4096, ring_size = 1024, bind = "auto", attach = "auto", force = false, neigh_timeout = 3.0, spin = 0.0))]
     #[allow(clippy::too_many_arguments)]
     fn userspace(
         py: Python<'_>,
@@ -118,6 +133,7 @@ impl Context {
         attach: &str,
         force: bool,
         neigh_timeout: f64,
+        spin: f64,
     ) -> PyResult<Py<Context>> {
         let ip: IpAddr = ip.parse().map_err(|_| {
             PyValueError::new_err(format!(
@@ -134,6 +150,7 @@ impl Context {
             attach,
             force,
             neigh_timeout,
+            spin,
         )?;
         let ctx = interrupt::detach(py, |c| {
             rdma::Context::userspace_with(interface, queue, ip, netns, &opts, c)

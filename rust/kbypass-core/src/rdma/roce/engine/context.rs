@@ -167,7 +167,7 @@ impl Engine {
             xsk_fd,
         });
         let thread = match opts.progress {
-            Progress::Thread { cpu } => Some(spawn(&shared, ifname, cpu)?),
+            Progress::Thread { cpu } => Some(spawn(&shared, ifname, cpu, opts.spin)?),
             Progress::Caller => None,
         };
         Ok(Arc::new(Engine {
@@ -379,7 +379,12 @@ impl Drop for Engine {
 }
 
 /// Starts the poll thread; it reports whether pinning worked before it runs.
-fn spawn(shared: &Arc<Shared>, ifname: &str, cpu: Option<usize>) -> Result<JoinHandle<()>> {
+fn spawn(
+    shared: &Arc<Shared>,
+    ifname: &str,
+    cpu: Option<usize>,
+    spin: Duration,
+) -> Result<JoinHandle<()>> {
     let (tx, rx) = mpsc::channel::<Result<()>>();
     let s = Arc::clone(shared);
     let t = std::thread::Builder::new()
@@ -392,7 +397,7 @@ fn spawn(shared: &Arc<Shared>, ifname: &str, cpu: Option<usize>) -> Result<JoinH
             let ok = pinned.is_ok();
             let _ = tx.send(pinned);
             if ok {
-                run(&s);
+                run(&s, spin);
             }
         })
         .map_err(|e| Error::State(format!("cannot start the RoCE poll thread: {e}")))?;
@@ -409,12 +414,19 @@ fn spawn(shared: &Arc<Shared>, ifname: &str, cpu: Option<usize>) -> Result<JoinH
     }
 }
 
-/// The poll loop: run the engine while it has work, else sleep on the socket and the wake
-/// eventfd (1 ms while timers run, 50 ms when idle).
-fn run(s: &Shared) {
+/// The poll loop: run the engine while it has work, go on polling for `spin` after the last
+/// work, then sleep on the socket and the wake eventfd (1 ms while timers run, 50 ms when
+/// idle).
+fn run(s: &Shared, spin: Duration) {
+    let mut last_work = Instant::now();
     while !s.stop.load(Ordering::Acquire) {
         let p = s.lock().progress();
         if p.busy {
+            last_work = Instant::now();
+            continue;
+        }
+        if !spin.is_zero() && last_work.elapsed() < spin {
+            std::hint::spin_loop();
             continue;
         }
         let wait = if p.timers {
@@ -438,6 +450,10 @@ fn run(s: &Shared) {
         let _ = poll_for(&mut fds, wait);
         if fds[1].revents & libc::POLLIN != 0 {
             s.wake.drain();
+        }
+        if fds.iter().any(|f| f.revents != 0) {
+            // Woken by a packet or a post: traffic is back, spin again after it.
+            last_work = Instant::now();
         }
     }
 }

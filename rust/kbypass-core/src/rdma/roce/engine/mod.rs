@@ -71,6 +71,9 @@ pub enum Progress {
     Caller,
 }
 
+/// The poll thread's default [`EngineOptions::spin`].
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(0);
+
 /// How to open an [`Engine`].
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -90,6 +93,10 @@ pub struct EngineOptions {
     pub force: bool,
     /// How long connecting waits for the kernel to resolve a peer's MAC address.
     pub neigh_timeout: Duration,
+    /// How long the poll thread goes on polling after its last work before it sleeps in
+    /// `poll(2)` (0: sleep at once). Spinning saves the wake-up a sleeping thread costs both
+    /// itself and the sender that wakes it, at the price of that much CPU after traffic stops.
+    pub spin: Duration,
 }
 
 impl Default for EngineOptions {
@@ -103,6 +110,7 @@ impl Default for EngineOptions {
             attach: AttachMode::Auto,
             force: false,
             neigh_timeout: Duration::from_secs(3),
+            spin: DEFAULT_SPIN,
         }
     }
 }
