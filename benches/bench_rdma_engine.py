@@ -166,7 +166,7 @@ def tcp_bw(pair: VethPair, size: int, seconds: int) -> float:
 
 def _iperf3(pair: VethPair, size: int, seconds: int) -> float:
     cmd = ("iperf3", "-s", "-1", "-B", pair.b.ip, "-p", str(TCP_PORT))
-    with server(pair, "b", *cmd, port=TCP_PORT):
+    with server(cmd, netns=pair.b, port=TCP_PORT):
         r = pair.run(
             "a", "iperf3", "-c", pair.b.ip, "-p", str(TCP_PORT), "-t", str(seconds),
             "-l", str(size), "-J", check=False, timeout=seconds + 30,
@@ -183,7 +183,7 @@ def tcp_rtt(pair: VethPair, seconds: int) -> dict[str, float]:
     """sockperf ping-pong over TCP, 64 B: RTT percentiles in µs."""
     port = str(TCP_PORT + 1)
     cmd = ("sockperf", "server", "--tcp", "-i", pair.b.ip, "-p", port)
-    with server(pair, "b", *cmd, port=TCP_PORT + 1):
+    with server(cmd, netns=pair.b, port=TCP_PORT + 1):
         r = pair.run(
             "a", "sockperf", "ping-pong", "--tcp", "-i", pair.b.ip, "-p", port,
             "-m", str(LAT_SIZE), "-t", str(seconds), "--full-rtt",

@@ -59,7 +59,7 @@ def test_server_is_ready_once_it_listens_and_is_stopped_by_pid(pair: VethPair) -
         f"s.bind(({pair.b.ip!r}, {PORT})); time.sleep(0.5); s.listen(); time.sleep(60)"
     )
     start = time.monotonic()
-    with server(pair, "b", *_python(code), port=PORT) as proc:
+    with server(_python(code), netns=pair.b, port=PORT) as proc:
         assert time.monotonic() - start >= 0.5
         with pair.enter("a"):
             socket.create_connection((pair.b.ip, PORT), timeout=5).close()
@@ -72,27 +72,32 @@ def test_server_udp_and_without_a_port(pair: VethPair) -> None:
         "import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
         f"s.bind(({pair.b.ip!r}, {PORT + 1})); time.sleep(60)"
     )
-    with server(pair, "b", *_python(code), port=PORT + 1, proto="udp", stop=signal.SIGINT) as p:
+    # no netns: where the calling thread is (the child and ss fork from it)
+    with (
+        pair.enter("b"),
+        server(_python(code), port=PORT + 1, proto="udp", stop=signal.SIGINT) as p,
+    ):
         assert p.poll() is None
     assert p.returncode != 0  # KeyboardInterrupt in the sleep
     start = time.monotonic()
-    with server(pair, "b", "sleep", "60") as p:
+    with server(["sleep", "60"], netns=pair.b.netns) as p:
         assert time.monotonic() - start >= 0.3 and p.poll() is None
     assert p.returncode == -signal.SIGTERM
 
 
 def test_server_that_exits_or_never_listens(pair: VethPair) -> None:
+    fail = "import sys; print('no such file'); sys.exit(3)"
     with (
         pytest.raises(RuntimeError, match=r"exited 3: .*no such file"),
-        server(pair, "b", *_python("import sys; print('no such file'); sys.exit(3)"), port=PORT),
+        server(_python(fail), netns=pair.b, port=PORT),
     ):
         pass
     start = time.monotonic()
     with (
         pytest.raises(TimeoutError, match=f"did not listen on tcp port {PORT}"),
-        server(pair, "b", "sleep", "60", port=PORT, ready_timeout=0.5),
+        server(["sleep", "60"], netns=pair.b, port=PORT, ready_timeout=0.5),
     ):
         pass
     assert time.monotonic() - start < 5  # stopped by SIGTERM, not waited for
-    with pytest.raises(ValueError, match="proto"), server(pair, "b", "true", proto="sctp"):
+    with pytest.raises(ValueError, match="proto"), server(["true"], proto="sctp"):
         pass

@@ -257,7 +257,9 @@ def kernel_server(pair: VethPair, cpu: int) -> Iterator[subprocess.Popen[bytes]]
     """Run ``sockperf server`` on ``pair.b``'s address, pinned to ``cpu``."""
     port = str(SOCKPERF_PORT)
     cmd = ("taskset", "-c", str(cpu), _sockperf(), "server", "-i", pair.b.ip, "-p", port)
-    with process.server(pair, "b", *cmd, port=SOCKPERF_PORT, proto="udp", stop=signal.SIGINT) as p:
+    with process.server(
+        cmd, netns=pair.b, port=SOCKPERF_PORT, proto="udp", stop=signal.SIGINT
+    ) as p:
         yield p
 
 
@@ -265,7 +267,7 @@ def kernel_server(pair: VethPair, cpu: int) -> Iterator[subprocess.Popen[bytes]]
 def xsk_ref_server(pair: VethPair, exe: Path, cpu: int) -> Iterator[subprocess.Popen[bytes]]:
     """Run the C reflector ``exe udpecho`` (``benches/c/xsk_ref.c``) on ``pair.b``, on ``cpu``."""
     cmd = ("taskset", "-c", str(cpu), str(exe), "udpecho", "-i", pair.b.ifname, "-d", "3600")
-    with process.server(pair, "b", *cmd, stop=signal.SIGINT) as p:
+    with process.server(cmd, netns=pair.b, stop=signal.SIGINT) as p:
         yield p
 
 

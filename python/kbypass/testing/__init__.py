@@ -5,7 +5,7 @@
   :class:`DropCounter`: count and drop what arrives; :func:`udp_send`, :func:`udp_recv`,
   :func:`af_packet_recv`: the kernel socket baselines.
 - :func:`in_thread`: a call in a thread inside one end's namespace, joined later;
-  :func:`server`: a server process in one end's namespace, ready once it listens, stopped by PID.
+  :func:`server`: a server process (in a namespace), ready once it listens, stopped by its PID.
 - :mod:`kbypass.testing.rxe_vm` (imported on demand): a soft-RoCE (``rdma_rxe``) virtual machine
   that boots Debian's stock kernel under qemu and runs commands against a real verbs device.
 """

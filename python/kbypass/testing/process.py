@@ -2,8 +2,8 @@
 
 - :func:`in_thread`: a call in a thread moved into one end's network namespace, joined later
   (one side of an exchange while the calling thread plays the other).
-- :func:`server`: a server process started in one end's namespace, waited for until it listens,
-  and stopped by its PID when the ``with`` block ends.
+- :func:`server`: a server process started in a namespace (or where the caller is), waited for
+  until it listens, and stopped by its PID when the ``with`` block ends.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
@@ -68,10 +68,21 @@ def in_thread(
     return join
 
 
-def _listening(pair: VethPair, side: str | VethEnd, port: int, proto: str) -> bool:
-    """Whether a socket in ``side``'s namespace listens on ``port`` (TCP) or is bound to it."""
+def _in_netns(netns: str | VethEnd | None, cmd: Sequence[str]) -> list[str]:
+    """``cmd`` run inside ``netns`` (through ``ip netns exec``), or as it is without one."""
+    if netns is None:
+        return list(cmd)
+    name = netns if isinstance(netns, str) else netns.netns
+    return ["ip", "netns", "exec", name, *cmd]
+
+
+def _listening(netns: str | VethEnd | None, port: int, proto: str) -> bool:
+    """Whether a socket in ``netns`` listens on ``port`` (TCP) or is bound to it (UDP)."""
     flags = "-Hltn" if proto == "tcp" else "-Hlun"
-    ss = pair.run(side, "ss", flags, f"sport = :{port}", check=False, timeout=10)
+    ss = subprocess.run(
+        _in_netns(netns, ["ss", flags, f"sport = :{port}"]),
+        capture_output=True, text=True, check=False, timeout=10,
+    )  # fmt: skip
     return bool(ss.stdout.strip())
 
 
@@ -93,16 +104,18 @@ def _stop(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
 
 @contextlib.contextmanager
 def server(
-    pair: VethPair,
-    side: str | VethEnd,
-    *cmd: str,
+    cmd: Sequence[str],
+    *,
+    netns: str | VethEnd | None = None,
     port: int | None = None,
     proto: str = "tcp",
     ready_timeout: float = 10.0,
     stop: signal.Signals = signal.SIGTERM,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``cmd`` in ``side``'s namespace for the ``with`` block; yields its process.
+    """Run ``cmd`` for the ``with`` block; yields its process.
 
+    It runs inside network namespace ``netns`` when given (a name, or a
+    :class:`~kbypass.testing.VethEnd` such as ``pair.b``), else where the calling thread is.
     With ``port``, it is ready once a socket of its namespace listens on that port (``ss``;
     ``proto="udp"``: a UDP socket bound to it); without, once it ran :data:`SETTLE` seconds.
     On exit it gets ``stop`` (SIGTERM; SIGINT for tools that print a summary then), by its PID,
@@ -113,20 +126,20 @@ def server(
 
     Example::
 
-        with server(pair, "b", "iperf3", "-s", "-1", "-B", pair.b.ip, "-p", "5201", port=5201):
+        with server(["iperf3", "-s", "-1", "-p", "5201"], netns=pair.b, port=5201):
             pair.run("a", "iperf3", "-c", pair.b.ip, "-p", "5201", "-t", "1")
     """
     if proto not in ("tcp", "udp"):
         raise ValueError(f"proto is 'tcp' or 'udp', not {proto!r}")
     shown = " ".join(cmd)
     with tempfile.TemporaryFile() as out:
-        proc = pair.popen(side, *cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(_in_netns(netns, cmd), stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + (ready_timeout if port is not None else SETTLE)
             while True:
                 if proc.poll() is not None:
                     raise RuntimeError(f"`{shown}` exited {proc.returncode}: {_tail(out)}")
-                if port is not None and _listening(pair, side, port, proto):
+                if port is not None and _listening(netns, port, proto):
                     break
                 if time.monotonic() >= deadline:
                     if port is None:
