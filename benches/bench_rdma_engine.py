@@ -30,11 +30,8 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import threading
-import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -42,7 +39,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from kbypass import rdma
 from kbypass.pingpong import parse_sockperf
-from kbypass.testing import VethPair
+from kbypass.testing import VethPair, in_thread, server
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: AF_XDP engines in namespaces"),
@@ -52,7 +49,6 @@ pytestmark = [
     ),
 ]
 
-T = TypeVar("T")
 SIZES = (64, 4096, 65536)
 TESTS = ("write", "read", "send")
 LAT_SIZE = 64
@@ -78,31 +74,6 @@ def _iterations(size: int, scale: float) -> int:
 def pair() -> Iterator[VethPair]:
     with VethPair(subnet="198.18.45") as p:
         yield p
-
-
-def _in_thread(pair: VethPair, side: str, fn: Callable[[], T]) -> Callable[[], T]:
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        with pair.enter(side):
-            try:
-                box["out"] = fn()
-            except BaseException as e:  # re-raised by the joining call
-                box["err"] = e
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-
-    def join() -> T:
-        t.join(180)
-        if t.is_alive():
-            raise TimeoutError(f"the {side} side of the measurement did not finish in 180 s")
-        if "err" in box:
-            raise box["err"]
-        out: T = box["out"]
-        return out
-
-    return join
 
 
 class Engines:
@@ -135,12 +106,13 @@ def rdma_bw(pair: VethPair, test: str, size: int, iterations: int) -> float:
         mra, mrb = pda.register(bufa), pdb.register(bufb)
         if test == "send":
             qb.init()  # the server posts its receives before the exchange
-        serve = _in_thread(
+        serve = in_thread(
             pair,
             "b",
             lambda: qb.perftest_serve(
                 mrb, PERF_PORT, timeout=120, test=test, cq=cqb, size=size, iterations=iterations
             ),
+            timeout=180,
         )
         client = {
             "write": qa.perftest_write_bw,
@@ -181,32 +153,6 @@ def rdma_rtt(pair: VethPair, iterations: int) -> dict[str, float]:
     }
 
 
-def _server(pair: VethPair, port: int, *cmd: str) -> subprocess.Popen[bytes]:
-    """Start a TCP server in ``b`` and wait (up to 10 s) until it listens on ``port``."""
-    p = pair.popen("b", *cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        if p.poll() is not None:
-            raise RuntimeError(f"`{' '.join(cmd)}` exited {p.returncode} at start")
-        ss = pair.run("b", "ss", "-Hltn", f"sport = :{port}", check=False, timeout=10)
-        if ss.stdout.strip():
-            return p
-        if time.monotonic() > deadline:
-            _stop(p)
-            raise TimeoutError(f"`{' '.join(cmd)}` did not listen on port {port} in 10 s")
-        time.sleep(0.05)
-
-
-def _stop(p: subprocess.Popen[bytes]) -> None:
-    if p.poll() is None:
-        p.terminate()
-    try:
-        p.wait(5)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
-
-
 def tcp_bw(pair: VethPair, size: int, seconds: int) -> float:
     """iperf3 over TCP from ``a`` to ``b``, ``size``-byte writes; MB/s (10^6 B/s) received.
 
@@ -219,14 +165,12 @@ def tcp_bw(pair: VethPair, size: int, seconds: int) -> float:
 
 
 def _iperf3(pair: VethPair, size: int, seconds: int) -> float:
-    srv = _server(pair, TCP_PORT, "iperf3", "-s", "-1", "-B", pair.b.ip, "-p", str(TCP_PORT))
-    try:
+    cmd = ("iperf3", "-s", "-1", "-B", pair.b.ip, "-p", str(TCP_PORT))
+    with server(cmd, netns=pair.b, port=TCP_PORT):
         r = pair.run(
             "a", "iperf3", "-c", pair.b.ip, "-p", str(TCP_PORT), "-t", str(seconds),
             "-l", str(size), "-J", check=False, timeout=seconds + 30,
         )  # fmt: skip
-    finally:
-        _stop(srv)
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads(r.stdout)
     received = report.get("end", {}).get("sum_received")
@@ -238,15 +182,13 @@ def _iperf3(pair: VethPair, size: int, seconds: int) -> float:
 def tcp_rtt(pair: VethPair, seconds: int) -> dict[str, float]:
     """sockperf ping-pong over TCP, 64 B: RTT percentiles in µs."""
     port = str(TCP_PORT + 1)
-    srv = _server(pair, TCP_PORT + 1, "sockperf", "server", "--tcp", "-i", pair.b.ip, "-p", port)
-    try:
+    cmd = ("sockperf", "server", "--tcp", "-i", pair.b.ip, "-p", port)
+    with server(cmd, netns=pair.b, port=TCP_PORT + 1):
         r = pair.run(
             "a", "sockperf", "ping-pong", "--tcp", "-i", pair.b.ip, "-p", port,
             "-m", str(LAT_SIZE), "-t", str(seconds), "--full-rtt",
             check=False, timeout=seconds + 30,
         )  # fmt: skip
-    finally:
-        _stop(srv)
     return parse_sockperf(r.stdout + r.stderr)
 
 

@@ -19,6 +19,7 @@ from kbypass.pingpong import (
     XDP_ECHO,
     Measurement,
     Result,
+    kernel_server,
     measure,
     parse_sockperf,
     sockperf_echo,
@@ -172,3 +173,16 @@ def test_sockperf_ping_pong_gets_answers_from_the_xdp_echo() -> None:
         m = measure(pair, XDP_ECHO, seconds=1, load=False)
     assert m.pingpong_msgs_per_s > 0
     assert 0 < m.rtt_p50_us <= m.rtt_p99_us <= m.rtt_p999_us
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
+def test_kernel_server_answers_sockperf_and_is_stopped_on_exit() -> None:
+    if shutil.which("sockperf") is None:
+        pytest.skip("sockperf is not installed: bash .ci/install-system-deps (or apt-get it)")
+    with VethPair() as pair:
+        with kernel_server(pair, cpu=0) as srv:
+            m = measure(pair, KERNEL, seconds=1, load=False)
+        assert m.pingpong_msgs_per_s > 0 and m.rtt_p50_us > 0
+        assert srv.returncode is not None  # stopped by its PID when the block ended
+        ss = pair.run("b", "ss", "-Hlun", f"sport = :{SOCKPERF_PORT}").stdout
+        assert ss.strip() == ""

@@ -36,13 +36,13 @@ import shutil
 import signal
 import statistics
 import subprocess
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kbypass.pipeline import TX, Latency, Pipeline
+from kbypass.testing import process
 
 if TYPE_CHECKING:
     from kbypass._core import Batch
@@ -253,31 +253,13 @@ def pipeline_server(
 
 
 @contextlib.contextmanager
-def _process(pair: VethPair, *cmd: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = pair.popen("b", *cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        time.sleep(0.3)  # bound and listening (sockperf answers its own warm-up anyway)
-        if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-            raise RuntimeError(f"`{' '.join(cmd)}` exited {proc.returncode}: {out[-400:]}")
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
-
-
-@contextlib.contextmanager
 def kernel_server(pair: VethPair, cpu: int) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``sockperf server`` on ``pair.b``'s address, pinned to ``cpu``."""
-    cmd = ("taskset", "-c", str(cpu), _sockperf(), "server", "-i", pair.b.ip)
-    with _process(pair, *cmd, "-p", str(SOCKPERF_PORT)) as p:
+    port = str(SOCKPERF_PORT)
+    cmd = ("taskset", "-c", str(cpu), _sockperf(), "server", "-i", pair.b.ip, "-p", port)
+    with process.server(
+        cmd, netns=pair.b, port=SOCKPERF_PORT, proto="udp", stop=signal.SIGINT
+    ) as p:
         yield p
 
 
@@ -285,7 +267,7 @@ def kernel_server(pair: VethPair, cpu: int) -> Iterator[subprocess.Popen[bytes]]
 def xsk_ref_server(pair: VethPair, exe: Path, cpu: int) -> Iterator[subprocess.Popen[bytes]]:
     """Run the C reflector ``exe udpecho`` (``benches/c/xsk_ref.c``) on ``pair.b``, on ``cpu``."""
     cmd = ("taskset", "-c", str(cpu), str(exe), "udpecho", "-i", pair.b.ifname, "-d", "3600")
-    with _process(pair, *cmd) as p:
+    with process.server(cmd, netns=pair.b, stop=signal.SIGINT) as p:
         yield p
 
 

@@ -13,20 +13,18 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 
 from kbypass import rdma
-from kbypass.testing import VethPair
+from kbypass.testing import VethPair, in_thread
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="the engine needs root (AF_XDP, XDP, network namespaces)"
 )
-
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -83,31 +81,6 @@ class Conn:
         else:
             self.qa.connect(self.qb.endpoint(psn=0x22), psn=0x11)
             self.qb.connect(self.qa.endpoint(psn=0x11), psn=0x22)
-
-
-def in_thread(pair: VethPair, side: str, fn: Callable[[], T]) -> Callable[[], T]:
-    """Run `fn` in a thread inside `side`'s namespace; the returned call joins and returns."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        with pair.enter(side):
-            try:
-                box["out"] = fn()
-            except BaseException as e:  # re-raised in the joining thread
-                box["err"] = e
-
-    t = threading.Thread(target=run)
-    t.start()
-
-    def join() -> T:
-        t.join(120)
-        assert not t.is_alive(), "the thread did not finish"
-        if "err" in box:
-            raise box["err"]
-        out: T = box["out"]
-        return out
-
-    return join
 
 
 def test_context_is_listed_and_answers_queries(

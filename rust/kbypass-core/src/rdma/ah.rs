@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::ffi::{self, VerbsPtr};
 use super::pd::PdInner;
 use super::qp::Endpoint;
+use super::roce::engine::AddressHandle as EngineAh;
 use super::user::UserAh;
 use crate::error::{Error, Result};
 
@@ -76,11 +77,14 @@ impl AddressHandle {
         }
     }
 
-    /// The engine's half, for a user-space QP's UD send.
-    pub(super) fn user_half(&self) -> Option<&UserAh> {
+    /// The engine's address handle, for a user-space QP's UD send.
+    pub(crate) fn engine_half(&self) -> Result<&EngineAh> {
         match &self.imp {
-            Ah::Verbs(_) => None,
-            Ah::User(a) => Some(a),
+            Ah::Verbs(_) => Err(Error::invalid(
+                "this address handle belongs to a libibverbs device: create it on the \
+                 user-space QP's protection domain",
+            )),
+            Ah::User(a) => Ok(&a.0),
         }
     }
 }

@@ -288,10 +288,7 @@ impl QueuePair {
     /// Refuse inline sends the provider would read past (too long) or that verbs does not
     /// define (anything but SEND and RDMA WRITE).
     fn check_inline(&self, op: &SendOp<'_>, sg: &[Sge<'_>]) -> Result<()> {
-        if matches!(
-            op,
-            SendOp::Read { .. } | SendOp::CompareSwap { .. } | SendOp::FetchAdd { .. }
-        ) {
+        if op.writes_local() {
             return Err(Error::invalid(
                 "INLINE is only for SEND and RDMA WRITE: post READ and atomics without it",
             ));
@@ -497,13 +494,7 @@ impl QueuePair {
         }
         let q = match &self.imp {
             Qp::Verbs(q) => q,
-            Qp::User(q) => {
-                let ah = match op {
-                    SendOp::UdSend { ah, .. } => ah.user_half(),
-                    _ => None,
-                };
-                return q.post_send(wr_id, op, ah, sg, flags);
-            }
+            Qp::User(q) => return q.post_send(wr_id, op, sg, flags),
         };
         let mut wr = send_wr(wr_id, op, sg, flags)?;
         let mut bad: *mut ffi::ibv_send_wr = ptr::null_mut();

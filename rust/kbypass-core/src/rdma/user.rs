@@ -262,7 +262,7 @@ impl UserPd {
     }
 
     pub(super) fn create_ah(&self, dest: &Endpoint, cancel: &Cancel<'_>) -> Result<UserAh> {
-        self.0.create_ah_cancellable(dest, cancel).map(UserAh)
+        self.0.create_ah(dest, cancel).map(UserAh)
     }
 
     pub(super) fn create_srq(&self, max_wr: u32, max_sge: u32) -> Result<UserSrq> {
@@ -371,7 +371,14 @@ impl UserCq {
 }
 
 /// An address handle on the engine.
-pub(super) struct UserAh(e::AddressHandle);
+pub(super) struct UserAh(pub(super) e::AddressHandle);
+
+impl From<e::AddressHandle> for super::AddressHandle {
+    /// The engine's address handle as a verbs one (what a UD [`SendOp`] carries).
+    fn from(ah: e::AddressHandle) -> Self {
+        super::AddressHandle::user(UserAh(ah))
+    }
+}
 
 /// The engine's SGEs for `sg`, on the stack.
 fn sges(sg: &[Sge<'_>]) -> Result<([e::Sge; MAX_SGE], usize)> {
@@ -410,7 +417,7 @@ impl UserQp {
         self.0.to_init(p, access)
     }
     pub(super) fn to_rtr(&self, p: &PathParams, remote: &Endpoint, c: &Cancel<'_>) -> Result<()> {
-        self.0.to_rtr_cancellable(p, remote, c)
+        self.0.to_rtr(p, remote, c)
     }
     pub(super) fn to_rts(&self, p: &PathParams, psn: u32) -> Result<()> {
         self.0.to_rts(p, psn)
@@ -426,69 +433,14 @@ impl UserQp {
         self.0.post_recv(wr_id, &s[..n])
     }
 
-    /// Post `op`; a UD send's address handle must be the engine's (`ah`, which the caller
-    /// took out of `op`'s handle).
+    /// Post `op` (a UD send's address handle must be the engine's).
     pub(super) fn post_send(
         &self,
         wr_id: u64,
         op: SendOp<'_>,
-        ah: Option<&UserAh>,
         sg: &[Sge<'_>],
         flags: SendFlags,
     ) -> Result<()> {
-        let op = match op {
-            SendOp::Send => e::SendOp::Send,
-            SendOp::SendImm(imm) => e::SendOp::SendImm(imm),
-            SendOp::Write { remote_addr, rkey } => e::SendOp::Write { remote_addr, rkey },
-            SendOp::WriteImm {
-                remote_addr,
-                rkey,
-                imm,
-            } => e::SendOp::WriteImm {
-                remote_addr,
-                rkey,
-                imm,
-            },
-            SendOp::Read { remote_addr, rkey } => e::SendOp::Read { remote_addr, rkey },
-            SendOp::CompareSwap {
-                remote_addr,
-                rkey,
-                compare,
-                swap,
-            } => e::SendOp::CompareSwap {
-                remote_addr,
-                rkey,
-                compare,
-                swap,
-            },
-            SendOp::FetchAdd {
-                remote_addr,
-                rkey,
-                add,
-            } => e::SendOp::FetchAdd {
-                remote_addr,
-                rkey,
-                add,
-            },
-            SendOp::UdSend {
-                remote_qpn,
-                remote_qkey,
-                imm,
-                ..
-            } => e::SendOp::UdSend {
-                ah: &ah
-                    .ok_or_else(|| {
-                        Error::invalid(
-                            "this address handle belongs to a libibverbs device: create it on \
-                             the user-space QP's protection domain",
-                        )
-                    })?
-                    .0,
-                remote_qpn,
-                remote_qkey,
-                imm,
-            },
-        };
         let (s, n) = sges(sg)?;
         self.0.post_send(wr_id, op, &s[..n], flags)
     }

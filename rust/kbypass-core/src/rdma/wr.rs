@@ -11,13 +11,19 @@ use super::ffi::{self, VerbsPtr};
 use super::mr::Sge;
 use crate::error::{Error, Result};
 
-/// One send work request's operation.
+/// One send work request's operation, for a libibverbs QP and the user-space engine alike.
 #[derive(Clone, Copy)]
 pub enum SendOp<'a> {
     /// SEND.
     Send,
     /// SEND with 32-bit immediate data (host order).
     SendImm(u32),
+    /// SEND with invalidate (`IBV_WR_SEND_WITH_INV`): the responder invalidates its R_Key
+    /// `invalidate_rkey` (RC only; the region must allow remote invalidation).
+    SendInv {
+        /// The responder's R_Key to invalidate.
+        invalidate_rkey: u32,
+    },
     /// RDMA WRITE to `remote_addr` with `rkey`.
     Write {
         /// Remote virtual address.
@@ -34,14 +40,15 @@ pub enum SendOp<'a> {
         /// Immediate data (host order).
         imm: u32,
     },
-    /// RDMA READ from `remote_addr`.
+    /// RDMA READ from `remote_addr` into the SGEs.
     Read {
         /// Remote virtual address.
         remote_addr: u64,
         /// Remote key.
         rkey: u32,
     },
-    /// 64-bit compare-and-swap at an 8-byte aligned `remote_addr`; the old value lands in the SGE.
+    /// 64-bit compare-and-swap at an 8-byte aligned `remote_addr`; the old value lands in the
+    /// SGE (8 bytes).
     CompareSwap {
         /// Remote virtual address.
         remote_addr: u64,
@@ -52,7 +59,7 @@ pub enum SendOp<'a> {
         /// New value.
         swap: u64,
     },
-    /// 64-bit fetch-and-add; the old value lands in the SGE.
+    /// 64-bit fetch-and-add; the old value lands in the SGE (8 bytes).
     FetchAdd {
         /// Remote virtual address.
         remote_addr: u64,
@@ -61,7 +68,8 @@ pub enum SendOp<'a> {
         /// Addend.
         add: u64,
     },
-    /// UD SEND to the QP behind `ah`.
+    /// UD SEND to the QP behind `ah` (an address handle of the QP's own context: libibverbs
+    /// or the user-space engine).
     UdSend {
         /// Address handle of the destination port.
         ah: &'a AddressHandle,
@@ -72,6 +80,17 @@ pub enum SendOp<'a> {
         /// Optional immediate data.
         imm: Option<u32>,
     },
+}
+
+impl SendOp<'_> {
+    /// Whether the SGEs receive data (read results, atomics' original values) rather than
+    /// give it.
+    pub(crate) fn writes_local(&self) -> bool {
+        matches!(
+            self,
+            SendOp::Read { .. } | SendOp::CompareSwap { .. } | SendOp::FetchAdd { .. }
+        )
+    }
 }
 
 /// Send flags (`enum ibv_send_flags`).
@@ -126,6 +145,11 @@ pub(super) fn send_wr(
         SendOp::SendImm(imm) => {
             wr.opcode = ffi::WR_SEND_WITH_IMM;
             wr.imm_data = imm.to_be();
+        }
+        SendOp::SendInv { invalidate_rkey } => {
+            wr.opcode = ffi::WR_SEND_WITH_INV;
+            // `invalidate_rkey` shares `imm_data`'s place, in host order.
+            wr.imm_data = invalidate_rkey;
         }
         SendOp::Write { remote_addr, rkey } | SendOp::Read { remote_addr, rkey } => {
             wr.opcode = if matches!(op, SendOp::Read { .. }) {
@@ -241,5 +265,40 @@ impl<Q> RecvPath<Q> {
             return Err(Error::os(self.what, rc, self.fix));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_with_invalidate_and_immediate_fill_the_words_libibverbs_reads() {
+        let flags = SendFlags::SIGNALED;
+        let op = SendOp::SendInv {
+            invalidate_rkey: 0x1234_5678,
+        };
+        assert!(!op.writes_local());
+        let wr = send_wr(7, op, &[], flags).unwrap();
+        assert_eq!((wr.wr_id, wr.opcode), (7, ffi::WR_SEND_WITH_INV));
+        assert_eq!(wr.imm_data, 0x1234_5678, "invalidate_rkey is in host order");
+        assert_eq!(wr.send_flags, ffi::SEND_SIGNALED);
+        let wr = send_wr(8, SendOp::SendImm(0x1234_5678), &[], flags).unwrap();
+        assert_eq!(wr.opcode, ffi::WR_SEND_WITH_IMM);
+        assert_eq!(
+            wr.imm_data,
+            0x1234_5678u32.to_be(),
+            "imm_data is in network order"
+        );
+        let read = SendOp::Read {
+            remote_addr: 0x1000,
+            rkey: 9,
+        };
+        assert!(read.writes_local());
+        let wr = send_wr(9, read, &[], flags).unwrap();
+        assert_eq!(
+            (wr.opcode, wr.wr.w0, wr.wr.w1),
+            (ffi::WR_RDMA_READ, 0x1000, 9)
+        );
     }
 }

@@ -411,6 +411,7 @@ pub const WR_SEND_WITH_IMM: c_int = 3;
 pub const WR_RDMA_READ: c_int = 4;
 pub const WR_ATOMIC_CMP_AND_SWP: c_int = 5;
 pub const WR_ATOMIC_FETCH_AND_ADD: c_int = 6;
+pub const WR_SEND_WITH_INV: c_int = 9;
 
 // enum ibv_send_flags
 pub const SEND_FENCE: c_uint = 1;

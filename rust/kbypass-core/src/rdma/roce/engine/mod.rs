@@ -46,13 +46,13 @@ pub use objects::{
 pub use qp::{QpState, QueuePair};
 pub use srq::SharedReceiveQueue;
 pub use work::{
-    SendOp, Sge, WC_COMP_SWAP, WC_FETCH_ADD, WC_RDMA_READ, WC_RDMA_WRITE, WC_RECV,
-    WC_RECV_RDMA_WITH_IMM, WC_SEND,
+    Sge, WC_COMP_SWAP, WC_FETCH_ADD, WC_RDMA_READ, WC_RDMA_WRITE, WC_RECV, WC_RECV_RDMA_WITH_IMM,
+    WC_SEND,
 };
 
 pub use super::rc::ExternalMemory;
 pub use crate::rdma::{
-    Access, Endpoint, Gid, PathParams, QpCaps, QpType, SendFlags, WorkCompletion,
+    Access, Endpoint, Gid, PathParams, QpCaps, QpType, SendFlags, SendOp, WorkCompletion,
 };
 pub use crate::xdp::AttachMode;
 pub use crate::xsk::BindMode;

@@ -140,18 +140,9 @@ impl ProtectionDomain {
     }
 
     /// An address handle towards `dest`'s GID (an IPv4-mapped or IPv6 address on the
-    /// engine's link), for UD sends; resolves the peer's MAC address.
-    pub fn create_ah(&self, dest: &Endpoint) -> Result<AddressHandle> {
-        self.create_ah_cancellable(dest, &Cancel::never())
-    }
-
-    /// [`create_ah`](Self::create_ah), whose wait for the peer's MAC address ends with
+    /// engine's link), for UD sends; resolves the peer's MAC address, a wait that ends with
     /// [`Error::Interrupted`] as soon as `cancel` says stop.
-    pub fn create_ah_cancellable(
-        &self,
-        dest: &Endpoint,
-        cancel: &Cancel<'_>,
-    ) -> Result<AddressHandle> {
+    pub fn create_ah(&self, dest: &Endpoint, cancel: &Cancel<'_>) -> Result<AddressHandle> {
         let ip = self.inner.engine.peer_ip(&dest.gid)?;
         let mac = self.inner.engine.resolve_mac(ip, cancel)?;
         Ok(AddressHandle {

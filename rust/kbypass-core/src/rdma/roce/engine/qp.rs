@@ -6,8 +6,8 @@ use super::context::Engine;
 use super::objects::{CompletionQueue, ProtectionDomain};
 use super::srq::SharedReceiveQueue;
 use super::transport::{Peer, Posted, QpEntry};
-use super::work::{gather, resolve, SendOp, SendWqe, Sge};
-use super::{Access, Endpoint, PathParams, QpCaps, QpType, SendFlags};
+use super::work::{gather, resolve, wc_opcode, SendWqe, Sge};
+use super::{Access, Endpoint, PathParams, QpCaps, QpType, SendFlags, SendOp};
 use crate::error::{Error, Result};
 use crate::rdma::mtu_bytes;
 use crate::rdma::roce::rc::{RemoteAccess, WorkRequest};
@@ -206,19 +206,10 @@ impl QueuePair {
     }
 
     /// INIT → RTR towards `remote` (RC and UC: its QPN, first PSN and GID, whose MAC address
-    /// is resolved here; UD ignores `remote`). The path MTU is `p.mtu` capped at the engine's.
-    pub fn to_rtr(&self, p: &PathParams, remote: &Endpoint) -> Result<()> {
-        self.to_rtr_cancellable(p, remote, &Cancel::never())
-    }
-
-    /// [`to_rtr`](Self::to_rtr), whose wait for the peer's MAC address ends with
-    /// [`Error::Interrupted`] as soon as `cancel` says stop (the QP stays in INIT).
-    pub fn to_rtr_cancellable(
-        &self,
-        p: &PathParams,
-        remote: &Endpoint,
-        cancel: &Cancel<'_>,
-    ) -> Result<()> {
+    /// is resolved here, a wait that ends with [`Error::Interrupted`] as soon as `cancel`
+    /// says stop, the QP staying in INIT; UD ignores `remote`). The path MTU is `p.mtu`
+    /// capped at the engine's.
+    pub fn to_rtr(&self, p: &PathParams, remote: &Endpoint, cancel: &Cancel<'_>) -> Result<()> {
         let mtu = mtu_bytes(p.mtu).ok_or_else(|| {
             Error::invalid(format!(
                 "path MTU code {} is not 1..5 (256..4096 bytes)",
@@ -282,7 +273,7 @@ impl QueuePair {
         if self.state() == QpState::Reset {
             self.to_init(p, Access::ALL)?;
         }
-        self.to_rtr(p, remote)?;
+        self.to_rtr(p, remote, &Cancel::never())?;
         self.to_rts(p, local_psn)
     }
 
@@ -354,7 +345,7 @@ impl QueuePair {
             }
             let wqe = SendWqe {
                 wr_id,
-                opcode: op.wc_opcode(),
+                opcode: wc_opcode(&op),
                 signaled,
                 dest,
                 byte_len: len as u32,
@@ -397,9 +388,12 @@ fn posted(t: QpType, op: SendOp<'_>, data: Vec<u8>, len: usize) -> Result<Posted
                 qpn: remote_qpn,
                 qkey: remote_qkey,
             },
-            peer: Peer {
-                mac: ah.mac,
-                ip: ah.ip,
+            peer: {
+                let ah = ah.engine_half()?;
+                Peer {
+                    mac: ah.mac,
+                    ip: ah.ip,
+                }
             },
             data,
             imm,

@@ -1,8 +1,7 @@
-//! Work requests and completions: what a caller posts ([`SendOp`], [`Sge`]), what the engine
-//! keeps of it until it completes, and the [`WorkCompletion`] it ends as.
+//! Work requests and completions: what a caller posts (a verbs [`SendOp`], [`Sge`]s), what
+//! the engine keeps of it until it completes, and the [`WorkCompletion`] it ends as.
 
-use super::objects::AddressHandle;
-use super::WorkCompletion;
+use super::{SendOp, WorkCompletion};
 use crate::rdma::ffi;
 use crate::rdma::roce::rc::{LocalSpan, MemoryTable, Status};
 
@@ -42,96 +41,16 @@ pub struct Sge {
     pub lkey: u32,
 }
 
-/// One send work request's operation (the engine's `ibv_wr_opcode`).
-#[derive(Clone, Copy)]
-pub enum SendOp<'a> {
-    /// SEND.
-    Send,
-    /// SEND with 32-bit immediate data (host order).
-    SendImm(u32),
-    /// SEND with invalidate: the responder invalidates its R_Key `rkey` (RC only; the
-    /// region must allow remote invalidation).
-    SendInv {
-        /// The responder's R_Key to invalidate.
-        invalidate_rkey: u32,
-    },
-    /// RDMA WRITE to `remote_addr` with `rkey`.
-    Write {
-        /// Remote virtual address.
-        remote_addr: u64,
-        /// Remote key.
-        rkey: u32,
-    },
-    /// RDMA WRITE with immediate data (consumes a receive at the peer).
-    WriteImm {
-        /// Remote virtual address.
-        remote_addr: u64,
-        /// Remote key.
-        rkey: u32,
-        /// Immediate data (host order).
-        imm: u32,
-    },
-    /// RDMA READ from `remote_addr` into the SGEs.
-    Read {
-        /// Remote virtual address.
-        remote_addr: u64,
-        /// Remote key.
-        rkey: u32,
-    },
-    /// 64-bit compare-and-swap at an 8-byte aligned `remote_addr`; the old value lands in
-    /// the SGE (8 bytes).
-    CompareSwap {
-        /// Remote virtual address.
-        remote_addr: u64,
-        /// Remote key.
-        rkey: u32,
-        /// Expected value.
-        compare: u64,
-        /// New value.
-        swap: u64,
-    },
-    /// 64-bit fetch-and-add; the old value lands in the SGE (8 bytes).
-    FetchAdd {
-        /// Remote virtual address.
-        remote_addr: u64,
-        /// Remote key.
-        rkey: u32,
-        /// Addend.
-        add: u64,
-    },
-    /// UD SEND to the QP behind `ah`.
-    UdSend {
-        /// Address handle of the destination.
-        ah: &'a AddressHandle,
-        /// Destination QP number.
-        remote_qpn: u32,
-        /// Destination Q_Key.
-        remote_qkey: u32,
-        /// Optional immediate data (host order).
-        imm: Option<u32>,
-    },
-}
-
-impl SendOp<'_> {
-    /// The completion opcode of this operation.
-    pub(super) fn wc_opcode(&self) -> i32 {
-        match self {
-            SendOp::Send | SendOp::SendImm(_) | SendOp::SendInv { .. } | SendOp::UdSend { .. } => {
-                WC_SEND
-            }
-            SendOp::Write { .. } | SendOp::WriteImm { .. } => WC_RDMA_WRITE,
-            SendOp::Read { .. } => WC_RDMA_READ,
-            SendOp::CompareSwap { .. } => WC_COMP_SWAP,
-            SendOp::FetchAdd { .. } => WC_FETCH_ADD,
+/// The completion opcode of `op`.
+pub(super) fn wc_opcode(op: &SendOp<'_>) -> i32 {
+    match op {
+        SendOp::Send | SendOp::SendImm(_) | SendOp::SendInv { .. } | SendOp::UdSend { .. } => {
+            WC_SEND
         }
-    }
-
-    /// Whether the SGEs receive data (read results, atomics' original values).
-    pub(super) fn writes_local(&self) -> bool {
-        matches!(
-            self,
-            SendOp::Read { .. } | SendOp::CompareSwap { .. } | SendOp::FetchAdd { .. }
-        )
+        SendOp::Write { .. } | SendOp::WriteImm { .. } => WC_RDMA_WRITE,
+        SendOp::Read { .. } => WC_RDMA_READ,
+        SendOp::CompareSwap { .. } => WC_COMP_SWAP,
+        SendOp::FetchAdd { .. } => WC_FETCH_ADD,
     }
 }
 

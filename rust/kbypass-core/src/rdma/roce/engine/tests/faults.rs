@@ -134,7 +134,8 @@ fn rc_a_right_the_qp_lacks_is_refused_whatever_the_region_grants() {
     // y's QP allows remote reads only; its region allows everything.
     y.qp.to_init(&p, Access::LOCAL_WRITE | Access::REMOTE_READ)
         .unwrap();
-    y.qp.to_rtr(&p, &x.qp.endpoint(1)).unwrap();
+    y.qp.to_rtr(&p, &x.qp.endpoint(1), &crate::rdma::Cancel::never())
+        .unwrap();
     y.qp.to_rts(&p, 2).unwrap();
     x.qp.connect(&p, &y.qp.endpoint(2), 1).unwrap();
     assert_eq!((x.qp.state(), y.qp.state()), (QpState::Rts, QpState::Rts));

@@ -78,8 +78,11 @@ fn ud_send_carries_the_grh_source_qp_and_checks_the_qkey() {
         .unwrap();
     y.qp.post_recv(2, &[y.mr.sge(2048, 40 + 1024).unwrap()])
         .unwrap();
-    let ah = x.pd.create_ah(&y.qp.endpoint(0)).unwrap();
+    let ah =
+        x.pd.create_ah(&y.qp.endpoint(0), &crate::rdma::Cancel::never())
+            .unwrap();
     assert_eq!(ah.mac(), b.pair.mac(2));
+    let ah = crate::rdma::AddressHandle::from(ah);
     let msg = pattern(1000, 5);
     x.mr.write(0, &msg).unwrap();
     let send = |qkey, imm| SendOp::UdSend {
@@ -391,7 +394,10 @@ fn ipv6_engines_resolve_each_other_and_run_rc_and_ud() {
         s.qp.connect(&params(), &s.qp.endpoint(0), 0).unwrap();
     }
     v.qp.post_recv(1, &[v.mr.sge(0, 1064).unwrap()]).unwrap();
-    let ah = u.pd.create_ah(&v.qp.endpoint(0)).unwrap();
+    let ah = crate::rdma::AddressHandle::from(
+        u.pd.create_ah(&v.qp.endpoint(0), &crate::rdma::Cancel::never())
+            .unwrap(),
+    );
     let op = SendOp::UdSend {
         ah: &ah,
         remote_qpn: v.qp.qp_num(),
