@@ -2,8 +2,10 @@
 
 The calls wait with the GIL released; the core asks every 50 ms whether to stop and the binding
 answers by running Python's signal handlers, so KeyboardInterrupt comes out within a fraction of
-a second and nothing is left open (the listening port can be bound again at once). Runs on the
-user-space engine (``Context.userspace`` on a veth pair): root, no kernel RDMA.
+a second and nothing is left open (the listening port can be bound again at once, the queue
+opened again). The engine's own waits too: opening a queue another engine holds (retried for two
+seconds) and resolving a peer's MAC address (``connect``, ``create_ah``: up to ``neigh_timeout``).
+Runs on the user-space engine (``Context.userspace`` on a veth pair): root, no kernel RDMA.
 """
 
 from __future__ import annotations
@@ -135,3 +137,42 @@ def test_measurements_between_engines(pair: VethPair, ctx: rdma.Context) -> None
         interrupted_after(0.3, lambda: rdma.measure_write_latency(qa, qb, cqa, cqb, ma, mb, 8, n))
     finally:
         b.close()
+
+
+def test_opening_a_busy_queue(pair: VethPair, ctx: rdma.Context) -> None:
+    # `ctx` holds queue 0: opening it again retries for two seconds (BUSY_RETRY)...
+    def reopen() -> rdma.Context:
+        return rdma.Context.userspace(pair.a.ifname, ip=pair.a.ip, netns=pair.a.netns)
+
+    took = interrupted_after(0.3, reopen)
+    assert took < 1.5, f"the busy retry ran on for {took:.2f} s after SIGINT"
+    # ...and the interrupted open left nothing attached: once `ctx` closed, it opens at once.
+    ctx.close()
+    start = time.monotonic()
+    reopen().close()
+    assert time.monotonic() - start < 1.5
+
+
+NOBODY = 77  # a host of the pair's subnet that nobody answers ARP for
+
+
+def test_resolving_a_peer_nobody_answers_for(pair: VethPair) -> None:
+    # neigh_timeout=30: without the interrupt each call below waits 30 s for ARP
+    c = rdma.Context.userspace(
+        pair.a.ifname, ip=pair.a.ip, netns=pair.a.netns, neigh_timeout=TIMEOUT
+    )
+    try:
+        pd = c.alloc_pd()
+        qp = pd.create_qp("RC", c.create_cq(16))
+        nobody = rdma.Endpoint(
+            qpn=0x11, psn=0, gid=f"::ffff:{pair.a.ip.rsplit('.', 1)[0]}.{NOBODY}"
+        )
+        interrupted_after(0.3, lambda: qp.connect(nobody, psn=1))
+        assert qp.state == 1  # still INIT: connect can be retried
+        interrupted_after(0.3, lambda: pd.create_ah(nobody))
+    finally:
+        c.close()
+    # nothing of the engine stayed behind: the queue opens again at once
+    start = time.monotonic()
+    rdma.Context.userspace(pair.a.ifname, ip=pair.a.ip, netns=pair.a.netns).close()
+    assert time.monotonic() - start < 1.5

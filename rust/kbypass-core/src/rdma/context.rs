@@ -7,6 +7,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::cancel::Cancel;
 use super::cq::{CompletionChannel, CompletionQueue};
 use super::device::{c_string, devices, with_device_list, DeviceAttr, Gid, PortAttr};
 use super::events::AsyncEvents;
@@ -112,19 +113,29 @@ impl Context {
     /// given, with the default [`EngineOptions`]; named `kbx-<interface>`. Retries for up to
     /// two seconds while the queue is busy (an engine closing on it).
     pub fn userspace(interface: &str, queue: u32, ip: IpAddr, netns: Option<&str>) -> Result<Self> {
-        Self::userspace_with(interface, queue, ip, netns, &EngineOptions::default())
+        let never = Cancel::never();
+        Self::userspace_with(
+            interface,
+            queue,
+            ip,
+            netns,
+            &EngineOptions::default(),
+            &never,
+        )
     }
 
     /// [`userspace`](Self::userspace) with `options` (progress thread or caller, frames, ring
-    /// sizes, bind and attach modes, neighbour timeout).
+    /// sizes, bind and attach modes, neighbour timeout); the retry while the queue is busy
+    /// ends with [`Error::Interrupted`] as soon as `cancel` says stop (nothing stays open).
     pub fn userspace_with(
         interface: &str,
         queue: u32,
         ip: IpAddr,
         netns: Option<&str>,
         options: &EngineOptions,
+        cancel: &Cancel<'_>,
     ) -> Result<Self> {
-        let u = UserContext::open(interface, queue, ip, netns, options)?;
+        let u = UserContext::open(interface, queue, ip, netns, options, cancel)?;
         Ok(Context {
             inner: Ctx::User(u),
         })

@@ -5,6 +5,7 @@ use std::any::Any;
 use std::sync::Arc;
 
 use super::ah::AddressHandle;
+use super::cancel::Cancel;
 use super::context::{Context, ContextInner, Ctx};
 use super::ffi::{self, VerbsPtr};
 use super::mr::{Access, MemoryRegion};
@@ -142,9 +143,22 @@ impl ProtectionDomain {
     /// Create an address handle for UD sends to `dest` (a user-space context resolves its
     /// MAC address here; `sgid_index` and `port` are its only GID and port).
     pub fn create_ah(&self, dest: &Endpoint, sgid_index: u8, port: u8) -> Result<AddressHandle> {
+        self.create_ah_cancellable(dest, sgid_index, port, &Cancel::never())
+    }
+
+    /// [`create_ah`](Self::create_ah) whose wait (a user-space context's resolution of the
+    /// peer's MAC address, up to its `neigh_timeout`) ends with [`Error::Interrupted`] as soon
+    /// as `cancel` says stop.
+    pub fn create_ah_cancellable(
+        &self,
+        dest: &Endpoint,
+        sgid_index: u8,
+        port: u8,
+        cancel: &Cancel<'_>,
+    ) -> Result<AddressHandle> {
         match &self.inner {
             Pd::Verbs(pd) => AddressHandle::create(pd, dest, sgid_index, port),
-            Pd::User(u) => u.create_ah(dest).map(AddressHandle::user),
+            Pd::User(u) => u.create_ah(dest, cancel).map(AddressHandle::user),
         }
     }
 }

@@ -5,6 +5,7 @@ use std::ffi::c_int;
 use std::ptr;
 use std::sync::Arc;
 
+use super::cancel::Cancel;
 use super::cq::{CompletionQueue, Cq, CqInner};
 use super::device::Gid;
 use super::ffi::{self, VerbsPtr};
@@ -363,8 +364,20 @@ impl QueuePair {
 
     /// INIT→RTR towards `remote` (ignored for UD, which only needs the state).
     pub fn to_rtr(&self, p: &PathParams, remote: &Endpoint) -> Result<()> {
+        self.to_rtr_cancellable(p, remote, &Cancel::never())
+    }
+
+    /// [`to_rtr`](Self::to_rtr) whose wait (a user-space QP's resolution of the peer's MAC
+    /// address, up to the context's `neigh_timeout`) ends with [`Error::Interrupted`] as soon
+    /// as `cancel` says stop; the QP stays in INIT then.
+    pub fn to_rtr_cancellable(
+        &self,
+        p: &PathParams,
+        remote: &Endpoint,
+        cancel: &Cancel<'_>,
+    ) -> Result<()> {
         if let Qp::User(q) = &self.imp {
-            return q.to_rtr(p, remote);
+            return q.to_rtr(p, remote, cancel);
         }
         let mut a = ffi::ibv_qp_attr {
             qp_state: ffi::QPS_RTR,
@@ -422,7 +435,19 @@ impl QueuePair {
 
     /// INIT→RTR→RTS towards `remote` in one call (after [`to_init`](Self::to_init)).
     pub fn connect(&self, p: &PathParams, remote: &Endpoint, local_psn: u32) -> Result<()> {
-        self.to_rtr(p, remote)?;
+        self.connect_cancellable(p, remote, local_psn, &Cancel::never())
+    }
+
+    /// [`connect`](Self::connect) whose wait for the peer's MAC address (user-space QPs)
+    /// ends with [`Error::Interrupted`] as soon as `cancel` says stop.
+    pub fn connect_cancellable(
+        &self,
+        p: &PathParams,
+        remote: &Endpoint,
+        local_psn: u32,
+        cancel: &Cancel<'_>,
+    ) -> Result<()> {
+        self.to_rtr_cancellable(p, remote, cancel)?;
         self.to_rts(p, local_psn)
     }
 

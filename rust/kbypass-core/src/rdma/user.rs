@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use super::cancel::Cancel;
 use super::device::{DeviceAttr, DeviceInfo, Gid, PortAttr};
 use super::mr::{Access, Sge};
 use super::qp::{Endpoint, PathParams, QpCaps, QpType};
@@ -29,6 +30,8 @@ pub const USER_PREFIX: &str = "kbx-";
 /// How long opening retries while the queue is still busy (a previous engine on it is
 /// closing: its socket and XDP program go when its last object does).
 const BUSY_RETRY: Duration = Duration::from_secs(2);
+/// How long it sleeps between two attempts.
+const BUSY_STEP: Duration = Duration::from_millis(50);
 
 /// The most SGEs one work request carries on the engine (as rxe's `max_sge`).
 pub(super) const MAX_SGE: usize = 32;
@@ -84,21 +87,25 @@ pub(super) fn find(name: &str) -> Option<Arc<UserContext>> {
 
 impl UserContext {
     /// Open the engine on `queue` of `interface` (inside network namespace `netns` when
-    /// given) for address `ip`, retrying for up to two seconds while the queue is busy.
+    /// given) for address `ip`, retrying for up to two seconds while the queue is busy, or
+    /// until `cancel` says stop (a failed attempt left nothing open, so neither does that).
     pub(super) fn open(
         interface: &str,
         queue: u32,
         ip: IpAddr,
         netns: Option<&str>,
         opts: &EngineOptions,
+        cancel: &Cancel<'_>,
     ) -> Result<Arc<Self>> {
         let _inside = netns.map(NetnsGuard::enter).transpose()?;
         let deadline = Instant::now() + BUSY_RETRY;
+        let what = format!("opening {interface} queue {queue} (busy: waiting for it)");
         let engine = loop {
             match e::Engine::open(interface, queue, ip, opts) {
                 Ok(engine) => break engine,
                 Err(err) if err.errno() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50));
+                    std::thread::sleep(BUSY_STEP);
+                    cancel.check(&what)?;
                 }
                 Err(err) => return Err(err),
             }
@@ -254,8 +261,8 @@ impl UserPd {
         self.0.register_mempool(pool, access).map(UserMr)
     }
 
-    pub(super) fn create_ah(&self, dest: &Endpoint) -> Result<UserAh> {
-        self.0.create_ah(dest).map(UserAh)
+    pub(super) fn create_ah(&self, dest: &Endpoint, cancel: &Cancel<'_>) -> Result<UserAh> {
+        self.0.create_ah_cancellable(dest, cancel).map(UserAh)
     }
 
     pub(super) fn create_srq(&self, max_wr: u32, max_sge: u32) -> Result<UserSrq> {
@@ -402,8 +409,8 @@ impl UserQp {
     pub(super) fn to_init(&self, p: &PathParams, access: Access) -> Result<()> {
         self.0.to_init(p, access)
     }
-    pub(super) fn to_rtr(&self, p: &PathParams, remote: &Endpoint) -> Result<()> {
-        self.0.to_rtr(p, remote)
+    pub(super) fn to_rtr(&self, p: &PathParams, remote: &Endpoint, c: &Cancel<'_>) -> Result<()> {
+        self.0.to_rtr_cancellable(p, remote, c)
     }
     pub(super) fn to_rts(&self, p: &PathParams, psn: u32) -> Result<()> {
         self.0.to_rts(p, psn)

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::perftest::{self, Test};
 use super::*;
+use crate::error::Error;
 use crate::sys::mm::Mapping;
 use crate::sys::netns::NetnsGuard;
 use crate::sys::testutil::{is_root, VethPair};
@@ -233,4 +234,69 @@ fn perftest_write_and_read_between_two_engines() {
         assert_eq!(s, c, "{test:?}: the bytes did not move");
         assert_eq!(s[0], if test == Test::Write { 0x5a } else { 0xa5 });
     }
+}
+
+/// A cancel that says stop once `after` passed since it was made.
+fn stop_after(after: Duration) -> impl Fn() -> bool {
+    let start = std::time::Instant::now();
+    move || start.elapsed() >= after
+}
+
+#[test]
+fn the_waits_of_a_user_space_context_end_when_cancelled() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(pair) = pair() else { return };
+    let a = open(&pair, true);
+    let ip = IpAddr::V4(pair.ip(1));
+    let (opts, ns) = (EngineOptions::default(), Some(pair.a.as_str()));
+    // The queue is held by `a`: opening it again retries for two seconds, unless cancelled.
+    let start = std::time::Instant::now();
+    let ask = stop_after(Duration::from_millis(200));
+    let e = Context::userspace_with(VethPair::IF_A, 0, ip, ns, &opts, &Cancel::new(&ask))
+        .expect_err("the queue is busy");
+    assert!(
+        matches!(e, Error::Interrupted(_)),
+        "{e} after {:?}",
+        start.elapsed()
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+    // Nobody answers for .77 of the pair's subnet: resolving its MAC address (QP connect,
+    // address handle) waits up to neigh_timeout (3 s), unless cancelled.
+    let s = side(&a, 1);
+    let nobody = Endpoint {
+        qpn: 0x11,
+        psn: 0,
+        gid: Gid(std::net::Ipv4Addr::new(198, 18, pair.net, 77)
+            .to_ipv6_mapped()
+            .octets()),
+        lid: 0,
+    };
+    let p = PathParams::default();
+    let start = std::time::Instant::now();
+    let ask = stop_after(Duration::from_millis(200));
+    let e =
+        s.qp.connect_cancellable(&p, &nobody, 1, &Cancel::new(&ask))
+            .unwrap_err();
+    assert!(matches!(e, Error::Interrupted(_)), "{e}");
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(s.qp.state().unwrap(), ffi::QPS_INIT, "the QP stays in INIT");
+    let pd = a.alloc_pd().unwrap();
+    let ask = stop_after(Duration::from_millis(200));
+    let e = pd
+        .create_ah_cancellable(&nobody, 0, 1, &Cancel::new(&ask))
+        .err()
+        .expect("nobody answers");
+    assert!(matches!(e, Error::Interrupted(_)), "{e}");
+    // Nothing stayed behind: closing and opening the queue again works at once.
+    drop((s, pd, a));
+    let again = Context::userspace_with(VethPair::IF_A, 0, ip, ns, &opts, &Cancel::never());
+    assert!(again.is_ok(), "{:?}", again.err());
 }

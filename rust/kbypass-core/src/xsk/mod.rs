@@ -1,5 +1,6 @@
 //! AF_XDP: the UMEM (frames from a [`crate::mem::Mempool`]), the four rings, and sockets.
 
+mod copies;
 pub mod holds;
 pub mod port;
 pub mod ring;
@@ -12,6 +13,7 @@ pub mod txmd;
 mod txmd_tests;
 pub mod umem;
 
+pub use copies::MAX_DESCS_PER_PACKET;
 pub use holds::{FrameHold, HeldFrames};
 pub use port::{PortConfig, PortProgram, Queues, SharedPort, XskPort};
 pub use ring::{ConsRing, ProdRing, RingOffsets};

@@ -951,8 +951,15 @@ impl XskSocket {
     /// it goes. Stops at the first packet that finds no free frame or no room on the TX ring
     /// (frames taken for the rest go back). Empty packets and packets longer than a frame's TX
     /// room are skipped and counted in [`CopySend::oversize`].
+    ///
+    /// On a multi-buffer socket ([`SocketConfig::multi_buffer`]) a packet longer than a
+    /// frame's TX room is split over several frames instead (up to
+    /// [`MAX_DESCS_PER_PACKET`](super::MAX_DESCS_PER_PACKET)).
     pub fn send_copies(&mut self, packets: &[&[u8]]) -> CopySend {
         let cap = self.umem.tx_capacity() as usize;
+        if self.multi_buffer && packets.iter().any(|p| p.len() > cap) {
+            return self.send_split_copies(packets);
+        }
         let (ok, big): (Vec<&[u8]>, Vec<&[u8]>) = packets
             .iter()
             .partition(|p| !p.is_empty() && p.len() <= cap);

@@ -597,3 +597,126 @@ fn a_small_fill_ring_is_refilled_by_receiving_alone() {
     assert_eq!(sock.kernel_stats().unwrap().rx_fill_ring_empty_descs, 0);
     drop(holds);
 }
+
+#[test]
+fn send_copies_splits_packets_larger_than_a_frame_on_a_multi_buffer_socket() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let pair = pair(1);
+    for (ns, ifname) in [(&pair.a, VethPair::IF_A), (&pair.b, VethPair::IF_B)] {
+        let out = std::process::Command::new("ip")
+            .args(["-n", ns, "link", "set", ifname, "mtu", "9000"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let frame = |size| {
+        crate::traffic::UdpTemplate {
+            dst_mac: pair.mac(2),
+            src_mac: pair.mac(1),
+            src_ip: pair.ip(1),
+            dst_ip: pair.ip(2),
+            dst_port: 9300,
+            size,
+            ..Default::default()
+        }
+        .build()
+        .unwrap()
+    };
+    // 6000-byte frames (two 4096-byte UMEM frames each) and 200-byte ones; the peer's kernel
+    // UDP socket must get each datagram whole.
+    let (big, small) = (frame(6000), frame(200));
+    let want: Vec<Vec<u8>> = (0..100)
+        .map(|i| if i % 10 == 0 { &small } else { &big }[42..].to_vec())
+        .collect();
+    let (b, dst) = (pair.b.clone(), pair.ip(2));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let rx = std::thread::spawn(move || {
+        let _g = NetnsGuard::enter(&b).unwrap();
+        let s = std::net::UdpSocket::bind(SocketAddrV4::new(dst, 9300)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = vec![0u8; 9000];
+        let mut got = Vec::new();
+        while got.len() < 100 {
+            match s.recv(&mut buf) {
+                Ok(n) => got.push(buf[..n].to_vec()),
+                Err(_) => break,
+            }
+        }
+        got
+    });
+    ready_rx.recv().unwrap();
+    let _ns = NetnsGuard::enter(&pair.a).unwrap();
+    let mut cfg = copy_config(1024, None);
+    cfg.socket.multi_buffer = true;
+    let mut port = XskPort::open(VethPair::IF_A, &Queues::All, &cfg).unwrap();
+    let sock = port.socket_mut(0).unwrap();
+    assert!(sock.multi_buffer());
+    let too_big = vec![0u8; sock.umem().tx_capacity() as usize * (MAX_DESCS_PER_PACKET + 1)];
+    let mut packets: Vec<&[u8]> = (0..100)
+        .map(|i| if i % 10 == 0 { &small[..] } else { &big[..] })
+        .collect();
+    packets.insert(50, &too_big);
+    // In bursts the receiving socket's buffer holds (6000-byte datagrams fill it fast).
+    let (mut queued, mut oversize) = (0, 0);
+    for burst in packets.chunks(10) {
+        let r = sock.send_copies(burst);
+        queued += r.queued;
+        oversize += r.oversize;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!((queued, oversize), (100, 1));
+    let got = rx.join().unwrap();
+    assert_eq!(got.len(), 100);
+    assert!(got == want, "every datagram whole and in order");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while sock.account().tx_side > 0 && Instant::now() < deadline {
+        sock.complete();
+    }
+    let acc = sock.check_accounting().unwrap();
+    assert_eq!((acc.app, acc.tx_side), (0, 0), "{acc:?}");
+    let c = sock.counters();
+    assert_eq!((c.tx_packets, c.invalid_descs), (100, 0), "{c:?}");
+}
+
+#[test]
+fn build_frame_writes_in_place_and_gives_refused_frames_back() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let pair = pair(1);
+    let (rx, _ns, mut port, frame) = tx_bench(&pair, 9301, 20, 512, 300);
+    let sock = port.socket_mut(0).unwrap();
+    let free = sock.account().free;
+    // Refusals: the writer gives up, claims nothing, or claims more than the frame's room.
+    let cap = sock.umem().tx_capacity() as usize;
+    assert!(sock.build_frame(|_| None).is_none());
+    assert!(sock.build_frame(|_| Some(0)).is_none());
+    assert!(sock.build_frame(|b| Some(b.len() + 1)).is_none());
+    assert_eq!(sock.account().free, free, "refused frames went back");
+    let mut descs = Vec::new();
+    for _ in 0..20 {
+        let d = sock
+            .build_frame(|b| {
+                assert_eq!(b.len(), cap);
+                b[..frame.len()].copy_from_slice(&frame);
+                Some(frame.len())
+            })
+            .unwrap();
+        assert_eq!(d.len as usize, frame.len());
+        descs.push(d);
+    }
+    assert_eq!(sock.send(&descs), 20);
+    let got = rx.join().unwrap();
+    assert_eq!((got.packets, got.bytes), (20, 20 * (300 - 42)));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while sock.account().tx_side > 0 && Instant::now() < deadline {
+        sock.complete();
+    }
+    let acc = sock.check_accounting().unwrap();
+    assert_eq!((acc.app, acc.tx_side), (0, 0), "{acc:?}");
+}

@@ -10,6 +10,7 @@ use pyo3::types::PyDict;
 use super::args::seconds;
 use super::cq::CompletionQueue;
 use super::device::Port;
+use super::interrupt;
 use super::pd::ProtectionDomain;
 use super::resource::{self, owner, Owner, Resource};
 use crate::errors::IntoPyResult;
@@ -91,7 +92,9 @@ impl Context {
     /// ``'zerocopy'``) and `attach` (``'auto'``, ``'native'``, ``'generic'``) modes; `force`
     /// replaces another XDP program; `neigh_timeout` (seconds) bounds resolving a peer's
     /// MAC address. Retries for two seconds while the queue is busy (an engine closing on
-    /// it). ``close()`` closes every object made from it first and releases the engine.
+    /// it); Ctrl-C (KeyboardInterrupt) stops that wait, and the one for a peer's MAC address
+    /// (``connect``, ``create_ah``). ``close()`` closes every object made from it first and
+    /// releases the engine.
     ///
     /// Example::
     ///
@@ -132,9 +135,9 @@ impl Context {
             force,
             neigh_timeout,
         )?;
-        let ctx = py
-            .detach(|| rdma::Context::userspace_with(interface, queue, ip, netns, &opts))
-            .py()?;
+        let ctx = interrupt::detach(py, |c| {
+            rdma::Context::userspace_with(interface, queue, ip, netns, &opts, c)
+        })?;
         let init = resource::initializer_tracking(Context { inner: Some(ctx) }, true);
         Py::new(py, init)
     }

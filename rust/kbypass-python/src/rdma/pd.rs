@@ -11,6 +11,7 @@ use super::args;
 use super::context::Context;
 use super::cq::CompletionQueue;
 use super::endpoint::Endpoint;
+use super::interrupt;
 use super::mr::MemoryRegion;
 use super::qp::QueuePair;
 use super::resource::{self, Owner, Resource};
@@ -138,7 +139,8 @@ impl ProtectionDomain {
     ) -> PyResult<Py<AddressHandle>> {
         let this = slf.borrow();
         let sgid = args::gid_index(&this.ctx()?.0, port, gid_index)?;
-        let ah = this.get()?.create_ah(&remote.core()?, sgid, port).py()?;
+        let (pd, dest) = (this.get()?, remote.core()?);
+        let ah = interrupt::detach(slf.py(), |c| pd.create_ah_cancellable(&dest, sgid, port, c))?;
         let ah = AddressHandle::new(slf.py(), ah)?;
         resource::adopt(slf.as_any(), ah.bind(slf.py()).as_any())?;
         Ok(ah)

@@ -224,7 +224,9 @@ impl QueuePair {
         let qp = self.get()?;
         let listener = args::listen(bind, port)?;
         let remote = interrupt::detach(py, |c| {
-            oob::pingpong_accept(&listener, &local, t, c, |r| qp.connect(&p, r, local.psn))
+            oob::pingpong_accept(&listener, &local, t, c, |r| {
+                qp.connect_cancellable(&p, r, local.psn, c)
+            })
         })?;
         Ok(endpoint(&remote))
     }
@@ -414,8 +416,12 @@ impl QueuePair {
         gid_index: Option<i32>,
     ) -> PyResult<Endpoint> {
         let (t, p, local) = self.tool_exchange(false, psn, timeout, gid_index)?;
-        let remote = interrupt::detach(py, |c| oob::pingpong_connect((host, port), &local, t, c))?;
-        self.get()?.connect(&p, &remote, local.psn).py()?;
+        let qp = self.get()?;
+        let remote = interrupt::detach(py, |c| {
+            let remote = oob::pingpong_connect((host, port), &local, t, c)?;
+            qp.connect_cancellable(&p, &remote, local.psn, c)?;
+            Ok(remote)
+        })?;
         Ok(endpoint(&remote))
     }
 
@@ -424,6 +430,7 @@ impl QueuePair {
     #[pyo3(signature = (remote = None, psn = 0, port = 1, gid_index = None, access = 15))]
     fn connect(
         &self,
+        py: Python<'_>,
         remote: Option<&Endpoint>,
         psn: u32,
         port: u8,
@@ -447,7 +454,7 @@ impl QueuePair {
             }
         };
         self.init_if_reset(&p, Access(access))?;
-        qp.connect(&p, &remote, psn).py()
+        interrupt::detach(py, |c| qp.connect_cancellable(&p, &remote, psn, c))
     }
 
     /// Current state: 0 RESET, 1 INIT, 2 RTR, 3 RTS, 6 ERROR.

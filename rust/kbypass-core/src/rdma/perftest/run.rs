@@ -83,7 +83,7 @@ fn connect(
     } else {
         out_reads
     };
-    qp.connect(&path, &remote.endpoint(), local.psn)?;
+    qp.connect_cancellable(&path, &remote.endpoint(), local.psn, s.cancel)?;
     s.keys(&mine)?;
     s.keys(&mine)?;
     Ok((mine, remote))

@@ -90,6 +90,18 @@ pub fn request(ifindex: u32, ip: IpAddr) -> Result<()> {
 /// The MAC address of on-link `ip` on `ifindex`: the neighbour table's, or, when it has none,
 /// the one the kernel resolves (asked again every 100 ms) within `timeout`.
 pub fn resolve(ifindex: u32, ip: IpAddr, timeout: Duration) -> Result<[u8; 6]> {
+    resolve_or_stop(ifindex, ip, timeout, &|| Ok(()))
+}
+
+/// [`resolve`], calling `stop` every 5 ms while it waits: an error from `stop` (e.g. the
+/// caller's Ctrl-C) ends the wait with that error. Resolution leaves no state of its own
+/// behind: the kernel keeps (and ages out) its neighbour entry either way.
+pub fn resolve_or_stop(
+    ifindex: u32,
+    ip: IpAddr,
+    timeout: Duration,
+    stop: &dyn Fn() -> Result<()>,
+) -> Result<[u8; 6]> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(mac) = lookup(ifindex, ip)? {
@@ -104,6 +116,7 @@ pub fn resolve(ifindex: u32, ip: IpAddr, timeout: Duration) -> Result<[u8; 6]> {
         let step = Instant::now() + Duration::from_millis(100);
         while Instant::now() < step.min(deadline) {
             std::thread::sleep(Duration::from_millis(5));
+            stop()?;
             if let Some(mac) = lookup(ifindex, ip)? {
                 return Ok(mac);
             }
@@ -162,5 +175,20 @@ mod tests {
         let unknown = IpAddr::V4(std::net::Ipv4Addr::new(198, 18, pair.net, 77));
         let e = resolve(idx, unknown, Duration::from_millis(300)).unwrap_err();
         assert!(e.to_string().contains("did not answer"), "{e}");
+        // `stop` ends the wait long before the timeout, with its error.
+        let start = Instant::now();
+        let stop = || {
+            if start.elapsed() > Duration::from_millis(150) {
+                return Err(Error::Interrupted("stopped".into()));
+            }
+            Ok(())
+        };
+        let e = resolve_or_stop(idx, unknown, Duration::from_secs(30), &stop).unwrap_err();
+        assert!(matches!(e, Error::Interrupted(_)), "{e}");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }

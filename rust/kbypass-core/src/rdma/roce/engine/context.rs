@@ -13,11 +13,18 @@ use super::state::Core;
 use super::{EngineCounters, EngineOptions, Gid, Progress};
 use crate::error::{Error, Result};
 use crate::rdma::roce::wire::ROCE_PORT;
+use crate::rdma::Cancel;
 use crate::sys::event::{poll_for, EventFd};
 use crate::sys::netlink::{link_info, neigh};
 use crate::sys::netns::{current_netns_inode, NetnsGuard};
 use crate::sys::xdp::if_nametoindex;
-use crate::xsk::{PortConfig, PortProgram, Queues, SocketConfig, UmemConfig, XskPort};
+use crate::xsk::{
+    PortConfig, PortProgram, Queues, SocketConfig, UmemConfig, XskPort, XDP_PACKET_HEADROOM,
+};
+
+/// How long opening waits for a busy queue: long enough for one just released (~100 ms);
+/// a longer wait is the caller's, between attempts (where it can be interrupted).
+const BIND_RETRY: Duration = Duration::from_millis(200);
 
 /// What the poll thread and the callers share.
 pub(super) struct Shared {
@@ -68,9 +75,11 @@ fn overhead(ip: IpAddr) -> usize {
     ip_len + 8 + 12 + 28 + 3 + 4
 }
 
-/// The largest path MTU (256–4096) whose frames fit the link MTU and a UMEM frame.
-fn max_path_mtu(link_mtu: u32, tx_capacity: u32, ip: IpAddr) -> Option<usize> {
-    let room = (link_mtu as usize).min((tx_capacity as usize).saturating_sub(14));
+/// The largest path MTU (256–4096) whose frames fit the link MTU and, unless the socket is
+/// multi-buffer (a frame then spans several UMEM frames), one UMEM frame.
+fn max_path_mtu(link_mtu: u32, tx_capacity: Option<u32>, ip: IpAddr) -> Option<usize> {
+    let frame = tx_capacity.map_or(usize::MAX, |c| (c as usize).saturating_sub(14));
+    let room = (link_mtu as usize).min(frame);
     let o = overhead(ip);
     [4096, 2048, 1024, 512, 256]
         .into_iter()
@@ -105,6 +114,9 @@ impl Engine {
         let mac = neigh::link_mac(ifindex)?;
         let link = link_info(ifindex)?;
         let rules = crate::xdp::parse_filter(&format!("udp dst port {ROCE_PORT} and dst {ip}"))?;
+        // A link whose frames do not fit one UMEM frame (a jumbo MTU, for the 4096-byte path
+        // MTU) needs a multi-buffer socket and a program loaded for multi-buffer frames.
+        let multi_buffer = link.mtu + 14 > opts.frame_size.saturating_sub(XDP_PACKET_HEADROOM);
         let cfg = PortConfig {
             umem: UmemConfig {
                 frames: opts.frames,
@@ -117,6 +129,11 @@ impl Engine {
                 fill_size: opts.ring_size,
                 comp_size: opts.ring_size,
                 mode: opts.bind,
+                multi_buffer,
+                // One kick sends what a round queued (the copy-mode default is 32 frames per
+                // `sendto`, the rest waiting for the next round's kick).
+                tx_budget: Some(opts.ring_size),
+                bind_retry: BIND_RETRY,
                 ..Default::default()
             },
             program: PortProgram::Own(rules),
@@ -124,7 +141,8 @@ impl Engine {
             force: opts.force,
         };
         let port = XskPort::open(ifname, &Queues::List(vec![queue]), &cfg)?;
-        let max_mtu = max_path_mtu(link.mtu, port.umem().tx_capacity(), ip).ok_or_else(|| {
+        let tx_room = (!multi_buffer).then(|| port.umem().tx_capacity());
+        let max_mtu = max_path_mtu(link.mtu, tx_room, ip).ok_or_else(|| {
             Error::invalid(format!(
                 "{ifname}'s MTU {} (or a {}-byte UMEM frame) cannot carry a 256-byte RoCE path MTU: raise the MTU or frame_size",
                 link.mtu, opts.frame_size
@@ -329,19 +347,22 @@ impl Engine {
         Ok(ip)
     }
 
-    /// The MAC address of on-link `ip`, resolved in the engine's network namespace.
-    pub(super) fn resolve_mac(&self, ip: IpAddr) -> Result<[u8; 6]> {
+    /// The MAC address of on-link `ip`, resolved in the engine's network namespace within
+    /// the engine's `neigh_timeout`; [`Error::Interrupted`] as soon as `cancel` says stop.
+    pub(super) fn resolve_mac(&self, ip: IpAddr, cancel: &Cancel<'_>) -> Result<[u8; 6]> {
         if ip == self.ip || ip == IpAddr::V4(Ipv4Addr::LOCALHOST) {
             return Err(Error::invalid(format!(
                 "{ip} is the engine's own address: a peer must be another host on the link"
             )));
         }
+        let what = format!("resolving {ip}'s MAC address on {}", self.ifname);
+        let stop = || cancel.check(&what);
         if current_netns_inode()? == self.netns_inode {
-            return neigh::resolve(self.ifindex, ip, self.neigh_timeout);
+            return neigh::resolve_or_stop(self.ifindex, ip, self.neigh_timeout, &stop);
         }
         let path = format!("/proc/self/fd/{}", self.netns.as_raw_fd());
         let _guard = NetnsGuard::enter(&path)?;
-        neigh::resolve(self.ifindex, ip, self.neigh_timeout)
+        neigh::resolve_or_stop(self.ifindex, ip, self.neigh_timeout, &stop)
     }
 }
 

@@ -14,6 +14,7 @@ use super::work::Sge;
 use super::{Access, Endpoint, ExternalMemory, WorkCompletion};
 use crate::error::{Error, Result};
 use crate::rdma::roce::rc::{MemoryTable, RemoteAccess};
+use crate::rdma::Cancel;
 use crate::sys::event::EventFd;
 
 pub(super) struct PdInner {
@@ -141,8 +142,18 @@ impl ProtectionDomain {
     /// An address handle towards `dest`'s GID (an IPv4-mapped or IPv6 address on the
     /// engine's link), for UD sends; resolves the peer's MAC address.
     pub fn create_ah(&self, dest: &Endpoint) -> Result<AddressHandle> {
+        self.create_ah_cancellable(dest, &Cancel::never())
+    }
+
+    /// [`create_ah`](Self::create_ah), whose wait for the peer's MAC address ends with
+    /// [`Error::Interrupted`] as soon as `cancel` says stop.
+    pub fn create_ah_cancellable(
+        &self,
+        dest: &Endpoint,
+        cancel: &Cancel<'_>,
+    ) -> Result<AddressHandle> {
         let ip = self.inner.engine.peer_ip(&dest.gid)?;
-        let mac = self.inner.engine.resolve_mac(ip)?;
+        let mac = self.inner.engine.resolve_mac(ip, cancel)?;
         Ok(AddressHandle {
             _pd: self.clone(),
             ip,

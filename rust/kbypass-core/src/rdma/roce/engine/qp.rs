@@ -14,6 +14,7 @@ use crate::rdma::roce::rc::{RemoteAccess, WorkRequest};
 use crate::rdma::roce::uc::UcRequest;
 use crate::rdma::roce::ud::UdDest;
 use crate::rdma::roce::wire::PSN_MASK as PSN_MASK_RC;
+use crate::rdma::Cancel;
 
 /// A QP's state (`enum ibv_qp_state`, the values [`QpState::raw`] gives).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +208,17 @@ impl QueuePair {
     /// INIT → RTR towards `remote` (RC and UC: its QPN, first PSN and GID, whose MAC address
     /// is resolved here; UD ignores `remote`). The path MTU is `p.mtu` capped at the engine's.
     pub fn to_rtr(&self, p: &PathParams, remote: &Endpoint) -> Result<()> {
+        self.to_rtr_cancellable(p, remote, &Cancel::never())
+    }
+
+    /// [`to_rtr`](Self::to_rtr), whose wait for the peer's MAC address ends with
+    /// [`Error::Interrupted`] as soon as `cancel` says stop (the QP stays in INIT).
+    pub fn to_rtr_cancellable(
+        &self,
+        p: &PathParams,
+        remote: &Endpoint,
+        cancel: &Cancel<'_>,
+    ) -> Result<()> {
         let mtu = mtu_bytes(p.mtu).ok_or_else(|| {
             Error::invalid(format!(
                 "path MTU code {} is not 1..5 (256..4096 bytes)",
@@ -219,7 +231,7 @@ impl QueuePair {
         } else {
             let ip = self.engine.peer_ip(&remote.gid)?;
             Some(Peer {
-                mac: self.engine.resolve_mac(ip)?,
+                mac: self.engine.resolve_mac(ip, cancel)?,
                 ip,
             })
         };

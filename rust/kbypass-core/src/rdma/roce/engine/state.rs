@@ -10,13 +10,18 @@ use super::work::GRH_LEN;
 use super::EngineCounters;
 use crate::rdma::roce::rc::Pkt;
 use crate::rdma::roce::wire::{icrc, Frame, FrameSpec, IpHeader, WireError, ICRC_LEN};
-use crate::sys::xdp::XdpDesc;
+use crate::sys::xdp::{XdpDesc, XDP_PKT_CONTD};
 use crate::xsk::XskPort;
 
 /// Frames received per round.
 const RX_BURST: usize = 64;
+/// Frames put on the TX ring per submission.
+const TX_BURST: usize = 64;
 /// Frames built ahead of the TX ring at most.
 const TX_BUDGET: usize = 256;
+/// The longest frame joined from several descriptors (RoCE frames are at most a 4096-byte
+/// path MTU plus headers); longer ones are dropped as malformed.
+const MAX_RX_FRAME: usize = 1 << 14;
 /// A frame the link has not taken for this long is dropped (and counted): RC retransmits.
 const TX_GIVE_UP: Duration = Duration::from_secs(1);
 
@@ -29,14 +34,28 @@ pub(super) struct Round {
     pub timers: bool,
 }
 
+/// A frame waiting for the TX ring.
+enum Queued {
+    /// Built in place in a UMEM frame the engine holds.
+    Frame(XdpDesc),
+    /// Built in memory, sent by copy: a frame larger than one UMEM frame (multi-buffer), or
+    /// one built when no UMEM frame was free.
+    Bytes(Vec<u8>),
+}
+
 pub(super) struct Core {
     port: XskPort,
     mac: [u8; 6],
     ip: IpAddr,
     qps: HashMap<u32, QpEntry>,
     next_qpn: u32,
-    pending: VecDeque<(Instant, Vec<u8>)>,
+    /// Frames built and not yet on the TX ring, oldest first, with when they were built.
+    pending: VecDeque<(Instant, Queued)>,
     descs: Vec<XdpDesc>,
+    /// The first descriptors of a frame that spans several (multi-buffer), until its last.
+    rx_partial: Vec<u8>,
+    /// Dropping the rest of a frame one of whose descriptors was bad or that grew too long.
+    rx_skip: bool,
     epoch: Instant,
     ip_id: u16,
     c: EngineCounters,
@@ -54,6 +73,8 @@ impl Core {
             next_qpn: 0x11,
             pending: VecDeque::new(),
             descs: vec![XdpDesc::default(); RX_BURST],
+            rx_partial: Vec::new(),
+            rx_skip: false,
             epoch: Instant::now(),
             ip_id: 0,
             c: EngineCounters::default(),
@@ -136,7 +157,9 @@ impl Core {
         }
     }
 
-    /// Receives a burst and hands each packet to its QP; returns how many frames came.
+    /// Receives a burst and hands each packet to its QP; returns how many descriptors came.
+    /// On a multi-buffer socket a frame larger than a UMEM frame comes as several
+    /// descriptors, joined here (across bursts too) before it is parsed.
     fn receive(&mut self, now: u64) -> usize {
         let Some(sock) = self.port.socket_mut(0) else {
             return 0;
@@ -144,63 +167,40 @@ impl Core {
         let n = sock.recv(&mut self.descs);
         let mut got: Vec<(Pkt, [u8; GRH_LEN])> = Vec::with_capacity(n);
         for d in &self.descs[..n] {
-            let Some(bytes) = sock.app_bytes(d.addr, d.len) else {
-                self.c.malformed += 1;
-                continue;
+            let more = d.options & XDP_PKT_CONTD != 0;
+            let bytes = if self.rx_skip {
+                None
+            } else {
+                sock.app_bytes(d.addr, d.len)
             };
-            self.c.rx_packets += 1;
-            self.c.rx_bytes += u64::from(d.len);
-            let f = match Frame::parse(bytes) {
-                Ok(f) => f,
-                Err(WireError::BadUdpChecksum) => match icrc_only(bytes) {
-                    Ok(f) => {
-                        self.c.udp_checksum_ignored += 1;
-                        f
-                    }
-                    Err(WireError::BadIcrc { .. }) => {
-                        self.c.bad_icrc += 1;
-                        continue;
-                    }
-                    Err(_) => {
-                        self.c.malformed += 1;
-                        continue;
-                    }
-                },
-                Err(WireError::BadIcrc { .. }) => {
-                    self.c.bad_icrc += 1;
-                    continue;
-                }
-                Err(_) => {
+            let Some(bytes) = bytes else {
+                // A bad descriptor spoils its whole frame: skip to the frame's last one.
+                if !self.rx_skip {
                     self.c.malformed += 1;
-                    continue;
                 }
+                self.rx_partial.clear();
+                self.rx_skip = more;
+                continue;
             };
-            let ours = match (f.ip, self.ip) {
-                (IpHeader::V4 { dst, .. }, IpAddr::V4(a)) => dst == a.octets(),
-                (IpHeader::V6 { dst, .. }, IpAddr::V6(a)) => dst == a.octets(),
-                _ => false,
-            };
-            if !ours {
-                self.c.not_for_us += 1;
+            if more {
+                if self.rx_partial.len() + bytes.len() > MAX_RX_FRAME {
+                    self.c.malformed += 1;
+                    self.rx_partial.clear();
+                    self.rx_skip = true;
+                } else {
+                    self.rx_partial.extend_from_slice(bytes);
+                }
                 continue;
             }
-            // The GRH verbs puts in front of a UD receive: the IPv6 header, or the IPv4
-            // header in its last 20 bytes.
-            let mut grh = [0u8; GRH_LEN];
-            let l3 = 14 + if f.vlan_tci.is_some() { 4 } else { 0 };
-            match f.ip {
-                IpHeader::V4 { .. } => grh[20..].copy_from_slice(&bytes[l3..l3 + 20]),
-                IpHeader::V6 { .. } => grh.copy_from_slice(&bytes[l3..l3 + 40]),
-            }
-            let p = f.packet;
-            got.push((
-                Pkt {
-                    bth: p.bth,
-                    ext: p.ext,
-                    payload: p.payload.to_vec(),
-                },
-                grh,
-            ));
+            let pkt = if self.rx_partial.is_empty() {
+                accept(&mut self.c, self.ip, bytes)
+            } else {
+                self.rx_partial.extend_from_slice(bytes);
+                let p = accept(&mut self.c, self.ip, &self.rx_partial);
+                self.rx_partial.clear();
+                p
+            };
+            got.extend(pkt);
         }
         let addrs: Vec<u64> = self.descs[..n].iter().map(|d| d.addr).collect();
         sock.release(&addrs);
@@ -269,37 +269,91 @@ impl Core {
             bth: pkt.bth,
             ext: pkt.ext,
         };
-        let mut buf = vec![0u8; spec.frame_len(pkt.payload.len())];
+        let len = spec.frame_len(pkt.payload.len());
+        if let Some(sock) = self.port.socket_mut(0) {
+            if len <= sock.umem().tx_capacity() as usize {
+                let mut bad = false;
+                let built = sock.build_frame(|buf| match spec.build(&pkt.payload, buf) {
+                    Ok(n) => Some(n),
+                    Err(_) => {
+                        bad = true;
+                        None
+                    }
+                });
+                match built {
+                    Some(d) => {
+                        self.pending.push_back((Instant::now(), Queued::Frame(d)));
+                        return;
+                    }
+                    None if bad => {
+                        self.c.malformed += 1;
+                        return;
+                    }
+                    None => {} // no free frame now: built aside, sent by copy later
+                }
+            }
+        }
+        let mut buf = vec![0u8; len];
         match spec.build(&pkt.payload, &mut buf) {
             Ok(n) => {
                 buf.truncate(n);
-                self.pending.push_back((Instant::now(), buf));
+                self.pending.push_back((Instant::now(), Queued::Bytes(buf)));
             }
             Err(_) => self.c.malformed += 1,
         }
     }
 
-    /// Puts waiting frames on the TX ring; returns how many went.
+    /// Puts waiting frames on the TX ring, in order; returns how many went.
     fn flush(&mut self) -> usize {
         let Some(sock) = self.port.socket_mut(0) else {
             return 0;
         };
         sock.complete();
         let mut sent = 0;
-        while !self.pending.is_empty() {
-            let batch: Vec<&[u8]> = self.pending.iter().take(64).map(|(_, f)| &f[..]).collect();
-            let want = batch.len();
-            let r = sock.send_copies(&batch);
-            // Frames are built to fit a UMEM frame, so none is oversize; any that were are
-            // dropped and counted with the frames sent before them.
-            let done = (r.queued + r.oversize).min(want);
-            self.c.dropped_no_frame += r.oversize as u64;
-            for (_, f) in self.pending.drain(..done) {
-                self.c.tx_bytes += f.len() as u64;
+        let mut descs: Vec<XdpDesc> = Vec::new();
+        loop {
+            // Frames offered, frames taken off the queue, and of those, put on the ring.
+            let (want, taken, went) =
+                match self.pending.front() {
+                    None => break,
+                    Some((_, Queued::Frame(_))) => {
+                        descs.clear();
+                        descs.extend(self.pending.iter().take(TX_BURST).map_while(
+                            |(_, q)| match q {
+                                Queued::Frame(d) => Some(*d),
+                                Queued::Bytes(_) => None,
+                            },
+                        ));
+                        let q = sock.send(&descs);
+                        (descs.len(), q, q)
+                    }
+                    Some((_, Queued::Bytes(_))) => {
+                        let batch: Vec<&[u8]> = self
+                            .pending
+                            .iter()
+                            .take(TX_BURST)
+                            .map_while(|(_, q)| match q {
+                                Queued::Bytes(b) => Some(&b[..]),
+                                Queued::Frame(_) => None,
+                            })
+                            .collect();
+                        let r = sock.send_copies(&batch);
+                        // Frames are built to fit, so none is oversize; any that were are dropped
+                        // and counted with the frames sent before them.
+                        self.c.dropped_no_frame += r.oversize as u64;
+                        let taken = (r.queued + r.oversize).min(batch.len());
+                        (batch.len(), taken, r.queued)
+                    }
+                };
+            for (_, q) in self.pending.drain(..taken) {
+                self.c.tx_bytes += match q {
+                    Queued::Frame(d) => u64::from(d.len),
+                    Queued::Bytes(b) => b.len() as u64,
+                };
             }
-            self.c.tx_packets += r.queued as u64;
-            sent += r.queued;
-            if done < want {
+            self.c.tx_packets += went as u64;
+            sent += went;
+            if taken < want {
                 break;
             }
         }
@@ -308,11 +362,71 @@ impl Core {
             .front()
             .is_some_and(|(t, _)| t.elapsed() > TX_GIVE_UP)
         {
-            self.pending.pop_front();
+            if let Some((_, Queued::Frame(d))) = self.pending.pop_front() {
+                sock.release(&[d.addr]);
+            }
             self.c.dropped_no_frame += 1;
         }
         sent
     }
+}
+
+/// A received frame checked and copied out for its QP (with the GRH a UD receive gets), or
+/// None, counted: bad checksums, malformed, or not for the engine's address.
+fn accept(c: &mut EngineCounters, ip: IpAddr, bytes: &[u8]) -> Option<(Pkt, [u8; GRH_LEN])> {
+    c.rx_packets += 1;
+    c.rx_bytes += bytes.len() as u64;
+    let f = match Frame::parse(bytes) {
+        Ok(f) => f,
+        Err(WireError::BadUdpChecksum) => match icrc_only(bytes) {
+            Ok(f) => {
+                c.udp_checksum_ignored += 1;
+                f
+            }
+            Err(WireError::BadIcrc { .. }) => {
+                c.bad_icrc += 1;
+                return None;
+            }
+            Err(_) => {
+                c.malformed += 1;
+                return None;
+            }
+        },
+        Err(WireError::BadIcrc { .. }) => {
+            c.bad_icrc += 1;
+            return None;
+        }
+        Err(_) => {
+            c.malformed += 1;
+            return None;
+        }
+    };
+    let ours = match (f.ip, ip) {
+        (IpHeader::V4 { dst, .. }, IpAddr::V4(a)) => dst == a.octets(),
+        (IpHeader::V6 { dst, .. }, IpAddr::V6(a)) => dst == a.octets(),
+        _ => false,
+    };
+    if !ours {
+        c.not_for_us += 1;
+        return None;
+    }
+    // The GRH verbs puts in front of a UD receive: the IPv6 header, or the IPv4 header in
+    // its last 20 bytes.
+    let mut grh = [0u8; GRH_LEN];
+    let l3 = 14 + if f.vlan_tci.is_some() { 4 } else { 0 };
+    match f.ip {
+        IpHeader::V4 { .. } => grh[20..].copy_from_slice(&bytes[l3..l3 + 20]),
+        IpHeader::V6 { .. } => grh.copy_from_slice(&bytes[l3..l3 + 40]),
+    }
+    let p = f.packet;
+    Some((
+        Pkt {
+            bth: p.bth,
+            ext: p.ext,
+            payload: p.payload.to_vec(),
+        },
+        grh,
+    ))
 }
 
 /// A frame whose UDP checksum did not verify, checked by its ICRC alone. A sender on the

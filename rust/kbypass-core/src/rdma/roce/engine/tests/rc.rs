@@ -223,7 +223,11 @@ fn wait_ready_sleeps_until_the_poll_thread_pushes_a_completion() {
     // Nothing posted: the wait runs out and says so.
     let t0 = std::time::Instant::now();
     assert!(!x.cq.wait_ready(Duration::from_millis(30)));
-    assert!(t0.elapsed() >= Duration::from_millis(30), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(30),
+        "{:?}",
+        t0.elapsed()
+    );
     // A write's completion wakes the waiter long before its timeout.
     x.mr.write(0, &pattern(4096, 3)).unwrap();
     let post = std::time::Instant::now();
@@ -238,7 +242,11 @@ fn wait_ready_sleeps_until_the_poll_thread_pushes_a_completion() {
     )
     .unwrap();
     assert!(x.cq.wait_ready(T));
-    assert!(post.elapsed() < Duration::from_secs(5), "{:?}", post.elapsed());
+    assert!(
+        post.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        post.elapsed()
+    );
     let mut wc = [WorkCompletion::default(); 2];
     assert_eq!(x.cq.poll(&mut wc).unwrap(), 1);
     assert_eq!((wc[0].wr_id, wc[0].status), (1, 0));
@@ -254,7 +262,10 @@ fn wait_ready_sleeps_until_the_poll_thread_pushes_a_completion() {
     )
     .unwrap();
     assert!(x.cq.wait_ready(T));
-    assert!(x.cq.wait_ready(Duration::ZERO), "the completion stays until polled");
+    assert!(
+        x.cq.wait_ready(Duration::ZERO),
+        "the completion stays until polled"
+    );
     assert_eq!(x.cq.poll(&mut wc).unwrap(), 1);
 }
 
@@ -428,4 +439,81 @@ fn rc_path_mtus_from_256_to_what_the_link_carries() {
             "mtu {mtu}"
         );
     }
+}
+
+#[test]
+fn rc_path_mtu_4096_over_a_jumbo_link_with_multi_buffer_frames() {
+    if !crate::sys::testutil::is_root() {
+        eprintln!("skipped: needs root (AF_XDP, XDP and network namespaces)");
+        return;
+    }
+    let pair = VethPair::with(Default::default()).expect("veth pair");
+    let open = |ns: &str, ifname: &str, host: u8| {
+        let _g = NetnsGuard::enter(ns).unwrap();
+        let out = std::process::Command::new("ip")
+            .args(["link", "set", ifname, "mtu", "9000"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        Engine::open(ifname, 0, IpAddr::V4(pair.ip(host)), &Default::default()).unwrap()
+    };
+    let a = open(&pair.a, VethPair::IF_A, 1);
+    let b = open(&pair.b, VethPair::IF_B, 2);
+    // A 4096-byte path MTU makes 4170-byte frames: two 4096-byte UMEM frames each, so the
+    // engines opened multi-buffer sockets and a program loaded for multi-buffer frames.
+    assert_eq!((a.max_mtu(), b.max_mtu()), (4096, 4096));
+    let bench = Bench { a, b, pair };
+    let (x, y) = (
+        side(&bench.a, QpType::Rc, 1 << 20),
+        side(&bench.b, QpType::Rc, 1 << 20),
+    );
+    let p = PathParams { mtu: 5, ..params() };
+    x.qp.connect(&p, &y.qp.endpoint(7), 3).unwrap();
+    y.qp.connect(&p, &x.qp.endpoint(3), 7).unwrap();
+    // A write of 1 MiB: 256 full packets, each split over two descriptors both ways.
+    let data = pattern(1 << 20, 5);
+    x.mr.write(0, &data).unwrap();
+    let before = bench.b.counters().rx_packets;
+    let write = SendOp::Write {
+        remote_addr: y.mr.addr(),
+        rkey: y.mr.rkey(),
+    };
+    x.qp.post_send(
+        1,
+        write,
+        &[x.mr.sge(0, data.len()).unwrap()],
+        SendFlags::SIGNALED,
+    )
+    .unwrap();
+    assert_eq!(wait_wcs(&x.cq, 1, T)[0].status, 0);
+    let mut got = vec![0; data.len()];
+    y.mr.read(0, &mut got).unwrap();
+    assert!(got == data, "the write landed intact");
+    let c = bench.b.counters();
+    assert_eq!(
+        c.rx_packets - before,
+        256,
+        "1 MiB in 4096-byte packets: {c:?}"
+    );
+    assert_eq!((c.malformed, c.bad_icrc), (0, 0), "{c:?}");
+    // A read back of 100,000 bytes: the responses are the jumbo frames now.
+    let back = pattern(100_000, 6);
+    y.mr.write(0, &back).unwrap();
+    let read = SendOp::Read {
+        remote_addr: y.mr.addr(),
+        rkey: y.mr.rkey(),
+    };
+    x.qp.post_send(
+        2,
+        read,
+        &[x.mr.sge(0, back.len()).unwrap()],
+        SendFlags::SIGNALED,
+    )
+    .unwrap();
+    assert_eq!(wait_wcs(&x.cq, 1, T)[0].status, 0);
+    let mut mine = vec![0; back.len()];
+    x.mr.read(0, &mut mine).unwrap();
+    assert!(mine == back, "the read came back intact");
+    let c = bench.a.counters();
+    assert_eq!((c.malformed, c.bad_icrc), (0, 0), "{c:?}");
 }
