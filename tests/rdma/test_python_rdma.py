@@ -21,6 +21,7 @@ SCENARIOS = [
     "kbypass_memory",
     "dropped_in_any_order",
     "srq_from_python",
+    "srq_limit_event_on_rxe",
     "inline_send_from_a_region",
     "error_state_flush_and_exceptions",
     "endpoint_serialization",
@@ -35,7 +36,10 @@ SCENARIOS = [
 
 
 def test_every_scenario_is_listed() -> None:
-    text = SCRIPT.read_text() + SCRIPT.with_name("vm_perftest.py").read_text()
+    text = "".join(
+        SCRIPT.with_name(f).read_text()
+        for f in ("vm_python_verbs.py", "vm_perftest.py", "vm_srq_events.py")
+    )
     assert sorted(SCENARIOS) == sorted(
         line.split("def scenario_")[1].split("(")[0]
         for line in text.splitlines()

@@ -289,6 +289,8 @@ def test_two_rc_qps_on_one_srq(ctxs: tuple[rdma.Context, rdma.Context]) -> None:
     assert srq.posted == 4
     # 8 posted, limit 5: the take that left 4 raised the event, once
     assert srq.limit_reached() and not srq.limit_reached()
+    # the engine raises no asynchronous events: the limit came through limit_reached()
+    assert b.async_events() == {}
     assert all(wc.status_name == "SUCCESS" for wc in wait_wcs(cqa, 4))
     with pytest.raises(ValueError, match="SGEs"):
         srq.post_recv(mdst, length=8, sg=[(mdst, 8, 8)])

@@ -7,53 +7,28 @@ An RC QP of DEVICE connected to the made-up peer QPN/PSN at ``::ffff:HOST_IP`` (
 send PSN 0x003000, ``max_rd_atomic`` 2) posts, with MODE ``inv`` (the default, for
 rc_send_inv.pcap), one 2500-byte SEND with invalidate of RKEY (bytes 0..255 repeated); with
 MODE ``reads`` (rc_read_credits.pcap), four 8-byte RDMA READs of RKEY at VADDR 0x7f0012340000
-+ 8·i. It then waits SECONDS (nothing answers; rxe retransmits) and exits.
++ 8·i. It then waits SECONDS (nothing answers; rxe retransmits) and exits. The QP's set-up is
+vm_rxe_setup.py's ``pyverbs_rc``.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 import time
 
 import pyverbs.enums as e
-from pyverbs.addr import GID, AHAttr, GlobalRoute
-from pyverbs.cq import CQ
-from pyverbs.device import Context
-from pyverbs.mr import MR
-from pyverbs.pd import PD
-from pyverbs.qp import QP, QPAttr, QPCap, QPInitAttr
 from pyverbs.wr import SGE, SendWR
+from vm_rxe_setup import peer_args, pyverbs_rc
 
 
 def main(argv: list[str]) -> int:
-    dev, gid_index, host = argv[0], int(argv[1]), argv[2]
-    qpn, psn, rkey = (int(a, 0) for a in argv[3:6])
-    seconds = float(argv[6])
-    mode = argv[7] if len(argv) > 7 else "inv"
-    ctx = Context(name=dev)
-    pd = PD(ctx)
-    cq = CQ(ctx, 16)
-    mr = MR(pd, 4096, e.IBV_ACCESS_LOCAL_WRITE)
-    mr.write(bytes(range(256)) * 16, 4096)
-    cap = QPCap(max_send_wr=16, max_recv_wr=16, max_send_sge=1, max_recv_sge=1)
-    qp = QP(pd, QPInitAttr(qp_type=e.IBV_QPT_RC, scq=cq, rcq=cq, cap=cap))
-    attr = QPAttr(port_num=1)
-    attr.qp_access_flags = e.IBV_ACCESS_LOCAL_WRITE
-    attr.dest_qp_num = qpn
-    attr.rq_psn = psn
-    attr.sq_psn = 0x003000
-    attr.path_mtu = e.IBV_MTU_1024
-    attr.max_dest_rd_atomic = 1
-    attr.max_rd_atomic = 2
-    attr.min_rnr_timer = 12
-    attr.timeout = 14
-    attr.retry_cnt = 7
-    attr.rnr_retry = 7
-    dgid = ipaddress.IPv6Address(f"::ffff:{host}").exploded  # pyverbs wants all 8 groups
-    grh = GlobalRoute(dgid=GID(dgid), sgid_index=gid_index)
-    attr.ah_attr = AHAttr(port_num=1, is_global=1, gr=grh)
-    qp.to_rts(attr)
+    peer, rest = peer_args(argv)
+    rkey, seconds = int(rest[0], 0), float(rest[1])
+    mode = rest[2] if len(rest) > 2 else "inv"
+    rc = pyverbs_rc(
+        peer, sq_psn=0x003000, cq_entries=16, mr_access=e.IBV_ACCESS_LOCAL_WRITE, max_rd_atomic=2
+    )
+    mr, qp = rc.mr, rc.qp
     if mode == "reads":
         for i in range(4):
             sge = SGE(mr.buf + 8 * i, 8, mr.lkey)

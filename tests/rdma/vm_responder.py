@@ -11,41 +11,36 @@ queue of 16 and they are posted there), writes ``{"qpn", "rkey", "addr", "atomic
 OUT_JSON (``atomic_addr``: an 8-byte aligned word in the region holding 41) and, for SECONDS
 while the host sends it requests, polls its completion queue: every completion is appended to
 ``OUT_JSON.wc.json`` (``wr_id``, ``status``, ``status_name``, ``opcode``, ``byte_len``), which
-is rewritten whole after each new one.
+is rewritten whole after each new one. The arguments, the pattern and the JSON hand-over are
+vm_rxe_setup.py's, shared with the pyverbs scripts.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
+
+from vm_rxe_setup import PATTERN, peer_args, write_json
 
 from kbypass import rdma
 
 
-def write_json(path: str, value: object) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f)
-    os.rename(path + ".tmp", path)
-
-
 def main(argv: list[str]) -> int:
-    dev, gid_index, host = argv[0], int(argv[1]), argv[2]
-    qpn, psn = int(argv[3], 0), int(argv[4], 0)
-    out, seconds = argv[5], float(argv[6])
-    recvs = int(argv[7]) if len(argv) > 7 else 1
-    use_srq = len(argv) > 8 and argv[8] == "srq"
-    with rdma.Context(dev) as ctx:
+    peer, rest = peer_args(argv)
+    out, seconds = rest[0], float(rest[1])
+    recvs = int(rest[2]) if len(rest) > 2 else 1
+    use_srq = len(rest) > 3 and rest[3] == "srq"
+    with rdma.Context(peer.dev) as ctx:
         cq = ctx.create_cq(64)
         pd = ctx.alloc_pd()
-        buf = bytearray(bytes(range(256)) * 16)
+        buf = bytearray(PATTERN)
         mr = pd.register(buf)
         word = 1024 + (-(mr.addr + 1024) % 8)
         buf[word : word + 8] = (41).to_bytes(8, "little")
         srq = pd.create_srq(16) if use_srq else None
         qp = pd.create_qp("RC", cq, srq=srq)
-        qp.connect(rdma.Endpoint(qpn, psn, f"::ffff:{host}"), psn=0x002000, gid_index=gid_index)
+        qp.connect(rdma.Endpoint(peer.qpn, peer.psn, peer.gid), psn=0x002000,
+                   gid_index=peer.gid_index)  # fmt: skip
         for i in range(recvs):
             (srq or qp).post_recv(mr, offset=0, length=256, wr_id=1 + i)
         info = {"qpn": qp.qp_num, "rkey": mr.rkey, "addr": mr.addr, "atomic_addr": mr.addr + word}

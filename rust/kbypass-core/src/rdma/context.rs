@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::cancel::Cancel;
 use super::cq::{CompletionChannel, CompletionQueue};
 use super::device::{c_string, devices, with_device_list, DeviceAttr, Gid, PortAttr};
+use super::events::AsyncEvents;
 use super::ffi::{self, verbs, Verbs, VerbsPtr};
 use super::pd::ProtectionDomain;
 use super::user::{self, EngineCounters, EngineOptions, UserContext};
@@ -20,6 +21,8 @@ pub(super) struct ContextInner {
     pub(super) ptr: VerbsPtr<ffi::ibv_context>,
     pub(super) v: &'static Verbs,
     pub(super) name: String,
+    /// The asynchronous events read from the context (`events`).
+    pub(super) events: AsyncEvents,
 }
 
 impl Drop for ContextInner {
@@ -100,6 +103,7 @@ impl Context {
                 ptr,
                 v,
                 name: dev_name,
+                events: AsyncEvents::default(),
             })),
         })
     }
@@ -166,6 +170,24 @@ impl Context {
                 fix: "a libibverbs device has its own counters (`rdma statistic show`)".into(),
             }),
             Ctx::User(u) => Ok(u.counters()),
+        }
+    }
+
+    /// The asynchronous events a libibverbs device reported (`ibv_get_async_event`), by type
+    /// as rdma-core names it without `IBV_EVENT_` (`SRQ_LIMIT_REACHED`, `QP_FATAL`,
+    /// `QP_LAST_WQE_REACHED`, `PORT_ERR`, ...), counted since the context was opened; pending
+    /// events are read (and acknowledged) first. Empty for a user-space engine, which raises
+    /// none: its SRQs report their limit through
+    /// [`limit_reached`](super::SharedReceiveQueue::limit_reached) and its errors arrive as
+    /// work completions.
+    pub fn async_events(&self) -> Result<Vec<(String, u64)>> {
+        match &self.inner {
+            Ctx::Verbs(c) => Ok(c
+                .async_event_counts()?
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect()),
+            Ctx::User(_) => Ok(Vec::new()),
         }
     }
 

@@ -6,8 +6,10 @@
 //! channel, QP, SRQ, AH) holds its backend's half, the engine's through `user` (the only
 //! caller of the engine's API). What only libibverbs has (raw `ibv_modify_qp`, the connection
 //! manager) answers [`Error::Unsupported`](crate::Error::Unsupported) (EOPNOTSUPP) on a
-//! user-space object, naming what is supported; the SRQ limit calls work the other way round
-//! (the engine only).
+//! user-space object, naming what is supported. A libibverbs context's asynchronous events
+//! (`events`) are read when asked: an SRQ's limit event reaches its
+//! [`limit_reached`](SharedReceiveQueue::limit_reached) as the engine's does, and every event
+//! is counted ([`Context::async_events`]).
 //!
 //! libibverbs is loaded at run time ([`ffi::verbs`]), so kbypass builds and runs on machines
 //! without rdma-core; there [`devices`] returns an error that says what to install. The
@@ -38,6 +40,7 @@ pub mod cm;
 mod context;
 mod cq;
 mod device;
+mod events;
 pub mod ffi;
 mod mr;
 pub mod oob;

@@ -4,6 +4,7 @@
 use std::ptr;
 use std::sync::Arc;
 
+use super::events::SrqEvents;
 use super::ffi::{self, VerbsPtr};
 use super::mr::Sge;
 use super::pd::PdInner;
@@ -27,11 +28,18 @@ pub(super) struct VerbsSrq {
     pub(super) ptr: VerbsPtr<ffi::ibv_srq>,
     recv: RecvPath<ffi::ibv_srq>,
     pub(super) pd: Arc<PdInner>,
+    /// Its limit event, raised when the context reads it.
+    events: Arc<SrqEvents>,
 }
 impl Drop for VerbsSrq {
     fn drop(&mut self) {
         // SAFETY: created by ibv_create_srq; QPs using it hold an Arc, so none remain.
         unsafe { (self.pd.ctx.v.destroy_srq)(self.ptr.as_ptr()) };
+        // After the destroy: the kernel has dropped its unread events by then.
+        self.pd
+            .ctx
+            .events
+            .forget_srq(self.ptr.as_ptr(), &self.events);
     }
 }
 
@@ -57,9 +65,11 @@ impl SharedReceiveQueue {
         let srq = unsafe { (ctx.v.create_srq)(pd.ptr.as_ptr(), &mut attr) };
         let ptr = VerbsPtr::new(srq)
             .ok_or_else(|| Error::last_os(format!("ibv_create_srq({max_wr})"), ""))?;
+        let events = ctx.events.watch_srq(ptr.as_ptr());
         Ok(SharedReceiveQueue {
             imp: Srq::Verbs(VerbsSrq {
                 ptr,
+                events,
                 // SAFETY: `post` is the post_srq_recv of the context that created this SRQ,
                 // and the path lives in the SRQ, which destroys the queue only when dropped.
                 recv: unsafe {
@@ -99,7 +109,7 @@ impl SharedReceiveQueue {
     /// that leaves fewer than `limit` posted raises it once ([`limit_reached`](Self::limit_reached)).
     pub fn set_limit(&self, limit: u32) -> Result<()> {
         match &self.imp {
-            Srq::Verbs(_) => Err(verbs_limit()),
+            Srq::Verbs(s) => s.set_limit(limit),
             Srq::User(s) => {
                 s.set_limit(limit);
                 Ok(())
@@ -108,10 +118,15 @@ impl SharedReceiveQueue {
     }
 
     /// Whether the limit event was raised since the last call (`IBV_EVENT_SRQ_LIMIT_REACHED`);
-    /// the call clears it. Re-arm with [`set_limit`](Self::set_limit).
+    /// the call clears it. Re-arm with [`set_limit`](Self::set_limit). On a libibverbs device
+    /// it first reads the context's pending asynchronous events
+    /// ([`Context::async_events`](super::Context::async_events) counts them all).
     pub fn limit_reached(&self) -> Result<bool> {
         match &self.imp {
-            Srq::Verbs(_) => Err(verbs_limit()),
+            Srq::Verbs(s) => {
+                s.pd.ctx.read_async_events()?;
+                Ok(s.events.take_limit())
+            }
             Srq::User(s) => Ok(s.take_limit_event()),
         }
     }
@@ -128,13 +143,23 @@ impl SharedReceiveQueue {
     }
 }
 
-/// What the limit calls say on a libibverbs SRQ (its event arrives on the context's async
-/// event queue, which kbypass does not read).
-fn verbs_limit() -> Error {
-    Error::Unsupported {
-        what: "the SRQ limit event on a libibverbs device (it comes on the context's \
-               asynchronous event queue, which kbypass does not read)"
-            .into(),
-        fix: "count the SRQ's receive completions instead, or use a user-space context".into(),
+impl VerbsSrq {
+    fn set_limit(&self, limit: u32) -> Result<()> {
+        let mut attr = ffi::ibv_srq_attr {
+            srq_limit: limit,
+            ..Default::default()
+        };
+        // SAFETY: a live SRQ and attributes of which the mask selects `srq_limit`.
+        let rc =
+            unsafe { (self.pd.ctx.v.modify_srq)(self.ptr.as_ptr(), &mut attr, ffi::SRQ_LIMIT) };
+        if rc != 0 {
+            return Err(Error::os(
+                format!("ibv_modify_srq(srq_limit={limit})"),
+                rc,
+                "the limit must not exceed the SRQ's max_wr (and the device must support SRQ \
+                 limits)",
+            ));
+        }
+        Ok(())
     }
 }

@@ -2,7 +2,7 @@
 //! `poll(2)` on other descriptors too (a pipeline's workers sleeping on their sockets are woken
 //! by `stop()` this way).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::error::{errno, Error, Result};
@@ -80,6 +80,18 @@ pub fn poll_for(fds: &mut [libc::pollfd], timeout: Duration) -> Result<usize> {
     Ok(r as usize)
 }
 
+/// Make `fd` non-blocking (`O_NONBLOCK`), so a read with nothing to read answers `EAGAIN`.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<()> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: fcntl F_GETFL on a descriptor the borrow keeps open.
+    let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
+    // SAFETY: fcntl F_SETFL on the same descriptor, adding one status flag.
+    if flags < 0 || unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(Error::os("fcntl(O_NONBLOCK)", errno(), ""));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +103,17 @@ mod tests {
             revents: 0,
         }];
         poll_for(&mut p, Duration::ZERO).unwrap() == 1
+    }
+
+    #[test]
+    fn set_nonblocking_sets_o_nonblock() {
+        use std::os::fd::AsFd;
+
+        let (r, _w) = std::os::unix::net::UnixStream::pair().unwrap();
+        set_nonblocking(r.as_fd()).unwrap();
+        // SAFETY: F_GETFL on the socket's open descriptor.
+        let flags = unsafe { libc::fcntl(r.as_raw_fd(), libc::F_GETFL) };
+        assert_ne!(flags & libc::O_NONBLOCK, 0);
     }
 
     #[test]

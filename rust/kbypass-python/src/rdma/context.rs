@@ -183,6 +183,21 @@ impl Context {
         Ok(self.get()?.notes())
     }
 
+    /// The asynchronous events a libibverbs device reported (``ibv_get_async_event``), counted
+    /// by type as rdma-core names it without ``IBV_EVENT_`` (``SRQ_LIMIT_REACHED``,
+    /// ``QP_FATAL``, ``QP_LAST_WQE_REACHED``, ``PORT_ERR``, ...) since the context was opened;
+    /// pending events are read and acknowledged first. An SRQ's limit event also reaches its
+    /// ``limit_reached()``. Empty for a user-space engine, which raises none (its SRQs report
+    /// their limit through ``limit_reached()``, its errors arrive as work completions).
+    fn async_events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let counts = self.get()?.async_events().py()?;
+        let d = PyDict::new(py);
+        for (k, v) in counts {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+
     /// A user-space engine's counters: packets and bytes in and out, and every frame it
     /// dropped or refused, by reason (``bad_icrc``, ``malformed``, ``wrong_qpn``,
     /// ``retransmits``, ``cq_overflows``, ...). OSError (EOPNOTSUPP) for a libibverbs device.

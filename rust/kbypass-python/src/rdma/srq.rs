@@ -29,13 +29,15 @@ impl SharedReceiveQueue {
 impl SharedReceiveQueue {
     /// Arm the limit event (``ibv_modify_srq`` with ``IBV_SRQ_LIMIT``): the first receive taken
     /// that leaves fewer than `limit` posted raises it once; ``limit_reached()`` reports it.
-    /// User-space contexts only (OSError EOPNOTSUPP on a libibverbs device).
+    /// 0 disarms it; OSError (EINVAL) when `limit` exceeds what the device takes.
     fn set_limit(&self, limit: u32) -> PyResult<()> {
         self.get()?.set_limit(limit).py()
     }
 
     /// Whether the limit event (``IBV_EVENT_SRQ_LIMIT_REACHED``) was raised since the last
-    /// call; the call clears it, and ``set_limit`` arms it again.
+    /// call; the call clears it, and ``set_limit`` arms it again. On a libibverbs device the
+    /// event comes on the context's asynchronous event queue, which the call reads first
+    /// (``Context.async_events()`` counts every event read).
     fn limit_reached(&self) -> PyResult<bool> {
         self.get()?.limit_reached().py()
     }

@@ -5,6 +5,7 @@ use std::ffi::{c_char, c_int, c_uint, c_void};
 use std::ptr::NonNull;
 use std::sync::OnceLock;
 
+use super::async_event::ibv_async_event;
 use crate::error::{Error, Result};
 
 /// `IBV_SYSFS_NAME_MAX`.
@@ -559,6 +560,9 @@ pub struct Verbs {
     pub create_ah: unsafe extern "C" fn(*mut ibv_pd, *mut ibv_ah_attr) -> *mut ibv_ah,
     pub create_srq: unsafe extern "C" fn(*mut ibv_pd, *mut ibv_srq_init_attr) -> *mut ibv_srq,
     pub destroy_srq: unsafe extern "C" fn(*mut ibv_srq) -> c_int,
+    pub modify_srq: unsafe extern "C" fn(*mut ibv_srq, *mut ibv_srq_attr, c_int) -> c_int,
+    pub get_async_event: unsafe extern "C" fn(*mut ibv_context, *mut ibv_async_event) -> c_int,
+    pub ack_async_event: unsafe extern "C" fn(*mut ibv_async_event),
     pub destroy_ah: unsafe extern "C" fn(*mut ibv_ah) -> c_int,
 }
 
@@ -607,6 +611,9 @@ impl Verbs {
             destroy_ah: sym!("ibv_destroy_ah"),
             create_srq: sym!("ibv_create_srq"),
             destroy_srq: sym!("ibv_destroy_srq"),
+            modify_srq: sym!("ibv_modify_srq"),
+            get_async_event: sym!("ibv_get_async_event"),
+            ack_async_event: sym!("ibv_ack_async_event"),
             _lib: lib,
         })
     }

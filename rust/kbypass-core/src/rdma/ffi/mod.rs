@@ -15,9 +15,11 @@
 
 #![allow(non_camel_case_types)]
 
+mod async_event;
 mod libibverbs;
 mod librdmacm;
 
+pub use async_event::*;
 pub use libibverbs::*;
 pub use librdmacm::*;
 

@@ -93,6 +93,14 @@ fn object_layouts() {
     assert_eq!(size_of::<ibv_srq_attr>(), 12);
     assert_eq!(size_of::<ibv_srq_init_attr>(), 24);
     assert_eq!(offset_of!(ibv_srq_init_attr, attr), 8);
+    // verbs.h: a union of four pointers and an int, then the enum
+    assert_eq!(size_of::<ibv_async_event>(), 16);
+    assert_eq!(offset_of!(ibv_async_event, event_type), 8);
+    assert_eq!(event_name(EVENT_SRQ_LIMIT_REACHED), "SRQ_LIMIT_REACHED");
+    assert_eq!(event_name(EVENT_SRQ_ERR), "SRQ_ERR");
+    assert_eq!(event_name(19), "WQ_FATAL");
+    assert_eq!(event_name(20), "UNKNOWN");
+    assert_eq!(event_name(-1), "UNKNOWN");
 }
 
 #[test]
