@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,6 +32,10 @@ pub(super) struct Shared {
     pub wake: EventFd,
     pub stop: AtomicBool,
     pub xsk_fd: RawFd,
+    /// Work posted so far (a post counts after its work is queued).
+    posts: AtomicU64,
+    /// The poll thread is going to sleep, or sleeps: a post must ring `wake`.
+    asleep: AtomicBool,
 }
 
 impl Shared {
@@ -165,6 +169,8 @@ impl Engine {
             wake: EventFd::new()?,
             stop: AtomicBool::new(false),
             xsk_fd,
+            posts: AtomicU64::new(0),
+            asleep: AtomicBool::new(false),
         });
         let thread = match opts.progress {
             Progress::Thread { cpu } => Some(spawn(&shared, ifname, cpu, opts.spin)?),
@@ -264,10 +270,16 @@ impl Engine {
         (n << 8) | ((n.wrapping_mul(0x9d) ^ 0x5a) & 0xff)
     }
 
-    /// Wakes the poll thread (work was posted).
+    /// Tells the poll thread that work was posted, waking it if it sleeps. A busy poll
+    /// thread costs the poster two atomic operations, no system call: the thread raises
+    /// `asleep` before it sleeps and then looks at `posts` again (Dekker-style, both
+    /// sequentially consistent), so either it sees the post or the post sees it asleep.
     pub(super) fn kick(&self) {
         if self.thread_running() {
-            self.shared.wake.signal();
+            self.shared.posts.fetch_add(1, Ordering::SeqCst);
+            if self.shared.asleep.load(Ordering::SeqCst) {
+                self.shared.wake.signal();
+            }
         }
     }
 
@@ -420,6 +432,7 @@ fn spawn(
 fn run(s: &Shared, spin: Duration) {
     let mut last_work = Instant::now();
     while !s.stop.load(Ordering::Acquire) {
+        let seen = s.posts.load(Ordering::SeqCst);
         let p = s.lock().progress();
         if p.busy {
             last_work = Instant::now();
@@ -427,6 +440,12 @@ fn run(s: &Shared, spin: Duration) {
         }
         if !spin.is_zero() && last_work.elapsed() < spin {
             std::hint::spin_loop();
+            continue;
+        }
+        s.asleep.store(true, Ordering::SeqCst);
+        if s.posts.load(Ordering::SeqCst) != seen {
+            // Posted after this round looked: run again instead of sleeping.
+            s.asleep.store(false, Ordering::SeqCst);
             continue;
         }
         let wait = if p.timers {
@@ -448,6 +467,7 @@ fn run(s: &Shared, spin: Duration) {
         ];
         // An error here (EINTR, ENOMEM) only shortens the sleep.
         let _ = poll_for(&mut fds, wait);
+        s.asleep.store(false, Ordering::SeqCst);
         if fds[1].revents & libc::POLLIN != 0 {
             s.wake.drain();
         }
