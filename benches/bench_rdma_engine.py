@@ -12,6 +12,16 @@ transfer between the same two namespaces over the same veth pair, in the same ro
   progress) against ``sockperf ping-pong --tcp -m 64`` to
   ``sockperf server --tcp``, both as round-trip percentiles (p50, p99, p99.9).
 
+Bandwidth runs on two set-ups of the pair, TCP and the engines on the same one in each round:
+
+- ``default``: a 1500-byte MTU (path MTU 1024), nothing tuned: where the scheduler puts threads;
+- ``tuned``: a 9000-byte MTU (path MTU 4096; the engines' frames span two UMEM frames, multi-
+  buffer AF_XDP) and side ``a`` on the first CPU, ``b`` on the last, receive processing
+  included: threaded NAPI on both veth ends, each end's NAPI thread pinned to its side's CPU,
+  each engine's poll thread pinned there too (``cpu=``) and iperf3's client and server likewise
+  (``-A``). On veth the receive work of a frame otherwise runs in the sender's softirq, on the
+  sender's CPU: one CPU does both ends' kernel work while the other waits.
+
 Each round measures the kernel and the engine side by side; ratios are taken round by round and
 reported as min / median / max in ``extra_info``. Goals (issue 11): at least 1.5 times TCP's
 bandwidth at 64 KiB messages (write) and at most 0.5 times its round-trip p50 at 64 B; recorded,
@@ -26,6 +36,7 @@ quiet machine::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -37,7 +48,7 @@ import numpy as np
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from kbypass import rdma
+from kbypass import cpu, rdma
 from kbypass.pingpong import parse_sockperf
 from kbypass.testing import VethPair, in_thread, server
 
@@ -76,14 +87,59 @@ def pair() -> Iterator[VethPair]:
         yield p
 
 
-class Engines:
-    """Two engine contexts, ``a`` and ``b``, on the pair; closed on exit."""
+CPUS = (min(os.sched_getaffinity(0)), max(os.sched_getaffinity(0)))
+"""The ``tuned`` set-up's CPUs: side ``a``'s, side ``b``'s."""
 
-    def __init__(self, pair: VethPair, progress: str = "thread") -> None:
+
+def _napi_threads() -> dict[int, str]:
+    """The kernel's threaded-NAPI threads now: pid → name (``napi/<ifname>-<napi id>``)."""
+    found: dict[int, str] = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    name = f.read().strip()
+            except OSError:
+                continue
+            if name.startswith("napi/"):
+                found[int(pid)] = name
+    return found
+
+
+def tune(pair: VethPair) -> None:
+    """Threaded NAPI on both ends of `pair`, each end's NAPI thread pinned to its side's CPU."""
+    before = _napi_threads()
+    for end in (pair.a, pair.b):
+        pair.run(end, "sh", "-c", f"echo 1 > /sys/class/net/{end.ifname}/threaded")
+    new = {pid: name for pid, name in _napi_threads().items() if pid not in before}
+    for end, where in ((pair.a, CPUS[0]), (pair.b, CPUS[1])):
+        mine = [pid for pid, name in new.items() if name.startswith(f"napi/{end.ifname}-")]
+        assert mine, f"no NAPI thread for {end.ifname} after turning threaded NAPI on: {new}"
+        for pid in mine:
+            os.sched_setaffinity(pid, {where})
+
+
+@pytest.fixture(scope="module")
+def tuned_pair() -> Iterator[VethPair]:
+    with VethPair(subnet="198.18.44", mtu=9000) as p:
+        tune(p)
+        yield p
+
+
+class Engines:
+    """Two engine contexts, ``a`` and ``b``, on the pair (poll threads pinned to `cpus`);
+    closed on exit."""
+
+    def __init__(
+        self, pair: VethPair, progress: str = "thread", cpus: tuple[int, int] | None = None
+    ) -> None:
         a, b = pair.a, pair.b
-        self.a = rdma.Context.userspace(a.ifname, ip=a.ip, netns=a.netns, progress=progress)
+        ca, cb = cpus if cpus is not None else (None, None)
+        self.a = rdma.Context.userspace(a.ifname, ip=a.ip, netns=a.netns, progress=progress, cpu=ca)
         try:
-            self.b = rdma.Context.userspace(b.ifname, ip=b.ip, netns=b.netns, progress=progress)
+            self.b = rdma.Context.userspace(
+                b.ifname, ip=b.ip, netns=b.netns, progress=progress, cpu=cb
+            )
         except BaseException:
             self.a.close()
             raise
@@ -96,9 +152,20 @@ class Engines:
         self.b.close()
 
 
-def rdma_bw(pair: VethPair, test: str, size: int, iterations: int) -> float:
-    """One perftest-style run, ``a`` the client, ``b`` the server; MB/s (10^6 B/s) at ``a``."""
-    with Engines(pair) as e:
+def _pinned(where: int | None) -> contextlib.AbstractContextManager[object]:
+    """The calling thread pinned to CPU `where` for the block (nothing with None)."""
+    return cpu.pinned(where) if where is not None else contextlib.nullcontext()
+
+
+def rdma_bw(
+    pair: VethPair, test: str, size: int, iterations: int, cpus: tuple[int, int] | None = None
+) -> float:
+    """One perftest-style run, ``a`` the client, ``b`` the server; MB/s (10^6 B/s) at ``a``.
+
+    With `cpus`, each side's engine poll thread and measuring thread are pinned to its CPU.
+    """
+    pin_a, pin_b = cpus if cpus is not None else (None, None)
+    with Engines(pair, cpus=cpus) as e:
         cqa, cqb = e.a.create_cq(512), e.b.create_cq(512)
         pda, pdb = e.a.alloc_pd(), e.b.alloc_pd()
         qa, qb = pda.create_qp("RC", cqa), pdb.create_qp("RC", cqb)
@@ -106,20 +173,21 @@ def rdma_bw(pair: VethPair, test: str, size: int, iterations: int) -> float:
         mra, mrb = pda.register(bufa), pdb.register(bufb)
         if test == "send":
             qb.init()  # the server posts its receives before the exchange
-        serve = in_thread(
-            pair,
-            "b",
-            lambda: qb.perftest_serve(
-                mrb, PERF_PORT, timeout=120, test=test, cq=cqb, size=size, iterations=iterations
-            ),
-            timeout=180,
-        )
+
+        def serve_b() -> dict[str, Any]:
+            with _pinned(pin_b):
+                return qb.perftest_serve(
+                    mrb, PERF_PORT, timeout=120, test=test, cq=cqb, size=size,
+                    iterations=iterations,
+                )  # fmt: skip
+
+        serve = in_thread(pair, "b", serve_b, timeout=180)
         client = {
             "write": qa.perftest_write_bw,
             "read": qa.perftest_read_bw,
             "send": qa.perftest_send_bw,
         }[test]
-        with pair.enter("a"):
+        with pair.enter("a"), _pinned(pin_a):
             rep = client(
                 cqa, mra, pair.b.ip, PERF_PORT, size=size, iterations=iterations, timeout=120
             )
@@ -153,23 +221,25 @@ def rdma_rtt(pair: VethPair, iterations: int) -> dict[str, float]:
     }
 
 
-def tcp_bw(pair: VethPair, size: int, seconds: int) -> float:
-    """iperf3 over TCP from ``a`` to ``b``, ``size``-byte writes; MB/s (10^6 B/s) received.
+def tcp_bw(pair: VethPair, size: int, seconds: int, cpus: tuple[int, int] | None = None) -> float:
+    """iperf3 over TCP from ``a`` to ``b``, ``size``-byte writes; MB/s (10^6 B/s) received;
+    with `cpus`, the client pinned to the first and the server to the second (``-A``).
 
     A run whose report lacks the server's side (seen once on a loaded machine) is run again.
     """
     try:
-        return _iperf3(pair, size, seconds)
+        return _iperf3(pair, size, seconds, cpus)
     except RuntimeError:
-        return _iperf3(pair, size, seconds)
+        return _iperf3(pair, size, seconds, cpus)
 
 
-def _iperf3(pair: VethPair, size: int, seconds: int) -> float:
+def _iperf3(pair: VethPair, size: int, seconds: int, cpus: tuple[int, int] | None) -> float:
     cmd = ("iperf3", "-s", "-1", "-B", pair.b.ip, "-p", str(TCP_PORT))
+    pin = ("-A", f"{cpus[0]},{cpus[1]}") if cpus is not None else ()
     with server(cmd, netns=pair.b, port=TCP_PORT):
         r = pair.run(
             "a", "iperf3", "-c", pair.b.ip, "-p", str(TCP_PORT), "-t", str(seconds),
-            "-l", str(size), "-J", check=False, timeout=seconds + 30,
+            "-l", str(size), "-J", *pin, check=False, timeout=seconds + 30,
         )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads(r.stdout)
@@ -200,18 +270,21 @@ def _record(benchmark: BenchmarkFixture, name: str, ratios: list[float], **extra
     benchmark.extra_info.update({f"{name}_ratio_min_median_max": _spread(ratios), **extra})
 
 
-@pytest.mark.benchmark(group="rdma-engine")
-@pytest.mark.parametrize("test", TESTS)
-def test_engine_bandwidth_vs_kernel_tcp(
-    benchmark: BenchmarkFixture, pair: VethPair, test: str, request: pytest.FixtureRequest
+def _bandwidth(
+    benchmark: BenchmarkFixture,
+    pair: VethPair,
+    test: str,
+    config: pytest.Config,
+    cpus: tuple[int, int] | None,
 ) -> None:
-    rounds, seconds, scale = _settings(request.config)
+    rounds, seconds, scale = _settings(config)
+    setup = "default" if cpus is None else "tuned"
     per_size: dict[int, dict[str, list[float]]] = {s: {"tcp": [], "rdma": []} for s in SIZES}
 
     def one_round() -> None:
         for size in SIZES:
-            per_size[size]["tcp"].append(tcp_bw(pair, size, seconds))
-            per_size[size]["rdma"].append(rdma_bw(pair, test, size, _iterations(size, scale)))
+            per_size[size]["tcp"].append(tcp_bw(pair, size, seconds, cpus))
+            per_size[size]["rdma"].append(rdma_bw(pair, test, size, _iterations(size, scale), cpus))
 
     benchmark.pedantic(one_round, rounds=rounds, iterations=1)
     for size, got in per_size.items():
@@ -226,11 +299,12 @@ def test_engine_bandwidth_vs_kernel_tcp(
             },
         )
         print(
-            f"\n{test} {size:>6} B: engine {statistics.median(got['rdma']):9.1f} MB/s, kernel TCP"
-            f" {statistics.median(got['tcp']):9.1f} MB/s; ratio min/median/max "
+            f"\n[{setup}] {test} {size:>6} B: engine {statistics.median(got['rdma']):9.1f} MB/s,"
+            f" kernel TCP {statistics.median(got['tcp']):9.1f} MB/s; ratio min/median/max "
             + " / ".join(f"{x:.2f}" for x in _spread(ratios))
         )
     top = per_size[65536]
+    benchmark.extra_info["setup"] = setup
     benchmark.extra_info["rate"] = statistics.median(top["rdma"])
     benchmark.extra_info["unit"] = "MB/s at 64 KiB"
     benchmark.extra_info["ratio"] = statistics.median(
@@ -238,6 +312,22 @@ def test_engine_bandwidth_vs_kernel_tcp(
     )
     benchmark.extra_info["reference"] = "kernel TCP (iperf3 -l 65536), same pair, same round"
     assert all(v > 0 for got in per_size.values() for v in got["rdma"] + got["tcp"])
+
+
+@pytest.mark.benchmark(group="rdma-engine")
+@pytest.mark.parametrize("test", TESTS)
+def test_engine_bandwidth_vs_kernel_tcp(
+    benchmark: BenchmarkFixture, pair: VethPair, test: str, request: pytest.FixtureRequest
+) -> None:
+    _bandwidth(benchmark, pair, test, request.config, None)
+
+
+@pytest.mark.benchmark(group="rdma-engine-tuned")
+@pytest.mark.parametrize("test", TESTS)
+def test_engine_bandwidth_vs_kernel_tcp_tuned(
+    benchmark: BenchmarkFixture, tuned_pair: VethPair, test: str, request: pytest.FixtureRequest
+) -> None:
+    _bandwidth(benchmark, tuned_pair, test, request.config, CPUS)
 
 
 @pytest.mark.benchmark(group="rdma-engine")
