@@ -376,22 +376,12 @@ impl Core {
 fn accept(c: &mut EngineCounters, ip: IpAddr, bytes: &[u8]) -> Option<(Pkt, [u8; GRH_LEN])> {
     c.rx_packets += 1;
     c.rx_bytes += bytes.len() as u64;
-    let f = match Frame::parse(bytes) {
+    let parsed = match Frame::parse(bytes) {
+        Err(WireError::BadUdpChecksum) => icrc_only(bytes).inspect(|_| c.udp_checksum_ignored += 1),
+        r => r,
+    };
+    let f = match parsed {
         Ok(f) => f,
-        Err(WireError::BadUdpChecksum) => match icrc_only(bytes) {
-            Ok(f) => {
-                c.udp_checksum_ignored += 1;
-                f
-            }
-            Err(WireError::BadIcrc { .. }) => {
-                c.bad_icrc += 1;
-                return None;
-            }
-            Err(_) => {
-                c.malformed += 1;
-                return None;
-            }
-        },
         Err(WireError::BadIcrc { .. }) => {
             c.bad_icrc += 1;
             return None;

@@ -388,22 +388,9 @@ fn rc_path_mtus_from_256_to_what_the_link_carries() {
         eprintln!("skipped: needs root (AF_XDP, XDP and network namespaces)");
         return;
     }
-    let pair = VethPair::with(Default::default()).expect("veth pair");
-    let open = |ns: &str, ifname: &str, host: u8| {
-        let _g = NetnsGuard::enter(ns).unwrap();
-        let out = std::process::Command::new("ip")
-            .args(["link", "set", ifname, "mtu", "3000"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        Engine::open(ifname, 0, IpAddr::V4(pair.ip(host)), &Default::default()).unwrap()
-    };
-    let a = open(&pair.a, VethPair::IF_A, 1);
-    let b = open(&pair.b, VethPair::IF_B, 2);
-    // A 3000-byte link MTU carries a 2048-byte path MTU (4096 would need 4172 bytes and a
-    // UMEM frame larger than 4096).
-    assert_eq!(a.max_mtu(), 2048);
-    let bench = Bench { a, b, pair };
+    let bench = bench_with_mtu(3000);
+    // A 3000-byte link MTU carries a 2048-byte path MTU (4096 needs 4171 bytes).
+    assert_eq!(bench.a.max_mtu(), 2048);
     for (code, mtu) in [(1, 256), (2, 512), (4, 2048), (5, 2048)] {
         let (x, y) = (
             side(&bench.a, QpType::Rc, 1 << 16),
@@ -447,22 +434,10 @@ fn rc_path_mtu_4096_over_a_jumbo_link_with_multi_buffer_frames() {
         eprintln!("skipped: needs root (AF_XDP, XDP and network namespaces)");
         return;
     }
-    let pair = VethPair::with(Default::default()).expect("veth pair");
-    let open = |ns: &str, ifname: &str, host: u8| {
-        let _g = NetnsGuard::enter(ns).unwrap();
-        let out = std::process::Command::new("ip")
-            .args(["link", "set", ifname, "mtu", "9000"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        Engine::open(ifname, 0, IpAddr::V4(pair.ip(host)), &Default::default()).unwrap()
-    };
-    let a = open(&pair.a, VethPair::IF_A, 1);
-    let b = open(&pair.b, VethPair::IF_B, 2);
+    let bench = bench_with_mtu(9000);
     // A 4096-byte path MTU makes 4170-byte frames: two 4096-byte UMEM frames each, so the
     // engines opened multi-buffer sockets and a program loaded for multi-buffer frames.
-    assert_eq!((a.max_mtu(), b.max_mtu()), (4096, 4096));
-    let bench = Bench { a, b, pair };
+    assert_eq!((bench.a.max_mtu(), bench.b.max_mtu()), (4096, 4096));
     let (x, y) = (
         side(&bench.a, QpType::Rc, 1 << 20),
         side(&bench.b, QpType::Rc, 1 << 20),
@@ -516,4 +491,21 @@ fn rc_path_mtu_4096_over_a_jumbo_link_with_multi_buffer_frames() {
     assert!(mine == back, "the read came back intact");
     let c = bench.a.counters();
     assert_eq!((c.malformed, c.bad_icrc), (0, 0), "{c:?}");
+}
+
+/// Two engines (default options) on a veth pair whose link MTU is `mtu`.
+fn bench_with_mtu(mtu: u32) -> Bench {
+    let pair = VethPair::with(Default::default()).expect("veth pair");
+    let open = |ns: &str, ifname: &str, host: u8| {
+        let _g = NetnsGuard::enter(ns).unwrap();
+        let out = std::process::Command::new("ip")
+            .args(["link", "set", ifname, "mtu", &mtu.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        Engine::open(ifname, 0, IpAddr::V4(pair.ip(host)), &Default::default()).unwrap()
+    };
+    let a = open(&pair.a, VethPair::IF_A, 1);
+    let b = open(&pair.b, VethPair::IF_B, 2);
+    Bench { a, b, pair }
 }
