@@ -16,7 +16,9 @@ Bandwidth runs on two set-ups of the pair, TCP and the engines on the same one i
 
 - ``default``: a 1500-byte MTU (path MTU 1024);
 - ``jumbo``: a 9000-byte MTU (path MTU 4096: the engines' frames span two UMEM frames, multi-
-  buffer AF_XDP; TCP's segments were 64 KiB GSO packets either way).
+  buffer AF_XDP; TCP's segments were 64 KiB GSO packets either way);
+- ``jumbo+busy_poll``: the same pair, the engines opened with ``busy_poll=True`` (the kernel
+  busy-polls the queue from each engine's poll thread, which never sleeps).
 
 ``KBYPASS_BENCH_TUNE=1`` also tunes the jumbo pair for bulk transfer: side ``a`` on the first
 CPU and ``b`` on the last, receive processing included (threaded NAPI on both veth ends, each
@@ -136,14 +138,20 @@ class Engines:
     closed on exit."""
 
     def __init__(
-        self, pair: VethPair, progress: str = "thread", cpus: tuple[int, int] | None = None
+        self,
+        pair: VethPair,
+        progress: str = "thread",
+        cpus: tuple[int, int] | None = None,
+        busy_poll: bool = False,
     ) -> None:
         a, b = pair.a, pair.b
         ca, cb = cpus if cpus is not None else (None, None)
-        self.a = rdma.Context.userspace(a.ifname, ip=a.ip, netns=a.netns, progress=progress, cpu=ca)
+        self.a = rdma.Context.userspace(
+            a.ifname, ip=a.ip, netns=a.netns, cpu=ca, progress=progress, busy_poll=busy_poll
+        )
         try:
             self.b = rdma.Context.userspace(
-                b.ifname, ip=b.ip, netns=b.netns, progress=progress, cpu=cb
+                b.ifname, ip=b.ip, netns=b.netns, cpu=cb, progress=progress, busy_poll=busy_poll
             )
         except BaseException:
             self.a.close()
@@ -163,14 +171,19 @@ def _pinned(where: int | None) -> contextlib.AbstractContextManager[object]:
 
 
 def rdma_bw(
-    pair: VethPair, test: str, size: int, iterations: int, cpus: tuple[int, int] | None = None
+    pair: VethPair,
+    test: str,
+    size: int,
+    iterations: int,
+    cpus: tuple[int, int] | None = None,
+    busy_poll: bool = False,
 ) -> float:
     """One perftest-style run, ``a`` the client, ``b`` the server; MB/s (10^6 B/s) at ``a``.
 
     With `cpus`, each side's engine poll thread and measuring thread are pinned to its CPU.
     """
     pin_a, pin_b = cpus if cpus is not None else (None, None)
-    with Engines(pair, cpus=cpus) as e:
+    with Engines(pair, cpus=cpus, busy_poll=busy_poll) as e:
         cqa, cqb = e.a.create_cq(512), e.b.create_cq(512)
         pda, pdb = e.a.alloc_pd(), e.b.alloc_pd()
         qa, qb = pda.create_qp("RC", cqa), pdb.create_qp("RC", cqb)
@@ -282,6 +295,7 @@ def _bandwidth(
     config: pytest.Config,
     setup: str,
     cpus: tuple[int, int] | None,
+    busy_poll: bool = False,
 ) -> None:
     rounds, seconds, scale = _settings(config)
     per_size: dict[int, dict[str, list[float]]] = {s: {"tcp": [], "rdma": []} for s in SIZES}
@@ -334,6 +348,15 @@ def test_engine_bandwidth_vs_kernel_tcp_jumbo(
 ) -> None:
     setup, cpus = ("jumbo+tuned", CPUS) if TUNE else ("jumbo", None)
     _bandwidth(benchmark, jumbo_pair, test, request.config, setup, cpus)
+
+
+@pytest.mark.benchmark(group="rdma-engine-jumbo-busy-poll")
+@pytest.mark.parametrize("test", TESTS)
+def test_engine_bandwidth_vs_kernel_tcp_jumbo_busy_poll(
+    benchmark: BenchmarkFixture, jumbo_pair: VethPair, test: str, request: pytest.FixtureRequest
+) -> None:
+    setup, cpus = ("jumbo+tuned+busy_poll", CPUS) if TUNE else ("jumbo+busy_poll", None)
+    _bandwidth(benchmark, jumbo_pair, test, request.config, setup, cpus, busy_poll=True)
 
 
 @pytest.mark.benchmark(group="rdma-engine")

@@ -149,6 +149,7 @@ class Context(Resource):
         force: bool = False,
         neigh_timeout: float = 3.0,
         spin: float = 0.0,
+        busy_poll: bool = False,
     ) -> Context: ...
     @property
     def name(self) -> str: ...

@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 
 use kbypass_core::rdma::{self, EngineOptions, Progress};
+use kbypass_core::xsk::BusyPoll;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -35,6 +36,7 @@ fn options(
     force: bool,
     neigh_timeout: f64,
     spin: f64,
+    busy_poll: bool,
 ) -> PyResult<EngineOptions> {
     if !(spin >= 0.0 && spin.is_finite()) {
         return Err(PyValueError::new_err(format!(
@@ -72,6 +74,7 @@ fn options(
         force,
         neigh_timeout: seconds(neigh_timeout)?,
         spin: seconds(spin)?,
+        busy_poll: busy_poll.then(BusyPoll::default),
     })
 }
 
@@ -106,7 +109,11 @@ impl Context {
     /// replaces another XDP program; `neigh_timeout` (seconds) bounds resolving a peer's
     /// MAC address; `spin` (seconds) is how long the poll thread goes on polling after its
     /// last work before it sleeps (no wake-up for traffic that comes back within it, that
-    /// much CPU after it stops). Retries for two seconds while the queue is busy (an engine closing on
+    /// much CPU after it stops); `busy_poll` turns the kernel's busy polling on for the
+    /// socket (``SO_PREFER_BUSY_POLL``, ``SO_BUSY_POLL`` 20 µs, budget 64: an empty receive
+    /// runs the queue's NAPI work in the polling thread) and keeps the poll thread from ever
+    /// sleeping (a whole CPU; with ``progress='caller'`` the caller's polls do it); a refusal
+    /// is in ``notes``. Retries for two seconds while the queue is busy (an engine closing on
     /// it); Ctrl-C (KeyboardInterrupt) stops that wait, and the one for a peer's MAC address
     /// (``connect``, ``create_ah``). ``close()`` closes every object made from it first and
     /// releases the engine.
@@ -116,7 +123,7 @@ impl Context {
     ///     with rdma.Context.userspace("veth0", ip="198.18.0.1", netns="ns-a") as ctx:
     ///         pd, cq = ctx.alloc_pd(), ctx.create_cq(64)
     #[staticmethod]
-    #[pyo3(signature = (interface, queue = 0, *, ip, netns = None, progress = "thread", cpu = None, frames = 4096, frame_size = 4096, ring_size = 1024, bind = "auto", attach = "auto", force = false, neigh_timeout = 3.0, spin = 0.0))]
+    #[pyo3(signature = (interface, queue = 0, *, ip, netns = None, progress = "thread", cpu = None, frames = 4096, frame_size = 4096, ring_size = 1024, bind = "auto", attach = "auto", force = false, neigh_timeout = 3.0, spin = 0.0, busy_poll = false))]
     #[allow(clippy::too_many_arguments)]
     fn userspace(
         py: Python<'_>,
@@ -134,6 +141,7 @@ impl Context {
         force: bool,
         neigh_timeout: f64,
         spin: f64,
+        busy_poll: bool,
     ) -> PyResult<Py<Context>> {
         let ip: IpAddr = ip.parse().map_err(|_| {
             PyValueError::new_err(format!(
@@ -151,6 +159,7 @@ impl Context {
             force,
             neigh_timeout,
             spin,
+            busy_poll,
         )?;
         let ctx = interrupt::detach(py, |c| {
             rdma::Context::userspace_with(interface, queue, ip, netns, &opts, c)

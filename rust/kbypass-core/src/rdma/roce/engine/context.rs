@@ -144,7 +144,13 @@ impl Engine {
             attach: opts.attach,
             force: opts.force,
         };
-        let port = XskPort::open(ifname, &Queues::List(vec![queue]), &cfg)?;
+        let mut port = XskPort::open(ifname, &Queues::List(vec![queue]), &cfg)?;
+        let mut notes = port.notes();
+        if let (Some(bp), Some(sock)) = (opts.busy_poll, port.socket_mut(0)) {
+            if let Err(e) = sock.set_busy_poll(Some(bp)) {
+                notes.push(format!("busy polling refused ({e}); polling without it"));
+            }
+        }
         let tx_room = (!multi_buffer).then(|| port.umem().tx_capacity());
         let max_mtu = max_path_mtu(link.mtu, tx_room, ip).ok_or_else(|| {
             Error::invalid(format!(
@@ -156,7 +162,6 @@ impl Engine {
             .socket(0)
             .map(|s| s.raw_fd())
             .ok_or_else(|| Error::State("the port opened without its socket".into()))?;
-        let notes = port.notes();
         let netns = File::open("/proc/thread-self/ns/net").map_err(|e| {
             Error::os(
                 "open /proc/thread-self/ns/net",
@@ -173,7 +178,16 @@ impl Engine {
             asleep: AtomicBool::new(false),
         });
         let thread = match opts.progress {
-            Progress::Thread { cpu } => Some(spawn(&shared, ifname, cpu, opts.spin)?),
+            Progress::Thread { cpu } => {
+                // A busy-polling engine's thread never sleeps: its polls are what run the
+                // queue's receive work.
+                let spin = if opts.busy_poll.is_some() {
+                    Duration::MAX
+                } else {
+                    opts.spin
+                };
+                Some(spawn(&shared, ifname, cpu, spin)?)
+            }
             Progress::Caller => None,
         };
         Ok(Arc::new(Engine {

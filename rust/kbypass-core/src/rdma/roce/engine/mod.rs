@@ -55,7 +55,7 @@ pub use crate::rdma::{
     Access, Endpoint, Gid, PathParams, QpCaps, QpType, SendFlags, SendOp, WorkCompletion,
 };
 pub use crate::xdp::AttachMode;
-pub use crate::xsk::BindMode;
+pub use crate::xsk::{BindMode, BusyPoll};
 
 /// Who makes progress (receives, retransmits, completes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +97,12 @@ pub struct EngineOptions {
     /// `poll(2)` (0: sleep at once). Spinning saves the wake-up a sleeping thread costs both
     /// itself and the sender that wakes it, at the price of that much CPU after traffic stops.
     pub spin: Duration,
+    /// Busy polling: `SO_PREFER_BUSY_POLL`, `SO_BUSY_POLL` and `SO_BUSY_POLL_BUDGET` on the
+    /// socket, so an empty receive runs the queue's NAPI work in the polling thread (on its
+    /// CPU) instead of waiting for the softirq; the poll thread then never sleeps (a whole
+    /// CPU). Where the kernel refuses the options the engine polls without them and says so
+    /// in [`Engine::notes`](super::Engine::notes).
+    pub busy_poll: Option<BusyPoll>,
 }
 
 impl Default for EngineOptions {
@@ -111,6 +117,7 @@ impl Default for EngineOptions {
             force: false,
             neigh_timeout: Duration::from_secs(3),
             spin: DEFAULT_SPIN,
+            busy_poll: None,
         }
     }
 }
