@@ -333,7 +333,10 @@ impl XskPort {
 
     /// Take the sockets named in `groups` (indexes into [`XskPort::queues`]), all of them or
     /// none: if one is missing (a worker has it) the others go back and the error names it.
-    pub(crate) fn take_sockets(&mut self, groups: &[Vec<usize>]) -> Result<Vec<Vec<(usize, XskSocket)>>> {
+    pub(crate) fn take_sockets(
+        &mut self,
+        groups: &[Vec<usize>],
+    ) -> Result<Vec<Vec<(usize, XskSocket)>>> {
         let mut taken: Vec<Vec<(usize, XskSocket)>> = Vec::with_capacity(groups.len());
         for g in groups {
             let mut v = Vec::with_capacity(g.len());

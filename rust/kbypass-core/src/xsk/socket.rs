@@ -243,7 +243,12 @@ impl XskSocket {
     /// (a data race with the kernel). Outside this crate a UMEM's sockets live in one
     /// `XskPort`, reached one `&mut` at a time; inside, each frame has one owner (a worker, the
     /// fault middlebox), who alone releases or sends it.
-    pub(crate) fn bind(umem: &Arc<Umem>, ifname: &str, queue: u32, cfg: &SocketConfig) -> Result<Self> {
+    pub(crate) fn bind(
+        umem: &Arc<Umem>,
+        ifname: &str,
+        queue: u32,
+        cfg: &SocketConfig,
+    ) -> Result<Self> {
         for (name, v) in [
             ("rx_size", cfg.rx_size),
             ("tx_size", cfg.tx_size),
