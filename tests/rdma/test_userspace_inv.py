@@ -122,6 +122,7 @@ def test_a_key_the_receiver_may_not_invalidate_is_refused_as_rxe_refuses_it(
     flushed = wait_one(c.cqb)
     assert (flushed.wr_id, flushed.status_name) == (8, "WR_FLUSH_ERR")
     assert ordinary.valid and c.qb.state == 6  # IBV_QPS_ERR
+    assert ctxs[1].engine_counters()["naks_sent"] == 1  # counted with the refused requests
 
 
 def test_bad_send_with_invalidate_arguments_are_refused_before_posting(
