@@ -147,25 +147,6 @@ def test_reflect_answers_the_masked_frames_in_one_call_and_bytes_reads_a_frame(
     assert sorted(payloads) == sorted(sent) and slices_ok == [True] * 6
 
 
-def test_per_packet_reflect_turns_a_packet_round_in_one_call(pair: VethPair) -> None:
-    def handle(pkt: kbypass.Packet) -> kbypass.Action:
-        assert pkt.reflect()
-        return kbypass.TX
-
-    peer = _peer(pair, 9433)
-    with pair.enter("b"):
-        p = kbypass.processor(
-            pair.b.ifname, filter="udp dst port 9432", mode="copy", frames=1024, cpus=False
-        )(handle)
-    with p:
-        p.start()
-        for i in range(3):
-            peer.sendto(b"r-%d" % i, (pair.b.ip, 9432))
-        got = sorted(peer.recvfrom(64) for _ in range(3))
-        p.stop()
-    assert got == [(b"r-%d" % i, (pair.b.ip, 9432)) for i in range(3)]
-
-
 @pytest.mark.parametrize("latency", ["adaptive", "busy", "sleep"])
 def test_each_latency_mode_answers_and_reports_how_it_waits(pair: VethPair, latency: str) -> None:
     peer = _peer(pair, 9403)
@@ -244,16 +225,20 @@ def test_keep_holds_frames_until_released(pair: VethPair) -> None:
     assert p.totals()["released"] == 5
 
 
-def test_per_packet_handler_reads_fields_and_reflects(pair: VethPair) -> None:
+@pytest.mark.parametrize("one_call", [False, True])
+def test_per_packet_handler_reads_fields_and_reflects(pair: VethPair, one_call: bool) -> None:
     seen: list[tuple[int, str, str]] = []
 
     def handle(pkt: kbypass.Packet) -> kbypass.Action:
         assert pkt.udp is not None and pkt.tcp is None and pkt.ip is not None
         seen.append((pkt.udp.dst_port, pkt.ip.src, pkt.eth.src_mac))
-        pkt.swap_macs()
-        pkt.swap_ips()
-        pkt.swap_ports()
-        pkt.fix_checksums()
+        if one_call:
+            assert pkt.reflect()  # the four calls below in one
+        else:
+            pkt.swap_macs()
+            pkt.swap_ips()
+            pkt.swap_ports()
+            pkt.fix_checksums()
         return kbypass.TX
 
     peer = _peer(pair, 9431)
@@ -265,9 +250,10 @@ def test_per_packet_handler_reads_fields_and_reflects(pair: VethPair) -> None:
         p.start()
         for i in range(5):
             peer.sendto(b"pp-%d" % i, (pair.b.ip, 9430))
-        got = sorted(peer.recvfrom(64)[0] for _ in range(5))
+        got = sorted(peer.recvfrom(64) for _ in range(5))
         p.stop()
-    assert got == sorted(b"pp-%d" % i for i in range(5))
+    assert [d for d, _ in got] == sorted(b"pp-%d" % i for i in range(5))
+    assert {a for _, a in got} == {(pair.b.ip, 9430)}  # from the address and port asked
     assert seen == [(9430, pair.a.ip, pair.a.mac)] * 5
 
 

@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use kbypass_core::engine::{BatchFrames, Lent, NewLen, Pick};
 use kbypass_core::packet::reply::Reply;
 use kbypass_core::packet::{edit, PacketMeta};
+use kbypass_core::xsk::TxAsk;
 use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
-use crate::batch_emit::{emit, tx_ask};
+use crate::batch_emit::{checksum_ask, emit, tx_ask};
 use crate::columns::Buffers;
 use crate::errors::IntoPyResult;
 use crate::packet::PcapWriter;
@@ -169,6 +170,22 @@ impl PyBatch {
             )));
         }
         Ok(j as usize)
+    }
+
+    /// `op` (`prepare_tx`, `reflect`) on the (masked) frames, with the checksums and timestamp
+    /// `offload`/`timestamp` ask for.
+    fn send_ready(
+        &self,
+        mask: Option<PyReadonlyArray1<'_, bool>>,
+        offload: bool,
+        timestamp: bool,
+        op: impl FnOnce(&BatchFrames, u64, Pick<'_>, &TxAsk) -> kbypass_core::Result<usize>,
+    ) -> PyResult<usize> {
+        self.check()?;
+        let ask = checksum_ask(offload, timestamp)?;
+        let mask = mask.map(|m| m.as_array().to_vec());
+        let pick = mask.as_deref().map_or(Pick::All, Pick::Mask);
+        op(&self.frames, self.seq, pick, &ask).py()
     }
 
     /// Apply `f` to every (masked) frame through the lease; returns how many it changed.
@@ -522,15 +539,7 @@ impl PyBatch {
         offload: bool,
         timestamp: bool,
     ) -> PyResult<usize> {
-        self.check()?;
-        let ask = tx_ask(
-            Some(if offload { "offload" } else { "software" }),
-            timestamp,
-            None,
-        )?;
-        let mask = mask.map(|m| m.as_array().to_vec());
-        let pick = mask.as_deref().map_or(Pick::All, Pick::Mask);
-        self.frames.prepare_tx(self.seq, pick, &ask).py()
+        self.send_ready(mask, offload, timestamp, BatchFrames::prepare_tx)
     }
 
     /// Turn the (masked) frames round to their senders in one call: Ethernet, IP and UDP/TCP
@@ -544,15 +553,7 @@ impl PyBatch {
         offload: bool,
         timestamp: bool,
     ) -> PyResult<usize> {
-        self.check()?;
-        let ask = tx_ask(
-            Some(if offload { "offload" } else { "software" }),
-            timestamp,
-            None,
-        )?;
-        let mask = mask.map(|m| m.as_array().to_vec());
-        let pick = mask.as_deref().map_or(Pick::All, Pick::Mask);
-        self.frames.reflect(self.seq, pick, &ask).py()
+        self.send_ready(mask, offload, timestamp, BatchFrames::reflect)
     }
 
     /// A copy of frame `i`'s packet bytes `[start:stop]` (negative and out-of-range bounds as

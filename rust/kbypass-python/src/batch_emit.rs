@@ -37,6 +37,13 @@ pub(crate) fn tx_ask(
     })
 }
 
+/// What `offload=` and `timestamp=` of `fix_checksums`/`reflect` ask (`Batch`, `Packet`): the
+/// UDP/TCP checksum computed here or left to the kernel or device, and a TX timestamp.
+pub(crate) fn checksum_ask(offload: bool, timestamp: bool) -> PyResult<TxAsk> {
+    let checksum = if offload { "offload" } else { "software" };
+    tx_ask(Some(checksum), timestamp, None)
+}
+
 /// Emit a copy of `data` (bytes, a contiguous 1-D uint8 array, or any bytes-like object) from
 /// lease `seq`, made as `ask` says (see `Batch.emit`).
 pub(crate) fn emit(

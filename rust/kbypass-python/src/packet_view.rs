@@ -292,34 +292,26 @@ impl PyPacket {
     /// `offload` and `timestamp` as `Batch.fix_checksums`.
     #[pyo3(signature = (*, offload=false, timestamp=false))]
     fn fix_checksums(&self, offload: bool, timestamp: bool) -> PyResult<bool> {
+        let ask = crate::batch_emit::checksum_ask(offload, timestamp)?;
         self.check()?;
-        let ask = crate::batch_emit::tx_ask(
-            Some(if offload { "offload" } else { "software" }),
-            timestamp,
-            None,
-        )?;
-        let n = self
+        Ok(self
             .frames
             .prepare_tx(self.seq, Pick::One(self.index), &ask)
-            .py()?;
-        Ok(n == 1)
+            .py()?
+            == 1)
     }
 
     /// Turn the packet round to its sender: `swap_macs`, `swap_ips`, `swap_ports` and
     /// `fix_checksums` in one call; returns whether its IP addresses and ports were swapped.
     #[pyo3(signature = (*, offload=false, timestamp=false))]
     fn reflect(&self, offload: bool, timestamp: bool) -> PyResult<bool> {
+        let ask = crate::batch_emit::checksum_ask(offload, timestamp)?;
         self.check()?;
-        let ask = crate::batch_emit::tx_ask(
-            Some(if offload { "offload" } else { "software" }),
-            timestamp,
-            None,
-        )?;
-        let n = self
+        Ok(self
             .frames
             .reflect(self.seq, Pick::One(self.index), &ask)
-            .py()?;
-        Ok(n == 1)
+            .py()?
+            == 1)
     }
 
     fn __repr__(&self) -> String {
