@@ -79,6 +79,10 @@ pub struct LiveOptions {
     pub flows: u32,
     /// Frames per kernel batch, 1..=256 (0: the kernel's default, 64).
     pub batch_size: u32,
+    /// The frames' UDP payload instead of the template's fill; the frame's length follows from
+    /// it, and `template.size` must then be 0 or that length
+    /// ([`UdpTemplate::build_with_payload`]).
+    pub payload: Option<Vec<u8>>,
 }
 
 impl Default for LiveOptions {
@@ -90,6 +94,7 @@ impl Default for LiveOptions {
             },
             flows: 1,
             batch_size: 0,
+            payload: None,
         }
     }
 }
@@ -261,7 +266,11 @@ impl LiveGenerator {
         if opts.flows > 1 {
             opts.template.udp_checksum = false;
         }
-        let frame = opts.template.build()?;
+        let frame = match &opts.payload {
+            Some(p) => opts.template.build_with_payload(p)?,
+            None => opts.template.build()?,
+        };
+        opts.template.size = frame.len();
         let flows_map = if opts.flows > 1 {
             Some(MapFd::create(
                 BPF_MAP_TYPE_PERCPU_ARRAY,
@@ -312,7 +321,8 @@ impl LiveGenerator {
         &self.frame
     }
 
-    /// The options in effect (with `udp_checksum` false when flows vary).
+    /// The options in effect (with `udp_checksum` false when flows vary, and `template.size`
+    /// the frame's length).
     pub fn options(&self) -> &LiveOptions {
         &self.opts
     }
@@ -364,7 +374,7 @@ impl LiveGenerator {
         let mtu = link.mtu as usize;
         if self.frame.len() > mtu + 14 {
             return Err(Error::invalid(format!(
-                "a {}-byte frame does not fit {ifname}'s MTU {mtu} (at most {} bytes with the Ethernet header): the peer would drop it; raise the MTU or lower the size",
+                "a {}-byte frame does not fit {ifname}'s MTU {mtu} (at most {} bytes with the Ethernet header): the peer would drop it; raise the MTU or send a smaller frame (size or payload)",
                 self.frame.len(),
                 mtu + 14
             )));
@@ -555,5 +565,13 @@ mod tests {
             ..Default::default()
         });
         assert!(e.to_string().contains("out of range"), "{e}");
+        let e = bad(LiveOptions {
+            payload: Some(vec![0; 64]),
+            ..Default::default()
+        });
+        assert!(
+            e.to_string().contains("conflicts"),
+            "size 60 and a 106-byte frame: {e}"
+        );
     }
 }
