@@ -60,6 +60,8 @@ def main() -> int:
     ap.add_argument("--batches", type=int, default=300)
     ap.add_argument("--handler", choices=["empty", "verdicts", "headers", "sockperf"],
                     default="empty")  # fmt: skip
+    keep = "keep callgrind's output there (for callgrind_annotate --inclusive=yes FILE)"
+    ap.add_argument("--keep", metavar="FILE", help=keep)
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -98,6 +100,8 @@ def main() -> int:
         total = int(m.group(1))
         print(f"handler={args.handler} batches={batches} instructions={total} "
               f"per_batch={total / batches:.0f}")  # fmt: skip
+        if args.keep:
+            shutil.copyfile(out, args.keep)  # for callgrind_annotate --inclusive=yes
     return 0
 
 

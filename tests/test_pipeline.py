@@ -106,6 +106,66 @@ def test_tx_reflect_arrives_at_the_peer_kernel_socket(pair: VethPair) -> None:
     assert t["tx"] == 10 and t["dropped"] == 0
 
 
+def test_reflect_answers_the_masked_frames_in_one_call_and_bytes_reads_a_frame(
+    pair: VethPair,
+) -> None:
+    payloads: list[bytes] = []
+    slices_ok: list[bool] = []
+
+    def handle(batch: kbypass.Batch) -> None:
+        for i in range(len(batch)):
+            whole = batch.frame(i).tobytes()
+            payloads.append(batch.bytes(i, 42))
+            slices_ok.append(
+                batch.bytes(i) == whole
+                and batch.bytes(i - len(batch)) == whole  # a negative index counts from the end
+                and batch.bytes(i, -2) == whole[-2:]
+                and batch.bytes(i, 5, 2) == b""  # stop before start: empty, as slicing gives
+                and batch.bytes(i, 40, 10**6) == whole[40:]  # clipped to the packet
+            )
+        with pytest.raises(IndexError, match="out of range"):
+            batch.bytes(len(batch))
+        answer = np.array([batch.bytes(i, 42, 45) == b"yes" for i in range(len(batch))])
+        assert batch.reflect(answer) == int(answer.sum())  # IPs and ports swapped
+        batch.verdicts[answer] = kbypass.TX
+
+    sent = [b"%s-%d" % (b"yes" if i % 2 else b"no", i) for i in range(6)]
+    peer = _peer(pair, 9405)
+    with _pipeline(pair, handle, filter="udp dst port 9404") as p:
+        p.start()
+        for d in sent:
+            peer.sendto(d, (pair.b.ip, 9404))
+            time.sleep(0.01)
+        # The peer's kernel checks the UDP checksum reflect made (a bad one is dropped).
+        got = sorted(peer.recvfrom(64) for _ in range(3))
+        assert _until(lambda: p.totals()["rx"] == 6)
+        p.stop()
+        t = p.totals()
+    assert [d for d, _ in got] == [b"yes-1", b"yes-3", b"yes-5"]
+    assert {a for _, a in got} == {(pair.b.ip, 9404)}
+    assert t["tx"] == 3 and t["dropped"] == 3
+    assert sorted(payloads) == sorted(sent) and slices_ok == [True] * 6
+
+
+def test_per_packet_reflect_turns_a_packet_round_in_one_call(pair: VethPair) -> None:
+    def handle(pkt: kbypass.Packet) -> kbypass.Action:
+        assert pkt.reflect()
+        return kbypass.TX
+
+    peer = _peer(pair, 9433)
+    with pair.enter("b"):
+        p = kbypass.processor(
+            pair.b.ifname, filter="udp dst port 9432", mode="copy", frames=1024, cpus=False
+        )(handle)
+    with p:
+        p.start()
+        for i in range(3):
+            peer.sendto(b"r-%d" % i, (pair.b.ip, 9432))
+        got = sorted(peer.recvfrom(64) for _ in range(3))
+        p.stop()
+    assert got == [(b"r-%d" % i, (pair.b.ip, 9432)) for i in range(3)]
+
+
 @pytest.mark.parametrize("latency", ["adaptive", "busy", "sleep"])
 def test_each_latency_mode_answers_and_reports_how_it_waits(pair: VethPair, latency: str) -> None:
     peer = _peer(pair, 9403)

@@ -91,6 +91,7 @@ XDP_ECHO = "in-kernel XDP echo (XDP_TX, the floor)"
 _FLAGS = 9  # the flags' low byte
 _REQUEST = 0x03  # client | answer wanted
 _ANSWER = 0x02  # the same message, from the server
+_ANSWER_BYTE = bytes([_ANSWER])
 _MSG_HEADER = 14
 _IPV4_UDP = 14 + 20 + 8  # Ethernet, IPv4 without options, UDP
 _TX = int(TX)  # a plain int: the cheapest verdict to return
@@ -102,25 +103,22 @@ def sockperf_echo(batch: Batch) -> int | None:
     A request that asks for an answer and is not a warm-up message goes back to its sender
     (``TX``) with the client flag cleared, MACs, IPs and ports swapped and the checksums fixed;
     every other frame keeps the default verdict (``DROP``). A batch of one (the ping-pong case)
-    is read through one frame view, answered with the Rust helpers and given its verdict by the
-    return value, without NumPy column work; larger batches are answered with masks.
+    is read with :meth:`Batch.bytes` (its headers only, no NumPy view), answered with two Rust
+    calls (:meth:`Batch.set_field`, :meth:`Batch.reflect`) and given its verdict by the return
+    value; larger batches are answered with masks.
     """
     if len(batch) == 1:
-        f = batch.frame(0)
-        b = f.tobytes()
+        b = batch.bytes(0, 0, _IPV4_UDP + _MSG_HEADER)
         if (
-            len(b) >= _IPV4_UDP + _MSG_HEADER
+            len(b) == _IPV4_UDP + _MSG_HEADER
             and b[12] == 0x08  # IPv4
             and b[13] == 0x00
             and b[14] == 0x45  # no options
             and b[23] == 17  # UDP
             and b[_IPV4_UDP + _FLAGS] == _REQUEST
         ):
-            f[_IPV4_UDP + _FLAGS] = _ANSWER
-            batch.swap_macs()
-            batch.swap_ips()
-            batch.swap_ports()
-            batch.fix_checksums()
+            batch.set_field(_IPV4_UDP + _FLAGS, _ANSWER_BYTE)
+            batch.reflect()
             return _TX  # the verdict of the batch's one frame
         return None
     h = batch.headers
@@ -130,11 +128,8 @@ def sockperf_echo(batch: Batch) -> int | None:
     answer = (flags == _REQUEST) & (h["payload_len"] >= _MSG_HEADER) & (h["proto"] == 17)
     if not answer.any():
         return None
-    batch.set_field(_FLAGS, bytes([_ANSWER]), mask=answer, base="payload")
-    batch.swap_macs(answer)
-    batch.swap_ips(answer)
-    batch.swap_ports(answer)
-    batch.fix_checksums(answer)
+    batch.set_field(_FLAGS, _ANSWER_BYTE, mask=answer, base="payload")
+    batch.reflect(answer)
     batch.verdicts[answer] = _TX
     return None
 

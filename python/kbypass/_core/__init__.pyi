@@ -952,10 +952,18 @@ class Batch:
         offload: bool = False,
         timestamp: bool = False,
     ) -> int: ...
+    def reflect(
+        self,
+        mask: npt.NDArray[np.bool_] | None = None,
+        *,
+        offload: bool = False,
+        timestamp: bool = False,
+    ) -> int: ...
+    def bytes(self, i: int, start: int = 0, stop: int | None = None) -> builtins.bytes: ...
     def set_field(
         self,
         offset: int,
-        value: bytes,
+        value: builtins.bytes,
         mask: npt.NDArray[np.bool_] | None = None,
         base: str = "l2",
     ) -> int: ...
@@ -982,9 +990,9 @@ class Batch:
         kind: str,
         mask: npt.NDArray[np.bool_] | None = None,
         *,
-        payload: bytes | None = None,
-        mac: str | bytes | None = None,
-        ip: str | bytes | IPv4Address | IPv6Address | None = None,
+        payload: builtins.bytes | None = None,
+        mac: str | builtins.bytes | None = None,
+        ip: str | builtins.bytes | IPv4Address | IPv6Address | None = None,
         checksum: _Checksum = None,
         timestamp: bool = False,
     ) -> npt.NDArray[np.bool_]: ...
@@ -1100,6 +1108,7 @@ class Packet:
     def swap_ips(self) -> bool: ...
     def swap_ports(self) -> bool: ...
     def fix_checksums(self, *, offload: bool = False, timestamp: bool = False) -> bool: ...
+    def reflect(self, *, offload: bool = False, timestamp: bool = False) -> bool: ...
 
 # --- engine.rs ---------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ use kbypass_core::packet::{edit, PacketMeta};
 use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::exceptions::{PyIndexError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::batch_emit::{emit, tx_ask};
 use crate::columns::Buffers;
@@ -533,6 +533,49 @@ impl PyBatch {
         self.frames.prepare_tx(self.seq, pick, &ask).py()
     }
 
+    /// Turn the (masked) frames round to their senders in one call: Ethernet, IP and UDP/TCP
+    /// source and destination swapped and the checksums recomputed (`swap_macs`, `swap_ips`,
+    /// `swap_ports` and `fix_checksums` at once; `offload` and `timestamp` as there). Returns
+    /// how many had their IP addresses and ports swapped.
+    #[pyo3(signature = (mask=None, *, offload=false, timestamp=false))]
+    fn reflect(
+        &self,
+        mask: Option<PyReadonlyArray1<'_, bool>>,
+        offload: bool,
+        timestamp: bool,
+    ) -> PyResult<usize> {
+        self.check()?;
+        let ask = tx_ask(
+            Some(if offload { "offload" } else { "software" }),
+            timestamp,
+            None,
+        )?;
+        let mask = mask.map(|m| m.as_array().to_vec());
+        let pick = mask.as_deref().map_or(Pick::All, Pick::Mask);
+        self.frames.reflect(self.seq, pick, &ask).py()
+    }
+
+    /// A copy of frame `i`'s packet bytes `[start:stop]` (negative and out-of-range bounds as
+    /// in slicing): a look at a few bytes of one frame without making a NumPy view.
+    #[pyo3(signature = (i, start=0, stop=None))]
+    fn bytes<'py>(
+        &self,
+        py: Python<'py>,
+        i: isize,
+        start: isize,
+        stop: Option<isize>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        self.check()?;
+        let j = self.index(i)?;
+        self.frames
+            .read_one(self.seq, j, |f| {
+                let (a, b) = slice_bounds(f.len(), start, stop);
+                PyBytes::new(py, &f[a..b])
+            })
+            .py()?
+            .ok_or_else(|| PyRuntimeError::new_err("frame not held"))
+    }
+
     /// Write `value` at byte `offset` from the start of the chosen header (`base`: "l2", "l3",
     /// "l4" or "payload") of the (masked) frames that are long enough; returns how many.
     /// Checksums are not updated: call `fix_checksums` after.
@@ -593,4 +636,13 @@ impl PyBatch {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyBatch>()?;
     Ok(())
+}
+
+/// `[start:stop]` of a sequence of `len` items as Python slices it (negative bounds count from
+/// the end; bounds past either end are clipped).
+pub(crate) fn slice_bounds(len: usize, start: isize, stop: Option<isize>) -> (usize, usize) {
+    let n = len as isize;
+    let at = |i: isize| (if i < 0 { i + n } else { i }).clamp(0, n) as usize;
+    let (a, b) = (at(start), stop.map_or(len, at));
+    (a, b.max(a))
 }

@@ -305,6 +305,23 @@ impl PyPacket {
         Ok(n == 1)
     }
 
+    /// Turn the packet round to its sender: `swap_macs`, `swap_ips`, `swap_ports` and
+    /// `fix_checksums` in one call; returns whether its IP addresses and ports were swapped.
+    #[pyo3(signature = (*, offload=false, timestamp=false))]
+    fn reflect(&self, offload: bool, timestamp: bool) -> PyResult<bool> {
+        self.check()?;
+        let ask = crate::batch_emit::tx_ask(
+            Some(if offload { "offload" } else { "software" }),
+            timestamp,
+            None,
+        )?;
+        let n = self
+            .frames
+            .reflect(self.seq, Pick::One(self.index), &ask)
+            .py()?;
+        Ok(n == 1)
+    }
+
     fn __repr__(&self) -> String {
         if !self.valid {
             return "Packet(ended)".into();

@@ -276,7 +276,7 @@ impl BatchFrames {
     }
 
     /// `f` on each picked frame of lease `seq`, under one lock; counts `f`'s trues.
-    fn each(
+    pub(super) fn each(
         &self,
         seq: u64,
         pick: Pick<'_>,

@@ -33,30 +33,19 @@ use std::sync::Arc;
 use crate::error::Result;
 use crate::ring::{Consumer, Mode, Producer, Ring};
 use crate::sys::event::EventFd;
-use crate::sys::xdp::{XdpDesc, XDP_PKT_CONTD};
+use crate::sys::xdp::XdpDesc;
+use crate::xsk::whole::{self, Buffer, Carry};
 
 /// Buffers one packet may have at most, as far as the engine is concerned (the kernel's
 /// `MAX_SKB_FRAGS` + 1 is 18 by default, 46 at most): batches and takes are sized for a whole
 /// packet of this many beyond their usual size.
 pub(crate) const MAX_PACKET_BUFS: usize = 64;
 
-/// Whether `d` continues into the next descriptor (a buffer of a multi-buffer packet that is
-/// not its last).
-#[inline]
-pub(crate) fn continues(d: &XdpDesc) -> bool {
-    d.options & XDP_PKT_CONTD != 0
-}
-
-/// How many of `descs` make whole packets (up to the last buffer without `XDP_PKT_CONTD`).
-#[inline]
-pub(crate) fn whole(descs: &[XdpDesc]) -> usize {
-    match descs.last() {
-        None => 0,
-        Some(d) if !continues(d) => descs.len(),
-        Some(_) => descs
-            .iter()
-            .rposition(|d| !continues(d))
-            .map_or(0, |p| p + 1),
+impl Buffer for Item {
+    /// A handoff item's buffer continues into the next one (see [`encode`]).
+    #[inline]
+    fn continues(&self) -> bool {
+        decode(self).0.continues()
     }
 }
 
@@ -162,7 +151,7 @@ impl Inboxes {
             bells: Arc::clone(&self.bells),
             scratch: vec![[0; 2]; batch.max(MAX_PACKET_BUFS) + MAX_PACKET_BUFS],
             batch,
-            carry: Vec::with_capacity(MAX_PACKET_BUFS),
+            carry: Carry::with_capacity(MAX_PACKET_BUFS),
         })
     }
 
@@ -202,7 +191,7 @@ pub(crate) struct Handoff {
     scratch: Vec<Item>,
     batch: usize,
     /// The leading buffers of a packet whose rest was not dequeued yet (from the last take).
-    carry: Vec<Item>,
+    carry: Carry<Item>,
 }
 
 impl Handoff {
@@ -236,20 +225,13 @@ impl Handoff {
             // Whole packets only: the buffers of a multi-buffer packet (all but its last carry
             // XDP_PKT_CONTD) go over together or not at all, so the target never sends a packet
             // cut short.
-            let multi = items
-                .iter()
-                .any(|it| decode(it).0.options & XDP_PKT_CONTD != 0);
-            let q = if multi {
+            let q = if items.iter().any(Buffer::continues) {
                 let mut q = 0;
-                while q < items.len() {
-                    let end = items[q..]
-                        .iter()
-                        .position(|it| decode(it).0.options & XDP_PKT_CONTD == 0)
-                        .map_or(items.len(), |e| q + e + 1);
-                    if p.enqueue_bulk(&items[q..end]) == 0 {
+                for r in whole::packets(items) {
+                    if p.enqueue_bulk(&items[r.clone()]) == 0 {
                         break;
                     }
-                    q = end;
+                    q = r.end;
                 }
                 q
             } else {
@@ -268,32 +250,19 @@ impl Handoff {
     /// Take up to a batch of frames handed to this worker, whole packets only (more than a
     /// batch when one packet has more buffers than that).
     pub(crate) fn take(&mut self) -> &[Item] {
-        let c = self.carry.len();
-        self.scratch[..c].copy_from_slice(&self.carry);
-        self.carry.clear();
-        let room = self.scratch.len() - c;
-        let want = if c < self.batch { self.batch - c } else { room };
+        let inbox = &mut self.inbox;
         let got = self
-            .inbox
-            .dequeue_burst(&mut self.scratch[c..c + want.min(room)]);
-        let n = c + got;
-        let is_contd = |it: &Item| decode(it).0.options & XDP_PKT_CONTD != 0;
-        let whole = match self.scratch[..n].iter().rposition(|it| !is_contd(it)) {
-            Some(p) => p + 1,
-            // No end within a packet's most buffers: not a packet a kernel made. Hand the
-            // buffers on as they are (the target sends or releases them, counted).
-            None if n == self.scratch.len() => n,
-            None => 0,
-        };
-        // The leading buffers of a packet whose rest is not dequeued yet wait for the next take.
-        self.carry.extend_from_slice(&self.scratch[whole..n]);
-        &self.scratch[..whole]
+            .carry
+            .read(&mut self.scratch, self.batch, self.batch, |out| {
+                inbox.dequeue_burst(out)
+            });
+        &self.scratch[..got.unwrap_or(0)]
     }
 
     /// The leading buffers of a packet the last take kept back (for a worker that ends: they
     /// are its to release, counted).
     pub(crate) fn take_carry(&mut self) -> Vec<Item> {
-        std::mem::take(&mut self.carry)
+        self.carry.take()
     }
 
     /// Whether the inbox is empty (a snapshot).
@@ -333,6 +302,7 @@ impl Handoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::xdp::XDP_PKT_CONTD;
 
     #[test]
     fn an_item_carries_the_descriptor_and_the_socket() {
@@ -429,9 +399,6 @@ mod tests {
             }
         }
         assert_eq!(takes, [vec![0], vec![1, 2], vec![3, 4, 5, 6]]);
-        assert_eq!(whole(&[buf(0, false), buf(1, true)]), 1);
-        assert_eq!(whole(&[buf(0, true), buf(1, true)]), 0);
-        assert_eq!(whole(&[buf(0, true), buf(1, false)]), 2);
         assert!(b.take_carry().is_empty() && b.inbox_empty());
     }
 

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::packet::{parse, PacketMeta};
 use crate::sys::event::EventFd;
 use crate::sys::xdp::XdpDesc;
+use crate::xsk::whole::{self, Buffer, Carry};
 use crate::xsk::{BusyPoll, Umem, XskSocket};
 
 /// What to do with a batch whose handler failed (raised, returned the wrong type).
@@ -235,7 +236,7 @@ struct Worker {
     /// Per socket (local index): the leading buffers of a multi-buffer packet the last receive
     /// cut (the batch was full); they start the socket's next batch, so no batch ever begins
     /// or ends inside a packet.
-    carry: Vec<Vec<XdpDesc>>,
+    carry: Vec<Carry<XdpDesc>>,
     epoch: Instant,
     idle: Idle,
     /// Busy-poll settings of the sockets (by local index) before a busy run changed them.
@@ -271,7 +272,7 @@ impl Worker {
             emits: Vec::with_capacity(emit_limit(b)),
             emit_counts: vec![0; sockets.len()],
             carry: (0..sockets.len())
-                .map(|_| Vec::with_capacity(MAX_PACKET_BUFS))
+                .map(|_| Carry::with_capacity(MAX_PACKET_BUFS))
                 .collect(),
             handoff,
             id,
@@ -366,31 +367,8 @@ impl Worker {
     /// packet with more buffers than a batch). The leading buffers of a packet cut at the
     /// end are carried to the next batch.
     fn receive(&mut self, j: usize, want: usize) -> Option<usize> {
-        let c = self.carry[j].len();
-        let cap = self.descs.len();
-        let room = if c < self.cfg.batch {
-            want.min(self.cfg.batch - c)
-        } else {
-            cap - c
-        };
-        let got = self.sockets[j].1.recv(&mut self.descs[c..c + room]);
-        if got == 0 {
-            return None;
-        }
-        if c == 0 && !handoff::continues(&self.descs[got - 1]) {
-            return Some(got); // the usual case: no packet cut, nothing carried
-        }
-        self.descs[..c].copy_from_slice(&self.carry[j]);
-        self.carry[j].clear();
-        let n = c + got;
-        let mut whole = handoff::whole(&self.descs[..n]);
-        if whole == 0 && n == cap {
-            // No packet end within a packet's most buffers: not what a kernel sends. Handle
-            // the buffers as they are rather than carry them for ever.
-            whole = n;
-        }
-        self.carry[j].extend_from_slice(&self.descs[whole..n]);
-        Some(whole)
+        let (sockets, batch) = (&mut self.sockets, self.cfg.batch);
+        self.carry[j].read(&mut self.descs, batch, want, |out| sockets[j].1.recv(out))
     }
 
     /// A multi-buffer packet's verdict is its first buffer's, for all its buffers (and its
@@ -399,12 +377,8 @@ impl Worker {
     /// counted as failed sends). Returns how many buffers that dropped.
     fn whole_verdicts(&mut self, n: usize, any_held: bool) -> u64 {
         let mut failed = 0;
-        let mut i = 0;
-        while i < n {
-            let end = match self.descs[i..n].iter().position(|d| !handoff::continues(d)) {
-                Some(p) => i + p + 1,
-                None => n,
-            };
+        for r in whole::packets(&self.descs[..n]) {
+            let (i, end) = (r.start, r.end);
             if end - i > 1 {
                 let (v, t) = (self.verdicts[i], self.forward_to[i]);
                 let cut = matches!(v, TX | FORWARD)
@@ -418,7 +392,6 @@ impl Worker {
                     }
                 }
             }
-            i = end;
         }
         failed
     }
@@ -449,7 +422,7 @@ impl Worker {
         for i in 0..n {
             let d = self.descs[i];
             bytes += d.len as u64;
-            multi |= handoff::continues(&d);
+            multi |= d.continues();
             // SAFETY: the worker just received this frame: no other reference to it exists
             // and nothing outside Rust has seen it yet.
             self.metas[i] = match unsafe { super::frame_bytes(&self.umem, d.addr, d.len) } {
@@ -760,8 +733,8 @@ impl Worker {
         for j in 0..self.carry.len() {
             if !self.carry[j].is_empty() {
                 self.drops.clear();
-                self.drops.extend(self.carry[j].iter().map(|d| d.addr));
-                self.carry[j].clear();
+                self.drops
+                    .extend(self.carry[j].take().iter().map(|d| d.addr));
                 self.sockets[j].1.release(&self.drops);
                 let k = self.drops.len() as u64;
                 self.stats.rx.fetch_add(k, Relaxed);

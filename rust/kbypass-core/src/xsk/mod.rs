@@ -12,6 +12,7 @@ pub mod txmd;
 #[cfg(test)]
 mod txmd_tests;
 pub mod umem;
+pub(crate) mod whole;
 
 pub use copies::MAX_DESCS_PER_PACKET;
 pub use holds::{FrameHold, HeldFrames};

@@ -7,6 +7,7 @@
 use super::super::build::{self, Reshape};
 use super::{check_pick, BatchFrames, Pick};
 use crate::error::Result;
+use crate::packet::{edit, parse};
 use crate::sys::xdp::{XdpDesc, XDP_TX_METADATA};
 use crate::xsk::txmd::TxRequest;
 use crate::xsk::{TxAsk, Umem};
@@ -98,6 +99,21 @@ impl BatchFrames {
             }
         }
         Ok(k)
+    }
+
+    /// Turn each picked frame of lease `seq` round to its sender: Ethernet, IP and UDP/TCP
+    /// source and destination swapped, then the checksums made as `ask` says (as
+    /// [`BatchFrames::prepare_tx`]): an echo or reflector's whole edit in one call. Returns how
+    /// many frames had their IP addresses and ports swapped (the others, not IP or without
+    /// ports, get what applies to them).
+    pub fn reflect(&self, seq: u64, pick: Pick<'_>, ask: &TxAsk) -> Result<usize> {
+        let n = self.each(seq, pick, |frame| {
+            let m = parse(frame);
+            edit::swap_macs(frame);
+            edit::swap_ips(frame, &m) & edit::swap_ports(frame, &m)
+        })?;
+        self.prepare_tx(seq, pick, ask)?;
+        Ok(n)
     }
 }
 

@@ -10,8 +10,9 @@ use super::work::GRH_LEN;
 use super::EngineCounters;
 use crate::rdma::roce::rc::Pkt;
 use crate::rdma::roce::wire::{icrc, Frame, FrameSpec, IpHeader, WireError, ICRC_LEN};
-use crate::sys::xdp::{XdpDesc, XDP_PKT_CONTD};
-use crate::xsk::XskPort;
+use crate::sys::xdp::XdpDesc;
+use crate::xsk::whole::{self, Buffer, Carry};
+use crate::xsk::{XskPort, MAX_DESCS_PER_PACKET};
 
 /// Frames received per round.
 const RX_BURST: usize = 64;
@@ -51,11 +52,13 @@ pub(super) struct Core {
     next_qpn: u32,
     /// Frames built and not yet on the TX ring, oldest first, with when they were built.
     pending: VecDeque<(Instant, Queued)>,
+    /// A burst's descriptors, with room for a frame's most behind them.
     descs: Vec<XdpDesc>,
-    /// The first descriptors of a frame that spans several (multi-buffer), until its last.
-    rx_partial: Vec<u8>,
-    /// Dropping the rest of a frame one of whose descriptors was bad or that grew too long.
-    rx_skip: bool,
+    /// The first descriptors of a frame that spans several (multi-buffer) whose last has not
+    /// come yet.
+    rx_carry: Carry<XdpDesc>,
+    /// A multi-buffer frame's bytes, joined.
+    rx_joined: Vec<u8>,
     epoch: Instant,
     ip_id: u16,
     c: EngineCounters,
@@ -72,9 +75,9 @@ impl Core {
             qps: HashMap::new(),
             next_qpn: 0x11,
             pending: VecDeque::new(),
-            descs: vec![XdpDesc::default(); RX_BURST],
-            rx_partial: Vec::new(),
-            rx_skip: false,
+            descs: vec![XdpDesc::default(); RX_BURST + MAX_DESCS_PER_PACKET],
+            rx_carry: Carry::with_capacity(MAX_DESCS_PER_PACKET),
+            rx_joined: Vec::new(),
             epoch: Instant::now(),
             ip_id: 0,
             c: EngineCounters::default(),
@@ -157,50 +160,47 @@ impl Core {
         }
     }
 
-    /// Receives a burst and hands each packet to its QP; returns how many descriptors came.
-    /// On a multi-buffer socket a frame larger than a UMEM frame comes as several
-    /// descriptors, joined here (across bursts too) before it is parsed.
+    /// Receives a burst and hands each packet to its QP; returns how many descriptors came
+    /// (whole frames' and those of a frame whose rest has not come yet). On a multi-buffer
+    /// socket a frame larger than a UMEM frame comes as several descriptors, joined here
+    /// (across bursts too) before it is parsed.
     fn receive(&mut self, now: u64) -> usize {
         let Some(sock) = self.port.socket_mut(0) else {
             return 0;
         };
-        let n = sock.recv(&mut self.descs);
+        let carried = self.rx_carry.len();
+        let Some(n) = self
+            .rx_carry
+            .read(&mut self.descs, RX_BURST, RX_BURST, |out| sock.recv(out))
+        else {
+            return 0;
+        };
+        let came = n + self.rx_carry.len() - carried;
         let mut got: Vec<(Pkt, [u8; GRH_LEN])> = Vec::with_capacity(n);
-        for d in &self.descs[..n] {
-            let more = d.options & XDP_PKT_CONTD != 0;
-            let bytes = if self.rx_skip {
-                None
-            } else {
-                sock.app_bytes(d.addr, d.len)
-            };
-            let Some(bytes) = bytes else {
-                // A bad descriptor spoils its whole frame: skip to the frame's last one.
-                if !self.rx_skip {
-                    self.c.malformed += 1;
+        for r in whole::packets(&self.descs[..n]) {
+            let descs = &self.descs[r];
+            let bytes = match descs {
+                [d] => sock.app_bytes(d.addr, d.len),
+                // No end among a frame's most descriptors: not a frame the kernel makes.
+                _ if descs.last().is_some_and(Buffer::continues) => None,
+                _ => {
+                    self.rx_joined.clear();
+                    let joined = &mut self.rx_joined;
+                    descs
+                        .iter()
+                        .try_for_each(|d| {
+                            let b = sock.app_bytes(d.addr, d.len)?;
+                            (joined.len() + b.len() <= MAX_RX_FRAME)
+                                .then(|| joined.extend_from_slice(b))
+                        })
+                        .map(|()| &joined[..])
                 }
-                self.rx_partial.clear();
-                self.rx_skip = more;
-                continue;
             };
-            if more {
-                if self.rx_partial.len() + bytes.len() > MAX_RX_FRAME {
-                    self.c.malformed += 1;
-                    self.rx_partial.clear();
-                    self.rx_skip = true;
-                } else {
-                    self.rx_partial.extend_from_slice(bytes);
-                }
-                continue;
+            match bytes {
+                Some(b) => got.extend(accept(&mut self.c, self.ip, b)),
+                // A bad descriptor, or a frame longer than any RoCE frame: dropped whole.
+                None => self.c.malformed += 1,
             }
-            let pkt = if self.rx_partial.is_empty() {
-                accept(&mut self.c, self.ip, bytes)
-            } else {
-                self.rx_partial.extend_from_slice(bytes);
-                let p = accept(&mut self.c, self.ip, &self.rx_partial);
-                self.rx_partial.clear();
-                p
-            };
-            got.extend(pkt);
         }
         let addrs: Vec<u64> = self.descs[..n].iter().map(|d| d.addr).collect();
         sock.release(&addrs);
@@ -214,7 +214,7 @@ impl Core {
                 }
             }
         }
-        n
+        came
     }
 
     /// Frames the QPs' next packets while the budget allows; returns how many.
