@@ -45,7 +45,6 @@ import contextlib
 import json
 import os
 import shutil
-import statistics
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,6 +52,7 @@ import numpy as np
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from _ratios import bandwidth_vs_tcp, headline, rtt_vs_tcp
 from kbypass import cpu, rdma
 from kbypass.pingpong import parse_sockperf
 from kbypass.testing import VethPair, in_thread, server
@@ -281,14 +281,6 @@ def tcp_rtt(pair: VethPair, seconds: int) -> dict[str, float]:
     return parse_sockperf(r.stdout + r.stderr)
 
 
-def _spread(values: list[float]) -> list[float]:
-    return [min(values), statistics.median(values), max(values)]
-
-
-def _record(benchmark: BenchmarkFixture, name: str, ratios: list[float], **extra: Any) -> None:
-    benchmark.extra_info.update({f"{name}_ratio_min_median_max": _spread(ratios), **extra})
-
-
 def _bandwidth(
     benchmark: BenchmarkFixture,
     pair: VethPair,
@@ -307,30 +299,16 @@ def _bandwidth(
             per_size[size]["rdma"].append(rdma_bw(pair, test, size, _iterations(size, scale), cpus))
 
     benchmark.pedantic(one_round, rounds=rounds, iterations=1)
-    for size, got in per_size.items():
-        ratios = [r / t for r, t in zip(got["rdma"], got["tcp"], strict=True)]
-        _record(
-            benchmark,
-            f"{test}_{size}",
-            ratios,
-            **{
-                f"{test}_{size}_rdma_mb_s": _spread(got["rdma"]),
-                f"{test}_{size}_tcp_mb_s": _spread(got["tcp"]),
-            },
-        )
-        print(
-            f"\n[{setup}] {test} {size:>6} B: engine {statistics.median(got['rdma']):9.1f} MB/s,"
-            f" kernel TCP {statistics.median(got['tcp']):9.1f} MB/s; ratio min/median/max "
-            + " / ".join(f"{x:.2f}" for x in _spread(ratios))
-        )
+    bandwidth_vs_tcp(benchmark, test, per_size, "engine", "rdma", where=f"[{setup}] ")
     top = per_size[65536]
     benchmark.extra_info["setup"] = setup
-    benchmark.extra_info["rate"] = statistics.median(top["rdma"])
-    benchmark.extra_info["unit"] = "MB/s at 64 KiB"
-    benchmark.extra_info["ratio"] = statistics.median(
-        [r / t for r, t in zip(top["rdma"], top["tcp"], strict=True)]
+    headline(
+        benchmark,
+        top["rdma"],
+        top["tcp"],
+        "MB/s at 64 KiB",
+        "kernel TCP (iperf3 -l 65536), same pair, same round",
     )
-    benchmark.extra_info["reference"] = "kernel TCP (iperf3 -l 65536), same pair, same round"
     assert all(v > 0 for got in per_size.values() for v in got["rdma"] + got["tcp"])
 
 
@@ -373,26 +351,5 @@ def test_engine_write_latency_vs_kernel_tcp(
         eng.append(rdma_rtt(pair, max(500, int(20_000 * scale))))
 
     benchmark.pedantic(one_round, rounds=rounds, iterations=1)
-    for pct in ("p50_us", "p99_us", "p99.9_us"):
-        ratios = [e[pct] / t[pct] for e, t in zip(eng, tcp, strict=True)]
-        _record(
-            benchmark,
-            pct,
-            ratios,
-            **{
-                f"engine_rtt_{pct}": _spread([e[pct] for e in eng]),
-                f"tcp_rtt_{pct}": _spread([t[pct] for t in tcp]),
-            },
-        )
-        print(
-            f"\nRTT {pct[:-3]} at 64 B: engine write {statistics.median([e[pct] for e in eng]):.1f}"
-            f" µs, kernel TCP {statistics.median([t[pct] for t in tcp]):.1f} µs; ratio"
-            " min/median/max " + " / ".join(f"{x:.2f}" for x in _spread(ratios))
-        )
-    benchmark.extra_info["rate"] = statistics.median([e["p50_us"] for e in eng])
-    benchmark.extra_info["unit"] = "µs RTT p50"
-    benchmark.extra_info["ratio"] = statistics.median(
-        [e["p50_us"] / t["p50_us"] for e, t in zip(eng, tcp, strict=True)]
-    )
-    benchmark.extra_info["reference"] = "kernel TCP (sockperf ping-pong --tcp -m 64), same round"
+    rtt_vs_tcp(benchmark, eng, tcp, "engine write", "engine", where="")
     assert all(e["p50_us"] > 0 for e in eng) and all(t["p50_us"] > 0 for t in tcp)

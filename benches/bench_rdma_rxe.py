@@ -33,13 +33,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
 import sys
 from pathlib import Path
 
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from _ratios import PERCENTILES, bandwidth_vs_tcp, headline, rtt_vs_tcp
 from kbypass.testing.rxe_vm import RxeVm
 
 pytestmark = [
@@ -54,7 +54,6 @@ pytestmark = [
 SCRIPT = Path(__file__).with_name("vm_rxe_vs_tcp.py")
 SIZES = (64, 4096, 65536)
 TESTS = ("write", "read", "send")
-PCTS = ("p50_us", "p99_us", "p99.9_us")
 
 
 def _settings(config: pytest.Config) -> tuple[int, int, float]:
@@ -73,10 +72,6 @@ def _in_vm(vm: RxeVm, *args: str) -> dict[str, dict[str, float]]:
     return out
 
 
-def _spread(values: list[float]) -> list[float]:
-    return [min(values), statistics.median(values), max(values)]
-
-
 @pytest.mark.benchmark(group="rdma-rxe")
 @pytest.mark.parametrize("test", TESTS)
 def test_rxe_bandwidth_vs_kernel_tcp(
@@ -93,28 +88,16 @@ def test_rxe_bandwidth_vs_kernel_tcp(
 
     benchmark.pedantic(one_round, rounds=rounds, iterations=1)
     assert all(v > 0 for got in per_size.values() for v in got["rxe"] + got["tcp"]), per_size
-    for size, got in per_size.items():
-        ratios = [r / t for r, t in zip(got["rxe"], got["tcp"], strict=True)]
-        benchmark.extra_info.update(
-            {
-                f"{test}_{size}_ratio_min_median_max": _spread(ratios),
-                f"{test}_{size}_rxe_mb_s": _spread(got["rxe"]),
-                f"{test}_{size}_tcp_mb_s": _spread(got["tcp"]),
-            }
-        )
-        print(
-            f"\nin the VM ({rxe_vm.accel}), {test} {size:>6} B: rxe"
-            f" {statistics.median(got['rxe']):9.1f} MB/s, kernel TCP"
-            f" {statistics.median(got['tcp']):9.1f} MB/s; ratio min/median/max "
-            + " / ".join(f"{x:.2f}" for x in _spread(ratios))
-        )
+    where = f"in the VM ({rxe_vm.accel}), "
+    bandwidth_vs_tcp(benchmark, test, per_size, "rxe", "rxe", where=where)
     top = per_size[65536]
-    benchmark.extra_info["rate"] = statistics.median(top["rxe"])
-    benchmark.extra_info["unit"] = "MB/s at 64 KiB"
-    benchmark.extra_info["ratio"] = statistics.median(
-        [r / t for r, t in zip(top["rxe"], top["tcp"], strict=True)]
+    headline(
+        benchmark,
+        top["rxe"],
+        top["tcp"],
+        "MB/s at 64 KiB",
+        "kernel TCP (iperf3 -l 65536), same VM, same round",
     )
-    benchmark.extra_info["reference"] = "kernel TCP (iperf3 -l 65536), same VM, same round"
     benchmark.extra_info["accel"] = rxe_vm.accel
 
 
@@ -132,26 +115,7 @@ def test_rxe_write_latency_vs_kernel_tcp(
         rxe.append(got["rxe"])
 
     benchmark.pedantic(one_round, rounds=rounds, iterations=1)
-    assert all(x[p] > 0 for x in rxe + tcp for p in PCTS), (rxe, tcp)
-    for pct in PCTS:
-        ratios = [e[pct] / t[pct] for e, t in zip(rxe, tcp, strict=True)]
-        benchmark.extra_info.update(
-            {
-                f"{pct}_ratio_min_median_max": _spread(ratios),
-                f"rxe_rtt_{pct}": _spread([e[pct] for e in rxe]),
-                f"tcp_rtt_{pct}": _spread([t[pct] for t in tcp]),
-            }
-        )
-        print(
-            f"\nin the VM ({rxe_vm.accel}), RTT {pct[:-3]} at 64 B: rxe (ib_write_lat)"
-            f" {statistics.median([e[pct] for e in rxe]):.1f} µs, kernel TCP"
-            f" {statistics.median([t[pct] for t in tcp]):.1f} µs; ratio min/median/max "
-            + " / ".join(f"{x:.2f}" for x in _spread(ratios))
-        )
-    benchmark.extra_info["rate"] = statistics.median([e["p50_us"] for e in rxe])
-    benchmark.extra_info["unit"] = "µs RTT p50"
-    benchmark.extra_info["ratio"] = statistics.median(
-        [e["p50_us"] / t["p50_us"] for e, t in zip(rxe, tcp, strict=True)]
-    )
-    benchmark.extra_info["reference"] = "kernel TCP (sockperf ping-pong --tcp -m 64), same round"
+    assert all(x[p] > 0 for x in rxe + tcp for p in PERCENTILES), (rxe, tcp)
+    where = f"in the VM ({rxe_vm.accel}), "
+    rtt_vs_tcp(benchmark, rxe, tcp, "rxe (ib_write_lat)", "rxe", where=where)
     benchmark.extra_info["accel"] = rxe_vm.accel

@@ -163,8 +163,8 @@ class Pipeline:
         batch: descriptors per batch, 1..=4096.
         workers: number of worker threads (sockets dealt round-robin), or explicit groups of
             socket indexes, e.g. ``[[0, 1]]`` for one worker owning both sockets (FORWARD between
-            them then needs no handoff, and ``emit(socket=)`` may name either). Default: one
-            worker per socket.
+            them then needs no handoff, and ``emit(socket=)`` may name either); every socket in
+            exactly one group. Default: one worker per socket.
         cpus: one CPU per worker, ``None`` to choose with :func:`kbypass.cpu.worker_cpu` (the
             NIC's node, away from the queue's IRQ), or ``False`` to leave workers unpinned.
         filter: XDP match rules (only matching frames reach the pipeline).

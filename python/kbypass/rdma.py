@@ -87,6 +87,7 @@ __all__ = [
     "RdmaDevice",
     "SharedReceiveQueue",
     "Status",
+    "WcFlags",
     "WorkCompletion",
     "completion_array",
     "devices",
@@ -156,6 +157,26 @@ class Opcode(enum.IntEnum):
     FETCH_ADD = 4
     RECV = 128
     RECV_RDMA_WITH_IMM = 129
+
+
+class WcFlags(enum.IntFlag):
+    """Work completion flags (``enum ibv_wc_flags``), as in ``WorkCompletion.wc_flags``.
+
+    With ``WITH_IMM``, ``WorkCompletion.imm`` holds the immediate data; with ``WITH_INV`` (a
+    SEND with invalidate arrived), ``WorkCompletion.invalidated_rkey`` holds the R_Key it
+    invalidated. In a :data:`WC_DTYPE` record both share ``imm_data``: the immediate in network
+    byte order, the invalidated R_Key in host order (``wc["imm_data"].byteswap()``).
+
+    Example::
+
+        if WcFlags.WITH_INV in WcFlags(wc.wc_flags):
+            print(f"the peer invalidated {wc.invalidated_rkey:#x}")
+    """
+
+    GRH = 1
+    WITH_IMM = 2
+    IP_CSUM_OK = 4
+    WITH_INV = 8
 
 
 #: One ``struct ibv_wc`` (48 bytes), for bulk polling with :meth:`CompletionQueue.poll_into`.

@@ -18,6 +18,7 @@ SCENARIOS = [
     "any_close_order",
     "ud_send_with_address_handle",
     "bad_input_is_an_exception",
+    "send_with_invalidate_on_rxe",
     "kbypass_memory",
     "dropped_in_any_order",
     "srq_from_python",

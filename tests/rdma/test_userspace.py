@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from engines import engine_pair
 
 from kbypass import rdma
 from kbypass.testing import VethPair, in_thread
@@ -35,17 +36,8 @@ def pair() -> Iterator[VethPair]:
 
 @pytest.fixture
 def ctxs(pair: VethPair) -> Iterator[tuple[rdma.Context, rdma.Context]]:
-    a = rdma.Context.userspace(pair.a.ifname, ip=pair.a.ip, netns=pair.a.netns)
-    try:
-        b = rdma.Context.userspace(pair.b.ifname, ip=pair.b.ip, netns=pair.b.netns)
-    except BaseException:
-        a.close()
-        raise
-    try:
-        yield a, b
-    finally:
-        a.close()
-        b.close()
+    with engine_pair(pair) as both:
+        yield both
     # closing them closed everything made from them: no engine is left for the next test
     assert not [d.name for d in rdma.devices() if d.userspace]
 

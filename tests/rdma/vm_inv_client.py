@@ -1,4 +1,4 @@
-"""RC requests from rxe that kbypass.rdma cannot post, for tests/data/rxe/ (pyverbs).
+"""RC requests from rxe to a made-up peer, for tests/data/rxe/ (pyverbs).
 
 Usage (in the VM, with the system Python and python3-pyverbs):
 /usr/bin/python3 vm_inv_client.py DEVICE GID_INDEX HOST_IP QPN PSN RKEY SECONDS [MODE]

@@ -237,6 +237,32 @@ def scenario_bad_input_is_an_exception() -> None:
         assert rdma.Endpoint.from_pingpong(wire) == ep
 
 
+def scenario_send_with_invalidate_on_rxe() -> None:
+    with rdma.Context("rxe0") as ctx:
+        cq = ctx.create_cq(16)
+        pd, a, b = rc_pair(ctx, cq)
+        src, dst = np.arange(64, dtype=np.uint8), np.zeros(128, dtype=np.uint8)
+        msrc, mdst = pd.register(src), pd.register(dst)
+        target = pd.register(np.zeros(64, dtype=np.uint8))
+        # No memory windows in kbypass: a kernel MR cannot be made remotely invalidatable.
+        try:
+            target.allow_remote_invalidate()
+        except OSError as e:
+            assert e.errno == 95, e  # EOPNOTSUPP
+        else:
+            raise AssertionError("a kernel MR was made remotely invalidatable")
+        # rxe refuses to invalidate an ordinary MR's key (class J), as the engine does: the
+        # request is ACKed, the receive completes with the error, the QP goes to the error state.
+        b.post_recv(mdst, length=64, wr_id=1)
+        b.post_recv(mdst, offset=64, length=64, wr_id=2)
+        a.send(msrc, wr_id=3, invalidate_rkey=target.rkey)
+        wcs = {w.wr_id: w for w in wait_wcs(cq, 3)}
+        assert wcs[3].status_name == "SUCCESS", wcs
+        assert (wcs[1].status_name, wcs[1].invalidated_rkey) == ("REM_INV_REQ_ERR", None), wcs
+        assert wcs[2].status_name == "WR_FLUSH_ERR", wcs
+        assert target.valid and b.state == 6, b.state  # IBV_QPS_ERR
+
+
 def reserve_hugepages(n: int) -> int:
     """Reserve ``n`` 2 MiB pages in the guest (it has 2 GiB); return how many are free."""
     try:

@@ -35,7 +35,7 @@ pub enum Workers {
     /// This many workers (1..=sockets), the sockets dealt round-robin: worker `w` gets sockets
     /// `w, w + n, w + 2n, …`.
     Count(usize),
-    /// Explicit groups of socket indexes, each socket in at most one group (a FORWARD to a
+    /// Explicit groups of socket indexes, each socket in exactly one group (a FORWARD to a
     /// socket of the worker's own group moves only a descriptor; to another group's, the
     /// frame goes through that worker's inbox).
     Groups(Vec<Vec<usize>>),
@@ -165,6 +165,8 @@ impl PipelineConfig {
                 Ok((0..n).map(|w| (w..sockets).step_by(n).collect()).collect())
             }
             Workers::Groups(groups) => {
+                // Every socket in exactly one group: a socket left in the port beside running
+                // workers could release a frame of theirs (a UMEM's frames name no owner).
                 let mut seen = vec![false; sockets];
                 for &i in groups.iter().flatten() {
                     if i >= sockets || std::mem::replace(&mut seen[i], true) {
@@ -172,6 +174,11 @@ impl PipelineConfig {
                             "workers={groups:?}: socket indexes must be 0..{sockets}, each in one group"
                         )));
                     }
+                }
+                if let Some(i) = seen.iter().position(|&s| !s) {
+                    return Err(Error::invalid(format!(
+                        "workers={groups:?}: socket {i} is in no group; give every socket 0..{sockets} a group (open the port on fewer queues to leave one out)"
+                    )));
                 }
                 Ok(groups.clone())
             }

@@ -317,6 +317,9 @@ fn a_pipeline_starts_stops_joins_and_gives_every_socket_back() {
     assert!(err(cfg(Workers::Count(3))).contains("give 1..2"));
     assert!(err(cfg(Workers::Groups(vec![vec![0], vec![0]]))).contains("each in one group"));
     assert!(err(cfg(Workers::Groups(vec![vec![2]]))).contains("must be 0..2"));
+    // A socket left in the port beside running workers could release a frame of theirs.
+    let e = err(cfg(Workers::Groups(vec![vec![1]])));
+    assert!(e.contains("socket 0 is in no group"), "{e}");
     let e = err(PipelineConfig {
         cpus: Cpus::List(vec![None]),
         ..Default::default()

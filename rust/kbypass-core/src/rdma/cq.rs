@@ -130,6 +130,11 @@ impl ffi::ibv_wc {
     pub fn imm(&self) -> Option<u32> {
         (self.wc_flags & ffi::WC_WITH_IMM != 0).then(|| u32::from_be(self.imm_data))
     }
+    /// The R_Key a SEND with invalidate invalidated at this receiver (`IBV_WC_WITH_INV`;
+    /// `invalidated_rkey` shares `imm_data`'s place, in host order).
+    pub fn invalidated_rkey(&self) -> Option<u32> {
+        (self.wc_flags & ffi::WC_WITH_INV != 0).then_some(self.imm_data)
+    }
 }
 
 /// A completion queue (`ibv_cq`, or the user-space engine's).

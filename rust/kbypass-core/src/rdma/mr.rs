@@ -151,6 +151,36 @@ impl MemoryRegion {
         }
     }
 
+    /// Lets a peer's SEND with invalidate ([`SendOp::SendInv`](super::SendOp::SendInv))
+    /// naming this region's R_Key invalidate it, as verbs lets a peer invalidate a memory
+    /// window or a fast-registered MR (the engine has neither). Without it the engine refuses
+    /// such a SEND as rxe refuses one naming an ordinary MR: the receive completes with
+    /// `REM_INV_REQ_ERR` and the receiving QP goes to the error state. Engine regions only.
+    pub fn allow_remote_invalidate(&self) -> Result<()> {
+        match &self.imp {
+            Mr::Verbs(_) => Err(Error::Unsupported {
+                what: "letting a peer invalidate a kernel verbs memory region".into(),
+                fix: "a peer may invalidate only a memory window or a fast-registered MR, \
+                      which kbypass does not offer on kernel RDMA devices; use a user-space \
+                      context (Context::userspace)"
+                    .into(),
+            }),
+            Mr::User(m) => {
+                m.allow_remote_invalidate();
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the region's R_Key still grants remote access: false once a peer's SEND with
+    /// invalidate invalidated it (a kernel verbs MR, which no peer may invalidate, stays valid).
+    pub fn is_valid(&self) -> bool {
+        match &self.imp {
+            Mr::Verbs(_) => true,
+            Mr::User(m) => m.is_valid(),
+        }
+    }
+
     /// A scatter/gather element for `len` bytes at `offset`, bounds-checked against the
     /// region. It borrows the region, so the memory stays registered and mapped while the
     /// element can be posted.

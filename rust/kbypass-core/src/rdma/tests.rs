@@ -71,6 +71,14 @@ fn completion_status_names() {
         ..Default::default()
     };
     assert_eq!(wc.imm(), Some(0x1234_5678));
+    assert_eq!(wc.invalidated_rkey(), None);
+    // `invalidated_rkey` shares `imm_data`'s place, in host order (libibverbs' union).
+    let wc = WorkCompletion {
+        wc_flags: ffi::WC_WITH_INV,
+        imm_data: 0x1234_5678,
+        ..Default::default()
+    };
+    assert_eq!((wc.invalidated_rkey(), wc.imm()), (Some(0x1234_5678), None));
 }
 
 // --- on a real device ---------------------------------------------------------------------

@@ -331,6 +331,12 @@ impl UserMr {
     pub(super) fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
         self.0.write(offset, data)
     }
+    pub(super) fn allow_remote_invalidate(&self) {
+        self.0.allow_remote_invalidate()
+    }
+    pub(super) fn is_valid(&self) -> bool {
+        self.0.is_valid()
+    }
 }
 
 /// A completion channel on the engine (an eventfd).

@@ -37,8 +37,8 @@ impl XskSocket {
         // SAFETY: `app_ptr` checked that `cap` bytes at `addr` lie inside one UMEM frame in the
         // application state, which the kernel does not touch; `alloc` took that frame from the
         // pool just now and its address has not left this call, so no hold, descriptor or view
-        // names it (another socket of a shared UMEM could only reach it through `app_bytes` on
-        // an address it was never given: the footing `alloc_copies` writes on too); the slice
+        // names it (another socket of the same UMEM is out of reach outside this crate, see
+        // `XskSocket::bind`, and inside it never reads a frame it was not given); the slice
         // lives only for `write`'s call, and the UMEM (held by the socket) outlives it.
         let frame = unsafe { std::slice::from_raw_parts_mut(ptr, cap as usize) };
         match write(frame) {

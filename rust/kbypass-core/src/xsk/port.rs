@@ -309,14 +309,16 @@ impl XskPort {
 
     /// Take socket `i` out (e.g. to hand it to a worker thread); put it back with
     /// [`XskPort::put_socket`]. The XSKMAP keeps routing its queue to it meanwhile.
-    pub fn take_socket(&mut self, i: usize) -> Option<XskSocket> {
+    /// Crate-private: see [`XskSocket::bind`] for why sockets of one UMEM stay in one hand
+    /// outside this crate.
+    pub(crate) fn take_socket(&mut self, i: usize) -> Option<XskSocket> {
         self.sockets.get_mut(i).and_then(Option::take)
     }
 
     /// Return a socket taken with [`XskPort::take_socket`]. A socket that does not belong in
     /// slot `i` (the slot is taken, or is for another queue) is refused: it is dropped (closed)
     /// and the error says so.
-    pub fn put_socket(&mut self, i: usize, s: XskSocket) -> Result<()> {
+    pub(crate) fn put_socket(&mut self, i: usize, s: XskSocket) -> Result<()> {
         match self.sockets.get_mut(i) {
             Some(slot @ None) if s.queue() == self.queues[i] => {
                 *slot = Some(s);
@@ -331,7 +333,10 @@ impl XskPort {
 
     /// Take the sockets named in `groups` (indexes into [`XskPort::queues`]), all of them or
     /// none: if one is missing (a worker has it) the others go back and the error names it.
-    pub fn take_sockets(&mut self, groups: &[Vec<usize>]) -> Result<Vec<Vec<(usize, XskSocket)>>> {
+    pub(crate) fn take_sockets(
+        &mut self,
+        groups: &[Vec<usize>],
+    ) -> Result<Vec<Vec<(usize, XskSocket)>>> {
         let mut taken: Vec<Vec<(usize, XskSocket)>> = Vec::with_capacity(groups.len());
         for g in groups {
             let mut v = Vec::with_capacity(g.len());
@@ -356,7 +361,7 @@ impl XskPort {
 
     /// Put sockets back (see [`XskPort::put_socket`]); every socket is tried, and the error
     /// names each one that was refused.
-    pub fn put_sockets(
+    pub(crate) fn put_sockets(
         &mut self,
         sockets: impl IntoIterator<Item = (usize, XskSocket)>,
     ) -> Result<()> {

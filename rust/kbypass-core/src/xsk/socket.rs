@@ -236,7 +236,19 @@ impl XskSocket {
     /// The first socket of a UMEM binds the UMEM's own registration socket and chooses the
     /// copy/zero-copy, need_wakeup and multi-buffer flags; later ones share the UMEM
     /// (`XDP_SHARED_UMEM`, each with its own fill/completion pair) and inherit those flags.
-    pub fn bind(umem: &Arc<Umem>, ifname: &str, queue: u32, cfg: &SocketConfig) -> Result<Self> {
+    ///
+    /// Crate-private, as is taking a socket out of an [`super::XskPort`]: the frames of a UMEM
+    /// carry no record of which socket has them, so two sockets of one UMEM in independent
+    /// hands could release or send a frame the other is reading through [`XskSocket::app_bytes`]
+    /// (a data race with the kernel). Outside this crate a UMEM's sockets live in one
+    /// `XskPort`, reached one `&mut` at a time; inside, each frame has one owner (a worker, the
+    /// fault middlebox), who alone releases or sends it.
+    pub(crate) fn bind(
+        umem: &Arc<Umem>,
+        ifname: &str,
+        queue: u32,
+        cfg: &SocketConfig,
+    ) -> Result<Self> {
         for (name, v) in [
             ("rx_size", cfg.rx_size),
             ("tx_size", cfg.tx_size),
@@ -1027,8 +1039,9 @@ impl XskSocket {
         let p = self.app_ptr(addr, len)?;
         // SAFETY: app_ptr checked that `len` bytes at `addr` lie inside one UMEM frame in the
         // application state, which the kernel does not write; the frame leaves that state only
-        // through `release`/`send`, which take `&mut self` and so end this borrow first, and the
-        // UMEM (held by `self.umem`) outlives it.
+        // through `release`/`send`, which take `&mut self` and so end this borrow first (another
+        // socket of the same UMEM is out of reach outside this crate, see `bind`, and inside it
+        // never moves a frame it was not given), and the UMEM (held by `self.umem`) outlives it.
         Some(unsafe { std::slice::from_raw_parts(p, len as usize) })
     }
 }

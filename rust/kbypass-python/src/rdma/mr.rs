@@ -41,6 +41,18 @@ impl MemoryRegion {
     fn rkey(&self) -> PyResult<u32> {
         Ok(self.get()?.rkey())
     }
+    /// Whether ``rkey`` still grants remote access: False once a peer's SEND with invalidate
+    /// invalidated it.
+    #[getter]
+    fn valid(&self) -> PyResult<bool> {
+        Ok(self.get()?.is_valid())
+    }
+    /// Let a peer's SEND with invalidate naming ``rkey`` invalidate it (as verbs lets a peer
+    /// invalidate a memory window); user-space engine regions only (OSError EOPNOTSUPP on a
+    /// kernel RDMA device).
+    fn allow_remote_invalidate(&self) -> PyResult<()> {
+        self.get()?.allow_remote_invalidate().py()
+    }
 }
 
 /// One more scatter/gather element from Python: `(mr, offset, length)`.

@@ -26,6 +26,13 @@ use super::recv::{self, ReceiveQueue};
 use super::resource::Owner;
 use crate::errors::IntoPyResult;
 
+/// `send` with both `imm` and `invalidate_rkey`.
+const INV_WITH_IMM: &str = "a send carries imm or invalidate_rkey, not both (they share the \
+     work request's 32-bit field, as in ibv_send_wr): drop one";
+/// `send` with `invalidate_rkey` on UD.
+const INV_ON_UD: &str = "a UD send cannot invalidate a key (SEND with invalidate is RC only): \
+     drop invalidate_rkey, or send on a connected RC QP";
+
 /// `Cm::connect` or `Cm::accept`.
 type CmExchange =
     fn(&rdma::QueuePair, SocketAddr, Access, Duration, &Cancel<'_>) -> kbypass_core::Result<Cm>;
@@ -473,10 +480,11 @@ impl QueuePair {
         self.get()?.to_reset().py()
     }
 
-    /// SEND (with immediate data if `imm` is given); on a UD QP pass `ah` and `remote_qpn`.
-    /// `inline=True` has the provider copy the payload (`mr[offset:offset+length]`, at most the
-    /// QP's `max_inline_data` bytes, else ValueError) into the work request during the call.
-    #[pyo3(signature = (mr, offset = 0, length = None, wr_id = 0, imm = None, signaled = true, inline = false, ah = None, remote_qpn = None, remote_qkey = 0x1111_1111, sg = None))]
+    /// SEND (with immediate data if `imm` is given; SEND with invalidate of the peer's R_Key
+    /// `invalidate_rkey` on RC); on a UD QP pass `ah` and `remote_qpn`. `inline=True` has the
+    /// provider copy the payload (`mr[offset:offset+length]`, at most the QP's
+    /// `max_inline_data` bytes, else ValueError) into the work request during the call.
+    #[pyo3(signature = (mr, offset = 0, length = None, wr_id = 0, imm = None, signaled = true, inline = false, ah = None, remote_qpn = None, remote_qkey = 0x1111_1111, sg = None, invalidate_rkey = None))]
     #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
@@ -491,15 +499,21 @@ impl QueuePair {
         remote_qpn: Option<u32>,
         remote_qkey: u32,
         sg: Option<Vec<SgItem<'_>>>,
+        invalidate_rkey: Option<u32>,
     ) -> PyResult<()> {
-        let op = match (ah, remote_qpn) {
-            (Some(ah), Some(remote_qpn)) => SendOp::UdSend {
+        let op = match (ah, remote_qpn, invalidate_rkey) {
+            (Some(ah), Some(remote_qpn), None) => SendOp::UdSend {
                 ah: ah.get()?,
                 remote_qpn,
                 remote_qkey,
                 imm,
             },
-            (None, None) => imm.map_or(SendOp::Send, SendOp::SendImm),
+            (None, None, None) => imm.map_or(SendOp::Send, SendOp::SendImm),
+            (None, None, Some(invalidate_rkey)) if imm.is_none() => {
+                SendOp::SendInv { invalidate_rkey }
+            }
+            (None, None, Some(_)) => return Err(PyValueError::new_err(INV_WITH_IMM)),
+            (Some(_), Some(_), Some(_)) => return Err(PyValueError::new_err(INV_ON_UD)),
             _ => {
                 return Err(PyValueError::new_err(
                     "a UD send needs both ah and remote_qpn",

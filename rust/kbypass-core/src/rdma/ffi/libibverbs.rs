@@ -447,6 +447,8 @@ pub const QP_DEST_QPN: c_int = 1048576;
 // enum ibv_wc_flags
 pub const WC_GRH: c_uint = 1;
 pub const WC_WITH_IMM: c_uint = 2;
+/// `imm_data` holds the invalidated R_Key (`invalidated_rkey`, host order).
+pub const WC_WITH_INV: c_uint = 8;
 
 // enum ibv_port_state, ibv_mtu, link layer
 pub const PORT_ACTIVE: c_int = 4;

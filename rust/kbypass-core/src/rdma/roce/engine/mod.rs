@@ -165,7 +165,9 @@ pub struct EngineCounters {
     pub rnr_naks_received: u64,
     /// RNR NAKs sent.
     pub rnr_naks_sent: u64,
-    /// NAKs sent for a refused request (access, invalid request, operational error).
+    /// NAKs sent for a refused request (access, invalid request, operational error), and
+    /// SEND with invalidate requests refused for an R_Key the receiver may not invalidate
+    /// (class J: ACKed as rxe does, the receive completed with `REM_INV_REQ_ERR`).
     pub naks_sent: u64,
     /// Duplicate requests answered from the responder's state.
     pub duplicates: u64,

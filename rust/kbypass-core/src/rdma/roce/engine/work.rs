@@ -5,6 +5,9 @@ use super::{SendOp, WorkCompletion};
 use crate::rdma::ffi;
 use crate::rdma::roce::rc::{LocalSpan, MemoryTable, Status};
 
+/// `IBV_WC_WITH_INV`: `imm_data` holds the invalidated R_Key.
+pub(super) use crate::rdma::ffi::WC_WITH_INV;
+
 /// `IBV_WC_SEND`.
 pub const WC_SEND: i32 = 0;
 /// `IBV_WC_RDMA_WRITE`.
@@ -23,8 +26,6 @@ pub const WC_RECV_RDMA_WITH_IMM: i32 = 129;
 pub(super) const WC_SUCCESS: i32 = 0;
 pub(super) const WC_LOC_LEN_ERR: i32 = 1;
 pub(super) const WC_WR_FLUSH_ERR: i32 = 5;
-/// `IBV_WC_WITH_INV`: `imm_data` holds the invalidated R_Key.
-pub(super) const WC_WITH_INV: u32 = 8;
 
 /// Bytes of GRH in front of every UD receive (verbs places the IP header there).
 pub(super) const GRH_LEN: usize = 40;

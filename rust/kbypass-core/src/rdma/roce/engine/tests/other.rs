@@ -475,6 +475,7 @@ fn srq_feeds_two_qps_and_send_with_invalidate_revokes_a_key() {
         .register(ExternalMemory::zeroed(4096), Access::ALL)
         .unwrap();
     target.allow_remote_invalidate();
+    assert!(target.is_valid());
     let inv = SendOp::SendInv {
         invalidate_rkey: target.rkey(),
     };
@@ -485,7 +486,7 @@ fn srq_feeds_two_qps_and_send_with_invalidate_revokes_a_key() {
     let w = wait_wcs(&cq, 1, T);
     assert_eq!((w[0].wr_id, w[0].status), (12, 0));
     assert_ne!(w[0].wc_flags & 8, 0, "IBV_WC_WITH_INV");
-    assert_eq!(w[0].imm_data, target.rkey());
+    assert_eq!(w[0].invalidated_rkey(), Some(target.rkey()));
     assert!(!target.is_valid());
     let write = SendOp::Write {
         remote_addr: target.addr(),
