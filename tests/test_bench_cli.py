@@ -80,6 +80,11 @@ def test_bench_latency_compares_pipeline_modes_with_the_kernel_server_and_plots(
         (m,) = x["rounds"]  # one round
         assert 0 < m["rtt_p50_us"] <= m["rtt_p99_us"] <= m["rtt_p999_us"], m
         assert m["pingpong_msgs_per_s"] > 0 and m["load_msgs_per_s"] > 0, m
+        # The capacity run: the generator's requests were answered, counted at the client.
+        cap = m["extra"]["capacity"]
+        assert 0 < cap["answers"] <= cap["offered"], cap
+        assert m["capacity_aps"] == pytest.approx(cap["answers"] / cap["seconds"])
+        assert m["capacity_offered_per_s"] >= m["capacity_aps"] > 0, m
         lo, mid, hi = x["ratio_rtt_p50_us"]
         assert lo == mid == hi > 0
     kernel = rows[0]["rounds"][0]
@@ -88,6 +93,9 @@ def test_bench_latency_compares_pipeline_modes_with_the_kernel_server_and_plots(
         m = x["rounds"][0]
         # The ratio is against the kernel's measurement of the same round.
         assert x["ratio_rtt_p50_us"][1] == pytest.approx(m["rtt_p50_us"] / kernel["rtt_p50_us"])
+        assert x["ratio_capacity_aps"][1] == pytest.approx(
+            m["capacity_aps"] / kernel["capacity_aps"]
+        )
         if x["server"].startswith("in-kernel"):
             continue  # no Pipeline: no worker statistics
         w = m["extra"]
@@ -105,3 +113,4 @@ def test_bench_latency_rejects_bad_arguments() -> None:
     assert main(["bench", "--latency", "--modes", "fast"]) == 2
     assert main(["bench", "--latency", "--modes", ""]) == 2
     assert main(["bench", "--latency", "--rounds", "0"]) == 2
+    assert main(["bench", "--latency", "--offered", "0"]) == 2

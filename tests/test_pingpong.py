@@ -17,11 +17,14 @@ from kbypass.pingpong import (
     KERNEL,
     SOCKPERF_PORT,
     XDP_ECHO,
+    Capacity,
     Measurement,
     Result,
+    capacity,
     kernel_server,
     measure,
     parse_sockperf,
+    request,
     sockperf_echo,
     summarize,
     xdp_echo_server,
@@ -59,21 +62,43 @@ def test_parse_sockperf_reads_the_valid_run_and_its_percentiles() -> None:
         parse_sockperf(REPORT.replace("ReceivedMessages=4174", "ReceivedMessages=0"))
 
 
-def _m(server: str, r: int, p50: float, load: float) -> Measurement:
-    return Measurement(server, r, p50, 2 * p50, 3 * p50, p50, 1e6 / p50, load, 2 * load)
+def _m(server: str, r: int, p50: float, load: float, cap: float = math.nan) -> Measurement:
+    return Measurement(
+        server, r, p50, 2 * p50, 3 * p50, p50, 1e6 / p50, load, 2 * load, cap, 10 * cap
+    )
 
 
 def test_ratios_are_taken_round_by_round_against_the_kernel() -> None:
-    kernel = [_m(KERNEL, 0, 40.0, 100e3), _m(KERNEL, 1, 20.0, 200e3)]
-    sub = Result("x", [_m("x", 0, 20.0, 300e3), _m("x", 1, 15.0, 300e3)], kernel)
+    kernel = [_m(KERNEL, 0, 40.0, 100e3, 200e3), _m(KERNEL, 1, 20.0, 200e3, 100e3)]
+    sub = Result("x", [_m("x", 0, 20.0, 300e3, 800e3), _m("x", 1, 15.0, 300e3, 500e3)], kernel)
     assert sub.ratios("rtt_p50_us") == [0.5, 0.75]
     assert sub.spread("rtt_p50_us", ratio=True) == (0.5, 0.625, 0.75)
     assert sub.spread("load_msgs_per_s") == (300e3, 300e3, 300e3)
     assert sub.ratios("load_msgs_per_s") == [3.0, 1.5]
+    assert sub.ratios("capacity_aps") == [4.0, 5.0]
     d = sub.to_dict()
     assert d["ratio_rtt_p50_us"] == (0.5, 0.625, 0.75) and len(d["kernel_rounds"]) == 2
+    assert d["ratio_capacity_aps"] == (4.0, 4.5, 5.0)
     table = summarize([Result(KERNEL, kernel, kernel), sub])
     assert "0.62x" in table and "2.25x" in table  # medians of the ratios
+    assert "500k/650k/800k 4.50x" in table and "6.50M" in table  # capacity and offered rate
+    # A kernel that answered nothing: the ratio is inf (NaN when both are 0), not an error.
+    zero = [_m(KERNEL, 0, 40.0, 100e3, 0.0)]
+    assert Result("x", [_m("x", 0, 20.0, 1e3, 5.0)], zero).ratios("capacity_aps") == [math.inf]
+    assert math.isnan(Result("x", [_m("x", 0, 20.0, 1e3, 0.0)], zero).ratio("capacity_aps"))
+    # Without load runs the capacity cells say so.
+    plain = [_m(KERNEL, 0, 40.0, math.nan)]
+    assert summarize([Result(KERNEL, plain, plain)]).splitlines()[1].split()[-3:] == ["-"] * 3
+
+
+def test_request_is_a_sockperf_client_message() -> None:
+    r = request(64, seq=9)
+    assert len(r) == 64 and r[14:] == bytes(50)
+    assert struct.unpack("!QHI", r[:14]) == (9, 0x0003, 64)
+    assert Capacity(offered=300, answers=150, seconds=0.5).answers_per_s == 300.0
+    assert Capacity(offered=300, answers=150, seconds=0.5).offered_per_s == 600.0
+    with pytest.raises(ValueError, match="14"):
+        request(10)
 
 
 def _request(seq: int, flags: int, size: int = 64) -> bytes:
@@ -186,3 +211,41 @@ def test_kernel_server_answers_sockperf_and_is_stopped_on_exit() -> None:
         assert srv.returncode is not None  # stopped by its PID when the block ended
         ss = pair.run("b", "ss", "-Hlun", f"sport = :{SOCKPERF_PORT}").stdout
         assert ss.strip() == ""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for XDP and namespaces")
+def test_capacity_counts_the_kernel_servers_answers() -> None:
+    """The generator's requests are real sockperf requests: the kernel's server answers them."""
+    if shutil.which("sockperf") is None:
+        pytest.skip("sockperf is not installed: bash .ci/install-system-deps (or apt-get it)")
+    with VethPair() as pair:
+        with kernel_server(pair, cpu=0):
+            c = capacity(pair, seconds=1.0, cpu=0)
+        assert c.offered > 0 and 0 < c.answers <= c.offered, c
+        assert c.answers_per_s > 0 and c.late >= 0 and 0.9 < c.seconds < 2, c
+        with pair.enter("a"):
+            assert kbypass.xdp_query(pair.a.ifname) == []  # the counter is gone
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for XDP and namespaces")
+def test_capacity_of_a_server_that_answers_nothing_is_zero() -> None:
+    with VethPair() as pair:
+        with pair.enter("b"):  # a socket that never reads: no answers and no ICMP errors
+            sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sink.bind((pair.b.ip, SOCKPERF_PORT))
+        c = capacity(pair, seconds=0.5, cpu=0, rate=50_000)
+        sink.close()
+    assert 0 < c.offered <= 25_000 and (c.answers, c.late, c.answers_per_s) == (0, 0, 0.0), c
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for XDP and namespaces")
+def test_capacity_of_the_xdp_echo_counts_every_answer() -> None:
+    """The XDP echo answers in place; the generator still sends requests, not its answers.
+
+    The live-frames test run re-uses its pages without restoring their bytes: without the
+    generator writing the frame before each send, the echo answered one kernel batch (64) per
+    call.
+    """
+    with VethPair() as pair, xdp_echo_server(pair):
+        c = capacity(pair, seconds=0.5, cpu=0, rate=50_000)
+    assert 20_000 <= c.offered <= 25_000 and c.answers + c.late >= 0.95 * c.offered, c

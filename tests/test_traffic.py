@@ -115,6 +115,35 @@ def test_flows_cycle_the_udp_source_port(veth_pair: VethPair) -> None:
 
 
 @root
+def test_frames_carry_the_given_udp_payload(veth_pair: VethPair) -> None:
+    rx = udp_socket_in(veth_pair, "b", 9000)
+    for payload in (bytes(range(7, 71)), b"hi"):
+        gen = TrafficGenerator(veth_pair, payload=payload, src_port=30100)
+        assert gen.payload == payload
+        f = gen.frame
+        assert gen.size == len(f) == max(60, 42 + len(payload))
+        assert f[42 : 42 + len(payload)] == payload
+        assert int.from_bytes(f[16:18], "big") == 28 + len(payload)  # IPv4 total length
+        assert int.from_bytes(f[38:40], "big") == 8 + len(payload)  # UDP length
+        assert f[40:42] != b"\x00\x00", "a UDP checksum (one flow)"
+        assert gen.run(count=5).packets == 5
+        for _ in range(5):
+            data, addr = rx.recvfrom(2048)  # the kernel checked the checksums on the way
+            assert (data, addr) == (payload, (veth_pair.a.ip, 30100))
+    with pytest.raises(socket.timeout):
+        rx.recvfrom(2048)
+    rx.close()
+    assert TrafficGenerator(veth_pair, size=106, payload=bytes(64)).size == 106
+    with pytest.raises(ValueError, match="conflicts"):
+        TrafficGenerator(veth_pair, size=60, payload=bytes(64))
+    with pytest.raises(ValueError, match="at most 8972"):
+        TrafficGenerator(veth_pair, payload=bytes(9000))
+    gen = TrafficGenerator(veth_pair, payload=bytes(2000))
+    with pytest.raises(ValueError, match="MTU 1500"):
+        gen.run(count=1)
+
+
+@root
 def test_rate_limit_is_respected(veth_pair: VethPair) -> None:
     with DropCounter(veth_pair) as sink:
         sink.reset()

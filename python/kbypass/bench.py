@@ -11,7 +11,9 @@ time per batch is receive, the Python call and the verdicts applied (with ``--ba
 cost of a batch of one).
 
 ``--latency`` measures request/response latency instead (:mod:`kbypass.pingpong`): sockperf's
-ping-pong and under-load clients against a Pipeline answering them in each latency mode and
+ping-pong and under-load clients and the capacity run (the XDP generator offers sockperf requests
+faster than the server answers, an XDP_DROP counter counts the answers; ``--offered`` sets the
+rate, default as fast as it goes) against a Pipeline answering them in each latency mode and
 against the kernel's UDP server (``sockperf server``), ``--rounds`` times, with each figure's
 ratio to the kernel's of the same round; and against the in-kernel XDP echo (``XDP_TX``, no
 user space at all: the floor no server beats on this bench; ``--no-xdp-echo`` leaves it out).
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -138,7 +141,10 @@ def plot(rows: list[Row], path: str) -> None:
 
 
 def plot_latency(results: list[Any], path: str) -> None:
-    """Draw round-trip percentiles and answers per second under load per server into ``path``."""
+    """Draw round-trip percentiles and answers per second under load per server into ``path``.
+
+    Under load: sockperf's under-load client and the capacity run (XDP generator), side by side.
+    """
     plt = _pyplot()
     labels = [r.server.replace(" (", "\n(") for r in results]
     colors = [
@@ -158,10 +164,21 @@ def plot_latency(results: list[Any], path: str) -> None:
     ax1.set_yscale("log")
     ax1.set_title("sockperf ping-pong: UDP round trip")
     ax1.legend()
-    ax2.bar(labels, [r.spread("load_msgs_per_s")[1] / 1e3 for r in results], color=colors)
+    half = 0.4
+    for k, (metric, name, hatch) in enumerate(
+        (
+            ("load_msgs_per_s", "sockperf under-load (--mps max)", ""),
+            ("capacity_aps", "capacity (XDP generator, offered load > server)", "//"),
+        )
+    ):
+        xs = [i + (k - 0.5) * half for i in range(len(results))]
+        ys = [r.spread(metric)[1] / 1e3 for r in results]
+        ax2.bar(xs, ys, half, color=colors, hatch=hatch, edgecolor="black", label=name)
+    ax2.set_xticks(range(len(results)), labels, fontsize=7)
     ax2.set_ylabel("answers per second, thousands")
-    ax2.set_title("sockperf under-load (--mps max)")
-    ax2.tick_params(axis="x", labelsize=7)
+    ax2.set_yscale("log")
+    ax2.set_title("Answers under load")
+    ax2.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -204,8 +221,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--latency",
         action="store_true",
-        help="UDP request/response latency instead: sockperf ping-pong and under-load against "
-        "a Pipeline echo in each latency mode and the kernel's UDP server (needs sockperf)",
+        help="UDP request/response latency instead: sockperf ping-pong and under-load, and the "
+        "capacity run (XDP generator), against a Pipeline echo in each latency mode and the "
+        "kernel's UDP server (needs sockperf)",
     )
     p.add_argument(
         "--rounds", type=int, default=1, help="--latency: measure every server this many times"
@@ -214,6 +232,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-xdp-echo",
         action="store_true",
         help="--latency: leave out the in-kernel XDP echo (XDP_TX), the floor no server can beat",
+    )
+    p.add_argument(
+        "--offered",
+        type=float,
+        metavar="PPS",
+        help="--latency: requests per second the capacity run offers (default: as fast as the "
+        "XDP generator goes)",
     )
     p.add_argument(
         "--modes",
@@ -236,12 +261,16 @@ def _run_latency(args: argparse.Namespace) -> int:
     if not 1 <= args.rounds <= 100 or not 1 <= args.seconds <= 60:
         print("kbypass bench --latency: --rounds 1..100, --seconds 1..60", file=sys.stderr)
         return 2
+    if args.offered is not None and not (math.isfinite(args.offered) and args.offered > 0):
+        print("kbypass bench --latency: --offered takes requests per second > 0", file=sys.stderr)
+        return 2
     try:
         results = run_latency(
             rounds=args.rounds,
             seconds=round(args.seconds),
             modes=modes,
             xdp_echo=not args.no_xdp_echo,
+            offered=args.offered,
         )
     except SockperfMissingError as e:
         print(f"kbypass bench: {e}", file=sys.stderr)

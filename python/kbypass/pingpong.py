@@ -14,11 +14,16 @@ in namespace ``b``, pinned to the last one:
   is left between it and the kernel's UDP server is the cost of the socket path, and between it
   and a Pipeline the cost of AF_XDP and Python.
 
-Two measurements per server: ``sockperf ping-pong`` (one message in flight: round-trip time
-percentiles, and the messages per second that makes) and ``sockperf under-load --mps max
+Three measurements per server: ``sockperf ping-pong`` (one message in flight: round-trip time
+percentiles, and the messages per second that makes), ``sockperf under-load --mps max
 --reply-every 1`` (the client sends as fast as it can and every message asks for an answer: the
-answers per second that come back). :func:`run_latency` measures the kernel and every subject
-once per round and gives each subject's ratios to the kernel of the same round.
+answers per second that come back) and :func:`capacity` (the XDP live-frames generator offers
+sockperf requests faster than any server here answers them, and an ``XDP_DROP`` counter on the
+client's end counts the answers: the server's answers per second at an offered load that outruns
+it). The capacity measurement exists because sockperf's client is the limit of its under-load
+figure on a small machine: even the in-kernel XDP echo, with no user space at all, gets barely
+more answers from it than the kernel's UDP server. :func:`run_latency` measures the kernel and
+every subject once per round and gives each subject's ratios to the kernel of the same round.
 
 Example::
 
@@ -35,6 +40,7 @@ import re
 import shutil
 import signal
 import statistics
+import struct
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -54,14 +60,17 @@ __all__ = [
     "LATENCY_MODES",
     "METRICS",
     "SOCKPERF_PORT",
+    "Capacity",
     "Measurement",
     "Result",
     "XDP_ECHO",
     "SockperfMissingError",
+    "capacity",
     "kernel_server",
     "measure",
     "parse_sockperf",
     "pipeline_server",
+    "request",
     "run_latency",
     "sockperf_echo",
     "summarize",
@@ -169,7 +178,12 @@ def parse_sockperf(text: str) -> dict[str, float]:
 
 @dataclass
 class Measurement:
-    """One server, one round: ping-pong latency and the answer rate under load."""
+    """One server, one round: ping-pong latency and the answer rates under load.
+
+    ``load_*``: sockperf's under-load client; ``capacity_*``: :func:`capacity` (answers per
+    second at an offered load that outruns the server, and the rate offered). NaN when not
+    measured.
+    """
 
     server: str
     round: int
@@ -180,10 +194,96 @@ class Measurement:
     pingpong_msgs_per_s: float
     load_msgs_per_s: float
     load_sent_per_s: float
+    capacity_aps: float = math.nan
+    capacity_offered_per_s: float = math.nan
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-METRICS = ("rtt_p50_us", "rtt_p99_us", "rtt_p999_us", "pingpong_msgs_per_s", "load_msgs_per_s")
+METRICS = (
+    "rtt_p50_us",
+    "rtt_p99_us",
+    "rtt_p999_us",
+    "pingpong_msgs_per_s",
+    "load_msgs_per_s",
+    "capacity_aps",
+)
+
+
+def request(size: int = 64, seq: int = 0) -> bytes:
+    """Return a sockperf client's request of ``size`` bytes (``-m size``), as a UDP payload.
+
+    The 14-byte message header (sequence number ``seq``, flags 0x0003 "client, answer wanted",
+    length ``size``; big-endian) and zero padding; ``sockperf server`` answers it only when the
+    length field matches the datagram, as here.
+    """
+    if not _MSG_HEADER <= size <= 65_507:
+        raise ValueError(f"size={size}: a sockperf message has {_MSG_HEADER}..=65507 bytes")
+    return struct.pack("!QHI", seq, _REQUEST, size).ljust(size, b"\0")
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What :func:`capacity` counted: requests offered and answers back, over ``seconds``.
+
+    ``late`` answers arrived after the generator stopped (requests still queued at the server
+    then): reported, not counted in ``answers``.
+    """
+
+    offered: int
+    answers: int
+    seconds: float
+    late: int = 0
+
+    @property
+    def offered_per_s(self) -> float:
+        """Requests offered per second."""
+        return self.offered / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def answers_per_s(self) -> float:
+        """Answers counted per second: the server's capacity at this offered load."""
+        return self.answers / self.seconds if self.seconds > 0 else 0.0
+
+
+def capacity(
+    pair: VethPair,
+    *,
+    seconds: float = 1.0,
+    cpu: int | None = None,
+    size: int = 64,
+    rate: float | None = None,
+) -> Capacity:
+    """Offer sockperf requests to ``pair.b`` faster than it answers; count the answers.
+
+    The XDP live-frames generator (:class:`kbypass.testing.TrafficGenerator`, pinned to ``cpu``)
+    sends :func:`request` frames from ``pair.a`` to :data:`SOCKPERF_PORT` for ``seconds``, as
+    fast as it can or at ``rate`` frames per second, while a :class:`kbypass.testing.DropCounter`
+    on ``pair.a`` counts (and drops) every frame that comes back. Answers counted while the
+    generator ran, over the run's time, are the server's answers per second at that offered
+    load. Whatever answers at ``pair.b`` now is measured; a server that answers nothing gives 0.
+
+    The counter drops ARP too, and the generator needs none (it writes both MACs), but the
+    kernel's UDP server answers through its neighbour table: the client's MAC is (re)set as a
+    permanent neighbour in namespace ``b`` first (``ip neigh replace ... nud permanent``, what
+    :class:`~kbypass.testing.VethPair` sets up anyway). Every frame arriving at ``pair.a`` is
+    counted, so what else is sent there (an ICMP error from a port nobody listens on, say) would
+    count too; the servers here send nothing else.
+    """
+    from kbypass.testing import DropCounter, TrafficGenerator
+
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"seconds={seconds} must be a positive number")
+    pair.run(
+        "b", "ip", "neigh", "replace", pair.a.ip, "lladdr", pair.a.mac,
+        "dev", pair.b.ifname, "nud", "permanent",
+    )  # fmt: skip
+    gen = TrafficGenerator(pair, "a", payload=request(size), dst_port=SOCKPERF_PORT, cpu=cpu)
+    with DropCounter(pair, side="a") as sink:
+        sink.reset()
+        sent = gen.run(duration=seconds, rate=rate)
+        answers = sink.read().packets
+        late = sink.settle().packets - answers
+    return Capacity(offered=sent.packets, answers=answers, seconds=sent.elapsed, late=late)
 
 
 def _client(pair: VethPair, mode: str, seconds: int, cpu: int, size: int) -> dict[str, float]:
@@ -206,13 +306,17 @@ def measure(
     cpu: int = 0,
     size: int = 64,
     load: bool = True,
+    offered: float | None = None,
 ) -> Measurement:
-    """Run sockperf's ping-pong (and, with ``load``, under-load) client against ``pair.b``.
+    """Run sockperf's ping-pong client against ``pair.b``, and with ``load`` more under load.
 
-    Whatever answers there now is measured; ``server`` names it in the result.
+    With ``load``: sockperf's under-load client and :func:`capacity` (at ``offered``
+    requests/s, or as fast as the generator goes). Whatever answers there now is measured;
+    ``server`` names it in the result.
     """
     pp = _client(pair, "ping-pong", seconds, cpu, size)
     ul = _client(pair, "under-load", seconds, cpu, size) if load else None
+    cap = capacity(pair, seconds=seconds, cpu=cpu, size=size, rate=offered) if load else None
     return Measurement(
         server=server,
         round=round,
@@ -223,6 +327,9 @@ def measure(
         pingpong_msgs_per_s=pp["received"] / pp["seconds"],
         load_msgs_per_s=ul["received"] / ul["seconds"] if ul else math.nan,
         load_sent_per_s=ul["sent"] / ul["seconds"] if ul else math.nan,
+        capacity_aps=cap.answers_per_s if cap else math.nan,
+        capacity_offered_per_s=cap.offered_per_s if cap else math.nan,
+        extra={"capacity": asdict(cap)} if cap else {},
     )
 
 
@@ -309,9 +416,12 @@ class Result:
         return [float(getattr(m, metric)) for m in self.rounds]
 
     def ratios(self, metric: str) -> list[float]:
-        """Return ``metric`` over the kernel's of the same round, per round."""
+        """Return ``metric`` over the kernel's of the same round, per round.
+
+        Over a kernel's 0: inf, or NaN when both are 0.
+        """
         return [
-            float(getattr(m, metric)) / float(getattr(k, metric))
+            _ratio(float(getattr(m, metric)), float(getattr(k, metric)))
             for m, k in zip(self.rounds, self.kernel)
         ]
 
@@ -335,6 +445,12 @@ class Result:
         return d
 
 
+def _ratio(a: float, b: float) -> float:
+    if b == 0:
+        return math.nan if a == 0 or math.isnan(a) else math.inf
+    return a / b
+
+
 Server = Callable[[], contextlib.AbstractContextManager[Any]]
 
 
@@ -352,14 +468,17 @@ def run_latency(
     load: bool = True,
     pair: VethPair | None = None,
     xdp_echo: bool = True,
+    offered: float | None = None,
 ) -> list[Result]:
     """Measure the kernel's UDP server and each subject once per round, on one veth bench.
 
     Subjects: a Pipeline with :func:`sockperf_echo` per latency mode in ``modes``, the C
     reflector when ``xsk_ref`` names a built ``xsk_ref`` binary, and with ``xdp_echo`` the
     in-kernel XDP echo (:func:`xdp_echo_server`, the floor). Each round measures the kernel
-    first, then the subjects in order. Returns the kernel's :class:`Result` first (ratios 1),
-    then one per subject. Needs root and ``sockperf``.
+    first, then the subjects in order. With ``load``, each measurement includes sockperf's
+    under-load client and :func:`capacity` (at ``offered`` requests/s, default as fast as the
+    generator goes). Returns the kernel's :class:`Result` first (ratios 1), then one per
+    subject. Needs root and ``sockperf``.
     """
     from kbypass import cpu
     from kbypass.testing import VethPair
@@ -384,11 +503,12 @@ def run_latency(
             for name, start in servers:
                 with start() as srv:
                     m = measure(
-                        bench, name, round=r, seconds=seconds, cpu=client_cpu, size=size, load=load
-                    )
+                        bench, name, round=r, seconds=seconds, cpu=client_cpu, size=size,
+                        load=load, offered=offered,
+                    )  # fmt: skip
                     if isinstance(srv, Pipeline):
                         w = srv.stats()[0]
-                        m.extra = {
+                        m.extra |= {
                             k: w[k]
                             for k in ("rx", "tx", "batches", "mean_batch", "idle_waits",
                                       "busy_poll", "notes", "handler_errors")
@@ -406,24 +526,32 @@ def summarize(results: Sequence[Result]) -> str:
     """
     head = (
         f"{'server':<36} {'RTT p50 µs':>20} {'RTT p99 µs':>20} {'RTT p99.9 µs':>20} "
-        f"{'ping-pong msg/s':>22} {'under load msg/s':>24}"
+        f"{'ping-pong msg/s':>22} {'under load msg/s':>24} {'capacity answers/s':>24} "
+        f"{'offered/s':>10}"
     )
     lines = [head]
     for r in results:
         cells = []
         for metric in METRICS:
+            if all(math.isnan(v) for v in r.values(metric)):
+                cells.append("-")  # not measured (no load runs)
+                continue
             lo, mid, hi = r.spread(metric)
-            scale, fmt = (1e3, "{:.0f}k") if metric.endswith("per_s") else (1.0, "{:.1f}")
+            rate = metric.endswith(("per_s", "_aps"))
+            scale, fmt = (1e3, "{:.0f}k") if rate else (1.0, "{:.1f}")
             cell = "/".join(fmt.format(v / scale) for v in (lo, mid, hi))
             if r.server != KERNEL:
                 cell += f" {r.ratio(metric):.2f}x"
             cells.append(cell)
+        offered = statistics.median(r.values("capacity_offered_per_s")) / 1e6
+        off = "-" if math.isnan(offered) else f"{offered:.2f}M"
         lines.append(
             f"{r.server:<36} {cells[0]:>20} {cells[1]:>20} {cells[2]:>20} {cells[3]:>22} "
-            f"{cells[4]:>24}"
+            f"{cells[4]:>24} {cells[5]:>24} {off:>10}"
         )
     lines.append(
         "(min/median/max over rounds; Nx: the median over rounds of the ratio to the kernel's "
-        "UDP server measured in the same round)"
+        "UDP server measured in the same round; capacity: answers per second counted while the "
+        "XDP generator offered sockperf requests at the median rate in 'offered/s')"
     )
     return "\n".join(lines)

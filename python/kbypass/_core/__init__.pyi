@@ -546,7 +546,7 @@ class LiveGenerator:
     def __new__(
         cls,
         *,
-        size: int = 60,
+        size: int | None = None,
         flows: int = 1,
         src_ip: str = "198.18.0.1",
         dst_ip: str = "198.18.0.2",
@@ -556,6 +556,7 @@ class LiveGenerator:
         dst_mac: str = "02:00:c6:12:00:02",
         udp_checksum: bool = True,
         batch_size: int = 0,
+        payload: bytes | None = None,
     ) -> LiveGenerator: ...
     @property
     def frame(self) -> bytes: ...

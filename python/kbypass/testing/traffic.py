@@ -106,7 +106,8 @@ class TrafficGenerator:
     Args:
         pair: the veth pair.
         side: the end that sends (``"a"`` or ``"b"``); frames go to the other end's MAC/IP.
-        size: frame size without the FCS, 60..=MTU+14 (60 is a 64-byte wire frame).
+        size: frame size without the FCS, 60..=MTU+14 (60 is a 64-byte wire frame); the
+            default is 60, or with ``payload`` the length the payload makes.
         flows: distinct UDP source ports ``src_port, src_port+1, ...``, used in turn; with
             more than one flow the UDP checksum is 0 (valid for IPv4) so only the port changes.
         src_port: first UDP source port.
@@ -117,6 +118,11 @@ class TrafficGenerator:
         src_ip: the frames' IPv4 source address (default: the sending end's); frames are
             written, not routed, so another address (e.g. a second "host" in 198.18.0.0/15)
             needs no configuration.
+        payload: the frames' UDP payload instead of the default fill (a sequence-number slot
+            and a pattern): the frame is 42 bytes of headers plus the payload (zero-padded to
+            60), IP/UDP lengths and checksums to match. A ``size`` given with it must be that
+            length; a payload whose frame exceeds 9014 bytes is refused (ValueError), and one
+            whose frame exceeds the sending end's MTU + 14 is refused when a run starts.
 
     Example::
 
@@ -133,7 +139,7 @@ class TrafficGenerator:
         pair: VethPair,
         side: str = "a",
         *,
-        size: int = 60,
+        size: int | None = None,
         flows: int = 1,
         src_port: int = 10000,
         dst_port: int = 9000,
@@ -141,6 +147,7 @@ class TrafficGenerator:
         batch_size: int = 0,
         cpu: int | None = None,
         src_ip: str | None = None,
+        payload: bytes | None = None,
     ) -> None:
         self.pair = _check_pair(pair)
         self.end, self.peer = _ends(pair, side)
@@ -156,6 +163,7 @@ class TrafficGenerator:
             dst_mac=self.peer.mac,
             udp_checksum=udp_checksum,
             batch_size=batch_size,
+            payload=None if payload is None else bytes(payload),
         )
 
     @property
@@ -167,6 +175,12 @@ class TrafficGenerator:
     def size(self) -> int:
         """Frame size in bytes without the FCS."""
         return self._gen.size
+
+    @property
+    def payload(self) -> bytes:
+        """The frame's UDP payload (what a UDP socket at the other end receives)."""
+        f = self.frame
+        return f[_HEADERS : 14 + int.from_bytes(f[16:18], "big")]
 
     @property
     def flows(self) -> int:

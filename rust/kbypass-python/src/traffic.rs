@@ -168,11 +168,11 @@ fn run_args(
 #[pymethods]
 impl LiveGenerator {
     #[new]
-    #[pyo3(signature = (*, size=60, flows=1, src_ip="198.18.0.1", dst_ip="198.18.0.2", src_port=10000, dst_port=9000, src_mac="02:00:c6:12:00:01", dst_mac="02:00:c6:12:00:02", udp_checksum=true, batch_size=0))]
+    #[pyo3(signature = (*, size=None, flows=1, src_ip="198.18.0.1", dst_ip="198.18.0.2", src_port=10000, dst_port=9000, src_mac="02:00:c6:12:00:01", dst_mac="02:00:c6:12:00:02", udp_checksum=true, batch_size=0, payload=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
-        size: usize,
+        size: Option<usize>,
         flows: u32,
         src_ip: &str,
         dst_ip: &str,
@@ -182,7 +182,11 @@ impl LiveGenerator {
         dst_mac: &str,
         udp_checksum: bool,
         batch_size: u32,
+        payload: Option<Vec<u8>>,
     ) -> PyResult<Self> {
+        // Without a payload the default frame is a minimum-size one; with one, its length
+        // follows from the payload unless a size is given (which must then agree).
+        let size = size.unwrap_or(if payload.is_some() { 0 } else { 60 });
         let opts = LiveOptions {
             template: UdpTemplate {
                 dst_mac: parse_mac(dst_mac, "dst_mac")?,
@@ -196,6 +200,7 @@ impl LiveGenerator {
             },
             flows,
             batch_size,
+            payload,
         };
         let inner = py.detach(|| traffic::LiveGenerator::new(&opts)).py()?;
         Ok(LiveGenerator {

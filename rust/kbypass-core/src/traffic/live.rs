@@ -26,6 +26,11 @@
 //! made (no CAP_SYS_ADMIN), the generator still works and sizes its calls from the measured rate
 //! to amortise the waits ([`LiveGenerator::keeper_note`] says why).
 //!
+//! A frame with a given UDP payload ([`LiveOptions::payload`]) is a message for a server; the
+//! program then writes the whole frame before each send, because the test run re-uses its pages
+//! without restoring their bytes and a server answering in place would edit them (see
+//! [`super::program`]).
+//!
 //! On veth, `XDP_TX` out of an interface only delivers when its peer can take XDP frames (GRO on
 //! or a native XDP program, e.g. [`super::sink::DropCounter`]) and the frame fits the peer's MTU;
 //! the generator also needs the ingress interface's own XDP queue registered (GRO on or an XDP
@@ -35,20 +40,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::kernel::Throughput;
-use super::template::{UdpTemplate, UDP_OFFSET};
+use super::program::{generator_program, Steps};
+use super::template::UdpTemplate;
 use crate::cpu::Pinned;
 use crate::error::{Error, Result};
 use crate::sys::bpf::{
-    BpfInsn, LinkFd, MapFd, ProgFd, ProgLoad, BPF_ANY, BPF_MAP_TYPE_PERCPU_ARRAY,
-    BPF_PROG_TYPE_XDP, XDP_PASS, XDP_TX,
+    LinkFd, MapFd, ProgFd, ProgLoad, BPF_ANY, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_PROG_TYPE_XDP,
 };
 use crate::sys::netlink::{in_private_netns, link_info, XDP_FLAGS_SKB_MODE};
 use crate::sys::netns::NetnsGuard;
 use crate::sys::xdp::if_nametoindex;
-use crate::xdp::asm::{helper, Alu, Asm, Cond, Size, R0, R1, R10, R2, R3, R6, R7, R8};
-
-/// Offset of `ingress_ifindex` in `struct xdp_md`.
-const XDP_MD_INGRESS_IFINDEX: i16 = 12;
 /// Largest live-frames batch the kernel accepts (`TEST_XDP_MAX_BATCH`).
 pub const MAX_BATCH: u32 = 256;
 /// Most distinct UDP source ports.
@@ -64,8 +65,6 @@ const TARGET_CALL_NO_KEEPER: Duration = Duration::from_millis(250);
 /// Under a rate limit, send one slice of this many seconds' worth of frames per call.
 const RATE_SLICE: Duration = Duration::from_millis(10);
 const RATE_SLICE_NO_KEEPER: Duration = Duration::from_millis(50);
-/// `ifindex` of a loopback device (the same in every network namespace).
-const LOOPBACK_IFINDEX: i32 = 1;
 /// Stop a duration-limited run when less than this is left (one call costs at least that much).
 const MIN_CALL: Duration = Duration::from_millis(2);
 
@@ -79,6 +78,12 @@ pub struct LiveOptions {
     pub flows: u32,
     /// Frames per kernel batch, 1..=256 (0: the kernel's default, 64).
     pub batch_size: u32,
+    /// The frames' UDP payload instead of the template's fill; the frame's length follows from
+    /// it, and `template.size` must then be 0 or that length
+    /// ([`UdpTemplate::build_with_payload`]). With a payload the program writes the whole frame
+    /// before each send (a message for a server, which may answer by editing the frame in
+    /// place: see [`super::program`]).
+    pub payload: Option<Vec<u8>>,
 }
 
 impl Default for LiveOptions {
@@ -90,6 +95,7 @@ impl Default for LiveOptions {
             },
             flows: 1,
             batch_size: 0,
+            payload: None,
         }
     }
 }
@@ -127,57 +133,6 @@ pub struct LiveResult {
     /// Whether a signal interrupted a call (the run stopped there; frames of the interrupted
     /// call are not counted).
     pub interrupted: bool,
-}
-
-/// The XDP_TX program; with flows, the source-port rewrite in front of it.
-fn generator_program(flows: u32, base_port: u16, map_fd: Option<i32>) -> Result<Vec<BpfInsn>> {
-    let mut a = Asm::new();
-    // Frames that really arrive on a loopback (the keeper's) pass untouched.
-    let live = a.label();
-    a.ldx(Size::W, R2, R1, XDP_MD_INGRESS_IFINDEX)
-        .jmp_imm(Cond::Ne, R2, LOOPBACK_IFINDEX, live)
-        .mov64_imm(R0, XDP_PASS as i32)
-        .exit()
-        .bind(live);
-    if let (true, Some(fd)) = (flows > 1, map_fd) {
-        let tx = a.label();
-        let store = a.label();
-        // r7 = data, r8 = data_end; frames too short for a UDP header go out unchanged.
-        a.mov64_reg(R6, R1)
-            .ldx(Size::W, R7, R6, 0)
-            .ldx(Size::W, R8, R6, 4)
-            .mov64_reg(R2, R7)
-            .alu64_imm(Alu::Add, R2, (UDP_OFFSET + 8) as i32)
-            .jmp_reg(Cond::Gt, R2, R8, tx);
-        // r0 = &counter[this cpu]
-        a.st_imm(Size::W, R10, -4, 0)
-            .ld_map_fd(R1, fd)
-            .mov64_reg(R2, R10)
-            .alu64_imm(Alu::Add, R2, -4)
-            .call(helper::MAP_LOOKUP_ELEM)
-            .jmp_imm(Cond::Eq, R0, 0, tx);
-        // r1 = n (in 0..flows); counter = n + 1 wrapping at flows
-        a.ldx(Size::W, R1, R0, 0)
-            .mov64_reg(R3, R1)
-            .alu64_imm(Alu::Add, R3, 1)
-            .jmp_imm(Cond::Lt, R3, flows as i32, store)
-            .mov64_imm(R3, 0)
-            .bind(store)
-            .stx(Size::W, R0, R3, 0);
-        // A counter beyond `flows` (cannot happen unless user space wrote the map) is folded
-        // back so the port stays in range.
-        let ok = a.label();
-        a.jmp_imm(Cond::Lt, R1, flows as i32, ok)
-            .mov64_imm(R1, 0)
-            .bind(ok);
-        // udp.source = htons(base + n)
-        a.alu64_imm(Alu::Add, R1, i32::from(base_port))
-            .to_be(R1, 16)
-            .stx(Size::H, R7, R1, UDP_OFFSET as i16);
-        a.bind(tx);
-    }
-    a.mov64_imm(R0, XDP_TX as i32).exit();
-    a.finish()
 }
 
 /// The live-frames generator: a loaded XDP_TX program, its flow counter, and the frame. Dropping
@@ -261,7 +216,11 @@ impl LiveGenerator {
         if opts.flows > 1 {
             opts.template.udp_checksum = false;
         }
-        let frame = opts.template.build()?;
+        let frame = match &opts.payload {
+            Some(p) => opts.template.build_with_payload(p)?,
+            None => opts.template.build()?,
+        };
+        opts.template.size = frame.len();
         let flows_map = if opts.flows > 1 {
             Some(MapFd::create(
                 BPF_MAP_TYPE_PERCPU_ARRAY,
@@ -274,11 +233,12 @@ impl LiveGenerator {
         } else {
             None
         };
-        let insns = generator_program(
-            opts.flows,
-            opts.template.src_port,
-            flows_map.as_ref().map(MapFd::raw),
-        )?;
+        let insns = generator_program(&Steps {
+            rewrite: opts.payload.is_some().then_some(&frame[..]),
+            flows: opts.flows,
+            base_port: opts.template.src_port,
+            map_fd: flows_map.as_ref().map(MapFd::raw),
+        })?;
         let prog = ProgFd::load(&ProgLoad {
             prog_type: BPF_PROG_TYPE_XDP,
             insns: &insns,
@@ -312,7 +272,8 @@ impl LiveGenerator {
         &self.frame
     }
 
-    /// The options in effect (with `udp_checksum` false when flows vary).
+    /// The options in effect (with `udp_checksum` false when flows vary, and `template.size`
+    /// the frame's length).
     pub fn options(&self) -> &LiveOptions {
         &self.opts
     }
@@ -364,7 +325,7 @@ impl LiveGenerator {
         let mtu = link.mtu as usize;
         if self.frame.len() > mtu + 14 {
             return Err(Error::invalid(format!(
-                "a {}-byte frame does not fit {ifname}'s MTU {mtu} (at most {} bytes with the Ethernet header): the peer would drop it; raise the MTU or lower the size",
+                "a {}-byte frame does not fit {ifname}'s MTU {mtu} (at most {} bytes with the Ethernet header): the peer would drop it; raise the MTU or send a smaller frame (size or payload)",
                 self.frame.len(),
                 mtu + 14
             )));
@@ -507,25 +468,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn program_shapes() {
-        let plain = generator_program(1, 10000, None).unwrap();
-        assert_eq!(plain.len(), 6);
-        // ingress_ifindex == loopback → XDP_PASS, else XDP_TX
-        assert_eq!(
-            (plain[0].code, plain[0].off),
-            (0x61, XDP_MD_INGRESS_IFINDEX)
-        );
-        assert_eq!((plain[2].code, plain[2].imm), (0xb7, XDP_PASS as i32));
-        assert_eq!((plain[4].code, plain[4].imm), (0xb7, XDP_TX as i32));
-        let flows = generator_program(8, 10000, Some(5)).unwrap();
-        assert!(flows.len() > 20);
-        // The port store is a 16-bit store at the UDP header.
-        assert!(flows
-            .iter()
-            .any(|i| i.code == 0x6b && i.off == UDP_OFFSET as i16));
-    }
-
-    #[test]
     fn bad_options_are_refused() {
         let bad = |o: LiveOptions| LiveGenerator::new(&o).unwrap_err();
         assert!(matches!(
@@ -555,5 +497,13 @@ mod tests {
             ..Default::default()
         });
         assert!(e.to_string().contains("out of range"), "{e}");
+        let e = bad(LiveOptions {
+            payload: Some(vec![0; 64]),
+            ..Default::default()
+        });
+        assert!(
+            e.to_string().contains("conflicts"),
+            "size 60 and a 106-byte frame: {e}"
+        );
     }
 }

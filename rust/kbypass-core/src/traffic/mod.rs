@@ -4,6 +4,7 @@
 
 pub mod kernel;
 pub mod live;
+mod program;
 pub mod sink;
 pub mod template;
 #[cfg(test)]

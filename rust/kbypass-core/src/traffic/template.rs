@@ -65,6 +65,37 @@ impl UdpTemplate {
         for (i, b) in payload[8..].iter_mut().enumerate() {
             *b = (i % 251) as u8;
         }
+        self.frame_with(payload)
+    }
+
+    /// Build a frame whose UDP payload is `payload` (IP and UDP lengths and checksums follow
+    /// from it). Its length is `42 + payload.len()`, padded with zeros after the datagram to
+    /// the Ethernet minimum of 60 bytes; `size` must be 0 (follow the payload) or that length.
+    pub fn build_with_payload(&self, payload: &[u8]) -> Result<Vec<u8>> {
+        let len = Self::frame_len(payload);
+        let max = MAX_FRAME - UDP_OFFSET - 8;
+        if payload.len() > max {
+            return Err(Error::invalid(format!(
+                "a {}-byte UDP payload makes a {len}-byte frame, over the {MAX_FRAME}-byte maximum: give at most {max} bytes",
+                payload.len()
+            )));
+        }
+        if self.size != 0 && self.size != len {
+            return Err(Error::invalid(format!(
+                "size={} conflicts with the {}-byte payload, which makes a {len}-byte frame: give the size or the payload, not both (or size {len})",
+                self.size,
+                payload.len()
+            )));
+        }
+        self.frame_with(payload.to_vec())
+    }
+
+    /// The frame length a UDP payload of `payload.len()` bytes makes (at least [`MIN_FRAME`]).
+    pub fn frame_len(payload: &[u8]) -> usize {
+        (UDP_OFFSET + 8 + payload.len()).max(MIN_FRAME)
+    }
+
+    fn frame_with(&self, payload: Vec<u8>) -> Result<Vec<u8>> {
         let mut f = Template::build(&Spec {
             dst_mac: self.dst_mac,
             src_mac: self.src_mac,
@@ -121,6 +152,53 @@ mod tests {
         .unwrap();
         assert_eq!(&f[UDP_OFFSET + 6..UDP_OFFSET + 8], &[0, 0]);
         assert!(checksums_ok(&f, &parse(&f)));
+    }
+
+    #[test]
+    fn a_given_payload_is_the_datagram() {
+        let t = UdpTemplate {
+            size: 0,
+            ..Default::default()
+        };
+        for (n, want_len) in [(64usize, 106usize), (0, 60), (5, 60), (18, 60), (19, 61)] {
+            let p: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
+            let f = t.build_with_payload(&p).unwrap();
+            let m = parse(&f);
+            assert_eq!(f.len(), want_len, "payload {n}");
+            assert_eq!(f.len(), UdpTemplate::frame_len(&p));
+            // IPv4 total length and UDP length count the datagram, not the Ethernet padding.
+            assert_eq!(u16::from_be_bytes([f[16], f[17]]) as usize, 28 + n);
+            assert_eq!(u16::from_be_bytes([f[38], f[39]]) as usize, 8 + n);
+            assert_eq!(m.payload_len as usize, n);
+            assert_eq!(&f[UDP_OFFSET + 8..UDP_OFFSET + 8 + n], &p[..]);
+            assert!(f[UDP_OFFSET + 8 + n..].iter().all(|&b| b == 0));
+            assert!(checksums_ok(&f, &m), "payload {n}");
+        }
+        // The size it makes is accepted too; another size, or a payload too large, is not.
+        let p = [1u8; 64];
+        let sized = UdpTemplate {
+            size: 106,
+            ..t.clone()
+        };
+        assert_eq!(
+            sized.build_with_payload(&p).unwrap(),
+            t.build_with_payload(&p).unwrap()
+        );
+        let e = UdpTemplate {
+            size: 60,
+            ..t.clone()
+        }
+        .build_with_payload(&p)
+        .unwrap_err();
+        assert!(e.to_string().contains("conflicts"), "{e}");
+        let e = t.build_with_payload(&vec![0; MAX_FRAME]).unwrap_err();
+        assert!(e.to_string().contains("at most 8972"), "{e}");
+        let no_sum = UdpTemplate {
+            udp_checksum: false,
+            ..t
+        };
+        let f = no_sum.build_with_payload(&p).unwrap();
+        assert_eq!(&f[UDP_OFFSET + 6..UDP_OFFSET + 8], &[0, 0]);
     }
 
     #[test]

@@ -109,6 +109,52 @@ fn exactly_n_frames_reach_a_dropping_peer_as_root() {
 }
 
 #[test]
+fn a_kernel_socket_receives_the_given_payload_as_root() {
+    let Some(p) = pair_or_skip("live generator payload") else {
+        return;
+    };
+    let sock = {
+        let _ns = NetnsGuard::enter(&p.b).unwrap();
+        std::net::UdpSocket::bind(SocketAddrV4::new(p.ip(2), 9500)).unwrap()
+    };
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    for n in [64usize, 5] {
+        let payload: Vec<u8> = (0..n).map(|i| (i * 13 + 1) as u8).collect();
+        let gen = LiveGenerator::new(&LiveOptions {
+            template: UdpTemplate {
+                dst_port: 9500,
+                ..template(&p, 0)
+            },
+            payload: Some(payload.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(gen.frame().len(), UdpTemplate::frame_len(&payload));
+        assert_eq!(gen.options().template.size, gen.frame().len());
+        let run = LiveRun {
+            count: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(
+            gen.run("veth0", Some(&p.a), &run)
+                .unwrap()
+                .throughput
+                .packets,
+            3
+        );
+        let mut buf = [0u8; 2048];
+        for _ in 0..3 {
+            let (len, from) = sock.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..len], &payload[..], "payload of {n} bytes");
+            assert_eq!(
+                from,
+                std::net::SocketAddr::V4(SocketAddrV4::new(p.ip(1), 10000))
+            );
+        }
+    }
+}
+
+#[test]
 fn flows_cycle_the_source_port_as_root() {
     let Some(p) = pair_or_skip("flows") else {
         return;
