@@ -111,6 +111,7 @@ def test_reflect_answers_the_masked_frames_in_one_call_and_bytes_reads_a_frame(
 ) -> None:
     payloads: list[bytes] = []
     slices_ok: list[bool] = []
+    unchanged: list[bool] = []
 
     def handle(batch: kbypass.Batch) -> None:
         for i in range(len(batch)):
@@ -125,6 +126,10 @@ def test_reflect_answers_the_masked_frames_in_one_call_and_bytes_reads_a_frame(
             )
         with pytest.raises(IndexError, match="out of range"):
             batch.bytes(len(batch))
+        before = [batch.bytes(i) for i in range(len(batch))]
+        with pytest.raises(OSError):  # no TX metadata on this port: refused before any change
+            batch.reflect(timestamp=True)
+        unchanged.append(before == [batch.bytes(i) for i in range(len(batch))])
         answer = np.array([batch.bytes(i, 42, 45) == b"yes" for i in range(len(batch))])
         assert batch.reflect(answer) == int(answer.sum())  # IPs and ports swapped
         batch.verdicts[answer] = kbypass.TX
@@ -145,6 +150,7 @@ def test_reflect_answers_the_masked_frames_in_one_call_and_bytes_reads_a_frame(
     assert {a for _, a in got} == {(pair.b.ip, 9404)}
     assert t["tx"] == 3 and t["dropped"] == 3
     assert sorted(payloads) == sorted(sent) and slices_ok == [True] * 6
+    assert unchanged and all(unchanged)
 
 
 @pytest.mark.parametrize("latency", ["adaptive", "busy", "sleep"])

@@ -107,6 +107,9 @@ impl BatchFrames {
     /// many frames had their IP addresses and ports swapped (the others, not IP or without
     /// ports, get what applies to them).
     pub fn reflect(&self, seq: u64, pick: Pick<'_>, ask: &TxAsk) -> Result<usize> {
+        // Refused before any frame changes: a frame is never left turned round without its
+        // checksums.
+        ask.check(&*self.umem()?)?;
         let n = self.each(seq, pick, |frame| {
             let m = parse(frame);
             edit::swap_macs(frame);
