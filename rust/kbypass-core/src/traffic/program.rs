@@ -15,7 +15,7 @@
 use super::template::UDP_OFFSET;
 use crate::error::Result;
 use crate::sys::bpf::{BpfInsn, XDP_PASS, XDP_TX};
-use crate::xdp::asm::{helper, Alu, Asm, Cond, Size, R0, R1, R10, R2, R3, R4, R6, R7, R8};
+use crate::xdp::asm::{Alu, Asm, Cond, Size, R0, R1, R2, R3, R4, R6, R7, R8};
 
 /// Offset of `ingress_ifindex` in `struct xdp_md`.
 pub(super) const XDP_MD_INGRESS_IFINDEX: i16 = 12;
@@ -93,12 +93,7 @@ pub(super) fn generator_program(steps: &Steps<'_>) -> Result<Vec<BpfInsn>> {
             .alu64_imm(Alu::Add, R2, (UDP_OFFSET + 8) as i32)
             .jmp_reg(Cond::Gt, R2, R8, tx);
         // r0 = &counter[this cpu]
-        a.st_imm(Size::W, R10, -4, 0)
-            .ld_map_fd(R1, fd)
-            .mov64_reg(R2, R10)
-            .alu64_imm(Alu::Add, R2, -4)
-            .call(helper::MAP_LOOKUP_ELEM)
-            .jmp_imm(Cond::Eq, R0, 0, tx);
+        a.lookup_first(fd, tx);
         // r1 = n (in 0..flows); counter = n + 1 wrapping at flows
         a.ldx(Size::W, R1, R0, 0)
             .mov64_reg(R3, R1)

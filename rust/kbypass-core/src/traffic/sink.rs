@@ -13,7 +13,7 @@ use crate::sys::bpf::{
 };
 use crate::sys::netlink::XdpMode;
 use crate::sys::netns::NetnsGuard;
-use crate::xdp::asm::{helper, Alu, Asm, Cond, Size, R0, R1, R10, R2, R3, R6, R7};
+use crate::xdp::asm::{Alu, Asm, Size, R0, R1, R2, R3, R6, R7};
 use crate::xdp::{attach_fd, AttachMode, XdpAttachment};
 
 /// Name of the program (kbypass prefix: a later attach recognises it as ours).
@@ -36,12 +36,7 @@ fn drop_program(map_fd: i32) -> Result<Vec<BpfInsn>> {
         .ldx(Size::W, R7, R6, 4)
         .ldx(Size::W, R2, R6, 0)
         .alu64_reg(Alu::Sub, R7, R2);
-    a.st_imm(Size::W, R10, -4, 0)
-        .ld_map_fd(R1, map_fd)
-        .mov64_reg(R2, R10)
-        .alu64_imm(Alu::Add, R2, -4)
-        .call(helper::MAP_LOOKUP_ELEM)
-        .jmp_imm(Cond::Eq, R0, 0, out);
+    a.lookup_first(map_fd, out);
     a.ldx(Size::DW, R3, R0, 0)
         .alu64_imm(Alu::Add, R3, 1)
         .stx(Size::DW, R0, R3, 0)

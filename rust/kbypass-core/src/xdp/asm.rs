@@ -280,6 +280,17 @@ impl Asm {
         self.emit(BPF_JMP | BPF_CALL, Reg(0), Reg(0), 0, id)
     }
 
+    /// `r0 = &map[0]` of an array map (the 32-bit key 0 on the stack at `r10 - 4`), going to
+    /// `missing` when the lookup finds nothing: a per-CPU counter's slot. Clobbers r1..r5.
+    pub fn lookup_first(&mut self, map_fd: i32, missing: Label) -> &mut Self {
+        self.st_imm(Size::W, R10, -4, 0)
+            .ld_map_fd(R1, map_fd)
+            .mov64_reg(R2, R10)
+            .alu64_imm(Alu::Add, R2, -4)
+            .call(helper::MAP_LOOKUP_ELEM)
+            .jmp_imm(Cond::Eq, R0, 0, missing)
+    }
+
     /// `return r0`.
     pub fn exit(&mut self) -> &mut Self {
         self.emit(BPF_JMP | BPF_EXIT, Reg(0), Reg(0), 0, 0)

@@ -932,15 +932,10 @@ fn link_detaches_when_owner_is_killed() {
 
 /// XDP program counting frames in slot 0 of an ARRAY map, then dropping them.
 fn counting_drop_prog(map: &MapFd) -> ProgFd {
-    use super::asm::{Alu, Asm, Cond, Size, R0, R1, R10, R2};
+    use super::asm::{Asm, R0, R1};
     let mut a = Asm::new();
     let out = a.label();
-    a.st_imm(Size::W, R10, -4, 0)
-        .ld_map_fd(R1, map.raw())
-        .mov64_reg(R2, R10)
-        .alu64_imm(Alu::Add, R2, -4)
-        .call(super::asm::helper::MAP_LOOKUP_ELEM)
-        .jmp_imm(Cond::Eq, R0, 0, out)
+    a.lookup_first(map.raw(), out)
         .mov64_imm(R1, 1)
         .atomic_add64(R0, R1, 0)
         .bind(out)
