@@ -568,6 +568,8 @@ impl PyBatch {
     ) -> PyResult<Bound<'py, PyBytes>> {
         self.check()?;
         let j = self.index(i)?;
+        // Made under the lease's lock, as `Packet.bytes`: a bytes object is not tracked by the
+        // garbage collector, so allocating one runs no Python that could want the lock.
         self.frames
             .read_one(self.seq, j, |f| {
                 let (a, b) = slice_bounds(f.len(), start, stop);
@@ -641,7 +643,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
 /// `[start:stop]` of a sequence of `len` items as Python slices it (negative bounds count from
 /// the end; bounds past either end are clipped).
-pub(crate) fn slice_bounds(len: usize, start: isize, stop: Option<isize>) -> (usize, usize) {
+fn slice_bounds(len: usize, start: isize, stop: Option<isize>) -> (usize, usize) {
     let n = len as isize;
     let at = |i: isize| (if i < 0 { i + n } else { i }).clamp(0, n) as usize;
     let (a, b) = (at(start), stop.map_or(len, at));
