@@ -48,8 +48,7 @@ Example::
         h = batch.headers
         hit = h["dst_port"] == 9000
         batch.verdicts[:] = np.where(hit, kbypass.TX, kbypass.DROP)
-        batch.swap_macs(hit); batch.swap_ips(hit); batch.swap_ports(hit)
-        batch.fix_checksums(hit)
+        batch.reflect(hit)  # MACs, IPs and ports swapped, checksums fixed
 
     with kbypass.Pipeline("eth0", reflect_9000, filter="udp") as p:
         p.run(duration=10)
@@ -558,7 +557,7 @@ def processor(port: str | XdpPort, **options: Any) -> Callable[[Callable[[Packet
     Example:
         >>> @kbypass.processor("eth0", filter="udp dst port 9000")
         ... def reflect(pkt):
-        ...     pkt.swap_macs(); pkt.swap_ips(); pkt.swap_ports(); pkt.fix_checksums()
+        ...     pkt.reflect()  # MACs, IPs and ports swapped, checksums fixed
         ...     return kbypass.TX
         >>> reflect.run(duration=10)
     """
