@@ -19,20 +19,19 @@ import os
 import re
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from kbypass.pingpong import SOCKPERF_PORT, request, sockperf_echo
+
 TOGGLE = "*PyHandler as kbypass_core::engine::worker::BatchHandler>::handle"
-PORT = 11111
 
 
 def child(ifname: str, n: int, which: str) -> None:
     import kbypass
-    from kbypass.pingpong import sockperf_echo
 
     def empty(b: kbypass.Batch) -> None:
         return None
@@ -46,7 +45,7 @@ def child(ifname: str, n: int, which: str) -> None:
 
     handler = {"empty": empty, "verdicts": verdicts, "headers": headers}.get(which, sockperf_echo)
     p = kbypass.Pipeline(ifname, handler, batch=1, cpus=False, progress=False, mode="copy",
-                         filter=f"udp dst port {PORT}")  # fmt: skip
+                         filter=f"udp dst port {SOCKPERF_PORT}")  # fmt: skip
     p.start(packets=n)
     print("ready", flush=True)
     p.wait()
@@ -88,7 +87,7 @@ def main() -> int:
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.bind((pair.a.ip, 0))
         for i in range(n):  # one at a time: every batch has one frame
-            s.sendto(struct.pack("!QHI", i, 3, 64).ljust(64, b"\0"), (pair.b.ip, PORT))
+            s.sendto(request(64, seq=i), (pair.b.ip, SOCKPERF_PORT))
             time.sleep(0.004)
         o, e = proc.communicate(timeout=600)
         if proc.returncode != 0:
