@@ -18,9 +18,9 @@ use crate::sys::bpf::{BpfInsn, XDP_PASS, XDP_TX};
 use crate::xdp::asm::{Alu, Asm, Cond, Size, R0, R1, R2, R3, R4, R6, R7, R8};
 
 /// Offset of `ingress_ifindex` in `struct xdp_md`.
-pub(super) const XDP_MD_INGRESS_IFINDEX: i16 = 12;
+const XDP_MD_INGRESS_IFINDEX: i16 = 12;
 /// `ifindex` of a loopback device (the same in every network namespace).
-pub(super) const LOOPBACK_IFINDEX: i32 = 1;
+const LOOPBACK_IFINDEX: i32 = 1;
 
 /// What the program does besides `XDP_TX`.
 #[derive(Debug, Clone, Copy, Default)]
