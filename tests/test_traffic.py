@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from kbypass.testing import (
     udp_recv,
     udp_send,
 )
+from kbypass.testing.process import _listening
 
 root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces")
 
@@ -47,6 +49,23 @@ class Thread(threading.Thread):
         if self.error is not None:
             raise self.error
         return self.result
+
+
+def _until_bound(bound: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until a receiver thread's socket is bound: a fixed sleep races its set-up (a 64 MiB
+    AF_PACKET ring takes its time on a loaded machine) and frames sent before are never seen."""
+    deadline = time.monotonic() + timeout
+    while not bound():
+        assert time.monotonic() < deadline, "the receiver did not bind its socket"
+        time.sleep(0.02)
+
+
+def _packet_socket_on(pair: VethPair, side: str) -> bool:
+    """Whether an AF_PACKET socket in ``side``'s namespace is bound to its interface."""
+    end = pair.a if side == "a" else pair.b
+    ifindex = pair.run(side, "cat", f"/sys/class/net/{end.ifname}/ifindex").stdout.strip()
+    rows = pair.run(side, "cat", "/proc/net/packet").stdout.splitlines()[1:]
+    return any(r.split()[4] == ifindex for r in rows)  # sk RefCnt Type Proto Iface ...
 
 
 def udp_socket_in(veth_pair: VethPair, side: str, port: int) -> socket.socket:
@@ -85,7 +104,7 @@ def test_exactly_n_frames_seen_by_af_packet(veth_pair: VethPair) -> None:
     sink = udp_socket_in(veth_pair, "b", 9000)
     rx = Thread(af_packet_recv, pair=veth_pair, side="b", duration=20.0, idle=0.5)
     rx.start()
-    time.sleep(0.3)
+    _until_bound(lambda: _packet_socket_on(veth_pair, "b"))
     sent = TrafficGenerator(veth_pair, size=60).run(count=n, rate=200_000)
     got = rx.get()
     sink.close()
@@ -195,7 +214,7 @@ def test_kernel_udp_send_recv_counts(veth_pair: VethPair) -> None:
     n = 20_000
     rx = Thread(udp_recv, pair=veth_pair, side="b", port=9000, count=n, duration=20.0)
     rx.start()
-    time.sleep(0.3)
+    _until_bound(lambda: _listening(veth_pair.b, 9000, "udp"))
     tx = udp_send(veth_pair, side="a", count=n, size=100, batch=64)
     got = rx.get()
     assert tx.packets == n and tx.bytes == n * 58
