@@ -27,6 +27,15 @@ there too, and iperf3's client and server, ``-A``). On veth a frame's receive wo
 in the sender's softirq, on the sender's CPU. It helps bulk writes and hurts request/response
 traffic (small reads wait on the NAPI threads' wake-ups), so it is not the default.
 
+The ceiling (``test_af_xdp_ceiling_vs_kernel_tcp``, both pairs): what copy-mode AF_XDP on this
+veth pair carries at all, with no protocol. ``a`` floods ``b`` with raw UDP frames of the
+engines' largest RoCE frame (an RDMA write's middle packet at the pair's path MTU: Ethernet, IP,
+UDP, BTH, a path MTU of payload, ICRC), copied into UMEM for every send as the engine's data is
+(``XdpSocket.tx_flood(fresh=True)``; split over two UMEM frames on the jumbo pair), and a socket
+on ``b`` receives them and gives them straight back (``rx_drop``): no engine, no copy out. Next
+to it in the same round, TCP's and the engine's 64 KiB write. No RoCE sender over this path can
+pass the ceiling, so its ratio to TCP bounds what the bandwidth goal can reach here.
+
 Each round measures the kernel and the engine side by side; ratios are taken round by round and
 reported as min / median / max in ``extra_info``. Goals (issue 11): at least 1.5 times TCP's
 bandwidth at 64 KiB messages (write) and at most 0.5 times its round-trip p50 at 64 B; recorded,
@@ -45,6 +54,7 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,8 +62,9 @@ import numpy as np
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from _ratios import bandwidth_vs_tcp, headline, rtt_vs_tcp
-from kbypass import cpu, rdma
+from _ratios import Side, bandwidth_vs_tcp, compare, headline, ratios, rtt_vs_tcp, spread
+from kbypass import XdpSocket, cpu, rdma
+from kbypass.packet import Template
 from kbypass.pingpong import parse_sockperf
 from kbypass.testing import VethPair, in_thread, server
 
@@ -336,6 +347,85 @@ def test_engine_bandwidth_vs_kernel_tcp_jumbo_busy_poll(
 ) -> None:
     setup, cpus = ("jumbo+tuned+busy_poll", CPUS) if TUNE else ("jumbo+busy_poll", None)
     _bandwidth(benchmark, jumbo_pair, test, request.config, setup, cpus, busy_poll=True)
+
+
+ROCE_FRAME_OVERHEAD = 14 + 20 + 8 + 12 + 4
+"""Bytes of a RoCEv2 packet around its payload when it has no extended header (an RDMA write's
+middle packet): Ethernet, IPv4, UDP, BTH, ICRC."""
+
+
+def _udp_frame(pair: VethPair, length: int) -> bytes:
+    """A `length`-byte UDP/IPv4 frame from ``a`` to ``b``'s port 4791 (zero payload)."""
+    return Template(
+        dst_mac=pair.b.mac, src_mac=pair.a.mac, src_ip=pair.a.ip, dst_ip=pair.b.ip,
+        src_port=4791, dst_port=4791, payload=bytes(length - 42),
+    ).frame()  # fmt: skip
+
+
+def xsk_ceiling(pair: VethPair, path_mtu: int, count: int) -> float:
+    """Raw AF_XDP frames of the engines' largest RoCE frame at `path_mtu`, ``a`` to ``b``, fresh
+    copies (see the module text); MB/s (10^6 B/s) of frames received at ``b``."""
+    length = ROCE_FRAME_OVERHEAD + path_mtu
+    split = length > 2048 - 256
+    frame_size = 4096 if split else 2048
+    ready = threading.Event()
+
+    def receive() -> dict[str, float]:
+        with XdpSocket(
+            pair.b.ifname, filter="udp dst port 4791", frame_size=frame_size, multi_buffer=split
+        ) as rx:
+            ready.set()
+            return rx.rx_drop(duration=120, count=count * (2 if split else 1), idle=0.5)
+
+    got = in_thread(pair, "b", receive, timeout=150)
+    assert ready.wait(30), "the receiving socket did not open"
+    with pair.enter("a"), XdpSocket(pair.a.ifname, frame_size=frame_size, multi_buffer=split) as tx:
+        sent = tx.tx_flood(_udp_frame(pair, length), count, batch=64, fresh=True)
+    rx = got()
+    assert sent["packets"] == count, sent
+    assert rx["bytes"] >= 0.95 * count * length, (rx, count, length)
+    return float(rx["bytes"]) / rx["elapsed"] / 1e6
+
+
+@pytest.mark.benchmark(group="rdma-engine-ceiling")
+@pytest.mark.parametrize("setup", ["default", "jumbo"])
+def test_af_xdp_ceiling_vs_kernel_tcp(
+    benchmark: BenchmarkFixture, setup: str, request: pytest.FixtureRequest
+) -> None:
+    """The copy-mode AF_XDP ceiling, kernel TCP and the engine's 64 KiB write, same pair, same
+    round: the ceiling's ratio to TCP bounds the bandwidth goal; the engine's to the ceiling is
+    how much of it the engine uses."""
+    rounds, seconds, scale = _settings(request.config)
+    pair = request.getfixturevalue("pair" if setup == "default" else "jumbo_pair")
+    path_mtu = 1024 if setup == "default" else 4096
+    got: dict[str, list[float]] = {"tcp": [], "ceiling": [], "engine": []}
+    count = max(2_000, int(400_000 * scale * 1024 / path_mtu))
+
+    def one_round() -> None:
+        got["tcp"].append(tcp_bw(pair, 65536, seconds))
+        got["ceiling"].append(xsk_ceiling(pair, path_mtu, count))
+        got["engine"].append(rdma_bw(pair, "write", 65536, _iterations(65536, scale)))
+
+    benchmark.pedantic(one_round, rounds=rounds, iterations=1)
+    head = f"[{setup}] path MTU {path_mtu}"
+    compare(
+        benchmark, "ceiling",
+        Side("AF_XDP ceiling", "ceiling_mb_s", got["ceiling"]),
+        Side("kernel TCP", "tcp_mb_s", got["tcp"]),
+        head=f"{head}: ceiling vs TCP 64 KiB", unit="MB/s", fmt="7.1f",
+    )  # fmt: skip
+    compare(
+        benchmark, "engine_of_ceiling",
+        Side("engine write 64 KiB", "engine_mb_s", got["engine"]),
+        Side("AF_XDP ceiling", "ceiling_mb_s", got["ceiling"]),
+        head=f"{head}: engine vs ceiling", unit="MB/s", fmt="7.1f",
+    )  # fmt: skip
+    benchmark.extra_info["engine_vs_tcp_min_median_max"] = spread(ratios(got["engine"], got["tcp"]))
+    benchmark.extra_info["setup"] = setup
+    headline(
+        benchmark, got["ceiling"], got["tcp"], "MB/s raw frames",
+        "kernel TCP (iperf3 -l 65536), same pair, same round",
+    )  # fmt: skip
 
 
 @pytest.mark.benchmark(group="rdma-engine")

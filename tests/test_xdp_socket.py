@@ -222,6 +222,26 @@ def test_multi_buffer_with_jumbo_mtu() -> None:
         sock.close()
 
 
+def test_tx_flood_fresh_splits_jumbo_frames_over_umem_frames() -> None:
+    """tx_flood(fresh=True) copies the frame in for every send; a frame longer than a UMEM frame
+    goes out over several on a multi_buffer socket, and the peer's kernel gets each one whole."""
+    with VethPair(mtu=9000, subnet="198.18.3") as p:
+        payload = bytes(range(256)) * 27  # 6912 bytes: a 6954-byte frame, two 4096-byte frames
+        frame = packet.Template(
+            dst_mac=p.b.mac, src_mac=p.a.mac, src_ip=p.a.ip, dst_ip=p.b.ip,
+            src_port=9001, dst_port=9001, payload=payload,
+        ).frame()  # fmt: skip
+        rx = _udp_receiver(p, 9001)
+        rx.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE: 200 frames fit
+        with p.enter("a"), XdpSocket(p.a.ifname, multi_buffer=True, frame_size=4096) as tx:
+            r = tx.tx_flood(frame, 200, batch=16, fresh=True)
+            assert (r["packets"], r["bytes"]) == (200, 200 * len(frame))
+            assert tx.stats()["tx_packets"] == 200
+        got = [rx.recv(9000) for _ in range(200)]
+        assert all(g == payload for g in got)
+        rx.close()
+
+
 def test_close_leaves_no_program_behind(veth_pair: VethPair) -> None:
     with veth_pair.enter("b"):
         sock = XdpSocket(veth_pair.b.ifname, mode="copy")
@@ -278,6 +298,8 @@ def test_bad_input_raises_typed_errors_and_leaks_nothing(veth_pair: VethPair) ->
         sock.send(12345)  # type: ignore[arg-type]
     assert sock.send([b"\0" * 5000]) == 0
     assert sock.stats()["tx_oversize"] == 1
+    with pytest.raises(ValueError, match="multi_buffer socket"):
+        sock.tx_flood(b"\0" * 5000, 1, fresh=True)
     tx = _udp_sender(veth_pair)
     tx.sendto(b"once", (veth_pair.b.ip, 9000))
     batch = None

@@ -254,20 +254,23 @@ impl PyXdpSocket {
     }
 
     /// Send `count` copies of `frame` in a Rust loop (the GIL released); returns
-    /// {packets, bytes, elapsed, pps}.
-    #[pyo3(signature = (frame, count, batch=64))]
+    /// {packets, bytes, elapsed, pps}. `fresh`: copy the frame into UMEM for every send (what a
+    /// sender of new data pays) instead of writing each UMEM frame once; a frame longer than one
+    /// UMEM frame is always sent fresh, split over several, on a `multi_buffer` socket.
+    #[pyo3(signature = (frame, count, batch=64, *, fresh=false))]
     fn tx_flood<'py>(
         &self,
         py: Python<'py>,
         frame: &[u8],
         count: u64,
         batch: usize,
+        fresh: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
         let frame = frame.to_vec();
         let t = self
             .handle
             .with_socket_interruptible(py, self.index, move |s, stop| {
-                tx_flood(s, &frame, count, batch, Some(stop))
+                tx_flood(s, &frame, count, batch, fresh, Some(stop))
             })?;
         throughput_dict(py, &t)
     }

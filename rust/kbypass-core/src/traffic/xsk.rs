@@ -51,24 +51,40 @@ pub fn rx_drop(sock: &mut XskSocket, batch: usize, when: StopWhen<'_>) -> Result
 }
 
 /// Send `count` copies of `frame` as fast as the TX ring and completions allow. Frames are
-/// written once (every free frame gets the template) and recycled through the completion ring.
-/// `stop` (set from another thread) ends it early.
+/// written once (every free frame gets the template) and recycled through the completion ring;
+/// with `fresh`, the frame is copied into UMEM for every send instead, as a sender of new data
+/// must ([`XskSocket::send_copies`]). A frame longer than one UMEM frame's TX room is always sent
+/// fresh, split over several UMEM frames, and needs a multi-buffer socket. `stop` (set from
+/// another thread) ends it early.
 pub fn tx_flood(
     sock: &mut XskSocket,
     frame: &[u8],
     count: u64,
     batch: usize,
+    fresh: bool,
     stop: Option<&AtomicBool>,
 ) -> Result<Throughput> {
     let umem = std::sync::Arc::clone(sock.umem());
-    if frame.is_empty() || frame.len() as u32 > umem.tx_capacity() {
+    let split = frame.len() as u32 > umem.tx_capacity();
+    let parts = frame.len().div_ceil(umem.tx_capacity() as usize);
+    if frame.is_empty()
+        || (split && (!sock.multi_buffer() || parts > crate::xsk::MAX_DESCS_PER_PACKET))
+    {
         return Err(Error::invalid(format!(
-            "a {}-byte frame does not fit the {}-byte TX room of a frame: use a larger frame_size",
+            "a {}-byte frame does not fit the {}-byte TX room of a frame: use a larger frame_size{}",
             frame.len(),
-            umem.tx_capacity()
+            umem.tx_capacity(),
+            if sock.multi_buffer() {
+                ""
+            } else {
+                " or a multi_buffer socket"
+            }
         )));
     }
     let batch = batch.clamp(1, 1024);
+    if fresh || split {
+        return flood_copies(sock, frame, count, batch, stop);
+    }
     // Stamp the template into every free frame once (taking them all, so each is stamped),
     // then give them back: whichever the loop below takes already holds the packet.
     let template = [frame; 64];
@@ -121,6 +137,55 @@ pub fn tx_flood(
         sent += q as u64;
     }
     // Wait (bounded) for the last completions so the frames are back.
+    let deadline = Instant::now() + std::time::Duration::from_millis(500);
+    while sock.account().tx_side > 0 && Instant::now() < deadline {
+        sock.complete();
+    }
+    Ok(Throughput {
+        packets: sent,
+        bytes: sent * frame.len() as u64,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// [`tx_flood`]'s loop for fresh frames: `batch` copies of `frame` at a time through
+/// [`XskSocket::send_copies`], which reaps completions and splits a frame over several UMEM
+/// frames on a multi-buffer socket.
+fn flood_copies(
+    sock: &mut XskSocket,
+    frame: &[u8],
+    count: u64,
+    batch: usize,
+    stop: Option<&AtomicBool>,
+) -> Result<Throughput> {
+    let copies = vec![frame; batch];
+    let mut sent = 0u64;
+    let start = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut spins = 0u32;
+    while sent < count && !stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+        let want = batch.min((count - sent) as usize);
+        let done = sock.send_copies(&copies[..want]);
+        if done.oversize > 0 {
+            return Err(Error::State(format!(
+                "the socket refused a {}-byte frame as oversize",
+                frame.len()
+            )));
+        }
+        if done.queued == 0 {
+            spins += 1;
+            if spins % 1024 == 0 && last_progress.elapsed() > std::time::Duration::from_secs(1) {
+                return Err(Error::State(format!(
+                    "TX stalled after {sent} frames: no free frames and no completions for 1 s (is the interface up? frames in use: {:?})",
+                    sock.account()
+                )));
+            }
+            std::hint::spin_loop();
+            continue;
+        }
+        last_progress = Instant::now();
+        sent += done.queued as u64;
+    }
     let deadline = Instant::now() + std::time::Duration::from_millis(500);
     while sock.account().tx_side > 0 && Instant::now() < deadline {
         sock.complete();

@@ -215,7 +215,8 @@ fn tx_reaches_the_peer_kernel_socket_and_completions_return_frames() {
     let pair = pair(1);
     let (rx, _ns, mut port, frame) = tx_bench(&pair, 9100, 300, 256, 100);
     let r =
-        crate::traffic::xsk::tx_flood(port.socket_mut(0).unwrap(), &frame, 300, 32, None).unwrap();
+        crate::traffic::xsk::tx_flood(port.socket_mut(0).unwrap(), &frame, 300, 32, false, None)
+            .unwrap();
     assert_eq!(r.packets, 300);
     let got = rx.join().unwrap();
     assert_eq!(
@@ -226,6 +227,31 @@ fn tx_reaches_the_peer_kernel_socket_and_completions_return_frames() {
     let s = port.socket(0).unwrap();
     assert_eq!(s.counters().tx_packets, 300);
     let acc = s.check_accounting().unwrap();
+    assert_eq!((acc.tx_side, acc.app), (0, 0), "{acc:?}");
+}
+
+#[test]
+fn tx_flood_fresh_copies_every_frame_and_refuses_what_no_frame_holds() {
+    if !root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let pair = pair(1);
+    let (rx, _ns, mut port, frame) = tx_bench(&pair, 9102, 300, 256, 100);
+    let sock = port.socket_mut(0).unwrap();
+    let r = crate::traffic::xsk::tx_flood(sock, &frame, 300, 32, true, None).unwrap();
+    assert_eq!((r.packets, r.bytes), (300, 300 * 100));
+    let got = rx.join().unwrap();
+    assert_eq!(got.packets, 300, "every copy arrived, checksums valid");
+    assert_eq!(got.bytes, 300 * (100 - 42));
+    // A frame longer than a UMEM frame needs a multi-buffer socket, fresh or not.
+    let big = vec![0u8; sock.umem().tx_capacity() as usize + 1];
+    for fresh in [false, true] {
+        let e = crate::traffic::xsk::tx_flood(sock, &big, 10, 32, fresh, None).unwrap_err();
+        assert!(e.to_string().contains("multi_buffer"), "{e}");
+    }
+    assert_eq!(sock.counters().tx_packets, 300);
+    let acc = sock.check_accounting().unwrap();
     assert_eq!((acc.tx_side, acc.app), (0, 0), "{acc:?}");
 }
 
