@@ -246,6 +246,51 @@ def test_perftest_between_engines(
         assert (bufa[:size] == bufb[:size]).all()
 
 
+def test_perftest_send_over_ud_between_engines(
+    pair: VethPair, ctxs: tuple[rdma.Context, rdma.Context]
+) -> None:
+    """``ib_send_bw -c UD`` between engines: one packet per message (at most the path MTU),
+    sent through an address handle with perftest's Q_Key; each receive takes the GRH first."""
+    a, b = ctxs
+    port, size, iters = 18716, 1024, 200  # every receive posted before the client starts
+    cqa, cqb = a.create_cq(256), b.create_cq(256)
+    pa, pb = a.alloc_pd(), b.alloc_pd()
+    qa = pa.create_qp("UD", cqa, max_recv_wr=256)
+    qb = pb.create_qp("UD", cqb)
+    bufa = np.zeros(1 << 16, dtype=np.uint8)
+    bufb = np.random.default_rng(3).integers(0, 256, 1 << 16, dtype=np.uint8)
+    mra, mrb = pa.register(bufa), pb.register(bufb)
+    qa.init()
+    serve = in_thread(
+        pair, "a",
+        lambda: qa.perftest_serve(
+            mra, port, timeout=30, test="send", cq=cqa, size=size, iterations=iters, rx_depth=iters
+        ),
+    )  # fmt: skip
+    try:
+        with pair.enter("b"):
+            rep = qb.perftest_send_bw(cqb, mrb, pair.a.ip, port, size=size, iterations=iters)
+    finally:
+        theirs = serve()
+    assert (rep["size"], rep["iters"]) == (size, iters) and rep["bw_avg"] > 0, rep
+    assert (theirs["size"], theirs["iters"]) == (size, iters) and theirs["bw_avg"] > 0, theirs
+    assert (bufa[40 : 40 + size] == bufb[:size]).all(), "the payload lands after the GRH"
+    assert bufa[:40].any(), "the GRH is there"
+    # A UD message larger than the path MTU (1024 on this 1500-byte link) is refused.
+    qa2, qb2 = pa.create_qp("UD", cqa), pb.create_qp("UD", cqb)
+    qa2.init()
+    serve = in_thread(
+        pair, "a", lambda: qa2.perftest_serve(mra, port + 1, timeout=10, test="send", cq=cqa,
+                                               size=size, iterations=10),
+    )  # fmt: skip
+    try:
+        with pair.enter("b"), pytest.raises(ValueError, match="one packet"):
+            qb2.perftest_send_bw(cqb, mrb, pair.a.ip, port + 1, size=4096, iterations=10)
+    finally:
+        with pytest.raises((OSError, TimeoutError)):
+            serve()
+
+
 def test_two_rc_qps_on_one_srq(ctxs: tuple[rdma.Context, rdma.Context]) -> None:
     a, b = ctxs
     cqa, cqb = a.create_cq(64), b.create_cq(64)

@@ -255,6 +255,50 @@ def test_engine_client_against_the_perftest_tool(
         assert (buf[:size] != 0xAA).any()
 
 
+UD_BW = "ib_send_bw -c UD -s 1024"
+"""perftest's send test over UD: one 1024-byte packet per message (the segment's path MTU)."""
+
+
+def test_perftest_ud_send_tool_client_against_the_engine(
+    rig: tuple[RxeVm, L2Segment, rdma.Context],
+) -> None:
+    vm, seg, ctx = rig
+    port = 18826
+    cq, pd = ctx.create_cq(512), ctx.alloc_pd()
+    qp = pd.create_qp("UD", cq, max_recv_wr=256)
+    buf = np.full(1 << 16, 0xAA, dtype=np.uint8)
+    mr = pd.register(buf)
+    qp.init()
+    job = tool_client(vm, f"{UD_BW} {TOOL} -x 1 -F -n {BW_ITERS} -p {port}", seg.host_ip)
+    rep = qp.perftest_serve(mr, port, timeout=120, test="send", cq=cq, size=1024,
+                            iterations=BW_ITERS, rx_depth=BW_ITERS)  # fmt: skip
+    out = ok(job.wait())
+    # every receive was posted before the tool started sending: none may be missing
+    assert (rep["size"], rep["iters"]) == (1024, BW_ITERS) and rep["bw_avg"] > 0, (rep, out)
+    assert perftest_row(out, 1024) >= 0
+    assert (buf[40 : 40 + 1024] != 0xAA).any(), "the tool's payload landed after the GRH"
+    # RoCEv2 over IPv4: the GRH's room holds the packet's IPv4 header in its last 20 bytes
+    grh = bytes(buf[:40])
+    assert grh[20] == 0x45 and grh[32:36] == socket.inet_aton(seg.guest_ip), grh.hex()
+
+
+def test_engine_ud_send_client_against_the_perftest_tool(
+    rig: tuple[RxeVm, L2Segment, rdma.Context],
+) -> None:
+    vm, seg, ctx = rig
+    port = 18827
+    cq, pd = ctx.create_cq(512), ctx.alloc_pd()
+    qp = pd.create_qp("UD", cq)
+    mr = pd.register(np.arange(1 << 16, dtype=np.uint16).view(np.uint8))
+    # perftest's server posts its receives (-r, 512 by default) before the client may start
+    job = vm.start(f"{UD_BW} {TOOL} -x 1 -F -n {BW_ITERS} -p {port}", timeout=180)
+    rep = qp.perftest_send_bw(cq, mr, seg.guest_ip, port, size=1024, iterations=BW_ITERS,
+                              timeout=120)  # fmt: skip
+    out = ok(job.wait())
+    assert (rep["size"], rep["iters"]) == (1024, BW_ITERS) and rep["bw_avg"] > 0, rep
+    assert perftest_row(out, 1024) >= 0, out
+
+
 # --- kbypass.rdma on both sides ----------------------------------------------------------------
 
 

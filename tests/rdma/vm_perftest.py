@@ -163,20 +163,22 @@ def ipv6_roce_v2_gid_index() -> int:
 
 
 def scenario_perftest_uc_and_ipv6_gid_from_python() -> None:
-    """UC write and send with the tools (-c UC), and a read over an IPv6 GID, both roles."""
+    """UC write and send with the tools (-c UC), send over UD (-c UD: one packet per message,
+    rxe0's path MTU), and a read over an IPv6 GID, both roles."""
     six = ipv6_roce_v2_gid_index()
-    runs = [  # (tool and options, our QP type, test, GID index)
-        ("ib_write_bw -c UC -x 1 -s 4096", "UC", "write", 1),
-        ("ib_send_bw -c UC -x 1 -s 4096", "UC", "send", 1),
-        (f"ib_read_bw -x {six} -s 4096", "RC", "read", six),
+    runs = [  # (tool and options, our QP type, test, GID index, message size)
+        ("ib_write_bw -c UC -x 1 -s 4096", "UC", "write", 1, 4096),
+        ("ib_send_bw -c UC -x 1 -s 4096", "UC", "send", 1, 4096),
+        ("ib_send_bw -c UD -x 1 -s 1024", "UD", "send", 1, 1024),
+        (f"ib_read_bw -x {six} -s 4096", "RC", "read", six, 4096),
     ]
     with rdma.Context("rxe0") as ctx:
         assert ":" in ctx.gid(index=six) and "ffff" not in ctx.gid(index=six)
-        for k, (cmd, qp_type, test, gid) in enumerate(runs):
+        for k, (cmd, qp_type, test, gid, size) in enumerate(runs):
             cmd = f"{cmd} -d rxe0 -F -n {PT_ITERS}"
             for serve in (True, False):
                 cq, pd = ctx.create_cq(256), ctx.alloc_pd()
-                qp = pd.create_qp(qp_type, cq)
+                qp = pd.create_qp(qp_type, cq, max_recv_wr=PT_ITERS)
                 buf = np.full(1 << 16, 0xAA, dtype=np.uint8)
                 mr = pd.register(buf)
                 port = 18640 + 2 * k + int(serve)
@@ -184,20 +186,23 @@ def scenario_perftest_uc_and_ipv6_gid_from_python() -> None:
                 if serve:
                     qp.init()
                     rep = qp.perftest_serve(
-                        mr, port, gid_index=gid, test=test, cq=cq, size=4096, iterations=PT_ITERS
+                        mr, port, gid_index=gid, test=test, cq=cq, size=size, iterations=PT_ITERS
                     )
                 else:
                     run = {"write": qp.perftest_write_bw, "send": qp.perftest_send_bw}.get(
                         test, qp.perftest_read_bw
                     )
-                    rep = run(cq, mr, "127.0.0.1", port, 4096, PT_ITERS, gid_index=gid)
+                    rep = run(cq, mr, "127.0.0.1", port, size, PT_ITERS, gid_index=gid)
                 out, _ = tool.communicate(timeout=120)
                 assert tool.returncode == 0, (cmd, serve, out)
-                # a UC send that finds no receive posted is dropped: the server counts fewer
-                lossy = serve and qp_type == "UC" and test == "send"
-                assert rep["size"] == 4096, rep
+                # a UC or UD send that finds no receive posted is dropped: the server counts
+                # fewer
+                lossy = serve and qp_type in ("UC", "UD") and test == "send"
+                assert rep["size"] == size, rep
                 assert 0 < rep["iters"] <= PT_ITERS if lossy else rep["iters"] == PT_ITERS, rep
-                assert perftest_row(out, 4096)[1] > 0, out
-                landed = (buf[:4096] != 0xAA).any()
+                assert perftest_row(out, size)[1] > 0, out
+                # a UD receive takes the 40-byte GRH first
+                at = 40 if qp_type == "UD" and serve else 0
+                landed = (buf[at : at + size] != 0xAA).any()
                 # writes and sends land in the server's buffer, reads in the client's
                 assert landed == (serve != (test == "read")), (cmd, serve)

@@ -275,6 +275,17 @@ impl QueuePair {
         }
     }
 
+    /// The protection domain the QP was created in (address handles for its UD sends come
+    /// from it).
+    pub fn pd(&self) -> ProtectionDomain {
+        ProtectionDomain {
+            inner: match &self.imp {
+                Qp::Verbs(q) => Pd::Verbs(Arc::clone(&q.pd)),
+                Qp::User(q) => Pd::User(q.pd()),
+            },
+        }
+    }
+
     /// The transport.
     pub fn qp_type(&self) -> QpType {
         self.qp_type

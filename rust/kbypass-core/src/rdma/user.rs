@@ -416,6 +416,9 @@ impl UserQp {
     pub(super) fn qp_num(&self) -> u32 {
         self.0.qp_num()
     }
+    pub(super) fn pd(&self) -> UserPd {
+        UserPd(self.0.pd().clone())
+    }
     pub(super) fn state(&self) -> i32 {
         self.0.state().raw()
     }

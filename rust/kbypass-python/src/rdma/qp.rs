@@ -244,9 +244,10 @@ impl QueuePair {
     /// message size plus a page at least) for the client's requests and return the report it
     /// sends at the end; ``"send"`` (``ib_send_bw``) keeps `rx_depth` receives of `size`
     /// bytes posted in `mr`, counts up to `iterations` of them on `cq` (the QP's receive CQ;
-    /// fewer when the client finishes first: UC drops a send that finds no receive) and
+    /// fewer when the client finishes first: UC and UD drop a send that finds no receive) and
     /// returns its own report with the count received (the tools exchange none for send;
-    /// give the client's ``-s`` and ``-n``). The report is a dict of ``size``, ``iters``, ``bw_peak``, ``bw_avg``
+    /// give the client's ``-s`` and ``-n``). On a UD QP (``ib_send_bw -c UD``) each receive
+    /// takes the 40-byte GRH before the message, and `size` is at most the path MTU. The report is a dict of ``size``, ``iters``, ``bw_peak``, ``bw_avg``
     /// (MB/s of 2**20 bytes) and ``msg_rate`` (millions of messages per second). The GIL is
     /// released while waiting; TimeoutError when no client comes (or a step stalls) within
     /// `timeout`; Ctrl-C (KeyboardInterrupt) stops it within ~50 ms, port closed.
@@ -329,7 +330,9 @@ impl QueuePair {
 
     /// Be the client of an ``ib_send_bw`` server: SEND `iterations` messages of `size` bytes
     /// (at most the server's ``-s``) from `mr` once its receives are posted, and return our
-    /// report (the server prints its own; see ``perftest_write_bw``).
+    /// report (the server prints its own; see ``perftest_write_bw``). On a UD QP (a server
+    /// run with ``-c UD``) each message is one packet (`size` at most the path MTU; ValueError
+    /// above it), sent through an address handle for the server's GID with perftest's Q_Key.
     #[pyo3(signature = (cq, mr, host, port = 18515, size = 65536, iterations = 1000, psn = 0, timeout = 60.0, gid_index = None))]
     #[allow(clippy::too_many_arguments)]
     fn perftest_send_bw<'py>(

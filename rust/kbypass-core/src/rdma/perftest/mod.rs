@@ -17,6 +17,13 @@
 //!    other: each prints its own numbers;
 //! 6. a last key message, then `"done\0"` each way.
 //!
+//! `ib_send_bw -c UD` runs the same steps on UD QPs: each message is one packet (at most the
+//! path MTU; perftest refuses a larger `-s`), each receive takes the 40-byte GRH in front of it
+//! (perftest's `UD_ADDITION`), and the client sends through an address handle for the
+//! server's GID with perftest's Q_Key (`0x11111111`, the default of
+//! [`PathParams::qkey`](crate::rdma::PathParams::qkey)). Writes, reads and atomics are refused
+//! on UD.
+//!
 //! What differs between the tests besides that: the `out_reads` of the key message is 1 for
 //! write and send and the device's limit of outstanding reads/atomics for read and atomic;
 //! each side's QP serves as many as it announced (`max_dest_rd_atomic`) and initiates as many

@@ -89,13 +89,33 @@ fn connect(
     Ok((mine, remote))
 }
 
-/// The runs here are RC's and UC's (a UD run needs address handles and GRH room).
+/// The bytes in front of a UD receive's payload: the GRH (perftest's `UD_ADDITION`).
+const GRH_LEN: usize = 40;
+
+/// Over UD only `ib_send_bw` runs (`-c UD`): writes, reads and atomics are RC's (and UC's, for
+/// writes).
 fn refuse_ud(test: Test, qp: &QueuePair) -> Result<()> {
-    if qp.qp_type() == QpType::Ud {
+    if qp.qp_type() == QpType::Ud && test != Test::Send {
         return Err(Error::Unsupported {
-            what: format!("{} over UD (-c UD)", test.tool()),
-            fix: "run it over an RC QP (or UC for write and send)".into(),
+            what: format!("{} over UD", test.tool()),
+            fix: "run it over an RC QP (or UC for write); over UD perftest runs only \
+                  ib_send_bw -c UD"
+                .into(),
         });
+    }
+    Ok(())
+}
+
+/// A UD message is one packet: refuse a `size` larger than the path MTU both sides agree on
+/// (our `mtu` and the peer's, `enum ibv_mtu`), as perftest does for a size given with `-s`.
+fn check_ud_size(qp: &QueuePair, size: usize, mtu: i32, s: &Session) -> Result<()> {
+    let agreed = mtu.min(s.remote_mtu.max(1)).clamp(1, 5);
+    let bytes = 128usize << agreed;
+    if qp.qp_type() == QpType::Ud && size > bytes {
+        return Err(Error::invalid(format!(
+            "a UD message is one packet: size must be at most the path MTU, {bytes} bytes, \
+             not {size}"
+        )));
     }
     Ok(())
 }
@@ -181,16 +201,22 @@ pub fn serve_send(
             "an ib_send_bw server needs size, iterations and rx_depth > 0",
         ));
     }
-    refuse_ud(Test::Send, qp)?;
-    let sge = [mr.sge(0, run.size)?];
+    // A UD receive takes the GRH in front of the payload.
+    let grh = if qp.qp_type() == QpType::Ud {
+        GRH_LEN
+    } else {
+        0
+    };
+    let sge = [mr.sge(0, run.size + grh)?];
     let mut s = Session::accept(listener, p.mtu, timeout, cancel)?;
+    check_ud_size(qp, run.size, p.mtu, &s)?;
     let (mine, _) = connect(&mut s, Test::Send, qp, mr, p, local)?;
     let depth = run.rx_depth.min(run.iterations);
     for i in 0..depth {
         qp.post_recv(i, &sge)?;
     }
     s.keys(&mine)?; // our receives are posted: the client starts
-    let (received, bw) = receive_all(&s, qp, cq, &sge, run.iterations, depth, timeout)?;
+    let (received, bw) = receive_all(&s, qp, cq, &sge, grh, run.iterations, depth, timeout)?;
     s.close(&mine)?;
     Ok(report(run.size, received, &bw))
 }
@@ -200,12 +226,14 @@ const DRAIN: Duration = Duration::from_millis(200);
 
 /// Reap up to `iterations` receives, keeping `depth` posted, until all came or the client
 /// spoke and nothing more came for [`DRAIN`]; returns the count and the time from the first
-/// receive to the last.
+/// receive to the last. Each receive's first `grh` bytes are not payload (a UD receive's GRH).
+#[allow(clippy::too_many_arguments)]
 fn receive_all(
     s: &Session,
     qp: &QueuePair,
     cq: &CompletionQueue,
     sge: &[crate::rdma::Sge<'_>],
+    grh: usize,
     iterations: u64,
     depth: u64,
     stall: Duration,
@@ -221,7 +249,7 @@ fn receive_all(
             wc.check()?;
             first.get_or_insert_with(Instant::now);
             received += 1;
-            bytes += u64::from(wc.byte_len);
+            bytes += u64::from(wc.byte_len).saturating_sub(grh as u64);
             if posted < iterations {
                 qp.post_recv(posted, sge)?;
                 posted += 1;
@@ -308,12 +336,32 @@ pub fn client(
     refuse_ud(test, qp)?;
     let sge = [mr.sge(0, size)?];
     let mut s = Session::connect(addr, p.mtu, timeout, cancel)?;
+    check_ud_size(qp, size, p.mtu, &s)?;
     let (mine, remote) = connect(&mut s, test, qp, mr, p, local)?;
     let (remote_addr, rkey) = (remote.vaddr, remote.rkey);
+    // Over UD every send names its destination: an address handle for the server's GID, its
+    // QP number and perftest's Q_Key (ours: `PathParams::qkey`, the same by default).
+    let ah = match qp.qp_type() {
+        QpType::Ud => {
+            Some(
+                qp.pd()
+                    .create_ah_cancellable(&remote.endpoint(), p.sgid_index, p.port, cancel)?,
+            )
+        }
+        _ => None,
+    };
     let op = match test {
         Test::Write => SendOp::Write { remote_addr, rkey },
         Test::Read => SendOp::Read { remote_addr, rkey },
-        Test::Send => SendOp::Send,
+        Test::Send => match &ah {
+            Some(ah) => SendOp::UdSend {
+                ah,
+                remote_qpn: remote.qpn,
+                remote_qkey: p.qkey,
+                imm: None,
+            },
+            None => SendOp::Send,
+        },
         Test::FetchAdd => SendOp::FetchAdd {
             remote_addr,
             rkey,
