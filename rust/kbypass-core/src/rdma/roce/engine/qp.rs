@@ -327,14 +327,17 @@ impl QueuePair {
         if self.qp_type == QpType::Uc && op.writes_local() {
             return Err(Error::invalid("UC has sends and writes only"));
         }
+        // The SGEs are resolved under the engine's lock, and the bytes to send gathered
+        // after it is let go (each span holds its region's memory alive), so a large message's
+        // copy does not hold up the poll thread.
+        let spans = self.with(|q| resolve(q.mem(), sg, op.writes_local()))?;
+        let len: usize = spans.iter().map(|s| s.len).sum();
+        let (data, dest) = if op.writes_local() {
+            (Vec::new(), spans)
+        } else {
+            (gather(&spans), Vec::new())
+        };
         self.with(|q| {
-            let spans = resolve(q.mem(), sg, op.writes_local())?;
-            let len: usize = spans.iter().map(|s| s.len).sum();
-            let (data, dest) = if op.writes_local() {
-                (Vec::new(), spans)
-            } else {
-                (gather(&spans), Vec::new())
-            };
             if matches!(op, SendOp::CompareSwap { .. } | SendOp::FetchAdd { .. }) && len != 8 {
                 return Err(Error::invalid(
                     "an atomic's SGEs take its 8-byte original value: give exactly 8 bytes",

@@ -281,14 +281,16 @@ fn move_five_mib(x: &Side, y: &Side, limit: Duration) -> Duration {
     took
 }
 
-/// Waits until the middlebox holds nothing and took every frame redirected to it.
+/// Waits until the middlebox holds nothing, took every frame redirected to it and sent (or
+/// failed to send) every one it took: its counters move one at a time, so a frame it has let
+/// go of and not yet sent shows as neither held nor sent for a moment.
 fn settled(fb: &FaultBench) -> [DirectionCounters; 2] {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let c = fb.counters();
         let done = c.iter().all(|d| {
             let (i, m) = (d.injector, d.middlebox);
-            m.held == 0 && i.to_middlebox == m.received + m.kernel_lost
+            m.held == 0 && i.to_middlebox == m.received + m.kernel_lost && m.balanced()
         });
         if done || Instant::now() > deadline {
             for d in &c {

@@ -81,24 +81,30 @@ fn gone_mid_transfer(fb: FaultBench, cut: impl FnOnce(FaultBench, Side) -> Fault
         x.qp.post_send(i, op, &[x.mr.sge(0, MIB).unwrap()], SendFlags::SIGNALED)
             .unwrap();
     }
+    // The first completion, and any others the same poll found (the writes go on meanwhile).
     let first = wait_wcs(&x.cq, 1, Duration::from_secs(10));
-    assert_eq!(first.first().map(|w| w.status_name()), Some("SUCCESS"));
+    let done: Vec<_> = first.iter().map(|w| w.status_name()).collect();
+    assert!(
+        done.len() < 8 && done.iter().all(|n| *n == "SUCCESS"),
+        "{done:?}"
+    );
     let start = Instant::now();
     let before = fb.a.counters().retransmits;
     let fb = cut(fb, y);
     let cut_done = Instant::now();
-    let rest = wait_wcs(&x.cq, 7, Duration::from_secs(10));
+    let left = 8 - done.len();
+    let rest = wait_wcs(&x.cq, left, Duration::from_secs(10));
     let (took, after_cut) = (start.elapsed(), cut_done.elapsed());
     let names: Vec<_> = rest.iter().map(|w| w.status_name()).collect();
     assert_eq!(
         names.len(),
-        7,
+        left,
         "{names:?} after {took:?}: {:?}",
         fb.a.counters()
     );
     // Those done before the cut, then one RETRY_EXC_ERR, then the flushed.
     let ok = names.iter().take_while(|n| **n == "SUCCESS").count();
-    assert!(ok < 7, "{names:?}");
+    assert!(ok < left, "{names:?}");
     assert_eq!(names[ok], "RETRY_EXC_ERR", "{names:?}");
     assert!(
         names[ok + 1..].iter().all(|n| *n == "WR_FLUSH_ERR"),
