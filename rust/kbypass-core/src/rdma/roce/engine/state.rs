@@ -59,6 +59,15 @@ pub(super) struct Core {
     rx_carry: Carry<XdpDesc>,
     /// A multi-buffer frame's bytes, joined.
     rx_joined: Vec<u8>,
+    /// A burst's packets for their QPs, and the addresses of its frames (kept: no allocation
+    /// per burst).
+    rx_got: Vec<(Pkt, [u8; GRH_LEN])>,
+    rx_addrs: Vec<u64>,
+    /// The QP numbers a round builds for, and the descriptors a flush offers.
+    qpn_list: Vec<u32>,
+    tx_descs: Vec<XdpDesc>,
+    /// Buffers of frames built aside ([`Queued::Bytes`]) that went out, for the next ones.
+    spare: Vec<Vec<u8>>,
     epoch: Instant,
     ip_id: u16,
     c: EngineCounters,
@@ -78,6 +87,11 @@ impl Core {
             descs: vec![XdpDesc::default(); RX_BURST + MAX_DESCS_PER_PACKET],
             rx_carry: Carry::with_capacity(MAX_DESCS_PER_PACKET),
             rx_joined: Vec::new(),
+            rx_got: Vec::with_capacity(RX_BURST),
+            rx_addrs: Vec::with_capacity(RX_BURST + MAX_DESCS_PER_PACKET),
+            qpn_list: Vec::new(),
+            tx_descs: Vec::with_capacity(TX_BURST),
+            spare: Vec::new(),
             epoch: Instant::now(),
             ip_id: 0,
             c: EngineCounters::default(),
@@ -176,7 +190,8 @@ impl Core {
             return 0;
         };
         let came = n + self.rx_carry.len() - carried;
-        let mut got: Vec<(Pkt, [u8; GRH_LEN])> = Vec::with_capacity(n);
+        let mut got = std::mem::take(&mut self.rx_got);
+        got.clear();
         for r in whole::packets(&self.descs[..n]) {
             let descs = &self.descs[r];
             let bytes = match descs {
@@ -202,26 +217,30 @@ impl Core {
                 None => self.c.malformed += 1,
             }
         }
-        let addrs: Vec<u64> = self.descs[..n].iter().map(|d| d.addr).collect();
-        sock.release(&addrs);
-        for (pkt, grh) in &got {
+        self.rx_addrs.clear();
+        self.rx_addrs.extend(self.descs[..n].iter().map(|d| d.addr));
+        sock.release(&self.rx_addrs);
+        for (pkt, grh) in got.drain(..) {
             match self.qps.get_mut(&pkt.bth.dest_qp) {
                 None => self.c.wrong_qpn += 1,
                 Some(q) => {
-                    if !q.on_packet(now, pkt, grh) {
+                    if !q.on_packet(now, &pkt, &grh) {
                         self.c.bad_state += 1;
                     }
                 }
             }
         }
+        self.rx_got = got;
         came
     }
 
     /// Frames the QPs' next packets while the budget allows; returns how many.
     fn build(&mut self, now: u64) -> usize {
         let mut built = 0;
-        let qpns: Vec<u32> = self.qps.keys().copied().collect();
-        for qpn in qpns {
+        let mut qpns = std::mem::take(&mut self.qpn_list);
+        qpns.clear();
+        qpns.extend(self.qps.keys().copied());
+        for &qpn in &qpns {
             while self.pending.len() < TX_BUDGET {
                 let Some(q) = self.qps.get_mut(&qpn) else {
                     break;
@@ -234,6 +253,7 @@ impl Core {
                 built += 1;
             }
         }
+        self.qpn_list = qpns;
         built
     }
 
@@ -293,7 +313,8 @@ impl Core {
                 }
             }
         }
-        let mut buf = vec![0u8; len];
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.resize(len, 0);
         match spec.build(&pkt.payload, &mut buf) {
             Ok(n) => {
                 buf.truncate(n);
@@ -310,7 +331,7 @@ impl Core {
         };
         sock.complete();
         let mut sent = 0;
-        let mut descs: Vec<XdpDesc> = Vec::new();
+        let mut descs = std::mem::take(&mut self.tx_descs);
         loop {
             // Frames offered, frames taken off the queue, and of those, put on the ring.
             let (want, taken, went) =
@@ -328,16 +349,15 @@ impl Core {
                         (descs.len(), q, q)
                     }
                     Some((_, Queued::Bytes(_))) => {
-                        let batch: Vec<&[u8]> = self
-                            .pending
-                            .iter()
-                            .take(TX_BURST)
-                            .map_while(|(_, q)| match q {
-                                Queued::Bytes(b) => Some(&b[..]),
-                                Queued::Frame(_) => None,
-                            })
-                            .collect();
-                        let r = sock.send_copies(&batch);
+                        let mut batch: [&[u8]; TX_BURST] = [&[]; TX_BURST];
+                        let mut k = 0;
+                        for (_, q) in self.pending.iter().take(TX_BURST) {
+                            let Queued::Bytes(b) = q else { break };
+                            batch[k] = b;
+                            k += 1;
+                        }
+                        let batch = &batch[..k];
+                        let r = sock.send_copies(batch);
                         // Frames are built to fit, so none is oversize; any that were are dropped
                         // and counted with the frames sent before them.
                         self.c.dropped_no_frame += r.oversize as u64;
@@ -348,7 +368,13 @@ impl Core {
             for (_, q) in self.pending.drain(..taken) {
                 self.c.tx_bytes += match q {
                     Queued::Frame(d) => u64::from(d.len),
-                    Queued::Bytes(b) => b.len() as u64,
+                    Queued::Bytes(b) => {
+                        let n = b.len() as u64;
+                        if self.spare.len() < TX_BUDGET {
+                            self.spare.push(b);
+                        }
+                        n
+                    }
                 };
             }
             self.c.tx_packets += went as u64;
@@ -357,6 +383,7 @@ impl Core {
                 break;
             }
         }
+        self.tx_descs = descs;
         while self
             .pending
             .front()
