@@ -362,28 +362,41 @@ def _udp_frame(pair: VethPair, length: int) -> bytes:
     ).frame()  # fmt: skip
 
 
-def xsk_ceiling(pair: VethPair, path_mtu: int, count: int) -> float:
+def xsk_ceiling(
+    pair: VethPair, path_mtu: int, count: int, cpus: tuple[int, int] | None = None
+) -> float:
     """Raw AF_XDP frames of the engines' largest RoCE frame at `path_mtu`, ``a`` to ``b``, fresh
-    copies (see the module text); MB/s (10^6 B/s) of frames received at ``b``."""
+    copies (see the module text); MB/s (10^6 B/s) of frames received at ``b``. With `cpus`, the
+    sending thread is pinned to the first and the receiving one to the second."""
+    pin_a, pin_b = cpus if cpus is not None else (None, None)
     length = ROCE_FRAME_OVERHEAD + path_mtu
     split = length > 2048 - 256
     frame_size = 4096 if split else 2048
     ready = threading.Event()
 
     def receive() -> dict[str, float]:
-        with XdpSocket(
-            pair.b.ifname, filter="udp dst port 4791", frame_size=frame_size, multi_buffer=split
-        ) as rx:
+        with (
+            _pinned(pin_b),
+            XdpSocket(
+                pair.b.ifname, filter="udp dst port 4791", frame_size=frame_size, multi_buffer=split
+            ) as rx,
+        ):
             ready.set()
             return rx.rx_drop(duration=120, count=count * (2 if split else 1), idle=0.5)
 
     got = in_thread(pair, "b", receive, timeout=150)
     assert ready.wait(30), "the receiving socket did not open"
-    with pair.enter("a"), XdpSocket(pair.a.ifname, frame_size=frame_size, multi_buffer=split) as tx:
+    with (
+        pair.enter("a"),
+        _pinned(pin_a),
+        XdpSocket(pair.a.ifname, frame_size=frame_size, multi_buffer=split) as tx,
+    ):
         sent = tx.tx_flood(_udp_frame(pair, length), count, batch=64, fresh=True)
     rx = got()
     assert sent["packets"] == count, sent
-    assert rx["bytes"] >= 0.95 * count * length, (rx, count, length)
+    # What arrived is the ceiling: a receiver that falls behind (threaded NAPI, KBYPASS_BENCH_
+    # TUNE=1) loses frames at its full RX ring, as any receiver on this path would.
+    assert rx["bytes"] >= 0.5 * count * length, (rx, count, length)
     return float(rx["bytes"]) / rx["elapsed"] / 1e6
 
 
@@ -398,13 +411,15 @@ def test_af_xdp_ceiling_vs_kernel_tcp(
     rounds, seconds, scale = _settings(request.config)
     pair = request.getfixturevalue("pair" if setup == "default" else "jumbo_pair")
     path_mtu = 1024 if setup == "default" else 4096
+    # KBYPASS_BENCH_TUNE=1 tunes the jumbo pair (see the module text): all three pinned there.
+    cpus = CPUS if TUNE and setup == "jumbo" else None
     got: dict[str, list[float]] = {"tcp": [], "ceiling": [], "engine": []}
     count = max(2_000, int(400_000 * scale * 1024 / path_mtu))
 
     def one_round() -> None:
-        got["tcp"].append(tcp_bw(pair, 65536, seconds))
-        got["ceiling"].append(xsk_ceiling(pair, path_mtu, count))
-        got["engine"].append(rdma_bw(pair, "write", 65536, _iterations(65536, scale)))
+        got["tcp"].append(tcp_bw(pair, 65536, seconds, cpus))
+        got["ceiling"].append(xsk_ceiling(pair, path_mtu, count, cpus))
+        got["engine"].append(rdma_bw(pair, "write", 65536, _iterations(65536, scale), cpus))
 
     benchmark.pedantic(one_round, rounds=rounds, iterations=1)
     head = f"[{setup}] path MTU {path_mtu}"
@@ -421,7 +436,7 @@ def test_af_xdp_ceiling_vs_kernel_tcp(
         head=f"{head}: engine vs ceiling", unit="MB/s", fmt="7.1f",
     )  # fmt: skip
     benchmark.extra_info["engine_vs_tcp_min_median_max"] = spread(ratios(got["engine"], got["tcp"]))
-    benchmark.extra_info["setup"] = setup
+    benchmark.extra_info["setup"] = setup + ("+tuned" if cpus else "")
     headline(
         benchmark, got["ceiling"], got["tcp"], "MB/s raw frames",
         "kernel TCP (iperf3 -l 65536), same pair, same round",
