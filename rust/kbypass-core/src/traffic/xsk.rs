@@ -83,7 +83,17 @@ pub fn tx_flood(
     }
     let batch = batch.clamp(1, 1024);
     if fresh || split {
-        return flood_copies(sock, frame, count, batch, stop);
+        let copies = vec![frame; batch];
+        return flood(sock, frame.len(), count, batch, stop, |s, want| {
+            let done = s.send_copies(&copies[..want]);
+            if done.oversize > 0 {
+                return Err(Error::State(format!(
+                    "the socket refused a {}-byte frame as oversize",
+                    frame.len()
+                )));
+            }
+            Ok(done.queued)
+        });
     }
     // Stamp the template into every free frame once (taking them all, so each is stamped),
     // then give them back: whichever the loop below takes already holds the packet.
@@ -100,6 +110,36 @@ pub fn tx_flood(
     sock.release(&stamped);
     let mut descs = vec![XdpDesc::default(); batch];
     let mut out = vec![0u64; batch];
+    flood(sock, frame.len(), count, batch, stop, |s, want| {
+        let got = s.alloc(&mut out[..want]);
+        for (d, &a) in descs.iter_mut().zip(&out[..got]) {
+            *d = XdpDesc {
+                addr: a,
+                len: frame.len() as u32,
+                options: 0,
+            };
+        }
+        let q = s.send(&descs[..got]);
+        if q < got {
+            // Ring full: the frames we could not queue go back to the pool.
+            s.release(&out[q..got]);
+        }
+        Ok(q)
+    })
+}
+
+/// [`tx_flood`]'s loop: `step` queues up to the count it is given and says how many went,
+/// until `count` went or `stop` says so; completions are reaped as it goes, a step that
+/// queues nothing for 1 s (no free frames, no completions) is an error, and the last
+/// completions are awaited (bounded) so the frames are back.
+fn flood(
+    sock: &mut XskSocket,
+    frame_len: usize,
+    count: u64,
+    batch: usize,
+    stop: Option<&AtomicBool>,
+    mut step: impl FnMut(&mut XskSocket, usize) -> Result<usize>,
+) -> Result<Throughput> {
     let mut sent = 0u64;
     let start = Instant::now();
     let mut last_progress = Instant::now();
@@ -109,8 +149,8 @@ pub fn tx_flood(
             last_progress = Instant::now();
         }
         let want = batch.min((count - sent) as usize);
-        let got = sock.alloc(&mut out[..want]);
-        if got == 0 {
+        let q = step(sock, want)?;
+        if q == 0 {
             spins += 1;
             if spins % 1024 == 0 && last_progress.elapsed() > std::time::Duration::from_secs(1) {
                 return Err(Error::State(format!(
@@ -122,77 +162,15 @@ pub fn tx_flood(
             continue;
         }
         last_progress = Instant::now();
-        for (d, &a) in descs.iter_mut().zip(&out[..got]) {
-            *d = XdpDesc {
-                addr: a,
-                len: frame.len() as u32,
-                options: 0,
-            };
-        }
-        let q = sock.send(&descs[..got]);
-        if q < got {
-            // Ring full: the frames we could not queue go back to the pool.
-            sock.release(&out[q..got]);
-        }
         sent += q as u64;
     }
-    // Wait (bounded) for the last completions so the frames are back.
     let deadline = Instant::now() + std::time::Duration::from_millis(500);
     while sock.account().tx_side > 0 && Instant::now() < deadline {
         sock.complete();
     }
     Ok(Throughput {
         packets: sent,
-        bytes: sent * frame.len() as u64,
-        elapsed: start.elapsed(),
-    })
-}
-
-/// [`tx_flood`]'s loop for fresh frames: `batch` copies of `frame` at a time through
-/// [`XskSocket::send_copies`], which reaps completions and splits a frame over several UMEM
-/// frames on a multi-buffer socket.
-fn flood_copies(
-    sock: &mut XskSocket,
-    frame: &[u8],
-    count: u64,
-    batch: usize,
-    stop: Option<&AtomicBool>,
-) -> Result<Throughput> {
-    let copies = vec![frame; batch];
-    let mut sent = 0u64;
-    let start = Instant::now();
-    let mut last_progress = Instant::now();
-    let mut spins = 0u32;
-    while sent < count && !stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
-        let want = batch.min((count - sent) as usize);
-        let done = sock.send_copies(&copies[..want]);
-        if done.oversize > 0 {
-            return Err(Error::State(format!(
-                "the socket refused a {}-byte frame as oversize",
-                frame.len()
-            )));
-        }
-        if done.queued == 0 {
-            spins += 1;
-            if spins % 1024 == 0 && last_progress.elapsed() > std::time::Duration::from_secs(1) {
-                return Err(Error::State(format!(
-                    "TX stalled after {sent} frames: no free frames and no completions for 1 s (is the interface up? frames in use: {:?})",
-                    sock.account()
-                )));
-            }
-            std::hint::spin_loop();
-            continue;
-        }
-        last_progress = Instant::now();
-        sent += done.queued as u64;
-    }
-    let deadline = Instant::now() + std::time::Duration::from_millis(500);
-    while sock.account().tx_side > 0 && Instant::now() < deadline {
-        sock.complete();
-    }
-    Ok(Throughput {
-        packets: sent,
-        bytes: sent * frame.len() as u64,
+        bytes: sent * frame_len as u64,
         elapsed: start.elapsed(),
     })
 }
