@@ -23,7 +23,7 @@ fn pkt(f: &Frame<'_>) -> Pkt {
     Pkt {
         bth: f.packet.bth,
         ext: f.packet.ext,
-        payload: f.packet.payload.to_vec(),
+        payload: f.packet.payload.to_vec().into(),
     }
 }
 
@@ -328,7 +328,7 @@ fn messages(packets: &[Pkt]) -> Vec<WorkRequest> {
             Op::WriteLast | Op::WriteLastImm | Op::WriteOnly | Op::WriteOnlyImm => {
                 let r = reth.unwrap();
                 WorkRequest::Write {
-                    data: data.clone(),
+                    data: data.clone().into(),
                     va: r.va,
                     rkey: r.rkey,
                     imm,
@@ -336,11 +336,11 @@ fn messages(packets: &[Pkt]) -> Vec<WorkRequest> {
             }
             _ => match p.ext.ieth {
                 Some(invalidate_rkey) => WorkRequest::SendInv {
-                    data: data.clone(),
+                    data: data.clone().into(),
                     invalidate_rkey,
                 },
                 None => WorkRequest::Send {
-                    data: data.clone(),
+                    data: data.clone().into(),
                     imm,
                 },
             },

@@ -7,7 +7,8 @@
 use std::collections::VecDeque;
 
 use super::rc::{
-    packets_for, psn_add, MemoryTable, Pkt, Recv, RecvCompletion, RecvError, RecvQueue, Srq, Status,
+    packets_for, psn_add, Bytes, MemoryTable, Pkt, Recv, RecvCompletion, RecvError, RecvQueue, Srq,
+    Status,
 };
 use super::wire::{Bth, ExtHeaders, Op, Opcode, Position, Reth, Transport, WireError, MAX_PAYLOAD};
 
@@ -17,14 +18,14 @@ pub enum UcRequest {
     /// A send, optionally with immediate data.
     Send {
         /// The message.
-        data: Vec<u8>,
+        data: Bytes,
         /// Immediate data.
         imm: Option<u32>,
     },
     /// An RDMA write, optionally with immediate data.
     Write {
         /// The data.
-        data: Vec<u8>,
+        data: Bytes,
         /// Remote address.
         va: u64,
         /// Remote key.
@@ -79,7 +80,7 @@ impl UcSender {
         let first = *k == 0;
         let last = *k + 1 == n;
         let start = (*k as usize * self.mtu).min(data.len());
-        let payload = data[start..(start + self.mtu).min(data.len())].to_vec();
+        let payload = data.slice(start..(start + self.mtu).min(data.len()));
         let mut ext = ExtHeaders::default();
         if last {
             ext.imm = imm;

@@ -33,7 +33,7 @@ fn via_wire(p: &Pkt) -> Pkt {
     Pkt {
         bth: r.packet.bth,
         ext: r.packet.ext,
-        payload: r.packet.payload.to_vec(),
+        payload: r.packet.payload.to_vec().into(),
     }
 }
 
@@ -60,7 +60,7 @@ fn uc_delivers_sends_and_writes_whole() {
             s.post(
                 i as u64,
                 UcRequest::Send {
-                    data: m.clone(),
+                    data: m.clone().into(),
                     imm: (i == 2).then_some(42),
                 },
             );
@@ -70,7 +70,7 @@ fn uc_delivers_sends_and_writes_whole() {
         s.post(
             10,
             UcRequest::Write {
-                data: w.clone(),
+                data: w.clone().into(),
                 va: VA + 100,
                 rkey: RKEY,
                 imm: Some(7),
@@ -103,7 +103,7 @@ fn uc_drops_a_message_with_a_gap_and_reuses_its_buffer() {
         s.post(
             i as u64,
             UcRequest::Send {
-                data: d.clone(),
+                data: d.clone().into(),
                 imm: None,
             },
         );
@@ -136,7 +136,7 @@ fn uc_refuses_writes_outside_the_memory_table() {
     s.post(
         1,
         UcRequest::Write {
-            data: vec![1; 600],
+            data: vec![1; 600].into(),
             va: VA,
             rkey: RKEY + 1,
             imm: None,
@@ -145,7 +145,7 @@ fn uc_refuses_writes_outside_the_memory_table() {
     s.post(
         2,
         UcRequest::Write {
-            data: vec![2; 600],
+            data: vec![2; 600].into(),
             va: VA + (1 << 16) - 100,
             rkey: RKEY,
             imm: None,
@@ -154,7 +154,7 @@ fn uc_refuses_writes_outside_the_memory_table() {
     s.post(
         3,
         UcRequest::Write {
-            data: vec![3; 600],
+            data: vec![3; 600].into(),
             va: VA,
             rkey: RKEY,
             imm: None,

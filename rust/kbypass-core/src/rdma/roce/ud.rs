@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use super::rc::{psn_add, Pkt, Recv, RecvError, RecvQueue, Srq};
+use super::rc::{psn_add, Bytes, Pkt, Recv, RecvError, RecvQueue, Srq};
 use super::wire::{Bth, Deth, ExtHeaders, Op, Opcode, Transport, WireError, MAX_PAYLOAD};
 
 /// Where a UD send goes (the QP half of an address handle).
@@ -61,7 +61,7 @@ impl UdSender {
                 imm,
                 ..ExtHeaders::default()
             },
-            payload: data.to_vec(),
+            payload: Bytes::copy_from_slice(data),
         })
     }
 }
@@ -163,7 +163,7 @@ impl UdReceiver {
         }
         self.completions.push_back(UdCompletion {
             wr_id,
-            data: pkt.payload.clone(),
+            data: pkt.payload.to_vec(),
             imm: pkt.ext.imm,
             src_qp: deth.src_qp,
         });

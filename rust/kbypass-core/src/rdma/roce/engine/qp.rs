@@ -401,10 +401,16 @@ fn posted(t: QpType, op: SendOp<'_>, data: Vec<u8>, len: usize) -> Result<Posted
             data,
             imm,
         },
-        (QpType::Uc, SendOp::Send) => Posted::Uc(UcRequest::Send { data, imm: None }),
-        (QpType::Uc, SendOp::SendImm(i)) => Posted::Uc(UcRequest::Send { data, imm: Some(i) }),
+        (QpType::Uc, SendOp::Send) => Posted::Uc(UcRequest::Send {
+            data: data.into(),
+            imm: None,
+        }),
+        (QpType::Uc, SendOp::SendImm(i)) => Posted::Uc(UcRequest::Send {
+            data: data.into(),
+            imm: Some(i),
+        }),
         (QpType::Uc, SendOp::Write { remote_addr, rkey }) => Posted::Uc(UcRequest::Write {
-            data,
+            data: data.into(),
             va: remote_addr,
             rkey,
             imm: None,
@@ -417,20 +423,26 @@ fn posted(t: QpType, op: SendOp<'_>, data: Vec<u8>, len: usize) -> Result<Posted
                 imm,
             },
         ) => Posted::Uc(UcRequest::Write {
-            data,
+            data: data.into(),
             va: remote_addr,
             rkey,
             imm: Some(imm),
         }),
         (QpType::Rc, op) => Posted::Rc(match op {
-            SendOp::Send => WorkRequest::Send { data, imm: None },
-            SendOp::SendImm(i) => WorkRequest::Send { data, imm: Some(i) },
+            SendOp::Send => WorkRequest::Send {
+                data: data.into(),
+                imm: None,
+            },
+            SendOp::SendImm(i) => WorkRequest::Send {
+                data: data.into(),
+                imm: Some(i),
+            },
             SendOp::SendInv { invalidate_rkey } => WorkRequest::SendInv {
-                data,
+                data: data.into(),
                 invalidate_rkey,
             },
             SendOp::Write { remote_addr, rkey } => WorkRequest::Write {
-                data,
+                data: data.into(),
                 va: remote_addr,
                 rkey,
                 imm: None,
@@ -440,7 +452,7 @@ fn posted(t: QpType, op: SendOp<'_>, data: Vec<u8>, len: usize) -> Result<Posted
                 rkey,
                 imm,
             } => WorkRequest::Write {
-                data,
+                data: data.into(),
                 va: remote_addr,
                 rkey,
                 imm: Some(imm),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::transport::{Peer, QpEntry};
 use super::work::GRH_LEN;
 use super::EngineCounters;
-use crate::rdma::roce::rc::Pkt;
+use crate::rdma::roce::rc::{Bytes, Pkt};
 use crate::rdma::roce::wire::{icrc, Frame, FrameSpec, IpHeader, WireError, ICRC_LEN};
 use crate::sys::xdp::XdpDesc;
 use crate::xsk::whole::{self, Buffer, Carry};
@@ -440,7 +440,7 @@ fn accept(c: &mut EngineCounters, ip: IpAddr, bytes: &[u8]) -> Option<(Pkt, [u8;
         Pkt {
             bth: p.bth,
             ext: p.ext,
-            payload: p.payload.to_vec(),
+            payload: Bytes::copy_from_slice(p.payload),
         },
         grh,
     ))

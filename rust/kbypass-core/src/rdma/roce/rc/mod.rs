@@ -52,6 +52,8 @@ pub use requester::Requester;
 pub use responder::{RecvCompletion, Responder};
 pub use wr::WorkRequest;
 
+pub use bytes::Bytes;
+
 use super::wire::{Bth, ExtHeaders, PSN_MASK};
 
 /// A transport packet as the state machines see it: the BTH, its extension headers and its
@@ -63,8 +65,8 @@ pub struct Pkt {
     pub bth: Bth,
     /// Extension headers, exactly those of the opcode.
     pub ext: ExtHeaders,
-    /// Payload.
-    pub payload: Vec<u8>,
+    /// Payload: a message's packets share its bytes (`Bytes` slices: no copy per packet).
+    pub payload: Bytes,
 }
 
 /// Status of a requester's completion (the `ibv_wc_status` values that RC produces here).

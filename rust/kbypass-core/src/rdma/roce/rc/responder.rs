@@ -9,7 +9,7 @@ use super::memory::{MemoryTable, Need};
 use super::recv::{Recv, RecvError, RecvQueue, Srq};
 use super::requester::ack_aeth;
 use super::resources::{Resource, Resources};
-use super::{packets_for, psn_add, psn_diff, Pkt, RcParams, Status};
+use super::{packets_for, psn_add, psn_diff, Bytes, Pkt, RcParams, Status};
 
 /// A receive completion: a send (or a write with immediate) that consumed a receive buffer,
 /// or a receive that ended in error or was flushed.
@@ -210,7 +210,7 @@ impl Responder {
                 aeth: Some(aeth),
                 ..ExtHeaders::default()
             },
-            payload: Vec::new(),
+            payload: Bytes::new(),
         }
     }
 
@@ -542,7 +542,7 @@ impl Responder {
     /// Queues the responses of a read of `len` bytes at `va`, from PSN `psn`; returns their
     /// count.
     fn read(&mut self, psn: u32, va: u64, rkey: u32, len: usize) -> Result<u32, NakCode> {
-        let data = self.mem.read(rkey, va, len)?;
+        let data = Bytes::from(self.mem.read(rkey, va, len)?);
         let mtu = self.p.mtu;
         let n = packets_for(len, mtu);
         for k in 0..n {
@@ -562,7 +562,7 @@ impl Responder {
                     aeth,
                     ..ExtHeaders::default()
                 },
-                payload: data[start..end].to_vec(),
+                payload: data.slice(start..end),
             };
             self.respond(p);
         }
@@ -578,7 +578,7 @@ impl Responder {
                 atomic_ack: Some(orig),
                 ..ExtHeaders::default()
             },
-            payload: Vec::new(),
+            payload: Bytes::new(),
         };
         self.respond(p);
     }

@@ -109,7 +109,7 @@ impl Link {
                 Pkt {
                     bth: p.packet.bth,
                     ext: p.packet.ext,
-                    payload: p.packet.payload.to_vec(),
+                    payload: p.packet.payload.to_vec().into(),
                 }
             })
             .collect()
@@ -215,7 +215,11 @@ pub(super) fn request(
     use super::super::wire::{Bth, Opcode, Transport};
     let mut bth = Bth::new(Opcode::new(Transport::Rc, op).unwrap(), 1, psn);
     bth.ack_req = ack_req;
-    Pkt { bth, ext, payload }
+    Pkt {
+        bth,
+        ext,
+        payload: payload.into(),
+    }
 }
 
 /// Every response the responder has to send.

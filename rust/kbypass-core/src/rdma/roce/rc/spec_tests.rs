@@ -23,7 +23,7 @@ fn send_with_invalidate_segments_with_the_ieth_on_its_last_packet() {
         ..RcParams::default()
     });
     let wr = |len| WorkRequest::SendInv {
-        data: vec![9; len],
+        data: vec![9; len].into(),
         invalidate_rkey: MW,
     };
     q.post(1, wr(600));
@@ -55,7 +55,7 @@ fn send_with_invalidate_invalidates_the_key_end_to_end() {
     pair.req.post(
         1,
         WorkRequest::SendInv {
-            data: vec![3; 700],
+            data: vec![3; 700].into(),
             invalidate_rkey: MW,
         },
     );
@@ -72,7 +72,7 @@ fn send_with_invalidate_invalidates_the_key_end_to_end() {
     pair.req.post(
         2,
         WorkRequest::Write {
-            data: vec![1; 8],
+            data: vec![1; 8].into(),
             va: MW_VA,
             rkey: MW,
             imm: None,
@@ -202,7 +202,7 @@ fn the_requester_keeps_at_most_max_rd_atomic_reads_and_atomics_outstanding() {
     q.post(
         4,
         WorkRequest::Send {
-            data: vec![1],
+            data: vec![1].into(),
             imm: None,
         },
     );
@@ -237,7 +237,7 @@ fn max_rd_atomic_zero_refuses_reads_and_atomics_locally() {
     q.post(
         1,
         WorkRequest::Send {
-            data: vec![1],
+            data: vec![1].into(),
             imm: None,
         },
     );

@@ -46,7 +46,7 @@ fn one_srq_feeds_rc_uc_and_ud_in_posting_order() {
     us.post(
         1,
         UcRequest::Send {
-            data: b"uc".to_vec(),
+            data: b"uc".to_vec().into(),
             imm: None,
         },
     );
@@ -92,12 +92,12 @@ fn an_empty_srq_is_an_rnr_nak_for_rc_and_a_counted_drop_for_uc_and_ud() {
     for (i, imm) in [None, Some(5)].into_iter().enumerate() {
         let wr = if imm.is_none() {
             UcRequest::Send {
-                data: vec![1; 300],
+                data: vec![1; 300].into(),
                 imm,
             }
         } else {
             UcRequest::Write {
-                data: vec![2; 8],
+                data: vec![2; 8].into(),
                 va: VA,
                 rkey: RKEY,
                 imm,

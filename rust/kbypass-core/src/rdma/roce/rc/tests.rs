@@ -35,7 +35,10 @@ fn transfer(mtu: usize, f: Faults, seed: u64) -> (Pair, u64) {
                 pair.resp.post_recv(1000 + id, 16_384).unwrap();
                 expect_recv.push((d.clone(), imm, d.len()));
                 expect.push((id, Vec::new()));
-                WorkRequest::Send { data: d, imm }
+                WorkRequest::Send {
+                    data: d.into(),
+                    imm,
+                }
             }
             2 | 3 => {
                 let len = g.below(20_000) as usize;
@@ -51,7 +54,7 @@ fn transfer(mtu: usize, f: Faults, seed: u64) -> (Pair, u64) {
                 }
                 expect.push((id, Vec::new()));
                 WorkRequest::Write {
-                    data: d,
+                    data: d.into(),
                     va: VA + off as u64,
                     rkey: RKEY,
                     imm,
@@ -225,7 +228,7 @@ fn a_vanished_peer_ends_in_retry_exceeded() {
     pair.req.post(
         1,
         WorkRequest::Write {
-            data: vec![1; 3000],
+            data: vec![1; 3000].into(),
             va: VA,
             rkey: RKEY,
             imm: None,
@@ -254,7 +257,7 @@ fn a_vanished_peer_ends_in_retry_exceeded() {
     pair.req.post(
         3,
         WorkRequest::Send {
-            data: vec![],
+            data: vec![].into(),
             imm: None,
         },
     );
@@ -276,7 +279,7 @@ fn rnr_naks_are_retried_until_a_buffer_is_posted() {
     pair.req.post(
         1,
         WorkRequest::Send {
-            data: b"hello".to_vec(),
+            data: b"hello".to_vec().into(),
             imm: Some(9),
         },
     );
@@ -307,7 +310,7 @@ fn rnr_retry_exhausted() {
     pair.req.post(
         1,
         WorkRequest::Send {
-            data: vec![1; 10],
+            data: vec![1; 10].into(),
             imm: None,
         },
     );

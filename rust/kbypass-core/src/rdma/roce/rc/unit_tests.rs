@@ -24,25 +24,25 @@ fn remote_access_is_checked_against_key_bounds_and_rights() {
     );
     let cases: Vec<WorkRequest> = vec![
         WorkRequest::Write {
-            data: vec![1; 10],
+            data: vec![1; 10].into(),
             va: VA,
             rkey: 0xdead,
             imm: None,
         },
         WorkRequest::Write {
-            data: vec![1; 10],
+            data: vec![1; 10].into(),
             va: VA + 4090,
             rkey: RKEY,
             imm: None,
         },
         WorkRequest::Write {
-            data: vec![1; 10],
+            data: vec![1; 10].into(),
             va: VA - 1,
             rkey: RKEY,
             imm: None,
         },
         WorkRequest::Write {
-            data: vec![1; 10],
+            data: vec![1; 10].into(),
             va: 0x1000,
             rkey: 0x77,
             imm: None,
@@ -134,7 +134,7 @@ fn remote_access_is_checked_against_key_bounds_and_rights() {
     pair.req.post(
         2,
         WorkRequest::Write {
-            data: vec![3; 6],
+            data: vec![3; 6].into(),
             va: VA + 4090,
             rkey: RKEY,
             imm: None,
@@ -143,7 +143,7 @@ fn remote_access_is_checked_against_key_bounds_and_rights() {
     pair.req.post(
         3,
         WorkRequest::Write {
-            data: vec![],
+            data: vec![].into(),
             va: 0,
             rkey: 0xbad,
             imm: None,
@@ -272,7 +272,7 @@ fn requester_segments_by_mtu_with_the_right_opcodes() {
         q.post(
             1,
             WorkRequest::Write {
-                data: vec![7; len],
+                data: vec![7; len].into(),
                 va: 0x10,
                 rkey: 3,
                 imm: Some(4),
@@ -289,7 +289,7 @@ fn requester_segments_by_mtu_with_the_right_opcodes() {
         q.post(
             3,
             WorkRequest::Send {
-                data: vec![],
+                data: vec![].into(),
                 imm: None,
             },
         );
@@ -379,7 +379,7 @@ fn hostile_packets_never_panic_either_side() {
         q.post(
             3,
             WorkRequest::Send {
-                data: vec![1; 700],
+                data: vec![1; 700].into(),
                 imm: None,
             },
         );
@@ -443,7 +443,7 @@ fn hostile_packets_never_panic_either_side() {
             let pkt = Pkt {
                 bth,
                 ext,
-                payload: vec![0xee; len],
+                payload: vec![0xee; len].into(),
             };
             r.on_packet(&pkt);
             while r.poll_tx().is_some() {}

@@ -1,7 +1,7 @@
 //! Work requests of the RC requester and their segmentation into request packets.
 
 use super::super::wire::{AtomicEth, Bth, ExtHeaders, Op, Opcode, Reth, Transport};
-use super::{psn_diff, Pkt, RcParams};
+use super::{psn_diff, Bytes, Pkt, RcParams};
 
 /// An operation to post.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -9,7 +9,7 @@ pub enum WorkRequest {
     /// A send, optionally with immediate data.
     Send {
         /// The message.
-        data: Vec<u8>,
+        data: Bytes,
         /// Immediate data.
         imm: Option<u32>,
     },
@@ -18,14 +18,14 @@ pub enum WorkRequest {
     /// completion says so; a key it may not invalidate fails the receive (IBTA class J).
     SendInv {
         /// The message.
-        data: Vec<u8>,
+        data: Bytes,
         /// The responder's R_Key to invalidate (carried in the IETH of the last packet).
         invalidate_rkey: u32,
     },
     /// An RDMA write, optionally with immediate data.
     Write {
         /// The data.
-        data: Vec<u8>,
+        data: Bytes,
         /// Remote address.
         va: u64,
         /// Remote key.
@@ -94,7 +94,7 @@ pub(super) fn segment(
         (false, true) => last_op,
     };
     let mut ext = ExtHeaders::default();
-    let mut payload = Vec::new();
+    let mut payload = Bytes::new();
     let mut advance = 1;
     let op = match wr {
         WorkRequest::Send { data, imm } => {
@@ -201,8 +201,9 @@ pub(super) fn segment(
     (Pkt { bth, ext, payload }, advance)
 }
 
-fn chunk(data: &[u8], k: u32, mtu: usize) -> Vec<u8> {
+/// Packet `k`'s part of a message: a slice sharing the message's bytes.
+fn chunk(data: &Bytes, k: u32, mtu: usize) -> Bytes {
     let start = (k as usize * mtu).min(data.len());
     let end = (start + mtu).min(data.len());
-    data[start..end].to_vec()
+    data.slice(start..end)
 }
