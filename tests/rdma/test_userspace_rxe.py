@@ -273,8 +273,10 @@ def test_perftest_ud_send_tool_client_against_the_engine(
     rep = qp.perftest_serve(mr, port, timeout=120, test="send", cq=cq, size=1024,
                             iterations=BW_ITERS, rx_depth=BW_ITERS)  # fmt: skip
     out = ok(job.wait())
-    # every receive was posted before the tool started sending: none may be missing
-    assert (rep["size"], rep["iters"]) == (1024, BW_ITERS) and rep["bw_avg"] > 0, (rep, out)
+    # every receive was posted before the tool started sending, but UD may still drop a message
+    # (at a full AF_XDP RX ring, counted by the engine): most must come, none twice
+    assert rep["size"] == 1024 and 0.9 * BW_ITERS <= rep["iters"] <= BW_ITERS, (rep, out)
+    assert rep["bw_avg"] > 0, rep
     assert perftest_row(out, 1024) >= 0
     assert (buf[40 : 40 + 1024] != 0xAA).any(), "the tool's payload landed after the GRH"
     # RoCEv2 over IPv4: the GRH's room holds the packet's IPv4 header in its last 20 bytes

@@ -65,6 +65,10 @@ pub use srq::SharedReceiveQueue;
 pub use user::{EngineCounters, EngineOptions, Progress, USER_PREFIX};
 pub use wr::{SendFlags, SendOp};
 
+/// Bytes of the GRH in front of every UD receive (verbs places the packet's IPv6 header there,
+/// or its IPv4 header in the last 20 bytes).
+pub const UD_GRH_LEN: usize = 40;
+
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

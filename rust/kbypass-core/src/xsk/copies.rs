@@ -62,7 +62,7 @@ impl XskSocket {
     pub(super) fn send_split_copies(&mut self, packets: &[&[u8]]) -> CopySend {
         let cap = self.umem().tx_capacity() as usize;
         let mut out = CopySend::default();
-        let mut descs: Vec<XdpDesc> = Vec::with_capacity(BURST * 2);
+        let mut descs = std::mem::take(&mut self.split_descs);
         let mut addrs = [0u64; MAX_DESCS_PER_PACKET];
         let mut rest = packets;
         while !rest.is_empty() {
@@ -128,6 +128,7 @@ impl XskSocket {
             }
             rest = &rest[taken..];
         }
+        self.split_descs = descs;
         out
     }
 }

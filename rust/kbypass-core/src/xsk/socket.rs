@@ -218,6 +218,8 @@ pub struct XskSocket {
     need_wakeup: bool,
     busy_poll: Option<BusyPoll>,
     multi_buffer: bool,
+    /// The descriptors of a burst of split copies (`send_split_copies`), kept between calls.
+    pub(super) split_descs: Vec<XdpDesc>,
     pub(super) counters: XskCounters,
     /// TX timestamps from completions, until taken.
     pub(super) tx_times: TxTimes,
@@ -290,6 +292,7 @@ impl XskSocket {
                     need_wakeup: cfg.need_wakeup,
                     busy_poll: cfg.busy_poll,
                     multi_buffer: cfg.multi_buffer,
+                    split_descs: Vec::new(),
                     counters: XskCounters::default(),
                     tx_times: TxTimes::default(),
                     notes,

@@ -20,9 +20,9 @@
 //! `ib_send_bw -c UD` runs the same steps on UD QPs: each message is one packet (at most the
 //! path MTU; perftest refuses a larger `-s`), each receive takes the 40-byte GRH in front of it
 //! (perftest's `UD_ADDITION`), and the client sends through an address handle for the
-//! server's GID with perftest's Q_Key (`0x11111111`, the default of
-//! [`PathParams::qkey`](crate::rdma::PathParams::qkey)). Writes, reads and atomics are refused
-//! on UD.
+//! server's GID with perftest's Q_Key ([`PERFTEST_QKEY`], also the default of
+//! [`PathParams::qkey`](crate::rdma::PathParams::qkey), which a kbypass server's QP must keep).
+//! Writes, reads and atomics are refused on UD.
 //!
 //! What differs between the tests besides that: the `out_reads` of the key message is 1 for
 //! write and send and the device's limit of outstanding reads/atomics for read and atomic;
@@ -43,7 +43,7 @@ use super::{Endpoint, Gid};
 use crate::error::{Error, Result};
 
 mod run;
-pub use run::{client, out_reads, serve, serve_send, SendRun, Test};
+pub use run::{client, out_reads, serve, serve_send, SendRun, Test, PERFTEST_QKEY};
 
 /// The protocol version kbypass announces: the perftest release whose exchange this module
 /// speaks (the tools refuse peers older than 5.70).

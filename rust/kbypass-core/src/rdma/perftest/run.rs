@@ -7,7 +7,8 @@ use super::{BwReport, Cancel, Keys, Session};
 use crate::error::{Error, Result};
 use crate::rdma::perf::{op_bandwidth, Bandwidth, Pacing};
 use crate::rdma::{
-    CompletionQueue, Endpoint, MemoryRegion, PathParams, QpType, QueuePair, SendOp, WorkCompletion,
+    mtu_bytes, CompletionQueue, Endpoint, MemoryRegion, PathParams, QpType, QueuePair, SendOp,
+    WorkCompletion,
 };
 
 /// Which perftest tool's test.
@@ -76,7 +77,7 @@ fn connect(
     };
     let remote = s.keys(&mine)?;
     let mut path = *p;
-    path.mtu = path.mtu.min(s.remote_mtu.max(1));
+    path.mtu = agreed_mtu(path.mtu, s);
     path.max_rd_atomic = if s.client {
         let theirs = u8::try_from(remote.out_reads.max(1)).unwrap_or(u8::MAX);
         out_reads.min(theirs)
@@ -90,7 +91,15 @@ fn connect(
 }
 
 /// The bytes in front of a UD receive's payload: the GRH (perftest's `UD_ADDITION`).
-const GRH_LEN: usize = 40;
+const GRH_LEN: usize = crate::rdma::UD_GRH_LEN;
+
+/// The Q_Key perftest's UD QPs use (its `DEFF_QKEY`), whatever ours is set to.
+pub const PERFTEST_QKEY: u32 = 0x1111_1111;
+
+/// The path MTU (`enum ibv_mtu`) both sides agree on: the smaller of ours and the peer's.
+fn agreed_mtu(mtu: i32, s: &Session) -> i32 {
+    mtu.min(s.remote_mtu.max(1))
+}
 
 /// Over UD only `ib_send_bw` runs (`-c UD`): writes, reads and atomics are RC's (and UC's, for
 /// writes).
@@ -109,8 +118,7 @@ fn refuse_ud(test: Test, qp: &QueuePair) -> Result<()> {
 /// A UD message is one packet: refuse a `size` larger than the path MTU both sides agree on
 /// (our `mtu` and the peer's, `enum ibv_mtu`), as perftest does for a size given with `-s`.
 fn check_ud_size(qp: &QueuePair, size: usize, mtu: i32, s: &Session) -> Result<()> {
-    let agreed = mtu.min(s.remote_mtu.max(1)).clamp(1, 5);
-    let bytes = 128usize << agreed;
+    let bytes = mtu_bytes(agreed_mtu(mtu, s)).unwrap_or(256) as usize;
     if qp.qp_type() == QpType::Ud && size > bytes {
         return Err(Error::invalid(format!(
             "a UD message is one packet: size must be at most the path MTU, {bytes} bytes, \
@@ -169,7 +177,8 @@ pub fn serve(
 /// What the server of an `ib_send_bw` run expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SendRun {
-    /// Message size: each receive takes this many bytes (the client's must not be larger).
+    /// Message size: each receive takes this many bytes (the client's must not be larger),
+    /// and on UD the 40-byte GRH in front of them.
     pub size: usize,
     /// Messages to receive (the client's `-n`).
     pub iterations: u64,
@@ -178,12 +187,13 @@ pub struct SendRun {
 }
 
 /// Be the server of an `ib_send_bw` client: negotiate, bring `qp` (in INIT) to RTS, post
-/// `run.rx_depth` receives of `run.size` bytes into `mr`, tell the client, and count
-/// receives on `cq` (the QP's receive CQ), reposting each, until `run.iterations` came or
-/// the client says it is done (its closing key message, sent when all its sends completed:
-/// on UC, a send that found no receive posted is dropped, so fewer may come). Returns our
-/// own report (the tools exchange none for send): the messages received, timed from the
-/// first to the last. Every wait ends at `timeout` or when `cancel` says stop.
+/// `run.rx_depth` receives of `run.size` bytes into `mr` (on UD, with the GRH's 40 bytes in
+/// front), tell the client, and count receives on `cq` (the QP's receive CQ), reposting each,
+/// until `run.iterations` came or the client says it is done (its closing key message, sent
+/// when all its sends completed: on UC and UD, a send that found no receive posted is dropped,
+/// so fewer may come). Returns our own report (the tools exchange none for send): the messages
+/// received and their payload bytes, timed from the first to the last. Every wait ends at
+/// `timeout` or when `cancel` says stop.
 #[allow(clippy::too_many_arguments)]
 pub fn serve_send(
     listener: &TcpListener,
@@ -340,7 +350,7 @@ pub fn client(
     let (mine, remote) = connect(&mut s, test, qp, mr, p, local)?;
     let (remote_addr, rkey) = (remote.vaddr, remote.rkey);
     // Over UD every send names its destination: an address handle for the server's GID, its
-    // QP number and perftest's Q_Key (ours: `PathParams::qkey`, the same by default).
+    // QP number and perftest's Q_Key.
     let ah = match qp.qp_type() {
         QpType::Ud => {
             Some(
@@ -357,7 +367,7 @@ pub fn client(
             Some(ah) => SendOp::UdSend {
                 ah,
                 remote_qpn: remote.qpn,
-                remote_qkey: p.qkey,
+                remote_qkey: PERFTEST_QKEY,
                 imm: None,
             },
             None => SendOp::Send,

@@ -327,25 +327,29 @@ impl QueuePair {
         if self.qp_type == QpType::Uc && op.writes_local() {
             return Err(Error::invalid("UC has sends and writes only"));
         }
-        // The SGEs are resolved under the engine's lock, and the bytes to send gathered
-        // after it is let go (each span holds its region's memory alive), so a large message's
-        // copy does not hold up the poll thread.
-        let spans = self.with(|q| resolve(q.mem(), sg, op.writes_local()))?;
+        // The SGEs are resolved (and the QP's state and room checked) under the engine's lock,
+        // and the bytes to send gathered after it is let go (each span holds its region's
+        // memory alive), so a large message's copy does not hold up the poll thread; the post
+        // itself checks again.
+        let spans = self.with(|q| {
+            q.check_post_send()?;
+            resolve(q.mem(), sg, op.writes_local())
+        })?;
         let len: usize = spans.iter().map(|s| s.len).sum();
+        if matches!(op, SendOp::CompareSwap { .. } | SendOp::FetchAdd { .. }) && len != 8 {
+            return Err(Error::invalid(
+                "an atomic's SGEs take its 8-byte original value: give exactly 8 bytes",
+            ));
+        }
+        if len > 1 << 31 {
+            return Err(Error::invalid("a message is at most 2 GiB"));
+        }
         let (data, dest) = if op.writes_local() {
             (Vec::new(), spans)
         } else {
             (gather(&spans), Vec::new())
         };
         self.with(|q| {
-            if matches!(op, SendOp::CompareSwap { .. } | SendOp::FetchAdd { .. }) && len != 8 {
-                return Err(Error::invalid(
-                    "an atomic's SGEs take its 8-byte original value: give exactly 8 bytes",
-                ));
-            }
-            if len > 1 << 31 {
-                return Err(Error::invalid("a message is at most 2 GiB"));
-            }
             let wqe = SendWqe {
                 wr_id,
                 opcode: wc_opcode(&op),

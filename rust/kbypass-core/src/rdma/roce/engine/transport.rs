@@ -250,7 +250,9 @@ impl QpEntry {
         id
     }
 
-    pub fn post_send(&mut self, wqe: SendWqe, what: Posted, solicited: bool) -> Result<()> {
+    /// Whether a send may be posted now: the QP in RTS (or ERROR, where it is flushed) and
+    /// room in its send queue.
+    pub fn check_post_send(&self) -> Result<()> {
         if self.state != QpState::Rts && self.state != QpState::Error {
             return Err(Error::State(format!(
                 "post_send needs the QP in RTS (it is in {:?}): connect it first",
@@ -263,6 +265,11 @@ impl QpEntry {
                 self.sends.len()
             )));
         }
+        Ok(())
+    }
+
+    pub fn post_send(&mut self, wqe: SendWqe, what: Posted, solicited: bool) -> Result<()> {
+        self.check_post_send()?;
         let id = self.take_id();
         self.sends.insert(id, wqe);
         if self.state == QpState::Error {

@@ -28,7 +28,7 @@ pub(super) const WC_LOC_LEN_ERR: i32 = 1;
 pub(super) const WC_WR_FLUSH_ERR: i32 = 5;
 
 /// Bytes of GRH in front of every UD receive (verbs places the IP header there).
-pub(super) const GRH_LEN: usize = 40;
+pub(super) const GRH_LEN: usize = crate::rdma::UD_GRH_LEN;
 
 /// A scatter/gather element (`ibv_sge`): `len` bytes at `addr` of the memory region with
 /// local key `lkey`. Checked against the region when posted.
