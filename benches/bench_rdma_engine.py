@@ -442,7 +442,7 @@ def test_af_xdp_ceiling_vs_kernel_tcp(
     benchmark.extra_info["engine_vs_tcp_min_median_max"] = spread(ratios(got["engine"], got["tcp"]))
     benchmark.extra_info["setup"] = setup + ("+tuned" if cpus else "")
     headline(
-        benchmark, got["ceiling"], got["tcp"], "MB/s raw frames",
+        benchmark, got["ceiling"], got["tcp"], "MB/s in raw frames",
         "kernel TCP (iperf3 -l 65536), same pair, same round",
     )  # fmt: skip
 
